@@ -1,0 +1,229 @@
+//! The bytes of a CTF packet as ustrace lays them out.
+//!
+//! A shared-memory sub-buffer *is* a packet: its first [`PACKET_HEADER_SIZE`] bytes
+//! are reserved for the packet header and context below, events follow, and the
+//! consumer writes the sub-buffer to the stream file unchanged. Every field is
+//! little-endian and byte-aligned; the metadata declares exactly this layout.
+//!
+//! | offset | field | type |
+//! |---|---|---|
+//! | 0 | magic `0xC1FC1FC1` | u32 |
+//! | 4 | trace uuid | 16 bytes |
+//! | 20 | stream_id | u32 |
+//! | 24 | timestamp_begin | u64 |
+//! | 32 | timestamp_end | u64 |
+//! | 40 | content_size (bits) | u64 |
+//! | 48 | packet_size (bits) | u64 |
+//! | 56 | packet_seq_num | u64 |
+//! | 64 | events_discarded | u64 |
+//! | 72 | cpu_id | u32 |
+//!
+//! The header is written in two halves: [`PacketOpen`] when a producer opens the
+//! sub-buffer, [`PacketClose`] when it is switched out.
+//!
+//! An event is an [`EVENT_HEADER_SIZE`]-byte header (u32 id, u64 timestamp) followed
+//! by its payload (see [`crate::ctf::field`]).
+
+/// CTF packet magic number.
+pub const CTF_MAGIC: u32 = 0xC1FC_1FC1;
+/// Bytes at the start of every packet for the packet header and context.
+pub const PACKET_HEADER_SIZE: usize = 76;
+/// Bytes of the event header: event id (u32) and timestamp (u64).
+pub const EVENT_HEADER_SIZE: usize = 12;
+
+const MAGIC_AT: usize = 0;
+const UUID_AT: usize = 4;
+const STREAM_ID_AT: usize = 20;
+const TIMESTAMP_BEGIN_AT: usize = 24;
+const TIMESTAMP_END_AT: usize = 32;
+const CONTENT_SIZE_AT: usize = 40;
+const PACKET_SIZE_AT: usize = 48;
+const SEQ_NUM_AT: usize = 56;
+const EVENTS_DISCARDED_AT: usize = 64;
+const CPU_ID_AT: usize = 72;
+
+/// What is known when a producer opens a sub-buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketOpen {
+    /// Uuid of the trace (one per metadata file).
+    pub uuid: [u8; 16],
+    /// Stream class id: the channel's index in its trace.
+    pub stream_id: u32,
+    /// Timestamp of the reservation that opened the packet.
+    pub timestamp_begin: u64,
+    /// Size of the whole packet (the sub-buffer) in bytes.
+    pub packet_size: u64,
+    /// Position of this packet in its stream, from 0, so readers see lost packets.
+    pub seq_num: u64,
+    /// CPU whose ring this packet comes from.
+    pub cpu_id: u32,
+}
+
+/// What is known when a sub-buffer is switched out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketClose {
+    /// Timestamp of the switch; not before any event in the packet.
+    pub timestamp_end: u64,
+    /// Bytes of the packet that hold header and events; the rest is padding.
+    pub content_size: u64,
+    /// Events this stream has discarded since it was created.
+    pub events_discarded: u64,
+}
+
+/// The whole decoded packet header and context.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketHeader {
+    /// Fields written at open time.
+    pub open: PacketOpen,
+    /// Fields written at switch time.
+    pub close: PacketClose,
+}
+
+/// Why bytes could not be read as a packet header.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PacketError {
+    /// Fewer bytes than a packet header.
+    #[error("packet truncated: {0} bytes, a header needs {PACKET_HEADER_SIZE}")]
+    Truncated(usize),
+    /// The first four bytes are not the CTF magic.
+    #[error("bad packet magic {0:#010x}, expected {CTF_MAGIC:#010x}")]
+    BadMagic(u32),
+    /// Sizes that contradict each other or the data.
+    #[error("inconsistent packet sizes: content {content_bits} bits, packet {packet_bits} bits")]
+    BadSizes {
+        /// content_size as read.
+        content_bits: u64,
+        /// packet_size as read.
+        packet_bits: u64,
+    },
+}
+
+fn put_u32(buf: &mut [u8], at: usize, v: u32) {
+    buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(buf: &mut [u8], at: usize, v: u64) {
+    buf[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get_u32(buf: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(buf[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn get_u64(buf: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl PacketOpen {
+    /// Writes the open-time fields into the first [`PACKET_HEADER_SIZE`] bytes of `buf`.
+    pub fn write(&self, buf: &mut [u8]) {
+        put_u32(buf, MAGIC_AT, CTF_MAGIC);
+        buf[UUID_AT..UUID_AT + 16].copy_from_slice(&self.uuid);
+        put_u32(buf, STREAM_ID_AT, self.stream_id);
+        put_u64(buf, TIMESTAMP_BEGIN_AT, self.timestamp_begin);
+        put_u64(buf, PACKET_SIZE_AT, self.packet_size * 8);
+        put_u64(buf, SEQ_NUM_AT, self.seq_num);
+        put_u32(buf, CPU_ID_AT, self.cpu_id);
+    }
+}
+
+impl PacketClose {
+    /// Writes the switch-time fields into the first [`PACKET_HEADER_SIZE`] bytes of `buf`.
+    pub fn write(&self, buf: &mut [u8]) {
+        put_u64(buf, TIMESTAMP_END_AT, self.timestamp_end);
+        put_u64(buf, CONTENT_SIZE_AT, self.content_size * 8);
+        put_u64(buf, EVENTS_DISCARDED_AT, self.events_discarded);
+    }
+}
+
+impl PacketHeader {
+    /// Decodes and checks the header at the start of `buf` (a whole packet or more).
+    pub fn read(buf: &[u8]) -> Result<PacketHeader, PacketError> {
+        if buf.len() < PACKET_HEADER_SIZE {
+            return Err(PacketError::Truncated(buf.len()));
+        }
+        let magic = get_u32(buf, MAGIC_AT);
+        if magic != CTF_MAGIC {
+            return Err(PacketError::BadMagic(magic));
+        }
+        let content_bits = get_u64(buf, CONTENT_SIZE_AT);
+        let packet_bits = get_u64(buf, PACKET_SIZE_AT);
+        if content_bits % 8 != 0
+            || packet_bits % 8 != 0
+            || content_bits > packet_bits
+            || content_bits < (PACKET_HEADER_SIZE as u64) * 8
+        {
+            return Err(PacketError::BadSizes {
+                content_bits,
+                packet_bits,
+            });
+        }
+        let mut uuid = [0; 16];
+        uuid.copy_from_slice(&buf[UUID_AT..UUID_AT + 16]);
+        Ok(PacketHeader {
+            open: PacketOpen {
+                uuid,
+                stream_id: get_u32(buf, STREAM_ID_AT),
+                timestamp_begin: get_u64(buf, TIMESTAMP_BEGIN_AT),
+                packet_size: packet_bits / 8,
+                seq_num: get_u64(buf, SEQ_NUM_AT),
+                cpu_id: get_u32(buf, CPU_ID_AT),
+            },
+            close: PacketClose {
+                timestamp_end: get_u64(buf, TIMESTAMP_END_AT),
+                content_size: content_bits / 8,
+                events_discarded: get_u64(buf, EVENTS_DISCARDED_AT),
+            },
+        })
+    }
+}
+
+/// Writes an event header (id, timestamp) at the start of `buf`.
+#[inline]
+pub fn write_event_header(buf: &mut [u8], id: u32, timestamp: u64) {
+    buf[..4].copy_from_slice(&id.to_le_bytes());
+    buf[4..12].copy_from_slice(&timestamp.to_le_bytes());
+}
+
+/// Reads an event header (id, timestamp) from the start of `buf`, if it is long enough.
+pub fn read_event_header(buf: &[u8]) -> Option<(u32, u64)> {
+    if buf.len() < EVENT_HEADER_SIZE {
+        return None;
+    }
+    Some((get_u32(buf, 0), get_u64(buf, 4)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_round_trips_through_its_two_halves() {
+        let open = PacketOpen {
+            uuid: [7; 16],
+            stream_id: 3,
+            timestamp_begin: 100,
+            packet_size: 4096,
+            seq_num: 9,
+            cpu_id: 1,
+        };
+        let close = PacketClose {
+            timestamp_end: 200,
+            content_size: 1000,
+            events_discarded: 5,
+        };
+        let mut buf = vec![0u8; 4096];
+        open.write(&mut buf);
+        close.write(&mut buf);
+        assert_eq!(PacketHeader::read(&buf), Ok(PacketHeader { open, close }));
+    }
+
+    #[test]
+    fn garbage_is_refused_with_the_reason() {
+        assert_eq!(PacketHeader::read(&[0; 10]), Err(PacketError::Truncated(10)));
+        assert_eq!(
+            PacketHeader::read(&[0; 100]),
+            Err(PacketError::BadMagic(0))
+        );
+    }
+}

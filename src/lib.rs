@@ -1,0 +1,13 @@
+//! ustrace: a user-space tracer for Linux.
+//!
+//! Instrumented programs register with the session daemon (`ustraced`), receive
+//! shared-memory ring buffers, and record events into them without system calls; the
+//! daemon drains the rings into CTF 1.8 traces. See `docs/architecture.md`.
+//!
+//! The app side (`shm`, `ctf`, `protocol`) builds without default features so that
+//! an instrumented program links no actor runtime; the daemon side needs the
+//! `daemon` feature.
+
+pub mod ctf;
+pub mod protocol;
+pub mod shm;

@@ -1,0 +1,1 @@
+//! The wire protocol between apps, the CLI and the daemon.

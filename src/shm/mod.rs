@@ -1,0 +1,1 @@
+//! Shared-memory per-CPU ring buffers: the data plane between apps and the daemon.
