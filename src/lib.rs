@@ -8,6 +8,8 @@
 //! an instrumented program links no actor runtime; the daemon side needs the
 //! `daemon` feature.
 
+#[cfg(feature = "daemon")]
+pub mod config;
 pub mod ctf;
 pub mod protocol;
 pub mod shm;

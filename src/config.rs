@@ -1,0 +1,794 @@
+//! The daemon's configuration file (`ustraced.toml`).
+//!
+//! Every key is optional: a missing key takes the default that `config/ustraced.toml`
+//! documents, and [`Config::default`] equals that file. An unknown key or a bad value
+//! is an error naming the file, the line and column, and the dotted key
+//! (`session[0].channel[1].subbuf_size`), so a typo is never silently ignored.
+//!
+//! Loading has two steps: serde checks names and types (`deny_unknown_fields`
+//! everywhere, sizes and patterns parsed by their own types), then
+//! [`Config::validate`] checks what spans fields (powers of two, minimums, unique
+//! names). Both report through [`ConfigError::Invalid`].
+//!
+//! The daemon reads settings through the resolved accessors
+//! ([`Config::effective_runtime_dir`], [`Config::effective_output_dir`],
+//! [`Config::session_output_dir`], [`Config::channel_settings`]) so that the
+//! defaulting rules live here only.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::protocol::{self, ProtocolError};
+
+/// The whole file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[daemon]`: sockets, output, timers.
+    pub daemon: DaemonConfig,
+    /// `[channel_defaults]`: what a channel gets for every setting it leaves out.
+    pub channel_defaults: ChannelDefaults,
+    /// `[supervision]`: restart policy of writer actors.
+    pub supervision: SupervisionConfig,
+    /// `[limits]`: bounds on what apps can make the daemon hold.
+    pub limits: LimitsConfig,
+    /// `[[session]]`: sessions created (and maybe started) when the daemon starts.
+    #[serde(rename = "session")]
+    pub sessions: Vec<SessionConfig>,
+}
+
+/// `[daemon]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DaemonConfig {
+    /// Where the sockets go; `None` (empty in the file) follows
+    /// [`protocol::rundir`]. Read it through [`Config::effective_runtime_dir`].
+    #[serde(deserialize_with = "empty_path_as_none")]
+    pub runtime_dir: Option<PathBuf>,
+    /// Parent of session outputs; `None` means `$HOME/ustrace-traces`. Read it
+    /// through [`Config::effective_output_dir`].
+    #[serde(deserialize_with = "empty_path_as_none")]
+    pub output_dir: Option<PathBuf>,
+    /// How long an app waits for its registration before running untraced. Apps
+    /// also honour `USTRACE_REGISTER_TIMEOUT_MS`.
+    pub registration_timeout_ms: u64,
+    /// Largest frame accepted on either socket (see [`protocol::MAX_FRAME`]).
+    pub max_frame_bytes: ByteSize,
+    /// Period of the drain timer that flushes partially filled sub-buffers.
+    pub flush_interval_ms: u64,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            runtime_dir: None,
+            output_dir: None,
+            registration_timeout_ms: 3000,
+            max_frame_bytes: ByteSize(protocol::MAX_FRAME as u64),
+            flush_interval_ms: 200,
+        }
+    }
+}
+
+impl DaemonConfig {
+    /// [`Self::registration_timeout_ms`] as a duration.
+    pub fn registration_timeout(&self) -> Duration {
+        Duration::from_millis(self.registration_timeout_ms)
+    }
+
+    /// [`Self::flush_interval_ms`] as a duration.
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms)
+    }
+
+    /// [`Self::max_frame_bytes`] as the limit [`protocol::recv`] takes (validated to
+    /// fit in a `u32`).
+    pub fn max_frame(&self) -> usize {
+        usize::try_from(self.max_frame_bytes.0).unwrap_or(usize::MAX)
+    }
+}
+
+/// `[channel_defaults]`: a complete set of channel settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChannelDefaults {
+    /// Bytes per sub-buffer (one CTF packet); a power of two, at least 4 KiB.
+    pub subbuf_size: ByteSize,
+    /// Sub-buffers per ring; a power of two, at least 2.
+    pub num_subbuf: u32,
+    /// What a producer does when the ring is full.
+    pub mode: ChannelMode,
+    /// Whether processes of one user share buffers or each gets its own.
+    pub buffers: BufferScope,
+    /// Name of the registered writer that turns packets into files.
+    pub writer: String,
+}
+
+impl Default for ChannelDefaults {
+    fn default() -> Self {
+        ChannelDefaults {
+            subbuf_size: ByteSize(128 * 1024),
+            num_subbuf: 4,
+            mode: ChannelMode::Discard,
+            buffers: BufferScope::Uid,
+            writer: "ctf".to_owned(),
+        }
+    }
+}
+
+/// What a producer does when every sub-buffer is full.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelMode {
+    /// Drop the new event and count it lost: nothing already recorded is lost.
+    Discard,
+    /// Overwrite the oldest sub-buffer (flight recorder): the newest events survive.
+    Overwrite,
+}
+
+/// Who shares a set of buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BufferScope {
+    /// One set per user ID, shared by all of that user's processes.
+    Uid,
+    /// One set per process, created at registration and torn down at exit.
+    Pid,
+}
+
+/// `[supervision]`: how writer actors are restarted.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisionConfig {
+    /// Restarts allowed within [`Self::within_secs`] before the writer is failed.
+    pub max_restarts: u32,
+    /// Length of the window in which restarts are counted; above 0.
+    pub within_secs: u64,
+    /// Pause before a restart.
+    pub backoff_ms: u64,
+}
+
+impl Default for SupervisionConfig {
+    fn default() -> Self {
+        SupervisionConfig {
+            max_restarts: 3,
+            within_secs: 10,
+            backoff_ms: 100,
+        }
+    }
+}
+
+impl SupervisionConfig {
+    /// [`Self::within_secs`] as a duration.
+    pub fn within(&self) -> Duration {
+        Duration::from_secs(self.within_secs)
+    }
+
+    /// [`Self::backoff_ms`] as a duration.
+    pub fn backoff(&self) -> Duration {
+        Duration::from_millis(self.backoff_ms)
+    }
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Most app connections served at once; above 0.
+    pub max_apps: u32,
+    /// Most shared memory held by per-PID buffers, all apps together; above 0.
+    pub max_pid_buffer_bytes: ByteSize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_apps: 4096,
+            max_pid_buffer_bytes: ByteSize(1 << 30),
+        }
+    }
+}
+
+/// `[[session]]`: a session the daemon creates at start-up.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Unique name, used in the output directory name.
+    pub name: String,
+    /// Output directory; `None` (empty or absent) means
+    /// `<output_dir>/<name>-<YYYYMMDD-HHMMSS>` (see [`Config::session_output_dir`]).
+    #[serde(default, deserialize_with = "empty_path_as_none")]
+    pub output: Option<PathBuf>,
+    /// Start tracing as soon as the daemon runs.
+    #[serde(default = "default_autostart")]
+    pub autostart: bool,
+    /// `[[session.channel]]`: the session's channels.
+    #[serde(default, rename = "channel")]
+    pub channels: Vec<ChannelConfig>,
+}
+
+fn default_autostart() -> bool {
+    true
+}
+
+/// `[[session.channel]]`: a channel, overriding [`ChannelDefaults`] where it says so.
+/// The CLI builds the same value for `enable-channel`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// Name, unique in its session; streams are files named `<name>_<cpu>`.
+    pub name: String,
+    /// Overrides [`ChannelDefaults::buffers`].
+    #[serde(default)]
+    pub buffers: Option<BufferScope>,
+    /// Overrides [`ChannelDefaults::subbuf_size`].
+    #[serde(default)]
+    pub subbuf_size: Option<ByteSize>,
+    /// Overrides [`ChannelDefaults::num_subbuf`].
+    #[serde(default)]
+    pub num_subbuf: Option<u32>,
+    /// Overrides [`ChannelDefaults::mode`].
+    #[serde(default)]
+    pub mode: Option<ChannelMode>,
+    /// Overrides [`ChannelDefaults::writer`].
+    #[serde(default)]
+    pub writer: Option<String>,
+    /// Events enabled in this channel.
+    #[serde(default)]
+    pub events: Vec<EventPattern>,
+}
+
+/// A channel's settings once defaults are applied: what the daemon builds buffers
+/// from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelSettings {
+    /// Per-UID or per-PID buffers.
+    pub buffers: BufferScope,
+    /// Bytes per sub-buffer.
+    pub subbuf_size: u64,
+    /// Sub-buffers per ring.
+    pub num_subbuf: u32,
+    /// Discard or overwrite.
+    pub mode: ChannelMode,
+    /// Writer name (the daemon checks that it is registered).
+    pub writer: String,
+}
+
+/// A byte count written either as an integer or as a string with a binary suffix
+/// (`"4096"`, `"128K"`, `"4M"`, `"1G"`; K = 1024).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl std::str::FromStr for ByteSize {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("invalid size {text:?}: expected bytes, or a number with K, M or G");
+        let (digits, shift) = match text.as_bytes().last() {
+            Some(b'K' | b'k') => (&text[..text.len() - 1], 10),
+            Some(b'M' | b'm') => (&text[..text.len() - 1], 20),
+            Some(b'G' | b'g') => (&text[..text.len() - 1], 30),
+            _ => (text, 0),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        let value: u64 = digits.parse().map_err(|_| bad())?;
+        value
+            .checked_mul(1 << shift)
+            .map(ByteSize)
+            .ok_or_else(|| format!("size {text:?} does not fit in 64 bits"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Accepts a TOML integer or string.
+        struct ByteSizeVisitor;
+
+        impl Visitor<'_> for ByteSizeVisitor {
+            type Value = ByteSize;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a size in bytes: an integer, or a string like \"128K\", \"4M\", \"1G\"",
+                )
+            }
+
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom(format!("size {v} is negative")))
+            }
+
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(v))
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_any(ByteSizeVisitor)
+    }
+}
+
+/// An event-enabling pattern: `provider:name`, or a prefix of one ending with `*`
+/// (`demo:*`, `demo:req*`, `*`). Checked when parsed, so a rule that can never
+/// match is refused instead of silently recording nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct EventPattern(String);
+
+impl EventPattern {
+    /// Checks the syntax: identifier characters and at most one `:`; a `*` only as
+    /// the last character; without `*`, both provider and name non-empty.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let (body, wildcard) = match text.strip_suffix('*') {
+            Some(prefix) => (prefix, true),
+            None => (text, false),
+        };
+        let bad = |why: &str| format!("invalid event pattern {text:?}: {why}");
+        if let Some(c) = body
+            .chars()
+            .find(|&c| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        {
+            return Err(bad(&if c == '*' {
+                "`*` is only allowed at the end".to_owned()
+            } else {
+                format!("unexpected character {c:?}")
+            }));
+        }
+        let mut parts = body.split(':');
+        let provider = parts.next().unwrap_or_default();
+        let name = parts.next();
+        if parts.next().is_some() {
+            return Err(bad("more than one `:`"));
+        }
+        if !wildcard && (provider.is_empty() || name.is_none_or(str::is_empty)) {
+            return Err(bad("expected provider:name, or a prefix ending with `*`"));
+        }
+        if name.is_some() && provider.is_empty() {
+            return Err(bad("empty provider before `:`"));
+        }
+        Ok(EventPattern(text.to_owned()))
+    }
+
+    /// Whether the event `provider:name` is enabled by this pattern.
+    pub fn matches(&self, provider: &str, name: &str) -> bool {
+        let full = format!("{provider}:{name}");
+        match self.0.strip_suffix('*') {
+            Some(prefix) => full.starts_with(prefix),
+            None => full == self.0,
+        }
+    }
+
+    /// The pattern as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for EventPattern {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Self, String> {
+        EventPattern::parse(&text)
+    }
+}
+
+/// Where in which file a problem is: `file:line:column`, or `file` alone when the
+/// position is unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The configuration file.
+    pub file: PathBuf,
+    /// 1-based line and column (in characters), when known.
+    pub line_col: Option<(usize, usize)>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.line_col {
+            write!(f, ":{line}:{col}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a configuration could not be loaded or resolved.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{location}: invalid TOML: {message}")]
+    Syntax {
+        /// Where the parser stopped.
+        location: Location,
+        /// The parser's message.
+        message: String,
+    },
+    /// A key is unknown, has the wrong type, or a bad value.
+    #[error("{location}: {key}: {message}")]
+    Invalid {
+        /// Where the key or value is.
+        location: Location,
+        /// Dotted path of the key, e.g. `session[0].channel[1].subbuf_size`.
+        key: String,
+        /// What is wrong and what is expected.
+        message: String,
+    },
+    /// `daemon.output_dir` is empty and `HOME` is not set.
+    #[error("no output directory: set daemon.output_dir in the configuration, or HOME")]
+    NoOutputDir,
+    /// `daemon.runtime_dir` is empty and the environment gives none.
+    #[error(transparent)]
+    RuntimeDir(#[from] ProtocolError),
+}
+
+/// One step of a key path: a table key or an array index.
+#[derive(Debug, Clone, Copy)]
+enum Step<'a> {
+    /// `.key`
+    Key(&'a str),
+    /// `[index]`
+    Index(usize),
+}
+
+/// Renders `daemon.output_dir`, `session[0].channel[1].name`.
+fn render_path(path: &[Step<'_>]) -> String {
+    let mut out = String::new();
+    for step in path {
+        match step {
+            Step::Key(key) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Step::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// A validation failure before it is placed in the file.
+struct Problem {
+    /// Path of the offending key.
+    path: Vec<Step<'static>>,
+    /// What is wrong.
+    message: String,
+}
+
+impl Config {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and checks configuration text; `file` is only used in error messages.
+    pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+        let locate = |span: Option<Range<usize>>| Location {
+            file: file.to_owned(),
+            line_col: span.map(|s| line_col(text, s.start)),
+        };
+        let document = DeTable::parse(text).map_err(|e| ConfigError::Syntax {
+            location: locate(e.span()),
+            message: e.message().to_owned(),
+        })?;
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .map(|span| render_path(&path_at(document.get_ref(), span.start)))
+                .unwrap_or_default();
+            ConfigError::Invalid {
+                location: locate(e.span()),
+                key,
+                message: e.message().to_owned(),
+            }
+        })?;
+        config.validate().map_err(|problem| ConfigError::Invalid {
+            location: locate(span_of(document.get_ref(), &problem.path)),
+            key: render_path(&problem.path),
+            message: problem.message,
+        })?;
+        Ok(config)
+    }
+
+    /// Checks the rules serde cannot: powers of two, minimums, positive timers,
+    /// unique and file-name-safe session and channel names.
+    fn validate(&self) -> Result<(), Problem> {
+        let at = |path: Vec<Step<'static>>, message: String| Problem { path, message };
+        let key =
+            |section: &'static str, key: &'static str| vec![Step::Key(section), Step::Key(key)];
+        let d = &self.daemon;
+        positive(d.registration_timeout_ms)
+            .map_err(|m| at(key("daemon", "registration_timeout_ms"), m))?;
+        positive(d.flush_interval_ms).map_err(|m| at(key("daemon", "flush_interval_ms"), m))?;
+        if !(4096..=u64::from(u32::MAX)).contains(&d.max_frame_bytes.0) {
+            return Err(at(
+                key("daemon", "max_frame_bytes"),
+                format!(
+                    "{} is out of range: between 4096 and {} bytes",
+                    d.max_frame_bytes.0,
+                    u32::MAX
+                ),
+            ));
+        }
+        let c = &self.channel_defaults;
+        subbuf_size(c.subbuf_size).map_err(|m| at(key("channel_defaults", "subbuf_size"), m))?;
+        num_subbuf(c.num_subbuf).map_err(|m| at(key("channel_defaults", "num_subbuf"), m))?;
+        file_name(&c.writer).map_err(|m| at(key("channel_defaults", "writer"), m))?;
+        positive(self.supervision.within_secs)
+            .map_err(|m| at(key("supervision", "within_secs"), m))?;
+        positive(u64::from(self.limits.max_apps)).map_err(|m| at(key("limits", "max_apps"), m))?;
+        positive(self.limits.max_pid_buffer_bytes.0)
+            .map_err(|m| at(key("limits", "max_pid_buffer_bytes"), m))?;
+
+        for (s, session) in self.sessions.iter().enumerate() {
+            let in_session =
+                |key: &'static str| vec![Step::Key("session"), Step::Index(s), Step::Key(key)];
+            file_name(&session.name).map_err(|m| at(in_session("name"), m))?;
+            if self.sessions[..s]
+                .iter()
+                .any(|other| other.name == session.name)
+            {
+                return Err(at(
+                    in_session("name"),
+                    format!("session {:?} is declared twice", session.name),
+                ));
+            }
+            for (c, channel) in session.channels.iter().enumerate() {
+                let in_channel = |key: &'static str| {
+                    vec![
+                        Step::Key("session"),
+                        Step::Index(s),
+                        Step::Key("channel"),
+                        Step::Index(c),
+                        Step::Key(key),
+                    ]
+                };
+                file_name(&channel.name).map_err(|m| at(in_channel("name"), m))?;
+                if session.channels[..c]
+                    .iter()
+                    .any(|other| other.name == channel.name)
+                {
+                    return Err(at(
+                        in_channel("name"),
+                        format!(
+                            "channel {:?} is declared twice in session {:?}",
+                            channel.name, session.name
+                        ),
+                    ));
+                }
+                if let Some(size) = channel.subbuf_size {
+                    subbuf_size(size).map_err(|m| at(in_channel("subbuf_size"), m))?;
+                }
+                if let Some(count) = channel.num_subbuf {
+                    num_subbuf(count).map_err(|m| at(in_channel("num_subbuf"), m))?;
+                }
+                if let Some(writer) = &channel.writer {
+                    file_name(writer).map_err(|m| at(in_channel("writer"), m))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The directory for the sockets: `daemon.runtime_dir`, else
+    /// [`protocol::rundir`].
+    pub fn effective_runtime_dir(&self) -> Result<PathBuf, ConfigError> {
+        match &self.daemon.runtime_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => Ok(protocol::rundir()?),
+        }
+    }
+
+    /// The parent of session outputs: `daemon.output_dir`, else
+    /// `$HOME/ustrace-traces`.
+    pub fn effective_output_dir(&self) -> Result<PathBuf, ConfigError> {
+        match &self.daemon.output_dir {
+            Some(dir) => Ok(dir.clone()),
+            None => std::env::var_os("HOME")
+                .filter(|home| !home.is_empty())
+                .map(|home| PathBuf::from(home).join("ustrace-traces"))
+                .ok_or(ConfigError::NoOutputDir),
+        }
+    }
+
+    /// Where a session writes: its explicit `output`, else
+    /// `<effective output dir>/<name>-<YYYYMMDD-HHMMSS>` for the time it was
+    /// created. Serves sessions from the file and from `ustrace create` alike.
+    pub fn session_output_dir(
+        &self,
+        name: &str,
+        output: Option<&Path>,
+        created: SystemTime,
+    ) -> Result<PathBuf, ConfigError> {
+        match output {
+            Some(dir) => Ok(dir.to_owned()),
+            None => Ok(self
+                .effective_output_dir()?
+                .join(format!("{name}-{}", path_timestamp(created)))),
+        }
+    }
+
+    /// A channel's settings with [`Config::channel_defaults`] filling what it leaves
+    /// out.
+    pub fn channel_settings(&self, channel: &ChannelConfig) -> ChannelSettings {
+        let defaults = &self.channel_defaults;
+        ChannelSettings {
+            buffers: channel.buffers.unwrap_or(defaults.buffers),
+            subbuf_size: channel.subbuf_size.unwrap_or(defaults.subbuf_size).0,
+            num_subbuf: channel.num_subbuf.unwrap_or(defaults.num_subbuf),
+            mode: channel.mode.unwrap_or(defaults.mode),
+            writer: channel
+                .writer
+                .clone()
+                .unwrap_or_else(|| defaults.writer.clone()),
+        }
+    }
+}
+
+/// `YYYYMMDD-HHMMSS` in UTC, the time stamp in trace directory names (session
+/// outputs, per-PID directories). UTC so that names sort and compare across hosts
+/// and time zones.
+pub fn path_timestamp(time: SystemTime) -> String {
+    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, restricted to dates after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Empty strings mean "automatic" for path keys.
+fn empty_path_as_none<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<PathBuf>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    Ok((!text.is_empty()).then(|| PathBuf::from(text)))
+}
+
+fn positive(value: u64) -> Result<(), String> {
+    if value == 0 {
+        return Err("must be greater than 0".to_owned());
+    }
+    Ok(())
+}
+
+fn subbuf_size(size: ByteSize) -> Result<(), String> {
+    if !size.0.is_power_of_two() || size.0 < 4096 {
+        return Err(format!(
+            "{} bytes: must be a power of two of at least 4K",
+            size.0
+        ));
+    }
+    Ok(())
+}
+
+fn num_subbuf(count: u32) -> Result<(), String> {
+    if !count.is_power_of_two() || count < 2 {
+        return Err(format!("{count}: must be a power of two of at least 2"));
+    }
+    Ok(())
+}
+
+/// Names become parts of file names: 1 to 64 of `A-Z a-z 0-9 _ - .`, not starting
+/// with `.` or `-`.
+fn file_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if name.is_empty()
+        || name.len() > 64
+        || !name.chars().all(allowed)
+        || name.starts_with(['.', '-'])
+    {
+        return Err(format!(
+            "invalid name {name:?}: use 1 to 64 letters, digits, `_`, `-` or `.`, not starting with `.` or `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (
+        before.matches('\n').count() + 1,
+        before[line_start..].chars().count() + 1,
+    )
+}
+
+/// The key path of the innermost key or value containing byte `offset`.
+fn path_at<'a>(table: &'a DeTable<'_>, offset: usize) -> Vec<Step<'a>> {
+    for (key, value) in table {
+        if key.span().contains(&offset) {
+            return vec![Step::Key(key.get_ref())];
+        }
+        if let Some(mut inner) = path_in_value(value, offset) {
+            inner.insert(0, Step::Key(key.get_ref()));
+            return inner;
+        }
+    }
+    Vec::new()
+}
+
+/// [`path_at`] inside one value; `None` when the value does not contain `offset`.
+fn path_in_value<'a>(value: &'a Spanned<DeValue<'_>>, offset: usize) -> Option<Vec<Step<'a>>> {
+    let inner = match value.get_ref() {
+        DeValue::Table(table) => Some(path_at(table, offset)).filter(|p| !p.is_empty()),
+        DeValue::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            path_in_value(item, offset).map(|mut p| {
+                p.insert(0, Step::Index(i));
+                p
+            })
+        }),
+        _ => None,
+    };
+    inner.or_else(|| value.span().contains(&offset).then(Vec::new))
+}
+
+/// The span of the value at `path` (or of the deepest part of it that exists).
+fn span_of(table: &DeTable<'_>, path: &[Step<'_>]) -> Option<Range<usize>> {
+    let (Step::Key(first), rest) = path.split_first()? else {
+        return None;
+    };
+    let (key, value) = table.get_key_value(*first)?;
+    let mut value = value;
+    let mut span = value.span();
+    for step in rest {
+        let next = match (step, value.get_ref()) {
+            (Step::Key(k), DeValue::Table(t)) => t.get(*k),
+            (Step::Index(i), DeValue::Array(items)) => items.get(*i),
+            _ => None,
+        };
+        match next {
+            Some(next) => {
+                value = next;
+                span = value.span();
+            }
+            None => break,
+        }
+    }
+    Some(if span.is_empty() { key.span() } else { span })
+}

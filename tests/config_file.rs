@@ -1,0 +1,477 @@
+//! The configuration file: the shipped file is the default, every bad key or value
+//! is reported with file, position and dotted key, and resolved settings apply the
+//! defaults.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, UNIX_EPOCH};
+
+use ustrace::config::{
+    BufferScope, ByteSize, ChannelMode, ChannelSettings, Config, ConfigError, EventPattern,
+    path_timestamp,
+};
+
+const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/ustraced.toml");
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/etc/ustrace/test.toml"))
+}
+
+/// Parses `text`, expects an `Invalid` error, checks it names `key` and the file,
+/// and returns (line, column, message).
+fn invalid(text: &str, key: &str) -> (Option<(usize, usize)>, String) {
+    let err = parse(text).expect_err("configuration must be refused");
+    let rendered = err.to_string();
+    match err {
+        ConfigError::Invalid {
+            location,
+            key: got,
+            message,
+        } => {
+            assert_eq!(got, key, "wrong key in: {rendered}");
+            assert_eq!(location.file, PathBuf::from("/etc/ustrace/test.toml"));
+            assert!(rendered.starts_with("/etc/ustrace/test.toml"), "{rendered}");
+            assert!(rendered.contains(key), "{rendered}");
+            (location.line_col, message)
+        }
+        other => panic!("expected an invalid key error, got {other:?}"),
+    }
+}
+
+#[test]
+fn shipped_file_parses_to_exactly_the_defaults() {
+    assert_eq!(Config::load(Path::new(SHIPPED)).unwrap(), Config::default());
+}
+
+#[test]
+fn shipped_example_session_parses_when_uncommented() {
+    let text = std::fs::read_to_string(SHIPPED).unwrap();
+    let example: String = text
+        .lines()
+        .skip_while(|line| !line.starts_with("# [[session]]"))
+        .map(|line| format!("{}\n", line.trim_start_matches('#')))
+        .collect();
+    let config = parse(&example).unwrap();
+    assert_eq!(config.sessions.len(), 1);
+    let session = &config.sessions[0];
+    assert_eq!(
+        (
+            session.name.as_str(),
+            session.output.as_ref(),
+            session.autostart
+        ),
+        ("example", None, true)
+    );
+    assert_eq!(session.channels[0].name, "chan0");
+    assert_eq!(session.channels[0].events[0].as_str(), "demo:*");
+}
+
+#[test]
+fn empty_file_is_the_default() {
+    assert_eq!(parse("").unwrap(), Config::default());
+}
+
+#[test]
+fn defaults_are_the_documented_values() {
+    let config = Config::default();
+    assert_eq!(
+        config.daemon.registration_timeout(),
+        Duration::from_millis(3000)
+    );
+    assert_eq!(config.daemon.flush_interval(), Duration::from_millis(200));
+    assert_eq!(config.daemon.max_frame(), 1 << 20);
+    assert_eq!(config.channel_defaults.subbuf_size, ByteSize(128 * 1024));
+    assert_eq!(config.channel_defaults.num_subbuf, 4);
+    assert_eq!(config.channel_defaults.mode, ChannelMode::Discard);
+    assert_eq!(config.channel_defaults.buffers, BufferScope::Uid);
+    assert_eq!(config.channel_defaults.writer, "ctf");
+    assert_eq!(config.supervision.max_restarts, 3);
+    assert_eq!(config.supervision.within(), Duration::from_secs(10));
+    assert_eq!(config.supervision.backoff(), Duration::from_millis(100));
+    assert_eq!(config.limits.max_apps, 4096);
+    assert_eq!(config.limits.max_pid_buffer_bytes, ByteSize(1 << 30));
+    assert!(config.sessions.is_empty());
+}
+
+#[test]
+fn sessions_and_channels_parse_with_overrides() {
+    let config = parse(
+        r#"
+[channel_defaults]
+subbuf_size = 8192
+
+[[session]]
+name = "web"
+output = "/var/trace/web"
+autostart = false
+  [[session.channel]]
+  name = "requests"
+  buffers = "pid"
+  subbuf_size = "64K"
+  num_subbuf = 8
+  mode = "overwrite"
+  writer = "ctf"
+  events = ["http:*", "db:query"]
+  [[session.channel]]
+  name = "misc"
+
+[[session]]
+name = "batch.2"
+"#,
+    )
+    .unwrap();
+    assert_eq!(config.sessions.len(), 2);
+    let web = &config.sessions[0];
+    assert_eq!(web.output.as_deref(), Some(Path::new("/var/trace/web")));
+    assert!(!web.autostart);
+    assert_eq!(
+        config.channel_settings(&web.channels[0]),
+        ChannelSettings {
+            buffers: BufferScope::Pid,
+            subbuf_size: 64 * 1024,
+            num_subbuf: 8,
+            mode: ChannelMode::Overwrite,
+            writer: "ctf".into(),
+        }
+    );
+    assert_eq!(
+        config.channel_settings(&web.channels[1]),
+        ChannelSettings {
+            buffers: BufferScope::Uid,
+            subbuf_size: 8192,
+            num_subbuf: 4,
+            mode: ChannelMode::Discard,
+            writer: "ctf".into(),
+        }
+    );
+    assert!(config.sessions[1].autostart);
+    assert!(config.sessions[1].channels.is_empty());
+}
+
+#[test]
+fn sizes_accept_integers_and_binary_suffixes() {
+    for (text, bytes) in [
+        ("4096", 4096),
+        ("\"4096\"", 4096),
+        ("\"4K\"", 4096),
+        ("\"4k\"", 4096),
+        ("\"2M\"", 2 << 20),
+        ("\"1G\"", 1 << 30),
+    ] {
+        let config = parse(&format!("[channel_defaults]\nsubbuf_size = {text}\n")).unwrap();
+        assert_eq!(
+            config.channel_defaults.subbuf_size,
+            ByteSize(bytes),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn malformed_sizes_are_refused_naming_the_key() {
+    for text in [
+        "\"12X\"",
+        "\"K\"",
+        "\"1.5M\"",
+        "\"\"",
+        "-4096",
+        "\" 4K\"",
+        "\"99999999999999999999G\"",
+        "1.0",
+    ] {
+        let (position, message) = invalid(
+            &format!("[channel_defaults]\nsubbuf_size = {text}\n"),
+            "channel_defaults.subbuf_size",
+        );
+        assert_eq!(position, Some((2, 15)), "{text}: {message}");
+    }
+}
+
+#[test]
+fn unknown_top_level_section_is_refused() {
+    let (position, message) = invalid("[deamon]\nflush_interval_ms = 5\n", "deamon");
+    assert_eq!(position, Some((1, 2)));
+    assert!(message.contains("deamon"), "{message}");
+}
+
+#[test]
+fn unknown_key_is_refused_naming_its_path() {
+    let (position, message) = invalid(
+        "[daemon]\nflush_intervall_ms = 5\n",
+        "daemon.flush_intervall_ms",
+    );
+    assert_eq!(position, Some((2, 1)));
+    assert!(message.contains("flush_intervall_ms"), "{message}");
+}
+
+#[test]
+fn unknown_key_deep_in_a_session_names_the_indices() {
+    let text = r#"
+[[session]]
+name = "a"
+  [[session.channel]]
+  name = "c0"
+  [[session.channel]]
+  name = "c1"
+  event = ["demo:*"]
+"#;
+    let (position, _) = invalid(text, "session[0].channel[1].event");
+    assert_eq!(position, Some((8, 3)));
+}
+
+#[test]
+fn wrong_type_is_refused_naming_the_key() {
+    let (position, message) = invalid(
+        "[daemon]\nregistration_timeout_ms = \"soon\"\n",
+        "daemon.registration_timeout_ms",
+    );
+    assert_eq!(position, Some((2, 27)));
+    assert!(!message.is_empty());
+}
+
+#[test]
+fn unknown_mode_and_buffers_are_refused() {
+    let (_, message) = invalid(
+        "[channel_defaults]\nmode = \"ring\"\n",
+        "channel_defaults.mode",
+    );
+    assert!(
+        message.contains("discard") && message.contains("overwrite"),
+        "{message}"
+    );
+    invalid(
+        "[channel_defaults]\nbuffers = \"global\"\n",
+        "channel_defaults.buffers",
+    );
+}
+
+#[test]
+fn sub_buffer_size_must_be_a_power_of_two_of_at_least_4k() {
+    for bad in ["\"2K\"", "12288", "\"3M\"", "0"] {
+        let (position, message) = invalid(
+            &format!("[channel_defaults]\nsubbuf_size = {bad}\n"),
+            "channel_defaults.subbuf_size",
+        );
+        assert_eq!(position, Some((2, 15)), "{bad}");
+        assert!(message.contains("power of two"), "{message}");
+    }
+}
+
+#[test]
+fn sub_buffer_count_must_be_a_power_of_two_of_at_least_2() {
+    for bad in [0, 1, 3, 6] {
+        invalid(
+            &format!("[channel_defaults]\nnum_subbuf = {bad}\n"),
+            "channel_defaults.num_subbuf",
+        );
+    }
+}
+
+#[test]
+fn channel_overrides_are_checked_at_their_own_path() {
+    let text = r#"
+[[session]]
+name = "s"
+  [[session.channel]]
+  name = "ok"
+  [[session.channel]]
+  name = "bad"
+  subbuf_size = "100K"
+"#;
+    let (position, _) = invalid(text, "session[0].channel[1].subbuf_size");
+    assert_eq!(position, Some((8, 17)));
+    let text = text.replace("subbuf_size = \"100K\"", "num_subbuf = 3");
+    invalid(&text, "session[0].channel[1].num_subbuf");
+}
+
+#[test]
+fn timers_and_limits_must_be_positive() {
+    for (section, key) in [
+        ("daemon", "registration_timeout_ms"),
+        ("daemon", "flush_interval_ms"),
+        ("supervision", "within_secs"),
+        ("limits", "max_apps"),
+        ("limits", "max_pid_buffer_bytes"),
+    ] {
+        let (position, message) = invalid(
+            &format!("[{section}]\n{key} = 0\n"),
+            &format!("{section}.{key}"),
+        );
+        assert_eq!(position.map(|p| p.0), Some(2));
+        assert!(message.contains("greater than 0"), "{message}");
+    }
+}
+
+#[test]
+fn max_frame_must_fit_a_u32_and_hold_a_page() {
+    invalid(
+        "[daemon]\nmax_frame_bytes = 100\n",
+        "daemon.max_frame_bytes",
+    );
+    invalid(
+        "[daemon]\nmax_frame_bytes = \"8G\"\n",
+        "daemon.max_frame_bytes",
+    );
+    assert_eq!(
+        parse("[daemon]\nmax_frame_bytes = \"4M\"\n")
+            .unwrap()
+            .daemon
+            .max_frame(),
+        4 << 20
+    );
+}
+
+#[test]
+fn session_names_must_be_unique_file_names() {
+    let (position, message) = invalid(
+        "[[session]]\nname = \"a\"\n[[session]]\nname = \"a\"\n",
+        "session[1].name",
+    );
+    assert_eq!(position, Some((4, 8)));
+    assert!(message.contains("twice"), "{message}");
+    for bad in ["", "../etc", "a/b", ".hidden", "-x", "with space"] {
+        invalid(&format!("[[session]]\nname = {bad:?}\n"), "session[0].name");
+    }
+    let (_, message) = invalid("[[session]]\nautostart = true\n", "session[0]");
+    assert!(message.contains("name"), "{message}");
+}
+
+#[test]
+fn channel_names_must_be_unique_in_their_session() {
+    let text = "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\n[[session.channel]]\nname = \"c\"\n";
+    invalid(text, "session[0].channel[1].name");
+    // The same channel name in two sessions is fine.
+    parse("[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\n[[session]]\nname = \"t\"\n[[session.channel]]\nname = \"c\"\n").unwrap();
+}
+
+#[test]
+fn writer_names_are_checked() {
+    invalid(
+        "[channel_defaults]\nwriter = \"\"\n",
+        "channel_defaults.writer",
+    );
+    invalid(
+        "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\nwriter = \"a/b\"\n",
+        "session[0].channel[0].writer",
+    );
+}
+
+#[test]
+fn event_patterns_are_checked_where_they_are_written() {
+    for bad in ["demo", "demo:", ":ev", "de*mo:ev", "a:b:c", "demo:ev-1", ""] {
+        let text = format!(
+            "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\nevents = [\"demo:ok\", {bad:?}]\n"
+        );
+        // toml reports element errors at the array: the message names the pattern.
+        let (position, message) = invalid(&text, "session[0].channel[0].events");
+        assert_eq!(position, Some((5, 10)), "{bad}: {message}");
+        assert!(
+            message.contains(&format!("invalid event pattern {bad:?}")),
+            "{message}"
+        );
+    }
+}
+
+#[test]
+fn event_patterns_match_by_exact_name_or_prefix() {
+    let pattern = |p: &str| EventPattern::parse(p).unwrap();
+    assert!(pattern("demo:ev").matches("demo", "ev"));
+    assert!(!pattern("demo:ev").matches("demo", "ev2"));
+    assert!(pattern("demo:ev*").matches("demo", "ev2"));
+    assert!(pattern("demo:*").matches("demo", "anything"));
+    assert!(!pattern("demo:*").matches("demo2", "anything"));
+    assert!(pattern("dem*").matches("demo2", "x"));
+    assert!(pattern("*").matches("any", "thing"));
+}
+
+#[test]
+fn syntax_errors_give_the_position() {
+    let err = parse("[daemon]\nflush_interval_ms = = 5\n").unwrap_err();
+    match err {
+        ConfigError::Syntax { location, .. } => {
+            assert_eq!(location.line_col.map(|p| p.0), Some(2));
+        }
+        other => panic!("expected a syntax error, got {other:?}"),
+    }
+}
+
+#[test]
+fn missing_file_error_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("absent.toml");
+    let err = Config::load(&path).unwrap_err();
+    assert!(matches!(err, ConfigError::Read { .. }));
+    assert!(err.to_string().contains("absent.toml"), "{err}");
+}
+
+#[test]
+fn load_reports_the_real_file_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ustraced.toml");
+    std::fs::write(&path, "[limits]\nmax_apps = 0\n").unwrap();
+    let err = Config::load(&path).unwrap_err();
+    let expected = format!("{}:2:12: limits.max_apps", path.display());
+    assert!(err.to_string().starts_with(&expected), "{err}");
+}
+
+#[test]
+fn explicit_directories_win_over_the_environment() {
+    let config = parse("[daemon]\nruntime_dir = \"/tmp/rd\"\noutput_dir = \"/tmp/out\"\n").unwrap();
+    assert_eq!(
+        config.effective_runtime_dir().unwrap(),
+        PathBuf::from("/tmp/rd")
+    );
+    assert_eq!(
+        config.effective_output_dir().unwrap(),
+        PathBuf::from("/tmp/out")
+    );
+}
+
+#[test]
+fn automatic_directories_follow_the_environment() {
+    let config = Config::default();
+    assert_eq!(
+        config.effective_runtime_dir().unwrap(),
+        ustrace::protocol::rundir().unwrap()
+    );
+    match std::env::var_os("HOME").filter(|h| !h.is_empty()) {
+        Some(home) => assert_eq!(
+            config.effective_output_dir().unwrap(),
+            PathBuf::from(home).join("ustrace-traces")
+        ),
+        None => assert!(matches!(
+            config.effective_output_dir(),
+            Err(ConfigError::NoOutputDir)
+        )),
+    }
+}
+
+#[test]
+fn session_output_is_explicit_or_named_after_session_and_time() {
+    let config = parse("[daemon]\noutput_dir = \"/traces\"\n").unwrap();
+    let created = UNIX_EPOCH + Duration::from_secs(1_795_775_025); // 2026-11-27 10:23:45 UTC
+    assert_eq!(
+        config.session_output_dir("web", None, created).unwrap(),
+        PathBuf::from("/traces/web-20261127-102345")
+    );
+    assert_eq!(
+        config
+            .session_output_dir("web", Some(Path::new("/elsewhere")), created)
+            .unwrap(),
+        PathBuf::from("/elsewhere")
+    );
+}
+
+#[test]
+fn path_timestamps_are_utc_calendar_dates() {
+    assert_eq!(path_timestamp(UNIX_EPOCH), "19700101-000000");
+    // 2024-02-29 23:59:59, a leap day.
+    assert_eq!(
+        path_timestamp(UNIX_EPOCH + Duration::from_secs(1_709_251_199)),
+        "20240229-235959"
+    );
+    // 2000-03-01 00:00:00, after a century leap year.
+    assert_eq!(
+        path_timestamp(UNIX_EPOCH + Duration::from_secs(951_868_800)),
+        "20000301-000000"
+    );
+}
