@@ -1,0 +1,107 @@
+//! Signals interrupting blocked reads and writes: the frame still arrives whole.
+//!
+//! A SIGUSR1 handler is installed without SA_RESTART, so a signal delivered while a
+//! thread sleeps in recvmsg/sendmsg makes the call fail with EINTR; the framing code
+//! must resume. Each signal is sent only once the target thread is seen sleeping
+//! (state `S` in /proc), and the test waits for the handler to have run.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::os::unix::thread::JoinHandleExt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+use nix::unistd::{Pid, gettid};
+use ustrace::protocol::{MAX_FRAME, recv, send};
+
+static DELIVERED: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn count_signal(_: libc::c_int) {
+    DELIVERED.fetch_add(1, Ordering::SeqCst);
+}
+
+fn install_handler() {
+    let action = SigAction::new(
+        SigHandler::Handler(count_signal),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only performs an atomic add, which is async-signal-safe.
+    unsafe { sigaction(Signal::SIGUSR1, &action) }.expect("sigaction");
+}
+
+fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn sleeping(tid: Pid) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.starts_with('S')
+}
+
+/// Waits for the thread to block, interrupts it once and waits for the handler.
+fn interrupt_while_blocked<T>(thread: &JoinHandle<T>, tid: Pid) {
+    wait_until("the thread blocks", || sleeping(tid));
+    let before = DELIVERED.load(Ordering::SeqCst);
+    // SAFETY: the thread has not been joined, so its pthread_t is valid.
+    let rc = unsafe { libc::pthread_kill(thread.as_pthread_t(), libc::SIGUSR1) };
+    assert_eq!(rc, 0);
+    wait_until("the handler ran", || {
+        DELIVERED.load(Ordering::SeqCst) > before
+    });
+}
+
+#[test]
+fn interrupted_reads_resume_in_header_and_payload() {
+    install_handler();
+    let (mut a, b) = UnixStream::pair().unwrap();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let receiver = thread::spawn(move || {
+        tid_tx.send(gettid()).unwrap();
+        recv::<Vec<u8>>(&b, MAX_FRAME)
+    });
+    let tid = tid_rx.recv().unwrap();
+
+    interrupt_while_blocked(&receiver, tid);
+    // Header and half the payload: the receiver blocks again inside the payload.
+    let payload: Vec<u8> = (0..64).collect();
+    let mut frame = ((8 + payload.len()) as u32).to_le_bytes().to_vec();
+    frame.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    a.write_all(&frame[..20]).unwrap();
+    interrupt_while_blocked(&receiver, tid);
+    a.write_all(&frame[20..]).unwrap();
+
+    let (got, fds) = receiver.join().unwrap().unwrap().unwrap();
+    assert_eq!(got, payload);
+    assert!(fds.is_empty());
+}
+
+#[test]
+fn interrupted_writes_resume() {
+    install_handler();
+    let (a, b) = UnixStream::pair().unwrap();
+    let message: Vec<u8> = (0..800_000u32).map(|i| i as u8).collect();
+    let expected = message.clone();
+    let (tid_tx, tid_rx) = mpsc::channel();
+    let sender = thread::spawn(move || {
+        tid_tx.send(gettid()).unwrap();
+        send(&a, &message, &[])
+    });
+    let tid = tid_rx.recv().unwrap();
+
+    // The socket buffer is far smaller than the frame: the sender blocks.
+    interrupt_while_blocked(&sender, tid);
+    interrupt_while_blocked(&sender, tid);
+    let (got, _) = recv::<Vec<u8>>(&b, MAX_FRAME).unwrap().unwrap();
+    sender.join().unwrap().unwrap();
+    assert_eq!(got, expected);
+}
