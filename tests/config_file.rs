@@ -2,8 +2,8 @@
 //! is reported with file, position and dotted key, and resolved settings apply the
 //! defaults.
 
-
 #![cfg(feature = "daemon")]
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 

@@ -2,8 +2,9 @@
 //!
 //! Contract:
 //! - Descriptors travel as one `SCM_RIGHTS` control message attached to the first
-//!   byte of a frame; the kernel never merges that byte into an earlier read, so the
-//!   receiver gets them with the read of the frame's first byte.
+//!   byte of a frame. The kernel hands them to the read that consumes that byte, and
+//!   the framing code never reads past the frame it is in, so they come with the
+//!   read of their own frame's first byte.
 //! - The receiver owns what arrives: descriptors come back as [`OwnedFd`], opened with
 //!   `MSG_CMSG_CLOEXEC` so that no exec'd child inherits a ring buffer. On every error
 //!   path (too many, truncated control message, connection cut) the descriptors that
