@@ -266,11 +266,24 @@ pub struct ChannelSettings {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ByteSize(pub u64);
 
-impl std::str::FromStr for ByteSize {
-    type Err = String;
+/// A size that is not an integer with an optional K, M or G suffix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid size {text:?}: {reason}")]
+pub struct InvalidSize {
+    /// The text as written.
+    pub text: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
 
-    fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || format!("invalid size {text:?}: expected bytes, or a number with K, M or G");
+impl std::str::FromStr for ByteSize {
+    type Err = InvalidSize;
+
+    fn from_str(text: &str) -> Result<Self, InvalidSize> {
+        let bad = |reason| InvalidSize {
+            text: text.to_owned(),
+            reason,
+        };
         let (digits, shift) = match text.as_bytes().last() {
             Some(b'K' | b'k') => (&text[..text.len() - 1], 10),
             Some(b'M' | b'm') => (&text[..text.len() - 1], 20),
@@ -278,13 +291,14 @@ impl std::str::FromStr for ByteSize {
             _ => (text, 0),
         };
         if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(bad());
+            return Err(bad("expected bytes, or a number with K, M or G"));
         }
-        let value: u64 = digits.parse().map_err(|_| bad())?;
-        value
-            .checked_mul(1 << shift)
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|value| value.checked_mul(1 << shift))
             .map(ByteSize)
-            .ok_or_else(|| format!("size {text:?} does not fit in 64 bits"))
+            .ok_or_else(|| bad("does not fit in 64 bits"))
     }
 }
 
@@ -324,40 +338,72 @@ impl<'de> Deserialize<'de> for ByteSize {
 /// An event-enabling pattern: `provider:name`, or a prefix of one ending with `*`
 /// (`demo:*`, `demo:req*`, `*`). Checked when parsed, so a rule that can never
 /// match is refused instead of silently recording nothing.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "String")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventPattern(String);
+
+/// Why an event pattern was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid event pattern {pattern:?}: {problem}")]
+pub struct InvalidPattern {
+    /// The pattern as written.
+    pub pattern: String,
+    /// What is wrong with it.
+    pub problem: PatternProblem,
+}
+
+/// The rule an [`InvalidPattern`] breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PatternProblem {
+    /// A `*` before the end.
+    #[error("`*` is only allowed at the end")]
+    MisplacedWildcard,
+    /// Neither an identifier character, `:` nor a final `*`.
+    #[error("unexpected character {0:?}")]
+    BadCharacter(char),
+    /// `a:b:c`.
+    #[error("more than one `:`")]
+    ManyColons,
+    /// `:name`.
+    #[error("empty provider before `:`")]
+    EmptyProvider,
+    /// `provider` or `provider:` without a wildcard.
+    #[error("expected provider:name, or a prefix ending with `*`")]
+    Incomplete,
+}
 
 impl EventPattern {
     /// Checks the syntax: identifier characters and at most one `:`; a `*` only as
     /// the last character; without `*`, both provider and name non-empty.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, InvalidPattern> {
+        let bad = |problem| InvalidPattern {
+            pattern: text.to_owned(),
+            problem,
+        };
         let (body, wildcard) = match text.strip_suffix('*') {
             Some(prefix) => (prefix, true),
             None => (text, false),
         };
-        let bad = |why: &str| format!("invalid event pattern {text:?}: {why}");
         if let Some(c) = body
             .chars()
             .find(|&c| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
         {
-            return Err(bad(&if c == '*' {
-                "`*` is only allowed at the end".to_owned()
+            return Err(bad(if c == '*' {
+                PatternProblem::MisplacedWildcard
             } else {
-                format!("unexpected character {c:?}")
+                PatternProblem::BadCharacter(c)
             }));
         }
         let mut parts = body.split(':');
         let provider = parts.next().unwrap_or_default();
         let name = parts.next();
         if parts.next().is_some() {
-            return Err(bad("more than one `:`"));
-        }
-        if !wildcard && (provider.is_empty() || name.is_none_or(str::is_empty)) {
-            return Err(bad("expected provider:name, or a prefix ending with `*`"));
+            return Err(bad(PatternProblem::ManyColons));
         }
         if name.is_some() && provider.is_empty() {
-            return Err(bad("empty provider before `:`"));
+            return Err(bad(PatternProblem::EmptyProvider));
+        }
+        if !wildcard && name.is_none_or(str::is_empty) {
+            return Err(bad(PatternProblem::Incomplete));
         }
         Ok(EventPattern(text.to_owned()))
     }
@@ -377,11 +423,25 @@ impl EventPattern {
     }
 }
 
-impl TryFrom<String> for EventPattern {
-    type Error = String;
+impl<'de> Deserialize<'de> for EventPattern {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        /// Parses inside the value's own deserializer, so that an error carries the
+        /// position of the pattern rather than of the whole `events` array.
+        struct PatternVisitor;
 
-    fn try_from(text: String) -> Result<Self, String> {
-        EventPattern::parse(&text)
+        impl Visitor<'_> for PatternVisitor {
+            type Value = EventPattern;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an event pattern such as \"provider:name\" or \"provider:*\"")
+            }
+
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EventPattern, E> {
+                EventPattern::parse(v).map_err(E::custom)
+            }
+        }
+
+        deserializer.deserialize_str(PatternVisitor)
     }
 }
 

@@ -363,9 +363,8 @@ fn event_patterns_are_checked_where_they_are_written() {
         let text = format!(
             "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\nevents = [\"demo:ok\", {bad:?}]\n"
         );
-        // toml reports element errors at the array: the message names the pattern.
-        let (position, message) = invalid(&text, "session[0].channel[0].events");
-        assert_eq!(position, Some((5, 10)), "{bad}: {message}");
+        let (position, message) = invalid(&text, "session[0].channel[0].events[1]");
+        assert_eq!(position, Some((5, 22)), "{bad}: {message}");
         assert!(
             message.contains(&format!("invalid event pattern {bad:?}")),
             "{message}"
@@ -476,4 +475,32 @@ fn path_timestamps_are_utc_calendar_dates() {
         path_timestamp(UNIX_EPOCH + Duration::from_secs(951_868_800)),
         "20000301-000000"
     );
+}
+
+#[test]
+fn pattern_errors_say_which_rule_is_broken() {
+    use ustrace::config::PatternProblem::*;
+    for (text, problem) in [
+        ("de*mo:ev", MisplacedWildcard),
+        ("demo:ev-1", BadCharacter('-')),
+        ("a:b:c", ManyColons),
+        (":ev", EmptyProvider),
+        (":*", EmptyProvider),
+        ("demo", Incomplete),
+        ("demo:", Incomplete),
+        ("", Incomplete),
+    ] {
+        assert_eq!(
+            EventPattern::parse(text).unwrap_err().problem,
+            problem,
+            "{text:?}"
+        );
+    }
+}
+
+#[test]
+fn size_strings_parse_on_their_own() {
+    assert_eq!("64K".parse::<ByteSize>(), Ok(ByteSize(65536)));
+    let err = "17179869184G".parse::<ByteSize>().unwrap_err();
+    assert_eq!(err.reason, "does not fit in 64 bits");
 }
