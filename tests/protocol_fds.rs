@@ -8,7 +8,8 @@
 use std::fs::File;
 use std::io::{IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::thread;
 
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, FdFlag, OFlag, fcntl};
@@ -16,7 +17,10 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 use nix::sys::socket::{ControlMessage, MsgFlags, sendmsg, setsockopt, sockopt};
 use nix::unistd::pipe2;
 use serde::{Deserialize, Serialize};
-use ustrace::protocol::{MAX_FDS, MAX_FRAME, ProtocolError, recv, send};
+use ustrace::protocol::{
+    APPS_SOCKET, MAX_FDS, MAX_FRAME, ProtocolError, expect_hello, recv, rundir_from, send,
+    send_hello,
+};
 
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 enum Message {
@@ -228,4 +232,39 @@ fn descriptors_of_an_undecodable_frame_are_closed() {
     let err = recv::<Message>(&b, MAX_FRAME).unwrap_err();
     assert!(matches!(err, ProtocolError::Decode { .. }), "{err:?}");
     assert!(write_end_fully_closed(&read_end));
+}
+
+#[test]
+fn app_and_daemon_exchange_hello_and_a_ring_over_a_listening_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let rundir = rundir_from(Some(dir.path().into()), nix::unistd::getuid(), None).unwrap();
+    let listener = UnixListener::bind(rundir.join(APPS_SOCKET)).unwrap();
+
+    let daemon = thread::spawn(move || {
+        let (conn, _) = listener.accept().unwrap();
+        expect_hello(&conn).unwrap();
+        send_hello(&conn).unwrap();
+        let (request, fds) = recv::<Message>(&conn, MAX_FRAME).unwrap().unwrap();
+        assert_eq!((request, fds.len()), (Message::Nothing, 0));
+        let ring = memfd_create(c"ustrace-test-ring", MFdFlags::MFD_CLOEXEC).unwrap();
+        let mut ring = File::from(ring);
+        ring.write_all(b"packet").unwrap();
+        send(&conn, &Message::Stream { cpu: 1 }, &[ring.as_fd()]).unwrap();
+        // The app closing its connection is a clean end of file.
+        assert!(recv::<Message>(&conn, MAX_FRAME).unwrap().is_none());
+    });
+
+    let app = UnixStream::connect(rundir.join(APPS_SOCKET)).unwrap();
+    send_hello(&app).unwrap();
+    expect_hello(&app).unwrap();
+    send(&app, &Message::Nothing, &[]).unwrap();
+    let (reply, mut fds) = recv::<Message>(&app, MAX_FRAME).unwrap().unwrap();
+    assert_eq!(reply, Message::Stream { cpu: 1 });
+    let mut ring = File::from(fds.remove(0));
+    let mut content = String::new();
+    ring.seek(SeekFrom::Start(0)).unwrap();
+    ring.read_to_string(&mut content).unwrap();
+    assert_eq!(content, "packet");
+    drop(app);
+    daemon.join().unwrap();
 }
