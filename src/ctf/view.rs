@@ -106,13 +106,17 @@ fn text_value(value: &Value) -> String {
         Value::Signed(v) => v.to_string(),
         Value::Unsigned(v) => v.to_string(),
         Value::Hex(v) => format!("{v:#X}"),
-        Value::F32(v) => v.to_string(),
-        Value::F64(v) => v.to_string(),
+        Value::F32(v) => format!("{v:?}"),
+        Value::F64(v) => format!("{v:?}"),
         Value::Bool(v) => v.to_string(),
         Value::Str(s) => format!("{s:?}"),
         Value::Bytes(b) => {
             let items: Vec<String> = b.iter().map(u8::to_string).collect();
-            format!("[ {} ]", items.join(", "))
+            if items.is_empty() {
+                "[ ]".to_string()
+            } else {
+                format!("[ {} ]", items.join(", "))
+            }
         }
         Value::Enum { value, label } => match label {
             Some(label) => format!("( {label:?} : {value} )"),

@@ -21,7 +21,14 @@ pub struct PacketBuilder {
 }
 
 impl PacketBuilder {
-    pub fn new(uuid: [u8; 16], stream_id: u32, cpu_id: u32, seq_num: u64, ts: u64, size: usize) -> Self {
+    pub fn new(
+        uuid: [u8; 16],
+        stream_id: u32,
+        cpu_id: u32,
+        seq_num: u64,
+        ts: u64,
+        size: usize,
+    ) -> Self {
         let open = PacketOpen {
             uuid,
             stream_id,
@@ -32,7 +39,12 @@ impl PacketBuilder {
         };
         let mut buf = vec![0u8; size];
         open.write(&mut buf);
-        PacketBuilder { buf, open, used: PACKET_HEADER_SIZE, last_ts: ts }
+        PacketBuilder {
+            buf,
+            open,
+            used: PACKET_HEADER_SIZE,
+            last_ts: ts,
+        }
     }
 
     pub fn event(&mut self, id: u32, ts: u64, fields: &[&dyn FieldValue]) -> &mut Self {
@@ -53,7 +65,10 @@ impl PacketBuilder {
         let mut buf = self.buf.clone();
         if trim {
             buf.truncate(self.used);
-            let open = PacketOpen { packet_size: self.used as u64, ..self.open };
+            let open = PacketOpen {
+                packet_size: self.used as u64,
+                ..self.open
+            };
             open.write(&mut buf);
         }
         PacketClose {
@@ -67,11 +82,19 @@ impl PacketBuilder {
 }
 
 pub fn field(name: &str, ty: FieldType) -> FieldDesc {
-    FieldDesc { name: name.into(), ty }
+    FieldDesc {
+        name: name.into(),
+        ty,
+    }
 }
 
 pub fn desc(provider: &str, name: &str, fields: Vec<FieldDesc>) -> EventDesc {
-    EventDesc { provider: provider.into(), name: name.into(), loglevel: LogLevel::Info, fields }
+    EventDesc {
+        provider: provider.into(),
+        name: name.into(),
+        loglevel: LogLevel::Info,
+        fields,
+    }
 }
 
 /// A registry with a fixed clock offset (2026-11-27 00:00:00 UTC) so dates are known.
@@ -82,22 +105,77 @@ pub fn registry(uuid_byte: u8, ownership: Ownership) -> Registry {
     uuid[6] = 0x40 | (uuid_byte & 0x0F);
     Registry::new(
         uuid,
-        ClockOffset { offset_ns: OFFSET_NS },
-        TraceEnv { hostname: "testhost".into(), ownership },
+        ClockOffset {
+            offset_ns: OFFSET_NS,
+        },
+        TraceEnv {
+            hostname: "testhost".into(),
+            ownership,
+        },
     )
 }
 
-/// Output of `babeltrace2 args...`, panicking with its stderr if it fails.
-pub fn babeltrace(dir: &Path, extra: &[&str]) -> String {
+/// (stdout, stderr) of `babeltrace2 args... DIR`, panicking with its stderr if it fails.
+pub fn babeltrace_output(dir: &Path, extra: &[&str]) -> (String, String) {
     let out = Command::new("/usr/bin/babeltrace2")
         .args(extra)
         .arg(dir)
         .output()
         .expect("run babeltrace2");
-    assert!(
-        out.status.success(),
-        "babeltrace2 failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8 output")
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "babeltrace2 failed: {stderr}");
+    (String::from_utf8(out.stdout).expect("utf-8 output"), stderr)
+}
+
+/// Stdout of `babeltrace2 args... DIR`.
+pub fn babeltrace(dir: &Path, extra: &[&str]) -> String {
+    babeltrace_output(dir, extra).0
+}
+
+/// `view` text output, panicking on error.
+pub fn view_text(dir: &Path) -> (u64, String) {
+    let mut out = Vec::new();
+    let n = ustrace::ctf::view::view(dir, false, &mut out).expect("view");
+    (n, String::from_utf8(out).expect("utf-8 output"))
+}
+
+/// `babeltrace2 --clock-seconds --no-delta` event lines split into
+/// (seconds timestamp, origin, event name, payload `{ ... }`).
+pub fn bt_events(dir: &Path) -> Vec<(String, String, String, String)> {
+    babeltrace(dir, &["--clock-seconds", "--no-delta"])
+        .lines()
+        .map(|line| {
+            let (ts, rest) = line[1..].split_once("] ").expect("timestamp");
+            let (origin, rest) = rest.split_once(' ').expect("origin");
+            let (name, rest) = rest.split_once(": ").expect("name");
+            let (_context, payload) = rest.split_once("}, ").expect("context");
+            (
+                ts.to_string(),
+                origin.to_string(),
+                name.to_string(),
+                payload.to_string(),
+            )
+        })
+        .collect()
+}
+
+/// `view` event lines split into (time, origin, event name, payload `{ ... }`).
+pub fn view_events(dir: &Path) -> Vec<(String, String, String, String)> {
+    view_text(dir)
+        .1
+        .lines()
+        .filter(|l| !l.contains(" WARNING: "))
+        .map(|line| {
+            let (ts, rest) = line[1..].split_once("] ").expect("timestamp");
+            let (payload_start, _) = rest.match_indices(" {").next().expect("payload");
+            let (head, payload) = rest.split_at(payload_start);
+            let (origin, name) = head.rsplit_once(' ').expect("origin and name");
+            (
+                ts.to_string(),
+                origin.to_string(),
+                name.to_string(),
+                payload[1..].to_string(),
+            )
+        })
+        .collect()
 }
