@@ -70,6 +70,7 @@ fn all_types(r: &mut Registry) -> u32 {
             field("color", color),
         ],
     ))
+    .unwrap()
     .0
 }
 
@@ -194,6 +195,7 @@ fn write_seq_packets(
 
 fn seq_event(r: &mut Registry) -> u32 {
     r.register_event(&desc("prov", "tick", vec![field("seq", int(32, false))]))
+        .unwrap()
         .0
 }
 

@@ -33,41 +33,43 @@ fn real_session(root: &Path) -> Vec<PathBuf> {
         let mut r = registry(n as u8 + 1, ownership.clone());
         r.add_channel("chan");
         let labels = vec![("A".into(), 0), ("B".into(), 1)];
-        let (id, _) = r.register_event(&desc(
-            "prov",
-            "ev",
-            vec![
-                field(
-                    "i",
-                    FieldType::Integer {
-                        bits: 16,
-                        signed: true,
-                        hex: false,
-                    },
-                ),
-                field(
-                    "h",
-                    FieldType::Integer {
-                        bits: 64,
-                        signed: false,
-                        hex: true,
-                    },
-                ),
-                field("f", FieldType::F32),
-                field("d", FieldType::F64),
-                field("b", FieldType::Bool),
-                field("s", FieldType::String),
-                field("y", FieldType::Bytes),
-                field(
-                    "e",
-                    FieldType::Enum {
-                        bits: 8,
-                        signed: false,
-                        labels,
-                    },
-                ),
-            ],
-        ));
+        let (id, _) = r
+            .register_event(&desc(
+                "prov",
+                "ev",
+                vec![
+                    field(
+                        "i",
+                        FieldType::Integer {
+                            bits: 16,
+                            signed: true,
+                            hex: false,
+                        },
+                    ),
+                    field(
+                        "h",
+                        FieldType::Integer {
+                            bits: 64,
+                            signed: false,
+                            hex: true,
+                        },
+                    ),
+                    field("f", FieldType::F32),
+                    field("d", FieldType::F64),
+                    field("b", FieldType::Bool),
+                    field("s", FieldType::String),
+                    field("y", FieldType::Bytes),
+                    field(
+                        "e",
+                        FieldType::Enum {
+                            bits: 8,
+                            signed: false,
+                            labels,
+                        },
+                    ),
+                ],
+            ))
+            .unwrap();
         let dir = match ownership {
             Ownership::PerPid { .. } => {
                 pid_trace_dir(root, "app", 3, SystemTime::UNIX_EPOCH, DirClock::Utc)

@@ -24,8 +24,8 @@ fn same_description_from_two_apps_of_one_uid_shares_one_id() {
     let mut r = registry(1, Ownership::PerUid { uid: 1000 });
     let app1 = desc("prov", "ev", vec![u32_field("x")]);
     let app2 = app1.clone();
-    let (id1, new1) = r.register_event(&app1);
-    let (id2, new2) = r.register_event(&app2);
+    let (id1, new1) = r.register_event(&app1).unwrap();
+    let (id2, new2) = r.register_event(&app2).unwrap();
     assert_eq!(id1, id2);
     assert!(new1 && !new2, "only the first registration is new");
     assert_eq!(r.events().len(), 1);
@@ -44,15 +44,20 @@ fn same_name_with_other_fields_gets_its_own_id_and_both_decode() {
     let mut r = registry(2, Ownership::PerUid { uid: 1000 });
     r.add_channel("chan");
     let dir = uid_trace_dir(tmp.path(), 1000);
-    let (old, _) = r.register_event(&desc("prov", "ev", vec![u32_field("x")]));
+    let (old, _) = r
+        .register_event(&desc("prov", "ev", vec![u32_field("x")]))
+        .unwrap();
     write_metadata(&dir, &r).unwrap();
     // A second app registers the same name with a different payload, later: the
     // metadata is rewritten whole and the older packets still decode.
-    let (new, added) = r.register_event(&desc("prov", "ev", vec![field("s", FieldType::String)]));
+    let (new, added) = r
+        .register_event(&desc("prov", "ev", vec![field("s", FieldType::String)]))
+        .unwrap();
     assert!(added);
     assert_ne!(old, new);
     assert_eq!(
-        r.register_event(&desc("prov", "ev", vec![u32_field("x")])),
+        r.register_event(&desc("prov", "ev", vec![u32_field("x")]))
+            .unwrap(),
         (old, false)
     );
     let mut p = PacketBuilder::new(r.uuid(), 0, 0, 0, 10, 512);
@@ -84,7 +89,9 @@ fn same_name_with_other_fields_gets_its_own_id_and_both_decode() {
 fn every_event_is_declared_in_every_channel() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = registry(3, Ownership::PerUid { uid: 5 });
-    let (id, _) = r.register_event(&desc("prov", "ev", vec![u32_field("x")]));
+    let (id, _) = r
+        .register_event(&desc("prov", "ev", vec![u32_field("x")]))
+        .unwrap();
     r.add_channel("a");
     r.add_channel("b");
     let dir = uid_trace_dir(tmp.path(), 5);

@@ -8,11 +8,121 @@
 //! Ids are unique in the whole trace, and every event is declared in every stream
 //! class, so an app may record any of its events into any channel.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::ctf::field::EventDesc;
+use crate::ctf::field::{EventDesc, FieldType};
 use crate::ctf::metadata;
+
+/// Why an app's event description was refused (it would make the metadata invalid).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    /// A field name is not a TSDL identifier (`[A-Za-z_][A-Za-z0-9_]*`).
+    #[error("event {event}: field name {field:?} is not an identifier")]
+    BadFieldName {
+        /// `provider:name` of the event.
+        event: String,
+        /// The offending name.
+        field: String,
+    },
+    /// Two fields (or a field and a byte sequence's length field) share a name.
+    #[error(
+        "event {event}: field {field:?} is declared twice (a byte sequence `x` also declares `_x_length`)"
+    )]
+    DuplicateField {
+        /// `provider:name` of the event.
+        event: String,
+        /// The repeated name.
+        field: String,
+    },
+    /// An integer or enum width other than 8, 16, 32 or 64 bits.
+    #[error("event {event}: field {field:?} has {bits} bits, expected 8, 16, 32 or 64")]
+    BadWidth {
+        /// `provider:name` of the event.
+        event: String,
+        /// The field.
+        field: String,
+        /// The width given.
+        bits: u8,
+    },
+    /// An enum with no label, or a label value its container cannot hold.
+    #[error("event {event}: enum field {field:?}: {problem}")]
+    BadEnum {
+        /// `provider:name` of the event.
+        event: String,
+        /// The field.
+        field: String,
+        /// What is wrong with its labels.
+        problem: String,
+    },
+}
+
+/// Checks that `desc` can be declared in TSDL as [`crate::ctf::metadata`] writes it.
+fn validate(desc: &EventDesc) -> Result<(), RegistryError> {
+    let event = desc.full_name();
+    let mut names = HashSet::new();
+    for f in &desc.fields {
+        let field = f.name.clone();
+        let mut chars = f.name.chars();
+        let identifier = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !identifier {
+            return Err(RegistryError::BadFieldName { event, field });
+        }
+        let mut declared = vec![f.name.clone()];
+        if f.ty == FieldType::Bytes {
+            declared.push(format!("_{}_length", f.name));
+        }
+        for name in declared {
+            if !names.insert(name.clone()) {
+                return Err(RegistryError::DuplicateField { event, field: name });
+            }
+        }
+        match &f.ty {
+            FieldType::Integer { bits, .. } | FieldType::Enum { bits, .. }
+                if !matches!(bits, 8 | 16 | 32 | 64) =>
+            {
+                return Err(RegistryError::BadWidth {
+                    event,
+                    field,
+                    bits: *bits,
+                });
+            }
+            FieldType::Enum {
+                bits,
+                signed,
+                labels,
+            } => {
+                let (min, max) = match (signed, bits) {
+                    (true, 64) => (i128::from(i64::MIN), i128::from(i64::MAX)),
+                    (true, b) => (-(1i128 << (b - 1)), (1i128 << (b - 1)) - 1),
+                    (false, b) => (0, (1i128 << b) - 1),
+                };
+                let problem = if labels.is_empty() {
+                    Some("no labels".to_string())
+                } else {
+                    labels
+                        .iter()
+                        .find(|(_, v)| !(min..=max).contains(&i128::from(*v)))
+                        .map(|(label, v)| {
+                            format!("label {label:?} = {v} does not fit the container")
+                        })
+                };
+                if let Some(problem) = problem {
+                    return Err(RegistryError::BadEnum {
+                        event,
+                        field,
+                        problem,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
 
 /// Who owns the buffers of a trace, which decides its environment and directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -140,15 +250,17 @@ impl Registry {
     }
 
     /// Returns the id of `desc`, registering it if new; the flag says whether it was
-    /// new, i.e. whether the metadata changed and must be rewritten.
-    pub fn register_event(&mut self, desc: &EventDesc) -> (u32, bool) {
+    /// new, i.e. whether the metadata changed and must be rewritten. A description
+    /// that TSDL cannot declare is refused and changes nothing.
+    pub fn register_event(&mut self, desc: &EventDesc) -> Result<(u32, bool), RegistryError> {
         if let Some(&id) = self.ids.get(desc) {
-            return (id, false);
+            return Ok((id, false));
         }
+        validate(desc)?;
         let id = self.events.len() as u32;
         self.events.push(desc.clone());
         self.ids.insert(desc.clone(), id);
-        (id, true)
+        Ok((id, true))
     }
 
     /// The description registered under `id`.
@@ -202,6 +314,61 @@ mod tests {
     }
 
     #[test]
+    fn descriptions_that_tsdl_cannot_declare_are_refused() {
+        let mut r = Registry::new(
+            [1; 16],
+            ClockOffset { offset_ns: 0 },
+            TraceEnv {
+                hostname: "h".into(),
+                ownership: Ownership::PerUid { uid: 1 },
+            },
+        );
+        let f = |name: &str, ty| FieldDesc {
+            name: name.into(),
+            ty,
+        };
+        let bad_name = desc(vec![f("a b", FieldType::Bool)]);
+        assert!(matches!(
+            r.register_event(&bad_name),
+            Err(RegistryError::BadFieldName { .. })
+        ));
+        let clash = desc(vec![
+            f("x", FieldType::Bytes),
+            f("_x_length", FieldType::Bool),
+        ]);
+        assert!(matches!(
+            r.register_event(&clash),
+            Err(RegistryError::DuplicateField { .. })
+        ));
+        let wide = desc(vec![f(
+            "i",
+            FieldType::Integer {
+                bits: 12,
+                signed: true,
+                hex: false,
+            },
+        )]);
+        assert!(matches!(
+            r.register_event(&wide),
+            Err(RegistryError::BadWidth { bits: 12, .. })
+        ));
+        let labels = vec![("BIG".to_string(), 256)];
+        let overflow = desc(vec![f(
+            "e",
+            FieldType::Enum {
+                bits: 8,
+                signed: false,
+                labels,
+            },
+        )]);
+        assert!(matches!(
+            r.register_event(&overflow),
+            Err(RegistryError::BadEnum { .. })
+        ));
+        assert!(r.events().is_empty());
+    }
+
+    #[test]
     fn same_description_gets_the_same_id_and_other_fields_a_new_one() {
         let mut r = Registry::new(
             [1; 16],
@@ -216,9 +383,9 @@ mod tests {
             name: "x".into(),
             ty: FieldType::Bool,
         }]);
-        assert_eq!(r.register_event(&a), (0, true));
-        assert_eq!(r.register_event(&b), (1, true));
-        assert_eq!(r.register_event(&a.clone()), (0, false));
+        assert_eq!(r.register_event(&a), Ok((0, true)));
+        assert_eq!(r.register_event(&b), Ok((1, true)));
+        assert_eq!(r.register_event(&a.clone()), Ok((0, false)));
         assert_eq!(r.add_channel("c0"), 0);
         assert_eq!(r.add_channel("c1"), 1);
         assert_eq!(r.add_channel("c0"), 0);
