@@ -666,10 +666,16 @@ impl Parser {
     }
 
     fn integer_decl(&mut self) -> PResult<Decl> {
+        let start = self.offset();
         let attrs = self.attributes()?;
         let bits = match attrs.get("size") {
             Some(Tok::Int(b @ (8 | 16 | 32 | 64))) => *b as u8,
-            _ => return self.fail("integer size must be 8, 16, 32 or 64"),
+            _ => {
+                return Err(MetadataError {
+                    offset: start,
+                    message: "integer size must be 8, 16, 32 or 64".into(),
+                });
+            }
         };
         let signed = matches!(attrs.get("signed"), Some(Tok::Ident(s)) if s == "true" || s == "TRUE")
             || matches!(attrs.get("signed"), Some(Tok::Int(1)));
@@ -837,4 +843,103 @@ pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
         *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
     }
     Some(uuid)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ctf::field::{EventDesc, LogLevel};
+    use crate::ctf::registry::{ClockOffset, TraceEnv};
+
+    fn registry() -> Registry {
+        let mut r = Registry::new(
+            [0xAB; 16],
+            ClockOffset {
+                offset_ns: -1_500_000_001,
+            },
+            TraceEnv {
+                hostname: "h\"x".into(),
+                ownership: Ownership::PerPid {
+                    procname: "app".into(),
+                    pid: 12,
+                },
+            },
+        );
+        r.add_channel("a");
+        r.add_channel("b");
+        let ty = |name: &str, ty| FieldDesc {
+            name: name.into(),
+            ty,
+        };
+        let fields = vec![
+            ty(
+                "i",
+                FieldType::Integer {
+                    bits: 64,
+                    signed: true,
+                    hex: false,
+                },
+            ),
+            ty(
+                "h",
+                FieldType::Integer {
+                    bits: 8,
+                    signed: false,
+                    hex: true,
+                },
+            ),
+            ty("f", FieldType::F32),
+            ty("d", FieldType::F64),
+            ty("b", FieldType::Bool),
+            ty("string", FieldType::String),
+            ty("y", FieldType::Bytes),
+            ty(
+                "e",
+                FieldType::Enum {
+                    bits: 32,
+                    signed: true,
+                    labels: vec![("A \"q\" \\".into(), -5), ("B".into(), 7)],
+                },
+            ),
+        ];
+        r.register_event(&EventDesc {
+            provider: "p".into(),
+            name: "e".into(),
+            loglevel: LogLevel::Warning,
+            fields,
+        })
+        .expect("valid description");
+        r
+    }
+
+    #[test]
+    fn parse_reads_back_what_render_writes() {
+        let r = registry();
+        let text = r.metadata();
+        assert!(text.starts_with("/* CTF 1.8 */"));
+        let meta = parse(&text).expect("our own metadata parses");
+        assert_eq!(meta.uuid, r.uuid());
+        assert_eq!(meta.clock_offset_ns, -1_500_000_001);
+        assert_eq!(meta.env("hostname"), Some(&EnvValue::Str("h\"x".into())));
+        assert_eq!(meta.env("procname"), Some(&EnvValue::Str("app".into())));
+        assert_eq!(meta.env("vpid"), Some(&EnvValue::Int(12)));
+        assert_eq!(meta.stream_ids, vec![0, 1]);
+        for stream in [0, 1] {
+            let class = &meta.events[&(stream, 0)];
+            assert_eq!(class.name, "p:e");
+            assert_eq!(class.fields, r.events()[0].fields);
+        }
+    }
+
+    #[test]
+    fn parse_errors_give_the_byte_offset() {
+        let text = registry().metadata().replacen("size = 64", "size = 63", 1);
+        let at = text.find("size = 63").unwrap();
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.offset <= at && err.offset + 10 > at,
+            "{err} (size at {at})"
+        );
+        assert!(err.message.contains("integer size"), "{err}");
+    }
 }
