@@ -18,8 +18,6 @@ use std::fmt::Write as _;
 use crate::ctf::field::{FieldDesc, FieldType};
 use crate::ctf::registry::{Ownership, Registry};
 
-/// Version written in the `env` block as tracer_major/minor/patch.
-const TRACER_VERSION: (u32, u32, u32) = (0, 1, 0);
 /// Name of the type alias that declares a bool.
 const BOOL_ALIAS: &str = "ustrace_bool_t";
 
@@ -118,7 +116,11 @@ pub fn render(registry: &Registry) -> String {
          \tpacket.header := struct {{\n\t\tuint32_t magic;\n\t\tuint8_t uuid[16];\n\t\tuint32_t stream_id;\n\t}} align(8);\n}};\n"
     );
     let env = registry.env();
-    let (major, minor, patch) = TRACER_VERSION;
+    let (major, minor, patch) = (
+        env!("CARGO_PKG_VERSION_MAJOR"),
+        env!("CARGO_PKG_VERSION_MINOR"),
+        env!("CARGO_PKG_VERSION_PATCH"),
+    );
     let _ = writeln!(out, "env {{");
     let _ = writeln!(out, "\thostname = {};", quoted(&env.hostname));
     let _ = writeln!(out, "\tdomain = \"ust\";");
