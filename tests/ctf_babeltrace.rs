@@ -382,3 +382,97 @@ fn timestamps_print_as_the_real_wall_clock_date() {
         "{bt_time} is not today ({day_after})"
     );
 }
+
+#[test]
+fn a_gap_in_packet_sequence_numbers_is_reported_as_lost_packets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = registry(8, pid("app", 5));
+    r.add_channel("chan");
+    let id = seq_event(&mut r);
+    let dir = pid_trace_dir(tmp.path(), "app", 5, SystemTime::UNIX_EPOCH, DirClock::Utc);
+    write_metadata(&dir, &r).unwrap();
+    write_seq_packets(
+        &dir,
+        &r,
+        id,
+        &[
+            ("chan", 0, 0, 0, false, &[(10, 0)]),
+            ("chan", 0, 3, 0, true, &[(40, 1)]),
+        ],
+    );
+    let (_, stderr) = babeltrace_output(tmp.path(), &[]);
+    assert!(stderr.contains("Tracer discarded 2 packets"), "{stderr}");
+    let (events, text) = view_text(tmp.path());
+    assert_eq!(events, 2);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    assert!(
+        lines[1].contains("app/5 WARNING: 2 packets lost in"),
+        "{text}"
+    );
+}
+
+#[test]
+fn json_output_has_one_object_per_event_with_typed_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = registry(9, pid("app", 6));
+    r.add_channel("chan");
+    let id = all_types(&mut r);
+    let dir = pid_trace_dir(tmp.path(), "app", 6, SystemTime::UNIX_EPOCH, DirClock::Utc);
+    write_metadata(&dir, &r).unwrap();
+    let mut p = PacketBuilder::new(r.uuid(), 0, 2, 0, 100, 1024);
+    p.event(
+        id,
+        150,
+        &[
+            &-1i8,
+            &2i16,
+            &-3i32,
+            &4i64,
+            &5u8,
+            &6u16,
+            &7u32,
+            &u64::MAX,
+            &Hex(0xABu8),
+            &Hex(1u16),
+            &Hex(2u32),
+            &Hex(3u64),
+            &1.5f32,
+            &-2.25f64,
+            &true,
+            &"a \"q\"",
+            &&[1u8, 2][..],
+            &0i16,
+        ],
+    );
+    append_packet(&dir, "chan", 2, &p.finish(0, false)).unwrap();
+    let mut out = Vec::new();
+    assert_eq!(
+        ustrace::ctf::view::view(tmp.path(), true, &mut out).unwrap(),
+        1
+    );
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(text.lines().count(), 1);
+    let v: serde_json::Value = serde_json::from_str(text.trim_end()).unwrap();
+    assert_eq!(
+        v["timestamp_ns"],
+        serde_json::json!(1_795_737_600_000_000_150i64)
+    );
+    assert_eq!(v["time"], "2026-11-27 00:00:00.000000150");
+    assert_eq!(v["origin"], "app/6");
+    assert_eq!(v["cpu_id"], 2);
+    assert_eq!(v["event"], "prov:all");
+    let f = &v["fields"];
+    assert_eq!(f["a_i8"], -1);
+    assert_eq!(f["a_u64"], serde_json::json!(u64::MAX));
+    assert_eq!(f["h8"], "0xab");
+    assert_eq!(f["f"], 1.5);
+    assert_eq!(f["d"], -2.25);
+    assert_eq!(f["flag"], true);
+    assert_eq!(f["string"], "a \"q\"");
+    assert_eq!(f["blob"], serde_json::json!([1, 2]));
+    assert_eq!(
+        f["color"],
+        serde_json::json!({ "value": 0, "label": "GREEN" })
+    );
+}

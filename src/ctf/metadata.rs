@@ -242,6 +242,7 @@ pub fn parse(text: &str) -> Result<TraceMetadata, MetadataError> {
         pos: 0,
         end: text.len(),
         aliases: HashMap::new(),
+        depth: 0,
     }
     .metadata()
 }
@@ -376,7 +377,13 @@ struct Parser {
     end: usize,
     /// Type aliases declared so far.
     aliases: HashMap<String, Decl>,
+    /// Nesting of the type being parsed, bounded so hostile input cannot overflow
+    /// the stack.
+    depth: usize,
 }
+
+/// Deepest type nesting accepted; ours is 2 (an enum's container inside a struct).
+const MAX_TYPE_DEPTH: usize = 8;
 
 type PResult<T> = Result<T, MetadataError>;
 
@@ -406,8 +413,8 @@ impl Parser {
         }
     }
 
-    fn eat(&mut self, p: &str) -> bool {
-        if self.peek() == Some(&Tok::Punct(punct(p))) {
+    fn eat(&mut self, p: &'static str) -> bool {
+        if self.peek() == Some(&Tok::Punct(p)) {
             self.pos += 1;
             true
         } else {
@@ -415,7 +422,7 @@ impl Parser {
         }
     }
 
-    fn expect(&mut self, p: &str) -> PResult<()> {
+    fn expect(&mut self, p: &'static str) -> PResult<()> {
         if self.eat(p) {
             Ok(())
         } else {
@@ -686,6 +693,16 @@ impl Parser {
     }
 
     fn type_decl(&mut self) -> PResult<Decl> {
+        if self.depth >= MAX_TYPE_DEPTH {
+            return self.fail("types nested too deeply");
+        }
+        self.depth += 1;
+        let decl = self.type_decl_inner();
+        self.depth -= 1;
+        decl
+    }
+
+    fn type_decl_inner(&mut self) -> PResult<Decl> {
         let name = self.ident()?;
         match name.as_str() {
             "integer" => self.integer_decl(),
@@ -820,13 +837,6 @@ impl Parser {
     }
 }
 
-fn punct(p: &str) -> &'static str {
-    [":=", "{", "}", "[", "]", "(", ")", ";", "=", ":", ",", "."]
-        .into_iter()
-        .find(|q| *q == p)
-        .unwrap_or("")
-}
-
 fn is_type_keyword(s: &str) -> bool {
     matches!(
         s,
@@ -943,5 +953,15 @@ mod tests {
             "{err} (size at {at})"
         );
         assert!(err.message.contains("integer size"), "{err}");
+    }
+
+    #[test]
+    fn deeply_nested_types_are_refused_without_overflowing_the_stack() {
+        let text = format!(
+            "/* CTF 1.8 */ typealias {} := t;",
+            "struct { ".repeat(100_000)
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(err.message.contains("nested too deeply"), "{err}");
     }
 }

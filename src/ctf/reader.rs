@@ -204,6 +204,14 @@ pub enum RecordKind {
         /// The stream file.
         stream: PathBuf,
     },
+    /// Whole packets are missing before the packet starting here (packet_seq_num
+    /// jumped), e.g. given up because their producer died mid-event.
+    LostPackets {
+        /// Packets missing.
+        count: u64,
+        /// The stream file.
+        stream: PathBuf,
+    },
 }
 
 /// One item of the merged sequence.
@@ -239,6 +247,10 @@ struct StreamCursor {
     discarded: u64,
     /// Last timestamp seen, to check order.
     last_ts: u64,
+    /// packet_seq_num the next packet should have.
+    next_seq: u64,
+    /// Notices about the current packet (discards, lost packets) not yet returned.
+    notices: Vec<(u64, RecordKind)>,
 }
 
 impl StreamCursor {
@@ -264,6 +276,9 @@ impl StreamCursor {
     /// The next record of this stream: (trace clock timestamp, record), or None at end.
     fn next(&mut self, meta: &TraceMetadata) -> Result<Option<(u64, RecordKind)>, ReadError> {
         loop {
+            if !self.notices.is_empty() {
+                return Ok(Some(self.notices.remove(0)));
+            }
             if self.pos < self.content_end {
                 return self.event(meta).map(Some);
             }
@@ -271,14 +286,12 @@ impl StreamCursor {
             if self.pos >= self.data.len() {
                 return Ok(None);
             }
-            if let Some(discard) = self.packet(meta)? {
-                return Ok(Some(discard));
-            }
+            self.packet(meta)?;
         }
     }
 
-    /// Opens the packet at `pos`; returns a discard notice if its count grew.
-    fn packet(&mut self, meta: &TraceMetadata) -> Result<Option<(u64, RecordKind)>, ReadError> {
+    /// Opens the packet at `pos`, queueing notices for lost packets and discards.
+    fn packet(&mut self, meta: &TraceMetadata) -> Result<(), ReadError> {
         let at = self.pos;
         let header = match PacketHeader::read(&self.data[at..]) {
             Ok(h) => h,
@@ -322,17 +335,32 @@ impl StreamCursor {
                 ),
             );
         }
+        let begin = header.open.timestamp_begin;
+        let seq = header.open.seq_num;
+        if seq < self.next_seq {
+            return self.fail(
+                at + 56,
+                format!("packet_seq_num {seq} repeats or goes back"),
+            );
+        }
+        if seq > self.next_seq {
+            let lost = RecordKind::LostPackets {
+                count: seq - self.next_seq,
+                stream: self.path.clone(),
+            };
+            self.notices.push((begin, lost));
+        }
+        self.next_seq = seq.saturating_add(1);
         let grew = discarded - self.discarded;
         self.discarded = discarded;
-        Ok((grew > 0).then(|| {
-            (
-                header.open.timestamp_begin,
-                RecordKind::Discarded {
-                    count: grew,
-                    stream: self.path.clone(),
-                },
-            )
-        }))
+        if grew > 0 {
+            let discard = RecordKind::Discarded {
+                count: grew,
+                stream: self.path.clone(),
+            };
+            self.notices.push((begin, discard));
+        }
+        Ok(())
     }
 
     fn event(&mut self, meta: &TraceMetadata) -> Result<(u64, RecordKind), ReadError> {
@@ -467,6 +495,8 @@ impl Reader {
                     cpu_id: 0,
                     discarded: 0,
                     last_ts: 0,
+                    next_seq: 0,
+                    notices: Vec::new(),
                 });
             }
         }

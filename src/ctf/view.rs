@@ -4,8 +4,9 @@
 //! `[2026-11-27 08:43:57.123456789] app/1234 provider:name { i = 1, s = "hello" }`,
 //! where `app/1234` is procname/vpid of a per-PID trace and `uid 1000` marks a
 //! per-UID trace. Discarded events print as
-//! `[time] origin WARNING: N events discarded in <stream file>` before the packet that
-//! follows the loss. `--json` prints one JSON object per line instead.
+//! `[time] origin WARNING: N events discarded in <stream file>` and missing packets
+//! (a gap in packet_seq_num) as `[time] origin WARNING: N packets lost in <stream file>`,
+//! both at the start of the packet that follows the loss. `--json` prints one JSON object per line instead.
 
 use std::io::{self, Write};
 use std::path::Path;
@@ -70,6 +71,23 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
                     "[{time}] {origin} WARNING: {count} events discarded in {}",
                     stream.display()
                 )?;
+            }
+            (RecordKind::LostPackets { count, stream }, false) => {
+                writeln!(
+                    out,
+                    "[{time}] {origin} WARNING: {count} packets lost in {}",
+                    stream.display()
+                )?;
+            }
+            (RecordKind::LostPackets { count, stream }, true) => {
+                let line = json!({
+                    "timestamp_ns": json_int(record.wall_ns),
+                    "time": time,
+                    "origin": origin,
+                    "lost_packets": count,
+                    "stream": stream.display().to_string(),
+                });
+                writeln!(out, "{line}")?;
             }
             (RecordKind::Discarded { count, stream }, true) => {
                 let line = json!({
