@@ -180,6 +180,27 @@ fn a_metadata_syntax_error_is_reported_at_its_offset() {
     );
 }
 
+#[test]
+fn a_packet_that_begins_before_the_previous_one_ended_is_refused_like_babeltrace2_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let files = real_session(tmp.path());
+    let mut bytes = fs::read(&files[1]).unwrap();
+    bytes[256 + 24..256 + 32].copy_from_slice(&1u64.to_le_bytes());
+    fs::write(&files[1], &bytes).unwrap();
+    let err = view(tmp.path(), false, &mut Vec::new()).unwrap_err();
+    assert_names_file_and_offset(&err, &files[1]);
+    assert!(
+        err.to_string()
+            .contains(": byte 280: packet begins at 1 before the previous one ended"),
+        "{err}"
+    );
+    let bt = std::process::Command::new("/usr/bin/babeltrace2")
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(!bt.status.success(), "babeltrace2 accepted time going back");
+}
+
 /// A way to damage one file.
 #[derive(Clone, Debug)]
 enum Mutation {

@@ -245,8 +245,12 @@ struct StreamCursor {
     cpu_id: u32,
     /// events_discarded of the previous packet.
     discarded: u64,
-    /// Last timestamp seen, to check order.
-    last_ts: u64,
+    /// Earliest timestamp the next event may have: the previous event's, or the
+    /// current packet's timestamp_begin.
+    min_ts: u64,
+    /// timestamp_end of the current packet: no event may be later, and the next
+    /// packet may not begin earlier (babeltrace2 refuses that too).
+    packet_end: u64,
     /// packet_seq_num the next packet should have.
     next_seq: u64,
     /// Notices about the current packet (discards, lost packets) not yet returned.
@@ -260,17 +264,6 @@ impl StreamCursor {
             offset,
             message: message.into(),
         })
-    }
-
-    fn check_time(&mut self, at: usize, ts: u64) -> Result<(), ReadError> {
-        if ts < self.last_ts {
-            return self.fail(
-                at,
-                format!("timestamp {ts} goes back before {}", self.last_ts),
-            );
-        }
-        self.last_ts = ts;
-        Ok(())
     }
 
     /// The next record of this stream: (trace clock timestamp, record), or None at end.
@@ -319,7 +312,17 @@ impl StreamCursor {
         if header.close.timestamp_end < header.open.timestamp_begin {
             return self.fail(at + 32, "timestamp_end before timestamp_begin");
         }
-        self.check_time(at + 24, header.open.timestamp_begin)?;
+        if header.open.timestamp_begin < self.packet_end {
+            return self.fail(
+                at + 24,
+                format!(
+                    "packet begins at {} before the previous one ended at {}",
+                    header.open.timestamp_begin, self.packet_end
+                ),
+            );
+        }
+        self.min_ts = header.open.timestamp_begin;
+        self.packet_end = header.close.timestamp_end;
         self.content_end = at + header.close.content_size as usize;
         self.next_packet = at + header.open.packet_size as usize;
         self.pos = at + crate::ctf::packet::PACKET_HEADER_SIZE;
@@ -374,7 +377,16 @@ impl StreamCursor {
                 format!("unknown event id {id} in stream class {}", self.stream_id),
             );
         };
-        self.check_time(at + 4, ts)?;
+        if ts < self.min_ts || ts > self.packet_end {
+            return self.fail(
+                at + 4,
+                format!(
+                    "event timestamp {ts} not in [{}, {}] (previous event or packet begin, packet end)",
+                    self.min_ts, self.packet_end
+                ),
+            );
+        }
+        self.min_ts = ts;
         let mut pos = at + EVENT_HEADER_SIZE;
         let mut fields = Vec::with_capacity(class.fields.len());
         for field in &class.fields {
@@ -494,7 +506,8 @@ impl Reader {
                     stream_id: 0,
                     cpu_id: 0,
                     discarded: 0,
-                    last_ts: 0,
+                    min_ts: 0,
+                    packet_end: 0,
                     next_seq: 0,
                     notices: Vec::new(),
                 });
