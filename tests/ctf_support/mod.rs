@@ -1,6 +1,7 @@
 //! Shared by the tests/ctf_*.rs files: builds real packets with packet.rs + field.rs,
 //! writes real trace directories, and runs the real babeltrace2.
 
+// Each test binary compiles this module and uses only part of it.
 #![allow(dead_code)]
 
 use std::path::Path;
