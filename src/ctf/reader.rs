@@ -13,13 +13,13 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::fs;
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::ctf::field::FieldType;
 use crate::ctf::layout::METADATA_FILE;
 use crate::ctf::metadata::{self, EnvValue, TraceMetadata};
-use crate::ctf::packet::{EVENT_HEADER_SIZE, PacketHeader, read_event_header};
+use crate::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader, read_event_header};
 
 /// Why a trace could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,7 @@ pub enum ReadError {
         /// The stream file.
         path: PathBuf,
         /// Byte offset of the problem in the file.
-        offset: usize,
+        offset: u64,
         /// What is wrong.
         message: String,
     },
@@ -229,16 +229,21 @@ pub struct Record {
 struct StreamCursor {
     /// Sub-trace index.
     trace: usize,
-    /// The file, for errors.
+    /// The stream file; opened for each packet, so that a session of many streams
+    /// holds no file descriptors and only one packet per stream in memory.
     path: PathBuf,
-    /// The whole file.
-    data: Vec<u8>,
-    /// Next byte to decode.
+    /// Length of the file when the reader opened it.
+    file_len: u64,
+    /// The current packet, whole.
+    packet: Vec<u8>,
+    /// File offset of the current packet, to report absolute offsets.
+    packet_at: u64,
+    /// Next byte to decode in `packet`.
     pos: usize,
-    /// End of the events of the current packet (== pos when between packets).
+    /// End of the events in `packet` (content_size).
     content_end: usize,
-    /// Start of the next packet.
-    next_packet: usize,
+    /// File offset of the next packet.
+    next_packet: u64,
     /// Stream class of the current packet.
     stream_id: u32,
     /// CPU of the current packet.
@@ -258,12 +263,50 @@ struct StreamCursor {
 }
 
 impl StreamCursor {
-    fn fail<T>(&self, offset: usize, message: impl Into<String>) -> Result<T, ReadError> {
+    /// An error at byte `rel` of the current packet.
+    fn fail<T>(&self, rel: usize, message: impl Into<String>) -> Result<T, ReadError> {
         Err(ReadError::Stream {
             path: self.path.clone(),
-            offset,
+            offset: self.packet_at + rel as u64,
             message: message.into(),
         })
+    }
+
+    /// Reads the packet at `next_packet` into `packet` and returns its header.
+    fn load_packet(&mut self) -> Result<PacketHeader, ReadError> {
+        self.packet_at = self.next_packet;
+        let left = self.file_len - self.packet_at;
+        let mut file = fs::File::open(&self.path).map_err(io_error(&self.path))?;
+        file.seek(SeekFrom::Start(self.packet_at))
+            .map_err(io_error(&self.path))?;
+        let mut head = [0u8; PACKET_HEADER_SIZE];
+        let head_len = PACKET_HEADER_SIZE.min(left as usize);
+        file.read_exact(&mut head[..head_len])
+            .map_err(io_error(&self.path))?;
+        let header = match PacketHeader::read(&head[..head_len]) {
+            Ok(h) => h,
+            Err(e) => return self.fail(0, format!("bad packet: {e}")),
+        };
+        if header.open.packet_size > left {
+            return self.fail(
+                48,
+                format!(
+                    "packet truncated: packet_size {} bytes, {left} left in the file",
+                    header.open.packet_size
+                ),
+            );
+        }
+        // packet_size <= what is left of a file we could open, so it fits in memory.
+        let content_size = header.close.content_size as usize;
+        self.packet.clear();
+        self.packet.extend_from_slice(&head);
+        self.packet.resize(content_size, 0);
+        file.read_exact(&mut self.packet[PACKET_HEADER_SIZE..])
+            .map_err(io_error(&self.path))?;
+        self.next_packet = self.packet_at + header.open.packet_size;
+        self.content_end = content_size;
+        self.pos = PACKET_HEADER_SIZE;
+        Ok(header)
     }
 
     /// The next record of this stream: (trace clock timestamp, record), or None at end.
@@ -275,46 +318,31 @@ impl StreamCursor {
             if self.pos < self.content_end {
                 return self.event(meta).map(Some);
             }
-            self.pos = self.next_packet;
-            if self.pos >= self.data.len() {
+            if self.next_packet >= self.file_len {
                 return Ok(None);
             }
             self.packet(meta)?;
         }
     }
 
-    /// Opens the packet at `pos`, queueing notices for lost packets and discards.
+    /// Opens the next packet, queueing notices for lost packets and discards.
     fn packet(&mut self, meta: &TraceMetadata) -> Result<(), ReadError> {
-        let at = self.pos;
-        let header = match PacketHeader::read(&self.data[at..]) {
-            Ok(h) => h,
-            Err(e) => return self.fail(at, format!("bad packet: {e}")),
-        };
+        let header = self.load_packet()?;
         if header.open.uuid != meta.uuid {
-            return self.fail(at + 4, "packet uuid differs from the metadata's");
+            return self.fail(4, "packet uuid differs from the metadata's");
         }
         if !meta.stream_ids.contains(&header.open.stream_id) {
             return self.fail(
-                at + 20,
+                20,
                 format!("undeclared stream id {}", header.open.stream_id),
             );
         }
-        let remaining = (self.data.len() - at) as u64;
-        if header.open.packet_size > remaining {
-            return self.fail(
-                at + 48,
-                format!(
-                    "packet truncated: packet_size {} bytes, {remaining} left in the file",
-                    header.open.packet_size
-                ),
-            );
-        }
         if header.close.timestamp_end < header.open.timestamp_begin {
-            return self.fail(at + 32, "timestamp_end before timestamp_begin");
+            return self.fail(32, "timestamp_end before timestamp_begin");
         }
         if header.open.timestamp_begin < self.packet_end {
             return self.fail(
-                at + 24,
+                24,
                 format!(
                     "packet begins at {} before the previous one ended at {}",
                     header.open.timestamp_begin, self.packet_end
@@ -323,15 +351,12 @@ impl StreamCursor {
         }
         self.min_ts = header.open.timestamp_begin;
         self.packet_end = header.close.timestamp_end;
-        self.content_end = at + header.close.content_size as usize;
-        self.next_packet = at + header.open.packet_size as usize;
-        self.pos = at + crate::ctf::packet::PACKET_HEADER_SIZE;
         self.stream_id = header.open.stream_id;
         self.cpu_id = header.open.cpu_id;
         let discarded = header.close.events_discarded;
         if discarded < self.discarded {
             return self.fail(
-                at + 64,
+                64,
                 format!(
                     "events_discarded went down from {} to {discarded}",
                     self.discarded
@@ -341,10 +366,7 @@ impl StreamCursor {
         let begin = header.open.timestamp_begin;
         let seq = header.open.seq_num;
         if seq < self.next_seq {
-            return self.fail(
-                at + 56,
-                format!("packet_seq_num {seq} repeats or goes back"),
-            );
+            return self.fail(56, format!("packet_seq_num {seq} repeats or goes back"));
         }
         if seq > self.next_seq {
             let lost = RecordKind::LostPackets {
@@ -368,7 +390,7 @@ impl StreamCursor {
 
     fn event(&mut self, meta: &TraceMetadata) -> Result<(u64, RecordKind), ReadError> {
         let at = self.pos;
-        let Some((id, ts)) = read_event_header(&self.data[at..self.content_end]) else {
+        let Some((id, ts)) = read_event_header(&self.packet[at..self.content_end]) else {
             return self.fail(at, "event header runs past the packet content");
         };
         let Some(class) = meta.events.get(&(self.stream_id, id)) else {
@@ -390,7 +412,7 @@ impl StreamCursor {
         let mut pos = at + EVENT_HEADER_SIZE;
         let mut fields = Vec::with_capacity(class.fields.len());
         for field in &class.fields {
-            let (value, len) = match decode(&field.ty, &self.data[pos..self.content_end]) {
+            let (value, len) = match decode(&field.ty, &self.packet[pos..self.content_end]) {
                 Some(v) => v,
                 None => {
                     return self.fail(
@@ -498,7 +520,9 @@ impl Reader {
             for path in &trace.streams {
                 cursors.push(StreamCursor {
                     trace: t,
-                    data: fs::read(path).map_err(io_error(path))?,
+                    file_len: fs::metadata(path).map_err(io_error(path))?.len(),
+                    packet: Vec::new(),
+                    packet_at: 0,
                     path: path.clone(),
                     pos: 0,
                     content_end: 0,
