@@ -353,25 +353,43 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Tok)>, MetadataError> {
 #[derive(Clone, Debug, PartialEq)]
 enum Decl {
     /// `integer { ... }`.
-    Integer { bits: u8, signed: bool, hex: bool },
-    /// `floating_point { ... }` with its exponent and mantissa digits.
-    Float { exp: i64, mant: i64 },
+    Integer {
+        /// `size`.
+        bits: u8,
+        /// `signed`.
+        signed: bool,
+        /// `base = 16`.
+        hex: bool,
+    },
+    /// `floating_point { ... }`.
+    Float {
+        /// `exp_dig`.
+        exp: i64,
+        /// `mant_dig`.
+        mant: i64,
+    },
     /// `string`.
     String,
     /// An integer declared through [`BOOL_ALIAS`].
     Bool,
     /// `enum : <integer> { labels }`.
     Enum {
+        /// Container `size`.
         bits: u8,
+        /// Container `signed`.
         signed: bool,
+        /// `"label" = value` pairs in order.
         labels: Vec<(String, i64)>,
     },
     /// `struct { ... }`: its fields (only read for event payloads).
     Struct(Vec<FieldDesc>),
 }
 
+/// Recursive-descent parser over the token list.
 struct Parser {
+    /// Every token with its byte offset in the text.
     tokens: Vec<(usize, Tok)>,
+    /// Index of the next token.
     pos: usize,
     /// Length of the text, the offset reported at end of input.
     end: usize,
