@@ -1,4 +1,19 @@
 //! CTF 1.8: event descriptions, packet bytes, metadata and our own reader.
+//!
+//! - [`field`], [`packet`]: the byte contracts shared by apps, daemon and readers.
+//! - [`registry`]: per-trace event ids and channels; produces the metadata text.
+//! - [`metadata`]: renders that TSDL and parses it back for our reader.
+//! - [`layout`], [`trace_writer`]: where trace files go and how they are written.
+//! - [`reader`], `view` (feature `daemon`): decode and print a session directory.
+//!
+//! See docs/trace-layout.md for the whole picture.
 
 pub mod field;
+pub mod layout;
+pub mod metadata;
 pub mod packet;
+pub mod reader;
+pub mod registry;
+pub mod trace_writer;
+#[cfg(feature = "daemon")]
+pub mod view;

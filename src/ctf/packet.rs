@@ -148,8 +148,8 @@ impl PacketHeader {
         }
         let content_bits = get_u64(buf, CONTENT_SIZE_AT);
         let packet_bits = get_u64(buf, PACKET_SIZE_AT);
-        if content_bits % 8 != 0
-            || packet_bits % 8 != 0
+        if !content_bits.is_multiple_of(8)
+            || !packet_bits.is_multiple_of(8)
             || content_bits > packet_bits
             || content_bits < (PACKET_HEADER_SIZE as u64) * 8
         {
@@ -220,10 +220,10 @@ mod tests {
 
     #[test]
     fn garbage_is_refused_with_the_reason() {
-        assert_eq!(PacketHeader::read(&[0; 10]), Err(PacketError::Truncated(10)));
         assert_eq!(
-            PacketHeader::read(&[0; 100]),
-            Err(PacketError::BadMagic(0))
+            PacketHeader::read(&[0; 10]),
+            Err(PacketError::Truncated(10))
         );
+        assert_eq!(PacketHeader::read(&[0; 100]), Err(PacketError::BadMagic(0)));
     }
 }

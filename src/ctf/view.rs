@@ -1,0 +1,168 @@
+//! `ustrace view DIR`: prints every event of a session directory in time order.
+//!
+//! Text output, one line per event:
+//! `[2026-11-27 08:43:57.123456789] app/1234 provider:name { i = 1, s = "hello" }`,
+//! where `app/1234` is procname/vpid of a per-PID trace and `uid 1000` marks a
+//! per-UID trace. Discarded events print as
+//! `[time] origin WARNING: N events discarded in <stream file>` and missing packets
+//! (a gap in packet_seq_num) as `[time] origin WARNING: N packets lost in <stream file>`,
+//! both at the start of the packet that follows the loss. `--json` prints one JSON object per line instead.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+use serde_json::{Map, Value as Json, json};
+
+use crate::ctf::layout::Civil;
+use crate::ctf::reader::{ReadError, Reader, RecordKind, Value};
+
+/// Why `view` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ViewError {
+    /// The trace could not be read; names the file and byte offset.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The output could not be written.
+    #[error("writing the output: {0}")]
+    Output(#[from] io::Error),
+}
+
+/// Prints every event under `dir` to `out` (text, or JSON lines if `json`) and returns
+/// how many events were printed.
+pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewError> {
+    let mut reader = Reader::open(dir)?;
+    let mut events = 0;
+    while let Some(record) = reader.next_record()? {
+        let origin = reader.traces()[record.trace].origin();
+        let time = wall_time(record.wall_ns);
+        match (&record.kind, json) {
+            (RecordKind::Event(event), false) => {
+                let fields: Vec<String> = event
+                    .fields
+                    .iter()
+                    .map(|(name, value)| format!("{name} = {}", text_value(value)))
+                    .collect();
+                let fields = if fields.is_empty() {
+                    "{ }".to_string()
+                } else {
+                    format!("{{ {} }}", fields.join(", "))
+                };
+                writeln!(out, "[{time}] {origin} {} {fields}", event.name)?;
+            }
+            (RecordKind::Event(event), true) => {
+                let fields: Map<String, Json> = event
+                    .fields
+                    .iter()
+                    .map(|(name, value)| (name.clone(), json_value(value)))
+                    .collect();
+                let line = json!({
+                    "timestamp_ns": json_int(record.wall_ns),
+                    "time": time,
+                    "origin": origin,
+                    "cpu_id": event.cpu_id,
+                    "event": event.name,
+                    "fields": fields,
+                });
+                writeln!(out, "{line}")?;
+            }
+            (RecordKind::Discarded { count, stream }, false) => {
+                writeln!(
+                    out,
+                    "[{time}] {origin} WARNING: {count} events discarded in {}",
+                    stream.display()
+                )?;
+            }
+            (RecordKind::LostPackets { count, stream }, false) => {
+                writeln!(
+                    out,
+                    "[{time}] {origin} WARNING: {count} packets lost in {}",
+                    stream.display()
+                )?;
+            }
+            (RecordKind::LostPackets { count, stream }, true) => {
+                let line = json!({
+                    "timestamp_ns": json_int(record.wall_ns),
+                    "time": time,
+                    "origin": origin,
+                    "lost_packets": count,
+                    "stream": stream.display().to_string(),
+                });
+                writeln!(out, "{line}")?;
+            }
+            (RecordKind::Discarded { count, stream }, true) => {
+                let line = json!({
+                    "timestamp_ns": json_int(record.wall_ns),
+                    "time": time,
+                    "origin": origin,
+                    "discarded": count,
+                    "stream": stream.display().to_string(),
+                });
+                writeln!(out, "{line}")?;
+            }
+        }
+        if matches!(record.kind, RecordKind::Event(_)) {
+            events += 1;
+        }
+    }
+    Ok(events)
+}
+
+/// `YYYY-MM-DD HH:MM:SS.nnnnnnnnn` (UTC) for nanoseconds since the epoch.
+fn wall_time(ns: i128) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let nanos = ns.rem_euclid(1_000_000_000);
+    let c = Civil::from_unix(i64::try_from(secs).unwrap_or(i64::MAX));
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}:{:02}.{nanos:09}",
+        c.year, c.month, c.day, c.hour, c.minute, c.second
+    )
+}
+
+/// How a value prints in text output.
+fn text_value(value: &Value) -> String {
+    match value {
+        Value::Signed(v) => v.to_string(),
+        Value::Unsigned(v) => v.to_string(),
+        Value::Hex(v) => format!("{v:#X}"),
+        Value::F32(v) => format!("{v:?}"),
+        Value::F64(v) => format!("{v:?}"),
+        Value::Bool(v) => v.to_string(),
+        Value::Str(s) => format!("{s:?}"),
+        Value::Bytes(b) => {
+            let items: Vec<String> = b.iter().map(u8::to_string).collect();
+            if items.is_empty() {
+                "[ ]".to_string()
+            } else {
+                format!("[ {} ]", items.join(", "))
+            }
+        }
+        Value::Enum { value, label } => match label {
+            Some(label) => format!("( {label:?} : {value} )"),
+            None => format!("( <unknown> : {value} )"),
+        },
+    }
+}
+
+/// How a value prints in JSON output.
+fn json_value(value: &Value) -> Json {
+    match value {
+        Value::Signed(v) => json!(v),
+        Value::Unsigned(v) => json!(v),
+        Value::Hex(v) => json!(format!("{v:#x}")),
+        Value::F32(v) => json!(v),
+        Value::F64(v) => json!(v),
+        Value::Bool(v) => json!(v),
+        Value::Str(s) => json!(s),
+        Value::Bytes(b) => json!(b),
+        Value::Enum { value, label } => json!({ "value": json_int(*value), "label": label }),
+    }
+}
+
+/// A JSON number for `v`, or its decimal string if it does not fit in 64 bits.
+fn json_int(v: i128) -> Json {
+    match (i64::try_from(v), u64::try_from(v)) {
+        (Ok(v), _) => json!(v),
+        (_, Ok(v)) => json!(v),
+        _ => json!(v.to_string()),
+    }
+}
