@@ -11,3 +11,4 @@
 pub mod ctf;
 pub mod protocol;
 pub mod shm;
+pub mod ust;

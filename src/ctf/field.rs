@@ -165,7 +165,11 @@ macro_rules! number_field {
 }
 
 const fn int(bits: u8, signed: bool) -> FieldType {
-    FieldType::Integer { bits, signed, hex: false }
+    FieldType::Integer {
+        bits,
+        signed,
+        hex: false,
+    }
 }
 
 number_field! {
