@@ -437,7 +437,7 @@ fn bad_geometry_is_refused_at_creation() {
 fn give_up_needs_two_calls_without_progress() {
     let ring = ring(4096, 2, Mode::Discard);
     let mut consumer = Consumer::new(ring.clone());
-    let stuck = ring
+    let _dead_reservation = ring
         .reserve(EVENT_HEADER_SIZE + payload_len(0))
         .expect("room");
     for seq in 0..5 {
