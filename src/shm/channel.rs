@@ -54,7 +54,9 @@ impl AsFd for Wakeup {
 }
 
 /// The rings of one channel for one owner (a uid or a pid), one per CPU, and their
-/// shared wake-up. Producers pick the ring of the CPU they run on.
+/// shared wake-up. Producers pick the ring of the CPU they run on. Cloning shares
+/// the same mappings.
+#[derive(Clone)]
 pub struct ChannelBuffers {
     /// Ring `i` serves CPU `i` (modulo the count).
     rings: Vec<Arc<Ring>>,
@@ -103,7 +105,14 @@ impl ChannelBuffers {
     /// The ring of the CPU this thread runs on.
     #[inline]
     pub fn current(&self) -> &Ring {
-        &self.rings[current_cpu() % self.rings.len()]
+        let cpu = current_cpu();
+        // Sets normally have a ring per CPU: skip the division then.
+        let i = if cpu < self.rings.len() {
+            cpu
+        } else {
+            cpu % self.rings.len()
+        };
+        &self.rings[i]
     }
 
     /// All rings, in CPU order.

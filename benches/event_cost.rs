@@ -1,0 +1,213 @@
+//! Cost of one enabled event `{i: i64, s: "hello"}` through the real macro into real
+//! per-CPU rings while a consumer drains them: one thread, two threads, two processes
+//! sharing one ring set (per-UID style), and a paced 1M events/s run for discards.
+//!
+//! `cargo bench --bench event_cost` (add `-- N` to change the event count).
+
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, poll};
+use ustrace::shm::{ChannelBuffers, DEFAULT_GEOMETRY, Mode, RingConfig, cpu_count};
+use ustrace::ust::channel;
+
+ustrace::event!(static BENCH_EV: bench:ev(i: i64, s: &str), loglevel = Info);
+
+const ROLE: &str = "USTRACE_BENCH_CHILD";
+const FDS: &str = "USTRACE_BENCH_FDS";
+
+fn main() {
+    let events: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    if std::env::var(ROLE).is_ok() {
+        child(events);
+        return;
+    }
+    let config = RingConfig {
+        geometry: DEFAULT_GEOMETRY,
+        mode: Mode::Discard,
+        stream_id: 0,
+        uuid: [0; 16],
+    };
+    let clock = per_call(events, ustrace::shm::now_ns);
+    let cpu = per_call(events, || ustrace::shm::current_cpu() as u64);
+    println!("building blocks: clock_gettime {clock:.1} ns, sched_getcpu {cpu:.1} ns");
+    let disabled = {
+        let start = Instant::now();
+        for i in 0..events as i64 {
+            BENCH_EV.emit(i, "hello");
+        }
+        start.elapsed()
+    };
+    report("disabled, 1 thread", events, 1, disabled, 0);
+
+    let buffers = ChannelBuffers::create("bench", &config, cpu_count()).expect("buffers");
+    let drainer = Drainer::start(buffers.clone());
+    let slot = channel::install(buffers.clone()).expect("slot");
+    BENCH_EV.enable(slot, 1);
+
+    for threads in [1u64, 2] {
+        let before = discarded(&buffers);
+        let elapsed = emit_threads(threads, events / threads);
+        report(
+            &format!("{threads} thread(s)"),
+            events,
+            threads,
+            elapsed,
+            discarded(&buffers) - before,
+        );
+    }
+
+    let before = discarded(&buffers);
+    let children: Vec<_> = (0..2).map(|_| spawn_child(&buffers, events / 2)).collect();
+    let mut worst = Duration::ZERO;
+    for child in children {
+        let out = child.wait_with_output().expect("bench child");
+        assert!(out.status.success(), "bench child failed");
+        let nanos: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .expect("child time");
+        worst = worst.max(Duration::from_nanos(nanos));
+    }
+    report(
+        "2 processes, shared ring set",
+        events,
+        2,
+        worst,
+        discarded(&buffers) - before,
+    );
+
+    let before = discarded(&buffers);
+    let start = Instant::now();
+    for i in 0..events as i64 {
+        let due = start + Duration::from_nanos(i as u64 * 1_000);
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        BENCH_EV.emit(i, "hello");
+    }
+    println!(
+        "paced 1M events/s for {:.2?}: {} discarded (default geometry {} KiB x {})",
+        start.elapsed(),
+        discarded(&buffers) - before,
+        DEFAULT_GEOMETRY.subbuf_size / 1024,
+        DEFAULT_GEOMETRY.num_subbuf
+    );
+    drainer.stop();
+}
+
+/// Mean cost of one call of `f` in nanoseconds.
+fn per_call(calls: u64, f: impl Fn() -> u64) -> f64 {
+    let start = Instant::now();
+    for _ in 0..calls {
+        std::hint::black_box(f());
+    }
+    start.elapsed().as_nanos() as f64 / calls as f64
+}
+
+fn report(what: &str, events: u64, threads: u64, elapsed: Duration, discarded: u64) {
+    let per_event = elapsed.as_nanos() as f64 * threads as f64 / events as f64;
+    println!("{what}: {events} events {per_event:.1} ns/event ({discarded} discarded)");
+}
+
+fn discarded(buffers: &ChannelBuffers) -> u64 {
+    buffers
+        .rings()
+        .iter()
+        .map(|r| r.counters().discarded_full)
+        .sum()
+}
+
+fn emit_threads(threads: u64, per_thread: u64) -> Duration {
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                for i in 0..per_thread as i64 {
+                    BENCH_EV.emit(i, "hello");
+                }
+                start.elapsed()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("emitter"))
+        .max()
+        .unwrap_or_default()
+}
+
+/// The daemon's part, minimal: drain every ring on wake-ups or a 10 ms timer.
+struct Drainer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Drainer {
+    fn start(buffers: ChannelBuffers) -> Drainer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut consumers = buffers.consumers();
+            while !flag.load(Ordering::Relaxed) {
+                let mut fds = [PollFd::new(buffers.wakeup().as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, 10u16);
+                let _ = buffers.wakeup().take();
+                for consumer in &mut consumers {
+                    while let Some(packet) = consumer.next_packet() {
+                        std::hint::black_box(packet.bytes().len());
+                    }
+                }
+            }
+        });
+        Drainer { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("drainer");
+    }
+}
+
+fn spawn_child(buffers: &ChannelBuffers, events: u64) -> std::process::Child {
+    let mut dups: Vec<OwnedFd> = buffers
+        .rings()
+        .iter()
+        .map(|r| nix::unistd::dup(r.as_fd()).expect("dup"))
+        .collect();
+    dups.push(nix::unistd::dup(buffers.wakeup().as_fd()).expect("dup"));
+    let fds: Vec<String> = dups.iter().map(|fd| fd.as_raw_fd().to_string()).collect();
+    Command::new(std::env::current_exe().expect("bench binary"))
+        .arg(events.to_string())
+        .env(ROLE, "emitter")
+        .env(FDS, fds.join(","))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn bench child")
+}
+
+fn child(events: u64) {
+    let mut fds: Vec<OwnedFd> = std::env::var(FDS)
+        .expect("fds")
+        .split(',')
+        .map(|n| {
+            // SAFETY: dup'ed for this process by the parent; owned by nothing else here.
+            unsafe { OwnedFd::from_raw_fd(n.parse().expect("fd")) }
+        })
+        .collect();
+    let wakeup = fds.pop().expect("eventfd");
+    let buffers = ChannelBuffers::from_fds(fds, wakeup).expect("map rings");
+    let slot = channel::install(buffers).expect("slot");
+    BENCH_EV.enable(slot, 1);
+    let start = Instant::now();
+    for i in 0..events as i64 {
+        BENCH_EV.emit(i, "hello");
+    }
+    println!("{}", start.elapsed().as_nanos());
+}
