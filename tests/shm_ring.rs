@@ -3,6 +3,7 @@
 
 mod shm_support;
 
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -469,4 +470,12 @@ fn give_up_needs_two_calls_without_progress() {
     assert!(wait_until(Duration::from_secs(1), || consumer
         .next_packet()
         .is_none()));
+}
+
+#[test]
+fn channel_without_rings_is_refused() {
+    let wakeup = Wakeup::new().expect("eventfd");
+    let fd = nix::unistd::dup(wakeup.as_fd()).expect("dup");
+    let e = ustrace::shm::ChannelBuffers::from_fds(Vec::new(), fd);
+    assert!(matches!(e, Err(ShmError::NoRings)));
 }

@@ -1,6 +1,5 @@
 //! One stream's ring: creation, validation, and the producer's reserve/commit path.
 
-use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::*};
@@ -148,14 +147,9 @@ impl Ring {
         map.u32_at(MODE_AT).store(config.mode as u32, Relaxed);
         map.u32_at(CPU_ID_AT).store(cpu_id, Relaxed);
         map.u32_at(STREAM_ID_AT).store(config.stream_id, Relaxed);
-        map.u64_at(UUID_AT).store(
-            u64::from_le_bytes(config.uuid[..8].try_into().expect("8")),
-            Relaxed,
-        );
-        map.u64_at(UUID_AT + 8).store(
-            u64::from_le_bytes(config.uuid[8..].try_into().expect("8")),
-            Relaxed,
-        );
+        let uuid = u128::from_le_bytes(config.uuid);
+        map.u64_at(UUID_AT).store(uuid as u64, Relaxed);
+        map.u64_at(UUID_AT + 8).store((uuid >> 64) as u64, Relaxed);
         Ring::from_mapping(map, fd, size, wakeup)
     }
 
@@ -167,21 +161,15 @@ impl Ring {
         {
             return Err(ShmError::NotSealed);
         }
-        let file = File::from(fd);
-        let len = file
-            .metadata()
-            .map_err(|e| ShmError::Sys {
-                what: "fstat",
-                source: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
-            })?
-            .len();
+        let len = nix::sys::stat::fstat(&fd)
+            .map_err(ShmError::sys("fstat of the ring"))?
+            .st_size as u64;
         if len < COMMIT_AT as u64 {
             return Err(ShmError::Truncated {
                 len,
                 need: COMMIT_AT as u64,
             });
         }
-        let fd = OwnedFd::from(file);
         let map = Mapping::new(&fd, len)?;
         Ring::from_mapping(map, fd, len, wakeup)
     }
@@ -219,9 +207,8 @@ impl Ring {
             });
         }
         let mode = Mode::from_word(map.u32_at(MODE_AT).load(Relaxed))?;
-        let mut uuid = [0; 16];
-        uuid[..8].copy_from_slice(&map.u64_at(UUID_AT).load(Relaxed).to_le_bytes());
-        uuid[8..].copy_from_slice(&map.u64_at(UUID_AT + 8).load(Relaxed).to_le_bytes());
+        let uuid = u128::from(map.u64_at(UUID_AT).load(Relaxed))
+            | u128::from(map.u64_at(UUID_AT + 8).load(Relaxed)) << 64;
         Ok(Ring {
             cpu_id: map.u32_at(CPU_ID_AT).load(Relaxed),
             stream_id: map.u32_at(STREAM_ID_AT).load(Relaxed),
@@ -232,7 +219,7 @@ impl Ring {
             data_at: geometry.data_offset() as usize,
             geometry,
             mode,
-            uuid,
+            uuid: uuid.to_le_bytes(),
             wakeup,
         })
     }

@@ -86,7 +86,7 @@ impl Tracepoint {
 
 /// Declares a static event with a typed `emit`.
 ///
-/// ```ignore
+/// ```
 /// ustrace::event!(pub static DEMO_EV: demo:ev(i: i64, s: &str), loglevel = Info);
 /// DEMO_EV.emit(42, "hello");
 /// ```

@@ -1,4 +1,5 @@
 //! Helpers shared by the shm test files: test events, packet parsing, fd handling.
+//! Each test file uses a different subset, hence the dead_code allowance.
 #![allow(dead_code)]
 
 use std::io::Read;
