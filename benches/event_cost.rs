@@ -37,13 +37,13 @@ fn main() {
     let clock = per_call(events, ustrace::shm::now_ns);
     let cpu = per_call(events, || ustrace::shm::current_cpu() as u64);
     println!("building blocks: clock_gettime {clock:.1} ns, sched_getcpu {cpu:.1} ns");
-    let disabled = {
+    let disabled = rounds(|| {
         let start = Instant::now();
         for i in 0..events as i64 {
             BENCH_EV.emit(i, "hello");
         }
         start.elapsed()
-    };
+    });
     report("disabled, 1 thread", events, 1, disabled, 0);
 
     let buffers = ChannelBuffers::create("bench", &config, cpu_count()).expect("buffers");
@@ -53,35 +53,32 @@ fn main() {
 
     for threads in [1u64, 2] {
         let before = discarded(&buffers);
-        let elapsed = emit_threads(threads, events / threads);
+        let times = rounds(|| emit_threads(threads, events / threads));
+        let lost = discarded(&buffers) - before;
         report(
             &format!("{threads} thread(s)"),
             events,
             threads,
-            elapsed,
-            discarded(&buffers) - before,
+            times,
+            lost,
         );
     }
 
     let before = discarded(&buffers);
-    let children: Vec<_> = (0..2).map(|_| spawn_child(&buffers, events / 2)).collect();
-    let mut worst = Duration::ZERO;
-    for child in children {
-        let out = child.wait_with_output().expect("bench child");
-        assert!(out.status.success(), "bench child failed");
-        let nanos: u64 = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse()
-            .expect("child time");
-        worst = worst.max(Duration::from_nanos(nanos));
-    }
-    report(
-        "2 processes, shared ring set",
-        events,
-        2,
-        worst,
-        discarded(&buffers) - before,
-    );
+    let times = rounds(|| {
+        let children: Vec<_> = (0..2).map(|_| spawn_child(&buffers, events / 2)).collect();
+        let mut slowest = Duration::ZERO;
+        for child in children {
+            let out = child.wait_with_output().expect("bench child");
+            assert!(out.status.success(), "bench child failed");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let nanos: u64 = text.trim().parse().expect("child time");
+            slowest = slowest.max(Duration::from_nanos(nanos));
+        }
+        slowest
+    });
+    let lost = discarded(&buffers) - before;
+    report("2 processes, shared ring set", events, 2, times, lost);
 
     let before = discarded(&buffers);
     let start = Instant::now();
@@ -111,9 +108,25 @@ fn per_call(calls: u64, f: impl Fn() -> u64) -> f64 {
     start.elapsed().as_nanos() as f64 / calls as f64
 }
 
-fn report(what: &str, events: u64, threads: u64, elapsed: Duration, discarded: u64) {
-    let per_event = elapsed.as_nanos() as f64 * threads as f64 / events as f64;
-    println!("{what}: {events} events {per_event:.1} ns/event ({discarded} discarded)");
+/// Rounds per scenario: the machine is shared, so the best and median are shown.
+const ROUNDS: usize = 5;
+
+/// Runs `f` ROUNDS times; its durations sorted.
+fn rounds(mut f: impl FnMut() -> Duration) -> Vec<Duration> {
+    let mut times: Vec<Duration> = (0..ROUNDS).map(|_| f()).collect();
+    times.sort();
+    times
+}
+
+/// Prints per-event cost (wall time x threads / events) of the best and median round,
+/// and the events discarded over all rounds.
+fn report(what: &str, events: u64, threads: u64, times: Vec<Duration>, discarded: u64) {
+    let per_event = |d: Duration| d.as_nanos() as f64 * threads as f64 / events as f64;
+    println!(
+        "{what}: {events} events {:.1} ns/event (median {:.1}; {discarded} discarded in {ROUNDS} rounds)",
+        per_event(times[0]),
+        per_event(times[ROUNDS / 2]),
+    );
 }
 
 fn discarded(buffers: &ChannelBuffers) -> u64 {
