@@ -479,3 +479,12 @@ fn channel_without_rings_is_refused() {
     let e = ustrace::shm::ChannelBuffers::from_fds(Vec::new(), fd);
     assert!(matches!(e, Err(ShmError::NoRings)));
 }
+
+#[test]
+fn rings_and_channels_cross_threads() {
+    fn shared<T: Send + Sync>() {}
+    fn sent<T: Send>() {}
+    shared::<Ring>();
+    shared::<ustrace::shm::ChannelBuffers>();
+    sent::<Consumer>();
+}

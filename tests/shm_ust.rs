@@ -156,3 +156,14 @@ fn every_field_type_is_encoded_as_field_value_says() {
     let len = expected.len();
     assert_eq!(recorded(&mut consumer, len), vec![(3, expected)]);
 }
+
+ustrace::event!(static MARK_EV: demo:mark(), loglevel = Notice);
+
+#[test]
+fn event_without_fields_records_its_header_only() {
+    let (slot, mut consumer) = install();
+    MARK_EV.enable(slot, 11);
+    MARK_EV.emit();
+    assert_eq!(recorded(&mut consumer, 0), vec![(11, Vec::new())]);
+    assert!(MARK_EV.desc().fields.is_empty());
+}
