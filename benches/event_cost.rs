@@ -4,7 +4,7 @@
 //!
 //! `cargo bench --bench event_cost` (add `-- N` to change the event count).
 
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,10 +14,13 @@ use nix::poll::{PollFd, PollFlags, poll};
 use ustrace::shm::{ChannelBuffers, DEFAULT_GEOMETRY, Mode, RingConfig, cpu_count};
 use ustrace::ust::channel;
 
+#[path = "../tests/shm_support/mod.rs"]
+mod shm_support;
+use shm_support::{inherited_buffers, spawn_sharing};
+
 ustrace::event!(static BENCH_EV: bench:ev(i: i64, s: &str), loglevel = Info);
 
 const ROLE: &str = "USTRACE_BENCH_CHILD";
-const FDS: &str = "USTRACE_BENCH_FDS";
 
 fn main() {
     let events: u64 = std::env::args()
@@ -189,33 +192,15 @@ impl Drainer {
 }
 
 fn spawn_child(buffers: &ChannelBuffers, events: u64) -> std::process::Child {
-    let mut dups: Vec<OwnedFd> = buffers
-        .rings()
-        .iter()
-        .map(|r| nix::unistd::dup(r.as_fd()).expect("dup"))
-        .collect();
-    dups.push(nix::unistd::dup(buffers.wakeup().as_fd()).expect("dup"));
-    let fds: Vec<String> = dups.iter().map(|fd| fd.as_raw_fd().to_string()).collect();
-    Command::new(std::env::current_exe().expect("bench binary"))
-        .arg(events.to_string())
+    let mut cmd = Command::new(std::env::current_exe().expect("bench binary"));
+    cmd.arg(events.to_string())
         .env(ROLE, "emitter")
-        .env(FDS, fds.join(","))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn bench child")
+        .stdout(Stdio::piped());
+    spawn_sharing(&mut cmd, buffers)
 }
 
 fn child(events: u64) {
-    let mut fds: Vec<OwnedFd> = std::env::var(FDS)
-        .expect("fds")
-        .split(',')
-        .map(|n| {
-            // SAFETY: dup'ed for this process by the parent; owned by nothing else here.
-            unsafe { OwnedFd::from_raw_fd(n.parse().expect("fd")) }
-        })
-        .collect();
-    let wakeup = fds.pop().expect("eventfd");
-    let buffers = ChannelBuffers::from_fds(fds, wakeup).expect("map rings");
+    let buffers = inherited_buffers();
     let slot = channel::install(buffers).expect("slot");
     BENCH_EV.enable(slot, 1);
     let start = Instant::now();

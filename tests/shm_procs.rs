@@ -6,7 +6,7 @@ mod shm_support;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +18,6 @@ use ustrace::ctf::packet::EVENT_HEADER_SIZE;
 use ustrace::shm::{ChannelBuffers, Consumer, Mode};
 
 const ROLE: &str = "USTRACE_SHM_CHILD";
-const FDS: &str = "USTRACE_SHM_FDS";
 const ID: &str = "USTRACE_SHM_ID";
 const THREADS: usize = 2;
 const EVENTS_PER_THREAD: u64 = 20_000;
@@ -54,42 +53,18 @@ impl Drop for Proc {
     }
 }
 
-/// Starts a child with `role`, sharing `buffers` (its fds are inherited).
+/// Starts a child with `role`, sharing `buffers`.
 fn spawn(role: &str, id: u32, buffers: &ChannelBuffers) -> Proc {
-    let mut dups: Vec<OwnedFd> = buffers
-        .rings()
-        .iter()
-        .map(|r| nix::unistd::dup(r.as_fd()).expect("dup ring fd"))
-        .collect();
-    dups.push(nix::unistd::dup(buffers.wakeup().as_fd()).expect("dup eventfd"));
-    let fds: Vec<String> = dups.iter().map(|fd| fd.as_raw_fd().to_string()).collect();
-    let child = Command::new(std::env::current_exe().expect("test binary"))
-        .env(ROLE, role)
-        .env(FDS, fds.join(","))
+    let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
+    cmd.env(ROLE, role)
         .env(ID, id.to_string())
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn child");
-    // The child has its copies now (dup'ed fds are not close-on-exec).
-    drop(dups);
-    Proc(child)
+        .stdout(Stdio::piped());
+    Proc(spawn_sharing(&mut cmd, buffers))
 }
 
 fn child(role: &str) {
-    let fds: Vec<OwnedFd> = std::env::var(FDS)
-        .expect("fds")
-        .split(',')
-        .map(|n| {
-            let raw = n.parse().expect("fd number");
-            // SAFETY: the parent dup'ed these descriptors for us and passed their
-            // numbers; nothing else in this fresh process owns them.
-            unsafe { OwnedFd::from_raw_fd(raw) }
-        })
-        .collect();
-    let mut fds = fds;
-    let wakeup = fds.pop().expect("eventfd");
-    let buffers = ChannelBuffers::from_fds(fds, wakeup).expect("map rings");
+    let buffers = inherited_buffers();
     let id: u32 = std::env::var(ID).expect("id").parse().expect("id number");
     let mut out = std::io::stdout();
     match role {

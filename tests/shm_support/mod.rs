@@ -3,13 +3,13 @@
 #![allow(dead_code)]
 
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ustrace::ctf::packet::{
     EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader, read_event_header,
 };
-use ustrace::shm::{Geometry, Mode, Ring, RingConfig};
+use ustrace::shm::{ChannelBuffers, Geometry, Mode, Ring, RingConfig};
 
 /// A ring config for tests.
 pub fn config(subbuf_size: u64, num_subbuf: u64, mode: Mode) -> RingConfig {
@@ -138,4 +138,46 @@ pub fn memfd_with(bytes: &[u8], seal: bool) -> OwnedFd {
         .expect("seal");
     }
     fd
+}
+
+/// Environment variable carrying inherited ring fds: ring fds in CPU order, then the
+/// eventfd, comma separated.
+const FDS_ENV: &str = "USTRACE_SHM_FDS";
+
+/// Spawns `cmd` so that its process inherits `buffers`: the fds are dup'ed (dups are
+/// not close-on-exec) for the spawn and their numbers passed in the environment.
+pub fn spawn_sharing(
+    cmd: &mut std::process::Command,
+    buffers: &ChannelBuffers,
+) -> std::process::Child {
+    let mut dups: Vec<OwnedFd> = buffers
+        .rings()
+        .iter()
+        .map(|r| nix::unistd::dup(r.as_fd()).expect("dup ring fd"))
+        .collect();
+    dups.push(nix::unistd::dup(buffers.wakeup().as_fd()).expect("dup eventfd"));
+    let fds: Vec<String> = dups.iter().map(|fd| fd.as_raw_fd().to_string()).collect();
+    let child = cmd
+        .env(FDS_ENV, fds.join(","))
+        .spawn()
+        .expect("spawn child");
+    // The child has its copies now.
+    drop(dups);
+    child
+}
+
+/// In a child started by [`spawn_sharing`]: maps the buffers its parent shared.
+pub fn inherited_buffers() -> ChannelBuffers {
+    let mut fds: Vec<OwnedFd> = std::env::var(FDS_ENV)
+        .expect("inherited fds")
+        .split(',')
+        .map(|n| {
+            let raw = n.parse().expect("fd number");
+            // SAFETY: the parent dup'ed these descriptors for this process and passed
+            // their numbers; nothing else in this fresh process owns them.
+            unsafe { OwnedFd::from_raw_fd(raw) }
+        })
+        .collect();
+    let wakeup = fds.pop().expect("eventfd");
+    ChannelBuffers::from_fds(fds, wakeup).expect("map inherited rings")
 }
