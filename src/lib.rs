@@ -13,3 +13,4 @@ pub mod config;
 pub mod ctf;
 pub mod protocol;
 pub mod shm;
+pub mod ust;

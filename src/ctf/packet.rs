@@ -31,6 +31,12 @@ pub const PACKET_HEADER_SIZE: usize = 76;
 /// Bytes of the event header: event id (u32) and timestamp (u64).
 pub const EVENT_HEADER_SIZE: usize = 12;
 
+/// Header bytes that [`PacketOpen::write`] fills; a writer that shares the header with
+/// a concurrent [`PacketClose`] writer copies only these.
+pub const OPEN_RANGES: [std::ops::Range<usize>; 3] = [0..32, 48..64, 72..76];
+/// Header bytes that [`PacketClose::write`] fills; disjoint from [`OPEN_RANGES`].
+pub const CLOSE_RANGES: [std::ops::Range<usize>; 2] = [32..48, 64..72];
+
 const MAGIC_AT: usize = 0;
 const UUID_AT: usize = 4;
 const STREAM_ID_AT: usize = 20;
@@ -216,6 +222,37 @@ mod tests {
         open.write(&mut buf);
         close.write(&mut buf);
         assert_eq!(PacketHeader::read(&buf), Ok(PacketHeader { open, close }));
+    }
+
+    #[test]
+    fn open_and_close_ranges_are_exactly_what_each_half_writes() {
+        let touched = |write: &dyn Fn(&mut [u8])| {
+            let mut a = [0u8; PACKET_HEADER_SIZE];
+            let mut b = [0xFFu8; PACKET_HEADER_SIZE];
+            write(&mut a);
+            write(&mut b);
+            (0..PACKET_HEADER_SIZE)
+                .filter(|&i| a[i] != 0 || b[i] != 0xFF)
+                .collect::<Vec<_>>()
+        };
+        let open = PacketOpen {
+            uuid: [1; 16],
+            stream_id: 1,
+            timestamp_begin: 1,
+            packet_size: 4096,
+            seq_num: 1,
+            cpu_id: 1,
+        };
+        let close = PacketClose {
+            timestamp_end: 1,
+            content_size: 100,
+            events_discarded: 1,
+        };
+        let spans = |ranges: &[std::ops::Range<usize>]| {
+            ranges.iter().flat_map(|r| r.clone()).collect::<Vec<_>>()
+        };
+        assert_eq!(touched(&|b| open.write(b)), spans(&OPEN_RANGES));
+        assert_eq!(touched(&|b| close.write(b)), spans(&CLOSE_RANGES));
     }
 
     #[test]

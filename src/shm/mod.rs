@@ -1,1 +1,25 @@
 //! Shared-memory per-CPU ring buffers: the data plane between apps and the daemon.
+//!
+//! Contract: one [`Ring`] per stream lives in a sealed memfd that the daemon creates
+//! and apps map. Producers (any thread of any process mapping the ring) reserve,
+//! write and commit events without locks or system calls; reserving is lock-free (a
+//! CAS loop on the write position), committing is wait-free (one atomic add). A
+//! producer never blocks: when there is no room the event is dropped and counted
+//! ([`Mode::Discard`]) or the oldest complete packet is reused ([`Mode::Overwrite`]).
+//! Each sub-buffer is exactly one CTF packet; the single consumer (the daemon, through
+//! a [`Consumer`]) takes complete packets in order as read-only byte views.
+//! The byte layout and the memory-ordering argument are in `docs/shm.md`.
+
+mod channel;
+mod clock;
+mod consumer;
+mod error;
+mod layout;
+mod ring;
+
+pub use channel::{ChannelBuffers, Wakeup, cpu_count};
+pub use clock::{current_cpu, now_ns};
+pub use consumer::{Consumer, Packet};
+pub use error::ShmError;
+pub use layout::{DEFAULT_GEOMETRY, Geometry, Mode, RingConfig};
+pub use ring::{Reservation, Ring, RingCounters};

@@ -1,0 +1,211 @@
+//! Cost of one enabled event `{i: i64, s: "hello"}` through the real macro into real
+//! per-CPU rings while a consumer drains them: one thread, two threads, two processes
+//! sharing one ring set (per-UID style), and a paced 1M events/s run for discards.
+//!
+//! `cargo bench --bench event_cost` (add `-- N` to change the event count).
+
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::poll::{PollFd, PollFlags, poll};
+use ustrace::shm::{ChannelBuffers, DEFAULT_GEOMETRY, Mode, RingConfig, cpu_count};
+use ustrace::ust::channel;
+
+#[path = "../tests/shm_support/mod.rs"]
+mod shm_support;
+use shm_support::{inherited_buffers, spawn_sharing};
+
+ustrace::event!(static BENCH_EV: bench:ev(i: i64, s: &str), loglevel = Info);
+
+const ROLE: &str = "USTRACE_BENCH_CHILD";
+
+fn main() {
+    let events: u64 = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
+    if std::env::var(ROLE).is_ok() {
+        child(events);
+        return;
+    }
+    let config = RingConfig {
+        geometry: DEFAULT_GEOMETRY,
+        mode: Mode::Discard,
+        stream_id: 0,
+        uuid: [0; 16],
+    };
+    let clock = per_call(events, ustrace::shm::now_ns);
+    let cpu = per_call(events, || ustrace::shm::current_cpu() as u64);
+    println!("building blocks: clock_gettime {clock:.1} ns, sched_getcpu {cpu:.1} ns");
+    let disabled = rounds(|| {
+        let start = Instant::now();
+        for i in 0..events as i64 {
+            BENCH_EV.emit(i, "hello");
+        }
+        start.elapsed()
+    });
+    report("disabled, 1 thread", events, 1, disabled, 0);
+
+    let buffers = ChannelBuffers::create("bench", &config, cpu_count()).expect("buffers");
+    let drainer = Drainer::start(buffers.clone());
+    let slot = channel::install(buffers.clone()).expect("slot");
+    BENCH_EV.enable(slot, 1);
+
+    for threads in [1u64, 2] {
+        let before = discarded(&buffers);
+        let times = rounds(|| emit_threads(threads, events / threads));
+        let lost = discarded(&buffers) - before;
+        report(
+            &format!("{threads} thread(s)"),
+            events,
+            threads,
+            times,
+            lost,
+        );
+    }
+
+    let before = discarded(&buffers);
+    let times = rounds(|| {
+        let children: Vec<_> = (0..2).map(|_| spawn_child(&buffers, events / 2)).collect();
+        let mut slowest = Duration::ZERO;
+        for child in children {
+            let out = child.wait_with_output().expect("bench child");
+            assert!(out.status.success(), "bench child failed");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let nanos: u64 = text.trim().parse().expect("child time");
+            slowest = slowest.max(Duration::from_nanos(nanos));
+        }
+        slowest
+    });
+    let lost = discarded(&buffers) - before;
+    report("2 processes, shared ring set", events, 2, times, lost);
+
+    let before = discarded(&buffers);
+    let start = Instant::now();
+    for i in 0..events as i64 {
+        let due = start + Duration::from_nanos(i as u64 * 1_000);
+        while Instant::now() < due {
+            std::hint::spin_loop();
+        }
+        BENCH_EV.emit(i, "hello");
+    }
+    println!(
+        "paced 1M events/s for {:.2?}: {} discarded (default geometry {} KiB x {})",
+        start.elapsed(),
+        discarded(&buffers) - before,
+        DEFAULT_GEOMETRY.subbuf_size / 1024,
+        DEFAULT_GEOMETRY.num_subbuf
+    );
+    drainer.stop();
+}
+
+/// Mean cost of one call of `f` in nanoseconds.
+fn per_call(calls: u64, f: impl Fn() -> u64) -> f64 {
+    let start = Instant::now();
+    for _ in 0..calls {
+        std::hint::black_box(f());
+    }
+    start.elapsed().as_nanos() as f64 / calls as f64
+}
+
+/// Rounds per scenario: the machine is shared, so the best and median are shown.
+const ROUNDS: usize = 5;
+
+/// Runs `f` ROUNDS times; its durations sorted.
+fn rounds(mut f: impl FnMut() -> Duration) -> Vec<Duration> {
+    let mut times: Vec<Duration> = (0..ROUNDS).map(|_| f()).collect();
+    times.sort();
+    times
+}
+
+/// Prints per-event cost (wall time x threads / events) of the best and median round,
+/// and the events discarded over all rounds.
+fn report(what: &str, events: u64, threads: u64, times: Vec<Duration>, discarded: u64) {
+    let per_event = |d: Duration| d.as_nanos() as f64 * threads as f64 / events as f64;
+    println!(
+        "{what}: {events} events {:.1} ns/event (median {:.1}; {discarded} discarded in {ROUNDS} rounds)",
+        per_event(times[0]),
+        per_event(times[ROUNDS / 2]),
+    );
+}
+
+fn discarded(buffers: &ChannelBuffers) -> u64 {
+    buffers
+        .rings()
+        .iter()
+        .map(|r| r.counters().discarded_full)
+        .sum()
+}
+
+fn emit_threads(threads: u64, per_thread: u64) -> Duration {
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                for i in 0..per_thread as i64 {
+                    BENCH_EV.emit(i, "hello");
+                }
+                start.elapsed()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .map(|h| h.join().expect("emitter"))
+        .max()
+        .unwrap_or_default()
+}
+
+/// The daemon's part, minimal: drain every ring on wake-ups or a 10 ms timer.
+struct Drainer {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Drainer {
+    fn start(buffers: ChannelBuffers) -> Drainer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut consumers = buffers.consumers();
+            while !flag.load(Ordering::Relaxed) {
+                let mut fds = [PollFd::new(buffers.wakeup().as_fd(), PollFlags::POLLIN)];
+                let _ = poll(&mut fds, 10u16);
+                let _ = buffers.wakeup().take();
+                for consumer in &mut consumers {
+                    while let Some(packet) = consumer.next_packet() {
+                        std::hint::black_box(packet.bytes().len());
+                    }
+                }
+            }
+        });
+        Drainer { stop, thread }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("drainer");
+    }
+}
+
+fn spawn_child(buffers: &ChannelBuffers, events: u64) -> std::process::Child {
+    let mut cmd = Command::new(std::env::current_exe().expect("bench binary"));
+    cmd.arg(events.to_string())
+        .env(ROLE, "emitter")
+        .stdout(Stdio::piped());
+    spawn_sharing(&mut cmd, buffers)
+}
+
+fn child(events: u64) {
+    let buffers = inherited_buffers();
+    let slot = channel::install(buffers).expect("slot");
+    BENCH_EV.enable(slot, 1);
+    let start = Instant::now();
+    for i in 0..events as i64 {
+        BENCH_EV.emit(i, "hello");
+    }
+    println!("{}", start.elapsed().as_nanos());
+}

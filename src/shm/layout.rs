@@ -1,0 +1,225 @@
+//! The bytes of a ring file and the only code that turns them into Rust references.
+//!
+//! ```text
+//! 0    magic u64 | version u32 | subbuf_size u32 | num_subbuf u32 | mode u32
+//! 24   cpu_id u32 | stream_id u32 | uuid [16]                  (written once, then read-only)
+//! 64   write     AtomicU64   free-running byte position          (own cache line)
+//! 128  consumed  AtomicU64   free-running, multiple of subbuf_size; bit 0 = READING
+//! 192  discarded_full, too_big, overwritten_packets, lost_dead_producer   AtomicU64 each
+//! 256  commit[i] AtomicU64   per sub-buffer: low 32 bits bytes committed (mod 2^32),
+//!                            high 32 bits events committed
+//! data_offset (page aligned): num_subbuf sub-buffers of subbuf_size bytes
+//! ```
+//!
+//! Shared memory is only ever reached by offset from this process's own mapping.
+
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use memmap2::MmapRaw;
+
+use super::ShmError;
+use crate::ctf::packet::PACKET_HEADER_SIZE;
+
+/// First eight bytes of every ring file: "USTRING1" read little-endian.
+pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"USTRING1");
+/// Layout version; bump on any change to this file's table.
+pub(crate) const VERSION: u32 = 1;
+
+pub(crate) const MAGIC_AT: usize = 0;
+pub(crate) const VERSION_AT: usize = 8;
+pub(crate) const SUBBUF_SIZE_AT: usize = 12;
+pub(crate) const NUM_SUBBUF_AT: usize = 16;
+pub(crate) const MODE_AT: usize = 20;
+pub(crate) const CPU_ID_AT: usize = 24;
+pub(crate) const STREAM_ID_AT: usize = 28;
+pub(crate) const UUID_AT: usize = 32;
+pub(crate) const WRITE_AT: usize = 64;
+pub(crate) const CONSUMED_AT: usize = 128;
+pub(crate) const DISCARDED_FULL_AT: usize = 192;
+pub(crate) const TOO_BIG_AT: usize = 200;
+pub(crate) const OVERWRITTEN_AT: usize = 208;
+pub(crate) const LOST_DEAD_AT: usize = 216;
+pub(crate) const COMMIT_AT: usize = 256;
+
+const PAGE: u64 = 4096;
+const MIN_SUBBUF: u64 = 4096;
+/// Keeps a generation's byte count unambiguous in the 32-bit commit field.
+const MAX_SUBBUF: u64 = 1 << 30;
+const MAX_NUM_SUBBUF: u64 = 1 << 16;
+
+/// What to do when a producer finds the ring full.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Drop the new event and count it: the trace keeps its oldest data.
+    Discard = 0,
+    /// Reuse the oldest complete packet (flight recorder): the trace keeps its newest.
+    Overwrite = 1,
+}
+
+impl Mode {
+    pub(crate) fn from_word(word: u32) -> Result<Mode, ShmError> {
+        match word {
+            0 => Ok(Mode::Discard),
+            1 => Ok(Mode::Overwrite),
+            other => Err(ShmError::BadMode(other)),
+        }
+    }
+}
+
+/// Sub-buffer size and count of a ring; the sub-buffer is the CTF packet size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Bytes per sub-buffer: a power of two, at least 4 KiB, at most 1 GiB.
+    pub subbuf_size: u64,
+    /// Sub-buffers per ring: a power of two, at least 2.
+    pub num_subbuf: u64,
+}
+
+/// The default channel geometry: 128 KiB x 4 keeps up with 1M events/s while the
+/// daemon drains on wake-ups, at 512 KiB per CPU.
+pub const DEFAULT_GEOMETRY: Geometry = Geometry {
+    subbuf_size: 128 * 1024,
+    num_subbuf: 4,
+};
+
+impl Geometry {
+    /// Checks the rules of the layout.
+    pub fn validate(&self) -> Result<(), ShmError> {
+        let bad = |reason| ShmError::BadGeometry {
+            subbuf_size: self.subbuf_size,
+            num_subbuf: self.num_subbuf,
+            reason,
+        };
+        if !self.subbuf_size.is_power_of_two() || self.subbuf_size < MIN_SUBBUF {
+            return Err(bad("sub-buffer size must be a power of two >= 4096"));
+        }
+        if self.subbuf_size > MAX_SUBBUF {
+            return Err(bad("sub-buffer size must be at most 1 GiB"));
+        }
+        if !self.num_subbuf.is_power_of_two() || self.num_subbuf < 2 {
+            return Err(bad("sub-buffer count must be a power of two >= 2"));
+        }
+        if self.num_subbuf > MAX_NUM_SUBBUF {
+            return Err(bad("sub-buffer count must be at most 65536"));
+        }
+        Ok(())
+    }
+
+    /// Offset of the first sub-buffer: the header and commit counters, page aligned.
+    pub(crate) fn data_offset(&self) -> u64 {
+        (COMMIT_AT as u64 + 8 * self.num_subbuf).div_ceil(PAGE) * PAGE
+    }
+
+    /// Size of the whole ring file.
+    pub(crate) fn file_size(&self) -> u64 {
+        self.data_offset() + self.subbuf_size * self.num_subbuf
+    }
+
+    /// Largest event (header and payload) a sub-buffer takes: after the packet header
+    /// and never ending exactly on the sub-buffer's end (that position means "closed").
+    pub fn max_event_len(&self) -> u64 {
+        self.subbuf_size - PACKET_HEADER_SIZE as u64 - 1
+    }
+}
+
+/// Everything a new ring is created with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Sub-buffer size and count.
+    pub geometry: Geometry,
+    /// Behaviour when full.
+    pub mode: Mode,
+    /// Stream class id written into every packet header (the channel's index).
+    pub stream_id: u32,
+    /// Trace uuid written into every packet header.
+    pub uuid: [u8; 16],
+}
+
+/// A shared read-write mapping of a ring file, seen only through the accessors below.
+pub(crate) struct Mapping {
+    /// The mapping; its address differs in every process, so nothing stores pointers.
+    map: MmapRaw,
+}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` shared and read-write.
+    pub(crate) fn new(fd: &impl std::os::fd::AsRawFd, len: u64) -> Result<Mapping, ShmError> {
+        let len = usize::try_from(len)
+            .map_err(|_| ShmError::Map(std::io::ErrorKind::InvalidInput.into()))?;
+        let map = memmap2::MmapOptions::new()
+            .len(len)
+            .map_raw(fd.as_raw_fd())
+            .map_err(ShmError::Map)?;
+        Ok(Mapping { map })
+    }
+
+    /// The 8-byte word at `at` as an atomic.
+    #[inline]
+    pub(crate) fn u64_at(&self, at: usize) -> &AtomicU64 {
+        assert!(
+            at.is_multiple_of(8) && at + 8 <= self.map.len(),
+            "u64 view out of the ring"
+        );
+        // SAFETY: the mapping is page aligned, so `at % 8 == 0` makes the address 8-byte
+        // aligned as AtomicU64 requires, and the assert keeps it inside the mapping,
+        // which lives as long as `&self`. AtomicU64 has the layout of u64 and is
+        // sound to share between threads and processes; every access to shared words
+        // goes through such atomic views, never through plain references.
+        unsafe { &*self.map.as_mut_ptr().add(at).cast::<AtomicU64>() }
+    }
+
+    /// The 4-byte word at `at` as an atomic.
+    #[inline]
+    pub(crate) fn u32_at(&self, at: usize) -> &AtomicU32 {
+        assert!(
+            at.is_multiple_of(4) && at + 4 <= self.map.len(),
+            "u32 view out of the ring"
+        );
+        // SAFETY: as in `u64_at`, with 4-byte alignment and AtomicU32.
+        unsafe { &*self.map.as_mut_ptr().add(at).cast::<AtomicU32>() }
+    }
+
+    /// Copies `bytes` into the mapping at `at`.
+    ///
+    /// # Safety
+    /// The caller owns `at..at + bytes.len()` exclusively (it reserved it, or it is a
+    /// header range only it writes) and no one reads it until a Release commit.
+    #[inline]
+    pub(crate) unsafe fn write(&self, at: usize, bytes: &[u8]) {
+        assert!(at + bytes.len() <= self.map.len(), "write out of the ring");
+        // SAFETY: in bounds by the assert; exclusive by the caller's contract; source is
+        // a local buffer, so the ranges do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.map.as_mut_ptr().add(at),
+                bytes.len(),
+            )
+        }
+    }
+
+    /// The bytes `at..at + len` for writing.
+    ///
+    /// # Safety
+    /// Same contract as [`Mapping::write`], for as long as the slice lives.
+    #[inline]
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn slice_mut(&self, at: usize, len: usize) -> &mut [u8] {
+        assert!(at + len <= self.map.len(), "slice out of the ring");
+        // SAFETY: in bounds by the assert; no other reference to these bytes exists in
+        // any process while the caller holds its reservation.
+        unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(at), len) }
+    }
+
+    /// The bytes `at..at + len` for reading.
+    ///
+    /// # Safety
+    /// No producer writes these bytes while the slice lives: the consumer holds the
+    /// READING mark on this complete packet.
+    #[inline]
+    pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &[u8] {
+        assert!(at + len <= self.map.len(), "slice out of the ring");
+        // SAFETY: in bounds by the assert; immutable for the slice's life by contract.
+        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at), len) }
+    }
+}

@@ -1,0 +1,485 @@
+//! One stream's ring: creation, validation, and the producer's reserve/commit path.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::*};
+
+use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use nix::sys::memfd::{MFdFlags, memfd_create};
+
+use super::ShmError;
+use super::channel::Wakeup;
+use super::clock::now_ns;
+use super::layout::*;
+use crate::ctf::packet::{
+    CLOSE_RANGES, EVENT_HEADER_SIZE, OPEN_RANGES, PACKET_HEADER_SIZE, PacketClose, PacketOpen,
+    write_event_header,
+};
+
+/// One added to the high half of a commit word: one more event committed.
+const ONE_EVENT: u64 = 1 << 32;
+
+/// A stream's ring buffer, mapped in this process; shared by all its producer threads.
+pub struct Ring {
+    /// The shared memory.
+    map: Mapping,
+    /// The memfd, kept to hand to other processes.
+    fd: OwnedFd,
+    /// Geometry as validated at map time; never re-read from shared memory, so a
+    /// corrupted header cannot send us out of bounds.
+    geometry: Geometry,
+    /// log2(subbuf_size).
+    subbuf_shift: u32,
+    /// log2(subbuf_size * num_subbuf).
+    ring_shift: u32,
+    /// Offset of sub-buffer 0 in the mapping.
+    data_at: usize,
+    /// Behaviour when full.
+    mode: Mode,
+    /// Packet header fields fixed for the ring's life.
+    cpu_id: u32,
+    /// Stream class id for packet headers.
+    stream_id: u32,
+    /// Trace uuid for packet headers.
+    uuid: [u8; 16],
+    /// Signalled once per completed sub-buffer.
+    wakeup: Arc<Wakeup>,
+}
+
+/// The loss counters of a ring, as read at one moment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RingCounters {
+    /// Events dropped because the ring was full (or its next slot stuck or being read).
+    pub discarded_full: u64,
+    /// Events dropped because they exceed a sub-buffer.
+    pub too_big: u64,
+    /// Packets reused before the consumer read them (overwrite mode).
+    pub overwritten_packets: u64,
+    /// Events given up with a packet a dead producer never committed.
+    pub lost_dead_producer: u64,
+}
+
+/// Space reserved for one event; [`Reservation::commit`] publishes it.
+///
+/// Not committing (e.g. the process dies here) stalls the packet until the consumer
+/// gives it up, see [`super::Consumer::give_up_stuck`].
+#[must_use = "an uncommitted reservation stalls its packet"]
+pub struct Reservation<'a> {
+    /// The ring reserved in.
+    ring: &'a Ring,
+    /// Byte position of the event.
+    pos: u64,
+    /// Length reserved.
+    len: u64,
+    /// Clock read inside the reserve loop: later positions never have earlier times.
+    timestamp: u64,
+}
+
+impl Reservation<'_> {
+    /// The timestamp to record: taken with the reservation so that it orders with it.
+    pub fn timestamp(&self) -> u64 {
+        self.timestamp
+    }
+
+    /// Byte position in the stream (free-running), for tests and diagnostics.
+    pub fn position(&self) -> u64 {
+        self.pos
+    }
+
+    /// The reserved bytes.
+    pub fn buf(&mut self) -> &mut [u8] {
+        let at = self.ring.data_index(self.pos);
+        // SAFETY: the successful CAS in `reserve` gave this reservation `pos..pos+len`
+        // alone; no consumer reads it before the packet is complete, which needs our
+        // commit; it never crosses a sub-buffer end (len <= max_event_len).
+        unsafe { self.ring.map.slice_mut(at, self.len as usize) }
+    }
+
+    /// Publishes the event; wakes the consumer if it completes the packet.
+    pub fn commit(self) {
+        self.ring.commit(self.pos, self.len + ONE_EVENT);
+    }
+}
+
+/// Whether a reservation also switches packets.
+enum Switch {
+    /// Stays inside the open packet.
+    None,
+    /// Opens the packet at this position (the write position was on a boundary).
+    Open(u64),
+    /// Closes the packet that `old` is in and opens the next one.
+    CloseOpen(u64, u64),
+}
+
+/// Why the next packet cannot be opened yet.
+enum NoRoom {
+    /// The ring is full (or its oldest packet incomplete or being read): drop.
+    Full,
+    /// `consumed` moved under us: load again.
+    Retry,
+}
+
+impl Ring {
+    /// Creates a ring in a new sealed memfd named `name` (visible in /proc/*/fd).
+    pub fn create(
+        name: &str,
+        config: &RingConfig,
+        cpu_id: u32,
+        wakeup: Arc<Wakeup>,
+    ) -> Result<Ring, ShmError> {
+        config.geometry.validate()?;
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+            .map_err(ShmError::sys("memfd_create"))?;
+        let size = config.geometry.file_size();
+        nix::unistd::ftruncate(&fd, size as i64).map_err(ShmError::sys("ftruncate"))?;
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(ShmError::sys("sealing the memfd"))?;
+        let map = Mapping::new(&fd, size)?;
+        let g = config.geometry;
+        // The file is new and private to us until its fd is sent, so Relaxed stores
+        // suffice: passing the fd (a system call) orders them before any peer's read.
+        map.u64_at(MAGIC_AT).store(MAGIC, Relaxed);
+        map.u32_at(VERSION_AT).store(VERSION, Relaxed);
+        map.u32_at(SUBBUF_SIZE_AT)
+            .store(g.subbuf_size as u32, Relaxed);
+        map.u32_at(NUM_SUBBUF_AT)
+            .store(g.num_subbuf as u32, Relaxed);
+        map.u32_at(MODE_AT).store(config.mode as u32, Relaxed);
+        map.u32_at(CPU_ID_AT).store(cpu_id, Relaxed);
+        map.u32_at(STREAM_ID_AT).store(config.stream_id, Relaxed);
+        let uuid = u128::from_le_bytes(config.uuid);
+        map.u64_at(UUID_AT).store(uuid as u64, Relaxed);
+        map.u64_at(UUID_AT + 8).store((uuid >> 64) as u64, Relaxed);
+        Ring::from_mapping(map, fd, size, wakeup)
+    }
+
+    /// Maps a ring received from the daemon, refusing anything that is not a whole,
+    /// sealed ring of this layout version.
+    pub fn from_fd(fd: OwnedFd, wakeup: Arc<Wakeup>) -> Result<Ring, ShmError> {
+        let seals = fcntl(&fd, FcntlArg::F_GET_SEALS).map_err(ShmError::sys("reading seals"))?;
+        if SealFlag::from_bits_truncate(seals) & SealFlag::F_SEAL_SHRINK != SealFlag::F_SEAL_SHRINK
+        {
+            return Err(ShmError::NotSealed);
+        }
+        let len = nix::sys::stat::fstat(&fd)
+            .map_err(ShmError::sys("fstat of the ring"))?
+            .st_size as u64;
+        if len < COMMIT_AT as u64 {
+            return Err(ShmError::Truncated {
+                len,
+                need: COMMIT_AT as u64,
+            });
+        }
+        let map = Mapping::new(&fd, len)?;
+        Ring::from_mapping(map, fd, len, wakeup)
+    }
+
+    /// Validates the header of a mapping of `len` bytes and builds the ring.
+    fn from_mapping(
+        map: Mapping,
+        fd: OwnedFd,
+        len: u64,
+        wakeup: Arc<Wakeup>,
+    ) -> Result<Ring, ShmError> {
+        let magic = map.u64_at(MAGIC_AT).load(Relaxed);
+        if magic != MAGIC {
+            return Err(ShmError::BadMagic {
+                found: magic,
+                expected: MAGIC,
+            });
+        }
+        let version = map.u32_at(VERSION_AT).load(Relaxed);
+        if version != VERSION {
+            return Err(ShmError::BadVersion {
+                found: version,
+                expected: VERSION,
+            });
+        }
+        let geometry = Geometry {
+            subbuf_size: map.u32_at(SUBBUF_SIZE_AT).load(Relaxed).into(),
+            num_subbuf: map.u32_at(NUM_SUBBUF_AT).load(Relaxed).into(),
+        };
+        geometry.validate()?;
+        if geometry.file_size() != len {
+            return Err(ShmError::SizeMismatch {
+                expected: geometry.file_size(),
+                len,
+            });
+        }
+        let mode = Mode::from_word(map.u32_at(MODE_AT).load(Relaxed))?;
+        let uuid = u128::from(map.u64_at(UUID_AT).load(Relaxed))
+            | u128::from(map.u64_at(UUID_AT + 8).load(Relaxed)) << 64;
+        Ok(Ring {
+            cpu_id: map.u32_at(CPU_ID_AT).load(Relaxed),
+            stream_id: map.u32_at(STREAM_ID_AT).load(Relaxed),
+            map,
+            fd,
+            subbuf_shift: geometry.subbuf_size.trailing_zeros(),
+            ring_shift: (geometry.subbuf_size * geometry.num_subbuf).trailing_zeros(),
+            data_at: geometry.data_offset() as usize,
+            geometry,
+            mode,
+            uuid: uuid.to_le_bytes(),
+            wakeup,
+        })
+    }
+
+    /// The memfd, to send to an app.
+    pub fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Sub-buffer size and count.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Discard or overwrite.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// CPU this ring belongs to.
+    pub fn cpu_id(&self) -> u32 {
+        self.cpu_id
+    }
+
+    /// The loss counters now.
+    pub fn counters(&self) -> RingCounters {
+        RingCounters {
+            discarded_full: self.map.u64_at(DISCARDED_FULL_AT).load(Relaxed),
+            too_big: self.map.u64_at(TOO_BIG_AT).load(Relaxed),
+            overwritten_packets: self.map.u64_at(OVERWRITTEN_AT).load(Relaxed),
+            lost_dead_producer: self.map.u64_at(LOST_DEAD_AT).load(Relaxed),
+        }
+    }
+
+    /// Records one event: header (id, timestamp) then `payload_len` bytes written by
+    /// `encode`. Returns false if the event was dropped (and counted).
+    #[inline]
+    pub fn write_event(&self, id: u32, payload_len: usize, encode: impl FnOnce(&mut [u8])) -> bool {
+        let Some(mut r) = self.reserve(EVENT_HEADER_SIZE + payload_len) else {
+            return false;
+        };
+        let ts = r.timestamp();
+        let buf = r.buf();
+        write_event_header(buf, id, ts);
+        encode(&mut buf[EVENT_HEADER_SIZE..]);
+        r.commit();
+        true
+    }
+
+    /// Reserves `len` bytes for one event, switching packets when needed; `None` when
+    /// the event is dropped (counted as too big or discarded).
+    #[inline]
+    pub fn reserve(&self, len: usize) -> Option<Reservation<'_>> {
+        let len = len as u64;
+        if len > self.geometry.max_event_len() {
+            self.map.u64_at(TOO_BIG_AT).fetch_add(1, Relaxed);
+            return None;
+        }
+        let sb = self.geometry.subbuf_size;
+        let write = self.write_word();
+        // Acquire pairs with the Release half of other producers' CAS: their clock
+        // reads happen before ours, so a later position never has an earlier time.
+        let mut old = write.load(Acquire);
+        loop {
+            let timestamp = now_ns();
+            let off = old & (sb - 1);
+            let (pos, switch) = if off == 0 {
+                (old + PACKET_HEADER_SIZE as u64, Switch::Open(old))
+            } else if off + len >= sb {
+                let next = old - off + sb;
+                (
+                    next + PACKET_HEADER_SIZE as u64,
+                    Switch::CloseOpen(old, next),
+                )
+            } else {
+                (old, Switch::None)
+            };
+            if let Switch::Open(p) | Switch::CloseOpen(_, p) = switch {
+                match self.make_room(p) {
+                    Ok(()) => {}
+                    Err(NoRoom::Retry) => {
+                        old = write.load(Acquire);
+                        continue;
+                    }
+                    Err(NoRoom::Full) => {
+                        self.map.u64_at(DISCARDED_FULL_AT).fetch_add(1, Relaxed);
+                        return None;
+                    }
+                }
+            }
+            // The linearization point of a reservation.
+            match write.compare_exchange_weak(old, pos + len, AcqRel, Acquire) {
+                Ok(_) => {
+                    match switch {
+                        Switch::None => {}
+                        Switch::Open(p) => self.open_packet(p, timestamp),
+                        Switch::CloseOpen(o, p) => {
+                            self.close_packet(o, timestamp);
+                            self.open_packet(p, timestamp);
+                        }
+                    }
+                    return Some(Reservation {
+                        ring: self,
+                        pos,
+                        len,
+                        timestamp,
+                    });
+                }
+                Err(current) => old = current,
+            }
+        }
+    }
+
+    /// Checks that the packet at `p` may be opened: its slot's previous generation is
+    /// complete and consumed; in overwrite mode, takes it from the consumer.
+    fn make_room(&self, p: u64) -> Result<(), NoRoom> {
+        let sb = self.geometry.subbuf_size;
+        let ring_len = sb * self.geometry.num_subbuf;
+        // Acquire pairs with the previous generation's Release commits: its writers are
+        // done before we write the slot again.
+        let word = self.commit_word(p).load(Acquire);
+        if word as u32 != ((p >> self.ring_shift) * sb) as u32 {
+            return Err(NoRoom::Full);
+        }
+        // Acquire pairs with the consumer's Release store: its reads of the slot are
+        // done before we overwrite it.
+        let consumed = self.consumed_word().load(Acquire);
+        if p < (consumed & !1) + ring_len {
+            return Ok(());
+        }
+        if self.mode == Mode::Discard || consumed & 1 == 1 {
+            return Err(NoRoom::Full);
+        }
+        match self
+            .consumed_word()
+            .compare_exchange(consumed, consumed + sb, AcqRel, Acquire)
+        {
+            Ok(_) => {
+                self.map.u64_at(OVERWRITTEN_AT).fetch_add(1, Relaxed);
+                Ok(())
+            }
+            Err(_) => Err(NoRoom::Retry),
+        }
+    }
+
+    /// Writes the open half of the packet header at `p` and commits its bytes.
+    fn open_packet(&self, p: u64, timestamp: u64) {
+        let open = PacketOpen {
+            uuid: self.uuid,
+            stream_id: self.stream_id,
+            timestamp_begin: timestamp,
+            packet_size: self.geometry.subbuf_size,
+            seq_num: p >> self.subbuf_shift,
+            cpu_id: self.cpu_id,
+        };
+        let mut header = [0u8; PACKET_HEADER_SIZE];
+        open.write(&mut header);
+        self.write_header_ranges(p, &header, &OPEN_RANGES);
+        self.commit(p, PACKET_HEADER_SIZE as u64);
+    }
+
+    /// Closes the packet that position `old` is in: writes the close half of its
+    /// header (content ends at `old`) and commits the padding after `old`.
+    pub(crate) fn close_packet(&self, old: u64, timestamp: u64) {
+        let sb = self.geometry.subbuf_size;
+        let off = old & (sb - 1);
+        let close = PacketClose {
+            timestamp_end: timestamp,
+            content_size: off,
+            events_discarded: self.map.u64_at(DISCARDED_FULL_AT).load(Relaxed)
+                + self.map.u64_at(TOO_BIG_AT).load(Relaxed),
+        };
+        let mut header = [0u8; PACKET_HEADER_SIZE];
+        close.write(&mut header);
+        self.write_header_ranges(old - off, &header, &CLOSE_RANGES);
+        self.commit(old, sb - off);
+    }
+
+    /// Forces a switch of a partly filled packet so that the consumer can take it.
+    /// Returns whether a packet was closed.
+    pub(crate) fn flush(&self) -> bool {
+        let sb = self.geometry.subbuf_size;
+        let write = self.write_word();
+        let mut old = write.load(Acquire);
+        loop {
+            let off = old & (sb - 1);
+            if off == 0 {
+                return false;
+            }
+            let timestamp = now_ns();
+            match write.compare_exchange_weak(old, old - off + sb, AcqRel, Acquire) {
+                Ok(_) => {
+                    self.close_packet(old, timestamp);
+                    return true;
+                }
+                Err(current) => old = current,
+            }
+        }
+    }
+
+    fn write_header_ranges(&self, p: u64, header: &[u8], ranges: &[std::ops::Range<usize>]) {
+        let at = self.data_index(p);
+        for r in ranges {
+            // SAFETY: the opener alone writes OPEN_RANGES and the closer alone writes
+            // CLOSE_RANGES of this packet (disjoint bytes), both before their commit,
+            // and the consumer reads only after the last commit.
+            unsafe { self.map.write(at + r.start, &header[r.clone()]) };
+        }
+    }
+
+    /// Adds `amount` (bytes in the low half, events in the high half) to the commit
+    /// word of the packet holding `pos`; signals the consumer if that completes it.
+    #[inline]
+    fn commit(&self, pos: u64, amount: u64) {
+        let word = self.commit_word(pos);
+        // Release: our writes to the packet happen before the consumer's Acquire load
+        // that sees the packet complete (a chain of RMWs continues release sequences).
+        let after = word.fetch_add(amount, Release).wrapping_add(amount);
+        if after as u32 == self.complete_bytes(pos) {
+            self.wakeup.signal();
+        }
+    }
+
+    /// Low half of the commit word when the packet holding `pos` is complete.
+    pub(crate) fn complete_bytes(&self, pos: u64) -> u32 {
+        (((pos >> self.ring_shift) + 1) * self.geometry.subbuf_size) as u32
+    }
+
+    pub(crate) fn commit_word(&self, pos: u64) -> &AtomicU64 {
+        let slot = (pos >> self.subbuf_shift) & (self.geometry.num_subbuf - 1);
+        self.map.u64_at(COMMIT_AT + 8 * slot as usize)
+    }
+
+    pub(crate) fn write_word(&self) -> &AtomicU64 {
+        self.map.u64_at(WRITE_AT)
+    }
+
+    pub(crate) fn consumed_word(&self) -> &AtomicU64 {
+        self.map.u64_at(CONSUMED_AT)
+    }
+
+    pub(crate) fn lost_dead_word(&self) -> &AtomicU64 {
+        self.map.u64_at(LOST_DEAD_AT)
+    }
+
+    /// Index in the mapping of stream position `pos`.
+    #[inline]
+    fn data_index(&self, pos: u64) -> usize {
+        self.data_at + (pos & ((1 << self.ring_shift) - 1)) as usize
+    }
+
+    /// The whole packet at `p` for reading.
+    ///
+    /// # Safety
+    /// The packet is complete and the caller holds the READING mark on it.
+    pub(crate) unsafe fn packet_bytes(&self, p: u64) -> &[u8] {
+        // SAFETY: forwarded contract of `Mapping::slice`.
+        unsafe {
+            self.map
+                .slice(self.data_index(p), self.geometry.subbuf_size as usize)
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! A static event declaration and its per-slot enablement.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+
+use super::channel::{self, MAX_SLOTS, SlotId};
+use crate::ctf::field::{EventDesc, FieldDesc, LogLevel};
+
+/// One event site: what it records (for registration) and where it is enabled.
+pub struct Tracepoint {
+    /// Provider half of `provider:name`.
+    provider: &'static str,
+    /// Name half of `provider:name`.
+    name: &'static str,
+    /// Severity declared in metadata.
+    loglevel: LogLevel,
+    /// Builds the field list on demand (registration only; allocates).
+    fields: fn() -> Vec<FieldDesc>,
+    /// Bit per slot this event is enabled in; the fast path's only load when 0.
+    mask: AtomicU64,
+    /// Event id in each slot's trace, valid while the slot's mask bit is set.
+    ids: [AtomicU32; MAX_SLOTS],
+}
+
+impl Tracepoint {
+    /// A disabled tracepoint; used by [`crate::event!`].
+    pub const fn new(
+        provider: &'static str,
+        name: &'static str,
+        loglevel: LogLevel,
+        fields: fn() -> Vec<FieldDesc>,
+    ) -> Tracepoint {
+        Tracepoint {
+            provider,
+            name,
+            loglevel,
+            fields,
+            mask: AtomicU64::new(0),
+            ids: [const { AtomicU32::new(0) }; MAX_SLOTS],
+        }
+    }
+
+    /// What the app registers about this event.
+    pub fn desc(&self) -> EventDesc {
+        EventDesc {
+            provider: self.provider.to_string(),
+            name: self.name.to_string(),
+            loglevel: self.loglevel,
+            fields: (self.fields)(),
+        }
+    }
+
+    /// Records this event into `slot` with event id `id` from now on.
+    pub fn enable(&self, slot: SlotId, id: u32) {
+        self.ids[slot.index()].store(id, Relaxed);
+        // Release publishes the id to emitters that see the bit.
+        self.mask.fetch_or(slot.bit(), Release);
+    }
+
+    /// Stops recording this event into `slot`.
+    pub fn disable(&self, slot: SlotId) {
+        self.mask.fetch_and(!slot.bit(), Relaxed);
+    }
+
+    /// The disabled check: one relaxed load.
+    #[inline(always)]
+    pub fn is_enabled(&self) -> bool {
+        self.mask.load(Relaxed) != 0
+    }
+
+    /// Writes the event (payload of `payload_len` bytes produced by `encode`) into the
+    /// current CPU's ring of every active slot it is enabled in.
+    #[inline]
+    pub fn record(&self, payload_len: usize, encode: impl Fn(&mut [u8])) {
+        // Acquire pairs with `enable`'s Release: the slot's id is visible.
+        let mut mask = self.mask.load(Acquire) & channel::active_mask();
+        while mask != 0 {
+            let slot = mask.trailing_zeros() as usize;
+            mask &= mask - 1;
+            if let Some(buffers) = channel::buffers(slot) {
+                let id = self.ids[slot].load(Relaxed);
+                buffers.current().write_event(id, payload_len, &encode);
+            }
+        }
+    }
+}
+
+/// Declares a static event with a typed `emit`.
+///
+/// ```
+/// ustrace::event!(pub static DEMO_EV: demo:ev(i: i64, s: &str), loglevel = Info);
+/// DEMO_EV.emit(42, "hello");
+/// ```
+///
+/// Field types are any [`crate::ctf::field::FieldValue`]. The static derefs to its
+/// [`Tracepoint`] (for `desc`, `enable`, `disable`). A module of the same name holds
+/// the event's type.
+#[macro_export]
+macro_rules! event {
+    (
+        $(#[$attr:meta])*
+        $vis:vis static $ident:ident : $provider:ident : $name:ident
+            ( $($field:ident : $ty:ty),* $(,)? ), loglevel = $level:ident $(,)?
+    ) => {
+        #[allow(non_snake_case)]
+        #[doc(hidden)]
+        $vis mod $ident {
+            #[allow(unused_imports)]
+            use super::*;
+
+            /// The typed event: `emit` records it.
+            pub struct Event(pub $crate::ust::Tracepoint);
+
+            impl Event {
+                /// Records the event if it is enabled anywhere.
+                #[inline]
+                #[allow(clippy::too_many_arguments)]
+                pub fn emit(&self, $($field: $ty),*) {
+                    if !self.0.is_enabled() {
+                        return;
+                    }
+                    let len = 0usize $(+ $crate::ctf::field::FieldValue::encoded_len(&$field))*;
+                    self.0.record(len, |_out: &mut [u8]| {
+                        #[allow(unused_mut, unused_variables)]
+                        let mut at = 0usize;
+                        $(at += $crate::ctf::field::FieldValue::encode(&$field, &mut _out[at..]);)*
+                    });
+                }
+            }
+
+            impl ::core::ops::Deref for Event {
+                type Target = $crate::ust::Tracepoint;
+                fn deref(&self) -> &$crate::ust::Tracepoint {
+                    &self.0
+                }
+            }
+
+            /// The event's fields in encoding order.
+            pub fn fields() -> ::std::vec::Vec<$crate::ctf::field::FieldDesc> {
+                ::std::vec![$($crate::ctf::field::FieldDesc {
+                    name: ::std::string::ToString::to_string(stringify!($field)),
+                    ty: <$ty as $crate::ctf::field::FieldValue>::field_type(),
+                }),*]
+            }
+        }
+
+        $(#[$attr])*
+        $vis static $ident: $ident::Event = $ident::Event($crate::ust::Tracepoint::new(
+            stringify!($provider),
+            stringify!($name),
+            $crate::ctf::field::LogLevel::$level,
+            $ident::fields,
+        ));
+    };
+}

@@ -1,0 +1,490 @@
+//! One ring in one process: ordering, accounting, modes, flush, header validation,
+//! timestamps.
+
+mod shm_support;
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use shm_support::*;
+use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE};
+use ustrace::shm::{Consumer, Mode, Ring, ShmError, Wakeup};
+
+fn ring(subbuf_size: u64, num_subbuf: u64, mode: Mode) -> Arc<Ring> {
+    let wakeup = Arc::new(Wakeup::new().expect("eventfd"));
+    Arc::new(Ring::create("test", &config(subbuf_size, num_subbuf, mode), 0, wakeup).expect("ring"))
+}
+
+/// Takes every complete packet now, parsing its events.
+fn drain(consumer: &mut Consumer, out: &mut Vec<TestEvent>) -> usize {
+    let mut packets = 0;
+    while let Some(packet) = consumer.next_packet() {
+        let (_, events) = parse(packet.bytes());
+        out.extend(events);
+        packets += 1;
+    }
+    packets
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    /// Reserve an event with this many payload fill bytes.
+    Reserve(usize),
+    /// Commit the outstanding reservation at this index (modulo their count).
+    Commit(usize),
+    /// Take every complete packet.
+    Consume,
+    /// Flush the open packet.
+    Flush,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (0usize..600).prop_map(Op::Reserve),
+        1 => (4000usize..4100).prop_map(Op::Reserve),
+        5 => any::<usize>().prop_map(Op::Commit),
+        2 => Just(Op::Consume),
+        1 => Just(Op::Flush),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Random lengths, commit orders and flushes: every committed event is read once,
+    /// in reservation order, intact, and attempts == read + discarded.
+    #[test]
+    fn reserve_commit_consume_accounting(ops in proptest::collection::vec(op(), 1..400)) {
+        let ring = ring(4096, 4, Mode::Discard);
+        let mut consumer = Consumer::new(ring.clone());
+        let mut outstanding = Vec::new();
+        let mut seq = 0u64;
+        let mut attempts = 0u64;
+        let mut read = Vec::new();
+        for op in ops {
+            match op {
+                Op::Reserve(extra) => {
+                    attempts += 1;
+                    let len = EVENT_HEADER_SIZE + payload_len(extra);
+                    if let Some(mut r) = ring.reserve(len) {
+                        let ts = r.timestamp();
+                        let buf = r.buf();
+                        ustrace::ctf::packet::write_event_header(buf, 1, ts);
+                        encode(&mut buf[EVENT_HEADER_SIZE..], 0, seq);
+                        outstanding.push((seq, r));
+                    }
+                    seq += 1;
+                }
+                Op::Commit(i) if !outstanding.is_empty() => {
+                    let (_, r) = outstanding.remove(i % outstanding.len());
+                    r.commit();
+                }
+                Op::Commit(_) => {}
+                Op::Consume => { drain(&mut consumer, &mut read); }
+                Op::Flush => { consumer.flush(); }
+            }
+        }
+        let committed: Vec<u64> = outstanding.iter().map(|(s, _)| *s).collect();
+        for (_, r) in outstanding.drain(..) {
+            r.commit();
+        }
+        consumer.flush();
+        drain(&mut consumer, &mut read);
+        let c = ring.counters();
+        prop_assert_eq!(attempts, read.len() as u64 + c.discarded_full + c.too_big);
+        let seqs: Vec<u64> = read.iter().map(|e| e.seq).collect();
+        prop_assert!(seqs.windows(2).all(|w| w[0] < w[1]), "out of order: {:?}", seqs);
+        for s in committed {
+            prop_assert!(seqs.contains(&s));
+        }
+    }
+}
+
+#[test]
+fn event_larger_than_a_sub_buffer_is_refused_and_counted() {
+    let ring = ring(4096, 2, Mode::Discard);
+    let max = ring.geometry().max_event_len() as usize;
+    assert!(ring.reserve(max + 1).is_none());
+    assert_eq!(ring.counters().too_big, 1);
+    ring.reserve(max).expect("largest event fits").commit();
+    assert_eq!(ring.counters().too_big, 1);
+}
+
+#[test]
+fn discard_mode_drops_and_counts_when_full() {
+    let ring = ring(4096, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let mut written = 0;
+    for seq in 0..1000 {
+        written += u64::from(write(&ring, 1, 0, seq, 100));
+    }
+    let discarded = ring.counters().discarded_full;
+    assert!(discarded > 0);
+    assert_eq!(written + discarded, 1000);
+    consumer.flush();
+    let mut read = Vec::new();
+    drain(&mut consumer, &mut read);
+    assert_eq!(read.len() as u64, written);
+    // The oldest events are kept.
+    assert!(read.iter().enumerate().all(|(i, e)| e.seq == i as u64));
+}
+
+#[test]
+fn flush_hands_over_a_partial_packet_without_losing_committed_events() {
+    let ring = ring(4096, 4, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    for seq in 0..3 {
+        assert!(write(&ring, 1, 0, seq, 8));
+    }
+    let pending = ring
+        .reserve(EVENT_HEADER_SIZE + payload_len(8))
+        .expect("room");
+    assert!(
+        consumer.next_packet().is_none(),
+        "open packet is not handed out"
+    );
+    assert!(consumer.flush());
+    assert!(
+        consumer.next_packet().is_none(),
+        "waits for the pending commit"
+    );
+    pending.commit();
+    let packet = consumer.next_packet().expect("flushed packet");
+    let (header, events) = parse_raw_content(packet.bytes());
+    assert_eq!(
+        header,
+        PACKET_HEADER_SIZE + 4 * (EVENT_HEADER_SIZE + payload_len(8))
+    );
+    assert_eq!(events, 4);
+    drop(packet);
+    assert!(!consumer.flush(), "nothing open after a flush");
+}
+
+/// (content_size, event count) of a packet of equal-sized events.
+fn parse_raw_content(packet: &[u8]) -> (usize, usize) {
+    let header = ustrace::ctf::packet::PacketHeader::read(packet).expect("header");
+    let content = header.close.content_size as usize;
+    (
+        content,
+        (content - PACKET_HEADER_SIZE) / (EVENT_HEADER_SIZE + payload_len(8)),
+    )
+}
+
+#[test]
+fn packet_headers_carry_ring_identity_and_sequence() {
+    let ring = ring(4096, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let mut seqs = Vec::new();
+    for round in 0..3u64 {
+        assert!(write(&ring, 1, 0, round, 0));
+        consumer.flush();
+        let packet = consumer.next_packet().expect("packet");
+        let (header, events) = parse(packet.bytes());
+        assert_eq!(header.open.uuid, *b"ustrace-shm-test");
+        assert_eq!(header.open.stream_id, 7);
+        assert_eq!(header.open.cpu_id, 0);
+        assert!(header.open.timestamp_begin <= events[0].ts);
+        assert!(header.close.timestamp_end >= events[0].ts);
+        seqs.push(header.open.seq_num);
+    }
+    assert_eq!(seqs, vec![0, 1, 2]);
+}
+
+#[test]
+fn overwrite_mode_keeps_the_newest_packets_and_counts_overwritten_ones() {
+    let ring = ring(4096, 4, Mode::Overwrite);
+    let mut consumer = Consumer::new(ring.clone());
+    for seq in 0..2000 {
+        assert!(
+            write(&ring, 1, 0, seq, 100),
+            "overwrite mode never drops here"
+        );
+    }
+    consumer.flush();
+    let mut read = Vec::new();
+    let packets = drain(&mut consumer, &mut read);
+    assert_eq!(packets, 4);
+    assert!(ring.counters().overwritten_packets > 0);
+    assert_eq!(read.last().expect("events").seq, 1999);
+    assert!(
+        read.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "newest events, contiguous"
+    );
+}
+
+#[test]
+fn overwrite_mode_never_tears_the_packet_being_read() {
+    let ring = ring(4096, 2, Mode::Overwrite);
+    let mut consumer = Consumer::new(ring.clone());
+    for seq in 0..100 {
+        write(&ring, 1, 0, seq, 100);
+    }
+    let packet = consumer.next_packet().expect("a complete packet");
+    let before = packet.bytes().to_vec();
+    for seq in 100..2000 {
+        write(&ring, 1, 0, seq, 100);
+    }
+    assert_eq!(
+        packet.bytes(),
+        &before[..],
+        "producers wrote into a packet being read"
+    );
+    assert!(
+        ring.counters().discarded_full > 0,
+        "producers dropped instead"
+    );
+    let (_, events) = parse(packet.bytes());
+    assert!(!events.is_empty());
+}
+
+#[test]
+fn timestamps_never_go_backwards_within_a_stream_under_contention() {
+    let ring = ring(4096, 8, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let done = Arc::new(AtomicBool::new(false));
+    let producers: Vec<_> = (0..4u32)
+        .map(|thread| {
+            let ring = ring.clone();
+            std::thread::spawn(move || {
+                let mut seq = 0;
+                for _ in 0..20_000 {
+                    seq += u64::from(write(&ring, 1, thread, seq, 0));
+                }
+            })
+        })
+        .collect();
+    let watcher = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            for p in producers {
+                p.join().expect("producer");
+            }
+            done.store(true, Ordering::Release);
+        })
+    };
+    let mut read = Vec::new();
+    let mut last_end = 0;
+    let mut check = |packet: &[u8], read: &mut Vec<TestEvent>| {
+        let (header, events) = parse(packet);
+        assert!(
+            header.open.timestamp_begin >= last_end,
+            "packets overlap in time"
+        );
+        let mut t = header.open.timestamp_begin;
+        for e in &events {
+            assert!(e.ts >= t, "timestamp went backwards: {} after {}", e.ts, t);
+            t = e.ts;
+        }
+        assert!(header.close.timestamp_end >= t);
+        last_end = header.close.timestamp_end;
+        read.extend(events);
+    };
+    while !done.load(Ordering::Acquire) {
+        while let Some(packet) = consumer.next_packet() {
+            check(packet.bytes(), &mut read);
+        }
+        std::thread::yield_now();
+    }
+    watcher.join().expect("watcher");
+    consumer.flush();
+    while let Some(packet) = consumer.next_packet() {
+        check(packet.bytes(), &mut read);
+    }
+    assert!(read.len() > 1000);
+    for thread in 0..4 {
+        let seqs: Vec<u64> = read
+            .iter()
+            .filter(|e| e.thread == thread)
+            .map(|e| e.seq)
+            .collect();
+        assert!(
+            seqs.iter().enumerate().all(|(i, &s)| s == i as u64),
+            "thread {thread} lost or reordered"
+        );
+    }
+    let c = ring.counters();
+    assert_eq!(read.len() as u64 + c.discarded_full, 80_000);
+}
+
+#[test]
+fn completing_a_sub_buffer_signals_the_eventfd_once() {
+    let wakeup = Arc::new(Wakeup::new().expect("eventfd"));
+    let ring =
+        Ring::create("wake", &config(4096, 4, Mode::Discard), 0, wakeup.clone()).expect("ring");
+    let mut events = 0;
+    loop {
+        assert!(write(&ring, 1, 0, events, 0));
+        events += 1;
+        match wakeup.take().expect("read eventfd") {
+            0 => continue,
+            n => {
+                assert_eq!(n, 1, "one wake-up per sub-buffer, not per event");
+                break;
+            }
+        }
+    }
+    let event = (EVENT_HEADER_SIZE + payload_len(0)) as u64;
+    let fit = (4096 - PACKET_HEADER_SIZE as u64 - 1) / event;
+    assert_eq!(
+        events,
+        fit + 1,
+        "the event that switches completes the packet"
+    );
+}
+
+fn refused(bytes: &[u8], seal: bool) -> ShmError {
+    let wakeup = Arc::new(Wakeup::new().expect("eventfd"));
+    match Ring::from_fd(memfd_with(bytes, seal), wakeup) {
+        Ok(_) => panic!("corrupt ring accepted"),
+        Err(e) => e,
+    }
+}
+
+fn good_ring_bytes() -> Vec<u8> {
+    let ring = ring(4096, 2, Mode::Discard);
+    read_all(ring.as_fd())
+}
+
+#[test]
+fn a_valid_ring_file_maps_with_its_geometry() {
+    let bytes = good_ring_bytes();
+    let wakeup = Arc::new(Wakeup::new().expect("eventfd"));
+    let ring = Ring::from_fd(memfd_with(&bytes, true), wakeup).expect("valid ring");
+    assert_eq!(ring.geometry().subbuf_size, 4096);
+    assert_eq!(ring.geometry().num_subbuf, 2);
+}
+
+#[test]
+fn wrong_magic_is_refused() {
+    let mut bytes = good_ring_bytes();
+    bytes[0] ^= 0xFF;
+    assert!(matches!(refused(&bytes, true), ShmError::BadMagic { .. }));
+}
+
+#[test]
+fn wrong_version_is_refused() {
+    let mut bytes = good_ring_bytes();
+    bytes[8] = 99;
+    let e = refused(&bytes, true);
+    assert!(
+        matches!(
+            e,
+            ShmError::BadVersion {
+                found: 99,
+                expected: 1
+            }
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn truncated_file_is_refused() {
+    let bytes = good_ring_bytes();
+    let e = refused(&bytes[..100], true);
+    assert!(matches!(e, ShmError::Truncated { len: 100, .. }), "{e}");
+    let e = refused(&bytes[..bytes.len() - 4096], true);
+    assert!(matches!(e, ShmError::SizeMismatch { .. }), "{e}");
+}
+
+#[test]
+fn geometry_that_breaks_the_rules_or_the_file_size_is_refused() {
+    let mut bytes = good_ring_bytes();
+    bytes[12..16].copy_from_slice(&3000u32.to_le_bytes());
+    assert!(matches!(
+        refused(&bytes, true),
+        ShmError::BadGeometry {
+            subbuf_size: 3000,
+            ..
+        }
+    ));
+    let mut bytes = good_ring_bytes();
+    bytes[16..20].copy_from_slice(&4u32.to_le_bytes());
+    assert!(matches!(
+        refused(&bytes, true),
+        ShmError::SizeMismatch { .. }
+    ));
+}
+
+#[test]
+fn bad_mode_is_refused() {
+    let mut bytes = good_ring_bytes();
+    bytes[20] = 7;
+    assert!(matches!(refused(&bytes, true), ShmError::BadMode(7)));
+}
+
+#[test]
+fn unsealed_file_is_refused() {
+    let bytes = good_ring_bytes();
+    assert!(matches!(refused(&bytes, false), ShmError::NotSealed));
+}
+
+#[test]
+fn bad_geometry_is_refused_at_creation() {
+    let wakeup = Arc::new(Wakeup::new().expect("eventfd"));
+    for (sb, n) in [(2048, 4), (4096, 1), (4096, 3), (6000, 2)] {
+        let e = Ring::create("bad", &config(sb, n, Mode::Discard), 0, wakeup.clone());
+        assert!(
+            matches!(e, Err(ShmError::BadGeometry { .. })),
+            "{sb} x {n} accepted"
+        );
+    }
+}
+
+#[test]
+fn give_up_needs_two_calls_without_progress() {
+    let ring = ring(4096, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let _dead_reservation = ring
+        .reserve(EVENT_HEADER_SIZE + payload_len(0))
+        .expect("room");
+    for seq in 0..5 {
+        assert!(write(&ring, 1, 0, seq, 0));
+    }
+    consumer.flush();
+    assert!(consumer.next_packet().is_none());
+    assert_eq!(consumer.give_up_stuck(), 0, "first sighting only probes");
+    assert_eq!(
+        consumer.give_up_stuck(),
+        6,
+        "5 committed + the dead reservation"
+    );
+    assert!(
+        consumer.next_packet().is_none(),
+        "given-up packet is skipped"
+    );
+    assert_eq!(ring.counters().lost_dead_producer, 6);
+    for seq in 5..10 {
+        assert!(write(&ring, 1, 0, seq, 0));
+    }
+    consumer.flush();
+    let mut read = Vec::new();
+    drain(&mut consumer, &mut read);
+    assert_eq!(
+        read.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![5, 6, 7, 8, 9]
+    );
+    assert!(wait_until(Duration::from_secs(1), || consumer
+        .next_packet()
+        .is_none()));
+}
+
+#[test]
+fn channel_without_rings_is_refused() {
+    let wakeup = Wakeup::new().expect("eventfd");
+    let fd = nix::unistd::dup(wakeup.as_fd()).expect("dup");
+    let e = ustrace::shm::ChannelBuffers::from_fds(Vec::new(), fd);
+    assert!(matches!(e, Err(ShmError::NoRings)));
+}
+
+#[test]
+fn rings_and_channels_cross_threads() {
+    fn shared<T: Send + Sync>() {}
+    fn sent<T: Send>() {}
+    shared::<Ring>();
+    shared::<ustrace::shm::ChannelBuffers>();
+    sent::<Consumer>();
+}

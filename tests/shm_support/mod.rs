@@ -1,0 +1,183 @@
+//! Helpers shared by the shm test files: test events, packet parsing, fd handling.
+//! Each test file uses a different subset, hence the dead_code allowance.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use ustrace::ctf::packet::{
+    EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader, read_event_header,
+};
+use ustrace::shm::{ChannelBuffers, Geometry, Mode, Ring, RingConfig};
+
+/// A ring config for tests.
+pub fn config(subbuf_size: u64, num_subbuf: u64, mode: Mode) -> RingConfig {
+    RingConfig {
+        geometry: Geometry {
+            subbuf_size,
+            num_subbuf,
+        },
+        mode,
+        stream_id: 7,
+        uuid: *b"ustrace-shm-test",
+    }
+}
+
+/// One test event as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestEvent {
+    /// Event id: the producer (process) number.
+    pub id: u32,
+    /// Event timestamp.
+    pub ts: u64,
+    /// Producer thread number.
+    pub thread: u32,
+    /// Sequence number within the producer thread.
+    pub seq: u64,
+    /// Payload length in bytes.
+    pub len: usize,
+}
+
+/// Payload bytes of a test event: u32 payload length, u32 thread, u64 seq, then fill
+/// bytes derived from seq so that a torn or misplaced payload is detected.
+pub fn payload_len(extra: usize) -> usize {
+    16 + extra
+}
+
+/// Writes a test event's payload into `out` (exactly `out.len()` bytes).
+pub fn encode(out: &mut [u8], thread: u32, seq: u64) {
+    let len = out.len() as u32;
+    out[..4].copy_from_slice(&len.to_le_bytes());
+    out[4..8].copy_from_slice(&thread.to_le_bytes());
+    out[8..16].copy_from_slice(&seq.to_le_bytes());
+    for (i, b) in out[16..].iter_mut().enumerate() {
+        *b = fill(seq, i);
+    }
+}
+
+fn fill(seq: u64, i: usize) -> u8 {
+    (seq as u8).wrapping_mul(31).wrapping_add(i as u8)
+}
+
+/// Records a test event through the real write path.
+pub fn write(ring: &Ring, id: u32, thread: u32, seq: u64, extra: usize) -> bool {
+    ring.write_event(id, payload_len(extra), |out| encode(out, thread, seq))
+}
+
+/// Parses a packet of test events, checking its header and every payload's fill.
+pub fn parse(packet: &[u8]) -> (PacketHeader, Vec<TestEvent>) {
+    let header = PacketHeader::read(packet).expect("valid packet header");
+    assert_eq!(header.open.packet_size, packet.len() as u64);
+    let end = header.close.content_size as usize;
+    let mut at = PACKET_HEADER_SIZE;
+    let mut events = Vec::new();
+    while at < end {
+        let (id, ts) = read_event_header(&packet[at..end]).expect("whole event header");
+        let p = at + EVENT_HEADER_SIZE;
+        let len = u32::from_le_bytes(packet[p..p + 4].try_into().unwrap()) as usize;
+        let payload = &packet[p..p + len];
+        let thread = u32::from_le_bytes(payload[4..8].try_into().unwrap());
+        let seq = u64::from_le_bytes(payload[8..16].try_into().unwrap());
+        for (i, &b) in payload[16..].iter().enumerate() {
+            assert_eq!(b, fill(seq, i), "payload of seq {seq} torn at byte {i}");
+        }
+        events.push(TestEvent {
+            id,
+            ts,
+            thread,
+            seq,
+            len,
+        });
+        at = p + len;
+    }
+    assert_eq!(at, end, "events end exactly at content_size");
+    (header, events)
+}
+
+/// Polls `cond` until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+}
+
+/// The whole content of a file descriptor (a ring's memfd).
+pub fn read_all(fd: impl AsFd) -> Vec<u8> {
+    let mut file = std::fs::File::from(nix::unistd::dup(fd).expect("dup"));
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).expect("read memfd");
+    bytes
+}
+
+/// A new memfd holding `bytes`, sealed against shrinking if `seal`.
+pub fn memfd_with(bytes: &[u8], seal: bool) -> OwnedFd {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    use std::io::Write;
+    let fd = memfd_create(
+        "ustrace-test",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )
+    .expect("memfd_create");
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes).expect("write memfd");
+    let fd = OwnedFd::from(file);
+    if seal {
+        fcntl(
+            &fd,
+            FcntlArg::F_ADD_SEALS(SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW),
+        )
+        .expect("seal");
+    }
+    fd
+}
+
+/// Environment variable carrying inherited ring fds: ring fds in CPU order, then the
+/// eventfd, comma separated.
+const FDS_ENV: &str = "USTRACE_SHM_FDS";
+
+/// Spawns `cmd` so that its process inherits `buffers`: the fds are dup'ed (dups are
+/// not close-on-exec) for the spawn and their numbers passed in the environment.
+pub fn spawn_sharing(
+    cmd: &mut std::process::Command,
+    buffers: &ChannelBuffers,
+) -> std::process::Child {
+    let mut dups: Vec<OwnedFd> = buffers
+        .rings()
+        .iter()
+        .map(|r| nix::unistd::dup(r.as_fd()).expect("dup ring fd"))
+        .collect();
+    dups.push(nix::unistd::dup(buffers.wakeup().as_fd()).expect("dup eventfd"));
+    let fds: Vec<String> = dups.iter().map(|fd| fd.as_raw_fd().to_string()).collect();
+    let child = cmd
+        .env(FDS_ENV, fds.join(","))
+        .spawn()
+        .expect("spawn child");
+    // The child has its copies now.
+    drop(dups);
+    child
+}
+
+/// In a child started by [`spawn_sharing`]: maps the buffers its parent shared.
+pub fn inherited_buffers() -> ChannelBuffers {
+    let mut fds: Vec<OwnedFd> = std::env::var(FDS_ENV)
+        .expect("inherited fds")
+        .split(',')
+        .map(|n| {
+            let raw = n.parse().expect("fd number");
+            // SAFETY: the parent dup'ed these descriptors for this process and passed
+            // their numbers; nothing else in this fresh process owns them.
+            unsafe { OwnedFd::from_raw_fd(raw) }
+        })
+        .collect();
+    let wakeup = fds.pop().expect("eventfd");
+    ChannelBuffers::from_fds(fds, wakeup).expect("map inherited rings")
+}
