@@ -107,6 +107,7 @@ impl Consumer {
         }
     }
 
+    /// Hands the packet at `pos` back to producers.
     fn release(&mut self, pos: u64, word: u64) {
         self.note_released(pos, word);
         // Release pairs with producers' Acquire load of `consumed`: our reads of the
@@ -116,6 +117,7 @@ impl Consumer {
             .store(pos + self.ring.geometry().subbuf_size, Release);
     }
 
+    /// Remembers the commit word a slot had when its packet left the ring.
     fn note_released(&mut self, pos: u64, word: u64) {
         let slot = (pos / self.ring.geometry().subbuf_size) % self.ring.geometry().num_subbuf;
         self.released_words[slot as usize] = word;

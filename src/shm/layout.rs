@@ -25,6 +25,7 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"USTRING1");
 /// Layout version; bump on any change to this file's table.
 pub(crate) const VERSION: u32 = 1;
 
+// Byte offsets of the header fields, as in the table above.
 pub(crate) const MAGIC_AT: usize = 0;
 pub(crate) const VERSION_AT: usize = 8;
 pub(crate) const SUBBUF_SIZE_AT: usize = 12;
@@ -57,6 +58,7 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// Decodes the header's mode word.
     pub(crate) fn from_word(word: u32) -> Result<Mode, ShmError> {
         match word {
             0 => Ok(Mode::Discard),

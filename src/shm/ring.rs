@@ -420,6 +420,7 @@ impl Ring {
         }
     }
 
+    /// Copies the `ranges` of a locally built packet header into the packet at `p`.
     fn write_header_ranges(&self, p: u64, header: &[u8], ranges: &[std::ops::Range<usize>]) {
         let at = self.data_index(p);
         for r in ranges {
@@ -448,19 +449,23 @@ impl Ring {
         (((pos >> self.ring_shift) + 1) * self.geometry.subbuf_size) as u32
     }
 
+    /// The commit word of the slot holding position `pos`.
     pub(crate) fn commit_word(&self, pos: u64) -> &AtomicU64 {
         let slot = (pos >> self.subbuf_shift) & (self.geometry.num_subbuf - 1);
         self.map.u64_at(COMMIT_AT + 8 * slot as usize)
     }
 
+    /// The free-running write position.
     pub(crate) fn write_word(&self) -> &AtomicU64 {
         self.map.u64_at(WRITE_AT)
     }
 
+    /// The free-running consumed position (bit 0: READING).
     pub(crate) fn consumed_word(&self) -> &AtomicU64 {
         self.map.u64_at(CONSUMED_AT)
     }
 
+    /// Events lost with given-up packets.
     pub(crate) fn lost_dead_word(&self) -> &AtomicU64 {
         self.map.u64_at(LOST_DEAD_AT)
     }

@@ -91,7 +91,8 @@ impl Tracepoint {
 /// DEMO_EV.emit(42, "hello");
 /// ```
 ///
-/// Field types are any [`crate::ctf::field::FieldValue`]. The static derefs to its
+/// Field types are any [`crate::ctf::field::FieldValue`]; `loglevel` is required and
+/// names a [`crate::ctf::field::LogLevel`] variant. The static derefs to its
 /// [`Tracepoint`] (for `desc`, `enable`, `disable`). A module of the same name holds
 /// the event's type.
 #[macro_export]
