@@ -12,20 +12,23 @@
 //!
 //! The daemon reads settings through the resolved accessors
 //! ([`Config::effective_runtime_dir`], [`Config::effective_output_dir`],
-//! [`Config::session_output_dir`], [`Config::channel_settings`]) so that the
+//! [`Config::session_output_dir`], [`Config::channel_spec`]) so that the
 //! defaulting rules live here only.
 
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::ctf::layout::{self, DirClock};
+use crate::protocol::messages::{Buffers, ChannelRequest, ChannelSpec, ControlRequest};
 use crate::protocol::{self, ProtocolError};
+use crate::shm::Mode;
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -104,9 +107,9 @@ pub struct ChannelDefaults {
     /// Sub-buffers per ring; a power of two, at least 2.
     pub num_subbuf: u32,
     /// What a producer does when the ring is full.
-    pub mode: ChannelMode,
+    pub mode: Mode,
     /// Whether processes of one user share buffers or each gets its own.
-    pub buffers: BufferScope,
+    pub buffers: Buffers,
     /// Name of the registered writer that turns packets into files.
     pub writer: String,
 }
@@ -116,31 +119,11 @@ impl Default for ChannelDefaults {
         ChannelDefaults {
             subbuf_size: ByteSize(128 * 1024),
             num_subbuf: 4,
-            mode: ChannelMode::Discard,
-            buffers: BufferScope::Uid,
+            mode: Mode::Discard,
+            buffers: Buffers::PerUid,
             writer: "ctf".to_owned(),
         }
     }
-}
-
-/// What a producer does when every sub-buffer is full.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChannelMode {
-    /// Drop the new event and count it lost: nothing already recorded is lost.
-    Discard,
-    /// Overwrite the oldest sub-buffer (flight recorder): the newest events survive.
-    Overwrite,
-}
-
-/// Who shares a set of buffers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BufferScope {
-    /// One set per user ID, shared by all of that user's processes.
-    Uid,
-    /// One set per process, created at registration and torn down at exit.
-    Pid,
 }
 
 /// `[supervision]`: how writer actors are restarted.
@@ -227,7 +210,7 @@ pub struct ChannelConfig {
     pub name: String,
     /// Overrides [`ChannelDefaults::buffers`].
     #[serde(default)]
-    pub buffers: Option<BufferScope>,
+    pub buffers: Option<Buffers>,
     /// Overrides [`ChannelDefaults::subbuf_size`].
     #[serde(default)]
     pub subbuf_size: Option<ByteSize>,
@@ -236,29 +219,13 @@ pub struct ChannelConfig {
     pub num_subbuf: Option<u32>,
     /// Overrides [`ChannelDefaults::mode`].
     #[serde(default)]
-    pub mode: Option<ChannelMode>,
+    pub mode: Option<Mode>,
     /// Overrides [`ChannelDefaults::writer`].
     #[serde(default)]
     pub writer: Option<String>,
     /// Events enabled in this channel.
     #[serde(default)]
     pub events: Vec<EventPattern>,
-}
-
-/// A channel's settings once defaults are applied: what the daemon builds buffers
-/// from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChannelSettings {
-    /// Per-UID or per-PID buffers.
-    pub buffers: BufferScope,
-    /// Bytes per sub-buffer.
-    pub subbuf_size: u64,
-    /// Sub-buffers per ring.
-    pub num_subbuf: u32,
-    /// Discard or overwrite.
-    pub mode: ChannelMode,
-    /// Writer name (the daemon checks that it is registered).
-    pub writer: String,
 }
 
 /// A byte count written either as an integer or as a string with a binary suffix
@@ -599,7 +566,7 @@ impl Config {
         let c = &self.channel_defaults;
         subbuf_size(c.subbuf_size).map_err(|m| at(key("channel_defaults", "subbuf_size"), m))?;
         num_subbuf(c.num_subbuf).map_err(|m| at(key("channel_defaults", "num_subbuf"), m))?;
-        file_name(&c.writer).map_err(|m| at(key("channel_defaults", "writer"), m))?;
+        check_name(&c.writer).map_err(|m| at(key("channel_defaults", "writer"), m))?;
         positive(self.supervision.within_secs)
             .map_err(|m| at(key("supervision", "within_secs"), m))?;
         positive(u64::from(self.limits.max_apps)).map_err(|m| at(key("limits", "max_apps"), m))?;
@@ -609,7 +576,7 @@ impl Config {
         for (s, session) in self.sessions.iter().enumerate() {
             let in_session =
                 |key: &'static str| vec![Step::Key("session"), Step::Index(s), Step::Key(key)];
-            file_name(&session.name).map_err(|m| at(in_session("name"), m))?;
+            check_name(&session.name).map_err(|m| at(in_session("name"), m))?;
             if self.sessions[..s]
                 .iter()
                 .any(|other| other.name == session.name)
@@ -629,7 +596,7 @@ impl Config {
                         Step::Key(key),
                     ]
                 };
-                file_name(&channel.name).map_err(|m| at(in_channel("name"), m))?;
+                check_name(&channel.name).map_err(|m| at(in_channel("name"), m))?;
                 if session.channels[..c]
                     .iter()
                     .any(|other| other.name == channel.name)
@@ -649,7 +616,7 @@ impl Config {
                     num_subbuf(count).map_err(|m| at(in_channel("num_subbuf"), m))?;
                 }
                 if let Some(writer) = &channel.writer {
-                    file_name(writer).map_err(|m| at(in_channel("writer"), m))?;
+                    check_name(writer).map_err(|m| at(in_channel("writer"), m))?;
                 }
             }
         }
@@ -688,57 +655,81 @@ impl Config {
     ) -> Result<PathBuf, ConfigError> {
         match output {
             Some(dir) => Ok(dir.to_owned()),
-            None => Ok(self
-                .effective_output_dir()?
-                .join(format!("{name}-{}", path_timestamp(created)))),
+            None => Ok(self.effective_output_dir()?.join(format!(
+                "{name}-{}",
+                layout::dir_timestamp(created, DirClock::Local)
+            ))),
         }
     }
 
-    /// A channel's settings with [`Config::channel_defaults`] filling what it leaves
-    /// out.
-    pub fn channel_settings(&self, channel: &ChannelConfig) -> ChannelSettings {
-        let defaults = &self.channel_defaults;
-        ChannelSettings {
-            buffers: channel.buffers.unwrap_or(defaults.buffers),
-            subbuf_size: channel.subbuf_size.unwrap_or(defaults.subbuf_size).0,
-            num_subbuf: channel.num_subbuf.unwrap_or(defaults.num_subbuf),
-            mode: channel.mode.unwrap_or(defaults.mode),
-            writer: channel
-                .writer
-                .clone()
-                .unwrap_or_else(|| defaults.writer.clone()),
+    /// A channel with [`Config::channel_defaults`] filling what it leaves out.
+    pub fn channel_spec(&self, channel: &ChannelConfig) -> ChannelSpec {
+        self.channel_request(channel)
+            .resolve(&self.default_channel_spec(&channel.name))
+    }
+
+    /// `[channel_defaults]` as a channel called `name`: what `enable-channel` leaves
+    /// unset, and the channel `enable-event` creates in a session without one.
+    pub fn default_channel_spec(&self, name: &str) -> ChannelSpec {
+        let d = &self.channel_defaults;
+        ChannelSpec {
+            name: name.to_owned(),
+            buffers: d.buffers,
+            subbuf_size: size_u32(d.subbuf_size),
+            num_subbuf: d.num_subbuf,
+            mode: d.mode,
+            writer: d.writer.clone(),
         }
+    }
+
+    /// A `[[session.channel]]` as the `enable-channel` request it stands for.
+    fn channel_request(&self, channel: &ChannelConfig) -> ChannelRequest {
+        ChannelRequest {
+            name: channel.name.clone(),
+            buffers: channel.buffers,
+            subbuf_size: channel.subbuf_size.map(size_u32),
+            num_subbuf: channel.num_subbuf,
+            mode: channel.mode,
+            writer: channel.writer.clone(),
+        }
+    }
+
+    /// The control requests that deploy the file's sessions, in order, each with the
+    /// name of the session it belongs to.
+    pub fn session_requests(&self) -> Vec<(String, ControlRequest)> {
+        let mut requests = Vec::new();
+        for session in &self.sessions {
+            let name = Some(session.name.clone());
+            let mut push = |request| requests.push((session.name.clone(), request));
+            push(ControlRequest::Create {
+                name: session.name.clone(),
+                output: session.output.as_ref().map(|o| o.display().to_string()),
+            });
+            for channel in &session.channels {
+                push(ControlRequest::EnableChannel {
+                    session: name.clone(),
+                    channel: self.channel_request(channel),
+                });
+                for pattern in &channel.events {
+                    push(ControlRequest::EnableEvent {
+                        session: name.clone(),
+                        channel: Some(channel.name.clone()),
+                        pattern: pattern.as_str().to_owned(),
+                    });
+                }
+            }
+            if session.autostart {
+                push(ControlRequest::Start { session: name });
+            }
+        }
+        requests
     }
 }
 
-/// `YYYYMMDD-HHMMSS` in UTC, the time stamp in trace directory names (session
-/// outputs, per-PID directories). UTC so that names sort and compare across hosts
-/// and time zones.
-pub fn path_timestamp(time: SystemTime) -> String {
-    let secs = time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}{month:02}{day:02}-{:02}{:02}{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`, restricted to dates after the epoch).
-fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    (year, month, day)
+/// A validated sub-buffer size (a power of two of at most 2 GiB) as the u32 the
+/// protocol carries.
+fn size_u32(size: ByteSize) -> u32 {
+    u32::try_from(size.0).unwrap_or(u32::MAX)
 }
 
 /// Empty strings mean "automatic" for path keys.
@@ -757,9 +748,9 @@ fn positive(value: u64) -> Result<(), String> {
 }
 
 fn subbuf_size(size: ByteSize) -> Result<(), String> {
-    if !size.0.is_power_of_two() || size.0 < 4096 {
+    if !size.0.is_power_of_two() || !(4096..=1 << 31).contains(&size.0) {
         return Err(format!(
-            "{} bytes: must be a power of two of at least 4K",
+            "{} bytes: must be a power of two from 4K to 2G",
             size.0
         ));
     }
@@ -775,7 +766,7 @@ fn num_subbuf(count: u32) -> Result<(), String> {
 
 /// Names become parts of file names: 1 to 64 of `A-Z a-z 0-9 _ - .`, not starting
 /// with `.` or `-`.
-fn file_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), String> {
     let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
     if name.is_empty()
         || name.len() > 64

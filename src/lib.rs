@@ -4,13 +4,21 @@
 //! shared-memory ring buffers, and record events into them without system calls; the
 //! daemon drains the rings into CTF 1.8 traces. See `docs/architecture.md`.
 //!
-//! The app side (`shm`, `ctf`, `protocol`) builds without default features so that
+//! The app side (`ust`, `shm`, `ctf`, `protocol`) builds without default features so that
 //! an instrumented program links no actor runtime; the daemon side needs the
 //! `daemon` feature.
 
 #[cfg(feature = "daemon")]
+pub mod actors;
+#[cfg(feature = "daemon")]
+pub mod cli;
+#[cfg(feature = "daemon")]
 pub mod config;
+#[cfg(feature = "daemon")]
+pub mod control;
 pub mod ctf;
+#[cfg(feature = "daemon")]
+pub mod daemon;
 pub mod protocol;
 pub mod shm;
 pub mod ust;

@@ -7,10 +7,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
-use ustrace::config::{
-    BufferScope, ByteSize, ChannelMode, ChannelSettings, Config, ConfigError, EventPattern,
-    path_timestamp,
-};
+use ustrace::config::{ByteSize, Config, ConfigError, EventPattern};
+use ustrace::protocol::messages::{Buffers, ChannelSpec};
+use ustrace::shm::Mode;
 
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/ustraced.toml");
 
@@ -83,8 +82,8 @@ fn defaults_are_the_documented_values() {
     assert_eq!(config.daemon.max_frame(), 1 << 20);
     assert_eq!(config.channel_defaults.subbuf_size, ByteSize(128 * 1024));
     assert_eq!(config.channel_defaults.num_subbuf, 4);
-    assert_eq!(config.channel_defaults.mode, ChannelMode::Discard);
-    assert_eq!(config.channel_defaults.buffers, BufferScope::Uid);
+    assert_eq!(config.channel_defaults.mode, Mode::Discard);
+    assert_eq!(config.channel_defaults.buffers, Buffers::PerUid);
     assert_eq!(config.channel_defaults.writer, "ctf");
     assert_eq!(config.supervision.max_restarts, 3);
     assert_eq!(config.supervision.within(), Duration::from_secs(10));
@@ -126,22 +125,24 @@ name = "batch.2"
     assert_eq!(web.output.as_deref(), Some(Path::new("/var/trace/web")));
     assert!(!web.autostart);
     assert_eq!(
-        config.channel_settings(&web.channels[0]),
-        ChannelSettings {
-            buffers: BufferScope::Pid,
+        config.channel_spec(&web.channels[0]),
+        ChannelSpec {
+            name: "requests".into(),
+            buffers: Buffers::PerPid,
             subbuf_size: 64 * 1024,
             num_subbuf: 8,
-            mode: ChannelMode::Overwrite,
+            mode: Mode::Overwrite,
             writer: "ctf".into(),
         }
     );
     assert_eq!(
-        config.channel_settings(&web.channels[1]),
-        ChannelSettings {
-            buffers: BufferScope::Uid,
+        config.channel_spec(&web.channels[1]),
+        ChannelSpec {
+            name: "misc".into(),
+            buffers: Buffers::PerUid,
             subbuf_size: 8192,
             num_subbuf: 4,
-            mode: ChannelMode::Discard,
+            mode: Mode::Discard,
             writer: "ctf".into(),
         }
     );
@@ -459,21 +460,6 @@ fn session_output_is_explicit_or_named_after_session_and_time() {
             .session_output_dir("web", Some(Path::new("/elsewhere")), created)
             .unwrap(),
         PathBuf::from("/elsewhere")
-    );
-}
-
-#[test]
-fn path_timestamps_are_utc_calendar_dates() {
-    assert_eq!(path_timestamp(UNIX_EPOCH), "19700101-000000");
-    // 2024-02-29 23:59:59, a leap day.
-    assert_eq!(
-        path_timestamp(UNIX_EPOCH + Duration::from_secs(1_709_251_199)),
-        "20240229-235959"
-    );
-    // 2000-03-01 00:00:00, after a century leap year.
-    assert_eq!(
-        path_timestamp(UNIX_EPOCH + Duration::from_secs(951_868_800)),
-        "20000301-000000"
     );
 }
 

@@ -184,6 +184,23 @@ impl PacketHeader {
     }
 }
 
+/// A copy of the packet without its padding: `content_size` bytes, with
+/// `packet_size` set to match. A valid CTF packet (readers skip nothing), and what a
+/// short-lived app's nearly empty sub-buffer costs on disk is its content only.
+pub fn trimmed(packet: &[u8]) -> Result<Vec<u8>, PacketError> {
+    let header = PacketHeader::read(packet)?;
+    let content = header.close.content_size;
+    if content > packet.len() as u64 {
+        return Err(PacketError::BadSizes {
+            content_bits: content * 8,
+            packet_bits: packet.len() as u64 * 8,
+        });
+    }
+    let mut out = packet[..content as usize].to_vec();
+    put_u64(&mut out, PACKET_SIZE_AT, content * 8);
+    Ok(out)
+}
+
 /// Writes an event header (id, timestamp) at the start of `buf`.
 #[inline]
 pub fn write_event_header(buf: &mut [u8], id: u32, timestamp: u64) {
@@ -253,6 +270,31 @@ mod tests {
         };
         assert_eq!(touched(&|b| open.write(b)), spans(&OPEN_RANGES));
         assert_eq!(touched(&|b| close.write(b)), spans(&CLOSE_RANGES));
+    }
+
+    #[test]
+    fn trimming_keeps_the_content_and_says_so_in_packet_size() {
+        let mut buf = vec![0xEEu8; 4096];
+        PacketOpen {
+            uuid: [1; 16],
+            stream_id: 0,
+            timestamp_begin: 1,
+            packet_size: 4096,
+            seq_num: 0,
+            cpu_id: 0,
+        }
+        .write(&mut buf);
+        PacketClose {
+            timestamp_end: 2,
+            content_size: 100,
+            events_discarded: 0,
+        }
+        .write(&mut buf);
+        let short = trimmed(&buf).unwrap();
+        assert_eq!(short.len(), 100);
+        let header = PacketHeader::read(&short).unwrap();
+        assert_eq!(header.open.packet_size, 100);
+        assert_eq!(&short[76..], &buf[76..100]);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
+use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{ControlMessage, MsgFlags, cmsg_space, sendmsg};
 
@@ -60,29 +61,41 @@ pub(crate) fn send_all(
             max: MAX_FDS,
         });
     }
-    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
-    let rights = [ControlMessage::ScmRights(&raw)];
     let mut sent = 0;
     while sent < bytes.len() {
         // Only the first successful sendmsg carries the descriptors: a failed or
         // interrupted call sent nothing, a partial one sent them with its bytes.
-        let cmsgs: &[ControlMessage<'_>] = if sent == 0 && !raw.is_empty() {
-            &rights
-        } else {
-            &[]
-        };
-        let iov = [IoSlice::new(&bytes[sent..])];
-        match sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None) {
+        let attach = if sent == 0 { fds } else { &[] };
+        match send_some(sock, &bytes[sent..], attach) {
             Ok(0) => {
                 return Err(io_error("sendmsg", std::io::ErrorKind::WriteZero.into()));
             }
             Ok(n) => sent += n,
             Err(Errno::EINTR) => {}
+            Err(Errno::EAGAIN) if is_blocking(sock) => {
+                return Err(io_error("sendmsg", std::io::ErrorKind::TimedOut.into()));
+            }
             Err(Errno::EAGAIN) => wait_ready(sock, PollFlags::POLLOUT)?,
             Err(e) => return Err(io_error("sendmsg", e.into())),
         }
     }
     Ok(())
+}
+
+/// One `sendmsg` of as much of `bytes` as the socket takes now, with `fds` (at most
+/// [`MAX_FDS`]) attached; pass them with a frame's first byte only. A non-blocking
+/// socket that is full gives `EAGAIN`: the daemon waits for readiness and retries.
+/// `MSG_NOSIGNAL`: a vanished peer is an error, not a SIGPIPE.
+pub fn send_some(
+    sock: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> Result<usize, Errno> {
+    let raw: Vec<RawFd> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let rights = [ControlMessage::ScmRights(&raw)];
+    let cmsgs: &[ControlMessage<'_>] = if raw.is_empty() { &[] } else { &rights };
+    let iov = [IoSlice::new(bytes)];
+    sendmsg::<()>(sock.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)
 }
 
 /// Fills `buf` from the socket until it is full or the peer closes. With
@@ -102,6 +115,9 @@ pub(crate) fn recv_exact(
         let chunk = match recv_chunk(sock, &mut buf[received.len..], accept_fds && first_read) {
             Ok(chunk) => chunk,
             Err(Errno::EINTR) => continue,
+            Err(Errno::EAGAIN) if is_blocking(sock) => {
+                return Err(io_error("recvmsg", std::io::ErrorKind::TimedOut.into()));
+            }
             Err(Errno::EAGAIN) => {
                 wait_ready(sock, PollFlags::POLLIN)?;
                 continue;
@@ -213,6 +229,14 @@ unsafe fn take_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
         }
     }
     fds
+}
+
+/// Whether `sock` is in blocking mode: then EAGAIN means its SO_RCVTIMEO or
+/// SO_SNDTIMEO expired (the app's registration deadline), not "try again".
+fn is_blocking(sock: BorrowedFd<'_>) -> bool {
+    nix::fcntl::fcntl(sock, nix::fcntl::FcntlArg::F_GETFL)
+        .map(|flags| !OFlag::from_bits_truncate(flags).contains(OFlag::O_NONBLOCK))
+        .unwrap_or(false)
 }
 
 /// Blocks until a non-blocking socket is ready for `events`.

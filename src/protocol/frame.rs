@@ -9,7 +9,7 @@
 //! length comes from the peer, which may be buggy or hostile. After any error the
 //! stream position is unknown and the connection must be closed.
 //!
-//! A connection starts with a [`Hello`] from each side, so that a stray client or a
+//! A connection starts with a [`Hello`] from the connecting side, so that a stray client or a
 //! daemon from another build is refused with a clear message instead of a decode
 //! error on the first real message.
 
@@ -35,10 +35,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"USTR");
 
 /// Bytes in the length header.
-const HEADER_LEN: usize = 4;
+pub const HEADER_LEN: usize = 4;
 
 /// Encoded size of a [`Hello`]: its frame is read with exactly this limit.
-const HELLO_LEN: usize = 8;
+pub const HELLO_LEN: usize = 8;
 
 /// The first frame on every connection, in both directions. Its layout is frozen
 /// forever (two `u32`) so that any two versions can tell each other apart.
@@ -66,13 +66,8 @@ fn codec() -> impl Options {
         .reject_trailing_bytes()
 }
 
-/// Sends `msg` as one frame with `fds` attached (at most [`super::MAX_FDS`]). The
-/// descriptors stay owned by the caller; the peer receives duplicates.
-pub fn send<T: Serialize>(
-    sock: impl AsFd,
-    msg: &T,
-    fds: &[BorrowedFd<'_>],
-) -> Result<(), ProtocolError> {
+/// Encodes `msg` as one frame: length header then payload.
+pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ProtocolError> {
     let mut frame = vec![0u8; HEADER_LEN];
     codec()
         .serialize_into(&mut frame, msg)
@@ -86,7 +81,42 @@ pub fn send<T: Serialize>(
         max: u64::from(u32::MAX),
     })?;
     frame[..HEADER_LEN].copy_from_slice(&len.to_le_bytes());
-    fds::send_all(sock.as_fd(), &frame, fds)
+    Ok(frame)
+}
+
+/// The payload length a frame header announces, refused above `max` before anything
+/// is allocated for it.
+pub fn payload_len(header: [u8; HEADER_LEN], max: usize) -> Result<usize, ProtocolError> {
+    let len = u32::from_le_bytes(header);
+    if u64::from(len) > max as u64 {
+        return Err(ProtocolError::FrameTooLarge {
+            len: u64::from(len),
+            max: max as u64,
+        });
+    }
+    Ok(len as usize)
+}
+
+/// Decodes a whole payload as one `T`; trailing bytes are an error.
+pub fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ProtocolError> {
+    codec()
+        .with_limit(payload.len() as u64)
+        .deserialize(payload)
+        .map_err(|source| ProtocolError::Decode {
+            type_name: type_name::<T>(),
+            len: payload.len(),
+            source,
+        })
+}
+
+/// Sends `msg` as one frame with `fds` attached (at most [`super::MAX_FDS`]). The
+/// descriptors stay owned by the caller; the peer receives duplicates.
+pub fn send<T: Serialize>(
+    sock: impl AsFd,
+    msg: &T,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), ProtocolError> {
+    fds::send_all(sock.as_fd(), &encode(msg)?, fds)
 }
 
 /// Receives one frame whose payload is at most `max` bytes (usually [`MAX_FRAME`]).
@@ -111,14 +141,7 @@ pub fn recv<T: DeserializeOwned>(
             received: head.len,
         });
     }
-    let len = u32::from_le_bytes(header);
-    if u64::from(len) > max as u64 {
-        return Err(ProtocolError::FrameTooLarge {
-            len: u64::from(len),
-            max: max as u64,
-        });
-    }
-    let len = len as usize;
+    let len = payload_len(header, max)?;
     let mut payload = vec![0u8; len];
     let body = fds::recv_exact(sock, &mut payload, false)?;
     if body.len < len {
@@ -128,18 +151,11 @@ pub fn recv<T: DeserializeOwned>(
             received: body.len,
         });
     }
-    let msg = codec()
-        .with_limit(len as u64)
-        .deserialize(&payload)
-        .map_err(|source| ProtocolError::Decode {
-            type_name: type_name::<T>(),
-            len,
-            source,
-        })?;
-    Ok(Some((msg, head.fds)))
+    Ok(Some((decode(&payload)?, head.fds)))
 }
 
-/// Sends this build's [`Hello`]: the first frame on every connection.
+/// Sends this build's [`Hello`]: the first frame of every connection, from the side
+/// that connects.
 pub fn send_hello(sock: impl AsFd) -> Result<(), ProtocolError> {
     send(sock, &Hello::CURRENT, &[])
 }
@@ -151,17 +167,25 @@ pub fn expect_hello(sock: impl AsFd) -> Result<Hello, ProtocolError> {
     if !fds.is_empty() {
         return Err(ProtocolError::FdsWithHello { count: fds.len() });
     }
-    if hello.magic != HELLO_MAGIC {
-        return Err(ProtocolError::BadMagic {
-            found: hello.magic,
-            expected: HELLO_MAGIC,
-        });
-    }
-    if hello.version != PROTOCOL_VERSION {
-        return Err(ProtocolError::VersionMismatch {
-            theirs: hello.version,
-            ours: PROTOCOL_VERSION,
-        });
-    }
+    hello.check()?;
     Ok(hello)
+}
+
+impl Hello {
+    /// Refuses a peer that is not ustrace or speaks another protocol version.
+    pub fn check(&self) -> Result<(), ProtocolError> {
+        if self.magic != HELLO_MAGIC {
+            return Err(ProtocolError::BadMagic {
+                found: self.magic,
+                expected: HELLO_MAGIC,
+            });
+        }
+        if self.version != PROTOCOL_VERSION {
+            return Err(ProtocolError::VersionMismatch {
+                theirs: self.version,
+                ours: PROTOCOL_VERSION,
+            });
+        }
+        Ok(())
+    }
 }

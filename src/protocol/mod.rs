@@ -8,6 +8,7 @@
 
 pub mod fds;
 pub mod frame;
+pub mod messages;
 pub mod peer;
 
 use std::ffi::OsString;

@@ -48,12 +48,15 @@ const MIN_SUBBUF: u64 = 4096;
 const MAX_SUBBUF: u64 = 1 << 30;
 const MAX_NUM_SUBBUF: u64 = 1 << 16;
 
-/// What to do when a producer finds the ring full.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What to do when a producer finds the ring full (`mode = "discard" | "overwrite"`
+/// in the config file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Mode {
     /// Drop the new event and count it: the trace keeps its oldest data.
+    #[serde(rename = "discard")]
     Discard = 0,
     /// Reuse the oldest complete packet (flight recorder): the trace keeps its newest.
+    #[serde(rename = "overwrite")]
     Overwrite = 1,
 }
 

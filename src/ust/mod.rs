@@ -8,7 +8,8 @@
 //! buffers with [`channel::install`] and enables events per slot.
 
 pub mod channel;
-mod tracepoint;
+pub mod registration;
+pub mod tracepoint;
 
 pub use channel::{ChannelError, MAX_SLOTS, SlotId};
 pub use tracepoint::Tracepoint;

@@ -1,0 +1,648 @@
+//! BufferFactory: decides which buffers each app gets, and makes them.
+//!
+//! One actor, so every decision is serialised: two apps of one uid registering at the
+//! same moment meet here one after the other and the second finds the first one's
+//! per-UID BufferSet. It owns
+//! - the started sessions' definitions (pushed by the SessionManager),
+//! - one trace per (session, owner): its directory and its event-id registry,
+//! - one BufferSet per (session, channel, owner),
+//! - what each app has been given, so that a session started, or a channel or event
+//!   enabled, after an app registered reaches that app as a delta over its connection.
+//!
+//! Registration cost matters (thousands of short-lived per-PID apps): creating a
+//! BufferSet is a few memfds and two actors, nothing touches the disk until the first
+//! packet is written, and an app that matches no enabled event gets no buffer at all.
+
+use crate::actors::buffer_set::{BufferSet, Flush, ProducerDied, Teardown};
+use crate::actors::registration::{AppRegistration, Grant, Push};
+use crate::actors::session::{ChannelDef, SessionDef};
+use crate::actors::stats::Stats;
+use crate::actors::supervision::RestartPolicy;
+use crate::actors::writer::{Metadata, StreamInfo, Writer, WriterRegistry};
+use crate::ctf::field::EventDesc;
+use crate::ctf::layout::{self, DirClock};
+use crate::ctf::registry::{Ownership, Registry};
+use crate::protocol::messages::{Buffers, ChannelSpec};
+use crate::shm::{ChannelBuffers, Geometry, RingConfig, cpu_count};
+use actix::prelude::*;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+use tokio::sync::oneshot;
+
+/// Who a trace and its buffers belong to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Owner {
+    /// Per-UID buffers of this user.
+    Uid(u32),
+    /// Per-PID buffers of this process.
+    Pid(i32),
+}
+
+/// The settings the factory applies to everything it creates.
+#[derive(Clone, Debug)]
+pub struct FactorySettings {
+    /// Drain period of partial sub-buffers.
+    pub flush_interval: Duration,
+    /// Writer restart limits.
+    pub restart_policy: RestartPolicy,
+    /// Cap on the shared memory of all per-PID buffers together.
+    pub max_pid_buffer_bytes: u64,
+}
+
+/// One app as the factory knows it.
+struct App {
+    /// From SO_PEERCRED.
+    uid: u32,
+    /// Program name.
+    name: String,
+    /// When it registered: names its per-PID sub-traces.
+    registered_at: SystemTime,
+    /// Its events, indexed as the app indexes them.
+    events: Vec<EventDesc>,
+    /// Where pushes go.
+    addr: Addr<AppRegistration>,
+    /// Channels given to it: set key -> (channel key for the app, enabled event indices).
+    channels: BTreeMap<SetKey, AppChannel>,
+}
+
+/// A channel given to an app.
+struct AppChannel {
+    /// The key the app knows the channel by.
+    key: u64,
+    /// Indices (into `App::events`) already enabled in it.
+    enabled: Vec<u32>,
+}
+
+/// Identifies a BufferSet.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct SetKey {
+    /// Session name.
+    session: String,
+    /// Channel name.
+    channel: String,
+    /// Owner.
+    owner: Owner,
+}
+
+/// One live BufferSet.
+struct Set {
+    /// The actor.
+    addr: Addr<BufferSet>,
+    /// Its rings, to hand their fds to apps.
+    buffers: Arc<ChannelBuffers>,
+    /// Shared-memory bytes, counted against the per-PID cap.
+    bytes: u64,
+}
+
+/// One sub-trace: a directory with a metadata file and stream files.
+struct Trace {
+    /// Event ids and metadata text.
+    registry: Registry,
+    /// Grows with every event registered, so writers know to rewrite the metadata.
+    version: u64,
+    /// Directory of the sub-trace.
+    dir: PathBuf,
+    /// The metadata snapshot the BufferSets attach to packets.
+    metadata: Arc<Mutex<Metadata>>,
+}
+
+/// The actor.
+pub struct BufferFactory {
+    /// Settings from the config.
+    settings: FactorySettings,
+    /// Writer factories by name.
+    writers: WriterRegistry,
+    /// The thread that runs writers, so that disk I/O never delays registration.
+    io: ArbiterHandle,
+    /// Daemon counters.
+    stats: Arc<Stats>,
+    /// Every session, started or not.
+    sessions: Vec<SessionDef>,
+    /// Sub-traces by (session, owner).
+    traces: HashMap<(String, Owner), Trace>,
+    /// BufferSets.
+    sets: HashMap<SetKey, Set>,
+    /// Registered apps by pid.
+    apps: HashMap<i32, App>,
+    /// Next channel key handed to an app.
+    next_key: u64,
+    /// Shared memory held by per-PID sets now.
+    pid_buffer_bytes: u64,
+    /// Teardowns in flight per session, and who waits for them: `stop` and `destroy`
+    /// answer only once the session's dead apps are on disk too.
+    teardowns: HashMap<String, Teardowns>,
+}
+
+/// The teardowns of one session that have not finished.
+#[derive(Default)]
+struct Teardowns {
+    /// How many.
+    running: usize,
+    /// Resolved when `running` drops to zero.
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl BufferFactory {
+    /// A factory with no session and no app.
+    pub fn new(
+        settings: FactorySettings,
+        writers: WriterRegistry,
+        io: ArbiterHandle,
+        stats: Arc<Stats>,
+    ) -> BufferFactory {
+        BufferFactory {
+            settings,
+            writers,
+            io,
+            stats,
+            sessions: Vec::new(),
+            traces: HashMap::new(),
+            sets: HashMap::new(),
+            apps: HashMap::new(),
+            next_key: 1,
+            pid_buffer_bytes: 0,
+            teardowns: HashMap::new(),
+        }
+    }
+
+    /// Everything app `pid` should have and does not have yet.
+    fn delta(&mut self, pid: i32) -> Vec<Grant> {
+        let mut grants = Vec::new();
+        let sessions: Vec<SessionDef> = self
+            .sessions
+            .iter()
+            .filter(|s| s.started)
+            .cloned()
+            .collect();
+        for session in &sessions {
+            for (stream_id, channel) in session.channels.iter().enumerate() {
+                match self.grant(pid, session, stream_id as u32, channel) {
+                    Ok(Some(grant)) => grants.push(grant),
+                    Ok(None) => {}
+                    Err(e) => log::warn!(
+                        "app {pid}: no buffers for {}/{}: {e}",
+                        session.name,
+                        channel.spec.name
+                    ),
+                }
+            }
+        }
+        grants
+    }
+
+    /// What app `pid` is missing of one channel, creating its buffers if needed.
+    fn grant(
+        &mut self,
+        pid: i32,
+        session: &SessionDef,
+        stream_id: u32,
+        channel: &ChannelDef,
+    ) -> Result<Option<Grant>, String> {
+        let Some(app) = self.apps.get(&pid) else {
+            return Ok(None);
+        };
+        let matching: Vec<u32> = app
+            .events
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| channel.matches(&e.full_name()))
+            .map(|(i, _)| i as u32)
+            .collect();
+        if matching.is_empty() {
+            return Ok(None);
+        }
+        let owner = match channel.spec.buffers {
+            Buffers::PerUid => Owner::Uid(app.uid),
+            Buffers::PerPid => Owner::Pid(pid),
+        };
+        let set_key = SetKey {
+            session: session.name.clone(),
+            channel: channel.spec.name.clone(),
+            owner,
+        };
+        self.ensure_trace(session, owner, pid)?;
+        self.ensure_set(&set_key, session, stream_id, &channel.spec)?;
+
+        let app = self.apps.get_mut(&pid).expect("checked above");
+        let trace = self
+            .traces
+            .get_mut(&(session.name.clone(), owner))
+            .expect("ensured above");
+        let mut buffers = None;
+        if !app.channels.contains_key(&set_key) {
+            buffers = Some(self.sets[&set_key].buffers.clone());
+            app.channels.insert(
+                set_key.clone(),
+                AppChannel {
+                    key: self.next_key,
+                    enabled: Vec::new(),
+                },
+            );
+            self.next_key += 1;
+        }
+        let given = app.channels.get_mut(&set_key).expect("inserted above");
+        let mut enables = Vec::new();
+        let mut changed = false;
+        for index in matching {
+            if given.enabled.contains(&index) {
+                continue;
+            }
+            let event = &app.events[index as usize];
+            match trace.registry.register_event(event) {
+                Ok((id, new)) => {
+                    changed |= new;
+                    given.enabled.push(index);
+                    enables.push((index, id));
+                }
+                Err(e) => log::warn!("app {pid}: event {} not enabled: {e}", event.full_name()),
+            }
+        }
+        if changed {
+            trace.version += 1;
+            publish_metadata(trace);
+        }
+        if buffers.is_none() && enables.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Grant {
+            key: given.key,
+            buffers,
+            enables,
+        }))
+    }
+
+    /// Creates the sub-trace of (session, owner) if it does not exist yet.
+    fn ensure_trace(&mut self, session: &SessionDef, owner: Owner, pid: i32) -> Result<(), String> {
+        let key = (session.name.clone(), owner);
+        if self.traces.contains_key(&key) {
+            return Ok(());
+        }
+        let app = &self.apps[&pid];
+        let ownership = match owner {
+            Owner::Uid(uid) => Ownership::PerUid { uid },
+            Owner::Pid(pid) => Ownership::PerPid {
+                procname: app.name.clone(),
+                pid: pid as u32,
+            },
+        };
+        let dir = layout::trace_dir(
+            &session.output,
+            &ownership,
+            app.registered_at,
+            DirClock::Local,
+        );
+        let mut registry = Registry::for_this_host(ownership).map_err(|e| e.to_string())?;
+        for channel in &session.channels {
+            registry.add_channel(&channel.spec.name);
+        }
+        let metadata = Arc::new(Mutex::new(Metadata {
+            version: 0,
+            tsdl: registry.metadata().into(),
+        }));
+        self.traces.insert(
+            key,
+            Trace {
+                registry,
+                version: 0,
+                dir,
+                metadata,
+            },
+        );
+        Ok(())
+    }
+
+    /// Creates the BufferSet `key` if it does not exist yet.
+    fn ensure_set(
+        &mut self,
+        key: &SetKey,
+        session: &SessionDef,
+        stream_id: u32,
+        spec: &ChannelSpec,
+    ) -> Result<(), String> {
+        if self.sets.contains_key(key) {
+            return Ok(());
+        }
+        let trace = &self.traces[&(session.name.clone(), key.owner)];
+        let cpus = cpu_count();
+        let bytes = u64::from(spec.subbuf_size) * u64::from(spec.num_subbuf) * cpus as u64;
+        if matches!(key.owner, Owner::Pid(_))
+            && self.pid_buffer_bytes + bytes > self.settings.max_pid_buffer_bytes
+        {
+            return Err(format!(
+                "per-PID buffer memory would exceed limits.max_pid_buffer_bytes ({} bytes)",
+                self.settings.max_pid_buffer_bytes
+            ));
+        }
+        let factory = self.writers.get(&spec.writer).ok_or_else(|| {
+            format!(
+                "no writer named {:?} (registered: {})",
+                spec.writer,
+                self.writers.names().join(", ")
+            )
+        })?;
+        let config = RingConfig {
+            geometry: Geometry {
+                subbuf_size: u64::from(spec.subbuf_size),
+                num_subbuf: u64::from(spec.num_subbuf),
+            },
+            mode: spec.mode,
+            uuid: trace.registry.uuid(),
+            stream_id,
+        };
+        let label = format!("{}/{}/{:?}", key.session, key.channel, key.owner);
+        let buffers = Arc::new(
+            ChannelBuffers::create(&format!("ustrace {label}"), &config, cpus)
+                .map_err(|e| e.to_string())?,
+        );
+        let writers = (0..cpus as u32)
+            .map(|cpu| {
+                let stream = StreamInfo {
+                    session: session.name.clone(),
+                    channel: spec.name.clone(),
+                    cpu,
+                    trace_dir: trace.dir.clone(),
+                };
+                Writer::start(
+                    &self.io,
+                    stream,
+                    factory.clone(),
+                    self.settings.restart_policy,
+                    self.stats.clone(),
+                )
+            })
+            .collect();
+        let addr = BufferSet::new(
+            label,
+            buffers.clone(),
+            writers,
+            trace.metadata.clone(),
+            self.settings.flush_interval,
+            self.stats.clone(),
+        )
+        .start();
+        if matches!(key.owner, Owner::Pid(_)) {
+            self.pid_buffer_bytes += bytes;
+        }
+        self.sets.insert(
+            key.clone(),
+            Set {
+                addr,
+                buffers,
+                bytes,
+            },
+        );
+        Ok(())
+    }
+
+    /// Removes the sets matching `pred` and tears them down in their own actors;
+    /// `stop` and `destroy` of their session wait for them.
+    fn tear_down(&mut self, pred: impl Fn(&SetKey) -> bool, ctx: &mut Context<Self>) {
+        let keys: Vec<SetKey> = self.sets.keys().filter(|k| pred(k)).cloned().collect();
+        for key in keys {
+            let Some(set) = self.sets.remove(&key) else {
+                continue;
+            };
+            if matches!(key.owner, Owner::Pid(_)) {
+                self.pid_buffer_bytes -= set.bytes;
+            }
+            self.teardowns
+                .entry(key.session.clone())
+                .or_default()
+                .running += 1;
+            ctx.spawn(
+                set.addr
+                    .send(Teardown)
+                    .into_actor(self)
+                    .map(move |result, act, _| {
+                        match result {
+                            Ok(Ok(())) => {}
+                            Ok(Err(e)) => log::error!("teardown of {key:?}: {e}"),
+                            Err(e) => log::error!("teardown of {key:?}: {e}"),
+                        }
+                        act.teardown_done(&key.session);
+                    }),
+            );
+        }
+    }
+
+    /// Counts a finished teardown and wakes the waiters of its session's last one.
+    fn teardown_done(&mut self, session: &str) {
+        let Some(t) = self.teardowns.get_mut(session) else {
+            return;
+        };
+        t.running -= 1;
+        if t.running == 0 {
+            for waiter in self
+                .teardowns
+                .remove(session)
+                .into_iter()
+                .flat_map(|t| t.waiters)
+            {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// Resolves once `session` has no teardown in flight.
+    fn teardowns_finished(&mut self, session: &str) -> impl Future<Output = ()> + 'static {
+        let waiter = self.teardowns.get_mut(session).map(|t| {
+            let (tx, rx) = oneshot::channel();
+            t.waiters.push(tx);
+            rx
+        });
+        async move {
+            if let Some(rx) = waiter {
+                let _ = rx.await;
+            }
+        }
+    }
+
+    /// Flushes (or tears down) the session's sets; resolves when they and every
+    /// teardown in flight are done.
+    fn settle(
+        &mut self,
+        session: &str,
+        requests: Vec<Request<BufferSet, Flush>>,
+    ) -> impl Future<Output = Result<(), String>> + 'static {
+        let finished = self.teardowns_finished(session);
+        async move {
+            let result = all_ok(requests).await;
+            finished.await;
+            result
+        }
+    }
+}
+
+/// Replaces a trace's metadata snapshot after its registry changed.
+fn publish_metadata(trace: &Trace) {
+    if let Ok(mut m) = trace.metadata.lock() {
+        *m = Metadata {
+            version: trace.version,
+            tsdl: trace.registry.metadata().into(),
+        };
+    }
+}
+
+/// Waits for every flush and keeps the first error.
+async fn all_ok(requests: Vec<Request<BufferSet, Flush>>) -> Result<(), String> {
+    let mut result = Ok(());
+    for request in requests {
+        let outcome = request.await.unwrap_or_else(|e| Err(e.to_string()));
+        if result.is_ok() {
+            result = outcome;
+        }
+    }
+    result
+}
+
+impl Actor for BufferFactory {
+    type Context = Context<Self>;
+}
+
+/// An app registered: give it every buffer it needs for the started sessions.
+#[derive(Message)]
+#[rtype(result = "Vec<Grant>")]
+pub struct CreateBuffers {
+    /// From SO_PEERCRED.
+    pub pid: i32,
+    /// From SO_PEERCRED.
+    pub uid: u32,
+    /// Program name.
+    pub name: String,
+    /// Its events.
+    pub events: Vec<EventDesc>,
+    /// Where later pushes go.
+    pub app: Addr<AppRegistration>,
+}
+
+impl Handler<CreateBuffers> for BufferFactory {
+    type Result = MessageResult<CreateBuffers>;
+
+    fn handle(&mut self, msg: CreateBuffers, _: &mut Context<Self>) -> Self::Result {
+        self.apps.insert(
+            msg.pid,
+            App {
+                uid: msg.uid,
+                name: msg.name,
+                registered_at: SystemTime::now(),
+                events: msg.events,
+                addr: msg.app,
+                channels: BTreeMap::new(),
+            },
+        );
+        MessageResult(self.delta(msg.pid))
+    }
+}
+
+/// The SessionManager's sessions changed (created, channel or event enabled,
+/// started): every app gets what it now misses.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionsChanged(pub Vec<SessionDef>);
+
+impl Handler<SessionsChanged> for BufferFactory {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionsChanged, _: &mut Context<Self>) {
+        self.sessions = msg.0;
+        let pids: Vec<i32> = self.apps.keys().copied().collect();
+        for pid in pids {
+            let grants = self.delta(pid);
+            if !grants.is_empty() {
+                self.apps[&pid].addr.do_send(Push::Grants(grants));
+            }
+        }
+    }
+}
+
+/// Stop recording a session and store everything it recorded; answers when on disk.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct StopSession(pub String);
+
+/// Stop a session and free everything of it.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct DestroySession(pub String);
+
+impl BufferFactory {
+    /// Tells every app to stop writing into `session`'s channels; with `forget`,
+    /// drops them from what the apps were given.
+    fn disable_apps(&mut self, session: &str, forget: bool) {
+        for app in self.apps.values_mut() {
+            let keys: Vec<SetKey> = app
+                .channels
+                .keys()
+                .filter(|k| k.session == session)
+                .cloned()
+                .collect();
+            for k in keys {
+                let key = app.channels[&k].key;
+                app.addr.do_send(Push::Disable(key));
+                if forget {
+                    app.channels.remove(&k);
+                } else if let Some(c) = app.channels.get_mut(&k) {
+                    c.enabled.clear();
+                }
+            }
+        }
+    }
+}
+
+impl Handler<StopSession> for BufferFactory {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, msg: StopSession, _: &mut Context<Self>) -> Self::Result {
+        if let Some(s) = self.sessions.iter_mut().find(|s| s.name == msg.0) {
+            s.started = false;
+        }
+        self.disable_apps(&msg.0, false);
+        let flushes: Vec<_> = self
+            .sets
+            .iter()
+            .filter(|(k, _)| k.session == msg.0)
+            .map(|(_, set)| set.addr.send(Flush))
+            .collect();
+        Box::pin(self.settle(&msg.0, flushes))
+    }
+}
+
+impl Handler<DestroySession> for BufferFactory {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, msg: DestroySession, ctx: &mut Context<Self>) -> Self::Result {
+        self.sessions.retain(|s| s.name != msg.0);
+        self.disable_apps(&msg.0, true);
+        self.traces.retain(|(session, _), _| *session != msg.0);
+        self.tear_down(|k| k.session == msg.0, ctx);
+        Box::pin(self.settle(&msg.0, Vec::new()))
+    }
+}
+
+/// An app's connection closed: it exited, crashed or was killed.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AppGone {
+    /// Its pid.
+    pub pid: i32,
+}
+
+impl Handler<AppGone> for BufferFactory {
+    type Result = ();
+
+    fn handle(&mut self, msg: AppGone, ctx: &mut Context<Self>) {
+        let Some(app) = self.apps.remove(&msg.pid) else {
+            return;
+        };
+        let owner = Owner::Pid(msg.pid);
+        self.traces.retain(|(_, o), _| *o != owner);
+        self.tear_down(|k| k.owner == owner, ctx);
+        for key in app.channels.keys() {
+            if let (Owner::Uid(_), Some(set)) = (key.owner, self.sets.get(key)) {
+                set.addr.do_send(ProducerDied);
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! The wire framing of `crate::protocol::frame` over the daemon's async sockets.
+//!
+//! Apps and the CLI use blocking sockets; the daemon must not block its actor thread
+//! on any one peer, so it reads frames with tokio and sends them (fds included) with
+//! a non-blocking `sendmsg` retried on readiness. The bytes are the same: the encoding
+//! and the limits come from `protocol::frame`.
+
+use crate::protocol::frame;
+use crate::protocol::{Hello, fds};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use tokio::io::{AsyncReadExt, Interest};
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Reads one frame; `None` at a clean EOF between frames. The error says what was
+/// wrong with the frame.
+pub async fn read_frame<T: DeserializeOwned>(
+    reader: &mut OwnedReadHalf,
+    max: usize,
+) -> Result<Option<T>, String> {
+    let mut header = [0u8; frame::HEADER_LEN];
+    let mut got = 0;
+    while got < header.len() {
+        match reader.read(&mut header[got..]).await {
+            Ok(0) if got == 0 => return Ok(None),
+            Ok(0) => return Err("connection closed inside a frame header".to_string()),
+            Ok(n) => got += n,
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    let len = frame::payload_len(header, max).map_err(|e| e.to_string())?;
+    let mut payload = vec![0u8; len];
+    reader
+        .read_exact(&mut payload)
+        .await
+        .map_err(|e| format!("truncated frame of {len} bytes: {e}"))?;
+    frame::decode(&payload).map(Some).map_err(|e| e.to_string())
+}
+
+/// Reads the first frame of a connection and checks it is our [`Hello`].
+pub async fn read_hello(reader: &mut OwnedReadHalf) -> Result<(), String> {
+    let hello: Hello = read_frame(reader, frame::HELLO_LEN)
+        .await?
+        .ok_or_else(|| "closed before its hello".to_string())?;
+    hello.check().map_err(|e| e.to_string())
+}
+
+/// Encodes and sends one frame with `fds` attached to its first byte.
+pub async fn write_frame<T: Serialize>(
+    writer: &OwnedWriteHalf,
+    msg: &T,
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let bytes = frame::encode(msg).map_err(io::Error::other)?;
+    write_bytes(writer, &bytes, fds).await
+}
+
+/// Sends encoded bytes, waiting for room without blocking the thread.
+pub async fn write_bytes(
+    writer: &OwnedWriteHalf,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<()> {
+    let stream: &UnixStream = writer.as_ref();
+    let mut sent = 0;
+    while sent < bytes.len() {
+        stream.writable().await?;
+        let attach: &[BorrowedFd] = if sent == 0 { fds } else { &[] };
+        match stream.try_io(Interest::WRITABLE, || {
+            fds::send_some(stream.as_fd(), &bytes[sent..], attach).map_err(io::Error::other)
+        }) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,20 @@
+//! The session daemon's actors (actix). See docs/architecture.md for the picture.
+//!
+//! - [`registrar`]: accepts apps, reads SO_PEERCRED, starts one [`registration`] each.
+//! - [`registration`]: one app's connection for its whole life.
+//! - [`buffer_factory`]: decides and creates every app's buffers.
+//! - [`buffer_set`]: one channel's rings for one owner, drained into writers.
+//! - [`writer`], [`supervision`]: supervised per-stream writers and their limits.
+//! - [`session`]: sessions, channels and event rules from the CLI and the config.
+//! - [`stats`]: the counters behind `ustrace status`.
+//! - [`framed`]: the wire framing over the daemon's async sockets.
+
+pub mod buffer_factory;
+pub mod buffer_set;
+pub mod framed;
+pub mod registrar;
+pub mod registration;
+pub mod session;
+pub mod stats;
+pub mod supervision;
+pub mod writer;

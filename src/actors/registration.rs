@@ -1,0 +1,265 @@
+//! AppRegistration: one actor per app connection, for the app's whole life.
+//!
+//! It reads the app's Hello and registration, asks the BufferFactory for buffers
+//! (CreateBuffers), sends them (Channel frames with fds over SCM_RIGHTS, Enable), and
+//! only then RegistrationDone: the app's init returns once its first event can be
+//! recorded. Later pushes (a session started, an event enabled, a session stopped)
+//! come from the factory as [`Push`] and go out in order over the same connection.
+//!
+//! What happens when an app dies: its connection reaches EOF (exit, crash, SIGKILL
+//! alike: the kernel closes the socket), the reader task ends, this actor tells the
+//! factory `AppGone` and stops. The factory tears the app's per-PID buffers down in
+//! their own actors, so a slow teardown never delays anyone's registration.
+//!
+//! Anything malformed (an oversized length, garbage, a wrong version, a second
+//! registration) is logged and closes this connection only.
+
+use crate::actors::buffer_factory::{AppGone, BufferFactory, CreateBuffers};
+use crate::actors::framed;
+use crate::actors::stats::Stats;
+use crate::protocol::frame;
+use crate::protocol::messages::{AppCommand, AppRegister};
+use crate::shm::ChannelBuffers;
+use actix::prelude::*;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use tokio::net::UnixStream;
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::mpsc;
+
+/// Buffers for one channel of an app: what it is missing, as the factory computed.
+pub struct Grant {
+    /// The channel's key for this app.
+    pub key: u64,
+    /// The rings, if the app does not have this channel yet: their fds are sent.
+    pub buffers: Option<Arc<ChannelBuffers>>,
+    /// `(event index, event id)` pairs to enable.
+    pub enables: Vec<(u32, u32)>,
+}
+
+/// Something the factory pushes to a registered app.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub enum Push {
+    /// New channels or events.
+    Grants(Vec<Grant>),
+    /// Stop writing into a channel.
+    Disable(u64),
+}
+
+/// One frame to send, with the rings whose fds (eventfd first) it carries.
+type Outgoing = (Vec<u8>, Option<Arc<ChannelBuffers>>);
+
+/// The actor.
+pub struct AppRegistration {
+    /// From SO_PEERCRED.
+    pid: i32,
+    /// From SO_PEERCRED.
+    uid: u32,
+    /// Largest frame accepted from the app.
+    max_frame: usize,
+    /// The factory.
+    factory: Addr<BufferFactory>,
+    /// Frames to send, in order, by the sender task.
+    outbox: mpsc::UnboundedSender<Outgoing>,
+    /// The read half until `started` hands it to the reader task.
+    reader: Option<OwnedReadHalf>,
+    /// Whether the app registered already.
+    registered: bool,
+    /// Daemon counters.
+    stats: Arc<Stats>,
+}
+
+/// A frame read from the app, or the end of the connection.
+#[derive(Message)]
+#[rtype(result = "()")]
+enum Inbound {
+    /// The registration.
+    Register(AppRegister),
+    /// EOF or a protocol error: the connection is over.
+    Closed(Option<String>),
+}
+
+impl AppRegistration {
+    /// Starts the actor for a freshly accepted connection; credentials come from
+    /// SO_PEERCRED.
+    pub fn start(
+        stream: UnixStream,
+        pid: i32,
+        uid: u32,
+        max_frame: usize,
+        factory: Addr<BufferFactory>,
+        stats: Arc<Stats>,
+    ) -> Addr<AppRegistration> {
+        // Counted from creation to drop: the app limit sees connections not yet started.
+        Stats::add(&stats.apps, 1);
+        let (reader, writer) = stream.into_split();
+        let (outbox, queue) = mpsc::unbounded_channel();
+        actix_rt::spawn(send_frames(writer, queue, pid));
+        AppRegistration {
+            pid,
+            uid,
+            max_frame,
+            factory,
+            outbox,
+            reader: Some(reader),
+            registered: false,
+            stats,
+        }
+        .start()
+    }
+
+    /// Queues a command for the app.
+    fn send(&self, command: &AppCommand, buffers: Option<Arc<ChannelBuffers>>) {
+        match frame::encode(command) {
+            Ok(bytes) => {
+                let _ = self.outbox.send((bytes, buffers));
+            }
+            Err(e) => log::error!("app {}: cannot encode {command:?}: {e}", self.pid),
+        }
+    }
+
+    /// Sends grants: each new channel's fds first, then its enables.
+    fn send_grants(&self, grants: Vec<Grant>) {
+        for grant in grants {
+            if let Some(buffers) = grant.buffers {
+                let streams = buffers.rings().len() as u32;
+                self.send(
+                    &AppCommand::Channel {
+                        key: grant.key,
+                        streams,
+                    },
+                    Some(buffers),
+                );
+            }
+            if !grant.enables.is_empty() {
+                self.send(
+                    &AppCommand::Enable {
+                        key: grant.key,
+                        events: grant.enables,
+                    },
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// Reads the Hello and the registration, then waits for EOF.
+async fn read_frames(mut reader: OwnedReadHalf, max: usize, addr: Addr<AppRegistration>) {
+    let outcome = async {
+        framed::read_hello(&mut reader).await?;
+        let register: AppRegister = framed::read_frame(&mut reader, max)
+            .await?
+            .ok_or("closed before registering")?;
+        addr.do_send(Inbound::Register(register));
+        match framed::read_frame::<AppRegister>(&mut reader, max).await? {
+            None => Ok(()),
+            Some(_) => Err("unexpected frame after registration".to_string()),
+        }
+    }
+    .await;
+    addr.do_send(Inbound::Closed(outcome.err()));
+}
+
+/// Sends queued frames in order; fds ride on the frame's first bytes.
+async fn send_frames(
+    writer: OwnedWriteHalf,
+    mut queue: mpsc::UnboundedReceiver<Outgoing>,
+    pid: i32,
+) {
+    while let Some((bytes, buffers)) = queue.recv().await {
+        let borrowed: Vec<BorrowedFd> = match &buffers {
+            Some(b) => std::iter::once(b.wakeup().as_fd())
+                .chain(b.rings().iter().map(|r| r.as_fd()))
+                .collect(),
+            None => Vec::new(),
+        };
+        if let Err(e) = framed::write_bytes(&writer, &bytes, &borrowed).await {
+            log::warn!("app {pid}: send failed: {e}");
+            return;
+        }
+    }
+}
+
+impl Actor for AppRegistration {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(reader) = self.reader.take() {
+            actix_rt::spawn(read_frames(reader, self.max_frame, ctx.address()));
+        }
+    }
+}
+
+impl Drop for AppRegistration {
+    fn drop(&mut self) {
+        Stats::sub(&self.stats.apps);
+    }
+}
+
+impl Handler<Inbound> for AppRegistration {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
+        match msg {
+            Inbound::Register(register) if !self.registered => {
+                self.registered = true;
+                Stats::add(&self.stats.apps_total, 1);
+                let request = self.factory.send(CreateBuffers {
+                    pid: self.pid,
+                    uid: self.uid,
+                    name: register.name,
+                    events: register.events,
+                    app: ctx.address(),
+                });
+                // `wait`: pushes that arrive meanwhile go out after these grants.
+                ctx.wait(
+                    request
+                        .into_actor(self)
+                        .map(|grants, act, ctx| match grants {
+                            Ok(grants) => {
+                                act.send_grants(grants);
+                                act.send(&AppCommand::RegistrationDone, None);
+                            }
+                            Err(e) => {
+                                log::error!("app {}: buffer factory unavailable: {e}", act.pid);
+                                ctx.stop();
+                            }
+                        }),
+                );
+            }
+            Inbound::Register(_) => {}
+            Inbound::Closed(error) => {
+                if let Some(e) = error {
+                    log::warn!(
+                        "app {} (uid {}): {e}; closing its connection",
+                        self.pid,
+                        self.uid
+                    );
+                }
+                if self.registered {
+                    self.factory.do_send(AppGone { pid: self.pid });
+                }
+                ctx.stop();
+            }
+        }
+    }
+}
+
+impl Handler<Push> for AppRegistration {
+    type Result = ();
+
+    fn handle(&mut self, push: Push, _: &mut Context<Self>) {
+        match push {
+            Push::Grants(grants) => self.send_grants(grants),
+            Push::Disable(key) => self.send(&AppCommand::Disable { key }, None),
+        }
+    }
+}
+
+/// Refuses an app before it gets an actor (the daemon's app limit is reached).
+pub async fn refuse(stream: UnixStream, reason: String) {
+    let (_, writer) = stream.into_split();
+    let _ = framed::write_frame(&writer, &AppCommand::Refused { reason }, &[]).await;
+}

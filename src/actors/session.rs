@@ -1,0 +1,430 @@
+//! SessionManager: sessions, channels and event rules, driven by the CLI and the
+//! config file.
+//!
+//! It validates each control request, keeps the definitions, and tells the
+//! BufferFactory (`SessionsChanged`) whenever what apps should record changes, so
+//! that apps registered before a `start` or an `enable-event` receive their buffers and
+//! enablement over their open connection. `stop` answers only once the factory has
+//! flushed every ring of the session to disk.
+
+use crate::actors::buffer_factory::{BufferFactory, DestroySession, SessionsChanged, StopSession};
+use crate::actors::stats::Stats;
+use crate::ctf::layout;
+use crate::protocol::messages::{
+    ChannelSpec, ControlOk, ControlReply, ControlRequest, SessionInfo,
+};
+use actix::prelude::*;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+/// A channel of a session and the event patterns enabled in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChannelDef {
+    /// Geometry, mode, buffering and writer.
+    pub spec: ChannelSpec,
+    /// `provider:name`, `provider:*` or `*` patterns.
+    pub patterns: Vec<String>,
+}
+
+impl ChannelDef {
+    /// Whether an event called `full_name` is enabled in this channel.
+    pub fn matches(&self, full_name: &str) -> bool {
+        self.patterns.iter().any(|p| pattern_matches(p, full_name))
+    }
+}
+
+/// Matches `provider:name` against a pattern whose only wildcard is a trailing `*`.
+pub fn pattern_matches(pattern: &str, full_name: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => full_name.starts_with(prefix),
+        None => pattern == full_name,
+    }
+}
+
+/// Checks an event pattern: `*`, `provider:*`, `provider:name`, or a prefix ending in `*`.
+pub fn check_pattern(pattern: &str) -> Result<(), String> {
+    let body = pattern.strip_suffix('*').unwrap_or(pattern);
+    if pattern.is_empty() || body.contains('*') {
+        return Err(format!(
+            "bad event pattern {pattern:?}: use provider:name, provider:* or *, with `*` only at the end"
+        ));
+    }
+    if !pattern.ends_with('*') && !pattern.contains(':') {
+        return Err(format!(
+            "bad event pattern {pattern:?}: an event name is provider:name"
+        ));
+    }
+    Ok(())
+}
+
+/// A tracing session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionDef {
+    /// Unique name.
+    pub name: String,
+    /// Output directory of the whole session.
+    pub output: PathBuf,
+    /// Whether it records now.
+    pub started: bool,
+    /// Whether it was ever started: channels can be added only before.
+    pub ever_started: bool,
+    /// Channels in stream-id order.
+    pub channels: Vec<ChannelDef>,
+}
+
+/// What the SessionManager needs to know about the deployment.
+#[derive(Clone, Debug)]
+pub struct SessionSettings {
+    /// Parent of default session output directories.
+    pub output_dir: PathBuf,
+    /// `[channel_defaults]`, named `channel0`: what `enable-channel` leaves unset,
+    /// and the channel `enable-event` creates in a session that has none.
+    pub default_channel: ChannelSpec,
+    /// Names of the registered writers.
+    pub writers: Vec<String>,
+}
+
+/// The actor.
+pub struct SessionManager {
+    /// Deployment settings.
+    settings: SessionSettings,
+    /// Sessions in creation order.
+    sessions: Vec<SessionDef>,
+    /// The factory, told of every change.
+    factory: Addr<BufferFactory>,
+    /// Daemon counters, for `status`.
+    stats: Arc<Stats>,
+}
+
+/// A request from the CLI (or from the config file at start-up).
+#[derive(Message)]
+#[rtype(result = "ControlReply")]
+pub struct Control(pub ControlRequest);
+
+impl SessionManager {
+    /// A manager with no session.
+    pub fn new(settings: SessionSettings, factory: Addr<BufferFactory>, stats: Arc<Stats>) -> Self {
+        SessionManager {
+            settings,
+            sessions: Vec::new(),
+            factory,
+            stats,
+        }
+    }
+
+    /// The session called `name`, or the most recent one.
+    fn session(&mut self, name: &Option<String>) -> Result<&mut SessionDef, String> {
+        match name {
+            Some(name) => self
+                .sessions
+                .iter_mut()
+                .find(|s| &s.name == name)
+                .ok_or_else(|| format!("no session named {name:?}")),
+            None => self
+                .sessions
+                .last_mut()
+                .ok_or_else(|| "no session: create one first (ustrace create NAME)".to_string()),
+        }
+    }
+
+    /// Sends the current definitions to the factory; resolves once it applied them.
+    fn publish(&self) -> Request<BufferFactory, SessionsChanged> {
+        self.factory.send(SessionsChanged(self.sessions.clone()))
+    }
+
+    /// Handles everything that needs no waiting; `Ok(None)` means "publish, then done".
+    fn apply(&mut self, request: &ControlRequest) -> Result<ControlOk, String> {
+        match request {
+            ControlRequest::Create { name, output } => {
+                check_name("session", name)?;
+                if self.sessions.iter().any(|s| &s.name == name) {
+                    return Err(format!("session {name:?} already exists"));
+                }
+                let output = match output {
+                    Some(dir) => PathBuf::from(dir),
+                    None => self.settings.output_dir.join(format!(
+                        "{name}-{}",
+                        layout::dir_timestamp(SystemTime::now(), layout::DirClock::Local)
+                    )),
+                };
+                let message = format!("session {name} created, writing to {}", output.display());
+                self.sessions.push(SessionDef {
+                    name: name.clone(),
+                    output,
+                    started: false,
+                    ever_started: false,
+                    channels: Vec::new(),
+                });
+                Ok(ControlOk::Done(message))
+            }
+            ControlRequest::EnableChannel { session, channel } => {
+                let channel = &channel.resolve(&self.settings.default_channel);
+                check_name("channel", &channel.name)?;
+                check_geometry(channel)?;
+                if !self.settings.writers.contains(&channel.writer) {
+                    return Err(format!(
+                        "no writer named {:?} (registered: {})",
+                        channel.writer,
+                        self.settings.writers.join(", ")
+                    ));
+                }
+                let s = self.session(session)?;
+                if s.ever_started {
+                    return Err(format!(
+                        "session {} was started: channels are added before the first start",
+                        s.name
+                    ));
+                }
+                if s.channels.iter().any(|c| c.spec.name == channel.name) {
+                    return Err(format!(
+                        "channel {} already exists in session {}",
+                        channel.name, s.name
+                    ));
+                }
+                s.channels.push(ChannelDef {
+                    spec: channel.clone(),
+                    patterns: Vec::new(),
+                });
+                Ok(ControlOk::Done(format!(
+                    "channel {} enabled in session {}",
+                    channel.name, s.name
+                )))
+            }
+            ControlRequest::EnableEvent {
+                session,
+                channel,
+                pattern,
+            } => {
+                check_pattern(pattern)?;
+                let default_channel = self.settings.default_channel.clone();
+                let s = self.session(session)?;
+                let index = match channel {
+                    Some(c) => s
+                        .channels
+                        .iter()
+                        .position(|ch| &ch.spec.name == c)
+                        .ok_or_else(|| format!("no channel {c:?} in session {}", s.name))?,
+                    None if s.channels.len() == 1 => 0,
+                    None if s.channels.is_empty() && !s.ever_started => {
+                        s.channels.push(ChannelDef {
+                            spec: default_channel,
+                            patterns: Vec::new(),
+                        });
+                        0
+                    }
+                    None => {
+                        return Err(format!(
+                            "session {} has {} channels: name one with -c",
+                            s.name,
+                            s.channels.len()
+                        ));
+                    }
+                };
+                let ch = &mut s.channels[index];
+                if !ch.patterns.contains(pattern) {
+                    ch.patterns.push(pattern.clone());
+                }
+                Ok(ControlOk::Done(format!(
+                    "event {pattern} enabled in {}/{}",
+                    s.name, ch.spec.name
+                )))
+            }
+            ControlRequest::Start { session } => {
+                let s = self.session(session)?;
+                if s.started {
+                    return Err(format!("session {} is already started", s.name));
+                }
+                if s.channels.is_empty() {
+                    return Err(format!(
+                        "session {} has no channel and no event enabled",
+                        s.name
+                    ));
+                }
+                s.started = true;
+                s.ever_started = true;
+                Ok(ControlOk::Done(format!(
+                    "tracing started for session {}",
+                    s.name
+                )))
+            }
+            ControlRequest::List { session } => {
+                let sessions: Vec<&SessionDef> = match session {
+                    Some(_) => vec![&*self.session(session)?],
+                    None => self.sessions.iter().collect(),
+                };
+                Ok(ControlOk::Sessions(
+                    sessions
+                        .into_iter()
+                        .map(|s| SessionInfo {
+                            name: s.name.clone(),
+                            output: s.output.display().to_string(),
+                            started: s.started,
+                            channels: s
+                                .channels
+                                .iter()
+                                .map(|c| (c.spec.clone(), c.patterns.clone()))
+                                .collect(),
+                        })
+                        .collect(),
+                ))
+            }
+            ControlRequest::Status => Ok(ControlOk::Status(self.stats.report())),
+            ControlRequest::Stop { .. } | ControlRequest::Destroy { .. } => {
+                unreachable!("handled with waiting")
+            }
+        }
+    }
+}
+
+/// Session and channel names become file names: keep them plain.
+fn check_name(what: &str, name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && !name.starts_with('.');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "bad {what} name {name:?}: use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'"
+        ))
+    }
+}
+
+/// Checks a channel's geometry the same way the config file does.
+fn check_geometry(spec: &ChannelSpec) -> Result<(), String> {
+    crate::shm::Geometry {
+        subbuf_size: u64::from(spec.subbuf_size),
+        num_subbuf: u64::from(spec.num_subbuf),
+    }
+    .validate()
+    .map_err(|e| format!("channel {}: {e}", spec.name))
+}
+
+impl Actor for SessionManager {
+    type Context = Context<Self>;
+}
+
+impl Handler<Control> for SessionManager {
+    type Result = ResponseActFuture<Self, ControlReply>;
+
+    fn handle(&mut self, Control(request): Control, _: &mut Context<Self>) -> Self::Result {
+        match request {
+            ControlRequest::Stop { session } => {
+                let name = match self.session(&session) {
+                    Ok(s) if s.started => {
+                        s.started = false;
+                        s.name.clone()
+                    }
+                    Ok(s) => return reply(Err(format!("session {} is not started", s.name))),
+                    Err(e) => return reply(Err(e)),
+                };
+                let stop = self.factory.send(StopSession(name.clone()));
+                let stats = self.stats.clone();
+                Box::pin(
+                    async move {
+                        let flushed = stop.await.map_err(|e| e.to_string()).and_then(|r| r);
+                        let failed = failed_streams(&stats, &name);
+                        match (flushed, failed) {
+                            (Ok(()), None) => Ok(ControlOk::Done(format!(
+                                "tracing stopped for session {name}; trace flushed"
+                            ))),
+                            (Err(e), _) => Err(format!("session {name} stopped, but: {e}")),
+                            (Ok(()), Some(failed)) => Err(format!(
+                                "session {name} stopped, but data was lost: {failed}"
+                            )),
+                        }
+                    }
+                    .into_actor(self),
+                )
+            }
+            ControlRequest::Destroy { session } => {
+                let name = match self.session(&session) {
+                    Ok(s) => s.name.clone(),
+                    Err(e) => return reply(Err(e)),
+                };
+                self.sessions.retain(|s| s.name != name);
+                let destroy = self.factory.send(DestroySession(name.clone()));
+                Box::pin(
+                    async move {
+                        match destroy.await {
+                            Ok(Ok(())) => Ok(ControlOk::Done(format!("session {name} destroyed"))),
+                            Ok(Err(e)) => Err(format!("session {name} destroyed, but: {e}")),
+                            Err(e) => Err(format!("session {name}: {e}")),
+                        }
+                    }
+                    .into_actor(self),
+                )
+            }
+            request => {
+                let result = self.apply(&request);
+                let changes = matches!(
+                    request,
+                    ControlRequest::Create { .. }
+                        | ControlRequest::EnableChannel { .. }
+                        | ControlRequest::EnableEvent { .. }
+                        | ControlRequest::Start { .. }
+                );
+                if result.is_err() || !changes {
+                    return reply(result);
+                }
+                // Answer once the factory has pushed buffers to the registered apps.
+                let publish = self.publish();
+                Box::pin(
+                    async move {
+                        publish.await.map_err(|e| e.to_string())?;
+                        result
+                    }
+                    .into_actor(self),
+                )
+            }
+        }
+    }
+}
+
+/// The failed writers of `session`, for the answer to `stop`.
+fn failed_streams(stats: &Stats, session: &str) -> Option<String> {
+    let failures = stats.failed_writers.lock().ok()?;
+    let prefix = format!("{session}/");
+    let lines: Vec<String> = failures
+        .iter()
+        .filter(|f| f.stream.starts_with(&prefix))
+        .map(|f| {
+            format!(
+                "writer {} failed ({}), {} packets lost",
+                f.stream, f.error, f.packets_lost
+            )
+        })
+        .collect();
+    (!lines.is_empty()).then(|| lines.join("; "))
+}
+
+/// An immediate answer.
+fn reply(result: ControlReply) -> ResponseActFuture<SessionManager, ControlReply> {
+    Box::pin(fut::ready(result))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_match_exact_names_and_trailing_wildcards() {
+        assert!(pattern_matches("demo:ev", "demo:ev"));
+        assert!(!pattern_matches("demo:ev", "demo:ev2"));
+        assert!(pattern_matches("demo:*", "demo:ev2"));
+        assert!(pattern_matches("*", "other:x"));
+        assert!(!pattern_matches("demo:*", "dem:x"));
+    }
+
+    #[test]
+    fn patterns_with_inner_wildcards_or_no_provider_are_refused() {
+        assert!(check_pattern("de*mo:ev").is_err());
+        assert!(check_pattern("ev").is_err());
+        assert!(check_pattern("").is_err());
+        assert!(check_pattern("demo:*").is_ok());
+    }
+}

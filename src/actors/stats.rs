@@ -1,0 +1,66 @@
+//! Daemon-wide counters behind `ustrace status`.
+//!
+//! Every actor holds an `Arc<Stats>` and bumps the counters it owns; `status` reads
+//! a snapshot. Plain atomics rather than a counting actor: a status request must not
+//! queue behind a busy actor, and no counter needs to be consistent with another.
+
+use crate::protocol::messages::{StatusReport, WriterFailure};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// The live counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Apps connected now.
+    pub apps: AtomicU64,
+    /// Apps that registered since start.
+    pub apps_total: AtomicU64,
+    /// Live BufferSet actors.
+    pub buffer_sets: AtomicU64,
+    /// Live Writer actors.
+    pub writers: AtomicU64,
+    /// Writer restarts.
+    pub writer_restarts: AtomicU64,
+    /// Events dropped on full rings.
+    pub events_discarded: AtomicU64,
+    /// Packets overwritten in overwrite mode.
+    pub packets_overwritten: AtomicU64,
+    /// Events lost to producers that died mid-event.
+    pub events_lost_dead_producer: AtomicU64,
+    /// Packets that failed writers could not store.
+    pub packets_lost_writer: AtomicU64,
+    /// Writers that exhausted their restart budget.
+    pub failed_writers: Mutex<Vec<WriterFailure>>,
+}
+
+impl Stats {
+    /// Adds `n` to `counter`.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// Takes one from `counter`.
+    pub fn sub(counter: &AtomicU64) {
+        counter.fetch_sub(1, Relaxed);
+    }
+
+    /// A copy of every counter for `ustrace status`.
+    pub fn report(&self) -> StatusReport {
+        StatusReport {
+            apps: self.apps.load(Relaxed),
+            apps_total: self.apps_total.load(Relaxed),
+            buffer_sets: self.buffer_sets.load(Relaxed),
+            writers: self.writers.load(Relaxed),
+            writer_restarts: self.writer_restarts.load(Relaxed),
+            events_discarded: self.events_discarded.load(Relaxed),
+            packets_overwritten: self.packets_overwritten.load(Relaxed),
+            events_lost_dead_producer: self.events_lost_dead_producer.load(Relaxed),
+            packets_lost_writer: self.packets_lost_writer.load(Relaxed),
+            failed_writers: self
+                .failed_writers
+                .lock()
+                .map(|f| f.clone())
+                .unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,78 @@
+//! `ustrace-demo`: an instrumented program.
+//!
+//! Registers with the session daemon, emits `demo:ev {i: i64, s: "hello"}` N times
+//! from T threads, and exits (or aborts, for crash tests).
+
+use clap::Parser;
+use std::time::Instant;
+use ustrace::ust::registration::{self, Registration};
+
+ustrace::event!(
+    /// The demo's one event.
+    static DEMO_EV: demo:ev(i: i64, s: &str), loglevel = Info
+);
+
+/// An instrumented program for demos, tests and benchmarks.
+#[derive(Parser)]
+#[command(name = "ustrace-demo", version, about)]
+struct Args {
+    /// Events to emit (in all).
+    #[arg(long, default_value_t = 1)]
+    events: u64,
+    /// Threads sharing the events.
+    #[arg(long, default_value_t = 1)]
+    threads: u64,
+    /// Print `N events X ns/event` and the registration latency on stderr.
+    #[arg(long)]
+    report: bool,
+    /// End with abort() instead of exit, as a crashing program would.
+    #[arg(long)]
+    abort: bool,
+    /// After emitting, print `emitted` on stdout and wait for a line on stdin (lets
+    /// tests kill it at a known point).
+    #[arg(long)]
+    wait: bool,
+    /// Before emitting, wait up to this many milliseconds for the event to be enabled
+    /// (for apps that register before their session starts).
+    #[arg(long)]
+    await_enabled_ms: Option<u64>,
+}
+
+fn main() {
+    let args = Args::parse();
+    let registration = registration::init("ustrace-demo", &[&*DEMO_EV]);
+    if let Some(ms) = args.await_enabled_ms {
+        let deadline = Instant::now() + std::time::Duration::from_millis(ms);
+        while !DEMO_EV.is_enabled() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+    let threads = args.threads.max(1);
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let share = args.events / threads + u64::from(t < args.events % threads);
+            scope.spawn(move || {
+                for i in 0..share {
+                    DEMO_EV.emit((t * (1 << 40) + i) as i64, "hello");
+                }
+            });
+        }
+    });
+    let elapsed = start.elapsed();
+    if args.report {
+        let per_event = elapsed.as_nanos() as f64 / args.events.max(1) as f64;
+        eprintln!("{} events {per_event:.1} ns/event", args.events);
+        if let Registration::Done { latency, .. } = registration {
+            eprintln!("registration {} us", latency.as_micros());
+        }
+    }
+    if args.wait {
+        println!("emitted");
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    }
+    if args.abort {
+        std::process::abort();
+    }
+}

@@ -1,0 +1,237 @@
+//! The `ustrace` command line, modelled on `lttng`.
+
+pub mod demo;
+
+use crate::control;
+use crate::protocol::messages::{
+    Buffers, ChannelRequest, ControlOk, ControlRequest, SessionInfo, StatusReport,
+};
+use crate::shm::Mode;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// ustrace: control the session daemon and read traces.
+#[derive(Parser, Debug)]
+#[command(name = "ustrace", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a tracing session.
+    Create {
+        /// Session name.
+        name: String,
+        /// Output directory (default: <daemon output_dir>/<name>-<date>).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
+    /// Add a channel to a session.
+    EnableChannel(EnableChannel),
+    /// Enable events (`provider:name`, `provider:*`, `*`) in a channel.
+    EnableEvent {
+        /// Event pattern.
+        pattern: String,
+        /// Session (default: the most recently created).
+        #[arg(long, short)]
+        session: Option<String>,
+        /// Channel (default: the session's only channel, or channel0).
+        #[arg(long, short)]
+        channel: Option<String>,
+    },
+    /// Start tracing.
+    Start {
+        /// Session (default: the most recently created).
+        session: Option<String>,
+    },
+    /// Stop tracing; returns once the trace is on disk.
+    Stop {
+        /// Session (default: the most recently created).
+        session: Option<String>,
+    },
+    /// Stop and free a session.
+    Destroy {
+        /// Session (default: the most recently created).
+        session: Option<String>,
+    },
+    /// List sessions, or describe one.
+    List {
+        /// Session.
+        session: Option<String>,
+    },
+    /// Apps, buffer sets, writers and lost-data counters of the daemon.
+    Status,
+    /// Print a trace: one line per event, merged by time.
+    View {
+        /// Trace directory (a session output or any sub-trace).
+        dir: PathBuf,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the whole system once: a private daemon, a burst of short-lived apps
+    /// traced per-PID and per-UID, and the resulting trace.
+    Demo(demo::DemoArgs),
+}
+
+/// `enable-channel` options.
+#[derive(Args, Debug)]
+struct EnableChannel {
+    /// Channel name.
+    name: String,
+    /// Session (default: the most recently created).
+    #[arg(long, short)]
+    session: Option<String>,
+    /// One ring set per user id, shared by its apps.
+    #[arg(long, conflicts_with = "buffers_pid")]
+    buffers_uid: bool,
+    /// One ring set per process.
+    #[arg(long)]
+    buffers_pid: bool,
+    /// Sub-buffer size: bytes, or with a K or M suffix (power of two, >= 4K).
+    #[arg(long, value_parser = parse_size)]
+    subbuf_size: Option<u32>,
+    /// Sub-buffers per ring (power of two, >= 2).
+    #[arg(long)]
+    num_subbuf: Option<u32>,
+    /// Overwrite the oldest data when full (flight recorder) instead of discarding.
+    #[arg(long)]
+    overwrite: bool,
+    /// Writer that stores the channel (default: the daemon's, usually `ctf`).
+    #[arg(long)]
+    writer: Option<String>,
+}
+
+/// Parses `4096`, `64K`, `1M`, as the config file does.
+fn parse_size(text: &str) -> Result<u32, String> {
+    let size: crate::config::ByteSize = text.parse().map_err(|e| format!("{e}"))?;
+    u32::try_from(size.0).map_err(|_| format!("{text} is too large"))
+}
+
+impl Cli {
+    /// Runs the command and gives the process exit code.
+    pub fn run(self) -> ExitCode {
+        let request = match self.command {
+            Command::View { dir, json } => return view(&dir, json),
+            Command::Demo(args) => return demo::run(&args),
+            Command::Create { name, output } => ControlRequest::Create {
+                name,
+                output: output.map(|o| absolute(&o).display().to_string()),
+            },
+            Command::EnableChannel(c) => ControlRequest::EnableChannel {
+                session: c.session,
+                channel: ChannelRequest {
+                    name: c.name,
+                    buffers: match (c.buffers_uid, c.buffers_pid) {
+                        (true, _) => Some(Buffers::PerUid),
+                        (_, true) => Some(Buffers::PerPid),
+                        _ => None,
+                    },
+                    subbuf_size: c.subbuf_size,
+                    num_subbuf: c.num_subbuf,
+                    mode: c.overwrite.then_some(Mode::Overwrite),
+                    writer: c.writer,
+                },
+            },
+            Command::EnableEvent {
+                pattern,
+                session,
+                channel,
+            } => ControlRequest::EnableEvent {
+                session,
+                channel,
+                pattern,
+            },
+            Command::Start { session } => ControlRequest::Start { session },
+            Command::Stop { session } => ControlRequest::Stop { session },
+            Command::Destroy { session } => ControlRequest::Destroy { session },
+            Command::List { session } => ControlRequest::List { session },
+            Command::Status => ControlRequest::Status,
+        };
+        match control::request(&request) {
+            Ok(Ok(answer)) => {
+                print_answer(&answer);
+                ExitCode::SUCCESS
+            }
+            Ok(Err(message)) => {
+                eprintln!("Error: {message}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("Error: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Relative output paths are the CLI's, not the daemon's working directory.
+fn absolute(path: &std::path::Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// `ustrace view`.
+fn view(dir: &std::path::Path, json: bool) -> ExitCode {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    match crate::ctf::view::view(dir, json, &mut out) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            drop(out);
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints a successful answer the way `lttng` would.
+fn print_answer(answer: &ControlOk) {
+    match answer {
+        ControlOk::Done(message) => println!("{message}"),
+        ControlOk::Sessions(sessions) if sessions.is_empty() => println!("no session"),
+        ControlOk::Sessions(sessions) => sessions.iter().for_each(print_session),
+        ControlOk::Status(status) => print_status(status),
+    }
+}
+
+fn print_session(s: &SessionInfo) {
+    let state = if s.started { "active" } else { "inactive" };
+    println!("{} [{state}] -> {}", s.name, s.output);
+    for (channel, patterns) in &s.channels {
+        println!(
+            "  channel {}: {:?} buffers, {} x {} bytes, {:?}, writer {}",
+            channel.name,
+            channel.buffers,
+            channel.num_subbuf,
+            channel.subbuf_size,
+            channel.mode,
+            channel.writer
+        );
+        for p in patterns {
+            println!("    event {p}");
+        }
+    }
+}
+
+fn print_status(s: &StatusReport) {
+    println!("apps connected:            {}", s.apps);
+    println!("apps registered in total:  {}", s.apps_total);
+    println!("buffer sets:               {}", s.buffer_sets);
+    println!("writers:                   {}", s.writers);
+    println!("writer restarts:           {}", s.writer_restarts);
+    println!("events discarded:          {}", s.events_discarded);
+    println!("packets overwritten:       {}", s.packets_overwritten);
+    println!("events lost (dead app):    {}", s.events_lost_dead_producer);
+    println!("packets lost (writer):     {}", s.packets_lost_writer);
+    for f in &s.failed_writers {
+        println!(
+            "FAILED writer {}: {} ({} packets lost)",
+            f.stream, f.error, f.packets_lost
+        );
+    }
+}

@@ -1,0 +1,261 @@
+//! The session daemon: sockets, actors, sessions from the config file, shutdown.
+//!
+//! [`Daemon::run`] binds `control.sock` (mode 0600: only the daemon's own user
+//! controls it) and `apps.sock` (mode 0666: apps of every user register; each gets
+//! only its own uid's buffers) under the runtime directory, starts the actors, creates
+//! the sessions the config file declares, and serves until SIGINT or SIGTERM, when it
+//! stops every started session (flushing it to disk) before exiting.
+//!
+//! Concurrency: everything runs on one actix system thread except the writers, which
+//! run on their own arbiter (thread) so that disk I/O never delays a registration.
+
+use crate::actors::buffer_factory::{BufferFactory, FactorySettings};
+use crate::actors::framed;
+use crate::actors::registrar::{Accept, Registrar};
+use crate::actors::session::{Control, SessionManager, SessionSettings};
+use crate::actors::stats::Stats;
+use crate::actors::supervision::RestartPolicy;
+use crate::actors::writer::{WriterFactory, WriterRegistry};
+use crate::config::Config;
+use crate::protocol::messages::{ControlReply, ControlRequest};
+use crate::protocol::{APPS_SOCKET, CONTROL_SOCKET};
+use actix::prelude::*;
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::net::{UnixListener, UnixStream};
+
+/// Why the daemon could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The runtime directory could not be found or prepared.
+    #[error("runtime directory {path}: {source}")]
+    RuntimeDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// Another daemon answers on the socket.
+    #[error("a daemon already serves {0}; stop it or set USTRACE_RUNDIR to another directory")]
+    AlreadyRunning(PathBuf),
+    /// A socket could not be bound.
+    #[error("cannot listen on {path}: {source}")]
+    Bind {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// No runtime or output directory could be determined.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// A session declared in the config file was refused.
+    #[error("config session {session}: {message}")]
+    ConfigSession {
+        /// The session's name.
+        session: String,
+        /// The daemon's answer.
+        message: String,
+    },
+    /// The actor system failed.
+    #[error("actor system: {0}")]
+    System(io::Error),
+}
+
+/// A daemon to run: the config plus the writers developers registered.
+pub struct Daemon {
+    /// The deployment.
+    config: Config,
+    /// Writers by name; the built-in `ctf` one is always there.
+    writers: WriterRegistry,
+}
+
+impl Daemon {
+    /// A daemon for `config` with the built-in writers.
+    pub fn new(config: Config) -> Daemon {
+        Daemon {
+            config,
+            writers: WriterRegistry::default(),
+        }
+    }
+
+    /// Registers a custom writer under `name` for channels to pick.
+    pub fn writer(mut self, name: &str, factory: Arc<dyn WriterFactory>) -> Daemon {
+        self.writers.register(name, factory);
+        self
+    }
+
+    /// Serves until SIGINT or SIGTERM.
+    pub fn run(self) -> Result<(), DaemonError> {
+        let rundir = self.config.effective_runtime_dir()?;
+        prepare_rundir(&rundir)?;
+        let system = System::new();
+        let result = system.block_on(self.serve(rundir.clone()));
+        let _ = fs::remove_file(rundir.join(CONTROL_SOCKET));
+        let _ = fs::remove_file(rundir.join(APPS_SOCKET));
+        result
+    }
+
+    /// Binds, starts the actors and serves.
+    async fn serve(self, rundir: PathBuf) -> Result<(), DaemonError> {
+        let control = bind(&rundir.join(CONTROL_SOCKET), 0o600)?;
+        let apps = bind(&rundir.join(APPS_SOCKET), 0o666)?;
+        let config = &self.config;
+        let stats = Arc::new(Stats::default());
+        let io_arbiter = Arbiter::new();
+        let factory = BufferFactory::new(
+            FactorySettings {
+                flush_interval: config.daemon.flush_interval(),
+                restart_policy: RestartPolicy {
+                    max_restarts: config.supervision.max_restarts,
+                    within: config.supervision.within(),
+                    backoff: config.supervision.backoff(),
+                },
+                max_pid_buffer_bytes: config.limits.max_pid_buffer_bytes.0,
+            },
+            self.writers.clone(),
+            io_arbiter.handle(),
+            stats.clone(),
+        )
+        .start();
+        let sessions = SessionManager::new(
+            SessionSettings {
+                output_dir: config.effective_output_dir()?,
+                default_channel: config.default_channel_spec("channel0"),
+                writers: self.writers.names(),
+            },
+            factory.clone(),
+            stats.clone(),
+        )
+        .start();
+        let max_frame = config.daemon.max_frame();
+        let max_apps = u64::from(config.limits.max_apps);
+        let registrar = Registrar::new(factory, max_frame, max_apps, stats).start();
+
+        for (session, request) in config.session_requests() {
+            match sessions.send(Control(request)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(message)) => return Err(DaemonError::ConfigSession { session, message }),
+                Err(e) => return Err(DaemonError::System(io::Error::other(e))),
+            }
+        }
+
+        actix_rt::spawn(accept_apps(apps, registrar));
+        actix_rt::spawn(accept_control(control, sessions.clone(), max_frame));
+        log::info!("ustraced serving in {}", rundir.display());
+        wait_for_termination().await;
+        log::info!("ustraced stopping: flushing started sessions");
+        stop_all(&sessions).await;
+        io_arbiter.stop();
+        Ok(())
+    }
+}
+
+/// Creates the runtime directory (0755) if needed.
+fn prepare_rundir(rundir: &Path) -> Result<(), DaemonError> {
+    let err = |source| DaemonError::RuntimeDir {
+        path: rundir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(rundir).map_err(err)?;
+    fs::set_permissions(rundir, fs::Permissions::from_mode(0o755)).map_err(err)
+}
+
+/// Binds a socket, replacing a stale file but never a live daemon's socket.
+fn bind(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(DaemonError::AlreadyRunning(path.to_path_buf()));
+    }
+    let _ = fs::remove_file(path);
+    let err = |source| DaemonError::Bind {
+        path: path.to_path_buf(),
+        source,
+    };
+    let listener = UnixListener::bind(path).map_err(err)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(err)?;
+    Ok(listener)
+}
+
+/// Hands every connection on `apps.sock` to the Registrar.
+async fn accept_apps(listener: UnixListener, registrar: Addr<Registrar>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => registrar.do_send(Accept(stream)),
+            Err(e) => log::warn!("apps.sock accept: {e}"),
+        }
+    }
+}
+
+/// Serves `control.sock`: one request and one reply per connection.
+async fn accept_control(listener: UnixListener, sessions: Addr<SessionManager>, max_frame: usize) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                actix_rt::spawn(serve_control(stream, sessions.clone(), max_frame));
+            }
+            Err(e) => log::warn!("control.sock accept: {e}"),
+        }
+    }
+}
+
+/// Reads a Hello and one request, answers it.
+async fn serve_control(stream: UnixStream, sessions: Addr<SessionManager>, max_frame: usize) {
+    let (mut reader, writer) = stream.into_split();
+    let request = async {
+        framed::read_hello(&mut reader).await?;
+        framed::read_frame::<ControlRequest>(&mut reader, max_frame)
+            .await?
+            .ok_or_else(|| "closed before sending a request".to_string())
+    }
+    .await;
+    let reply: ControlReply = match request {
+        Ok(request) => sessions
+            .send(Control(request))
+            .await
+            .unwrap_or_else(|e| Err(format!("daemon busy: {e}"))),
+        Err(e) => {
+            log::warn!("control.sock: {e}; connection closed");
+            Err(format!("bad request: {e}"))
+        }
+    };
+    if let Err(e) = framed::write_frame(&writer, &reply, &[]).await {
+        log::warn!("control.sock reply: {e}");
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn wait_for_termination() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Stops every started session so that its trace is complete on disk.
+async fn stop_all(sessions: &Addr<SessionManager>) {
+    let Ok(Ok(crate::protocol::messages::ControlOk::Sessions(list))) = sessions
+        .send(Control(ControlRequest::List { session: None }))
+        .await
+    else {
+        return;
+    };
+    for session in list.into_iter().filter(|s| s.started) {
+        let stop = ControlRequest::Stop {
+            session: Some(session.name.clone()),
+        };
+        if let Ok(Err(e)) = sessions.send(Control(stop)).await {
+            log::error!("stopping {}: {e}", session.name);
+        }
+    }
+}

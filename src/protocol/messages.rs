@@ -1,0 +1,234 @@
+//! The messages of both sockets.
+//!
+//! `apps.sock`: an app sends a [`crate::protocol::Hello`] then one [`AppRegister`];
+//! the daemon answers with any number of [`AppCommand::Channel`] and
+//! [`AppCommand::Enable`], then [`AppCommand::RegistrationDone`]. The connection stays
+//! open for the app's life: later commands are pushed over it, and its EOF is how the
+//! daemon learns that the app is gone.
+//!
+//! `control.sock`: the CLI sends a Hello then one [`ControlRequest`] and reads one
+//! [`ControlReply`]; each command is its own connection.
+
+use crate::ctf::field::EventDesc;
+use crate::shm::Mode;
+use serde::{Deserialize, Serialize};
+
+/// What an app says about itself. Its pid and uid are not here on purpose: the daemon
+/// takes them from SO_PEERCRED.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppRegister {
+    /// Program name, used in per-PID sub-trace directory names.
+    pub name: String,
+    /// Pointer width of the app (64 for every app this crate builds).
+    pub bitness: u8,
+    /// Every event the app can record, in the order the app indexes them.
+    pub events: Vec<EventDesc>,
+}
+
+/// The daemon's messages to an app.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AppCommand {
+    /// The daemon will not trace this app (for example its app limit is reached).
+    Refused {
+        /// Why, for the app's one warning.
+        reason: String,
+    },
+    /// A channel's ring set. The frame carries `streams + 1` fds: the wake-up eventfd,
+    /// then one ring memfd per stream.
+    Channel {
+        /// Names this channel in later commands to this app.
+        key: u64,
+        /// Number of ring fds that follow the eventfd.
+        streams: u32,
+    },
+    /// Record these events into channel `key`, each with its id in that trace.
+    Enable {
+        /// The channel, as sent in [`AppCommand::Channel`].
+        key: u64,
+        /// `(index into AppRegister::events, event id)` pairs.
+        events: Vec<(u32, u32)>,
+    },
+    /// Stop recording into channel `key` (session stopped or destroyed).
+    Disable {
+        /// The channel, as sent in [`AppCommand::Channel`].
+        key: u64,
+    },
+    /// Every buffer the app needs now is in its hands: its init may return.
+    RegistrationDone,
+}
+
+/// Where a channel's rings live (`buffers = "uid" | "pid"` in the config file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Buffers {
+    /// One ring set per user id, shared by all its apps.
+    #[serde(rename = "uid")]
+    PerUid,
+    /// One ring set per process, created at registration and torn down at exit.
+    #[serde(rename = "pid")]
+    PerPid,
+}
+
+/// A channel as the CLI or the config file asks for it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelSpec {
+    /// Channel name: the stream file prefix (`<name>_<cpu>`).
+    pub name: String,
+    /// Per-UID or per-PID ring sets.
+    pub buffers: Buffers,
+    /// Sub-buffer (packet) size in bytes; power of two, at least 4 KiB.
+    pub subbuf_size: u32,
+    /// Sub-buffers per ring; power of two, at least 2.
+    pub num_subbuf: u32,
+    /// Discard or overwrite when full.
+    pub mode: Mode,
+    /// Name of the registered writer that stores this channel's packets.
+    pub writer: String,
+}
+
+/// A channel as `enable-channel` asks for it: what is not given comes from the
+/// daemon's `[channel_defaults]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRequest {
+    /// Channel name.
+    pub name: String,
+    /// Per-UID or per-PID ring sets.
+    pub buffers: Option<Buffers>,
+    /// Sub-buffer size in bytes.
+    pub subbuf_size: Option<u32>,
+    /// Sub-buffers per ring.
+    pub num_subbuf: Option<u32>,
+    /// Discard or overwrite.
+    pub mode: Option<Mode>,
+    /// Writer name.
+    pub writer: Option<String>,
+}
+
+impl ChannelRequest {
+    /// The full channel, taking what is unset from `defaults`.
+    pub fn resolve(&self, defaults: &ChannelSpec) -> ChannelSpec {
+        ChannelSpec {
+            name: self.name.clone(),
+            buffers: self.buffers.unwrap_or(defaults.buffers),
+            subbuf_size: self.subbuf_size.unwrap_or(defaults.subbuf_size),
+            num_subbuf: self.num_subbuf.unwrap_or(defaults.num_subbuf),
+            mode: self.mode.unwrap_or(defaults.mode),
+            writer: self
+                .writer
+                .clone()
+                .unwrap_or_else(|| defaults.writer.clone()),
+        }
+    }
+}
+
+/// A command from the CLI.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    /// Create a session writing under `output` (the daemon picks a default if absent).
+    Create {
+        /// Session name.
+        name: String,
+        /// Output directory.
+        output: Option<String>,
+    },
+    /// Add a channel to a session.
+    EnableChannel {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+        /// The channel; unset settings take the daemon's `[channel_defaults]`.
+        channel: ChannelRequest,
+    },
+    /// Enable events matching `pattern` (`provider:name`, `provider:*`, `*`).
+    EnableEvent {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+        /// Channel name; `None` means the session's only channel, or a default one.
+        channel: Option<String>,
+        /// The event pattern.
+        pattern: String,
+    },
+    /// Start tracing.
+    Start {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+    },
+    /// Stop tracing; returns once everything recorded so far is on disk.
+    Stop {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+    },
+    /// Stop (if started) and free everything of a session.
+    Destroy {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+    },
+    /// Describe one session, or list them all.
+    List {
+        /// Session name, or all.
+        session: Option<String>,
+    },
+    /// Counters of the whole daemon.
+    Status,
+}
+
+/// One session as `list` shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SessionInfo {
+    /// Session name.
+    pub name: String,
+    /// Where its trace goes.
+    pub output: String,
+    /// Whether it is recording.
+    pub started: bool,
+    /// Its channels with their event patterns.
+    pub channels: Vec<(ChannelSpec, Vec<String>)>,
+}
+
+/// One writer (stream) that is not healthy, for `status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WriterFailure {
+    /// `session/channel_cpu` and the owner.
+    pub stream: String,
+    /// The last error.
+    pub error: String,
+    /// Packets given up.
+    pub packets_lost: u64,
+}
+
+/// The daemon's counters, for `status` and for tests that check teardown.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// Apps connected now.
+    pub apps: u64,
+    /// Apps that registered since the daemon started.
+    pub apps_total: u64,
+    /// Live BufferSet actors.
+    pub buffer_sets: u64,
+    /// Live Writer actors.
+    pub writers: u64,
+    /// Writers restarted after a failure, in total.
+    pub writer_restarts: u64,
+    /// Events dropped because a ring was full.
+    pub events_discarded: u64,
+    /// Packets overwritten in flight-recorder channels.
+    pub packets_overwritten: u64,
+    /// Events lost because their producer died between reserve and commit.
+    pub events_lost_dead_producer: u64,
+    /// Packets that a failed writer could not store.
+    pub packets_lost_writer: u64,
+    /// Writers past their restart limits.
+    pub failed_writers: Vec<WriterFailure>,
+}
+
+/// A successful answer to a [`ControlRequest`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum ControlOk {
+    /// A human-readable confirmation.
+    Done(String),
+    /// The answer to `list`.
+    Sessions(Vec<SessionInfo>),
+    /// The answer to `status`.
+    Status(StatusReport),
+}
+
+/// The answer to a [`ControlRequest`]; the error is a message for the user.
+pub type ControlReply = Result<ControlOk, String>;

@@ -1,0 +1,251 @@
+//! A real daemon on a private runtime directory, real apps, real babeltrace2.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+use ustrace::control;
+use ustrace::protocol::messages::{
+    Buffers, ChannelRequest, ControlOk, ControlReply, ControlRequest, StatusReport,
+};
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Scratch {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "ustrace-test-{tag}-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Apps of other uids must reach the sockets below.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Scratch(dir)
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Polls `cond` until it holds or `timeout` passes; says whether it held.
+pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Waits for `cond` with a deadline; panics with `what` when it never holds.
+pub fn wait_for(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
+    assert!(poll_until(timeout, cond), "timed out waiting for {what}");
+}
+
+/// A running `ustraced`, killed on drop.
+pub struct Daemon {
+    pub scratch: Scratch,
+    pub rundir: PathBuf,
+    pub child: Child,
+}
+
+impl Daemon {
+    /// A daemon with the default config.
+    pub fn start() -> Daemon {
+        Daemon::with_config("")
+    }
+
+    /// A daemon whose config file holds `toml`.
+    pub fn with_config(toml: &str) -> Daemon {
+        let scratch = Scratch::new("daemon");
+        let rundir = scratch.path("run");
+        std::fs::create_dir_all(&rundir).unwrap();
+        let config = scratch.path("ustraced.toml");
+        std::fs::write(&config, toml).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_ustraced"))
+            .arg("--config")
+            .arg(&config)
+            .env("USTRACE_RUNDIR", &rundir)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        let daemon = Daemon {
+            scratch,
+            rundir,
+            child,
+        };
+        wait_for("the daemon to answer", Duration::from_secs(20), || {
+            control::request_in(&daemon.rundir, &ControlRequest::Status).is_ok()
+        });
+        daemon
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a control request.
+    pub fn ask(&self, request: ControlRequest) -> ControlReply {
+        control::request_in(&self.rundir, &request).expect("daemon reachable")
+    }
+
+    /// Sends a control request that must succeed.
+    pub fn ok(&self, request: ControlRequest) -> ControlOk {
+        let shown = format!("{request:?}");
+        self.ask(request)
+            .unwrap_or_else(|e| panic!("{shown} refused: {e}"))
+    }
+
+    pub fn status(&self) -> StatusReport {
+        match self.ok(ControlRequest::Status) {
+            ControlOk::Status(s) => s,
+            other => panic!("status answered {other:?}"),
+        }
+    }
+
+    /// Creates session `name` writing to a fresh output dir, with one channel per
+    /// `(channel, buffers)` each enabling `demo:*`, and starts it unless told not to.
+    pub fn session(&self, name: &str, channels: &[(&str, Buffers)], start: bool) -> PathBuf {
+        let output = self.scratch.path(&format!("out-{name}"));
+        self.ok(ControlRequest::Create {
+            name: name.into(),
+            output: Some(output.display().to_string()),
+        });
+        for (channel, buffers) in channels {
+            self.ok(ControlRequest::EnableChannel {
+                session: Some(name.into()),
+                channel: ChannelRequest {
+                    name: channel.to_string(),
+                    buffers: Some(*buffers),
+                    ..ChannelRequest::default()
+                },
+            });
+            self.ok(ControlRequest::EnableEvent {
+                session: Some(name.into()),
+                channel: Some(channel.to_string()),
+                pattern: "demo:*".into(),
+            });
+        }
+        if start {
+            self.ok(ControlRequest::Start {
+                session: Some(name.into()),
+            });
+        }
+        output
+    }
+
+    pub fn stop(&self, name: &str) {
+        self.ok(ControlRequest::Stop {
+            session: Some(name.into()),
+        });
+    }
+
+    /// An app command with this daemon's runtime dir.
+    pub fn app(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ustrace-demo"));
+        cmd.args(args).env("USTRACE_RUNDIR", &self.rundir);
+        cmd
+    }
+
+    /// Runs an app to completion and checks it exited cleanly.
+    pub fn run_app(&self, args: &[&str]) -> Output {
+        let out = self.app(args).output().unwrap();
+        assert!(out.status.success(), "app failed: {out:?}");
+        out
+    }
+
+    /// Number of open fds of the daemon.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// Number of memory mappings of the daemon.
+    pub fn map_count(&self) -> usize {
+        std::fs::read_to_string(format!("/proc/{}/maps", self.pid()))
+            .unwrap()
+            .lines()
+            .count()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running process killed on drop.
+pub struct Running(pub Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Writes a line to a child's stdin.
+pub fn poke(child: &mut Child) {
+    let stdin = child.stdin.as_mut().unwrap();
+    let _ = writeln!(stdin);
+}
+
+/// `babeltrace2 DIR` output lines; panics if babeltrace2 fails.
+pub fn babeltrace2(dir: &Path) -> Vec<String> {
+    let out = Command::new("babeltrace2")
+        .arg(dir)
+        .output()
+        .expect("babeltrace2 installed (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "babeltrace2 failed on {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Directories holding a `metadata` file under `dir`, relative to it.
+pub fn sub_traces(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    fn walk(root: &Path, dir: &Path, found: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, found);
+            } else if entry.file_name() == "metadata" {
+                found.push(dir.strip_prefix(root).unwrap().display().to_string());
+            }
+        }
+    }
+    walk(dir, dir, &mut found);
+    found.sort();
+    found
+}

@@ -1,0 +1,386 @@
+//! The session daemon end to end: real ustraced, real apps, real babeltrace2.
+
+mod common;
+
+use common::{Daemon, Running, babeltrace2, poke, sub_traces, wait_for};
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::Duration;
+use ustrace::protocol::messages::{Buffers, ControlRequest};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn demo_events(lines: &[String]) -> usize {
+    lines.iter().filter(|l| l.contains("demo:ev")).count()
+}
+
+#[test]
+fn per_uid_gives_one_sub_trace_per_uid_and_per_pid_one_per_app() {
+    let daemon = Daemon::start();
+    let output = daemon.session(
+        "s",
+        &[("byuid", Buffers::PerUid), ("bypid", Buffers::PerPid)],
+        true,
+    );
+    for uid in [4242u32, 4243, 4242] {
+        let out = daemon
+            .app(&["--events", "3"])
+            .uid(uid)
+            .gid(uid)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    daemon.run_app(&["--events", "3"]);
+    daemon.stop("s");
+
+    let traces = sub_traces(&output);
+    let uid_traces: Vec<_> = traces
+        .iter()
+        .filter(|t| t.starts_with("ust/uid/"))
+        .collect();
+    let pid_traces: Vec<_> = traces
+        .iter()
+        .filter(|t| t.starts_with("ust/pid/"))
+        .collect();
+    assert_eq!(
+        uid_traces,
+        [
+            "ust/uid/0/64-bit",
+            "ust/uid/4242/64-bit",
+            "ust/uid/4243/64-bit"
+        ],
+        "{traces:?}"
+    );
+    assert_eq!(pid_traces.len(), 4, "{traces:?}");
+    assert!(
+        pid_traces
+            .iter()
+            .all(|t| t.starts_with("ust/pid/ustrace-demo-"))
+    );
+    // 4 apps x 3 events, recorded in both channels.
+    assert_eq!(demo_events(&babeltrace2(&output)), 24);
+}
+
+#[test]
+fn first_event_after_registration_is_recorded_for_each_of_100_apps() {
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("c", Buffers::PerPid)], true);
+    let mut apps: Vec<Running> = Vec::new();
+    for _ in 0..100 {
+        apps.push(Running(daemon.app(&["--events", "1"]).spawn().unwrap()));
+        if apps.len() == 8 {
+            for mut app in apps.drain(..) {
+                assert!(app.0.wait().unwrap().success());
+            }
+        }
+    }
+    for mut app in apps {
+        assert!(app.0.wait().unwrap().success());
+    }
+    daemon.stop("s");
+    assert_eq!(demo_events(&babeltrace2(&output)), 100);
+}
+
+#[test]
+fn apps_registered_before_start_are_traced_after_it() {
+    let daemon = Daemon::start();
+    for (session, buffers) in [("uid", Buffers::PerUid), ("pid", Buffers::PerPid)] {
+        let output = daemon.session(session, &[("c", buffers)], false);
+        let registered = daemon.status().apps_total;
+        let mut app = Running(
+            daemon
+                .app(&["--events", "10", "--await-enabled-ms", "20000"])
+                .spawn()
+                .unwrap(),
+        );
+        wait_for("the app to register", WAIT, || {
+            daemon.status().apps_total == registered + 1
+        });
+        daemon.ok(ControlRequest::Start {
+            session: Some(session.into()),
+        });
+        assert!(app.0.wait().unwrap().success());
+        daemon.stop(session);
+        assert_eq!(demo_events(&babeltrace2(&output)), 10, "{session}");
+    }
+}
+
+#[test]
+fn what_a_sigkilled_app_committed_is_in_the_trace() {
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
+    let mut app = Running(
+        daemon
+            .app(&["--events", "5000", "--wait"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(app.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "emitted");
+    app.0.kill().unwrap();
+    app.0.wait().unwrap();
+    wait_for("the daemon to see the app die", WAIT, || {
+        daemon.status().apps == 0
+    });
+    daemon.stop("s");
+    assert_eq!(demo_events(&babeltrace2(&output)), 10_000);
+}
+
+#[test]
+fn an_aborting_app_keeps_its_events() {
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let status = daemon.app(&["--events", "50", "--abort"]).status().unwrap();
+    assert!(!status.success());
+    wait_for("the daemon to see the app die", WAIT, || {
+        daemon.status().apps == 0
+    });
+    daemon.stop("s");
+    assert_eq!(demo_events(&babeltrace2(&output)), 50);
+}
+
+/// Sends raw bytes on a socket and reads until the daemon closes it.
+fn send_raw(path: &std::path::Path, bytes: &[u8]) {
+    let mut sock = UnixStream::connect(path).unwrap();
+    let _ = sock.write_all(bytes);
+    let _ = sock.shutdown(std::net::Shutdown::Write);
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    let mut sink = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut sock, &mut sink);
+}
+
+#[test]
+fn garbage_truncated_and_oversized_frames_leave_the_daemon_serving() {
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let mut hello = Vec::new();
+    hello.extend_from_slice(&8u32.to_le_bytes());
+    hello.extend_from_slice(b"USTR");
+    hello.extend_from_slice(&1u32.to_le_bytes());
+    let bad: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        u32::MAX.to_le_bytes().to_vec(),
+        vec![0xFF; 3],
+        [&100u32.to_le_bytes()[..], b"short"].concat(),
+        [&hello[..], &u32::MAX.to_le_bytes()[..]].concat(),
+        [&hello[..], &12u32.to_le_bytes()[..], &[0xAB; 12][..]].concat(),
+        [&8u32.to_le_bytes()[..], b"USTR", &99u32.to_le_bytes()[..]].concat(),
+    ];
+    for socket in ["apps.sock", "control.sock"] {
+        for bytes in &bad {
+            send_raw(&daemon.rundir.join(socket), bytes);
+        }
+    }
+    daemon.run_app(&["--events", "7"]);
+    daemon.stop("s");
+    assert_eq!(demo_events(&babeltrace2(&output)), 7);
+    assert_eq!(daemon.status().apps, 0);
+}
+
+#[test]
+fn a_failing_writer_is_restarted_then_marked_failed_and_others_go_on() {
+    let daemon =
+        Daemon::with_config("[supervision]\nmax_restarts = 2\nwithin_secs = 60\nbackoff_ms = 10\n");
+    let broken = daemon.session("broken", &[("p", Buffers::PerPid)], false);
+    // The sub-trace directory cannot be created: `ust` is a file.
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(broken.join("ust"), b"in the way").unwrap();
+    daemon.ok(ControlRequest::Start {
+        session: Some("broken".into()),
+    });
+    let healthy = daemon.session("healthy", &[("p", Buffers::PerPid)], true);
+    daemon.run_app(&["--events", "20"]);
+    wait_for("the broken writer to be marked failed", WAIT, || {
+        !daemon.status().failed_writers.is_empty()
+    });
+    let status = daemon.status();
+    assert!(status.writer_restarts >= 2, "{status:?}");
+    assert!(status.packets_lost_writer >= 1, "{status:?}");
+    assert!(
+        status.failed_writers[0].stream.starts_with("broken/"),
+        "{status:?}"
+    );
+    assert!(
+        daemon
+            .ask(ControlRequest::Stop {
+                session: Some("broken".into())
+            })
+            .is_err()
+    );
+    daemon.stop("healthy");
+    assert_eq!(demo_events(&babeltrace2(&healthy)), 20);
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_ustrace"))
+        .arg("status")
+        .env("USTRACE_RUNDIR", &daemon.rundir)
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&cli.stdout).contains("FAILED writer broken/"));
+}
+
+#[test]
+fn after_1000_apps_the_daemon_holds_nothing_for_them() {
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
+    // One app first, so that the per-UID set and lazily made state exist.
+    daemon.run_app(&["--events", "1"]);
+    // Its per-PID set is gone; the per-UID one stays for the session.
+    wait_for("the first app to be torn down", WAIT, || {
+        let s = daemon.status();
+        s.apps == 0 && s.buffer_sets == 1
+    });
+    let before = daemon.status();
+    let (fds, maps) = (daemon.fd_count(), daemon.map_count());
+    let mut running: Vec<Running> = Vec::new();
+    for _ in 0..1000 {
+        running.push(Running(daemon.app(&["--events", "1"]).spawn().unwrap()));
+        if running.len() == 8 {
+            for mut app in running.drain(..) {
+                assert!(app.0.wait().unwrap().success());
+            }
+        }
+    }
+    for mut app in running {
+        assert!(app.0.wait().unwrap().success());
+    }
+    let mut last = before.clone();
+    let torn_down = common::poll_until(WAIT, || {
+        last = daemon.status();
+        last.apps == 0 && last.buffer_sets == before.buffer_sets && last.writers == before.writers
+    });
+    assert!(torn_down, "not torn down: before {before:?}, now {last:?}");
+    assert_eq!(daemon.status().apps_total, 1001);
+    wait_for("fds and mappings back to their level", WAIT, || {
+        daemon.fd_count() <= fds && daemon.map_count() <= maps
+    });
+    daemon.stop("s");
+    assert_eq!(demo_events(&babeltrace2(&output)), 2002);
+}
+
+#[test]
+fn without_a_daemon_an_app_warns_once_and_runs_untraced() {
+    let scratch = common::Scratch::new("nodaemon");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ustrace-demo"))
+        .args(["--events", "10"])
+        .env("USTRACE_RUNDIR", &scratch.0)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("runs untraced").count(), 1, "{stderr}");
+}
+
+#[test]
+fn a_daemon_that_never_answers_costs_the_app_only_its_timeout() {
+    let scratch = common::Scratch::new("mute");
+    let listener = std::os::unix::net::UnixListener::bind(scratch.path("apps.sock")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ustrace-demo"))
+        .args(["--events", "10"])
+        .env("USTRACE_RUNDIR", &scratch.0)
+        .env("USTRACE_REGISTER_TIMEOUT_MS", "200")
+        .output()
+        .unwrap();
+    drop(listener);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no answer from the session daemon"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn destroy_frees_every_buffer_set_and_writer() {
+    let daemon = Daemon::start();
+    daemon.session("s", &[("u", Buffers::PerUid)], true);
+    let mut app = Running(
+        daemon
+            .app(&["--events", "3", "--wait"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for("buffers to exist", WAIT, || {
+        daemon.status().buffer_sets == 1
+    });
+    daemon.ok(ControlRequest::Destroy {
+        session: Some("s".into()),
+    });
+    wait_for("buffers to be freed", WAIT, || {
+        let s = daemon.status();
+        s.buffer_sets == 0 && s.writers == 0
+    });
+    poke(&mut app.0);
+    assert!(app.0.wait().unwrap().success());
+}
+
+#[test]
+fn cli_errors_are_clear_and_exit_non_zero() {
+    let daemon = Daemon::start();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ustrace"))
+            .args(args)
+            .env("USTRACE_RUNDIR", &daemon.rundir)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["start", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no session named \"nosuch\""));
+    assert!(cli(&["create", "a"]).status.success());
+    let out = cli(&[
+        "enable-channel",
+        "c",
+        "--buffers-pid",
+        "--subbuf-size",
+        "3K",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("power of two"),
+        "{out:?}"
+    );
+    let out = cli(&["enable-event", "bad*pattern:x"]);
+    assert!(!out.status.success());
+    let listed = cli(&["list"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("a [inactive]"));
+}
+
+#[test]
+fn a_bad_config_key_stops_the_daemon_naming_key_and_file() {
+    let scratch = common::Scratch::new("badconfig");
+    let config = scratch.path("ustraced.toml");
+    std::fs::write(&config, "[supervision]\nmax_restart = 3\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ustraced"))
+        .arg("--config")
+        .arg(&config)
+        .env("USTRACE_RUNDIR", scratch.path("run"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("max_restart"), "{stderr}");
+    assert!(stderr.contains(&config.display().to_string()), "{stderr}");
+}
+
+#[test]
+fn sessions_declared_in_the_config_trace_without_any_cli_call() {
+    let scratch = common::Scratch::new("deployed");
+    let output = scratch.path("out");
+    let daemon = Daemon::with_config(&format!(
+        "[[session]]\nname = \"auto\"\noutput = \"{}\"\nautostart = true\n\
+         [[session.channel]]\nname = \"c\"\nbuffers = \"pid\"\nevents = [\"demo:*\"]\n",
+        output.display()
+    ));
+    daemon.run_app(&["--events", "4"]);
+    daemon.stop("auto");
+    assert_eq!(demo_events(&babeltrace2(&output)), 4);
+}
