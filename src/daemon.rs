@@ -90,17 +90,27 @@ impl Daemon {
 
     /// Serves until SIGINT or SIGTERM.
     pub fn run(self) -> Result<(), DaemonError> {
+        self.run_until(wait_for_termination())
+    }
+
+    /// Serves until `shutdown` resolves (an embedding program's own stop signal),
+    /// then stops every started session, flushing it to disk.
+    pub fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let rundir = self.config.effective_runtime_dir()?;
         prepare_rundir(&rundir)?;
         let system = System::new();
-        let result = system.block_on(self.serve(rundir.clone()));
+        let result = system.block_on(self.serve(rundir.clone(), shutdown));
         let _ = fs::remove_file(rundir.join(CONTROL_SOCKET));
         let _ = fs::remove_file(rundir.join(APPS_SOCKET));
         result
     }
 
     /// Binds, starts the actors and serves.
-    async fn serve(self, rundir: PathBuf) -> Result<(), DaemonError> {
+    async fn serve(
+        self,
+        rundir: PathBuf,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), DaemonError> {
         let control = bind(&rundir.join(CONTROL_SOCKET), 0o600)?;
         let apps = bind(&rundir.join(APPS_SOCKET), 0o666)?;
         let config = &self.config;
@@ -146,7 +156,7 @@ impl Daemon {
         actix_rt::spawn(accept_apps(apps, registrar));
         actix_rt::spawn(accept_control(control, sessions.clone(), max_frame));
         log::info!("ustraced serving in {}", rundir.display());
-        wait_for_termination().await;
+        shutdown.await;
         log::info!("ustraced stopping: flushing started sessions");
         stop_all(&sessions).await;
         io_arbiter.stop();

@@ -1,0 +1,202 @@
+//! A custom writer under a real daemon (in this process) with real apps: it is
+//! picked by name per channel, gets every packet, and a panicking one is restarted
+//! without losing any.
+
+mod common;
+
+use common::Scratch;
+use std::collections::HashMap;
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use ustrace::actors::writer::{Metadata, StreamInfo, StreamWriter, WriterFactory};
+use ustrace::config::Config;
+use ustrace::control;
+use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
+use ustrace::daemon::Daemon;
+use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlRequest, StatusReport};
+
+/// Bytes of one `demo:ev {i: i64, s: "hello"}`.
+const DEMO_EVENT_LEN: usize = EVENT_HEADER_SIZE + 8 + 6;
+
+/// Packets each stream received, shared with the test.
+type Collected = Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>;
+
+/// Keeps packets in memory; the first writer it makes panics on its first packet.
+struct Collect {
+    packets: Collected,
+    made: AtomicU32,
+    panic_first: bool,
+}
+
+struct CollectWriter {
+    stream: String,
+    packets: Collected,
+    panics: bool,
+}
+
+impl StreamWriter for CollectWriter {
+    fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
+        assert!(metadata.tsdl.starts_with("/* CTF 1.8 */"));
+        if self.panics {
+            panic!("custom writer bug");
+        }
+        let mut packets = self.packets.lock().unwrap();
+        packets
+            .entry(self.stream.clone())
+            .or_default()
+            .push(packet.to_vec());
+        Ok(())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl WriterFactory for Collect {
+    fn create(&self, stream: &StreamInfo) -> io::Result<Box<dyn StreamWriter>> {
+        let first = self.made.fetch_add(1, Ordering::SeqCst) == 0;
+        Ok(Box::new(CollectWriter {
+            stream: format!("{}/{}", stream.session, stream.file_name()),
+            packets: self.packets.clone(),
+            panics: self.panic_first && first,
+        }))
+    }
+}
+
+/// Starts the daemon with `collect` in a thread; returns its runtime dir and stopper.
+fn daemon(
+    scratch: &Scratch,
+    factory: Collect,
+) -> (std::path::PathBuf, tokio::sync::oneshot::Sender<()>) {
+    let rundir = scratch.path("run");
+    let mut config = Config::default();
+    config.daemon.runtime_dir = Some(rundir.clone());
+    config.supervision.backoff_ms = 1;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        Daemon::new(config)
+            .writer("collect", Arc::new(factory))
+            .run_until(async {
+                let _ = stopped.await;
+            })
+            .unwrap();
+    });
+    common::wait_for("the daemon", Duration::from_secs(20), || {
+        control::request_in(&rundir, &ControlRequest::Status).is_ok()
+    });
+    (rundir, stop)
+}
+
+fn ask(rundir: &std::path::Path, request: ControlRequest) {
+    let shown = format!("{request:?}");
+    control::request_in(rundir, &request)
+        .unwrap()
+        .unwrap_or_else(|e| panic!("{shown}: {e}"));
+}
+
+fn trace_with_collect(rundir: &std::path::Path, events: u32) {
+    ask(
+        rundir,
+        ControlRequest::Create {
+            name: "s".into(),
+            output: None,
+        },
+    );
+    ask(
+        rundir,
+        ControlRequest::EnableChannel {
+            session: None,
+            channel: ChannelRequest {
+                name: "c".into(),
+                buffers: Some(Buffers::PerPid),
+                writer: Some("collect".into()),
+                ..ChannelRequest::default()
+            },
+        },
+    );
+    ask(
+        rundir,
+        ControlRequest::EnableEvent {
+            session: None,
+            channel: None,
+            pattern: "demo:*".into(),
+        },
+    );
+    ask(rundir, ControlRequest::Start { session: None });
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ustrace-demo"))
+        .args(["--events", &events.to_string()])
+        .env("USTRACE_RUNDIR", rundir)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    ask(rundir, ControlRequest::Stop { session: None });
+}
+
+/// Events in the collected packets, from their content sizes.
+fn events_in(packets: &Collected) -> usize {
+    packets
+        .lock()
+        .unwrap()
+        .values()
+        .flatten()
+        .map(|p| {
+            let header = PacketHeader::read(p).unwrap();
+            assert_eq!(header.open.packet_size, p.len() as u64, "padding trimmed");
+            (header.close.content_size as usize - PACKET_HEADER_SIZE) / DEMO_EVENT_LEN
+        })
+        .sum()
+}
+
+fn status(rundir: &std::path::Path) -> StatusReport {
+    match control::request_in(rundir, &ControlRequest::Status).unwrap() {
+        Ok(ustrace::protocol::messages::ControlOk::Status(s)) => s,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_channel_picks_a_custom_writer_by_name_and_it_gets_every_packet() {
+    let scratch = Scratch::new("custom");
+    let packets = Collected::default();
+    let (rundir, stop) = daemon(
+        &scratch,
+        Collect {
+            packets: packets.clone(),
+            made: AtomicU32::new(0),
+            panic_first: false,
+        },
+    );
+    trace_with_collect(&rundir, 40);
+    assert_eq!(events_in(&packets), 40);
+    assert!(
+        packets
+            .lock()
+            .unwrap()
+            .keys()
+            .all(|k| k.starts_with("s/c_"))
+    );
+    let _ = stop.send(());
+}
+
+#[test]
+fn a_panicking_custom_writer_is_restarted_and_loses_nothing() {
+    let scratch = Scratch::new("panicky");
+    let packets = Collected::default();
+    let (rundir, stop) = daemon(
+        &scratch,
+        Collect {
+            packets: packets.clone(),
+            made: AtomicU32::new(0),
+            panic_first: true,
+        },
+    );
+    trace_with_collect(&rundir, 25);
+    assert_eq!(events_in(&packets), 25);
+    let s = status(&rundir);
+    assert_eq!(s.writer_restarts, 1, "{s:?}");
+    assert!(s.failed_writers.is_empty(), "{s:?}");
+    let _ = stop.send(());
+}
