@@ -59,8 +59,9 @@ pub struct DaemonConfig {
     /// through [`Config::effective_output_dir`].
     #[serde(deserialize_with = "empty_path_as_none")]
     pub output_dir: Option<PathBuf>,
-    /// How long an app waits for its registration before running untraced. Apps
-    /// also honour `USTRACE_REGISTER_TIMEOUT_MS`.
+    /// Longest the daemon takes to hand an app its buffers before refusing it (the
+    /// app then runs untraced). Apps bound their own wait with
+    /// `USTRACE_REGISTER_TIMEOUT_MS`.
     pub registration_timeout_ms: u64,
     /// Largest frame accepted on either socket (see [`protocol::MAX_FRAME`]).
     pub max_frame_bytes: ByteSize,

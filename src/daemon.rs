@@ -12,6 +12,7 @@
 use crate::actors::buffer_factory::{BufferFactory, FactorySettings};
 use crate::actors::framed;
 use crate::actors::registrar::{Accept, Registrar};
+use crate::actors::registration::AppLimits;
 use crate::actors::session::{Control, SessionManager, SessionSettings};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
@@ -142,8 +143,12 @@ impl Daemon {
         )
         .start();
         let max_frame = config.daemon.max_frame();
-        let max_apps = u64::from(config.limits.max_apps);
-        let registrar = Registrar::new(factory, max_frame, max_apps, stats).start();
+        let limits = AppLimits {
+            max_frame,
+            max_apps: u64::from(config.limits.max_apps),
+            registration_timeout: config.daemon.registration_timeout(),
+        };
+        let registrar = Registrar::new(factory, limits, stats).start();
 
         for (session, request) in config.session_requests() {
             match sessions.send(Control(request)).await {

@@ -6,7 +6,7 @@
 //! forgotten by its own actor, so 10,000 short-lived apps leave nothing here.
 
 use crate::actors::buffer_factory::BufferFactory;
-use crate::actors::registration::{self, AppRegistration};
+use crate::actors::registration::{self, AppLimits, AppRegistration};
 use crate::actors::stats::Stats;
 use crate::protocol::peer;
 use actix::prelude::*;
@@ -18,26 +18,18 @@ use tokio::net::UnixStream;
 pub struct Registrar {
     /// Where registrations get their buffers.
     factory: Addr<BufferFactory>,
-    /// Largest frame accepted from an app.
-    max_frame: usize,
-    /// Apps connected at once beyond which new ones are refused.
-    max_apps: u64,
+    /// What each app connection is allowed.
+    limits: AppLimits,
     /// Daemon counters (the app count is the limit's measure).
     stats: Arc<Stats>,
 }
 
 impl Registrar {
     /// A registrar handing apps to `factory`.
-    pub fn new(
-        factory: Addr<BufferFactory>,
-        max_frame: usize,
-        max_apps: u64,
-        stats: Arc<Stats>,
-    ) -> Self {
+    pub fn new(factory: Addr<BufferFactory>, limits: AppLimits, stats: Arc<Stats>) -> Self {
         Registrar {
             factory,
-            max_frame,
-            max_apps,
+            limits,
             stats,
         }
     }
@@ -63,16 +55,19 @@ impl Handler<Accept> for Registrar {
                 return;
             }
         };
-        if self.stats.apps.load(Relaxed) >= self.max_apps {
+        if self.stats.apps.load(Relaxed) >= self.limits.max_apps {
             log::warn!(
                 "app {} (uid {}) refused: limits.max_apps ({}) reached",
                 credentials.pid,
                 credentials.uid,
-                self.max_apps
+                self.limits.max_apps
             );
             actix_rt::spawn(registration::refuse(
                 stream,
-                format!("the daemon traces at most {} apps at once", self.max_apps),
+                format!(
+                    "the daemon traces at most {} apps at once",
+                    self.limits.max_apps
+                ),
             ));
             return;
         }
@@ -80,7 +75,7 @@ impl Handler<Accept> for Registrar {
             stream,
             credentials.pid.as_raw(),
             credentials.uid.as_raw(),
-            self.max_frame,
+            self.limits,
             self.factory.clone(),
             self.stats.clone(),
         );

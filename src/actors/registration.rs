@@ -37,6 +37,18 @@ pub struct Grant {
     pub enables: Vec<(u32, u32)>,
 }
 
+/// What the daemon allows one app connection.
+#[derive(Clone, Copy, Debug)]
+pub struct AppLimits {
+    /// Largest frame accepted from the app (`daemon.max_frame_bytes`).
+    pub max_frame: usize,
+    /// Apps connected at once beyond which new ones are refused (`limits.max_apps`).
+    pub max_apps: u64,
+    /// Longest the daemon takes to hand an app its buffers before refusing it
+    /// (`daemon.registration_timeout_ms`).
+    pub registration_timeout: std::time::Duration,
+}
+
 /// Something the factory pushes to a registered app.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -56,8 +68,8 @@ pub struct AppRegistration {
     pid: i32,
     /// From SO_PEERCRED.
     uid: u32,
-    /// Largest frame accepted from the app.
-    max_frame: usize,
+    /// Frame size, app count and registration time limits.
+    limits: AppLimits,
     /// The factory.
     factory: Addr<BufferFactory>,
     /// Frames to send, in order, by the sender task.
@@ -87,7 +99,7 @@ impl AppRegistration {
         stream: UnixStream,
         pid: i32,
         uid: u32,
-        max_frame: usize,
+        limits: AppLimits,
         factory: Addr<BufferFactory>,
         stats: Arc<Stats>,
     ) -> Addr<AppRegistration> {
@@ -99,7 +111,7 @@ impl AppRegistration {
         AppRegistration {
             pid,
             uid,
-            max_frame,
+            limits,
             factory,
             outbox,
             reader: Some(reader),
@@ -187,7 +199,7 @@ impl Actor for AppRegistration {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(reader) = self.reader.take() {
-            actix_rt::spawn(read_frames(reader, self.max_frame, ctx.address()));
+            actix_rt::spawn(read_frames(reader, self.limits.max_frame, ctx.address()));
         }
     }
 }
@@ -213,21 +225,29 @@ impl Handler<Inbound> for AppRegistration {
                     events: register.events,
                     app: ctx.address(),
                 });
+                // The daemon's own bound on registration: past it the app is told to
+                // run untraced rather than left waiting for its own timeout.
+                let timeout = self.limits.registration_timeout;
+                let request = tokio::time::timeout(timeout, request);
                 // `wait`: pushes that arrive meanwhile go out after these grants.
-                ctx.wait(
-                    request
-                        .into_actor(self)
-                        .map(|grants, act, ctx| match grants {
-                            Ok(grants) => {
-                                act.send_grants(grants);
-                                act.send(&AppCommand::RegistrationDone, None);
-                            }
-                            Err(e) => {
-                                log::error!("app {}: buffer factory unavailable: {e}", act.pid);
-                                ctx.stop();
-                            }
-                        }),
-                );
+                ctx.wait(request.into_actor(self).map(move |grants, act, ctx| {
+                    let refusal = match grants {
+                        Ok(Ok(grants)) => {
+                            act.send_grants(grants);
+                            act.send(&AppCommand::RegistrationDone, None);
+                            return;
+                        }
+                        Ok(Err(e)) => format!("buffer factory unavailable: {e}"),
+                        Err(_) => format!(
+                            "no buffers within daemon.registration_timeout_ms ({} ms)",
+                            timeout.as_millis()
+                        ),
+                    };
+                    log::error!("app {}: {refusal}", act.pid);
+                    act.send(&AppCommand::Refused { reason: refusal }, None);
+                    act.factory.do_send(AppGone { pid: act.pid });
+                    ctx.stop();
+                }));
             }
             Inbound::Register(_) => {}
             Inbound::Closed(error) => {

@@ -148,6 +148,14 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     let events = crate::ctf::view::view(&output, false, &mut lines).map_err(|e| e.to_string())?;
     let expected = u64::from(args.apps) * u64::from(args.events) * 2;
     println!("events recorded: {events} (expected {expected}: every event in both channels)");
+    match Command::new("babeltrace2").arg(&output).output() {
+        Ok(out) if out.status.success() => println!(
+            "babeltrace2 reads {} events",
+            String::from_utf8_lossy(&out.stdout).lines().count()
+        ),
+        Ok(out) => println!("babeltrace2 failed: {}", String::from_utf8_lossy(&out.stderr)),
+        Err(_) => println!("(babeltrace2 not installed: skipping its check)"),
+    }
     println!("first events:");
     for line in String::from_utf8_lossy(&lines).lines().take(6) {
         println!("  {line}");
