@@ -153,7 +153,10 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
             "babeltrace2 reads {} events",
             String::from_utf8_lossy(&out.stdout).lines().count()
         ),
-        Ok(out) => println!("babeltrace2 failed: {}", String::from_utf8_lossy(&out.stderr)),
+        Ok(out) => println!(
+            "babeltrace2 failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
         Err(_) => println!("(babeltrace2 not installed: skipping its check)"),
     }
     println!("first events:");
