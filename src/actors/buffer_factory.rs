@@ -207,7 +207,7 @@ impl BufferFactory {
             .events
             .iter()
             .enumerate()
-            .filter(|(_, e)| channel.matches(&e.full_name()))
+            .filter(|(_, e)| channel.matches(e))
             .map(|(i, _)| i as u32)
             .collect();
         if matching.is_empty() {

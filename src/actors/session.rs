@@ -9,6 +9,8 @@
 
 use crate::actors::buffer_factory::{BufferFactory, DestroySession, SessionsChanged, StopSession};
 use crate::actors::stats::Stats;
+use crate::config::{EventPattern, check_name};
+use crate::ctf::field::EventDesc;
 use crate::ctf::layout;
 use crate::protocol::messages::{
     ChannelSpec, ControlOk, ControlReply, ControlRequest, SessionInfo,
@@ -24,38 +26,16 @@ pub struct ChannelDef {
     /// Geometry, mode, buffering and writer.
     pub spec: ChannelSpec,
     /// `provider:name`, `provider:*` or `*` patterns.
-    pub patterns: Vec<String>,
+    pub patterns: Vec<EventPattern>,
 }
 
 impl ChannelDef {
-    /// Whether an event called `full_name` is enabled in this channel.
-    pub fn matches(&self, full_name: &str) -> bool {
-        self.patterns.iter().any(|p| pattern_matches(p, full_name))
+    /// Whether the event `provider:name` is enabled in this channel.
+    pub fn matches(&self, event: &EventDesc) -> bool {
+        self.patterns
+            .iter()
+            .any(|p| p.matches(&event.provider, &event.name))
     }
-}
-
-/// Matches `provider:name` against a pattern whose only wildcard is a trailing `*`.
-pub fn pattern_matches(pattern: &str, full_name: &str) -> bool {
-    match pattern.strip_suffix('*') {
-        Some(prefix) => full_name.starts_with(prefix),
-        None => pattern == full_name,
-    }
-}
-
-/// Checks an event pattern: `*`, `provider:*`, `provider:name`, or a prefix ending in `*`.
-pub fn check_pattern(pattern: &str) -> Result<(), String> {
-    let body = pattern.strip_suffix('*').unwrap_or(pattern);
-    if pattern.is_empty() || body.contains('*') {
-        return Err(format!(
-            "bad event pattern {pattern:?}: use provider:name, provider:* or *, with `*` only at the end"
-        ));
-    }
-    if !pattern.ends_with('*') && !pattern.contains(':') {
-        return Err(format!(
-            "bad event pattern {pattern:?}: an event name is provider:name"
-        ));
-    }
-    Ok(())
 }
 
 /// A tracing session.
@@ -133,11 +113,11 @@ impl SessionManager {
         self.factory.send(SessionsChanged(self.sessions.clone()))
     }
 
-    /// Handles everything that needs no waiting; `Ok(None)` means "publish, then done".
+    /// Applies a request that needs no waiting on the factory.
     fn apply(&mut self, request: &ControlRequest) -> Result<ControlOk, String> {
         match request {
             ControlRequest::Create { name, output } => {
-                check_name("session", name)?;
+                check_name(name).map_err(|e| format!("session: {e}"))?;
                 if self.sessions.iter().any(|s| &s.name == name) {
                     return Err(format!("session {name:?} already exists"));
                 }
@@ -160,7 +140,7 @@ impl SessionManager {
             }
             ControlRequest::EnableChannel { session, channel } => {
                 let channel = &channel.resolve(&self.settings.default_channel);
-                check_name("channel", &channel.name)?;
+                check_name(&channel.name).map_err(|e| format!("channel: {e}"))?;
                 check_geometry(channel)?;
                 if !self.settings.writers.contains(&channel.writer) {
                     return Err(format!(
@@ -196,7 +176,7 @@ impl SessionManager {
                 channel,
                 pattern,
             } => {
-                check_pattern(pattern)?;
+                let pattern = EventPattern::parse(pattern).map_err(|e| e.to_string())?;
                 let default_channel = self.settings.default_channel.clone();
                 let s = self.session(session)?;
                 let index = match channel {
@@ -222,12 +202,14 @@ impl SessionManager {
                     }
                 };
                 let ch = &mut s.channels[index];
-                if !ch.patterns.contains(pattern) {
+                if !ch.patterns.contains(&pattern) {
                     ch.patterns.push(pattern.clone());
                 }
                 Ok(ControlOk::Done(format!(
-                    "event {pattern} enabled in {}/{}",
-                    s.name, ch.spec.name
+                    "event {} enabled in {}/{}",
+                    pattern.as_str(),
+                    s.name,
+                    ch.spec.name
                 )))
             }
             ControlRequest::Start { session } => {
@@ -263,34 +245,21 @@ impl SessionManager {
                             channels: s
                                 .channels
                                 .iter()
-                                .map(|c| (c.spec.clone(), c.patterns.clone()))
+                                .map(|c| {
+                                    let patterns = c.patterns.iter().map(|p| p.as_str().to_owned());
+                                    (c.spec.clone(), patterns.collect())
+                                })
                                 .collect(),
                         })
                         .collect(),
                 ))
             }
             ControlRequest::Status => Ok(ControlOk::Status(self.stats.report())),
+            // They wait for the factory: the handler answers them itself.
             ControlRequest::Stop { .. } | ControlRequest::Destroy { .. } => {
-                unreachable!("handled with waiting")
+                Err("stop and destroy are answered asynchronously".to_string())
             }
         }
-    }
-}
-
-/// Session and channel names become file names: keep them plain.
-fn check_name(what: &str, name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
-        && !name.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "bad {what} name {name:?}: use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'"
-        ))
     }
 }
 
@@ -405,26 +374,4 @@ fn failed_streams(stats: &Stats, session: &str) -> Option<String> {
 /// An immediate answer.
 fn reply(result: ControlReply) -> ResponseActFuture<SessionManager, ControlReply> {
     Box::pin(fut::ready(result))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn patterns_match_exact_names_and_trailing_wildcards() {
-        assert!(pattern_matches("demo:ev", "demo:ev"));
-        assert!(!pattern_matches("demo:ev", "demo:ev2"));
-        assert!(pattern_matches("demo:*", "demo:ev2"));
-        assert!(pattern_matches("*", "other:x"));
-        assert!(!pattern_matches("demo:*", "dem:x"));
-    }
-
-    #[test]
-    fn patterns_with_inner_wildcards_or_no_provider_are_refused() {
-        assert!(check_pattern("de*mo:ev").is_err());
-        assert!(check_pattern("ev").is_err());
-        assert!(check_pattern("").is_err());
-        assert!(check_pattern("demo:*").is_ok());
-    }
 }
