@@ -157,46 +157,38 @@ fn status(rundir: &std::path::Path) -> StatusReport {
     }
 }
 
-#[test]
-fn a_channel_picks_a_custom_writer_by_name_and_it_gets_every_packet() {
-    let scratch = Scratch::new("custom");
+/// Runs a daemon whose `collect` writer keeps packets in memory, traces one app
+/// emitting `events` into a channel that picks it, and returns the packets and the
+/// daemon's counters after `stop`.
+fn collect_one_app(tag: &str, panic_first: bool, events: u32) -> (Collected, StatusReport) {
+    let scratch = Scratch::new(tag);
     let packets = Collected::default();
     let (rundir, stop) = daemon(
         &scratch,
         Collect {
             packets: packets.clone(),
             made: AtomicU32::new(0),
-            panic_first: false,
+            panic_first,
         },
     );
-    trace_with_collect(&rundir, 40);
-    assert_eq!(events_in(&packets), 40);
-    assert!(
-        packets
-            .lock()
-            .unwrap()
-            .keys()
-            .all(|k| k.starts_with("s/c_"))
-    );
+    trace_with_collect(&rundir, events);
+    let status = status(&rundir);
     let _ = stop.send(());
+    (packets, status)
+}
+
+#[test]
+fn a_channel_picks_a_custom_writer_by_name_and_it_gets_every_packet() {
+    let (packets, _) = collect_one_app("custom", false, 40);
+    assert_eq!(events_in(&packets), 40);
+    let streams: Vec<String> = packets.lock().unwrap().keys().cloned().collect();
+    assert!(streams.iter().all(|k| k.starts_with("s/c_")), "{streams:?}");
 }
 
 #[test]
 fn a_panicking_custom_writer_is_restarted_and_loses_nothing() {
-    let scratch = Scratch::new("panicky");
-    let packets = Collected::default();
-    let (rundir, stop) = daemon(
-        &scratch,
-        Collect {
-            packets: packets.clone(),
-            made: AtomicU32::new(0),
-            panic_first: true,
-        },
-    );
-    trace_with_collect(&rundir, 25);
+    let (packets, status) = collect_one_app("panicky", true, 25);
     assert_eq!(events_in(&packets), 25);
-    let s = status(&rundir);
-    assert_eq!(s.writer_restarts, 1, "{s:?}");
-    assert!(s.failed_writers.is_empty(), "{s:?}");
-    let _ = stop.send(());
+    assert_eq!(status.writer_restarts, 1, "{status:?}");
+    assert!(status.failed_writers.is_empty(), "{status:?}");
 }

@@ -68,18 +68,7 @@ fn per_uid_gives_one_sub_trace_per_uid_and_per_pid_one_per_app() {
 fn first_event_after_registration_is_recorded_for_each_of_100_apps() {
     let daemon = Daemon::start();
     let output = daemon.session("s", &[("c", Buffers::PerPid)], true);
-    let mut apps: Vec<Running> = Vec::new();
-    for _ in 0..100 {
-        apps.push(Running(daemon.app(&["--events", "1"]).spawn().unwrap()));
-        if apps.len() == 8 {
-            for mut app in apps.drain(..) {
-                assert!(app.0.wait().unwrap().success());
-            }
-        }
-    }
-    for mut app in apps {
-        assert!(app.0.wait().unwrap().success());
-    }
+    daemon.run_apps(100, 8, &["--events", "1"]);
     daemon.stop("s");
     assert_eq!(demo_events(&babeltrace2(&output)), 100);
 }
@@ -238,18 +227,7 @@ fn after_1000_apps_the_daemon_holds_nothing_for_them() {
     });
     let before = daemon.status();
     let (fds, maps) = (daemon.fd_count(), daemon.map_count());
-    let mut running: Vec<Running> = Vec::new();
-    for _ in 0..1000 {
-        running.push(Running(daemon.app(&["--events", "1"]).spawn().unwrap()));
-        if running.len() == 8 {
-            for mut app in running.drain(..) {
-                assert!(app.0.wait().unwrap().success());
-            }
-        }
-    }
-    for mut app in running {
-        assert!(app.0.wait().unwrap().success());
-    }
+    daemon.run_apps(1000, 8, &["--events", "1"]);
     let mut last = before.clone();
     let torn_down = common::poll_until(WAIT, || {
         last = daemon.status();

@@ -13,7 +13,7 @@
 //! BufferSet is a few memfds and two actors, nothing touches the disk until the first
 //! packet is written, and an app that matches no enabled event gets no buffer at all.
 
-use crate::actors::buffer_set::{BufferSet, Flush, ProducerDied, Teardown};
+use crate::actors::buffer_set::{BufferSet, Flush, ProducerDied, Teardown, all_ok};
 use crate::actors::registration::{AppRegistration, Grant, Push};
 use crate::actors::session::{ChannelDef, SessionDef};
 use crate::actors::stats::Stats;
@@ -483,18 +483,6 @@ fn publish_metadata(trace: &Trace) {
             tsdl: trace.registry.metadata().into(),
         };
     }
-}
-
-/// Waits for every flush and keeps the first error.
-async fn all_ok(requests: Vec<Request<BufferSet, Flush>>) -> Result<(), String> {
-    let mut result = Ok(());
-    for request in requests {
-        let outcome = request.await.unwrap_or_else(|e| Err(e.to_string()));
-        if result.is_ok() {
-            result = outcome;
-        }
-    }
-    result
 }
 
 impl Actor for BufferFactory {

@@ -155,17 +155,23 @@ impl BufferSet {
         }
         self.drain();
         let syncs: Vec<_> = self.writers.iter().map(|w| w.send(SyncWriter)).collect();
-        async move {
-            let mut result = Ok(());
-            for sync in syncs {
-                let outcome = sync.await.unwrap_or_else(|e| Err(e.to_string()));
-                if result.is_ok() {
-                    result = outcome;
-                }
-            }
-            result
+        all_ok(syncs)
+    }
+}
+
+/// Waits for every request (a flush, a writer sync) and keeps the first error.
+pub async fn all_ok<F>(requests: Vec<F>) -> Result<(), String>
+where
+    F: Future<Output = Result<Result<(), String>, MailboxError>>,
+{
+    let mut result = Ok(());
+    for request in requests {
+        let outcome = request.await.unwrap_or_else(|e| Err(e.to_string()));
+        if result.is_ok() {
+            result = outcome;
         }
     }
+    result
 }
 
 /// Watches the wake-up eventfd and asks the actor to drain on each signal.

@@ -171,6 +171,22 @@ impl Daemon {
         out
     }
 
+    /// Runs `count` apps with `args`, `batch` at a time, each to a clean exit.
+    pub fn run_apps(&self, count: usize, batch: usize, args: &[&str]) {
+        let mut running: Vec<Running> = Vec::new();
+        for _ in 0..count {
+            running.push(Running(self.app(args).spawn().unwrap()));
+            if running.len() == batch {
+                for mut app in running.drain(..) {
+                    assert!(app.0.wait().unwrap().success());
+                }
+            }
+        }
+        for mut app in running {
+            assert!(app.0.wait().unwrap().success());
+        }
+    }
+
     /// Number of open fds of the daemon.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
