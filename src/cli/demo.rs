@@ -39,20 +39,29 @@ impl Drop for Spawned {
     }
 }
 
-/// Path of a binary installed beside the running one.
-pub fn sibling(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap_or_default();
-    exe.with_file_name(name)
+/// Path of a binary installed beside the running one (`cargo build` makes them all).
+pub fn sibling(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("where is ustrace? {e}"))?;
+    let path = exe.with_file_name(name);
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} is missing: build every binary with `cargo build --release`",
+            path.display()
+        ))
+    }
 }
 
 /// Starts `ustraced` on `rundir` and waits until it answers.
 pub fn start_daemon(rundir: &Path) -> Result<Spawned, String> {
-    let child = Command::new(sibling("ustraced"))
+    let path = sibling("ustraced")?;
+    let child = Command::new(&path)
         .env("USTRACE_RUNDIR", rundir)
         .env_remove("USTRACE_CONFIG")
         .env("RUST_LOG", "warn")
         .spawn()
-        .map_err(|e| format!("cannot start {}: {e}", sibling("ustraced").display()))?;
+        .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
     let daemon = Spawned(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -178,7 +187,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
 
 /// Runs the apps, `par` at a time, and checks that each exited cleanly.
 fn run_apps(rundir: &Path, args: &DemoArgs) -> Result<(), String> {
-    let app = sibling("ustrace-demo");
+    let app = sibling("ustrace-demo")?;
     let mut running: Vec<Spawned> = Vec::new();
     let mut launched = 0;
     while launched < args.apps || !running.is_empty() {

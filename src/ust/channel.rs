@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*};
 use crate::shm::ChannelBuffers;
 
 /// Channel slots a process can hold (bits of a tracepoint's mask).
-pub const MAX_SLOTS: usize = 16;
+pub const MAX_SLOTS: usize = 64;
 
 /// Index of an installed channel's buffers in this process.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

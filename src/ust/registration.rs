@@ -216,9 +216,7 @@ impl Listener {
     /// Stops recording everywhere: nobody drains the rings any more.
     fn disable_all(&self) {
         for slot in self.slots.values() {
-            for event in &self.events {
-                event.disable(*slot);
-            }
+            channel::disable_slot(*slot);
         }
     }
 }
