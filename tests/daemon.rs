@@ -362,3 +362,31 @@ fn sessions_declared_in_the_config_trace_without_any_cli_call() {
     daemon.stop("auto");
     assert_eq!(demo_events(&babeltrace2(&output)), 4);
 }
+
+#[test]
+fn sigterm_stops_the_daemon_with_every_started_session_on_disk() {
+    let mut daemon = Daemon::start();
+    let output = daemon.session("s", &[("u", Buffers::PerUid)], true);
+    let mut app = Running(
+        daemon
+            .app(&["--events", "30", "--wait"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(app.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(daemon.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(daemon.child.wait().unwrap().success());
+    assert!(!daemon.rundir.join("apps.sock").exists());
+    assert_eq!(demo_events(&babeltrace2(&output)), 30);
+    poke(&mut app.0);
+    assert!(app.0.wait().unwrap().success());
+}

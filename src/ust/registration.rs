@@ -157,7 +157,10 @@ impl Listener {
                         eprintln!("ustrace: ignoring a daemon command: {e}");
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => {
+                    self.disable_all();
+                    return;
+                }
                 Err(e) => {
                     eprintln!("ustrace: connection to the session daemon lost: {e}; tracing stops");
                     self.disable_all();
