@@ -12,20 +12,19 @@
 //!
 //! The daemon reads settings through the resolved accessors
 //! ([`Config::effective_runtime_dir`], [`Config::effective_output_dir`],
-//! [`Config::session_output_dir`], [`Config::channel_spec`]) so that the
+//! [`Config::channel_spec`]) so that the
 //! defaulting rules live here only.
 
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::ctf::layout::{self, DirClock};
 use crate::protocol::messages::{Buffers, ChannelRequest, ChannelSpec, ControlRequest};
 use crate::protocol::{self, ProtocolError};
 use crate::shm::Mode;
@@ -642,24 +641,6 @@ impl Config {
                 .filter(|home| !home.is_empty())
                 .map(|home| PathBuf::from(home).join("ustrace-traces"))
                 .ok_or(ConfigError::NoOutputDir),
-        }
-    }
-
-    /// Where a session writes: its explicit `output`, else
-    /// `<effective output dir>/<name>-<YYYYMMDD-HHMMSS>` for the time it was
-    /// created. Serves sessions from the file and from `ustrace create` alike.
-    pub fn session_output_dir(
-        &self,
-        name: &str,
-        output: Option<&Path>,
-        created: SystemTime,
-    ) -> Result<PathBuf, ConfigError> {
-        match output {
-            Some(dir) => Ok(dir.to_owned()),
-            None => Ok(self.effective_output_dir()?.join(format!(
-                "{name}-{}",
-                layout::dir_timestamp(created, DirClock::Local)
-            ))),
         }
     }
 

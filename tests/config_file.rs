@@ -5,7 +5,7 @@
 #![cfg(feature = "daemon")]
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use ustrace::config::{ByteSize, Config, ConfigError, EventPattern};
 use ustrace::protocol::messages::{Buffers, ChannelSpec};
@@ -445,22 +445,6 @@ fn automatic_directories_follow_the_environment() {
             Err(ConfigError::NoOutputDir)
         )),
     }
-}
-
-#[test]
-fn session_output_is_explicit_or_named_after_session_and_time() {
-    let config = parse("[daemon]\noutput_dir = \"/traces\"\n").unwrap();
-    let created = UNIX_EPOCH + Duration::from_secs(1_795_775_025); // 2026-11-27 10:23:45 UTC
-    assert_eq!(
-        config.session_output_dir("web", None, created).unwrap(),
-        PathBuf::from("/traces/web-20261127-102345")
-    );
-    assert_eq!(
-        config
-            .session_output_dir("web", Some(Path::new("/elsewhere")), created)
-            .unwrap(),
-        PathBuf::from("/elsewhere")
-    );
 }
 
 #[test]

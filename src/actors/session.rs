@@ -123,10 +123,7 @@ impl SessionManager {
                 }
                 let output = match output {
                     Some(dir) => PathBuf::from(dir),
-                    None => self.settings.output_dir.join(format!(
-                        "{name}-{}",
-                        layout::dir_timestamp(SystemTime::now(), layout::DirClock::Local)
-                    )),
+                    None => layout::session_dir(&self.settings.output_dir, name, SystemTime::now()),
                 };
                 let message = format!("session {name} created, writing to {}", output.display());
                 self.sessions.push(SessionDef {

@@ -22,6 +22,15 @@ pub enum DirClock {
     Utc,
 }
 
+/// Default output directory of a session created at `created` without one:
+/// `<parent>/<name>-<YYYYMMDD-HHMMSS>` (local time, as LTTng names them).
+pub fn session_dir(parent: &Path, name: &str, created: SystemTime) -> PathBuf {
+    parent.join(format!(
+        "{name}-{}",
+        dir_timestamp(created, DirClock::Local)
+    ))
+}
+
 /// Directory of the per-UID trace of `uid`.
 pub fn uid_trace_dir(output: &Path, uid: u32) -> PathBuf {
     output
@@ -140,6 +149,16 @@ impl Civil {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_session_without_output_is_named_after_itself_and_its_creation() {
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_795_775_025);
+        assert_eq!(
+            session_dir(Path::new("/traces"), "web", t),
+            PathBuf::from(format!("/traces/web-{}", dir_timestamp(t, DirClock::Local)))
+        );
+        assert_eq!(dir_timestamp(t, DirClock::Utc), "20261127-102345");
+    }
 
     #[test]
     fn paths_follow_the_lttng_layout() {
