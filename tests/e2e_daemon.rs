@@ -124,9 +124,13 @@ fn discarded_events_are_counted_and_recorded_plus_discarded_is_emitted() {
     assert_eq!((recorded + discarded, discarded), (2 * emitted, counted));
 }
 
-#[test]
-#[ignore = "fails: the newest events are dropped while the daemon reads the packet they would overwrite (see the e2e report)"]
-fn overwrite_mode_keeps_the_newest_events_and_reads_cleanly() {
+const OVERWRITE_EMITTED: i64 = 50_000;
+
+/// Records [`OVERWRITE_EMITTED`] events of one thread into a per-PID and a per-UID
+/// flight-recorder channel of the smallest geometry; checks that each sub-trace
+/// reads cleanly in babeltrace2 and `ustrace view`, and returns the event indexes
+/// each holds.
+fn overwrite_trace() -> Vec<(String, Vec<i64>)> {
     let daemon = Daemon::start();
     let output = daemon.session_with(
         "s",
@@ -137,44 +141,65 @@ fn overwrite_mode_keeps_the_newest_events_and_reads_cleanly() {
         ],
         true,
     );
-    let emitted = 50_000;
-    daemon.run_app(&["--events", &emitted.to_string()]);
+    daemon.run_app(&["--events", &OVERWRITE_EMITTED.to_string()]);
     daemon.stop("s");
-    // Events are dropped only while the daemon reads the packet they would have
-    // overwritten (docs/shm.md), so discards may be counted too.
     assert!(daemon.status().packets_overwritten > 0);
-
-    let traces = sub_traces(&output);
-    assert_eq!(traces.len(), 2, "{traces:?}");
-    for trace in &traces {
-        let bt = babeltrace2_raw(&[], &output.join(trace));
-        assert!(bt.status.success(), "{trace}: {bt:?}");
-        let stderr = String::from_utf8_lossy(&bt.stderr);
-        assert!(!stderr.contains("ERROR"), "{trace}: {stderr}");
-        let lines: Vec<String> = String::from_utf8(bt.stdout)
-            .unwrap()
-            .lines()
-            .map(str::to_string)
-            .collect();
-        let kept = indexes(&lines);
-        assert!(
-            !kept.is_empty() && kept.len() < emitted as usize,
-            "{trace}: {} events",
-            kept.len()
-        );
-        assert!(kept.contains(&(emitted - 1)), "{trace}: newest event lost");
-        // No event twice: an overwritten sub-buffer is not also read.
-        let mut unique = kept.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(unique.len(), kept.len(), "{trace}: duplicated events");
-    }
     let view = std::process::Command::new(env!("CARGO_BIN_EXE_ustrace"))
         .arg("view")
         .arg(&output)
         .output()
         .unwrap();
     assert!(view.status.success(), "{view:?}");
+
+    let traces = sub_traces(&output);
+    assert_eq!(traces.len(), 2, "{traces:?}");
+    traces
+        .into_iter()
+        .map(|trace| {
+            let bt = babeltrace2_raw(&[], &output.join(&trace));
+            assert!(bt.status.success(), "{trace}: {bt:?}");
+            let stderr = String::from_utf8_lossy(&bt.stderr);
+            assert!(!stderr.contains("ERROR"), "{trace}: {stderr}");
+            let lines: Vec<String> = String::from_utf8(bt.stdout)
+                .unwrap()
+                .lines()
+                .map(str::to_string)
+                .collect();
+            (trace, indexes(&lines))
+        })
+        .collect()
+}
+
+#[test]
+fn overwrite_mode_through_the_daemon_reads_cleanly_with_no_event_twice() {
+    for (trace, kept) in overwrite_trace() {
+        assert!(
+            !kept.is_empty() && kept.len() < OVERWRITE_EMITTED as usize,
+            "{trace}: {} events",
+            kept.len()
+        );
+        // An overwritten sub-buffer is never also read.
+        let mut unique = kept.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), kept.len(), "{trace}: duplicated events");
+    }
+}
+
+/// Fails in most runs: in overwrite mode a producer that needs the slot the daemon is
+/// reading drops its event (docs/shm.md), and the daemon, draining oldest first,
+/// reads exactly the slot a full ring's producer needs next, so the newest events
+/// are dropped while old ones are kept. `cargo test --test e2e_daemon -- --ignored`.
+#[test]
+#[ignore = "known defect: overwrite mode drops the newest events while the daemon drains"]
+fn overwrite_mode_keeps_the_newest_event() {
+    for (trace, kept) in overwrite_trace() {
+        assert!(
+            kept.contains(&(OVERWRITE_EMITTED - 1)),
+            "{trace}: newest event lost; last kept {:?}",
+            kept.iter().max()
+        );
+    }
 }
 
 #[test]
@@ -307,9 +332,9 @@ fn past_max_pid_buffer_bytes_apps_lose_only_their_per_pid_channel() {
     let mut per_pid: Vec<usize> = traces_under(&output, "ust/pid/")
         .iter()
         .map(|t| count(t))
-        .filter(|&n| n > 0)
         .collect();
     per_pid.sort_unstable();
+    // Refused apps leave no per-PID sub-trace behind.
     assert_eq!(per_pid, [3, 7]);
     assert_eq!(demo_events(&output), 3 + 3 * 5 + 7 + 3 + 7);
     assert!(daemon.status().failed_writers.is_empty());
