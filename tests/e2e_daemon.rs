@@ -10,6 +10,7 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
+use ustrace::ctf::packet::PacketHeader;
 use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlRequest};
 use ustrace::shm::Mode;
 
@@ -124,6 +125,89 @@ fn discarded_events_are_counted_and_recorded_plus_discarded_is_emitted() {
     assert_eq!((recorded + discarded, discarded), (2 * emitted, counted));
 }
 
+/// Per stream file: (events discarded, packets lost).
+type Losses = std::collections::BTreeMap<String, (u64, u64)>;
+
+/// What babeltrace2's warnings say was lost, from its stderr.
+fn babeltrace2_losses(stderr: &str) -> Losses {
+    let mut losses = Losses::new();
+    for line in stderr.lines() {
+        let Some((_, rest)) = line.split_once("Tracer discarded ") else {
+            continue;
+        };
+        let (count, rest) = rest.split_once(' ').unwrap();
+        let count: u64 = count.parse().unwrap();
+        let stream = rest
+            .split_once("within stream \"")
+            .unwrap()
+            .1
+            .split_once('"')
+            .unwrap()
+            .0;
+        let entry = losses.entry(stream.to_string()).or_default();
+        if rest.starts_with("packet") {
+            entry.1 += count;
+        } else {
+            assert!(rest.starts_with("event"), "{line}");
+            entry.0 += count;
+        }
+    }
+    losses
+}
+
+/// What `ustrace view --json` says was lost.
+fn view_losses(output: &Path) -> Losses {
+    let view = std::process::Command::new(env!("CARGO_BIN_EXE_ustrace"))
+        .args(["view", "--json"])
+        .arg(output)
+        .output()
+        .unwrap();
+    assert!(view.status.success(), "{view:?}");
+    let mut losses = Losses::new();
+    for line in String::from_utf8(view.stdout).unwrap().lines() {
+        let j: serde_json::Value = serde_json::from_str(line).unwrap();
+        let Some(stream) = j["stream"].as_str() else {
+            continue;
+        };
+        let entry = losses.entry(stream.to_string()).or_default();
+        entry.0 += j["discarded"].as_u64().unwrap_or(0);
+        entry.1 += j["lost_packets"].as_u64().unwrap_or(0);
+    }
+    losses
+}
+
+/// Losses per stream file of `output` as its packet headers tell them: (the last
+/// packet's cumulative events_discarded, packets missing from the seq_num sequence
+/// since 0), and each stream's first seq_num.
+fn header_losses(output: &Path) -> (Losses, Vec<(String, u64)>) {
+    let mut losses = Losses::new();
+    let mut first_seqs = Vec::new();
+    for trace in sub_traces(output) {
+        for entry in std::fs::read_dir(output.join(trace)).unwrap().flatten() {
+            if entry.file_name() == "metadata" {
+                continue;
+            }
+            let bytes = std::fs::read(entry.path()).unwrap();
+            let (mut at, mut packets) = (0, 0);
+            let mut seqs = Vec::new();
+            let mut discarded = 0;
+            while at < bytes.len() {
+                let header = PacketHeader::read(&bytes[at..]).expect("an intact packet");
+                seqs.push(header.open.seq_num);
+                discarded = header.close.events_discarded;
+                packets += 1;
+                at += header.open.packet_size as usize;
+            }
+            let stream = entry.path().display().to_string();
+            if let (Some(&first), Some(&last)) = (seqs.first(), seqs.last()) {
+                losses.insert(stream.clone(), (discarded, last + 1 - packets));
+                first_seqs.push((stream, first));
+            }
+        }
+    }
+    (losses, first_seqs)
+}
+
 const OVERWRITE_EMITTED: i64 = 50_000;
 
 /// Records [`OVERWRITE_EMITTED`] events of one thread into a per-PID and a per-UID
@@ -150,6 +234,24 @@ fn overwrite_trace() -> Vec<(String, Vec<i64>)> {
         .output()
         .unwrap();
     assert!(view.status.success(), "{view:?}");
+    let bt = babeltrace2_raw(&[], &output);
+    assert!(bt.status.success(), "{bt:?}");
+    // What the packet headers say: view reports every missing packet, babeltrace2
+    // only the gaps after a stream's first packet.
+    let (mut expected, first_seqs) = header_losses(&output);
+    expected.retain(|_, lost| *lost != (0, 0));
+    assert_eq!(view_losses(&output), expected, "view");
+    for (stream, first_seq) in first_seqs {
+        if let Some(lost) = expected.get_mut(&stream) {
+            lost.1 -= first_seq;
+        }
+    }
+    expected.retain(|_, lost| *lost != (0, 0));
+    assert_eq!(
+        babeltrace2_losses(&String::from_utf8_lossy(&bt.stderr)),
+        expected,
+        "babeltrace2"
+    );
 
     let traces = sub_traces(&output);
     assert_eq!(traces.len(), 2, "{traces:?}");
@@ -171,7 +273,7 @@ fn overwrite_trace() -> Vec<(String, Vec<i64>)> {
 }
 
 #[test]
-fn overwrite_mode_through_the_daemon_reads_cleanly_with_no_event_twice() {
+fn overwrite_mode_reads_cleanly_no_event_twice_and_losses_match_the_headers() {
     for (trace, kept) in overwrite_trace() {
         assert!(
             !kept.is_empty() && kept.len() < OVERWRITE_EMITTED as usize,
