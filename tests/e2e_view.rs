@@ -141,6 +141,36 @@ fn view_prints_every_event_babeltrace2_prints_merged_by_time_in_text_and_json() 
     expected.sort();
     seen.sort();
     assert_eq!(seen, expected);
+
+    // Any sub-trace alone reads the same in both tools.
+    for trace in sub_traces(&output) {
+        let dir = output.join(&trace);
+        let bt = babeltrace2_raw(&["--clock-gmt", "--clock-date", "--no-delta"], &dir);
+        assert!(bt.status.success(), "{bt:?}");
+        let mut expected: Vec<(String, i64)> = String::from_utf8(bt.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (time, _, _, i, _) = babeltrace2_key(l);
+                (time, i)
+            })
+            .collect();
+        let out = view(&[], &dir);
+        assert!(out.status.success(), "{out:?}");
+        let mut seen: Vec<(String, i64)> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let (time, rest) = l[1..].split_once("] ").expect("a time");
+                let (_, fields_text) = rest.split_once(" demo:ev ").expect("demo:ev");
+                (time.to_string(), fields(fields_text).0)
+            })
+            .collect();
+        assert!(!expected.is_empty(), "{trace}");
+        expected.sort();
+        seen.sort();
+        assert_eq!(seen, expected, "{trace}");
+    }
 }
 
 /// Copies the file tree `from` to `to`.
