@@ -80,13 +80,14 @@ fn register(name: &str, events: Vec<&'static Tracepoint>) -> Result<Registration
         .map_err(|e| format!("no session daemon at {}: {e}", path.display()))?;
     let io = |e: std::io::Error| e.to_string();
     sock.set_write_timeout(Some(timeout)).map_err(io)?;
-    frame::send_hello(&sock).map_err(|e| e.to_string())?;
     let register = AppRegister {
         name: name.to_string(),
         bitness: (usize::BITS) as u8,
         events: events.iter().map(|e| e.desc()).collect(),
     };
-    frame::send(&sock, &register, &[]).map_err(|e| e.to_string())?;
+    if let Err(e) = frame::send_hello(&sock).and_then(|()| frame::send(&sock, &register, &[])) {
+        return Err(refusal(&sock, timeout).unwrap_or_else(|| e.to_string()));
+    }
 
     let mut listener = Listener {
         events,
@@ -130,6 +131,19 @@ fn register(name: &str, events: Vec<&'static Tracepoint>) -> Result<Registration
         .spawn(move || listener.serve(sock))
         .map_err(io)?;
     Ok(Registration::Done { channels, latency })
+}
+
+/// The reason of a refusal already sent by the daemon, if there is one. A daemon that
+/// refuses (limits.max_apps) answers and closes without reading the registration,
+/// so sending it may fail (EPIPE) while the refusal still waits in the socket.
+fn refusal(sock: &UnixStream, timeout: Duration) -> Option<String> {
+    sock.set_read_timeout(Some(timeout)).ok()?;
+    match frame::recv::<AppCommand>(sock, frame::MAX_FRAME) {
+        Ok(Some((AppCommand::Refused { reason }, _))) => {
+            Some(format!("refused by the session daemon: {reason}"))
+        }
+        _ => None,
+    }
 }
 
 fn is_timeout(e: &std::io::Error) -> bool {

@@ -265,3 +265,68 @@ pub fn sub_traces(dir: &Path) -> Vec<String> {
     found.sort();
     found
 }
+
+impl Daemon {
+    /// Creates session `name` writing to `<scratch>/<output>`, with full channel
+    /// requests (geometry, mode) each enabling `demo:*`, and starts it unless told not
+    /// to.
+    pub fn session_with(
+        &self,
+        name: &str,
+        output: &str,
+        channels: &[ChannelRequest],
+        start: bool,
+    ) -> PathBuf {
+        let output = self.scratch.path(output);
+        self.ok(ControlRequest::Create {
+            name: name.into(),
+            output: Some(output.display().to_string()),
+        });
+        for channel in channels {
+            self.ok(ControlRequest::EnableChannel {
+                session: Some(name.into()),
+                channel: channel.clone(),
+            });
+            self.ok(ControlRequest::EnableEvent {
+                session: Some(name.into()),
+                channel: Some(channel.name.clone()),
+                pattern: "demo:*".into(),
+            });
+        }
+        if start {
+            self.ok(ControlRequest::Start {
+                session: Some(name.into()),
+            });
+        }
+        output
+    }
+
+    /// Runs the `ustrace` CLI against this daemon.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_ustrace"))
+            .args(args)
+            .env("USTRACE_RUNDIR", &self.rundir)
+            .output()
+            .unwrap()
+    }
+}
+
+/// Runs `babeltrace2 ARGS DIR` and returns its whole output, whatever its status.
+pub fn babeltrace2_raw(args: &[&str], dir: &Path) -> Output {
+    Command::new("babeltrace2")
+        .args(args)
+        .arg(dir)
+        .output()
+        .expect("babeltrace2 installed (scripts/test.sh installs it)")
+}
+
+/// Reads a child's stdout up to its `emitted` line (`ustrace-demo --wait`).
+pub fn wait_emitted(child: &mut Child) {
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "emitted");
+}
