@@ -118,6 +118,8 @@ pub struct BufferFactory {
     io: ArbiterHandle,
     /// Daemon counters.
     stats: Arc<Stats>,
+    /// Rings per set: the machine's possible CPUs, read once.
+    cpus: usize,
     /// Every session, started or not.
     sessions: Vec<SessionDef>,
     /// Sub-traces by (session, owner).
@@ -157,6 +159,7 @@ impl BufferFactory {
             writers,
             io,
             stats,
+            cpus: cpu_count(),
             sessions: Vec::new(),
             traces: HashMap::new(),
             sets: HashMap::new(),
@@ -325,7 +328,7 @@ impl BufferFactory {
             return Ok(());
         }
         let trace = &self.traces[&(session.name.clone(), key.owner)];
-        let cpus = cpu_count();
+        let cpus = self.cpus;
         let bytes = u64::from(spec.subbuf_size) * u64::from(spec.num_subbuf) * cpus as u64;
         if matches!(key.owner, Owner::Pid(_))
             && self.pid_buffer_bytes + bytes > self.settings.max_pid_buffer_bytes

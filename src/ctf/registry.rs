@@ -9,6 +9,7 @@
 //! class, so an app may record any of its events into any channel.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::ctf::field::{EventDesc, FieldType};
@@ -179,21 +180,36 @@ pub fn monotonic_ns() -> u64 {
     }
 }
 
-/// A fresh random (version 4) uuid for a new trace.
+/// A fresh random (version 4) uuid for a new trace. `/dev/urandom` stays open: a
+/// per-PID trace is made for every short-lived app, so this is on the registration
+/// path.
 pub fn random_uuid() -> std::io::Result<[u8; 16]> {
     use std::io::Read;
+    static URANDOM: OnceLock<std::fs::File> = OnceLock::new();
+    let file = match URANDOM.get() {
+        Some(file) => file,
+        None => {
+            let opened = std::fs::File::open("/dev/urandom")?;
+            URANDOM.get_or_init(|| opened)
+        }
+    };
     let mut uuid = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut uuid)?;
+    (&*file).read_exact(&mut uuid)?;
     uuid[6] = (uuid[6] & 0x0F) | 0x40;
     uuid[8] = (uuid[8] & 0x3F) | 0x80;
     Ok(uuid)
 }
 
-/// The host name as the kernel knows it, for the metadata `env` block.
+/// The host name as the kernel knows it, for the metadata `env` block; read once.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".to_string())
+    static HOSTNAME: OnceLock<String> = OnceLock::new();
+    HOSTNAME
+        .get_or_init(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "unknown".to_string())
+        })
+        .clone()
 }
 
 /// Event ids, channels and identity of one trace; produces its metadata.
