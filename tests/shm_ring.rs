@@ -611,3 +611,49 @@ fn overwrite_mode_with_a_draining_consumer_keeps_the_newest_event() {
         read.len()
     );
 }
+
+/// With one producer nothing but the reader could make it drop (it committed
+/// everything before each switch): lapping the ring while the consumer drains
+/// continuously (until 1000 packets were taken and some overwritten), every event is
+/// written, and the last one is in the final drain.
+#[test]
+fn overwrite_mode_producer_never_drops_because_of_a_draining_consumer() {
+    let ring = ring(4096, 4, Mode::Overwrite);
+    let mut consumer = Consumer::new(ring.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (ring, stop) = (ring.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut seq, mut dropped) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                dropped += u64::from(!write(&ring, 1, 0, seq, 100));
+                seq += 1;
+            }
+            (seq - 1, dropped)
+        })
+    };
+    let mut read = Vec::new();
+    let mut packets = 0;
+    let lapped = wait_until(Duration::from_secs(20), || {
+        packets += drain(&mut consumer, &mut read);
+        packets >= 1000 && ring.counters().overwritten_packets > 0
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (last, dropped) = producer.join().expect("producer");
+    assert!(lapped, "{packets} packets taken, {:?}", ring.counters());
+    consumer.flush();
+    let mut newest = Vec::new();
+    drain(&mut consumer, &mut newest);
+    assert_eq!(
+        (dropped, ring.counters().discarded_full),
+        (0, 0),
+        "producer dropped"
+    );
+    assert_eq!(
+        newest.last().map(|e| e.seq),
+        Some(last),
+        "newest event lost"
+    );
+    read.extend(newest);
+    assert!(read.windows(2).all(|w| w[0].seq < w[1].seq), "reordered");
+}
