@@ -288,12 +288,9 @@ fn overwrite_mode_reads_cleanly_no_event_twice_and_losses_match_the_headers() {
     }
 }
 
-/// Fails in most runs: in overwrite mode a producer that needs the slot the daemon is
-/// reading drops its event (docs/shm.md), and the daemon, draining oldest first,
-/// reads exactly the slot a full ring's producer needs next, so the newest events
-/// are dropped while old ones are kept. `cargo test --test e2e_daemon -- --ignored`.
+/// The flight recorder keeps the newest event: the daemon drains while the app laps
+/// the ring, and its copies never make a producer drop (docs/shm.md, Consumer).
 #[test]
-#[ignore = "known defect: overwrite mode drops the newest events while the daemon drains"]
 fn overwrite_mode_keeps_the_newest_event() {
     for (trace, kept) in overwrite_trace() {
         assert!(

@@ -127,9 +127,10 @@ fn drain_all(
     let mut fds = [PollFd::new(buffers.wakeup().as_fd(), PollFlags::POLLIN)];
     let _ = poll(&mut fds, 20u16);
     buffers.wakeup().take().expect("eventfd");
+    let mut packet = Vec::new();
     for (ring, consumer) in consumers.iter_mut().enumerate() {
-        while let Some(packet) = consumer.next_packet() {
-            read.extend(parse(packet.bytes()).1.into_iter().map(|e| (ring, e)));
+        while consumer.take_packet(&mut packet).is_some() {
+            read.extend(parse(&packet).1.into_iter().map(|e| (ring, e)));
         }
     }
 }

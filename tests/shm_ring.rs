@@ -18,11 +18,17 @@ fn ring(subbuf_size: u64, num_subbuf: u64, mode: Mode) -> Arc<Ring> {
     Arc::new(Ring::create("test", &config(subbuf_size, num_subbuf, mode), 0, wakeup).expect("ring"))
 }
 
-/// Takes every complete packet now, parsing its events.
+/// Takes every complete packet now, parsing its events (`parse` checks every payload
+/// byte, so a torn packet fails here) and checking its sequence number.
 fn drain(consumer: &mut Consumer, out: &mut Vec<TestEvent>) -> usize {
     let mut packets = 0;
-    while let Some(packet) = consumer.next_packet() {
-        let (_, events) = parse(packet.bytes());
+    let mut packet = Vec::new();
+    while let Some(info) = consumer.take_packet(&mut packet) {
+        let (header, events) = parse(&packet);
+        assert_eq!(
+            header.open.seq_num, info.seq_num,
+            "packet from another slot"
+        );
         out.extend(events);
         packets += 1;
     }
@@ -142,24 +148,25 @@ fn flush_hands_over_a_partial_packet_without_losing_committed_events() {
     let pending = ring
         .reserve(EVENT_HEADER_SIZE + payload_len(8))
         .expect("room");
+    let mut packet = Vec::new();
     assert!(
-        consumer.next_packet().is_none(),
+        consumer.take_packet(&mut packet).is_none(),
         "open packet is not handed out"
     );
     assert!(consumer.flush());
     assert!(
-        consumer.next_packet().is_none(),
+        consumer.take_packet(&mut packet).is_none(),
         "waits for the pending commit"
     );
     pending.commit();
-    let packet = consumer.next_packet().expect("flushed packet");
-    let (header, events) = parse_raw_content(packet.bytes());
+    consumer.take_packet(&mut packet).expect("flushed packet");
+    assert_eq!(packet.len(), 4096, "the whole sub-buffer is copied");
+    let (header, events) = parse_raw_content(&packet);
     assert_eq!(
         header,
         PACKET_HEADER_SIZE + 4 * (EVENT_HEADER_SIZE + payload_len(8))
     );
     assert_eq!(events, 4);
-    drop(packet);
     assert!(!consumer.flush(), "nothing open after a flush");
 }
 
@@ -178,11 +185,13 @@ fn packet_headers_carry_ring_identity_and_sequence() {
     let ring = ring(4096, 2, Mode::Discard);
     let mut consumer = Consumer::new(ring.clone());
     let mut seqs = Vec::new();
+    let mut packet = Vec::new();
     for round in 0..3u64 {
         assert!(write(&ring, 1, 0, round, 0));
         consumer.flush();
-        let packet = consumer.next_packet().expect("packet");
-        let (header, events) = parse(packet.bytes());
+        let info = consumer.take_packet(&mut packet).expect("packet");
+        let (header, events) = parse(&packet);
+        assert_eq!(info.seq_num, round);
         assert_eq!(header.open.uuid, *b"ustrace-shm-test");
         assert_eq!(header.open.stream_id, 7);
         assert_eq!(header.open.cpu_id, 0);
@@ -215,29 +224,65 @@ fn overwrite_mode_keeps_the_newest_packets_and_counts_overwritten_ones() {
     );
 }
 
+/// Producers lap a 2-packet ring while the consumer copies continuously, until
+/// [`RACES`] copies lost the race (a producer pushed `consumed` past their packet
+/// during the copy): such copies are discarded, every returned packet is whole and
+/// contiguous.
+/// Lost races to see before `overwrite_mode_discards_a_copy_that_raced_an_overwrite`
+/// stops: enough that returning a raced copy would be caught.
+const RACES: u64 = 200;
+
 #[test]
-fn overwrite_mode_never_tears_the_packet_being_read() {
+fn overwrite_mode_discards_a_copy_that_raced_an_overwrite() {
     let ring = ring(4096, 2, Mode::Overwrite);
     let mut consumer = Consumer::new(ring.clone());
-    for seq in 0..100 {
-        write(&ring, 1, 0, seq, 100);
+    let stop = Arc::new(AtomicBool::new(false));
+    let producers: Vec<_> = (0..2u32)
+        .map(|thread| {
+            let (ring, stop) = (ring.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seq = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    seq += u64::from(write(&ring, 1, thread, seq, 200));
+                }
+            })
+        })
+        .collect();
+    let mut packet = Vec::new();
+    let mut returned = 0;
+    let raced = wait_until(Duration::from_secs(20), || {
+        while let Some(info) = consumer.take_packet(&mut packet) {
+            let (header, events) = parse(&packet);
+            assert_eq!(
+                header.open.seq_num, info.seq_num,
+                "packet from another slot"
+            );
+            for thread in 0..2 {
+                let seqs: Vec<u64> = events
+                    .iter()
+                    .filter(|e| e.thread == thread)
+                    .map(|e| e.seq)
+                    .collect();
+                assert!(
+                    seqs.windows(2).all(|w| w[1] == w[0] + 1),
+                    "torn packet {}: thread {thread} seqs {seqs:?}",
+                    info.seq_num
+                );
+            }
+            returned += 1;
+        }
+        consumer.copies_discarded() >= RACES
+    });
+    stop.store(true, Ordering::Relaxed);
+    for p in producers {
+        p.join().expect("producer");
     }
-    let packet = consumer.next_packet().expect("a complete packet");
-    let before = packet.bytes().to_vec();
-    for seq in 100..2000 {
-        write(&ring, 1, 0, seq, 100);
-    }
-    assert_eq!(
-        packet.bytes(),
-        &before[..],
-        "producers wrote into a packet being read"
-    );
     assert!(
-        ring.counters().discarded_full > 0,
-        "producers dropped instead"
+        raced,
+        "{} copies raced an overwrite; {returned} packets returned",
+        consumer.copies_discarded()
     );
-    let (_, events) = parse(packet.bytes());
-    assert!(!events.is_empty());
+    assert!(ring.counters().overwritten_packets > 0);
 }
 
 #[test]
@@ -282,16 +327,17 @@ fn timestamps_never_go_backwards_within_a_stream_under_contention() {
         last_end = header.close.timestamp_end;
         read.extend(events);
     };
+    let mut packet = Vec::new();
     while !done.load(Ordering::Acquire) {
-        while let Some(packet) = consumer.next_packet() {
-            check(packet.bytes(), &mut read);
+        while consumer.take_packet(&mut packet).is_some() {
+            check(&packet, &mut read);
         }
         std::thread::yield_now();
     }
     watcher.join().expect("watcher");
     consumer.flush();
-    while let Some(packet) = consumer.next_packet() {
-        check(packet.bytes(), &mut read);
+    while consumer.take_packet(&mut packet).is_some() {
+        check(&packet, &mut read);
     }
     assert!(read.len() > 1000);
     for thread in 0..4 {
@@ -374,7 +420,7 @@ fn wrong_version_is_refused() {
             e,
             ShmError::BadVersion {
                 found: 99,
-                expected: 1
+                expected: 2
             }
         ),
         "{e}"
@@ -445,7 +491,8 @@ fn give_up_needs_two_calls_without_progress() {
         assert!(write(&ring, 1, 0, seq, 0));
     }
     consumer.flush();
-    assert!(consumer.next_packet().is_none());
+    let mut packet = Vec::new();
+    assert!(consumer.take_packet(&mut packet).is_none());
     assert_eq!(consumer.give_up_stuck(), 0, "first sighting only probes");
     assert_eq!(
         consumer.give_up_stuck(),
@@ -453,7 +500,7 @@ fn give_up_needs_two_calls_without_progress() {
         "5 committed + the dead reservation"
     );
     assert!(
-        consumer.next_packet().is_none(),
+        consumer.take_packet(&mut packet).is_none(),
         "given-up packet is skipped"
     );
     assert_eq!(ring.counters().lost_dead_producer, 6);
@@ -468,7 +515,7 @@ fn give_up_needs_two_calls_without_progress() {
         vec![5, 6, 7, 8, 9]
     );
     assert!(wait_until(Duration::from_secs(1), || consumer
-        .next_packet()
+        .take_packet(&mut packet)
         .is_none()));
 }
 
@@ -489,36 +536,57 @@ fn rings_and_channels_cross_threads() {
     sent::<Consumer>();
 }
 
+/// The flight recorder's promise: with producers lapping the ring while the consumer
+/// drains continuously, the newest event is always in the final drain and every packet
+/// handed out is whole (producers never drop because of the reader).
 #[test]
-fn overwrite_mode_under_concurrent_producers_hands_out_only_whole_packets() {
+fn overwrite_mode_with_a_draining_consumer_keeps_the_newest_event() {
     let ring = ring(4096, 4, Mode::Overwrite);
     let mut consumer = Consumer::new(ring.clone());
     let producers: Vec<_> = (0..2u32)
         .map(|thread| {
             let ring = ring.clone();
             std::thread::spawn(move || {
-                let mut last_committed = None;
+                // (seq, position) of the last committed event.
+                let mut last = None;
                 for seq in 0..20_000 {
-                    if write(&ring, 1, thread, seq, (seq % 5) as usize * 7) {
-                        last_committed = Some(seq);
+                    let extra = (seq % 5) as usize * 7;
+                    if let Some(mut r) = ring.reserve(EVENT_HEADER_SIZE + payload_len(extra)) {
+                        let ts = r.timestamp();
+                        let buf = r.buf();
+                        ustrace::ctf::packet::write_event_header(buf, 1, ts);
+                        encode(&mut buf[EVENT_HEADER_SIZE..], thread, seq);
+                        last = Some((seq, r.position()));
+                        r.commit();
                     }
                 }
-                last_committed
+                last
             })
         })
         .collect();
-    // `parse` checks every payload byte: a torn packet fails here.
     let mut read = Vec::new();
     while !producers.iter().all(|p| p.is_finished()) {
         drain(&mut consumer, &mut read);
         std::thread::yield_now();
     }
-    let last: Vec<Option<u64>> = producers
+    let last: Vec<Option<(u64, u64)>> = producers
         .into_iter()
         .map(|p| p.join().expect("producer"))
         .collect();
     consumer.flush();
-    drain(&mut consumer, &mut read);
+    let mut newest = Vec::new();
+    drain(&mut consumer, &mut newest);
+    let (thread, (seq, _)) = last
+        .iter()
+        .enumerate()
+        .filter_map(|(t, l)| l.map(|l| (t as u32, l)))
+        .max_by_key(|(_, (_, pos))| *pos)
+        .expect("something committed");
+    assert!(
+        newest.iter().any(|e| e.thread == thread && e.seq == seq),
+        "newest event (thread {thread}, seq {seq}) not in the final drain; last {last:?}"
+    );
+    read.extend(newest);
     for thread in 0..2 {
         let seqs: Vec<u64> = read
             .iter()
@@ -530,13 +598,6 @@ fn overwrite_mode_under_concurrent_producers_hands_out_only_whole_packets() {
             "thread {thread} reordered"
         );
     }
-    // Whichever thread committed last, its last event is in the newest packet, which
-    // nothing overwrote.
-    let kept = (0..2u32).any(|t| {
-        read.iter()
-            .any(|e| e.thread == t && Some(e.seq) == last[t as usize])
-    });
-    assert!(kept, "newest events lost: last committed {last:?}");
     // Events are read, dropped (counted), or lost with an overwritten packet (counted
     // per packet, at most this many events each).
     let c = ring.counters();
@@ -549,4 +610,50 @@ fn overwrite_mode_under_concurrent_producers_hands_out_only_whole_packets() {
         "{c:?}, {} read",
         read.len()
     );
+}
+
+/// With one producer nothing but the reader could make it drop (it committed
+/// everything before each switch): lapping the ring while the consumer drains
+/// continuously (until 1000 packets were taken and some overwritten), every event is
+/// written, and the last one is in the final drain.
+#[test]
+fn overwrite_mode_producer_never_drops_because_of_a_draining_consumer() {
+    let ring = ring(4096, 4, Mode::Overwrite);
+    let mut consumer = Consumer::new(ring.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (ring, stop) = (ring.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut seq, mut dropped) = (0, 0);
+            while !stop.load(Ordering::Relaxed) {
+                dropped += u64::from(!write(&ring, 1, 0, seq, 100));
+                seq += 1;
+            }
+            (seq - 1, dropped)
+        })
+    };
+    let mut read = Vec::new();
+    let mut packets = 0;
+    let lapped = wait_until(Duration::from_secs(20), || {
+        packets += drain(&mut consumer, &mut read);
+        packets >= 1000 && ring.counters().overwritten_packets > 0
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (last, dropped) = producer.join().expect("producer");
+    assert!(lapped, "{packets} packets taken, {:?}", ring.counters());
+    consumer.flush();
+    let mut newest = Vec::new();
+    drain(&mut consumer, &mut newest);
+    assert_eq!(
+        (dropped, ring.counters().discarded_full),
+        (0, 0),
+        "producer dropped"
+    );
+    assert_eq!(
+        newest.last().map(|e| e.seq),
+        Some(last),
+        "newest event lost"
+    );
+    read.extend(newest);
+    assert!(read.windows(2).all(|w| w[0].seq < w[1].seq), "reordered");
 }

@@ -38,9 +38,9 @@ fn install() -> (SlotId, ustrace::shm::Consumer) {
 fn recorded(consumer: &mut ustrace::shm::Consumer, payload_len: usize) -> Vec<(u32, Vec<u8>)> {
     consumer.flush();
     let mut out = Vec::new();
-    while let Some(packet) = consumer.next_packet() {
-        let bytes = packet.bytes();
-        let end = PacketHeader::read(bytes)
+    let mut bytes = Vec::new();
+    while consumer.take_packet(&mut bytes).is_some() {
+        let end = PacketHeader::read(&bytes)
             .expect("header")
             .close
             .content_size as usize;

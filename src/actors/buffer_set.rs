@@ -106,12 +106,13 @@ impl BufferSet {
             Ok(m) => m.clone(),
             Err(_) => return,
         };
+        let mut bytes = Vec::new();
         for (consumer, writer) in self.consumers.iter_mut().zip(&self.writers) {
-            while let Some(packet) = consumer.next_packet() {
-                match packet::trimmed(packet.bytes()) {
-                    Ok(bytes) => writer.do_send(WritePacket {
+            while consumer.take_packet(&mut bytes).is_some() {
+                match packet::trim(&mut bytes) {
+                    Ok(()) => writer.do_send(WritePacket {
                         metadata: metadata.clone(),
-                        bytes,
+                        bytes: std::mem::take(&mut bytes),
                     }),
                     Err(e) => log::error!("{}: dropping a bad packet: {e}", self.label),
                 }

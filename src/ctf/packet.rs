@@ -184,10 +184,10 @@ impl PacketHeader {
     }
 }
 
-/// A copy of the packet without its padding: `content_size` bytes, with
-/// `packet_size` set to match. A valid CTF packet (readers skip nothing), and what a
+/// Drops the packet's padding in place: keeps `content_size` bytes and sets
+/// `packet_size` to match. A valid CTF packet (readers skip nothing), and what a
 /// short-lived app's nearly empty sub-buffer costs on disk is its content only.
-pub fn trimmed(packet: &[u8]) -> Result<Vec<u8>, PacketError> {
+pub fn trim(packet: &mut Vec<u8>) -> Result<(), PacketError> {
     let header = PacketHeader::read(packet)?;
     let content = header.close.content_size;
     if content > packet.len() as u64 {
@@ -196,9 +196,9 @@ pub fn trimmed(packet: &[u8]) -> Result<Vec<u8>, PacketError> {
             packet_bits: packet.len() as u64 * 8,
         });
     }
-    let mut out = packet[..content as usize].to_vec();
-    put_u64(&mut out, PACKET_SIZE_AT, content * 8);
-    Ok(out)
+    packet.truncate(content as usize);
+    put_u64(packet, PACKET_SIZE_AT, content * 8);
+    Ok(())
 }
 
 /// Writes an event header (id, timestamp) at the start of `buf`.
@@ -290,7 +290,8 @@ mod tests {
             events_discarded: 0,
         }
         .write(&mut buf);
-        let short = trimmed(&buf).unwrap();
+        let mut short = buf.clone();
+        trim(&mut short).unwrap();
         assert_eq!(short.len(), 100);
         let header = PacketHeader::read(&short).unwrap();
         assert_eq!(header.open.packet_size, 100);

@@ -18,37 +18,15 @@ pub struct Consumer {
     /// Per slot, the commit word when that slot was last released: the event count of
     /// a packet is its word's high half minus this one's.
     released_words: Vec<u64>,
+    /// Copies thrown away because a producer overwrote their packet meanwhile.
+    copies_discarded: u64,
 }
 
-/// A complete packet lent to the consumer; released (its sub-buffer handed back to
-/// producers) when dropped.
-pub struct Packet<'a> {
-    /// The consumer holding the READING mark.
-    consumer: &'a mut Consumer,
-    /// Stream position of the packet.
-    pos: u64,
-    /// Its commit word when taken.
-    word: u64,
-}
-
-impl Packet<'_> {
-    /// The whole sub-buffer: one CTF packet, to be written out unchanged.
-    pub fn bytes(&self) -> &[u8] {
-        // SAFETY: `next_packet` saw the packet complete and set READING on it; no
-        // producer writes it until `drop` releases it.
-        unsafe { self.consumer.ring.packet_bytes(self.pos) }
-    }
-
-    /// Sequence number of the packet in its stream.
-    pub fn seq_num(&self) -> u64 {
-        self.pos / self.consumer.ring.geometry().subbuf_size
-    }
-}
-
-impl Drop for Packet<'_> {
-    fn drop(&mut self) {
-        self.consumer.release(self.pos, self.word);
-    }
+/// What [`Consumer::take_packet`] copied out, besides the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PacketInfo {
+    /// Sequence number of the packet in its stream (its position / sub-buffer size).
+    pub seq_num: u64,
 }
 
 impl Consumer {
@@ -60,6 +38,7 @@ impl Consumer {
             given_up: Vec::new(),
             probes: Vec::new(),
             released_words: vec![0; slots],
+            copies_discarded: 0,
         }
     }
 
@@ -68,53 +47,73 @@ impl Consumer {
         &self.ring
     }
 
-    /// Takes the oldest unread packet if it is complete; skips given-up ones.
-    pub fn next_packet(&mut self) -> Option<Packet<'_>> {
+    /// Copies the oldest unread packet, if it is complete, into `out` and hands its
+    /// slot back to producers; skips given-up packets. `out` then holds the whole
+    /// sub-buffer, padding included: one CTF packet (`ctf::packet::trim` drops the
+    /// padding in place). `None` when no packet is complete; `out` is then empty.
+    ///
+    /// Optimistic (seqlock-style): the copy is made without excluding producers, then
+    /// `consumed` is CASed past the packet. A failed CAS means an overwrite-mode
+    /// producer pushed `consumed` past it and may have written the slot during the
+    /// copy: the copy is discarded (that producer counted the packet overwritten) and
+    /// the new oldest packet is tried. So producers never wait for, nor drop because
+    /// of, the reader. In discard mode no producer moves `consumed`: the CAS succeeds.
+    pub fn take_packet(&mut self, out: &mut Vec<u8>) -> Option<PacketInfo> {
         let sb = self.ring.geometry().subbuf_size;
-        let ring = self.ring.clone();
-        let consumed = ring.consumed_word();
+        let mut pos = self.ring.consumed_word().load(Acquire);
         loop {
-            let pos = consumed.load(Acquire) & !1;
             // Acquire pairs with every Release commit: the packet's bytes are visible.
             let word = self.ring.commit_word(pos).load(Acquire);
             if word as u32 != self.ring.complete_bytes(pos) {
-                return None;
-            }
-            self.given_up.retain(|&p| p >= pos);
-            if let Some(i) = self.given_up.iter().position(|&p| p == pos) {
-                // A producer in overwrite mode may take it first; either way it is gone.
-                if consumed
-                    .compare_exchange(pos, pos + sb, AcqRel, Acquire)
-                    .is_ok()
-                {
-                    self.given_up.swap_remove(i);
-                    self.note_released(pos, word);
+                // Incomplete, or already reused by a producer that lapped us: only the
+                // first means "nothing to take".
+                let now = self.ring.consumed_word().load(Acquire);
+                if now == pos {
+                    out.clear();
+                    return None;
                 }
+                pos = now;
                 continue;
             }
-            // Marking READING excludes overwrite-mode producers, whose CAS expects the
-            // bit clear; failing means one took this packet: look again.
-            if consumed
-                .compare_exchange(pos, pos | 1, AcqRel, Acquire)
-                .is_ok()
+            self.given_up.retain(|&p| p >= pos);
+            let given_up = self.given_up.iter().position(|&p| p == pos);
+            if given_up.is_none() {
+                // SAFETY: the copy is used only if the CAS below succeeds, which proves
+                // no producer wrote the slot during it (see docs/shm.md, Consumer).
+                unsafe { self.ring.copy_packet(pos, out) };
+            }
+            // Success: no producer pushed `consumed` during the copy, and producers
+            // write a slot only after their own push or after seeing `consumed` past
+            // it. Release orders the copy before any such write: the producer's
+            // Acquire load (or CAS) of `consumed` reads this value or a later one.
+            match self
+                .ring
+                .consumed_word()
+                .compare_exchange(pos, pos + sb, AcqRel, Acquire)
             {
-                return Some(Packet {
-                    consumer: self,
-                    pos,
-                    word,
-                });
+                Ok(_) => {
+                    self.note_released(pos, word);
+                    match given_up {
+                        None => return Some(PacketInfo { seq_num: pos / sb }),
+                        Some(i) => {
+                            self.given_up.swap_remove(i);
+                            pos += sb;
+                        }
+                    }
+                }
+                Err(now) => {
+                    self.copies_discarded += u64::from(given_up.is_none());
+                    pos = now;
+                }
             }
         }
     }
 
-    /// Hands the packet at `pos` back to producers.
-    fn release(&mut self, pos: u64, word: u64) {
-        self.note_released(pos, word);
-        // Release pairs with producers' Acquire load of `consumed`: our reads of the
-        // packet happen before they write the slot again.
-        self.ring
-            .consumed_word()
-            .store(pos + self.ring.geometry().subbuf_size, Release);
+    /// How many copies `take_packet` discarded because a producer overwrote the packet
+    /// during the copy: a diagnostic of how often the reader lost that race (tests use
+    /// it to show the race was exercised).
+    pub fn copies_discarded(&self) -> u64 {
+        self.copies_discarded
     }
 
     /// Remembers the commit word a slot had when its packet left the ring.
@@ -123,7 +122,7 @@ impl Consumer {
         self.released_words[slot as usize] = word;
     }
 
-    /// Closes the partly filled packet (stop, app exit) so that `next_packet` returns
+    /// Closes the partly filled packet (stop, app exit) so that `take_packet` returns
     /// it once its last reservations commit. Returns whether there was one.
     pub fn flush(&self) -> bool {
         self.ring.flush()
@@ -141,7 +140,7 @@ impl Consumer {
     pub fn give_up_stuck(&mut self) -> u64 {
         let sb = self.ring.geometry().subbuf_size;
         let write = self.ring.write_word().load(Acquire);
-        let first = self.ring.consumed_word().load(Acquire) & !1;
+        let first = self.ring.consumed_word().load(Acquire);
         let closed_end = write & !(sb - 1);
         let mut probes = Vec::new();
         let mut lost = 0;

@@ -4,7 +4,7 @@
 //! 0    magic u64 | version u32 | subbuf_size u32 | num_subbuf u32 | mode u32
 //! 24   cpu_id u32 | stream_id u32 | uuid [16]                  (written once, then read-only)
 //! 64   write     AtomicU64   free-running byte position          (own cache line)
-//! 128  consumed  AtomicU64   free-running, multiple of subbuf_size; bit 0 = READING
+//! 128  consumed  AtomicU64   free-running, multiple of subbuf_size
 //! 192  discarded_full, too_big, overwritten_packets, lost_dead_producer   AtomicU64 each
 //! 256  commit[i] AtomicU64   per sub-buffer: low 32 bits bytes committed (mod 2^32),
 //!                            high 32 bits events committed
@@ -22,8 +22,9 @@ use crate::ctf::packet::PACKET_HEADER_SIZE;
 
 /// First eight bytes of every ring file: "USTRING1" read little-endian.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"USTRING1");
-/// Layout version; bump on any change to this file's table.
-pub(crate) const VERSION: u32 = 1;
+/// Layout version; bump on any change to this file's table. 2: `consumed` lost its
+/// READING bit (the consumer copies packets out optimistically).
+pub(crate) const VERSION: u32 = 2;
 
 // Byte offsets of the header fields, as in the table above.
 pub(crate) const MAGIC_AT: usize = 0;
@@ -188,7 +189,8 @@ impl Mapping {
     ///
     /// # Safety
     /// The caller owns `at..at + bytes.len()` exclusively (it reserved it, or it is a
-    /// header range only it writes) and no one reads it until a Release commit.
+    /// header range only it writes) and no one uses what it reads there until a
+    /// Release commit (the consumer's racy copy of an overwritten slot is discarded).
     #[inline]
     pub(crate) unsafe fn write(&self, at: usize, bytes: &[u8]) {
         assert!(at + bytes.len() <= self.map.len(), "write out of the ring");
@@ -216,15 +218,30 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(at), len) }
     }
 
-    /// The bytes `at..at + len` for reading.
+    /// Replaces the contents of `out` with a copy of `at..at + len`, read word by word
+    /// with volatile loads, while producers may be writing those bytes.
     ///
     /// # Safety
-    /// No producer writes these bytes while the slice lives: the consumer holds the
-    /// READING mark on this complete packet.
-    #[inline]
-    pub(crate) unsafe fn slice(&self, at: usize, len: usize) -> &[u8] {
-        assert!(at + len <= self.map.len(), "slice out of the ring");
-        // SAFETY: in bounds by the assert; immutable for the slice's life by contract.
-        unsafe { std::slice::from_raw_parts(self.map.as_ptr().add(at), len) }
+    /// Writers of the range may run concurrently only as the ring protocol allows
+    /// (overwrite mode reusing a slot), and the caller then discards the copy: it
+    /// proves afterwards (its `consumed` CAS) that no producer wrote the range during
+    /// the copy before using it.
+    pub(crate) unsafe fn copy_racy(&self, at: usize, len: usize, out: &mut Vec<u8>) {
+        assert!(
+            at.is_multiple_of(8) && len.is_multiple_of(8) && at + len <= self.map.len(),
+            "copy out of the ring"
+        );
+        out.clear();
+        out.resize(len, 0);
+        let src = self.map.as_ptr().wrapping_add(at).cast::<u64>();
+        for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+            // SAFETY: in bounds and 8-byte aligned (page-aligned mapping, `at % 8 == 0`)
+            // by the assert. Volatile loads of a plain integer form no reference to the
+            // racing bytes and every bit pattern is a valid u64, so a load that races a
+            // producer's store yields some bytes (a torn copy the caller discards), and
+            // the compiler cannot assume the memory stable or elide the loads.
+            let word = unsafe { std::ptr::read_volatile(src.add(i)) };
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! producer never blocks: when there is no room the event is dropped and counted
 //! ([`Mode::Discard`]) or the oldest complete packet is reused ([`Mode::Overwrite`]).
 //! Each sub-buffer is exactly one CTF packet; the single consumer (the daemon, through
-//! a [`Consumer`]) takes complete packets in order as read-only byte views.
+//! a [`Consumer`]) takes complete packets in order by copying them out optimistically,
+//! so that producers never wait for it nor drop because of it.
 //! The byte layout and the memory-ordering argument are in `docs/shm.md`.
 
 mod channel;
@@ -19,7 +20,7 @@ mod ring;
 
 pub use channel::{ChannelBuffers, Wakeup, cpu_count};
 pub use clock::{current_cpu, now_ns};
-pub use consumer::{Consumer, Packet};
+pub use consumer::{Consumer, PacketInfo};
 pub use error::ShmError;
 pub use layout::{DEFAULT_GEOMETRY, Geometry, Mode, RingConfig};
 pub use ring::{Reservation, Ring, RingCounters};

@@ -49,7 +49,8 @@ pub struct Ring {
 /// The loss counters of a ring, as read at one moment.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RingCounters {
-    /// Events dropped because the ring was full (or its next slot stuck or being read).
+    /// Events dropped because the ring was full (or, in overwrite mode, its next slot
+    /// still incomplete).
     pub discarded_full: u64,
     /// Events dropped because they exceed a sub-buffer.
     pub too_big: u64,
@@ -113,7 +114,7 @@ enum Switch {
 
 /// Why the next packet cannot be opened yet.
 enum NoRoom {
-    /// The ring is full (or its oldest packet incomplete or being read): drop.
+    /// The ring is full (or its oldest packet incomplete): drop.
     Full,
     /// `consumed` moved under us: load again.
     Retry,
@@ -344,15 +345,17 @@ impl Ring {
         if word as u32 != ((p >> self.ring_shift) * sb) as u32 {
             return Err(NoRoom::Full);
         }
-        // Acquire pairs with the consumer's Release store: its reads of the slot are
-        // done before we overwrite it.
+        // Acquire pairs with the Release half of the consumer's CAS: its copy of the
+        // slot is done before we overwrite it.
         let consumed = self.consumed_word().load(Acquire);
-        if p < (consumed & !1) + ring_len {
+        if p < consumed + ring_len {
             return Ok(());
         }
-        if self.mode == Mode::Discard || consumed & 1 == 1 {
+        if self.mode == Mode::Discard {
             return Err(NoRoom::Full);
         }
+        // Pushing `consumed` past the oldest packet makes a consumer copying it fail its
+        // CAS and discard the copy, so we never wait for the reader.
         match self
             .consumed_word()
             .compare_exchange(consumed, consumed + sb, AcqRel, Acquire)
@@ -460,7 +463,7 @@ impl Ring {
         self.map.u64_at(WRITE_AT)
     }
 
-    /// The free-running consumed position (bit 0: READING).
+    /// The free-running consumed position.
     pub(crate) fn consumed_word(&self) -> &AtomicU64 {
         self.map.u64_at(CONSUMED_AT)
     }
@@ -476,15 +479,18 @@ impl Ring {
         self.data_at + (pos & ((1 << self.ring_shift) - 1)) as usize
     }
 
-    /// The whole packet at `p` for reading.
+    /// Replaces `out` with a copy of the whole sub-buffer holding position `p`, which
+    /// producers may be overwriting (overwrite mode).
     ///
     /// # Safety
-    /// The packet is complete and the caller holds the READING mark on it.
-    pub(crate) unsafe fn packet_bytes(&self, p: u64) -> &[u8] {
-        // SAFETY: forwarded contract of `Mapping::slice`.
+    /// As [`Mapping::copy_racy`]: the caller uses the copy only once it has proved that
+    /// no producer wrote the slot during the copy.
+    pub(crate) unsafe fn copy_packet(&self, p: u64, out: &mut Vec<u8>) {
+        let at = self.data_index(p & !(self.geometry.subbuf_size - 1));
+        // SAFETY: forwarded contract of `Mapping::copy_racy`.
         unsafe {
             self.map
-                .slice(self.data_index(p), self.geometry.subbuf_size as usize)
+                .copy_racy(at, self.geometry.subbuf_size as usize, out)
         }
     }
 }
