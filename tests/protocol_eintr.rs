@@ -6,13 +6,15 @@
 //! `S` in /proc), and the test waits for the handler to have run. The two tests use
 //! different signals so that they can run in parallel without counting each other's.
 
+mod common;
+
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::os::unix::thread::JoinHandleExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
 use nix::unistd::{Pid, gettid};
@@ -46,12 +48,8 @@ fn install_handler(signal: Signal) {
     unsafe { sigaction(signal, &action) }.expect("sigaction");
 }
 
-fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        thread::sleep(Duration::from_millis(1));
-    }
+fn wait_until(what: &str, condition: impl FnMut() -> bool) {
+    common::wait_for(what, Duration::from_secs(10), condition);
 }
 
 fn sleeping(tid: Pid) -> bool {
