@@ -26,6 +26,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 
 /// Why the daemon could not start or had to stop.
@@ -99,6 +100,7 @@ impl Daemon {
     pub fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let rundir = self.config.effective_runtime_dir()?;
         prepare_rundir(&rundir)?;
+        raise_fd_limit();
         let system = System::new();
         let result = system.block_on(self.serve(rundir.clone(), shutdown));
         let _ = fs::remove_file(rundir.join(CONTROL_SOCKET));
@@ -158,8 +160,13 @@ impl Daemon {
             }
         }
 
-        actix_rt::spawn(accept_apps(apps, registrar));
-        actix_rt::spawn(accept_control(control, sessions.clone(), max_frame));
+        actix_rt::spawn(accept_loop(apps, APPS_SOCKET, move |stream| {
+            registrar.do_send(Accept(stream))
+        }));
+        let control_sessions = sessions.clone();
+        actix_rt::spawn(accept_loop(control, CONTROL_SOCKET, move |stream| {
+            actix_rt::spawn(serve_control(stream, control_sessions.clone(), max_frame));
+        }));
         log::info!("ustraced serving in {}", rundir.display());
         shutdown.await;
         log::info!("ustraced stopping: flushing started sessions");
@@ -194,25 +201,40 @@ fn bind(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
     Ok(listener)
 }
 
-/// Hands every connection on `apps.sock` to the Registrar.
-async fn accept_apps(listener: UnixListener, registrar: Addr<Registrar>) {
+/// Accepts connections on `listener` (called `name` in logs) for ever, handing each
+/// to `serve`. When the daemon is out of file descriptors it backs off, 10 ms
+/// doubling to 500 ms, with one log line per episode: retrying at once would burn the
+/// actor thread that frees fds (teardowns) and flood the log.
+async fn accept_loop(listener: UnixListener, name: &str, mut serve: impl FnMut(UnixStream)) {
+    const FIRST_PAUSE: Duration = Duration::from_millis(10);
+    let mut pause = FIRST_PAUSE;
     loop {
         match listener.accept().await {
-            Ok((stream, _)) => registrar.do_send(Accept(stream)),
-            Err(e) => log::warn!("apps.sock accept: {e}"),
+            Ok((stream, _)) => {
+                pause = FIRST_PAUSE;
+                serve(stream);
+            }
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
+                if pause == FIRST_PAUSE {
+                    log::error!("{name} accept: {e}; backing off until fds are freed");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            Err(e) => log::warn!("{name} accept: {e}"),
         }
     }
 }
 
-/// Serves `control.sock`: one request and one reply per connection.
-async fn accept_control(listener: UnixListener, sessions: Addr<SessionManager>, max_frame: usize) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                actix_rt::spawn(serve_control(stream, sessions.clone(), max_frame));
-            }
-            Err(e) => log::warn!("control.sock accept: {e}"),
-        }
+/// Raises the soft limit on open files to the hard one: every per-PID ring set
+/// alive holds an eventfd and one memfd per CPU.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        log::warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
     }
 }
 

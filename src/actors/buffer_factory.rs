@@ -303,6 +303,7 @@ impl BufferFactory {
         let metadata = Arc::new(Mutex::new(Metadata {
             version: 0,
             tsdl: registry.metadata().into(),
+            stored: Arc::default(),
         }));
         self.traces.insert(
             key,
@@ -481,10 +482,8 @@ impl BufferFactory {
 /// Replaces a trace's metadata snapshot after its registry changed.
 fn publish_metadata(trace: &Trace) {
     if let Ok(mut m) = trace.metadata.lock() {
-        *m = Metadata {
-            version: trace.version,
-            tsdl: trace.registry.metadata().into(),
-        };
+        m.version = trace.version;
+        m.tsdl = trace.registry.metadata().into();
     }
 }
 

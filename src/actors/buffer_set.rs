@@ -248,9 +248,9 @@ impl Handler<ProducerDied> for BufferSet {
 }
 
 impl Handler<Teardown> for BufferSet {
-    type Result = ResponseActFuture<Self, Result<(), String>>;
+    type Result = ResponseFuture<Result<(), String>>;
 
-    fn handle(&mut self, _: Teardown, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, _: Teardown, ctx: &mut Context<Self>) -> Self::Result {
         // No producer is left: whatever is still incomplete never will be. The
         // first call notes incomplete packets, the second gives up those that did
         // not move, which none can any more.
@@ -259,9 +259,17 @@ impl Handler<Teardown> for BufferSet {
             consumer.give_up_stuck();
             consumer.give_up_stuck();
         }
-        Box::pin(self.flush_all().into_actor(self).map(|result, _, ctx| {
-            ctx.stop();
+        // Every packet is now copied into the writers' queues: stop at once, so the
+        // rings (memfds, mappings, eventfd) are freed now and not when a busy disk
+        // has caught up. The writers stay addressable, hence restartable, until
+        // they confirm.
+        let synced = self.flush_all();
+        let writers = self.writers.clone();
+        ctx.stop();
+        Box::pin(async move {
+            let result = synced.await;
+            drop(writers);
             result
-        }))
+        })
     }
 }

@@ -23,6 +23,7 @@ use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 /// What a writer is told about the stream it serves.
@@ -46,12 +47,16 @@ impl StreamInfo {
 }
 
 /// The trace metadata as of a packet: writers store it before the packet.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Metadata {
     /// Grows by one each time the trace gains an event or a channel.
     pub version: u64,
     /// The whole TSDL text.
     pub tsdl: Arc<str>,
+    /// Highest version stored by any writer of this trace (shared by all its
+    /// streams), so that the metadata file is written once per version, not once
+    /// per stream: file creation is most of a short-lived app's trace cost.
+    pub stored: Arc<AtomicU64>,
 }
 
 /// Stores the packets of one stream.
@@ -126,8 +131,6 @@ pub struct CtfFileWriter {
     file: Option<File>,
     /// Length of the file made of whole packets; a failed write is cut back to it.
     good_len: u64,
-    /// Metadata version last written to disk by this writer.
-    metadata_version: Option<u64>,
 }
 
 impl CtfFileWriter {
@@ -137,14 +140,13 @@ impl CtfFileWriter {
             stream,
             file: None,
             good_len: 0,
-            metadata_version: None,
         }
     }
 
-    /// Writes the metadata file if it is older than `metadata`. Every stream of a
-    /// trace does this; the write-then-rename keeps readers from seeing half a file.
+    /// Writes the metadata file if no stream of the trace stored this version yet.
+    /// Write-then-rename keeps readers from ever seeing half a file.
     fn store_metadata(&mut self, metadata: &Metadata) -> io::Result<()> {
-        if self.metadata_version >= Some(metadata.version) {
+        if metadata.stored.load(Ordering::Acquire) > metadata.version {
             return Ok(());
         }
         fs::create_dir_all(&self.stream.trace_dir)?;
@@ -154,7 +156,10 @@ impl CtfFileWriter {
             .join(format!(".metadata.{}", self.stream.file_name()));
         fs::write(&tmp, metadata.tsdl.as_bytes())?;
         fs::rename(&tmp, self.stream.trace_dir.join("metadata"))?;
-        self.metadata_version = Some(metadata.version);
+        // Stored as version + 1 so that 0 means "nothing stored yet".
+        metadata
+            .stored
+            .fetch_max(metadata.version + 1, Ordering::Release);
         Ok(())
     }
 
