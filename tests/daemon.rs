@@ -3,10 +3,9 @@
 mod common;
 
 use common::{Daemon, Running, babeltrace2, poke, sub_traces, wait_for};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::process::Stdio;
 use std::time::Duration;
 use ustrace::protocol::messages::{Buffers, ControlRequest};
 
@@ -101,19 +100,7 @@ fn apps_registered_before_start_are_traced_after_it() {
 fn what_a_sigkilled_app_committed_is_in_the_trace() {
     let daemon = Daemon::start();
     let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
-    let mut app = Running(
-        daemon
-            .app(&["--events", "5000", "--wait"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(app.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "emitted");
+    let mut app = daemon.app_that_emitted(5000);
     app.0.kill().unwrap();
     app.0.wait().unwrap();
     wait_for("the daemon to see the app die", WAIT, || {
@@ -278,14 +265,7 @@ fn a_daemon_that_never_answers_costs_the_app_only_its_timeout() {
 fn destroy_frees_every_buffer_set_and_writer() {
     let daemon = Daemon::start();
     daemon.session("s", &[("u", Buffers::PerUid)], true);
-    let mut app = Running(
-        daemon
-            .app(&["--events", "3", "--wait"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut app = daemon.app_that_emitted(3);
     wait_for("buffers to exist", WAIT, || {
         daemon.status().buffer_sets == 1
     });
@@ -367,18 +347,7 @@ fn sessions_declared_in_the_config_trace_without_any_cli_call() {
 fn sigterm_stops_the_daemon_with_every_started_session_on_disk() {
     let mut daemon = Daemon::start();
     let output = daemon.session("s", &[("u", Buffers::PerUid)], true);
-    let mut app = Running(
-        daemon
-            .app(&["--events", "30", "--wait"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(app.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut app = daemon.app_that_emitted(30);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.pid() as i32),
         nix::sys::signal::Signal::SIGTERM,

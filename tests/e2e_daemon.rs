@@ -3,12 +3,9 @@
 
 mod common;
 
-use common::{
-    Daemon, Running, babeltrace2, babeltrace2_raw, poke, sub_traces, wait_emitted, wait_for,
-};
+use common::{Daemon, Running, babeltrace2, babeltrace2_raw, poke, sub_traces, wait_for};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 use ustrace::ctf::packet::PacketHeader;
 use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlRequest};
@@ -338,20 +335,7 @@ fn sixteen_apps_of_one_uid_registering_at_once_share_one_per_uid_trace() {
 fn past_max_apps_an_app_is_refused_once_runs_untraced_and_later_apps_are_traced() {
     let daemon = Daemon::with_config("[limits]\nmax_apps = 2\n");
     let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
-    let mut waiting: Vec<Running> = (0..2)
-        .map(|_| {
-            let mut app = Running(
-                daemon
-                    .app(&["--events", "3", "--wait"])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .unwrap(),
-            );
-            wait_emitted(&mut app.0);
-            app
-        })
-        .collect();
+    let mut waiting: Vec<Running> = (0..2).map(|_| daemon.app_that_emitted(3)).collect();
     assert_eq!(daemon.status().apps, 2);
 
     // Several times: the refusal races with the app sending its registration.
@@ -401,15 +385,7 @@ fn past_max_pid_buffer_bytes_apps_lose_only_their_per_pid_channel() {
         ],
         true,
     );
-    let mut holder = Running(
-        daemon
-            .app(&["--events", "3", "--wait"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    wait_emitted(&mut holder.0);
+    let mut holder = daemon.app_that_emitted(3);
     // Over the cap: traced in the per-UID channel only, and nothing breaks.
     for _ in 0..3 {
         daemon.run_app(&["--events", "5"]);

@@ -164,6 +164,26 @@ impl Daemon {
         cmd
     }
 
+    /// An app that emitted `events` events and now waits for a line on stdin
+    /// ([`poke`]) before it exits: a process with committed events, still alive.
+    pub fn app_that_emitted(&self, events: u32) -> Running {
+        let mut app = Running(
+            self.app(&["--events", &events.to_string(), "--wait"])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(app.0.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert_eq!(line.trim(), "emitted");
+        app
+    }
+
     /// Runs an app to completion and checks it exited cleanly.
     pub fn run_app(&self, args: &[&str]) -> Output {
         let out = self.app(args).output().unwrap();
@@ -318,15 +338,4 @@ pub fn babeltrace2_raw(args: &[&str], dir: &Path) -> Output {
         .arg(dir)
         .output()
         .expect("babeltrace2 installed (scripts/test.sh installs it)")
-}
-
-/// Reads a child's stdout up to its `emitted` line (`ustrace-demo --wait`).
-pub fn wait_emitted(child: &mut Child) {
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    assert_eq!(line.trim(), "emitted");
 }
