@@ -207,10 +207,11 @@ fn after_1000_apps_the_daemon_holds_nothing_for_them() {
     let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
     // One app first, so that the per-UID set and lazily made state exist.
     daemon.run_app(&["--events", "1"]);
-    // Its per-PID set is gone; the per-UID one stays for the session.
+    // Its per-PID set and writers are gone; the per-UID ones stay for the session.
+    let cpus = ustrace::shm::cpu_count() as u64;
     wait_for("the first app to be torn down", WAIT, || {
         let s = daemon.status();
-        s.apps == 0 && s.buffer_sets == 1
+        s.apps == 0 && s.buffer_sets == 1 && s.writers == cpus
     });
     let before = daemon.status();
     let (fds, maps) = (daemon.fd_count(), daemon.map_count());
