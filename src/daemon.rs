@@ -7,7 +7,8 @@
 //! stops every started session (flushing it to disk) before exiting.
 //!
 //! Concurrency: everything runs on one actix system thread except the writers, which
-//! run on their own arbiter (thread) so that disk I/O never delays a registration.
+//! run on I/O arbiters (one thread per CPU, each set's writers on one of them in
+//! turn) so that disk I/O never delays a registration.
 
 use crate::actors::buffer_factory::{BufferFactory, FactorySettings};
 use crate::actors::framed;
@@ -20,6 +21,7 @@ use crate::actors::writer::{WriterFactory, WriterRegistry};
 use crate::config::Config;
 use crate::protocol::messages::{ControlReply, ControlRequest};
 use crate::protocol::{APPS_SOCKET, CONTROL_SOCKET};
+use crate::shm::cpu_count;
 use actix::prelude::*;
 use std::fs;
 use std::io;
@@ -118,7 +120,8 @@ impl Daemon {
         let apps = bind(&rundir.join(APPS_SOCKET), 0o666)?;
         let config = &self.config;
         let stats = Arc::new(Stats::default());
-        let io_arbiter = Arbiter::new();
+        // One I/O thread per CPU: file creation, not the CPU, is what they wait on.
+        let io_arbiters: Vec<Arbiter> = (0..cpu_count()).map(|_| Arbiter::new()).collect();
         let factory = BufferFactory::new(
             FactorySettings {
                 flush_interval: config.daemon.flush_interval(),
@@ -130,7 +133,7 @@ impl Daemon {
                 max_pid_buffer_bytes: config.limits.max_pid_buffer_bytes.0,
             },
             self.writers.clone(),
-            io_arbiter.handle(),
+            io_arbiters.iter().map(Arbiter::handle).collect(),
             stats.clone(),
         )
         .start();
@@ -171,7 +174,9 @@ impl Daemon {
         shutdown.await;
         log::info!("ustraced stopping: flushing started sessions");
         stop_all(&sessions).await;
-        io_arbiter.stop();
+        for arbiter in io_arbiters {
+            arbiter.stop();
+        }
         Ok(())
     }
 }

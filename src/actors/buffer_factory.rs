@@ -114,8 +114,12 @@ pub struct BufferFactory {
     settings: FactorySettings,
     /// Writer factories by name.
     writers: WriterRegistry,
-    /// The thread that runs writers, so that disk I/O never delays registration.
-    io: ArbiterHandle,
+    /// The threads that run writers, so that disk I/O never delays registration;
+    /// each set's writers go to the next one in turn, so one slow file creation
+    /// does not queue every other app's trace behind it.
+    io: Vec<ArbiterHandle>,
+    /// Sets created so far: picks the I/O thread of the next one.
+    sets_created: usize,
     /// Daemon counters.
     stats: Arc<Stats>,
     /// Rings per set: the machine's possible CPUs, read once.
@@ -151,13 +155,14 @@ impl BufferFactory {
     pub fn new(
         settings: FactorySettings,
         writers: WriterRegistry,
-        io: ArbiterHandle,
+        io: Vec<ArbiterHandle>,
         stats: Arc<Stats>,
     ) -> BufferFactory {
         BufferFactory {
             settings,
             writers,
             io,
+            sets_created: 0,
             stats,
             cpus: cpu_count(),
             sessions: Vec::new(),
@@ -360,6 +365,8 @@ impl BufferFactory {
             ChannelBuffers::create(&format!("ustrace {label}"), &config, cpus)
                 .map_err(|e| e.to_string())?,
         );
+        let io = &self.io[self.sets_created % self.io.len()];
+        self.sets_created += 1;
         let writers = (0..cpus as u32)
             .map(|cpu| {
                 let stream = StreamInfo {
@@ -369,7 +376,7 @@ impl BufferFactory {
                     trace_dir: trace.dir.clone(),
                 };
                 Writer::start(
-                    &self.io,
+                    io,
                     stream,
                     factory.clone(),
                     self.settings.restart_policy,
