@@ -169,8 +169,8 @@ fn parse_registration_us(stderr: &str) -> Option<u64> {
     })
 }
 
-/// A daemon's memory and descriptor counts, from /proc.
-#[derive(Clone, Copy, Debug)]
+/// A daemon's memory, descriptor counts and CPU time per thread, from /proc.
+#[derive(Clone, Debug)]
 struct Footprint {
     /// Resident set (VmRSS), kB.
     rss_kb: u64,
@@ -180,6 +180,8 @@ struct Footprint {
     fds: usize,
     /// Memory mappings (lines of /proc/PID/maps).
     maps: usize,
+    /// CPU time (user + system, ms) used so far by each thread, by thread name.
+    cpu_ms: Vec<(String, u64)>,
 }
 
 impl Footprint {
@@ -211,8 +213,63 @@ impl Footprint {
             hwm_kb: kb("VmHWM:")?,
             fds,
             maps: read("maps")?.lines().count(),
+            cpu_ms: threads_cpu_ms(pid)?,
         })
     }
+
+    /// CPU ms each thread used since `before` (threads born meanwhile count from 0).
+    fn cpu_since(&self, before: &Footprint) -> Vec<(String, u64)> {
+        self.cpu_ms
+            .iter()
+            .map(|(name, ms)| {
+                let earlier = before.cpu_ms.iter().find(|(n, _)| n == name);
+                (name.clone(), ms - earlier.map_or(0, |(_, e)| (*e).min(*ms)))
+            })
+            .collect()
+    }
+}
+
+/// User + system CPU ms of each thread of `pid`, summed by thread name.
+fn threads_cpu_ms(pid: u32) -> Result<Vec<(String, u64)>, String> {
+    let tasks = format!("/proc/{pid}/task");
+    let mut by_name: Vec<(String, u64)> = Vec::new();
+    for task in std::fs::read_dir(&tasks).map_err(|e| format!("reading {tasks}: {e}"))? {
+        let Ok(task) = task else { continue };
+        // A thread that ended since read_dir has no stat any more: it is skipped.
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
+        let Some((name, ticks)) = parse_task_stat(&stat) else {
+            return Err(format!("unexpected {}/stat: {stat}", task.path().display()));
+        };
+        let ms = ticks * 1000 / clock_ticks_per_second();
+        match by_name.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, total)) => *total += ms,
+            None => by_name.push((name, ms)),
+        }
+    }
+    by_name.sort();
+    Ok(by_name)
+}
+
+/// The thread name and utime + stime (clock ticks) of a /proc/PID/task/TID/stat line.
+fn parse_task_stat(stat: &str) -> Option<(String, u64)> {
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let name = stat.get(open + 1..close)?.to_string();
+    // Fields after the name start with the state (field 3); utime and stime are
+    // fields 14 and 15.
+    let mut fields = stat.get(close + 1..)?.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((name, utime + stime))
+}
+
+/// The kernel's clock tick rate, in which /proc reports CPU time.
+fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf only reads a configuration value; it has no memory effects.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
 }
 
 /// What the apps of one run reported.
@@ -626,10 +683,21 @@ fn print_ours(run: &OursRun) {
         }
         println!("{line}");
     }
-    let (b, a) = (run.before, run.after);
+    let (b, a) = (&run.before, &run.after);
     println!(
         "  daemon before: rss {} kB, fds {}, maps {}; after: rss {} kB, fds {}, maps {}; peak rss (VmHWM) {} kB",
         b.rss_kb, b.fds, b.maps, a.rss_kb, a.fds, a.maps, a.hwm_kb
+    );
+    let threads = a.cpu_since(b);
+    let total: u64 = threads.iter().map(|(_, ms)| ms).sum();
+    let each: Vec<String> = threads
+        .iter()
+        .map(|(name, ms)| format!("{name} {ms} ms"))
+        .collect();
+    println!(
+        "  daemon CPU during the apps: {total} ms ({:.0} us/app): {}",
+        total as f64 * 1000.0 / f64::from(run.apps.max(1)),
+        each.join(", ")
     );
 }
 
@@ -953,6 +1021,19 @@ mod tests {
             parse_registration_us("ustrace: x runs untraced: no daemon\n"),
             None
         );
+    }
+
+    #[test]
+    fn thread_cpu_is_read_from_proc_stat() {
+        let stat = "4242 (actix-rt|system:0|arbiter:1) S 1 4242 4242 0 -1 4194368 \
+                    120 0 0 0 37 5 0 0 20 0 3 0 512 1000 200 18446744073709551615";
+        assert_eq!(
+            parse_task_stat(stat),
+            Some(("actix-rt|system:0|arbiter:1".to_string(), 42))
+        );
+        assert_eq!(parse_task_stat("7 (a) b) S 1"), None);
+        let own = threads_cpu_ms(std::process::id()).expect("own threads");
+        assert!(!own.is_empty());
     }
 
     #[test]
