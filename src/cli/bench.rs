@@ -21,8 +21,9 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// `ustrace bench` options.
@@ -272,6 +273,47 @@ fn clock_ticks_per_second() -> u64 {
     u64::try_from(ticks).ok().filter(|&t| t > 0).unwrap_or(100)
 }
 
+/// Samples a daemon's fd and mapping counts while the apps run, keeping the peaks:
+/// per-PID buffers live until their writers are done, so the peak shows a backlog
+/// that the counts after the run no longer do.
+struct PeakSampler {
+    /// Set to end the sampling.
+    stop: Arc<AtomicBool>,
+    /// The sampling thread; yields (peak fds, peak mappings).
+    thread: JoinHandle<(usize, usize)>,
+}
+
+impl PeakSampler {
+    /// How often the counts are read; /proc/PID/fd of a busy daemon is long.
+    const PERIOD: Duration = Duration::from_millis(100);
+
+    /// Starts sampling process `pid`.
+    fn start(pid: u32) -> PeakSampler {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let (mut fds, mut maps) = (0, 0);
+            while !flag.load(Ordering::Relaxed) {
+                if let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+                    fds = fds.max(dir.count());
+                }
+                if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+                    maps = maps.max(text.lines().count());
+                }
+                std::thread::sleep(Self::PERIOD);
+            }
+            (fds, maps)
+        });
+        PeakSampler { stop, thread }
+    }
+
+    /// Stops sampling and gives (peak fds, peak mappings).
+    fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
 /// What the apps of one run reported.
 #[derive(Debug, Default)]
 struct Launched {
@@ -396,12 +438,16 @@ struct OursRun {
     expected: u64,
     /// Events our reader read back.
     recorded: u64,
-    /// Events babeltrace2 printed, when asked.
-    babeltrace: Option<u64>,
+    /// Events babeltrace2 printed (or why it failed), when asked.
+    babeltrace: Option<Result<u64, String>>,
     /// The daemon before the apps (session started).
     before: Footprint,
     /// The daemon once every app is gone and its buffers are torn down.
     after: Footprint,
+    /// Highest (fds, mappings) seen while the apps ran.
+    peak: (usize, usize),
+    /// Time to read the trace back: our reader, then babeltrace2 if run.
+    read_time: (Duration, Option<Duration>),
 }
 
 impl OursRun {
@@ -460,17 +506,24 @@ fn run_ours(args: &ChurnArgs, mode: ChurnMode, apps: u32, par: u32) -> Result<Ou
     }
     let before_status = status(&rundir)?;
     let before = Footprint::of(daemon.0.id())?;
+    let sampler = PeakSampler::start(daemon.0.id());
     let started = Instant::now();
-    let launched = launch(&rundir, args, apps, par)?;
+    let launched = launch(&rundir, args, apps, par);
     let wall = started.elapsed();
-    settle(&rundir, mode, &before_status)?;
+    let settled = launched.and_then(|l| settle(&rundir, mode, &before_status).map(|()| l));
+    let peak = sampler.finish();
+    let launched = settled?;
     let after = Footprint::of(daemon.0.id())?;
-    let (mut recorded, mut babeltrace) = (0, None);
+    let (mut recorded, mut babeltrace, mut read_time) = (0, None, (Duration::ZERO, None));
     if buffers.is_some() {
         ask(&rundir, ControlRequest::Stop { session })?;
+        let reading = Instant::now();
         recorded = count_events(&output)?;
+        read_time.0 = reading.elapsed();
         if args.babeltrace || args.kill_fraction > 0.0 {
-            babeltrace = Some(babeltrace_count(&output)?);
+            let reading = Instant::now();
+            babeltrace = Some(babeltrace_count(&output));
+            read_time.1 = Some(reading.elapsed());
         }
     }
     drop(daemon);
@@ -489,6 +542,8 @@ fn run_ours(args: &ChurnArgs, mode: ChurnMode, apps: u32, par: u32) -> Result<Ou
         babeltrace,
         before,
         after,
+        peak,
+        read_time,
     })
 }
 
@@ -554,17 +609,25 @@ fn count_events(dir: &Path) -> Result<u64, String> {
 }
 
 /// Events babeltrace2 prints for the trace under `dir`; fails if it reports an error.
+/// A per-PID trace of N apps has N stream files that babeltrace2 opens at once, so
+/// it runs with the soft descriptor limit raised to the hard one.
 fn babeltrace_count(dir: &Path) -> Result<u64, String> {
-    let out = Command::new("babeltrace2")
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            r#"ulimit -n "$(ulimit -Hn)" && exec babeltrace2 "$0""#,
+        ])
         .arg(dir)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| format!("cannot run babeltrace2: {e}"))?;
     if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first: Vec<&str> = stderr.lines().take(3).collect();
         return Err(format!(
             "babeltrace2 failed ({}): {}",
             out.status,
-            String::from_utf8_lossy(&out.stderr)
+            first.join(" / ")
         ));
     }
     Ok(out
@@ -671,8 +734,14 @@ fn print_ours(run: &OursRun) {
             "  events: expected {}, recorded {}",
             run.expected, run.recorded
         );
-        if let Some(b) = run.babeltrace {
-            let _ = write!(line, ", babeltrace2 reads {b}");
+        match &run.babeltrace {
+            Some(Ok(b)) => {
+                let _ = write!(line, ", babeltrace2 reads {b}");
+            }
+            Some(Err(e)) => {
+                let _ = write!(line, ", {e}");
+            }
+            None => {}
         }
         if run.launched.killed > 0 {
             let _ = write!(
@@ -682,11 +751,18 @@ fn print_ours(run: &OursRun) {
             );
         }
         println!("{line}");
+        let babeltrace = run.read_time.1.map_or(String::new(), |t| {
+            format!(", babeltrace2 {:.2} s", t.as_secs_f64())
+        });
+        println!(
+            "  read back: ustrace reader {:.2} s{babeltrace}",
+            run.read_time.0.as_secs_f64()
+        );
     }
     let (b, a) = (&run.before, &run.after);
     println!(
-        "  daemon before: rss {} kB, fds {}, maps {}; after: rss {} kB, fds {}, maps {}; peak rss (VmHWM) {} kB",
-        b.rss_kb, b.fds, b.maps, a.rss_kb, a.fds, a.maps, a.hwm_kb
+        "  daemon before: rss {} kB, fds {}, maps {}; after: rss {} kB, fds {}, maps {}; peak: rss (VmHWM) {} kB, fds {}, maps {}",
+        b.rss_kb, b.fds, b.maps, a.rss_kb, a.fds, a.maps, a.hwm_kb, run.peak.0, run.peak.1
     );
     let threads = a.cpu_since(b);
     let total: u64 = threads.iter().map(|(_, ms)| ms).sum();
@@ -711,12 +787,13 @@ fn check(run: &OursRun) -> Result<(), String> {
             run.expected
         ));
     }
-    match run.babeltrace {
-        Some(b) if b != run.expected => Err(format!(
+    match &run.babeltrace {
+        Some(Ok(b)) if *b != run.expected => Err(format!(
             "{}: babeltrace2 read {b} events, {} expected",
             run.mode.name(),
             run.expected
         )),
+        Some(Err(e)) => Err(e.clone()),
         _ => Ok(()),
     }
 }
@@ -805,6 +882,9 @@ struct SweepRow {
     recorded: Option<u64>,
 }
 
+/// Apps per `xargs -n` batch in churn.sh: it runs at most ceil(N / 25) workers.
+const CHURN_SH_BATCH: u32 = 25;
+
 /// The PAR values of a sweep.
 const SWEEP_PAR: [u32; 6] = [1, 2, 4, 8, 16, 32];
 
@@ -847,8 +927,9 @@ fn sweep(args: &ChurnArgs) -> Result<(), String> {
                     for par in SWEEP_PAR {
                         let run = run_lttng(&anchor, apps, par, mode)?;
                         println!(
-                            "lttng {}: {apps} apps, par {par}: wall {:.3} s, {:.1} apps/s",
+                            "lttng {}: {apps} apps, par {par} (at most {} at once: churn.sh gives each worker {CHURN_SH_BATCH} apps): wall {:.3} s, {:.1} apps/s",
                             mode.name(),
+                            par.min(apps.div_ceil(CHURN_SH_BATCH)),
                             run.wall_s,
                             f64::from(apps) / run.wall_s
                         );
@@ -922,6 +1003,8 @@ fn plot(rows: &[SweepRow], png: &Path) -> Result<(), String> {
         return Ok(());
     }
     let mut script = String::new();
+    // (datablock name, title, line style, is ours): one colour per mode, solid
+    // lines for ours and dashed ones for LTTng, the same in both panels.
     let mut series = Vec::new();
     for system in ["ours", "lttng"] {
         for mode in [ChurnMode::None, ChurnMode::Uid, ChurnMode::Pid] {
@@ -944,36 +1027,42 @@ fn plot(rows: &[SweepRow], png: &Path) -> Result<(), String> {
                 );
             }
             let _ = writeln!(script, "EOD");
+            let colour = match mode {
+                ChurnMode::None => "#555555",
+                ChurnMode::Uid => "#1f77b4",
+                ChurnMode::Pid => "#d62728",
+            };
+            let (dash, point) = if system == "ours" { (1, 7) } else { (2, 6) };
             series.push((
                 name,
                 format!("{system} {} ({} apps)", mode.name(), first.apps),
+                format!("lw 2 lc rgb '{colour}' dt {dash} pt {point}"),
                 system == "ours",
             ));
         }
     }
     let _ = writeln!(
         script,
-        "set terminal pngcairo size 1100,450 noenhanced\nset output '{}'\nset multiplot layout 1,2 title 'ustrace bench churn: short-lived apps'\nset logscale x 2\nset xlabel 'PAR (apps launched at once)'\nset key top left\nset grid\nset ylabel 'apps/s'\nset logscale y 10",
+        "set terminal pngcairo size 1200,520 noenhanced\nset output '{}'\nset multiplot layout 1,2 title 'ustrace bench churn: short-lived apps, 2-core machine'\nset logscale x 2\nset xlabel 'PAR (apps launched at once)'\nset key below\nset grid\nset ylabel 'apps/s'\nset logscale y 10",
         png.display()
     );
     let throughput: Vec<String> = series
         .iter()
-        .map(|(name, title, _)| format!("${name} using 1:2 with linespoints title '{title}'"))
+        .map(|(name, title, style, _)| {
+            format!("${name} using 1:2 with linespoints {style} title '{title}'")
+        })
         .collect();
     let _ = writeln!(script, "plot {}", throughput.join(", "));
     let latency: Vec<String> = series
         .iter()
-        .filter(|(name, _, ours)| *ours && !name.ends_with("none"))
-        .chain(
-            series
-                .iter()
-                .filter(|(name, _, ours)| *ours && name.ends_with("none")),
-        )
-        .map(|(name, title, _)| format!("${name} using 1:3 with linespoints title '{title}'"))
+        .filter(|(_, _, _, ours)| *ours)
+        .map(|(name, title, style, _)| {
+            format!("${name} using 1:3 with linespoints {style} title '{title}'")
+        })
         .collect();
     let _ = writeln!(
         script,
-        "set ylabel 'p99 registration latency (us)'\nset key top left\nplot {}\nunset multiplot",
+        "set ylabel 'p99 registration latency, app-measured (us)'\nplot {}\nunset multiplot",
         latency.join(", ")
     );
     let script_path = png.with_extension("gp");
