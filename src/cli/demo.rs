@@ -74,7 +74,7 @@ pub fn start_daemon(rundir: &Path) -> Result<Spawned, String> {
 }
 
 /// Sends a request and turns a refusal into an error.
-fn ask(rundir: &Path, request: ControlRequest) -> Result<ControlOk, String> {
+pub(crate) fn ask(rundir: &Path, request: ControlRequest) -> Result<ControlOk, String> {
     control::request_in(rundir, &request)
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("daemon: {e}"))

@@ -1,5 +1,6 @@
 //! The `ustrace` command line, modelled on `lttng`.
 
+pub mod bench;
 pub mod demo;
 
 use crate::control;
@@ -77,6 +78,8 @@ enum Command {
     /// Run the whole system once: a private daemon, a burst of short-lived apps
     /// traced per-PID and per-UID, and the resulting trace.
     Demo(demo::DemoArgs),
+    /// Benchmarks against the system's own untraced runs and against LTTng.
+    Bench(bench::BenchArgs),
 }
 
 /// `enable-channel` options.
@@ -119,6 +122,7 @@ impl Cli {
         let request = match self.command {
             Command::View { dir, json } => return view(&dir, json),
             Command::Demo(args) => return demo::run(&args),
+            Command::Bench(args) => return bench::run(&args),
             Command::Create { name, output } => ControlRequest::Create {
                 name,
                 output: output.map(|o| absolute(&o).display().to_string()),

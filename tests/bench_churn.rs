@@ -1,0 +1,85 @@
+//! `ustrace bench churn` for real: a private daemon, real short-lived apps, the trace
+//! read back. Small runs (20 apps) so that the file stays quick in debug builds.
+
+use std::process::Command;
+
+/// Runs `ustrace bench churn` with `args` and returns its stdout; fails on a non-zero exit.
+fn churn(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ustrace"))
+        .args(["bench", "churn"])
+        .args(args)
+        .output()
+        .expect("run ustrace bench churn");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "ustrace bench churn {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The `(expected, recorded)` of the `events:` line.
+fn events(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("events: expected "))
+        .unwrap_or_else(|| panic!("no events line in {stdout}"));
+    let (expected, rest) = line.split_once(", recorded ").expect("recorded");
+    let recorded = rest.split([',', ' ']).next().expect("count");
+    (expected.parse().unwrap(), recorded.parse().unwrap())
+}
+
+/// The app count of the registration latency line.
+fn registered(stdout: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("registration latency"))
+        .unwrap_or_else(|| panic!("no latency line in {stdout}"));
+    let (_, rest) = line.split_once("RegistrationDone, ").expect("app count");
+    rest.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn every_event_of_per_pid_churn_is_recorded() {
+    let out = churn(&[
+        "--apps", "20", "--par", "4", "--mode", "pid", "--events", "3",
+    ]);
+    assert_eq!(events(&out), (60, 60), "{out}");
+    assert_eq!(registered(&out), 20, "{out}");
+}
+
+#[test]
+fn every_event_of_per_uid_churn_is_recorded() {
+    let out = churn(&[
+        "--apps", "20", "--par", "4", "--mode", "uid", "--events", "3",
+    ]);
+    assert_eq!(events(&out), (60, 60), "{out}");
+    assert_eq!(registered(&out), 20, "{out}");
+}
+
+#[test]
+fn untraced_churn_registers_every_app_and_records_nothing() {
+    let out = churn(&["--apps", "20", "--par", "4", "--mode", "none"]);
+    assert_eq!(registered(&out), 20, "{out}");
+    assert!(!out.contains("events:"), "{out}");
+}
+
+#[test]
+fn killed_apps_lose_no_committed_event_and_babeltrace2_agrees() {
+    let out = churn(&[
+        "--apps",
+        "20",
+        "--par",
+        "4",
+        "--mode",
+        "pid",
+        "--events",
+        "5",
+        "--kill-fraction",
+        "0.5",
+    ]);
+    assert_eq!(events(&out), (100, 100), "{out}");
+    assert!(out.contains("babeltrace2 reads 100"), "{out}");
+    assert!(out.contains("apps SIGKILLed after emitting"), "{out}");
+}
