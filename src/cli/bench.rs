@@ -338,7 +338,7 @@ fn chosen_to_kill(seed: u64, index: u32, fraction: f64) -> bool {
 
 /// Runs one app to its end (or kills it after `emitted`); gives its latency.
 fn run_app(rundir: &Path, events: u32, kill: bool) -> Result<Option<u64>, String> {
-    let app = sibling("ustrace-demo");
+    let app = sibling("ustrace-demo")?;
     let mut command = Command::new(&app);
     command
         .args(["--events", &events.to_string(), "--report"])

@@ -48,9 +48,11 @@ impl Consumer {
     }
 
     /// Copies the oldest unread packet, if it is complete, into `out` and hands its
-    /// slot back to producers; skips given-up packets. `out` then holds the whole
-    /// sub-buffer, padding included: one CTF packet (`ctf::packet::trim` drops the
-    /// padding in place). `None` when no packet is complete; `out` is then empty.
+    /// slot back to producers; skips given-up packets. `out` then holds the packet's
+    /// header and content, rounded up to 8 bytes, without the padding after it; its
+    /// `packet_size` still names the whole sub-buffer (`ctf::packet::trim` makes the
+    /// bytes one exact CTF packet). `None` when no packet is complete; `out` is then
+    /// empty.
     ///
     /// Optimistic (seqlock-style): the copy is made without excluding producers, then
     /// `consumed` is CASed past the packet. A failed CAS means an overwrite-mode

@@ -218,8 +218,8 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(at), len) }
     }
 
-    /// Replaces the contents of `out` with a copy of `at..at + len`, read word by word
-    /// with volatile loads, while producers may be writing those bytes.
+    /// Appends to `out` a copy of `at..at + len`, read word by word with volatile
+    /// loads, while producers may be writing those bytes.
     ///
     /// # Safety
     /// Writers of the range may run concurrently only as the ring protocol allows
@@ -231,10 +231,10 @@ impl Mapping {
             at.is_multiple_of(8) && len.is_multiple_of(8) && at + len <= self.map.len(),
             "copy out of the ring"
         );
-        out.clear();
-        out.resize(len, 0);
+        let start = out.len();
+        out.resize(start + len, 0);
         let src = self.map.as_ptr().wrapping_add(at).cast::<u64>();
-        for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+        for (i, chunk) in out[start..].chunks_exact_mut(8).enumerate() {
             // SAFETY: in bounds and 8-byte aligned (page-aligned mapping, `at % 8 == 0`)
             // by the assert. Volatile loads of a plain integer form no reference to the
             // racing bytes and every bit pattern is a valid u64, so a load that races a

@@ -12,8 +12,8 @@ use super::channel::Wakeup;
 use super::clock::now_ns;
 use super::layout::*;
 use crate::ctf::packet::{
-    CLOSE_RANGES, EVENT_HEADER_SIZE, OPEN_RANGES, PACKET_HEADER_SIZE, PacketClose, PacketOpen,
-    write_event_header,
+    CLOSE_RANGES, EVENT_HEADER_SIZE, OPEN_RANGES, PACKET_HEADER_SIZE, PacketClose, PacketHeader,
+    PacketOpen, write_event_header,
 };
 
 /// One added to the high half of a commit word: one more event committed.
@@ -479,18 +479,29 @@ impl Ring {
         self.data_at + (pos & ((1 << self.ring_shift) - 1)) as usize
     }
 
-    /// Replaces `out` with a copy of the whole sub-buffer holding position `p`, which
-    /// producers may be overwriting (overwrite mode).
+    /// Replaces `out` with a copy of the packet in the sub-buffer holding position
+    /// `p`, which producers may be overwriting (overwrite mode): its header, then its
+    /// content as the header gives it (rounded up to 8 bytes), not the padding. A
+    /// short-lived app's packet is mostly padding. A torn header (a racing overwrite,
+    /// which the caller's CAS then detects) makes it copy the whole sub-buffer.
     ///
     /// # Safety
     /// As [`Mapping::copy_racy`]: the caller uses the copy only once it has proved that
     /// no producer wrote the slot during the copy.
     pub(crate) unsafe fn copy_packet(&self, p: u64, out: &mut Vec<u8>) {
+        let sb = self.geometry.subbuf_size as usize;
         let at = self.data_index(p & !(self.geometry.subbuf_size - 1));
+        let head = PACKET_HEADER_SIZE.next_multiple_of(8);
+        out.clear();
         // SAFETY: forwarded contract of `Mapping::copy_racy`.
-        unsafe {
-            self.map
-                .copy_racy(at, self.geometry.subbuf_size as usize, out)
-        }
+        unsafe { self.map.copy_racy(at, head, out) };
+        let len = match PacketHeader::read(out) {
+            Ok(h) => (h.close.content_size as usize)
+                .next_multiple_of(8)
+                .clamp(head, sb),
+            Err(_) => sb,
+        };
+        // SAFETY: as above; `head..len` lies inside the sub-buffer.
+        unsafe { self.map.copy_racy(at + head, len - head, out) };
     }
 }

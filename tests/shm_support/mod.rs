@@ -68,7 +68,11 @@ pub fn write(ring: &Ring, id: u32, thread: u32, seq: u64, extra: usize) -> bool 
 /// Parses a packet of test events, checking its header and every payload's fill.
 pub fn parse(packet: &[u8]) -> (PacketHeader, Vec<TestEvent>) {
     let header = PacketHeader::read(packet).expect("valid packet header");
-    assert_eq!(header.open.packet_size, packet.len() as u64);
+    // The consumer copies the content (rounded up to 8 bytes), not the padding.
+    assert_eq!(
+        packet.len() as u64,
+        header.close.content_size.next_multiple_of(8)
+    );
     let end = header.close.content_size as usize;
     let mut at = PACKET_HEADER_SIZE;
     let mut events = Vec::new();
