@@ -78,6 +78,8 @@ pub struct AppRegistration {
     reader: Option<OwnedReadHalf>,
     /// Whether the app registered already.
     registered: bool,
+    /// When its connection was accepted, for the service-time histogram.
+    accepted: std::time::Instant,
     /// Daemon counters.
     stats: Arc<Stats>,
 }
@@ -116,6 +118,7 @@ impl AppRegistration {
             outbox,
             reader: Some(reader),
             registered: false,
+            accepted: std::time::Instant::now(),
             stats,
         }
         .start()
@@ -235,6 +238,7 @@ impl Handler<Inbound> for AppRegistration {
                         Ok(Ok(grants)) => {
                             act.send_grants(grants);
                             act.send(&AppCommand::RegistrationDone, None);
+                            act.stats.registration_served(act.accepted.elapsed());
                             return;
                         }
                         Ok(Err(e)) => format!("buffer factory unavailable: {e}"),

@@ -7,6 +7,7 @@
 use crate::protocol::messages::{StatusReport, WriterFailure};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
 
 /// The live counters.
 #[derive(Debug, Default)]
@@ -31,7 +32,13 @@ pub struct Stats {
     pub packets_lost_writer: AtomicU64,
     /// Writers that exhausted their restart budget.
     pub failed_writers: Mutex<Vec<WriterFailure>>,
+    /// Registration service times, by power-of-two microseconds (see
+    /// `StatusReport::registration_service_us`).
+    pub registration_service: [AtomicU64; SERVICE_BUCKETS],
 }
+
+/// Buckets of the service-time histogram: up to 2^24 us (16 s), past any timeout.
+const SERVICE_BUCKETS: usize = 24;
 
 impl Stats {
     /// Adds `n` to `counter`.
@@ -42,6 +49,13 @@ impl Stats {
     /// Takes one from `counter`.
     pub fn sub(counter: &AtomicU64) {
         counter.fetch_sub(1, Relaxed);
+    }
+
+    /// Counts one registration that took `took` from accept to RegistrationDone.
+    pub fn registration_served(&self, took: Duration) {
+        let us = took.as_micros().max(1) as u64;
+        let bucket = (63 - us.leading_zeros() as usize).min(SERVICE_BUCKETS - 1);
+        self.registration_service[bucket].fetch_add(1, Relaxed);
     }
 
     /// A copy of every counter for `ustrace status`.
@@ -61,6 +75,40 @@ impl Stats {
                 .lock()
                 .map(|f| f.clone())
                 .unwrap_or_default(),
+            registration_service_us: self
+                .registration_service
+                .iter()
+                .map(|n| n.load(Relaxed))
+                .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::messages::StatusReport;
+
+    #[test]
+    fn service_times_land_in_power_of_two_buckets_and_give_percentiles() {
+        let stats = Stats::default();
+        for us in [1, 3, 3, 3, 100, 100, 100, 100, 100, 5000] {
+            stats.registration_served(Duration::from_micros(us));
+        }
+        let counts = stats.report().registration_service_us;
+        assert_eq!(counts[0], 1);
+        assert_eq!(counts[1], 3);
+        assert_eq!(counts[6], 5);
+        assert_eq!(counts[12], 1);
+        let none = vec![0; counts.len()];
+        assert_eq!(
+            StatusReport::service_percentile(&counts, &none, 0.5),
+            Some(128)
+        );
+        assert_eq!(
+            StatusReport::service_percentile(&counts, &none, 0.99),
+            Some(8192)
+        );
+        assert_eq!(StatusReport::service_percentile(&none, &none, 0.5), None);
     }
 }

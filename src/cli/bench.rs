@@ -448,6 +448,9 @@ struct OursRun {
     peak: (usize, usize),
     /// Time to read the trace back: our reader, then babeltrace2 if run.
     read_time: (Duration, Option<Duration>),
+    /// The daemon's own registration service time (accept -> RegistrationDone),
+    /// p50 and p99, as power-of-two upper bounds in microseconds.
+    service_us: Option<(u64, u64)>,
 }
 
 impl OursRun {
@@ -514,6 +517,12 @@ fn run_ours(args: &ChurnArgs, mode: ChurnMode, apps: u32, par: u32) -> Result<Ou
     let peak = sampler.finish();
     let launched = settled?;
     let after = Footprint::of(daemon.0.id())?;
+    let (now, then) = (
+        status(&rundir)?.registration_service_us,
+        before_status.registration_service_us,
+    );
+    let service_us = StatusReport::service_percentile(&now, &then, 0.5)
+        .zip(StatusReport::service_percentile(&now, &then, 0.99));
     let (mut recorded, mut babeltrace, mut read_time) = (0, None, (Duration::ZERO, None));
     if buffers.is_some() {
         ask(&rundir, ControlRequest::Stop { session })?;
@@ -544,6 +553,7 @@ fn run_ours(args: &ChurnArgs, mode: ChurnMode, apps: u32, par: u32) -> Result<Ou
         after,
         peak,
         read_time,
+        service_us,
     })
 }
 
@@ -730,6 +740,11 @@ fn print_ours(run: &OursRun) {
             l.max
         ),
         None => println!("  registration latency: no app registered"),
+    }
+    if let Some((p50, p99)) = run.service_us {
+        println!(
+            "  daemon service time (accept -> RegistrationDone, its own clock): p50 < {p50} us, p99 < {p99} us"
+        );
     }
     if run.launched.untraced > 0 {
         println!("  {} apps ran untraced", run.launched.untraced);

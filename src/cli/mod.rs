@@ -232,6 +232,11 @@ fn print_status(s: &StatusReport) {
     println!("packets overwritten:       {}", s.packets_overwritten);
     println!("events lost (dead app):    {}", s.events_lost_dead_producer);
     println!("packets lost (writer):     {}", s.packets_lost_writer);
+    let none = vec![0; s.registration_service_us.len()];
+    let service = |p| StatusReport::service_percentile(&s.registration_service_us, &none, p);
+    if let (Some(p50), Some(p99)) = (service(0.5), service(0.99)) {
+        println!("registration service time: p50 < {p50} us, p99 < {p99} us");
+    }
     for f in &s.failed_writers {
         println!(
             "FAILED writer {}: {} ({} packets lost)",

@@ -217,6 +217,33 @@ pub struct StatusReport {
     pub packets_lost_writer: u64,
     /// Writers past their restart limits.
     pub failed_writers: Vec<WriterFailure>,
+    /// Registrations by the daemon's own service time, accept to RegistrationDone:
+    /// entry `b` counts those that took less than `2^(b+1)` microseconds (and at
+    /// least `2^b`, but for entry 0). Apps measure their latency with their own clock,
+    /// run queue included; this is the daemon's part alone.
+    pub registration_service_us: Vec<u64>,
+}
+
+impl StatusReport {
+    /// The `p`-th percentile (0..=1) of the service times counted in `now` and not
+    /// in `before`, as the upper bound of its power-of-two bucket, in microseconds.
+    pub fn service_percentile(now: &[u64], before: &[u64], p: f64) -> Option<u64> {
+        let counts: Vec<u64> = now
+            .iter()
+            .enumerate()
+            .map(|(b, n)| n.saturating_sub(before.get(b).copied().unwrap_or(0)))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let rank = ((p * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for (b, n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= rank && total > 0 {
+                return Some(1 << (b + 1));
+            }
+        }
+        None
+    }
 }
 
 /// A successful answer to a [`ControlRequest`].
