@@ -13,9 +13,9 @@
 //! (and `none`) in the same sitting; `--sweep` runs PAR 1..32 for every mode and
 //! writes a CSV and, if gnuplot is installed, a PNG.
 
-use crate::cli::demo::{Spawned, ask, sibling, start_daemon};
+use crate::cli::demo::{Spawned, ask, sibling, start_daemon, start_session};
 use crate::ctf::reader::{Reader, RecordKind};
-use crate::protocol::messages::{Buffers, ChannelRequest, ControlOk, ControlRequest, StatusReport};
+use crate::protocol::messages::{Buffers, ControlOk, ControlRequest, StatusReport};
 use clap::{Args, Subcommand, ValueEnum};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -474,38 +474,7 @@ fn run_ours(args: &ChurnArgs, mode: ChurnMode, apps: u32, par: u32) -> Result<Ou
         ChurnMode::Pid => Some(Buffers::PerPid),
     };
     if let Some(buffers) = buffers {
-        ask(
-            &rundir,
-            ControlRequest::Create {
-                name: "churn".into(),
-                output: Some(output.display().to_string()),
-            },
-        )?;
-        ask(
-            &rundir,
-            ControlRequest::EnableChannel {
-                session: session.clone(),
-                channel: ChannelRequest {
-                    name: "ch".into(),
-                    buffers: Some(buffers),
-                    ..ChannelRequest::default()
-                },
-            },
-        )?;
-        ask(
-            &rundir,
-            ControlRequest::EnableEvent {
-                session: session.clone(),
-                channel: Some("ch".into()),
-                pattern: "demo:*".into(),
-            },
-        )?;
-        ask(
-            &rundir,
-            ControlRequest::Start {
-                session: session.clone(),
-            },
-        )?;
+        start_session(&rundir, "churn", &output, &[("ch", buffers)])?;
     }
     let before_status = status(&rundir)?;
     let before = Footprint::of(daemon.0.id())?;

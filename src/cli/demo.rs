@@ -80,6 +80,47 @@ pub(crate) fn ask(rundir: &Path, request: ControlRequest) -> Result<ControlOk, S
         .map_err(|e| format!("daemon: {e}"))
 }
 
+/// Creates session `name` writing to `output`, adds each `(channel, buffers)` with
+/// `demo:*` enabled, and starts it.
+pub(crate) fn start_session(
+    rundir: &Path,
+    name: &str,
+    output: &Path,
+    channels: &[(&str, Buffers)],
+) -> Result<(), String> {
+    let session = Some(name.to_string());
+    ask(
+        rundir,
+        ControlRequest::Create {
+            name: name.into(),
+            output: Some(output.display().to_string()),
+        },
+    )?;
+    for (channel, buffers) in channels {
+        ask(
+            rundir,
+            ControlRequest::EnableChannel {
+                session: session.clone(),
+                channel: ChannelRequest {
+                    name: channel.to_string(),
+                    buffers: Some(*buffers),
+                    ..ChannelRequest::default()
+                },
+            },
+        )?;
+        ask(
+            rundir,
+            ControlRequest::EnableEvent {
+                session: session.clone(),
+                channel: Some(channel.to_string()),
+                pattern: "demo:*".into(),
+            },
+        )?;
+    }
+    ask(rundir, ControlRequest::Start { session })?;
+    Ok(())
+}
+
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> ExitCode {
     match demo(args) {
@@ -100,39 +141,11 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     println!("ustraced pid {} on {}", daemon.0.id(), rundir.display());
 
     let session = Some("demo".to_string());
-    ask(
+    start_session(
         &rundir,
-        ControlRequest::Create {
-            name: "demo".into(),
-            output: Some(output.display().to_string()),
-        },
-    )?;
-    for (name, buffers) in [("perpid", Buffers::PerPid), ("peruid", Buffers::PerUid)] {
-        ask(
-            &rundir,
-            ControlRequest::EnableChannel {
-                session: session.clone(),
-                channel: ChannelRequest {
-                    name: name.into(),
-                    buffers: Some(buffers),
-                    ..ChannelRequest::default()
-                },
-            },
-        )?;
-        ask(
-            &rundir,
-            ControlRequest::EnableEvent {
-                session: session.clone(),
-                channel: Some(name.into()),
-                pattern: "demo:*".into(),
-            },
-        )?;
-    }
-    ask(
-        &rundir,
-        ControlRequest::Start {
-            session: session.clone(),
-        },
+        "demo",
+        &output,
+        &[("perpid", Buffers::PerPid), ("peruid", Buffers::PerUid)],
     )?;
 
     let started = Instant::now();
