@@ -360,3 +360,24 @@ fn sigterm_stops_the_daemon_with_every_started_session_on_disk() {
     poke(&mut app.0);
     assert!(app.0.wait().unwrap().success());
 }
+
+#[test]
+fn a_connection_that_never_registers_is_closed_after_the_registration_timeout() {
+    let daemon = Daemon::with_config("[daemon]\nregistration_timeout_ms = 300\n");
+    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let mut silent = UnixStream::connect(daemon.rundir.join("apps.sock")).unwrap();
+    wait_for("the silent peer to be counted", WAIT, || {
+        daemon.status().apps == 1
+    });
+    // The daemon closes it: reading sees EOF instead of blocking for ever.
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let mut sink = Vec::new();
+    assert_eq!(
+        std::io::Read::read_to_end(&mut silent, &mut sink).unwrap(),
+        0
+    );
+    wait_for("its place to be freed", WAIT, || daemon.status().apps == 0);
+    daemon.run_app(&["--events", "2"]);
+    daemon.stop("s");
+    assert_eq!(demo_events(&babeltrace2(&output)), 2);
+}

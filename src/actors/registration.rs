@@ -161,12 +161,27 @@ impl AppRegistration {
 }
 
 /// Reads the Hello and the registration, then waits for EOF.
-async fn read_frames(mut reader: OwnedReadHalf, max: usize, addr: Addr<AppRegistration>) {
+///
+/// A peer gets `limits.registration_timeout` to say hello and register: one that
+/// connects and says nothing would otherwise hold a connection, and a place under
+/// `max_apps`, for ever.
+async fn read_frames(mut reader: OwnedReadHalf, limits: AppLimits, addr: Addr<AppRegistration>) {
+    let max = limits.max_frame;
     let outcome = async {
-        framed::read_hello(&mut reader).await?;
-        let register: AppRegister = framed::read_frame(&mut reader, max)
-            .await?
-            .ok_or("closed before registering")?;
+        let first = async {
+            framed::read_hello(&mut reader).await?;
+            framed::read_frame::<AppRegister>(&mut reader, max)
+                .await?
+                .ok_or_else(|| "closed before registering".to_string())
+        };
+        let register = tokio::time::timeout(limits.registration_timeout, first)
+            .await
+            .map_err(|_| {
+                format!(
+                    "no registration within daemon.registration_timeout_ms ({} ms)",
+                    limits.registration_timeout.as_millis()
+                )
+            })??;
         addr.do_send(Inbound::Register(register));
         match framed::read_frame::<AppRegister>(&mut reader, max).await? {
             None => Ok(()),
@@ -202,7 +217,7 @@ impl Actor for AppRegistration {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(reader) = self.reader.take() {
-            actix_rt::spawn(read_frames(reader, self.limits.max_frame, ctx.address()));
+            actix_rt::spawn(read_frames(reader, self.limits, ctx.address()));
         }
     }
 }
