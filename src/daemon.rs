@@ -243,6 +243,9 @@ fn raise_fd_limit() {
     }
 }
 
+/// How long a control client has to send its hello and request.
+const CONTROL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Reads a Hello and one request, answers it.
 async fn serve_control(stream: UnixStream, sessions: Addr<SessionManager>, max_frame: usize) {
     let (mut reader, writer) = stream.into_split();
@@ -251,8 +254,11 @@ async fn serve_control(stream: UnixStream, sessions: Addr<SessionManager>, max_f
         framed::read_frame::<ControlRequest>(&mut reader, max_frame)
             .await?
             .ok_or_else(|| "closed before sending a request".to_string())
-    }
-    .await;
+    };
+    // A client that connects and says nothing must not hold a task and an fd for ever.
+    let request = tokio::time::timeout(CONTROL_REQUEST_TIMEOUT, request)
+        .await
+        .unwrap_or_else(|_| Err("no request within 10 s".to_string()));
     let reply: ControlReply = match request {
         Ok(request) => sessions
             .send(Control(request))
