@@ -381,3 +381,14 @@ fn a_connection_that_never_registers_is_closed_after_the_registration_timeout() 
     daemon.stop("s");
     assert_eq!(demo_events(&babeltrace2(&output)), 2);
 }
+
+#[test]
+fn a_forked_child_runs_untraced_instead_of_writing_as_its_parent() {
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
+    daemon.run_app(&["--events", "3", "--fork-child-events", "5"]);
+    daemon.stop("s");
+    let lines = babeltrace2(&output);
+    assert_eq!(demo_events(&lines), 6, "{lines:#?}");
+    assert!(!lines.iter().any(|l| l.contains("\"child\"")), "{lines:#?}");
+}

@@ -28,6 +28,9 @@ struct Args {
     /// End with abort() instead of exit, as a crashing program would.
     #[arg(long)]
     abort: bool,
+    /// Fork a child that emits this many events of its own before the parent emits.
+    #[arg(long)]
+    fork_child_events: Option<u64>,
     /// After emitting, print `emitted` on stdout and wait for a line on stdin (lets
     /// tests kill it at a known point).
     #[arg(long)]
@@ -46,6 +49,9 @@ fn main() {
         while !DEMO_EV.is_enabled() && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+    if let Some(events) = args.fork_child_events {
+        fork_child(events);
     }
     let threads = args.threads.max(1);
     let start = Instant::now();
@@ -74,5 +80,26 @@ fn main() {
     }
     if args.abort {
         std::process::abort();
+    }
+}
+
+/// Forks a child that emits `events` events and exits; waits for it.
+fn fork_child(events: u64) {
+    // SAFETY: the process has only this thread and the registration's listener thread,
+    // which the child does not rely on; the child only emits events (no allocation,
+    // no lock) and leaves with `_exit`.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            for i in 0..events {
+                DEMO_EV.emit(-1 - i as i64, "child");
+            }
+            // SAFETY: `_exit` ends the child at once, running no atexit handler that
+            // the parent owns.
+            unsafe { libc::_exit(0) };
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => {
+            let _ = nix::sys::wait::waitpid(child, None);
+        }
+        Err(e) => eprintln!("fork: {e}"),
     }
 }

@@ -67,6 +67,14 @@ pub fn disable_slot(slot: SlotId) {
     ACTIVE.fetch_and(!slot.bit(), Release);
 }
 
+/// Stops every event from writing anywhere, for good: a forked child runs untraced.
+/// Its parent's rings (per-PID ones are the parent's own trace) are not its to write,
+/// and the child has no connection of its own to the daemon. One atomic store, so it
+/// is safe in a `pthread_atfork` child handler.
+pub(crate) fn disable_all_slots() {
+    ACTIVE.store(0, Release);
+}
+
 /// Mask of slots that are installed and enabled.
 #[inline]
 pub(crate) fn active_mask() -> u64 {

@@ -125,6 +125,7 @@ fn register(name: &str, events: Vec<&'static Tracepoint>) -> Result<Registration
         }
     }
     let latency = start.elapsed();
+    untrace_forked_children()?;
     sock.set_read_timeout(None).map_err(io)?;
     std::thread::Builder::new()
         .name("ustrace-listener".to_string())
@@ -143,6 +144,22 @@ fn refusal(sock: &UnixStream, timeout: Duration) -> Option<String> {
             Some(format!("refused by the session daemon: {reason}"))
         }
         _ => None,
+    }
+}
+
+/// Makes a child forked from now on run untraced (see `channel::disable_all_slots`).
+fn untrace_forked_children() -> Result<(), String> {
+    extern "C" fn in_child() {
+        channel::disable_all_slots();
+    }
+    // SAFETY: `in_child` is a plain `extern "C"` function that only performs one
+    // atomic store, which is async-signal-safe as a fork child handler must be; the
+    // prepare and parent handlers are absent. `init` runs this once per process.
+    let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(format!("pthread_atfork failed: error {rc}"))
     }
 }
 
