@@ -15,10 +15,12 @@
 
 use crate::actors::stats::Stats;
 use crate::actors::supervision::{RestartBudget, RestartPolicy, Verdict};
+use crate::ctf::layout::stream_file_name;
+use crate::ctf::trace_writer::replace_metadata;
 use crate::protocol::messages::WriterFailure;
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -42,7 +44,7 @@ pub struct StreamInfo {
 impl StreamInfo {
     /// `<channel>_<cpu>`: the stream's file name in its sub-trace.
     pub fn file_name(&self) -> String {
-        format!("{}_{}", self.channel, self.cpu)
+        stream_file_name(&self.channel, self.cpu)
     }
 }
 
@@ -149,13 +151,11 @@ impl CtfFileWriter {
         if metadata.stored.load(Ordering::Acquire) > metadata.version {
             return Ok(());
         }
-        fs::create_dir_all(&self.stream.trace_dir)?;
-        let tmp = self
-            .stream
-            .trace_dir
-            .join(format!(".metadata.{}", self.stream.file_name()));
-        fs::write(&tmp, metadata.tsdl.as_bytes())?;
-        fs::rename(&tmp, self.stream.trace_dir.join("metadata"))?;
+        replace_metadata(
+            &self.stream.trace_dir,
+            &self.stream.file_name(),
+            &metadata.tsdl,
+        )?;
         // Stored as version + 1 so that 0 means "nothing stored yet".
         metadata
             .stored

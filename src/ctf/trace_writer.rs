@@ -10,12 +10,18 @@ use std::path::Path;
 use crate::ctf::layout::{METADATA_FILE, stream_file_name};
 use crate::ctf::registry::Registry;
 
-/// Writes `registry`'s metadata to `dir/metadata`, whole, replacing the old file
-/// atomically (a reader never sees half a metadata file). Creates `dir` if needed.
+/// Writes `registry`'s metadata to `dir/metadata` (see [`replace_metadata`]).
 pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
+    replace_metadata(dir, "tmp", &registry.metadata())
+}
+
+/// Writes `tsdl` to `dir/metadata`, whole, replacing the old file atomically (a
+/// reader never sees half a metadata file): through `.metadata.<tag>`, a name no
+/// other writer of the same trace uses at the same time. Creates `dir` if needed.
+pub fn replace_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
     fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{METADATA_FILE}.tmp"));
-    fs::write(&tmp, registry.metadata())?;
+    let tmp = dir.join(format!(".{METADATA_FILE}.{tag}"));
+    fs::write(&tmp, tsdl)?;
     fs::rename(&tmp, dir.join(METADATA_FILE))
 }
 
