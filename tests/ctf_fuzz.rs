@@ -9,6 +9,7 @@ use std::time::SystemTime;
 
 use ctf_support::*;
 use proptest::prelude::*;
+use proptest::test_runner::RngSeed;
 use ustrace::ctf::field::{FieldType, Hex};
 use ustrace::ctf::layout::{DirClock, pid_trace_dir, uid_trace_dir};
 use ustrace::ctf::reader::ReadError;
@@ -106,6 +107,12 @@ fn real_session(root: &Path) -> Vec<PathBuf> {
 
 /// A reading error must name the damaged file and a byte offset in it.
 fn assert_names_file_and_offset(err: &ViewError, file: &Path) {
+    assert_names_offset_in(err, &format!("{}: byte ", file.display()));
+}
+
+/// A reading error must be a metadata or stream error whose message starts with
+/// `prefix` (a file, or a sub-trace directory) and names a byte offset.
+fn assert_names_offset_in(err: &ViewError, prefix: &str) {
     let msg = err.to_string();
     let ViewError::Read(read) = err else {
         panic!("unexpected error kind: {msg}");
@@ -114,10 +121,7 @@ fn assert_names_file_and_offset(err: &ViewError, file: &Path) {
         matches!(read, ReadError::Metadata { .. } | ReadError::Stream { .. }),
         "{msg}"
     );
-    assert!(
-        msg.starts_with(&format!("{}: byte ", file.display())),
-        "{msg}"
-    );
+    assert!(msg.starts_with(prefix) && msg.contains(": byte "), "{msg}");
 }
 
 #[test]
@@ -222,7 +226,8 @@ fn mutation() -> impl Strategy<Value = Mutation> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    // A fixed seed: every run checks the same cases; change it to explore others.
+    #![proptest_config(ProptestConfig { cases: 300, rng_seed: RngSeed::Fixed(0x5eed_0003), ..ProptestConfig::default() })]
 
     #[test]
     fn every_mutation_reads_or_fails_cleanly(file in 0..4usize, mutations in prop::collection::vec(mutation(), 1..4)) {
@@ -246,9 +251,13 @@ proptest! {
             }
         }
         fs::write(path, &bytes).unwrap();
+        // A damaged metadata file can still parse (cut at a block boundary, say)
+        // and declare less than the streams use: the error then names the stream
+        // file of the same sub-trace that needs the missing declaration.
+        let sub_trace = format!("{}/", path.parent().unwrap().display());
         for json in [false, true] {
             if let Err(err) = view(tmp.path(), json, &mut Vec::new()) {
-                assert_names_file_and_offset(&err, path);
+                assert_names_offset_in(&err, &sub_trace);
             }
         }
     }
