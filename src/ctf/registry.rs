@@ -320,6 +320,17 @@ mod tests {
     use super::*;
     use crate::ctf::field::{FieldDesc, FieldType, LogLevel};
 
+    fn registry() -> Registry {
+        Registry::new(
+            [1; 16],
+            ClockOffset { offset_ns: 0 },
+            TraceEnv {
+                hostname: "h".into(),
+                ownership: Ownership::PerUid { uid: 1 },
+            },
+        )
+    }
+
     fn desc(fields: Vec<FieldDesc>) -> EventDesc {
         EventDesc {
             provider: "p".into(),
@@ -331,14 +342,7 @@ mod tests {
 
     #[test]
     fn descriptions_that_tsdl_cannot_declare_are_refused() {
-        let mut r = Registry::new(
-            [1; 16],
-            ClockOffset { offset_ns: 0 },
-            TraceEnv {
-                hostname: "h".into(),
-                ownership: Ownership::PerUid { uid: 1 },
-            },
-        );
+        let mut r = registry();
         let f = |name: &str, ty| FieldDesc {
             name: name.into(),
             ty,
@@ -386,14 +390,7 @@ mod tests {
 
     #[test]
     fn same_description_gets_the_same_id_and_other_fields_a_new_one() {
-        let mut r = Registry::new(
-            [1; 16],
-            ClockOffset { offset_ns: 0 },
-            TraceEnv {
-                hostname: "h".into(),
-                ownership: Ownership::PerUid { uid: 1 },
-            },
-        );
+        let mut r = registry();
         let a = desc(vec![]);
         let b = desc(vec![FieldDesc {
             name: "x".into(),

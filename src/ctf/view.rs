@@ -79,24 +79,19 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
                     stream.display()
                 )?;
             }
-            (RecordKind::LostPackets { count, stream }, true) => {
-                let line = json!({
+            (RecordKind::LostPackets { count, stream }, true)
+            | (RecordKind::Discarded { count, stream }, true) => {
+                let what = match record.kind {
+                    RecordKind::LostPackets { .. } => "lost_packets",
+                    _ => "discarded",
+                };
+                let mut line = json!({
                     "timestamp_ns": json_int(record.wall_ns),
                     "time": time,
                     "origin": origin,
-                    "lost_packets": count,
                     "stream": stream.display().to_string(),
                 });
-                writeln!(out, "{line}")?;
-            }
-            (RecordKind::Discarded { count, stream }, true) => {
-                let line = json!({
-                    "timestamp_ns": json_int(record.wall_ns),
-                    "time": time,
-                    "origin": origin,
-                    "discarded": count,
-                    "stream": stream.display().to_string(),
-                });
+                line[what] = json!(count);
                 writeln!(out, "{line}")?;
             }
         }
