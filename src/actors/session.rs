@@ -11,9 +11,9 @@ use crate::actors::buffer_factory::{BufferFactory, DestroySession, SessionsChang
 use crate::actors::stats::Stats;
 use crate::config::{EventPattern, check_name};
 use crate::ctf::field::EventDesc;
-use crate::ctf::layout;
+use crate::ctf::{layout, spread};
 use crate::protocol::messages::{
-    ChannelSpec, ControlOk, ControlReply, ControlRequest, SessionInfo,
+    Buffers, ChannelSpec, ControlOk, ControlReply, ControlRequest, SessionInfo,
 };
 use actix::prelude::*;
 use std::path::PathBuf;
@@ -222,6 +222,12 @@ impl SessionManager {
                 }
                 s.started = true;
                 s.ever_started = true;
+                if s.channels.iter().any(|c| c.spec.buffers == Buffers::PerPid) {
+                    let dir = layout::pid_traces_dir(&s.output);
+                    if let Err(e) = spread::create_spread_dir(&dir) {
+                        log::warn!("session {}: cannot prepare {}: {e}", s.name, dir.display());
+                    }
+                }
                 Ok(ControlOk::Done(format!(
                     "tracing started for session {}",
                     s.name

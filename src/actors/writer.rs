@@ -16,7 +16,7 @@
 use crate::actors::stats::Stats;
 use crate::actors::supervision::{RestartBudget, RestartPolicy, Verdict};
 use crate::ctf::layout::stream_file_name;
-use crate::ctf::trace_writer::replace_metadata;
+use crate::ctf::trace_writer::store_metadata;
 use crate::protocol::messages::WriterFailure;
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
@@ -146,12 +146,12 @@ impl CtfFileWriter {
     }
 
     /// Writes the metadata file if no stream of the trace stored this version yet.
-    /// Write-then-rename keeps readers from ever seeing half a file.
+    /// A newer version replaces the old one atomically (see [`store_metadata`]).
     fn store_metadata(&mut self, metadata: &Metadata) -> io::Result<()> {
         if metadata.stored.load(Ordering::Acquire) > metadata.version {
             return Ok(());
         }
-        replace_metadata(
+        store_metadata(
             &self.stream.trace_dir,
             &self.stream.file_name(),
             &metadata.tsdl,

@@ -40,6 +40,11 @@ pub fn uid_trace_dir(output: &Path, uid: u32) -> PathBuf {
         .join("64-bit")
 }
 
+/// Directory holding every per-PID sub-trace of a session.
+pub fn pid_traces_dir(output: &Path) -> PathBuf {
+    output.join("ust").join("pid")
+}
+
 /// Directory of the per-PID trace of process `name` (`pid`) registered at `time`.
 pub fn pid_trace_dir(
     output: &Path,
@@ -48,10 +53,7 @@ pub fn pid_trace_dir(
     time: SystemTime,
     clock: DirClock,
 ) -> PathBuf {
-    output
-        .join("ust")
-        .join("pid")
-        .join(format!("{name}-{pid}-{}", dir_timestamp(time, clock)))
+    pid_traces_dir(output).join(format!("{name}-{pid}-{}", dir_timestamp(time, clock)))
 }
 
 /// Directory of a trace owned as `ownership`, registered at `time`.

@@ -3,7 +3,8 @@
 //! - [`field`], [`packet`]: the byte contracts shared by apps, daemon and readers.
 //! - [`registry`]: per-trace event ids and channels; produces the metadata text.
 //! - [`metadata`]: renders that TSDL and parses it back for our reader.
-//! - [`layout`], [`trace_writer`]: where trace files go and how they are written.
+//! - [`layout`], [`trace_writer`], [`spread`]: where trace files go and how they are
+//!   written.
 //! - [`reader`], `view` (feature `daemon`): decode and print a session directory.
 //!
 //! See docs/trace-layout.md for the whole picture.
@@ -14,6 +15,7 @@ pub mod metadata;
 pub mod packet;
 pub mod reader;
 pub mod registry;
+pub mod spread;
 pub mod trace_writer;
 #[cfg(feature = "daemon")]
 pub mod view;

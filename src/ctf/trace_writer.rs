@@ -10,19 +10,39 @@ use std::path::Path;
 use crate::ctf::layout::{METADATA_FILE, stream_file_name};
 use crate::ctf::registry::Registry;
 
-/// Writes `registry`'s metadata to `dir/metadata` (see [`replace_metadata`]).
+/// Writes `registry`'s metadata to `dir/metadata` (see [`store_metadata`]).
 pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
-    replace_metadata(dir, "tmp", &registry.metadata())
+    store_metadata(dir, "tmp", &registry.metadata())
 }
 
-/// Writes `tsdl` to `dir/metadata`, whole, replacing the old file atomically (a
-/// reader never sees half a metadata file): through `.metadata.<tag>`, a name no
-/// other writer of the same trace uses at the same time. Creates `dir` if needed.
-pub fn replace_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    let tmp = dir.join(format!(".{METADATA_FILE}.{tag}"));
-    fs::write(&tmp, tsdl)?;
-    fs::rename(&tmp, dir.join(METADATA_FILE))
+/// Writes `tsdl`, whole, to `dir/metadata`, creating `dir` if needed.
+///
+/// A trace's first metadata is created in place with `O_EXCL` in one `write`, like
+/// a packet appended to a stream file: no stream file refers to it yet, and one
+/// file created instead of two plus a rename matters when thousands of short-lived
+/// per-PID apps each get a trace (inode allocation is the costly part of their
+/// teardown on ext4). A metadata that exists already is replaced atomically, so a
+/// reader never sees half of a newer version: through `.metadata.<tag>`, a name no
+/// other writer of the same trace uses at the same time.
+pub fn store_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
+    let path = dir.join(METADATA_FILE);
+    let create = || OpenOptions::new().write(true).create_new(true).open(&path);
+    let created = match create() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir)?;
+            create()
+        }
+        other => other,
+    };
+    match created {
+        Ok(mut file) => file.write_all(tsdl.as_bytes()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            let tmp = dir.join(format!(".{METADATA_FILE}.{tag}"));
+            fs::write(&tmp, tsdl)?;
+            fs::rename(&tmp, path)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Appends one packet to the stream file of `channel` on `cpu` in `dir`.
@@ -33,4 +53,49 @@ pub fn append_packet(dir: &Path, channel: &str, cpu: u32, packet: &[u8]) -> io::
         .append(true)
         .open(dir.join(stream_file_name(channel, cpu)))?
         .write_all(packet)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The names in `dir`, sorted.
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_first_metadata_is_created_in_place_and_later_ones_replace_it() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("ust/pid/app-1-20261127-104600");
+        store_metadata(&dir, "chan_0", "/* CTF 1.8 */ v1").unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join(METADATA_FILE)).unwrap(),
+            "/* CTF 1.8 */ v1"
+        );
+        store_metadata(&dir, "chan_0", "/* CTF 1.8 */ v2, longer").unwrap();
+        assert_eq!(
+            fs::read_to_string(dir.join(METADATA_FILE)).unwrap(),
+            "/* CTF 1.8 */ v2, longer"
+        );
+        assert_eq!(
+            names(&dir),
+            [METADATA_FILE],
+            "no temporary file left behind"
+        );
+    }
+
+    #[test]
+    fn a_metadata_that_cannot_be_stored_is_an_error() {
+        let root = tempfile::tempdir().unwrap();
+        let not_a_dir = root.path().join("file");
+        fs::write(&not_a_dir, "x").unwrap();
+        assert!(store_metadata(&not_a_dir.join("trace"), "t", "tsdl").is_err());
+        assert!(store_metadata(&not_a_dir, "t", "tsdl").is_err());
+    }
 }
