@@ -18,7 +18,7 @@ use crate::actors::registration::{AppRegistration, Grant, Push};
 use crate::actors::session::{ChannelDef, SessionDef};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
-use crate::actors::writer::{Metadata, StreamInfo, Writer, WriterRegistry};
+use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterRegistry};
 use crate::ctf::field::EventDesc;
 use crate::ctf::layout::{self, DirClock};
 use crate::ctf::registry::{Ownership, Registry};
@@ -365,25 +365,23 @@ impl BufferFactory {
             ChannelBuffers::create(&format!("ustrace {label}"), &config, cpus)
                 .map_err(|e| e.to_string())?,
         );
-        let io = &self.io[self.sets_created % self.io.len()];
+        let io = self.io[self.sets_created % self.io.len()].clone();
         self.sets_created += 1;
-        let writers = (0..cpus as u32)
-            .map(|cpu| {
-                let stream = StreamInfo {
-                    session: session.name.clone(),
-                    channel: spec.name.clone(),
-                    cpu,
-                    trace_dir: trace.dir.clone(),
-                };
-                Writer::start(
-                    io,
-                    stream,
-                    factory.clone(),
-                    self.settings.restart_policy,
-                    self.stats.clone(),
-                )
+        let streams = (0..cpus as u32)
+            .map(|cpu| StreamInfo {
+                session: session.name.clone(),
+                channel: spec.name.clone(),
+                cpu,
+                trace_dir: trace.dir.clone(),
             })
             .collect();
+        let writers = StreamWriters::new(
+            io,
+            streams,
+            factory,
+            self.settings.restart_policy,
+            self.stats.clone(),
+        );
         let addr = BufferSet::new(
             label,
             buffers.clone(),

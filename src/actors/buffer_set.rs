@@ -15,7 +15,7 @@
 //! apps that share it.
 
 use crate::actors::stats::Stats;
-use crate::actors::writer::{Metadata, SyncWriter, WritePacket, Writer};
+use crate::actors::writer::{Metadata, StreamWriters, SyncWriter, WritePacket, Writer};
 use crate::ctf::packet;
 use crate::shm::{ChannelBuffers, Consumer, RingCounters};
 use actix::WeakAddr;
@@ -39,8 +39,8 @@ pub struct BufferSet {
     buffers: Arc<ChannelBuffers>,
     /// The consumer side of each ring, same index.
     consumers: Vec<Consumer>,
-    /// One writer per ring, same index.
-    writers: Vec<Addr<Writer>>,
+    /// One writer per ring, same index, started at its first packet.
+    writers: StreamWriters,
     /// The trace's metadata, updated by the BufferFactory when events are added.
     metadata: Arc<Mutex<Metadata>>,
     /// Ring counters already added to the daemon stats, per ring.
@@ -79,7 +79,7 @@ impl BufferSet {
     pub fn new(
         label: String,
         buffers: Arc<ChannelBuffers>,
-        writers: Vec<Addr<Writer>>,
+        writers: StreamWriters,
         metadata: Arc<Mutex<Metadata>>,
         flush_interval: Duration,
         stats: Arc<Stats>,
@@ -107,10 +107,10 @@ impl BufferSet {
             Err(_) => return,
         };
         let mut bytes = Vec::new();
-        for (consumer, writer) in self.consumers.iter_mut().zip(&self.writers) {
+        for (index, consumer) in self.consumers.iter_mut().enumerate() {
             while consumer.take_packet(&mut bytes).is_some() {
                 match packet::trim(&mut bytes) {
-                    Ok(()) => writer.do_send(WritePacket {
+                    Ok(()) => self.writers.get(index).do_send(WritePacket {
                         metadata: metadata.clone(),
                         bytes: std::mem::take(&mut bytes),
                     }),
@@ -155,7 +155,7 @@ impl BufferSet {
             consumer.flush();
         }
         self.drain();
-        let syncs: Vec<_> = self.writers.iter().map(|w| w.send(SyncWriter)).collect();
+        let syncs: Vec<_> = self.writers.started().map(|w| w.send(SyncWriter)).collect();
         all_ok(syncs)
     }
 }
@@ -264,7 +264,7 @@ impl Handler<Teardown> for BufferSet {
         // has caught up. The writers stay addressable, hence restartable, until
         // they confirm.
         let synced = self.flush_all();
-        let writers = self.writers.clone();
+        let writers: Vec<Addr<Writer>> = self.writers.started().cloned().collect();
         ctx.stop();
         Box::pin(async move {
             let result = synced.await;

@@ -234,9 +234,66 @@ pub struct Writer {
     stats: Arc<Stats>,
 }
 
+/// The writers of one BufferSet's streams, each started at its stream's first
+/// packet: registration never waits for an actor to start, and a stream that
+/// records nothing (a short-lived app touches one or two CPUs) costs none.
+pub struct StreamWriters {
+    /// The I/O thread they run on.
+    arbiter: ArbiterHandle,
+    /// The stream of each ring, in ring order.
+    streams: Vec<StreamInfo>,
+    /// Makes their writers.
+    factory: Arc<dyn WriterFactory>,
+    /// Their restart limits.
+    policy: RestartPolicy,
+    /// Daemon counters.
+    stats: Arc<Stats>,
+    /// The writer of each stream, once started.
+    started: Vec<Option<Addr<Writer>>>,
+}
+
+impl StreamWriters {
+    /// Writers for `streams` (in ring order), to run on `arbiter`; none started yet.
+    pub fn new(
+        arbiter: ArbiterHandle,
+        streams: Vec<StreamInfo>,
+        factory: Arc<dyn WriterFactory>,
+        policy: RestartPolicy,
+        stats: Arc<Stats>,
+    ) -> StreamWriters {
+        let started = vec![None; streams.len()];
+        StreamWriters {
+            arbiter,
+            streams,
+            factory,
+            policy,
+            stats,
+            started,
+        }
+    }
+
+    /// The writer of ring `index`, started now if it is its first packet.
+    pub fn get(&mut self, index: usize) -> &Addr<Writer> {
+        self.started[index].get_or_insert_with(|| {
+            Writer::start(
+                &self.arbiter,
+                self.streams[index].clone(),
+                self.factory.clone(),
+                self.policy,
+                self.stats.clone(),
+            )
+        })
+    }
+
+    /// The writers started so far.
+    pub fn started(&self) -> impl Iterator<Item = &Addr<Writer>> {
+        self.started.iter().flatten()
+    }
+}
+
 impl Writer {
     /// Starts a supervised writer for `stream` on `arbiter` (the I/O thread).
-    pub fn start(
+    fn start(
         arbiter: &ArbiterHandle,
         stream: StreamInfo,
         factory: Arc<dyn WriterFactory>,
