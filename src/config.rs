@@ -66,6 +66,10 @@ pub struct DaemonConfig {
     pub max_frame_bytes: ByteSize,
     /// Period of the drain timer that flushes partially filled sub-buffers.
     pub flush_interval_ms: u64,
+    /// Per-PID ring sets kept ready for each geometry in use, made ahead by a
+    /// background thread so that registering an app only writes their headers;
+    /// 0 makes every set at registration.
+    pub warm_pid_buffer_sets: u32,
 }
 
 impl Default for DaemonConfig {
@@ -76,6 +80,7 @@ impl Default for DaemonConfig {
             registration_timeout_ms: 3000,
             max_frame_bytes: ByteSize(protocol::MAX_FRAME as u64),
             flush_interval_ms: 200,
+            warm_pid_buffer_sets: 4,
         }
     }
 }
@@ -563,6 +568,15 @@ impl Config {
                 ),
             ));
         }
+        if d.warm_pid_buffer_sets > MAX_WARM_SETS {
+            return Err(at(
+                key("daemon", "warm_pid_buffer_sets"),
+                format!(
+                    "{} is out of range: at most {MAX_WARM_SETS}",
+                    d.warm_pid_buffer_sets
+                ),
+            ));
+        }
         let c = &self.channel_defaults;
         subbuf_size(c.subbuf_size).map_err(|m| at(key("channel_defaults", "subbuf_size"), m))?;
         num_subbuf(c.num_subbuf).map_err(|m| at(key("channel_defaults", "num_subbuf"), m))?;
@@ -721,6 +735,10 @@ fn empty_path_as_none<'de, D: Deserializer<'de>>(
     let text = String::deserialize(deserializer)?;
     Ok((!text.is_empty()).then(|| PathBuf::from(text)))
 }
+
+/// Most per-PID ring sets kept ready per geometry: each holds a memfd per CPU and
+/// an eventfd open.
+const MAX_WARM_SETS: u32 = 256;
 
 fn positive(value: u64) -> Result<(), String> {
     if value == 0 {

@@ -131,6 +131,7 @@ impl Daemon {
                     backoff: config.supervision.backoff(),
                 },
                 max_pid_buffer_bytes: config.limits.max_pid_buffer_bytes.0,
+                warm_pid_buffer_sets: config.daemon.warm_pid_buffer_sets as usize,
             },
             self.writers.clone(),
             io_arbiters.iter().map(Arbiter::handle).collect(),

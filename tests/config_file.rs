@@ -474,3 +474,16 @@ fn size_strings_parse_on_their_own() {
     let err = "17179869184G".parse::<ByteSize>().unwrap_err();
     assert_eq!(err.reason, "does not fit in 64 bits");
 }
+
+#[test]
+fn the_warm_pool_size_is_bounded() {
+    let (_, message) = invalid(
+        "[daemon]\nwarm_pid_buffer_sets = 100000\n",
+        "daemon.warm_pid_buffer_sets",
+    );
+    assert!(message.contains("at most 256"), "{message}");
+    for size in [0, 256] {
+        let text = format!("[daemon]\nwarm_pid_buffer_sets = {size}\n");
+        assert_eq!(parse(&text).unwrap().daemon.warm_pid_buffer_sets, size);
+    }
+}

@@ -15,6 +15,7 @@
 
 use crate::actors::buffer_set::{BufferSet, Flush, ProducerDied, Teardown, all_ok};
 use crate::actors::registration::{AppRegistration, Grant, Push};
+use crate::actors::ring_pool::RingPool;
 use crate::actors::session::{ChannelDef, SessionDef};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
@@ -23,7 +24,7 @@ use crate::ctf::field::EventDesc;
 use crate::ctf::layout::{self, DirClock};
 use crate::ctf::registry::{Ownership, Registry};
 use crate::protocol::messages::{Buffers, ChannelSpec};
-use crate::shm::{ChannelBuffers, Geometry, RingConfig, cpu_count};
+use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, cpu_count};
 use actix::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -49,6 +50,8 @@ pub struct FactorySettings {
     pub restart_policy: RestartPolicy,
     /// Cap on the shared memory of all per-PID buffers together.
     pub max_pid_buffer_bytes: u64,
+    /// Per-PID ring sets kept ready per geometry (see [`RingPool`]).
+    pub warm_pid_buffer_sets: usize,
 }
 
 /// One app as the factory knows it.
@@ -124,6 +127,8 @@ pub struct BufferFactory {
     stats: Arc<Stats>,
     /// Rings per set: the machine's possible CPUs, read once.
     cpus: usize,
+    /// Per-PID ring sets made ahead.
+    pool: RingPool,
     /// Every session, started or not.
     sessions: Vec<SessionDef>,
     /// Sub-traces by (session, owner).
@@ -158,13 +163,15 @@ impl BufferFactory {
         io: Vec<ArbiterHandle>,
         stats: Arc<Stats>,
     ) -> BufferFactory {
+        let cpus = cpu_count();
         BufferFactory {
+            pool: RingPool::new(settings.warm_pid_buffer_sets, cpus),
+            cpus,
             settings,
             writers,
             io,
             sets_created: 0,
             stats,
-            cpus: cpu_count(),
             sessions: Vec::new(),
             traces: HashMap::new(),
             sets: HashMap::new(),
@@ -352,17 +359,19 @@ impl BufferFactory {
             )
         })?;
         let config = RingConfig {
-            geometry: Geometry {
-                subbuf_size: u64::from(spec.subbuf_size),
-                num_subbuf: u64::from(spec.num_subbuf),
-            },
+            geometry: spec.geometry(),
             mode: spec.mode,
             uuid: trace.registry.uuid(),
             stream_id,
         };
         let label = format!("{}/{}/{:?}", key.session, key.channel, key.owner);
+        let blank = match key.owner {
+            Owner::Pid(_) => self.pool.take(config.geometry),
+            Owner::Uid(_) => BlankSet::create(&format!("ustrace {label}"), config.geometry, cpus),
+        };
         let buffers = Arc::new(
-            ChannelBuffers::create(&format!("ustrace {label}"), &config, cpus)
+            blank
+                .and_then(|b| b.init(&config))
                 .map_err(|e| e.to_string())?,
         );
         let io = self.io[self.sets_created % self.io.len()].clone();
@@ -542,6 +551,15 @@ impl Handler<SessionsChanged> for BufferFactory {
 
     fn handle(&mut self, msg: SessionsChanged, _: &mut Context<Self>) {
         self.sessions = msg.0;
+        let geometries: Vec<Geometry> = self
+            .sessions
+            .iter()
+            .filter(|s| s.started)
+            .flat_map(|s| &s.channels)
+            .filter(|c| c.spec.buffers == Buffers::PerPid)
+            .map(|c| c.spec.geometry())
+            .collect();
+        self.pool.retain(|g| geometries.contains(g));
         let pids: Vec<i32> = self.apps.keys().copied().collect();
         for pid in pids {
             let grants = self.delta(pid);

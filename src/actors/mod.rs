@@ -4,6 +4,7 @@
 //! - [`registration`]: one app's connection for its whole life.
 //! - [`buffer_factory`]: decides and creates every app's buffers.
 //! - [`buffer_set`]: one channel's rings for one owner, drained into writers.
+//! - [`ring_pool`]: per-PID ring sets made ahead of registration.
 //! - [`writer`], [`supervision`]: supervised per-stream writers and their limits.
 //! - [`session`]: sessions, channels and event rules from the CLI and the config.
 //! - [`stats`]: the counters behind `ustrace status`.
@@ -14,6 +15,7 @@ pub mod buffer_set;
 pub mod framed;
 pub mod registrar;
 pub mod registration;
+pub mod ring_pool;
 pub mod session;
 pub mod stats;
 pub mod supervision;

@@ -268,12 +268,9 @@ impl SessionManager {
 
 /// Checks a channel's geometry the same way the config file does.
 fn check_geometry(spec: &ChannelSpec) -> Result<(), String> {
-    crate::shm::Geometry {
-        subbuf_size: u64::from(spec.subbuf_size),
-        num_subbuf: u64::from(spec.num_subbuf),
-    }
-    .validate()
-    .map_err(|e| format!("channel {}: {e}", spec.name))
+    spec.geometry()
+        .validate()
+        .map_err(|e| format!("channel {}: {e}", spec.name))
 }
 
 impl Actor for SessionManager {

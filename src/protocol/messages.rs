@@ -10,7 +10,7 @@
 //! [`ControlReply`]; each command is its own connection.
 
 use crate::ctf::field::EventDesc;
-use crate::shm::Mode;
+use crate::shm::{Geometry, Mode};
 use serde::{Deserialize, Serialize};
 
 /// What an app says about itself. Its pid and uid are not here on purpose: the daemon
@@ -83,6 +83,16 @@ pub struct ChannelSpec {
     pub mode: Mode,
     /// Name of the registered writer that stores this channel's packets.
     pub writer: String,
+}
+
+impl ChannelSpec {
+    /// The ring geometry of the channel.
+    pub fn geometry(&self) -> Geometry {
+        Geometry {
+            subbuf_size: u64::from(self.subbuf_size),
+            num_subbuf: u64::from(self.num_subbuf),
+        }
+    }
 }
 
 /// A channel as `enable-channel` asks for it: what is not given comes from the

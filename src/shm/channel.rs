@@ -6,7 +6,8 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::sys::eventfd::{EfdFlags, EventFd};
 
-use super::{Consumer, Ring, RingConfig, ShmError, current_cpu};
+use super::ring::BlankRing;
+use super::{Consumer, Geometry, Ring, RingConfig, ShmError, current_cpu};
 
 /// An eventfd shared by the producers of a ring set and its consumer: producers add
 /// one per completed sub-buffer, the consumer polls it (and also runs on a timer).
@@ -72,6 +73,50 @@ pub fn cpu_count() -> usize {
         .map_or(1, |n| n.max(1) as usize)
 }
 
+/// The rings of a channel and their eventfd made ahead of need, headers not
+/// written: [`BlankSet::init`] turns them into [`ChannelBuffers`] with a few stores,
+/// so that a daemon keeping some ready spares registration the system calls.
+pub struct BlankSet {
+    /// One per CPU.
+    rings: Vec<BlankRing>,
+    /// Their shared wake-up.
+    wakeup: Wakeup,
+    /// The geometry every ring is sized for.
+    geometry: Geometry,
+}
+
+impl BlankSet {
+    /// `cpus` blank rings named `<name>_<cpu>` sized for `geometry`, and one eventfd.
+    pub fn create(name: &str, geometry: Geometry, cpus: usize) -> Result<BlankSet, ShmError> {
+        let wakeup = Wakeup::new()?;
+        let rings = (0..cpus.max(1))
+            .map(|cpu| BlankRing::create(&format!("{name}_{cpu}"), geometry))
+            .collect::<Result<_, _>>()?;
+        Ok(BlankSet {
+            rings,
+            wakeup,
+            geometry,
+        })
+    }
+
+    /// The geometry its rings are sized for.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Writes every ring's header for `config` (whose geometry must be this set's).
+    pub fn init(self, config: &RingConfig) -> Result<ChannelBuffers, ShmError> {
+        let wakeup = Arc::new(self.wakeup);
+        let rings = self
+            .rings
+            .into_iter()
+            .enumerate()
+            .map(|(cpu, blank)| Ring::init(blank, config, cpu as u32, wakeup.clone()).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(ChannelBuffers { rings, wakeup })
+    }
+}
+
 impl ChannelBuffers {
     /// Creates `cpus` rings named `<name>_<cpu>` and one eventfd.
     pub fn create(
@@ -79,14 +124,7 @@ impl ChannelBuffers {
         config: &RingConfig,
         cpus: usize,
     ) -> Result<ChannelBuffers, ShmError> {
-        let wakeup = Arc::new(Wakeup::new()?);
-        let rings = (0..cpus.max(1))
-            .map(|cpu| {
-                Ring::create(&format!("{name}_{cpu}"), config, cpu as u32, wakeup.clone())
-                    .map(Arc::new)
-            })
-            .collect::<Result<_, _>>()?;
-        Ok(ChannelBuffers { rings, wakeup })
+        BlankSet::create(name, config.geometry, cpus)?.init(config)
     }
 
     /// Maps rings received from the daemon, in CPU order, with their eventfd.

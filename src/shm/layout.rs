@@ -73,7 +73,7 @@ impl Mode {
 }
 
 /// Sub-buffer size and count of a ring; the sub-buffer is the CTF packet size.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Geometry {
     /// Bytes per sub-buffer: a power of two, at least 4 KiB, at most 1 GiB.
     pub subbuf_size: u64,

@@ -18,9 +18,9 @@ mod error;
 mod layout;
 mod ring;
 
-pub use channel::{ChannelBuffers, Wakeup, cpu_count};
+pub use channel::{BlankSet, ChannelBuffers, Wakeup, cpu_count};
 pub use clock::{current_cpu, now_ns};
 pub use consumer::{Consumer, PacketInfo};
 pub use error::ShmError;
 pub use layout::{DEFAULT_GEOMETRY, Geometry, Mode, RingConfig};
-pub use ring::{Reservation, Ring, RingCounters};
+pub use ring::{BlankRing, Reservation, Ring, RingCounters};

@@ -120,6 +120,34 @@ enum NoRoom {
     Retry,
 }
 
+/// The memory of a ring made ahead of need: a sealed memfd of its geometry's size,
+/// mapped, its header not written yet (so no process accepts it as a ring).
+/// [`Ring::init`] finishes it with a few stores.
+pub struct BlankRing {
+    /// The shared memory.
+    map: Mapping,
+    /// The memfd.
+    fd: OwnedFd,
+    /// The geometry it is sized for.
+    geometry: Geometry,
+}
+
+impl BlankRing {
+    /// A new sealed memfd named `name` (visible in /proc/*/fd), sized and mapped
+    /// for `geometry`.
+    pub fn create(name: &str, geometry: Geometry) -> Result<BlankRing, ShmError> {
+        geometry.validate()?;
+        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
+            .map_err(ShmError::sys("memfd_create"))?;
+        let size = geometry.file_size();
+        nix::unistd::ftruncate(&fd, size as i64).map_err(ShmError::sys("ftruncate"))?;
+        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
+        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(ShmError::sys("sealing the memfd"))?;
+        let map = Mapping::new(&fd, size)?;
+        Ok(BlankRing { map, fd, geometry })
+    }
+}
+
 impl Ring {
     /// Creates a ring in a new sealed memfd named `name` (visible in /proc/*/fd).
     pub fn create(
@@ -128,17 +156,32 @@ impl Ring {
         cpu_id: u32,
         wakeup: Arc<Wakeup>,
     ) -> Result<Ring, ShmError> {
-        config.geometry.validate()?;
-        let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
-            .map_err(ShmError::sys("memfd_create"))?;
-        let size = config.geometry.file_size();
-        nix::unistd::ftruncate(&fd, size as i64).map_err(ShmError::sys("ftruncate"))?;
-        let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
-        fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(ShmError::sys("sealing the memfd"))?;
-        let map = Mapping::new(&fd, size)?;
+        Ring::init(
+            BlankRing::create(name, config.geometry)?,
+            config,
+            cpu_id,
+            wakeup,
+        )
+    }
+
+    /// Writes the header of `blank` for `config` and CPU `cpu_id`: the ring is then
+    /// ready to hand to apps.
+    pub fn init(
+        blank: BlankRing,
+        config: &RingConfig,
+        cpu_id: u32,
+        wakeup: Arc<Wakeup>,
+    ) -> Result<Ring, ShmError> {
         let g = config.geometry;
-        // The file is new and private to us until its fd is sent, so Relaxed stores
-        // suffice: passing the fd (a system call) orders them before any peer's read.
+        if blank.geometry != g {
+            return Err(ShmError::SizeMismatch {
+                expected: g.file_size(),
+                len: blank.geometry.file_size(),
+            });
+        }
+        let map = blank.map;
+        // The file is private to us until its fd is sent, so Relaxed stores suffice:
+        // passing the fd (a system call) orders them before any peer's read.
         map.u64_at(MAGIC_AT).store(MAGIC, Relaxed);
         map.u32_at(VERSION_AT).store(VERSION, Relaxed);
         map.u32_at(SUBBUF_SIZE_AT)
@@ -151,7 +194,7 @@ impl Ring {
         let uuid = u128::from_le_bytes(config.uuid);
         map.u64_at(UUID_AT).store(uuid as u64, Relaxed);
         map.u64_at(UUID_AT + 8).store((uuid >> 64) as u64, Relaxed);
-        Ring::from_mapping(map, fd, size, wakeup)
+        Ring::from_mapping(map, blank.fd, g.file_size(), wakeup)
     }
 
     /// Maps a ring received from the daemon, refusing anything that is not a whole,
