@@ -123,6 +123,34 @@ fn an_aborting_app_keeps_its_events() {
     assert_eq!(demo_events(&babeltrace2(&output)), 50);
 }
 
+/// Every path under `dir`, `dir` included, with its permission bits.
+fn modes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir).unwrap().permissions().mode() & 0o7777;
+    let mut all = vec![(dir.to_path_buf(), mode)];
+    if std::fs::metadata(dir).unwrap().is_dir() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            all.extend(modes(&entry.unwrap().path()));
+        }
+    }
+    all
+}
+
+#[test]
+fn traces_are_for_the_daemons_user_and_group_only() {
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
+    daemon.run_app(&["--events", "3"]);
+    daemon.stop("s");
+    let all = modes(&output);
+    // The session directory, ust, uid, <uid>, 64-bit, pid, the app's directory,
+    // two metadata files and at least two stream files.
+    assert!(all.len() >= 11, "{all:?}");
+    for (path, mode) in all {
+        assert_eq!(mode & 0o027, 0, "{} has mode {mode:o}", path.display());
+    }
+}
+
 /// Sends raw bytes on a socket and reads until the daemon closes it.
 fn send_raw(path: &std::path::Path, bytes: &[u8]) {
     let mut sock = UnixStream::connect(path).unwrap();

@@ -16,11 +16,11 @@
 use crate::actors::stats::Stats;
 use crate::actors::supervision::{RestartBudget, RestartPolicy, Verdict};
 use crate::ctf::layout::stream_file_name;
-use crate::ctf::trace_writer::store_metadata;
+use crate::ctf::trace_writer::{store_metadata, trace_file};
 use crate::protocol::messages::WriterFailure;
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
@@ -167,7 +167,7 @@ impl CtfFileWriter {
     /// whole packets in it.
     fn file(&mut self) -> io::Result<(&mut File, u64)> {
         if self.file.is_none() {
-            let file = OpenOptions::new()
+            let file = trace_file()
                 .create(true)
                 .append(true)
                 .open(self.stream.trace_dir.join(self.stream.file_name()))?;

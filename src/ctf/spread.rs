@@ -10,12 +10,14 @@
 //! ext4 place each subdirectory in the least used group instead, as it does for
 //! directories under `/`. File systems without the flag ignore the hint.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use nix::errno::Errno;
+
+use crate::ctf::trace_writer::create_trace_dir;
 
 /// `FS_TOPDIR_FL` from `<linux/fs.h>`.
 const FS_TOPDIR_FL: libc::c_long = 0x0002_0000;
@@ -23,10 +25,10 @@ const FS_TOPDIR_FL: libc::c_long = 0x0002_0000;
 nix::ioctl_read!(get_flags, b'f', 1, libc::c_long);
 nix::ioctl_write_ptr!(set_flags, b'f', 2, libc::c_long);
 
-/// Creates `dir` (and its parents) and asks the file system to spread its
+/// Creates `dir` (and its parents, see [`create_trace_dir`]) and asks the file system to spread its
 /// subdirectories; `Ok(false)` when the file system does not take the hint.
 pub fn create_spread_dir(dir: &Path) -> io::Result<bool> {
-    fs::create_dir_all(dir)?;
+    create_trace_dir(dir)?;
     let file = File::open(dir)?;
     let fd = file.as_raw_fd();
     let mut flags: libc::c_long = 0;
@@ -51,6 +53,7 @@ pub fn create_spread_dir(dir: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn the_directory_is_created_and_marked_where_the_file_system_can() {

@@ -3,12 +3,35 @@
 //! The daemon's writers and the tests use these; a packet is written as it is (a
 //! sub-buffer is already a whole CTF packet).
 
-use std::fs::{self, OpenOptions};
+use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
 use crate::ctf::layout::{METADATA_FILE, stream_file_name};
 use crate::ctf::registry::Registry;
+
+/// Mode of trace directories: a trace holds what every traced user's apps
+/// recorded, so it is for the daemon's user and group, not for every local user.
+pub const TRACE_DIR_MODE: u32 = 0o750;
+
+/// Mode of trace files, for the same reason.
+pub const TRACE_FILE_MODE: u32 = 0o640;
+
+/// Creates `dir` and its missing parents with [`TRACE_DIR_MODE`].
+pub fn create_trace_dir(dir: &Path) -> io::Result<()> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(TRACE_DIR_MODE)
+        .create(dir)
+}
+
+/// Options that open a trace file for writing, created with [`TRACE_FILE_MODE`].
+pub fn trace_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.write(true).mode(TRACE_FILE_MODE);
+    options
+}
 
 /// Writes `registry`'s metadata to `dir/metadata` (see [`store_metadata`]).
 pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
@@ -26,10 +49,10 @@ pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
 /// other writer of the same trace uses at the same time.
 pub fn store_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
     let path = dir.join(METADATA_FILE);
-    let create = || OpenOptions::new().write(true).create_new(true).open(&path);
+    let create = || trace_file().create_new(true).open(&path);
     let created = match create() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir)?;
+            create_trace_dir(dir)?;
             create()
         }
         other => other,
@@ -38,7 +61,11 @@ pub fn store_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
         Ok(mut file) => file.write_all(tsdl.as_bytes()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let tmp = dir.join(format!(".{METADATA_FILE}.{tag}"));
-            fs::write(&tmp, tsdl)?;
+            trace_file()
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?
+                .write_all(tsdl.as_bytes())?;
             fs::rename(&tmp, path)
         }
         Err(e) => Err(e),
@@ -47,8 +74,8 @@ pub fn store_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
 
 /// Appends one packet to the stream file of `channel` on `cpu` in `dir`.
 pub fn append_packet(dir: &Path, channel: &str, cpu: u32, packet: &[u8]) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    OpenOptions::new()
+    create_trace_dir(dir)?;
+    trace_file()
         .create(true)
         .append(true)
         .open(dir.join(stream_file_name(channel, cpu)))?
