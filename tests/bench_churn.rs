@@ -83,3 +83,43 @@ fn killed_apps_lose_no_committed_event_and_babeltrace2_agrees() {
     assert!(out.contains("babeltrace2 reads 100"), "{out}");
     assert!(out.contains("apps SIGKILLed after emitting"), "{out}");
 }
+
+#[test]
+fn the_daemon_config_reaches_the_benchmarks_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let no_pool = dir.path().join("no-pool.toml");
+    std::fs::write(&no_pool, "[daemon]\nwarm_pid_buffer_sets = 0\n").unwrap();
+    let out = churn(&[
+        "--apps",
+        "10",
+        "--mode",
+        "pid",
+        "--daemon-config",
+        no_pool.to_str().unwrap(),
+    ]);
+    assert_eq!(events(&out), (10, 10), "{out}");
+
+    // A config the daemon refuses, and one that would move its sockets, are
+    // reported before any app runs.
+    for (text, expected) in [
+        (
+            "[daemon]\nwarm_pid_buffer_sets = 1000\n",
+            "daemon.warm_pid_buffer_sets",
+        ),
+        (
+            "[daemon]\nruntime_dir = \"/tmp/elsewhere\"\n",
+            "runtime_dir must be empty",
+        ),
+    ] {
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_ustrace"))
+            .args(["bench", "churn", "--apps", "1", "--daemon-config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+}

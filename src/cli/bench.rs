@@ -14,6 +14,7 @@
 //! writes a CSV and, if gnuplot is installed, a PNG.
 
 use crate::cli::demo::{Spawned, ask, sibling, start_daemon, start_session};
+use crate::config::Config;
 use crate::ctf::reader::{Reader, RecordKind};
 use crate::protocol::messages::{Buffers, ControlOk, ControlRequest, StatusReport};
 use clap::{Args, Subcommand, ValueEnum};
@@ -113,16 +114,22 @@ struct ChurnArgs {
     /// Where the sweep writes its PNG (needs gnuplot).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Config file for the benchmark's own ustraced (e.g. `warm_pid_buffer_sets = 0`
+    /// to compare); its `runtime_dir` must be empty. Default: built-in defaults.
+    #[arg(long)]
+    daemon_config: Option<PathBuf>,
 }
 
 /// Runs `ustrace bench`.
 pub fn run(args: &BenchArgs) -> ExitCode {
     let BenchCommand::Churn(churn) = &args.command;
-    let outcome = if churn.sweep {
-        sweep(churn)
-    } else {
-        single(churn)
-    };
+    let outcome = check_daemon_config(churn).and_then(|()| {
+        if churn.sweep {
+            sweep(churn)
+        } else {
+            single(churn)
+        }
+    });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -130,6 +137,22 @@ pub fn run(args: &BenchArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Refuses a `--daemon-config` that does not load, or that would move the
+/// daemon's sockets away from the private runtime directory the benchmark uses.
+fn check_daemon_config(args: &ChurnArgs) -> Result<(), String> {
+    let Some(path) = &args.daemon_config else {
+        return Ok(());
+    };
+    let config = Config::load(path).map_err(|e| format!("--daemon-config: {e}"))?;
+    if config.daemon.runtime_dir.is_some() {
+        return Err(format!(
+            "--daemon-config {}: daemon.runtime_dir must be empty (the benchmark gives its daemon a private one)",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Registration latencies summarised, in microseconds.
@@ -466,7 +489,7 @@ fn run_ours(args: &ChurnArgs, mode: ChurnMode, apps: u32, par: u32) -> Result<Ou
     let rundir = scratch.0.join("run");
     let output = scratch.0.join("trace");
     std::fs::create_dir_all(&rundir).map_err(|e| format!("{}: {e}", rundir.display()))?;
-    let daemon = start_daemon(&rundir)?;
+    let daemon = start_daemon(&rundir, args.daemon_config.as_deref())?;
     let session = Some("churn".to_string());
     let buffers = match mode {
         ChurnMode::None => None,

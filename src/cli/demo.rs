@@ -54,11 +54,15 @@ pub fn sibling(name: &str) -> Result<PathBuf, String> {
 }
 
 /// Starts `ustraced` on `rundir` and waits until it answers.
-pub fn start_daemon(rundir: &Path) -> Result<Spawned, String> {
+pub fn start_daemon(rundir: &Path, config: Option<&Path>) -> Result<Spawned, String> {
     let path = sibling("ustraced")?;
-    let child = Command::new(&path)
+    let mut command = Command::new(&path);
+    match config {
+        Some(config) => command.env("USTRACE_CONFIG", config),
+        None => command.env_remove("USTRACE_CONFIG"),
+    };
+    let child = command
         .env("USTRACE_RUNDIR", rundir)
-        .env_remove("USTRACE_CONFIG")
         .env("RUST_LOG", "warn")
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", path.display()))?;
@@ -137,7 +141,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
     let rundir = scratch.join("run");
     std::fs::create_dir_all(&rundir).map_err(|e| e.to_string())?;
     let output = args.output.clone().unwrap_or_else(|| scratch.join("trace"));
-    let daemon = start_daemon(&rundir)?;
+    let daemon = start_daemon(&rundir, None)?;
     println!("ustraced pid {} on {}", daemon.0.id(), rundir.display());
 
     let session = Some("demo".to_string());
