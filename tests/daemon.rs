@@ -242,6 +242,11 @@ fn after_1000_apps_the_daemon_holds_nothing_for_them() {
         let s = daemon.status();
         s.apps == 0 && s.buffer_sets == 1 && (1..=cpus).contains(&s.writers)
     });
+    // The per-PID ring pool is full before and after: it is part of the level.
+    wait_for("the ring pool to be full", WAIT, || {
+        let s = daemon.status();
+        s.pid_sets_wanted > 0 && s.pid_sets_ready == s.pid_sets_wanted
+    });
     let before = daemon.status();
     let (fds, maps) = (daemon.fd_count(), daemon.map_count());
     daemon.run_apps(1000, 8, &["--events", "1"]);
@@ -256,6 +261,10 @@ fn after_1000_apps_the_daemon_holds_nothing_for_them() {
         daemon.fd_count() <= fds && daemon.map_count() <= maps
     });
     daemon.stop("s");
+    wait_for("the ring pool to be freed after stop", WAIT, || {
+        let s = daemon.status();
+        s.pid_sets_wanted == 0 && s.pid_sets_ready == 0
+    });
     assert_eq!(demo_events(&babeltrace2(&output)), 2002);
 }
 

@@ -165,7 +165,7 @@ impl BufferFactory {
     ) -> BufferFactory {
         let cpus = cpu_count();
         BufferFactory {
-            pool: RingPool::new(settings.warm_pid_buffer_sets, cpus),
+            pool: RingPool::new(settings.warm_pid_buffer_sets, cpus, stats.clone()),
             cpus,
             settings,
             writers,
@@ -180,6 +180,19 @@ impl BufferFactory {
             pid_buffer_bytes: 0,
             teardowns: HashMap::new(),
         }
+    }
+
+    /// Keeps per-PID ring sets ready for the geometries of started sessions only.
+    fn keep_pool_ready(&mut self) {
+        let geometries: Vec<Geometry> = self
+            .sessions
+            .iter()
+            .filter(|s| s.started)
+            .flat_map(|s| &s.channels)
+            .filter(|c| c.spec.buffers == Buffers::PerPid)
+            .map(|c| c.spec.geometry())
+            .collect();
+        self.pool.keep_ready(&geometries);
     }
 
     /// Everything app `pid` should have and does not have yet.
@@ -551,15 +564,7 @@ impl Handler<SessionsChanged> for BufferFactory {
 
     fn handle(&mut self, msg: SessionsChanged, _: &mut Context<Self>) {
         self.sessions = msg.0;
-        let geometries: Vec<Geometry> = self
-            .sessions
-            .iter()
-            .filter(|s| s.started)
-            .flat_map(|s| &s.channels)
-            .filter(|c| c.spec.buffers == Buffers::PerPid)
-            .map(|c| c.spec.geometry())
-            .collect();
-        self.pool.retain(|g| geometries.contains(g));
+        self.keep_pool_ready();
         let pids: Vec<i32> = self.apps.keys().copied().collect();
         for pid in pids {
             let grants = self.delta(pid);
@@ -611,6 +616,7 @@ impl Handler<StopSession> for BufferFactory {
         if let Some(s) = self.sessions.iter_mut().find(|s| s.name == msg.0) {
             s.started = false;
         }
+        self.keep_pool_ready();
         self.disable_apps(&msg.0, false);
         let flushes: Vec<_> = self
             .sets
@@ -627,6 +633,7 @@ impl Handler<DestroySession> for BufferFactory {
 
     fn handle(&mut self, msg: DestroySession, ctx: &mut Context<Self>) -> Self::Result {
         self.sessions.retain(|s| s.name != msg.0);
+        self.keep_pool_ready();
         self.disable_apps(&msg.0, true);
         self.traces.retain(|(session, _), _| *session != msg.0);
         self.tear_down(|k| k.session == msg.0, ctx);

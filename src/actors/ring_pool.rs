@@ -2,15 +2,20 @@
 //!
 //! Each per-PID app needs a new ring set: a memfd per CPU (create, size, seal,
 //! map) and an eventfd, about 40 us of system calls on the BufferFactory's thread,
-//! which every registration waits behind. The pool makes them ahead on one
-//! background thread per channel geometry in use, at most `size` ready at a time;
-//! registration takes a ready one and only writes its headers
-//! ([`BlankSet::init`]). When none is ready (the first app of a geometry, or a
-//! burst faster than the thread) the set is made at once, as without a pool.
+//! which every registration waits behind. The pool makes them ahead: while a
+//! started session has per-PID channels, one background thread per channel
+//! geometry keeps `size` sets of it ready; registration takes one and only writes
+//! its headers ([`BlankSet::init`]). When none is ready (a burst faster than the
+//! thread) the set is made at once, as without a pool. `ustrace status` shows the
+//! sets ready against those wanted: a steady, bounded footprint (a memfd per CPU
+//! and an eventfd each, one page per ring touched) while tracing, none after.
 
+use crate::actors::stats::Stats;
 use crate::shm::{BlankSet, Geometry, ShmError};
 use std::collections::HashMap;
-use std::sync::mpsc::{Receiver, TryRecvError, sync_channel};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread;
 use std::time::Duration;
 
@@ -22,57 +27,74 @@ const POOLED_NAME: &str = "ustrace per-PID ring";
 /// tries again; registration meanwhile makes its sets itself and reports errors.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
+/// A set waiting in the pool, counted in `Stats::pid_sets_ready` while it waits.
+struct Ready {
+    /// The set, until taken.
+    set: Option<BlankSet>,
+    /// Where it is counted.
+    stats: Arc<Stats>,
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        Stats::sub(&self.stats.pid_sets_ready);
+    }
+}
+
 /// Ready per-PID ring sets by geometry.
 pub struct RingPool {
     /// Sets kept ready per geometry; 0 disables the pool.
     size: usize,
     /// Rings per set.
     cpus: usize,
-    /// The ready sets of each geometry in use, each filled by its own thread.
-    ready: HashMap<Geometry, Receiver<BlankSet>>,
+    /// The ready sets of each geometry kept, each filled by its own thread.
+    ready: HashMap<Geometry, Receiver<Ready>>,
+    /// Daemon counters.
+    stats: Arc<Stats>,
 }
 
 impl RingPool {
-    /// A pool keeping `size` sets of `cpus` rings ready per geometry asked for.
-    pub fn new(size: usize, cpus: usize) -> RingPool {
+    /// A pool keeping `size` sets of `cpus` rings ready per geometry it is asked to
+    /// keep; none yet.
+    pub fn new(size: usize, cpus: usize, stats: Arc<Stats>) -> RingPool {
         RingPool {
             size,
             cpus,
             ready: HashMap::new(),
+            stats,
         }
     }
 
-    /// A set of `geometry`: a ready one, else one made now. The first call for a
-    /// geometry starts keeping sets of it ready.
-    pub fn take(&mut self, geometry: Geometry) -> Result<BlankSet, ShmError> {
+    /// Keeps sets of exactly the geometries in `needed` ready: starts a thread for
+    /// each new one; the others' threads end and their sets are freed.
+    pub fn keep_ready(&mut self, needed: &[Geometry]) {
         if self.size == 0 {
-            return BlankSet::create(POOLED_NAME, geometry, self.cpus);
+            return;
         }
-        let (size, cpus) = (self.size, self.cpus);
-        let ready = self
-            .ready
-            .entry(geometry)
-            .or_insert_with(|| fill(geometry, cpus, size));
-        match ready.try_recv() {
-            Ok(set) => return Ok(set),
-            Err(TryRecvError::Empty) => {}
-            Err(TryRecvError::Disconnected) => {
-                self.ready.remove(&geometry);
+        self.ready.retain(|geometry, _| needed.contains(geometry));
+        for &geometry in needed {
+            if !self.ready.contains_key(&geometry) {
+                let ready = fill(geometry, self.cpus, self.size, self.stats.clone());
+                self.ready.insert(geometry, ready);
             }
         }
-        BlankSet::create(POOLED_NAME, geometry, cpus)
+        let wanted = (self.size * self.ready.len()) as u64;
+        self.stats.pid_sets_wanted.store(wanted, Ordering::Relaxed);
     }
 
-    /// Stops keeping sets ready for the geometries `needed` rejects (their
-    /// threads end, their sets are freed).
-    pub fn retain(&mut self, needed: impl Fn(&Geometry) -> bool) {
-        self.ready.retain(|geometry, _| needed(geometry));
+    /// A set of `geometry`: a ready one, else one made now.
+    pub fn take(&mut self, geometry: Geometry) -> Result<BlankSet, ShmError> {
+        let ready = self.ready.get(&geometry).and_then(|r| r.try_recv().ok());
+        match ready.and_then(|mut r| r.set.take()) {
+            Some(set) => Ok(set),
+            None => BlankSet::create(POOLED_NAME, geometry, self.cpus),
+        }
     }
 }
 
 /// Starts the thread that keeps `size` sets of `geometry` ready; it ends when the
 /// receiver is dropped.
-fn fill(geometry: Geometry, cpus: usize, size: usize) -> Receiver<BlankSet> {
+fn fill(geometry: Geometry, cpus: usize, size: usize, stats: Arc<Stats>) -> Receiver<Ready> {
     // The filler holds one more set, blocked in `send`, than the channel does.
     let (tx, rx) = sync_channel(size - 1);
     let spawned = thread::Builder::new()
@@ -81,7 +103,12 @@ fn fill(geometry: Geometry, cpus: usize, size: usize) -> Receiver<BlankSet> {
             loop {
                 match BlankSet::create(POOLED_NAME, geometry, cpus) {
                     Ok(set) => {
-                        if tx.send(set).is_err() {
+                        Stats::add(&stats.pid_sets_ready, 1);
+                        let ready = Ready {
+                            set: Some(set),
+                            stats: stats.clone(),
+                        };
+                        if tx.send(ready).is_err() {
                             return;
                         }
                     }
@@ -120,25 +147,23 @@ mod tests {
         }
     }
 
-    /// Takes sets until one comes from the filler (a hit is instant, a miss is
-    /// made inline), within a deadline.
-    fn take_ready(pool: &mut RingPool, geometry: Geometry) -> BlankSet {
+    /// Waits, within a deadline, until `pool` has `n` sets ready.
+    fn wait_ready(pool: &RingPool, n: u64) {
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(set) = pool.ready.get(&geometry).and_then(|r| r.try_recv().ok()) {
-                return set;
-            }
-            assert!(Instant::now() < deadline, "the filler made no set");
+        while pool.stats.pid_sets_ready.load(Ordering::Relaxed) != n {
+            assert!(Instant::now() < deadline, "not {n} sets ready");
             thread::yield_now();
         }
     }
 
     #[test]
     fn a_pooled_set_becomes_rings_an_app_can_map() {
-        let mut pool = RingPool::new(2, 3);
-        let first = pool.take(SMALL).unwrap();
-        assert_eq!(first.geometry(), SMALL);
-        let pooled = take_ready(&mut pool, SMALL);
+        let mut pool = RingPool::new(2, 3, Arc::default());
+        pool.keep_ready(&[SMALL]);
+        wait_ready(&pool, 2);
+        let pooled = pool.take(SMALL).unwrap();
+        assert_eq!(pooled.geometry(), SMALL);
+        wait_ready(&pool, 2);
         let buffers = pooled.init(&config(SMALL)).unwrap();
         assert_eq!(buffers.rings().len(), 3);
         let fds = buffers
@@ -166,7 +191,7 @@ mod tests {
 
     #[test]
     fn a_set_of_another_geometry_is_refused() {
-        let mut pool = RingPool::new(0, 1);
+        let mut pool = RingPool::new(0, 1, Arc::default());
         let set = pool.take(SMALL).unwrap();
         let other = Geometry {
             subbuf_size: 8192,
@@ -176,11 +201,28 @@ mod tests {
     }
 
     #[test]
-    fn geometries_no_longer_needed_are_dropped() {
-        let mut pool = RingPool::new(1, 1);
-        pool.take(SMALL).unwrap();
-        assert!(pool.ready.contains_key(&SMALL));
-        pool.retain(|_| false);
-        assert!(pool.ready.is_empty());
+    fn sets_of_geometries_no_longer_needed_are_freed() {
+        let mut pool = RingPool::new(3, 1, Arc::default());
+        let other = Geometry {
+            subbuf_size: 8192,
+            num_subbuf: 2,
+        };
+        pool.keep_ready(&[SMALL, other]);
+        wait_ready(&pool, 6);
+        assert_eq!(pool.stats.pid_sets_wanted.load(Ordering::Relaxed), 6);
+        pool.keep_ready(&[other]);
+        wait_ready(&pool, 3);
+        assert_eq!(pool.stats.pid_sets_wanted.load(Ordering::Relaxed), 3);
+        pool.keep_ready(&[]);
+        wait_ready(&pool, 0);
+        assert_eq!(pool.stats.pid_sets_wanted.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn without_a_ready_set_one_is_made_at_once() {
+        let mut pool = RingPool::new(0, 2, Arc::default());
+        pool.keep_ready(&[SMALL]);
+        assert_eq!(pool.take(SMALL).unwrap().geometry(), SMALL);
+        assert_eq!(pool.stats.pid_sets_ready.load(Ordering::Relaxed), 0);
     }
 }

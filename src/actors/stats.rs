@@ -20,6 +20,10 @@ pub struct Stats {
     pub buffer_sets: AtomicU64,
     /// Live Writer actors.
     pub writers: AtomicU64,
+    /// Per-PID ring sets made ahead and not taken yet (see `ring_pool`).
+    pub pid_sets_ready: AtomicU64,
+    /// How many the ring pool keeps ready, over every geometry in use.
+    pub pid_sets_wanted: AtomicU64,
     /// Writer restarts.
     pub writer_restarts: AtomicU64,
     /// Events dropped on full rings.
@@ -65,6 +69,8 @@ impl Stats {
             apps_total: self.apps_total.load(Relaxed),
             buffer_sets: self.buffer_sets.load(Relaxed),
             writers: self.writers.load(Relaxed),
+            pid_sets_ready: self.pid_sets_ready.load(Relaxed),
+            pid_sets_wanted: self.pid_sets_wanted.load(Relaxed),
             writer_restarts: self.writer_restarts.load(Relaxed),
             events_discarded: self.events_discarded.load(Relaxed),
             packets_overwritten: self.packets_overwritten.load(Relaxed),

@@ -499,7 +499,7 @@ fn run_ours(args: &ChurnArgs, mode: ChurnMode, apps: u32, par: u32) -> Result<Ou
     if let Some(buffers) = buffers {
         start_session(&rundir, "churn", &output, &[("ch", buffers)])?;
     }
-    let before_status = status(&rundir)?;
+    let before_status = pool_full(&rundir)?;
     let before = Footprint::of(daemon.0.id())?;
     let sampler = PeakSampler::start(daemon.0.id());
     let started = Instant::now();
@@ -581,23 +581,40 @@ fn status(rundir: &Path) -> Result<StatusReport, String> {
     }
 }
 
-/// Waits until the daemon has seen every app go and (per-PID) torn down its buffers.
-fn settle(rundir: &Path, mode: ChurnMode, before: &StatusReport) -> Result<(), String> {
+/// Waits, up to 30 s, for a daemon status that satisfies `done`; `what` names it
+/// in the error.
+fn wait_status(
+    rundir: &Path,
+    what: &str,
+    done: impl Fn(&StatusReport) -> bool,
+) -> Result<StatusReport, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let now = status(rundir)?;
-        let sets_done = mode != ChurnMode::Pid || now.buffer_sets <= before.buffer_sets;
-        if now.apps == 0 && sets_done {
-            return Ok(());
+        if done(&now) {
+            return Ok(now);
         }
         if Instant::now() > deadline {
-            return Err(format!(
-                "30 s after the last app: {} apps still connected, {} buffer sets (before: {})",
-                now.apps, now.buffer_sets, before.buffer_sets
-            ));
+            return Err(format!("30 s without {what}: {now:?}"));
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Waits until the per-PID ring pool is full, so that footprints compare.
+fn pool_full(rundir: &Path) -> Result<StatusReport, String> {
+    wait_status(rundir, "a full per-PID ring pool", |s| {
+        s.pid_sets_ready >= s.pid_sets_wanted
+    })
+}
+
+/// Waits until the daemon has seen every app go and (per-PID) torn down its
+/// buffers, and its ring pool is full again.
+fn settle(rundir: &Path, mode: ChurnMode, before: &StatusReport) -> Result<(), String> {
+    wait_status(rundir, "every app gone and torn down", |now| {
+        now.apps == 0 && (mode != ChurnMode::Pid || now.buffer_sets <= before.buffer_sets)
+    })?;
+    pool_full(rundir).map(drop)
 }
 
 /// Events in the trace under `dir`, read with our reader.

@@ -227,6 +227,10 @@ fn print_status(s: &StatusReport) {
     println!("apps registered in total:  {}", s.apps_total);
     println!("buffer sets:               {}", s.buffer_sets);
     println!("writers:                   {}", s.writers);
+    println!(
+        "per-PID ring sets ready:   {} of {}",
+        s.pid_sets_ready, s.pid_sets_wanted
+    );
     println!("writer restarts:           {}", s.writer_restarts);
     println!("events discarded:          {}", s.events_discarded);
     println!("packets overwritten:       {}", s.packets_overwritten);

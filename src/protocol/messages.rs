@@ -215,6 +215,10 @@ pub struct StatusReport {
     pub buffer_sets: u64,
     /// Live Writer actors.
     pub writers: u64,
+    /// Per-PID ring sets made ahead and waiting for apps.
+    pub pid_sets_ready: u64,
+    /// How many the daemon keeps ready (`warm_pid_buffer_sets` per geometry in use).
+    pub pid_sets_wanted: u64,
     /// Writers restarted after a failure, in total.
     pub writer_restarts: u64,
     /// Events dropped because a ring was full.
