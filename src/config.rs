@@ -80,7 +80,7 @@ impl Default for DaemonConfig {
             registration_timeout_ms: 3000,
             max_frame_bytes: ByteSize(protocol::MAX_FRAME as u64),
             flush_interval_ms: 200,
-            warm_pid_buffer_sets: 4,
+            warm_pid_buffer_sets: 8,
         }
     }
 }

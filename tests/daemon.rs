@@ -236,11 +236,11 @@ fn after_1000_apps_the_daemon_holds_nothing_for_them() {
     // One app first, so that the per-UID set and lazily made state exist.
     daemon.run_app(&["--events", "1"]);
     // Its per-PID set and writers are gone; the per-UID ones stay for the session
-    // (a writer per CPU that recorded something, started at its first packet).
+    // (at most a writer per CPU, started at its stream's first packet).
     let cpus = ustrace::shm::cpu_count() as u64;
     wait_for("the first app to be torn down", WAIT, || {
         let s = daemon.status();
-        s.apps == 0 && s.buffer_sets == 1 && (1..=cpus).contains(&s.writers)
+        s.apps == 0 && s.buffer_sets == 1 && s.writers <= cpus
     });
     // The per-PID ring pool is full before and after: it is part of the level.
     wait_for("the ring pool to be full", WAIT, || {

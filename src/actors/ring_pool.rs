@@ -1,21 +1,25 @@
 //! A warm pool of per-PID ring sets.
 //!
 //! Each per-PID app needs a new ring set: a memfd per CPU (create, size, seal,
-//! map) and an eventfd, about 40 us of system calls on the BufferFactory's thread,
-//! which every registration waits behind. The pool makes them ahead: while a
-//! started session has per-PID channels, one background thread per channel
-//! geometry keeps `size` sets of it ready; registration takes one and only writes
-//! its headers ([`BlankSet::init`]). When none is ready (a burst faster than the
-//! thread) the set is made at once, as without a pool. `ustrace status` shows the
-//! sets ready against those wanted: a steady, bounded footprint (a memfd per CPU
-//! and an eventfd each, one page per ring touched) while tracing, none after.
+//! map, header page faulted in) and an eventfd, about 40 us of system calls on the
+//! BufferFactory's thread, which every registration waits behind. The pool makes
+//! them ahead: while a started session has per-PID channels, one background thread
+//! per channel geometry keeps up to `size` sets of it on a shelf; registration
+//! takes one and only writes its headers ([`BlankSet::init`]). When the shelf is
+//! empty (a burst faster than the thread) the set is made at once, as without a
+//! pool.
+//!
+//! The thread refills as soon as the shelf is down to half, else once no set was
+//! taken for a moment, and runs as `SCHED_BATCH`, so that waking it neither
+//! happens on every registration nor preempts the registering thread. `ustrace status` shows the sets ready against
+//! those wanted: a steady, bounded footprint (a memfd per CPU and an eventfd each,
+//! one page per ring touched) while tracing, none after.
 
 use crate::actors::stats::Stats;
 use crate::shm::{BlankSet, Geometry, ShmError};
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread;
 use std::time::Duration;
 
@@ -27,7 +31,12 @@ const POOLED_NAME: &str = "ustrace per-PID ring";
 /// tries again; registration meanwhile makes its sets itself and reports errors.
 const RETRY_AFTER: Duration = Duration::from_millis(500);
 
-/// A set waiting in the pool, counted in `Stats::pid_sets_ready` while it waits.
+/// How long a shelf above half but not full waits for registrations to slow down
+/// before it is topped up: at rest every shelf is full, so the daemon's footprint
+/// between bursts is the same every time.
+const TOP_UP_AFTER: Duration = Duration::from_millis(100);
+
+/// A set waiting on a shelf, counted in `Stats::pid_sets_ready` while it waits.
 struct Ready {
     /// The set, until taken.
     set: Option<BlankSet>,
@@ -41,14 +50,51 @@ impl Drop for Ready {
     }
 }
 
+/// The ready sets of one geometry, shared by the pool and its filler thread.
+#[derive(Default)]
+struct Shelf {
+    /// The sets, and whether the pool still wants them.
+    state: Mutex<ShelfState>,
+    /// Wakes the filler: the shelf is no longer full, down to half, or closed.
+    low: Condvar,
+}
+
+/// What a [`Shelf`] guards.
+#[derive(Default)]
+struct ShelfState {
+    /// Sets ready to take.
+    sets: Vec<Ready>,
+    /// Set when the geometry is no longer wanted: the filler ends.
+    closed: bool,
+}
+
+impl Shelf {
+    /// The state; a filler that panicked cannot leave it inconsistent (pushes and
+    /// pops only), so a poisoned lock is used as it is.
+    fn lock(&self) -> MutexGuard<'_, ShelfState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Frees the sets and ends the filler.
+    fn close(&self) {
+        let sets = {
+            let mut state = self.lock();
+            state.closed = true;
+            std::mem::take(&mut state.sets)
+        };
+        self.low.notify_one();
+        drop(sets);
+    }
+}
+
 /// Ready per-PID ring sets by geometry.
 pub struct RingPool {
     /// Sets kept ready per geometry; 0 disables the pool.
     size: usize,
     /// Rings per set.
     cpus: usize,
-    /// The ready sets of each geometry kept, each filled by its own thread.
-    ready: HashMap<Geometry, Receiver<Ready>>,
+    /// The shelf of each geometry kept, each filled by its own thread.
+    shelves: HashMap<Geometry, Arc<Shelf>>,
     /// Daemon counters.
     stats: Arc<Stats>,
 }
@@ -60,7 +106,7 @@ impl RingPool {
         RingPool {
             size,
             cpus,
-            ready: HashMap::new(),
+            shelves: HashMap::new(),
             stats,
         }
     }
@@ -71,20 +117,42 @@ impl RingPool {
         if self.size == 0 {
             return;
         }
-        self.ready.retain(|geometry, _| needed.contains(geometry));
+        self.shelves.retain(|geometry, shelf| {
+            let keep = needed.contains(geometry);
+            if !keep {
+                shelf.close();
+            }
+            keep
+        });
         for &geometry in needed {
-            if !self.ready.contains_key(&geometry) {
-                let ready = fill(geometry, self.cpus, self.size, self.stats.clone());
-                self.ready.insert(geometry, ready);
+            if !self.shelves.contains_key(&geometry) {
+                let shelf = Arc::new(Shelf::default());
+                fill(
+                    shelf.clone(),
+                    geometry,
+                    self.cpus,
+                    self.size,
+                    self.stats.clone(),
+                );
+                self.shelves.insert(geometry, shelf);
             }
         }
-        let wanted = (self.size * self.ready.len()) as u64;
+        let wanted = (self.size * self.shelves.len()) as u64;
         self.stats.pid_sets_wanted.store(wanted, Ordering::Relaxed);
     }
 
     /// A set of `geometry`: a ready one, else one made now.
     pub fn take(&mut self, geometry: Geometry) -> Result<BlankSet, ShmError> {
-        let ready = self.ready.get(&geometry).and_then(|r| r.try_recv().ok());
+        let ready = self.shelves.get(&geometry).and_then(|shelf| {
+            let mut state = shelf.lock();
+            let ready = state.sets.pop();
+            // Leaving full starts the filler's top-up timer; down to half, a refill.
+            let left = state.sets.len();
+            if left + 1 == self.size || left == self.size / 2 {
+                shelf.low.notify_one();
+            }
+            ready
+        });
         match ready.and_then(|mut r| r.set.take()) {
             Some(set) => Ok(set),
             None => BlankSet::create(POOLED_NAME, geometry, self.cpus),
@@ -92,29 +160,64 @@ impl RingPool {
     }
 }
 
-/// Starts the thread that keeps `size` sets of `geometry` ready; it ends when the
-/// receiver is dropped.
-fn fill(geometry: Geometry, cpus: usize, size: usize, stats: Arc<Stats>) -> Receiver<Ready> {
-    // The filler holds one more set, blocked in `send`, than the channel does.
-    let (tx, rx) = sync_channel(size - 1);
+impl Drop for RingPool {
+    fn drop(&mut self) {
+        for shelf in self.shelves.values() {
+            shelf.close();
+        }
+    }
+}
+
+/// Starts the thread that refills `shelf` with sets of `geometry` up to `size`
+/// when it is down to half, or not full and left alone for [`TOP_UP_AFTER`]; it
+/// ends when the shelf is closed.
+fn fill(shelf: Arc<Shelf>, geometry: Geometry, cpus: usize, size: usize, stats: Arc<Stats>) {
     let spawned = thread::Builder::new()
         .name("ustraced-rings".to_string())
         .spawn(move || {
+            yield_to_others();
             loop {
-                match BlankSet::create(POOLED_NAME, geometry, cpus) {
-                    Ok(set) => {
-                        Stats::add(&stats.pid_sets_ready, 1);
-                        let ready = Ready {
-                            set: Some(set),
-                            stats: stats.clone(),
-                        };
-                        if tx.send(ready).is_err() {
-                            return;
+                {
+                    let mut state = shelf.lock();
+                    while !state.closed && state.sets.len() > size / 2 {
+                        if state.sets.len() == size {
+                            state = shelf.low.wait(state).unwrap_or_else(|e| e.into_inner());
+                            continue;
+                        }
+                        let (next, waited) = shelf
+                            .low
+                            .wait_timeout(state, TOP_UP_AFTER)
+                            .unwrap_or_else(|e| e.into_inner());
+                        state = next;
+                        if waited.timed_out() && state.sets.len() < size {
+                            break;
                         }
                     }
-                    Err(e) => {
-                        log::warn!("ring pool {geometry:?}: {e}; retrying");
-                        thread::sleep(RETRY_AFTER);
+                    if state.closed {
+                        return;
+                    }
+                }
+                loop {
+                    let set = match BlankSet::create(POOLED_NAME, geometry, cpus) {
+                        Ok(set) => set,
+                        Err(e) => {
+                            log::warn!("ring pool {geometry:?}: {e}; retrying");
+                            thread::sleep(RETRY_AFTER);
+                            break;
+                        }
+                    };
+                    Stats::add(&stats.pid_sets_ready, 1);
+                    let ready = Ready {
+                        set: Some(set),
+                        stats: stats.clone(),
+                    };
+                    let mut state = shelf.lock();
+                    if state.closed {
+                        return;
+                    }
+                    state.sets.push(ready);
+                    if state.sets.len() >= size {
+                        break;
                     }
                 }
             }
@@ -122,7 +225,21 @@ fn fill(geometry: Geometry, cpus: usize, size: usize, stats: Arc<Stats>) -> Rece
     if let Err(e) = spawned {
         log::warn!("ring pool {geometry:?}: no filler thread ({e}); sets made at registration");
     }
-    rx
+}
+
+/// Makes the calling thread `SCHED_BATCH`: waking it does not preempt the thread
+/// that woke it (registration), it runs in that thread's gaps instead.
+fn yield_to_others() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 names
+    // the calling thread; the call changes only its scheduling policy.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc != 0 {
+        log::debug!(
+            "ring pool filler stays SCHED_OTHER: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 #[cfg(test)]
@@ -216,6 +333,19 @@ mod tests {
         pool.keep_ready(&[]);
         wait_ready(&pool, 0);
         assert_eq!(pool.stats.pid_sets_wanted.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_shelf_is_refilled_when_down_to_half_and_topped_up_at_rest() {
+        let mut pool = RingPool::new(4, 1, Arc::default());
+        pool.keep_ready(&[SMALL]);
+        wait_ready(&pool, 4);
+        pool.take(SMALL).unwrap();
+        // Above half, the filler tops up only after a pause; down to half, at once.
+        wait_ready(&pool, 4);
+        pool.take(SMALL).unwrap();
+        pool.take(SMALL).unwrap();
+        wait_ready(&pool, 4);
     }
 
     #[test]

@@ -144,6 +144,13 @@ impl BlankRing {
         let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
         fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(ShmError::sys("sealing the memfd"))?;
         let map = Mapping::new(&fd, size)?;
+        // The geometry is known now: writing it faults the header page in here
+        // (off the registration path when a pool makes the ring). The magic stays
+        // zero until `Ring::init`, so no peer accepts a blank ring.
+        map.u32_at(SUBBUF_SIZE_AT)
+            .store(geometry.subbuf_size as u32, Relaxed);
+        map.u32_at(NUM_SUBBUF_AT)
+            .store(geometry.num_subbuf as u32, Relaxed);
         Ok(BlankRing { map, fd, geometry })
     }
 }
@@ -184,10 +191,6 @@ impl Ring {
         // passing the fd (a system call) orders them before any peer's read.
         map.u64_at(MAGIC_AT).store(MAGIC, Relaxed);
         map.u32_at(VERSION_AT).store(VERSION, Relaxed);
-        map.u32_at(SUBBUF_SIZE_AT)
-            .store(g.subbuf_size as u32, Relaxed);
-        map.u32_at(NUM_SUBBUF_AT)
-            .store(g.num_subbuf as u32, Relaxed);
         map.u32_at(MODE_AT).store(config.mode as u32, Relaxed);
         map.u32_at(CPU_ID_AT).store(cpu_id, Relaxed);
         map.u32_at(STREAM_ID_AT).store(config.stream_id, Relaxed);
