@@ -176,6 +176,8 @@ fn fill(shelf: Arc<Shelf>, geometry: Geometry, cpus: usize, size: usize, stats: 
         .name("ustraced-rings".to_string())
         .spawn(move || {
             yield_to_others();
+            // Set while creation fails, so that a lasting failure is logged once.
+            let mut failing = false;
             loop {
                 {
                     let mut state = shelf.lock();
@@ -201,11 +203,18 @@ fn fill(shelf: Arc<Shelf>, geometry: Geometry, cpus: usize, size: usize, stats: 
                     let set = match BlankSet::create(POOLED_NAME, geometry, cpus) {
                         Ok(set) => set,
                         Err(e) => {
-                            log::warn!("ring pool {geometry:?}: {e}; retrying");
+                            if !failing {
+                                log::warn!("ring pool {geometry:?}: {e}; retrying until it works");
+                            }
+                            failing = true;
                             thread::sleep(RETRY_AFTER);
                             break;
                         }
                     };
+                    if failing {
+                        log::info!("ring pool {geometry:?}: making sets again");
+                        failing = false;
+                    }
                     Stats::add(&stats.pid_sets_ready, 1);
                     let ready = Ready {
                         set: Some(set),
