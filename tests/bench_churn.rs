@@ -123,3 +123,37 @@ fn the_daemon_config_reaches_the_benchmarks_daemon() {
         assert!(stderr.contains(expected), "{stderr}");
     }
 }
+
+#[test]
+fn repeated_pairs_print_each_ratio_and_their_median() {
+    let out = churn(&[
+        "--apps",
+        "10",
+        "--par",
+        "2",
+        "--mode",
+        "uid",
+        "--baseline",
+        "--repeat",
+        "3",
+    ]);
+    let ratios: Vec<f64> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("ours traced/untraced wall: "))
+        .map(|r| r.parse().unwrap())
+        .collect();
+    assert_eq!(ratios.len(), 3, "{out}");
+    let summary = out
+        .lines()
+        .find_map(|l| l.strip_prefix("ours traced/untraced wall, median of 3 alternating pairs: "))
+        .unwrap_or_else(|| panic!("no median line in {out}"));
+    let median: f64 = summary.split(' ').next().unwrap().parse().unwrap();
+    let mut sorted = ratios.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert_eq!(format!("{median:.2}"), format!("{:.2}", sorted[1]), "{out}");
+    assert_eq!(
+        out.matches("events: expected 10, recorded 10").count(),
+        3,
+        "{out}"
+    );
+}

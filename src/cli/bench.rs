@@ -114,6 +114,10 @@ struct ChurnArgs {
     /// Where the sweep writes its PNG (needs gnuplot).
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Runs (with --baseline: untraced and traced pairs, alternating) to repeat;
+    /// prints each and the median, and compares the median one with LTTng.
+    #[arg(long, default_value_t = 1)]
+    repeat: u32,
     /// Config file for the benchmark's own ustraced (e.g. `warm_pid_buffer_sets = 0`
     /// to compare); its `runtime_dir` must be empty. Default: built-in defaults.
     #[arg(long)]
@@ -836,33 +840,71 @@ fn single(args: &ChurnArgs) -> Result<(), String> {
         ));
     }
     let traced = args.mode != ChurnMode::None;
-    let baseline = if traced && (args.baseline || args.compare_lttng) {
-        let run = run_ours(args, ChurnMode::None, args.apps, args.par)?;
-        print_ours(&run);
-        Some(run)
-    } else {
-        None
-    };
-    let ours = run_ours(args, args.mode, args.apps, args.par)?;
-    print_ours(&ours);
-    if let Some(base) = &baseline {
-        println!(
-            "ours traced/untraced wall: {:.2}",
-            ours.wall.as_secs_f64() / base.wall.as_secs_f64()
-        );
+    let with_baseline = traced && (args.baseline || args.compare_lttng);
+    // (ratio to the untraced run just before, if any; the traced run)
+    let mut pairs: Vec<(Option<f64>, OursRun)> = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        let baseline = if with_baseline {
+            let run = run_ours(args, ChurnMode::None, args.apps, args.par)?;
+            print_ours(&run);
+            Some(run.wall)
+        } else {
+            None
+        };
+        let ours = run_ours(args, args.mode, args.apps, args.par)?;
+        print_ours(&ours);
+        let ratio = baseline.map(|base| ours.wall.as_secs_f64() / base.as_secs_f64());
+        if let Some(ratio) = ratio {
+            println!("ours traced/untraced wall: {ratio:.2}");
+        }
+        check(&ours)?;
+        pairs.push((ratio, ours));
+    }
+    sort_pairs(&mut pairs);
+    let median = &pairs[(pairs.len() - 1) / 2];
+    if pairs.len() > 1 {
+        let ratios: Vec<String> = pairs
+            .iter()
+            .filter_map(|(r, _)| r.map(|r| format!("{r:.2}")))
+            .collect();
+        let walls: Vec<String> = pairs
+            .iter()
+            .map(|(_, run)| format!("{:.3}", run.wall.as_secs_f64()))
+            .collect();
+        match median.0 {
+            Some(ratio) => println!(
+                "ours traced/untraced wall, median of {} alternating pairs: {ratio:.2} (sorted: {})",
+                pairs.len(),
+                ratios.join(", ")
+            ),
+            None => println!(
+                "ours wall, median of {} runs: {:.3} s (sorted: {})",
+                pairs.len(),
+                median.1.wall.as_secs_f64(),
+                walls.join(", ")
+            ),
+        }
     }
     if args.compare_lttng {
         let anchor = anchor_dir(args);
         match lttng_missing(&anchor) {
             Some(why) => println!("LTTng comparison skipped: {why}"),
-            None => compare_lttng(&anchor, &ours, baseline.as_ref())?,
+            None => compare_lttng(&anchor, &median.1, median.0)?,
         }
     }
-    check(&ours)
+    Ok(())
 }
 
-/// Runs churn.sh for the mode of `ours` and `none`, prints both and the ratios.
-fn compare_lttng(anchor: &Path, ours: &OursRun, base: Option<&OursRun>) -> Result<(), String> {
+/// Sorts `pairs` by ratio (by wall when there is none), so that the middle one
+/// (the lower middle one of an even count) is the median.
+fn sort_pairs(pairs: &mut [(Option<f64>, OursRun)]) {
+    let key = |p: &(Option<f64>, OursRun)| p.0.unwrap_or(p.1.wall.as_secs_f64());
+    pairs.sort_by(|a, b| key(a).total_cmp(&key(b)));
+}
+
+/// Runs churn.sh for the mode of `ours` and, given ours' traced/untraced `ratio`,
+/// `none` too; prints both and the ratios.
+fn compare_lttng(anchor: &Path, ours: &OursRun, ratio: Option<f64>) -> Result<(), String> {
     let lttng = run_lttng(anchor, ours.apps, ours.par, ours.mode)?;
     let recorded = lttng
         .recorded
@@ -879,12 +921,11 @@ fn compare_lttng(anchor: &Path, ours: &OursRun, base: Option<&OursRun>) -> Resul
         "ours/lttng wall: {:.3}",
         ours.wall.as_secs_f64() / lttng.wall_s
     );
-    if let Some(base) = base {
+    if let Some(ratio) = ratio {
         let untraced = run_lttng(anchor, ours.apps, ours.par, ChurnMode::None)?;
         println!(
-            "lttng none: wall {:.3} s; traced/untraced wall: ours {:.2}, lttng {:.2}",
+            "lttng none: wall {:.3} s; traced/untraced wall: ours {ratio:.2}, lttng {:.2}",
             untraced.wall_s,
-            ours.wall.as_secs_f64() / base.wall.as_secs_f64(),
             lttng.wall_s / untraced.wall_s
         );
     }
