@@ -458,3 +458,73 @@ fn a_forked_child_runs_untraced_instead_of_writing_as_its_parent() {
     assert_eq!(demo_events(&lines), 6, "{lines:#?}");
     assert!(!lines.iter().any(|l| l.contains("\"child\"")), "{lines:#?}");
 }
+
+#[test]
+fn a_registration_reaches_the_app_in_one_piece() {
+    use nix::sys::socket::{ControlMessageOwned, MsgFlags, recvmsg};
+    use std::io::IoSliceMut;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use ustrace::ctf::field::{EventDesc, LogLevel};
+    use ustrace::protocol::messages::{AppCommand, AppRegister};
+    use ustrace::protocol::{APPS_SOCKET, frame};
+
+    let daemon = Daemon::start();
+    daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let sock = UnixStream::connect(daemon.rundir.join(APPS_SOCKET)).unwrap();
+    frame::send_hello(&sock).unwrap();
+    let register = AppRegister {
+        name: "raw".into(),
+        bitness: 64,
+        events: vec![EventDesc {
+            provider: "demo".into(),
+            name: "raw".into(),
+            loglevel: LogLevel::Info,
+            fields: Vec::new(),
+        }],
+    };
+    frame::send(&sock, &register, &[]).unwrap();
+    sock.set_read_timeout(Some(WAIT)).unwrap();
+    // One recvmsg: a unix socket stops a read after the bytes that carry fds, so
+    // the channel, its enable and RegistrationDone come back together only if the
+    // daemon sent them in one piece (one wake-up of the app, not three).
+    let mut bytes = vec![0u8; 65536];
+    let mut space = nix::cmsg_space!([RawFd; 16]);
+    let mut iov = [IoSliceMut::new(&mut bytes)];
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .unwrap();
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            // SAFETY: SCM_RIGHTS just installed these descriptors in this process;
+            // nothing else owns them.
+            fds.extend(
+                raw.into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    let len = msg.bytes;
+    let mut commands = Vec::new();
+    let mut at = 0;
+    while at < len {
+        let size =
+            frame::payload_len(bytes[at..at + 4].try_into().unwrap(), frame::MAX_FRAME).unwrap();
+        commands.push(frame::decode::<AppCommand>(&bytes[at + 4..at + 4 + size]).unwrap());
+        at += 4 + size;
+    }
+    assert_eq!(commands.len(), 3, "{commands:?}");
+    let AppCommand::Channel { streams, .. } = commands[0] else {
+        panic!("expected the channel first: {commands:?}");
+    };
+    assert_eq!(fds.len(), streams as usize + 1);
+    assert!(
+        matches!(commands[1], AppCommand::Enable { .. }),
+        "{commands:?}"
+    );
+    assert_eq!(commands[2], AppCommand::RegistrationDone);
+}

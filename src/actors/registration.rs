@@ -192,13 +192,32 @@ async fn read_frames(mut reader: OwnedReadHalf, limits: AppLimits, addr: Addr<Ap
     addr.do_send(Inbound::Closed(outcome.err()));
 }
 
-/// Sends queued frames in order; fds ride on the frame's first bytes.
+/// Sends queued frames in order; fds ride on the first bytes of their frame.
+///
+/// Frames queued together (a registration's channels, enables and
+/// RegistrationDone) go out in one `sendmsg` up to the next frame that carries
+/// fds, which starts the next one: the app then finds them all in one wake-up.
 async fn send_frames(
     writer: OwnedWriteHalf,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
     pid: i32,
 ) {
-    while let Some((bytes, buffers)) = queue.recv().await {
+    let mut next = None;
+    loop {
+        let (mut bytes, buffers) = match next.take() {
+            Some(frame) => frame,
+            None => match queue.recv().await {
+                Some(frame) => frame,
+                None => return,
+            },
+        };
+        while let Ok(frame) = queue.try_recv() {
+            if frame.1.is_some() {
+                next = Some(frame);
+                break;
+            }
+            bytes.extend_from_slice(&frame.0);
+        }
         let borrowed: Vec<BorrowedFd> = match &buffers {
             Some(b) => std::iter::once(b.wakeup().as_fd())
                 .chain(b.rings().iter().map(|r| r.as_fd()))
