@@ -528,3 +528,19 @@ fn a_registration_reaches_the_app_in_one_piece() {
     );
     assert_eq!(commands[2], AppCommand::RegistrationDone);
 }
+
+#[test]
+fn starting_a_per_pid_session_prepares_its_pid_directory_before_any_app() {
+    use std::os::unix::fs::PermissionsExt;
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let pid_dir = output.join("ust").join("pid");
+    let meta = std::fs::metadata(&pid_dir).expect("ust/pid made at start");
+    assert!(meta.is_dir());
+    assert_eq!(meta.permissions().mode() & 0o027, 0);
+    let per_uid = daemon.session("u", &[("c", Buffers::PerUid)], true);
+    assert!(
+        !per_uid.join("ust").exists(),
+        "nothing for a per-UID session"
+    );
+}
