@@ -17,8 +17,6 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use nix::errno::Errno;
-
 use crate::ctf::trace_writer::create_trace_dir;
 
 /// `FS_TOPDIR_FL` from `<linux/fs.h>`.
@@ -39,7 +37,8 @@ nix::ioctl_write_ptr_bad!(
 );
 
 /// Creates `dir` (and its parents, see [`create_trace_dir`]) and asks the file
-/// system to spread its subdirectories; `Ok(false)` when it does not take the hint.
+/// system to spread its subdirectories; `Ok(false)` when it does not take the
+/// hint, an error only when the directory cannot be made or opened.
 pub fn create_spread_dir(dir: &Path) -> io::Result<bool> {
     create_trace_dir(dir)?;
     let file = File::open(dir)?;
@@ -56,11 +55,10 @@ pub fn create_spread_dir(dir: &Path) -> io::Result<bool> {
         // SAFETY: as above.
         unsafe { set_flags(fd, &flags) }
     });
-    match result {
-        Ok(_) => Ok(true),
-        Err(Errno::ENOTTY | Errno::EOPNOTSUPP | Errno::EINVAL | Errno::ENOSYS) => Ok(false),
-        Err(e) => Err(e.into()),
-    }
+    // The hint is best effort: a file system without flags (ENOTTY), without this
+    // one (EOPNOTSUPP, EINVAL) or refusing it (EPERM on some overlays) just does
+    // without.
+    Ok(result.is_ok())
 }
 
 #[cfg(test)]
