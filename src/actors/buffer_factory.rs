@@ -250,7 +250,7 @@ impl BufferFactory {
             channel: channel.spec.name.clone(),
             owner,
         };
-        self.ensure_trace(session, owner, pid)?;
+        let new_trace = self.ensure_trace(session, owner, pid)?;
         self.ensure_set(&set_key, session, stream_id, &channel.spec)?;
 
         let app = self.apps.get_mut(&pid).expect("checked above");
@@ -289,6 +289,8 @@ impl BufferFactory {
         }
         if changed {
             trace.version += 1;
+        }
+        if changed || new_trace {
             publish_metadata(trace);
         }
         if buffers.is_none() && enables.is_empty() {
@@ -301,11 +303,18 @@ impl BufferFactory {
         }))
     }
 
-    /// Creates the sub-trace of (session, owner) if it does not exist yet.
-    fn ensure_trace(&mut self, session: &SessionDef, owner: Owner, pid: i32) -> Result<(), String> {
+    /// Creates the sub-trace of (session, owner) if it does not exist yet; says
+    /// whether it did. A new trace's metadata snapshot is empty until the caller
+    /// publishes it, once, with the events it registers.
+    fn ensure_trace(
+        &mut self,
+        session: &SessionDef,
+        owner: Owner,
+        pid: i32,
+    ) -> Result<bool, String> {
         let key = (session.name.clone(), owner);
         if self.traces.contains_key(&key) {
-            return Ok(());
+            return Ok(false);
         }
         let app = &self.apps[&pid];
         let ownership = match owner {
@@ -327,7 +336,7 @@ impl BufferFactory {
         }
         let metadata = Arc::new(Mutex::new(Metadata {
             version: 0,
-            tsdl: registry.metadata().into(),
+            tsdl: Arc::from(""),
             stored: Arc::default(),
         }));
         self.traces.insert(
@@ -339,7 +348,7 @@ impl BufferFactory {
                 metadata,
             },
         );
-        Ok(())
+        Ok(true)
     }
 
     /// Creates the BufferSet `key` if it does not exist yet.

@@ -11,9 +11,10 @@
 //!
 //! The thread refills as soon as the shelf is down to half, else once no set was
 //! taken for a moment, and runs as `SCHED_BATCH`, so that waking it neither
-//! happens on every registration nor preempts the registering thread. `ustrace status` shows the sets ready against
-//! those wanted: a steady, bounded footprint (a memfd per CPU and an eventfd each,
-//! one page per ring touched) while tracing, none after.
+//! happens on every registration nor preempts the registering thread.
+//! `ustrace status` shows the sets ready against those wanted: a steady, bounded
+//! footprint (a memfd per CPU and an eventfd each, one page per ring touched)
+//! while tracing, none after.
 
 use crate::actors::stats::Stats;
 use crate::shm::{BlankSet, Geometry, ShmError};
@@ -36,20 +37,6 @@ const RETRY_AFTER: Duration = Duration::from_millis(500);
 /// between bursts is the same every time.
 const TOP_UP_AFTER: Duration = Duration::from_millis(100);
 
-/// A set waiting on a shelf, counted in `Stats::pid_sets_ready` while it waits.
-struct Ready {
-    /// The set, until taken.
-    set: Option<BlankSet>,
-    /// Where it is counted.
-    stats: Arc<Stats>,
-}
-
-impl Drop for Ready {
-    fn drop(&mut self) {
-        Stats::sub(&self.stats.pid_sets_ready);
-    }
-}
-
 /// The ready sets of one geometry, shared by the pool and its filler thread.
 #[derive(Default)]
 struct Shelf {
@@ -62,8 +49,8 @@ struct Shelf {
 /// What a [`Shelf`] guards.
 #[derive(Default)]
 struct ShelfState {
-    /// Sets ready to take.
-    sets: Vec<Ready>,
+    /// Sets ready to take, each counted in `Stats::pid_sets_ready`.
+    sets: Vec<BlankSet>,
     /// Set when the geometry is no longer wanted: the filler ends.
     closed: bool,
 }
@@ -75,15 +62,17 @@ impl Shelf {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Frees the sets and ends the filler.
-    fn close(&self) {
+    /// Frees the sets, uncounting them from `stats`, and ends the filler.
+    fn close(&self, stats: &Stats) {
         let sets = {
             let mut state = self.lock();
             state.closed = true;
             std::mem::take(&mut state.sets)
         };
         self.low.notify_one();
-        drop(sets);
+        stats
+            .pid_sets_ready
+            .fetch_sub(sets.len() as u64, Ordering::Relaxed);
     }
 }
 
@@ -117,10 +106,11 @@ impl RingPool {
         if self.size == 0 {
             return;
         }
+        let stats = &self.stats;
         self.shelves.retain(|geometry, shelf| {
             let keep = needed.contains(geometry);
             if !keep {
-                shelf.close();
+                shelf.close(stats);
             }
             keep
         });
@@ -145,15 +135,16 @@ impl RingPool {
     pub fn take(&mut self, geometry: Geometry) -> Result<BlankSet, ShmError> {
         let ready = self.shelves.get(&geometry).and_then(|shelf| {
             let mut state = shelf.lock();
-            let ready = state.sets.pop();
+            let set = state.sets.pop()?;
+            Stats::sub(&self.stats.pid_sets_ready);
             // Leaving full starts the filler's top-up timer; down to half, a refill.
             let left = state.sets.len();
             if left + 1 == self.size || left == self.size / 2 {
                 shelf.low.notify_one();
             }
-            ready
+            Some(set)
         });
-        match ready.and_then(|mut r| r.set.take()) {
+        match ready {
             Some(set) => Ok(set),
             None => BlankSet::create(POOLED_NAME, geometry, self.cpus),
         }
@@ -163,7 +154,7 @@ impl RingPool {
 impl Drop for RingPool {
     fn drop(&mut self) {
         for shelf in self.shelves.values() {
-            shelf.close();
+            shelf.close(&self.stats);
         }
     }
 }
@@ -215,16 +206,12 @@ fn fill(shelf: Arc<Shelf>, geometry: Geometry, cpus: usize, size: usize, stats: 
                         log::info!("ring pool {geometry:?}: making sets again");
                         failing = false;
                     }
-                    Stats::add(&stats.pid_sets_ready, 1);
-                    let ready = Ready {
-                        set: Some(set),
-                        stats: stats.clone(),
-                    };
                     let mut state = shelf.lock();
                     if state.closed {
                         return;
                     }
-                    state.sets.push(ready);
+                    state.sets.push(set);
+                    Stats::add(&stats.pid_sets_ready, 1);
                     if state.sets.len() >= size {
                         break;
                     }
