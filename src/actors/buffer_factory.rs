@@ -22,12 +22,13 @@ use crate::actors::supervision::RestartPolicy;
 use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterRegistry};
 use crate::ctf::field::EventDesc;
 use crate::ctf::layout::{self, DirClock};
+use crate::ctf::names;
 use crate::ctf::registry::{Ownership, Registry};
+use crate::ctf::trace_writer::TraceDir;
 use crate::protocol::messages::{Buffers, ChannelSpec};
 use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, cpu_count};
 use actix::prelude::*;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
@@ -106,7 +107,7 @@ struct Trace {
     /// Grows with every event registered, so writers know to rewrite the metadata.
     version: u64,
     /// Directory of the sub-trace.
-    dir: PathBuf,
+    dir: TraceDir,
     /// The metadata snapshot the BufferSets attach to packets.
     metadata: Arc<Mutex<Metadata>>,
 }
@@ -319,17 +320,15 @@ impl BufferFactory {
         let app = &self.apps[&pid];
         let ownership = match owner {
             Owner::Uid(uid) => Ownership::PerUid { uid },
+            // The name the app gave, made one safe file-name component: it names
+            // the directory and the metadata's `procname`.
             Owner::Pid(pid) => Ownership::PerPid {
-                procname: app.name.clone(),
+                procname: names::procname(&app.name),
                 pid: pid as u32,
             },
         };
-        let dir = layout::trace_dir(
-            &session.output,
-            &ownership,
-            app.registered_at,
-            DirClock::Local,
-        );
+        let below = layout::trace_below(&ownership, app.registered_at, DirClock::Local);
+        let dir = TraceDir::new(&session.output, below).map_err(|e| e.to_string())?;
         let mut registry = Registry::for_this_host(ownership).map_err(|e| e.to_string())?;
         for channel in &session.channels {
             registry.add_channel(&channel.spec.name);

@@ -12,11 +12,16 @@
 //! their own actors, so a slow teardown never delays anyone's registration.
 //!
 //! Anything malformed (an oversized length, garbage, a wrong version, a second
-//! registration) is logged and closes this connection only.
+//! registration) is logged and closes this connection only. A registration with an
+//! event description the metadata cannot declare (`registry::validate`: names that
+//! are not identifiers, a NUL, bad enum labels...) is refused with `Refused`, whose
+//! reason names the event, and never reaches the factory.
 
 use crate::actors::buffer_factory::{AppGone, BufferFactory, CreateBuffers};
 use crate::actors::framed;
 use crate::actors::stats::Stats;
+use crate::ctf::field::EventDesc;
+use crate::ctf::registry;
 use crate::protocol::frame;
 use crate::protocol::messages::{AppCommand, AppRegister};
 use crate::shm::ChannelBuffers;
@@ -253,6 +258,12 @@ impl Handler<Inbound> for AppRegistration {
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
         match msg {
             Inbound::Register(register) if !self.registered => {
+                if let Err(refusal) = check_events(&register.events) {
+                    log::warn!("app {} (uid {}): {refusal}", self.pid, self.uid);
+                    self.send(&AppCommand::Refused { reason: refusal }, None);
+                    ctx.stop();
+                    return;
+                }
                 self.registered = true;
                 Stats::add(&self.stats.apps_total, 1);
                 let request = self.factory.send(CreateBuffers {
@@ -303,6 +314,17 @@ impl Handler<Inbound> for AppRegistration {
             }
         }
     }
+}
+
+/// Refuses a registration holding an event description that the metadata could
+/// not declare (a name that is not an identifier, a NUL, a label with control
+/// characters...): written into TSDL it would make babeltrace2 reject the whole
+/// session, every other app's events with it. The reason names the event.
+fn check_events(events: &[EventDesc]) -> Result<(), String> {
+    for (index, event) in events.iter().enumerate() {
+        registry::validate(event).map_err(|e| format!("event {index}: {e}"))?;
+    }
+    Ok(())
 }
 
 impl Handler<Push> for AppRegistration {

@@ -224,7 +224,7 @@ impl SessionManager {
                 s.ever_started = true;
                 if s.channels.iter().any(|c| c.spec.buffers == Buffers::PerPid) {
                     let dir = layout::pid_traces_dir(&s.output);
-                    if let Err(e) = spread::create_spread_dir(&dir) {
+                    if let Err(e) = spread::create_spread_dir(&s.output) {
                         log::warn!("session {}: cannot prepare {}: {e}", s.name, dir.display());
                     }
                 }

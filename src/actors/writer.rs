@@ -16,14 +16,13 @@
 use crate::actors::stats::Stats;
 use crate::actors::supervision::{RestartBudget, RestartPolicy, Verdict};
 use crate::ctf::layout::stream_file_name;
-use crate::ctf::trace_writer::{store_metadata, trace_file};
+use crate::ctf::trace_writer::TraceDir;
 use crate::protocol::messages::WriterFailure;
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
@@ -37,8 +36,9 @@ pub struct StreamInfo {
     pub channel: String,
     /// CPU of the stream's ring.
     pub cpu: u32,
-    /// Sub-trace directory (`<output>/ust/uid/<uid>/64-bit` or `.../pid/<name>-<pid>-<date>`).
-    pub trace_dir: PathBuf,
+    /// Sub-trace directory (`<output>/ust/uid/<uid>/64-bit` or `.../pid/<name>-<pid>-<date>`),
+    /// shared by every stream of the trace; `trace_dir.path()` is where it lies.
+    pub trace_dir: TraceDir,
 }
 
 impl StreamInfo {
@@ -146,16 +146,15 @@ impl CtfFileWriter {
     }
 
     /// Writes the metadata file if no stream of the trace stored this version yet.
-    /// A newer version replaces the old one atomically (see [`store_metadata`]).
+    /// A newer version replaces the old one atomically (see
+    /// [`TraceDir::store_metadata`]).
     fn store_metadata(&mut self, metadata: &Metadata) -> io::Result<()> {
         if metadata.stored.load(Ordering::Acquire) > metadata.version {
             return Ok(());
         }
-        store_metadata(
-            &self.stream.trace_dir,
-            &self.stream.file_name(),
-            &metadata.tsdl,
-        )?;
+        self.stream
+            .trace_dir
+            .store_metadata(&self.stream.file_name(), &metadata.tsdl)?;
         // Stored as version + 1 so that 0 means "nothing stored yet".
         metadata
             .stored
@@ -167,10 +166,10 @@ impl CtfFileWriter {
     /// whole packets in it.
     fn file(&mut self) -> io::Result<(&mut File, u64)> {
         if self.file.is_none() {
-            let file = trace_file()
-                .create(true)
-                .append(true)
-                .open(self.stream.trace_dir.join(self.stream.file_name()))?;
+            let file = self
+                .stream
+                .trace_dir
+                .open_stream(&self.stream.file_name())?;
             self.good_len = file.metadata()?.len();
             self.file = Some(file);
         }
@@ -350,7 +349,7 @@ impl Writer {
                     "writer {}/{} in {}: {error}; restarting",
                     self.stream.session,
                     self.stream.file_name(),
-                    self.stream.trace_dir.display()
+                    self.stream.trace_dir.path().display()
                 );
                 ctx.stop();
             }
@@ -359,7 +358,7 @@ impl Writer {
                     "writer {}/{} in {}: {error}; restart limit reached, stream failed",
                     self.stream.session,
                     self.stream.file_name(),
-                    self.stream.trace_dir.display()
+                    self.stream.trace_dir.path().display()
                 );
                 self.failed = Some(error);
                 self.count_lost();
@@ -377,7 +376,7 @@ impl Writer {
             "{}/{} ({})",
             self.stream.session,
             self.stream.file_name(),
-            self.stream.trace_dir.display()
+            self.stream.trace_dir.path().display()
         );
         if let Ok(mut failures) = self.stats.failed_writers.lock() {
             match failures.iter_mut().find(|f| f.stream == name) {

@@ -4,10 +4,15 @@
 //! <output>/ust/uid/<uid>/64-bit/<channel>_<cpu>                         + metadata
 //! <output>/ust/pid/<name>-<pid>-<YYYYMMDD-HHMMSS>/<channel>_<cpu>       + metadata
 //! ```
+//!
+//! Each place is given as its components below the output ([`Below`]), which
+//! [`crate::ctf::trace_writer::TraceDir`] makes one at a time, and as a path for
+//! readers and messages.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use crate::ctf::names;
 use crate::ctf::registry::Ownership;
 
 /// Name of the TSDL file in every sub-trace directory.
@@ -31,18 +36,49 @@ pub fn session_dir(parent: &Path, name: &str, created: SystemTime) -> PathBuf {
     ))
 }
 
+/// The components of a path below an output directory, each one file name.
+pub type Below = Vec<String>;
+
+/// `output` joined with `below`.
+fn join(output: &Path, below: Below) -> PathBuf {
+    below
+        .iter()
+        .fold(output.to_path_buf(), |path, c| path.join(c))
+}
+
+/// Where the per-UID trace of `uid` lies below the output.
+pub fn uid_trace_below(uid: u32) -> Below {
+    ["ust", "uid", &uid.to_string(), "64-bit"]
+        .map(String::from)
+        .to_vec()
+}
+
 /// Directory of the per-UID trace of `uid`.
 pub fn uid_trace_dir(output: &Path, uid: u32) -> PathBuf {
-    output
-        .join("ust")
-        .join("uid")
-        .join(uid.to_string())
-        .join("64-bit")
+    join(output, uid_trace_below(uid))
+}
+
+/// Where the directory holding every per-PID sub-trace lies below the output.
+pub fn pid_traces_below() -> Below {
+    ["ust", "pid"].map(String::from).to_vec()
 }
 
 /// Directory holding every per-PID sub-trace of a session.
 pub fn pid_traces_dir(output: &Path) -> PathBuf {
-    output.join("ust").join("pid")
+    join(output, pid_traces_below())
+}
+
+/// Where the per-PID trace of process `name` (`pid`) registered at `time` lies
+/// below the output: `name` goes through [`names::procname`], so whatever an app
+/// calls itself makes one safe directory name.
+pub fn pid_trace_below(name: &str, pid: u32, time: SystemTime, clock: DirClock) -> Below {
+    let mut below = pid_traces_below();
+    below.push(format!(
+        "{}-{pid}-{}",
+        names::procname(name),
+        dir_timestamp(time, clock)
+    ));
+    below
 }
 
 /// Directory of the per-PID trace of process `name` (`pid`) registered at `time`.
@@ -53,19 +89,14 @@ pub fn pid_trace_dir(
     time: SystemTime,
     clock: DirClock,
 ) -> PathBuf {
-    pid_traces_dir(output).join(format!("{name}-{pid}-{}", dir_timestamp(time, clock)))
+    join(output, pid_trace_below(name, pid, time, clock))
 }
 
-/// Directory of a trace owned as `ownership`, registered at `time`.
-pub fn trace_dir(
-    output: &Path,
-    ownership: &Ownership,
-    time: SystemTime,
-    clock: DirClock,
-) -> PathBuf {
+/// Where the trace owned as `ownership`, registered at `time`, lies below the output.
+pub fn trace_below(ownership: &Ownership, time: SystemTime, clock: DirClock) -> Below {
     match ownership {
-        Ownership::PerUid { uid } => uid_trace_dir(output, *uid),
-        Ownership::PerPid { procname, pid } => pid_trace_dir(output, procname, *pid, time, clock),
+        Ownership::PerUid { uid } => uid_trace_below(*uid),
+        Ownership::PerPid { procname, pid } => pid_trace_below(procname, *pid, time, clock),
     }
 }
 
@@ -175,6 +206,10 @@ mod tests {
             Path::new("/o/ust/pid/app-42-20261127-083456")
         );
         assert_eq!(stream_file_name("chan", 3), "chan_3");
+        assert_eq!(
+            pid_trace_dir(out, "../../x", 42, t, DirClock::Utc),
+            Path::new("/o/ust/pid/_._.._x-42-20261127-083456")
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! - [`field`], [`packet`]: the byte contracts shared by apps, daemon and readers.
 //! - [`registry`]: per-trace event ids and channels; produces the metadata text.
 //! - [`metadata`]: renders that TSDL and parses it back for our reader.
+//! - [`names`]: app-given names made safe for paths and checked for metadata.
 //! - [`layout`], [`trace_writer`], [`spread`]: where trace files go and how they are
 //!   written.
 //! - [`reader`], `view` (feature `daemon`): decode and print a session directory.
@@ -12,6 +13,7 @@
 pub mod field;
 pub mod layout;
 pub mod metadata;
+pub mod names;
 pub mod packet;
 pub mod reader;
 pub mod registry;

@@ -14,18 +14,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::ctf::field::{EventDesc, FieldType};
 use crate::ctf::metadata;
+use crate::ctf::names::{self, NameError};
 
 /// Why an app's event description was refused (it would make the metadata invalid).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RegistryError {
-    /// A field name is not a TSDL identifier (`[A-Za-z_][A-Za-z0-9_]*`).
-    #[error("event {event}: field name {field:?} is not an identifier")]
-    BadFieldName {
-        /// `provider:name` of the event.
-        event: String,
-        /// The offending name.
-        field: String,
-    },
+    /// A provider, event or field name or an enum label TSDL cannot declare
+    /// (see [`names::check_event`]).
+    #[error(transparent)]
+    BadName(#[from] NameError),
     /// Two fields (or a field and a byte sequence's length field) share a name.
     #[error(
         "event {event}: field {field:?} is declared twice (a byte sequence `x` also declares `_x_length`)"
@@ -58,26 +55,21 @@ pub enum RegistryError {
     },
 }
 
-/// Checks that `desc` can be declared in TSDL as [`crate::ctf::metadata`] writes it.
-fn validate(desc: &EventDesc) -> Result<(), RegistryError> {
+/// Checks that `desc` can be declared in TSDL as [`crate::ctf::metadata`] writes it:
+/// the daemon refuses a registration that holds a description failing this, and
+/// [`Registry::register_event`] never declares one.
+pub fn validate(desc: &EventDesc) -> Result<(), RegistryError> {
+    names::check_event(desc)?;
     let event = desc.full_name();
-    let mut names = HashSet::new();
+    let mut seen = HashSet::new();
     for f in &desc.fields {
         let field = f.name.clone();
-        let mut chars = f.name.chars();
-        let identifier = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !identifier {
-            return Err(RegistryError::BadFieldName { event, field });
-        }
         let mut declared = vec![f.name.clone()];
         if f.ty == FieldType::Bytes {
             declared.push(format!("_{}_length", f.name));
         }
         for name in declared {
-            if !names.insert(name.clone()) {
+            if !seen.insert(name.clone()) {
                 return Err(RegistryError::DuplicateField { event, field: name });
             }
         }
@@ -350,7 +342,7 @@ mod tests {
         let bad_name = desc(vec![f("a b", FieldType::Bool)]);
         assert!(matches!(
             r.register_event(&bad_name),
-            Err(RegistryError::BadFieldName { .. })
+            Err(RegistryError::BadName(NameError::NotIdentifier { .. }))
         ));
         let clash = desc(vec![
             f("x", FieldType::Bytes),

@@ -12,12 +12,12 @@
 //! per directory on a 250 GB disk, against up to 1.7 ms per app for the walk it
 //! avoids (docs/performance.md). File systems without the flag ignore the hint.
 
-use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-use crate::ctf::trace_writer::create_trace_dir;
+use crate::ctf::layout::pid_traces_below;
+use crate::ctf::trace_writer::open_below;
 
 /// `FS_TOPDIR_FL` from `<linux/fs.h>`.
 const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
@@ -36,15 +36,15 @@ nix::ioctl_write_ptr_bad!(
     libc::c_int
 );
 
-/// Creates `dir` (and its parents, see [`create_trace_dir`]) and asks the file
-/// system to spread its subdirectories; `Ok(false)` when it does not take the
-/// hint, an error only when the directory cannot be made or opened.
-pub fn create_spread_dir(dir: &Path) -> io::Result<bool> {
-    create_trace_dir(dir)?;
-    let file = File::open(dir)?;
-    let fd = file.as_raw_fd();
+/// Creates `<output>/ust/pid` (as [`open_below`] does: never through a link, never
+/// in a tree the daemon did not make) and asks the file system to spread its
+/// subdirectories; `Ok(false)` when it does not take the hint, an error only when
+/// the directory cannot be made or opened.
+pub fn create_spread_dir(output: &Path) -> io::Result<bool> {
+    let dir = open_below(output, &pid_traces_below(), false)?;
+    let fd = dir.as_raw_fd();
     let mut flags: libc::c_int = 0;
-    // SAFETY: `fd` is the open directory `file`, alive for both calls; the two
+    // SAFETY: `fd` is the open directory `dir`, alive for both calls; the two
     // ioctls read or write one int through the pointer, which points at `flags`, a
     // live, aligned c_int.
     let result = unsafe { get_flags(fd, &mut flags) }.and_then(|_| {
@@ -64,15 +64,16 @@ pub fn create_spread_dir(dir: &Path) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
+    use crate::ctf::layout::pid_traces_dir;
+    use std::fs::{self, File};
 
     #[test]
     fn the_directory_is_created_and_marked_where_the_file_system_can() {
         let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("ust/pid");
-        let marked = create_spread_dir(&dir).unwrap();
+        let dir = pid_traces_dir(root.path());
+        let marked = create_spread_dir(root.path()).unwrap();
         assert!(dir.is_dir());
-        let again = create_spread_dir(&dir).unwrap();
+        let again = create_spread_dir(root.path()).unwrap();
         assert_eq!(marked, again, "marking twice gives the same answer");
         if marked {
             let mut flags: libc::c_int = 0;
@@ -88,6 +89,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let file = root.path().join("file");
         fs::write(&file, "x").unwrap();
-        assert!(create_spread_dir(&file.join("pid")).is_err());
+        assert!(create_spread_dir(&file).is_err());
+        assert!(create_spread_dir(&file.join("out")).is_err());
     }
 }

@@ -1,14 +1,36 @@
 //! Writing a trace directory: the metadata file and packets appended to stream files.
 //!
-//! The daemon's writers and the tests use these; a packet is written as it is (a
-//! sub-buffer is already a whole CTF packet).
+//! The daemon runs as root and writes below output directories that other users may
+//! be able to write (see /work/shared/design/THREATS.md, "names → file system"), so
+//! it never resolves a path below an output directory by name alone. A
+//! [`TraceDir`] walks from the output directory one component at a time with
+//! `mkdirat`/`openat(O_NOFOLLOW)`: every directory below the output is made by the
+//! daemon, or, for the shared levels (`ust`, `ust/uid`, `ust/uid/<uid>`, `ust/pid`),
+//! reused only if it is a real directory of the daemon's user that no one else
+//! may write; the trace directory itself must be new. Files are then opened
+//! relative to that directory's fd with `O_NOFOLLOW`, and created with `O_EXCL`:
+//! a name that exists already is reopened only if this trace made it. A
+//! pre-planted tree, a symbolic link or a file of another user is refused with a
+//! [`TraceDirError`] naming it.
+//!
+//! [`write_metadata`] and [`append_packet`] write a trace by path into a directory
+//! the caller owns (tests and tools); they share the file handling.
 
-use std::fs::{self, DirBuilder, OpenOptions};
+use std::collections::HashSet;
+use std::fs::{DirBuilder, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-use std::path::Path;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
+use nix::unistd::{UnlinkatFlags, geteuid, unlinkat};
 
 use crate::ctf::layout::{METADATA_FILE, stream_file_name};
+use crate::ctf::names::{self, NameError};
 use crate::ctf::registry::Registry;
 
 /// Mode of trace directories: a trace holds what every traced user's apps
@@ -18,73 +40,383 @@ pub const TRACE_DIR_MODE: u32 = 0o750;
 /// Mode of trace files, for the same reason.
 pub const TRACE_FILE_MODE: u32 = 0o640;
 
-/// Creates `dir` and its missing parents with [`TRACE_DIR_MODE`].
-pub fn create_trace_dir(dir: &Path) -> io::Result<()> {
+/// Why the daemon refuses to write a trace where it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum TraceDirError {
+    /// A component of the layout is not one file name.
+    #[error("bad trace path component: {0}")]
+    Name(#[from] NameError),
+    /// A directory or file that must be new exists already.
+    #[error(
+        "{path} exists already and was not made by the daemon for this trace: refusing to write a trace into it"
+    )]
+    Exists {
+        /// What exists.
+        path: PathBuf,
+    },
+    /// A symbolic link where the layout has a directory or a trace file.
+    #[error("{path} is a symbolic link: the daemon never follows one below an output directory")]
+    Link {
+        /// The link.
+        path: PathBuf,
+    },
+    /// Something other than a directory where the layout has one.
+    #[error("{path} is not a directory")]
+    NotDirectory {
+        /// What is there.
+        path: PathBuf,
+    },
+    /// A pre-existing directory of another user.
+    #[error(
+        "{path} belongs to uid {owner}, not to the daemon's uid {euid}: refusing to write a trace into it"
+    )]
+    Owner {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The daemon's effective uid.
+        euid: u32,
+    },
+    /// A pre-existing directory that other users may write into.
+    #[error(
+        "{path} can be written by group or others (mode {mode:03o}): refusing to write a trace into it"
+    )]
+    Writable {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// Any other failure of a system call on `path`.
+    #[error("{path}: {source}")]
+    Io {
+        /// Where.
+        path: PathBuf,
+        /// What the kernel said.
+        source: io::Error,
+    },
+}
+
+impl From<TraceDirError> for io::Error {
+    fn from(e: TraceDirError) -> io::Error {
+        let kind = match &e {
+            TraceDirError::Io { source, .. } => source.kind(),
+            TraceDirError::Exists { .. } => io::ErrorKind::AlreadyExists,
+            TraceDirError::Name(_) => io::ErrorKind::InvalidInput,
+            _ => io::ErrorKind::PermissionDenied,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// Turns an errno from a call on `path` into a [`TraceDirError`].
+fn failed(path: &Path, errno: Errno) -> TraceDirError {
+    match errno {
+        Errno::ELOOP => TraceDirError::Link { path: path.into() },
+        Errno::EEXIST => TraceDirError::Exists { path: path.into() },
+        Errno::ENOTDIR => TraceDirError::NotDirectory { path: path.into() },
+        errno => TraceDirError::Io {
+            path: path.into(),
+            source: errno.into(),
+        },
+    }
+}
+
+/// `O_CLOEXEC | O_NOFOLLOW` and `extra`: how everything below an output is opened.
+fn flags(extra: OFlag) -> OFlag {
+    OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW | extra
+}
+
+/// Opens directory `name` in `parent` (at `path`, for messages) without following
+/// a link, and checks that it belongs to the daemon's user and that no one else
+/// may write into it.
+fn open_own_dir(parent: BorrowedFd, name: &str, path: &Path) -> Result<OwnedFd, TraceDirError> {
+    let fd = openat(
+        parent,
+        name,
+        flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY),
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        // With O_DIRECTORY a link fails as "not a directory": say what it is.
+        let link = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+        failed(path, if link { Errno::ELOOP } else { e })
+    })?;
+    let stat = fstat(&fd).map_err(|e| failed(path, e))?;
+    let euid = geteuid().as_raw();
+    if stat.st_uid != euid {
+        return Err(TraceDirError::Owner {
+            path: path.into(),
+            owner: stat.st_uid,
+            euid,
+        });
+    }
+    let mode = stat.st_mode & 0o7777;
+    if mode & 0o022 != 0 {
+        return Err(TraceDirError::Writable {
+            path: path.into(),
+            mode,
+        });
+    }
+    Ok(fd)
+}
+
+/// Opens the output directory `output`, creating it (and its missing parents,
+/// [`TRACE_DIR_MODE`]) if needed: the operator chose that path, so it is resolved
+/// like any path; only what lies below it is distrusted. Also how a test or tool
+/// opens a directory of its own.
+fn open_output(output: &Path) -> Result<OwnedFd, TraceDirError> {
+    let io = |source| TraceDirError::Io {
+        path: output.into(),
+        source,
+    };
     DirBuilder::new()
         .recursive(true)
         .mode(TRACE_DIR_MODE)
-        .create(dir)
+        .create(output)
+        .map_err(io)?;
+    let dir = File::open(output).map_err(io)?;
+    if !dir.metadata().map_err(io)?.is_dir() {
+        return Err(TraceDirError::NotDirectory {
+            path: output.into(),
+        });
+    }
+    Ok(dir.into())
 }
 
-/// Options that open a trace file for writing, created with [`TRACE_FILE_MODE`].
-pub fn trace_file() -> OpenOptions {
-    let mut options = OpenOptions::new();
-    options.write(true).mode(TRACE_FILE_MODE);
-    options
+/// Opens `output/below[0]/below[1]/...`, making each missing directory with
+/// `mkdirat` ([`TRACE_DIR_MODE`]). A directory that exists already is reused only
+/// if it passes [`open_own_dir`], and the last one only if `fresh_leaf` is false:
+/// a trace directory must be made for its trace.
+pub fn open_below(
+    output: &Path,
+    below: &[String],
+    fresh_leaf: bool,
+) -> Result<OwnedFd, TraceDirError> {
+    let mut dir = open_output(output)?;
+    let mut path = output.to_path_buf();
+    for (i, name) in below.iter().enumerate() {
+        names::check_component(name)?;
+        path.push(name);
+        match mkdirat(
+            &dir,
+            name.as_str(),
+            Mode::from_bits_truncate(TRACE_DIR_MODE),
+        ) {
+            Ok(()) => {}
+            Err(Errno::EEXIST) if !(fresh_leaf && i + 1 == below.len()) => {}
+            Err(e) => return Err(failed(&path, e)),
+        }
+        // Checked even when just made: someone able to write the parent could
+        // have replaced it in between.
+        dir = open_own_dir(dir.as_fd(), name, &path)?;
+    }
+    Ok(dir)
 }
 
-/// Writes `registry`'s metadata to `dir/metadata` (see [`store_metadata`]).
-pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
-    store_metadata(dir, "tmp", &registry.metadata())
+/// Opens stream file `name` in `dir` for appending: created with `O_EXCL`, or
+/// reopened (never through a link) if `ours` says this trace made it.
+fn open_stream_in(
+    dir: BorrowedFd,
+    path: &Path,
+    name: &str,
+    ours: bool,
+) -> Result<File, TraceDirError> {
+    let path = path.join(name);
+    let mode = Mode::from_bits_truncate(TRACE_FILE_MODE);
+    let append = OFlag::O_WRONLY | OFlag::O_APPEND;
+    match openat(
+        dir,
+        name,
+        flags(append | OFlag::O_CREAT | OFlag::O_EXCL),
+        mode,
+    ) {
+        Ok(fd) => Ok(fd.into()),
+        Err(Errno::EEXIST) if ours => openat(dir, name, flags(append), mode)
+            .map(File::from)
+            .map_err(|e| failed(&path, e)),
+        Err(e) => Err(failed(&path, e)),
+    }
 }
 
-/// Writes `tsdl`, whole, to `dir/metadata`, creating `dir` if needed.
+/// Writes `tsdl`, whole, as the metadata file of `dir`.
 ///
 /// A trace's first metadata is created in place with `O_EXCL` in one `write`, like
 /// a packet appended to a stream file: no stream file refers to it yet, and one
 /// file created instead of two plus a rename matters when thousands of short-lived
 /// per-PID apps each get a trace (inode allocation is the costly part of their
-/// teardown on ext4). A metadata that exists already is replaced atomically, so a
-/// reader never sees half of a newer version: through `.metadata.<tag>`, a name no
-/// other writer of the same trace uses at the same time.
-pub fn store_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
-    let path = dir.join(METADATA_FILE);
-    let create = || trace_file().create_new(true).open(&path);
-    let created = match create() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            create_trace_dir(dir)?;
-            create()
+/// teardown on ext4). A metadata that exists already is replaced, if `ours` says
+/// this trace made it, atomically so that a reader never sees half of a newer
+/// version: through `.metadata.<tag>`, a name no other writer of the same trace
+/// uses at the same time, made anew with `O_EXCL` (a stale one is unlinked, never
+/// followed), then renamed.
+fn store_metadata_in(
+    dir: BorrowedFd,
+    path: &Path,
+    tag: &str,
+    tsdl: &str,
+    ours: bool,
+) -> Result<(), TraceDirError> {
+    let create = flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL);
+    let mode = Mode::from_bits_truncate(TRACE_FILE_MODE);
+    let io = |path: PathBuf| move |source| TraceDirError::Io { path, source };
+    let target = path.join(METADATA_FILE);
+    match openat(dir, METADATA_FILE, create, mode) {
+        Ok(fd) => File::from(fd)
+            .write_all(tsdl.as_bytes())
+            .map_err(io(target)),
+        Err(Errno::EEXIST) if ours => {
+            let tmp_name = format!(".{METADATA_FILE}.{tag}");
+            names::check_component(&tmp_name)?;
+            let tmp = path.join(&tmp_name);
+            match unlinkat(dir, tmp_name.as_str(), UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => {}
+                Err(e) => return Err(failed(&tmp, e)),
+            }
+            let fd = openat(dir, tmp_name.as_str(), create, mode).map_err(|e| failed(&tmp, e))?;
+            File::from(fd)
+                .write_all(tsdl.as_bytes())
+                .map_err(io(tmp.clone()))?;
+            renameat(dir, tmp_name.as_str(), dir, METADATA_FILE).map_err(|e| failed(&target, e))
         }
-        other => other,
-    };
-    match created {
-        Ok(mut file) => file.write_all(tsdl.as_bytes()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let tmp = dir.join(format!(".{METADATA_FILE}.{tag}"));
-            trace_file()
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?
-                .write_all(tsdl.as_bytes())?;
-            fs::rename(&tmp, path)
-        }
-        Err(e) => Err(e),
+        Err(e) => Err(failed(&target, e)),
     }
 }
 
-/// Appends one packet to the stream file of `channel` on `cpu` in `dir`.
+/// One sub-trace directory as the daemon writes it: made on first use below its
+/// session's output directory, then reached only through its fd. Clones share the
+/// directory and what was made in it, so every stream of a trace (on whichever I/O
+/// thread, before and after a writer restart) writes into the same directory.
+#[derive(Clone)]
+pub struct TraceDir {
+    /// What all clones share.
+    shared: Arc<Shared>,
+}
+
+/// The state of a [`TraceDir`].
+struct Shared {
+    /// The session's output directory.
+    output: PathBuf,
+    /// The layout below it (`ust`, `uid`, `1000`, `64-bit`), each one file name.
+    below: Vec<String>,
+    /// `output` joined with `below`, for messages and for custom writers.
+    path: PathBuf,
+    /// The directory, once made. A lock, not a once-cell: a failed attempt is not
+    /// kept, the writer's next try makes its own.
+    dir: Mutex<Option<Arc<OwnedFd>>>,
+    /// Files this trace created in it: the only names it may open again.
+    made: Mutex<HashSet<String>>,
+}
+
+impl std::fmt::Debug for TraceDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TraceDir").field(&self.shared.path).finish()
+    }
+}
+
+impl PartialEq for TraceDir {
+    fn eq(&self, other: &TraceDir) -> bool {
+        self.shared.path == other.shared.path
+    }
+}
+
+impl Eq for TraceDir {}
+
+impl TraceDir {
+    /// The trace directory `output/below...`; nothing is made until it is used.
+    /// Refused if a component of `below` is not one file name.
+    pub fn new(output: &Path, below: Vec<String>) -> Result<TraceDir, TraceDirError> {
+        for name in &below {
+            names::check_component(name)?;
+        }
+        let path = below.iter().fold(output.to_path_buf(), |p, c| p.join(c));
+        Ok(TraceDir {
+            shared: Arc::new(Shared {
+                output: output.to_path_buf(),
+                below,
+                path,
+                dir: Mutex::new(None),
+                made: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+
+    /// Where the directory is.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The directory, made now if this is its first use.
+    fn dir(&self) -> Result<Arc<OwnedFd>, TraceDirError> {
+        let mut dir = self.shared.dir.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = dir.as_ref() {
+            return Ok(fd.clone());
+        }
+        let fd = Arc::new(open_below(&self.shared.output, &self.shared.below, true)?);
+        *dir = Some(fd.clone());
+        Ok(fd)
+    }
+
+    /// Whether this trace made `name`, and records that it does now if `make`.
+    fn made(&self, name: &str, make: bool) -> bool {
+        let mut made = self.shared.made.lock().unwrap_or_else(|e| e.into_inner());
+        if make {
+            !made.insert(name.to_string())
+        } else {
+            made.contains(name)
+        }
+    }
+
+    /// Writes `tsdl`, whole, as the trace's metadata; `tag` names the temporary
+    /// file of a replacement (see [`store_metadata_in`]).
+    pub fn store_metadata(&self, tag: &str, tsdl: &str) -> io::Result<()> {
+        let dir = self.dir()?;
+        let ours = self.made(METADATA_FILE, false);
+        store_metadata_in(dir.as_fd(), self.path(), tag, tsdl, ours)?;
+        self.made(METADATA_FILE, true);
+        Ok(())
+    }
+
+    /// Opens the stream file `name` for appending: made now, or reopened if this
+    /// trace made it (a writer restarted).
+    pub fn open_stream(&self, name: &str) -> io::Result<File> {
+        names::check_component(name).map_err(TraceDirError::from)?;
+        let dir = self.dir()?;
+        let ours = self.made(name, false);
+        let file = open_stream_in(dir.as_fd(), self.path(), name, ours)?;
+        self.made(name, true);
+        Ok(file)
+    }
+}
+
+/// Writes `registry`'s metadata to `dir/metadata`, creating `dir` if needed or
+/// replacing an existing metadata: for tests and tools writing a trace into a
+/// directory of their own (the daemon uses [`TraceDir`]).
+pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
+    let fd = open_output(dir)?;
+    Ok(store_metadata_in(
+        fd.as_fd(),
+        dir,
+        "tmp",
+        &registry.metadata(),
+        true,
+    )?)
+}
+
+/// Appends one packet to the stream file of `channel` on `cpu` in `dir`, creating
+/// both if needed: like [`write_metadata`], for a directory of the caller's own.
 pub fn append_packet(dir: &Path, channel: &str, cpu: u32, packet: &[u8]) -> io::Result<()> {
-    create_trace_dir(dir)?;
-    trace_file()
-        .create(true)
-        .append(true)
-        .open(dir.join(stream_file_name(channel, cpu)))?
-        .write_all(packet)
+    let fd = open_output(dir)?;
+    open_stream_in(fd.as_fd(), dir, &stream_file_name(channel, cpu), true)?.write_all(packet)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     /// The names in `dir`, sorted.
     fn names(dir: &Path) -> Vec<String> {
@@ -96,25 +428,31 @@ mod tests {
         names
     }
 
+    fn below(path: &str) -> Vec<String> {
+        path.split('/').map(str::to_string).collect()
+    }
+
     #[test]
     fn the_first_metadata_is_created_in_place_and_later_ones_replace_it() {
         let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join("ust/pid/app-1-20261127-104600");
-        store_metadata(&dir, "chan_0", "/* CTF 1.8 */ v1").unwrap();
+        let trace = TraceDir::new(root.path(), below("ust/pid/app-1-20261127-104600")).unwrap();
+        trace.store_metadata("chan_0", "/* CTF 1.8 */ v1").unwrap();
+        let dir = trace.path();
         assert_eq!(
             fs::read_to_string(dir.join(METADATA_FILE)).unwrap(),
             "/* CTF 1.8 */ v1"
         );
-        store_metadata(&dir, "chan_0", "/* CTF 1.8 */ v2, longer").unwrap();
+        trace
+            .store_metadata("chan_0", "/* CTF 1.8 */ v2, longer")
+            .unwrap();
         assert_eq!(
             fs::read_to_string(dir.join(METADATA_FILE)).unwrap(),
             "/* CTF 1.8 */ v2, longer"
         );
-        assert_eq!(
-            names(&dir),
-            [METADATA_FILE],
-            "no temporary file left behind"
-        );
+        assert_eq!(names(dir), [METADATA_FILE], "no temporary file left behind");
+        for d in [root.path().join("ust"), dir.to_path_buf()] {
+            assert_eq!(fs::metadata(d).unwrap().permissions().mode() & 0o027, 0);
+        }
     }
 
     #[test]
@@ -122,7 +460,89 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let not_a_dir = root.path().join("file");
         fs::write(&not_a_dir, "x").unwrap();
-        assert!(store_metadata(&not_a_dir.join("trace"), "t", "tsdl").is_err());
-        assert!(store_metadata(&not_a_dir, "t", "tsdl").is_err());
+        let under_file = TraceDir::new(&not_a_dir, below("trace")).unwrap();
+        assert!(under_file.store_metadata("t", "tsdl").is_err());
+        let at_file = TraceDir::new(root.path(), below("file")).unwrap();
+        assert!(at_file.store_metadata("t", "tsdl").is_err());
+    }
+
+    #[test]
+    fn a_stream_file_is_made_once_and_reopened_only_by_its_trace() {
+        let root = tempfile::tempdir().unwrap();
+        let trace = TraceDir::new(root.path(), below("ust/uid/0/64-bit")).unwrap();
+        trace
+            .open_stream("chan_0")
+            .unwrap()
+            .write_all(b"ab")
+            .unwrap();
+        // A restarted writer of the same trace (a clone) reopens and appends.
+        trace
+            .clone()
+            .open_stream("chan_0")
+            .unwrap()
+            .write_all(b"cd")
+            .unwrap();
+        assert_eq!(fs::read(trace.path().join("chan_0")).unwrap(), b"abcd");
+        // Another trace for the same directory finds it made already.
+        let other = TraceDir::new(root.path(), below("ust/uid/0/64-bit")).unwrap();
+        let e = other.open_stream("chan_0").unwrap_err().to_string();
+        assert!(e.contains("exists already"), "{e}");
+    }
+
+    #[test]
+    fn links_and_files_planted_in_a_trace_directory_are_never_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let victim = root.path().join("victim");
+        fs::write(&victim, "precious").unwrap();
+        let trace = TraceDir::new(&root.path().join("out"), below("ust/uid/0/64-bit")).unwrap();
+        trace.store_metadata("chan_0", "v1").unwrap();
+        let dir = trace.path().to_path_buf();
+        std::os::unix::fs::symlink(&victim, dir.join("chan_1")).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(".metadata.chan_0")).unwrap();
+        let e = trace.open_stream("chan_1").unwrap_err().to_string();
+        assert!(e.contains("chan_1") && e.contains("exists already"), "{e}");
+        trace.store_metadata("chan_0", "v2").unwrap();
+        assert_eq!(fs::read_to_string(dir.join(METADATA_FILE)).unwrap(), "v2");
+        fs::remove_file(dir.join(METADATA_FILE)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(METADATA_FILE)).unwrap();
+        assert!(
+            trace.store_metadata("chan_0", "v3").is_ok(),
+            "replaces the link"
+        );
+        assert!(!dir.join(METADATA_FILE).is_symlink());
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "precious");
+    }
+
+    #[test]
+    fn pre_planted_directories_below_the_output_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let out = root.path().join("out");
+        // A trace directory that exists already.
+        fs::create_dir_all(out.join("ust/uid/0/64-bit")).unwrap();
+        fs::set_permissions(out.join("ust"), fs::Permissions::from_mode(0o750)).unwrap();
+        let trace = TraceDir::new(&out, below("ust/uid/0/64-bit")).unwrap();
+        let e = trace.store_metadata("t", "x").unwrap_err().to_string();
+        assert!(e.contains("64-bit") && e.contains("exists already"), "{e}");
+        // A level that others may write.
+        fs::set_permissions(out.join("ust"), fs::Permissions::from_mode(0o777)).unwrap();
+        let trace = TraceDir::new(&out, below("ust/uid/1/64-bit")).unwrap();
+        let e = trace.store_metadata("t", "x").unwrap_err().to_string();
+        assert!(e.contains("mode 777"), "{e}");
+        // A link instead of a level.
+        let link_out = root.path().join("link-out");
+        fs::create_dir(&link_out).unwrap();
+        std::os::unix::fs::symlink(root.path(), link_out.join("ust")).unwrap();
+        let trace = TraceDir::new(&link_out, below("ust/uid/0/64-bit")).unwrap();
+        let e = trace.store_metadata("t", "x").unwrap_err().to_string();
+        assert!(e.contains("symbolic link"), "{e}");
+        assert!(!root.path().join("uid").exists());
+    }
+
+    #[test]
+    fn a_component_that_is_not_one_file_name_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        for bad in ["..", "a/b", "", "."] {
+            assert!(TraceDir::new(root.path(), vec!["ust".into(), bad.into()]).is_err());
+        }
     }
 }
