@@ -247,8 +247,9 @@ fn open_stream_in(
 /// a packet appended to a stream file: no stream file refers to it yet, and one
 /// file created instead of two plus a rename matters when thousands of short-lived
 /// per-PID apps each get a trace (inode allocation is the costly part of their
-/// teardown on ext4). A metadata that exists already is replaced, if `ours` says
-/// this trace made it, atomically so that a reader never sees half of a newer
+/// teardown on ext4); `ours` becomes true as soon as it exists, even if the write
+/// then fails (disk full), so the next try replaces it. A metadata that exists
+/// already is replaced, if `ours` says this trace made it, atomically so that a reader never sees half of a newer
 /// version: through `.metadata.<tag>`, a name no other writer of the same trace
 /// uses at the same time, made anew with `O_EXCL` (a stale one is unlinked, never
 /// followed), then renamed.
@@ -257,17 +258,20 @@ fn store_metadata_in(
     path: &Path,
     tag: &str,
     tsdl: &str,
-    ours: bool,
+    ours: &mut bool,
 ) -> Result<(), TraceDirError> {
     let create = flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL);
     let mode = Mode::from_bits_truncate(TRACE_FILE_MODE);
     let io = |path: PathBuf| move |source| TraceDirError::Io { path, source };
     let target = path.join(METADATA_FILE);
     match openat(dir, METADATA_FILE, create, mode) {
-        Ok(fd) => File::from(fd)
-            .write_all(tsdl.as_bytes())
-            .map_err(io(target)),
-        Err(Errno::EEXIST) if ours => {
+        Ok(fd) => {
+            *ours = true;
+            File::from(fd)
+                .write_all(tsdl.as_bytes())
+                .map_err(io(target))
+        }
+        Err(Errno::EEXIST) if *ours => {
             let tmp_name = format!(".{METADATA_FILE}.{tag}");
             names::check_component(&tmp_name)?;
             let tmp = path.join(&tmp_name);
@@ -359,35 +363,41 @@ impl TraceDir {
         Ok(fd)
     }
 
-    /// Whether this trace made `name`, and records that it does now if `make`.
-    fn made(&self, name: &str, make: bool) -> bool {
+    /// Runs `open` on the directory with whether this trace made the file `name`
+    /// (which `open` sets once it made it), and records that it did when `open`
+    /// made it or succeeded. The list stays locked meanwhile: two streams storing
+    /// the trace's first metadata at once must not both find it made by "someone
+    /// else".
+    fn open_in<T>(
+        &self,
+        name: &str,
+        open: impl FnOnce(BorrowedFd, &mut bool) -> Result<T, TraceDirError>,
+    ) -> io::Result<T> {
+        names::check_component(name).map_err(TraceDirError::from)?;
+        let dir = self.dir()?;
         let mut made = self.shared.made.lock().unwrap_or_else(|e| e.into_inner());
-        if make {
-            !made.insert(name.to_string())
-        } else {
-            made.contains(name)
+        let mut ours = made.contains(name);
+        let opened = open(dir.as_fd(), &mut ours);
+        if ours || opened.is_ok() {
+            made.insert(name.to_string());
         }
+        Ok(opened?)
     }
 
     /// Writes `tsdl`, whole, as the trace's metadata; `tag` names the temporary
     /// file of a replacement (see [`store_metadata_in`]).
     pub fn store_metadata(&self, tag: &str, tsdl: &str) -> io::Result<()> {
-        let dir = self.dir()?;
-        let ours = self.made(METADATA_FILE, false);
-        store_metadata_in(dir.as_fd(), self.path(), tag, tsdl, ours)?;
-        self.made(METADATA_FILE, true);
-        Ok(())
+        self.open_in(METADATA_FILE, |dir, ours| {
+            store_metadata_in(dir, self.path(), tag, tsdl, ours)
+        })
     }
 
     /// Opens the stream file `name` for appending: made now, or reopened if this
     /// trace made it (a writer restarted).
     pub fn open_stream(&self, name: &str) -> io::Result<File> {
-        names::check_component(name).map_err(TraceDirError::from)?;
-        let dir = self.dir()?;
-        let ours = self.made(name, false);
-        let file = open_stream_in(dir.as_fd(), self.path(), name, ours)?;
-        self.made(name, true);
-        Ok(file)
+        self.open_in(name, |dir, ours| {
+            open_stream_in(dir, self.path(), name, *ours)
+        })
     }
 }
 
@@ -401,7 +411,7 @@ pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
         dir,
         "tmp",
         &registry.metadata(),
-        true,
+        &mut true,
     )?)
 }
 
