@@ -385,3 +385,32 @@ fn events_with_names_tsdl_cannot_declare_are_refused_and_others_still_recorded()
     let lines = babeltrace2(&output);
     assert_eq!(demo_events(&lines), 50, "{lines:#?}");
 }
+
+#[test]
+fn an_output_swapped_for_a_link_by_its_owner_redirects_nothing() {
+    let daemon = Daemon::start();
+    let home = daemon.scratch.path("mallory");
+    std::fs::create_dir(&home).unwrap();
+    std::os::unix::fs::chown(&home, Some(MALLORY), Some(MALLORY)).unwrap();
+    as_mallory(&format!("mkdir {}/out", home.display()));
+    let root_dir = daemon.scratch.path("root-dir");
+    std::fs::create_dir(&root_dir).unwrap();
+    let channel = ChannelRequest {
+        name: "p".into(),
+        buffers: Some(Buffers::PerPid),
+        ..Default::default()
+    };
+    daemon.session_with("s", "mallory/out", &[channel], true);
+    daemon.run_app(&["--events", "10"]);
+    as_mallory(&format!(
+        "mv {h}/out {h}/old && ln -s {r} {h}/out",
+        h = home.display(),
+        r = root_dir.display()
+    ));
+    daemon.run_app(&["--events", "10"]);
+    daemon.stop("s");
+    assert!(tree(&root_dir).is_empty(), "{:?}", tree(&root_dir));
+    let old = home.join("old");
+    assert_eq!(sub_traces(&old).len(), 2, "{:?}", tree(&old));
+    assert_eq!(demo_events(&babeltrace2(&old)), 20);
+}

@@ -11,6 +11,7 @@ use crate::actors::buffer_factory::{BufferFactory, DestroySession, SessionsChang
 use crate::actors::stats::Stats;
 use crate::config::{EventPattern, check_name};
 use crate::ctf::field::EventDesc;
+use crate::ctf::trace_writer::OutputDir;
 use crate::ctf::{layout, spread};
 use crate::protocol::messages::{
     Buffers, ChannelSpec, ControlOk, ControlReply, ControlRequest, SessionInfo,
@@ -43,8 +44,8 @@ impl ChannelDef {
 pub struct SessionDef {
     /// Unique name.
     pub name: String,
-    /// Output directory of the whole session.
-    pub output: PathBuf,
+    /// Output directory of the whole session, opened once for all its traces.
+    pub output: OutputDir,
     /// Whether it records now.
     pub started: bool,
     /// Whether it was ever started: channels can be added only before.
@@ -128,7 +129,7 @@ impl SessionManager {
                 let message = format!("session {name} created, writing to {}", output.display());
                 self.sessions.push(SessionDef {
                     name: name.clone(),
-                    output,
+                    output: OutputDir::new(output),
                     started: false,
                     ever_started: false,
                     channels: Vec::new(),
@@ -223,7 +224,7 @@ impl SessionManager {
                 s.started = true;
                 s.ever_started = true;
                 if s.channels.iter().any(|c| c.spec.buffers == Buffers::PerPid) {
-                    let dir = layout::pid_traces_dir(&s.output);
+                    let dir = layout::pid_traces_dir(s.output.path());
                     if let Err(e) = spread::create_spread_dir(&s.output) {
                         log::warn!("session {}: cannot prepare {}: {e}", s.name, dir.display());
                     }
@@ -243,7 +244,7 @@ impl SessionManager {
                         .into_iter()
                         .map(|s| SessionInfo {
                             name: s.name.clone(),
-                            output: s.output.display().to_string(),
+                            output: s.output.path().display().to_string(),
                             started: s.started,
                             channels: s
                                 .channels

@@ -14,10 +14,9 @@
 
 use std::io;
 use std::os::fd::AsRawFd;
-use std::path::Path;
 
 use crate::ctf::layout::pid_traces_below;
-use crate::ctf::trace_writer::open_below;
+use crate::ctf::trace_writer::{OutputDir, open_below};
 
 /// `FS_TOPDIR_FL` from `<linux/fs.h>`.
 const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
@@ -40,7 +39,7 @@ nix::ioctl_write_ptr_bad!(
 /// in a tree the daemon did not make) and asks the file system to spread its
 /// subdirectories; `Ok(false)` when it does not take the hint, an error only when
 /// the directory cannot be made or opened.
-pub fn create_spread_dir(output: &Path) -> io::Result<bool> {
+pub fn create_spread_dir(output: &OutputDir) -> io::Result<bool> {
     let dir = open_below(output, &pid_traces_below(), false)?;
     let fd = dir.as_raw_fd();
     let mut flags: libc::c_int = 0;
@@ -71,9 +70,10 @@ mod tests {
     fn the_directory_is_created_and_marked_where_the_file_system_can() {
         let root = tempfile::tempdir().unwrap();
         let dir = pid_traces_dir(root.path());
-        let marked = create_spread_dir(root.path()).unwrap();
+        let output = OutputDir::new(root.path().to_path_buf());
+        let marked = create_spread_dir(&output).unwrap();
         assert!(dir.is_dir());
-        let again = create_spread_dir(root.path()).unwrap();
+        let again = create_spread_dir(&output).unwrap();
         assert_eq!(marked, again, "marking twice gives the same answer");
         if marked {
             let mut flags: libc::c_int = 0;
@@ -89,7 +89,7 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let file = root.path().join("file");
         fs::write(&file, "x").unwrap();
-        assert!(create_spread_dir(&file).is_err());
-        assert!(create_spread_dir(&file.join("out")).is_err());
+        assert!(create_spread_dir(&OutputDir::new(file.clone())).is_err());
+        assert!(create_spread_dir(&OutputDir::new(file.join("out"))).is_err());
     }
 }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, geteuid, unlinkat};
 
@@ -129,10 +129,9 @@ fn flags(extra: OFlag) -> OFlag {
 }
 
 /// Opens directory `name` in `parent` (at `path`, for messages) without following
-/// a link, and checks that it belongs to the daemon's user and that no one else
-/// may write into it.
-fn open_own_dir(parent: BorrowedFd, name: &str, path: &Path) -> Result<OwnedFd, TraceDirError> {
-    let fd = openat(
+/// a link in its last component.
+fn open_dir(parent: BorrowedFd, name: &Path, path: &Path) -> Result<OwnedFd, TraceDirError> {
+    openat(
         parent,
         name,
         flags(OFlag::O_RDONLY | OFlag::O_DIRECTORY),
@@ -143,7 +142,14 @@ fn open_own_dir(parent: BorrowedFd, name: &str, path: &Path) -> Result<OwnedFd, 
         let link = fstatat(parent, name, AtFlags::AT_SYMLINK_NOFOLLOW)
             .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
         failed(path, if link { Errno::ELOOP } else { e })
-    })?;
+    })
+}
+
+/// Opens directory `name` in `parent` (at `path`, for messages) without following
+/// a link, and checks that it belongs to the daemon's user and that no one else
+/// may write into it.
+fn open_own_dir(parent: BorrowedFd, name: &str, path: &Path) -> Result<OwnedFd, TraceDirError> {
+    let fd = open_dir(parent, Path::new(name), path)?;
     let stat = fstat(&fd).map_err(|e| failed(path, e))?;
     let euid = geteuid().as_raw();
     if stat.st_uid != euid {
@@ -163,45 +169,101 @@ fn open_own_dir(parent: BorrowedFd, name: &str, path: &Path) -> Result<OwnedFd, 
     Ok(fd)
 }
 
-/// Opens the output directory `output`, creating it (and its missing parents,
-/// [`TRACE_DIR_MODE`]) if needed: the operator chose that path, so it is resolved
-/// like any path; only what lies below it is distrusted. Also how a test or tool
-/// opens a directory of its own.
-fn open_output(output: &Path) -> Result<OwnedFd, TraceDirError> {
-    let io = |source| TraceDirError::Io {
-        path: output.into(),
-        source,
-    };
+/// Opens directory `dir`, creating it (and its missing parents, [`TRACE_DIR_MODE`])
+/// if needed; its last component must not be a link. A session's output is the
+/// operator's choice, so it may pre-exist and belong to anyone, and its parents are
+/// resolved like any path: only what lies below it is distrusted. Also how a test
+/// or tool opens a directory of its own.
+fn open_output(dir: &Path) -> Result<OwnedFd, TraceDirError> {
     DirBuilder::new()
         .recursive(true)
         .mode(TRACE_DIR_MODE)
-        .create(output)
-        .map_err(io)?;
-    let dir = File::open(output).map_err(io)?;
-    if !dir.metadata().map_err(io)?.is_dir() {
-        return Err(TraceDirError::NotDirectory {
-            path: output.into(),
-        });
-    }
-    Ok(dir.into())
+        .create(dir)
+        .map_err(|source| TraceDirError::Io {
+            path: dir.into(),
+            source,
+        })?;
+    open_dir(AT_FDCWD, dir, dir)
 }
+
+/// A session's output directory, opened (and created if missing) once, at its
+/// first use: every trace of the session is then made below that same directory,
+/// whatever later happens to its path (a user who owns it and swaps it for a link
+/// to `/etc` redirects nothing). Clones share it.
+#[derive(Clone)]
+pub struct OutputDir {
+    /// What all clones share.
+    shared: Arc<OutputShared>,
+}
+
+/// The state of an [`OutputDir`].
+struct OutputShared {
+    /// The path the operator gave.
+    path: PathBuf,
+    /// The directory, once opened; a failure is not kept, the next use tries again.
+    fd: Mutex<Option<Arc<OwnedFd>>>,
+}
+
+impl OutputDir {
+    /// The output directory at `path`; nothing is opened or made until it is used.
+    pub fn new(path: PathBuf) -> OutputDir {
+        OutputDir {
+            shared: Arc::new(OutputShared {
+                path,
+                fd: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The path the operator gave.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// The directory, opened (and made if missing) now if this is its first use.
+    fn fd(&self) -> Result<Arc<OwnedFd>, TraceDirError> {
+        let mut fd = self.shared.fd.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = fd.as_ref() {
+            return Ok(fd.clone());
+        }
+        let opened = Arc::new(open_output(self.path())?);
+        *fd = Some(opened.clone());
+        Ok(opened)
+    }
+}
+
+impl std::fmt::Debug for OutputDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("OutputDir").field(&self.shared.path).finish()
+    }
+}
+
+impl PartialEq for OutputDir {
+    fn eq(&self, other: &OutputDir) -> bool {
+        self.shared.path == other.shared.path
+    }
+}
+
+impl Eq for OutputDir {}
 
 /// Opens `output/below[0]/below[1]/...`, making each missing directory with
 /// `mkdirat` ([`TRACE_DIR_MODE`]). A directory that exists already is reused only
 /// if it passes [`open_own_dir`], and the last one only if `fresh_leaf` is false:
 /// a trace directory must be made for its trace.
 pub fn open_below(
-    output: &Path,
+    output: &OutputDir,
     below: &[String],
     fresh_leaf: bool,
 ) -> Result<OwnedFd, TraceDirError> {
-    let mut dir = open_output(output)?;
-    let mut path = output.to_path_buf();
+    let output_fd = output.fd()?;
+    let mut dir: Option<OwnedFd> = None;
+    let mut path = output.path().to_path_buf();
     for (i, name) in below.iter().enumerate() {
         names::check_component(name)?;
         path.push(name);
+        let parent = dir.as_ref().map_or(output_fd.as_fd(), |d| d.as_fd());
         match mkdirat(
-            &dir,
+            parent,
             name.as_str(),
             Mode::from_bits_truncate(TRACE_DIR_MODE),
         ) {
@@ -211,9 +273,14 @@ pub fn open_below(
         }
         // Checked even when just made: someone able to write the parent could
         // have replaced it in between.
-        dir = open_own_dir(dir.as_fd(), name, &path)?;
+        dir = Some(open_own_dir(parent, name, &path)?);
     }
-    Ok(dir)
+    match dir {
+        Some(dir) => Ok(dir),
+        None => output_fd
+            .try_clone()
+            .map_err(|source| TraceDirError::Io { path, source }),
+    }
 }
 
 /// Opens stream file `name` in `dir` for appending: created with `O_EXCL`, or
@@ -302,7 +369,7 @@ pub struct TraceDir {
 /// The state of a [`TraceDir`].
 struct Shared {
     /// The session's output directory.
-    output: PathBuf,
+    output: OutputDir,
     /// The layout below it (`ust`, `uid`, `1000`, `64-bit`), each one file name.
     below: Vec<String>,
     /// `output` joined with `below`, for messages and for custom writers.
@@ -331,14 +398,16 @@ impl Eq for TraceDir {}
 impl TraceDir {
     /// The trace directory `output/below...`; nothing is made until it is used.
     /// Refused if a component of `below` is not one file name.
-    pub fn new(output: &Path, below: Vec<String>) -> Result<TraceDir, TraceDirError> {
+    pub fn new(output: &OutputDir, below: Vec<String>) -> Result<TraceDir, TraceDirError> {
         for name in &below {
             names::check_component(name)?;
         }
-        let path = below.iter().fold(output.to_path_buf(), |p, c| p.join(c));
+        let path = below
+            .iter()
+            .fold(output.path().to_path_buf(), |p, c| p.join(c));
         Ok(TraceDir {
             shared: Arc::new(Shared {
-                output: output.to_path_buf(),
+                output: output.clone(),
                 below,
                 path,
                 dir: Mutex::new(None),
@@ -438,6 +507,10 @@ mod tests {
         names
     }
 
+    fn out(path: &Path) -> OutputDir {
+        OutputDir::new(path.to_path_buf())
+    }
+
     fn below(path: &str) -> Vec<String> {
         path.split('/').map(str::to_string).collect()
     }
@@ -445,7 +518,8 @@ mod tests {
     #[test]
     fn the_first_metadata_is_created_in_place_and_later_ones_replace_it() {
         let root = tempfile::tempdir().unwrap();
-        let trace = TraceDir::new(root.path(), below("ust/pid/app-1-20261127-104600")).unwrap();
+        let trace =
+            TraceDir::new(&out(root.path()), below("ust/pid/app-1-20261127-104600")).unwrap();
         trace.store_metadata("chan_0", "/* CTF 1.8 */ v1").unwrap();
         let dir = trace.path();
         assert_eq!(
@@ -470,16 +544,16 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let not_a_dir = root.path().join("file");
         fs::write(&not_a_dir, "x").unwrap();
-        let under_file = TraceDir::new(&not_a_dir, below("trace")).unwrap();
+        let under_file = TraceDir::new(&out(&not_a_dir), below("trace")).unwrap();
         assert!(under_file.store_metadata("t", "tsdl").is_err());
-        let at_file = TraceDir::new(root.path(), below("file")).unwrap();
+        let at_file = TraceDir::new(&out(root.path()), below("file")).unwrap();
         assert!(at_file.store_metadata("t", "tsdl").is_err());
     }
 
     #[test]
     fn a_stream_file_is_made_once_and_reopened_only_by_its_trace() {
         let root = tempfile::tempdir().unwrap();
-        let trace = TraceDir::new(root.path(), below("ust/uid/0/64-bit")).unwrap();
+        let trace = TraceDir::new(&out(root.path()), below("ust/uid/0/64-bit")).unwrap();
         trace
             .open_stream("chan_0")
             .unwrap()
@@ -494,7 +568,7 @@ mod tests {
             .unwrap();
         assert_eq!(fs::read(trace.path().join("chan_0")).unwrap(), b"abcd");
         // Another trace for the same directory finds it made already.
-        let other = TraceDir::new(root.path(), below("ust/uid/0/64-bit")).unwrap();
+        let other = TraceDir::new(&out(root.path()), below("ust/uid/0/64-bit")).unwrap();
         let e = other.open_stream("chan_0").unwrap_err().to_string();
         assert!(e.contains("exists already"), "{e}");
     }
@@ -504,7 +578,8 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let victim = root.path().join("victim");
         fs::write(&victim, "precious").unwrap();
-        let trace = TraceDir::new(&root.path().join("out"), below("ust/uid/0/64-bit")).unwrap();
+        let trace =
+            TraceDir::new(&out(&root.path().join("out")), below("ust/uid/0/64-bit")).unwrap();
         trace.store_metadata("chan_0", "v1").unwrap();
         let dir = trace.path().to_path_buf();
         std::os::unix::fs::symlink(&victim, dir.join("chan_1")).unwrap();
@@ -526,33 +601,64 @@ mod tests {
     #[test]
     fn pre_planted_directories_below_the_output_are_refused() {
         let root = tempfile::tempdir().unwrap();
-        let out = root.path().join("out");
+        let output = root.path().join("out");
         // A trace directory that exists already.
-        fs::create_dir_all(out.join("ust/uid/0/64-bit")).unwrap();
-        fs::set_permissions(out.join("ust"), fs::Permissions::from_mode(0o750)).unwrap();
-        let trace = TraceDir::new(&out, below("ust/uid/0/64-bit")).unwrap();
+        fs::create_dir_all(output.join("ust/uid/0/64-bit")).unwrap();
+        fs::set_permissions(output.join("ust"), fs::Permissions::from_mode(0o750)).unwrap();
+        let trace = TraceDir::new(&out(&output), below("ust/uid/0/64-bit")).unwrap();
         let e = trace.store_metadata("t", "x").unwrap_err().to_string();
         assert!(e.contains("64-bit") && e.contains("exists already"), "{e}");
         // A level that others may write.
-        fs::set_permissions(out.join("ust"), fs::Permissions::from_mode(0o777)).unwrap();
-        let trace = TraceDir::new(&out, below("ust/uid/1/64-bit")).unwrap();
+        fs::set_permissions(output.join("ust"), fs::Permissions::from_mode(0o777)).unwrap();
+        let trace = TraceDir::new(&out(&output), below("ust/uid/1/64-bit")).unwrap();
         let e = trace.store_metadata("t", "x").unwrap_err().to_string();
         assert!(e.contains("mode 777"), "{e}");
         // A link instead of a level.
         let link_out = root.path().join("link-out");
         fs::create_dir(&link_out).unwrap();
         std::os::unix::fs::symlink(root.path(), link_out.join("ust")).unwrap();
-        let trace = TraceDir::new(&link_out, below("ust/uid/0/64-bit")).unwrap();
+        let trace = TraceDir::new(&out(&link_out), below("ust/uid/0/64-bit")).unwrap();
         let e = trace.store_metadata("t", "x").unwrap_err().to_string();
         assert!(e.contains("symbolic link"), "{e}");
         assert!(!root.path().join("uid").exists());
+        // An output that is itself a link.
+        let link = root.path().join("output-link");
+        std::os::unix::fs::symlink(&link_out, &link).unwrap();
+        let trace = TraceDir::new(&out(&link), below("ust/uid/0/64-bit")).unwrap();
+        let e = trace.store_metadata("t", "x").unwrap_err().to_string();
+        assert!(e.contains("output-link is a symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn an_output_swapped_after_its_first_use_redirects_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("out");
+        let output = out(&path);
+        TraceDir::new(&output, below("ust/pid/a-1-20261127-104600"))
+            .unwrap()
+            .store_metadata("t", "a")
+            .unwrap();
+        fs::rename(&path, root.path().join("moved")).unwrap();
+        let elsewhere = root.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        TraceDir::new(&output, below("ust/pid/b-2-20261127-104600"))
+            .unwrap()
+            .store_metadata("t", "b")
+            .unwrap();
+        assert!(fs::read_dir(&elsewhere).unwrap().next().is_none());
+        let moved = root.path().join("moved/ust/pid");
+        assert_eq!(
+            names(&moved),
+            ["a-1-20261127-104600", "b-2-20261127-104600"]
+        );
     }
 
     #[test]
     fn a_component_that_is_not_one_file_name_is_refused() {
         let root = tempfile::tempdir().unwrap();
         for bad in ["..", "a/b", "", "."] {
-            assert!(TraceDir::new(root.path(), vec!["ust".into(), bad.into()]).is_err());
+            assert!(TraceDir::new(&out(root.path()), vec!["ust".into(), bad.into()]).is_err());
         }
     }
 }
