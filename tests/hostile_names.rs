@@ -142,6 +142,7 @@ fn hostile_procnames_each_make_one_safe_directory_inside_the_output() {
         "..",
         ".",
         "",
+        r#"q"uo\te"#,
         &long,
     ];
     for name in names {
@@ -171,7 +172,10 @@ fn hostile_procnames_each_make_one_safe_directory_inside_the_output() {
         // The metadata's procname is that same safe name.
         let metadata = std::fs::read_to_string(output.join(trace).join("metadata")).unwrap();
         assert!(
-            metadata.contains(&format!("\tprocname = \"{name}\";\n")),
+            metadata.contains(&format!(
+                "\tprocname = \"{}\";\n",
+                name.replace('\\', r"\\").replace('"', r#"\""#)
+            )),
             "{name:?} in {metadata}"
         );
     }

@@ -48,7 +48,7 @@ pub enum TraceDirError {
     Name(#[from] NameError),
     /// A directory or file that must be new exists already.
     #[error(
-        "{path} exists already and was not made by the daemon for this trace: refusing to write a trace into it"
+        "{path} exists already and was not made by the daemon for this trace: refusing to write a trace into it (each session needs an output of its own)"
     )]
     Exists {
         /// What exists.
