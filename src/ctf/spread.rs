@@ -40,7 +40,7 @@ nix::ioctl_write_ptr_bad!(
 /// subdirectories; `Ok(false)` when it does not take the hint, an error only when
 /// the directory cannot be made or opened.
 pub fn create_spread_dir(output: &OutputDir) -> io::Result<bool> {
-    let dir = open_below(output, &pid_traces_below(), false)?;
+    let dir = open_below(output, &pid_traces_below(), &mut false)?;
     let fd = dir.as_raw_fd();
     let mut flags: libc::c_int = 0;
     // SAFETY: `fd` is the open directory `dir`, alive for both calls; the two

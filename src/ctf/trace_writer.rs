@@ -249,11 +249,13 @@ impl Eq for OutputDir {}
 /// Opens `output/below[0]/below[1]/...`, making each missing directory with
 /// `mkdirat` ([`TRACE_DIR_MODE`]). A directory that exists already is reused only
 /// if it passes [`open_own_dir`], and the last one only if `fresh_leaf` is false:
-/// a trace directory must be made for its trace.
+/// a trace directory must be made for its trace. Once it is made, `fresh_leaf`
+/// becomes false, so that a try that failed after that point (its checks, or out
+/// of fds) leaves a directory the next try may open.
 pub fn open_below(
     output: &OutputDir,
     below: &[String],
-    fresh_leaf: bool,
+    fresh_leaf: &mut bool,
 ) -> Result<OwnedFd, TraceDirError> {
     let output_fd = output.fd()?;
     let mut dir: Option<OwnedFd> = None;
@@ -267,8 +269,9 @@ pub fn open_below(
             name.as_str(),
             Mode::from_bits_truncate(TRACE_DIR_MODE),
         ) {
+            Ok(()) if i + 1 == below.len() => *fresh_leaf = false,
             Ok(()) => {}
-            Err(Errno::EEXIST) if !(fresh_leaf && i + 1 == below.len()) => {}
+            Err(Errno::EEXIST) if !(*fresh_leaf && i + 1 == below.len()) => {}
             Err(e) => return Err(failed(&path, e)),
         }
         // Checked even when just made: someone able to write the parent could
@@ -376,9 +379,17 @@ struct Shared {
     path: PathBuf,
     /// The directory, once made. A lock, not a once-cell: a failed attempt is not
     /// kept, the writer's next try makes its own.
-    dir: Mutex<Option<Arc<OwnedFd>>>,
+    dir: Mutex<DirState>,
     /// Files this trace created in it: the only names it may open again.
     made: Mutex<HashSet<String>>,
+}
+
+/// How far making a [`TraceDir`]'s directory got.
+struct DirState {
+    /// The directory, once made and opened.
+    fd: Option<Arc<OwnedFd>>,
+    /// Whether it must still be made (see [`open_below`]).
+    fresh: bool,
 }
 
 impl std::fmt::Debug for TraceDir {
@@ -410,7 +421,10 @@ impl TraceDir {
                 output: output.clone(),
                 below,
                 path,
-                dir: Mutex::new(None),
+                dir: Mutex::new(DirState {
+                    fd: None,
+                    fresh: true,
+                }),
                 made: Mutex::new(HashSet::new()),
             }),
         })
@@ -424,11 +438,12 @@ impl TraceDir {
     /// The directory, made now if this is its first use.
     fn dir(&self) -> Result<Arc<OwnedFd>, TraceDirError> {
         let mut dir = self.shared.dir.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(fd) = dir.as_ref() {
+        if let Some(fd) = dir.fd.as_ref() {
             return Ok(fd.clone());
         }
-        let fd = Arc::new(open_below(&self.shared.output, &self.shared.below, true)?);
-        *dir = Some(fd.clone());
+        let opened = open_below(&self.shared.output, &self.shared.below, &mut dir.fresh)?;
+        let fd = Arc::new(opened);
+        dir.fd = Some(fd.clone());
         Ok(fd)
     }
 
