@@ -177,3 +177,67 @@ fn a_full_disk_never_leaves_a_partial_or_empty_metadata() {
         .collect();
     assert!(names.is_empty(), "left behind: {names:?}");
 }
+
+#[test]
+fn packets_stored_before_the_disk_filled_stay_whole_and_readable() {
+    let scratch = Scratch::new("disk-full-before");
+    let Some(disk) = Tmpfs::mount(&scratch.path("disk"), "512k") else {
+        return;
+    };
+    let daemon =
+        Daemon::with_config("[supervision]\nmax_restarts = 2\nwithin_secs = 60\nbackoff_ms = 10\n");
+    let output = disk.0.join("out");
+    daemon.ok(ControlRequest::Create {
+        name: "s".into(),
+        output: Some(output.display().to_string()),
+    });
+    daemon.ok(ControlRequest::EnableChannel {
+        session: None,
+        channel: ChannelRequest {
+            name: "chan".into(),
+            buffers: Some(Buffers::PerUid),
+            subbuf_size: Some(4096),
+            num_subbuf: Some(64),
+            ..ChannelRequest::default()
+        },
+    });
+    daemon.ok(ControlRequest::EnableEvent {
+        session: None,
+        channel: None,
+        pattern: "demo:*".into(),
+    });
+    daemon.ok(ControlRequest::Start { session: None });
+    run_pinned_app(&daemon, 1000);
+    let stream = output.join("ust/uid/0/64-bit/chan_0");
+    common::wait_for("packets on disk", Duration::from_secs(20), || {
+        fs::metadata(&stream).is_ok_and(|m| m.len() > 0)
+    });
+    let stored = fs::metadata(&stream).unwrap().len();
+
+    let _filler = fill(&disk.0);
+    run_pinned_app(&daemon, 1000);
+    common::wait_for("the writer to fail", Duration::from_secs(20), || {
+        !daemon.status().failed_writers.is_empty()
+    });
+    // Every restart made a new writer, and each failed write was cut back to the
+    // whole packets already in the file, not to nothing.
+    assert!(daemon.status().writer_restarts >= 2);
+    assert_eq!(fs::metadata(&stream).unwrap().len(), stored);
+    assert!(daemon.ask(ControlRequest::Stop { session: None }).is_err());
+    assert_eq!(events_on_disk(&output) as u64, stored_events(&stream));
+}
+
+/// Events in the stream file, from its packets' content sizes.
+fn stored_events(stream: &Path) -> u64 {
+    use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
+    let bytes = fs::read(stream).unwrap();
+    let mut offset = 0;
+    let mut events = 0;
+    while offset < bytes.len() {
+        let header = PacketHeader::read(&bytes[offset..]).unwrap();
+        events +=
+            (header.close.content_size as usize - PACKET_HEADER_SIZE) / (EVENT_HEADER_SIZE + 8 + 6);
+        offset += header.open.packet_size as usize;
+    }
+    events as u64
+}

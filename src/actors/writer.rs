@@ -200,52 +200,21 @@ impl CtfFileWriter {
         Ok(())
     }
 
-    /// The stream file, opened on first use. A trace directory removed before
-    /// this stream's first packet is recreated with its metadata.
-    fn file(&mut self, metadata: &Metadata) -> io::Result<&mut File> {
-        if self.file.is_none() {
-            match self.open() {
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    self.store_metadata(metadata, true)?;
-                    self.open()?;
-                }
-                other => other?,
+    /// Opens the stream file on first use. A trace directory removed before this
+    /// stream's first packet is recreated with its metadata.
+    fn ensure_open(&mut self, metadata: &Metadata) -> io::Result<()> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        match self.open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.store_metadata(metadata, true)?;
+                self.open()
             }
-        }
-        Ok(self.file.as_mut().expect("opened above"))
-    }
-}
-
-impl StreamWriter for CtfFileWriter {
-    fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
-        let recreate = self.forget_removed_file()?;
-        self.store_metadata(metadata, recreate)?;
-        let good_len = self.good_len;
-        let file = self.file(metadata)?;
-        if let Err(e) = file.write_all(packet) {
-            // A torn packet would make the whole stream unreadable: cut it off.
-            let _ = file.set_len(good_len);
-            return Err(e);
-        }
-        self.good_len += packet.len() as u64;
-        Ok(())
-    }
-
-    /// Every packet went out with an unbuffered `write`, so every reader sees it
-    /// already. No fsync: `stop` promises a complete, readable trace, not one that
-    /// survives power loss, and an fsync per stream of every short-lived app would
-    /// cost milliseconds each on a real disk. A stream file removed since the last
-    /// sync is reported: what it held is not on disk, whatever was written.
-    fn sync(&mut self) -> io::Result<()> {
-        self.forget_removed_file()?;
-        match self.removed.take() {
-            Some(removed) => Err(io::Error::other(removed)),
-            None => Ok(()),
+            other => other,
         }
     }
-}
 
-impl CtfFileWriter {
     /// Drops the stream file if it was removed (with its trace, by `rm -rf` of the
     /// output), so that the next packet recreates the trace directory, its metadata
     /// and the file. Says so with [`StreamRemoved`], once per removal; the caller (a
@@ -266,6 +235,36 @@ impl CtfFileWriter {
         log::warn!("{removed}; recreating the trace");
         self.removed = Some(removed);
         Ok(true)
+    }
+}
+
+impl StreamWriter for CtfFileWriter {
+    fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
+        let recreate = self.forget_removed_file()?;
+        self.store_metadata(metadata, recreate)?;
+        self.ensure_open(metadata)?;
+        let good_len = self.good_len;
+        let file = self.file.as_mut().expect("opened above");
+        if let Err(e) = file.write_all(packet) {
+            // A torn packet would make the whole stream unreadable: cut it off.
+            let _ = file.set_len(good_len);
+            return Err(e);
+        }
+        self.good_len += packet.len() as u64;
+        Ok(())
+    }
+
+    /// Every packet went out with an unbuffered `write`, so every reader sees it
+    /// already. No fsync: `stop` promises a complete, readable trace, not one that
+    /// survives power loss, and an fsync per stream of every short-lived app would
+    /// cost milliseconds each on a real disk. A stream file removed since the last
+    /// sync is reported: what it held is not on disk, whatever was written.
+    fn sync(&mut self) -> io::Result<()> {
+        self.forget_removed_file()?;
+        match self.removed.take() {
+            Some(removed) => Err(io::Error::other(removed)),
+            None => Ok(()),
+        }
     }
 }
 
