@@ -91,57 +91,103 @@ fn ask(rundir: &std::path::Path, request: ControlRequest) -> ControlOk {
         .unwrap_or_else(|e| panic!("{shown}: {e}"))
 }
 
+/// The tests of this file measure or stall the whole process: one at a time.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// A daemon in this process whose channel `c` (per-UID, `demo:*`) is written by
+/// a [`Stalled`] writer, in a started session.
+struct InProcess {
+    rundir: std::path::PathBuf,
+    writers: StalledFactory,
+    stop: tokio::sync::oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl InProcess {
+    fn start(scratch: &Scratch, mut config: Config, channel: ChannelRequest) -> InProcess {
+        let rundir = scratch.path("run");
+        config.daemon.runtime_dir = Some(rundir.clone());
+        let writers = StalledFactory::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let factory = Arc::new(writers.clone());
+        let thread = std::thread::spawn(move || {
+            Daemon::new(config)
+                .writer("stalled", factory)
+                .run_until(async {
+                    let _ = stopped.await;
+                })
+                .unwrap();
+        });
+        common::wait_for("the daemon", Duration::from_secs(20), || {
+            control::request_in(&rundir, &ControlRequest::Status).is_ok()
+        });
+        ask(
+            &rundir,
+            ControlRequest::Create {
+                name: "flood".into(),
+                output: Some(scratch.path("out").display().to_string()),
+            },
+        );
+        ask(
+            &rundir,
+            ControlRequest::EnableChannel {
+                session: None,
+                channel: ChannelRequest {
+                    name: "c".into(),
+                    buffers: Some(Buffers::PerUid),
+                    writer: Some("stalled".into()),
+                    ..channel
+                },
+            },
+        );
+        ask(
+            &rundir,
+            ControlRequest::EnableEvent {
+                session: None,
+                channel: None,
+                pattern: "demo:*".into(),
+            },
+        );
+        ask(&rundir, ControlRequest::Start { session: None });
+        InProcess {
+            rundir,
+            writers,
+            stop,
+            thread,
+        }
+    }
+
+    fn status(&self) -> ustrace::protocol::messages::StatusReport {
+        match ask(&self.rundir, ControlRequest::Status) {
+            ControlOk::Status(s) => s,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn shut_down(self) {
+        self.writers.open();
+        let _ = self.stop.send(());
+        self.thread.join().unwrap();
+    }
+}
+
 #[test]
 fn a_slow_writer_under_a_flood_makes_rings_discard_and_memory_stays_bounded() {
     const MIB: u64 = 1 << 20;
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let scratch = Scratch::new("backlog");
-    let rundir = scratch.path("run");
     let mut config = Config::default();
-    config.daemon.runtime_dir = Some(rundir.clone());
     config.limits.max_writer_backlog_bytes = ByteSize(MIB);
-    let writers = StalledFactory::default();
-    let (stop_daemon, stopped) = tokio::sync::oneshot::channel::<()>();
-    let factory = Arc::new(writers.clone());
-    let daemon = std::thread::spawn(move || {
-        Daemon::new(config)
-            .writer("stalled", factory)
-            .run_until(async {
-                let _ = stopped.await;
-            })
-            .unwrap();
-    });
-    common::wait_for("the daemon", Duration::from_secs(20), || {
-        control::request_in(&rundir, &ControlRequest::Status).is_ok()
-    });
-    ask(
-        &rundir,
-        ControlRequest::Create {
-            name: "flood".into(),
-            output: Some(scratch.path("out").display().to_string()),
+    let daemon = InProcess::start(
+        &scratch,
+        config,
+        ChannelRequest {
+            num_subbuf: Some(16),
+            ..ChannelRequest::default()
         },
     );
-    ask(
-        &rundir,
-        ControlRequest::EnableChannel {
-            session: None,
-            channel: ChannelRequest {
-                name: "c".into(),
-                buffers: Some(Buffers::PerUid),
-                num_subbuf: Some(16),
-                writer: Some("stalled".into()),
-                ..ChannelRequest::default()
-            },
-        },
-    );
-    ask(
-        &rundir,
-        ControlRequest::EnableEvent {
-            session: None,
-            channel: None,
-            pattern: "demo:*".into(),
-        },
-    );
-    ask(&rundir, ControlRequest::Start { session: None });
+    let rundir = daemon.rundir.clone();
+    let writers = daemon.writers.clone();
 
     let before = rss("VmRSS:");
     let before_heap = rss("RssAnon:");
@@ -175,15 +221,11 @@ fn a_slow_writer_under_a_flood_makes_rings_discard_and_memory_stays_bounded() {
     let peak_heap = sampler.join().unwrap();
     writers.open();
     ask(&rundir, ControlRequest::Stop { session: None });
-    let status = match ask(&rundir, ControlRequest::Status) {
-        ControlOk::Status(s) => s,
-        other => panic!("{other:?}"),
-    };
+    let status = daemon.status();
     let after_stop = rss("VmRSS:");
     ask(&rundir, ControlRequest::Destroy { session: None });
     let after = rss("VmRSS:");
-    let _ = stop_daemon.send(());
-    daemon.join().unwrap();
+    daemon.shut_down();
 
     let recorded = writers.recorded.load(Ordering::Relaxed);
     eprintln!(
@@ -224,4 +266,55 @@ fn a_slow_writer_under_a_flood_makes_rings_discard_and_memory_stays_bounded() {
         after / MIB,
         before / MIB
     );
+}
+
+#[test]
+fn a_writer_that_catches_up_gets_the_packets_left_in_its_ring_at_once() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let scratch = Scratch::new("backlog-room");
+    let mut config = Config::default();
+    // One packet of backlog, and a drain timer that never fires in this test:
+    // only the writer's "room again" can bring the packets left in the ring.
+    config.limits.max_writer_backlog_bytes = ByteSize(1);
+    config.daemon.flush_interval_ms = 3_600_000;
+    let daemon = InProcess::start(
+        &scratch,
+        config,
+        ChannelRequest {
+            subbuf_size: Some(4096),
+            num_subbuf: Some(16),
+            ..ChannelRequest::default()
+        },
+    );
+    // 10,000 events on CPU 0 make about 65 packets: the stalled writer holds one,
+    // the ring keeps 16, the rest is discarded. The app stays alive: the death of
+    // a producer would make the set look for stuck packets, and drain, every second.
+    let mut app = Running(
+        std::process::Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(env!("CARGO_BIN_EXE_ustrace-demo"))
+            .args(["--events", "10000", "--wait"])
+            .env("USTRACE_RUNDIR", &daemon.rundir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(app.0.stdout.as_mut().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line.trim(), "emitted");
+    assert_eq!(daemon.writers.recorded.load(Ordering::Relaxed), 0);
+    daemon.writers.open();
+    let per_packet = (4096 - PACKET_HEADER_SIZE as u64) / DEMO_EVENT_LEN;
+    common::wait_for(
+        "the packets left in the ring",
+        Duration::from_secs(20),
+        || daemon.writers.recorded.load(Ordering::Relaxed) >= 12 * per_packet,
+    );
+    common::poke(&mut app.0);
+    daemon.shut_down();
 }

@@ -8,8 +8,9 @@
 //! producer. The writer's queue is bounded: past `limits.max_writer_backlog_bytes`
 //! not yet stored, the set leaves that stream's packets in its ring, whose producers
 //! then discard new events (counted, `events discarded` in status) until the writer
-//! catches up; a slow or failed writer never grows the daemon's heap. The drain
-//! timer takes them once the backlog is under the limit.
+//! catches up; a slow or failed writer never grows the daemon's heap. The writer's
+//! side tells the set ([`BacklogRoom`]) when the backlog falls back under the
+//! limit, and the set drains at once (a full ring sends no wake-up).
 //!
 //! What happens when an app dies: per-PID, [`Teardown`] flushes every ring (partial
 //! sub-buffers too), gives up the packet a producer died inside (its events counted
@@ -19,7 +20,7 @@
 //! apps that share it.
 
 use crate::actors::stats::Stats;
-use crate::actors::writer::{Metadata, StreamWriters, SyncWriter, Writer};
+use crate::actors::writer::{BacklogRoom, Metadata, StreamWriters, SyncWriter, Writer};
 use crate::ctf::packet;
 use crate::shm::{ChannelBuffers, Consumer, RingCounters};
 use actix::WeakAddr;
@@ -216,6 +217,8 @@ impl Actor for BufferSet {
             }
             Err(e) => log::warn!("{}: no wake-ups ({e}); draining on the timer", self.label),
         }
+        self.writers
+            .notify_room(ctx.address().downgrade().recipient());
         ctx.run_interval(self.flush_interval, |act, _| act.drain(true));
         ctx.run_interval(STUCK_AFTER, |act, _| {
             if act.producer_died {
@@ -236,6 +239,14 @@ impl Handler<Drain> for BufferSet {
     type Result = ();
 
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) {
+        self.drain(true);
+    }
+}
+
+impl Handler<BacklogRoom> for BufferSet {
+    type Result = ();
+
+    fn handle(&mut self, _: BacklogRoom, _: &mut Context<Self>) {
         self.drain(true);
     }
 }

@@ -18,14 +18,15 @@ use crate::actors::supervision::{RestartBudget, RestartPolicy, Verdict};
 use crate::ctf::layout::stream_file_name;
 use crate::ctf::trace_writer::{store_metadata, trace_file};
 use crate::protocol::messages::WriterFailure;
+use actix::WeakRecipient;
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// What a writer is told about the stream it serves.
@@ -279,15 +280,54 @@ pub struct WritePacket {
     /// The packet, padding trimmed.
     bytes: Vec<u8>,
     /// The backlog of the stream it is queued for (see [`StreamWriters::accepts`]).
-    backlog: Arc<AtomicU64>,
+    backlog: Arc<Backlog>,
 }
 
 impl Drop for WritePacket {
     fn drop(&mut self) {
-        self.backlog
-            .fetch_sub(self.bytes.len() as u64, Ordering::Relaxed);
+        self.backlog.remove(self.bytes.len() as u64);
     }
 }
+
+/// Bytes sent to one stream's writer and not dropped by it yet.
+struct Backlog {
+    /// The count.
+    bytes: AtomicU64,
+    /// Past it the stream takes no more packets from its ring.
+    limit: u64,
+    /// Told when the count falls back under the limit: the BufferSet, which then
+    /// drains the packets it left in the ring at once instead of at its next
+    /// timer tick (a full ring sends no wake-up).
+    room: OnceLock<WeakRecipient<BacklogRoom>>,
+}
+
+impl Backlog {
+    /// Counts `bytes` more.
+    fn add(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` less; says so to the BufferSet if that makes room.
+    fn remove(&self, bytes: u64) {
+        let before = self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if before >= self.limit
+            && before - bytes < self.limit
+            && let Some(set) = self.room.get().and_then(WeakRecipient::upgrade)
+        {
+            set.do_send(BacklogRoom);
+        }
+    }
+
+    /// Whether another packet may be queued.
+    fn has_room(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) < self.limit
+    }
+}
+
+/// A stream's writer backlog fell back under its limit: drain again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BacklogRoom;
 
 /// Answers once every packet sent before it is stored (or counted lost). The
 /// answer is an error while the stream is failed, and once after it lost packets
@@ -352,11 +392,9 @@ pub struct StreamWriters {
     stats: Arc<Stats>,
     /// The writer of each stream, once started.
     started: Vec<Option<Addr<Writer>>>,
-    /// Bytes sent to each stream's writer and not dropped by it yet.
-    backlogs: Vec<Arc<AtomicU64>>,
-    /// Backlog past which a stream takes no more packets from its ring
-    /// (`limits.max_writer_backlog_bytes`).
-    backlog_limit: u64,
+    /// Bytes sent to each stream's writer and not dropped by it yet, each bounded
+    /// by `limits.max_writer_backlog_bytes`.
+    backlogs: Vec<Arc<Backlog>>,
 }
 
 impl StreamWriters {
@@ -371,7 +409,16 @@ impl StreamWriters {
         backlog_limit: u64,
     ) -> StreamWriters {
         let started = vec![None; streams.len()];
-        let backlogs = streams.iter().map(|_| Arc::default()).collect();
+        let backlogs = streams
+            .iter()
+            .map(|_| {
+                Arc::new(Backlog {
+                    bytes: AtomicU64::new(0),
+                    limit: backlog_limit,
+                    room: OnceLock::new(),
+                })
+            })
+            .collect();
         StreamWriters {
             arbiter,
             streams,
@@ -380,7 +427,14 @@ impl StreamWriters {
             stats,
             started,
             backlogs,
-            backlog_limit,
+        }
+    }
+
+    /// Tells `set` (the BufferSet that owns these streams) whenever a full
+    /// backlog gets room again. Set once, when the BufferSet starts.
+    pub fn notify_room(&self, set: WeakRecipient<BacklogRoom>) {
+        for backlog in &self.backlogs {
+            let _ = backlog.room.set(set.clone());
         }
     }
 
@@ -389,14 +443,14 @@ impl StreamWriters {
     /// ring, whose producers then discard (and count) new events, instead of
     /// growing the daemon's heap; one packet always fits, whatever the limit.
     pub fn accepts(&self, index: usize) -> bool {
-        self.backlogs[index].load(Ordering::Relaxed) < self.backlog_limit
+        self.backlogs[index].has_room()
     }
 
     /// Queues `bytes` (one packet described by `metadata`) for the writer of ring
     /// `index`, started now if it is its first packet.
     pub fn send(&mut self, index: usize, metadata: Metadata, bytes: Vec<u8>) {
         let backlog = self.backlogs[index].clone();
-        backlog.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        backlog.add(bytes.len() as u64);
         let writer = self.started[index].get_or_insert_with(|| {
             Writer::start(
                 &self.arbiter,
