@@ -171,6 +171,39 @@ fn recover_fails_on_a_trace_it_cannot_make_readable() {
 }
 
 #[test]
+fn recover_leaves_bytes_that_are_no_torn_packet_alone_but_cuts_a_zero_tail() {
+    let daemon = Daemon::start();
+    let output = daemon.session_with("s", "out", &[small_packets()], true);
+    daemon.run_app(&["--events", "2000"]);
+    daemon.stop("s");
+    let stream = &stream_files(&output)[0];
+    let mut file = OpenOptions::new().append(true).open(stream).unwrap();
+    file.write_all(&[0xAB; 300]).unwrap();
+    let len = fs::metadata(stream).unwrap().len();
+    let out = daemon.cli(&["recover", output.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad packet magic") && stderr.contains("not a torn tail"),
+        "{stderr}"
+    );
+    assert_eq!(fs::metadata(stream).unwrap().len(), len, "left as it is");
+
+    // Zeros, though, are what a file system extended the file with before a
+    // crash: cut.
+    file.set_len(len - 300).unwrap();
+    file.write_all(&[0; 300]).unwrap();
+    let out = daemon.cli(&["recover", output.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("trimmed 300 bytes") && stdout.contains("300 zero bytes"),
+        "{stdout}"
+    );
+    assert_eq!(fs::metadata(stream).unwrap().len(), len - 300);
+}
+
+#[test]
 fn a_daemon_restarted_after_a_sigkill_during_a_flood_recovers_its_output_dir() {
     let outputs = Scratch::new("crash-outputs");
     let config = format!(

@@ -7,9 +7,12 @@
 //! (a directory holding `metadata` or a `.metadata.*` temporary):
 //!
 //! - a stream file whose last packet is incomplete (fewer bytes than its header's
-//!   `packet_size`, a header cut short, or bytes that are no packet header: bad
-//!   magic, sizes that contradict each other, another trace's uuid): the file is
-//!   cut back to the end of its last whole packet ([`Repair::Trimmed`]);
+//!   `packet_size`, a header cut short, or zeros where a file system extended the
+//!   file before the crash): the file is cut back to the end of its last whole
+//!   packet ([`Repair::Trimmed`]). Bytes that are no prefix of a packet of the trace
+//!   (bad magic or sizes followed by data, another trace's uuid) are no torn tail:
+//!   the file is left as it is and reported ([`RecoverError::NotATornTail`]), so
+//!   that recovery never cuts away whole packets;
 //! - a `.metadata.<tag>` temporary of a replacement that never got renamed: removed
 //!   ([`Repair::RemovedTemporary`]); the `metadata` beside it is the version every
 //!   packet on disk was written with, since a packet is written only once its
@@ -120,6 +123,17 @@ pub enum RecoverError {
         path: PathBuf,
         /// The cause.
         source: io::Error,
+    },
+    /// A stream file holds bytes that are no torn packet of its trace (another
+    /// trace's packets, garbage): not what a crash leaves, so it is left alone.
+    #[error("{path}: byte {offset}: {reason}; not a torn tail, left as it is")]
+    NotATornTail {
+        /// The stream file.
+        path: PathBuf,
+        /// Where the bytes start.
+        offset: u64,
+        /// What they are.
+        reason: String,
     },
     /// The metadata is torn, no complete version is left, and streams hold packets
     /// that only it could describe.
@@ -296,45 +310,103 @@ fn trim_stream(path: &Path, uuid: &[u8; 16]) -> Result<Option<Repair>, RecoverEr
         .open(path)
         .map_err(at(path))?;
     let len = file.metadata().map_err(at(path))?.len();
-    let (end, reason) = whole_packets(&file, len, uuid).map_err(at(path))?;
-    if end == len {
-        return Ok(None);
+    match tail(&file, len, uuid).map_err(at(path))? {
+        Tail::Whole => Ok(None),
+        Tail::Torn { end, reason } => {
+            file.set_len(end).map_err(at(path))?;
+            Ok(Some(Repair::Trimmed {
+                path: path.to_path_buf(),
+                from: len,
+                to: end,
+                reason,
+            }))
+        }
+        Tail::Foreign { offset, reason } => Err(RecoverError::NotATornTail {
+            path: path.to_path_buf(),
+            offset,
+            reason,
+        }),
     }
-    file.set_len(end).map_err(at(path))?;
-    Ok(Some(Repair::Trimmed {
-        path: path.to_path_buf(),
-        from: len,
-        to: end,
-        reason,
-    }))
 }
 
-/// Walks the packet headers of a stream file of `len` bytes: the end of its last
-/// whole packet, and why what follows is none (empty when it is the end).
-fn whole_packets(file: &File, len: u64, uuid: &[u8; 16]) -> io::Result<(u64, String)> {
+/// How a stream file ends.
+enum Tail {
+    /// With a whole packet.
+    Whole,
+    /// With what a crash leaves: a prefix of a packet (or zeros, where the file
+    /// system extended the file before a crash), from `end` on.
+    Torn {
+        /// The end of the last whole packet.
+        end: u64,
+        /// What follows it.
+        reason: String,
+    },
+    /// With bytes that are no prefix of a packet of this trace: not what a crash
+    /// leaves, so left alone rather than cut with every packet after them.
+    Foreign {
+        /// Where they start.
+        offset: u64,
+        /// What they are.
+        reason: String,
+    },
+}
+
+/// Walks the packet headers of a stream file of `len` bytes.
+fn tail(file: &File, len: u64, uuid: &[u8; 16]) -> io::Result<Tail> {
     let mut header = [0u8; PACKET_HEADER_SIZE];
     let mut offset = 0;
     while offset < len {
         let left = len - offset;
         if left < PACKET_HEADER_SIZE as u64 {
-            return Ok((offset, format!("a packet header cut short at {left} bytes")));
+            return Ok(Tail::Torn {
+                end: offset,
+                reason: format!("a packet header cut short at {left} bytes"),
+            });
         }
         file.read_exact_at(&mut header, offset)?;
         let packet = match PacketHeader::read(&header) {
-            Ok(packet) => packet,
-            Err(e) => return Ok((offset, format!("byte {offset}: {e}"))),
+            Ok(packet) if packet.open.uuid == *uuid => packet,
+            Ok(_) => {
+                return Ok(Tail::Foreign {
+                    offset,
+                    reason: "a packet of another trace".to_string(),
+                });
+            }
+            Err(_) if zeros_from(file, offset, len)? => {
+                return Ok(Tail::Torn {
+                    end: offset,
+                    reason: format!("{left} zero bytes"),
+                });
+            }
+            Err(e) => {
+                return Ok(Tail::Foreign {
+                    offset,
+                    reason: e.to_string(),
+                });
+            }
         };
-        if packet.open.uuid != *uuid {
-            return Ok((offset, format!("byte {offset}: a packet of another trace")));
-        }
         let size = packet.open.packet_size;
         if size > left {
-            return Ok((
-                offset,
-                format!("byte {offset}: a packet of {size} bytes cut short at {left}"),
-            ));
+            return Ok(Tail::Torn {
+                end: offset,
+                reason: format!("a packet of {size} bytes cut short at {left}"),
+            });
         }
         offset += size;
     }
-    Ok((offset, String::new()))
+    Ok(Tail::Whole)
+}
+
+/// Whether every byte of `file` from `offset` to `len` is zero.
+fn zeros_from(file: &File, mut offset: u64, len: u64) -> io::Result<bool> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    while offset < len {
+        let n = chunk.len().min((len - offset) as usize);
+        file.read_exact_at(&mut chunk[..n], offset)?;
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Ok(false);
+        }
+        offset += n as u64;
+    }
+    Ok(true)
 }
