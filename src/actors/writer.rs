@@ -514,7 +514,11 @@ impl Writer {
     /// again, the output may be back).
     fn store_pending(&mut self, ctx: &mut Context<Self>) -> bool {
         if let Some(failure) = &self.failed {
-            if !self.budget.retry_after_window(failure.at, Instant::now()) {
+            // Only a packet is a reason to try: a sync alone must not make a stream
+            // look recovered.
+            if self.pending.is_empty()
+                || !self.budget.retry_after_window(failure.at, Instant::now())
+            {
                 self.count_lost();
                 return true;
             }
