@@ -11,7 +11,18 @@
 //! same actor value, which drops the broken writer (`restarting`), waits the back-off,
 //! makes a new writer and retries the packets it still holds: nothing is lost to a
 //! restart. Past the restart budget the stream is marked failed, its packets are
-//! counted lost, and `ustrace status` names it; no other stream is affected.
+//! counted lost, and `ustrace status` names it; no other stream is affected. A
+//! whole restart window later, its next packet is tried again (a full disk may have
+//! space again): a stream recovers without its session being recreated, and the
+//! next sync reports the loss once.
+//!
+//! What reaches a writer is bounded ([`StreamWriters::accepts`]): a stream takes no
+//! packet from its ring while `limits.max_writer_backlog_bytes` wait for its writer,
+//! so a slow writer costs discarded (counted) events, never the daemon's heap.
+//!
+//! The CTF writer checks before each packet that its stream file still has a name
+//! (`st_nlink`); an output removed while tracing is recreated, and `sync` reports
+//! what went with it, so `stop` never claims data that is not on disk.
 
 use crate::actors::stats::Stats;
 use crate::actors::supervision::{RestartBudget, RestartPolicy, Verdict};
