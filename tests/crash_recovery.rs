@@ -152,6 +152,28 @@ fn recover_cuts_torn_tails_and_babeltrace2_reads_every_complete_packet() {
 }
 
 #[test]
+fn recover_restores_a_torn_metadata_from_the_complete_version_beside_it() {
+    let daemon = Daemon::start();
+    let output = daemon.session_with("s", "out", &[small_packets()], true);
+    daemon.run_app(&["--events", "2000"]);
+    daemon.stop("s");
+    let whole = events_in_whole_packets(&output);
+    let trace_dir = stream_files(&output)[0].parent().unwrap().to_path_buf();
+    let metadata = trace_dir.join("metadata");
+    let tsdl = fs::read_to_string(&metadata).unwrap();
+    fs::write(trace_dir.join(".metadata.chan_0"), &tsdl).unwrap();
+    fs::write(&metadata, &tsdl[..tsdl.len() / 3]).unwrap();
+    assert!(!babeltrace2_raw(&[], &output).status.success());
+
+    let out = daemon.cli(&["recover", output.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("torn, restored from"), "{stdout}");
+    assert_eq!(fs::read_to_string(&metadata).unwrap(), tsdl);
+    assert_eq!(babeltrace2_events(&output), whole);
+}
+
+#[test]
 fn recover_fails_on_a_trace_it_cannot_make_readable() {
     let scratch = Scratch::new("unrecoverable");
     let dir = scratch.path("ust/uid/0/64-bit");
