@@ -32,7 +32,7 @@
 
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io;
+use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -204,9 +204,16 @@ fn is_temporary(name: &str) -> bool {
     name.starts_with(&format!(".{METADATA_FILE}."))
 }
 
-/// The uuid of the metadata at `path`, or why it cannot be read as one.
+/// The uuid of the metadata at `path`, or why it cannot be read as one (a
+/// symbolic link is not followed).
 fn metadata_uuid(path: &Path) -> Result<[u8; 16], String> {
-    let bytes = fs::read(path).map_err(|e| e.to_string())?;
+    let mut bytes = Vec::new();
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .and_then(|mut file| file.read_to_end(&mut bytes))
+        .map_err(|e| e.to_string())?;
     let text = std::str::from_utf8(&bytes).map_err(|e| e.to_string())?;
     metadata::parse(text)
         .map(|m| m.uuid)
@@ -227,7 +234,7 @@ fn recover_trace(
         .map(|f| dir.join(f))
         .collect();
     if uuid.is_err() {
-        // Newest first: the one a reader would have seen had the rename happened.
+        // The newest: the one a reader would have seen had its rename happened.
         let mut complete: Vec<(std::time::SystemTime, &PathBuf)> = temporaries
             .iter()
             .filter(|t| metadata_uuid(t).is_ok())
