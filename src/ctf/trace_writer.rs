@@ -41,7 +41,7 @@ pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
 /// Writes `tsdl`, whole, to `dir/metadata`, creating `dir` if needed.
 ///
 /// A trace's first metadata is written to an unnamed file and then linked as
-/// `metadata` (see [`create_complete`]): it is visible only once complete, and one
+/// `metadata` (see `create_complete`): it is visible only once complete, and one
 /// file is created instead of two plus a rename, which matters when thousands of
 /// short-lived per-PID apps each get a trace (inode allocation is the costly part
 /// of their teardown on ext4). A metadata that exists already is replaced
