@@ -7,6 +7,8 @@
 //! - [`layout`], [`trace_writer`], [`spread`]: where trace files go and how they are
 //!   written.
 //! - [`reader`], `view` (feature `daemon`): decode and print a session directory.
+//! - `recover` (feature `daemon`): cut the torn tails a crash left, so a trace reads
+//!   up to its last complete packet.
 //!
 //! See docs/trace-layout.md for the whole picture.
 
@@ -16,6 +18,8 @@ pub mod metadata;
 pub mod names;
 pub mod packet;
 pub mod reader;
+#[cfg(feature = "daemon")]
+pub mod recover;
 pub mod registry;
 pub mod spread;
 pub mod trace_writer;

@@ -19,7 +19,7 @@
 use std::collections::HashSet;
 use std::fs::{DirBuilder, File};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
-use nix::unistd::{UnlinkatFlags, geteuid, unlinkat};
+use nix::unistd::{UnlinkatFlags, geteuid, linkat, unlinkat};
 
 use crate::ctf::layout::{METADATA_FILE, stream_file_name};
 use crate::ctf::names::{self, NameError};
@@ -98,10 +98,12 @@ pub enum TraceDirError {
     },
 }
 
+/// An I/O failure stays the kernel's error (its errno, e.g. ENOSPC, is what the
+/// writer's recovery looks at); a refusal becomes an error of its own kind.
 impl From<TraceDirError> for io::Error {
     fn from(e: TraceDirError) -> io::Error {
-        let kind = match &e {
-            TraceDirError::Io { source, .. } => source.kind(),
+        let kind = match e {
+            TraceDirError::Io { source, .. } => return source,
             TraceDirError::Exists { .. } => io::ErrorKind::AlreadyExists,
             TraceDirError::Name(_) => io::ErrorKind::InvalidInput,
             _ => io::ErrorKind::PermissionDenied,
@@ -121,6 +123,12 @@ fn failed(path: &Path, errno: Errno) -> TraceDirError {
             source: errno.into(),
         },
     }
+}
+
+/// Whether the directory `fd` was removed (it has no name left); a directory that
+/// cannot even be examined counts as removed, so that it is made again.
+fn is_removed(fd: &OwnedFd) -> bool {
+    fstat(fd).map_or(true, |st| st.st_nlink == 0)
 }
 
 /// `O_CLOEXEC | O_NOFOLLOW` and `extra`: how everything below an output is opened.
@@ -220,10 +228,11 @@ impl OutputDir {
         &self.shared.path
     }
 
-    /// The directory, opened (and made if missing) now if this is its first use.
+    /// The directory, opened (and made if missing) now if this is its first use,
+    /// or again if it was removed (`rm -rf` of the output: traces are recreated).
     fn fd(&self) -> Result<Arc<OwnedFd>, TraceDirError> {
         let mut fd = self.shared.fd.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(fd) = fd.as_ref() {
+        if let Some(fd) = fd.as_ref().filter(|fd| !is_removed(fd)) {
             return Ok(fd.clone());
         }
         let opened = Arc::new(open_output(self.path())?);
@@ -311,18 +320,66 @@ fn open_stream_in(
     }
 }
 
+/// Creates `name` in `dir` (at `path`, for messages) holding `bytes`, complete
+/// before it has a name: the bytes go to an unnamed `O_TMPFILE` inode that is then
+/// linked as `name`, so a crash or a full disk never leaves a visible, partial or
+/// empty file (babeltrace2 rejects a trace whose metadata is torn).
+/// [`TraceDirError::Exists`] when `name` exists, as with `O_EXCL`; nothing is ever
+/// written through a link. Where `O_TMPFILE` is not supported, the file is created
+/// with `O_EXCL | O_NOFOLLOW` and removed again if its write fails.
+fn create_complete(
+    dir: BorrowedFd,
+    path: &Path,
+    name: &str,
+    bytes: &[u8],
+) -> Result<(), TraceDirError> {
+    let target = path.join(name);
+    let mode = Mode::from_bits_truncate(TRACE_FILE_MODE);
+    let io = |source| TraceDirError::Io {
+        path: target.clone(),
+        source,
+    };
+    let unnamed = openat(
+        dir,
+        ".",
+        OFlag::O_CLOEXEC | OFlag::O_WRONLY | OFlag::O_TMPFILE,
+        mode,
+    );
+    let fd = match unnamed {
+        Err(Errno::EOPNOTSUPP | Errno::EISDIR) => {
+            let create = flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL);
+            let fd = openat(dir, name, create, mode).map_err(|e| failed(&target, e))?;
+            return File::from(fd).write_all(bytes).map_err(|e| {
+                let _ = unlinkat(dir, name, UnlinkatFlags::NoRemoveDir);
+                io(e)
+            });
+        }
+        other => other.map_err(|e| failed(path, e))?,
+    };
+    let mut file = File::from(fd);
+    file.write_all(bytes).map_err(io)?;
+    let unnamed = format!("/proc/self/fd/{}", file.as_raw_fd());
+    linkat(
+        AT_FDCWD,
+        unnamed.as_str(),
+        dir,
+        name,
+        AtFlags::AT_SYMLINK_FOLLOW,
+    )
+    .map_err(|e| failed(&target, e))
+}
+
 /// Writes `tsdl`, whole, as the metadata file of `dir`.
 ///
-/// A trace's first metadata is created in place with `O_EXCL` in one `write`, like
-/// a packet appended to a stream file: no stream file refers to it yet, and one
-/// file created instead of two plus a rename matters when thousands of short-lived
-/// per-PID apps each get a trace (inode allocation is the costly part of their
-/// teardown on ext4); `ours` becomes true as soon as it exists, even if the write
-/// then fails (disk full), so the next try replaces it. A metadata that exists
-/// already is replaced, if `ours` says this trace made it, atomically so that a reader never sees half of a newer
+/// A trace's first metadata is made complete, then named ([`create_complete`]):
+/// no stream file refers to it yet, and one file created instead of two plus a
+/// rename matters when thousands of short-lived per-PID apps each get a trace
+/// (inode allocation is the costly part of their teardown on ext4); `ours` becomes
+/// true once it exists. A metadata that exists already is replaced, if `ours` says
+/// this trace made it, atomically so that a reader never sees half of a newer
 /// version: through `.metadata.<tag>`, a name no other writer of the same trace
 /// uses at the same time, made anew with `O_EXCL` (a stale one is unlinked, never
-/// followed), then renamed.
+/// followed; a failed write removes it), then renamed.
 fn store_metadata_in(
     dir: BorrowedFd,
     path: &Path,
@@ -330,18 +387,13 @@ fn store_metadata_in(
     tsdl: &str,
     ours: &mut bool,
 ) -> Result<(), TraceDirError> {
-    let create = flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL);
-    let mode = Mode::from_bits_truncate(TRACE_FILE_MODE);
-    let io = |path: PathBuf| move |source| TraceDirError::Io { path, source };
     let target = path.join(METADATA_FILE);
-    match openat(dir, METADATA_FILE, create, mode) {
-        Ok(fd) => {
+    match create_complete(dir, path, METADATA_FILE, tsdl.as_bytes()) {
+        Ok(()) => {
             *ours = true;
-            File::from(fd)
-                .write_all(tsdl.as_bytes())
-                .map_err(io(target))
+            Ok(())
         }
-        Err(Errno::EEXIST) if *ours => {
+        Err(TraceDirError::Exists { .. }) if *ours => {
             let tmp_name = format!(".{METADATA_FILE}.{tag}");
             names::check_component(&tmp_name)?;
             let tmp = path.join(&tmp_name);
@@ -349,13 +401,16 @@ fn store_metadata_in(
                 Ok(()) | Err(Errno::ENOENT) => {}
                 Err(e) => return Err(failed(&tmp, e)),
             }
+            let create = flags(OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL);
+            let mode = Mode::from_bits_truncate(TRACE_FILE_MODE);
             let fd = openat(dir, tmp_name.as_str(), create, mode).map_err(|e| failed(&tmp, e))?;
-            File::from(fd)
-                .write_all(tsdl.as_bytes())
-                .map_err(io(tmp.clone()))?;
+            if let Err(source) = File::from(fd).write_all(tsdl.as_bytes()) {
+                let _ = unlinkat(dir, tmp_name.as_str(), UnlinkatFlags::NoRemoveDir);
+                return Err(TraceDirError::Io { path: tmp, source });
+            }
             renameat(dir, tmp_name.as_str(), dir, METADATA_FILE).map_err(|e| failed(&target, e))
         }
-        Err(e) => Err(failed(&target, e)),
+        Err(e) => Err(e),
     }
 }
 
@@ -435,11 +490,21 @@ impl TraceDir {
         &self.shared.path
     }
 
-    /// The directory, made now if this is its first use.
+    /// The directory, made now if this is its first use, or made anew (with
+    /// nothing in it counted as this trace's) if it was removed.
     fn dir(&self) -> Result<Arc<OwnedFd>, TraceDirError> {
         let mut dir = self.shared.dir.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(fd) = dir.fd.as_ref() {
-            return Ok(fd.clone());
+        match dir.fd.as_ref() {
+            Some(fd) if !is_removed(fd) => return Ok(fd.clone()),
+            Some(_) => {
+                dir.fresh = true;
+                self.shared
+                    .made
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clear();
+            }
+            None => {}
         }
         let opened = open_below(&self.shared.output, &self.shared.below, &mut dir.fresh)?;
         let fd = Arc::new(opened);
@@ -485,18 +550,17 @@ impl TraceDir {
     }
 }
 
-/// Writes `registry`'s metadata to `dir/metadata`, creating `dir` if needed or
-/// replacing an existing metadata: for tests and tools writing a trace into a
-/// directory of their own (the daemon uses [`TraceDir`]).
-pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
+/// Writes `tsdl`, whole, to `dir/metadata`, creating `dir` if needed or replacing
+/// an existing metadata (through `.metadata.<tag>`): for tests and tools writing a
+/// trace into a directory of their own (the daemon uses [`TraceDir`]).
+pub fn store_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
     let fd = open_output(dir)?;
-    Ok(store_metadata_in(
-        fd.as_fd(),
-        dir,
-        "tmp",
-        &registry.metadata(),
-        &mut true,
-    )?)
+    Ok(store_metadata_in(fd.as_fd(), dir, tag, tsdl, &mut true)?)
+}
+
+/// Writes `registry`'s metadata to `dir/metadata` (see [`store_metadata`]).
+pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
+    store_metadata(dir, "tmp", &registry.metadata())
 }
 
 /// Appends one packet to the stream file of `channel` on `cpu` in `dir`, creating
