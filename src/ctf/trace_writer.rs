@@ -709,6 +709,23 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_output_is_made_again_with_its_trace() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("out");
+        let trace = TraceDir::new(&out(&path), below("ust/uid/0/64-bit")).unwrap();
+        trace.store_metadata("c_0", "v1").unwrap();
+        trace.open_stream("c_0").unwrap();
+        fs::remove_dir_all(&path).unwrap();
+        trace.store_metadata("c_0", "v2").unwrap();
+        trace.open_stream("c_0").unwrap().write_all(b"p").unwrap();
+        assert_eq!(
+            fs::read_to_string(trace.path().join(METADATA_FILE)).unwrap(),
+            "v2"
+        );
+        assert_eq!(fs::read(trace.path().join("c_0")).unwrap(), b"p");
+    }
+
+    #[test]
     fn an_output_swapped_after_its_first_use_redirects_nothing() {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("out");
