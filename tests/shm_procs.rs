@@ -173,7 +173,7 @@ fn concurrent_processes() {
             }
         }
     }
-    for consumer in &consumers {
+    for consumer in &mut consumers {
         consumer.flush();
     }
     drain_all(&buffers, &mut consumers, &mut read);
