@@ -5,7 +5,12 @@
 //! sub-buffers when a producer signals the wake-up eventfd (once per sub-buffer) and on
 //! a timer, and hands each packet, padding trimmed, to the stream's Writer. Packets
 //! are copied out before the sub-buffer is given back, so a slow disk never holds a
-//! ring: it holds only the writer's queue.
+//! producer. The writer's queue is bounded: past `limits.max_writer_backlog_bytes`
+//! not yet stored, the set leaves that stream's packets in its ring, whose producers
+//! then discard new events (counted, `events discarded` in status) until the writer
+//! catches up; a slow or failed writer never grows the daemon's heap. The writer's
+//! side tells the set ([`BacklogRoom`]) when the backlog falls back under the
+//! limit, and the set drains at once (a full ring sends no wake-up).
 //!
 //! What happens when an app dies: per-PID, [`Teardown`] flushes every ring (partial
 //! sub-buffers too), gives up the packet a producer died inside (its events counted
@@ -22,7 +27,7 @@
 //! owning uid ([`Stats::count_ring_losses`]).
 
 use crate::actors::stats::Stats;
-use crate::actors::writer::{Metadata, StreamWriters, SyncWriter, WritePacket, Writer};
+use crate::actors::writer::{BacklogRoom, Metadata, StreamWriters, SyncWriter, Writer};
 use crate::ctf::packet;
 use crate::protocol::messages::UidLosses;
 use crate::shm::{ChannelBuffers, Consumer};
@@ -113,12 +118,16 @@ impl BufferSet {
         }
     }
 
-    /// Copies the complete packets out of every ring to its writer: at most a ring's
-    /// worth of sub-buffers from each per call, so that producers refilling a ring as
-    /// fast as it drains (or an app forging complete packets) never keep this actor's
-    /// thread. Returns whether a ring still had packets at that bound: the caller
+    /// Copies complete packets out of every ring to its writer: while the
+    /// writer's backlog is under its limit when `bounded` (the drains while
+    /// tracing), every one otherwise (flush and teardown, which must leave the
+    /// rings empty, and add at most one ring's worth to the backlog). Either way at
+    /// most a ring's worth of sub-buffers from each ring per call (all a ring holds
+    /// at once), so that producers refilling a ring as fast as it drains (or an app
+    /// forging complete packets) never keep this actor's thread. Returns whether a
+    /// ring still had packets at that bound: a caller that drains while tracing
     /// drains again after the other actors of its thread had their turn.
-    fn drain(&mut self) -> bool {
+    fn drain(&mut self, bounded: bool) -> bool {
         let metadata = match self.metadata.lock() {
             Ok(m) => m.clone(),
             Err(_) => return false,
@@ -128,13 +137,16 @@ impl BufferSet {
         for (index, consumer) in self.consumers.iter_mut().enumerate() {
             let budget = consumer.ring().geometry().num_subbuf;
             let mut taken = 0;
-            while taken < budget && consumer.take_packet(&mut bytes).is_some() {
+            while taken < budget
+                && (!bounded || self.writers.accepts(index))
+                && consumer.take_packet(&mut bytes).is_some()
+            {
                 taken += 1;
                 match packet::trim(&mut bytes) {
-                    Ok(()) => self.writers.get(index).do_send(WritePacket {
-                        metadata: metadata.clone(),
-                        bytes: std::mem::take(&mut bytes),
-                    }),
+                    Ok(()) => {
+                        self.writers
+                            .send(index, metadata.clone(), std::mem::take(&mut bytes))
+                    }
                     Err(e) => log::error!("{}: dropping a bad packet: {e}", self.label),
                 }
             }
@@ -146,7 +158,7 @@ impl BufferSet {
 
     /// Drains, and goes on in a later message while packets remain.
     fn drain_on(&mut self, ctx: &mut Context<Self>) {
-        if self.drain() {
+        if self.drain(true) {
             ctx.notify(Drain);
         }
     }
@@ -204,7 +216,7 @@ impl BufferSet {
         for consumer in &mut self.consumers {
             consumer.flush();
         }
-        self.drain();
+        self.drain(false);
         let syncs: Vec<_> = self.writers.started().map(|w| w.send(SyncWriter)).collect();
         all_ok(syncs)
     }
@@ -257,6 +269,8 @@ impl Actor for BufferSet {
             }
             Err(e) => log::warn!("{}: no wake-ups ({e}); draining on the timer", self.label),
         }
+        self.writers
+            .notify_room(ctx.address().downgrade().recipient());
         ctx.run_interval(self.flush_interval, |act, ctx| act.drain_on(ctx));
         ctx.run_interval(STUCK_AFTER, |act, ctx| {
             if act.producer_died {
@@ -277,6 +291,14 @@ impl Handler<Drain> for BufferSet {
     type Result = ();
 
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
+        self.drain_on(ctx);
+    }
+}
+
+impl Handler<BacklogRoom> for BufferSet {
+    type Result = ();
+
+    fn handle(&mut self, _: BacklogRoom, ctx: &mut Context<Self>) {
         self.drain_on(ctx);
     }
 }
