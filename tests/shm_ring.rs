@@ -19,6 +19,15 @@ fn ring(subbuf_size: u64, num_subbuf: u64, mode: Mode) -> Arc<Ring> {
     Arc::new(Ring::create("test", &config(subbuf_size, num_subbuf, mode), 0, wakeup).expect("ring"))
 }
 
+/// Checks that the consumer's bounds on an honest ring (positions, commit words,
+/// headers, counters read as they race producers) never mark it corrupt.
+fn assert_honest(consumer: &mut Consumer) {
+    consumer.counter_deltas();
+    if let Some(c) = consumer.corruption() {
+        panic!("an honest ring marked corrupt: {}", c.reason);
+    }
+}
+
 /// Takes every complete packet now, parsing its events (`parse` checks every payload
 /// byte, so a torn packet fails here) and checking its sequence number.
 fn drain(consumer: &mut Consumer, out: &mut Vec<TestEvent>) -> usize {
@@ -33,6 +42,7 @@ fn drain(consumer: &mut Consumer, out: &mut Vec<TestEvent>) -> usize {
         out.extend(events);
         packets += 1;
     }
+    assert_honest(consumer);
     packets
 }
 
@@ -277,6 +287,7 @@ fn overwrite_mode_discards_a_copy_that_raced_an_overwrite() {
             }
             returned += 1;
         }
+        assert_honest(&mut consumer);
         consumer.copies_discarded() >= RACES
     });
     stop.store(true, Ordering::Relaxed);
@@ -338,6 +349,7 @@ fn timestamps_never_go_backwards_within_a_stream_under_contention() {
         while consumer.take_packet(&mut packet).is_some() {
             check(&packet, &mut read);
         }
+        assert_honest(&mut consumer);
         std::thread::yield_now();
     }
     watcher.join().expect("watcher");

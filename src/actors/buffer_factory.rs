@@ -254,8 +254,9 @@ impl BufferFactory {
             channel: channel.spec.name.clone(),
             owner,
         };
+        let uid = app.uid;
         let new_trace = self.ensure_trace(session, owner, pid)?;
-        self.ensure_set(&set_key, session, stream_id, &channel.spec)?;
+        self.ensure_set(&set_key, uid, session, stream_id, &channel.spec)?;
 
         let app = self.apps.get_mut(&pid).expect("checked above");
         let trace = self
@@ -353,10 +354,12 @@ impl BufferFactory {
         Ok(true)
     }
 
-    /// Creates the BufferSet `key` if it does not exist yet.
+    /// Creates the BufferSet `key`, written by apps of `uid`, if it does not exist
+    /// yet.
     fn ensure_set(
         &mut self,
         key: &SetKey,
+        uid: u32,
         session: &SessionDef,
         stream_id: u32,
         spec: &ChannelSpec,
@@ -418,6 +421,7 @@ impl BufferFactory {
         );
         let addr = BufferSet::new(
             label,
+            uid,
             buffers.clone(),
             writers,
             trace.metadata.clone(),

@@ -18,11 +18,19 @@
 //! closes the memfds. Per-UID, [`ProducerDied`] makes the timer look for sub-buffers
 //! that a dead producer left incomplete, so that the ring never stalls for the live
 //! apps that share it.
+//!
+//! What happens when an app lies in its rings' shared memory: the ring's [`Consumer`]
+//! finds the value out of bounds and marks the ring corrupt; this actor logs it once
+//! (naming the owner), counts its unread sub-buffers lost with reason "corrupt ring",
+//! and reads nothing more from that ring. Its other rings, and every other set, go
+//! on. Ring counters reach the daemon's totals only as checked deltas, summed per
+//! owning uid ([`Stats::count_ring_losses`]).
 
 use crate::actors::stats::Stats;
 use crate::actors::writer::{BacklogRoom, Metadata, StreamWriters, SyncWriter, Writer};
 use crate::ctf::packet;
-use crate::shm::{ChannelBuffers, Consumer, RingCounters};
+use crate::protocol::messages::UidLosses;
+use crate::shm::{ChannelBuffers, Consumer};
 use actix::WeakAddr;
 use actix::prelude::*;
 use std::os::fd::{AsFd, OwnedFd};
@@ -48,8 +56,10 @@ pub struct BufferSet {
     writers: StreamWriters,
     /// The trace's metadata, updated by the BufferFactory when events are added.
     metadata: Arc<Mutex<Metadata>>,
-    /// Ring counters already added to the daemon stats, per ring.
-    counted: Vec<RingCounters>,
+    /// The uid whose apps write into these rings: their losses are counted to it.
+    owner_uid: u32,
+    /// Per ring, whether its corruption was already logged and counted.
+    corruption_counted: Vec<bool>,
     /// Set once a producer of this set died: the timer then recovers stuck packets.
     producer_died: bool,
     /// Drain period for partly filled sub-buffers.
@@ -80,16 +90,18 @@ pub struct ProducerDied;
 pub struct Teardown;
 
 impl BufferSet {
-    /// A set over `buffers` draining into `writers` (one per ring).
+    /// A set over `buffers`, written by apps of `owner_uid`, draining into `writers`
+    /// (one per ring).
     pub fn new(
         label: String,
+        owner_uid: u32,
         buffers: Arc<ChannelBuffers>,
         writers: StreamWriters,
         metadata: Arc<Mutex<Metadata>>,
         flush_interval: Duration,
         stats: Arc<Stats>,
     ) -> BufferSet {
-        let counted = vec![RingCounters::default(); buffers.rings().len()];
+        let corruption_counted = vec![false; buffers.rings().len()];
         // Counted from creation to drop, so `status` never misses a set not yet started.
         Stats::add(&stats.buffer_sets, 1);
         BufferSet {
@@ -98,7 +110,8 @@ impl BufferSet {
             buffers,
             writers,
             metadata,
-            counted,
+            owner_uid,
+            corruption_counted,
             producer_died: false,
             flush_interval,
             stats,
@@ -108,17 +121,27 @@ impl BufferSet {
     /// Copies complete packets out of every ring to its writer: while the
     /// writer's backlog is under its limit when `bounded` (the drains while
     /// tracing), every one otherwise (flush and teardown, which must leave the
-    /// rings empty, and add at most one ring's worth to the backlog).
-    fn drain(&mut self, bounded: bool) {
+    /// rings empty, and add at most one ring's worth to the backlog). Either way at
+    /// most a ring's worth of sub-buffers from each ring per call (all a ring holds
+    /// at once), so that producers refilling a ring as fast as it drains (or an app
+    /// forging complete packets) never keep this actor's thread. Returns whether a
+    /// ring still had packets at that bound: a caller that drains while tracing
+    /// drains again after the other actors of its thread had their turn.
+    fn drain(&mut self, bounded: bool) -> bool {
         let metadata = match self.metadata.lock() {
             Ok(m) => m.clone(),
-            Err(_) => return,
+            Err(_) => return false,
         };
         let mut bytes = Vec::new();
+        let mut more = false;
         for (index, consumer) in self.consumers.iter_mut().enumerate() {
-            while (!bounded || self.writers.accepts(index))
+            let budget = consumer.ring().geometry().num_subbuf;
+            let mut taken = 0;
+            while taken < budget
+                && (!bounded || self.writers.accepts(index))
                 && consumer.take_packet(&mut bytes).is_some()
             {
+                taken += 1;
                 match packet::trim(&mut bytes) {
                     Ok(()) => {
                         self.writers
@@ -127,27 +150,56 @@ impl BufferSet {
                     Err(e) => log::error!("{}: dropping a bad packet: {e}", self.label),
                 }
             }
+            more |= taken == budget;
         }
         self.count();
+        more
     }
 
-    /// Adds what the rings counted since the last call to the daemon stats.
-    fn count(&mut self) {
-        for (ring, seen) in self.buffers.rings().iter().zip(self.counted.iter_mut()) {
-            let now = ring.counters();
-            let s = &self.stats;
-            let discarded = |c: &RingCounters| c.discarded_full + c.too_big;
-            Stats::add(&s.events_discarded, discarded(&now) - discarded(seen));
-            Stats::add(
-                &s.packets_overwritten,
-                now.overwritten_packets - seen.overwritten_packets,
-            );
-            Stats::add(
-                &s.events_lost_dead_producer,
-                now.lost_dead_producer - seen.lost_dead_producer,
-            );
-            *seen = now;
+    /// Drains, and goes on in a later message while packets remain.
+    fn drain_on(&mut self, ctx: &mut Context<Self>) {
+        if self.drain(true) {
+            ctx.notify(Drain);
         }
+    }
+
+    /// Adds what the rings counted since the last call (checked by their consumers)
+    /// to the daemon's and the owner's totals; logs and counts a ring newly found
+    /// corrupt, once.
+    fn count(&mut self) {
+        let mut losses = UidLosses::default();
+        for (cpu, consumer) in self.consumers.iter_mut().enumerate() {
+            let deltas = consumer.counter_deltas();
+            let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+            sum(
+                &mut losses.events_discarded,
+                deltas.discarded_full.saturating_add(deltas.too_big),
+            );
+            sum(&mut losses.packets_overwritten, deltas.overwritten_packets);
+            sum(
+                &mut losses.events_lost_dead_producer,
+                deltas.lost_dead_producer,
+            );
+            if let Some(corruption) = consumer.corruption()
+                && !self.corruption_counted[cpu]
+            {
+                self.corruption_counted[cpu] = true;
+                log::error!(
+                    "{} ring {cpu} (owner uid {}): corrupt ring, {} unread packets dropped and \
+                     nothing more read from it: {}",
+                    self.label,
+                    self.owner_uid,
+                    corruption.packets_dropped,
+                    corruption.reason
+                );
+                losses.corrupt_rings += 1;
+                sum(
+                    &mut losses.packets_lost_corrupt_ring,
+                    corruption.packets_dropped,
+                );
+            }
+        }
+        self.stats.count_ring_losses(self.owner_uid, &losses);
     }
 
     /// Gives up sub-buffers that stayed incomplete with no commit since the previous
@@ -161,7 +213,7 @@ impl BufferSet {
     /// Switches out every partial sub-buffer and drains; then the answer waits for
     /// every writer to confirm.
     fn flush_all(&mut self) -> impl Future<Output = Result<(), String>> + 'static {
-        for consumer in &self.consumers {
+        for consumer in &mut self.consumers {
             consumer.flush();
         }
         self.drain(false);
@@ -219,11 +271,11 @@ impl Actor for BufferSet {
         }
         self.writers
             .notify_room(ctx.address().downgrade().recipient());
-        ctx.run_interval(self.flush_interval, |act, _| act.drain(true));
-        ctx.run_interval(STUCK_AFTER, |act, _| {
+        ctx.run_interval(self.flush_interval, |act, ctx| act.drain_on(ctx));
+        ctx.run_interval(STUCK_AFTER, |act, ctx| {
             if act.producer_died {
                 act.recover();
-                act.drain(true);
+                act.drain_on(ctx);
             }
         });
     }
@@ -238,16 +290,16 @@ impl Drop for BufferSet {
 impl Handler<Drain> for BufferSet {
     type Result = ();
 
-    fn handle(&mut self, _: Drain, _: &mut Context<Self>) {
-        self.drain(true);
+    fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
+        self.drain_on(ctx);
     }
 }
 
 impl Handler<BacklogRoom> for BufferSet {
     type Result = ();
 
-    fn handle(&mut self, _: BacklogRoom, _: &mut Context<Self>) {
-        self.drain(true);
+    fn handle(&mut self, _: BacklogRoom, ctx: &mut Context<Self>) {
+        self.drain_on(ctx);
     }
 }
 

@@ -4,7 +4,8 @@
 //! a snapshot. Plain atomics rather than a counting actor: a status request must not
 //! queue behind a busy actor, and no counter needs to be consistent with another.
 
-use crate::protocol::messages::{StatusReport, WriterFailure};
+use crate::protocol::messages::{StatusReport, UidLosses, WriterFailure};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
@@ -34,6 +35,12 @@ pub struct Stats {
     pub events_lost_dead_producer: AtomicU64,
     /// Packets that failed writers could not store.
     pub packets_lost_writer: AtomicU64,
+    /// Rings marked corrupt.
+    pub corrupt_rings: AtomicU64,
+    /// Sub-buffers dropped with corrupt rings.
+    pub packets_lost_corrupt_ring: AtomicU64,
+    /// Ring losses by owning uid (see [`Stats::count_ring_losses`]).
+    pub per_uid: Mutex<BTreeMap<u32, UidLosses>>,
     /// Writers that exhausted their restart budget.
     pub failed_writers: Mutex<Vec<WriterFailure>>,
     /// Registration service times, by power-of-two microseconds (see
@@ -45,9 +52,50 @@ pub struct Stats {
 const SERVICE_BUCKETS: usize = 24;
 
 impl Stats {
-    /// Adds `n` to `counter`.
+    /// Adds `n` to `counter`, saturating: some counts come from rings an app can
+    /// write, and a total must stick at its maximum rather than wrap to nothing.
     pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Relaxed);
+        if n > 0 {
+            let _ = counter.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_add(n)));
+        }
+    }
+
+    /// Adds the (checked) losses of a ring owned by `uid` to the daemon's totals and
+    /// to that uid's own: `losses.uid` is ignored.
+    pub fn count_ring_losses(&self, uid: u32, losses: &UidLosses) {
+        if *losses == UidLosses::default() {
+            return;
+        }
+        Stats::add(&self.events_discarded, losses.events_discarded);
+        Stats::add(&self.packets_overwritten, losses.packets_overwritten);
+        Stats::add(
+            &self.events_lost_dead_producer,
+            losses.events_lost_dead_producer,
+        );
+        Stats::add(&self.corrupt_rings, losses.corrupt_rings);
+        Stats::add(
+            &self.packets_lost_corrupt_ring,
+            losses.packets_lost_corrupt_ring,
+        );
+        let Ok(mut per_uid) = self.per_uid.lock() else {
+            return;
+        };
+        let owner = per_uid.entry(uid).or_insert_with(|| UidLosses {
+            uid,
+            ..UidLosses::default()
+        });
+        let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b);
+        sum(&mut owner.events_discarded, losses.events_discarded);
+        sum(&mut owner.packets_overwritten, losses.packets_overwritten);
+        sum(
+            &mut owner.events_lost_dead_producer,
+            losses.events_lost_dead_producer,
+        );
+        sum(&mut owner.corrupt_rings, losses.corrupt_rings);
+        sum(
+            &mut owner.packets_lost_corrupt_ring,
+            losses.packets_lost_corrupt_ring,
+        );
     }
 
     /// Takes one from `counter`.
@@ -76,6 +124,13 @@ impl Stats {
             packets_overwritten: self.packets_overwritten.load(Relaxed),
             events_lost_dead_producer: self.events_lost_dead_producer.load(Relaxed),
             packets_lost_writer: self.packets_lost_writer.load(Relaxed),
+            corrupt_rings: self.corrupt_rings.load(Relaxed),
+            packets_lost_corrupt_ring: self.packets_lost_corrupt_ring.load(Relaxed),
+            per_uid: self
+                .per_uid
+                .lock()
+                .map(|p| p.values().cloned().collect())
+                .unwrap_or_default(),
             failed_writers: self
                 .failed_writers
                 .lock()

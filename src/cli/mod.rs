@@ -244,6 +244,22 @@ fn print_status(s: &StatusReport) {
     println!("packets overwritten:       {}", s.packets_overwritten);
     println!("events lost (dead app):    {}", s.events_lost_dead_producer);
     println!("packets lost (writer):     {}", s.packets_lost_writer);
+    println!("rings found corrupt:       {}", s.corrupt_rings);
+    println!(
+        "packets lost (corrupt ring): {}",
+        s.packets_lost_corrupt_ring
+    );
+    for u in &s.per_uid {
+        println!(
+            "  uid {}: {} discarded, {} overwritten, {} lost (dead app), {} corrupt rings, {} packets lost (corrupt ring)",
+            u.uid,
+            u.events_discarded,
+            u.packets_overwritten,
+            u.events_lost_dead_producer,
+            u.corrupt_rings,
+            u.packets_lost_corrupt_ring
+        );
+    }
     let none = vec![0; s.registration_service_us.len()];
     let service = |p| StatusReport::service_percentile(&s.registration_service_us, &none, p);
     if let (Some(p50), Some(p99)) = (service(0.5), service(0.99)) {

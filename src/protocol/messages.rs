@@ -229,6 +229,14 @@ pub struct StatusReport {
     pub events_lost_dead_producer: u64,
     /// Packets that a failed writer could not store.
     pub packets_lost_writer: u64,
+    /// Rings found lying (a value in their shared memory that no honest producer
+    /// writes) and no longer read.
+    pub corrupt_rings: u64,
+    /// Sub-buffers dropped unread with corrupt rings.
+    pub packets_lost_corrupt_ring: u64,
+    /// The losses above by the uid owning the rings, ascending uid: what one user's
+    /// apps (or their lies) cost is never counted against another.
+    pub per_uid: Vec<UidLosses>,
     /// Writers past their restart limits.
     pub failed_writers: Vec<WriterFailure>,
     /// Registrations by the daemon's own service time, accept to RegistrationDone:
@@ -236,6 +244,24 @@ pub struct StatusReport {
     /// least `2^b`, but for entry 0). Apps measure their latency with their own clock,
     /// run queue included; this is the daemon's part alone.
     pub registration_service_us: Vec<u64>,
+}
+
+/// The ring losses of one uid's buffers (per-UID, and per-PID of its apps), for
+/// `status`: each ring's counters are checked for plausibility and summed per owner.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UidLosses {
+    /// The owner.
+    pub uid: u32,
+    /// Events its producers dropped because a ring was full or the event too big.
+    pub events_discarded: u64,
+    /// Packets overwritten in its flight-recorder channels.
+    pub packets_overwritten: u64,
+    /// Events lost because one of its producers died between reserve and commit.
+    pub events_lost_dead_producer: u64,
+    /// Its rings found corrupt.
+    pub corrupt_rings: u64,
+    /// Sub-buffers dropped unread with them.
+    pub packets_lost_corrupt_ring: u64,
 }
 
 impl StatusReport {

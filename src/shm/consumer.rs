@@ -1,15 +1,44 @@
-//! The daemon's side of a ring: takes complete packets in order, flushes, and gives
-//! up packets that a dead producer will never complete.
+//! The daemon's side of a ring: takes complete packets in order, flushes, gives up
+//! packets that a dead producer will never complete, and reads the loss counters.
+//!
+//! Everything in the ring's shared memory is input: any app mapping it can write any
+//! word at any time. So every value read from it (positions, commit words, counters,
+//! the header of each copied packet) is checked against the ring's geometry and the
+//! consumer's own bookkeeping before it is used, no loop runs or allocation grows by
+//! a value read from it, and a ring that lies is marked corrupt: from then on the
+//! consumer takes nothing from it ([`Consumer::corruption`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
+use std::time::Instant;
 
-use super::Ring;
+use super::ring::FlushBounds;
+use super::{Mode, Ring, RingCorruption, RingCounters};
+use crate::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
+
+/// Largest position a stream plausibly reaches: 2^60 bytes (an exbibyte, 30 years at
+/// 1 GB/s). Positions stay far from overflowing `u64` arithmetic.
+const MAX_POSITION: u64 = 1 << 60;
+
+/// Overwritten packets a reading may count beyond the `consumed` moves it saw: pushes
+/// whose counter increment had not landed at the previous reading (one per producer
+/// thread between its push and its increment).
+const OVERWRITE_SLACK: u64 = 1024;
+
+/// Discarded events a reading may count beyond one per nanosecond since the previous
+/// one (a drop is a clock read or at least an atomic add: tens of nanoseconds).
+const DISCARD_SLACK: u64 = 1 << 20;
 
 /// The single consumer of one ring. Not shared: its bookkeeping is local.
 pub struct Consumer {
     /// The ring drained.
     ring: Arc<Ring>,
+    /// Where `consumed` is, as far as the consumer knows: its own last CAS, or in
+    /// overwrite mode the last producer push it checked. The shared word must never
+    /// differ from it in discard mode, nor go below it in overwrite mode.
+    consumed: u64,
+    /// Set once the ring lied: nothing more is taken, flushed or given up.
+    corrupt: Option<Corruption>,
     /// Positions of packets given up and not yet skipped.
     given_up: Vec<u64>,
     /// Incomplete closed packets seen by the last `give_up_stuck` call, with their
@@ -20,6 +49,34 @@ pub struct Consumer {
     released_words: Vec<u64>,
     /// Copies thrown away because a producer overwrote their packet meanwhile.
     copies_discarded: u64,
+    /// Events counted lost with given-up packets, by this consumer: the daemon's own
+    /// tally, unlike the ring's `lost_dead_producer` word, which an app can write.
+    lost_dead: u64,
+    /// The counters and `consumed` at the previous [`Consumer::counter_deltas`], and
+    /// when: the bounds of what the next reading may add.
+    counted: Reading,
+}
+
+/// Why a ring was marked corrupt and what its data cost.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Corruption {
+    /// The value that no honest producer writes.
+    pub reason: RingCorruption,
+    /// Sub-buffers the ring held unread when it was found lying (at most its count):
+    /// their data is dropped.
+    pub packets_dropped: u64,
+}
+
+/// One reading of the loss counters.
+struct Reading {
+    /// Raw counter values read.
+    counters: RingCounters,
+    /// `consumed` read just after them.
+    consumed: u64,
+    /// Events lost with given-up packets, as reported by that reading.
+    lost_dead: u64,
+    /// When.
+    at: Instant,
 }
 
 /// What [`Consumer::take_packet`] copied out, besides the bytes.
@@ -29,16 +86,35 @@ pub struct PacketInfo {
     pub seq_num: u64,
 }
 
+/// `write` and `consumed` read together and checked against each other.
+#[derive(Clone, Copy, Debug)]
+struct Positions {
+    /// Write position, read before `consumed`.
+    write: u64,
+    /// Consumed position.
+    consumed: u64,
+}
+
 impl Consumer {
     /// Becomes the consumer of `ring`; there must be only one per ring.
     pub fn new(ring: Arc<Ring>) -> Consumer {
         let slots = ring.geometry().num_subbuf as usize;
+        let consumed = ring.consumed_word().load(Acquire);
         Consumer {
+            counted: Reading {
+                counters: RingCounters::default(),
+                consumed,
+                lost_dead: 0,
+                at: Instant::now(),
+            },
             ring,
+            consumed,
+            corrupt: None,
             given_up: Vec::new(),
             probes: Vec::new(),
             released_words: vec![0; slots],
             copies_discarded: 0,
+            lost_dead: 0,
         }
     }
 
@@ -47,12 +123,20 @@ impl Consumer {
         &self.ring
     }
 
+    /// Why the ring was marked corrupt, if it was: a value read from it broke its
+    /// geometry or the consumer's bookkeeping. The consumer then takes, flushes and
+    /// gives up nothing more, and its counters add nothing.
+    pub fn corruption(&self) -> Option<&Corruption> {
+        self.corrupt.as_ref()
+    }
+
     /// Copies the oldest unread packet, if it is complete, into `out` and hands its
     /// slot back to producers; skips given-up packets. `out` then holds the packet's
     /// header and content, rounded up to 8 bytes, without the padding after it; its
     /// `packet_size` still names the whole sub-buffer (`ctf::packet::trim` makes the
-    /// bytes one exact CTF packet). `None` when no packet is complete; `out` is then
-    /// empty.
+    /// bytes one exact CTF packet). `None` when no packet is complete, when the ring
+    /// is (or is now found) corrupt, or when producers lapped it on every attempt of
+    /// this call; `out` is then empty.
     ///
     /// Optimistic (seqlock-style): the copy is made without excluding producers, then
     /// `consumed` is CASed past the packet. A failed CAS means an overwrite-mode
@@ -60,18 +144,28 @@ impl Consumer {
     /// copy: the copy is discarded (that producer counted the packet overwritten) and
     /// the new oldest packet is tried. So producers never wait for, nor drop because
     /// of, the reader. In discard mode no producer moves `consumed`: the CAS succeeds.
+    ///
+    /// Every attempt checks what it read (positions, the commit word, the copied
+    /// header: see [`RingCorruption`]); the attempts are bounded by the geometry.
     pub fn take_packet(&mut self, out: &mut Vec<u8>) -> Option<PacketInfo> {
+        out.clear();
         let sb = self.ring.geometry().subbuf_size;
-        let mut pos = self.ring.consumed_word().load(Acquire);
-        loop {
+        let mut pos = self.positions()?.consumed;
+        // Each attempt after the first follows a move of `consumed`, by at least one
+        // sub-buffer, or skips a given-up packet: more than a lap of the ring and the
+        // producers are faster than the copy; the next call tries again.
+        for _ in 0..=2 * self.ring.geometry().num_subbuf {
             // Acquire pairs with every Release commit: the packet's bytes are visible.
             let word = self.ring.commit_word(pos).load(Acquire);
             if word as u32 != self.ring.complete_bytes(pos) {
                 // Incomplete, or already reused by a producer that lapped us: only the
-                // first means "nothing to take".
-                let now = self.ring.consumed_word().load(Acquire);
+                // first means "nothing to take", and then the word is in pos's
+                // generation (a producer pushes `consumed` before it reuses a slot).
+                let now = self.positions()?.consumed;
                 if now == pos {
-                    out.clear();
+                    if let Err(lie) = self.check_commit(pos, word) {
+                        self.mark_corrupt(lie, None);
+                    }
                     return None;
                 }
                 pos = now;
@@ -94,9 +188,19 @@ impl Consumer {
                 .compare_exchange(pos, pos + sb, AcqRel, Acquire)
             {
                 Ok(_) => {
+                    self.consumed = pos + sb;
                     self.note_released(pos, word);
                     match given_up {
-                        None => return Some(PacketInfo { seq_num: pos / sb }),
+                        None => {
+                            // The copy is ours now: checking it is final, whatever the
+                            // app writes into the slot from here on.
+                            if let Err(lie) = self.check_header(pos, out) {
+                                out.clear();
+                                self.mark_corrupt(lie, None);
+                                return None;
+                            }
+                            return Some(PacketInfo { seq_num: pos / sb });
+                        }
                         Some(i) => {
                             self.given_up.swap_remove(i);
                             pos += sb;
@@ -105,10 +209,18 @@ impl Consumer {
                 }
                 Err(now) => {
                     self.copies_discarded += u64::from(given_up.is_none());
+                    out.clear();
+                    if let Err(lie) = self.check_consumed(now) {
+                        self.mark_corrupt(lie, None);
+                        return None;
+                    }
+                    self.consumed = now;
                     pos = now;
                 }
             }
         }
+        out.clear();
+        None
     }
 
     /// How many copies `take_packet` discarded because a producer overwrote the packet
@@ -125,9 +237,24 @@ impl Consumer {
     }
 
     /// Closes the partly filled packet (stop, app exit) so that `take_packet` returns
-    /// it once its last reservations commit. Returns whether there was one.
-    pub fn flush(&self) -> bool {
-        self.ring.flush()
+    /// it once its last reservations commit. Returns whether there was one; never on
+    /// a corrupt ring (and a `write` it finds out of bounds marks the ring corrupt).
+    pub fn flush(&mut self) -> bool {
+        let Some(at) = self.positions() else {
+            return false;
+        };
+        match self.ring.flush(at.write, self.write_limit(at.consumed)) {
+            Ok(flushed) => flushed,
+            Err(FlushBounds { was, found }) => {
+                let lie = if found < was {
+                    RingCorruption::WriteBackwards { was, found }
+                } else {
+                    self.write_out_of_bounds(found, at.consumed)
+                };
+                self.mark_corrupt(lie, Some(at));
+                false
+            }
+        }
     }
 
     /// Gives up closed packets that stayed incomplete with no commit since the
@@ -138,12 +265,20 @@ impl Consumer {
     ///
     /// The packet's committed events are lost with it; returns how many events were
     /// counted lost (its committed events plus one for the dead reservation; exact in
-    /// discard mode, an upper bound in overwrite mode).
+    /// discard mode, an upper bound in overwrite mode). Nothing on a corrupt ring, or
+    /// when the positions it reads are found to lie.
     pub fn give_up_stuck(&mut self) -> u64 {
         let sb = self.ring.geometry().subbuf_size;
-        let write = self.ring.write_word().load(Acquire);
-        let first = self.ring.consumed_word().load(Acquire);
+        // Checked positions bound the walk below to one ring and a sub-buffer.
+        let Some(Positions {
+            write,
+            consumed: first,
+        }) = self.positions()
+        else {
+            return 0;
+        };
         let closed_end = write & !(sb - 1);
+        let most_events = (sb - PACKET_HEADER_SIZE as u64) / EVENT_HEADER_SIZE as u64;
         let mut probes = Vec::new();
         let mut lost = 0;
         let mut p = first;
@@ -155,12 +290,15 @@ impl Consumer {
                 if self.probes.contains(&(p, word)) {
                     let missing = u64::from(complete.wrapping_sub(word as u32));
                     if word_ref
-                        .compare_exchange(word, word + missing, AcqRel, Acquire)
+                        .compare_exchange(word, word.wrapping_add(missing), AcqRel, Acquire)
                         .is_ok()
                     {
                         let slot = ((p / sb) % self.ring.geometry().num_subbuf) as usize;
-                        let base = self.released_words[slot] >> 32;
-                        lost += (word >> 32).wrapping_sub(base) + 1;
+                        let base = (self.released_words[slot] >> 32) as u32;
+                        // The high half counts events mod 2^32; no packet holds more
+                        // than `most_events`, whatever the word says.
+                        let events = ((word >> 32) as u32).wrapping_sub(base);
+                        lost += u64::from(events).min(most_events) + 1;
                         self.given_up.push(p);
                     }
                 } else {
@@ -171,6 +309,258 @@ impl Consumer {
         }
         self.probes = probes;
         self.ring.lost_dead_word().fetch_add(lost, Relaxed);
+        self.lost_dead += lost;
         lost
+    }
+
+    /// What the ring's loss counters added since the previous call (the first: since
+    /// the consumer was made), each checked to be plausible for this ring: counters
+    /// only grow; `overwritten_packets` by no more packets than `consumed` moved
+    /// (none in discard mode); `discarded_full` and `too_big` by no more than one
+    /// event per nanosecond. A counter that breaks this marks the ring corrupt and
+    /// adds nothing. `lost_dead_producer` is this consumer's own tally of
+    /// [`Consumer::give_up_stuck`], never the ring's word.
+    pub fn counter_deltas(&mut self) -> RingCounters {
+        let lost_dead_producer = self.lost_dead - self.counted.lost_dead;
+        self.counted.lost_dead = self.lost_dead;
+        let mut deltas = RingCounters {
+            lost_dead_producer,
+            ..RingCounters::default()
+        };
+        // Read before `consumed`: an overwrite is counted after its push, so the
+        // pushes behind these values are all in the `consumed` read next.
+        let now = self.ring.counters();
+        let Some(at) = self.positions() else {
+            return deltas;
+        };
+        let was = &self.counted;
+        let elapsed = u64::try_from(was.at.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let events = elapsed.saturating_add(DISCARD_SLACK);
+        let packets = match self.ring.mode() {
+            Mode::Discard => 0,
+            Mode::Overwrite => {
+                at.consumed.saturating_sub(was.consumed) / self.ring.geometry().subbuf_size
+                    + OVERWRITE_SLACK
+            }
+        };
+        let checked = [
+            (
+                "discarded_full",
+                was.counters.discarded_full,
+                now.discarded_full,
+                events,
+            ),
+            ("too_big", was.counters.too_big, now.too_big, events),
+            (
+                "overwritten_packets",
+                was.counters.overwritten_packets,
+                now.overwritten_packets,
+                packets,
+            ),
+        ];
+        let mut grown = [0; 3];
+        for (i, (counter, was, found, bound)) in checked.into_iter().enumerate() {
+            let lie = if found < was {
+                RingCorruption::CounterBackwards {
+                    counter,
+                    was,
+                    found,
+                }
+            } else if found - was > bound {
+                RingCorruption::CounterImplausible {
+                    counter,
+                    delta: found - was,
+                    bound,
+                }
+            } else {
+                grown[i] = found - was;
+                continue;
+            };
+            self.mark_corrupt(lie, Some(at));
+            return deltas;
+        }
+        [
+            deltas.discarded_full,
+            deltas.too_big,
+            deltas.overwritten_packets,
+        ] = grown;
+        self.counted.counters = now;
+        self.counted.consumed = at.consumed;
+        self.counted.at = Instant::now();
+        deltas
+    }
+
+    /// Reads `write` then `consumed` and checks both; marks the ring corrupt (and
+    /// returns `None`) if either lies, and returns `None` on a ring already corrupt.
+    /// The one validation every consumer path goes through before it uses a position.
+    fn positions(&mut self) -> Option<Positions> {
+        if self.corrupt.is_some() {
+            return None;
+        }
+        // `write` first: in overwrite mode `consumed` may move on meanwhile, and a
+        // later `consumed` only widens the bound on an earlier `write`.
+        let write = self.ring.write_word().load(Acquire);
+        let consumed = self.ring.consumed_word().load(Acquire);
+        let checked = self.check_consumed(consumed).and_then(|()| {
+            if write > MAX_POSITION {
+                Err(RingCorruption::PositionTooLarge {
+                    word: "write",
+                    found: write,
+                    max: MAX_POSITION,
+                })
+            } else if write > self.write_limit(consumed) {
+                Err(self.write_out_of_bounds(write, consumed))
+            } else {
+                Ok(())
+            }
+        });
+        if let Err(lie) = checked {
+            self.mark_corrupt(lie, None);
+            return None;
+        }
+        self.consumed = consumed;
+        Some(Positions { write, consumed })
+    }
+
+    /// Checks a `consumed` value read from the ring: on a sub-buffer boundary, where
+    /// this consumer left it (discard mode) or not behind it (overwrite mode), and
+    /// not past `write` (read after it: producers push `consumed` only up to `write`).
+    fn check_consumed(&self, found: u64) -> Result<(), RingCorruption> {
+        let sb = self.ring.geometry().subbuf_size;
+        if found > MAX_POSITION {
+            return Err(RingCorruption::PositionTooLarge {
+                word: "consumed",
+                found,
+                max: MAX_POSITION,
+            });
+        }
+        if !found.is_multiple_of(sb) {
+            return Err(RingCorruption::ConsumedMisaligned {
+                found,
+                subbuf_size: sb,
+            });
+        }
+        match self.ring.mode() {
+            Mode::Discard if found != self.consumed => {
+                return Err(RingCorruption::ConsumedMoved {
+                    expected: self.consumed,
+                    found,
+                });
+            }
+            Mode::Overwrite if found < self.consumed => {
+                return Err(RingCorruption::ConsumedBackwards {
+                    was: self.consumed,
+                    found,
+                });
+            }
+            _ => {}
+        }
+        let write = self.ring.write_word().load(Acquire);
+        if write < found {
+            return Err(RingCorruption::WriteOutOfBounds {
+                write,
+                consumed: found,
+                limit: self.write_limit(found),
+            });
+        }
+        Ok(())
+    }
+
+    /// The furthest `write` can be with `consumed` at `consumed`: a packet opens only
+    /// in a slot whose previous generation was consumed, and ends within its
+    /// sub-buffer.
+    fn write_limit(&self, consumed: u64) -> u64 {
+        let g = self.ring.geometry();
+        consumed + g.subbuf_size * (g.num_subbuf + 1)
+    }
+
+    /// The error for a `write` past [`Consumer::write_limit`].
+    fn write_out_of_bounds(&self, write: u64, consumed: u64) -> RingCorruption {
+        RingCorruption::WriteOutOfBounds {
+            write,
+            consumed,
+            limit: self.write_limit(consumed),
+        }
+    }
+
+    /// Checks that the commit word `word` of the (incomplete) packet at `pos`, read
+    /// while `consumed` stayed at `pos`, counts bytes of `pos`'s generation: between
+    /// the previous generation's completion and this one's.
+    fn check_commit(&self, pos: u64, word: u64) -> Result<(), RingCorruption> {
+        let g = self.ring.geometry();
+        let end = self.ring.complete_bytes(pos);
+        let start = end.wrapping_sub(g.subbuf_size as u32);
+        if u64::from((word as u32).wrapping_sub(start)) <= g.subbuf_size {
+            return Ok(());
+        }
+        Err(RingCorruption::CommitOutOfGeneration {
+            slot: (pos / g.subbuf_size) % g.num_subbuf,
+            word,
+            generation: pos / (g.subbuf_size * g.num_subbuf),
+            start,
+            end,
+        })
+    }
+
+    /// Checks the header of the packet copied from `pos` against what the ring's
+    /// producers write there: the CTF magic and consistent sizes, the whole
+    /// sub-buffer as `packet_size`, this position's sequence number, the ring's
+    /// stream, CPU and trace uuid, and no more `events_discarded` than the ring has
+    /// counted (read after the copy: the closer read them before it).
+    fn check_header(&self, pos: u64, packet: &[u8]) -> Result<(), RingCorruption> {
+        let sb = self.ring.geometry().subbuf_size;
+        let seq_num = pos / sb;
+        let header = PacketHeader::read(packet)
+            .map_err(|source| RingCorruption::BadPacket { seq_num, source })?;
+        let discarded = self.ring.events_discarded();
+        let fields = [
+            ("packet_size", header.open.packet_size, sb),
+            ("packet_seq_num", header.open.seq_num, seq_num),
+            (
+                "stream_id",
+                header.open.stream_id.into(),
+                self.ring.stream_id().into(),
+            ),
+            (
+                "cpu_id",
+                header.open.cpu_id.into(),
+                self.ring.cpu_id().into(),
+            ),
+            ("uuid", u64::from(header.open.uuid != self.ring.uuid()), 0),
+        ];
+        if let Some((field, found, expected)) = fields.into_iter().find(|(_, f, e)| f != e) {
+            return Err(RingCorruption::PacketField {
+                seq_num,
+                field,
+                found,
+                expected,
+            });
+        }
+        if header.close.events_discarded > discarded {
+            return Err(RingCorruption::PacketField {
+                seq_num,
+                field: "events_discarded",
+                found: header.close.events_discarded,
+                expected: discarded,
+            });
+        }
+        Ok(())
+    }
+
+    /// Marks the ring corrupt for `reason`, counting as dropped the sub-buffers it
+    /// holds unread: those between `consumed` and `write` when `at` gives checked
+    /// positions, else all of them.
+    fn mark_corrupt(&mut self, reason: RingCorruption, at: Option<Positions>) {
+        let g = self.ring.geometry();
+        let packets_dropped = at.map_or(g.num_subbuf, |at| {
+            at.write
+                .saturating_sub(at.consumed)
+                .div_ceil(g.subbuf_size)
+                .min(g.num_subbuf)
+        });
+        self.corrupt = Some(Corruption {
+            reason,
+            packets_dropped,
+        });
     }
 }

@@ -73,3 +73,124 @@ impl ShmError {
         move |source| ShmError::Sys { what, source }
     }
 }
+
+/// A value read from a ring's shared memory that no honest producer can have written:
+/// the app mapping the ring scribbled on it. The consumer then marks the ring corrupt
+/// and takes nothing more from it (see [`super::Consumer::corruption`]).
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RingCorruption {
+    /// A position beyond what any stream reaches (over an exbibyte written).
+    #[error("{word} position {found} is past {max}, more than any stream writes")]
+    PositionTooLarge {
+        /// `write` or `consumed`.
+        word: &'static str,
+        /// Value read.
+        found: u64,
+        /// Largest plausible position.
+        max: u64,
+    },
+    /// `consumed` is not on a sub-buffer boundary.
+    #[error("consumed position {found} is not a multiple of the sub-buffer size {subbuf_size}")]
+    ConsumedMisaligned {
+        /// Value read.
+        found: u64,
+        /// Sub-buffer size of the ring.
+        subbuf_size: u64,
+    },
+    /// `consumed` moved in a discard-mode ring, where only the consumer moves it.
+    #[error("consumed position moved from {expected} to {found} in a discard-mode ring")]
+    ConsumedMoved {
+        /// Where the consumer left it.
+        expected: u64,
+        /// Value read.
+        found: u64,
+    },
+    /// `consumed` went backwards in an overwrite-mode ring.
+    #[error("consumed position went back from {was} to {found}")]
+    ConsumedBackwards {
+        /// Last value the consumer saw.
+        was: u64,
+        /// Value read.
+        found: u64,
+    },
+    /// `write` is behind `consumed`, or further ahead than the ring holds.
+    #[error(
+        "write position {write} outside consumed {consumed} ..= {limit} (consumed + ring + one sub-buffer)"
+    )]
+    WriteOutOfBounds {
+        /// Value read.
+        write: u64,
+        /// The consumed position it was checked against.
+        consumed: u64,
+        /// Largest write position the geometry allows at that consumed position.
+        limit: u64,
+    },
+    /// `write` went backwards while the consumer flushed.
+    #[error("write position went back from {was} to {found}")]
+    WriteBackwards {
+        /// Value read first.
+        was: u64,
+        /// Value read next.
+        found: u64,
+    },
+    /// A commit word whose byte count lies outside its generation.
+    #[error(
+        "commit word {word:#018x} of sub-buffer {slot} is outside generation {generation} (bytes {start}..={end} mod 2^32)"
+    )]
+    CommitOutOfGeneration {
+        /// Sub-buffer index.
+        slot: u64,
+        /// Value read.
+        word: u64,
+        /// Generation the consumer expects in that slot.
+        generation: u64,
+        /// Byte count when the generation starts (mod 2^32).
+        start: u32,
+        /// Byte count when it is complete (mod 2^32).
+        end: u32,
+    },
+    /// A complete packet whose header does not parse.
+    #[error("packet {seq_num}: {source}")]
+    BadPacket {
+        /// Sequence number the packet should have.
+        seq_num: u64,
+        /// What the parser refused.
+        source: crate::ctf::packet::PacketError,
+    },
+    /// A packet header field that differs from what the ring's geometry and identity
+    /// dictate.
+    #[error("packet {seq_num}: {field} is {found}, expected {expected}")]
+    PacketField {
+        /// Sequence number the packet should have.
+        seq_num: u64,
+        /// Which field.
+        field: &'static str,
+        /// Value read.
+        found: u64,
+        /// Value expected (for `events_discarded`, the most it may be).
+        expected: u64,
+    },
+    /// A loss counter that decreased: they only ever grow.
+    #[error("counter {counter} went back from {was} to {found}")]
+    CounterBackwards {
+        /// Which counter.
+        counter: &'static str,
+        /// Last value read.
+        was: u64,
+        /// Value read now.
+        found: u64,
+    },
+    /// A loss counter that grew more than the ring could have counted since the
+    /// previous reading.
+    #[error(
+        "counter {counter} grew by {delta} since the last reading, at most {bound} is plausible"
+    )]
+    CounterImplausible {
+        /// Which counter.
+        counter: &'static str,
+        /// Its growth.
+        delta: u64,
+        /// The most it could have grown.
+        bound: u64,
+    },
+}

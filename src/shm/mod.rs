@@ -20,7 +20,7 @@ mod ring;
 
 pub use channel::{BlankSet, ChannelBuffers, Wakeup, cpu_count};
 pub use clock::{current_cpu, now_ns};
-pub use consumer::{Consumer, PacketInfo};
-pub use error::ShmError;
+pub use consumer::{Consumer, Corruption, PacketInfo};
+pub use error::{RingCorruption, ShmError};
 pub use layout::{DEFAULT_GEOMETRY, Geometry, Mode, RingConfig};
 pub use ring::{BlankRing, Reservation, Ring, RingCounters};

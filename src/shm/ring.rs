@@ -60,6 +60,20 @@ pub struct RingCounters {
     pub lost_dead_producer: u64,
 }
 
+/// CAS attempts [`Ring::flush`] makes before leaving the packet to its producers: a
+/// bound on the consumer's loop whatever an app does to `write`.
+const FLUSH_ATTEMPTS: usize = 1024;
+
+/// A `write` value [`Ring::flush`] refused: before the first value it read, or past
+/// the consumer's limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FlushBounds {
+    /// The previous value read (or the lower bound).
+    pub(crate) was: u64,
+    /// The value read.
+    pub(crate) found: u64,
+}
+
 /// Space reserved for one event; [`Reservation::commit`] publishes it.
 ///
 /// Not committing (e.g. the process dies here) stalls the packet until the consumer
@@ -291,6 +305,16 @@ impl Ring {
         self.cpu_id
     }
 
+    /// Stream class id every packet header of this ring carries.
+    pub fn stream_id(&self) -> u32 {
+        self.stream_id
+    }
+
+    /// Trace uuid every packet header of this ring carries.
+    pub fn uuid(&self) -> [u8; 16] {
+        self.uuid
+    }
+
     /// The loss counters now.
     pub fn counters(&self) -> RingCounters {
         RingCounters {
@@ -438,8 +462,7 @@ impl Ring {
         let close = PacketClose {
             timestamp_end: timestamp,
             content_size: off,
-            events_discarded: self.map.u64_at(DISCARDED_FULL_AT).load(Relaxed)
-                + self.map.u64_at(TOO_BIG_AT).load(Relaxed),
+            events_discarded: self.events_discarded(),
         };
         let mut header = [0u8; PACKET_HEADER_SIZE];
         close.write(&mut header);
@@ -447,26 +470,48 @@ impl Ring {
         self.commit(old, sb - off);
     }
 
+    /// Events the ring's producers counted discarded (full or too big), as a packet
+    /// header's `events_discarded` gives them; saturating, since the counters are
+    /// shared memory an app may have set to anything.
+    pub(crate) fn events_discarded(&self) -> u64 {
+        self.map
+            .u64_at(DISCARDED_FULL_AT)
+            .load(Relaxed)
+            .saturating_add(self.map.u64_at(TOO_BIG_AT).load(Relaxed))
+    }
+
     /// Forces a switch of a partly filled packet so that the consumer can take it.
-    /// Returns whether a packet was closed.
-    pub(crate) fn flush(&self) -> bool {
+    /// Returns whether a packet was closed. Consumer side: every `write` value it
+    /// reads must lie in `first..=limit` (the consumer's bounds for this ring) and
+    /// never go back, else `Err(FlushBounds)` names it and nothing is written; after
+    /// `FLUSH_ATTEMPTS` lost races it gives up (`Ok(false)`): producers that busy
+    /// close their packets themselves.
+    pub(crate) fn flush(&self, first: u64, limit: u64) -> Result<bool, FlushBounds> {
         let sb = self.geometry.subbuf_size;
         let write = self.write_word();
         let mut old = write.load(Acquire);
-        loop {
+        let mut was = first;
+        for _ in 0..FLUSH_ATTEMPTS {
+            if old < was || old > limit {
+                return Err(FlushBounds { was, found: old });
+            }
             let off = old & (sb - 1);
             if off == 0 {
-                return false;
+                return Ok(false);
             }
             let timestamp = now_ns();
             match write.compare_exchange_weak(old, old - off + sb, AcqRel, Acquire) {
                 Ok(_) => {
                     self.close_packet(old, timestamp);
-                    return true;
+                    return Ok(true);
                 }
-                Err(current) => old = current,
+                Err(current) => {
+                    was = old;
+                    old = current;
+                }
             }
         }
+        Ok(false)
     }
 
     /// Copies the `ranges` of a locally built packet header into the packet at `p`.

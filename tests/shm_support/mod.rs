@@ -185,3 +185,129 @@ pub fn inherited_buffers() -> ChannelBuffers {
     let wakeup = fds.pop().expect("eventfd");
     ChannelBuffers::from_fds(fds, wakeup).expect("map inherited rings")
 }
+
+/// Byte offsets of the ring header words an app can write (docs/shm.md, Layout).
+pub mod at {
+    /// Free-running write position.
+    pub const WRITE: usize = 64;
+    /// Free-running consumed position.
+    pub const CONSUMED: usize = 128;
+    /// The four loss counters: discarded_full, too_big, overwritten_packets,
+    /// lost_dead_producer.
+    pub const COUNTERS: [usize; 4] = [192, 200, 208, 216];
+    /// Commit word of sub-buffer 0; sub-buffer `i` is `8 * i` further.
+    pub const COMMIT: usize = 256;
+    /// Trace uuid in the ring header.
+    pub const UUID: usize = 32;
+    /// Packet header fields, from the start of a sub-buffer (`ctf::packet`).
+    pub const PACKET_MAGIC: usize = 0;
+    /// Stream class id in a packet header.
+    pub const PACKET_STREAM_ID: usize = 20;
+    /// content_size (bits) in a packet header.
+    pub const PACKET_CONTENT_SIZE: usize = 40;
+    /// packet_size (bits) in a packet header.
+    pub const PACKET_SIZE: usize = 48;
+    /// packet_seq_num in a packet header.
+    pub const PACKET_SEQ_NUM: usize = 56;
+    /// events_discarded in a packet header.
+    pub const PACKET_EVENTS_DISCARDED: usize = 64;
+    /// cpu_id (u32) in a packet header.
+    pub const PACKET_CPU_ID: usize = 72;
+}
+
+/// A hostile app's own writable mapping of a ring's memfd: it writes any word of the
+/// header, commit counters or packets, as any process holding the fd can.
+pub struct Scribbler {
+    /// The whole ring file, mapped shared.
+    map: memmap2::MmapRaw,
+    /// Offset of sub-buffer 0.
+    data_at: usize,
+    /// Sub-buffer size.
+    subbuf_size: usize,
+    /// Sub-buffer count.
+    num_subbuf: usize,
+}
+
+impl Scribbler {
+    /// Maps the ring file behind `fd`, whose geometry is `geometry`.
+    pub fn new(fd: impl AsFd, geometry: Geometry) -> Scribbler {
+        let fd = nix::unistd::dup(fd).expect("dup ring fd");
+        let map = memmap2::MmapOptions::new()
+            .map_raw(fd.as_raw_fd())
+            .expect("map ring");
+        let data_at = (256 + 8 * geometry.num_subbuf as usize).div_ceil(4096) * 4096;
+        assert_eq!(
+            map.len(),
+            data_at + (geometry.subbuf_size * geometry.num_subbuf) as usize
+        );
+        Scribbler {
+            map,
+            data_at,
+            subbuf_size: geometry.subbuf_size as usize,
+            num_subbuf: geometry.num_subbuf as usize,
+        }
+    }
+
+    /// The 8-byte word at `offset` of the file, as an atomic.
+    pub fn word(&self, offset: usize) -> &std::sync::atomic::AtomicU64 {
+        assert!(offset.is_multiple_of(8) && offset + 8 <= self.map.len());
+        // SAFETY: in bounds and 8-byte aligned (page-aligned mapping) by the assert;
+        // the mapping lives as long as `self`; every process reaches shared ring words
+        // only through atomics, so this view races no plain access.
+        unsafe { &*self.map.as_mut_ptr().add(offset).cast() }
+    }
+
+    /// Sets the header or commit word at `offset`.
+    pub fn set(&self, offset: usize, value: u64) {
+        self.word(offset)
+            .store(value, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Reads the header or commit word at `offset`.
+    pub fn get(&self, offset: usize) -> u64 {
+        self.word(offset).load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Sets the commit word of sub-buffer `slot`.
+    pub fn set_commit(&self, slot: usize, value: u64) {
+        self.set(at::COMMIT + 8 * (slot % self.num_subbuf), value);
+    }
+
+    /// Writes `bytes` at `offset` into sub-buffer `slot`'s packet.
+    pub fn write_packet(&self, slot: usize, offset: usize, bytes: &[u8]) {
+        let start = self.data_at + (slot % self.num_subbuf) * self.subbuf_size + offset;
+        assert!(offset + bytes.len() <= self.subbuf_size);
+        for (i, b) in bytes.iter().enumerate() {
+            // SAFETY: in bounds of the mapping by the assert; a volatile byte store
+            // forms no reference to memory the consumer may be copying meanwhile
+            // (that race is what the consumer must survive).
+            unsafe { std::ptr::write_volatile(self.map.as_mut_ptr().add(start + i), *b) };
+        }
+    }
+
+    /// Crafts by hand a complete packet in sub-buffer 0 of a fresh ring (write and
+    /// consumed 0) with the header an honest producer writes (identity from the
+    /// ring's own header), then lets `edit` change it, then publishes it: `write` one
+    /// sub-buffer on, the commit word complete.
+    pub fn forge_first_packet(&self, stream_id: u32, cpu_id: u32, edit: impl FnOnce(&Scribbler)) {
+        let sb = self.subbuf_size as u64;
+        let mut uuid = [0u8; 16];
+        uuid[..8].copy_from_slice(&self.get(at::UUID).to_le_bytes());
+        uuid[8..].copy_from_slice(&self.get(at::UUID + 8).to_le_bytes());
+        self.write_packet(0, at::PACKET_MAGIC, &0xC1FC_1FC1u32.to_le_bytes());
+        self.write_packet(0, 4, &uuid);
+        self.write_packet(0, at::PACKET_STREAM_ID, &stream_id.to_le_bytes());
+        self.write_packet(
+            0,
+            at::PACKET_CONTENT_SIZE,
+            &(PACKET_HEADER_SIZE as u64 * 8).to_le_bytes(),
+        );
+        self.write_packet(0, at::PACKET_SIZE, &(sb * 8).to_le_bytes());
+        self.write_packet(0, at::PACKET_SEQ_NUM, &0u64.to_le_bytes());
+        self.write_packet(0, at::PACKET_EVENTS_DISCARDED, &0u64.to_le_bytes());
+        self.write_packet(0, at::PACKET_CPU_ID, &cpu_id.to_le_bytes());
+        edit(self);
+        self.set(at::WRITE, sb);
+        self.set_commit(0, sb);
+    }
+}
