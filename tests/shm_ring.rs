@@ -426,7 +426,7 @@ fn wrong_version_is_refused() {
             e,
             ShmError::BadVersion {
                 found: 99,
-                expected: 2
+                expected: 3
             }
         ),
         "{e}"
@@ -486,6 +486,96 @@ fn bad_geometry_is_refused_at_creation() {
     }
 }
 
+/// Runs `body` while another thread holds a reservation of `len` bytes in `ring`
+/// (its holder record names it); afterwards the holder commits it if `commit`.
+fn while_held(ring: &Ring, len: usize, commit: bool, body: impl FnOnce()) {
+    let (reserved_tx, reserved_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut r = ring.reserve(len).expect("room");
+            let ts = r.timestamp();
+            ustrace::ctf::packet::write_event_header(r.buf(), 1, ts);
+            encode(&mut r.buf()[EVENT_HEADER_SIZE..], 9, 99);
+            reserved_tx.send(()).expect("main waits");
+            let _ = done_rx.recv();
+            if commit {
+                r.commit();
+            } else {
+                std::mem::forget(r);
+            }
+        });
+        reserved_rx.recv().expect("holder reserved");
+        body();
+        done_tx.send(()).expect("holder waits");
+    });
+}
+
+#[test]
+fn a_dead_holders_reservation_becomes_one_lost_event_and_the_packet_keeps_the_rest() {
+    let ring = ring(4096, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let len = EVENT_HEADER_SIZE + payload_len(3);
+    while_held(&ring, len, false, || {
+        for seq in 0..5 {
+            assert!(write(&ring, 1, 0, seq, 0));
+        }
+        // As the daemon sees it once the holder's process is gone.
+        let dead = consumer.release_dead_holders(&|_| false);
+        assert_eq!((dead.filled, dead.pending), (1, 0));
+    });
+    assert_eq!(ring.counters().lost_dead_producer, 1);
+    // The packet was still open: it goes on taking events.
+    assert!(write(&ring, 1, 0, 5, 0));
+    consumer.flush();
+    let mut packet = Vec::new();
+    assert!(
+        consumer.take_packet(&mut packet).is_some(),
+        "packet complete"
+    );
+    let (_, events) = parse(&packet);
+    assert_eq!(events[0].thread, LOST);
+    assert_eq!(events[0].len, len);
+    let seqs: Vec<u64> = events[1..].iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![0, 1, 2, 3, 4, 5], "every other event kept");
+    assert!(
+        events.windows(2).all(|w| w[0].ts <= w[1].ts),
+        "the lost event's timestamp is its holder's"
+    );
+    assert_eq!(
+        consumer.release_dead_holders(&|_| false),
+        Default::default(),
+        "record freed: nothing left to fill"
+    );
+}
+
+#[test]
+fn a_live_holder_is_never_given_up_and_resumes() {
+    let ring = ring(4096, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let mut packet = Vec::new();
+    while_held(&ring, EVENT_HEADER_SIZE + payload_len(0), true, || {
+        for seq in 0..5 {
+            assert!(write(&ring, 1, 0, seq, 0));
+        }
+        consumer.flush();
+        let alive = |_| true;
+        for _ in 0..3 {
+            assert_eq!(consumer.release_dead_holders(&alive), Default::default());
+            assert_eq!(
+                consumer.give_up_stuck(&alive),
+                0,
+                "a live holder's packet waits"
+            );
+        }
+        assert!(consumer.take_packet(&mut packet).is_none());
+    });
+    assert!(consumer.take_packet(&mut packet).is_some(), "resumed");
+    let (_, events) = parse(&packet);
+    assert_eq!(events.len(), 6);
+    assert_eq!(ring.counters().lost_dead_producer, 0);
+}
+
 #[test]
 fn give_up_needs_two_calls_without_progress() {
     let ring = ring(4096, 2, Mode::Discard);
@@ -499,9 +589,15 @@ fn give_up_needs_two_calls_without_progress() {
     consumer.flush();
     let mut packet = Vec::new();
     assert!(consumer.take_packet(&mut packet).is_none());
-    assert_eq!(consumer.give_up_stuck(), 0, "first sighting only probes");
+    // Nobody alive: as for a holder the records do not explain.
+    let nobody = |_| false;
     assert_eq!(
-        consumer.give_up_stuck(),
+        consumer.give_up_stuck(&nobody),
+        0,
+        "first sighting only probes"
+    );
+    assert_eq!(
+        consumer.give_up_stuck(&nobody),
         6,
         "5 committed + the dead reservation"
     );

@@ -23,5 +23,5 @@ pub use clock::{current_cpu, now_ns};
 pub use consumer::{Consumer, DeadHolders, PacketInfo};
 pub use error::ShmError;
 pub use layout::{DEFAULT_GEOMETRY, Geometry, Mode, RingConfig};
-pub use ring::{BlankRing, Reservation, Ring, RingCounters};
 pub(crate) use ring::forget_thread_identity;
+pub use ring::{BlankRing, Reservation, Ring, RingCounters};

@@ -116,8 +116,9 @@ pub struct RingCounters {
     /// (filled with a lost event), or a given-up packet's events when its holder was
     /// unknown.
     pub lost_dead_producer: u64,
-    /// Reservations made by a thread that found the holder table full: a death inside
-    /// one falls back to giving up its packet after a delay.
+    /// Reservations made without a holder record (the table was full, or the
+    /// reservation was nested in another of its thread's): a death inside one falls
+    /// back to giving up its packet after a delay.
     pub unrecorded_reservations: u64,
 }
 
@@ -471,15 +472,28 @@ impl Ring {
         }
     }
 
-    /// This thread's holder record in this ring: one load and compare once claimed.
+    /// This thread's holder record in this ring, free for a new reservation: two
+    /// loads and compares once claimed.
     #[inline]
     fn record(&self) -> Option<usize> {
         let me = identity();
         let home = (me as u32 as usize) % RECORDS;
         if self.record_word(home, RECORD_OWNER).load(Relaxed) == me {
-            return Some(home);
+            return self.unless_nested(home);
         }
         self.claim_record(me)
+    }
+
+    /// `Some(index)`, unless the record holds a reservation already: this one is
+    /// nested in it (an event emitted by a signal handler), and the outer one keeps
+    /// the record; the nested one goes unrecorded (counted).
+    #[inline]
+    fn unless_nested(&self, index: usize) -> Option<usize> {
+        if self.record_word(index, RECORD_LEN).load(Relaxed) == 0 {
+            return Some(index);
+        }
+        self.map.u64_at(UNRECORDED_AT).fetch_add(1, Relaxed);
+        None
     }
 
     /// Finds this thread's record away from its home slot, or claims a free one (CAS
@@ -493,7 +507,7 @@ impl Ring {
             .clone()
             .find(|&i| self.record_word(i, RECORD_OWNER).load(Relaxed) == me)
         {
-            return Some(i);
+            return self.unless_nested(i);
         }
         for i in slots {
             let owner = self.record_word(i, RECORD_OWNER);
