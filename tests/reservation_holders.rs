@@ -60,8 +60,10 @@ fn a_stopped_holder_delays_only_its_own_packet_and_resumes_with_nothing_lost() {
         Duration::from_secs(10),
         || state(a_pid) == 'T',
     );
-    // B, of the same uid, writes into A's packet and exits: a producer died.
-    d.run_app(&["--events", "100"]);
+    // B, of the same uid, fills A's packet past its end (the packet is closed but
+    // incomplete) and exits: a producer died. 10,000 events (26 bytes each) fit the
+    // 4 x 128 KiB ring.
+    d.run_app(&["--events", "10000"]);
     // Longer than the old guess (two probes a second apart): nothing is given up.
     assert!(
         !poll_until(Duration::from_millis(2500), || d
@@ -76,7 +78,7 @@ fn a_stopped_holder_delays_only_its_own_packet_and_resumes_with_nothing_lost() {
     let lines = babeltrace2(&out);
     assert_eq!(
         count(&lines, "demo:ev"),
-        100 + 1 + 10,
+        10_000 + 1 + 10,
         "every event of A and B"
     );
     let status = d.status();
