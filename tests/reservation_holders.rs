@@ -84,6 +84,10 @@ fn a_stopped_holder_delays_only_its_own_packet_and_resumes_with_nothing_lost() {
     let status = d.status();
     assert_eq!(status.events_lost_dead_producer, 0);
     assert_eq!(status.events_discarded, 0);
+    assert_eq!(
+        status.unrecorded_reservations, 0,
+        "every holder had a record"
+    );
 }
 
 #[test]
@@ -129,4 +133,8 @@ fn producers_killed_inside_reservations_cost_only_their_own_event() {
     let status = d.status();
     assert_eq!(status.events_lost_dead_producer, DEAD as u64);
     assert_eq!(status.events_discarded, 0);
+    assert_eq!(
+        status.unrecorded_reservations, 0,
+        "every holder had a record"
+    );
 }

@@ -487,7 +487,8 @@ fn bad_geometry_is_refused_at_creation() {
 }
 
 /// Runs `body` while another thread holds a reservation of `len` bytes in `ring`
-/// (its holder record names it); afterwards the holder commits it if `commit`.
+/// (its holder record names it); afterwards the holder commits it if `commit`, or
+/// leaves it uncommitted as a dead producer would.
 fn while_held(ring: &Ring, len: usize, commit: bool, body: impl FnOnce()) {
     let (reserved_tx, reserved_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
@@ -501,8 +502,6 @@ fn while_held(ring: &Ring, len: usize, commit: bool, body: impl FnOnce()) {
             let _ = done_rx.recv();
             if commit {
                 r.commit();
-            } else {
-                std::mem::forget(r);
             }
         });
         reserved_rx.recv().expect("holder reserved");

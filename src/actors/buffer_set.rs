@@ -196,6 +196,10 @@ impl BufferSet {
                 &s.events_lost_dead_producer,
                 now.lost_dead_producer - seen.lost_dead_producer,
             );
+            Stats::add(
+                &s.unrecorded_reservations,
+                now.unrecorded_reservations - seen.unrecorded_reservations,
+            );
             *seen = now;
         }
     }

@@ -235,6 +235,7 @@ fn print_status(s: &StatusReport) {
     println!("events discarded:          {}", s.events_discarded);
     println!("packets overwritten:       {}", s.packets_overwritten);
     println!("events lost (dead app):    {}", s.events_lost_dead_producer);
+    println!("unrecorded reservations:   {}", s.unrecorded_reservations);
     println!("packets lost (writer):     {}", s.packets_lost_writer);
     let none = vec![0; s.registration_service_us.len()];
     let service = |p| StatusReport::service_percentile(&s.registration_service_us, &none, p);
