@@ -91,6 +91,46 @@ fn a_stopped_holder_delays_only_its_own_packet_and_resumes_with_nothing_lost() {
 }
 
 #[test]
+fn a_per_pid_app_killed_inside_a_reservation_keeps_its_committed_events() {
+    let d = Daemon::start();
+    let out = d.session("s", &[("ch", Buffers::PerPid)], true);
+    let mut app = Running(
+        d.app(&[
+            "--await-enabled-ms",
+            "5000",
+            "--events",
+            "100",
+            "--park-in-event",
+            "wait",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(app.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "parked");
+    app.0.kill().unwrap();
+    app.0.wait().unwrap();
+    wait_for(
+        "the dead reservation counted as one lost event",
+        Duration::from_secs(10),
+        || d.status().events_lost_dead_producer == 1,
+    );
+    d.stop("s");
+    let lines = babeltrace2(&out);
+    assert_eq!(
+        count(&lines, "demo:ev"),
+        100,
+        "its committed events are kept"
+    );
+    assert_eq!(count(&lines, "ustrace:lost_event"), 1);
+    assert_eq!(d.status().events_lost_dead_producer, 1);
+}
+
+#[test]
 fn producers_killed_inside_reservations_cost_only_their_own_event() {
     const DEAD: usize = 3;
     pin_to_cpu0();
@@ -99,10 +139,17 @@ fn producers_killed_inside_reservations_cost_only_their_own_event() {
     let parked: Vec<Running> = (0..DEAD)
         .map(|_| {
             let mut p = Running(
-                d.app(&["--await-enabled-ms", "5000", "--park-in-event", "wait"])
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .unwrap(),
+                d.app(&[
+                    "--await-enabled-ms",
+                    "5000",
+                    "--events",
+                    "0",
+                    "--park-in-event",
+                    "wait",
+                ])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
             );
             let mut line = String::new();
             std::io::BufReader::new(p.0.stdout.as_mut().unwrap())

@@ -41,7 +41,7 @@ struct Args {
     /// (for apps that register before their session starts).
     #[arg(long)]
     await_enabled_ms: Option<u64>,
-    /// Before the others, emit one event (`i = -7, s = "parked"`) and park inside its
+    /// After the others, emit one more event (`i = -7, s = "parked"`) and park inside its
     /// reservation, between reserve and commit: `stop` stops the process (SIGSTOP to
     /// itself) and commits once continued; `wait` prints `parked` on stdout and waits
     /// to be killed. Lets tests freeze or kill a producer at that point.
@@ -88,9 +88,6 @@ fn main() {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
-    if let Some(park) = args.park_in_event {
-        emit_parked(park);
-    }
     if let Some(events) = args.fork_child_events {
         fork_child(events);
     }
@@ -107,6 +104,9 @@ fn main() {
         }
     });
     let elapsed = start.elapsed();
+    if let Some(park) = args.park_in_event {
+        emit_parked(park);
+    }
     if args.report {
         let per_event = elapsed.as_nanos() as f64 / args.events.max(1) as f64;
         eprintln!("{} events {per_event:.1} ns/event", args.events);
