@@ -92,6 +92,7 @@ fn a_stopped_holder_delays_only_its_own_packet_and_resumes_with_nothing_lost() {
 
 #[test]
 fn a_per_pid_app_killed_inside_a_reservation_keeps_its_committed_events() {
+    pin_to_cpu0();
     let d = Daemon::start();
     let out = d.session("s", &[("ch", Buffers::PerPid)], true);
     let mut app = Running(
