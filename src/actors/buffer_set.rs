@@ -110,20 +110,22 @@ impl Holders {
     }
 }
 
-/// Whether process `pid` exists, is not a zombie, and has real uid `uid`
-/// (/proc/PID/status). A hint only: the pid may have been reused.
+/// Whether process `pid` exists, is not a zombie, and has effective uid `uid` (the
+/// one SO_PEERCRED reports), from /proc/PID/status. A hint only: the pid may have
+/// been reused.
 fn process_runs_as(pid: i32, uid: u32) -> bool {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return false;
     };
-    let field = |name: &str| {
+    // The `nth` value of a line `Name:\tv0\tv1...`.
+    let field = |name: &str, nth: usize| {
         status
             .lines()
             .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next().map(str::to_owned))
+            .and_then(|v| v.split_whitespace().nth(nth).map(str::to_owned))
     };
-    let running = field("State:").is_some_and(|s| s != "Z" && s != "X");
-    running && field("Uid:").and_then(|u| u.parse::<u32>().ok()) == Some(uid)
+    let running = field("State:", 0).is_some_and(|s| s != "Z" && s != "X");
+    running && field("Uid:", 1).and_then(|u| u.parse::<u32>().ok()) == Some(uid)
 }
 
 /// The last producer is gone (per-PID) or the session is destroyed: flush, recover
