@@ -576,6 +576,47 @@ fn a_live_holder_is_never_given_up_and_resumes() {
 }
 
 #[test]
+fn a_thread_that_finds_the_holder_table_full_is_counted_and_falls_back_to_the_give_up() {
+    const RECORDS: usize = 64;
+    let ring = ring(4096, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let len = EVENT_HEADER_SIZE + payload_len(0);
+    let all_hold = std::sync::Barrier::new(RECORDS + 1);
+    let main_reserved = std::sync::Barrier::new(RECORDS + 1);
+    let unrecorded = std::thread::scope(|s| {
+        for _ in 0..RECORDS {
+            s.spawn(|| {
+                let mut r = ring.reserve(len).expect("room");
+                encode(&mut r.buf()[EVENT_HEADER_SIZE..], 1, 1);
+                let ts = r.timestamp();
+                ustrace::ctf::packet::write_event_header(r.buf(), 1, ts);
+                all_hold.wait();
+                main_reserved.wait();
+                r.commit();
+            });
+        }
+        all_hold.wait();
+        // Every record is held by another thread: this one reserves without one.
+        let r = ring.reserve(len).expect("room");
+        let unrecorded = ring.counters().unrecorded_reservations;
+        main_reserved.wait();
+        std::mem::drop(r);
+        unrecorded
+    });
+    assert_eq!(unrecorded, 1);
+    consumer.flush();
+    // The records cannot explain the hole: only the timer's give-up frees the packet.
+    let nobody = |_| false;
+    assert_eq!(consumer.release_dead_holders(&nobody), Default::default());
+    assert_eq!(
+        consumer.give_up_stuck(&nobody),
+        0,
+        "first sighting only probes"
+    );
+    assert_eq!(consumer.give_up_stuck(&nobody), RECORDS as u64 + 1);
+}
+
+#[test]
 fn give_up_needs_two_calls_without_progress() {
     let ring = ring(4096, 2, Mode::Discard);
     let mut consumer = Consumer::new(ring.clone());
