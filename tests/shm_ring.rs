@@ -3,7 +3,7 @@
 
 mod shm_support;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -614,6 +614,58 @@ fn a_thread_that_finds_the_holder_table_full_is_counted_and_falls_back_to_the_gi
         "first sighting only probes"
     );
     assert_eq!(consumer.give_up_stuck(&nobody), RECORDS as u64 + 1);
+}
+
+/// Writes holder record `index` of a ring of 2 sub-buffers by hand, as a hostile or
+/// dying app could leave it (layout 3: records at 320, 64 bytes each).
+fn forge_record(ring: &Ring, index: usize, words: [u64; 4]) {
+    // SAFETY: a shared mapping of the ring's memfd, written only by this thread while
+    // no producer runs; the ring itself reads these words atomically.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(ring.as_fd().as_raw_fd()) }.expect("map");
+    let at = 320 + 64 * index;
+    for (i, w) in words.iter().enumerate() {
+        map[at + 8 * i..at + 8 * i + 8].copy_from_slice(&w.to_le_bytes());
+    }
+}
+
+#[test]
+fn lying_or_left_over_holder_records_are_freed_never_filled() {
+    let ring = ring(4096, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let len = EVENT_HEADER_SIZE + payload_len(0);
+    let mut first = ring.reserve(len).expect("room");
+    let pos = first.position();
+    encode(&mut first.buf()[EVENT_HEADER_SIZE..], 0, 0);
+    let ts = first.timestamp();
+    ustrace::ctf::packet::write_event_header(first.buf(), 1, ts);
+    first.commit();
+    for seq in 1..3 {
+        assert!(write(&ring, 1, 0, seq, 0));
+    }
+    let dead = 4242u64 << 32 | 4242;
+    // Left over: a committed reservation its dead holder never cleared.
+    forge_record(&ring, 10, [dead, pos, len as u64, ts]);
+    // Lies: positions and lengths out of every bound.
+    forge_record(&ring, 11, [dead, u64::MAX - 5, u64::MAX, 0]);
+    forge_record(&ring, 12, [dead, 1 << 62, 30, 0]);
+    forge_record(&ring, 13, [dead, 4096 + 100, 1 << 40, 0]);
+    assert_eq!(
+        consumer.release_dead_holders(&|_| false),
+        Default::default()
+    );
+    assert_eq!(consumer.give_up_stuck(&|_| false), 0);
+    consumer.flush();
+    let mut packet = Vec::new();
+    assert!(consumer.take_packet(&mut packet).is_some(), "packet intact");
+    let seqs: Vec<u64> = parse(&packet).1.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![0, 1, 2]);
+    assert_eq!(ring.counters().lost_dead_producer, 0);
+    // Every forged record was freed: the table is usable again.
+    assert_eq!(
+        consumer.release_dead_holders(&|_| false),
+        Default::default()
+    );
+    assert!(write(&ring, 1, 0, 3, 0));
 }
 
 #[test]
