@@ -173,6 +173,10 @@ pub struct LimitsConfig {
     pub max_apps: u32,
     /// Most shared memory held by per-PID buffers, all apps together; above 0.
     pub max_pid_buffer_bytes: ByteSize,
+    /// Most packet bytes queued for one stream's writer and not stored yet; past
+    /// it the stream's ring keeps its packets (and its producers discard), so a
+    /// slow or failed writer cannot grow the daemon's heap; above 0.
+    pub max_writer_backlog_bytes: ByteSize,
 }
 
 impl Default for LimitsConfig {
@@ -180,6 +184,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_apps: 4096,
             max_pid_buffer_bytes: ByteSize(1 << 30),
+            max_writer_backlog_bytes: ByteSize(2 << 20),
         }
     }
 }
@@ -586,6 +591,8 @@ impl Config {
         positive(u64::from(self.limits.max_apps)).map_err(|m| at(key("limits", "max_apps"), m))?;
         positive(self.limits.max_pid_buffer_bytes.0)
             .map_err(|m| at(key("limits", "max_pid_buffer_bytes"), m))?;
+        positive(self.limits.max_writer_backlog_bytes.0)
+            .map_err(|m| at(key("limits", "max_writer_backlog_bytes"), m))?;
 
         for (s, session) in self.sessions.iter().enumerate() {
             let in_session =
