@@ -3,7 +3,7 @@
 
 mod shm_support;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -438,7 +438,7 @@ fn wrong_version_is_refused() {
             e,
             ShmError::BadVersion {
                 found: 99,
-                expected: 2
+                expected: 3
             }
         ),
         "{e}"
@@ -498,6 +498,195 @@ fn bad_geometry_is_refused_at_creation() {
     }
 }
 
+/// Runs `body` while another thread holds a reservation of `len` bytes in `ring`
+/// (its holder record names it); afterwards the holder commits it if `commit`, or
+/// leaves it uncommitted as a dead producer would.
+fn while_held(ring: &Ring, len: usize, commit: bool, body: impl FnOnce()) {
+    let (reserved_tx, reserved_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut r = ring.reserve(len).expect("room");
+            let ts = r.timestamp();
+            ustrace::ctf::packet::write_event_header(r.buf(), 1, ts);
+            encode(&mut r.buf()[EVENT_HEADER_SIZE..], 9, 99);
+            reserved_tx.send(()).expect("main waits");
+            let _ = done_rx.recv();
+            if commit {
+                r.commit();
+            }
+        });
+        reserved_rx.recv().expect("holder reserved");
+        body();
+        done_tx.send(()).expect("holder waits");
+    });
+}
+
+#[test]
+fn a_dead_holders_reservation_becomes_one_lost_event_and_the_packet_keeps_the_rest() {
+    let ring = ring(4096, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let len = EVENT_HEADER_SIZE + payload_len(3);
+    while_held(&ring, len, false, || {
+        for seq in 0..5 {
+            assert!(write(&ring, 1, 0, seq, 0));
+        }
+        // As the daemon sees it once the holder's process is gone.
+        let dead = consumer.release_dead_holders(&|_| false);
+        assert_eq!((dead.filled, dead.pending), (1, 0));
+    });
+    assert_eq!(ring.counters().lost_dead_producer, 1);
+    // The packet was still open: it goes on taking events.
+    assert!(write(&ring, 1, 0, 5, 0));
+    consumer.flush();
+    let mut packet = Vec::new();
+    assert!(
+        consumer.take_packet(&mut packet).is_some(),
+        "packet complete"
+    );
+    let (_, events) = parse(&packet);
+    assert_eq!(events[0].thread, LOST);
+    assert_eq!(events[0].len, len);
+    let seqs: Vec<u64> = events[1..].iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![0, 1, 2, 3, 4, 5], "every other event kept");
+    assert!(
+        events.windows(2).all(|w| w[0].ts <= w[1].ts),
+        "the lost event's timestamp is its holder's"
+    );
+    assert_eq!(
+        consumer.release_dead_holders(&|_| false),
+        Default::default(),
+        "record freed: nothing left to fill"
+    );
+}
+
+#[test]
+fn a_live_holder_is_never_given_up_and_resumes() {
+    let ring = ring(4096, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let mut packet = Vec::new();
+    while_held(&ring, EVENT_HEADER_SIZE + payload_len(0), true, || {
+        for seq in 0..5 {
+            assert!(write(&ring, 1, 0, seq, 0));
+        }
+        consumer.flush();
+        let alive = |_| true;
+        for _ in 0..3 {
+            assert_eq!(consumer.release_dead_holders(&alive), Default::default());
+            assert_eq!(
+                consumer.give_up_stuck(&alive),
+                0,
+                "a live holder's packet waits"
+            );
+        }
+        assert!(consumer.take_packet(&mut packet).is_none());
+    });
+    assert!(consumer.take_packet(&mut packet).is_some(), "resumed");
+    let (_, events) = parse(&packet);
+    assert_eq!(events.len(), 6);
+    assert_eq!(ring.counters().lost_dead_producer, 0);
+}
+
+#[test]
+fn a_thread_that_finds_the_holder_table_full_is_counted_and_falls_back_to_the_give_up() {
+    const RECORDS: usize = 64;
+    let ring = ring(4096, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let len = EVENT_HEADER_SIZE + payload_len(0);
+    let all_hold = std::sync::Barrier::new(RECORDS + 1);
+    let main_reserved = std::sync::Barrier::new(RECORDS + 1);
+    let unrecorded = std::thread::scope(|s| {
+        for _ in 0..RECORDS {
+            s.spawn(|| {
+                let mut r = ring.reserve(len).expect("room");
+                encode(&mut r.buf()[EVENT_HEADER_SIZE..], 1, 1);
+                let ts = r.timestamp();
+                ustrace::ctf::packet::write_event_header(r.buf(), 1, ts);
+                all_hold.wait();
+                main_reserved.wait();
+                r.commit();
+            });
+        }
+        all_hold.wait();
+        // Every record is held by another thread: this one reserves without one.
+        let r = ring.reserve(len).expect("room");
+        let unrecorded = ring.counters().unrecorded_reservations;
+        main_reserved.wait();
+        std::mem::drop(r);
+        unrecorded
+    });
+    assert_eq!(unrecorded, 1);
+    consumer.flush();
+    // The records cannot explain the hole: only the timer's give-up frees the packet.
+    let nobody = |_| false;
+    assert_eq!(consumer.release_dead_holders(&nobody), Default::default());
+    assert_eq!(
+        consumer.give_up_stuck(&nobody),
+        0,
+        "first sighting only probes"
+    );
+    assert_eq!(consumer.give_up_stuck(&nobody), RECORDS as u64 + 1);
+}
+
+/// Writes holder record `index` of a ring of 2 sub-buffers by hand, as a hostile or
+/// dying app could leave it (layout 3: records at 320, 64 bytes each).
+fn forge_record(ring: &Ring, index: usize, words: [u64; 4]) {
+    // SAFETY: a shared mapping of the ring's memfd, written only by this thread while
+    // no producer runs; the ring itself reads these words atomically.
+    let mut map = unsafe { memmap2::MmapMut::map_mut(ring.as_fd().as_raw_fd()) }.expect("map");
+    let at = 320 + 64 * index;
+    for (i, w) in words.iter().enumerate() {
+        map[at + 8 * i..at + 8 * i + 8].copy_from_slice(&w.to_le_bytes());
+    }
+}
+
+/// The owner word of holder record `index` (layout 3, as in `forge_record`).
+fn record_owner(ring: &Ring, index: usize) -> u64 {
+    // SAFETY: a shared read-only view of the ring's memfd, read by this thread only.
+    let map = unsafe { memmap2::Mmap::map(ring.as_fd().as_raw_fd()) }.expect("map");
+    let at = 320 + 64 * index;
+    u64::from_le_bytes(map[at..at + 8].try_into().expect("8 bytes"))
+}
+
+#[test]
+fn lying_or_left_over_holder_records_are_freed_never_filled() {
+    let ring = ring(4096, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let len = EVENT_HEADER_SIZE + payload_len(0);
+    let mut first = ring.reserve(len).expect("room");
+    let pos = first.position();
+    encode(&mut first.buf()[EVENT_HEADER_SIZE..], 0, 0);
+    let ts = first.timestamp();
+    ustrace::ctf::packet::write_event_header(first.buf(), 1, ts);
+    first.commit();
+    for seq in 1..3 {
+        assert!(write(&ring, 1, 0, seq, 0));
+    }
+    let dead = 4242u64 << 32 | 4242;
+    // Left over: a committed reservation its dead holder never cleared.
+    forge_record(&ring, 10, [dead, pos, len as u64, ts]);
+    // Lies: positions and lengths out of every bound.
+    forge_record(&ring, 11, [dead, u64::MAX - 5, u64::MAX, 0]);
+    forge_record(&ring, 12, [dead, 1 << 62, 30, 0]);
+    forge_record(&ring, 13, [dead, 4096 + 100, 1 << 40, 0]);
+    assert_eq!(
+        consumer.release_dead_holders(&|_| false),
+        Default::default()
+    );
+    assert_eq!(consumer.give_up_stuck(&|_| false), 0);
+    consumer.flush();
+    let mut packet = Vec::new();
+    assert!(consumer.take_packet(&mut packet).is_some(), "packet intact");
+    let seqs: Vec<u64> = parse(&packet).1.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![0, 1, 2]);
+    assert_eq!(ring.counters().lost_dead_producer, 0);
+    // Every forged record was freed: the table is usable again.
+    for index in 10..14 {
+        assert_eq!(record_owner(&ring, index), 0, "record {index} freed");
+    }
+    assert!(write(&ring, 1, 0, 3, 0));
+}
+
 #[test]
 fn give_up_needs_two_calls_without_progress() {
     let ring = ring(4096, 2, Mode::Discard);
@@ -511,9 +700,15 @@ fn give_up_needs_two_calls_without_progress() {
     consumer.flush();
     let mut packet = Vec::new();
     assert!(consumer.take_packet(&mut packet).is_none());
-    assert_eq!(consumer.give_up_stuck(), 0, "first sighting only probes");
+    // Nobody alive: as for a holder the records do not explain.
+    let nobody = |_| false;
     assert_eq!(
-        consumer.give_up_stuck(),
+        consumer.give_up_stuck(&nobody),
+        0,
+        "first sighting only probes"
+    );
+    assert_eq!(
+        consumer.give_up_stuck(&nobody),
         6,
         "5 committed + the dead reservation"
     );

@@ -676,8 +676,18 @@ impl Handler<AppGone> for BufferFactory {
         self.traces.retain(|(_, o), _| *o != owner);
         self.tear_down(|k| k.owner == owner, ctx);
         for key in app.channels.keys() {
-            if let (Owner::Uid(_), Some(set)) = (key.owner, self.sets.get(key)) {
-                set.addr.do_send(ProducerDied);
+            if let (Owner::Uid(uid), Some(set)) = (key.owner, self.sets.get(key)) {
+                let live = self
+                    .apps
+                    .iter()
+                    .filter(|(_, a)| a.uid == uid)
+                    .map(|(pid, _)| *pid)
+                    .collect();
+                set.addr.do_send(ProducerDied {
+                    pid: msg.pid,
+                    uid,
+                    live,
+                });
             }
         }
     }

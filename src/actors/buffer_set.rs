@@ -13,11 +13,15 @@
 //! limit, and the set drains at once (a full ring sends no wake-up).
 //!
 //! What happens when an app dies: per-PID, [`Teardown`] flushes every ring (partial
-//! sub-buffers too), gives up the packet a producer died inside (its events counted
-//! lost), drains, syncs the writers and stops; dropping the last reference unmaps and
-//! closes the memfds. Per-UID, [`ProducerDied`] makes the timer look for sub-buffers
-//! that a dead producer left incomplete, so that the ring never stalls for the live
-//! apps that share it.
+//! sub-buffers too), fills the reservation a producer died inside with a lost event
+//! (one counted), drains, syncs the writers and stops; dropping the last reference
+//! unmaps and closes the memfds. Per-UID, [`ProducerDied`] (sent at the dead app's
+//! EOF, with the uid's connections still open) fills at once every reservation whose
+//! holder record names a process that is not one of them: the packet completes with
+//! all its other events and the ring moves on. A live holder, even one stopped for
+//! minutes, is never given up: it delays only its own sub-buffer. Only a reservation
+//! the records do not explain (table full, death inside a packet switch) falls back,
+//! on a slow timer, to giving its packet up.
 //!
 //! What happens when an app lies in its rings' shared memory: the ring's [`Consumer`]
 //! finds the value out of bounds and marks the ring corrupt; this actor logs it once
@@ -33,15 +37,17 @@ use crate::protocol::messages::UidLosses;
 use crate::shm::{ChannelBuffers, Consumer};
 use actix::WeakAddr;
 use actix::prelude::*;
+use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-/// How long a sub-buffer must stay incomplete, with no commit, after a producer of
-/// its ring died before it is given up. Far above any live producer's
-/// reserve-to-commit time, so only the dead one's packet is given up.
+/// How long a sub-buffer must stay incomplete, with no commit and no live holder
+/// record in it, after a producer of its ring died before it is given up: the
+/// fallback for reservations the holder records do not explain (a thread that found
+/// the table full is live or dead, nobody can tell).
 const STUCK_AFTER: Duration = Duration::from_secs(1);
 
 /// The actor.
@@ -62,6 +68,10 @@ pub struct BufferSet {
     corruption_counted: Vec<bool>,
     /// Set once a producer of this set died: the timer then recovers stuck packets.
     producer_died: bool,
+    /// Who may hold a reservation (per-UID sets, from [`ProducerDied`]).
+    holders: Holders,
+    /// Dead reservations the last pass could not fill yet: retried every drain tick.
+    dead_pending: bool,
     /// Drain period for partly filled sub-buffers.
     flush_interval: Duration,
     /// Daemon counters.
@@ -78,10 +88,60 @@ struct Drain;
 #[rtype(result = "Result<(), String>")]
 pub struct Flush;
 
-/// A process that wrote into this set has died.
+/// A process that wrote into this (per-UID) set has died: its connection closed.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ProducerDied;
+pub struct ProducerDied {
+    /// Its pid, as SO_PEERCRED gave it.
+    pub pid: i32,
+    /// The uid that owns the set.
+    pub uid: u32,
+    /// Pids of that uid's registered connections still open: the only holders the
+    /// daemon knows alive.
+    pub live: Vec<i32>,
+}
+
+/// What the set knows of the processes that may hold reservations in its rings.
+#[derive(Default)]
+struct Holders {
+    /// The uid owning the set; `None` until a producer died (nobody is dead yet).
+    uid: Option<u32>,
+    /// The uid's connections open at the last death.
+    live: HashSet<i32>,
+    /// Producers whose connection closed, while their reservations are unresolved: an
+    /// exiting process may still show in /proc.
+    dead: HashSet<i32>,
+}
+
+impl Holders {
+    /// Whether a holder record naming `pid` belongs to a live producer: one of the
+    /// uid's open connections, or (a hint, for apps registered since the last death)
+    /// a running process of the set's uid that has not closed its connection.
+    fn alive(&self, pid: i32) -> bool {
+        let Some(uid) = self.uid else {
+            return true;
+        };
+        self.live.contains(&pid) || (!self.dead.contains(&pid) && process_runs_as(pid, uid))
+    }
+}
+
+/// Whether process `pid` exists, is not a zombie, and has effective uid `uid` (the
+/// one SO_PEERCRED reports), from /proc/PID/status. A hint only: the pid may have
+/// been reused.
+fn process_runs_as(pid: i32, uid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    // The `nth` value of a line `Name:\tv0\tv1...`.
+    let field = |name: &str, nth: usize| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().nth(nth).map(str::to_owned))
+    };
+    let running = field("State:", 0).is_some_and(|s| s != "Z" && s != "X");
+    running && field("Uid:", 1).and_then(|u| u.parse::<u32>().ok()) == Some(uid)
+}
 
 /// The last producer is gone (per-PID) or the session is destroyed: flush, recover
 /// what a dead producer left, store everything, stop.
@@ -113,6 +173,8 @@ impl BufferSet {
             owner_uid,
             corruption_counted,
             producer_died: false,
+            holders: Holders::default(),
+            dead_pending: false,
             flush_interval,
             stats,
         }
@@ -168,8 +230,10 @@ impl BufferSet {
     /// corrupt, once.
     fn count(&mut self) {
         let mut losses = UidLosses::default();
+        let mut unrecorded = 0u64;
         for (cpu, consumer) in self.consumers.iter_mut().enumerate() {
             let deltas = consumer.counter_deltas();
+            unrecorded = unrecorded.saturating_add(deltas.unrecorded_reservations);
             let sum = |a: &mut u64, b: u64| *a = a.saturating_add(b);
             sum(
                 &mut losses.events_discarded,
@@ -200,13 +264,29 @@ impl BufferSet {
             }
         }
         self.stats.count_ring_losses(self.owner_uid, &losses);
+        Stats::add(&self.stats.unrecorded_reservations, unrecorded);
     }
 
-    /// Gives up sub-buffers that stayed incomplete with no commit since the previous
-    /// call: after a producer death, only the dead producer's.
-    fn recover(&mut self) {
+    /// Fills the reservations of dead holders with lost events; remembers whether
+    /// some could not be resolved yet.
+    fn release_dead_holders(&mut self) {
+        let alive = |pid| self.holders.alive(pid);
+        let mut pending = 0;
         for consumer in &mut self.consumers {
-            consumer.give_up_stuck();
+            pending += consumer.release_dead_holders(&alive).pending;
+        }
+        self.dead_pending = pending > 0;
+        if !self.dead_pending {
+            self.holders.dead.clear();
+        }
+    }
+
+    /// The fallback: gives up sub-buffers that stayed incomplete with no commit since
+    /// the previous call and no live holder inside.
+    fn give_up_stuck(&mut self) {
+        let alive = |pid| self.holders.alive(pid);
+        for consumer in &mut self.consumers {
+            consumer.give_up_stuck(&alive);
         }
     }
 
@@ -271,10 +351,16 @@ impl Actor for BufferSet {
         }
         self.writers
             .notify_room(ctx.address().downgrade().recipient());
-        ctx.run_interval(self.flush_interval, |act, ctx| act.drain_on(ctx));
+        ctx.run_interval(self.flush_interval, |act, ctx| {
+            if act.dead_pending {
+                act.release_dead_holders();
+            }
+            act.drain_on(ctx);
+        });
         ctx.run_interval(STUCK_AFTER, |act, ctx| {
             if act.producer_died {
-                act.recover();
+                act.release_dead_holders();
+                act.give_up_stuck();
                 act.drain_on(ctx);
             }
         });
@@ -314,8 +400,17 @@ impl Handler<Flush> for BufferSet {
 impl Handler<ProducerDied> for BufferSet {
     type Result = ();
 
-    fn handle(&mut self, _: ProducerDied, _: &mut Context<Self>) {
+    fn handle(&mut self, msg: ProducerDied, _: &mut Context<Self>) {
         self.producer_died = true;
+        self.holders.uid = Some(msg.uid);
+        self.holders.live = msg.live.into_iter().collect();
+        self.holders.dead.insert(msg.pid);
+        let live = &self.holders.live;
+        self.holders.dead.retain(|pid| !live.contains(pid));
+        // At once: the dead app's reservations complete their packets now, so the
+        // live apps sharing the rings lose nothing.
+        self.release_dead_holders();
+        self.drain(true);
     }
 }
 
@@ -323,13 +418,16 @@ impl Handler<Teardown> for BufferSet {
     type Result = ResponseFuture<Result<(), String>>;
 
     fn handle(&mut self, _: Teardown, ctx: &mut Context<Self>) -> Self::Result {
-        // No producer is left: whatever is still incomplete never will be. The
-        // first call notes incomplete packets, the second gives up those that did
-        // not move, which none can any more.
+        // No producer is left: every holder is dead. Their reservations become lost
+        // events; whatever is still incomplete never will be: the first call notes
+        // incomplete packets, the second gives up those that did not move, which
+        // none can any more.
+        let dead = |_| false;
         for consumer in &mut self.consumers {
             consumer.flush();
-            consumer.give_up_stuck();
-            consumer.give_up_stuck();
+            consumer.release_dead_holders(&dead);
+            consumer.give_up_stuck(&dead);
+            consumer.give_up_stuck(&dead);
         }
         // Every packet is now copied into the writers' queues: stop at once, so the
         // rings (memfds, mappings, eventfd) are freed now and not when a busy disk

@@ -33,6 +33,8 @@ pub struct Stats {
     pub packets_overwritten: AtomicU64,
     /// Events lost to producers that died mid-event.
     pub events_lost_dead_producer: AtomicU64,
+    /// Reservations made without a holder record (see `RingCounters`).
+    pub unrecorded_reservations: AtomicU64,
     /// Packets that failed writers could not store.
     pub packets_lost_writer: AtomicU64,
     /// Rings marked corrupt.
@@ -123,6 +125,7 @@ impl Stats {
             events_discarded: self.events_discarded.load(Relaxed),
             packets_overwritten: self.packets_overwritten.load(Relaxed),
             events_lost_dead_producer: self.events_lost_dead_producer.load(Relaxed),
+            unrecorded_reservations: self.unrecorded_reservations.load(Relaxed),
             packets_lost_writer: self.packets_lost_writer.load(Relaxed),
             corrupt_rings: self.corrupt_rings.load(Relaxed),
             packets_lost_corrupt_ring: self.packets_lost_corrupt_ring.load(Relaxed),

@@ -4,7 +4,9 @@
 //! from T threads, and exits (or aborts, for crash tests).
 
 use clap::Parser;
+use std::io::Write;
 use std::time::Instant;
+use ustrace::ctf::field::FieldValue;
 use ustrace::ust::registration::{self, Registration};
 
 ustrace::event!(
@@ -39,6 +41,42 @@ struct Args {
     /// (for apps that register before their session starts).
     #[arg(long)]
     await_enabled_ms: Option<u64>,
+    /// After the others, emit one more event (`i = -7, s = "parked"`) and park inside its
+    /// reservation, between reserve and commit: `stop` stops the process (SIGSTOP to
+    /// itself) and commits once continued; `wait` prints `parked` on stdout and waits
+    /// to be killed. Lets tests freeze or kill a producer at that point.
+    #[arg(long, value_enum)]
+    park_in_event: Option<Park>,
+}
+
+/// Where `--park-in-event` leaves the process.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Park {
+    /// Stopped by its own SIGSTOP; commits when continued.
+    Stop,
+    /// Running, blocked until killed; never commits.
+    Wait,
+}
+
+/// Emits one event and parks inside its reservation (see `--park-in-event`).
+fn emit_parked(park: Park) {
+    let (i, s) = (-7i64, "parked");
+    DEMO_EV.record(i.encoded_len() + s.encoded_len(), |out| {
+        match park {
+            Park::Stop => {
+                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+            }
+            Park::Wait => {
+                println!("parked");
+                let _ = std::io::stdout().flush();
+                loop {
+                    std::thread::park();
+                }
+            }
+        }
+        let at = i.encode(out);
+        s.encode(&mut out[at..]);
+    });
 }
 
 fn main() {
@@ -66,6 +104,9 @@ fn main() {
         }
     });
     let elapsed = start.elapsed();
+    if let Some(park) = args.park_in_event {
+        emit_parked(park);
+    }
     if args.report {
         let per_event = elapsed.as_nanos() as f64 / args.events.max(1) as f64;
         eprintln!("{} events {per_event:.1} ns/event", args.events);

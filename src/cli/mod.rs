@@ -243,6 +243,7 @@ fn print_status(s: &StatusReport) {
     println!("events discarded:          {}", s.events_discarded);
     println!("packets overwritten:       {}", s.packets_overwritten);
     println!("events lost (dead app):    {}", s.events_lost_dead_producer);
+    println!("unrecorded reservations:   {}", s.unrecorded_reservations);
     println!("packets lost (writer):     {}", s.packets_lost_writer);
     println!("rings found corrupt:       {}", s.corrupt_rings);
     println!(

@@ -7,6 +7,8 @@
 //! called like a TSDL keyword); CTF readers strip it. A byte sequence `x` is declared
 //! as a `u32` field `__x_length` followed by `uint8 _x[__x_length]`. A bool is a
 //! byte declared through the alias `ustrace_bool_t`, which our reader recognises.
+//! Every stream also declares the two classes of [`LOST_EVENT_NAME`], which the
+//! daemon writes where a producer died inside a reservation.
 //!
 //! [`parse`] is a small TSDL parser for what `render` produces (it handles the TSDL
 //! constructs we emit, in any order and spacing, not all of TSDL) and rebuilds the
@@ -16,6 +18,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::ctf::field::{FieldDesc, FieldType};
+use crate::ctf::packet::{LOST_EVENT_ID, LOST_EVENT_NAME, LOST_EVENT_PADDED_ID};
 use crate::ctf::registry::{Ownership, Registry};
 
 /// Name of the type alias that declares a bool.
@@ -174,6 +177,13 @@ pub fn render(registry: &Registry) -> String {
             }
             out.push_str("\t} align(8);\n};\n\n");
         }
+        let _ = writeln!(
+            out,
+            "event {{\n\tname = \"{LOST_EVENT_NAME}\";\n\tid = {LOST_EVENT_ID};\n\tstream_id = {stream_id};\n\
+             \tfields := struct {{\n\t}} align(8);\n}};\n\n\
+             event {{\n\tname = \"{LOST_EVENT_NAME}\";\n\tid = {LOST_EVENT_PADDED_ID};\n\tstream_id = {stream_id};\n\
+             \tfields := struct {{\n\t\tstring _filler;\n\t}} align(8);\n}};\n"
+        );
     }
     out
 }

@@ -208,6 +208,32 @@ pub fn write_event_header(buf: &mut [u8], id: u32, timestamp: u64) {
     buf[4..12].copy_from_slice(&timestamp.to_le_bytes());
 }
 
+/// Event id of a lost event exactly [`EVENT_HEADER_SIZE`] bytes long: the daemon
+/// writes it into the reservation of a producer that died before committing, so that
+/// the packet stays parseable and keeps every other event. Declared in every stream.
+pub const LOST_EVENT_ID: u32 = u32::MAX;
+/// Event id of a lost event longer than its header: a string field of filler bytes
+/// covers the rest of the dead reservation. Declared in every stream.
+pub const LOST_EVENT_PADDED_ID: u32 = u32::MAX - 1;
+/// Event name of both lost-event classes in the metadata.
+pub const LOST_EVENT_NAME: &str = "ustrace:lost_event";
+
+/// Fills `buf` (a whole dead reservation, at least [`EVENT_HEADER_SIZE`] bytes) with
+/// one lost event at `timestamp`: its header and, if longer, a string of `-` ending
+/// in NUL, so that a reader steps over exactly `buf.len()` bytes.
+pub fn write_lost_event(buf: &mut [u8], timestamp: u64) {
+    if buf.len() == EVENT_HEADER_SIZE {
+        write_event_header(buf, LOST_EVENT_ID, timestamp);
+        return;
+    }
+    write_event_header(buf, LOST_EVENT_PADDED_ID, timestamp);
+    let (last, filler) = buf[EVENT_HEADER_SIZE..]
+        .split_last_mut()
+        .expect("a padded lost event has payload");
+    filler.fill(b'-');
+    *last = 0;
+}
+
 /// Reads an event header (id, timestamp) from the start of `buf`, if it is long enough.
 pub fn read_event_header(buf: &[u8]) -> Option<(u32, u64)> {
     if buf.len() < EVENT_HEADER_SIZE {

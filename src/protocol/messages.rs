@@ -227,6 +227,10 @@ pub struct StatusReport {
     pub packets_overwritten: u64,
     /// Events lost because their producer died between reserve and commit.
     pub events_lost_dead_producer: u64,
+    /// Reservations made by a producer thread that found its ring's holder table full
+    /// (or nested in another of its reservations): should it die inside one, its
+    /// packet is given up after a delay instead of losing that one event.
+    pub unrecorded_reservations: u64,
     /// Packets that a failed writer could not store.
     pub packets_lost_writer: u64,
     /// Rings found lying (a value in their shared memory that no honest producer

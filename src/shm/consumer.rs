@@ -1,18 +1,22 @@
-//! The daemon's side of a ring: takes complete packets in order, flushes, gives up
-//! packets that a dead producer will never complete, and reads the loss counters.
+//! The daemon's side of a ring: takes complete packets in order, flushes, reads the
+//! loss counters, and finishes what a dead producer left: its reservations, read from
+//! the ring's holder records, are filled with lost events
+//! ([`Consumer::release_dead_holders`]); a packet whose holder is unknown is given up
+//! ([`Consumer::give_up_stuck`]).
 //!
 //! Everything in the ring's shared memory is input: any app mapping it can write any
 //! word at any time. So every value read from it (positions, commit words, counters,
-//! the header of each copied packet) is checked against the ring's geometry and the
-//! consumer's own bookkeeping before it is used, no loop runs or allocation grows by
-//! a value read from it, and a ring that lies is marked corrupt: from then on the
-//! consumer takes nothing from it ([`Consumer::corruption`]).
+//! holder records, the header of each copied packet) is checked against the ring's
+//! geometry and the consumer's own bookkeeping before it is used, no loop runs or
+//! allocation grows by a value read from it, and a ring that lies is marked corrupt:
+//! from then on the consumer takes nothing from it ([`Consumer::corruption`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
 use std::time::Instant;
 
 use super::ring::FlushBounds;
+use super::layout::{RECORD_AT, RECORD_LEN, RECORD_OWNER, RECORD_TIMESTAMP, RECORDS};
 use super::{Mode, Ring, RingCorruption, RingCounters};
 use crate::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
 
@@ -28,6 +32,32 @@ const OVERWRITE_SLACK: u64 = 1024;
 /// Discarded events a reading may count beyond one per nanosecond since the previous
 /// one (a drop is a clock read or at least an atomic add: tens of nanoseconds).
 const DISCARD_SLACK: u64 = 1 << 20;
+
+/// One holder record as read from the ring (app-writable: every use is checked).
+#[derive(Clone, Copy)]
+struct Hold {
+    /// Index in the table.
+    index: usize,
+    /// Owner word as read (`pid << 32 | tid`), to release it only if unchanged.
+    owner: u64,
+    /// Expected write position, or the event's position once a switch is done.
+    at: u64,
+    /// Length held (non-zero).
+    len: u64,
+    /// The holder's clock for that reservation.
+    timestamp: u64,
+}
+
+/// What [`Consumer::release_dead_holders`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeadHolders {
+    /// Dead reservations filled with a lost event and committed (one lost event each).
+    pub filled: u64,
+    /// Dead reservations left for a later call: their packet's counts do not match the
+    /// records yet (a live holder in the same packet is committing), or the holder died
+    /// inside a packet switch (then [`Consumer::give_up_stuck`] takes over).
+    pub pending: u64,
+}
 
 /// The single consumer of one ring. Not shared: its bookkeeping is local.
 pub struct Consumer {
@@ -257,17 +287,142 @@ impl Consumer {
         }
     }
 
+    /// Reads the holder table: records of threads inside a reservation, split by
+    /// whether `alive` says their process lives; frees dead processes' idle records.
+    fn holds(&self, alive: &dyn Fn(i32) -> bool) -> (Vec<Hold>, Vec<Hold>) {
+        let (mut live, mut dead) = (Vec::new(), Vec::new());
+        for index in 0..RECORDS {
+            let owner = self.ring.record_word(index, RECORD_OWNER).load(Relaxed);
+            if owner == 0 {
+                continue;
+            }
+            let hold = Hold {
+                index,
+                owner,
+                at: self.ring.record_word(index, RECORD_AT).load(Relaxed),
+                len: self.ring.record_word(index, RECORD_LEN).load(Relaxed),
+                timestamp: self.ring.record_word(index, RECORD_TIMESTAMP).load(Relaxed),
+            };
+            match (alive((owner >> 32) as i32), hold.len) {
+                (true, 0) => {}
+                (true, _) => live.push(hold),
+                (false, 0) => self.release(hold),
+                (false, _) => dead.push(hold),
+            }
+        }
+        (live, dead)
+    }
+
+    /// Frees a dead thread's record, unless someone claimed it meanwhile.
+    fn release(&self, hold: Hold) {
+        let _ = self
+            .ring
+            .record_word(hold.index, RECORD_OWNER)
+            .compare_exchange(hold.owner, 0, Relaxed, Relaxed);
+    }
+
+    /// The packet of a record that names a plain reservation (inside one packet,
+    /// after its header, an event long at least), or `None` (a holder that died
+    /// inside a packet switch, or a lying record).
+    fn plain_packet(&self, hold: &Hold) -> Option<u64> {
+        let g = self.ring.geometry();
+        let off = hold.at & (g.subbuf_size - 1);
+        let plain = off >= PACKET_HEADER_SIZE as u64
+            && hold.len >= EVENT_HEADER_SIZE as u64
+            && hold.len <= g.max_event_len()
+            && off + hold.len < g.subbuf_size;
+        plain.then_some(hold.at - off)
+    }
+
+    /// Fills every reservation whose holder is dead (`alive(pid)` false: the daemon
+    /// passes "a live registered connection of this ring's uid") with a lost event and
+    /// commits it, so that the packet completes with all its other events, at once,
+    /// open or closed. Counts one lost event per filled reservation.
+    ///
+    /// Records are app-writable, so a reservation is filled only when the packet's
+    /// own counts agree: its bytes reserved and not committed equal exactly the
+    /// lengths its dead and live holders claim. A record left from a reservation
+    /// already committed, or one that never got its CAS, is freed instead; a
+    /// mismatch is retried by the next call (a live holder is finishing).
+    pub fn release_dead_holders(&mut self, alive: &dyn Fn(i32) -> bool) -> DeadHolders {
+        let g = self.ring.geometry();
+        let sb = g.subbuf_size;
+        let ring_len = sb * g.num_subbuf;
+        // Acquire: every record stored before a CAS that made `write` this value (or
+        // an earlier one) is visible to the loads in `holds`.
+        // Checked positions (shared memory is input): a lying ring fills nothing.
+        let Some(Positions { write, consumed }) = self.positions() else {
+            return DeadHolders::default();
+        };
+        let (live, mut dead) = self.holds(alive);
+        let mut outcome = DeadHolders::default();
+        dead.sort_by_key(|h| h.at);
+        let mut packets: Vec<u64> = dead.iter().filter_map(|h| self.plain_packet(h)).collect();
+        packets.dedup();
+        for hold in dead.iter().filter(|h| self.plain_packet(h).is_none()) {
+            if hold.at < consumed || hold.at >= write {
+                self.release(*hold);
+            } else {
+                outcome.pending += 1;
+            }
+        }
+        for p in packets {
+            let in_p = |h: &&Hold| self.plain_packet(h) == Some(p);
+            let holes: Vec<Hold> = dead.iter().filter(in_p).copied().collect();
+            let stale = p < consumed
+                || holes.iter().any(|h| h.at.saturating_add(h.len) > write)
+                || p.saturating_add(sb) > consumed.saturating_add(ring_len);
+            if stale {
+                holes.iter().for_each(|h| self.release(*h));
+                continue;
+            }
+            // Acquire pairs with the Release commits: the count covers their bytes.
+            let word = self.ring.commit_word(p).load(Acquire);
+            if self.ring.write_word().load(Acquire) != write {
+                // A reservation since: its commit may be in `word`. Next call.
+                outcome.pending += holes.len() as u64;
+                continue;
+            }
+            let base = self.ring.complete_bytes(p).wrapping_sub(sb as u32);
+            let committed = u64::from((word as u32).wrapping_sub(base));
+            let reserved = (write - p).min(sb);
+            let claimed: u64 = holes.iter().map(|h| h.len).sum::<u64>()
+                + live.iter().filter(in_p).map(|h| h.len).sum::<u64>();
+            if committed >= reserved {
+                // Everything reserved is committed: the records are left over.
+                holes.iter().for_each(|h| self.release(*h));
+            } else if reserved - committed == claimed {
+                for hole in &holes {
+                    self.ring
+                        .fill_dead_reservation(hole.at, hole.len, hole.timestamp);
+                    self.release(*hole);
+                }
+                outcome.filled += holes.len() as u64;
+            } else {
+                outcome.pending += holes.len() as u64;
+            }
+        }
+        self.ring
+            .lost_dead_word()
+            .fetch_add(outcome.filled, Relaxed);
+        self.lost_dead += outcome.filled;
+        outcome
+    }
+
     /// Gives up closed packets that stayed incomplete with no commit since the
-    /// previous call: a producer died between reserve and commit. Call it when a
-    /// producer is known dead, or periodically with a period much longer than any
-    /// live producer's reserve-to-commit time (a live producer committing into a
-    /// given-up packet would corrupt its slot's next generation).
+    /// previous call and that no live holder (by `alive`, as for
+    /// [`Consumer::release_dead_holders`]) is inside: the fallback for a reservation
+    /// the holder records do not explain (a thread that found the table full, a
+    /// holder that died inside a packet switch). Call it after
+    /// `release_dead_holders`, on a slow timer once a producer died: a live producer
+    /// without a record committing into a given-up packet would corrupt its slot's
+    /// next generation.
     ///
     /// The packet's committed events are lost with it; returns how many events were
     /// counted lost (its committed events plus one for the dead reservation; exact in
     /// discard mode, an upper bound in overwrite mode). Nothing on a corrupt ring, or
     /// when the positions it reads are found to lie.
-    pub fn give_up_stuck(&mut self) -> u64 {
+    pub fn give_up_stuck(&mut self, alive: &dyn Fn(i32) -> bool) -> u64 {
         let sb = self.ring.geometry().subbuf_size;
         // Checked positions bound the walk below to one ring and a sub-buffer.
         let Some(Positions {
@@ -277,6 +432,16 @@ impl Consumer {
         else {
             return 0;
         };
+        // A live holder may be inside a switch: its record names the packet it closes.
+        let held: Vec<u64> = self
+            .holds(alive)
+            .0
+            .iter()
+            .flat_map(|h| {
+                let p = h.at & !(sb - 1);
+                [p, p.saturating_add(sb)]
+            })
+            .collect();
         let closed_end = write & !(sb - 1);
         let most_events = (sb - PACKET_HEADER_SIZE as u64) / EVENT_HEADER_SIZE as u64;
         let mut probes = Vec::new();
@@ -286,7 +451,7 @@ impl Consumer {
             let word_ref = self.ring.commit_word(p);
             let word = word_ref.load(Acquire);
             let complete = self.ring.complete_bytes(p);
-            if word as u32 != complete {
+            if word as u32 != complete && !held.contains(&p) {
                 if self.probes.contains(&(p, word)) {
                     let missing = u64::from(complete.wrapping_sub(word as u32));
                     if word_ref
@@ -357,8 +522,14 @@ impl Consumer {
                 now.overwritten_packets,
                 packets,
             ),
+            (
+                "unrecorded_reservations",
+                was.counters.unrecorded_reservations,
+                now.unrecorded_reservations,
+                events,
+            ),
         ];
-        let mut grown = [0; 3];
+        let mut grown = [0; 4];
         for (i, (counter, was, found, bound)) in checked.into_iter().enumerate() {
             let lie = if found < was {
                 RingCorruption::CounterBackwards {
@@ -383,6 +554,7 @@ impl Consumer {
             deltas.discarded_full,
             deltas.too_big,
             deltas.overwritten_packets,
+            deltas.unrecorded_reservations,
         ] = grown;
         self.counted.counters = now;
         self.counted.consumed = at.consumed;

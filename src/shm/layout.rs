@@ -6,8 +6,11 @@
 //! 64   write     AtomicU64   free-running byte position          (own cache line)
 //! 128  consumed  AtomicU64   free-running, multiple of subbuf_size
 //! 192  discarded_full, too_big, overwritten_packets, lost_dead_producer   AtomicU64 each
+//! 224  unrecorded  AtomicU64  reservations made without a holder record (table full)
 //! 256  commit[i] AtomicU64   per sub-buffer: low 32 bits bytes committed (mod 2^32),
 //!                            high 32 bits events committed
+//! records_offset (64-aligned): RECORDS holder records of RECORD_SIZE bytes, each
+//!      owner (pid << 32 | tid) | at | len | timestamp   AtomicU64 each, own cache line
 //! data_offset (page aligned): num_subbuf sub-buffers of subbuf_size bytes
 //! ```
 //!
@@ -23,8 +26,9 @@ use crate::ctf::packet::PACKET_HEADER_SIZE;
 /// First eight bytes of every ring file: "USTRING1" read little-endian.
 pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"USTRING1");
 /// Layout version; bump on any change to this file's table. 2: `consumed` lost its
-/// READING bit (the consumer copies packets out optimistically).
-pub(crate) const VERSION: u32 = 2;
+/// READING bit (the consumer copies packets out optimistically). 3: holder records
+/// (who is inside a reservation) after the commit words, and the `unrecorded` counter.
+pub(crate) const VERSION: u32 = 3;
 
 // Byte offsets of the header fields, as in the table above.
 pub(crate) const MAGIC_AT: usize = 0;
@@ -41,7 +45,25 @@ pub(crate) const DISCARDED_FULL_AT: usize = 192;
 pub(crate) const TOO_BIG_AT: usize = 200;
 pub(crate) const OVERWRITTEN_AT: usize = 208;
 pub(crate) const LOST_DEAD_AT: usize = 216;
+pub(crate) const UNRECORDED_AT: usize = 224;
 pub(crate) const COMMIT_AT: usize = 256;
+
+/// Holder records per ring: producer threads of all processes that may be inside a
+/// reservation of this ring at once; a thread that finds none free reserves without
+/// one (counted in `unrecorded`).
+pub(crate) const RECORDS: usize = 64;
+/// Bytes per holder record: one cache line, so that producer threads never share one.
+pub(crate) const RECORD_SIZE: usize = 64;
+// Offsets of a holder record's words inside it.
+/// `pid << 32 | tid` of the thread that claimed the record; 0 = free.
+pub(crate) const RECORD_OWNER: usize = 0;
+/// The write position the holder's CAS expects; after a packet switch, the position
+/// of its event.
+pub(crate) const RECORD_AT: usize = 8;
+/// Length of the reservation held; 0 = none.
+pub(crate) const RECORD_LEN: usize = 16;
+/// The holder's clock read for that reservation (the lost event's timestamp).
+pub(crate) const RECORD_TIMESTAMP: usize = 24;
 
 const PAGE: u64 = 4096;
 const MIN_SUBBUF: u64 = 4096;
@@ -111,9 +133,16 @@ impl Geometry {
         Ok(())
     }
 
-    /// Offset of the first sub-buffer: the header and commit counters, page aligned.
-    pub(crate) fn data_offset(&self) -> u64 {
-        (COMMIT_AT as u64 + 8 * self.num_subbuf).div_ceil(PAGE) * PAGE
+    /// Offset of the first holder record: after the commit counters, cache-line
+    /// aligned.
+    pub(crate) fn records_offset(&self) -> u64 {
+        (COMMIT_AT as u64 + 8 * self.num_subbuf).next_multiple_of(RECORD_SIZE as u64)
+    }
+
+    /// Offset of the first sub-buffer: the header, commit counters and holder records,
+    /// page aligned. Public for tools and tests that map a ring file themselves.
+    pub fn data_offset(&self) -> u64 {
+        (self.records_offset() + (RECORDS * RECORD_SIZE) as u64).div_ceil(PAGE) * PAGE
     }
 
     /// Size of the whole ring file.

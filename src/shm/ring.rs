@@ -1,5 +1,13 @@
 //! One stream's ring: creation, validation, and the producer's reserve/commit path.
+//!
+//! Every producer thread holds a record in the ring's holder table (claimed once per
+//! ring, by a CAS of its `pid << 32 | tid` into a free owner word; released when the
+//! thread exits) and, around each reservation, stores there the write position its
+//! CAS expects, the length and the clock value, then clears the length after the
+//! commit: plain stores, no system call, no lock. The daemon reads the table to
+//! learn who is inside a reservation (see [`super::Consumer::release_dead_holders`]).
 
+use std::cell::{Cell, RefCell};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::*};
@@ -19,10 +27,56 @@ use crate::ctf::packet::{
 /// One added to the high half of a commit word: one more event committed.
 const ONE_EVENT: u64 = 1 << 32;
 
+thread_local! {
+    /// This thread's owner word in holder records, `pid << 32 | tid`; 0 until the
+    /// thread first reserves (and again in a forked child, see
+    /// [`forget_thread_identity`]).
+    static IDENTITY: Cell<u64> = const { Cell::new(0) };
+    /// The records this thread claimed, released when it exits.
+    static CLAIMED: RefCell<ClaimedRecords> = const { RefCell::new(ClaimedRecords(Vec::new())) };
+}
+
+/// A thread's claimed holder records: the mapping (kept alive so that the release at
+/// thread exit never touches an unmapped ring) and the owner word's offset in it.
+struct ClaimedRecords(Vec<(Arc<Mapping>, usize)>);
+
+impl Drop for ClaimedRecords {
+    fn drop(&mut self) {
+        // The identity, not one stored at claim time: in a forked child it differs
+        // from the parent's, so the child never frees records its parent's threads use.
+        let me = IDENTITY.try_with(Cell::get).unwrap_or(0);
+        for (map, owner_at) in &self.0 {
+            let _ = map
+                .u64_at(*owner_at)
+                .compare_exchange(me, 0, Relaxed, Relaxed);
+        }
+    }
+}
+
+/// This thread's owner word, computed on its first reservation.
+#[inline]
+fn identity() -> u64 {
+    let me = IDENTITY.with(Cell::get);
+    if me != 0 {
+        return me;
+    }
+    let me = (nix::unistd::getpid().as_raw() as u64) << 32
+        | u64::from(nix::unistd::gettid().as_raw() as u32);
+    IDENTITY.with(|c| c.set(me));
+    me
+}
+
+/// Makes the calling thread (a forked child's only thread) compute its owner word
+/// again: the inherited one is the parent thread's, whose records are not the child's.
+/// One thread-local store, so it is safe in a `pthread_atfork` child handler.
+pub(crate) fn forget_thread_identity() {
+    IDENTITY.with(|c| c.set(0));
+}
+
 /// A stream's ring buffer, mapped in this process; shared by all its producer threads.
 pub struct Ring {
-    /// The shared memory.
-    map: Mapping,
+    /// The shared memory; shared with the producer threads' claimed-record lists.
+    map: Arc<Mapping>,
     /// The memfd, kept to hand to other processes.
     fd: OwnedFd,
     /// Geometry as validated at map time; never re-read from shared memory, so a
@@ -34,6 +88,8 @@ pub struct Ring {
     ring_shift: u32,
     /// Offset of sub-buffer 0 in the mapping.
     data_at: usize,
+    /// Offset of the first holder record in the mapping.
+    records_at: usize,
     /// Behaviour when full.
     mode: Mode,
     /// Packet header fields fixed for the ring's life.
@@ -56,8 +112,14 @@ pub struct RingCounters {
     pub too_big: u64,
     /// Packets reused before the consumer read them (overwrite mode).
     pub overwritten_packets: u64,
-    /// Events given up with a packet a dead producer never committed.
+    /// Events lost to a dead producer: one per reservation it never committed
+    /// (filled with a lost event), or a given-up packet's events when its holder was
+    /// unknown.
     pub lost_dead_producer: u64,
+    /// Reservations made without a holder record (the table was full, or the
+    /// reservation was nested in another of its thread's): a death inside one falls
+    /// back to giving up its packet after a delay.
+    pub unrecorded_reservations: u64,
 }
 
 /// CAS attempts [`Ring::flush`] makes before leaving the packet to its producers: a
@@ -76,8 +138,9 @@ pub(crate) struct FlushBounds {
 
 /// Space reserved for one event; [`Reservation::commit`] publishes it.
 ///
-/// Not committing (e.g. the process dies here) stalls the packet until the consumer
-/// gives it up, see [`super::Consumer::give_up_stuck`].
+/// Not committing (e.g. the process dies here) stalls the packet until the daemon
+/// sees the holder dead and fills the reservation with a lost event, see
+/// [`super::Consumer::release_dead_holders`].
 #[must_use = "an uncommitted reservation stalls its packet"]
 pub struct Reservation<'a> {
     /// The ring reserved in.
@@ -88,6 +151,8 @@ pub struct Reservation<'a> {
     len: u64,
     /// Clock read inside the reserve loop: later positions never have earlier times.
     timestamp: u64,
+    /// This thread's holder record, cleared at commit; `None` if the table was full.
+    record: Option<usize>,
 }
 
 impl Reservation<'_> {
@@ -113,6 +178,11 @@ impl Reservation<'_> {
     /// Publishes the event; wakes the consumer if it completes the packet.
     pub fn commit(self) {
         self.ring.commit(self.pos, self.len + ONE_EVENT);
+        if let Some(record) = self.record {
+            // Relaxed: only a dead holder's record is acted on, and a death orders
+            // all its stores before the daemon hears of it (see docs/shm.md).
+            self.ring.record_word(record, RECORD_LEN).store(0, Relaxed);
+        }
     }
 }
 
@@ -139,7 +209,7 @@ enum NoRoom {
 /// [`Ring::init`] finishes it with a few stores.
 pub struct BlankRing {
     /// The shared memory.
-    map: Mapping,
+    map: Arc<Mapping>,
     /// The memfd.
     fd: OwnedFd,
     /// The geometry it is sized for.
@@ -157,7 +227,7 @@ impl BlankRing {
         nix::unistd::ftruncate(&fd, size as i64).map_err(ShmError::sys("ftruncate"))?;
         let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
         fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(ShmError::sys("sealing the memfd"))?;
-        let map = Mapping::new(&fd, size)?;
+        let map = Arc::new(Mapping::new(&fd, size)?);
         // The geometry is known now: writing it faults the header page in here
         // (off the registration path when a pool makes the ring). The magic stays
         // zero until `Ring::init`, so no peer accepts a blank ring.
@@ -231,13 +301,13 @@ impl Ring {
                 need: COMMIT_AT as u64,
             });
         }
-        let map = Mapping::new(&fd, len)?;
+        let map = Arc::new(Mapping::new(&fd, len)?);
         Ring::from_mapping(map, fd, len, wakeup)
     }
 
     /// Validates the header of a mapping of `len` bytes and builds the ring.
     fn from_mapping(
-        map: Mapping,
+        map: Arc<Mapping>,
         fd: OwnedFd,
         len: u64,
         wakeup: Arc<Wakeup>,
@@ -278,6 +348,7 @@ impl Ring {
             subbuf_shift: geometry.subbuf_size.trailing_zeros(),
             ring_shift: (geometry.subbuf_size * geometry.num_subbuf).trailing_zeros(),
             data_at: geometry.data_offset() as usize,
+            records_at: geometry.records_offset() as usize,
             geometry,
             mode,
             uuid: uuid.to_le_bytes(),
@@ -322,6 +393,7 @@ impl Ring {
             too_big: self.map.u64_at(TOO_BIG_AT).load(Relaxed),
             overwritten_packets: self.map.u64_at(OVERWRITTEN_AT).load(Relaxed),
             lost_dead_producer: self.map.u64_at(LOST_DEAD_AT).load(Relaxed),
+            unrecorded_reservations: self.map.u64_at(UNRECORDED_AT).load(Relaxed),
         }
     }
 
@@ -350,6 +422,7 @@ impl Ring {
             return None;
         }
         let sb = self.geometry.subbuf_size;
+        let record = self.record();
         let write = self.write_word();
         // Acquire pairs with the Release half of other producers' CAS: their clock
         // reads happen before ours, so a later position never has an earlier time.
@@ -376,10 +449,21 @@ impl Ring {
                         continue;
                     }
                     Err(NoRoom::Full) => {
+                        if let Some(record) = record {
+                            self.record_word(record, RECORD_LEN).store(0, Relaxed);
+                        }
                         self.map.u64_at(DISCARDED_FULL_AT).fetch_add(1, Relaxed);
                         return None;
                     }
                 }
+            }
+            if let Some(record) = record {
+                // What the daemon needs should we die from here to the commit. Relaxed:
+                // the CAS below (Release) publishes them with the position they name.
+                self.record_word(record, RECORD_TIMESTAMP)
+                    .store(timestamp, Relaxed);
+                self.record_word(record, RECORD_AT).store(old, Relaxed);
+                self.record_word(record, RECORD_LEN).store(len, Relaxed);
             }
             // The linearization point of a reservation.
             match write.compare_exchange_weak(old, pos + len, AcqRel, Acquire) {
@@ -392,16 +476,90 @@ impl Ring {
                             self.open_packet(p, timestamp);
                         }
                     }
+                    if let (Some(record), Switch::Open(_) | Switch::CloseOpen(..)) =
+                        (record, switch)
+                    {
+                        // The switch is done: from now on the record reads as a plain
+                        // reservation at `pos` (inside its packet, not at a boundary).
+                        self.record_word(record, RECORD_AT).store(pos, Relaxed);
+                    }
                     return Some(Reservation {
                         ring: self,
                         pos,
                         len,
                         timestamp,
+                        record,
                     });
                 }
                 Err(current) => old = current,
             }
         }
+    }
+
+    /// This thread's holder record in this ring, free for a new reservation: two
+    /// loads and compares once claimed.
+    #[inline]
+    fn record(&self) -> Option<usize> {
+        let me = identity();
+        let home = (me as u32 as usize) % RECORDS;
+        if self.record_word(home, RECORD_OWNER).load(Relaxed) == me {
+            return self.unless_nested(home);
+        }
+        self.claim_record(me)
+    }
+
+    /// `Some(index)`, unless the record holds a reservation already: this one is
+    /// nested in it (an event emitted by a signal handler), and the outer one keeps
+    /// the record; the nested one goes unrecorded (counted).
+    #[inline]
+    fn unless_nested(&self, index: usize) -> Option<usize> {
+        if self.record_word(index, RECORD_LEN).load(Relaxed) == 0 {
+            return Some(index);
+        }
+        self.map.u64_at(UNRECORDED_AT).fetch_add(1, Relaxed);
+        None
+    }
+
+    /// Finds this thread's record away from its home slot, or claims a free one (CAS
+    /// 0 -> `me`) and lists it for release at thread exit. `None` (counted) when all
+    /// are taken: the thread then reserves without a record.
+    #[cold]
+    fn claim_record(&self, me: u64) -> Option<usize> {
+        let home = (me as u32 as usize) % RECORDS;
+        let slots = (0..RECORDS).map(|k| (home + k) % RECORDS);
+        if let Some(i) = slots
+            .clone()
+            .find(|&i| self.record_word(i, RECORD_OWNER).load(Relaxed) == me)
+        {
+            return self.unless_nested(i);
+        }
+        for i in slots {
+            let owner = self.record_word(i, RECORD_OWNER);
+            if owner.compare_exchange(0, me, Relaxed, Relaxed).is_ok() {
+                self.record_word(i, RECORD_LEN).store(0, Relaxed);
+                let at = self.record_offset(i, RECORD_OWNER);
+                let listed = CLAIMED.try_with(|c| c.borrow_mut().0.push((self.map.clone(), at)));
+                if listed.is_err() {
+                    // The thread is exiting: give the record back at once.
+                    owner.store(0, Relaxed);
+                    break;
+                }
+                return Some(i);
+            }
+        }
+        self.map.u64_at(UNRECORDED_AT).fetch_add(1, Relaxed);
+        None
+    }
+
+    /// Offset in the mapping of word `field` of holder record `index`.
+    fn record_offset(&self, index: usize, field: usize) -> usize {
+        self.records_at + index * RECORD_SIZE + field
+    }
+
+    /// Word `field` (`RECORD_*`) of holder record `index` (< [`RECORDS`]).
+    #[inline]
+    pub(crate) fn record_word(&self, index: usize, field: usize) -> &AtomicU64 {
+        self.map.u64_at(self.record_offset(index, field))
     }
 
     /// Checks that the packet at `p` may be opened: its slot's previous generation is
@@ -562,6 +720,18 @@ impl Ring {
     /// Events lost with given-up packets.
     pub(crate) fn lost_dead_word(&self) -> &AtomicU64 {
         self.map.u64_at(LOST_DEAD_AT)
+    }
+
+    /// Writes a lost event over the dead reservation `pos..pos + len` (inside one
+    /// packet, at least an event header long) and commits it as one event: the packet
+    /// stays parseable and keeps its other events.
+    pub(crate) fn fill_dead_reservation(&self, pos: u64, len: u64, timestamp: u64) {
+        // SAFETY: the caller proved `pos..pos + len` a reservation, inside one packet,
+        // whose holder is dead and that nobody committed: no one else writes it, and
+        // the consumer reads it only after the commit below completes the packet.
+        let event = unsafe { self.map.slice_mut(self.data_index(pos), len as usize) };
+        crate::ctf::packet::write_lost_event(event, timestamp);
+        self.commit(pos, len + ONE_EVENT);
     }
 
     /// Index in the mapping of stream position `pos`.

@@ -151,10 +151,13 @@ fn refusal(sock: &UnixStream, timeout: Duration) -> Option<String> {
 fn untrace_forked_children() -> Result<(), String> {
     extern "C" fn in_child() {
         channel::disable_all_slots();
+        crate::shm::forget_thread_identity();
     }
     // SAFETY: `in_child` is a plain `extern "C"` function that only performs one
-    // atomic store, which is async-signal-safe as a fork child handler must be; the
-    // prepare and parent handlers are absent. `init` runs this once per process.
+    // atomic store and one store to a const-initialised thread-local `Cell` (no lazy
+    // initialisation, no destructor), both async-signal-safe as a fork child handler
+    // must be; the prepare and parent handlers are absent. `init` runs this once per
+    // process.
     let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
     if rc == 0 {
         Ok(())

@@ -7,7 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ustrace::ctf::packet::{
-    EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader, read_event_header,
+    EVENT_HEADER_SIZE, LOST_EVENT_ID, LOST_EVENT_PADDED_ID, PACKET_HEADER_SIZE, PacketHeader,
+    read_event_header,
 };
 use ustrace::shm::{ChannelBuffers, Geometry, Mode, Ring, RingConfig};
 
@@ -65,7 +66,11 @@ pub fn write(ring: &Ring, id: u32, thread: u32, seq: u64, extra: usize) -> bool 
     ring.write_event(id, payload_len(extra), |out| encode(out, thread, seq))
 }
 
+/// The `thread` of a lost event (a dead producer's reservation the daemon filled).
+pub const LOST: u32 = u32::MAX;
+
 /// Parses a packet of test events, checking its header and every payload's fill.
+/// A lost event is returned with `thread == LOST` and its whole length as `len`.
 pub fn parse(packet: &[u8]) -> (PacketHeader, Vec<TestEvent>) {
     let header = PacketHeader::read(packet).expect("valid packet header");
     // The consumer copies the content (rounded up to 8 bytes), not the padding.
@@ -79,6 +84,25 @@ pub fn parse(packet: &[u8]) -> (PacketHeader, Vec<TestEvent>) {
     while at < end {
         let (id, ts) = read_event_header(&packet[at..end]).expect("whole event header");
         let p = at + EVENT_HEADER_SIZE;
+        if id == LOST_EVENT_ID || id == LOST_EVENT_PADDED_ID {
+            let len = match id {
+                LOST_EVENT_ID => EVENT_HEADER_SIZE,
+                _ => {
+                    let nul = packet[p..end].iter().position(|&b| b == 0).expect("NUL");
+                    assert!(packet[p..p + nul].iter().all(|&b| b == b'-'), "filler");
+                    EVENT_HEADER_SIZE + nul + 1
+                }
+            };
+            events.push(TestEvent {
+                id,
+                ts,
+                thread: LOST,
+                seq: u64::MAX,
+                len,
+            });
+            at += len;
+            continue;
+        }
         let len = u32::from_le_bytes(packet[p..p + 4].try_into().unwrap()) as usize;
         let payload = &packet[p..p + len];
         let thread = u32::from_le_bytes(payload[4..8].try_into().unwrap());
@@ -235,7 +259,7 @@ impl Scribbler {
         let map = memmap2::MmapOptions::new()
             .map_raw(fd.as_raw_fd())
             .expect("map ring");
-        let data_at = (256 + 8 * geometry.num_subbuf as usize).div_ceil(4096) * 4096;
+        let data_at = geometry.data_offset() as usize;
         assert_eq!(
             map.len(),
             data_at + (geometry.subbuf_size * geometry.num_subbuf) as usize
