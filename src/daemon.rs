@@ -132,6 +132,7 @@ impl Daemon {
                 },
                 max_pid_buffer_bytes: config.limits.max_pid_buffer_bytes.0,
                 warm_pid_buffer_sets: config.daemon.warm_pid_buffer_sets as usize,
+                event_limits: config.limits.events(),
             },
             self.writers.clone(),
             io_arbiters.iter().map(Arbiter::handle).collect(),

@@ -135,7 +135,10 @@ fn an_app_started_before_its_daemon_registers_when_it_appears_and_is_recorded() 
     let ran = started.elapsed();
     daemon.stop("s");
     assert_eq!(stderr.matches("runs untraced").count(), 1, "{stderr}");
-    assert!(stderr.contains("registered with the session daemon again"), "{stderr}");
+    assert!(
+        stderr.contains("registered with the session daemon again"),
+        "{stderr}"
+    );
     check(emitted, longest, ran, &recorded(&output));
 }
 

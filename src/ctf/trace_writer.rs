@@ -35,7 +35,7 @@ pub fn trace_file() -> OpenOptions {
 
 /// Writes `registry`'s metadata to `dir/metadata` (see [`store_metadata`]).
 pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
-    store_metadata(dir, "tmp", &registry.metadata())
+    store_metadata(dir, "tmp", registry.metadata())
 }
 
 /// Writes `tsdl`, whole, to `dir/metadata`, creating `dir` if needed.

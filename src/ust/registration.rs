@@ -191,9 +191,8 @@ impl Client {
         let path = protocol::rundir()
             .map_err(|e| unreachable(e.to_string()))?
             .join(APPS_SOCKET);
-        let sock = UnixStream::connect(&path).map_err(|e| {
-            unreachable(format!("no session daemon at {}: {e}", path.display()))
-        })?;
+        let sock = UnixStream::connect(&path)
+            .map_err(|e| unreachable(format!("no session daemon at {}: {e}", path.display())))?;
         let mut listener = Listener {
             events: self.events.clone(),
             slots: HashMap::new(),
@@ -281,8 +280,11 @@ impl Listener {
                 None => Failure::Unreachable(e.to_string()),
             });
         }
-        let no_answer =
-            || Failure::Unreachable(format!("no answer from the session daemon within {timeout:?}"));
+        let no_answer = || {
+            Failure::Unreachable(format!(
+                "no answer from the session daemon within {timeout:?}"
+            ))
+        };
         let mut channels = 0;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

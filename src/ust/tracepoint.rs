@@ -82,7 +82,9 @@ impl Tracepoint {
             // Buffers of another installation than the id's (a slot reinstalled
             // after a daemon restart, raced by this emitter) are skipped.
             if let Some(buffers) = channel::buffers(slot, tagged) {
-                buffers.current().write_event(tagged as u32, payload_len, &encode);
+                buffers
+                    .current()
+                    .write_event(tagged as u32, payload_len, &encode);
             }
         }
     }
