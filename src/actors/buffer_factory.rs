@@ -589,6 +589,10 @@ impl Handler<CreateBuffers> for BufferFactory {
             (_, Some(limit)) => {
                 // What was made for it goes as if it had exited: its per-PID sets
                 // are torn down; events it added to a shared trace stay declared.
+                // It never received the rings, so no producer of theirs died.
+                if let Some(app) = self.apps.get_mut(&msg.pid) {
+                    app.channels.clear();
+                }
                 self.forget_app(msg.pid, ctx);
                 MessageResult(Err(limit.to_string()))
             }
