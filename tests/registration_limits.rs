@@ -204,3 +204,18 @@ fn a_user_filling_its_trace_is_refused_there_and_never_delays_another_user_s_reg
     let root_trace = output.join("ust/uid/0/64-bit");
     assert_eq!(demo_events(&root_trace), 10 * root_apps);
 }
+
+#[test]
+fn an_app_past_a_limit_prints_the_reason_naming_it_once_and_runs_untraced() {
+    // demo:ev has two fields.
+    let daemon = Daemon::with_config("[limits]\nmax_fields_per_event = 1\n");
+    daemon.session("s", &[("c", Buffers::PerUid)], true);
+    let out = daemon.run_app(&["--events", "10"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        "ustrace: ustrace-demo runs untraced: refused by the session daemon: \
+         event demo:ev has 2 fields, more than limits.max_fields_per_event (1)"
+    );
+    assert_eq!(daemon.status().apps_total, 1);
+}
