@@ -184,6 +184,10 @@ pub struct LimitsConfig {
     /// Largest metadata text of one trace; an app whose events would pass it is
     /// refused; at least [`MIN_METADATA_BYTES`].
     pub max_metadata_bytes: ByteSize,
+    /// Most packet bytes queued for one stream's writer and not stored yet; past
+    /// it the stream's ring keeps its packets (and its producers discard), so a
+    /// slow or failed writer cannot grow the daemon's heap; above 0.
+    pub max_writer_backlog_bytes: ByteSize,
 }
 
 impl Default for LimitsConfig {
@@ -196,6 +200,7 @@ impl Default for LimitsConfig {
             max_fields_per_event: events.max_fields_per_event,
             max_events_per_trace: events.max_events_per_trace,
             max_metadata_bytes: ByteSize(events.max_metadata_bytes),
+            max_writer_backlog_bytes: ByteSize(2 << 20),
         }
     }
 }
@@ -634,6 +639,8 @@ impl Config {
                 ),
             ));
         }
+        positive(self.limits.max_writer_backlog_bytes.0)
+            .map_err(|m| at(key("limits", "max_writer_backlog_bytes"), m))?;
 
         for (s, session) in self.sessions.iter().enumerate() {
             let in_session =

@@ -94,6 +94,7 @@ fn defaults_are_the_documented_values() {
     assert_eq!(config.limits.max_fields_per_event, 128);
     assert_eq!(config.limits.max_events_per_trace, 65536);
     assert_eq!(config.limits.max_metadata_bytes, ByteSize(32 << 20));
+    assert_eq!(config.limits.max_writer_backlog_bytes, ByteSize(2 << 20));
     assert!(config.sessions.is_empty());
 }
 
@@ -301,6 +302,7 @@ fn timers_and_limits_must_be_positive() {
         ("limits", "max_events_per_app"),
         ("limits", "max_fields_per_event"),
         ("limits", "max_events_per_trace"),
+        ("limits", "max_writer_backlog_bytes"),
     ] {
         let (position, message) = invalid(
             &format!("[{section}]\n{key} = 0\n"),

@@ -55,6 +55,9 @@ pub struct FactorySettings {
     /// Bounds on events per app and per trace and on metadata size: what one
     /// registration may cost this actor, which serves every uid.
     pub event_limits: EventLimits,
+    /// Most bytes of packets each stream's writer may have queued (see
+    /// [`StreamWriters::accepts`]).
+    pub max_writer_backlog_bytes: u64,
 }
 
 /// One app as the factory knows it.
@@ -432,6 +435,7 @@ impl BufferFactory {
             factory,
             self.settings.restart_policy,
             self.stats.clone(),
+            self.settings.max_writer_backlog_bytes,
         );
         let addr = BufferSet::new(
             label,
