@@ -25,6 +25,7 @@ use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::ctf::registry::EventLimits;
 use crate::protocol::messages::{Buffers, ChannelRequest, ChannelSpec, ControlRequest};
 use crate::protocol::{self, ProtocolError};
 use crate::shm::Mode;
@@ -173,6 +174,16 @@ pub struct LimitsConfig {
     pub max_apps: u32,
     /// Most shared memory held by per-PID buffers, all apps together; above 0.
     pub max_pid_buffer_bytes: ByteSize,
+    /// Most events one app may register; an app with more is refused; above 0.
+    pub max_events_per_app: u32,
+    /// Most fields in one event; an app with a wider event is refused; above 0.
+    pub max_fields_per_event: u32,
+    /// Most distinct events in one trace (a per-UID trace gathers its user's apps);
+    /// an app whose events would pass it is refused; above 0.
+    pub max_events_per_trace: u32,
+    /// Largest metadata text of one trace; an app whose events would pass it is
+    /// refused; at least [`MIN_METADATA_BYTES`].
+    pub max_metadata_bytes: ByteSize,
     /// Most packet bytes queued for one stream's writer and not stored yet; past
     /// it the stream's ring keeps its packets (and its producers discard), so a
     /// slow or failed writer cannot grow the daemon's heap; above 0.
@@ -181,13 +192,34 @@ pub struct LimitsConfig {
 
 impl Default for LimitsConfig {
     fn default() -> Self {
+        let events = EventLimits::default();
         LimitsConfig {
             max_apps: 4096,
             max_pid_buffer_bytes: ByteSize(1 << 30),
+            max_events_per_app: events.max_events_per_app,
+            max_fields_per_event: events.max_fields_per_event,
+            max_events_per_trace: events.max_events_per_trace,
+            max_metadata_bytes: ByteSize(events.max_metadata_bytes),
             max_writer_backlog_bytes: ByteSize(2 << 20),
         }
     }
 }
+
+impl LimitsConfig {
+    /// The event and metadata limits, as registries and the factory apply them.
+    pub fn events(&self) -> EventLimits {
+        EventLimits {
+            max_events_per_app: self.max_events_per_app,
+            max_fields_per_event: self.max_fields_per_event,
+            max_events_per_trace: self.max_events_per_trace,
+            max_metadata_bytes: self.max_metadata_bytes.0,
+        }
+    }
+}
+
+/// Smallest `limits.max_metadata_bytes`: room for a trace's fixed declarations
+/// and a few channels and events.
+pub const MIN_METADATA_BYTES: u64 = 16 * 1024;
 
 /// `[[session]]`: a session the daemon creates at start-up.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -591,6 +623,22 @@ impl Config {
         positive(u64::from(self.limits.max_apps)).map_err(|m| at(key("limits", "max_apps"), m))?;
         positive(self.limits.max_pid_buffer_bytes.0)
             .map_err(|m| at(key("limits", "max_pid_buffer_bytes"), m))?;
+        for (name, value) in [
+            ("max_events_per_app", self.limits.max_events_per_app),
+            ("max_fields_per_event", self.limits.max_fields_per_event),
+            ("max_events_per_trace", self.limits.max_events_per_trace),
+        ] {
+            positive(u64::from(value)).map_err(|m| at(key("limits", name), m))?;
+        }
+        if self.limits.max_metadata_bytes.0 < MIN_METADATA_BYTES {
+            return Err(at(
+                key("limits", "max_metadata_bytes"),
+                format!(
+                    "{} bytes: must be at least {MIN_METADATA_BYTES} (16K)",
+                    self.limits.max_metadata_bytes.0
+                ),
+            ));
+        }
         positive(self.limits.max_writer_backlog_bytes.0)
             .map_err(|m| at(key("limits", "max_writer_backlog_bytes"), m))?;
 

@@ -133,6 +133,7 @@ impl Daemon {
                 },
                 max_pid_buffer_bytes: config.limits.max_pid_buffer_bytes.0,
                 warm_pid_buffer_sets: config.daemon.warm_pid_buffer_sets as usize,
+                event_limits: config.limits.events(),
                 max_writer_backlog_bytes: config.limits.max_writer_backlog_bytes.0,
             },
             self.writers.clone(),

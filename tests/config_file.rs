@@ -90,6 +90,10 @@ fn defaults_are_the_documented_values() {
     assert_eq!(config.supervision.backoff(), Duration::from_millis(100));
     assert_eq!(config.limits.max_apps, 4096);
     assert_eq!(config.limits.max_pid_buffer_bytes, ByteSize(1 << 30));
+    assert_eq!(config.limits.max_events_per_app, 8192);
+    assert_eq!(config.limits.max_fields_per_event, 128);
+    assert_eq!(config.limits.max_events_per_trace, 65536);
+    assert_eq!(config.limits.max_metadata_bytes, ByteSize(32 << 20));
     assert_eq!(config.limits.max_writer_backlog_bytes, ByteSize(2 << 20));
     assert!(config.sessions.is_empty());
 }
@@ -295,6 +299,9 @@ fn timers_and_limits_must_be_positive() {
         ("supervision", "within_secs"),
         ("limits", "max_apps"),
         ("limits", "max_pid_buffer_bytes"),
+        ("limits", "max_events_per_app"),
+        ("limits", "max_fields_per_event"),
+        ("limits", "max_events_per_trace"),
         ("limits", "max_writer_backlog_bytes"),
     ] {
         let (position, message) = invalid(
@@ -304,6 +311,22 @@ fn timers_and_limits_must_be_positive() {
         assert_eq!(position.map(|p| p.0), Some(2));
         assert!(message.contains("greater than 0"), "{message}");
     }
+}
+
+#[test]
+fn max_metadata_bytes_must_hold_a_trace_s_fixed_declarations() {
+    let (position, message) = invalid(
+        "[limits]\nmax_metadata_bytes = \"4K\"\n",
+        "limits.max_metadata_bytes",
+    );
+    assert_eq!(position.map(|p| p.0), Some(2));
+    assert!(message.contains("at least 16384"), "{message}");
+    let limits = parse("[limits]\nmax_metadata_bytes = \"16K\"\nmax_events_per_app = 7\n")
+        .unwrap()
+        .limits
+        .events();
+    assert_eq!(limits.max_metadata_bytes, 16 * 1024);
+    assert_eq!(limits.max_events_per_app, 7);
 }
 
 #[test]

@@ -167,3 +167,33 @@ fn event_without_fields_records_its_header_only() {
     assert_eq!(recorded(&mut consumer, 0), vec![(11, Vec::new())]);
     assert!(MARK_EV.desc().fields.is_empty());
 }
+
+ustrace::event!(static REUSE_EV: demo:reuse(i: u32), loglevel = Debug);
+
+#[test]
+fn released_slots_are_reused_and_an_old_installation_s_id_never_reaches_the_new_one() {
+    let (old, mut old_consumer) = install();
+    REUSE_EV.enable(old, 5);
+    // Released with the event still enabled in it: what an emitter that raced the
+    // release of a dead daemon's slot would see.
+    channel::release(old);
+    // Released slots are taken first: this is `old`'s index unless a test running
+    // alongside took it, which the checks below do not mind.
+    let (new, mut new_consumer) = install();
+    REUSE_EV.emit(1);
+    assert_eq!(recorded(&mut new_consumer, 4), vec![], "old id, new rings");
+    assert_eq!(recorded(&mut old_consumer, 4), vec![], "released rings");
+    REUSE_EV.enable(new, 6);
+    REUSE_EV.emit(2);
+    assert_eq!(
+        recorded(&mut new_consumer, 4),
+        vec![(6, 2u32.to_le_bytes().to_vec())]
+    );
+    // Many more registrations than slots, each after its daemon went away.
+    let mut slot = new;
+    for _ in 0..3 * ustrace::ust::MAX_SLOTS {
+        REUSE_EV.disable(slot);
+        channel::release(slot);
+        slot = install().0;
+    }
+}

@@ -23,12 +23,12 @@ use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterRegistry}
 use crate::ctf::field::EventDesc;
 use crate::ctf::layout::{self, DirClock};
 use crate::ctf::names;
-use crate::ctf::registry::{Ownership, Registry};
+use crate::ctf::registry::{EventLimits, Ownership, Registry, RegistryError};
 use crate::ctf::trace_writer::TraceDir;
 use crate::protocol::messages::{Buffers, ChannelSpec};
 use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, cpu_count};
 use actix::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
@@ -53,6 +53,9 @@ pub struct FactorySettings {
     pub max_pid_buffer_bytes: u64,
     /// Per-PID ring sets kept ready per geometry (see [`RingPool`]).
     pub warm_pid_buffer_sets: usize,
+    /// Bounds on events per app and per trace and on metadata size: what one
+    /// registration may cost this actor, which serves every uid.
+    pub event_limits: EventLimits,
     /// Most bytes of packets each stream's writer may have queued (see
     /// [`StreamWriters::accepts`]).
     pub max_writer_backlog_bytes: u64,
@@ -79,7 +82,7 @@ struct AppChannel {
     /// The key the app knows the channel by.
     key: u64,
     /// Indices (into `App::events`) already enabled in it.
-    enabled: Vec<u32>,
+    enabled: HashSet<u32>,
 }
 
 /// Identifies a BufferSet.
@@ -199,9 +202,12 @@ impl BufferFactory {
         self.pool.keep_ready(&geometries);
     }
 
-    /// Everything app `pid` should have and does not have yet.
-    fn delta(&mut self, pid: i32) -> Vec<Grant> {
+    /// Everything app `pid` should have and does not have yet, and the first limit
+    /// of `[limits]` that its events met in a trace, if any (the grants before it
+    /// are recorded as given and returned).
+    fn delta(&mut self, pid: i32) -> (Vec<Grant>, Option<RegistryError>) {
         let mut grants = Vec::new();
+        let mut limit = None;
         let sessions: Vec<SessionDef> = self
             .sessions
             .iter()
@@ -210,7 +216,10 @@ impl BufferFactory {
             .collect();
         for session in &sessions {
             for (stream_id, channel) in session.channels.iter().enumerate() {
-                match self.grant(pid, session, stream_id as u32, channel) {
+                if limit.is_some() {
+                    return (grants, limit);
+                }
+                match self.grant(pid, session, stream_id as u32, channel, &mut limit) {
                     Ok(Some(grant)) => grants.push(grant),
                     Ok(None) => {}
                     Err(e) => log::warn!(
@@ -221,16 +230,20 @@ impl BufferFactory {
                 }
             }
         }
-        grants
+        (grants, limit)
     }
 
     /// What app `pid` is missing of one channel, creating its buffers if needed.
+    /// An event past a trace's limits stops the enabling there and is reported in
+    /// `limit`; what was granted before it is returned all the same (it is recorded
+    /// as given).
     fn grant(
         &mut self,
         pid: i32,
         session: &SessionDef,
         stream_id: u32,
         channel: &ChannelDef,
+        limit: &mut Option<RegistryError>,
     ) -> Result<Option<Grant>, String> {
         let Some(app) = self.apps.get(&pid) else {
             return Ok(None);
@@ -270,7 +283,7 @@ impl BufferFactory {
                 set_key.clone(),
                 AppChannel {
                     key: self.next_key,
-                    enabled: Vec::new(),
+                    enabled: HashSet::new(),
                 },
             );
             self.next_key += 1;
@@ -286,8 +299,13 @@ impl BufferFactory {
             match trace.registry.register_event(event) {
                 Ok((id, new)) => {
                     changed |= new;
-                    given.enabled.push(index);
+                    given.enabled.insert(index);
                     enables.push((index, id));
+                }
+                // The trace is full: none of the app's later events fit either.
+                Err(e) if e.is_limit() => {
+                    *limit = Some(e);
+                    break;
                 }
                 Err(e) => log::warn!("app {pid}: event {} not enabled: {e}", event.full_name()),
             }
@@ -333,7 +351,9 @@ impl BufferFactory {
         };
         let below = layout::trace_below(&ownership, app.registered_at, DirClock::Local);
         let dir = TraceDir::new(&session.output, below).map_err(|e| e.to_string())?;
-        let mut registry = Registry::for_this_host(ownership).map_err(|e| e.to_string())?;
+        let mut registry = Registry::for_this_host(ownership)
+            .map_err(|e| e.to_string())?
+            .with_limits(self.settings.event_limits);
         for channel in &session.channels {
             registry.add_channel(&channel.spec.name);
         }
@@ -534,9 +554,10 @@ impl Actor for BufferFactory {
     type Context = Context<Self>;
 }
 
-/// An app registered: give it every buffer it needs for the started sessions.
+/// An app registered: give it every buffer it needs for the started sessions, or
+/// the reason it is refused (a limit of `[limits]`, named in the reason).
 #[derive(Message)]
-#[rtype(result = "Vec<Grant>")]
+#[rtype(result = "Result<Vec<Grant>, String>")]
 pub struct CreateBuffers {
     /// From SO_PEERCRED.
     pub pid: i32,
@@ -553,7 +574,12 @@ pub struct CreateBuffers {
 impl Handler<CreateBuffers> for BufferFactory {
     type Result = MessageResult<CreateBuffers>;
 
-    fn handle(&mut self, msg: CreateBuffers, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: CreateBuffers, ctx: &mut Context<Self>) -> Self::Result {
+        // Per-app limits first: an oversized registration is refused before any of
+        // its events is looked at, so it costs no uid anything.
+        if let Err(e) = self.settings.event_limits.check_app(&msg.events) {
+            return MessageResult(Err(e.to_string()));
+        }
         self.apps.insert(
             msg.pid,
             App {
@@ -565,7 +591,19 @@ impl Handler<CreateBuffers> for BufferFactory {
                 channels: BTreeMap::new(),
             },
         );
-        MessageResult(self.delta(msg.pid))
+        match self.delta(msg.pid) {
+            (grants, None) => MessageResult(Ok(grants)),
+            (_, Some(limit)) => {
+                // What was made for it goes as if it had exited: its per-PID sets
+                // are torn down; events it added to a shared trace stay declared.
+                // It never received the rings, so no producer of theirs died.
+                if let Some(app) = self.apps.get_mut(&msg.pid) {
+                    app.channels.clear();
+                }
+                self.forget_app(msg.pid, ctx);
+                MessageResult(Err(limit.to_string()))
+            }
+        }
     }
 }
 
@@ -583,7 +621,10 @@ impl Handler<SessionsChanged> for BufferFactory {
         self.keep_pool_ready();
         let pids: Vec<i32> = self.apps.keys().copied().collect();
         for pid in pids {
-            let grants = self.delta(pid);
+            let (grants, limit) = self.delta(pid);
+            if let Some(e) = limit {
+                log::warn!("app {pid}: not every matching event enabled: {e}");
+            }
             if !grants.is_empty() {
                 self.apps[&pid].addr.do_send(Push::Grants(grants));
             }
@@ -669,10 +710,18 @@ impl Handler<AppGone> for BufferFactory {
     type Result = ();
 
     fn handle(&mut self, msg: AppGone, ctx: &mut Context<Self>) {
-        let Some(app) = self.apps.remove(&msg.pid) else {
+        self.forget_app(msg.pid, ctx);
+    }
+}
+
+impl BufferFactory {
+    /// Forgets app `pid`: tears its per-PID sets down and tells the per-UID sets
+    /// it wrote to that one of their producers is gone.
+    fn forget_app(&mut self, pid: i32, ctx: &mut Context<Self>) {
+        let Some(app) = self.apps.remove(&pid) else {
             return;
         };
-        let owner = Owner::Pid(msg.pid);
+        let owner = Owner::Pid(pid);
         self.traces.retain(|(_, o), _| *o != owner);
         self.tear_down(|k| k.owner == owner, ctx);
         for key in app.channels.keys() {
@@ -684,7 +733,7 @@ impl Handler<AppGone> for BufferFactory {
                     .map(|(pid, _)| *pid)
                     .collect();
                 set.addr.do_send(ProducerDied {
-                    pid: msg.pid,
+                    pid,
                     uid,
                     live,
                 });

@@ -280,7 +280,14 @@ impl Handler<Inbound> for AppRegistration {
                 // `wait`: pushes that arrive meanwhile go out after these grants.
                 ctx.wait(request.into_actor(self).map(move |grants, act, ctx| {
                     let refusal = match grants {
-                        Ok(Ok(grants)) => {
+                        // Refused for a limit of `[limits]`: the app's doing, a warning.
+                        Ok(Ok(Err(reason))) => {
+                            log::warn!("app {} (uid {}) refused: {reason}", act.pid, act.uid);
+                            act.send(&AppCommand::Refused { reason }, None);
+                            ctx.stop();
+                            return;
+                        }
+                        Ok(Ok(Ok(grants))) => {
                             act.send_grants(grants);
                             act.send(&AppCommand::RegistrationDone, None);
                             act.stats.registration_served(act.accepted.elapsed());

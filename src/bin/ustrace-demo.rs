@@ -47,6 +47,11 @@ struct Args {
     /// to be killed. Lets tests freeze or kill a producer at that point.
     #[arg(long, value_enum)]
     park_in_event: Option<Park>,
+    /// Instead of `--events`: emit one event every N microseconds until a line
+    /// arrives on stdin, then print `emitted COUNT longest_emit_us MAX` on stdout
+    /// (lets tests check that emitting never waits, whatever the daemon does).
+    #[arg(long)]
+    paced_us: Option<u64>,
 }
 
 /// Where `--park-in-event` leaves the process.
@@ -91,6 +96,10 @@ fn main() {
     if let Some(events) = args.fork_child_events {
         fork_child(events);
     }
+    if let Some(interval) = args.paced_us {
+        emit_paced(std::time::Duration::from_micros(interval));
+        return;
+    }
     let threads = args.threads.max(1);
     let start = Instant::now();
     std::thread::scope(|scope| {
@@ -122,6 +131,28 @@ fn main() {
     if args.abort {
         std::process::abort();
     }
+}
+
+/// Emits one event every `interval` until a line arrives on stdin; reports how many
+/// and the longest single emit.
+fn emit_paced(interval: std::time::Duration) {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopper = stop.clone();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        stopper.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+    let mut count = 0u64;
+    let mut longest = std::time::Duration::ZERO;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let before = Instant::now();
+        DEMO_EV.emit(count as i64, "paced");
+        longest = longest.max(before.elapsed());
+        count += 1;
+        std::thread::sleep(interval);
+    }
+    println!("emitted {count} longest_emit_us {}", longest.as_micros());
 }
 
 /// Forks a child that emits `events` events and exits; waits for it.

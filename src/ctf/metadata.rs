@@ -1,7 +1,7 @@
 //! The CTF 1.8 metadata (TSDL) that ustrace writes, and a parser for that same text.
 //!
-//! [`render`] declares exactly the bytes of [`crate::ctf::packet`] and
-//! [`crate::ctf::field`]: little-endian, every type `align = 8`, timestamps mapped to
+//! [`preamble`], [`stream_class`] and [`event_class`] declare exactly the bytes of
+//! [`crate::ctf::packet`] and [`crate::ctf::field`]: little-endian, every type `align = 8`, timestamps mapped to
 //! the `monotonic` clock (1 GHz, offset to the Unix epoch so readers print dates).
 //! Field names are written with a leading `_` (as LTTng does, so that a field may be
 //! called like a TSDL keyword); CTF readers strip it. A byte sequence `x` is declared
@@ -10,16 +10,20 @@
 //! Every stream also declares the two classes of [`LOST_EVENT_NAME`], which the
 //! daemon writes where a producer died inside a reservation.
 //!
-//! [`parse`] is a small TSDL parser for what `render` produces (it handles the TSDL
+//! The registry ([`crate::ctf::registry::Registry`]) keeps a trace's text and
+//! appends to it: each new channel adds its stream class and each new event its
+//! classes, so registering costs what it adds, never the size of the whole trace.
+//!
+//! [`parse`] is a small TSDL parser for what these produce (it handles the TSDL
 //! constructs we emit, in any order and spacing, not all of TSDL) and rebuilds the
 //! event descriptions from the declarations themselves: no side channel.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::ctf::field::{FieldDesc, FieldType};
+use crate::ctf::field::{EventDesc, FieldDesc, FieldType};
 use crate::ctf::packet::{LOST_EVENT_ID, LOST_EVENT_NAME, LOST_EVENT_PADDED_ID};
-use crate::ctf::registry::{Ownership, Registry};
+use crate::ctf::registry::{ClockOffset, Ownership, TraceEnv};
 
 /// Name of the type alias that declares a bool.
 const BOOL_ALIAS: &str = "ustrace_bool_t";
@@ -100,9 +104,12 @@ fn declare_field(out: &mut String, field: &FieldDesc) {
     let _ = writeln!(out, "\t\t{decl}");
 }
 
-/// The whole metadata text of `registry`.
-pub fn render(registry: &Registry) -> String {
-    let uuid = uuid_string(&registry.uuid());
+/// The start of every trace's metadata: type aliases, the trace, env and clock
+/// blocks. Stream and event classes are appended to it ([`stream_class`],
+/// [`event_class`]) as the trace gains channels and events, so that the text grows
+/// by what changed instead of being rendered again whole.
+pub fn preamble(uuid: &[u8; 16], env: &TraceEnv, clock: ClockOffset) -> String {
+    let uuid = uuid_string(uuid);
     let mut out = String::from("/* CTF 1.8 */\n\n");
     out.push_str(
         "typealias integer { size = 8; align = 8; signed = false; byte_order = le; } := uint8_t;\n\
@@ -118,7 +125,6 @@ pub fn render(registry: &Registry) -> String {
         "trace {{\n\tmajor = 1;\n\tminor = 8;\n\tuuid = \"{uuid}\";\n\tbyte_order = le;\n\
          \tpacket.header := struct {{\n\t\tuint32_t magic;\n\t\tuint8_t uuid[16];\n\t\tuint32_t stream_id;\n\t}} align(8);\n}};\n"
     );
-    let env = registry.env();
     let (major, minor, patch) = (
         env!("CARGO_PKG_VERSION_MAJOR"),
         env!("CARGO_PKG_VERSION_MINOR"),
@@ -143,7 +149,7 @@ pub fn render(registry: &Registry) -> String {
         }
     }
     let _ = writeln!(out, "}};\n");
-    let offset = registry.clock().offset_ns;
+    let offset = clock.offset_ns;
     let _ = writeln!(
         out,
         "clock {{\n\tname = \"monotonic\";\n\tdescription = \"Monotonic Clock\";\n\tfreq = 1000000000;\n\
@@ -154,38 +160,43 @@ pub fn render(registry: &Registry) -> String {
     out.push_str(
         "typealias integer { size = 64; align = 8; signed = false; byte_order = le; map = clock.monotonic.value; } := uint64_clock_monotonic_t;\n\n",
     );
-    for (stream_id, channel) in registry.channels().iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "/* channel {} */\nstream {{\n\tid = {stream_id};\n\
-             \tevent.header := struct {{\n\t\tuint32_t id;\n\t\tuint64_clock_monotonic_t timestamp;\n\t}} align(8);\n\
-             \tpacket.context := struct {{\n\t\tuint64_clock_monotonic_t timestamp_begin;\n\
-             \t\tuint64_clock_monotonic_t timestamp_end;\n\t\tuint64_t content_size;\n\
-             \t\tuint64_t packet_size;\n\t\tuint64_t packet_seq_num;\n\
-             \t\tuint64_t events_discarded;\n\t\tuint32_t cpu_id;\n\t}} align(8);\n}};\n",
-            channel.replace("*/", "* /")
-        );
-        for (id, event) in registry.events().iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "event {{\n\tname = {};\n\tid = {id};\n\tstream_id = {stream_id};\n\tloglevel = {};\n\tfields := struct {{",
-                quoted(&event.full_name()),
-                event.loglevel as u8
-            );
-            for field in &event.fields {
-                declare_field(&mut out, field);
-            }
-            out.push_str("\t} align(8);\n};\n\n");
-        }
-        let _ = writeln!(
-            out,
-            "event {{\n\tname = \"{LOST_EVENT_NAME}\";\n\tid = {LOST_EVENT_ID};\n\tstream_id = {stream_id};\n\
-             \tfields := struct {{\n\t}} align(8);\n}};\n\n\
-             event {{\n\tname = \"{LOST_EVENT_NAME}\";\n\tid = {LOST_EVENT_PADDED_ID};\n\tstream_id = {stream_id};\n\
-             \tfields := struct {{\n\t\tstring _filler;\n\t}} align(8);\n}};\n"
-        );
-    }
     out
+}
+
+/// Appends the stream class `stream_id` of channel `channel`.
+pub fn stream_class(out: &mut String, stream_id: u32, channel: &str) {
+    let _ = writeln!(
+        out,
+        "/* channel {} */\nstream {{\n\tid = {stream_id};\n\
+         \tevent.header := struct {{\n\t\tuint32_t id;\n\t\tuint64_clock_monotonic_t timestamp;\n\t}} align(8);\n\
+         \tpacket.context := struct {{\n\t\tuint64_clock_monotonic_t timestamp_begin;\n\
+         \t\tuint64_clock_monotonic_t timestamp_end;\n\t\tuint64_t content_size;\n\
+         \t\tuint64_t packet_size;\n\t\tuint64_t packet_seq_num;\n\
+         \t\tuint64_t events_discarded;\n\t\tuint32_t cpu_id;\n\t}} align(8);\n}};\n",
+        channel.replace("*/", "* /")
+    );
+    // Where a producer died inside a reservation the daemon writes one of these.
+    let _ = writeln!(
+        out,
+        "event {{\n\tname = \"{LOST_EVENT_NAME}\";\n\tid = {LOST_EVENT_ID};\n\tstream_id = {stream_id};\n\
+         \tfields := struct {{\n\t}} align(8);\n}};\n\n\
+         event {{\n\tname = \"{LOST_EVENT_NAME}\";\n\tid = {LOST_EVENT_PADDED_ID};\n\tstream_id = {stream_id};\n\
+         \tfields := struct {{\n\t\tstring _filler;\n\t}} align(8);\n}};\n"
+    );
+}
+
+/// Appends the declaration of event `id` (`event`) in stream class `stream_id`.
+pub fn event_class(out: &mut String, id: u32, stream_id: u32, event: &EventDesc) {
+    let _ = writeln!(
+        out,
+        "event {{\n\tname = {};\n\tid = {id};\n\tstream_id = {stream_id};\n\tloglevel = {};\n\tfields := struct {{",
+        quoted(&event.full_name()),
+        event.loglevel as u8
+    );
+    for field in &event.fields {
+        declare_field(out, field);
+    }
+    out.push_str("\t} align(8);\n};\n\n");
 }
 
 /// Why a metadata text could not be understood.
@@ -238,7 +249,7 @@ impl TraceMetadata {
     }
 }
 
-/// Parses metadata text produced by [`render`].
+/// Parses metadata text produced by [`preamble`], [`stream_class`] and [`event_class`].
 pub fn parse(text: &str) -> Result<TraceMetadata, MetadataError> {
     if !text.starts_with("/* CTF 1.8") {
         return Err(MetadataError {
@@ -889,7 +900,7 @@ pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
 mod tests {
     use super::*;
     use crate::ctf::field::{EventDesc, LogLevel};
-    use crate::ctf::registry::{ClockOffset, TraceEnv};
+    use crate::ctf::registry::Registry;
 
     fn registry() -> Registry {
         let mut r = Registry::new(
@@ -957,7 +968,7 @@ mod tests {
         let r = registry();
         let text = r.metadata();
         assert!(text.starts_with("/* CTF 1.8 */"));
-        let meta = parse(&text).expect("our own metadata parses");
+        let meta = parse(text).expect("our own metadata parses");
         assert_eq!(meta.uuid, r.uuid());
         assert_eq!(meta.clock_offset_ns, -1_500_000_001);
         assert_eq!(meta.env("hostname"), Some(&EnvValue::Str("h\"x".into())));

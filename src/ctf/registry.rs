@@ -53,6 +53,112 @@ pub enum RegistryError {
         /// What is wrong with its labels.
         problem: String,
     },
+    /// The app registers more events than `limits.max_events_per_app`.
+    #[error("the app registers {count} events, more than limits.max_events_per_app ({max})")]
+    TooManyEventsInApp {
+        /// Events in the registration.
+        count: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// An event has more fields than `limits.max_fields_per_event`.
+    #[error("event {event} has {count} fields, more than limits.max_fields_per_event ({max})")]
+    TooManyFields {
+        /// `provider:name` of the event.
+        event: String,
+        /// Its fields.
+        count: usize,
+        /// The limit.
+        max: u32,
+    },
+    /// The trace holds `limits.max_events_per_trace` events already.
+    #[error("event {event}: the trace holds limits.max_events_per_trace ({max}) events already")]
+    TooManyEventsInTrace {
+        /// `provider:name` of the event refused.
+        event: String,
+        /// The limit.
+        max: u32,
+    },
+    /// Declaring the event would make the metadata larger than
+    /// `limits.max_metadata_bytes`.
+    #[error(
+        "event {event}: the trace's metadata would reach {bytes} bytes, more than limits.max_metadata_bytes ({max})"
+    )]
+    MetadataTooLarge {
+        /// `provider:name` of the event refused.
+        event: String,
+        /// Size the metadata would have.
+        bytes: u64,
+        /// The limit.
+        max: u64,
+    },
+}
+
+impl RegistryError {
+    /// Whether this is a limit of `[limits]` (the app is refused) rather than one
+    /// description TSDL cannot declare.
+    pub fn is_limit(&self) -> bool {
+        matches!(
+            self,
+            RegistryError::TooManyEventsInApp { .. }
+                | RegistryError::TooManyFields { .. }
+                | RegistryError::TooManyEventsInTrace { .. }
+                | RegistryError::MetadataTooLarge { .. }
+        )
+    }
+}
+
+/// Bounds on what registrations may make the daemon hold and render (`[limits]`
+/// in the configuration). Each registration costs at most what these allow: an app
+/// is checked against the first two before anything is merged, and a trace refuses
+/// an event past the last two. Metadata grows by appending (see
+/// [`crate::ctf::metadata`]), so registering costs what it adds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventLimits {
+    /// Most events one app may register (`limits.max_events_per_app`).
+    pub max_events_per_app: u32,
+    /// Most fields in one event (`limits.max_fields_per_event`).
+    pub max_fields_per_event: u32,
+    /// Most distinct events in one trace (`limits.max_events_per_trace`).
+    pub max_events_per_trace: u32,
+    /// Largest metadata text of one trace, in bytes (`limits.max_metadata_bytes`).
+    pub max_metadata_bytes: u64,
+}
+
+impl Default for EventLimits {
+    /// The defaults `config/ustraced.toml` documents.
+    fn default() -> Self {
+        EventLimits {
+            max_events_per_app: 8192,
+            max_fields_per_event: 128,
+            max_events_per_trace: 65536,
+            max_metadata_bytes: 32 << 20,
+        }
+    }
+}
+
+impl EventLimits {
+    /// Checks an app's registration against the per-app limits: its event count
+    /// first (O(1), before looking at any event), then each event's field count.
+    pub fn check_app(&self, events: &[EventDesc]) -> Result<(), RegistryError> {
+        if events.len() > self.max_events_per_app as usize {
+            return Err(RegistryError::TooManyEventsInApp {
+                count: events.len(),
+                max: self.max_events_per_app,
+            });
+        }
+        match events
+            .iter()
+            .find(|e| e.fields.len() > self.max_fields_per_event as usize)
+        {
+            Some(e) => Err(RegistryError::TooManyFields {
+                event: e.full_name(),
+                count: e.fields.len(),
+                max: self.max_fields_per_event,
+            }),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Checks that `desc` can be declared in TSDL as [`crate::ctf::metadata`] writes it:
@@ -219,19 +325,31 @@ pub struct Registry {
     events: Vec<EventDesc>,
     /// Id of each registered description, to give repeated registrations the same id.
     ids: HashMap<EventDesc, u32>,
+    /// The metadata text so far, appended to as channels and events are added.
+    tsdl: String,
+    /// Bounds on events and metadata size.
+    limits: EventLimits,
 }
 
 impl Registry {
-    /// A registry with no channel and no event yet.
+    /// A registry with no channel and no event yet, and the default limits.
     pub fn new(uuid: [u8; 16], clock: ClockOffset, env: TraceEnv) -> Registry {
         Registry {
+            tsdl: metadata::preamble(&uuid, &env, clock),
             uuid,
             clock,
             env,
             channels: Vec::new(),
             events: Vec::new(),
             ids: HashMap::new(),
+            limits: EventLimits::default(),
         }
+    }
+
+    /// This registry with `limits` instead of the defaults.
+    pub fn with_limits(mut self, limits: EventLimits) -> Registry {
+        self.limits = limits;
+        self
     }
 
     /// A registry for this host now: random uuid, measured clock offset, host name.
@@ -246,26 +364,52 @@ impl Registry {
         ))
     }
 
-    /// Adds a channel (if new) and returns its stream class id.
+    /// Adds a channel (if new) and returns its stream class id; every event
+    /// registered so far is declared in it too. Channels come from the session's
+    /// definition (set before it starts), not from apps: no limit applies.
     pub fn add_channel(&mut self, name: &str) -> u32 {
-        match self.channels.iter().position(|c| c == name) {
-            Some(i) => i as u32,
-            None => {
-                self.channels.push(name.to_string());
-                (self.channels.len() - 1) as u32
-            }
+        if let Some(i) = self.channels.iter().position(|c| c == name) {
+            return i as u32;
         }
+        let stream_id = self.channels.len() as u32;
+        self.channels.push(name.to_string());
+        metadata::stream_class(&mut self.tsdl, stream_id, name);
+        for (id, event) in self.events.iter().enumerate() {
+            metadata::event_class(&mut self.tsdl, id as u32, stream_id, event);
+        }
+        stream_id
     }
 
     /// Returns the id of `desc`, registering it if new; the flag says whether it was
     /// new, i.e. whether the metadata changed and must be rewritten. A description
-    /// that TSDL cannot declare is refused and changes nothing.
+    /// that TSDL cannot declare, or one past `max_events_per_trace` or
+    /// `max_metadata_bytes`, is refused and changes nothing. A new event costs the
+    /// rendering of its own declarations only.
     pub fn register_event(&mut self, desc: &EventDesc) -> Result<(u32, bool), RegistryError> {
         if let Some(&id) = self.ids.get(desc) {
             return Ok((id, false));
         }
         validate(desc)?;
+        if self.events.len() >= self.limits.max_events_per_trace as usize {
+            return Err(RegistryError::TooManyEventsInTrace {
+                event: desc.full_name(),
+                max: self.limits.max_events_per_trace,
+            });
+        }
         let id = self.events.len() as u32;
+        let mut declarations = String::new();
+        for stream_id in 0..self.channels.len() as u32 {
+            metadata::event_class(&mut declarations, id, stream_id, desc);
+        }
+        let bytes = (self.tsdl.len() + declarations.len()) as u64;
+        if bytes > self.limits.max_metadata_bytes {
+            return Err(RegistryError::MetadataTooLarge {
+                event: desc.full_name(),
+                bytes,
+                max: self.limits.max_metadata_bytes,
+            });
+        }
+        self.tsdl.push_str(&declarations);
         self.events.push(desc.clone());
         self.ids.insert(desc.clone(), id);
         Ok((id, true))
@@ -302,8 +446,8 @@ impl Registry {
     }
 
     /// The whole CTF 1.8 metadata text (TSDL) for the current channels and events.
-    pub fn metadata(&self) -> String {
-        metadata::render(self)
+    pub fn metadata(&self) -> &str {
+        &self.tsdl
     }
 }
 
@@ -394,5 +538,96 @@ mod tests {
         assert_eq!(r.add_channel("c0"), 0);
         assert_eq!(r.add_channel("c1"), 1);
         assert_eq!(r.add_channel("c0"), 0);
+    }
+
+    fn named(name: &str) -> EventDesc {
+        EventDesc {
+            name: name.into(),
+            ..desc(vec![])
+        }
+    }
+
+    #[test]
+    fn a_trace_refuses_events_past_max_events_per_trace_and_changes_nothing() {
+        let limits = EventLimits {
+            max_events_per_trace: 2,
+            ..EventLimits::default()
+        };
+        let mut r = registry().with_limits(limits);
+        r.add_channel("c");
+        r.register_event(&named("a")).unwrap();
+        r.register_event(&named("b")).unwrap();
+        let before = r.metadata().to_string();
+        let err = r.register_event(&named("c")).unwrap_err();
+        assert!(err.is_limit());
+        assert!(
+            err.to_string().contains("limits.max_events_per_trace (2)"),
+            "{err}"
+        );
+        assert_eq!(r.metadata(), before);
+        assert_eq!(r.events().len(), 2);
+        assert_eq!(
+            r.register_event(&named("a")),
+            Ok((0, false)),
+            "known events still resolve"
+        );
+    }
+
+    #[test]
+    fn a_trace_refuses_an_event_that_would_pass_max_metadata_bytes() {
+        let mut r = registry();
+        r.add_channel("c");
+        let max = (r.metadata().len() + 10) as u64;
+        let mut r = r.with_limits(EventLimits {
+            max_metadata_bytes: max,
+            ..EventLimits::default()
+        });
+        let err = r.register_event(&named("a")).unwrap_err();
+        assert!(matches!(err, RegistryError::MetadataTooLarge { max: m, .. } if m == max));
+        assert!(
+            err.to_string().contains("limits.max_metadata_bytes"),
+            "{err}"
+        );
+        assert!(r.events().is_empty());
+        assert!(r.metadata().len() as u64 <= max);
+    }
+
+    #[test]
+    fn metadata_grows_by_appending_what_each_event_and_channel_adds() {
+        let mut r = registry();
+        r.add_channel("c0");
+        r.register_event(&named("a")).unwrap();
+        let before = r.metadata().to_string();
+        r.register_event(&named("b")).unwrap();
+        assert!(r.metadata().starts_with(&before));
+        r.add_channel("c1");
+        let meta = metadata::parse(r.metadata()).expect("parses");
+        assert_eq!(meta.events.len(), 4, "both events in both stream classes");
+    }
+
+    #[test]
+    fn an_app_past_its_limits_is_refused_naming_them() {
+        let limits = EventLimits {
+            max_events_per_app: 2,
+            max_fields_per_event: 1,
+            ..EventLimits::default()
+        };
+        let three = vec![named("a"), named("b"), named("c")];
+        let err = limits.check_app(&three).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the app registers 3 events, more than limits.max_events_per_app (2)"
+        );
+        let f = |name: &str| FieldDesc {
+            name: name.into(),
+            ty: FieldType::Bool,
+        };
+        let wide = vec![desc(vec![f("x"), f("y")])];
+        let err = limits.check_app(&wide).unwrap_err();
+        assert!(
+            err.to_string().contains("limits.max_fields_per_event (1)"),
+            "{err}"
+        );
+        assert_eq!(limits.check_app(&three[..2]), Ok(()));
     }
 }

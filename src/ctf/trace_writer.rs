@@ -560,7 +560,7 @@ pub fn store_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
 
 /// Writes `registry`'s metadata to `dir/metadata` (see [`store_metadata`]).
 pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
-    store_metadata(dir, "tmp", &registry.metadata())
+    store_metadata(dir, "tmp", registry.metadata())
 }
 
 /// Appends one packet to the stream file of `channel` on `cpu` in `dir`, creating

@@ -1,15 +1,27 @@
-//! The app's side of registration: connect, register, map the buffers, return.
+//! The app's side of registration: connect, register, map the buffers, return; and
+//! register again whenever a session daemon (re)appears.
 //!
 //! [`init`] blocks the caller (normally `main`) until the daemon's
 //! RegistrationDone, so that the first event after it is recorded; LTTng-UST makes
 //! the same promise. It never hangs and never fails the app: without a daemon, or
 //! without an answer within the registration timeout (`USTRACE_REGISTER_TIMEOUT_MS`,
-//! default 3000), it prints one warning and the app runs untraced.
+//! default 3000), it prints one warning and the app runs untraced until a daemon
+//! registers it.
 //!
-//! After registration one listener thread keeps the connection open for the app's
+//! After `init` one listener thread serves the daemon connection for the app's
 //! whole life. It applies what the daemon pushes (channels of a session started
 //! later, events enabled later, channels disabled by `stop`); the connection's EOF is
-//! how the daemon learns the app is gone. The fast path never waits on this thread.
+//! how the daemon learns the app is gone. When the connection ends (the daemon
+//! stopped, crashed or was restarted), or when there was no daemon at `init`, the
+//! thread first disables and releases every slot of that connection (nobody drains
+//! those rings any more) and then tries to register again, [`FIRST_RETRY`] after
+//! the loss and doubling up to [`LAST_RETRY`] between attempts (a refusal waits
+//! [`LAST_RETRY`] at once): a daemon started or restarted later traces the app
+//! again, with no busy loop. Released slots are reused by the next daemon's
+//! channels (see `channel`), so restarts never exhaust them. The fast path never
+//! waits on this thread: emitting threads only ever read atomics.
+//!
+//! A forked child inherits no thread: it never re-registers and runs untraced.
 
 use crate::protocol::messages::{AppCommand, AppRegister};
 use crate::protocol::{self, APPS_SOCKET, ProtocolError, frame};
@@ -39,19 +51,45 @@ pub enum Registration {
     Untraced(String),
 }
 
+/// Pause before the first attempt to register again after a connection is lost
+/// (or after `init` found no daemon); it doubles after each failed attempt.
+pub const FIRST_RETRY: Duration = Duration::from_millis(100);
+
+/// Longest pause between attempts to register, and the pause after a refusal.
+pub const LAST_RETRY: Duration = Duration::from_secs(5);
+
 /// The registration of this process; `init` runs it once.
 static REGISTRATION: OnceLock<Registration> = OnceLock::new();
 
 /// Registers this process as `name` with its `events`. Call once, early in `main`;
-/// later calls return the first outcome.
+/// later calls return the first outcome. The listener thread it starts makes the
+/// first attempt, reports its outcome here, and registers again after every loss.
 pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static Registration {
     REGISTRATION.get_or_init(|| {
-        let outcome = register(name, events.to_vec()).unwrap_or_else(Registration::Untraced);
+        let outcome = start_listener(name, events).unwrap_or_else(Registration::Untraced);
         if let Registration::Untraced(reason) = &outcome {
             eprintln!("ustrace: {name} runs untraced: {reason}");
         }
         outcome
     })
+}
+
+/// Starts the listener thread and waits for the outcome of its first registration.
+fn start_listener(name: &str, events: &[&'static Tracepoint]) -> Result<Registration, String> {
+    untrace_forked_children()?;
+    let client = Client {
+        name: name.to_string(),
+        events: events.to_vec(),
+    };
+    let (first, outcome) = std::sync::mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("ustrace-listener".to_string())
+        .spawn(move || client.run(first))
+        .map_err(|e| format!("cannot start the listener thread: {e}"))?;
+    // The first attempt is bounded by the registration timeout.
+    outcome
+        .recv()
+        .map_err(|_| "the listener thread ended".to_string())
 }
 
 /// The timeout from the environment, or the default; a bad value is reported.
@@ -68,70 +106,110 @@ fn timeout() -> Result<Duration, String> {
     }
 }
 
-/// Connects, registers and applies everything up to RegistrationDone.
-fn register(name: &str, events: Vec<&'static Tracepoint>) -> Result<Registration, String> {
-    let timeout = timeout()?;
-    let start = Instant::now();
-    let deadline = start + timeout;
-    let path = protocol::rundir()
-        .map_err(|e| e.to_string())?
-        .join(APPS_SOCKET);
-    let sock = UnixStream::connect(&path)
-        .map_err(|e| format!("no session daemon at {}: {e}", path.display()))?;
-    let io = |e: std::io::Error| e.to_string();
-    sock.set_write_timeout(Some(timeout)).map_err(io)?;
-    let register = AppRegister {
-        name: name.to_string(),
-        bitness: (usize::BITS) as u8,
-        events: events.iter().map(|e| e.desc()).collect(),
-    };
-    if let Err(e) = frame::send_hello(&sock).and_then(|()| frame::send(&sock, &register, &[])) {
-        return Err(refusal(&sock, timeout).unwrap_or_else(|| e.to_string()));
+/// Why one attempt to register failed.
+enum Failure {
+    /// The daemon said no (a limit): retried only after [`LAST_RETRY`].
+    Refused(String),
+    /// No daemon, no answer in time, or a broken connection.
+    Unreachable(String),
+}
+
+impl Failure {
+    /// The reason, for the app's one warning.
+    fn reason(self) -> String {
+        match self {
+            Failure::Refused(reason) | Failure::Unreachable(reason) => reason,
+        }
+    }
+}
+
+/// A live registration: the connection and what was installed for it.
+struct Connection {
+    /// The daemon connection, blocking.
+    sock: UnixStream,
+    /// Applies the daemon's pushes to the slots of this connection.
+    listener: Listener,
+    /// Channels received before RegistrationDone.
+    channels: usize,
+    /// Time from connect to RegistrationDone.
+    latency: Duration,
+}
+
+/// What the listener thread registers, again after each loss.
+struct Client {
+    /// Program name.
+    name: String,
+    /// The app's events, in the order it registers them.
+    events: Vec<&'static Tracepoint>,
+}
+
+impl Client {
+    /// The listener thread: registers, serves the connection until it ends, and
+    /// registers again, with back-off, for the rest of the process's life. The first
+    /// outcome goes to `first` (`init` waits for it).
+    fn run(self, first: std::sync::mpsc::SyncSender<Registration>) {
+        let mut first = Some(first);
+        let mut pause = FIRST_RETRY;
+        loop {
+            match self.register() {
+                Ok(connection) => {
+                    match first.take() {
+                        Some(first) => {
+                            let _ = first.send(Registration::Done {
+                                channels: connection.channels,
+                                latency: connection.latency,
+                            });
+                        }
+                        None => eprintln!(
+                            "ustrace: {}: registered with the session daemon again",
+                            self.name
+                        ),
+                    }
+                    connection.listener.serve(connection.sock);
+                    pause = FIRST_RETRY;
+                }
+                Err(failure) => {
+                    if matches!(failure, Failure::Refused(_)) {
+                        pause = LAST_RETRY;
+                    }
+                    if let Some(first) = first.take() {
+                        let _ = first.send(Registration::Untraced(failure.reason()));
+                    }
+                }
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(LAST_RETRY);
+        }
     }
 
-    let mut listener = Listener {
-        events,
-        slots: HashMap::new(),
-    };
-    let mut channels = 0;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(format!(
-                "no answer from the session daemon within {timeout:?}"
-            ));
-        }
-        sock.set_read_timeout(Some(left)).map_err(io)?;
-        let (command, fds) = match frame::recv::<AppCommand>(&sock, frame::MAX_FRAME) {
-            Ok(Some(message)) => message,
-            Ok(None) => return Err("the session daemon closed the connection".to_string()),
-            Err(ProtocolError::Io { source, .. }) if is_timeout(&source) => {
-                return Err(format!(
-                    "no answer from the session daemon within {timeout:?}"
-                ));
-            }
-            Err(e) => return Err(e.to_string()),
+    /// One attempt: connects, registers and applies everything up to
+    /// RegistrationDone. On failure, whatever it installed is released.
+    fn register(&self) -> Result<Connection, Failure> {
+        let unreachable = Failure::Unreachable;
+        let timeout = timeout().map_err(unreachable)?;
+        let start = Instant::now();
+        let path = protocol::rundir()
+            .map_err(|e| unreachable(e.to_string()))?
+            .join(APPS_SOCKET);
+        let sock = UnixStream::connect(&path)
+            .map_err(|e| unreachable(format!("no session daemon at {}: {e}", path.display())))?;
+        let mut listener = Listener {
+            events: self.events.clone(),
+            slots: HashMap::new(),
         };
-        match command {
-            AppCommand::RegistrationDone => break,
-            AppCommand::Refused { reason } => {
-                return Err(format!("refused by the session daemon: {reason}"));
+        match listener.register(&sock, &self.name, start, timeout) {
+            Ok(channels) => Ok(Connection {
+                sock,
+                listener,
+                channels,
+                latency: start.elapsed(),
+            }),
+            Err(failure) => {
+                listener.release_all();
+                Err(failure)
             }
-            AppCommand::Channel { .. } => {
-                listener.apply(command, fds)?;
-                channels += 1;
-            }
-            other => listener.apply(other, fds)?,
         }
     }
-    let latency = start.elapsed();
-    untrace_forked_children()?;
-    sock.set_read_timeout(None).map_err(io)?;
-    std::thread::Builder::new()
-        .name("ustrace-listener".to_string())
-        .spawn(move || listener.serve(sock))
-        .map_err(io)?;
-    Ok(Registration::Done { channels, latency })
 }
 
 /// The reason of a refusal already sent by the daemon, if there is one. A daemon that
@@ -182,7 +260,73 @@ struct Listener {
 }
 
 impl Listener {
-    /// Applies pushed commands until the daemon goes away.
+    /// Sends the registration on `sock` and applies the daemon's answer up to
+    /// RegistrationDone; returns the number of channels received.
+    fn register(
+        &mut self,
+        sock: &UnixStream,
+        name: &str,
+        start: Instant,
+        timeout: Duration,
+    ) -> Result<usize, Failure> {
+        let deadline = start + timeout;
+        let io = |e: std::io::Error| Failure::Unreachable(e.to_string());
+        sock.set_write_timeout(Some(timeout)).map_err(io)?;
+        let register = AppRegister {
+            name: name.to_string(),
+            bitness: (usize::BITS) as u8,
+            events: self.events.iter().map(|e| e.desc()).collect(),
+        };
+        if let Err(e) = frame::send_hello(sock).and_then(|()| frame::send(sock, &register, &[])) {
+            return Err(match refusal(sock, timeout) {
+                Some(reason) => Failure::Refused(reason),
+                None => Failure::Unreachable(e.to_string()),
+            });
+        }
+        let no_answer = || {
+            Failure::Unreachable(format!(
+                "no answer from the session daemon within {timeout:?}"
+            ))
+        };
+        let mut channels = 0;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(no_answer());
+            }
+            sock.set_read_timeout(Some(left)).map_err(io)?;
+            let (command, fds) = match frame::recv::<AppCommand>(sock, frame::MAX_FRAME) {
+                Ok(Some(message)) => message,
+                Ok(None) => {
+                    return Err(Failure::Unreachable(
+                        "the session daemon closed the connection".to_string(),
+                    ));
+                }
+                Err(ProtocolError::Io { source, .. }) if is_timeout(&source) => {
+                    return Err(no_answer());
+                }
+                Err(e) => return Err(Failure::Unreachable(e.to_string())),
+            };
+            match command {
+                AppCommand::RegistrationDone => break,
+                AppCommand::Refused { reason } => {
+                    return Err(Failure::Refused(format!(
+                        "refused by the session daemon: {reason}"
+                    )));
+                }
+                AppCommand::Channel { .. } => {
+                    self.apply(command, fds).map_err(Failure::Unreachable)?;
+                    channels += 1;
+                }
+                other => self.apply(other, fds).map_err(Failure::Unreachable)?,
+            }
+        }
+        sock.set_read_timeout(None).map_err(io)?;
+        Ok(channels)
+    }
+
+    /// Applies pushed commands until the connection ends, then releases this
+    /// connection's slots: nobody drains their rings any more.
     fn serve(mut self, sock: UnixStream) {
         loop {
             match frame::recv::<AppCommand>(&sock, frame::MAX_FRAME) {
@@ -191,17 +335,16 @@ impl Listener {
                         eprintln!("ustrace: ignoring a daemon command: {e}");
                     }
                 }
-                Ok(None) => {
-                    self.disable_all();
-                    return;
-                }
+                Ok(None) => break,
                 Err(e) => {
-                    eprintln!("ustrace: connection to the session daemon lost: {e}; tracing stops");
-                    self.disable_all();
-                    return;
+                    eprintln!(
+                        "ustrace: connection to the session daemon lost: {e}; tracing stops until it registers this app again"
+                    );
+                    break;
                 }
             }
         }
+        self.release_all();
     }
 
     /// Applies one command.
@@ -250,10 +393,14 @@ impl Listener {
             .ok_or_else(|| format!("unknown channel {key}"))
     }
 
-    /// Stops recording everywhere: nobody drains the rings any more.
-    fn disable_all(&self) {
-        for slot in self.slots.values() {
-            channel::disable_slot(*slot);
+    /// Disables every event in every slot of this connection and releases the
+    /// slots for the next daemon's channels.
+    fn release_all(&mut self) {
+        for (_, slot) in self.slots.drain() {
+            for event in &self.events {
+                event.disable(slot);
+            }
+            channel::release(slot);
         }
     }
 }

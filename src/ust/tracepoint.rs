@@ -1,6 +1,6 @@
 //! A static event declaration and its per-slot enablement.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::*};
+use std::sync::atomic::{AtomicU64, Ordering::*};
 
 use super::channel::{self, MAX_SLOTS, SlotId};
 use crate::ctf::field::{EventDesc, FieldDesc, LogLevel};
@@ -17,8 +17,10 @@ pub struct Tracepoint {
     fields: fn() -> Vec<FieldDesc>,
     /// Bit per slot this event is enabled in; the fast path's only load when 0.
     mask: AtomicU64,
-    /// Event id in each slot's trace, valid while the slot's mask bit is set.
-    ids: [AtomicU32; MAX_SLOTS],
+    /// Event id in each slot's trace, tagged with the generation of the slot's
+    /// installation it was enabled for ([`SlotId::tag`]); valid while the slot's mask
+    /// bit is set and the generation matches the installed buffers'.
+    ids: [AtomicU64; MAX_SLOTS],
 }
 
 impl Tracepoint {
@@ -35,7 +37,7 @@ impl Tracepoint {
             loglevel,
             fields,
             mask: AtomicU64::new(0),
-            ids: [const { AtomicU32::new(0) }; MAX_SLOTS],
+            ids: [const { AtomicU64::new(0) }; MAX_SLOTS],
         }
     }
 
@@ -51,7 +53,7 @@ impl Tracepoint {
 
     /// Records this event into `slot` with event id `id` from now on.
     pub fn enable(&self, slot: SlotId, id: u32) {
-        self.ids[slot.index()].store(id, Relaxed);
+        self.ids[slot.index()].store(slot.tag(id), Relaxed);
         // Release publishes the id to emitters that see the bit.
         self.mask.fetch_or(slot.bit(), Release);
     }
@@ -76,9 +78,13 @@ impl Tracepoint {
         while mask != 0 {
             let slot = mask.trailing_zeros() as usize;
             mask &= mask - 1;
-            if let Some(buffers) = channel::buffers(slot) {
-                let id = self.ids[slot].load(Relaxed);
-                buffers.current().write_event(id, payload_len, &encode);
+            let tagged = self.ids[slot].load(Relaxed);
+            // Buffers of another installation than the id's (a slot reinstalled
+            // after a daemon restart, raced by this emitter) are skipped.
+            if let Some(buffers) = channel::buffers(slot, tagged) {
+                buffers
+                    .current()
+                    .write_event(tagged as u32, payload_len, &encode);
             }
         }
     }

@@ -1,0 +1,192 @@
+//! Apps re-register when a session daemon appears: started before any daemon, or
+//! outliving a daemon that was killed and started again on the same runtime dir.
+
+mod common;
+
+use common::*;
+use std::io::BufRead;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use ustrace::protocol::messages::{Buffers, ChannelRequest};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A daemon on `rundir` (shared with apps started before it), its own scratch for
+/// its config and outputs.
+fn daemon_on(rundir: &Path) -> Daemon {
+    let scratch = Scratch::new("daemon");
+    let config = scratch.path("ustraced.toml");
+    std::fs::write(&config, "").unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_ustraced"))
+        .arg("--config")
+        .arg(&config)
+        .env("USTRACE_RUNDIR", rundir)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let daemon = Daemon {
+        scratch,
+        rundir: rundir.to_path_buf(),
+        child,
+    };
+    wait_for("the daemon to answer", Duration::from_secs(20), || {
+        ustrace::control::request_in(rundir, &ustrace::protocol::messages::ControlRequest::Status)
+            .is_ok()
+    });
+    daemon
+}
+
+/// Starts session `s` with one channel of 4 KiB sub-buffers, so that a paced app
+/// fills packets (and the disk sees them) within a fraction of a second.
+fn small_session(daemon: &Daemon, buffers: Buffers) -> std::path::PathBuf {
+    let channel = ChannelRequest {
+        name: "c".into(),
+        buffers: Some(buffers),
+        subbuf_size: Some(4096),
+        num_subbuf: Some(4),
+        ..ChannelRequest::default()
+    };
+    daemon.session_with("s", "out-s", &[channel], true)
+}
+
+/// An app emitting one event per millisecond until poked (`--paced-us`).
+fn paced_app(rundir: &Path) -> Running {
+    Running(
+        Command::new(env!("CARGO_BIN_EXE_ustrace-demo"))
+            .args(["--paced-us", "1000"])
+            .env("USTRACE_RUNDIR", rundir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Pokes a paced app and returns (events emitted, longest emit call), its stderr.
+fn finish(mut app: Running) -> (u64, Duration, String) {
+    poke(&mut app.0);
+    let mut line = String::new();
+    std::io::BufReader::new(app.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let status = app.0.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut app.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words[0], "emitted", "{line}");
+    (
+        words[1].parse().unwrap(),
+        Duration::from_micros(words[3].parse().unwrap()),
+        stderr,
+    )
+}
+
+/// The `i` field of every demo event babeltrace2 reads in `dir`.
+fn recorded(dir: &Path) -> Vec<i64> {
+    babeltrace2(dir)
+        .iter()
+        .filter(|l| l.contains("demo:ev"))
+        .map(|l| {
+            let at = l.find("i = ").expect("an i field") + 4;
+            let digits: String = l[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '-')
+                .collect();
+            digits.parse().unwrap()
+        })
+        .collect()
+}
+
+/// Waits until the running app has registered and some of its events are on disk.
+fn wait_for_events(daemon: &Daemon, output: &Path) {
+    wait_for("the app to register with the daemon", WAIT, || {
+        daemon.status().apps == 1
+    });
+    wait_for("events of the app on disk", WAIT, || {
+        !sub_traces(output).is_empty() && !recorded(output).is_empty()
+    });
+}
+
+/// Checks what the app said: it kept emitting at its pace the whole time (a blocked
+/// emitter would have emitted far fewer), no emit call waited, and its events after
+/// registration are recorded in order.
+fn check(emitted: u64, longest: Duration, ran: Duration, events: &[i64]) {
+    let expected = ran.as_millis() as u64;
+    assert!(
+        emitted >= expected / 4,
+        "{emitted} events in {ran:?}: the emitter was held up"
+    );
+    assert!(
+        longest < Duration::from_millis(100),
+        "an emit call took {longest:?}"
+    );
+    assert!(!events.is_empty());
+    assert!(
+        events.windows(2).all(|w| w[0] < w[1]),
+        "events out of order or repeated"
+    );
+    assert!(*events.last().unwrap() < emitted as i64);
+}
+
+#[test]
+fn an_app_started_before_its_daemon_registers_when_it_appears_and_is_recorded() {
+    let shared = Scratch::new("rundir");
+    let rundir = shared.path("run");
+    std::fs::create_dir_all(&rundir).unwrap();
+    let started = Instant::now();
+    let app = paced_app(&rundir);
+    // The app emits untraced for a while: no daemon, nothing to connect to.
+    std::thread::sleep(Duration::from_millis(700));
+    let daemon = daemon_on(&rundir);
+    let output = small_session(&daemon, Buffers::PerUid);
+    wait_for_events(&daemon, &output);
+    let (emitted, longest, stderr) = finish(app);
+    let ran = started.elapsed();
+    daemon.stop("s");
+    assert_eq!(stderr.matches("runs untraced").count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("registered with the session daemon again"),
+        "{stderr}"
+    );
+    check(emitted, longest, ran, &recorded(&output));
+}
+
+#[test]
+fn an_app_outliving_a_killed_daemon_is_traced_by_the_next_one_on_the_same_rundir() {
+    let shared = Scratch::new("rundir");
+    let rundir = shared.path("run");
+    std::fs::create_dir_all(&rundir).unwrap();
+    let mut first = daemon_on(&rundir);
+    let first_output = small_session(&first, Buffers::PerPid);
+    let started = Instant::now();
+    let app = paced_app(&rundir);
+    wait_for_events(&first, &first_output);
+    let before = recorded(&first_output);
+    // SIGKILL: no goodbye to the app, stale sockets left behind.
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+
+    // Down for a while: the app keeps emitting into disabled slots.
+    std::thread::sleep(Duration::from_millis(500));
+    let second = daemon_on(&rundir);
+    let output = small_session(&second, Buffers::PerPid);
+    wait_for_events(&second, &output);
+    let (emitted, longest, stderr) = finish(app);
+    let ran = started.elapsed();
+    second.stop("s");
+    assert!(!stderr.contains("runs untraced"), "{stderr}");
+    let events = recorded(&output);
+    check(emitted, longest, ran, &events);
+    // The second daemon records what was emitted after it registered the app,
+    // later than what the first one had stored.
+    assert!(
+        before.last() < events.first(),
+        "{:?} then {:?}",
+        before.last(),
+        events.first()
+    );
+}
