@@ -9,12 +9,20 @@
 //! - what each app has been given, so that a session started, or a channel or event
 //!   enabled, after an app registered reaches that app as a delta over its connection.
 //!
+//! Identity and fair shares: an app is known by its [`ConnectionId`], never by its
+//! pid, so a per-PID set and its trace belong to exactly one connection (and so one
+//! uid); a connection that outlives its process can never hand a later process of
+//! the same pid its rings. Per-PID buffer memory is bounded for all apps together
+//! (`limits.max_pid_buffer_bytes`) and for each uid (`..._per_uid`), so one user
+//! cannot take the memory another's apps need; an app that a limit refuses at
+//! registration is told why.
+//!
 //! Registration cost matters (thousands of short-lived per-PID apps): creating a
 //! BufferSet is a few memfds and two actors, nothing touches the disk until the first
 //! packet is written, and an app that matches no enabled event gets no buffer at all.
 
 use crate::actors::buffer_set::{BufferSet, Flush, ProducerDied, Teardown, all_ok};
-use crate::actors::registration::{AppRegistration, Grant, Push};
+use crate::actors::registration::{AppRegistration, ConnectionId, Grant, Push, Refusal};
 use crate::actors::ring_pool::RingPool;
 use crate::actors::session::{ChannelDef, SessionDef};
 use crate::actors::stats::Stats;
@@ -37,8 +45,9 @@ use tokio::sync::oneshot;
 pub enum Owner {
     /// Per-UID buffers of this user.
     Uid(u32),
-    /// Per-PID buffers of this process.
-    Pid(i32),
+    /// Per-PID buffers of one app connection (its process, for as long as it lives;
+    /// a later process with the same pid is another connection).
+    Pid(ConnectionId),
 }
 
 /// The settings the factory applies to everything it creates.
@@ -50,12 +59,16 @@ pub struct FactorySettings {
     pub restart_policy: RestartPolicy,
     /// Cap on the shared memory of all per-PID buffers together.
     pub max_pid_buffer_bytes: u64,
+    /// Cap on the shared memory of the per-PID buffers of one uid.
+    pub max_pid_buffer_bytes_per_uid: u64,
     /// Per-PID ring sets kept ready per geometry (see [`RingPool`]).
     pub warm_pid_buffer_sets: usize,
 }
 
 /// One app as the factory knows it.
 struct App {
+    /// From SO_PEERCRED: names its per-PID sub-traces, as users expect.
+    pid: i32,
     /// From SO_PEERCRED.
     uid: u32,
     /// Program name.
@@ -95,8 +108,29 @@ struct Set {
     addr: Addr<BufferSet>,
     /// Its rings, to hand their fds to apps.
     buffers: Arc<ChannelBuffers>,
-    /// Shared-memory bytes, counted against the per-PID cap.
+    /// Shared-memory bytes, counted against the per-PID caps.
     bytes: u64,
+    /// The uid of its owner: whose per-uid share a per-PID set counts against.
+    uid: u32,
+}
+
+/// Why an app gets no buffers for one channel.
+#[derive(Debug, thiserror::Error)]
+enum GrantError {
+    /// A limit: the app is refused (at registration) and the refusal counted.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Anything else (no such writer, shared memory unavailable): logged.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What an app should be given now.
+struct Delta {
+    /// The grants that could be made.
+    grants: Vec<Grant>,
+    /// The limit that refused one of its channels, if any.
+    refused: Option<Refusal>,
 }
 
 /// One sub-trace: a directory with a metadata file and stream files.
@@ -135,12 +169,14 @@ pub struct BufferFactory {
     traces: HashMap<(String, Owner), Trace>,
     /// BufferSets.
     sets: HashMap<SetKey, Set>,
-    /// Registered apps by pid.
-    apps: HashMap<i32, App>,
+    /// Registered apps by connection (never by pid: see the module doc).
+    apps: HashMap<ConnectionId, App>,
     /// Next channel key handed to an app.
     next_key: u64,
     /// Shared memory held by per-PID sets now.
     pid_buffer_bytes: u64,
+    /// The same by uid (uids holding none are absent).
+    pid_buffer_bytes_by_uid: HashMap<u32, u64>,
     /// Teardowns in flight per session, and who waits for them: `stop` and `destroy`
     /// answer only once the session's dead apps are on disk too.
     teardowns: HashMap<String, Teardowns>,
@@ -178,6 +214,7 @@ impl BufferFactory {
             apps: HashMap::new(),
             next_key: 1,
             pid_buffer_bytes: 0,
+            pid_buffer_bytes_by_uid: HashMap::new(),
             teardowns: HashMap::new(),
         }
     }
@@ -195,9 +232,10 @@ impl BufferFactory {
         self.pool.keep_ready(&geometries);
     }
 
-    /// Everything app `pid` should have and does not have yet.
-    fn delta(&mut self, pid: i32) -> Vec<Grant> {
+    /// Everything app `connection` should have and does not have yet.
+    fn delta(&mut self, connection: ConnectionId) -> Delta {
         let mut grants = Vec::new();
+        let mut refused = None;
         let sessions: Vec<SessionDef> = self
             .sessions
             .iter()
@@ -206,29 +244,50 @@ impl BufferFactory {
             .collect();
         for session in &sessions {
             for (stream_id, channel) in session.channels.iter().enumerate() {
-                match self.grant(pid, session, stream_id as u32, channel) {
+                match self.grant(connection, session, stream_id as u32, channel) {
                     Ok(Some(grant)) => grants.push(grant),
                     Ok(None) => {}
+                    Err(GrantError::Refused(refusal)) => refused = Some(refusal),
                     Err(e) => log::warn!(
-                        "app {pid}: no buffers for {}/{}: {e}",
+                        "app connection {connection}: no buffers for {}/{}: {e}",
                         session.name,
                         channel.spec.name
                     ),
                 }
             }
         }
-        grants
+        Delta { grants, refused }
     }
 
-    /// What app `pid` is missing of one channel, creating its buffers if needed.
+    /// Shared-memory bytes of one set of `spec`.
+    fn set_bytes(&self, spec: &ChannelSpec) -> u64 {
+        u64::from(spec.subbuf_size) * u64::from(spec.num_subbuf) * self.cpus as u64
+    }
+
+    /// Whether a new per-PID set of `bytes` fits under both per-PID caps for `uid`.
+    fn check_pid_budget(&self, uid: u32, bytes: u64) -> Result<(), Refusal> {
+        let max = self.settings.max_pid_buffer_bytes;
+        if self.pid_buffer_bytes + bytes > max {
+            return Err(Refusal::PidBufferBytes { max });
+        }
+        let max = self.settings.max_pid_buffer_bytes_per_uid;
+        let held = self.pid_buffer_bytes_by_uid.get(&uid).copied().unwrap_or(0);
+        if held + bytes > max {
+            return Err(Refusal::PidBufferBytesPerUid { uid, max });
+        }
+        Ok(())
+    }
+
+    /// What app `connection` is missing of one channel, creating its buffers if
+    /// needed.
     fn grant(
         &mut self,
-        pid: i32,
+        connection: ConnectionId,
         session: &SessionDef,
         stream_id: u32,
         channel: &ChannelDef,
-    ) -> Result<Option<Grant>, String> {
-        let Some(app) = self.apps.get(&pid) else {
+    ) -> Result<Option<Grant>, GrantError> {
+        let Some(app) = self.apps.get(&connection) else {
             return Ok(None);
         };
         let matching: Vec<u32> = app
@@ -243,17 +302,24 @@ impl BufferFactory {
         }
         let owner = match channel.spec.buffers {
             Buffers::PerUid => Owner::Uid(app.uid),
-            Buffers::PerPid => Owner::Pid(pid),
+            Buffers::PerPid => Owner::Pid(connection),
         };
         let set_key = SetKey {
             session: session.name.clone(),
             channel: channel.spec.name.clone(),
             owner,
         };
-        let new_trace = self.ensure_trace(session, owner, pid)?;
-        self.ensure_set(&set_key, session, stream_id, &channel.spec)?;
+        let uid = app.uid;
+        if matches!(owner, Owner::Pid(_)) && !self.sets.contains_key(&set_key) {
+            self.check_pid_budget(uid, self.set_bytes(&channel.spec))?;
+        }
+        let new_trace = self
+            .ensure_trace(session, owner, connection)
+            .map_err(GrantError::Failed)?;
+        self.ensure_set(&set_key, session, stream_id, &channel.spec, uid)
+            .map_err(GrantError::Failed)?;
 
-        let app = self.apps.get_mut(&pid).expect("checked above");
+        let app = self.apps.get_mut(&connection).expect("checked above");
         let trace = self
             .traces
             .get_mut(&(session.name.clone(), owner))
@@ -284,7 +350,10 @@ impl BufferFactory {
                     given.enabled.push(index);
                     enables.push((index, id));
                 }
-                Err(e) => log::warn!("app {pid}: event {} not enabled: {e}", event.full_name()),
+                Err(e) => log::warn!(
+                    "app connection {connection}: event {} not enabled: {e}",
+                    event.full_name()
+                ),
             }
         }
         if changed {
@@ -310,26 +379,33 @@ impl BufferFactory {
         &mut self,
         session: &SessionDef,
         owner: Owner,
-        pid: i32,
+        connection: ConnectionId,
     ) -> Result<bool, String> {
         let key = (session.name.clone(), owner);
         if self.traces.contains_key(&key) {
             return Ok(false);
         }
-        let app = &self.apps[&pid];
-        let ownership = match owner {
-            Owner::Uid(uid) => Ownership::PerUid { uid },
-            Owner::Pid(pid) => Ownership::PerPid {
-                procname: app.name.clone(),
-                pid: pid as u32,
-            },
+        let app = &self.apps[&connection];
+        let (ownership, dir) = match owner {
+            Owner::Uid(uid) => (
+                Ownership::PerUid { uid },
+                layout::uid_trace_dir(&session.output, uid),
+            ),
+            Owner::Pid(connection) => (
+                Ownership::PerPid {
+                    procname: app.name.clone(),
+                    pid: app.pid as u32,
+                },
+                layout::app_trace_dir(
+                    &session.output,
+                    &app.name,
+                    app.pid as u32,
+                    connection.0,
+                    app.registered_at,
+                    DirClock::Local,
+                ),
+            ),
         };
-        let dir = layout::trace_dir(
-            &session.output,
-            &ownership,
-            app.registered_at,
-            DirClock::Local,
-        );
         let mut registry = Registry::for_this_host(ownership).map_err(|e| e.to_string())?;
         for channel in &session.channels {
             registry.add_channel(&channel.spec.name);
@@ -351,28 +427,22 @@ impl BufferFactory {
         Ok(true)
     }
 
-    /// Creates the BufferSet `key` if it does not exist yet.
+    /// Creates the BufferSet `key`, owned by `uid`, if it does not exist yet (the
+    /// caller checked the per-PID budget).
     fn ensure_set(
         &mut self,
         key: &SetKey,
         session: &SessionDef,
         stream_id: u32,
         spec: &ChannelSpec,
+        uid: u32,
     ) -> Result<(), String> {
         if self.sets.contains_key(key) {
             return Ok(());
         }
+        let bytes = self.set_bytes(spec);
         let trace = &self.traces[&(session.name.clone(), key.owner)];
         let cpus = self.cpus;
-        let bytes = u64::from(spec.subbuf_size) * u64::from(spec.num_subbuf) * cpus as u64;
-        if matches!(key.owner, Owner::Pid(_))
-            && self.pid_buffer_bytes + bytes > self.settings.max_pid_buffer_bytes
-        {
-            return Err(format!(
-                "per-PID buffer memory would exceed limits.max_pid_buffer_bytes ({} bytes)",
-                self.settings.max_pid_buffer_bytes
-            ));
-        }
         let factory = self.writers.get(&spec.writer).ok_or_else(|| {
             format!(
                 "no writer named {:?} (registered: {})",
@@ -424,6 +494,7 @@ impl BufferFactory {
         .start();
         if matches!(key.owner, Owner::Pid(_)) {
             self.pid_buffer_bytes += bytes;
+            *self.pid_buffer_bytes_by_uid.entry(uid).or_insert(0) += bytes;
         }
         self.sets.insert(
             key.clone(),
@@ -431,6 +502,7 @@ impl BufferFactory {
                 addr,
                 buffers,
                 bytes,
+                uid,
             },
         );
         Ok(())
@@ -446,6 +518,12 @@ impl BufferFactory {
             };
             if matches!(key.owner, Owner::Pid(_)) {
                 self.pid_buffer_bytes -= set.bytes;
+                if let Some(held) = self.pid_buffer_bytes_by_uid.get_mut(&set.uid) {
+                    *held -= set.bytes;
+                    if *held == 0 {
+                        self.pid_buffer_bytes_by_uid.remove(&set.uid);
+                    }
+                }
             }
             self.teardowns
                 .entry(key.session.clone())
@@ -527,10 +605,13 @@ impl Actor for BufferFactory {
     type Context = Context<Self>;
 }
 
-/// An app registered: give it every buffer it needs for the started sessions.
+/// An app registered: give it every buffer it needs for the started sessions, or
+/// the limit that refuses it (the registration then sends [`AppGone`]).
 #[derive(Message)]
-#[rtype(result = "Vec<Grant>")]
+#[rtype(result = "Result<Vec<Grant>, Refusal>")]
 pub struct CreateBuffers {
+    /// The app's connection: what the factory knows it by.
+    pub connection: ConnectionId,
     /// From SO_PEERCRED.
     pub pid: i32,
     /// From SO_PEERCRED.
@@ -548,8 +629,9 @@ impl Handler<CreateBuffers> for BufferFactory {
 
     fn handle(&mut self, msg: CreateBuffers, _: &mut Context<Self>) -> Self::Result {
         self.apps.insert(
-            msg.pid,
+            msg.connection,
             App {
+                pid: msg.pid,
                 uid: msg.uid,
                 name: msg.name,
                 registered_at: SystemTime::now(),
@@ -558,7 +640,11 @@ impl Handler<CreateBuffers> for BufferFactory {
                 channels: BTreeMap::new(),
             },
         );
-        MessageResult(self.delta(msg.pid))
+        let delta = self.delta(msg.connection);
+        MessageResult(match delta.refused {
+            None => Ok(delta.grants),
+            Some(refusal) => Err(refusal),
+        })
     }
 }
 
@@ -574,11 +660,19 @@ impl Handler<SessionsChanged> for BufferFactory {
     fn handle(&mut self, msg: SessionsChanged, _: &mut Context<Self>) {
         self.sessions = msg.0;
         self.keep_pool_ready();
-        let pids: Vec<i32> = self.apps.keys().copied().collect();
-        for pid in pids {
-            let grants = self.delta(pid);
-            if !grants.is_empty() {
-                self.apps[&pid].addr.do_send(Push::Grants(grants));
+        let connections: Vec<ConnectionId> = self.apps.keys().copied().collect();
+        for connection in connections {
+            let delta = self.delta(connection);
+            if let Some(refusal) = delta.refused {
+                // A registered app cannot be refused any more: it keeps what it has,
+                // misses this channel, and the operator sees the count.
+                log::warn!("app connection {connection}: a channel refused: {refusal}");
+                self.stats.refused(&refusal);
+            }
+            if !delta.grants.is_empty() {
+                self.apps[&connection]
+                    .addr
+                    .do_send(Push::Grants(delta.grants));
             }
         }
     }
@@ -654,18 +748,18 @@ impl Handler<DestroySession> for BufferFactory {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AppGone {
-    /// Its pid.
-    pub pid: i32,
+    /// Its connection.
+    pub connection: ConnectionId,
 }
 
 impl Handler<AppGone> for BufferFactory {
     type Result = ();
 
     fn handle(&mut self, msg: AppGone, ctx: &mut Context<Self>) {
-        let Some(app) = self.apps.remove(&msg.pid) else {
+        let Some(app) = self.apps.remove(&msg.connection) else {
             return;
         };
-        let owner = Owner::Pid(msg.pid);
+        let owner = Owner::Pid(msg.connection);
         self.traces.retain(|(_, o), _| *o != owner);
         self.tear_down(|k| k.owner == owner, ctx);
         for key in app.channels.keys() {

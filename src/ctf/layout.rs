@@ -2,13 +2,12 @@
 //!
 //! ```text
 //! <output>/ust/uid/<uid>/64-bit/<channel>_<cpu>                         + metadata
-//! <output>/ust/pid/<name>-<pid>-<YYYYMMDD-HHMMSS>/<channel>_<cpu>       + metadata
+//! <output>/ust/pid/<name>-<pid>-<YYYYMMDD-HHMMSS>-<connection>/<channel>_<cpu> + metadata
 //! ```
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::ctf::registry::Ownership;
 
 /// Name of the TSDL file in every sub-trace directory.
 pub const METADATA_FILE: &str = "metadata";
@@ -56,17 +55,22 @@ pub fn pid_trace_dir(
     pid_traces_dir(output).join(format!("{name}-{pid}-{}", dir_timestamp(time, clock)))
 }
 
-/// Directory of a trace owned as `ownership`, registered at `time`.
-pub fn trace_dir(
+/// Directory of the per-PID trace of the app on daemon connection `connection`:
+/// [`pid_trace_dir`] with the connection id appended. A pid is reused, and a
+/// connection can outlive its process, so two apps can share a pid (and a name, and
+/// a second); they never share a connection, so a reused pid never meets a dead
+/// app's directory.
+pub fn app_trace_dir(
     output: &Path,
-    ownership: &Ownership,
+    name: &str,
+    pid: u32,
+    connection: u64,
     time: SystemTime,
     clock: DirClock,
 ) -> PathBuf {
-    match ownership {
-        Ownership::PerUid { uid } => uid_trace_dir(output, *uid),
-        Ownership::PerPid { procname, pid } => pid_trace_dir(output, procname, *pid, time, clock),
-    }
+    let mut dir = pid_trace_dir(output, name, pid, time, clock).into_os_string();
+    dir.push(format!("-{connection}"));
+    PathBuf::from(dir)
 }
 
 /// File name of the stream of `channel` on `cpu`.
@@ -173,6 +177,10 @@ mod tests {
         assert_eq!(
             pid_trace_dir(out, "app", 42, t, DirClock::Utc),
             Path::new("/o/ust/pid/app-42-20261127-083456")
+        );
+        assert_eq!(
+            app_trace_dir(out, "app", 42, 7, t, DirClock::Utc),
+            Path::new("/o/ust/pid/app-42-20261127-083456-7")
         );
         assert_eq!(stream_file_name("chan", 3), "chan_3");
     }
