@@ -14,8 +14,9 @@
 //! uid); a connection that outlives its process can never hand a later process of
 //! the same pid its rings. Per-PID buffer memory is bounded for all apps together
 //! (`limits.max_pid_buffer_bytes`) and for each uid (`..._per_uid`), so one user
-//! cannot take the memory another's apps need; an app that a limit refuses at
-//! registration is told why.
+//! cannot take the memory another's apps need (the daemon's own uid is bounded by
+//! the global cap only). A channel refused for a limit is counted in `status`; an
+//! app that a limit leaves with nothing at registration is refused and told why.
 //!
 //! Registration cost matters (thousands of short-lived per-PID apps): creating a
 //! BufferSet is a few memfds and two actors, nothing touches the disk until the first
@@ -151,6 +152,9 @@ pub struct BufferFactory {
     settings: FactorySettings,
     /// Writer factories by name.
     writers: WriterRegistry,
+    /// The daemon's own uid: its apps are the operator's, bounded by the global
+    /// per-PID cap only (a single-user daemon keeps the whole budget).
+    daemon_uid: u32,
     /// The threads that run writers, so that disk I/O never delays registration;
     /// each set's writers go to the next one in turn, so one slow file creation
     /// does not queue every other app's trace behind it.
@@ -205,6 +209,7 @@ impl BufferFactory {
             cpus,
             settings,
             writers,
+            daemon_uid: nix::unistd::geteuid().as_raw(),
             io,
             sets_created: 0,
             stats,
@@ -269,6 +274,9 @@ impl BufferFactory {
         let max = self.settings.max_pid_buffer_bytes;
         if self.pid_buffer_bytes + bytes > max {
             return Err(Refusal::PidBufferBytes { max });
+        }
+        if uid == self.daemon_uid {
+            return Ok(());
         }
         let max = self.settings.max_pid_buffer_bytes_per_uid;
         let held = self.pid_buffer_bytes_by_uid.get(&uid).copied().unwrap_or(0);
@@ -605,8 +613,10 @@ impl Actor for BufferFactory {
     type Context = Context<Self>;
 }
 
-/// An app registered: give it every buffer it needs for the started sessions, or
-/// the limit that refuses it (the registration then sends [`AppGone`]).
+/// An app registered: give it every buffer it needs for the started sessions, or,
+/// when a limit leaves it nothing, the refusal (the registration then sends
+/// [`AppGone`]). A limit that refuses some channels only is counted, and the app
+/// keeps the others.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<Grant>, Refusal>")]
 pub struct CreateBuffers {
@@ -642,8 +652,18 @@ impl Handler<CreateBuffers> for BufferFactory {
         );
         let delta = self.delta(msg.connection);
         MessageResult(match delta.refused {
+            Some(refusal) if delta.grants.is_empty() => Err(refusal),
+            Some(refusal) => {
+                log::warn!(
+                    "app {} (uid {}, connection {}): a channel refused: {refusal}",
+                    msg.pid,
+                    msg.uid,
+                    msg.connection
+                );
+                self.stats.refused(&refusal);
+                Ok(delta.grants)
+            }
             None => Ok(delta.grants),
-            Some(refusal) => Err(refusal),
         })
     }
 }

@@ -3,7 +3,8 @@
 //! It takes each accepted connection, reads the peer's pid and uid from SO_PEERCRED
 //! (never from anything the peer says), gives the connection its [`ConnectionId`],
 //! enforces the app limits (`limits.max_apps` for everyone, `limits.max_apps_per_uid`
-//! for each user, so that one uid holding idle connections never shuts out another),
+//! for each user but the daemon's own, so that one uid holding idle connections never
+//! shuts out another),
 //! and starts one AppRegistration actor per app. Its only per-app state is the count
 //! of connections per uid, each given back by a [`UidSlot`] when its actor drops, so
 //! 10,000 short-lived apps leave nothing here.
@@ -30,6 +31,9 @@ pub struct Registrar {
     next_connection: u64,
     /// Connections per uid, the per-uid limit's measure.
     per_uid: UidConnections,
+    /// The daemon's own uid: its apps are the operator's, bounded by `max_apps`
+    /// only (a single-user daemon keeps every place).
+    daemon_uid: u32,
 }
 
 impl Registrar {
@@ -41,6 +45,7 @@ impl Registrar {
             stats,
             next_connection: 1,
             per_uid: UidConnections::default(),
+            daemon_uid: nix::unistd::geteuid().as_raw(),
         }
     }
 }
@@ -70,9 +75,12 @@ impl Handler<Accept> for Registrar {
             Err(Refusal::MaxApps {
                 max: self.limits.max_apps,
             })
+        } else if uid == self.daemon_uid {
+            Ok(None)
         } else {
             self.per_uid
                 .claim(uid, self.limits.max_apps_per_uid)
+                .map(Some)
                 .ok_or(Refusal::MaxAppsPerUid {
                     uid,
                     max: self.limits.max_apps_per_uid,

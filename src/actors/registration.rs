@@ -166,8 +166,9 @@ pub struct AppRegistration {
     /// From SO_PEERCRED at accept (pid for logs and directory names, uid for
     /// per-UID buffers and per-uid limits).
     credentials: PeerCredentials,
-    /// Its place under `limits.max_apps_per_uid`, given back when this actor drops.
-    _slot: UidSlot,
+    /// Its place under `limits.max_apps_per_uid` (none for the daemon's own uid),
+    /// given back when this actor drops.
+    _slot: Option<UidSlot>,
     /// Frame size, app count and registration time limits.
     limits: AppLimits,
     /// The factory.
@@ -201,7 +202,7 @@ impl AppRegistration {
         stream: UnixStream,
         connection: ConnectionId,
         credentials: PeerCredentials,
-        slot: UidSlot,
+        slot: Option<UidSlot>,
         limits: AppLimits,
         factory: Addr<BufferFactory>,
         stats: Arc<Stats>,
