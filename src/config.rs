@@ -199,8 +199,7 @@ impl LimitsConfig {
     /// The effective `max_apps_per_uid`: as set, else a quarter of `max_apps` (at
     /// least 1).
     pub fn apps_per_uid(&self) -> u32 {
-        self.max_apps_per_uid
-            .unwrap_or((self.max_apps / 4).max(1))
+        self.max_apps_per_uid.unwrap_or((self.max_apps / 4).max(1))
     }
 
     /// The effective `max_pid_buffer_bytes_per_uid`: as set, else a quarter of
@@ -615,8 +614,12 @@ impl Config {
         positive(self.limits.max_pid_buffer_bytes.0)
             .map_err(|m| at(key("limits", "max_pid_buffer_bytes"), m))?;
         if let Some(per_uid) = self.limits.max_apps_per_uid {
-            within_global(u64::from(per_uid), u64::from(self.limits.max_apps), "max_apps")
-                .map_err(|m| at(key("limits", "max_apps_per_uid"), m))?;
+            within_global(
+                u64::from(per_uid),
+                u64::from(self.limits.max_apps),
+                "max_apps",
+            )
+            .map_err(|m| at(key("limits", "max_apps_per_uid"), m))?;
         }
         if let Some(per_uid) = self.limits.max_pid_buffer_bytes_per_uid {
             within_global(

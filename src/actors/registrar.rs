@@ -120,7 +120,9 @@ struct UidConnections(Arc<Mutex<HashMap<u32, u64>>>);
 impl UidConnections {
     fn lock(&self) -> MutexGuard<'_, HashMap<u32, u64>> {
         // A counter map stays consistent whatever panicked while holding it.
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// A place for one more connection of `uid`, unless it holds `max` already.

@@ -69,9 +69,7 @@ pub enum Refusal {
         max: u64,
     },
     /// The app's uid has as many apps connected as one uid may.
-    #[error(
-        "limits.max_apps_per_uid ({max}) reached: uid {uid} has {max} apps connected already"
-    )]
+    #[error("limits.max_apps_per_uid ({max}) reached: uid {uid} has {max} apps connected already")]
     MaxAppsPerUid {
         /// The app's uid (SO_PEERCRED).
         uid: u32,
@@ -307,7 +305,10 @@ async fn read_frames(
         let mut byte = [0u8; 1];
         match reader.read(&mut byte).await {
             Ok(0) => Ok(()),
-            Ok(_) => Err("sent data after its registration (an app sends nothing after AppRegister)".to_string()),
+            Ok(_) => Err(
+                "sent data after its registration (an app sends nothing after AppRegister)"
+                    .to_string(),
+            ),
             Err(e) => Err(e.to_string()),
         }
     }

@@ -8,7 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-
 /// Name of the TSDL file in every sub-trace directory.
 pub const METADATA_FILE: &str = "metadata";
 
