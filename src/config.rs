@@ -174,11 +174,13 @@ pub struct LimitsConfig {
     /// Most shared memory held by per-PID buffers, all apps together; above 0.
     pub max_pid_buffer_bytes: ByteSize,
     /// Most app connections of one uid served at once, so that one user's idle
-    /// connections never shut out another's apps; 1 ..= `max_apps`. `None` (absent):
+    /// connections never shut out another's apps (the daemon's own uid is bounded
+    /// by `max_apps` only); 1 ..= `max_apps`. `None` (absent):
     /// a quarter of `max_apps`. Read it through [`LimitsConfig::apps_per_uid`].
     pub max_apps_per_uid: Option<u32>,
     /// Most per-PID buffer memory of one uid's apps together, so that one user
-    /// cannot take the memory another's per-PID apps need; 1 ..=
+    /// cannot take the memory another's per-PID apps need (the daemon's own uid is
+    /// bounded by `max_pid_buffer_bytes` only); 1 ..=
     /// `max_pid_buffer_bytes`. `None` (absent): a quarter of `max_pid_buffer_bytes`.
     /// Read it through [`LimitsConfig::pid_buffer_bytes_per_uid`].
     pub max_pid_buffer_bytes_per_uid: Option<ByteSize>,

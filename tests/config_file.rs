@@ -294,6 +294,8 @@ fn timers_and_limits_must_be_positive() {
         ("supervision", "within_secs"),
         ("limits", "max_apps"),
         ("limits", "max_pid_buffer_bytes"),
+        ("limits", "max_apps_per_uid"),
+        ("limits", "max_pid_buffer_bytes_per_uid"),
     ] {
         let (position, message) = invalid(
             &format!("[{section}]\n{key} = 0\n"),
@@ -302,6 +304,33 @@ fn timers_and_limits_must_be_positive() {
         assert_eq!(position.map(|p| p.0), Some(2));
         assert!(message.contains("greater than 0"), "{message}");
     }
+}
+
+#[test]
+fn per_uid_limits_default_to_a_quarter_of_the_global_ones_and_never_exceed_them() {
+    let config = Config::default();
+    assert_eq!(config.limits.apps_per_uid(), 1024);
+    assert_eq!(config.limits.pid_buffer_bytes_per_uid(), 256 << 20);
+    let small = parse("[limits]\nmax_apps = 2\nmax_pid_buffer_bytes = 3\n").unwrap();
+    assert_eq!(small.limits.apps_per_uid(), 1);
+    assert_eq!(small.limits.pid_buffer_bytes_per_uid(), 1);
+    let set =
+        parse("[limits]\nmax_apps_per_uid = 10\nmax_pid_buffer_bytes_per_uid = \"1M\"\n").unwrap();
+    assert_eq!(set.limits.apps_per_uid(), 10);
+    assert_eq!(set.limits.pid_buffer_bytes_per_uid(), 1 << 20);
+    let (_, message) = invalid(
+        "[limits]\nmax_apps = 8\nmax_apps_per_uid = 9\n",
+        "limits.max_apps_per_uid",
+    );
+    assert!(message.contains("at most limits.max_apps (8)"), "{message}");
+    let (_, message) = invalid(
+        "[limits]\nmax_pid_buffer_bytes_per_uid = \"2G\"\n",
+        "limits.max_pid_buffer_bytes_per_uid",
+    );
+    assert!(
+        message.contains("at most limits.max_pid_buffer_bytes (1073741824)"),
+        "{message}"
+    );
 }
 
 #[test]
