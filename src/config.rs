@@ -184,6 +184,10 @@ pub struct LimitsConfig {
     /// `max_pid_buffer_bytes`. `None` (absent): a quarter of `max_pid_buffer_bytes`.
     /// Read it through [`LimitsConfig::pid_buffer_bytes_per_uid`].
     pub max_pid_buffer_bytes_per_uid: Option<ByteSize>,
+    /// Most packet bytes queued for one stream's writer and not stored yet; past
+    /// it the stream's ring keeps its packets (and its producers discard), so a
+    /// slow or failed writer cannot grow the daemon's heap; above 0.
+    pub max_writer_backlog_bytes: ByteSize,
 }
 
 impl Default for LimitsConfig {
@@ -193,6 +197,7 @@ impl Default for LimitsConfig {
             max_pid_buffer_bytes: ByteSize(1 << 30),
             max_apps_per_uid: None,
             max_pid_buffer_bytes_per_uid: None,
+            max_writer_backlog_bytes: ByteSize(2 << 20),
         }
     }
 }
@@ -631,6 +636,8 @@ impl Config {
             )
             .map_err(|m| at(key("limits", "max_pid_buffer_bytes_per_uid"), m))?;
         }
+        positive(self.limits.max_writer_backlog_bytes.0)
+            .map_err(|m| at(key("limits", "max_writer_backlog_bytes"), m))?;
 
         for (s, session) in self.sessions.iter().enumerate() {
             let in_session =

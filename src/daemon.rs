@@ -102,6 +102,7 @@ impl Daemon {
     pub fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let rundir = self.config.effective_runtime_dir()?;
         prepare_rundir(&rundir)?;
+        recover_outputs(&self.config);
         raise_fd_limit();
         let system = System::new();
         let result = system.block_on(self.serve(rundir.clone(), shutdown));
@@ -133,6 +134,7 @@ impl Daemon {
                 max_pid_buffer_bytes: config.limits.max_pid_buffer_bytes.0,
                 max_pid_buffer_bytes_per_uid: config.limits.pid_buffer_bytes_per_uid(),
                 warm_pid_buffer_sets: config.daemon.warm_pid_buffer_sets as usize,
+                max_writer_backlog_bytes: config.limits.max_writer_backlog_bytes.0,
             },
             self.writers.clone(),
             io_arbiters.iter().map(Arbiter::handle).collect(),
@@ -181,6 +183,29 @@ impl Daemon {
             arbiter.stop();
         }
         Ok(())
+    }
+}
+
+/// Recovers the traces a crashed daemon may have left in the output directories
+/// this one finds (`daemon.output_dir` and each `[[session]]`'s `output`), before
+/// anything is served: each then reads up to its last complete packet (see
+/// [`crate::ctf::recover`]). Every change and every trace it cannot recover is
+/// logged; none stops the daemon. Two daemons must not share an output directory:
+/// this would cut the packet the other is appending.
+fn recover_outputs(config: &Config) {
+    let configured = config.sessions.iter().filter_map(|s| s.output.clone());
+    let dirs: Vec<PathBuf> = configured
+        .chain(config.effective_output_dir().ok())
+        .filter(|d| d.is_dir())
+        .collect();
+    for dir in dirs {
+        let recovery = crate::ctf::recover::recover(&dir);
+        for repair in recovery.repairs {
+            log::warn!("recovered {repair}");
+        }
+        for e in recovery.errors {
+            log::error!("cannot recover {}: {e}", dir.display());
+        }
     }
 }
 

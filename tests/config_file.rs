@@ -90,6 +90,7 @@ fn defaults_are_the_documented_values() {
     assert_eq!(config.supervision.backoff(), Duration::from_millis(100));
     assert_eq!(config.limits.max_apps, 4096);
     assert_eq!(config.limits.max_pid_buffer_bytes, ByteSize(1 << 30));
+    assert_eq!(config.limits.max_writer_backlog_bytes, ByteSize(2 << 20));
     assert!(config.sessions.is_empty());
 }
 
@@ -296,6 +297,7 @@ fn timers_and_limits_must_be_positive() {
         ("limits", "max_pid_buffer_bytes"),
         ("limits", "max_apps_per_uid"),
         ("limits", "max_pid_buffer_bytes_per_uid"),
+        ("limits", "max_writer_backlog_bytes"),
     ] {
         let (position, message) = invalid(
             &format!("[{section}]\n{key} = 0\n"),

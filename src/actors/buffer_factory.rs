@@ -64,6 +64,9 @@ pub struct FactorySettings {
     pub max_pid_buffer_bytes_per_uid: u64,
     /// Per-PID ring sets kept ready per geometry (see [`RingPool`]).
     pub warm_pid_buffer_sets: usize,
+    /// Most bytes of packets each stream's writer may have queued (see
+    /// [`StreamWriters::accepts`]).
+    pub max_writer_backlog_bytes: u64,
 }
 
 /// One app as the factory knows it.
@@ -490,6 +493,7 @@ impl BufferFactory {
             factory,
             self.settings.restart_policy,
             self.stats.clone(),
+            self.settings.max_writer_backlog_bytes,
         );
         let addr = BufferSet::new(
             label,

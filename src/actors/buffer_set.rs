@@ -5,7 +5,12 @@
 //! sub-buffers when a producer signals the wake-up eventfd (once per sub-buffer) and on
 //! a timer, and hands each packet, padding trimmed, to the stream's Writer. Packets
 //! are copied out before the sub-buffer is given back, so a slow disk never holds a
-//! ring: it holds only the writer's queue.
+//! producer. The writer's queue is bounded: past `limits.max_writer_backlog_bytes`
+//! not yet stored, the set leaves that stream's packets in its ring, whose producers
+//! then discard new events (counted, `events discarded` in status) until the writer
+//! catches up; a slow or failed writer never grows the daemon's heap. The writer's
+//! side tells the set ([`BacklogRoom`]) when the backlog falls back under the
+//! limit, and the set drains at once (a full ring sends no wake-up).
 //!
 //! What happens when an app dies: per-PID, [`Teardown`] flushes every ring (partial
 //! sub-buffers too), gives up the packet a producer died inside (its events counted
@@ -15,7 +20,7 @@
 //! apps that share it.
 
 use crate::actors::stats::Stats;
-use crate::actors::writer::{Metadata, StreamWriters, SyncWriter, WritePacket, Writer};
+use crate::actors::writer::{BacklogRoom, Metadata, StreamWriters, SyncWriter, Writer};
 use crate::ctf::packet;
 use crate::shm::{ChannelBuffers, Consumer, RingCounters};
 use actix::WeakAddr;
@@ -100,20 +105,25 @@ impl BufferSet {
         }
     }
 
-    /// Copies every complete packet out of every ring to its writer.
-    fn drain(&mut self) {
+    /// Copies complete packets out of every ring to its writer: while the
+    /// writer's backlog is under its limit when `bounded` (the drains while
+    /// tracing), every one otherwise (flush and teardown, which must leave the
+    /// rings empty, and add at most one ring's worth to the backlog).
+    fn drain(&mut self, bounded: bool) {
         let metadata = match self.metadata.lock() {
             Ok(m) => m.clone(),
             Err(_) => return,
         };
         let mut bytes = Vec::new();
         for (index, consumer) in self.consumers.iter_mut().enumerate() {
-            while consumer.take_packet(&mut bytes).is_some() {
+            while (!bounded || self.writers.accepts(index))
+                && consumer.take_packet(&mut bytes).is_some()
+            {
                 match packet::trim(&mut bytes) {
-                    Ok(()) => self.writers.get(index).do_send(WritePacket {
-                        metadata: metadata.clone(),
-                        bytes: std::mem::take(&mut bytes),
-                    }),
+                    Ok(()) => {
+                        self.writers
+                            .send(index, metadata.clone(), std::mem::take(&mut bytes))
+                    }
                     Err(e) => log::error!("{}: dropping a bad packet: {e}", self.label),
                 }
             }
@@ -154,7 +164,7 @@ impl BufferSet {
         for consumer in &self.consumers {
             consumer.flush();
         }
-        self.drain();
+        self.drain(false);
         let syncs: Vec<_> = self.writers.started().map(|w| w.send(SyncWriter)).collect();
         all_ok(syncs)
     }
@@ -207,11 +217,13 @@ impl Actor for BufferSet {
             }
             Err(e) => log::warn!("{}: no wake-ups ({e}); draining on the timer", self.label),
         }
-        ctx.run_interval(self.flush_interval, |act, _| act.drain());
+        self.writers
+            .notify_room(ctx.address().downgrade().recipient());
+        ctx.run_interval(self.flush_interval, |act, _| act.drain(true));
         ctx.run_interval(STUCK_AFTER, |act, _| {
             if act.producer_died {
                 act.recover();
-                act.drain();
+                act.drain(true);
             }
         });
     }
@@ -227,7 +239,15 @@ impl Handler<Drain> for BufferSet {
     type Result = ();
 
     fn handle(&mut self, _: Drain, _: &mut Context<Self>) {
-        self.drain();
+        self.drain(true);
+    }
+}
+
+impl Handler<BacklogRoom> for BufferSet {
+    type Result = ();
+
+    fn handle(&mut self, _: BacklogRoom, _: &mut Context<Self>) {
+        self.drain(true);
     }
 }
 

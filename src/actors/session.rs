@@ -9,6 +9,7 @@
 
 use crate::actors::buffer_factory::{BufferFactory, DestroySession, SessionsChanged, StopSession};
 use crate::actors::stats::Stats;
+use crate::actors::writer::release_freed_heap;
 use crate::config::{EventPattern, check_name};
 use crate::ctf::field::EventDesc;
 use crate::ctf::{layout, spread};
@@ -296,6 +297,7 @@ impl Handler<Control> for SessionManager {
                 Box::pin(
                     async move {
                         let flushed = stop.await.map_err(|e| e.to_string()).and_then(|r| r);
+                        release_freed_heap();
                         let failed = failed_streams(&stats, &name);
                         match (flushed, failed) {
                             (Ok(()), None) => Ok(ControlOk::Done(format!(

@@ -4,7 +4,9 @@
 //! address; it has no notion of "too many restarts". [`RestartBudget`] adds that: a
 //! writer records each failure, and once more than `max_restarts` happened within
 //! `within`, it gives up instead of stopping, so its stream is marked failed rather
-//! than restarted forever.
+//! than restarted forever; a whole window later it tries again with a fresh budget
+//! ([`RestartBudget::retry_after_window`]), so a fault that went away (disk full,
+//! output removed) does not end the stream for good.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -69,6 +71,19 @@ impl RestartBudget {
             Verdict::Restart
         }
     }
+
+    /// Whether a writer that gave up at `gave_up` may try again at `now`: once a
+    /// whole window has passed since, and then with every failure forgiven. A
+    /// failed stream is not failed for ever: a full disk gets space back, a
+    /// removed output can be recreated, and its session recovers without being
+    /// recreated.
+    pub fn retry_after_window(&mut self, gave_up: Instant, now: Instant) -> bool {
+        if now.duration_since(gave_up) < self.policy.within {
+            return false;
+        }
+        self.failures.clear();
+        true
+    }
 }
 
 #[cfg(test)]
@@ -98,6 +113,19 @@ mod tests {
         let t = Instant::now();
         assert_eq!(budget.failure(t), Verdict::Restart);
         let later = t + Duration::from_secs(11);
+        assert_eq!(budget.failure(later), Verdict::Restart);
+        assert_eq!(budget.failure(later), Verdict::GiveUp);
+    }
+
+    #[test]
+    fn a_failed_writer_retries_with_a_fresh_budget_once_a_window_passed() {
+        let mut budget = RestartBudget::new(policy(1));
+        let t = Instant::now();
+        assert_eq!(budget.failure(t), Verdict::Restart);
+        assert_eq!(budget.failure(t), Verdict::GiveUp);
+        assert!(!budget.retry_after_window(t, t + Duration::from_secs(9)));
+        assert!(budget.retry_after_window(t, t + Duration::from_secs(10)));
+        let later = t + Duration::from_secs(10);
         assert_eq!(budget.failure(later), Verdict::Restart);
         assert_eq!(budget.failure(later), Verdict::GiveUp);
     }

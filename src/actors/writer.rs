@@ -11,21 +11,33 @@
 //! same actor value, which drops the broken writer (`restarting`), waits the back-off,
 //! makes a new writer and retries the packets it still holds: nothing is lost to a
 //! restart. Past the restart budget the stream is marked failed, its packets are
-//! counted lost, and `ustrace status` names it; no other stream is affected.
+//! counted lost, and `ustrace status` names it; no other stream is affected. A
+//! whole restart window later, its next packet is tried again (a full disk may have
+//! space again): a stream recovers without its session being recreated, and the
+//! next sync reports the loss once.
+//!
+//! What reaches a writer is bounded ([`StreamWriters::accepts`]): a stream takes no
+//! packet from its ring while `limits.max_writer_backlog_bytes` wait for its writer,
+//! so a slow writer costs discarded (counted) events, never the daemon's heap.
+//!
+//! The CTF writer checks before each packet that its stream file still has a name
+//! (`st_nlink`); an output removed while tracing is recreated, and `sync` reports
+//! what went with it, so `stop` never claims data that is not on disk.
 
 use crate::actors::stats::Stats;
 use crate::actors::supervision::{RestartBudget, RestartPolicy, Verdict};
 use crate::ctf::layout::stream_file_name;
 use crate::ctf::trace_writer::{store_metadata, trace_file};
 use crate::protocol::messages::WriterFailure;
+use actix::WeakRecipient;
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Write};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 /// What a writer is told about the stream it serves.
@@ -133,6 +145,29 @@ pub struct CtfFileWriter {
     file: Option<File>,
     /// Length of the file made of whole packets; a failed write is cut back to it.
     good_len: u64,
+    /// A removal of the stream file seen since the last `sync`, which reports it.
+    removed: Option<StreamRemoved>,
+}
+
+/// The stream file of a [`CtfFileWriter`] was removed (`rm -rf` of the output)
+/// while it was open: nothing written to it since is on disk.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stream file {path} was removed after {bytes} bytes were written to it: they are gone \
+     (later packets go to a recreated trace)"
+)]
+pub struct StreamRemoved {
+    /// The file, as it was named.
+    pub path: PathBuf,
+    /// What it held, gone with it.
+    pub bytes: u64,
+}
+
+/// Whether `file` still has a name: `st_nlink == 0` once it was unlinked, and
+/// writing to it then only fills an inode that disappears at close.
+fn is_removed(file: &File) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(file.metadata()?.nlink() == 0)
 }
 
 impl CtfFileWriter {
@@ -142,13 +177,15 @@ impl CtfFileWriter {
             stream,
             file: None,
             good_len: 0,
+            removed: None,
         }
     }
 
-    /// Writes the metadata file if no stream of the trace stored this version yet.
-    /// A newer version replaces the old one atomically (see [`store_metadata`]).
-    fn store_metadata(&mut self, metadata: &Metadata) -> io::Result<()> {
-        if metadata.stored.load(Ordering::Acquire) > metadata.version {
+    /// Writes the metadata file if no stream of the trace stored this version yet,
+    /// or whatever was stored when `again` (the trace is being recreated). A newer
+    /// version replaces the old one atomically (see [`store_metadata`]).
+    fn store_metadata(&mut self, metadata: &Metadata, again: bool) -> io::Result<()> {
+        if !again && metadata.stored.load(Ordering::Acquire) > metadata.version {
             return Ok(());
         }
         store_metadata(
@@ -163,26 +200,63 @@ impl CtfFileWriter {
         Ok(())
     }
 
-    /// The stream file, opened for appending on first use, and the length of the
-    /// whole packets in it.
-    fn file(&mut self) -> io::Result<(&mut File, u64)> {
-        if self.file.is_none() {
-            let file = trace_file()
-                .create(true)
-                .append(true)
-                .open(self.stream.trace_dir.join(self.stream.file_name()))?;
-            self.good_len = file.metadata()?.len();
-            self.file = Some(file);
+    /// Opens the stream file for appending and notes the length of the whole
+    /// packets in it.
+    fn open(&mut self) -> io::Result<()> {
+        let file = trace_file()
+            .create(true)
+            .append(true)
+            .open(self.stream.trace_dir.join(self.stream.file_name()))?;
+        self.good_len = file.metadata()?.len();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Opens the stream file on first use. A trace directory removed before this
+    /// stream's first packet is recreated with its metadata.
+    fn ensure_open(&mut self, metadata: &Metadata) -> io::Result<()> {
+        if self.file.is_some() {
+            return Ok(());
         }
-        let file = self.file.as_mut().expect("opened above");
-        Ok((file, self.good_len))
+        match self.open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.store_metadata(metadata, true)?;
+                self.open()
+            }
+            other => other,
+        }
+    }
+
+    /// Drops the stream file if it was removed (with its trace, by `rm -rf` of the
+    /// output), so that the next packet recreates the trace directory, its metadata
+    /// and the file. Says so with [`StreamRemoved`], once per removal; the caller (a
+    /// write) goes on to recreate, `sync` reports it. Returns whether it was.
+    fn forget_removed_file(&mut self) -> io::Result<bool> {
+        let Some(file) = &self.file else {
+            return Ok(false);
+        };
+        if !is_removed(file)? {
+            return Ok(false);
+        }
+        self.file = None;
+        let removed = StreamRemoved {
+            path: self.stream.trace_dir.join(self.stream.file_name()),
+            bytes: self.good_len,
+        };
+        self.good_len = 0;
+        log::warn!("{removed}; recreating the trace");
+        self.removed = Some(removed);
+        Ok(true)
     }
 }
 
 impl StreamWriter for CtfFileWriter {
     fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
-        self.store_metadata(metadata)?;
-        let (file, good_len) = self.file()?;
+        let recreate = self.forget_removed_file()?;
+        self.store_metadata(metadata, recreate)?;
+        self.ensure_open(metadata)?;
+        let good_len = self.good_len;
+        let file = self.file.as_mut().expect("opened above");
         if let Err(e) = file.write_all(packet) {
             // A torn packet would make the whole stream unreadable: cut it off.
             let _ = file.set_len(good_len);
@@ -195,26 +269,100 @@ impl StreamWriter for CtfFileWriter {
     /// Every packet went out with an unbuffered `write`, so every reader sees it
     /// already. No fsync: `stop` promises a complete, readable trace, not one that
     /// survives power loss, and an fsync per stream of every short-lived app would
-    /// cost milliseconds each on a real disk.
+    /// cost milliseconds each on a real disk. A stream file removed since the last
+    /// sync is reported: what it held is not on disk, whatever was written.
     fn sync(&mut self) -> io::Result<()> {
-        Ok(())
+        self.forget_removed_file()?;
+        match self.removed.take() {
+            Some(removed) => Err(io::Error::other(removed)),
+            None => Ok(()),
+        }
     }
 }
 
-/// One packet for a writer, with the metadata that describes it.
+/// One packet for a writer, with the metadata that describes it. Its bytes count
+/// in its stream's backlog from the drain that took it until it is dropped: stored,
+/// counted lost, or lost with a mailbox, whatever the path.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct WritePacket {
     /// Metadata as of this packet.
-    pub metadata: Metadata,
+    metadata: Metadata,
     /// The packet, padding trimmed.
-    pub bytes: Vec<u8>,
+    bytes: Vec<u8>,
+    /// The backlog of the stream it is queued for (see [`StreamWriters::accepts`]).
+    backlog: Arc<Backlog>,
 }
 
-/// Answers once every packet sent before it is stored (or counted lost).
+impl Drop for WritePacket {
+    fn drop(&mut self) {
+        self.backlog.remove(self.bytes.len() as u64);
+    }
+}
+
+/// Bytes sent to one stream's writer and not dropped by it yet.
+struct Backlog {
+    /// The count.
+    bytes: AtomicU64,
+    /// Past it the stream takes no more packets from its ring.
+    limit: u64,
+    /// Told when the count falls back under the limit: the BufferSet, which then
+    /// drains the packets it left in the ring at once instead of at its next
+    /// timer tick (a full ring sends no wake-up).
+    room: OnceLock<WeakRecipient<BacklogRoom>>,
+}
+
+impl Backlog {
+    /// Counts `bytes` more.
+    fn add(&self, bytes: u64) {
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` less; says so to the BufferSet if that makes room.
+    fn remove(&self, bytes: u64) {
+        let before = self.bytes.fetch_sub(bytes, Ordering::Relaxed);
+        if before >= self.limit
+            && before - bytes < self.limit
+            && let Some(set) = self.room.get().and_then(WeakRecipient::upgrade)
+        {
+            set.do_send(BacklogRoom);
+        }
+    }
+
+    /// Whether another packet may be queued.
+    fn has_room(&self) -> bool {
+        self.bytes.load(Ordering::Relaxed) < self.limit
+    }
+}
+
+/// A stream's writer backlog fell back under its limit: drain again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BacklogRoom;
+
+/// Answers once every packet sent before it is stored (or counted lost). The
+/// answer is an error while the stream is failed, and once after it lost packets
+/// and recovered: `stop` never claims data it does not have.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]
 pub struct SyncWriter;
+
+/// Why a stream is failed, and since when: it tries again once a whole restart
+/// window has passed.
+struct Failure {
+    /// The error that spent the restart budget.
+    error: String,
+    /// When it did.
+    at: Instant,
+}
+
+/// Packets a writer lost and has not reported to a `SyncWriter` yet.
+struct Loss {
+    /// The error they were lost to (the latest).
+    error: String,
+    /// How many.
+    packets: u64,
+}
 
 /// The supervised actor that drives one stream's [`StreamWriter`].
 pub struct Writer {
@@ -228,8 +376,13 @@ pub struct Writer {
     pending: VecDeque<WritePacket>,
     /// Failures inside the restart window.
     budget: RestartBudget,
-    /// Set when the budget is spent: the error that ended the stream.
-    failed: Option<String>,
+    /// Set when the budget is spent, until the retry after the window succeeds.
+    failed: Option<Failure>,
+    /// Lost packets the next `SyncWriter` answer reports.
+    unreported: Option<Loss>,
+    /// Whether `stats.failed_writers` lists this stream (from its failure to its
+    /// recovery).
+    listed: bool,
     /// Daemon counters.
     stats: Arc<Stats>,
 }
@@ -250,18 +403,33 @@ pub struct StreamWriters {
     stats: Arc<Stats>,
     /// The writer of each stream, once started.
     started: Vec<Option<Addr<Writer>>>,
+    /// Bytes sent to each stream's writer and not dropped by it yet, each bounded
+    /// by `limits.max_writer_backlog_bytes`.
+    backlogs: Vec<Arc<Backlog>>,
 }
 
 impl StreamWriters {
     /// Writers for `streams` (in ring order), to run on `arbiter`; none started yet.
+    /// Each may hold up to about `backlog_limit` bytes of packets not stored yet.
     pub fn new(
         arbiter: ArbiterHandle,
         streams: Vec<StreamInfo>,
         factory: Arc<dyn WriterFactory>,
         policy: RestartPolicy,
         stats: Arc<Stats>,
+        backlog_limit: u64,
     ) -> StreamWriters {
         let started = vec![None; streams.len()];
+        let backlogs = streams
+            .iter()
+            .map(|_| {
+                Arc::new(Backlog {
+                    bytes: AtomicU64::new(0),
+                    limit: backlog_limit,
+                    room: OnceLock::new(),
+                })
+            })
+            .collect();
         StreamWriters {
             arbiter,
             streams,
@@ -269,12 +437,32 @@ impl StreamWriters {
             policy,
             stats,
             started,
+            backlogs,
         }
     }
 
-    /// The writer of ring `index`, started now if it is its first packet.
-    pub fn get(&mut self, index: usize) -> &Addr<Writer> {
-        self.started[index].get_or_insert_with(|| {
+    /// Tells `set` (the BufferSet that owns these streams) whenever a full
+    /// backlog gets room again. Set once, when the BufferSet starts.
+    pub fn notify_room(&self, set: WeakRecipient<BacklogRoom>) {
+        for backlog in &self.backlogs {
+            let _ = backlog.room.set(set.clone());
+        }
+    }
+
+    /// Whether the writer of ring `index` takes another packet: its backlog is
+    /// under the limit. A slow or restarting writer thus leaves packets in the
+    /// ring, whose producers then discard (and count) new events, instead of
+    /// growing the daemon's heap; one packet always fits, whatever the limit.
+    pub fn accepts(&self, index: usize) -> bool {
+        self.backlogs[index].has_room()
+    }
+
+    /// Queues `bytes` (one packet described by `metadata`) for the writer of ring
+    /// `index`, started now if it is its first packet.
+    pub fn send(&mut self, index: usize, metadata: Metadata, bytes: Vec<u8>) {
+        let backlog = self.backlogs[index].clone();
+        backlog.add(bytes.len() as u64);
+        let writer = self.started[index].get_or_insert_with(|| {
             Writer::start(
                 &self.arbiter,
                 self.streams[index].clone(),
@@ -282,7 +470,12 @@ impl StreamWriters {
                 self.policy,
                 self.stats.clone(),
             )
-        })
+        });
+        writer.do_send(WritePacket {
+            metadata,
+            bytes,
+            backlog,
+        });
     }
 
     /// The writers started so far.
@@ -309,16 +502,43 @@ impl Writer {
             pending: VecDeque::new(),
             budget: RestartBudget::new(policy),
             failed: None,
+            unreported: None,
+            listed: false,
             stats,
         })
     }
 
+    /// `session/channel_cpu (trace dir)`: the stream in logs, status and answers.
+    fn name(&self) -> String {
+        format!(
+            "{}/{} ({})",
+            self.stream.session,
+            self.stream.file_name(),
+            self.stream.trace_dir.display()
+        )
+    }
+
     /// Stores pending packets in order. On a failure it either stops the actor (the
-    /// supervisor restarts it) or marks the stream failed; returns false then.
+    /// supervisor restarts it) or marks the stream failed; returns false then. A
+    /// failed stream counts its packets lost until a whole restart window has
+    /// passed; then it tries again with a fresh budget (the disk may have space
+    /// again, the output may be back).
     fn store_pending(&mut self, ctx: &mut Context<Self>) -> bool {
-        if self.failed.is_some() {
-            self.count_lost();
-            return true;
+        if let Some(failure) = &self.failed {
+            // Only a packet is a reason to try: a sync alone must not make a stream
+            // look recovered.
+            if self.pending.is_empty()
+                || !self.budget.retry_after_window(failure.at, Instant::now())
+            {
+                self.count_lost();
+                return true;
+            }
+            log::info!(
+                "writer {}: retrying after its restart window ({})",
+                self.name(),
+                failure.error
+            );
+            self.failed = None;
         }
         while let Some(packet) = self.pending.front() {
             let result = catch_unwind(AssertUnwindSafe(|| {
@@ -331,6 +551,7 @@ impl Writer {
             match flatten(result) {
                 Ok(()) => {
                     self.pending.pop_front();
+                    self.unlist();
                 }
                 Err(error) => {
                     self.fail(error, ctx);
@@ -346,22 +567,19 @@ impl Writer {
         self.sink = None;
         match self.budget.failure(Instant::now()) {
             Verdict::Restart => {
-                log::warn!(
-                    "writer {}/{} in {}: {error}; restarting",
-                    self.stream.session,
-                    self.stream.file_name(),
-                    self.stream.trace_dir.display()
-                );
+                log::warn!("writer {}: {error}; restarting", self.name());
                 ctx.stop();
             }
             Verdict::GiveUp => {
                 log::error!(
-                    "writer {}/{} in {}: {error}; restart limit reached, stream failed",
-                    self.stream.session,
-                    self.stream.file_name(),
-                    self.stream.trace_dir.display()
+                    "writer {}: {error}; restart limit reached, stream failed for {} s",
+                    self.name(),
+                    self.budget.policy().within.as_secs()
                 );
-                self.failed = Some(error);
+                self.failed = Some(Failure {
+                    error,
+                    at: Instant::now(),
+                });
                 self.count_lost();
             }
         }
@@ -369,25 +587,61 @@ impl Writer {
 
     /// Drops every pending packet of a failed stream and records the loss.
     fn count_lost(&mut self) {
+        let Some(failure) = &self.failed else { return };
         let lost = self.pending.len() as u64;
         self.pending.clear();
         Stats::add(&self.stats.packets_lost_writer, lost);
-        let Some(error) = &self.failed else { return };
-        let name = format!(
-            "{}/{} ({})",
-            self.stream.session,
-            self.stream.file_name(),
-            self.stream.trace_dir.display()
-        );
+        let loss = self.unreported.get_or_insert(Loss {
+            error: String::new(),
+            packets: 0,
+        });
+        loss.error.clone_from(&failure.error);
+        loss.packets += lost;
+        let (name, error) = (self.name(), failure.error.clone());
         if let Ok(mut failures) = self.stats.failed_writers.lock() {
             match failures.iter_mut().find(|f| f.stream == name) {
                 Some(f) => f.packets_lost += lost,
                 None => failures.push(WriterFailure {
                     stream: name,
-                    error: error.clone(),
+                    error,
                     packets_lost: lost,
                 }),
             }
+        }
+        self.listed = true;
+    }
+
+    /// A stream that stored a packet again leaves `status`'s failed writers; its
+    /// loss stays counted in `packets_lost_writer` and in the next sync's answer.
+    fn unlist(&mut self) {
+        if !self.listed {
+            return;
+        }
+        self.listed = false;
+        let name = self.name();
+        log::info!("writer {name}: recovered");
+        if let Ok(mut failures) = self.stats.failed_writers.lock() {
+            failures.retain(|f| f.stream != name);
+        }
+    }
+
+    /// The answer to a sync once every packet is stored or counted lost.
+    fn sync_result(&mut self) -> Result<(), String> {
+        let name = self.name();
+        let lost = self.unreported.take();
+        match (&self.failed, lost, self.sink.as_mut()) {
+            (Some(failure), lost, _) => Err(format!(
+                "writer {name} failed ({}), {} packets lost",
+                failure.error,
+                lost.map_or(0, |l| l.packets)
+            )),
+            (None, Some(lost), _) => Err(format!(
+                "writer {name} lost {} packets ({}), then recovered",
+                lost.packets, lost.error
+            )),
+            (None, None, Some(sink)) => flatten(catch_unwind(AssertUnwindSafe(|| sink.sync())))
+                .map_err(|e| format!("writer {name}: {e}")),
+            (None, None, None) => Ok(()),
         }
     }
 }
@@ -404,6 +658,19 @@ fn flatten(result: std::thread::Result<io::Result<()>>) -> Result<(), String> {
                 None => "writer panicked".to_string(),
             },
         }),
+    }
+}
+
+/// Hands the heap that the writers' queues freed back to the system. glibc keeps
+/// freed memory in its arenas (one per thread that allocated: packets are copied
+/// on the actor thread and freed on I/O threads), so after a flood the daemon's
+/// resident size would stay at its peak; `stop` calls this once its writers synced.
+pub fn release_freed_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and shrinks glibc's own arenas; it takes no
+    // pointer and is safe to call from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
@@ -462,11 +729,7 @@ impl Handler<SyncWriter> for Writer {
                     .unwrap_or_else(|_| Err("writer stopped".to_string()))
             });
         }
-        let result = match (&self.failed, self.sink.as_mut()) {
-            (Some(error), _) => Err(error.clone()),
-            (None, Some(sink)) => flatten(catch_unwind(AssertUnwindSafe(|| sink.sync()))),
-            (None, None) => Ok(()),
-        };
+        let result = self.sync_result();
         Box::pin(async move { result })
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod recover;
 
 use crate::control;
 use crate::protocol::messages::{
@@ -75,6 +76,12 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Repair a trace a crash left: cut torn tails back to the last complete
+    /// packet, remove unfinished metadata versions; prints each change.
+    Recover {
+        /// Trace directory (a session output or any sub-trace).
+        dir: PathBuf,
+    },
     /// Run the whole system once: a private daemon, a burst of short-lived apps
     /// traced per-PID and per-UID, and the resulting trace.
     Demo(demo::DemoArgs),
@@ -121,6 +128,7 @@ impl Cli {
     pub fn run(self) -> ExitCode {
         let request = match self.command {
             Command::View { dir, json } => return view(&dir, json),
+            Command::Recover { dir } => return recover::run(&dir),
             Command::Demo(args) => return demo::run(&args),
             Command::Bench(args) => return bench::run(&args),
             Command::Create { name, output } => ControlRequest::Create {

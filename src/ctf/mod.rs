@@ -6,6 +6,8 @@
 //! - [`layout`], [`trace_writer`], [`spread`]: where trace files go and how they are
 //!   written.
 //! - [`reader`], `view` (feature `daemon`): decode and print a session directory.
+//! - `recover` (feature `daemon`): cut the torn tails a crash left, so a trace reads
+//!   up to its last complete packet.
 //!
 //! See docs/trace-layout.md for the whole picture.
 
@@ -14,6 +16,8 @@ pub mod layout;
 pub mod metadata;
 pub mod packet;
 pub mod reader;
+#[cfg(feature = "daemon")]
+pub mod recover;
 pub mod registry;
 pub mod spread;
 pub mod trace_writer;

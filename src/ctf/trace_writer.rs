@@ -40,16 +40,17 @@ pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
 
 /// Writes `tsdl`, whole, to `dir/metadata`, creating `dir` if needed.
 ///
-/// A trace's first metadata is created in place with `O_EXCL` in one `write`, like
-/// a packet appended to a stream file: no stream file refers to it yet, and one
-/// file created instead of two plus a rename matters when thousands of short-lived
-/// per-PID apps each get a trace (inode allocation is the costly part of their
-/// teardown on ext4). A metadata that exists already is replaced atomically, so a
-/// reader never sees half of a newer version: through `.metadata.<tag>`, a name no
-/// other writer of the same trace uses at the same time.
+/// A trace's first metadata is written to an unnamed file and then linked as
+/// `metadata` (see `create_complete`): it is visible only once complete, and one
+/// file is created instead of two plus a rename, which matters when thousands of
+/// short-lived per-PID apps each get a trace (inode allocation is the costly part
+/// of their teardown on ext4). A metadata that exists already is replaced
+/// atomically, so a reader never sees half of a newer version: through
+/// `.metadata.<tag>`, a name no other writer of the same trace uses at the same
+/// time.
 pub fn store_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
     let path = dir.join(METADATA_FILE);
-    let create = || trace_file().create_new(true).open(&path);
+    let create = || create_complete(dir, &path, tsdl.as_bytes());
     let created = match create() {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             create_trace_dir(dir)?;
@@ -58,7 +59,7 @@ pub fn store_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
         other => other,
     };
     match created {
-        Ok(mut file) => file.write_all(tsdl.as_bytes()),
+        Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             let tmp = dir.join(format!(".{METADATA_FILE}.{tag}"));
             trace_file()
@@ -69,6 +70,46 @@ pub fn store_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
             fs::rename(&tmp, path)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Creates `path` (in `dir`) holding `bytes`, complete before it has a name: the
+/// bytes go to an unnamed `O_TMPFILE` inode that is then linked as `path`, so a
+/// crash or a full disk never leaves a visible, partial or empty file (babeltrace2
+/// rejects a trace whose metadata is torn). `AlreadyExists` when `path` exists, as
+/// with `O_EXCL`. Where `O_TMPFILE` is not supported, the file is created with
+/// `O_EXCL` and removed again if its write fails.
+fn create_complete(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let unnamed = trace_file().custom_flags(libc::O_TMPFILE).open(dir);
+    let mut file = match unnamed {
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => {
+            let mut file = trace_file().create_new(true).open(path)?;
+            return file.write_all(bytes).inspect_err(|_| {
+                let _ = fs::remove_file(path);
+            });
+        }
+        other => other?,
+    };
+    file.write_all(bytes)?;
+    let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .expect("no NUL in a number");
+    let to = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a trace path"))?;
+    // SAFETY: both arguments are NUL-terminated strings that outlive the call.
+    let linked = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if linked == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

@@ -1,0 +1,81 @@
+//! Output removed while tracing (`rm -rf` of a per-UID output): later events reach
+//! a recreated trace that babeltrace2 reads, and `stop` says that what was written
+//! before is gone instead of claiming the trace flushed.
+
+mod common;
+
+use common::{Daemon, babeltrace2, wait_for};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlRequest};
+
+/// A per-UID channel of 4 KiB packets, so that a few thousand events make packets.
+fn start_session(daemon: &Daemon) -> PathBuf {
+    daemon.session_with(
+        "s",
+        "out",
+        &[ChannelRequest {
+            name: "chan".into(),
+            buffers: Some(Buffers::PerUid),
+            subbuf_size: Some(4096),
+            num_subbuf: Some(64),
+            ..ChannelRequest::default()
+        }],
+        true,
+    )
+}
+
+/// Runs an app pinned to CPU 0 (every app writes the same stream) emitting `events`.
+fn run_pinned_app(daemon: &Daemon, events: u32) {
+    let out = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(env!("CARGO_BIN_EXE_ustrace-demo"))
+        .args(["--events", &events.to_string()])
+        .env("USTRACE_RUNDIR", &daemon.rundir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Traces one app and waits until its packets are in the stream file; then
+/// removes the whole output.
+fn trace_then_remove(daemon: &Daemon, output: &Path) {
+    run_pinned_app(daemon, 5000);
+    let stream = output.join("ust/uid/0/64-bit/chan_0");
+    wait_for("packets on disk", Duration::from_secs(20), || {
+        std::fs::metadata(&stream).is_ok_and(|m| m.len() > 0)
+    });
+    std::fs::remove_dir_all(output).unwrap();
+}
+
+#[test]
+fn events_after_the_output_was_removed_reach_a_recreated_trace() {
+    let daemon = Daemon::start();
+    let output = start_session(&daemon);
+    trace_then_remove(&daemon, &output);
+    run_pinned_app(&daemon, 5000);
+    let stopped = daemon.ask(ControlRequest::Stop { session: None });
+    let error = stopped.expect_err("stop says the first packets are gone");
+    assert!(error.contains("was removed"), "{error}");
+    let events = babeltrace2(&output)
+        .iter()
+        .filter(|l| l.contains("demo:ev"))
+        .count();
+    // Every event of the second app, and the first app's last, partial packet
+    // (still in the ring at the removal); not the first app's stored packets.
+    assert!((5000..10_000).contains(&events), "{events} events on disk");
+}
+
+#[test]
+fn stop_after_the_output_was_removed_does_not_claim_the_trace_flushed() {
+    let daemon = Daemon::start();
+    let output = start_session(&daemon);
+    trace_then_remove(&daemon, &output);
+    let stopped = daemon.ask(ControlRequest::Stop { session: None });
+    let error = stopped.expect_err("the packets written before are not on disk");
+    assert!(
+        error.contains("chan_0") && error.contains("was removed after"),
+        "{error}"
+    );
+}
