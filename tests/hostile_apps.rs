@@ -7,7 +7,7 @@ mod common;
 use common::{Daemon, Running, babeltrace2, poke, sub_traces, wait_for};
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
@@ -124,102 +124,114 @@ fn refusals(daemon: &Daemon, cause: &str) -> u64 {
         .map_or(0, |(_, n)| *n)
 }
 
-/// Pid X connects twice to apps.sock: once as uid 4242 (the socket is kept and
-/// registered by its parent, the attacker) and once as root (X itself, after exec'ing
-/// a real app). Both connections carry SO_PEERCRED pid X, which is what a reused pid
-/// looks like to the daemon; the root app's events must never reach the attacker's
-/// rings or trace.
-#[test]
-fn a_connection_kept_past_its_process_never_shares_rings_with_a_later_app_of_its_pid() {
-    let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
-
-    // Everything the child needs is made before fork: it only makes system calls.
-    let apps_sock = daemon.rundir.join("apps.sock");
+/// The address of `daemon`'s apps.sock, made before a fork.
+fn apps_addr(daemon: &Daemon) -> libc::sockaddr_un {
+    let path = daemon.rundir.join("apps.sock");
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid (empty) address.
     let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
     addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    for (dst, src) in addr
-        .sun_path
-        .iter_mut()
-        .zip(apps_sock.as_os_str().as_bytes())
-    {
+    for (dst, src) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
         *dst = *src as libc::c_char;
     }
+    addr
+}
+
+/// An unconnected Unix stream socket: a forked child connects it, the parent keeps it.
+fn unconnected_socket() -> OwnedFd {
     // SAFETY: plain system call; the fd is owned right below.
     let raw = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     assert!(raw >= 0);
     // SAFETY: `raw` is a fresh descriptor nobody else owns.
-    let attacker = unsafe { OwnedFd::from_raw_fd(raw) };
-    let (connected_r, connected_w) = nix::unistd::pipe().unwrap();
-    let (go_r, go_w) = nix::unistd::pipe().unwrap();
-    let exe = CString::new(env!("CARGO_BIN_EXE_ustrace-demo")).unwrap();
-    let args: Vec<CString> = ["ustrace-demo", "--events", "100"]
-        .iter()
-        .map(|a| CString::new(*a).unwrap())
-        .collect();
-    let env = [CString::new(format!("USTRACE_RUNDIR={}", daemon.rundir.display())).unwrap()];
-    let argv: Vec<*const libc::c_char> = args
-        .iter()
-        .map(|a| a.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
-    let envp: Vec<*const libc::c_char> = env
-        .iter()
-        .map(|e| e.as_ptr())
-        .chain([std::ptr::null()])
-        .collect();
-    use std::os::fd::AsRawFd;
-    let (sock_fd, connected_fd, go_fd) = (raw, connected_w.as_raw_fd(), go_r.as_raw_fd());
+    unsafe { OwnedFd::from_raw_fd(raw) }
+}
 
-    // SAFETY: the child calls only async-signal-safe functions (setegid, seteuid,
-    // connect, write, read, execve, _exit) on data prepared before the fork.
-    let pid = unsafe { libc::fork() };
-    assert!(pid >= 0, "fork failed");
-    if pid == 0 {
-        // SAFETY: see the fork above.
-        unsafe {
-            if libc::setegid(HOSTILE) != 0 || libc::seteuid(HOSTILE) != 0 {
-                libc::_exit(2);
-            }
-            let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-            let rc = libc::connect(sock_fd, (&raw const addr).cast(), len);
-            if rc != 0 || libc::seteuid(0) != 0 || libc::setegid(0) != 0 {
-                libc::_exit(3);
-            }
-            let byte = 1u8;
-            libc::write(connected_fd, (&raw const byte).cast(), 1);
-            let mut go = 0u8;
-            libc::read(go_fd, (&raw mut go).cast(), 1);
-            libc::execve(exe.as_ptr(), argv.as_ptr(), envp.as_ptr());
-            libc::_exit(127);
+/// In a forked child: connects `sock` to `addr` as uid 4242 (effective ids only, so
+/// the child can become root again), as the daemon will see in SO_PEERCRED.
+///
+/// # Safety
+/// Only async-signal-safe calls: fit for a child of a multithreaded fork.
+unsafe fn connect_as_hostile(sock: &OwnedFd, addr: &libc::sockaddr_un) -> bool {
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    // SAFETY: plain system calls on a valid fd and address.
+    unsafe {
+        libc::setegid(HOSTILE) == 0
+            && libc::seteuid(HOSTILE) == 0
+            && libc::connect(sock.as_raw_fd(), std::ptr::from_ref(addr).cast(), len) == 0
+            && libc::seteuid(0) == 0
+            && libc::setegid(0) == 0
+    }
+}
+
+/// `execve` of `ustrace-demo --events 100` for `daemon`, prepared before a fork.
+struct DemoExec {
+    /// The program.
+    exe: CString,
+    /// Owns what `argv` points to.
+    _args: Vec<CString>,
+    /// Owns what `envp` points to.
+    _env: Vec<CString>,
+    /// Null-terminated.
+    argv: Vec<*const libc::c_char>,
+    /// Null-terminated.
+    envp: Vec<*const libc::c_char>,
+}
+
+impl DemoExec {
+    fn new(daemon: &Daemon) -> DemoExec {
+        let args: Vec<CString> = ["ustrace-demo", "--events", "100"]
+            .iter()
+            .map(|a| CString::new(*a).unwrap())
+            .collect();
+        let env =
+            vec![CString::new(format!("USTRACE_RUNDIR={}", daemon.rundir.display())).unwrap()];
+        let nul = |v: &[CString]| {
+            v.iter()
+                .map(|a| a.as_ptr())
+                .chain([std::ptr::null()])
+                .collect()
+        };
+        DemoExec {
+            exe: CString::new(env!("CARGO_BIN_EXE_ustrace-demo")).unwrap(),
+            argv: nul(&args),
+            envp: nul(&env),
+            _args: args,
+            _env: env,
         }
     }
-    drop(connected_w);
-    drop(go_r);
-    let mut connected = std::fs::File::from(connected_r);
-    let mut byte = [0u8; 1];
-    assert_eq!(connected.read(&mut byte).unwrap(), 1, "the child connected");
 
-    // The attacker (uid 4242 as the daemon sees it, pid X) registers first, named
-    // like the victim will be.
-    let attacker = UnixStream::from(attacker);
+    /// Becomes the demo (or exits 127).
+    ///
+    /// # Safety
+    /// Only async-signal-safe calls: fit for a child of a multithreaded fork.
+    unsafe fn exec(&self) -> ! {
+        // SAFETY: every pointer is to a live, null-terminated array of C strings.
+        unsafe {
+            libc::execve(self.exe.as_ptr(), self.argv.as_ptr(), self.envp.as_ptr());
+            libc::_exit(127)
+        }
+    }
+}
+
+/// Registers the kept socket as the attacker "evil" and returns its per-PID rings.
+fn register_attacker(sock: OwnedFd) -> (UnixStream, Vec<OwnedFd>) {
+    let attacker = UnixStream::from(sock);
     let rings = match register(&attacker, "evil") {
         Answer::Registered(rings) => rings,
         Answer::Refused(reason) => panic!("attacker refused: {reason}"),
     };
     assert!(!rings.is_empty(), "the attacker got per-PID rings");
+    (attacker, rings)
+}
 
-    // Now X becomes a real root app and records 100 events.
-    std::fs::File::from(go_w).write_all(&[1]).unwrap();
-    let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
-    assert_eq!(
-        status,
-        nix::sys::wait::WaitStatus::Exited(nix::unistd::Pid::from_raw(pid), 0)
-    );
+/// Waits for the root app of pid `pid` to exit cleanly, stops the session and checks
+/// that its 100 events are all in its own trace and none in the attacker's rings or
+/// trace.
+fn root_app_recorded_alone(daemon: &Daemon, output: &Path, pid: i32, rings: Vec<OwnedFd>) {
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let status = nix::sys::wait::waitpid(pid, None).unwrap();
+    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 0));
     daemon.stop("s");
-
-    // The attacker's rings hold no byte of the victim's events ("hello" payloads).
+    // No byte of the root app's events ("hello" payloads) in the attacker's rings.
     for ring in rings {
         let mut bytes = Vec::new();
         std::fs::File::from(ring).read_to_end(&mut bytes).unwrap();
@@ -228,13 +240,114 @@ fn a_connection_kept_past_its_process_never_shares_rings_with_a_later_app_of_its
             "the attacker's ring holds the root app's events"
         );
     }
-    let victim = traces(&output, &format!("ust/pid/ustrace-demo-{pid}-"));
-    assert_eq!(victim.len(), 1, "{:?}", sub_traces(&output));
+    let victim = traces(output, &format!("ust/pid/ustrace-demo-{pid}-"));
+    assert_eq!(victim.len(), 1, "{:?}", sub_traces(output));
     assert_eq!(victim[0].1, 100, "{victim:?}");
-    for (trace, events) in traces(&output, "ust/pid/evil-") {
+    for (trace, events) in traces(output, "ust/pid/evil-") {
         assert_eq!(events, 0, "{trace} holds the root app's events");
     }
-    drop(attacker);
+}
+
+/// Pid X connects twice to apps.sock: once as uid 4242 (the socket is kept and
+/// registered by its parent, the attacker) and once as root (X itself, after exec'ing
+/// a real app). Both connections carry SO_PEERCRED pid X, as with a reused pid, but
+/// both processes alive; the root app's events must never reach the attacker.
+#[test]
+fn a_connection_kept_past_its_process_never_shares_rings_with_a_later_app_of_its_pid() {
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    // Everything the child needs is made before fork: it only makes system calls.
+    let addr = apps_addr(&daemon);
+    let sock = unconnected_socket();
+    let demo = DemoExec::new(&daemon);
+    let (connected_r, connected_w) = nix::unistd::pipe().unwrap();
+    let (go_r, go_w) = nix::unistd::pipe().unwrap();
+
+    // SAFETY: the child calls only async-signal-safe functions on data prepared
+    // before the fork.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: see the fork above.
+        unsafe {
+            if !connect_as_hostile(&sock, &addr) {
+                libc::_exit(3);
+            }
+            libc::write(connected_w.as_raw_fd(), [1u8].as_ptr().cast(), 1);
+            let mut go = 0u8;
+            libc::read(go_r.as_raw_fd(), (&raw mut go).cast(), 1);
+            demo.exec()
+        }
+    }
+    drop(connected_w);
+    drop(go_r);
+    let mut byte = [0u8; 1];
+    let connected = std::fs::File::from(connected_r).read(&mut byte).unwrap();
+    assert_eq!(connected, 1, "the child connected");
+
+    // The attacker (uid 4242 as the daemon sees it, pid X) registers first...
+    let (_attacker, rings) = register_attacker(sock);
+    // ... then X becomes a real root app and records 100 events.
+    std::fs::File::from(go_w).write_all(&[1]).unwrap();
+    root_app_recorded_alone(&daemon, &output, pid, rings);
+}
+
+/// The real attack: a uid-4242 child connects and exits, its parent keeps the socket
+/// and registers it as pid X while X is dead; then the kernel gives pid X to a root
+/// app (forced with /proc/sys/kernel/ns_last_pid, retried if another process takes
+/// X first). The root app gets its own rings; the attacker's never see its events.
+#[test]
+fn a_reused_pid_never_receives_the_rings_of_the_connection_its_dead_owner_left() {
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let addr = apps_addr(&daemon);
+    let sock = unconnected_socket();
+    let demo = DemoExec::new(&daemon);
+
+    // SAFETY: the child calls only async-signal-safe functions, then _exits.
+    let x = unsafe { libc::fork() };
+    assert!(x >= 0, "fork failed");
+    if x == 0 {
+        // SAFETY: see the fork above.
+        unsafe {
+            libc::_exit(if connect_as_hostile(&sock, &addr) {
+                0
+            } else {
+                3
+            })
+        }
+    }
+    let x_pid = nix::unistd::Pid::from_raw(x);
+    let status = nix::sys::wait::waitpid(x_pid, None).unwrap();
+    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(x_pid, 0));
+    // X is dead and reaped; its connection lives on in this process.
+    let (_attacker, rings) = register_attacker(sock);
+
+    let mut reused = false;
+    for _ in 0..500 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (x - 1).to_string())
+            .expect("root may set ns_last_pid");
+        // SAFETY: the child calls only async-signal-safe functions (getpid, execve,
+        // _exit) on data prepared before the fork.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0, "fork failed");
+        if pid == 0 {
+            // SAFETY: see the fork above.
+            unsafe {
+                if libc::getpid() != x {
+                    libc::_exit(0);
+                }
+                demo.exec()
+            }
+        }
+        if pid == x {
+            reused = true;
+            break;
+        }
+        nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None).unwrap();
+    }
+    assert!(reused, "pid {x} was never given again");
+    root_app_recorded_alone(&daemon, &output, x, rings);
 }
 
 /// Per-uid connection shares: with `max_apps = 8` (a quarter, 2, per uid), uid 4242
