@@ -4,7 +4,8 @@
 //! controls it) and `apps.sock` (mode 0666: apps of every user register; each gets
 //! only its own uid's buffers) under the runtime directory, starts the actors, creates
 //! the sessions the config file declares, and serves until SIGINT or SIGTERM, when it
-//! stops every started session (flushing it to disk) before exiting.
+//! stops every started session (flushing it to disk) before exiting. Each socket
+//! appears with its final mode, never wider for an instant (see `bind` below).
 //!
 //! Concurrency: everything runs on one actix system thread except the writers, which
 //! run on I/O arbiters (one thread per CPU, each set's writers on one of them in
