@@ -427,6 +427,49 @@ fn one_uid_taking_its_per_pid_memory_leaves_another_uid_its_buffers() {
     assert_eq!(daemon.status().events_discarded, 0);
 }
 
+/// An app whose per-PID channel its uid's share refuses keeps its per-UID channel
+/// (traced, no warning), and the refusal is counted once however often later
+/// session changes try the channel again.
+#[test]
+fn a_channel_refused_to_a_registered_app_is_counted_once_and_its_other_channels_kept() {
+    let set = 64 * 1024 * 4 * ustrace::shm::cpu_count() as u64;
+    let daemon = Daemon::with_config(&format!("[limits]\nmax_pid_buffer_bytes = {}\n", 4 * set));
+    let channels = [
+        ChannelRequest {
+            name: "p".into(),
+            buffers: Some(Buffers::PerPid),
+            subbuf_size: Some(64 * 1024),
+            num_subbuf: Some(4),
+            ..ChannelRequest::default()
+        },
+        ChannelRequest {
+            name: "u".into(),
+            buffers: Some(Buffers::PerUid),
+            ..ChannelRequest::default()
+        },
+    ];
+    let output = daemon.session_with("s", "out", &channels, true);
+    let held: Vec<Running> = (0..2).map(|_| holder(&daemon, HOSTILE, 1)).collect();
+    let cause = "limits.max_pid_buffer_bytes_per_uid";
+    assert_eq!(refusals(&daemon, cause), 1);
+    for pattern in ["other:*", "more:*"] {
+        daemon.ok(ustrace::protocol::messages::ControlRequest::EnableEvent {
+            session: Some("s".into()),
+            channel: Some("p".into()),
+            pattern: pattern.into(),
+        });
+    }
+    assert_eq!(refusals(&daemon, cause), 1);
+    for stderr in held.into_iter().map(finish) {
+        assert!(stderr.is_empty(), "{stderr}");
+    }
+    daemon.stop("s");
+    assert_eq!(
+        events_in(&output.join(format!("ust/uid/{HOSTILE}/64-bit"))),
+        2
+    );
+}
+
 /// Resident memory of a process, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();

@@ -35,7 +35,7 @@ use crate::ctf::registry::{Ownership, Registry};
 use crate::protocol::messages::{Buffers, ChannelSpec};
 use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, cpu_count};
 use actix::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -85,6 +85,9 @@ struct App {
     addr: Addr<AppRegistration>,
     /// Channels given to it: set key -> (channel key for the app, enabled event indices).
     channels: BTreeMap<SetKey, AppChannel>,
+    /// Per-PID sets a limit refused it: each refusal is counted once, however often
+    /// a later session change tries the set again.
+    refused: BTreeSet<SetKey>,
 }
 
 /// A channel given to an app.
@@ -322,7 +325,15 @@ impl BufferFactory {
         };
         let uid = app.uid;
         if matches!(owner, Owner::Pid(_)) && !self.sets.contains_key(&set_key) {
-            self.check_pid_budget(uid, self.set_bytes(&channel.spec))?;
+            let budget = self.check_pid_budget(uid, self.set_bytes(&channel.spec));
+            let app = self.apps.get_mut(&connection).expect("checked above");
+            match budget {
+                Ok(()) => {
+                    app.refused.remove(&set_key);
+                }
+                Err(refusal) if app.refused.insert(set_key) => return Err(refusal.into()),
+                Err(_) => return Ok(None),
+            }
         }
         let new_trace = self
             .ensure_trace(session, owner, connection)
@@ -652,6 +663,7 @@ impl Handler<CreateBuffers> for BufferFactory {
                 events: msg.events,
                 addr: msg.app,
                 channels: BTreeMap::new(),
+                refused: BTreeSet::new(),
             },
         );
         let delta = self.delta(msg.connection);
