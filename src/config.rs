@@ -184,6 +184,17 @@ pub struct LimitsConfig {
     /// Largest metadata text of one trace; an app whose events would pass it is
     /// refused; at least [`MIN_METADATA_BYTES`].
     pub max_metadata_bytes: ByteSize,
+    /// Most app connections of one uid served at once, so that one user's idle
+    /// connections never shut out another's apps (the daemon's own uid is bounded
+    /// by `max_apps` only); 1 ..= `max_apps`. `None` (absent):
+    /// a quarter of `max_apps`. Read it through [`LimitsConfig::apps_per_uid`].
+    pub max_apps_per_uid: Option<u32>,
+    /// Most per-PID buffer memory of one uid's apps together, so that one user
+    /// cannot take the memory another's per-PID apps need (the daemon's own uid is
+    /// bounded by `max_pid_buffer_bytes` only); 1 ..=
+    /// `max_pid_buffer_bytes`. `None` (absent): a quarter of `max_pid_buffer_bytes`.
+    /// Read it through [`LimitsConfig::pid_buffer_bytes_per_uid`].
+    pub max_pid_buffer_bytes_per_uid: Option<ByteSize>,
     /// Most packet bytes queued for one stream's writer and not stored yet; past
     /// it the stream's ring keeps its packets (and its producers discard), so a
     /// slow or failed writer cannot grow the daemon's heap; above 0.
@@ -200,6 +211,8 @@ impl Default for LimitsConfig {
             max_fields_per_event: events.max_fields_per_event,
             max_events_per_trace: events.max_events_per_trace,
             max_metadata_bytes: ByteSize(events.max_metadata_bytes),
+            max_apps_per_uid: None,
+            max_pid_buffer_bytes_per_uid: None,
             max_writer_backlog_bytes: ByteSize(2 << 20),
         }
     }
@@ -214,6 +227,20 @@ impl LimitsConfig {
             max_events_per_trace: self.max_events_per_trace,
             max_metadata_bytes: self.max_metadata_bytes.0,
         }
+    }
+
+    /// The effective `max_apps_per_uid`: as set, else a quarter of `max_apps` (at
+    /// least 1).
+    pub fn apps_per_uid(&self) -> u32 {
+        self.max_apps_per_uid.unwrap_or((self.max_apps / 4).max(1))
+    }
+
+    /// The effective `max_pid_buffer_bytes_per_uid`: as set, else a quarter of
+    /// `max_pid_buffer_bytes` (at least 1).
+    pub fn pid_buffer_bytes_per_uid(&self) -> u64 {
+        self.max_pid_buffer_bytes_per_uid
+            .map(|b| b.0)
+            .unwrap_or((self.max_pid_buffer_bytes.0 / 4).max(1))
     }
 }
 
@@ -639,6 +666,22 @@ impl Config {
                 ),
             ));
         }
+        if let Some(per_uid) = self.limits.max_apps_per_uid {
+            within_global(
+                u64::from(per_uid),
+                u64::from(self.limits.max_apps),
+                "max_apps",
+            )
+            .map_err(|m| at(key("limits", "max_apps_per_uid"), m))?;
+        }
+        if let Some(per_uid) = self.limits.max_pid_buffer_bytes_per_uid {
+            within_global(
+                per_uid.0,
+                self.limits.max_pid_buffer_bytes.0,
+                "max_pid_buffer_bytes",
+            )
+            .map_err(|m| at(key("limits", "max_pid_buffer_bytes_per_uid"), m))?;
+        }
         positive(self.limits.max_writer_backlog_bytes.0)
             .map_err(|m| at(key("limits", "max_writer_backlog_bytes"), m))?;
 
@@ -794,6 +837,17 @@ fn empty_path_as_none<'de, D: Deserializer<'de>>(
 /// Most per-PID ring sets kept ready per geometry: each holds a memfd per CPU and
 /// an eventfd open.
 const MAX_WARM_SETS: u32 = 256;
+
+/// A per-uid limit: above 0 and at most its global limit `global` (named `name`).
+fn within_global(value: u64, global: u64, name: &str) -> Result<(), String> {
+    positive(value)?;
+    if value > global {
+        return Err(format!(
+            "{value} is out of range: at most limits.{name} ({global})"
+        ));
+    }
+    Ok(())
+}
 
 fn positive(value: u64) -> Result<(), String> {
     if value == 0 {

@@ -4,7 +4,8 @@
 //! controls it) and `apps.sock` (mode 0666: apps of every user register; each gets
 //! only its own uid's buffers) under the runtime directory, starts the actors, creates
 //! the sessions the config file declares, and serves until SIGINT or SIGTERM, when it
-//! stops every started session (flushing it to disk) before exiting.
+//! stops every started session (flushing it to disk) before exiting. Each socket
+//! appears with its final mode, never wider for an instant (see `bind` below).
 //!
 //! Concurrency: everything runs on one actix system thread except the writers, which
 //! run on I/O arbiters (one thread per CPU, each set's writers on one of them in
@@ -117,8 +118,8 @@ impl Daemon {
         rundir: PathBuf,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DaemonError> {
-        let control = bind(&rundir.join(CONTROL_SOCKET), 0o600)?;
-        let apps = bind(&rundir.join(APPS_SOCKET), 0o666)?;
+        let control = bind(&rundir, CONTROL_SOCKET, 0o600)?;
+        let apps = bind(&rundir, APPS_SOCKET, 0o666)?;
         let config = &self.config;
         let stats = Arc::new(Stats::default());
         // One I/O thread per CPU: file creation, not the CPU, is what they wait on.
@@ -132,6 +133,7 @@ impl Daemon {
                     backoff: config.supervision.backoff(),
                 },
                 max_pid_buffer_bytes: config.limits.max_pid_buffer_bytes.0,
+                max_pid_buffer_bytes_per_uid: config.limits.pid_buffer_bytes_per_uid(),
                 warm_pid_buffer_sets: config.daemon.warm_pid_buffer_sets as usize,
                 event_limits: config.limits.events(),
                 max_writer_backlog_bytes: config.limits.max_writer_backlog_bytes.0,
@@ -155,6 +157,7 @@ impl Daemon {
         let limits = AppLimits {
             max_frame,
             max_apps: u64::from(config.limits.max_apps),
+            max_apps_per_uid: u64::from(config.limits.apps_per_uid()),
             registration_timeout: config.daemon.registration_timeout(),
         };
         let registrar = Registrar::new(factory, limits, stats).start();
@@ -208,29 +211,66 @@ fn recover_outputs(config: &Config) {
     }
 }
 
-/// Creates the runtime directory (0755) if needed.
+/// Creates the runtime directory (0755) if needed, never wider than that even for a
+/// moment (whatever the umask), and refuses one that another user owns: whoever owns
+/// it could replace the sockets.
 fn prepare_rundir(rundir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     let err = |source| DaemonError::RuntimeDir {
         path: rundir.to_path_buf(),
         source,
     };
-    fs::create_dir_all(rundir).map_err(err)?;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(rundir)
+        .map_err(err)?;
+    let owner = fs::metadata(rundir).map_err(err)?.uid();
+    let me = nix::unistd::geteuid().as_raw();
+    if owner != me {
+        return Err(err(io::Error::other(format!(
+            "owned by uid {owner}, not by the daemon's uid {me}"
+        ))));
+    }
     fs::set_permissions(rundir, fs::Permissions::from_mode(0o755)).map_err(err)
 }
 
-/// Binds a socket, replacing a stale file but never a live daemon's socket.
-fn bind(path: &Path, mode: u32) -> Result<UnixListener, DaemonError> {
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(DaemonError::AlreadyRunning(path.to_path_buf()));
+/// Binds socket `name` in `rundir` with `mode`, replacing a stale file but never a
+/// live daemon's socket.
+///
+/// The socket appears at its path with its final mode, with no window in which it
+/// is wider: `bind` creates the file with the process's umask (0777 under umask
+/// 000), so it is bound inside a private 0700 directory, chmodded there (nobody
+/// else can reach it), then renamed into place (atomic).
+fn bind(rundir: &Path, name: &str, mode: u32) -> Result<UnixListener, DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let path = rundir.join(name);
+    if std::os::unix::net::UnixStream::connect(&path).is_ok() {
+        return Err(DaemonError::AlreadyRunning(path));
     }
-    let _ = fs::remove_file(path);
     let err = |source| DaemonError::Bind {
-        path: path.to_path_buf(),
+        path: path.clone(),
         source,
     };
-    let listener = UnixListener::bind(path).map_err(err)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(err)?;
-    Ok(listener)
+    let private = rundir.join(format!(".{name}.{}", std::process::id()));
+    // A leftover of a daemon that died here with our pid; the runtime directory is
+    // ours alone (prepare_rundir), so nobody else made it.
+    let _ = fs::remove_dir_all(&private);
+    fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(err)?;
+    let staged = private.join(name);
+    let listener = UnixListener::bind(&staged)
+        .and_then(|listener| {
+            fs::set_permissions(&staged, fs::Permissions::from_mode(mode))?;
+            fs::rename(&staged, &path)?;
+            Ok(listener)
+        })
+        .map_err(err);
+    let _ = fs::remove_file(&staged);
+    let _ = fs::remove_dir(&private);
+    listener
 }
 
 /// Accepts connections on `listener` (called `name` in logs) for ever, handing each

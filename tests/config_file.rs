@@ -302,6 +302,8 @@ fn timers_and_limits_must_be_positive() {
         ("limits", "max_events_per_app"),
         ("limits", "max_fields_per_event"),
         ("limits", "max_events_per_trace"),
+        ("limits", "max_apps_per_uid"),
+        ("limits", "max_pid_buffer_bytes_per_uid"),
         ("limits", "max_writer_backlog_bytes"),
     ] {
         let (position, message) = invalid(
@@ -327,6 +329,33 @@ fn max_metadata_bytes_must_hold_a_trace_s_fixed_declarations() {
         .events();
     assert_eq!(limits.max_metadata_bytes, 16 * 1024);
     assert_eq!(limits.max_events_per_app, 7);
+}
+
+#[test]
+fn per_uid_limits_default_to_a_quarter_of_the_global_ones_and_never_exceed_them() {
+    let config = Config::default();
+    assert_eq!(config.limits.apps_per_uid(), 1024);
+    assert_eq!(config.limits.pid_buffer_bytes_per_uid(), 256 << 20);
+    let small = parse("[limits]\nmax_apps = 2\nmax_pid_buffer_bytes = 3\n").unwrap();
+    assert_eq!(small.limits.apps_per_uid(), 1);
+    assert_eq!(small.limits.pid_buffer_bytes_per_uid(), 1);
+    let set =
+        parse("[limits]\nmax_apps_per_uid = 10\nmax_pid_buffer_bytes_per_uid = \"1M\"\n").unwrap();
+    assert_eq!(set.limits.apps_per_uid(), 10);
+    assert_eq!(set.limits.pid_buffer_bytes_per_uid(), 1 << 20);
+    let (_, message) = invalid(
+        "[limits]\nmax_apps = 8\nmax_apps_per_uid = 9\n",
+        "limits.max_apps_per_uid",
+    );
+    assert!(message.contains("at most limits.max_apps (8)"), "{message}");
+    let (_, message) = invalid(
+        "[limits]\nmax_pid_buffer_bytes_per_uid = \"2G\"\n",
+        "limits.max_pid_buffer_bytes_per_uid",
+    );
+    assert!(
+        message.contains("at most limits.max_pid_buffer_bytes (1073741824)"),
+        "{message}"
+    );
 }
 
 #[test]

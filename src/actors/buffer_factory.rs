@@ -9,12 +9,21 @@
 //! - what each app has been given, so that a session started, or a channel or event
 //!   enabled, after an app registered reaches that app as a delta over its connection.
 //!
+//! Identity and fair shares: an app is known by its [`ConnectionId`], never by its
+//! pid, so a per-PID set and its trace belong to exactly one connection (and so one
+//! uid); a connection that outlives its process can never hand a later process of
+//! the same pid its rings. Per-PID buffer memory is bounded for all apps together
+//! (`limits.max_pid_buffer_bytes`) and for each uid (`..._per_uid`), so one user
+//! cannot take the memory another's apps need (the daemon's own uid is bounded by
+//! the global cap only). A channel refused for a limit is counted in `status`; an
+//! app that a limit leaves with nothing at registration is refused and told why.
+//!
 //! Registration cost matters (thousands of short-lived per-PID apps): creating a
 //! BufferSet is a few memfds and two actors, nothing touches the disk until the first
 //! packet is written, and an app that matches no enabled event gets no buffer at all.
 
 use crate::actors::buffer_set::{BufferSet, Flush, ProducerDied, Teardown, all_ok};
-use crate::actors::registration::{AppRegistration, Grant, Push};
+use crate::actors::registration::{AppRegistration, ConnectionId, Grant, Push, Refusal};
 use crate::actors::ring_pool::RingPool;
 use crate::actors::session::{ChannelDef, SessionDef};
 use crate::actors::stats::Stats;
@@ -28,7 +37,7 @@ use crate::ctf::trace_writer::TraceDir;
 use crate::protocol::messages::{Buffers, ChannelSpec};
 use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, cpu_count};
 use actix::prelude::*;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio::sync::oneshot;
@@ -38,8 +47,9 @@ use tokio::sync::oneshot;
 pub enum Owner {
     /// Per-UID buffers of this user.
     Uid(u32),
-    /// Per-PID buffers of this process.
-    Pid(i32),
+    /// Per-PID buffers of one app connection (its process, for as long as it lives;
+    /// a later process with the same pid is another connection).
+    Pid(ConnectionId),
 }
 
 /// The settings the factory applies to everything it creates.
@@ -51,6 +61,8 @@ pub struct FactorySettings {
     pub restart_policy: RestartPolicy,
     /// Cap on the shared memory of all per-PID buffers together.
     pub max_pid_buffer_bytes: u64,
+    /// Cap on the shared memory of the per-PID buffers of one uid.
+    pub max_pid_buffer_bytes_per_uid: u64,
     /// Per-PID ring sets kept ready per geometry (see [`RingPool`]).
     pub warm_pid_buffer_sets: usize,
     /// Bounds on events per app and per trace and on metadata size: what one
@@ -63,6 +75,8 @@ pub struct FactorySettings {
 
 /// One app as the factory knows it.
 struct App {
+    /// From SO_PEERCRED: names its per-PID sub-traces, as users expect.
+    pid: i32,
     /// From SO_PEERCRED.
     uid: u32,
     /// Program name.
@@ -75,6 +89,9 @@ struct App {
     addr: Addr<AppRegistration>,
     /// Channels given to it: set key -> (channel key for the app, enabled event indices).
     channels: BTreeMap<SetKey, AppChannel>,
+    /// Per-PID sets a limit refused it: each refusal is counted once, however often
+    /// a later session change tries the set again.
+    refused: BTreeSet<SetKey>,
 }
 
 /// A channel given to an app.
@@ -102,8 +119,32 @@ struct Set {
     addr: Addr<BufferSet>,
     /// Its rings, to hand their fds to apps.
     buffers: Arc<ChannelBuffers>,
-    /// Shared-memory bytes, counted against the per-PID cap.
+    /// Shared-memory bytes, counted against the per-PID caps.
     bytes: u64,
+    /// The uid of its owner: whose per-uid share a per-PID set counts against.
+    uid: u32,
+}
+
+/// Why an app gets no buffers for one channel.
+#[derive(Debug, thiserror::Error)]
+enum GrantError {
+    /// A limit: the app is refused (at registration) and the refusal counted.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Anything else (no such writer, shared memory unavailable): logged.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// What an app should be given now.
+struct Delta {
+    /// The grants that could be made.
+    grants: Vec<Grant>,
+    /// The limit that refused one of its channels, if any.
+    refused: Option<Refusal>,
+    /// The first event limit of `[limits]` one of its traces met, if any: at
+    /// registration the app is refused whole.
+    limit: Option<RegistryError>,
 }
 
 /// One sub-trace: a directory with a metadata file and stream files.
@@ -124,6 +165,9 @@ pub struct BufferFactory {
     settings: FactorySettings,
     /// Writer factories by name.
     writers: WriterRegistry,
+    /// The daemon's own uid: its apps are the operator's, bounded by the global
+    /// per-PID cap only (a single-user daemon keeps the whole budget).
+    daemon_uid: u32,
     /// The threads that run writers, so that disk I/O never delays registration;
     /// each set's writers go to the next one in turn, so one slow file creation
     /// does not queue every other app's trace behind it.
@@ -142,12 +186,14 @@ pub struct BufferFactory {
     traces: HashMap<(String, Owner), Trace>,
     /// BufferSets.
     sets: HashMap<SetKey, Set>,
-    /// Registered apps by pid.
-    apps: HashMap<i32, App>,
+    /// Registered apps by connection (never by pid: see the module doc).
+    apps: HashMap<ConnectionId, App>,
     /// Next channel key handed to an app.
     next_key: u64,
     /// Shared memory held by per-PID sets now.
     pid_buffer_bytes: u64,
+    /// The same by uid (uids holding none are absent).
+    pid_buffer_bytes_by_uid: HashMap<u32, u64>,
     /// Teardowns in flight per session, and who waits for them: `stop` and `destroy`
     /// answer only once the session's dead apps are on disk too.
     teardowns: HashMap<String, Teardowns>,
@@ -176,6 +222,7 @@ impl BufferFactory {
             cpus,
             settings,
             writers,
+            daemon_uid: nix::unistd::geteuid().as_raw(),
             io,
             sets_created: 0,
             stats,
@@ -185,6 +232,7 @@ impl BufferFactory {
             apps: HashMap::new(),
             next_key: 1,
             pid_buffer_bytes: 0,
+            pid_buffer_bytes_by_uid: HashMap::new(),
             teardowns: HashMap::new(),
         }
     }
@@ -202,11 +250,10 @@ impl BufferFactory {
         self.pool.keep_ready(&geometries);
     }
 
-    /// Everything app `pid` should have and does not have yet, and the first limit
-    /// of `[limits]` that its events met in a trace, if any (the grants before it
-    /// are recorded as given and returned).
-    fn delta(&mut self, pid: i32) -> (Vec<Grant>, Option<RegistryError>) {
+    /// Everything app `connection` should have and does not have yet.
+    fn delta(&mut self, connection: ConnectionId) -> Delta {
         let mut grants = Vec::new();
+        let mut refused = None;
         let mut limit = None;
         let sessions: Vec<SessionDef> = self
             .sessions
@@ -217,35 +264,66 @@ impl BufferFactory {
         for session in &sessions {
             for (stream_id, channel) in session.channels.iter().enumerate() {
                 if limit.is_some() {
-                    return (grants, limit);
+                    return Delta {
+                        grants,
+                        refused,
+                        limit,
+                    };
                 }
-                match self.grant(pid, session, stream_id as u32, channel, &mut limit) {
+                match self.grant(connection, session, stream_id as u32, channel, &mut limit) {
                     Ok(Some(grant)) => grants.push(grant),
                     Ok(None) => {}
+                    Err(GrantError::Refused(refusal)) => refused = Some(refusal),
                     Err(e) => log::warn!(
-                        "app {pid}: no buffers for {}/{}: {e}",
+                        "app connection {connection}: no buffers for {}/{}: {e}",
                         session.name,
                         channel.spec.name
                     ),
                 }
             }
         }
-        (grants, limit)
+        Delta {
+            grants,
+            refused,
+            limit,
+        }
     }
 
-    /// What app `pid` is missing of one channel, creating its buffers if needed.
-    /// An event past a trace's limits stops the enabling there and is reported in
-    /// `limit`; what was granted before it is returned all the same (it is recorded
-    /// as given).
+    /// Shared-memory bytes of one set of `spec`.
+    fn set_bytes(&self, spec: &ChannelSpec) -> u64 {
+        u64::from(spec.subbuf_size) * u64::from(spec.num_subbuf) * self.cpus as u64
+    }
+
+    /// Whether a new per-PID set of `bytes` fits under both per-PID caps for `uid`.
+    fn check_pid_budget(&self, uid: u32, bytes: u64) -> Result<(), Refusal> {
+        let max = self.settings.max_pid_buffer_bytes;
+        if self.pid_buffer_bytes + bytes > max {
+            return Err(Refusal::PidBufferBytes { max });
+        }
+        if uid == self.daemon_uid {
+            return Ok(());
+        }
+        let max = self.settings.max_pid_buffer_bytes_per_uid;
+        let held = self.pid_buffer_bytes_by_uid.get(&uid).copied().unwrap_or(0);
+        if held + bytes > max {
+            return Err(Refusal::PidBufferBytesPerUid { uid, max });
+        }
+        Ok(())
+    }
+
+    /// What app `connection` is missing of one channel, creating its buffers if
+    /// needed. An event past a trace's limits stops the enabling there and is
+    /// reported in `limit`; what was granted before it is returned all the same (it
+    /// is recorded as given).
     fn grant(
         &mut self,
-        pid: i32,
+        connection: ConnectionId,
         session: &SessionDef,
         stream_id: u32,
         channel: &ChannelDef,
         limit: &mut Option<RegistryError>,
-    ) -> Result<Option<Grant>, String> {
-        let Some(app) = self.apps.get(&pid) else {
+    ) -> Result<Option<Grant>, GrantError> {
+        let Some(app) = self.apps.get(&connection) else {
             return Ok(None);
         };
         let matching: Vec<u32> = app
@@ -260,7 +338,7 @@ impl BufferFactory {
         }
         let owner = match channel.spec.buffers {
             Buffers::PerUid => Owner::Uid(app.uid),
-            Buffers::PerPid => Owner::Pid(pid),
+            Buffers::PerPid => Owner::Pid(connection),
         };
         let set_key = SetKey {
             session: session.name.clone(),
@@ -268,10 +346,24 @@ impl BufferFactory {
             owner,
         };
         let uid = app.uid;
-        let new_trace = self.ensure_trace(session, owner, pid)?;
-        self.ensure_set(&set_key, uid, session, stream_id, &channel.spec)?;
+        if matches!(owner, Owner::Pid(_)) && !self.sets.contains_key(&set_key) {
+            let budget = self.check_pid_budget(uid, self.set_bytes(&channel.spec));
+            let app = self.apps.get_mut(&connection).expect("checked above");
+            match budget {
+                Ok(()) => {
+                    app.refused.remove(&set_key);
+                }
+                Err(refusal) if app.refused.insert(set_key) => return Err(refusal.into()),
+                Err(_) => return Ok(None),
+            }
+        }
+        let new_trace = self
+            .ensure_trace(session, owner, connection)
+            .map_err(GrantError::Failed)?;
+        self.ensure_set(&set_key, session, stream_id, &channel.spec, uid)
+            .map_err(GrantError::Failed)?;
 
-        let app = self.apps.get_mut(&pid).expect("checked above");
+        let app = self.apps.get_mut(&connection).expect("checked above");
         let trace = self
             .traces
             .get_mut(&(session.name.clone(), owner))
@@ -307,7 +399,10 @@ impl BufferFactory {
                     *limit = Some(e);
                     break;
                 }
-                Err(e) => log::warn!("app {pid}: event {} not enabled: {e}", event.full_name()),
+                Err(e) => log::warn!(
+                    "app connection {connection}: event {} not enabled: {e}",
+                    event.full_name()
+                ),
             }
         }
         if changed {
@@ -333,23 +428,24 @@ impl BufferFactory {
         &mut self,
         session: &SessionDef,
         owner: Owner,
-        pid: i32,
+        connection: ConnectionId,
     ) -> Result<bool, String> {
         let key = (session.name.clone(), owner);
         if self.traces.contains_key(&key) {
             return Ok(false);
         }
-        let app = &self.apps[&pid];
+        let app = &self.apps[&connection];
         let ownership = match owner {
             Owner::Uid(uid) => Ownership::PerUid { uid },
             // The name the app gave, made one safe file-name component: it names
             // the directory and the metadata's `procname`.
-            Owner::Pid(pid) => Ownership::PerPid {
+            Owner::Pid(_) => Ownership::PerPid {
                 procname: names::procname(&app.name),
-                pid: pid as u32,
+                pid: app.pid as u32,
             },
         };
-        let below = layout::trace_below(&ownership, app.registered_at, DirClock::Local);
+        let below =
+            layout::trace_below(&ownership, connection.0, app.registered_at, DirClock::Local);
         let dir = TraceDir::new(&session.output, below).map_err(|e| e.to_string())?;
         let mut registry = Registry::for_this_host(ownership)
             .map_err(|e| e.to_string())?
@@ -374,30 +470,22 @@ impl BufferFactory {
         Ok(true)
     }
 
-    /// Creates the BufferSet `key`, written by apps of `uid`, if it does not exist
-    /// yet.
+    /// Creates the BufferSet `key`, owned by `uid`, if it does not exist yet (the
+    /// caller checked the per-PID budget).
     fn ensure_set(
         &mut self,
         key: &SetKey,
-        uid: u32,
         session: &SessionDef,
         stream_id: u32,
         spec: &ChannelSpec,
+        uid: u32,
     ) -> Result<(), String> {
         if self.sets.contains_key(key) {
             return Ok(());
         }
+        let bytes = self.set_bytes(spec);
         let trace = &self.traces[&(session.name.clone(), key.owner)];
         let cpus = self.cpus;
-        let bytes = u64::from(spec.subbuf_size) * u64::from(spec.num_subbuf) * cpus as u64;
-        if matches!(key.owner, Owner::Pid(_))
-            && self.pid_buffer_bytes + bytes > self.settings.max_pid_buffer_bytes
-        {
-            return Err(format!(
-                "per-PID buffer memory would exceed limits.max_pid_buffer_bytes ({} bytes)",
-                self.settings.max_pid_buffer_bytes
-            ));
-        }
         let factory = self.writers.get(&spec.writer).ok_or_else(|| {
             format!(
                 "no writer named {:?} (registered: {})",
@@ -451,6 +539,7 @@ impl BufferFactory {
         .start();
         if matches!(key.owner, Owner::Pid(_)) {
             self.pid_buffer_bytes += bytes;
+            *self.pid_buffer_bytes_by_uid.entry(uid).or_insert(0) += bytes;
         }
         self.sets.insert(
             key.clone(),
@@ -458,6 +547,7 @@ impl BufferFactory {
                 addr,
                 buffers,
                 bytes,
+                uid,
             },
         );
         Ok(())
@@ -473,6 +563,12 @@ impl BufferFactory {
             };
             if matches!(key.owner, Owner::Pid(_)) {
                 self.pid_buffer_bytes -= set.bytes;
+                if let Some(held) = self.pid_buffer_bytes_by_uid.get_mut(&set.uid) {
+                    *held -= set.bytes;
+                    if *held == 0 {
+                        self.pid_buffer_bytes_by_uid.remove(&set.uid);
+                    }
+                }
             }
             self.teardowns
                 .entry(key.session.clone())
@@ -554,11 +650,15 @@ impl Actor for BufferFactory {
     type Context = Context<Self>;
 }
 
-/// An app registered: give it every buffer it needs for the started sessions, or
-/// the reason it is refused (a limit of `[limits]`, named in the reason).
+/// An app registered: give it every buffer it needs for the started sessions, or,
+/// when a limit leaves it nothing, the refusal (the registration then sends
+/// [`AppGone`]). A limit that refuses some channels only is counted, and the app
+/// keeps the others.
 #[derive(Message)]
-#[rtype(result = "Result<Vec<Grant>, String>")]
+#[rtype(result = "Result<Vec<Grant>, Refusal>")]
 pub struct CreateBuffers {
+    /// The app's connection: what the factory knows it by.
+    pub connection: ConnectionId,
     /// From SO_PEERCRED.
     pub pid: i32,
     /// From SO_PEERCRED.
@@ -578,32 +678,47 @@ impl Handler<CreateBuffers> for BufferFactory {
         // Per-app limits first: an oversized registration is refused before any of
         // its events is looked at, so it costs no uid anything.
         if let Err(e) = self.settings.event_limits.check_app(&msg.events) {
-            return MessageResult(Err(e.to_string()));
+            return MessageResult(Err(Refusal::Events(e)));
         }
         self.apps.insert(
-            msg.pid,
+            msg.connection,
             App {
+                pid: msg.pid,
                 uid: msg.uid,
                 name: msg.name,
                 registered_at: SystemTime::now(),
                 events: msg.events,
                 addr: msg.app,
                 channels: BTreeMap::new(),
+                refused: BTreeSet::new(),
             },
         );
-        match self.delta(msg.pid) {
-            (grants, None) => MessageResult(Ok(grants)),
-            (_, Some(limit)) => {
-                // What was made for it goes as if it had exited: its per-PID sets
-                // are torn down; events it added to a shared trace stay declared.
-                // It never received the rings, so no producer of theirs died.
-                if let Some(app) = self.apps.get_mut(&msg.pid) {
-                    app.channels.clear();
-                }
-                self.forget_app(msg.pid, ctx);
-                MessageResult(Err(limit.to_string()))
+        let delta = self.delta(msg.connection);
+        if let Some(limit) = delta.limit {
+            // What was made for it goes as if it had exited: its per-PID sets are
+            // torn down; events it added to a shared trace stay declared. It never
+            // received the rings, so no producer of theirs died.
+            if let Some(app) = self.apps.get_mut(&msg.connection) {
+                app.channels.clear();
             }
+            self.forget_app(msg.connection, ctx);
+            return MessageResult(Err(Refusal::Events(limit)));
         }
+        let delta = self.delta(msg.connection);
+        MessageResult(match delta.refused {
+            Some(refusal) if delta.grants.is_empty() => Err(refusal),
+            Some(refusal) => {
+                log::warn!(
+                    "app {} (uid {}, connection {}): a channel refused: {refusal}",
+                    msg.pid,
+                    msg.uid,
+                    msg.connection
+                );
+                self.stats.refused(&refusal);
+                Ok(delta.grants)
+            }
+            None => Ok(delta.grants),
+        })
     }
 }
 
@@ -619,14 +734,22 @@ impl Handler<SessionsChanged> for BufferFactory {
     fn handle(&mut self, msg: SessionsChanged, _: &mut Context<Self>) {
         self.sessions = msg.0;
         self.keep_pool_ready();
-        let pids: Vec<i32> = self.apps.keys().copied().collect();
-        for pid in pids {
-            let (grants, limit) = self.delta(pid);
-            if let Some(e) = limit {
-                log::warn!("app {pid}: not every matching event enabled: {e}");
+        let connections: Vec<ConnectionId> = self.apps.keys().copied().collect();
+        for connection in connections {
+            let delta = self.delta(connection);
+            if let Some(refusal) = delta.refused {
+                // A registered app cannot be refused any more: it keeps what it has,
+                // misses this channel, and the operator sees the count.
+                log::warn!("app connection {connection}: a channel refused: {refusal}");
+                self.stats.refused(&refusal);
             }
-            if !grants.is_empty() {
-                self.apps[&pid].addr.do_send(Push::Grants(grants));
+            if let Some(e) = delta.limit {
+                log::warn!("app connection {connection}: not every matching event enabled: {e}");
+            }
+            if !delta.grants.is_empty() {
+                self.apps[&connection]
+                    .addr
+                    .do_send(Push::Grants(delta.grants));
             }
         }
     }
@@ -702,38 +825,38 @@ impl Handler<DestroySession> for BufferFactory {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct AppGone {
-    /// Its pid.
-    pub pid: i32,
+    /// Its connection.
+    pub connection: ConnectionId,
 }
 
 impl Handler<AppGone> for BufferFactory {
     type Result = ();
 
     fn handle(&mut self, msg: AppGone, ctx: &mut Context<Self>) {
-        self.forget_app(msg.pid, ctx);
+        self.forget_app(msg.connection, ctx);
     }
 }
 
 impl BufferFactory {
-    /// Forgets app `pid`: tears its per-PID sets down and tells the per-UID sets
-    /// it wrote to that one of their producers is gone.
-    fn forget_app(&mut self, pid: i32, ctx: &mut Context<Self>) {
-        let Some(app) = self.apps.remove(&pid) else {
+    /// Forgets app `connection`: tears its per-PID sets down and tells the per-UID
+    /// sets it wrote to that one of their producers is gone.
+    fn forget_app(&mut self, connection: ConnectionId, ctx: &mut Context<Self>) {
+        let Some(app) = self.apps.remove(&connection) else {
             return;
         };
-        let owner = Owner::Pid(pid);
+        let owner = Owner::Pid(connection);
         self.traces.retain(|(_, o), _| *o != owner);
         self.tear_down(|k| k.owner == owner, ctx);
         for key in app.channels.keys() {
             if let (Owner::Uid(uid), Some(set)) = (key.owner, self.sets.get(key)) {
                 let live = self
                     .apps
-                    .iter()
-                    .filter(|(_, a)| a.uid == uid)
-                    .map(|(pid, _)| *pid)
+                    .values()
+                    .filter(|a| a.uid == uid)
+                    .map(|a| a.pid)
                     .collect();
                 set.addr.do_send(ProducerDied {
-                    pid,
+                    pid: app.pid,
                     uid,
                     live,
                 });

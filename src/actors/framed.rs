@@ -15,6 +15,9 @@ use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
+/// What a frame's payload buffer starts with (then doubles as bytes arrive).
+const FIRST_CHUNK: usize = 64 * 1024;
+
 /// Reads one frame; `None` at a clean EOF between frames. The error says what was
 /// wrong with the frame.
 pub async fn read_frame<T: DeserializeOwned>(
@@ -32,11 +35,19 @@ pub async fn read_frame<T: DeserializeOwned>(
         }
     }
     let len = frame::payload_len(header, max).map_err(|e| e.to_string())?;
-    let mut payload = vec![0u8; len];
-    reader
-        .read_exact(&mut payload)
+    // The buffer grows with the bytes that arrive, not with the length announced: a
+    // peer that announces `max` and sends a little holds only what it sent.
+    let mut payload = Vec::with_capacity(len.min(FIRST_CHUNK));
+    let got = (&mut *reader)
+        .take(len as u64)
+        .read_to_end(&mut payload)
         .await
-        .map_err(|e| format!("truncated frame of {len} bytes: {e}"))?;
+        .map_err(|e| format!("frame of {len} bytes: {e}"))?;
+    if got < len {
+        return Err(format!(
+            "truncated frame: {got} of {len} bytes before the connection closed"
+        ));
+    }
     frame::decode(&payload).map(Some).map_err(|e| e.to_string())
 }
 

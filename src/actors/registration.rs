@@ -11,26 +11,123 @@
 //! factory `AppGone` and stops. The factory tears the app's per-PID buffers down in
 //! their own actors, so a slow teardown never delays anyone's registration.
 //!
+//! Identity: the app is its connection, named by the [`ConnectionId`] the Registrar
+//! gave it, never by its pid. A socket outlives the process that connected it (a
+//! child connects and exits, its parent keeps the fd and registers), and pids are
+//! reused, so two connections may carry the same SO_PEERCRED pid; they never share
+//! an id, and per-PID buffers and traces belong to the id. The credentials are read
+//! again when the AppRegister arrives and must equal those seen at accept.
+//!
+//! What a peer may hold: before registering, its frames are bounded by
+//! `daemon.max_frame_bytes` and by `daemon.registration_timeout_ms` (memory grows
+//! with the bytes that actually arrive, not with the length a header announces).
+//! After registering, an app sends nothing (docs/protocol.md): the first byte that
+//! arrives is a protocol error and closes the connection at once, so a registered
+//! peer can make the daemon hold nothing of what it sends.
+//!
 //! Anything malformed (an oversized length, garbage, a wrong version, a second
-//! registration) is logged and closes this connection only. A registration with an
-//! event description the metadata cannot declare (`registry::validate`: names that
-//! are not identifiers, a NUL, bad enum labels...) is refused with `Refused`, whose
-//! reason names the event, and never reaches the factory.
+//! registration, any byte after it) is logged and closes this connection only. A
+//! registration with an event description the metadata cannot declare
+//! (`registry::validate`: names that are not identifiers, a NUL, bad enum
+//! labels...) is refused with `Refused`, whose reason names the event, and never
+//! reaches the factory.
 
 use crate::actors::buffer_factory::{AppGone, BufferFactory, CreateBuffers};
 use crate::actors::framed;
+use crate::actors::registrar::UidSlot;
 use crate::actors::stats::Stats;
 use crate::ctf::field::EventDesc;
-use crate::ctf::registry;
+use crate::ctf::registry::{self, RegistryError};
 use crate::protocol::frame;
 use crate::protocol::messages::{AppCommand, AppRegister};
+use crate::protocol::peer::{self, PeerCredentials};
 use crate::shm::ChannelBuffers;
 use actix::prelude::*;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
+use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
+
+/// The daemon's name for one app connection, assigned at accept from a counter and
+/// never reused while the daemon runs. Apps, per-PID buffer sets and per-PID traces
+/// are keyed by it, never by pid: a pid can be reused, and a connection can outlive
+/// its process, so two live connections may share a pid but never an id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionId(pub u64);
+
+impl std::fmt::Display for ConnectionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Why the daemon will not trace an app: sent to it as `Refused { reason }` (the
+/// app prints it in its one warning line) and counted in `ustrace status` under
+/// [`Refusal::cause`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// As many apps are connected as the daemon serves.
+    #[error("limits.max_apps ({max}) reached: the daemon traces at most {max} apps at once")]
+    MaxApps {
+        /// The limit.
+        max: u64,
+    },
+    /// The app's uid has as many apps connected as one uid may.
+    #[error("limits.max_apps_per_uid ({max}) reached: uid {uid} has {max} apps connected already")]
+    MaxAppsPerUid {
+        /// The app's uid (SO_PEERCRED).
+        uid: u32,
+        /// The limit.
+        max: u64,
+    },
+    /// Per-PID buffers of all apps together hold as much memory as allowed.
+    #[error(
+        "limits.max_pid_buffer_bytes ({max} bytes) reached: no memory left for per-PID buffers"
+    )]
+    PidBufferBytes {
+        /// The limit.
+        max: u64,
+    },
+    /// Per-PID buffers of the app's uid hold as much memory as one uid may.
+    #[error(
+        "limits.max_pid_buffer_bytes_per_uid ({max} bytes) reached by the per-PID buffers of uid {uid}"
+    )]
+    PidBufferBytesPerUid {
+        /// The app's uid (SO_PEERCRED).
+        uid: u32,
+        /// The limit.
+        max: u64,
+    },
+    /// The factory did not answer in time.
+    #[error("no buffers within daemon.registration_timeout_ms ({ms} ms)")]
+    Timeout {
+        /// The timeout.
+        ms: u128,
+    },
+    /// The factory actor is gone (the daemon is stopping).
+    #[error("buffer factory unavailable: {0}")]
+    FactoryUnavailable(String),
+    /// The app's events pass a limit of `[limits]` (events, fields, metadata).
+    #[error(transparent)]
+    Events(RegistryError),
+}
+
+impl Refusal {
+    /// The limit (its config key) or cause, under which `status` counts it.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Refusal::MaxApps { .. } => "limits.max_apps",
+            Refusal::MaxAppsPerUid { .. } => "limits.max_apps_per_uid",
+            Refusal::PidBufferBytes { .. } => "limits.max_pid_buffer_bytes",
+            Refusal::PidBufferBytesPerUid { .. } => "limits.max_pid_buffer_bytes_per_uid",
+            Refusal::Timeout { .. } => "daemon.registration_timeout_ms",
+            Refusal::FactoryUnavailable(_) => "buffer factory unavailable",
+            Refusal::Events(e) => e.limit().unwrap_or("event description"),
+        }
+    }
+}
 
 /// Buffers for one channel of an app: what it is missing, as the factory computed.
 pub struct Grant {
@@ -49,6 +146,9 @@ pub struct AppLimits {
     pub max_frame: usize,
     /// Apps connected at once beyond which new ones are refused (`limits.max_apps`).
     pub max_apps: u64,
+    /// Apps of one uid connected at once beyond which its new ones are refused
+    /// (`limits.max_apps_per_uid`).
+    pub max_apps_per_uid: u64,
     /// Longest the daemon takes to hand an app its buffers before refusing it
     /// (`daemon.registration_timeout_ms`).
     pub registration_timeout: std::time::Duration,
@@ -69,10 +169,14 @@ type Outgoing = (Vec<u8>, Option<Arc<ChannelBuffers>>);
 
 /// The actor.
 pub struct AppRegistration {
-    /// From SO_PEERCRED.
-    pid: i32,
-    /// From SO_PEERCRED.
-    uid: u32,
+    /// The daemon's name for this connection: what the factory knows the app by.
+    connection: ConnectionId,
+    /// From SO_PEERCRED at accept (pid for logs and directory names, uid for
+    /// per-UID buffers and per-uid limits).
+    credentials: PeerCredentials,
+    /// Its place under `limits.max_apps_per_uid` (none for the daemon's own uid),
+    /// given back when this actor drops.
+    _slot: Option<UidSlot>,
     /// Frame size, app count and registration time limits.
     limits: AppLimits,
     /// The factory.
@@ -100,12 +204,13 @@ enum Inbound {
 }
 
 impl AppRegistration {
-    /// Starts the actor for a freshly accepted connection; credentials come from
-    /// SO_PEERCRED.
+    /// Starts the actor for a freshly accepted connection `connection`, whose
+    /// `credentials` came from SO_PEERCRED and whose uid holds `slot`.
     pub fn start(
         stream: UnixStream,
-        pid: i32,
-        uid: u32,
+        connection: ConnectionId,
+        credentials: PeerCredentials,
+        slot: Option<UidSlot>,
         limits: AppLimits,
         factory: Addr<BufferFactory>,
         stats: Arc<Stats>,
@@ -114,10 +219,11 @@ impl AppRegistration {
         Stats::add(&stats.apps, 1);
         let (reader, writer) = stream.into_split();
         let (outbox, queue) = mpsc::unbounded_channel();
-        actix_rt::spawn(send_frames(writer, queue, pid));
+        actix_rt::spawn(send_frames(writer, queue, connection));
         AppRegistration {
-            pid,
-            uid,
+            connection,
+            credentials,
+            _slot: slot,
             limits,
             factory,
             outbox,
@@ -135,7 +241,11 @@ impl AppRegistration {
             Ok(bytes) => {
                 let _ = self.outbox.send((bytes, buffers));
             }
-            Err(e) => log::error!("app {}: cannot encode {command:?}: {e}", self.pid),
+            Err(e) => log::error!(
+                "app {} (connection {}): cannot encode {command:?}: {e}",
+                self.credentials.pid,
+                self.connection
+            ),
         }
     }
 
@@ -168,9 +278,17 @@ impl AppRegistration {
 /// Reads the Hello and the registration, then waits for EOF.
 ///
 /// A peer gets `limits.registration_timeout` to say hello and register: one that
-/// connects and says nothing would otherwise hold a connection, and a place under
-/// `max_apps`, for ever.
-async fn read_frames(mut reader: OwnedReadHalf, limits: AppLimits, addr: Addr<AppRegistration>) {
+/// connects and says nothing (or sends part of a frame) would otherwise hold a
+/// connection, a place under `max_apps` and its bytes for ever. The peer's
+/// credentials are read again once the registration arrived and must be those of
+/// `accepted`. After it, the first byte the peer sends ends the connection: nothing
+/// it sends is buffered.
+async fn read_frames(
+    mut reader: OwnedReadHalf,
+    limits: AppLimits,
+    accepted: PeerCredentials,
+    addr: Addr<AppRegistration>,
+) {
     let max = limits.max_frame;
     let outcome = async {
         let first = async {
@@ -187,10 +305,21 @@ async fn read_frames(mut reader: OwnedReadHalf, limits: AppLimits, addr: Addr<Ap
                     limits.registration_timeout.as_millis()
                 )
             })??;
+        let now = peer::credentials(reader.as_ref()).map_err(|e| e.to_string())?;
+        if now != accepted {
+            return Err(format!(
+                "peer credentials changed between connect ({accepted:?}) and registration ({now:?})"
+            ));
+        }
         addr.do_send(Inbound::Register(register));
-        match framed::read_frame::<AppRegister>(&mut reader, max).await? {
-            None => Ok(()),
-            Some(_) => Err("unexpected frame after registration".to_string()),
+        let mut byte = [0u8; 1];
+        match reader.read(&mut byte).await {
+            Ok(0) => Ok(()),
+            Ok(_) => Err(
+                "sent data after its registration (an app sends nothing after AppRegister)"
+                    .to_string(),
+            ),
+            Err(e) => Err(e.to_string()),
         }
     }
     .await;
@@ -205,7 +334,7 @@ async fn read_frames(mut reader: OwnedReadHalf, limits: AppLimits, addr: Addr<Ap
 async fn send_frames(
     writer: OwnedWriteHalf,
     mut queue: mpsc::UnboundedReceiver<Outgoing>,
-    pid: i32,
+    connection: ConnectionId,
 ) {
     let mut next = None;
     loop {
@@ -230,7 +359,7 @@ async fn send_frames(
             None => Vec::new(),
         };
         if let Err(e) = framed::write_bytes(&writer, &bytes, &borrowed).await {
-            log::warn!("app {pid}: send failed: {e}");
+            log::warn!("app connection {connection}: send failed: {e}");
             return;
         }
     }
@@ -241,7 +370,12 @@ impl Actor for AppRegistration {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if let Some(reader) = self.reader.take() {
-            actix_rt::spawn(read_frames(reader, self.limits, ctx.address()));
+            actix_rt::spawn(read_frames(
+                reader,
+                self.limits,
+                self.credentials,
+                ctx.address(),
+            ));
         }
     }
 }
@@ -259,7 +393,11 @@ impl Handler<Inbound> for AppRegistration {
         match msg {
             Inbound::Register(register) if !self.registered => {
                 if let Err(refusal) = check_events(&register.events) {
-                    log::warn!("app {} (uid {}): {refusal}", self.pid, self.uid);
+                    log::warn!(
+                        "app {} (uid {}): {refusal}",
+                        self.credentials.pid,
+                        self.credentials.uid
+                    );
                     self.send(&AppCommand::Refused { reason: refusal }, None);
                     ctx.stop();
                     return;
@@ -267,8 +405,9 @@ impl Handler<Inbound> for AppRegistration {
                 self.registered = true;
                 Stats::add(&self.stats.apps_total, 1);
                 let request = self.factory.send(CreateBuffers {
-                    pid: self.pid,
-                    uid: self.uid,
+                    connection: self.connection,
+                    pid: self.credentials.pid.as_raw(),
+                    uid: self.credentials.uid.as_raw(),
                     name: register.name,
                     events: register.events,
                     app: ctx.address(),
@@ -280,28 +419,34 @@ impl Handler<Inbound> for AppRegistration {
                 // `wait`: pushes that arrive meanwhile go out after these grants.
                 ctx.wait(request.into_actor(self).map(move |grants, act, ctx| {
                     let refusal = match grants {
-                        // Refused for a limit of `[limits]`: the app's doing, a warning.
-                        Ok(Ok(Err(reason))) => {
-                            log::warn!("app {} (uid {}) refused: {reason}", act.pid, act.uid);
-                            act.send(&AppCommand::Refused { reason }, None);
-                            ctx.stop();
-                            return;
-                        }
                         Ok(Ok(Ok(grants))) => {
                             act.send_grants(grants);
                             act.send(&AppCommand::RegistrationDone, None);
                             act.stats.registration_served(act.accepted.elapsed());
                             return;
                         }
-                        Ok(Err(e)) => format!("buffer factory unavailable: {e}"),
-                        Err(_) => format!(
-                            "no buffers within daemon.registration_timeout_ms ({} ms)",
-                            timeout.as_millis()
-                        ),
+                        Ok(Ok(Err(refusal))) => refusal,
+                        Ok(Err(e)) => Refusal::FactoryUnavailable(e.to_string()),
+                        Err(_) => Refusal::Timeout {
+                            ms: timeout.as_millis(),
+                        },
                     };
-                    log::error!("app {}: {refusal}", act.pid);
-                    act.send(&AppCommand::Refused { reason: refusal }, None);
-                    act.factory.do_send(AppGone { pid: act.pid });
+                    log::warn!(
+                        "app {} (uid {}, connection {}) refused: {refusal}",
+                        act.credentials.pid,
+                        act.credentials.uid,
+                        act.connection
+                    );
+                    act.stats.refused(&refusal);
+                    act.send(
+                        &AppCommand::Refused {
+                            reason: refusal.to_string(),
+                        },
+                        None,
+                    );
+                    act.factory.do_send(AppGone {
+                        connection: act.connection,
+                    });
                     ctx.stop();
                 }));
             }
@@ -309,13 +454,16 @@ impl Handler<Inbound> for AppRegistration {
             Inbound::Closed(error) => {
                 if let Some(e) = error {
                     log::warn!(
-                        "app {} (uid {}): {e}; closing its connection",
-                        self.pid,
-                        self.uid
+                        "app {} (uid {}, connection {}): {e}; closing its connection",
+                        self.credentials.pid,
+                        self.credentials.uid,
+                        self.connection
                     );
                 }
                 if self.registered {
-                    self.factory.do_send(AppGone { pid: self.pid });
+                    self.factory.do_send(AppGone {
+                        connection: self.connection,
+                    });
                 }
                 ctx.stop();
             }
@@ -345,8 +493,10 @@ impl Handler<Push> for AppRegistration {
     }
 }
 
-/// Refuses an app before it gets an actor (the daemon's app limit is reached).
-pub async fn refuse(stream: UnixStream, reason: String) {
+/// Refuses an app before it gets an actor (an app limit is reached), counting it.
+pub async fn refuse(stream: UnixStream, refusal: Refusal, stats: Arc<Stats>) {
+    stats.refused(&refusal);
     let (_, writer) = stream.into_split();
+    let reason = refusal.to_string();
     let _ = framed::write_frame(&writer, &AppCommand::Refused { reason }, &[]).await;
 }

@@ -4,6 +4,7 @@
 //! a snapshot. Plain atomics rather than a counting actor: a status request must not
 //! queue behind a busy actor, and no counter needs to be consistent with another.
 
+use crate::actors::registration::Refusal;
 use crate::protocol::messages::{StatusReport, UidLosses, WriterFailure};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -48,6 +49,9 @@ pub struct Stats {
     /// Registration service times, by power-of-two microseconds (see
     /// `StatusReport::registration_service_us`).
     pub registration_service: [AtomicU64; SERVICE_BUCKETS],
+    /// Apps refused since start, by [`Refusal::cause`]: an operator sees which limit
+    /// turns apps away.
+    pub refusals: Mutex<BTreeMap<&'static str, u64>>,
 }
 
 /// Buckets of the service-time histogram: up to 2^24 us (16 s), past any timeout.
@@ -112,6 +116,12 @@ impl Stats {
         self.registration_service[bucket].fetch_add(1, Relaxed);
     }
 
+    /// Counts one app refused for `refusal`.
+    pub fn refused(&self, refusal: &Refusal) {
+        let mut refusals = self.refusals.lock().unwrap_or_else(|p| p.into_inner());
+        *refusals.entry(refusal.cause()).or_insert(0) += 1;
+    }
+
     /// A copy of every counter for `ustrace status`.
     pub fn report(&self) -> StatusReport {
         StatusReport {
@@ -143,6 +153,13 @@ impl Stats {
                 .registration_service
                 .iter()
                 .map(|n| n.load(Relaxed))
+                .collect(),
+            refusals: self
+                .refusals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|(cause, n)| (cause.to_string(), *n))
                 .collect(),
         }
     }

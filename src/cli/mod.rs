@@ -266,6 +266,9 @@ fn print_status(s: &StatusReport) {
     if let (Some(p50), Some(p99)) = (service(0.5), service(0.99)) {
         println!("registration service time: p50 < {p50} us, p99 < {p99} us");
     }
+    for (cause, count) in &s.refusals {
+        println!("apps refused ({cause}): {count}");
+    }
     for f in &s.failed_writers {
         println!(
             "FAILED writer {}: {} ({} packets lost)",

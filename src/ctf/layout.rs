@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! <output>/ust/uid/<uid>/64-bit/<channel>_<cpu>                         + metadata
-//! <output>/ust/pid/<name>-<pid>-<YYYYMMDD-HHMMSS>/<channel>_<cpu>       + metadata
+//! <output>/ust/pid/<name>-<pid>-<YYYYMMDD-HHMMSS>-<connection>/<channel>_<cpu> + metadata
 //! ```
 //!
 //! Each place is given as its components below the output ([`Below`]), which
@@ -92,11 +92,26 @@ pub fn pid_trace_dir(
     join(output, pid_trace_below(name, pid, time, clock))
 }
 
-/// Where the trace owned as `ownership`, registered at `time`, lies below the output.
-pub fn trace_below(ownership: &Ownership, time: SystemTime, clock: DirClock) -> Below {
+/// Where the trace owned as `ownership`, registered at `time` on daemon connection
+/// `connection`, lies below the output. A per-PID directory name ends with the
+/// connection id: a pid is reused, and a connection can outlive its process, so two
+/// apps can share a pid (and a name, and a second); they never share a connection,
+/// so a reused pid never meets a dead app's directory.
+pub fn trace_below(
+    ownership: &Ownership,
+    connection: u64,
+    time: SystemTime,
+    clock: DirClock,
+) -> Below {
     match ownership {
         Ownership::PerUid { uid } => uid_trace_below(*uid),
-        Ownership::PerPid { procname, pid } => pid_trace_below(procname, *pid, time, clock),
+        Ownership::PerPid { procname, pid } => {
+            let mut below = pid_trace_below(procname, *pid, time, clock);
+            if let Some(last) = below.last_mut() {
+                last.push_str(&format!("-{connection}"));
+            }
+            below
+        }
     }
 }
 
@@ -204,6 +219,21 @@ mod tests {
         assert_eq!(
             pid_trace_dir(out, "app", 42, t, DirClock::Utc),
             Path::new("/o/ust/pid/app-42-20261127-083456")
+        );
+        assert_eq!(
+            join(
+                out,
+                trace_below(
+                    &Ownership::PerPid {
+                        procname: "app".into(),
+                        pid: 42
+                    },
+                    7,
+                    t,
+                    DirClock::Utc
+                )
+            ),
+            Path::new("/o/ust/pid/app-42-20261127-083456-7")
         );
         assert_eq!(stream_file_name("chan", 3), "chan_3");
         assert_eq!(

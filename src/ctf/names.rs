@@ -20,7 +20,7 @@ pub const NAME_MAX: usize = 255;
 const UNNAMED: &str = "unnamed";
 
 /// Why a name was refused.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum NameError {
     /// A provider, event or field name that is not a C identifier.
     #[error("{what} {name} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)")]

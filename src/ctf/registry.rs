@@ -17,7 +17,7 @@ use crate::ctf::metadata;
 use crate::ctf::names::{self, NameError};
 
 /// Why an app's event description was refused (it would make the metadata invalid).
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RegistryError {
     /// A provider, event or field name or an enum label TSDL cannot declare
     /// (see [`names::check_event`]).
@@ -95,16 +95,22 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
-    /// Whether this is a limit of `[limits]` (the app is refused) rather than one
-    /// description TSDL cannot declare.
+    /// The key of the `[limits]` limit this is (the app is refused), or `None` for
+    /// a description TSDL cannot declare.
+    pub fn limit(&self) -> Option<&'static str> {
+        match self {
+            RegistryError::TooManyEventsInApp { .. } => Some("limits.max_events_per_app"),
+            RegistryError::TooManyFields { .. } => Some("limits.max_fields_per_event"),
+            RegistryError::TooManyEventsInTrace { .. } => Some("limits.max_events_per_trace"),
+            RegistryError::MetadataTooLarge { .. } => Some("limits.max_metadata_bytes"),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a limit of `[limits]` rather than one description TSDL
+    /// cannot declare.
     pub fn is_limit(&self) -> bool {
-        matches!(
-            self,
-            RegistryError::TooManyEventsInApp { .. }
-                | RegistryError::TooManyFields { .. }
-                | RegistryError::TooManyEventsInTrace { .. }
-                | RegistryError::MetadataTooLarge { .. }
-        )
+        self.limit().is_some()
     }
 }
 

@@ -248,6 +248,9 @@ pub struct StatusReport {
     /// least `2^b`, but for entry 0). Apps measure their latency with their own clock,
     /// run queue included; this is the daemon's part alone.
     pub registration_service_us: Vec<u64>,
+    /// Apps refused since the daemon started, by the limit (its config key) or
+    /// cause that refused them, e.g. `("limits.max_apps_per_uid", 3)`.
+    pub refusals: Vec<(String, u64)>,
 }
 
 /// The ring losses of one uid's buffers (per-UID, and per-PID of its apps), for

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
 use std::time::Instant;
 
-use super::ring::FlushBounds;
 use super::layout::{RECORD_AT, RECORD_LEN, RECORD_OWNER, RECORD_TIMESTAMP, RECORDS};
+use super::ring::FlushBounds;
 use super::{Mode, Ring, RingCorruption, RingCounters};
 use crate::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
 
