@@ -163,6 +163,9 @@ fn hostile_procnames_each_make_one_safe_directory_inside_the_output() {
     for trace in &traces {
         let dir = trace.strip_prefix("ust/pid/").expect("under ust/pid");
         assert!(!dir.contains('/'), "one component: {trace}");
+        // The daemon's connection id ends the name: a reused pid never meets it.
+        let (dir, connection) = dir.rsplit_once('-').expect("-<connection>");
+        assert!(connection.parse::<u64>().is_ok(), "{trace}");
         let name = dir
             .strip_suffix(&format!("-{pid}-{}", &dir[dir.len() - 15..]))
             .unwrap_or_else(|| panic!("<name>-<pid>-<date>: {dir}"));

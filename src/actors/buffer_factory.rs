@@ -704,7 +704,6 @@ impl Handler<CreateBuffers> for BufferFactory {
             self.forget_app(msg.connection, ctx);
             return MessageResult(Err(Refusal::Events(limit)));
         }
-        let delta = self.delta(msg.connection);
         MessageResult(match delta.refused {
             Some(refusal) if delta.grants.is_empty() => Err(refusal),
             Some(refusal) => {
