@@ -79,12 +79,17 @@ fn babeltrace2_events(dir: &Path) -> u64 {
 }
 
 /// Appends the first half of the file's first packet: what a daemon killed in the
-/// middle of its `write` leaves.
-fn append_half_a_packet(path: &Path) {
+/// middle of its `write` leaves. Says whether it could: a file the kill left with
+/// no whole packet (empty, or torn in its first) has none to copy.
+fn append_half_a_packet(path: &Path) -> bool {
     let bytes = fs::read(path).unwrap();
+    if whole_packets(path).0.is_empty() {
+        return false;
+    }
     let size = PacketHeader::read(&bytes).unwrap().open.packet_size as usize;
     let mut file = OpenOptions::new().append(true).open(path).unwrap();
     file.write_all(&bytes[..size / 2]).unwrap();
+    true
 }
 
 #[test]
@@ -105,7 +110,10 @@ fn recover_cuts_torn_tails_and_babeltrace2_reads_every_complete_packet() {
     let cut = OpenOptions::new().write(true).open(&streams[0]).unwrap();
     cut.set_len(last + 100).unwrap();
     for stream in &streams[1..] {
-        append_half_a_packet(stream);
+        assert!(
+            append_half_a_packet(stream),
+            "{stream:?} holds a whole packet"
+        );
     }
     let trace_dir = streams[0].parent().unwrap();
     let tsdl = fs::read_to_string(trace_dir.join("metadata")).unwrap();
@@ -264,13 +272,13 @@ fn a_daemon_restarted_after_a_sigkill_during_a_flood_recovers_its_output_dir() {
     daemon.child.wait().unwrap();
     drop(flood);
 
-    // Whatever the kill left, every stream now ends with half a packet, and a
-    // per-PID trace's first metadata is empty, as a full disk left it before.
+    // Whatever the kill left, every stream with a whole packet now ends with half
+    // a packet more, and a per-PID trace's first metadata is empty, as a full disk
+    // left it before.
     let whole = events_in_whole_packets(&output);
     let streams = stream_files(&output);
-    for stream in &streams {
-        append_half_a_packet(stream);
-    }
+    let torn = streams.iter().filter(|s| append_half_a_packet(s)).count();
+    assert!(torn > 0, "the flood left no whole packet: {streams:?}");
     let empty = output.join("ust/pid/app-1-20261201-000000");
     fs::create_dir_all(&empty).unwrap();
     fs::write(empty.join("metadata"), "").unwrap();
