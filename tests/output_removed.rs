@@ -46,7 +46,11 @@ fn trace_then_remove(daemon: &Daemon, output: &Path) {
     wait_for("packets on disk", Duration::from_secs(20), || {
         std::fs::metadata(&stream).is_ok_and(|m| m.len() > 0)
     });
-    std::fs::remove_dir_all(output).unwrap();
+    // The writer may still be storing the app's last packets (and so making a file
+    // in a directory being emptied): remove until nothing is left.
+    wait_for("the output removed", Duration::from_secs(20), || {
+        std::fs::remove_dir_all(output).is_ok() || !output.exists()
+    });
 }
 
 #[test]
