@@ -62,17 +62,16 @@ fn events_on_disk(dir: &Path) -> usize {
         .count()
 }
 
-/// Runs an app pinned to CPU 0 (so that every app writes the same stream, whose
-/// writer is the one that failed) emitting `events`.
-fn run_pinned_app(daemon: &Daemon, events: u32) {
-    let out = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(env!("CARGO_BIN_EXE_ustrace-demo"))
-        .args(["--events", &events.to_string()])
-        .env("USTRACE_RUNDIR", &daemon.rundir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+/// A started session on `output` with one per-UID channel of small packets.
+fn start_session(daemon: &Daemon, output: &Path) -> PathBuf {
+    let channel = ChannelRequest {
+        name: "chan".into(),
+        buffers: Some(Buffers::PerUid),
+        subbuf_size: Some(4096),
+        num_subbuf: Some(64),
+        ..ChannelRequest::default()
+    };
+    daemon.session_with("s", output.to_str().expect("UTF-8 path"), &[channel], true)
 }
 
 #[test]
@@ -83,30 +82,10 @@ fn a_writer_failed_on_a_full_disk_recovers_when_space_is_back_and_the_loss_is_re
     };
     let daemon =
         Daemon::with_config("[supervision]\nmax_restarts = 1\nwithin_secs = 1\nbackoff_ms = 10\n");
-    let output = disk.0.join("out");
-    daemon.ok(ControlRequest::Create {
-        name: "s".into(),
-        output: Some(output.display().to_string()),
-    });
-    daemon.ok(ControlRequest::EnableChannel {
-        session: None,
-        channel: ChannelRequest {
-            name: "chan".into(),
-            buffers: Some(Buffers::PerUid),
-            subbuf_size: Some(4096),
-            num_subbuf: Some(64),
-            ..ChannelRequest::default()
-        },
-    });
-    daemon.ok(ControlRequest::EnableEvent {
-        session: None,
-        channel: None,
-        pattern: "demo:*".into(),
-    });
-    daemon.ok(ControlRequest::Start { session: None });
+    let output = start_session(&daemon, &disk.0.join("out"));
 
     let filler = fill(&disk.0);
-    run_pinned_app(&daemon, 1000);
+    daemon.run_pinned_app(1000);
     common::wait_for("the writer to fail", Duration::from_secs(20), || {
         !daemon.status().failed_writers.is_empty()
     });
@@ -121,7 +100,7 @@ fn a_writer_failed_on_a_full_disk_recovers_when_space_is_back_and_the_loss_is_re
     // failed writer's window has passed, without recreating anything.
     fs::remove_file(filler).unwrap();
     let recovered = poll_until(Duration::from_secs(20), || {
-        run_pinned_app(&daemon, 1000);
+        daemon.run_pinned_app(1000);
         daemon.status().failed_writers.is_empty()
     });
     assert!(
@@ -129,7 +108,7 @@ fn a_writer_failed_on_a_full_disk_recovers_when_space_is_back_and_the_loss_is_re
         "the writer never recovered: {:?}",
         daemon.status()
     );
-    run_pinned_app(&daemon, 1000);
+    daemon.run_pinned_app(1000);
 
     let answer = daemon.ask(ControlRequest::Stop { session: None });
     let error = answer.expect_err("stop reports the packets lost to the full disk");
@@ -148,7 +127,7 @@ fn a_writer_failed_on_a_full_disk_recovers_when_space_is_back_and_the_loss_is_re
 
     // Reported once: the next stop is a success.
     daemon.ok(ControlRequest::Start { session: None });
-    run_pinned_app(&daemon, 1000);
+    daemon.run_pinned_app(1000);
     match daemon.ok(ControlRequest::Stop { session: None }) {
         ControlOk::Done(message) => assert!(message.contains("trace flushed"), "{message}"),
         other => panic!("{other:?}"),
@@ -186,28 +165,8 @@ fn packets_stored_before_the_disk_filled_stay_whole_and_readable() {
     };
     let daemon =
         Daemon::with_config("[supervision]\nmax_restarts = 2\nwithin_secs = 60\nbackoff_ms = 10\n");
-    let output = disk.0.join("out");
-    daemon.ok(ControlRequest::Create {
-        name: "s".into(),
-        output: Some(output.display().to_string()),
-    });
-    daemon.ok(ControlRequest::EnableChannel {
-        session: None,
-        channel: ChannelRequest {
-            name: "chan".into(),
-            buffers: Some(Buffers::PerUid),
-            subbuf_size: Some(4096),
-            num_subbuf: Some(64),
-            ..ChannelRequest::default()
-        },
-    });
-    daemon.ok(ControlRequest::EnableEvent {
-        session: None,
-        channel: None,
-        pattern: "demo:*".into(),
-    });
-    daemon.ok(ControlRequest::Start { session: None });
-    run_pinned_app(&daemon, 1000);
+    let output = start_session(&daemon, &disk.0.join("out"));
+    daemon.run_pinned_app(1000);
     let stream = output.join("ust/uid/0/64-bit/chan_0");
     common::wait_for("packets on disk", Duration::from_secs(20), || {
         fs::metadata(&stream).is_ok_and(|m| m.len() > 0)
@@ -215,7 +174,7 @@ fn packets_stored_before_the_disk_filled_stay_whole_and_readable() {
     let stored = fs::metadata(&stream).unwrap().len();
 
     let _filler = fill(&disk.0);
-    run_pinned_app(&daemon, 1000);
+    daemon.run_pinned_app(1000);
     common::wait_for("the writer to fail", Duration::from_secs(20), || {
         !daemon.status().failed_writers.is_empty()
     });

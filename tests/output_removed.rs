@@ -6,7 +6,6 @@ mod common;
 
 use common::{Daemon, babeltrace2, wait_for};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlRequest};
 
@@ -26,22 +25,10 @@ fn start_session(daemon: &Daemon) -> PathBuf {
     )
 }
 
-/// Runs an app pinned to CPU 0 (every app writes the same stream) emitting `events`.
-fn run_pinned_app(daemon: &Daemon, events: u32) {
-    let out = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(env!("CARGO_BIN_EXE_ustrace-demo"))
-        .args(["--events", &events.to_string()])
-        .env("USTRACE_RUNDIR", &daemon.rundir)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-}
-
 /// Traces one app and waits until its packets are in the stream file; then
 /// removes the whole output.
 fn trace_then_remove(daemon: &Daemon, output: &Path) {
-    run_pinned_app(daemon, 5000);
+    daemon.run_pinned_app(5000);
     let stream = output.join("ust/uid/0/64-bit/chan_0");
     wait_for("packets on disk", Duration::from_secs(20), || {
         std::fs::metadata(&stream).is_ok_and(|m| m.len() > 0)
@@ -58,7 +45,7 @@ fn events_after_the_output_was_removed_reach_a_recreated_trace() {
     let daemon = Daemon::start();
     let output = start_session(&daemon);
     trace_then_remove(&daemon, &output);
-    run_pinned_app(&daemon, 5000);
+    daemon.run_pinned_app(5000);
     let stopped = daemon.ask(ControlRequest::Stop { session: None });
     let error = stopped.expect_err("stop says the first packets are gone");
     assert!(error.contains("was removed"), "{error}");

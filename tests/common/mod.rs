@@ -184,6 +184,19 @@ impl Daemon {
         app
     }
 
+    /// Runs `ustrace-demo` pinned to CPU 0, emitting `events`: every such app writes
+    /// the same stream of a per-UID channel, so a test can aim at one writer.
+    pub fn run_pinned_app(&self, events: u32) {
+        let out = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(env!("CARGO_BIN_EXE_ustrace-demo"))
+            .args(["--events", &events.to_string()])
+            .env("USTRACE_RUNDIR", &self.rundir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
     /// Runs an app to completion and checks it exited cleanly.
     pub fn run_app(&self, args: &[&str]) -> Output {
         let out = self.app(args).output().unwrap();
