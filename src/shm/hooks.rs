@@ -70,7 +70,8 @@ mod armed {
     }
 
     /// A one-shot stop at a [`Point`]: the thread that [`Stop::arm`]s it parks the
-    /// next time it reaches the point, until [`Stop::release`]. Cloned to hand one
+    /// next time it reaches the point, until [`Stop::release`] or until any handle is
+    /// dropped (so a failing test never leaves a thread parked). Cloned to hand one
     /// handle to the producer thread and keep one in the test.
     #[derive(Clone)]
     pub struct Stop {
@@ -134,6 +135,12 @@ mod armed {
             while !state.released {
                 state = self.inner.1.wait(state).unwrap_or_else(|e| e.into_inner());
             }
+        }
+    }
+
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.release();
         }
     }
 
