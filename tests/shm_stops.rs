@@ -14,7 +14,7 @@ use std::thread::ScopedJoinHandle;
 use std::time::Duration;
 
 use shm_support::*;
-use ustrace::ctf::packet::EVENT_HEADER_SIZE;
+use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE};
 use ustrace::shm::hooks::{Point, Stop};
 use ustrace::shm::{ChannelBuffers, Consumer, Mode, Ring, Wakeup};
 
@@ -82,6 +82,18 @@ fn fill(ring: &Ring, n: u64, extra: usize) {
     }
 }
 
+/// Fill bytes of the events that nearly fill packet 0.
+const EXTRA: usize = 100;
+
+/// Writes as many test events of [`EXTRA`] fill bytes as packet 0 takes, so that
+/// the next one closes it and opens packet 1; returns how many.
+fn nearly_fill_packet_0(ring: &Ring) -> u64 {
+    let per_event = (EVENT_HEADER_SIZE + payload_len(EXTRA)) as u64;
+    let before = (4096 - PACKET_HEADER_SIZE as u64) / per_event;
+    fill(ring, before, EXTRA);
+    before
+}
+
 /// The dead-holder passes leave a live holder alone, whatever it is frozen in.
 fn live_holder_is_left_alone(consumer: &mut Consumer) {
     let alive = |_| true;
@@ -141,14 +153,9 @@ fn a_producer_frozen_after_the_cas_that_opens_a_packet_keeps_it_incomplete_throu
 fn a_producer_frozen_before_its_open_commit_holds_back_only_the_packet_it_opens() {
     let ring = ring();
     let mut consumer = Consumer::new(ring.clone());
-    // Packet 0 nearly full: the next 200-byte event closes it and opens packet 1.
-    let extra = 100;
-    let per_event = (EVENT_HEADER_SIZE + payload_len(extra)) as u64;
-    let room = 4096 - 76;
-    let before = room / per_event;
-    fill(&ring, before, extra);
+    let before = nearly_fill_packet_0(&ring);
     std::thread::scope(|s| {
-        let (stop, producer) = frozen_producer(s, &ring, Point::BeforeOpenCommit, before, extra);
+        let (stop, producer) = frozen_producer(s, &ring, Point::BeforeOpenCommit, before, EXTRA);
         // The close commit came before the frozen open commit: packet 0 is complete.
         let packets = take_all(&mut consumer);
         assert_eq!(packets.len(), 1, "the closed packet is taken meanwhile");
@@ -169,12 +176,9 @@ fn a_producer_frozen_before_its_open_commit_holds_back_only_the_packet_it_opens(
 fn a_producer_frozen_before_its_close_commit_leaves_the_packet_incomplete_until_it_resumes() {
     let ring = ring();
     let mut consumer = Consumer::new(ring.clone());
-    let extra = 100;
-    let per_event = (EVENT_HEADER_SIZE + payload_len(extra)) as u64;
-    let before = (4096 - 76) / per_event;
-    fill(&ring, before, extra);
+    let before = nearly_fill_packet_0(&ring);
     std::thread::scope(|s| {
-        let (stop, producer) = frozen_producer(s, &ring, Point::BeforeCloseCommit, before, extra);
+        let (stop, producer) = frozen_producer(s, &ring, Point::BeforeCloseCommit, before, EXTRA);
         assert!(
             take_all(&mut consumer).is_empty(),
             "every event of packet 0 committed, its padding not: incomplete"
