@@ -22,7 +22,7 @@
 //! BufferSet is a few memfds and two actors, nothing touches the disk until the first
 //! packet is written, and an app that matches no enabled event gets no buffer at all.
 
-use crate::actors::buffer_set::{BufferSet, Flush, ProducerDied, Teardown, all_ok};
+use crate::actors::buffer_set::{BufferSet, Flush, FlushError, ProducerDied, Teardown, all_ok};
 use crate::actors::registration::{AppRegistration, ConnectionId, Grant, Push, Refusal};
 use crate::actors::ring_pool::RingPool;
 use crate::actors::session::{ChannelDef, SessionDef};
@@ -628,7 +628,7 @@ impl BufferFactory {
         &mut self,
         session: &str,
         requests: Vec<Request<BufferSet, Flush>>,
-    ) -> impl Future<Output = Result<(), String>> + 'static {
+    ) -> impl Future<Output = Result<(), FlushError>> + 'static {
         let finished = self.teardowns_finished(session);
         async move {
             let result = all_ok(requests).await;
@@ -756,12 +756,12 @@ impl Handler<SessionsChanged> for BufferFactory {
 
 /// Stop recording a session and store everything it recorded; answers when on disk.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), FlushError>")]
 pub struct StopSession(pub String);
 
 /// Stop a session and free everything of it.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), FlushError>")]
 pub struct DestroySession(pub String);
 
 impl BufferFactory {
@@ -789,7 +789,7 @@ impl BufferFactory {
 }
 
 impl Handler<StopSession> for BufferFactory {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), FlushError>>;
 
     fn handle(&mut self, msg: StopSession, _: &mut Context<Self>) -> Self::Result {
         if let Some(s) = self.sessions.iter_mut().find(|s| s.name == msg.0) {
@@ -808,7 +808,7 @@ impl Handler<StopSession> for BufferFactory {
 }
 
 impl Handler<DestroySession> for BufferFactory {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), FlushError>>;
 
     fn handle(&mut self, msg: DestroySession, ctx: &mut Context<Self>) -> Self::Result {
         self.sessions.retain(|s| s.name != msg.0);

@@ -343,8 +343,60 @@ pub struct BacklogRoom;
 /// answer is an error while the stream is failed, and once after it lost packets
 /// and recovered: `stop` never claims data it does not have.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), SyncError>")]
 pub struct SyncWriter;
+
+/// Why a stream's packets are not all stored: the answer to [`SyncWriter`], and
+/// through flushes and teardowns the reason `stop` gives.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The stream spent its restart budget and is failed now.
+    #[error("writer {stream} failed ({error}), {lost} packets lost")]
+    Failed {
+        /// The stream (`session/channel_cpu (trace dir)`).
+        stream: String,
+        /// The error that spent the budget, as `status` shows it.
+        error: String,
+        /// Packets lost since the last sync.
+        lost: u64,
+    },
+    /// The stream was failed and recorded again since the last sync.
+    #[error("writer {stream} lost {lost} packets ({error}), then recovered")]
+    Recovered {
+        /// The stream.
+        stream: String,
+        /// Packets lost meanwhile.
+        lost: u64,
+        /// The latest error they were lost to.
+        error: String,
+    },
+    /// The writer's own `sync` failed.
+    #[error("writer {stream}: {fault}")]
+    Sync {
+        /// The stream.
+        stream: String,
+        /// What the writer did.
+        fault: WriterFault,
+    },
+    /// The writer's actor stopped before it answered.
+    #[error("writer stopped")]
+    Stopped,
+}
+
+/// How a [`StreamWriter`] call failed: an error it returned, or a panic caught
+/// around it (a custom writer must not take the daemon down).
+#[derive(Debug, thiserror::Error)]
+pub enum WriterFault {
+    /// It returned an error.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// It panicked with this message.
+    #[error("writer panicked: {0}")]
+    Panicked(String),
+    /// It panicked with a payload that is no string.
+    #[error("writer panicked")]
+    PanickedSilently,
+}
 
 /// Why a stream is failed, and since when: it tries again once a whole restart
 /// window has passed.
@@ -552,8 +604,8 @@ impl Writer {
                     self.pending.pop_front();
                     self.unlist();
                 }
-                Err(error) => {
-                    self.fail(error, ctx);
+                Err(fault) => {
+                    self.fail(fault.to_string(), ctx);
                     return false;
                 }
             }
@@ -625,36 +677,36 @@ impl Writer {
     }
 
     /// The answer to a sync once every packet is stored or counted lost.
-    fn sync_result(&mut self) -> Result<(), String> {
-        let name = self.name();
+    fn sync_result(&mut self) -> Result<(), SyncError> {
+        let stream = self.name();
         let lost = self.unreported.take();
         match (&self.failed, lost, self.sink.as_mut()) {
-            (Some(failure), lost, _) => Err(format!(
-                "writer {name} failed ({}), {} packets lost",
-                failure.error,
-                lost.map_or(0, |l| l.packets)
-            )),
-            (None, Some(lost), _) => Err(format!(
-                "writer {name} lost {} packets ({}), then recovered",
-                lost.packets, lost.error
-            )),
+            (Some(failure), lost, _) => Err(SyncError::Failed {
+                stream,
+                error: failure.error.clone(),
+                lost: lost.map_or(0, |l| l.packets),
+            }),
+            (None, Some(lost), _) => Err(SyncError::Recovered {
+                stream,
+                lost: lost.packets,
+                error: lost.error,
+            }),
             (None, None, Some(sink)) => flatten(catch_unwind(AssertUnwindSafe(|| sink.sync())))
-                .map_err(|e| format!("writer {name}: {e}")),
+                .map_err(|fault| SyncError::Sync { stream, fault }),
             (None, None, None) => Ok(()),
         }
     }
 }
 
-/// Turns a panic in a custom writer into an error message.
-fn flatten(result: std::thread::Result<io::Result<()>>) -> Result<(), String> {
+/// Turns what a writer call returned, or its panic, into a [`WriterFault`].
+fn flatten(result: std::thread::Result<io::Result<()>>) -> Result<(), WriterFault> {
     match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(result) => Ok(result?),
         Err(panic) => Err(match panic.downcast_ref::<&str>() {
-            Some(s) => format!("writer panicked: {s}"),
+            Some(s) => WriterFault::Panicked((*s).to_owned()),
             None => match panic.downcast_ref::<String>() {
-                Some(s) => format!("writer panicked: {s}"),
-                None => "writer panicked".to_string(),
+                Some(s) => WriterFault::Panicked(s.clone()),
+                None => WriterFault::PanickedSilently,
             },
         }),
     }
@@ -716,7 +768,7 @@ impl Handler<WritePacket> for Writer {
 }
 
 impl Handler<SyncWriter> for Writer {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), SyncError>>;
 
     fn handle(&mut self, _: SyncWriter, ctx: &mut Context<Self>) -> Self::Result {
         if !self.store_pending(ctx) {
@@ -725,7 +777,7 @@ impl Handler<SyncWriter> for Writer {
             return Box::pin(async move {
                 addr.send(SyncWriter)
                     .await
-                    .unwrap_or_else(|_| Err("writer stopped".to_string()))
+                    .unwrap_or(Err(SyncError::Stopped))
             });
         }
         let result = self.sync_result();
