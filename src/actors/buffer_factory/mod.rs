@@ -21,8 +21,13 @@
 //! Registration cost matters (thousands of short-lived per-PID apps): creating a
 //! BufferSet is a few memfds and two actors, nothing touches the disk until the first
 //! packet is written, and an app that matches no enabled event gets no buffer at all.
+//!
+//! Layout: the decisions (which set, which events a grant enables, the per-PID
+//! budget, when a refusal is counted) are plain functions in `plan`, unit-tested
+//! without memfds or actors; [`teardown`] holds what happens when an app dies (and
+//! when a session's sets are torn down); this file sequences them with the making.
 
-use crate::actors::buffer_set::{BufferSet, Flush, FlushError, ProducerDied, Teardown, all_ok};
+use crate::actors::buffer_set::{BufferSet, Flush, FlushError, all_ok};
 use crate::actors::registration::{AppRegistration, ConnectionId, Grant, Push, Refusal};
 use crate::actors::ring_pool::RingPool;
 use crate::actors::session::{ChannelDef, SessionDef};
@@ -35,22 +40,18 @@ use crate::ctf::names;
 use crate::ctf::registry::{EventLimits, Ownership, Registry, RegistryError};
 use crate::ctf::trace_writer::TraceDir;
 use crate::protocol::messages::{Buffers, ChannelSpec};
+pub use plan::Owner;
+use plan::{BudgetVerdict, PidBudget, SetKey};
+pub use teardown::AppGone;
+
 use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, cpu_count};
 use actix::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::oneshot;
 
-/// Who a trace and its buffers belong to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Owner {
-    /// Per-UID buffers of this user.
-    Uid(u32),
-    /// Per-PID buffers of one app connection (its process, for as long as it lives;
-    /// a later process with the same pid is another connection).
-    Pid(ConnectionId),
-}
+mod plan;
+pub mod teardown;
 
 /// The settings the factory applies to everything it creates.
 #[derive(Clone, Debug)]
@@ -100,17 +101,6 @@ struct AppChannel {
     key: u64,
     /// Indices (into `App::events`) already enabled in it.
     enabled: HashSet<u32>,
-}
-
-/// Identifies a BufferSet.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct SetKey {
-    /// Session name.
-    session: String,
-    /// Channel name.
-    channel: String,
-    /// Owner.
-    owner: Owner,
 }
 
 /// One live BufferSet.
@@ -165,9 +155,6 @@ pub struct BufferFactory {
     settings: FactorySettings,
     /// Writer factories by name.
     writers: WriterRegistry,
-    /// The daemon's own uid: its apps are the operator's, bounded by the global
-    /// per-PID cap only (a single-user daemon keeps the whole budget).
-    daemon_uid: u32,
     /// The threads that run writers, so that disk I/O never delays registration;
     /// each set's writers go to the next one in turn, so one slow file creation
     /// does not queue every other app's trace behind it.
@@ -190,22 +177,12 @@ pub struct BufferFactory {
     apps: HashMap<ConnectionId, App>,
     /// Next channel key handed to an app.
     next_key: u64,
-    /// Shared memory held by per-PID sets now.
-    pid_buffer_bytes: u64,
-    /// The same by uid (uids holding none are absent).
-    pid_buffer_bytes_by_uid: HashMap<u32, u64>,
+    /// Shared memory held by per-PID sets, against its caps (the daemon's own
+    /// uid's apps are the operator's, bounded by the global cap only).
+    pid_budget: PidBudget,
     /// Teardowns in flight per session, and who waits for them: `stop` and `destroy`
     /// answer only once the session's dead apps are on disk too.
-    teardowns: HashMap<String, Teardowns>,
-}
-
-/// The teardowns of one session that have not finished.
-#[derive(Default)]
-struct Teardowns {
-    /// How many.
-    running: usize,
-    /// Resolved when `running` drops to zero.
-    waiters: Vec<oneshot::Sender<()>>,
+    teardowns: HashMap<String, teardown::Teardowns>,
 }
 
 impl BufferFactory {
@@ -220,9 +197,13 @@ impl BufferFactory {
         BufferFactory {
             pool: RingPool::new(settings.warm_pid_buffer_sets, cpus, stats.clone()),
             cpus,
+            pid_budget: PidBudget::new(
+                settings.max_pid_buffer_bytes,
+                settings.max_pid_buffer_bytes_per_uid,
+                nix::unistd::geteuid().as_raw(),
+            ),
             settings,
             writers,
-            daemon_uid: nix::unistd::geteuid().as_raw(),
             io,
             sets_created: 0,
             stats,
@@ -231,8 +212,6 @@ impl BufferFactory {
             sets: HashMap::new(),
             apps: HashMap::new(),
             next_key: 1,
-            pid_buffer_bytes: 0,
-            pid_buffer_bytes_by_uid: HashMap::new(),
             teardowns: HashMap::new(),
         }
     }
@@ -289,28 +268,6 @@ impl BufferFactory {
         }
     }
 
-    /// Shared-memory bytes of one set of `spec`.
-    fn set_bytes(&self, spec: &ChannelSpec) -> u64 {
-        u64::from(spec.subbuf_size) * u64::from(spec.num_subbuf) * self.cpus as u64
-    }
-
-    /// Whether a new per-PID set of `bytes` fits under both per-PID caps for `uid`.
-    fn check_pid_budget(&self, uid: u32, bytes: u64) -> Result<(), Refusal> {
-        let max = self.settings.max_pid_buffer_bytes;
-        if self.pid_buffer_bytes + bytes > max {
-            return Err(Refusal::PidBufferBytes { max });
-        }
-        if uid == self.daemon_uid {
-            return Ok(());
-        }
-        let max = self.settings.max_pid_buffer_bytes_per_uid;
-        let held = self.pid_buffer_bytes_by_uid.get(&uid).copied().unwrap_or(0);
-        if held + bytes > max {
-            return Err(Refusal::PidBufferBytesPerUid { uid, max });
-        }
-        Ok(())
-    }
-
     /// What app `connection` is missing of one channel, creating its buffers if
     /// needed. An event past a trace's limits stops the enabling there and is
     /// reported in `limit`; what was granted before it is returned all the same (it
@@ -326,35 +283,26 @@ impl BufferFactory {
         let Some(app) = self.apps.get(&connection) else {
             return Ok(None);
         };
-        let matching: Vec<u32> = app
-            .events
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| channel.matches(e))
-            .map(|(i, _)| i as u32)
-            .collect();
+        let matching = plan::matching_events(&app.events, channel);
         if matching.is_empty() {
             return Ok(None);
         }
-        let owner = match channel.spec.buffers {
-            Buffers::PerUid => Owner::Uid(app.uid),
-            Buffers::PerPid => Owner::Pid(connection),
-        };
+        let owner = Owner::of(channel.spec.buffers, app.uid, connection);
         let set_key = SetKey {
             session: session.name.clone(),
             channel: channel.spec.name.clone(),
             owner,
         };
         let uid = app.uid;
-        if matches!(owner, Owner::Pid(_)) && !self.sets.contains_key(&set_key) {
-            let budget = self.check_pid_budget(uid, self.set_bytes(&channel.spec));
+        if owner.is_pid() && !self.sets.contains_key(&set_key) {
+            let budget = self
+                .pid_budget
+                .check(uid, plan::set_bytes(&channel.spec, self.cpus));
             let app = self.apps.get_mut(&connection).expect("checked above");
-            match budget {
-                Ok(()) => {
-                    app.refused.remove(&set_key);
-                }
-                Err(refusal) if app.refused.insert(set_key) => return Err(refusal.into()),
-                Err(_) => return Ok(None),
+            match plan::budget_verdict(&mut app.refused, &set_key, budget) {
+                BudgetVerdict::Grant => {}
+                BudgetVerdict::Refuse(refusal) => return Err(refusal.into()),
+                BudgetVerdict::AlreadyRefused => return Ok(None),
             }
         }
         let new_trace = self
@@ -383,10 +331,8 @@ impl BufferFactory {
         let given = app.channels.get_mut(&set_key).expect("inserted above");
         let mut enables = Vec::new();
         let mut changed = false;
-        for index in matching {
-            if given.enabled.contains(&index) {
-                continue;
-            }
+        let missing: Vec<u32> = plan::to_enable(&matching, &given.enabled).collect();
+        for index in missing {
             let event = &app.events[index as usize];
             match trace.registry.register_event(event) {
                 Ok((id, new)) => {
@@ -483,7 +429,7 @@ impl BufferFactory {
         if self.sets.contains_key(key) {
             return Ok(());
         }
-        let bytes = self.set_bytes(spec);
+        let bytes = plan::set_bytes(spec, self.cpus);
         let trace = &self.traces[&(session.name.clone(), key.owner)];
         let cpus = self.cpus;
         let factory = self.writers.get(&spec.writer).ok_or_else(|| {
@@ -537,9 +483,8 @@ impl BufferFactory {
             self.stats.clone(),
         )
         .start();
-        if matches!(key.owner, Owner::Pid(_)) {
-            self.pid_buffer_bytes += bytes;
-            *self.pid_buffer_bytes_by_uid.entry(uid).or_insert(0) += bytes;
+        if key.owner.is_pid() {
+            self.pid_budget.take(uid, bytes);
         }
         self.sets.insert(
             key.clone(),
@@ -551,75 +496,6 @@ impl BufferFactory {
             },
         );
         Ok(())
-    }
-
-    /// Removes the sets matching `pred` and tears them down in their own actors;
-    /// `stop` and `destroy` of their session wait for them.
-    fn tear_down(&mut self, pred: impl Fn(&SetKey) -> bool, ctx: &mut Context<Self>) {
-        let keys: Vec<SetKey> = self.sets.keys().filter(|k| pred(k)).cloned().collect();
-        for key in keys {
-            let Some(set) = self.sets.remove(&key) else {
-                continue;
-            };
-            if matches!(key.owner, Owner::Pid(_)) {
-                self.pid_buffer_bytes -= set.bytes;
-                if let Some(held) = self.pid_buffer_bytes_by_uid.get_mut(&set.uid) {
-                    *held -= set.bytes;
-                    if *held == 0 {
-                        self.pid_buffer_bytes_by_uid.remove(&set.uid);
-                    }
-                }
-            }
-            self.teardowns
-                .entry(key.session.clone())
-                .or_default()
-                .running += 1;
-            ctx.spawn(
-                set.addr
-                    .send(Teardown)
-                    .into_actor(self)
-                    .map(move |result, act, _| {
-                        match result {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => log::error!("teardown of {key:?}: {e}"),
-                            Err(e) => log::error!("teardown of {key:?}: {e}"),
-                        }
-                        act.teardown_done(&key.session);
-                    }),
-            );
-        }
-    }
-
-    /// Counts a finished teardown and wakes the waiters of its session's last one.
-    fn teardown_done(&mut self, session: &str) {
-        let Some(t) = self.teardowns.get_mut(session) else {
-            return;
-        };
-        t.running -= 1;
-        if t.running == 0 {
-            for waiter in self
-                .teardowns
-                .remove(session)
-                .into_iter()
-                .flat_map(|t| t.waiters)
-            {
-                let _ = waiter.send(());
-            }
-        }
-    }
-
-    /// Resolves once `session` has no teardown in flight.
-    fn teardowns_finished(&mut self, session: &str) -> impl Future<Output = ()> + 'static {
-        let waiter = self.teardowns.get_mut(session).map(|t| {
-            let (tx, rx) = oneshot::channel();
-            t.waiters.push(tx);
-            rx
-        });
-        async move {
-            if let Some(rx) = waiter {
-                let _ = rx.await;
-            }
-        }
     }
 
     /// Flushes (or tears down) the session's sets; resolves when they and every
@@ -817,49 +693,5 @@ impl Handler<DestroySession> for BufferFactory {
         self.traces.retain(|(session, _), _| *session != msg.0);
         self.tear_down(|k| k.session == msg.0, ctx);
         Box::pin(self.settle(&msg.0, Vec::new()))
-    }
-}
-
-/// An app's connection closed: it exited, crashed or was killed.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AppGone {
-    /// Its connection.
-    pub connection: ConnectionId,
-}
-
-impl Handler<AppGone> for BufferFactory {
-    type Result = ();
-
-    fn handle(&mut self, msg: AppGone, ctx: &mut Context<Self>) {
-        self.forget_app(msg.connection, ctx);
-    }
-}
-
-impl BufferFactory {
-    /// Forgets app `connection`: tears its per-PID sets down and tells the per-UID
-    /// sets it wrote to that one of their producers is gone.
-    fn forget_app(&mut self, connection: ConnectionId, ctx: &mut Context<Self>) {
-        let Some(app) = self.apps.remove(&connection) else {
-            return;
-        };
-        let owner = Owner::Pid(connection);
-        self.traces.retain(|(_, o), _| *o != owner);
-        self.tear_down(|k| k.owner == owner, ctx);
-        for key in app.channels.keys() {
-            if let (Owner::Uid(uid), Some(set)) = (key.owner, self.sets.get(key)) {
-                let live = self
-                    .apps
-                    .values()
-                    .filter(|a| a.uid == uid)
-                    .map(|a| a.pid)
-                    .collect();
-                set.addr.do_send(ProducerDied {
-                    pid: app.pid,
-                    uid,
-                    live,
-                });
-            }
-        }
     }
 }
