@@ -36,8 +36,7 @@ use crate::actors::supervision::RestartPolicy;
 use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterRegistry};
 use crate::ctf::field::EventDesc;
 use crate::ctf::layout::{self, DirClock};
-use crate::ctf::names;
-use crate::ctf::registry::{EventLimits, Ownership, Registry, RegistryError};
+use crate::ctf::registry::{EventLimits, Registry, RegistryError};
 use crate::ctf::trace_writer::TraceDir;
 use crate::protocol::messages::{Buffers, ChannelSpec};
 pub use plan::Owner;
@@ -381,15 +380,7 @@ impl BufferFactory {
             return Ok(false);
         }
         let app = &self.apps[&connection];
-        let ownership = match owner {
-            Owner::Uid(uid) => Ownership::PerUid { uid },
-            // The name the app gave, made one safe file-name component: it names
-            // the directory and the metadata's `procname`.
-            Owner::Pid(_) => Ownership::PerPid {
-                procname: names::procname(&app.name),
-                pid: app.pid as u32,
-            },
-        };
+        let ownership = owner.trace_owner(&app.name, app.pid);
         let below =
             layout::trace_below(&ownership, connection.0, app.registered_at, DirClock::Local);
         let dir = TraceDir::new(&session.output, below).map_err(|e| e.to_string())?;

@@ -7,6 +7,8 @@
 use crate::actors::registration::{ConnectionId, Refusal};
 use crate::actors::session::ChannelDef;
 use crate::ctf::field::EventDesc;
+use crate::ctf::names;
+use crate::ctf::registry::Ownership;
 use crate::protocol::messages::{Buffers, ChannelSpec};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -34,6 +36,19 @@ impl Owner {
     /// per-PID caps and torn down when it goes.
     pub fn is_pid(self) -> bool {
         matches!(self, Owner::Pid(_))
+    }
+
+    /// How the owner's trace names it (directory, metadata `env`): its uid, or the
+    /// app's `name` (made one safe file-name component) and `pid`. The connection
+    /// keeps the per-PID trace apart from a later process of the same pid.
+    pub fn trace_owner(self, name: &str, pid: i32) -> Ownership {
+        match self {
+            Owner::Uid(uid) => Ownership::PerUid { uid },
+            Owner::Pid(_) => Ownership::PerPid {
+                procname: names::procname(name),
+                pid: pid as u32,
+            },
+        }
     }
 }
 
@@ -211,6 +226,26 @@ mod tests {
         assert_eq!(Owner::of(Buffers::PerPid, 1000, c), Owner::Pid(c));
         assert!(Owner::Pid(c).is_pid());
         assert!(!Owner::Uid(1000).is_pid());
+    }
+
+    #[test]
+    fn a_uid_trace_is_named_by_its_uid_and_a_pid_trace_by_the_apps_name_and_pid() {
+        let pid = Owner::Pid(ConnectionId(3));
+        assert_eq!(
+            Owner::Uid(1000).trace_owner("app", 42),
+            Ownership::PerUid { uid: 1000 }
+        );
+        assert_eq!(
+            pid.trace_owner("app", 42),
+            Ownership::PerPid {
+                procname: "app".into(),
+                pid: 42
+            }
+        );
+        let Ownership::PerPid { procname, .. } = pid.trace_owner("../x/y", 42) else {
+            panic!("a per-PID owner names a per-PID trace");
+        };
+        assert!(!procname.contains('/'), "{procname}");
     }
 
     #[test]
