@@ -11,18 +11,18 @@
 //! run on I/O arbiters (one thread per CPU, each set's writers on one of them in
 //! turn) so that disk I/O never delays a registration.
 
+use crate::actors::app_connection::AppLimits;
 use crate::actors::buffer_factory::{BufferFactory, FactorySettings};
 use crate::actors::control_socket;
 use crate::actors::framed::{self, FrameError};
 use crate::actors::registrar::{Accept, Registrar};
-use crate::actors::registration::AppLimits;
 use crate::actors::session::{
     CreateSession, EnableChannel, EnableEvent, ListSessions, SessionError, SessionManager,
     SessionSettings, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
-use crate::actors::writer::{WriterFactory, WriterRegistry};
+use crate::actors::writer::{WriterCatalog, WriterFactory};
 use crate::config::Config;
 use crate::protocol::messages::ControlRequest;
 use crate::protocol::{APPS_SOCKET, CONTROL_SOCKET};
@@ -79,7 +79,7 @@ pub struct Daemon {
     /// The deployment.
     config: Config,
     /// Writers by name; the built-in `ctf` one is always there.
-    writers: WriterRegistry,
+    writers: WriterCatalog,
 }
 
 impl Daemon {
@@ -87,7 +87,7 @@ impl Daemon {
     pub fn new(config: Config) -> Daemon {
         Daemon {
             config,
-            writers: WriterRegistry::default(),
+            writers: WriterCatalog::default(),
         }
     }
 

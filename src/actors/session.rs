@@ -19,7 +19,7 @@ use crate::config::{EventPattern, check_name};
 use crate::ctf::field::EventDesc;
 use crate::ctf::trace_writer::OutputDir;
 use crate::ctf::{layout, spread};
-use crate::protocol::messages::{Buffers, ChannelRequest, ChannelSpec, SessionInfo};
+use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec, SessionInfo};
 use crate::shm::ShmError;
 use actix::prelude::*;
 use std::path::PathBuf;
@@ -409,7 +409,10 @@ impl SessionManager {
         }
         s.started = true;
         s.ever_started = true;
-        if s.channels.iter().any(|c| c.spec.buffers == Buffers::PerPid) {
+        if s.channels
+            .iter()
+            .any(|c| c.spec.buffers == Buffering::PerPid)
+        {
             let dir = layout::pid_traces_dir(s.output.path());
             if let Err(e) = spread::create_spread_dir(&s.output) {
                 log::warn!("session {}: cannot prepare {}: {e}", s.name, dir.display());

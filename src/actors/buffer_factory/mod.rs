@@ -27,18 +27,18 @@
 //! without memfds or actors; [`teardown`] holds what happens when an app dies (and
 //! when a session's sets are torn down); this file sequences them with the making.
 
+use crate::actors::app_connection::{AppConnection, ConnectionId, Grant, Push, Refusal};
 use crate::actors::buffer_set::{BufferSet, Flush, FlushError, all_ok};
-use crate::actors::registration::{AppRegistration, ConnectionId, Grant, Push, Refusal};
 use crate::actors::ring_pool::RingPool;
 use crate::actors::session::{ChannelDef, SessionDef};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
-use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterRegistry};
+use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterCatalog};
 use crate::ctf::field::EventDesc;
 use crate::ctf::layout::{self, DirClock};
-use crate::ctf::registry::{EventLimits, Registry, RegistryError};
+use crate::ctf::registry::{EventLimits, EventRegistry, RegistryError};
 use crate::ctf::trace_writer::TraceDir;
-use crate::protocol::messages::{Buffers, ChannelSpec};
+use crate::protocol::messages::{Buffering, ChannelSpec};
 pub use plan::Owner;
 use plan::{BudgetVerdict, PidBudget, SetKey};
 pub use teardown::AppGone;
@@ -86,7 +86,7 @@ struct App {
     /// Its events, indexed as the app indexes them.
     events: Vec<EventDesc>,
     /// Where pushes go.
-    addr: Addr<AppRegistration>,
+    addr: Addr<AppConnection>,
     /// Channels given to it: set key -> (channel key for the app, enabled event indices).
     channels: BTreeMap<SetKey, AppChannel>,
     /// Per-PID sets a limit refused it: each refusal is counted once, however often
@@ -139,7 +139,7 @@ struct Delta {
 /// One sub-trace: a directory with a metadata file and stream files.
 struct Trace {
     /// Event ids and metadata text.
-    registry: Registry,
+    registry: EventRegistry,
     /// Grows with every event registered, so writers know to rewrite the metadata.
     version: u64,
     /// Directory of the sub-trace.
@@ -153,7 +153,7 @@ pub struct BufferFactory {
     /// Settings from the config.
     settings: FactorySettings,
     /// Writer factories by name.
-    writers: WriterRegistry,
+    writers: WriterCatalog,
     /// The threads that run writers, so that disk I/O never delays registration;
     /// each set's writers go to the next one in turn, so one slow file creation
     /// does not queue every other app's trace behind it.
@@ -188,7 +188,7 @@ impl BufferFactory {
     /// A factory with no session and no app.
     pub fn new(
         settings: FactorySettings,
-        writers: WriterRegistry,
+        writers: WriterCatalog,
         io: Vec<ArbiterHandle>,
         stats: Arc<Stats>,
     ) -> BufferFactory {
@@ -222,7 +222,7 @@ impl BufferFactory {
             .iter()
             .filter(|s| s.started)
             .flat_map(|s| &s.channels)
-            .filter(|c| c.spec.buffers == Buffers::PerPid)
+            .filter(|c| c.spec.buffers == Buffering::PerPid)
             .map(|c| c.spec.geometry())
             .collect();
         self.pool.keep_ready(&geometries);
@@ -384,7 +384,7 @@ impl BufferFactory {
         let below =
             layout::trace_below(&ownership, connection.0, app.registered_at, DirClock::Local);
         let dir = TraceDir::new(&session.output, below).map_err(|e| e.to_string())?;
-        let mut registry = Registry::for_this_host(ownership)
+        let mut registry = EventRegistry::for_this_host(ownership)
             .map_err(|e| e.to_string())?
             .with_limits(self.settings.event_limits);
         for channel in &session.channels {
@@ -535,7 +535,7 @@ pub struct CreateBuffers {
     /// Its events.
     pub events: Vec<EventDesc>,
     /// Where later pushes go.
-    pub app: Addr<AppRegistration>,
+    pub app: Addr<AppConnection>,
 }
 
 impl Handler<CreateBuffers> for BufferFactory {

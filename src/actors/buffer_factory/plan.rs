@@ -4,12 +4,12 @@
 //! each rule is tested here without memfds, actors or a daemon; the actor
 //! ([`super::BufferFactory`]) only sequences them with the effects.
 
-use crate::actors::registration::{ConnectionId, Refusal};
+use crate::actors::app_connection::{ConnectionId, Refusal};
 use crate::actors::session::ChannelDef;
 use crate::ctf::field::EventDesc;
 use crate::ctf::names;
-use crate::ctf::registry::Ownership;
-use crate::protocol::messages::{Buffers, ChannelSpec};
+use crate::ctf::registry::TraceOwner;
+use crate::protocol::messages::{Buffering, ChannelSpec};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Who a trace and its buffers belong to.
@@ -25,10 +25,10 @@ pub enum Owner {
 impl Owner {
     /// The owner of the buffers an app of `uid` on `connection` uses in a channel
     /// of `buffers` mode: its uid's shared set, or its connection's own.
-    pub fn of(buffers: Buffers, uid: u32, connection: ConnectionId) -> Owner {
+    pub fn of(buffers: Buffering, uid: u32, connection: ConnectionId) -> Owner {
         match buffers {
-            Buffers::PerUid => Owner::Uid(uid),
-            Buffers::PerPid => Owner::Pid(connection),
+            Buffering::PerUid => Owner::Uid(uid),
+            Buffering::PerPid => Owner::Pid(connection),
         }
     }
 
@@ -41,10 +41,10 @@ impl Owner {
     /// How the owner's trace names it (directory, metadata `env`): its uid, or the
     /// app's `name` (made one safe file-name component) and `pid`. The connection
     /// keeps the per-PID trace apart from a later process of the same pid.
-    pub fn trace_owner(self, name: &str, pid: i32) -> Ownership {
+    pub fn trace_owner(self, name: &str, pid: i32) -> TraceOwner {
         match self {
-            Owner::Uid(uid) => Ownership::PerUid { uid },
-            Owner::Pid(_) => Ownership::PerPid {
+            Owner::Uid(uid) => TraceOwner::PerUid { uid },
+            Owner::Pid(_) => TraceOwner::PerPid {
                 procname: names::procname(name),
                 pid: pid as u32,
             },
@@ -191,7 +191,7 @@ mod tests {
     use crate::ctf::field::LogLevel;
     use crate::shm::Mode;
 
-    fn spec(buffers: Buffers) -> ChannelSpec {
+    fn spec(buffers: Buffering) -> ChannelSpec {
         ChannelSpec {
             name: "ch".into(),
             buffers,
@@ -222,8 +222,8 @@ mod tests {
     #[test]
     fn per_uid_channels_are_owned_by_the_uid_and_per_pid_ones_by_the_connection() {
         let c = ConnectionId(7);
-        assert_eq!(Owner::of(Buffers::PerUid, 1000, c), Owner::Uid(1000));
-        assert_eq!(Owner::of(Buffers::PerPid, 1000, c), Owner::Pid(c));
+        assert_eq!(Owner::of(Buffering::PerUid, 1000, c), Owner::Uid(1000));
+        assert_eq!(Owner::of(Buffering::PerPid, 1000, c), Owner::Pid(c));
         assert!(Owner::Pid(c).is_pid());
         assert!(!Owner::Uid(1000).is_pid());
     }
@@ -233,16 +233,16 @@ mod tests {
         let pid = Owner::Pid(ConnectionId(3));
         assert_eq!(
             Owner::Uid(1000).trace_owner("app", 42),
-            Ownership::PerUid { uid: 1000 }
+            TraceOwner::PerUid { uid: 1000 }
         );
         assert_eq!(
             pid.trace_owner("app", 42),
-            Ownership::PerPid {
+            TraceOwner::PerPid {
                 procname: "app".into(),
                 pid: 42
             }
         );
-        let Ownership::PerPid { procname, .. } = pid.trace_owner("../x/y", 42) else {
+        let TraceOwner::PerPid { procname, .. } = pid.trace_owner("../x/y", 42) else {
             panic!("a per-PID owner names a per-PID trace");
         };
         assert!(!procname.contains('/'), "{procname}");
@@ -251,13 +251,13 @@ mod tests {
     #[test]
     fn a_channel_enables_the_events_its_patterns_match_in_the_apps_order() {
         let channel = ChannelDef {
-            spec: spec(Buffers::PerUid),
+            spec: spec(Buffering::PerUid),
             patterns: vec![EventPattern::parse("app:*").unwrap()],
         };
         let events = [event("app", "a"), event("lib", "b"), event("app", "c")];
         assert_eq!(matching_events(&events, &channel), vec![0, 2]);
         let none = ChannelDef {
-            spec: spec(Buffers::PerUid),
+            spec: spec(Buffering::PerUid),
             patterns: Vec::new(),
         };
         assert!(matching_events(&events, &none).is_empty());
@@ -272,7 +272,7 @@ mod tests {
 
     #[test]
     fn a_set_has_one_ring_per_cpu() {
-        assert_eq!(set_bytes(&spec(Buffers::PerPid), 3), 4096 * 4 * 3);
+        assert_eq!(set_bytes(&spec(Buffering::PerPid), 3), 4096 * 4 * 3);
     }
 
     #[test]

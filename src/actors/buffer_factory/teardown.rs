@@ -1,9 +1,9 @@
 //! What happens when an app dies: the whole path, in the order it runs.
 //!
 //! 1. The kernel closes the app's socket whether it exited, crashed or was
-//!    SIGKILLed. Its AppRegistration's reader (`registration::read_frames`) sees
-//!    EOF (or a protocol error, [`ConnectionError`](crate::actors::registration::ConnectionError)),
-//!    the AppRegistration sends [`AppGone`] here and stops. A process can also die
+//!    SIGKILLed. Its AppConnection's reader (`app_connection::read_frames`) sees
+//!    EOF (or a protocol error, [`ConnectionError`](crate::actors::app_connection::ConnectionError)),
+//!    the AppConnection sends [`AppGone`] here and stops. A process can also die
 //!    while another keeps its socket open: it then lives on as that connection,
 //!    and a later process with the same pid is another connection, with its own
 //!    buffers (apps are known by [`ConnectionId`], never by pid).
@@ -29,8 +29,8 @@
 //!    when the CLI hears "trace flushed".
 
 use super::{BufferFactory, Owner, SetKey};
+use crate::actors::app_connection::ConnectionId;
 use crate::actors::buffer_set::{ProducerDied, Teardown};
-use crate::actors::registration::ConnectionId;
 use actix::prelude::*;
 use tokio::sync::oneshot;
 
