@@ -17,7 +17,7 @@ use crate::actors::control_socket;
 use crate::actors::framed::{self, FrameError};
 use crate::actors::registrar::{Accept, Registrar};
 use crate::actors::session::{
-    CreateSession, EnableChannel, EnableEvent, ListSessions, SessionError, SessionManager,
+    CreateSession, Done, EnableChannel, EnableEvent, ListSessions, SessionError, SessionManager,
     SessionSettings, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
@@ -193,50 +193,54 @@ async fn declare_sessions(
     sessions: &Addr<SessionManager>,
 ) -> Result<(), DaemonError> {
     for declared in &config.sessions {
-        let refused = |source| DaemonError::ConfigSession {
-            session: declared.name.clone(),
-            source,
-        };
-        let gone = |e| DaemonError::System(io::Error::other(e));
-        let session = Some(declared.name.clone());
+        let name = &declared.name;
+        let session = Some(name.clone());
         let create = CreateSession {
-            name: declared.name.clone(),
+            name: name.clone(),
             output: declared.output.clone(),
         };
-        sessions
-            .send(create)
-            .await
-            .map_err(gone)?
-            .map_err(refused)?;
+        declare(sessions, name, create).await?;
         for channel in &declared.channels {
             let enable = EnableChannel {
                 session: session.clone(),
                 channel: config.channel_request(channel),
             };
-            sessions
-                .send(enable)
-                .await
-                .map_err(gone)?
-                .map_err(refused)?;
+            declare(sessions, name, enable).await?;
             for pattern in &channel.events {
                 let enable = EnableEvent {
                     session: session.clone(),
                     channel: Some(channel.name.clone()),
                     pattern: pattern.clone(),
                 };
-                sessions
-                    .send(enable)
-                    .await
-                    .map_err(gone)?
-                    .map_err(refused)?;
+                declare(sessions, name, enable).await?;
             }
         }
         if declared.autostart {
-            let start = StartSession { session };
-            sessions.send(start).await.map_err(gone)?.map_err(refused)?;
+            declare(sessions, name, StartSession { session }).await?;
         }
     }
     Ok(())
+}
+
+/// Sends one request of the config session `session`; a refusal names it.
+async fn declare<M>(
+    sessions: &Addr<SessionManager>,
+    session: &str,
+    request: M,
+) -> Result<(), DaemonError>
+where
+    M: Message<Result = Done> + Send + 'static,
+    SessionManager: Handler<M>,
+{
+    sessions
+        .send(request)
+        .await
+        .map_err(|e| DaemonError::System(io::Error::other(e)))?
+        .map(drop)
+        .map_err(|source| DaemonError::ConfigSession {
+            session: session.to_owned(),
+            source,
+        })
 }
 
 /// Recovers the traces a crashed daemon may have left in the output directories

@@ -37,13 +37,13 @@ use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterCatalog};
 use crate::ctf::field::EventDesc;
 use crate::ctf::layout::{self, DirClock};
 use crate::ctf::registry::{EventLimits, EventRegistry, RegistryError};
-use crate::ctf::trace_writer::TraceDir;
+use crate::ctf::trace_writer::{TraceDir, TraceDirError};
 use crate::protocol::messages::{Buffering, ChannelSpec};
 pub use plan::Owner;
 use plan::{BudgetVerdict, PidBudget, SetKey};
 pub use teardown::AppGone;
 
-use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, cpu_count};
+use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, ShmError, cpu_count};
 use actix::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -120,9 +120,24 @@ enum GrantError {
     /// A limit: the app is refused (at registration) and the refusal counted.
     #[error(transparent)]
     Refused(#[from] Refusal),
-    /// Anything else (no such writer, shared memory unavailable): logged.
-    #[error("{0}")]
-    Failed(String),
+    /// The channel names a writer nobody registered (a session created before a
+    /// daemon restart with fewer writers cannot: the SessionManager checks).
+    #[error("no writer named {writer:?} (registered: {})", registered.join(", "))]
+    NoWriter {
+        /// The name asked for.
+        writer: String,
+        /// The names there are.
+        registered: Vec<String>,
+    },
+    /// The trace's directory could not be made.
+    #[error(transparent)]
+    TraceDir(#[from] TraceDirError),
+    /// The trace's uuid could not be drawn.
+    #[error("trace uuid: {0}")]
+    Uuid(std::io::Error),
+    /// The rings could not be made (shared memory, fds).
+    #[error(transparent)]
+    Rings(#[from] ShmError),
 }
 
 /// What an app should be given now.
@@ -304,11 +319,8 @@ impl BufferFactory {
                 BudgetVerdict::AlreadyRefused => return Ok(None),
             }
         }
-        let new_trace = self
-            .ensure_trace(session, owner, connection)
-            .map_err(GrantError::Failed)?;
-        self.ensure_set(&set_key, session, stream_id, &channel.spec, uid)
-            .map_err(GrantError::Failed)?;
+        let new_trace = self.ensure_trace(session, owner, connection)?;
+        self.ensure_set(&set_key, session, stream_id, &channel.spec, uid)?;
 
         let app = self.apps.get_mut(&connection).expect("checked above");
         let trace = self
@@ -374,7 +386,7 @@ impl BufferFactory {
         session: &SessionDef,
         owner: Owner,
         connection: ConnectionId,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, GrantError> {
         let key = (session.name.clone(), owner);
         if self.traces.contains_key(&key) {
             return Ok(false);
@@ -383,9 +395,9 @@ impl BufferFactory {
         let ownership = owner.trace_owner(&app.name, app.pid);
         let below =
             layout::trace_below(&ownership, connection.0, app.registered_at, DirClock::Local);
-        let dir = TraceDir::new(&session.output, below).map_err(|e| e.to_string())?;
+        let dir = TraceDir::new(&session.output, below)?;
         let mut registry = EventRegistry::for_this_host(ownership)
-            .map_err(|e| e.to_string())?
+            .map_err(GrantError::Uuid)?
             .with_limits(self.settings.event_limits);
         for channel in &session.channels {
             registry.add_channel(&channel.spec.name);
@@ -416,20 +428,20 @@ impl BufferFactory {
         stream_id: u32,
         spec: &ChannelSpec,
         uid: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), GrantError> {
         if self.sets.contains_key(key) {
             return Ok(());
         }
         let bytes = plan::set_bytes(spec, self.cpus);
         let trace = &self.traces[&(session.name.clone(), key.owner)];
         let cpus = self.cpus;
-        let factory = self.writers.get(&spec.writer).ok_or_else(|| {
-            format!(
-                "no writer named {:?} (registered: {})",
-                spec.writer,
-                self.writers.names().join(", ")
-            )
-        })?;
+        let factory = self
+            .writers
+            .get(&spec.writer)
+            .ok_or_else(|| GrantError::NoWriter {
+                writer: spec.writer.clone(),
+                registered: self.writers.names(),
+            })?;
         let config = RingConfig {
             geometry: spec.geometry(),
             mode: spec.mode,
@@ -441,11 +453,7 @@ impl BufferFactory {
             Owner::Pid(_) => self.pool.take(config.geometry),
             Owner::Uid(_) => BlankSet::create(&format!("ustrace {label}"), config.geometry, cpus),
         };
-        let buffers = Arc::new(
-            blank
-                .and_then(|b| b.init(&config))
-                .map_err(|e| e.to_string())?,
-        );
+        let buffers = Arc::new(blank.and_then(|b| b.init(&config))?);
         let io = self.io[self.sets_created % self.io.len()].clone();
         self.sets_created += 1;
         let streams = (0..cpus as u32)
