@@ -7,10 +7,10 @@
 //!    while another keeps its socket open: it then lives on as that connection,
 //!    and a later process with the same pid is another connection, with its own
 //!    buffers (apps are known by [`ConnectionId`], never by pid).
-//! 2. [`BufferFactory::forget_app`] forgets the app (an app refused at registration
+//! 2. `BufferFactory::forget_app` forgets the app (an app refused at registration
 //!    for an event limit is forgotten the same way: it never received its rings).
 //!    Its per-PID traces are dropped from the factory and its per-PID sets are
-//!    torn down ([`BufferFactory::tear_down`]): each set gets [`Teardown`], which
+//!    torn down (`BufferFactory::tear_down`): each set gets [`Teardown`], which
 //!    flushes every ring (partial sub-buffers too), turns a reservation the app
 //!    died inside into one lost event (the holder records say where,
 //!    docs/shm.md), drains everything, waits for its writers to sync and stops;
@@ -25,7 +25,7 @@
 //! 4. Teardowns run in the dead app's own BufferSet actors: no other app's
 //!    registration waits for them. `stop` and `destroy` of their session do: they
 //!    answer only once every teardown of the session in flight has finished
-//!    ([`BufferFactory::teardowns_finished`]), so a dead app's events are on disk
+//!    (`BufferFactory::teardowns_finished`), so a dead app's events are on disk
 //!    when the CLI hears "trace flushed".
 
 use super::{BufferFactory, Owner, SetKey};
