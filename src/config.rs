@@ -25,10 +25,10 @@ use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::ctf::registry::EventLimits;
 use crate::protocol::messages::{Buffers, ChannelRequest, ChannelSpec, ControlRequest};
 use crate::protocol::{self, ProtocolError};
 use crate::shm::Mode;
+use crate::trace::registry::EventLimits;
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]

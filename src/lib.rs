@@ -11,6 +11,8 @@
 #[cfg(feature = "daemon")]
 pub mod actors;
 #[cfg(feature = "daemon")]
+pub mod bench;
+#[cfg(feature = "daemon")]
 pub mod cli;
 #[cfg(feature = "daemon")]
 pub mod config;
@@ -21,4 +23,6 @@ pub mod ctf;
 pub mod daemon;
 pub mod protocol;
 pub mod shm;
+#[cfg(feature = "daemon")]
+pub mod trace;
 pub mod ust;

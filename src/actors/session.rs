@@ -12,11 +12,11 @@ use crate::actors::stats::Stats;
 use crate::actors::writer::release_freed_heap;
 use crate::config::{EventPattern, check_name};
 use crate::ctf::field::EventDesc;
-use crate::ctf::trace_writer::OutputDir;
-use crate::ctf::{layout, spread};
 use crate::protocol::messages::{
     Buffers, ChannelSpec, ControlOk, ControlReply, ControlRequest, SessionInfo,
 };
+use crate::trace::writer::OutputDir;
+use crate::trace::{layout, spread};
 use actix::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;

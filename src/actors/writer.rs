@@ -26,9 +26,9 @@
 
 use crate::actors::stats::Stats;
 use crate::actors::supervision::{RestartBudget, RestartPolicy, Verdict};
-use crate::ctf::layout::stream_file_name;
-use crate::ctf::trace_writer::TraceDir;
 use crate::protocol::messages::WriterFailure;
+use crate::trace::layout::stream_file_name;
+use crate::trace::writer::TraceDir;
 use actix::WeakRecipient;
 use actix::prelude::*;
 use std::collections::{HashMap, VecDeque};

@@ -15,8 +15,8 @@
 
 use crate::cli::demo::{Spawned, ask, sibling, start_daemon, start_session};
 use crate::config::Config;
-use crate::ctf::reader::{Reader, RecordKind};
 use crate::protocol::messages::{Buffers, ControlOk, ControlRequest, StatusReport};
+use crate::trace::reader::{Reader, RecordKind};
 use clap::{Args, Subcommand, ValueEnum};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -638,7 +638,7 @@ const BABELTRACE_BATCH: usize = 1000;
 
 /// Events babeltrace2 prints for the trace under `dir`; fails if it reports an error.
 fn babeltrace_count(dir: &Path) -> Result<u64, String> {
-    let traces = crate::ctf::reader::find_traces(dir).map_err(|e| e.to_string())?;
+    let traces = crate::trace::reader::find_traces(dir).map_err(|e| e.to_string())?;
     let dirs: Vec<&Path> = traces.iter().map(|t| t.dir.as_path()).collect();
     let mut events = 0;
     for batch in dirs.chunks(BABELTRACE_BATCH) {

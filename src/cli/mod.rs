@@ -1,9 +1,9 @@
 //! The `ustrace` command line, modelled on `lttng`.
 
-pub mod bench;
 pub mod demo;
 pub mod recover;
 
+use crate::bench;
 use crate::control;
 use crate::protocol::messages::{
     Buffers, ChannelRequest, ControlOk, ControlRequest, SessionInfo, StatusReport,
@@ -191,7 +191,7 @@ fn absolute(path: &std::path::Path) -> PathBuf {
 fn view(dir: &std::path::Path, json: bool) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    match crate::ctf::view::view(dir, json, &mut out) {
+    match crate::trace::view::view(dir, json, &mut out) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             drop(out);

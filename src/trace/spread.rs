@@ -15,8 +15,8 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
-use crate::ctf::layout::pid_traces_below;
-use crate::ctf::trace_writer::{OutputDir, open_below};
+use crate::trace::layout::pid_traces_below;
+use crate::trace::writer::{OutputDir, open_below};
 
 /// `FS_TOPDIR_FL` from `<linux/fs.h>`.
 const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
@@ -63,7 +63,7 @@ pub fn create_spread_dir(output: &OutputDir) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctf::layout::pid_traces_dir;
+    use crate::trace::layout::pid_traces_dir;
     use std::fs::{self, File};
 
     #[test]

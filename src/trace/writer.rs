@@ -29,9 +29,9 @@ use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, geteuid, linkat, unlinkat};
 
-use crate::ctf::layout::{METADATA_FILE, stream_file_name};
 use crate::ctf::names::{self, NameError};
-use crate::ctf::registry::Registry;
+use crate::trace::layout::{METADATA_FILE, stream_file_name};
+use crate::trace::registry::Registry;
 
 /// Mode of trace directories: a trace holds what every traced user's apps
 /// recorded, so it is for the daemon's user and group, not for every local user.

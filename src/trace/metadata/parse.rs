@@ -10,7 +10,7 @@
 //! Every stream also declares the two classes of [`LOST_EVENT_NAME`], which the
 //! daemon writes where a producer died inside a reservation.
 //!
-//! The registry ([`crate::ctf::registry::Registry`]) keeps a trace's text and
+//! The registry ([`crate::trace::registry::Registry`]) keeps a trace's text and
 //! appends to it: each new channel adds its stream class and each new event its
 //! classes, so registering costs what it adds, never the size of the whole trace.
 //!
@@ -23,7 +23,7 @@ use std::fmt::Write as _;
 
 use crate::ctf::field::{EventDesc, FieldDesc, FieldType};
 use crate::ctf::packet::{LOST_EVENT_ID, LOST_EVENT_NAME, LOST_EVENT_PADDED_ID};
-use crate::ctf::registry::{ClockOffset, Ownership, TraceEnv};
+use crate::trace::registry::{ClockOffset, Ownership, TraceEnv};
 
 /// Name of the type alias that declares a bool.
 const BOOL_ALIAS: &str = "ustrace_bool_t";
@@ -900,7 +900,7 @@ pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
 mod tests {
     use super::*;
     use crate::ctf::field::{EventDesc, LogLevel};
-    use crate::ctf::registry::Registry;
+    use crate::trace::registry::Registry;
 
     fn registry() -> Registry {
         let mut r = Registry::new(
