@@ -22,6 +22,8 @@ pub use channel::{BlankSet, ChannelBuffers, Wakeup, cpu_count};
 pub use clock::{current_cpu, now_ns};
 pub use consumer::{Consumer, Corruption, DeadHolders, PacketInfo};
 pub use error::{RingCorruption, ShmError};
-pub use layout::{DEFAULT_GEOMETRY, Geometry, Mode, RingConfig};
+pub use layout::{
+    DEFAULT_GEOMETRY, Geometry, Mode, RingConfig, check_num_subbuf, check_subbuf_size,
+};
 pub(crate) use ring::forget_thread_identity;
 pub use ring::{BlankRing, Reservation, Ring, RingCounters};
