@@ -50,7 +50,8 @@ pub struct StreamInfo {
     /// CPU of the stream's ring.
     pub cpu: u32,
     /// Sub-trace directory (`<output>/ust/uid/<uid>/64-bit` or `.../pid/<name>-<pid>-<date>`),
-    /// shared by every stream of the trace; `trace_dir.path()` is where it lies.
+    /// shared by every stream of the trace; `trace_dir.path()` is where it lies, made
+    /// before [`WriterFactory::create`] is called.
     pub trace_dir: TraceDir,
 }
 
@@ -542,6 +543,7 @@ impl Writer {
         while let Some(packet) = self.pending.front() {
             let result = catch_unwind(AssertUnwindSafe(|| {
                 if self.sink.is_none() {
+                    self.stream.trace_dir.ensure()?;
                     self.sink = Some(self.factory.create(&self.stream)?);
                 }
                 let sink = self.sink.as_mut().expect("created above");

@@ -490,6 +490,13 @@ impl TraceDir {
         &self.shared.path
     }
 
+    /// Makes the directory now if it does not exist yet (the same safe `mkdirat`
+    /// walk as for the trace's own files), so that a custom writer may create
+    /// files in [`path`](Self::path) from its `create` on.
+    pub fn ensure(&self) -> io::Result<()> {
+        self.dir().map(drop).map_err(io::Error::from)
+    }
+
     /// The directory, made now if this is its first use, or made anew (with
     /// nothing in it counted as this trace's) if it was removed.
     fn dir(&self) -> Result<Arc<OwnedFd>, TraceDirError> {
