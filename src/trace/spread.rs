@@ -25,11 +25,13 @@ const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
 // kernel reads and writes an `int` through the pointer (linux/fs.h says so), hence
 // the "bad" forms: the request code of a `long`, an `int` argument.
 nix::ioctl_read_bad!(
+    /// `FS_IOC_GETFLAGS`: reads a directory's inode flags.
     get_flags,
     nix::request_code_read!(b'f', 1, std::mem::size_of::<libc::c_long>()),
     libc::c_int
 );
 nix::ioctl_write_ptr_bad!(
+    /// `FS_IOC_SETFLAGS`: sets them (here, to add [`FS_TOPDIR_FL`]).
     set_flags,
     nix::request_code_write!(b'f', 2, std::mem::size_of::<libc::c_long>()),
     libc::c_int
