@@ -1,7 +1,7 @@
 //! Our own CTF reader for the traces ustrace writes.
 //!
 //! [`find_traces`] finds every sub-trace (a directory holding a `metadata` file) under
-//! a session directory and parses its metadata with [`crate::trace::metadata::parse`];
+//! a session directory and parses its metadata with [`crate::trace::metadata::parse()`];
 //! [`Reader`] decodes the packets of every stream file and merges all streams of all
 //! sub-traces into one sequence of [`Record`]s ordered by wall-clock time. Every
 //! stream is ordered by time on its own (the reader checks it), so the merge is a
