@@ -1,53 +1,13 @@
 //! One rule for ring geometry (`shm::check_subbuf_size`, `shm::check_num_subbuf`):
-//! the config file, the CLI and a raw control request all refuse the same
-//! out-of-range values, each saying what was wrong.
+//! the CLI and a raw control request refuse the same out-of-range values as the
+//! config file does (tests/config_file.rs), each saying what was wrong.
 
 #![cfg(feature = "daemon")]
 
 mod common;
 
 use common::*;
-use std::path::{Path, PathBuf};
-use ustrace::config::{Config, ConfigError};
 use ustrace::protocol::messages::{ChannelRequest, ControlRequest};
-
-/// The (line, column, message) of the refusal of `text`, which must name `key`.
-fn refused(text: &str, key: &str) -> (Option<(usize, usize)>, String) {
-    let file = Path::new("/etc/ustrace/limits.toml");
-    match Config::parse(text, file).expect_err("configuration must be refused") {
-        ConfigError::Invalid {
-            location,
-            key: got,
-            message,
-        } => {
-            assert_eq!(got, key);
-            assert_eq!(location.file, PathBuf::from(file));
-            (location.line_col, message)
-        }
-        other => panic!("expected an invalid key error, got {other:?}"),
-    }
-}
-
-#[test]
-fn config_file_refuses_a_2g_sub_buffer_at_its_line_and_column() {
-    let (position, message) = refused(
-        "[channel_defaults]\nsubbuf_size = \"2G\"\n",
-        "channel_defaults.subbuf_size",
-    );
-    assert_eq!(position, Some((2, 15)));
-    assert!(message.contains("1 GiB"), "{message}");
-    let text =
-        "[[session]]\nname = \"s\"\n  [[session.channel]]\n  name = \"c\"\n  num_subbuf = 131072\n";
-    let (position, message) = refused(text, "session[0].channel[0].num_subbuf");
-    assert_eq!(position, Some((5, 16)));
-    assert!(message.contains("65536"), "{message}");
-    // The largest values the rule allows load.
-    Config::parse(
-        "[channel_defaults]\nsubbuf_size = \"1G\"\nnum_subbuf = 65536\n",
-        Path::new("/etc/ustrace/limits.toml"),
-    )
-    .expect("1G x 65536 is within the limits");
-}
 
 #[test]
 fn cli_refuses_out_of_range_geometry_before_asking_the_daemon() {
