@@ -6,7 +6,7 @@ use super::footprint::{Footprint, PeakSampler};
 use super::latency::summarize;
 use super::{ChurnArgs, ChurnMode};
 use crate::cli::demo::{ask, start_daemon, start_session};
-use crate::protocol::messages::{Buffers, ControlOk, ControlRequest, StatusReport};
+use crate::protocol::messages::{Buffering, ControlOk, ControlRequest, StatusReport};
 use crate::trace::reader::{Reader, RecordKind, find_traces};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -68,8 +68,8 @@ pub(super) fn run_ours(
     let session = Some("churn".to_string());
     let buffers = match mode {
         ChurnMode::None => None,
-        ChurnMode::Uid => Some(Buffers::PerUid),
-        ChurnMode::Pid => Some(Buffers::PerPid),
+        ChurnMode::Uid => Some(Buffering::PerUid),
+        ChurnMode::Pid => Some(Buffering::PerPid),
     };
     if let Some(buffers) = buffers {
         start_session(&rundir, "churn", &output, &[("ch", buffers)])?;

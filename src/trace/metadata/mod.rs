@@ -10,7 +10,7 @@
 //! Every stream also declares the two classes of [`LOST_EVENT_NAME`](crate::ctf::packet::LOST_EVENT_NAME), which the
 //! daemon writes where a producer died inside a reservation.
 //!
-//! The registry ([`crate::trace::registry::Registry`]) keeps a trace's text and
+//! The registry ([`crate::trace::registry::EventRegistry`]) keeps a trace's text and
 //! appends to it: each new channel adds its stream class and each new event its
 //! classes, so registering costs what it adds, never the size of the whole trace.
 //!
@@ -34,17 +34,17 @@ const BOOL_ALIAS: &str = "ustrace_bool_t";
 mod tests {
     use super::*;
     use crate::ctf::field::{EventDesc, FieldDesc, FieldType, LogLevel};
-    use crate::trace::registry::{ClockOffset, Ownership, Registry, TraceEnv};
+    use crate::trace::registry::{ClockOffset, EventRegistry, TraceEnv, TraceOwner};
 
-    fn registry() -> Registry {
-        let mut r = Registry::new(
+    fn registry() -> EventRegistry {
+        let mut r = EventRegistry::new(
             [0xAB; 16],
             ClockOffset {
                 offset_ns: -1_500_000_001,
             },
             TraceEnv {
                 hostname: "h\"x".into(),
-                ownership: Ownership::PerPid {
+                ownership: TraceOwner::PerPid {
                     procname: "app".into(),
                     pid: 12,
                 },

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use super::BOOL_ALIAS;
 use crate::ctf::field::{EventDesc, FieldDesc, FieldType};
 use crate::ctf::packet::{LOST_EVENT_ID, LOST_EVENT_NAME, LOST_EVENT_PADDED_ID};
-use crate::trace::registry::{ClockOffset, Ownership, TraceEnv};
+use crate::trace::registry::{ClockOffset, TraceEnv, TraceOwner};
 
 /// The 8-4-4-4-12 text form of a uuid.
 pub fn uuid_string(uuid: &[u8; 16]) -> String {
@@ -118,11 +118,11 @@ pub fn preamble(uuid: &[u8; 16], env: &TraceEnv, clock: ClockOffset) -> String {
     let _ = writeln!(out, "\ttracer_minor = {minor};");
     let _ = writeln!(out, "\ttracer_patch = {patch};");
     match &env.ownership {
-        Ownership::PerUid { uid } => {
+        TraceOwner::PerUid { uid } => {
             let _ = writeln!(out, "\ttrace_buffering_scheme = \"uid\";");
             let _ = writeln!(out, "\tuid = {uid};");
         }
-        Ownership::PerPid { procname, pid } => {
+        TraceOwner::PerPid { procname, pid } => {
             let _ = writeln!(out, "\ttrace_buffering_scheme = \"pid\";");
             let _ = writeln!(out, "\tprocname = {};", quoted(procname));
             let _ = writeln!(out, "\tvpid = {pid};");
