@@ -13,6 +13,8 @@
 #[cfg(feature = "daemon")]
 pub mod actors;
 #[cfg(feature = "daemon")]
+pub mod bench;
+#[cfg(feature = "daemon")]
 pub mod cli;
 #[cfg(feature = "daemon")]
 pub mod config;
@@ -23,4 +25,6 @@ pub mod ctf;
 pub mod daemon;
 pub mod protocol;
 pub mod shm;
+#[cfg(feature = "daemon")]
+pub mod trace;
 pub mod ust;
