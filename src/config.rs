@@ -258,6 +258,13 @@ pub struct SessionConfig {
     /// `<output_dir>/<name>-<YYYYMMDD-HHMMSS>` (see [`Config::session_output_dir`]).
     #[serde(default, deserialize_with = "empty_path_as_none")]
     pub output: Option<PathBuf>,
+    /// `net://HOST[:CTRL[:DATA]]`: stream the session to an lttng-relayd
+    /// (docs/streaming.md) instead of writing it under `output`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Live timer in microseconds: the session is live (needs `url`).
+    #[serde(default)]
+    pub live_timer_us: Option<u32>,
     /// Start tracing as soon as the daemon runs.
     #[serde(default = "default_autostart")]
     pub autostart: bool,

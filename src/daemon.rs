@@ -23,6 +23,7 @@ use crate::actors::session::{
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
 use crate::actors::writer::{WriterCatalog, WriterFactory};
+use crate::relayd::{RELAYD_WRITER, RelaydWriterFactory};
 use crate::config::Config;
 use crate::protocol::messages::ControlRequest;
 use crate::protocol::{APPS_SOCKET, CONTROL_SOCKET};
@@ -128,6 +129,9 @@ impl Daemon {
         let stats = Arc::new(Stats::default());
         // One I/O thread per CPU: file creation, not the CPU, is what they wait on.
         let io_arbiters: Vec<Arbiter> = (0..cpu_count()).map(|_| Arbiter::new()).collect();
+        let relayd = Arc::new(RelaydWriterFactory::new(config.supervision.backoff()));
+        let mut writers = self.writers.clone();
+        writers.register(RELAYD_WRITER, relayd.clone());
         let factory = BufferFactory::new(
             FactorySettings {
                 flush_interval: config.daemon.flush_interval(),
@@ -142,7 +146,7 @@ impl Daemon {
                 event_limits: config.limits.events(),
                 max_writer_backlog_bytes: config.limits.max_writer_backlog_bytes.0,
             },
-            self.writers.clone(),
+            writers.clone(),
             io_arbiters.iter().map(Arbiter::handle).collect(),
             stats.clone(),
         )
@@ -151,7 +155,8 @@ impl Daemon {
             SessionSettings {
                 output_dir: config.effective_output_dir()?,
                 default_channel: config.default_channel_spec("channel0"),
-                writers: self.writers.names(),
+                writers: writers.names(),
+                relayd,
             },
             factory.clone(),
             stats.clone(),
@@ -198,6 +203,8 @@ async fn declare_sessions(
         let create = CreateSession {
             name: name.clone(),
             output: declared.output.clone(),
+            url: declared.url.clone(),
+            live_timer_us: declared.live_timer_us,
         };
         declare(sessions, name, create).await?;
         for channel in &declared.channels {

@@ -25,9 +25,20 @@ pub async fn answer(
     stats: &Stats,
 ) -> ControlReply {
     let done = match request {
-        ControlRequest::Create { name, output } => {
+        ControlRequest::Create {
+            name,
+            output,
+            url,
+            live_timer_us,
+        } => {
             let output = output.map(PathBuf::from);
-            sessions.send(CreateSession { name, output }).await
+            let create = CreateSession {
+                name,
+                output,
+                url,
+                live_timer_us,
+            };
+            sessions.send(create).await
         }
         ControlRequest::EnableChannel { session, channel } => {
             sessions.send(EnableChannel { session, channel }).await

@@ -18,6 +18,7 @@ use crate::actors::writer::release_freed_heap;
 use crate::config::{EventPattern, check_name};
 use crate::ctf::field::EventDesc;
 use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec, SessionInfo};
+use crate::relayd::{RELAYD_WRITER, RelaydWriterFactory, StreamTarget, UrlError};
 use crate::shm::ShmError;
 use crate::trace::writer::OutputDir;
 use crate::trace::{layout, spread};
@@ -57,6 +58,19 @@ pub struct SessionDef {
     pub ever_started: bool,
     /// Channels in stream-id order.
     pub channels: Vec<ChannelDef>,
+    /// The lttng-relayd it streams to, if it does.
+    pub stream: Option<StreamTarget>,
+}
+
+impl SessionDef {
+    /// `spec` as this session stores it: a streaming session's channels use the
+    /// relayd writer unless they name another.
+    fn channel(&self, mut spec: ChannelSpec, writer_given: bool) -> ChannelSpec {
+        if self.stream.is_some() && !writer_given {
+            spec.writer = RELAYD_WRITER.to_owned();
+        }
+        spec
+    }
 }
 
 /// What the SessionManager needs to know about the deployment.
@@ -69,6 +83,8 @@ pub struct SessionSettings {
     pub default_channel: ChannelSpec,
     /// Names of the registered writers.
     pub writers: Vec<String>,
+    /// The streaming writer, told which sessions stream where.
+    pub relayd: Arc<RelaydWriterFactory>,
 }
 
 /// The actor.
@@ -98,6 +114,15 @@ pub enum SessionError {
     /// `create` of a name in use.
     #[error("session {0:?} already exists")]
     Exists(String),
+    /// `--set-url` / `url =` that is not a relayd URL.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// `--live` without `--set-url`.
+    #[error("--live needs --set-url net://HOST: a live session streams to an lttng-relayd")]
+    LiveWithoutUrl,
+    /// A live timer of 0.
+    #[error("--live period must be at least 1 microsecond")]
+    LiveTimer,
     /// A request named a session that does not exist.
     #[error("no session named {0:?}")]
     NoSuchSession(String),
@@ -205,6 +230,10 @@ pub struct CreateSession {
     pub name: String,
     /// Its output directory.
     pub output: Option<PathBuf>,
+    /// The lttng-relayd it streams to (`net://...`), if any.
+    pub url: Option<String>,
+    /// Live timer in microseconds (needs `url`).
+    pub live_timer_us: Option<u32>,
 }
 
 /// Add a channel to a session (`None`: the most recent one) before its first start.
@@ -298,7 +327,13 @@ impl SessionManager {
     }
 
     /// Creates a session.
-    fn create(&mut self, name: String, output: Option<PathBuf>) -> Done {
+    fn create(&mut self, msg: CreateSession) -> Done {
+        let CreateSession {
+            name,
+            output,
+            url,
+            live_timer_us,
+        } = msg;
         check_name(&name).map_err(|problem| SessionError::InvalidName {
             what: "session",
             problem,
@@ -309,32 +344,57 @@ impl SessionManager {
         let output = output.unwrap_or_else(|| {
             layout::session_dir(&self.settings.output_dir, &name, SystemTime::now())
         });
-        let message = format!("session {name} created, writing to {}", output.display());
+        let stream = match (url, live_timer_us) {
+            (Some(url), live) => Some(StreamTarget {
+                url: url.parse().map_err(SessionError::Url)?,
+                live_timer_us: match live {
+                    Some(0) => return Err(SessionError::LiveTimer),
+                    Some(us) => us,
+                    None => 0,
+                },
+            }),
+            (None, Some(_)) => return Err(SessionError::LiveWithoutUrl),
+            (None, None) => None,
+        };
+        let message = match &stream {
+            Some(target) => {
+                self.settings.relayd.open(&name, target);
+                let live = match target.live_timer_us {
+                    0 => String::new(),
+                    us => format!(" live every {us} us"),
+                };
+                format!("session {name} created, streaming to {}{live}", target.url)
+            }
+            None => format!("session {name} created, writing to {}", output.display()),
+        };
         self.sessions.push(SessionDef {
             name,
             output: OutputDir::new(output),
             started: false,
             ever_started: false,
             channels: Vec::new(),
+            stream,
         });
         Ok(message)
     }
 
     /// Adds a channel.
-    fn enable_channel(&mut self, session: &Option<String>, channel: &ChannelRequest) -> Done {
-        let channel = channel.resolve(&self.settings.default_channel);
+    fn enable_channel(&mut self, session: &Option<String>, request: &ChannelRequest) -> Done {
+        let channel = request.resolve(&self.settings.default_channel);
         check_name(&channel.name).map_err(|problem| SessionError::InvalidName {
             what: "channel",
             problem,
         })?;
         check_geometry(&channel)?;
-        if !self.settings.writers.contains(&channel.writer) {
+        let writers = self.settings.writers.clone();
+        let s = self.session(session)?;
+        let channel = s.channel(channel, request.writer.is_some());
+        if !writers.contains(&channel.writer) {
             return Err(SessionError::NoSuchWriter {
                 writer: channel.writer,
-                registered: self.settings.writers.clone(),
+                registered: writers,
             });
         }
-        let s = self.session(session)?;
         if s.ever_started {
             return Err(SessionError::ChannelAfterStart(s.name.clone()));
         }
@@ -372,8 +432,9 @@ impl SessionManager {
                 })?,
             None if s.channels.len() == 1 => 0,
             None if s.channels.is_empty() && !s.ever_started => {
+                let spec = s.channel(default_channel, false);
                 s.channels.push(ChannelDef {
-                    spec: default_channel,
+                    spec,
                     patterns: Vec::new(),
                 });
                 0
@@ -440,7 +501,7 @@ impl Handler<CreateSession> for SessionManager {
     type Result = ResponseFuture<Done>;
 
     fn handle(&mut self, msg: CreateSession, _: &mut Context<Self>) -> Self::Result {
-        let result = self.create(msg.name, msg.output);
+        let result = self.create(msg);
         self.publish(result)
     }
 }
@@ -509,9 +570,13 @@ impl Handler<DestroySession> for SessionManager {
             Err(e) => return ready(Err(e)),
         };
         self.sessions.retain(|s| s.name != session);
+        let relayd = self.settings.relayd.clone();
         let destroy = self.factory.send(factory::DestroySession(session.clone()));
         Box::pin(async move {
-            match destroy.await {
+            let destroyed = destroy.await;
+            // After the sets: their streams are closed on the relayd first.
+            relayd.close(&session);
+            match destroyed {
                 Ok(Ok(())) => Ok(format!("session {session} destroyed")),
                 Ok(Err(source)) => Err(SessionError::DestroyIncomplete { session, source }),
                 Err(source) => Err(SessionError::Factory { session, source }),
@@ -532,7 +597,10 @@ impl Handler<ListSessions> for SessionManager {
             .into_iter()
             .map(|s| SessionInfo {
                 name: s.name.clone(),
-                output: s.output.path().display().to_string(),
+                output: match &s.stream {
+                    Some(target) => target.url.to_string(),
+                    None => s.output.path().display().to_string(),
+                },
                 started: s.started,
                 channels: s
                     .channels

@@ -30,8 +30,16 @@ enum Command {
         /// Session name.
         name: String,
         /// Output directory (default: <daemon output_dir>/<name>-<date>).
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "set_url")]
         output: Option<PathBuf>,
+        /// Stream to an lttng-relayd instead: net://HOST[:CONTROL_PORT[:DATA_PORT]]
+        /// (ports 5342 and 5343 by default).
+        #[arg(long, short = 'U', value_name = "URL")]
+        set_url: Option<String>,
+        /// Live session: flushed and beaconed every PERIOD microseconds (default
+        /// 1000000), for `babeltrace2 --input-format=lttng-live`; needs --set-url.
+        #[arg(long, value_name = "PERIOD", num_args = 0..=1, default_missing_value = "1000000")]
+        live: Option<u32>,
     },
     /// Add a channel to a session.
     EnableChannel(EnableChannel),
@@ -142,9 +150,16 @@ impl Cli {
             Command::Recover { dir } => return recover::run(&dir),
             Command::Demo(args) => return demo::run(&args),
             Command::Bench(args) => return bench::run(&args),
-            Command::Create { name, output } => ControlRequest::Create {
+            Command::Create {
+                name,
+                output,
+                set_url,
+                live,
+            } => ControlRequest::Create {
                 name,
                 output: output.map(|o| absolute(&o).display().to_string()),
+                url: set_url,
+                live_timer_us: live,
             },
             Command::EnableChannel(c) => ControlRequest::EnableChannel {
                 session: c.session,

@@ -139,6 +139,13 @@ pub enum ControlRequest {
         name: String,
         /// Output directory.
         output: Option<String>,
+        /// `net://HOST[:CTRL[:DATA]]`: stream to an lttng-relayd instead of writing
+        /// files (docs/streaming.md).
+        #[serde(default)]
+        url: Option<String>,
+        /// `--live`: live timer in microseconds (needs `url`).
+        #[serde(default)]
+        live_timer_us: Option<u32>,
     },
     /// Add a channel to a session.
     EnableChannel {

@@ -490,6 +490,12 @@ impl TraceDir {
         &self.shared.path
     }
 
+    /// Its components below the session output (`ust`, `uid`, `1000`, `64-bit`):
+    /// the part of its path a relayd keeps.
+    pub fn below(&self) -> &[String] {
+        &self.shared.below
+    }
+
     /// Makes the directory now if it does not exist yet (the same safe `mkdirat`
     /// walk as for the trace's own files), so that a custom writer may create
     /// files in [`path`](Self::path) from its `create` on.
