@@ -203,6 +203,8 @@ fn session_and_channel_names_are_one_safe_component() {
         let create = daemon.ask(ControlRequest::Create {
             name: bad.into(),
             output: None,
+            url: None,
+            live_timer_us: None,
         });
         let error = create.expect_err(bad);
         assert!(

@@ -470,9 +470,10 @@ impl SessionManager {
         }
         s.started = true;
         s.ever_started = true;
-        if s.channels
-            .iter()
-            .any(|c| c.spec.buffers == Buffering::PerPid)
+        if s.stream.is_none()
+            && s.channels
+                .iter()
+                .any(|c| c.spec.buffers == Buffering::PerPid)
         {
             let dir = layout::pid_traces_dir(s.output.path());
             if let Err(e) = spread::create_spread_dir(&s.output) {

@@ -92,6 +92,10 @@ impl WriterFactory for RelaydWriterFactory {
             sent: 0,
         }))
     }
+
+    fn uses_trace_dir(&self) -> bool {
+        false
+    }
 }
 
 /// One stream sent to the relayd.

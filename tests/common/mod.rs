@@ -127,6 +127,8 @@ impl Daemon {
         self.ok(ControlRequest::Create {
             name: name.into(),
             output: Some(output.display().to_string()),
+            url: None,
+            live_timer_us: None,
         });
         for (channel, buffers) in channels {
             self.ok(ControlRequest::EnableChannel {
@@ -314,6 +316,8 @@ impl Daemon {
         self.ok(ControlRequest::Create {
             name: name.into(),
             output: Some(output.display().to_string()),
+            url: None,
+            live_timer_us: None,
         });
         for channel in channels {
             self.ok(ControlRequest::EnableChannel {

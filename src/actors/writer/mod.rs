@@ -95,6 +95,13 @@ pub trait StreamWriter: Send {
 pub trait WriterFactory: Send + Sync {
     /// A writer for `stream`. Called again after each restart.
     fn create(&self, stream: &StreamInfo) -> io::Result<Box<dyn StreamWriter>>;
+
+    /// Whether its writers store under `stream.trace_dir` (made before `create` when
+    /// so); a writer that sends elsewhere (the relayd one) says no and nothing is
+    /// made on the local disk.
+    fn uses_trace_dir(&self) -> bool {
+        true
+    }
 }
 
 /// Writer factories by the name a config or `enable-channel` uses.
