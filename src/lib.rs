@@ -20,5 +20,7 @@ pub mod ctf;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod protocol;
+#[cfg(feature = "daemon")]
+pub mod service;
 pub mod shm;
 pub mod ust;

@@ -754,6 +754,20 @@ impl Handler<SessionsChanged> for BufferFactory {
     }
 }
 
+/// New writer restart limits (a config reload): the writers of every buffer set
+/// made from now on get them; those running keep the limits they started with.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetRestartPolicy(pub RestartPolicy);
+
+impl Handler<SetRestartPolicy> for BufferFactory {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetRestartPolicy, _: &mut Context<Self>) {
+        self.settings.restart_policy = msg.0;
+    }
+}
+
 /// Stop recording a session and store everything it recorded; answers when on disk.
 #[derive(Message)]
 #[rtype(result = "Result<(), String>")]

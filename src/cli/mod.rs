@@ -87,6 +87,20 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks against the system's own untraced runs and against LTTng.
     Bench(bench::BenchArgs),
+    /// Write the man pages (ustrace(1) and one per subcommand, ustraced(8),
+    /// ustraced.toml(5)) into a directory.
+    Man {
+        /// Directory to write them into (created if missing).
+        dir: PathBuf,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+        /// The program to complete.
+        #[arg(long, value_enum, default_value = "ustrace")]
+        program: crate::service::manual::Program,
+    },
 }
 
 /// `enable-channel` options.
@@ -117,6 +131,24 @@ struct EnableChannel {
     writer: Option<String>,
 }
 
+/// `ustrace man DIR`: writes the pages and lists them.
+fn man(dir: &std::path::Path) -> ExitCode {
+    let written =
+        std::fs::create_dir_all(dir).and_then(|()| crate::service::manual::write_man_pages(dir));
+    match written {
+        Ok(pages) => {
+            for page in pages {
+                println!("{}", page.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ustrace man: {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Parses `4096`, `64K`, `1M`, as the config file does.
 fn parse_size(text: &str) -> Result<u32, String> {
     let size: crate::config::ByteSize = text.parse().map_err(|e| format!("{e}"))?;
@@ -131,6 +163,11 @@ impl Cli {
             Command::Recover { dir } => return recover::run(&dir),
             Command::Demo(args) => return demo::run(&args),
             Command::Bench(args) => return bench::run(&args),
+            Command::Man { dir } => return man(&dir),
+            Command::Completions { shell, program } => {
+                crate::service::manual::completions(shell, program, &mut std::io::stdout());
+                return ExitCode::SUCCESS;
+            }
             Command::Create { name, output } => ControlRequest::Create {
                 name,
                 output: output.map(|o| absolute(&o).display().to_string()),
