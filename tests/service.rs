@@ -586,3 +586,71 @@ fn the_debian_package_installs_runs_as_its_unit_would_traces_an_app_and_is_remov
         run_ok(Command::new("groupdel").arg("tracing"));
     }
 }
+
+/// Runs `program` as `uid` (primary group `uid`, no other group).
+fn as_user(uid: u32, program: &str) -> Command {
+    let mut cmd = Command::new(program);
+    // SAFETY: setgroups, setgid and setuid are async-signal-safe and change only
+    // the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+#[test]
+fn a_per_uid_trace_is_readable_by_its_user_and_by_no_other() {
+    if !root_or_skip("per-uid trace readers") {
+        return;
+    }
+    let daemon = Daemon::start();
+    let output = daemon.session(
+        "s",
+        &[("chan", ustrace::protocol::messages::Buffers::PerUid)],
+        true,
+    );
+    let app = as_user(4245, env!("CARGO_BIN_EXE_ustrace-demo"))
+        .args(["--events", "300"])
+        .env("USTRACE_RUNDIR", &daemon.rundir)
+        .output()
+        .unwrap();
+    assert!(app.status.success(), "{app:?}");
+    daemon.stop("s");
+    let trace = output.join("ust/uid/4245/64-bit");
+    for entry in std::fs::read_dir(&trace).unwrap() {
+        let meta = entry.unwrap().metadata().unwrap();
+        assert_eq!((meta.uid(), meta.permissions().mode() & 0o007), (0, 0));
+    }
+    let view = |uid| {
+        as_user(uid, env!("CARGO_BIN_EXE_ustrace"))
+            .arg("view")
+            .arg(&trace)
+            .output()
+            .unwrap()
+    };
+    let own = view(4245);
+    assert!(own.status.success(), "the user reads its trace: {own:?}");
+    let events = String::from_utf8_lossy(&own.stdout)
+        .lines()
+        .filter(|l| l.contains("demo:"))
+        .count();
+    assert_eq!(events, 300);
+    let other = view(4246);
+    assert!(
+        !other.status.success(),
+        "another user reads the trace: {other:?}"
+    );
+    let metadata = trace.join("metadata");
+    let read = as_user(4246, "cat").arg(&metadata).output().unwrap();
+    assert!(!read.status.success(), "another user reads the metadata");
+    let read = as_user(4245, "cat").arg(&metadata).output().unwrap();
+    assert!(read.status.success(), "{read:?}");
+}

@@ -446,7 +446,13 @@ impl BufferFactory {
         };
         let below =
             layout::trace_below(&ownership, connection.0, app.registered_at, DirClock::Local);
-        let dir = TraceDir::new(&session.output, below).map_err(|e| e.to_string())?;
+        // A per-UID trace is its user's to read too (a per-PID one is named after
+        // its process, which a user would have to find among everyone's).
+        let dir = match owner {
+            Owner::Uid(uid) => TraceDir::readable_by(&session.output, below, uid),
+            Owner::Pid(_) => TraceDir::new(&session.output, below),
+        }
+        .map_err(|e| e.to_string())?;
         let mut registry = Registry::for_this_host(ownership)
             .map_err(|e| e.to_string())?
             .with_limits(self.settings.event_limits);

@@ -12,6 +12,7 @@
 //!
 //! See docs/trace-layout.md for the whole picture.
 
+pub mod acl;
 pub mod field;
 pub mod layout;
 pub mod metadata;
