@@ -388,7 +388,9 @@ fn every_subcommand_is_in_the_man_pages_and_in_every_completion_script() {
 
 /// Holds an exclusive lock on a file for as long as it lives: dpkg runs one at a
 /// time, and two suites on one machine must not install or remove at once.
-struct DpkgLock(std::fs::File);
+struct DpkgLock {
+    _file: std::fs::File,
+}
 
 impl DpkgLock {
     fn take() -> DpkgLock {
@@ -396,7 +398,7 @@ impl DpkgLock {
         let file = std::fs::File::create("/run/lock/ustrace-deb-test.lock").unwrap();
         // SAFETY: flock on an fd this struct owns; blocks until the lock is ours.
         assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
-        DpkgLock(file)
+        DpkgLock { _file: file }
     }
 }
 
