@@ -50,21 +50,36 @@ fn hangup(pid: u32) {
     .unwrap();
 }
 
+/// `ustraced` with an empty config file and the runtime directory `<scratch>/run`,
+/// then `args`.
+fn ustraced(scratch: &Scratch, args: &[&str]) -> Command {
+    let config = scratch.path("ustraced.toml");
+    std::fs::write(&config, "").unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ustraced"));
+    cmd.arg("--config")
+        .arg(&config)
+        .args(args)
+        .env("USTRACE_RUNDIR", scratch.path("run"))
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Waits until the daemon of `rundir` answers a status request.
+fn wait_for_daemon(rundir: &Path) {
+    wait_for("the daemon to answer", Duration::from_secs(20), || {
+        control::request_in(rundir, &ControlRequest::Status).is_ok()
+    });
+}
+
 #[test]
 fn ready_is_sent_once_both_sockets_accept_and_again_after_a_reload() {
     let scratch = Scratch::new("notify");
     let (notify, socket) = notify_socket(&scratch);
     let rundir = scratch.path("run");
-    let config = scratch.path("ustraced.toml");
-    std::fs::write(&config, "").unwrap();
     let daemon = Running(
-        Command::new(env!("CARGO_BIN_EXE_ustraced"))
-            .arg("--config")
-            .arg(&config)
-            .env("USTRACE_RUNDIR", &rundir)
+        ustraced(&scratch, &[])
             .env("NOTIFY_SOCKET", &notify)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
             .spawn()
             .unwrap(),
     );
@@ -90,23 +105,13 @@ fn ready_is_sent_once_both_sockets_accept_and_again_after_a_reload() {
 #[test]
 fn without_notify_socket_the_daemon_serves_and_an_unreachable_one_is_only_logged() {
     let scratch = Scratch::new("notify-missing");
-    let rundir = scratch.path("run");
-    let config = scratch.path("ustraced.toml");
-    std::fs::write(&config, "").unwrap();
     let daemon = Running(
-        Command::new(env!("CARGO_BIN_EXE_ustraced"))
-            .arg("--config")
-            .arg(&config)
-            .env("USTRACE_RUNDIR", &rundir)
+        ustraced(&scratch, &[])
             .env("NOTIFY_SOCKET", scratch.path("nobody-listens"))
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
             .spawn()
             .unwrap(),
     );
-    wait_for("the daemon to answer", Duration::from_secs(20), || {
-        control::request_in(&rundir, &ControlRequest::Status).is_ok()
-    });
+    wait_for_daemon(&scratch.path("run"));
     drop(daemon);
 }
 
@@ -222,12 +227,11 @@ impl Drop for ScratchGroup {
     }
 }
 
-/// Runs the `ustrace` CLI as `uid`, with primary group `uid` and the
-/// supplementary `groups`, against the daemon of `rundir`.
-fn ustrace_as(uid: u32, groups: &[u32], rundir: &Path, args: &[&str]) -> Output {
+/// `program` to run as `uid`, with primary group `uid` and the supplementary
+/// `groups`.
+fn as_user(uid: u32, groups: &[u32], program: &str) -> Command {
     let groups: Vec<libc::gid_t> = groups.to_vec();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ustrace"));
-    cmd.args(args).env("USTRACE_RUNDIR", rundir);
+    let mut cmd = Command::new(program);
     // SAFETY: setgroups, setgid and setuid are async-signal-safe and change only
     // the child, on data made before the fork.
     unsafe {
@@ -241,7 +245,17 @@ fn ustrace_as(uid: u32, groups: &[u32], rundir: &Path, args: &[&str]) -> Output 
             Ok(())
         });
     }
-    cmd.output().unwrap()
+    cmd
+}
+
+/// Runs the `ustrace` CLI as `uid`, with primary group `uid` and the
+/// supplementary `groups`, against the daemon of `rundir`.
+fn ustrace_as(uid: u32, groups: &[u32], rundir: &Path, args: &[&str]) -> Output {
+    as_user(uid, groups, env!("CARGO_BIN_EXE_ustrace"))
+        .args(args)
+        .env("USTRACE_RUNDIR", rundir)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -252,21 +266,12 @@ fn members_of_the_control_group_control_the_daemon_and_others_are_told_why_not()
     let group = ScratchGroup::new();
     let scratch = Scratch::new("group");
     let rundir = scratch.path("run");
-    let config = scratch.path("ustraced.toml");
-    std::fs::write(&config, "").unwrap();
     let _daemon = Running(
-        Command::new(env!("CARGO_BIN_EXE_ustraced"))
-            .args(["--group", &group.name, "--config"])
-            .arg(&config)
-            .env("USTRACE_RUNDIR", &rundir)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
+        ustraced(&scratch, &["--group", &group.name])
             .spawn()
             .unwrap(),
     );
-    wait_for("the daemon to answer", Duration::from_secs(20), || {
-        control::request_in(&rundir, &ControlRequest::Status).is_ok()
-    });
+    wait_for_daemon(&rundir);
     let control_sock = std::fs::metadata(rundir.join("control.sock")).unwrap();
     assert_eq!(control_sock.permissions().mode() & 0o777, 0o660);
     assert_eq!((control_sock.uid(), control_sock.gid()), (0, group.gid));
@@ -302,12 +307,7 @@ fn members_of_the_control_group_control_the_daemon_and_others_are_told_why_not()
 #[test]
 fn an_unknown_group_stops_the_daemon_with_a_message_naming_it() {
     let scratch = Scratch::new("nogroup");
-    let config = scratch.path("ustraced.toml");
-    std::fs::write(&config, "").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_ustraced"))
-        .args(["--group", "no-such-group-for-ustrace", "--config"])
-        .arg(&config)
-        .env("USTRACE_RUNDIR", scratch.path("run"))
+    let out = ustraced(&scratch, &["--group", "no-such-group-for-ustrace"])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -589,25 +589,6 @@ fn the_debian_package_installs_runs_as_its_unit_would_traces_an_app_and_is_remov
     }
 }
 
-/// Runs `program` as `uid` (primary group `uid`, no other group).
-fn as_user(uid: u32, program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    // SAFETY: setgroups, setgid and setuid are async-signal-safe and change only
-    // the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(uid) != 0
-                || libc::setuid(uid) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    cmd
-}
-
 #[test]
 fn a_per_uid_trace_is_readable_by_its_user_and_by_no_other() {
     if !root_or_skip("per-uid trace readers") {
@@ -619,7 +600,7 @@ fn a_per_uid_trace_is_readable_by_its_user_and_by_no_other() {
         &[("chan", ustrace::protocol::messages::Buffers::PerUid)],
         true,
     );
-    let app = as_user(4245, env!("CARGO_BIN_EXE_ustrace-demo"))
+    let app = as_user(4245, &[], env!("CARGO_BIN_EXE_ustrace-demo"))
         .args(["--events", "300"])
         .env("USTRACE_RUNDIR", &daemon.rundir)
         .output()
@@ -632,7 +613,7 @@ fn a_per_uid_trace_is_readable_by_its_user_and_by_no_other() {
         assert_eq!((meta.uid(), meta.permissions().mode() & 0o007), (0, 0));
     }
     let view = |uid| {
-        as_user(uid, env!("CARGO_BIN_EXE_ustrace"))
+        as_user(uid, &[], env!("CARGO_BIN_EXE_ustrace"))
             .arg("view")
             .arg(&trace)
             .output()
@@ -651,8 +632,8 @@ fn a_per_uid_trace_is_readable_by_its_user_and_by_no_other() {
         "another user reads the trace: {other:?}"
     );
     let metadata = trace.join("metadata");
-    let read = as_user(4246, "cat").arg(&metadata).output().unwrap();
+    let read = as_user(4246, &[], "cat").arg(&metadata).output().unwrap();
     assert!(!read.status.success(), "another user reads the metadata");
-    let read = as_user(4245, "cat").arg(&metadata).output().unwrap();
+    let read = as_user(4245, &[], "cat").arg(&metadata).output().unwrap();
     assert!(read.status.success(), "{read:?}");
 }
