@@ -21,15 +21,16 @@ while [ $# -gt 0 ]; do
         *) echo "build.sh: unknown argument $1 (expected --bindir DIR or --out DIR)" >&2; exit 2 ;;
     esac
 done
-for tool in dpkg-deb dpkg-architecture gzip; do
-    command -v "$tool" >/dev/null || { echo "build.sh: $tool is missing (apt-get install dpkg-dev)" >&2; exit 1; }
+for tool in dpkg dpkg-deb gzip; do
+    command -v "$tool" >/dev/null || { echo "build.sh: $tool is missing (not a Debian system?)" >&2; exit 1; }
 done
 if [ ! -x "$bindir/ustrace" ] || [ ! -x "$bindir/ustraced" ]; then
     (cd "$root" && cargo build --release --bin ustrace --bin ustraced)
 fi
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$root/Cargo.toml" | head -n1)
-arch=$(dpkg-architecture -qDEB_HOST_ARCH)
-multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH)
+arch=$(dpkg --print-architecture)
+# dpkg-architecture comes with dpkg-dev, which a fresh machine may lack.
+multiarch=$(dpkg-architecture -qDEB_HOST_MULTIARCH 2>/dev/null || gcc -print-multiarch 2>/dev/null || echo "$(uname -m)-linux-gnu")
 stage=$(mktemp -d "${TMPDIR:-/tmp}/ustrace-deb.XXXXXX")
 trap 'rm -rf "$stage"' EXIT
 pkg="$stage/ustrace_${version}_${arch}"
