@@ -15,16 +15,20 @@
 //! run on I/O arbiters (one thread per CPU, each set's writers on one of them in
 //! turn) so that disk I/O never delays a registration.
 
+use crate::actors::app_connection::AppLimits;
 use crate::actors::buffer_factory::{BufferFactory, FactorySettings, SetRestartPolicy};
-use crate::actors::framed;
+use crate::actors::control_socket;
+use crate::actors::framed::{self, FrameError};
 use crate::actors::registrar::{Accept, Registrar};
-use crate::actors::registration::AppLimits;
-use crate::actors::session::{Control, SessionManager, SessionSettings};
+use crate::actors::session::{
+    CreateSession, Done, EnableChannel, EnableEvent, ListSessions, SessionError, SessionManager,
+    SessionSettings, StartSession, StopSession,
+};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
-use crate::actors::writer::{WriterFactory, WriterRegistry};
-use crate::config::{Config, SupervisionConfig};
-use crate::protocol::messages::{ControlReply, ControlRequest};
+use crate::actors::writer::{WriterCatalog, WriterFactory};
+use crate::config::{Config, SessionConfig, SupervisionConfig};
+use crate::protocol::messages::ControlRequest;
 use crate::protocol::{APPS_SOCKET, CONTROL_SOCKET};
 use crate::service::ConfigSource;
 use crate::service::access::ControlAccess;
@@ -65,12 +69,12 @@ pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// A session declared in the config file was refused.
-    #[error("config session {session}: {message}")]
+    #[error("config session {session}: {source}")]
     ConfigSession {
         /// The session's name.
         session: String,
-        /// The daemon's answer.
-        message: String,
+        /// Why.
+        source: SessionError,
     },
     /// The actor system failed.
     #[error("actor system: {0}")]
@@ -96,7 +100,7 @@ pub struct Daemon {
     /// The deployment.
     config: Config,
     /// Writers by name; the built-in `ctf` one is always there.
-    writers: WriterRegistry,
+    writers: WriterCatalog,
     /// Who may use `control.sock`.
     access: ControlAccess,
     /// The file SIGHUP reads again, if any.
@@ -108,7 +112,7 @@ impl Daemon {
     pub fn new(config: Config) -> Daemon {
         Daemon {
             config,
-            writers: WriterRegistry::default(),
+            writers: WriterCatalog::default(),
             access: ControlAccess::default(),
             source: None,
         }
@@ -200,10 +204,9 @@ impl Daemon {
             max_apps_per_uid: u64::from(config.limits.apps_per_uid()),
             registration_timeout: config.daemon.registration_timeout(),
         };
-        let registrar = Registrar::new(factory.clone(), limits, stats).start();
-
-        for (session, request) in config.session_requests() {
-            send_config_request(&sessions, session, request).await?;
+        let registrar = Registrar::new(factory.clone(), limits, stats.clone()).start();
+        for declared in &config.sessions {
+            declare_session(config, declared, &sessions).await?;
         }
 
         actix_rt::spawn(accept_loop(apps, APPS_SOCKET, move |stream| {
@@ -212,9 +215,11 @@ impl Daemon {
         let control_sessions = sessions.clone();
         let access = Arc::new(self.access.clone());
         actix_rt::spawn(accept_loop(control, CONTROL_SOCKET, move |stream| {
+            let (sessions, stats) = (control_sessions.clone(), stats.clone());
             actix_rt::spawn(serve_control(
                 stream,
-                control_sessions.clone(),
+                sessions,
+                stats,
                 access.clone(),
                 max_frame,
             ));
@@ -247,25 +252,69 @@ impl Daemon {
     }
 }
 
+/// Creates a session the config file declares (`[[session]]`), with the same
+/// messages and checks as the CLI's requests; the first refusal is the error (it
+/// stops a starting daemon).
+async fn declare_session(
+    config: &Config,
+    declared: &SessionConfig,
+    sessions: &Addr<SessionManager>,
+) -> Result<(), DaemonError> {
+    let name = &declared.name;
+    let session = Some(name.clone());
+    let create = CreateSession {
+        name: name.clone(),
+        output: declared.output.clone(),
+    };
+    declare(sessions, name, create).await?;
+    for channel in &declared.channels {
+        let enable = EnableChannel {
+            session: session.clone(),
+            channel: config.channel_request(channel),
+        };
+        declare(sessions, name, enable).await?;
+        for pattern in &channel.events {
+            let enable = EnableEvent {
+                session: session.clone(),
+                channel: Some(channel.name.clone()),
+                pattern: pattern.clone(),
+            };
+            declare(sessions, name, enable).await?;
+        }
+    }
+    if declared.autostart {
+        declare(sessions, name, StartSession { session }).await?;
+    }
+    Ok(())
+}
+
+/// Sends one request of the config session `session`; a refusal names it.
+async fn declare<M>(
+    sessions: &Addr<SessionManager>,
+    session: &str,
+    request: M,
+) -> Result<(), DaemonError>
+where
+    M: Message<Result = Done> + Send + 'static,
+    SessionManager: Handler<M>,
+{
+    sessions
+        .send(request)
+        .await
+        .map_err(|e| DaemonError::System(io::Error::other(e)))?
+        .map(drop)
+        .map_err(|source| DaemonError::ConfigSession {
+            session: session.to_owned(),
+            source,
+        })
+}
+
 /// The writer restart limits `[supervision]` sets.
 fn restart_policy(supervision: &SupervisionConfig) -> RestartPolicy {
     RestartPolicy {
         max_restarts: supervision.max_restarts,
         within: supervision.within(),
         backoff: supervision.backoff(),
-    }
-}
-
-/// Sends one request of a config-declared `session`; a refusal names the session.
-async fn send_config_request(
-    sessions: &Addr<SessionManager>,
-    session: String,
-    request: ControlRequest,
-) -> Result<(), DaemonError> {
-    match sessions.send(Control(request)).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(message)) => Err(DaemonError::ConfigSession { session, message }),
-        Err(e) => Err(DaemonError::System(io::Error::other(e))),
     }
 }
 
@@ -329,13 +378,8 @@ async fn reload(
         new.channel_defaults == running.channel_defaults,
     );
     unchanged("limits", new.limits == running.limits);
-    let existing: Vec<String> = match sessions
-        .send(Control(ControlRequest::List { session: None }))
-        .await
-    {
-        Ok(Ok(crate::protocol::messages::ControlOk::Sessions(list))) => {
-            list.into_iter().map(|s| s.name).collect()
-        }
+    let existing: Vec<String> = match sessions.send(ListSessions { session: None }).await {
+        Ok(Ok(list)) => list.into_iter().map(|s| s.name).collect(),
         _ => Vec::new(),
     };
     for old in &running.sessions {
@@ -353,18 +397,11 @@ async fn reload(
             Some(_) => {}
         }
     }
-    let mut created = Vec::new();
-    for (session, request) in new.session_requests() {
-        if existing.contains(&session) {
-            continue;
-        }
-        if let Err(e) = send_config_request(sessions, session.clone(), request).await {
-            log::error!("reload: {e}");
-            continue;
-        }
-        if !created.contains(&session) {
-            log::info!("reload: session {session} created from the config");
-            created.push(session);
+    for declared in new.sessions.iter().filter(|s| !existing.contains(&s.name)) {
+        // The running channel defaults: a change of them waits for a restart.
+        match declare_session(running, declared, sessions).await {
+            Ok(()) => log::info!("reload: session {} created from the config", declared.name),
+            Err(e) => log::error!("reload: {e}"),
         }
     }
     running.sessions = new.sessions;
@@ -510,6 +547,7 @@ const CONTROL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 async fn serve_control(
     stream: UnixStream,
     sessions: Addr<SessionManager>,
+    stats: Arc<Stats>,
     access: Arc<ControlAccess>,
     max_frame: usize,
 ) {
@@ -522,21 +560,18 @@ async fn serve_control(
         framed::read_hello(&mut reader).await?;
         framed::read_frame::<ControlRequest>(&mut reader, max_frame)
             .await?
-            .ok_or_else(|| "closed before sending a request".to_string())
+            .ok_or(FrameError::NoRequest)
     };
     // A client that connects and says nothing must not hold a task and an fd for ever.
     let request = tokio::time::timeout(CONTROL_REQUEST_TIMEOUT, request)
         .await
-        .unwrap_or_else(|_| Err("no request within 10 s".to_string()));
-    let reply: ControlReply = match (request, allowed) {
+        .unwrap_or(Err(FrameError::NoRequestInTime(CONTROL_REQUEST_TIMEOUT)));
+    let reply = match (request, allowed) {
         (Ok(_), Err(why)) => {
             log::warn!("control.sock: refused: {why}");
             Err(format!("refused: {why}"))
         }
-        (Ok(request), Ok(())) => sessions
-            .send(Control(request))
-            .await
-            .unwrap_or_else(|e| Err(format!("daemon busy: {e}"))),
+        (Ok(request), Ok(())) => control_socket::answer(request, &sessions, &stats).await,
         (Err(e), _) => {
             log::warn!("control.sock: {e}; connection closed");
             Err(format!("bad request: {e}"))
@@ -565,17 +600,14 @@ async fn wait_for_termination() {
 
 /// Stops every started session so that its trace is complete on disk.
 async fn stop_all(sessions: &Addr<SessionManager>) {
-    let Ok(Ok(crate::protocol::messages::ControlOk::Sessions(list))) = sessions
-        .send(Control(ControlRequest::List { session: None }))
-        .await
-    else {
+    let Ok(Ok(list)) = sessions.send(ListSessions { session: None }).await else {
         return;
     };
     for session in list.into_iter().filter(|s| s.started) {
-        let stop = ControlRequest::Stop {
+        let stop = StopSession {
             session: Some(session.name.clone()),
         };
-        if let Ok(Err(e)) = sessions.send(Control(stop)).await {
+        if let Ok(Err(e)) = sessions.send(stop).await {
             log::error!("stopping {}: {e}", session.name);
         }
     }

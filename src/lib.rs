@@ -8,6 +8,8 @@
 //! an instrumented program links no actor runtime; the daemon side needs the
 //! `daemon` feature.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 #[cfg(feature = "daemon")]
 pub mod actors;
 #[cfg(feature = "daemon")]

@@ -597,7 +597,7 @@ fn a_per_uid_trace_is_readable_by_its_user_and_by_no_other() {
     let daemon = Daemon::start();
     let output = daemon.session(
         "s",
-        &[("chan", ustrace::protocol::messages::Buffers::PerUid)],
+        &[("chan", ustrace::protocol::messages::Buffering::PerUid)],
         true,
     );
     let app = as_user(4245, &[], env!("CARGO_BIN_EXE_ustrace-demo"))

@@ -6,7 +6,7 @@ pub mod recover;
 
 use crate::control;
 use crate::protocol::messages::{
-    Buffers, ChannelRequest, ControlOk, ControlRequest, SessionInfo, StatusReport,
+    Buffering, ChannelRequest, ControlOk, ControlRequest, SessionInfo, StatusReport,
 };
 use crate::shm::Mode;
 use clap::{Args, Parser, Subcommand};
@@ -177,8 +177,8 @@ impl Cli {
                 channel: ChannelRequest {
                     name: c.name,
                     buffers: match (c.buffers_uid, c.buffers_pid) {
-                        (true, _) => Some(Buffers::PerUid),
-                        (_, true) => Some(Buffers::PerPid),
+                        (true, _) => Some(Buffering::PerUid),
+                        (_, true) => Some(Buffering::PerPid),
                         _ => None,
                     },
                     subbuf_size: c.subbuf_size,

@@ -7,6 +7,7 @@
 //! 128  consumed  AtomicU64   free-running, multiple of subbuf_size
 //! 192  discarded_full, too_big, overwritten_packets, lost_dead_producer   AtomicU64 each
 //! 224  unrecorded  AtomicU64  reservations made without a holder record (table full)
+//! 232  abandoned   AtomicU64  reservations dropped uncommitted, filled with a lost event
 //! 256  commit[i] AtomicU64   per sub-buffer: low 32 bits bytes committed (mod 2^32),
 //!                            high 32 bits events committed
 //! records_offset (64-aligned): RECORDS holder records of RECORD_SIZE bytes, each
@@ -46,6 +47,9 @@ pub(crate) const TOO_BIG_AT: usize = 200;
 pub(crate) const OVERWRITTEN_AT: usize = 208;
 pub(crate) const LOST_DEAD_AT: usize = 216;
 pub(crate) const UNRECORDED_AT: usize = 224;
+/// Added inside layout 3's header without a version bump: the word was zero padding
+/// before, and a ring always has both sides from the same build.
+pub(crate) const ABANDONED_AT: usize = 232;
 pub(crate) const COMMIT_AT: usize = 256;
 
 /// Holder records per ring: producer threads of all processes that may be inside a

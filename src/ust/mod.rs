@@ -8,7 +8,7 @@
 //! buffers with [`channel::install`] and enables events per slot.
 
 pub mod channel;
-pub mod registration;
+pub mod client;
 pub mod tracepoint;
 
 pub use channel::{ChannelError, MAX_SLOTS, SlotId};

@@ -1,4 +1,4 @@
-//! AppRegistration: one actor per app connection, for the app's whole life.
+//! AppConnection: one actor per app connection, for the app's whole life.
 //!
 //! It reads the app's Hello and registration, asks the BufferFactory for buffers
 //! (CreateBuffers), sends them (Channel frames with fds over SCM_RIGHTS, Enable), and
@@ -168,7 +168,7 @@ pub enum Push {
 type Outgoing = (Vec<u8>, Option<Arc<ChannelBuffers>>);
 
 /// The actor.
-pub struct AppRegistration {
+pub struct AppConnection {
     /// The daemon's name for this connection: what the factory knows the app by.
     connection: ConnectionId,
     /// From SO_PEERCRED at accept (pid for logs and directory names, uid for
@@ -200,10 +200,39 @@ enum Inbound {
     /// The registration.
     Register(AppRegister),
     /// EOF or a protocol error: the connection is over.
-    Closed(Option<String>),
+    Closed(Option<ConnectionError>),
 }
 
-impl AppRegistration {
+/// Why the daemon closes an app's connection: what the peer did wrong. Logged with
+/// the app's pid, uid and connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// A frame was bad, or reading failed.
+    #[error(transparent)]
+    Frame(#[from] framed::FrameError),
+    /// The peer closed after its hello, before registering.
+    #[error("closed before registering")]
+    NoRegistration,
+    /// The peer did not register in time.
+    #[error("no registration within daemon.registration_timeout_ms ({} ms)", .0.as_millis())]
+    Timeout(std::time::Duration),
+    /// SO_PEERCRED could not be read again.
+    #[error(transparent)]
+    Credentials(#[from] crate::protocol::ProtocolError),
+    /// Another process holds the socket now than the one that connected.
+    #[error("peer credentials changed between connect ({accepted:?}) and registration ({now:?})")]
+    CredentialsChanged {
+        /// At accept.
+        accepted: PeerCredentials,
+        /// At registration.
+        now: PeerCredentials,
+    },
+    /// The peer sent a byte after its registration.
+    #[error("sent data after its registration (an app sends nothing after AppRegister)")]
+    DataAfterRegistration,
+}
+
+impl AppConnection {
     /// Starts the actor for a freshly accepted connection `connection`, whose
     /// `credentials` came from SO_PEERCRED and whose uid holds `slot`.
     pub fn start(
@@ -214,13 +243,13 @@ impl AppRegistration {
         limits: AppLimits,
         factory: Addr<BufferFactory>,
         stats: Arc<Stats>,
-    ) -> Addr<AppRegistration> {
+    ) -> Addr<AppConnection> {
         // Counted from creation to drop: the app limit sees connections not yet started.
         Stats::add(&stats.apps, 1);
         let (reader, writer) = stream.into_split();
         let (outbox, queue) = mpsc::unbounded_channel();
         actix_rt::spawn(send_frames(writer, queue, connection));
-        AppRegistration {
+        AppConnection {
             connection,
             credentials,
             _slot: slot,
@@ -287,7 +316,7 @@ async fn read_frames(
     mut reader: OwnedReadHalf,
     limits: AppLimits,
     accepted: PeerCredentials,
-    addr: Addr<AppRegistration>,
+    addr: Addr<AppConnection>,
 ) {
     let max = limits.max_frame;
     let outcome = async {
@@ -295,31 +324,21 @@ async fn read_frames(
             framed::read_hello(&mut reader).await?;
             framed::read_frame::<AppRegister>(&mut reader, max)
                 .await?
-                .ok_or_else(|| "closed before registering".to_string())
+                .ok_or(ConnectionError::NoRegistration)
         };
         let register = tokio::time::timeout(limits.registration_timeout, first)
             .await
-            .map_err(|_| {
-                format!(
-                    "no registration within daemon.registration_timeout_ms ({} ms)",
-                    limits.registration_timeout.as_millis()
-                )
-            })??;
-        let now = peer::credentials(reader.as_ref()).map_err(|e| e.to_string())?;
+            .map_err(|_| ConnectionError::Timeout(limits.registration_timeout))??;
+        let now = peer::credentials(reader.as_ref())?;
         if now != accepted {
-            return Err(format!(
-                "peer credentials changed between connect ({accepted:?}) and registration ({now:?})"
-            ));
+            return Err(ConnectionError::CredentialsChanged { accepted, now });
         }
         addr.do_send(Inbound::Register(register));
         let mut byte = [0u8; 1];
         match reader.read(&mut byte).await {
             Ok(0) => Ok(()),
-            Ok(_) => Err(
-                "sent data after its registration (an app sends nothing after AppRegister)"
-                    .to_string(),
-            ),
-            Err(e) => Err(e.to_string()),
+            Ok(_) => Err(ConnectionError::DataAfterRegistration),
+            Err(e) => Err(framed::FrameError::Io(e).into()),
         }
     }
     .await;
@@ -365,7 +384,7 @@ async fn send_frames(
     }
 }
 
-impl Actor for AppRegistration {
+impl Actor for AppConnection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -380,13 +399,13 @@ impl Actor for AppRegistration {
     }
 }
 
-impl Drop for AppRegistration {
+impl Drop for AppConnection {
     fn drop(&mut self) {
         Stats::sub(&self.stats.apps);
     }
 }
 
-impl Handler<Inbound> for AppRegistration {
+impl Handler<Inbound> for AppConnection {
     type Result = ();
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
@@ -482,7 +501,7 @@ fn check_events(events: &[EventDesc]) -> Result<(), String> {
     Ok(())
 }
 
-impl Handler<Push> for AppRegistration {
+impl Handler<Push> for AppConnection {
     type Result = ();
 
     fn handle(&mut self, push: Push, _: &mut Context<Self>) {
