@@ -411,7 +411,7 @@ async fn reload(
 /// Recovers the traces a crashed daemon may have left in the output directories
 /// this one finds (`daemon.output_dir` and each `[[session]]`'s `output`), before
 /// anything is served: each then reads up to its last complete packet (see
-/// [`crate::ctf::recover`]). Every change and every trace it cannot recover is
+/// [`crate::trace::recover`]). Every change and every trace it cannot recover is
 /// logged; none stops the daemon. Two daemons must not share an output directory:
 /// this would cut the packet the other is appending.
 fn recover_outputs(config: &Config) {
@@ -421,7 +421,7 @@ fn recover_outputs(config: &Config) {
         .filter(|d| d.is_dir())
         .collect();
     for dir in dirs {
-        let recovery = crate::ctf::recover::recover(&dir);
+        let recovery = crate::trace::recover::recover(&dir);
         for repair in recovery.repairs {
             log::warn!("recovered {repair}");
         }

@@ -13,6 +13,8 @@
 #[cfg(feature = "daemon")]
 pub mod actors;
 #[cfg(feature = "daemon")]
+pub mod bench;
+#[cfg(feature = "daemon")]
 pub mod cli;
 #[cfg(feature = "daemon")]
 pub mod config;
@@ -25,4 +27,6 @@ pub mod protocol;
 #[cfg(feature = "daemon")]
 pub mod service;
 pub mod shm;
+#[cfg(feature = "daemon")]
+pub mod trace;
 pub mod ust;

@@ -57,7 +57,9 @@ pub use channel::{BlankSet, ChannelBuffers, Wakeup, cpu_count};
 pub use clock::{current_cpu, now_ns};
 pub use consumer::{Consumer, Corruption, DeadHolders, PacketInfo};
 pub use error::{RingCorruption, ShmError};
-pub use layout::{DEFAULT_GEOMETRY, Geometry, Mode, RingConfig};
+pub use layout::{
+    DEFAULT_GEOMETRY, Geometry, Mode, RingConfig, check_num_subbuf, check_subbuf_size,
+};
 pub use producer::Reservation;
 pub(crate) use producer::forget_thread_identity;
 pub use ring::{BlankRing, Ring, RingCounters};

@@ -8,8 +8,8 @@ use crate::actors::app_connection::{ConnectionId, Refusal};
 use crate::actors::session::ChannelDef;
 use crate::ctf::field::EventDesc;
 use crate::ctf::names;
-use crate::ctf::registry::TraceOwner;
 use crate::protocol::messages::{Buffering, ChannelSpec};
+use crate::trace::registry::TraceOwner;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// Who a trace and its buffers belong to.

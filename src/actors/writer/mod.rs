@@ -39,8 +39,8 @@ pub use actor::{
 };
 pub use ctf_file::{CtfFileWriter, StreamRemoved};
 
-use crate::ctf::layout::stream_file_name;
-use crate::ctf::trace_writer::TraceDir;
+use crate::trace::layout::stream_file_name;
+use crate::trace::writer::TraceDir;
 use ctf_file::CtfFileWriterFactory;
 use std::collections::HashMap;
 use std::io;
@@ -57,7 +57,8 @@ pub struct StreamInfo {
     /// CPU of the stream's ring.
     pub cpu: u32,
     /// Sub-trace directory (`<output>/ust/uid/<uid>/64-bit` or `.../pid/<name>-<pid>-<date>`),
-    /// shared by every stream of the trace; `trace_dir.path()` is where it lies.
+    /// shared by every stream of the trace; `trace_dir.path()` is where it lies, made
+    /// before [`WriterFactory::create`] is called.
     pub trace_dir: TraceDir,
 }
 

@@ -29,10 +29,10 @@ use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, geteuid, linkat, unlinkat};
 
-use crate::ctf::acl;
-use crate::ctf::layout::{METADATA_FILE, stream_file_name};
 use crate::ctf::names::{self, NameError};
-use crate::ctf::registry::EventRegistry;
+use crate::trace::acl;
+use crate::trace::layout::{METADATA_FILE, stream_file_name};
+use crate::trace::registry::EventRegistry;
 
 /// Mode of trace directories: a trace holds what every traced user's apps
 /// recorded, so it is for the daemon's user and group, not for every local user.
@@ -474,7 +474,7 @@ impl TraceDir {
 
     /// As [`TraceDir::new`], for a trace user `uid` may read (a per-UID trace of
     /// its apps): whenever the daemon makes the directory, it adds `uid` to the
-    /// access lists (POSIX ACLs, see [`crate::ctf::acl`]) of the output and of each
+    /// access lists (POSIX ACLs, see [`crate::trace::acl`]) of the output and of each
     /// level below it (search only), of the trace directory (read and search) and
     /// of every file made in it (read, inherited). Nothing else changes: other
     /// users get nothing, and where the file system has no ACLs the trace stays
@@ -518,6 +518,13 @@ impl TraceDir {
     /// Where the directory is.
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// Makes the directory now if it does not exist yet (the same safe `mkdirat`
+    /// walk as for the trace's own files), so that a custom writer may create
+    /// files in [`path`](Self::path) from its `create` on.
+    pub fn ensure(&self) -> io::Result<()> {
+        self.dir().map(drop).map_err(io::Error::from)
     }
 
     /// The directory, made now if this is its first use, or made anew (with
