@@ -32,6 +32,7 @@ fn pid(name: &str, pid: u32) -> Ownership {
     Ownership::PerPid {
         procname: name.into(),
         pid,
+        registered: SystemTime::now(),
     }
 }
 
@@ -318,7 +319,7 @@ fn a_session_of_per_pid_and_per_uid_traces_reads_as_one_time_ordered_trace() {
         let id = seq_event(&mut r);
         let dir = match &r.env().ownership {
             Ownership::PerUid { uid } => uid_trace_dir(session, *uid),
-            Ownership::PerPid { procname, pid } => {
+            Ownership::PerPid { procname, pid, .. } => {
                 pid_trace_dir(session, procname, *pid, SystemTime::now(), DirClock::Local)
             }
         };
@@ -360,7 +361,7 @@ fn a_session_of_per_pid_and_per_uid_traces_reads_as_one_time_ordered_trace() {
 #[test]
 fn timestamps_print_as_the_real_wall_clock_date() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut r = Registry::for_this_host(pid("app", 1)).unwrap();
+    let mut r = Registry::for_this_host(pid("app", 1), "s", SystemTime::now()).unwrap();
     r.add_channel("chan");
     let id = seq_event(&mut r);
     let dir = pid_trace_dir(tmp.path(), "app", 1, SystemTime::now(), DirClock::Local);

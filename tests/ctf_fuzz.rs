@@ -25,6 +25,7 @@ fn real_session(root: &Path) -> Vec<PathBuf> {
         Ownership::PerPid {
             procname: "app".into(),
             pid: 3,
+            registered: std::time::UNIX_EPOCH,
         },
         Ownership::PerUid { uid: 1000 },
     ]

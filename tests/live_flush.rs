@@ -117,3 +117,72 @@ fn a_flood_with_a_1ms_flush_loses_duplicates_and_reorders_nothing() {
          discarded)"
     );
 }
+
+#[test]
+fn each_sub_trace_carries_lttngs_env_keys_and_declares_only_its_channels() {
+    use ustrace::ctf::metadata::{EnvValue, parse};
+    let daemon = Daemon::start();
+    let output = daemon.session(
+        "envkeys",
+        &[("shared", Buffers::PerUid), ("own", Buffers::PerPid)],
+        true,
+    );
+    let app = daemon.run_app(&["--events", "3"]);
+    assert!(app.status.success());
+    daemon.stop("envkeys");
+    let traces = sub_traces(&output);
+    assert_eq!(traces.len(), 2, "{traces:?}");
+    let uid = nix::unistd::getuid().as_raw();
+    for trace in &traces {
+        let text = std::fs::read_to_string(output.join(trace).join("metadata")).unwrap();
+        let meta = parse(&text).unwrap();
+        let str_of = |key: &str| match meta.env(key) {
+            Some(EnvValue::Str(s)) => s.clone(),
+            other => panic!("{trace}: env {key} is {other:?}"),
+        };
+        let int_of = |key: &str| match meta.env(key) {
+            Some(EnvValue::Int(i)) => *i,
+            other => panic!("{trace}: env {key} is {other:?}"),
+        };
+        assert_eq!(str_of("tracer_name"), "ustrace");
+        assert_eq!(str_of("domain"), "ust");
+        assert_eq!(str_of("trace_name"), "envkeys");
+        let created = str_of("trace_creation_datetime");
+        assert!(
+            created.len() == 20 && created.as_bytes()[8] == b'T',
+            "ISO 8601 basic: {created}"
+        );
+        assert_eq!(int_of("architecture_bit_width"), 64);
+        assert!(int_of("tracer_patchlevel") >= 0);
+        assert_eq!(
+            meta.stream_ids.len(),
+            1,
+            "{trace} declares only its own channel"
+        );
+        if trace.contains("/uid/") {
+            assert_eq!(str_of("tracer_buffering_scheme"), "uid");
+            assert_eq!(int_of("tracer_buffering_id"), i64::from(uid));
+            assert!(text.contains("/* channel shared */") && !text.contains("channel own"));
+        } else {
+            assert_eq!(str_of("tracer_buffering_scheme"), "pid");
+            assert_eq!(str_of("procname"), "ustrace-demo");
+            let vpid = int_of("vpid");
+            assert_eq!(int_of("tracer_buffering_id"), vpid);
+            assert!(
+                trace.contains(&format!("-{vpid}-")),
+                "{trace} names pid {vpid}"
+            );
+            let registered = str_of("vpid_datetime");
+            assert!(
+                registered.len() == 20 && registered >= created,
+                "{registered}"
+            );
+            assert!(text.contains("/* channel own */") && !text.contains("channel shared"));
+        }
+        assert_eq!(
+            indexes(&babeltrace2(&output.join(trace))).len(),
+            3,
+            "{trace} reads"
+        );
+    }
+}

@@ -262,7 +262,7 @@ impl BufferFactory {
             .cloned()
             .collect();
         for session in &sessions {
-            for (stream_id, channel) in session.channels.iter().enumerate() {
+            for channel in &session.channels {
                 if limit.is_some() {
                     return Delta {
                         grants,
@@ -270,7 +270,7 @@ impl BufferFactory {
                         limit,
                     };
                 }
-                match self.grant(connection, session, stream_id as u32, channel, &mut limit) {
+                match self.grant(connection, session, channel, &mut limit) {
                     Ok(Some(grant)) => grants.push(grant),
                     Ok(None) => {}
                     Err(GrantError::Refused(refusal)) => refused = Some(refusal),
@@ -319,7 +319,6 @@ impl BufferFactory {
         &mut self,
         connection: ConnectionId,
         session: &SessionDef,
-        stream_id: u32,
         channel: &ChannelDef,
         limit: &mut Option<RegistryError>,
     ) -> Result<Option<Grant>, GrantError> {
@@ -360,6 +359,12 @@ impl BufferFactory {
         let new_trace = self
             .ensure_trace(session, owner, connection)
             .map_err(GrantError::Failed)?;
+        let stream_id = self.traces[&(session.name.clone(), owner)]
+            .registry
+            .stream_id(&channel.spec.name)
+            .ok_or_else(|| {
+                GrantError::Failed(format!("channel {} has no stream class", channel.spec.name))
+            })?;
         self.ensure_set(&set_key, session, stream_id, &channel.spec, uid)
             .map_err(GrantError::Failed)?;
 
@@ -442,15 +447,25 @@ impl BufferFactory {
             Owner::Pid(_) => Ownership::PerPid {
                 procname: names::procname(&app.name),
                 pid: app.pid as u32,
+                registered: app.registered_at,
             },
         };
         let below =
             layout::trace_below(&ownership, connection.0, app.registered_at, DirClock::Local);
         let dir = TraceDir::new(&session.output, below).map_err(|e| e.to_string())?;
-        let mut registry = Registry::for_this_host(ownership)
+        let mut registry = Registry::for_this_host(ownership, &session.name, session.created)
             .map_err(|e| e.to_string())?
             .with_limits(self.settings.event_limits);
-        for channel in &session.channels {
+        // A sub-trace declares only the channels whose buffers it holds.
+        let buffers = match owner {
+            Owner::Uid(_) => Buffers::PerUid,
+            Owner::Pid(_) => Buffers::PerPid,
+        };
+        for channel in session
+            .channels
+            .iter()
+            .filter(|c| c.spec.buffers == buffers)
+        {
             registry.add_channel(&channel.spec.name);
         }
         let metadata = Arc::new(Mutex::new(Metadata {

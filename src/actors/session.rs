@@ -47,6 +47,8 @@ pub struct SessionDef {
     pub name: String,
     /// Output directory of the whole session, opened once for all its traces.
     pub output: OutputDir,
+    /// When it was created: its traces' `trace_creation_datetime`.
+    pub created: SystemTime,
     /// Whether it records now.
     pub started: bool,
     /// Whether it was ever started: channels can be added only before.
@@ -123,14 +125,16 @@ impl SessionManager {
                 if self.sessions.iter().any(|s| &s.name == name) {
                     return Err(format!("session {name:?} already exists"));
                 }
+                let created = SystemTime::now();
                 let output = match output {
                     Some(dir) => PathBuf::from(dir),
-                    None => layout::session_dir(&self.settings.output_dir, name, SystemTime::now()),
+                    None => layout::session_dir(&self.settings.output_dir, name, created),
                 };
                 let message = format!("session {name} created, writing to {}", output.display());
                 self.sessions.push(SessionDef {
                     name: name.clone(),
                     output: OutputDir::new(output),
+                    created,
                     started: false,
                     ever_started: false,
                     channels: Vec::new(),

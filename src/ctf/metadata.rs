@@ -22,6 +22,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::ctf::field::{EventDesc, FieldDesc, FieldType};
+use crate::ctf::layout::iso8601_basic;
 use crate::ctf::packet::{LOST_EVENT_ID, LOST_EVENT_NAME, LOST_EVENT_PADDED_ID};
 use crate::ctf::registry::{ClockOffset, Ownership, TraceEnv};
 
@@ -137,15 +138,31 @@ pub fn preamble(uuid: &[u8; 16], env: &TraceEnv, clock: ClockOffset) -> String {
     let _ = writeln!(out, "\ttracer_major = {major};");
     let _ = writeln!(out, "\ttracer_minor = {minor};");
     let _ = writeln!(out, "\ttracer_patch = {patch};");
+    // LTTng's name for the patch level, which its viewers read.
+    let _ = writeln!(out, "\ttracer_patchlevel = {patch};");
+    let _ = writeln!(out, "\ttrace_name = {};", quoted(&env.trace_name));
+    let _ = writeln!(
+        out,
+        "\ttrace_creation_datetime = \"{}\";",
+        iso8601_basic(env.created)
+    );
+    let _ = writeln!(out, "\tarchitecture_bit_width = {};", usize::BITS);
     match &env.ownership {
         Ownership::PerUid { uid } => {
-            let _ = writeln!(out, "\ttrace_buffering_scheme = \"uid\";");
+            let _ = writeln!(out, "\ttracer_buffering_scheme = \"uid\";");
+            let _ = writeln!(out, "\ttracer_buffering_id = {uid};");
             let _ = writeln!(out, "\tuid = {uid};");
         }
-        Ownership::PerPid { procname, pid } => {
-            let _ = writeln!(out, "\ttrace_buffering_scheme = \"pid\";");
+        Ownership::PerPid {
+            procname,
+            pid,
+            registered,
+        } => {
+            let _ = writeln!(out, "\ttracer_buffering_scheme = \"pid\";");
+            let _ = writeln!(out, "\ttracer_buffering_id = {pid};");
             let _ = writeln!(out, "\tprocname = {};", quoted(procname));
             let _ = writeln!(out, "\tvpid = {pid};");
+            let _ = writeln!(out, "\tvpid_datetime = \"{}\";", iso8601_basic(*registered));
         }
     }
     let _ = writeln!(out, "}};\n");
@@ -913,7 +930,10 @@ mod tests {
                 ownership: Ownership::PerPid {
                     procname: "app".into(),
                     pid: 12,
+                    registered: std::time::UNIX_EPOCH,
                 },
+                trace_name: "s\"1".into(),
+                created: std::time::UNIX_EPOCH,
             },
         );
         r.add_channel("a");
@@ -974,6 +994,15 @@ mod tests {
         assert_eq!(meta.env("hostname"), Some(&EnvValue::Str("h\"x".into())));
         assert_eq!(meta.env("procname"), Some(&EnvValue::Str("app".into())));
         assert_eq!(meta.env("vpid"), Some(&EnvValue::Int(12)));
+        assert_eq!(meta.env("trace_name"), Some(&EnvValue::Str("s\"1".into())));
+        assert_eq!(
+            meta.env("tracer_buffering_scheme"),
+            Some(&EnvValue::Str("pid".into()))
+        );
+        assert_eq!(meta.env("tracer_buffering_id"), Some(&EnvValue::Int(12)));
+        let epoch = EnvValue::Str(iso8601_basic(std::time::UNIX_EPOCH));
+        assert_eq!(meta.env("vpid_datetime"), Some(&epoch));
+        assert_eq!(meta.env("trace_creation_datetime"), Some(&epoch));
         assert_eq!(meta.stream_ids, vec![0, 1]);
         for stream in [0, 1] {
             let class = &meta.events[&(stream, 0)];

@@ -243,6 +243,8 @@ pub enum Ownership {
         procname: String,
         /// The process id.
         pid: u32,
+        /// When the process registered (the metadata's `vpid_datetime`).
+        registered: SystemTime,
     },
 }
 
@@ -253,6 +255,10 @@ pub struct TraceEnv {
     pub hostname: String,
     /// Per-UID or per-PID, with the uid or the process identity.
     pub ownership: Ownership,
+    /// The session's name (`trace_name`).
+    pub trace_name: String,
+    /// When the session was created (`trace_creation_datetime`).
+    pub created: SystemTime,
 }
 
 /// How to turn the trace clock (CLOCK_MONOTONIC, ns) into wall-clock time.
@@ -358,14 +364,21 @@ impl Registry {
         self
     }
 
-    /// A registry for this host now: random uuid, measured clock offset, host name.
-    pub fn for_this_host(ownership: Ownership) -> std::io::Result<Registry> {
+    /// A registry for this host now: random uuid, measured clock offset, host name,
+    /// for a trace of session `trace_name` created at `created`.
+    pub fn for_this_host(
+        ownership: Ownership,
+        trace_name: &str,
+        created: SystemTime,
+    ) -> std::io::Result<Registry> {
         Ok(Registry::new(
             random_uuid()?,
             ClockOffset::measure(),
             TraceEnv {
                 hostname: hostname(),
                 ownership,
+                trace_name: trace_name.to_string(),
+                created,
             },
         ))
     }
@@ -431,6 +444,14 @@ impl Registry {
         &self.events
     }
 
+    /// The stream class id of channel `name`, if the trace declares it.
+    pub fn stream_id(&self, name: &str) -> Option<u32> {
+        self.channels
+            .iter()
+            .position(|c| c == name)
+            .map(|i| i as u32)
+    }
+
     /// Channel names in stream class id order.
     pub fn channels(&self) -> &[String] {
         &self.channels
@@ -469,6 +490,8 @@ mod tests {
             TraceEnv {
                 hostname: "h".into(),
                 ownership: Ownership::PerUid { uid: 1 },
+                trace_name: "s".into(),
+                created: UNIX_EPOCH,
             },
         )
     }
