@@ -79,7 +79,7 @@ fn all_types(r: &mut Registry) -> u32 {
 fn every_field_type_reads_the_same_in_babeltrace2_and_view() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = registry(1, pid("app", 42));
-    r.add_channel("chan");
+    r.add_channel("chan", &[]);
     let id = all_types(&mut r);
     let dir = pid_trace_dir(tmp.path(), "app", 42, SystemTime::now(), DirClock::Local);
     write_metadata(&dir, &r).unwrap();
@@ -204,8 +204,8 @@ fn seq_event(r: &mut Registry) -> u32 {
 fn streams_of_several_cpus_and_channels_merge_by_time() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = registry(2, pid("app", 7));
-    r.add_channel("chan");
-    r.add_channel("other");
+    r.add_channel("chan", &[]);
+    r.add_channel("other", &[]);
     let id = seq_event(&mut r);
     let dir = pid_trace_dir(tmp.path(), "app", 7, SystemTime::now(), DirClock::Utc);
     write_metadata(&dir, &r).unwrap();
@@ -240,7 +240,7 @@ fn streams_of_several_cpus_and_channels_merge_by_time() {
 fn discarded_events_are_reported_by_babeltrace2_and_view() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = registry(3, Ownership::PerUid { uid: 1000 });
-    r.add_channel("chan");
+    r.add_channel("chan", &[]);
     let id = seq_event(&mut r);
     let dir = uid_trace_dir(tmp.path(), 1000);
     write_metadata(&dir, &r).unwrap();
@@ -284,7 +284,7 @@ fn trimmed_packets_read_like_padded_ones() {
     for trim in [false, true] {
         let root = tmp.path().join(trim.to_string());
         let mut r = registry(4, pid("app", 9));
-        r.add_channel("chan");
+        r.add_channel("chan", &[]);
         let id = seq_event(&mut r);
         let dir = pid_trace_dir(&root, "app", 9, SystemTime::UNIX_EPOCH, DirClock::Utc);
         write_metadata(&dir, &r).unwrap();
@@ -315,7 +315,7 @@ fn a_session_of_per_pid_and_per_uid_traces_reads_as_one_time_ordered_trace() {
         (registry(7, Ownership::PerUid { uid: 1000 }), [3, 6, 9]),
     ];
     for (mut r, times) in traces {
-        r.add_channel("chan");
+        r.add_channel("chan", &[]);
         let id = seq_event(&mut r);
         let dir = match &r.env().ownership {
             Ownership::PerUid { uid } => uid_trace_dir(session, *uid),
@@ -362,7 +362,7 @@ fn a_session_of_per_pid_and_per_uid_traces_reads_as_one_time_ordered_trace() {
 fn timestamps_print_as_the_real_wall_clock_date() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = Registry::for_this_host(pid("app", 1), "s", SystemTime::now()).unwrap();
-    r.add_channel("chan");
+    r.add_channel("chan", &[]);
     let id = seq_event(&mut r);
     let dir = pid_trace_dir(tmp.path(), "app", 1, SystemTime::now(), DirClock::Local);
     write_metadata(&dir, &r).unwrap();
@@ -388,7 +388,7 @@ fn timestamps_print_as_the_real_wall_clock_date() {
 fn a_gap_in_packet_sequence_numbers_is_reported_as_lost_packets() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = registry(8, pid("app", 5));
-    r.add_channel("chan");
+    r.add_channel("chan", &[]);
     let id = seq_event(&mut r);
     let dir = pid_trace_dir(tmp.path(), "app", 5, SystemTime::UNIX_EPOCH, DirClock::Utc);
     write_metadata(&dir, &r).unwrap();
@@ -417,7 +417,7 @@ fn a_gap_in_packet_sequence_numbers_is_reported_as_lost_packets() {
 fn json_output_has_one_object_per_event_with_typed_fields() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = registry(9, pid("app", 6));
-    r.add_channel("chan");
+    r.add_channel("chan", &[]);
     let id = all_types(&mut r);
     let dir = pid_trace_dir(tmp.path(), "app", 6, SystemTime::UNIX_EPOCH, DirClock::Utc);
     write_metadata(&dir, &r).unwrap();

@@ -422,6 +422,7 @@ impl BufferFactory {
         Ok(Some(Grant {
             key: given.key,
             buffers,
+            contexts: channel.spec.contexts(),
             enables,
         }))
     }
@@ -466,7 +467,7 @@ impl BufferFactory {
             .iter()
             .filter(|c| c.spec.buffers == buffers)
         {
-            registry.add_channel(&channel.spec.name);
+            registry.add_channel(&channel.spec.name, &channel.spec.contexts());
         }
         let metadata = Arc::new(Mutex::new(Metadata {
             version: 0,

@@ -11,6 +11,7 @@ use crate::actors::buffer_factory::{BufferFactory, DestroySession, SessionsChang
 use crate::actors::stats::Stats;
 use crate::actors::writer::release_freed_heap;
 use crate::config::{EventPattern, check_name};
+use crate::ctf::context::ContextSet;
 use crate::ctf::field::EventDesc;
 use crate::ctf::trace_writer::OutputDir;
 use crate::ctf::{layout, spread};
@@ -213,6 +214,51 @@ impl SessionManager {
                     pattern.as_str(),
                     s.name,
                     ch.spec.name
+                )))
+            }
+            ControlRequest::AddContext {
+                session,
+                channel,
+                contexts,
+            } => {
+                if contexts.is_empty() {
+                    return Err("add-context needs at least one context type (-t)".into());
+                }
+                let s = self.session(session)?;
+                if s.ever_started {
+                    return Err(format!(
+                        "session {} was started: contexts are added before the first start",
+                        s.name
+                    ));
+                }
+                let chosen: Vec<&mut ChannelDef> = match channel {
+                    Some(c) => vec![
+                        s.channels
+                            .iter_mut()
+                            .find(|ch| &ch.spec.name == c)
+                            .ok_or_else(|| format!("no channel {c:?} in session {}", s.name))?,
+                    ],
+                    None => s.channels.iter_mut().collect(),
+                };
+                if chosen.is_empty() {
+                    return Err(format!(
+                        "session {} has no channel: enable one before adding contexts",
+                        s.name
+                    ));
+                }
+                let mut names = Vec::new();
+                for ch in chosen {
+                    let mut all = ch.spec.contexts();
+                    all.extend_from_slice(contexts);
+                    ch.spec.contexts = Some(ContextSet::of(&all).to_vec());
+                    names.push(ch.spec.name.clone());
+                }
+                let added: Vec<&str> = contexts.iter().map(|c| c.name()).collect();
+                Ok(ControlOk::Done(format!(
+                    "context {} added to {}/{}",
+                    added.join(", "),
+                    s.name,
+                    names.join(", ")
                 )))
             }
             ControlRequest::Start { session } => {

@@ -5,6 +5,7 @@ pub mod demo;
 pub mod recover;
 
 use crate::control;
+use crate::ctf::context::ContextType;
 use crate::protocol::messages::{
     Buffers, ChannelRequest, ControlOk, ControlRequest, SessionInfo, StatusReport,
 };
@@ -45,6 +46,22 @@ enum Command {
         /// Channel (default: the session's only channel, or channel0).
         #[arg(long, short)]
         channel: Option<String>,
+    },
+    /// Record contexts (who emitted each event) with every event of a channel, or of
+    /// every channel of the session; before the session's first start.
+    AddContext {
+        /// Session (default: the most recently created).
+        #[arg(long, short)]
+        session: Option<String>,
+        /// Channel (default: every channel of the session).
+        #[arg(long, short)]
+        channel: Option<String>,
+        /// Context type: vpid, vtid, procname, pthread_id, cpu_id, ip (repeatable).
+        #[arg(long = "type", short = 't', required = true, value_parser = parse_context)]
+        types: Vec<ContextType>,
+        /// User-space domain (the only one; accepted as LTTng's `-u`).
+        #[arg(long, short = 'u')]
+        userspace: bool,
     },
     /// Start tracing.
     Start {
@@ -117,6 +134,11 @@ struct EnableChannel {
     writer: Option<String>,
 }
 
+/// Parses a context type name (`vpid`, ...).
+fn parse_context(text: &str) -> Result<ContextType, String> {
+    ContextType::from_name(text).map_err(|e| e.to_string())
+}
+
 /// Parses `4096`, `64K`, `1M`, as the config file does.
 fn parse_size(text: &str) -> Result<u32, String> {
     let size: crate::config::ByteSize = text.parse().map_err(|e| format!("{e}"))?;
@@ -148,7 +170,18 @@ impl Cli {
                     num_subbuf: c.num_subbuf,
                     mode: c.overwrite.then_some(Mode::Overwrite),
                     writer: c.writer,
+                    contexts: None,
                 },
+            },
+            Command::AddContext {
+                session,
+                channel,
+                types,
+                userspace: _,
+            } => ControlRequest::AddContext {
+                session,
+                channel,
+                contexts: types,
             },
             Command::EnableEvent {
                 pattern,

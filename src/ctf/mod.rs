@@ -1,6 +1,7 @@
 //! CTF 1.8: event descriptions, packet bytes, metadata and our own reader.
 //!
-//! - [`field`], [`packet`]: the byte contracts shared by apps, daemon and readers.
+//! - [`field`], [`packet`], [`context`]: the byte contracts shared by apps, daemon
+//!   and readers.
 //! - [`registry`]: per-trace event ids and channels; produces the metadata text.
 //! - [`metadata`]: renders that TSDL and parses it back for our reader.
 //! - [`names`]: app-given names made safe for paths and checked for metadata.
@@ -12,6 +13,7 @@
 //!
 //! See docs/trace-layout.md for the whole picture.
 
+pub mod context;
 pub mod field;
 pub mod layout;
 pub mod metadata;

@@ -16,6 +16,7 @@ use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use crate::ctf::context::ContextType;
 use crate::ctf::field::FieldType;
 use crate::ctf::layout::METADATA_FILE;
 use crate::ctf::metadata::{self, EnvValue, TraceMetadata};
@@ -186,6 +187,8 @@ pub struct Event {
     pub timestamp: u64,
     /// `provider:name`.
     pub name: String,
+    /// Its stream's context fields (who emitted it), in encoding order.
+    pub context: Vec<(ContextType, Value)>,
     /// Payload fields in order.
     pub fields: Vec<(String, Value)>,
     /// CPU of the packet it was in.
@@ -410,6 +413,28 @@ impl StreamCursor {
         }
         self.min_ts = ts;
         let mut pos = at + EVENT_HEADER_SIZE;
+        let declared = meta
+            .contexts
+            .get(&self.stream_id)
+            .map_or(&[][..], Vec::as_slice);
+        let mut context = Vec::with_capacity(declared.len());
+        for &c in declared {
+            let Some(value) = self.packet[pos..self.content_end]
+                .get(..c.size())
+                .map(|bytes| decode_context(c, bytes))
+            else {
+                return self.fail(
+                    pos,
+                    format!(
+                        "context `{}` of {} runs past the packet content",
+                        c.name(),
+                        class.name
+                    ),
+                );
+            };
+            pos += c.size();
+            context.push((c, value));
+        }
         let mut fields = Vec::with_capacity(class.fields.len());
         for field in &class.fields {
             let (value, len) = match decode(&field.ty, &self.packet[pos..self.content_end]) {
@@ -433,10 +458,30 @@ impl StreamCursor {
             RecordKind::Event(Event {
                 timestamp: ts,
                 name: class.name.clone(),
+                context,
                 fields,
                 cpu_id: self.cpu_id,
             }),
         ))
+    }
+}
+
+/// The value of context `c` from its `c.size()` bytes.
+fn decode_context(c: ContextType, bytes: &[u8]) -> Value {
+    let mut le = [0u8; 8];
+    match c {
+        ContextType::Procname => {
+            let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+            Value::Str(String::from_utf8_lossy(&bytes[..end]).into_owned())
+        }
+        ContextType::PthreadId | ContextType::Ip => {
+            le.copy_from_slice(bytes);
+            Value::Hex(u64::from_le_bytes(le))
+        }
+        ContextType::Vpid | ContextType::Vtid | ContextType::CpuId => {
+            le[..4].copy_from_slice(bytes);
+            Value::Signed(i64::from(i32::from_le_bytes([le[0], le[1], le[2], le[3]])))
+        }
     }
 }
 

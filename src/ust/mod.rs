@@ -8,6 +8,7 @@
 //! buffers with [`channel::install`] and enables events per slot.
 
 pub mod channel;
+pub(crate) mod context;
 pub mod registration;
 pub mod tracepoint;
 
