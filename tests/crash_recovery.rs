@@ -22,6 +22,8 @@ fn small_packets() -> ChannelRequest {
         buffers: Some(Buffers::PerUid),
         subbuf_size: Some(4096),
         num_subbuf: Some(16),
+        // No contexts: DEMO_EVENT_LEN is the event's whole length.
+        contexts: Some(vec![]),
         ..ChannelRequest::default()
     }
 }

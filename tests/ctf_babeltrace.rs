@@ -157,7 +157,8 @@ fn every_field_type_reads_the_same_in_babeltrace2_and_view() {
     let view = view_events(tmp.path());
     assert_eq!(view.len(), 2);
     assert_eq!(view[0].0, "2026-11-27 00:00:00.000000150");
-    assert_eq!(view[0].1, "app/42");
+    // The trace, then who emitted the event (no contexts: the per-PID trace's own).
+    assert_eq!(view[0].1, "app/42 app/42/-");
     assert_eq!(view[0].2, "prov:all");
     assert_eq!(
         view[0].3,
@@ -348,9 +349,9 @@ fn a_session_of_per_pid_and_per_uid_traces_reads_as_one_time_ordered_trace() {
     let expected_view: Vec<(String, String)> = (1..=9)
         .map(|i| {
             let origin = match origins[(i - 1) % 3] {
-                "alpha" => "alpha/100",
-                "beta" => "beta/200",
-                _ => "uid 1000",
+                "alpha" => "alpha/100 alpha/100/-",
+                "beta" => "beta/200 beta/200/-",
+                _ => "uid 1000 -/-/-",
             };
             (origin.to_string(), format!("{{ seq = {i} }}"))
         })

@@ -34,7 +34,7 @@ use crate::ctf::layout::{self, DirClock};
 use crate::ctf::names;
 use crate::ctf::registry::{EventLimits, Ownership, Registry, RegistryError};
 use crate::ctf::trace_writer::TraceDir;
-use crate::protocol::messages::{Buffers, ChannelSpec};
+use crate::protocol::messages::{AppChannelInfo, AppInfo, Buffers, ChannelSpec};
 use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, cpu_count};
 use actix::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -820,6 +820,56 @@ impl Handler<StopSession> for BufferFactory {
             .map(|(_, set)| set.addr.send(Flush))
             .collect();
         Box::pin(self.settle(&msg.0, flushes))
+    }
+}
+
+/// Every registered app, for `list --apps`.
+#[derive(Message)]
+#[rtype(result = "Vec<AppInfo>")]
+pub struct ListApps;
+
+impl Handler<ListApps> for BufferFactory {
+    type Result = MessageResult<ListApps>;
+
+    fn handle(&mut self, _: ListApps, _: &mut Context<Self>) -> Self::Result {
+        let mut apps: Vec<AppInfo> = self
+            .apps
+            .values()
+            .map(|app| {
+                let name = |i: &u32| app.events.get(*i as usize).map(EventDesc::full_name);
+                let channels = app
+                    .channels
+                    .iter()
+                    .map(|(set, given)| {
+                        let mut enabled: Vec<String> =
+                            given.enabled.iter().filter_map(name).collect();
+                        enabled.sort();
+                        AppChannelInfo {
+                            session: set.session.clone(),
+                            channel: set.channel.clone(),
+                            buffers: match set.owner {
+                                Owner::Uid(_) => Buffers::PerUid,
+                                Owner::Pid(_) => Buffers::PerPid,
+                            },
+                            enabled,
+                        }
+                    })
+                    .collect();
+                AppInfo {
+                    pid: app.pid,
+                    uid: app.uid,
+                    procname: names::procname(&app.name),
+                    registered_unix_ms: app
+                        .registered_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    events: app.events.iter().map(EventDesc::full_name).collect(),
+                    channels,
+                }
+            })
+            .collect();
+        apps.sort_by_key(|a| (a.registered_unix_ms, a.pid));
+        MessageResult(apps)
     }
 }
 

@@ -7,7 +7,9 @@
 //! enablement over their open connection. `stop` answers only once the factory has
 //! flushed every ring of the session to disk.
 
-use crate::actors::buffer_factory::{BufferFactory, DestroySession, SessionsChanged, StopSession};
+use crate::actors::buffer_factory::{
+    BufferFactory, DestroySession, ListApps, SessionsChanged, StopSession,
+};
 use crate::actors::stats::Stats;
 use crate::actors::writer::release_freed_heap;
 use crate::config::{EventPattern, check_name};
@@ -311,8 +313,10 @@ impl SessionManager {
             }
             ControlRequest::Status => Ok(ControlOk::Status(self.stats.report())),
             // They wait for the factory: the handler answers them itself.
-            ControlRequest::Stop { .. } | ControlRequest::Destroy { .. } => {
-                Err("stop and destroy are answered asynchronously".to_string())
+            ControlRequest::Stop { .. }
+            | ControlRequest::Destroy { .. }
+            | ControlRequest::ListApps => {
+                Err("stop, destroy and list --apps are answered asynchronously".to_string())
             }
         }
     }
@@ -359,6 +363,17 @@ impl Handler<Control> for SessionManager {
                                 "session {name} stopped, but data was lost: {failed}"
                             )),
                         }
+                    }
+                    .into_actor(self),
+                )
+            }
+            ControlRequest::ListApps => {
+                let list = self.factory.send(ListApps);
+                Box::pin(
+                    async move {
+                        list.await
+                            .map(ControlOk::Apps)
+                            .map_err(|e| format!("listing apps: {e}"))
                     }
                     .into_actor(self),
                 )

@@ -207,6 +207,8 @@ pub enum ControlRequest {
         /// The contexts to add to those the channel records already.
         contexts: Vec<ContextType>,
     },
+    /// Every connected, registered app (LTTng's `lttng list -u`).
+    ListApps,
 }
 
 /// One session as `list` shows it.
@@ -331,6 +333,38 @@ pub enum ControlOk {
     Sessions(Vec<SessionInfo>),
     /// The answer to `status`.
     Status(StatusReport),
+    /// The answer to `list --apps`, by registration time.
+    Apps(Vec<AppInfo>),
+}
+
+/// One connected app, for `list --apps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppInfo {
+    /// From SO_PEERCRED at its connection.
+    pub pid: i32,
+    /// From SO_PEERCRED at its connection.
+    pub uid: u32,
+    /// The name it registered, as its per-PID directories spell it.
+    pub procname: String,
+    /// When it registered, milliseconds since the Unix epoch.
+    pub registered_unix_ms: u64,
+    /// `provider:name` of every event it registered, in its order.
+    pub events: Vec<String>,
+    /// The channels it records into now or did in this session's life.
+    pub channels: Vec<AppChannelInfo>,
+}
+
+/// A channel an app was given, for `list --apps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppChannelInfo {
+    /// Session name.
+    pub session: String,
+    /// Channel name.
+    pub channel: String,
+    /// Shared per-UID rings or the app's own.
+    pub buffers: Buffers,
+    /// `provider:name` of its events enabled in that channel, sorted.
+    pub enabled: Vec<String>,
 }
 
 /// The answer to a [`ControlRequest`]; the error is a message for the user.
