@@ -6,7 +6,7 @@
 //! - [`metadata`]: renders that TSDL and parses it back for our reader.
 //! - [`names`]: app-given names made safe for paths and checked for metadata.
 //! - [`layout`], [`trace_writer`], [`spread`]: where trace files go and how they are
-//!   written.
+//!   written; [`index`]: the CTF index file of each stream.
 //! - [`reader`], `view` (feature `daemon`): decode and print a session directory.
 //! - `recover` (feature `daemon`): cut the torn tails a crash left, so a trace reads
 //!   up to its last complete packet.
@@ -15,6 +15,7 @@
 
 pub mod context;
 pub mod field;
+pub mod index;
 pub mod layout;
 pub mod metadata;
 pub mod names;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::ctf::context::ContextType;
 use crate::ctf::field::FieldType;
+use crate::ctf::index;
 use crate::ctf::layout::METADATA_FILE;
 use crate::ctf::metadata::{self, EnvValue, TraceMetadata};
 use crate::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader, read_event_header};
@@ -145,11 +146,61 @@ fn load_trace(dir: &Path) -> Result<SubTrace, ReadError> {
         }
     }
     streams.sort();
+    for stream in &streams {
+        check_index(dir, stream)?;
+    }
     Ok(SubTrace {
         dir: dir.to_path_buf(),
         metadata,
         streams,
     })
+}
+
+/// Checks the index file of `stream`, if there is one (`index/<stream>.idx`): it
+/// must be CTF index 1.1 and its entries those of the stream's packets, in order.
+/// It may lack the last ones (a live trace: the writer appends the entry after its
+/// packet), never hold one the stream does not.
+fn check_index(dir: &Path, stream: &Path) -> Result<(), ReadError> {
+    let Some(name) = stream.file_name() else {
+        return Ok(());
+    };
+    let path = dir
+        .join(index::INDEX_DIR)
+        .join(index::index_file_name(&name.to_string_lossy()));
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(&path)(e)),
+    };
+    let fail = |offset: usize, message: String| ReadError::Stream {
+        path: path.clone(),
+        offset: offset as u64,
+        message,
+    };
+    let entries = index::parse(&bytes).map_err(|e| fail(0, e.to_string()))?;
+    let packets = index::stream_entries(stream).map_err(io_error(stream))?;
+    for (i, entry) in entries.iter().enumerate() {
+        let at = index::INDEX_HEADER_LEN + i * index::INDEX_ENTRY_LEN;
+        match packets.get(i) {
+            Some(packet) if packet == entry => {}
+            Some(packet) => {
+                return Err(fail(
+                    at,
+                    format!("index entry {i} is {entry:?}, the stream's packet {i} is {packet:?}"),
+                ));
+            }
+            None => {
+                return Err(fail(
+                    at,
+                    format!(
+                        "index entry {i} names a packet the stream does not hold ({} whole packets)",
+                        packets.len()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A decoded field value.
