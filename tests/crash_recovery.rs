@@ -35,9 +35,9 @@ fn stream_files(dir: &Path) -> Vec<PathBuf> {
     while let Some(dir) = dirs.pop() {
         for entry in fs::read_dir(&dir).unwrap().flatten() {
             let path = entry.path();
-            if path.is_dir() {
+            if path.is_dir() && entry.file_name() != "index" {
                 dirs.push(path);
-            } else if entry.file_name().to_string_lossy().starts_with("chan_") {
+            } else if path.is_file() && entry.file_name().to_string_lossy().starts_with("chan_") {
                 found.push(path);
             }
         }

@@ -190,13 +190,17 @@ fn check_index(dir: &Path, stream: &Path) -> Result<(), ReadError> {
                 ));
             }
             None => {
-                return Err(fail(
-                    at,
-                    format!(
-                        "index entry {i} names a packet the stream does not hold ({} whole packets)",
-                        packets.len()
+                // The stream lost what its index says it held: a stream error.
+                return Err(ReadError::Stream {
+                    path: stream.to_path_buf(),
+                    offset: entry.offset,
+                    message: format!(
+                        "no whole packet here, but its index ({}) entry {i} says one of {} \
+                         bytes starts here: the stream was cut",
+                        path.display(),
+                        entry.packet_size / 8
                     ),
-                ));
+                });
             }
         }
     }
