@@ -27,7 +27,7 @@ use toml::de::{DeTable, DeValue};
 
 use crate::ctf::context::ContextType;
 use crate::ctf::registry::EventLimits;
-use crate::protocol::messages::{Buffers, ChannelRequest, ChannelSpec, ControlRequest};
+use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec, ControlRequest};
 use crate::protocol::{self, ProtocolError};
 use crate::shm::Mode;
 
@@ -116,7 +116,7 @@ pub struct ChannelDefaults {
     /// What a producer does when the ring is full.
     pub mode: Mode,
     /// Whether processes of one user share buffers or each gets its own.
-    pub buffers: Buffers,
+    pub buffers: Buffering,
     /// Name of the registered writer that turns packets into files.
     pub writer: String,
     /// Contexts every event carries (`["vpid", "vtid", "procname", "pthread_id",
@@ -130,7 +130,7 @@ impl Default for ChannelDefaults {
             subbuf_size: ByteSize(128 * 1024),
             num_subbuf: 4,
             mode: Mode::Discard,
-            buffers: Buffers::PerUid,
+            buffers: Buffering::PerUid,
             writer: "ctf".to_owned(),
             contexts: None,
         }
@@ -284,7 +284,7 @@ pub struct ChannelConfig {
     pub name: String,
     /// Overrides [`ChannelDefaults::buffers`].
     #[serde(default)]
-    pub buffers: Option<Buffers>,
+    pub buffers: Option<Buffering>,
     /// Overrides [`ChannelDefaults::subbuf_size`].
     #[serde(default)]
     pub subbuf_size: Option<ByteSize>,

@@ -11,14 +11,14 @@
 //! run on I/O arbiters (one thread per CPU, each set's writers on one of them in
 //! turn) so that disk I/O never delays a registration.
 
+use crate::actors::app_connection::AppLimits;
 use crate::actors::buffer_factory::{BufferFactory, FactorySettings};
 use crate::actors::framed;
 use crate::actors::registrar::{Accept, Registrar};
-use crate::actors::registration::AppLimits;
 use crate::actors::session::{Control, SessionManager, SessionSettings};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
-use crate::actors::writer::{WriterFactory, WriterRegistry};
+use crate::actors::writer::{WriterCatalog, WriterFactory};
 use crate::config::Config;
 use crate::protocol::messages::{ControlReply, ControlRequest};
 use crate::protocol::{APPS_SOCKET, CONTROL_SOCKET};
@@ -75,7 +75,7 @@ pub struct Daemon {
     /// The deployment.
     config: Config,
     /// Writers by name; the built-in `ctf` one is always there.
-    writers: WriterRegistry,
+    writers: WriterCatalog,
 }
 
 impl Daemon {
@@ -83,7 +83,7 @@ impl Daemon {
     pub fn new(config: Config) -> Daemon {
         Daemon {
             config,
-            writers: WriterRegistry::default(),
+            writers: WriterCatalog::default(),
         }
     }
 

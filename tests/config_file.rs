@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ustrace::config::{ByteSize, Config, ConfigError, EventPattern};
 use ustrace::ctf::context::ContextType;
-use ustrace::protocol::messages::{Buffers, ChannelSpec};
+use ustrace::protocol::messages::{Buffering, ChannelSpec};
 use ustrace::shm::Mode;
 
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/ustraced.toml");
@@ -84,7 +84,7 @@ fn defaults_are_the_documented_values() {
     assert_eq!(config.channel_defaults.subbuf_size, ByteSize(128 * 1024));
     assert_eq!(config.channel_defaults.num_subbuf, 4);
     assert_eq!(config.channel_defaults.mode, Mode::Discard);
-    assert_eq!(config.channel_defaults.buffers, Buffers::PerUid);
+    assert_eq!(config.channel_defaults.buffers, Buffering::PerUid);
     assert_eq!(config.channel_defaults.writer, "ctf");
     assert_eq!(config.supervision.max_restarts, 3);
     assert_eq!(config.supervision.within(), Duration::from_secs(10));
@@ -135,7 +135,7 @@ name = "batch.2"
         config.channel_spec(&web.channels[0]),
         ChannelSpec {
             name: "requests".into(),
-            buffers: Buffers::PerPid,
+            buffers: Buffering::PerPid,
             subbuf_size: 64 * 1024,
             num_subbuf: 8,
             mode: Mode::Overwrite,
@@ -152,7 +152,7 @@ name = "batch.2"
         config.channel_spec(&web.channels[1]),
         ChannelSpec {
             name: "misc".into(),
-            buffers: Buffers::PerUid,
+            buffers: Buffering::PerUid,
             subbuf_size: 8192,
             num_subbuf: 4,
             mode: Mode::Discard,

@@ -7,7 +7,7 @@ use common::{Daemon, Running, babeltrace2, sub_traces};
 use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 use std::process::Stdio;
-use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlRequest};
 
 /// `name = value` of a babeltrace2 line, the value up to `,` or ` }`.
 fn value<'a>(line: &'a str, name: &str) -> Option<&'a str> {
@@ -149,12 +149,12 @@ fn every_context_type_reads_in_babeltrace2_and_per_uid_defaults_to_vpid_and_vtid
         &[
             ChannelRequest {
                 name: "plain".into(),
-                buffers: Some(Buffers::PerUid),
+                buffers: Some(Buffering::PerUid),
                 ..ChannelRequest::default()
             },
             ChannelRequest {
                 name: "every".into(),
-                buffers: Some(Buffers::PerPid),
+                buffers: Some(Buffering::PerPid),
                 contexts: Some(vec![]),
                 ..ChannelRequest::default()
             },

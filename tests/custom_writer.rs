@@ -15,7 +15,7 @@ use ustrace::config::Config;
 use ustrace::control;
 use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
 use ustrace::daemon::Daemon;
-use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlRequest, StatusReport};
+use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlRequest, StatusReport};
 
 /// Bytes of one `demo:ev {i: i64, s: "hello"}`.
 const DEMO_EVENT_LEN: usize = EVENT_HEADER_SIZE + 8 + 6;
@@ -111,7 +111,7 @@ fn trace_with_collect(rundir: &std::path::Path, events: u32) {
             session: None,
             channel: ChannelRequest {
                 name: "c".into(),
-                buffers: Some(Buffers::PerPid),
+                buffers: Some(Buffering::PerPid),
                 writer: Some("collect".into()),
                 ..ChannelRequest::default()
             },

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlOk, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlOk, ControlRequest};
 
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -66,7 +66,7 @@ fn events_on_disk(dir: &Path) -> usize {
 fn start_session(daemon: &Daemon, output: &Path) -> PathBuf {
     let channel = ChannelRequest {
         name: "chan".into(),
-        buffers: Some(Buffers::PerUid),
+        buffers: Some(Buffering::PerUid),
         subbuf_size: Some(4096),
         num_subbuf: Some(64),
         // No contexts: an event is its header and the demo payload.

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use ustrace::ctf::index::{self, INDEX_ENTRY_LEN, INDEX_HEADER_LEN};
 use ustrace::ctf::recover::recover;
-use ustrace::protocol::messages::{Buffers, ChannelRequest};
+use ustrace::protocol::messages::{Buffering, ChannelRequest};
 
 /// A session with a per-UID and a per-PID channel of 4 KiB packets, after one app
 /// wrote `events` events; returns the output.
@@ -25,7 +25,10 @@ fn small_trace(daemon: &Daemon, events: u32) -> PathBuf {
     let output = daemon.session_with(
         "idx",
         "out",
-        &[channel("u", Buffers::PerUid), channel("p", Buffers::PerPid)],
+        &[
+            channel("u", Buffering::PerUid),
+            channel("p", Buffering::PerPid),
+        ],
         true,
     );
     daemon.run_app(&["--events", &events.to_string(), "--threads", "2"]);

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{Daemon, poke};
-use ustrace::protocol::messages::{AppInfo, Buffers};
+use ustrace::protocol::messages::{AppInfo, Buffering};
 
 #[test]
 fn list_apps_shows_each_connected_app_its_channels_and_events_in_text_and_json() {
@@ -16,7 +16,7 @@ fn list_apps_shows_each_connected_app_its_channels_and_events_in_text_and_json()
     );
     daemon.session(
         "apps",
-        &[("shared", Buffers::PerUid), ("own", Buffers::PerPid)],
+        &[("shared", Buffering::PerUid), ("own", Buffering::PerPid)],
         true,
     );
     let mut first = daemon.app_that_emitted(1);
@@ -41,7 +41,7 @@ fn list_apps_shows_each_connected_app_its_channels_and_events_in_text_and_json()
             .unwrap()
             .as_millis() as u64;
         assert!(app.registered_unix_ms <= now_ms && app.registered_unix_ms + 60_000 > now_ms);
-        let mut channels: Vec<(String, String, Buffers, Vec<String>)> = app
+        let mut channels: Vec<(String, String, Buffering, Vec<String>)> = app
             .channels
             .iter()
             .map(|c| {
@@ -60,13 +60,13 @@ fn list_apps_shows_each_connected_app_its_channels_and_events_in_text_and_json()
                 (
                     "apps".into(),
                     "own".into(),
-                    Buffers::PerPid,
+                    Buffering::PerPid,
                     vec!["demo:ev".into()]
                 ),
                 (
                     "apps".into(),
                     "shared".into(),
-                    Buffers::PerUid,
+                    Buffering::PerUid,
                     vec!["demo:ev".into()]
                 ),
             ]

@@ -8,7 +8,7 @@ use common::{Daemon, babeltrace2, babeltrace2_raw, poke, poll_until, sub_traces}
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
-use ustrace::protocol::messages::Buffers;
+use ustrace::protocol::messages::Buffering;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -39,7 +39,7 @@ fn a_live_apps_events_are_on_disk_before_it_exits_and_before_stop() {
     let daemon = Daemon::with_config("[daemon]\nflush_interval_ms = 50\n");
     let output = daemon.session(
         "live",
-        &[("shared", Buffers::PerUid), ("own", Buffers::PerPid)],
+        &[("shared", Buffering::PerUid), ("own", Buffering::PerPid)],
         true,
     );
     // 25 small events fill no sub-buffer: only the switch timer can close their packet.
@@ -80,7 +80,7 @@ fn a_flood_with_a_1ms_flush_loses_duplicates_and_reorders_nothing() {
     let daemon = Daemon::with_config("[daemon]\nflush_interval_ms = 1\n");
     let output = daemon.session(
         "flood",
-        &[("shared", Buffers::PerUid), ("own", Buffers::PerPid)],
+        &[("shared", Buffering::PerUid), ("own", Buffering::PerPid)],
         true,
     );
     let (threads, events) = (4u64, 200_000u64);
@@ -124,7 +124,7 @@ fn each_sub_trace_carries_lttngs_env_keys_and_declares_only_its_channels() {
     let daemon = Daemon::start();
     let output = daemon.session(
         "envkeys",
-        &[("shared", Buffers::PerUid), ("own", Buffers::PerPid)],
+        &[("shared", Buffering::PerUid), ("own", Buffering::PerPid)],
         true,
     );
     let app = daemon.run_app(&["--events", "3"]);

@@ -22,19 +22,19 @@
 //! BufferSet is a few memfds and two actors, nothing touches the disk until the first
 //! packet is written, and an app that matches no enabled event gets no buffer at all.
 
+use crate::actors::app_connection::{AppConnection, ConnectionId, Grant, Push, Refusal};
 use crate::actors::buffer_set::{BufferSet, Flush, ProducerDied, Teardown, all_ok};
-use crate::actors::registration::{AppRegistration, ConnectionId, Grant, Push, Refusal};
 use crate::actors::ring_pool::RingPool;
 use crate::actors::session::{ChannelDef, SessionDef};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
-use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterRegistry};
+use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterCatalog};
 use crate::ctf::field::EventDesc;
 use crate::ctf::layout::{self, DirClock};
 use crate::ctf::names;
-use crate::ctf::registry::{EventLimits, Ownership, Registry, RegistryError};
+use crate::ctf::registry::{EventLimits, EventRegistry, RegistryError, TraceOwner};
 use crate::ctf::trace_writer::TraceDir;
-use crate::protocol::messages::{AppChannelInfo, AppInfo, Buffers, ChannelSpec};
+use crate::protocol::messages::{AppChannelInfo, AppInfo, Buffering, ChannelSpec};
 use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, cpu_count};
 use actix::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -86,7 +86,7 @@ struct App {
     /// Its events, indexed as the app indexes them.
     events: Vec<EventDesc>,
     /// Where pushes go.
-    addr: Addr<AppRegistration>,
+    addr: Addr<AppConnection>,
     /// Channels given to it: set key -> (channel key for the app, enabled event indices).
     channels: BTreeMap<SetKey, AppChannel>,
     /// Per-PID sets a limit refused it: each refusal is counted once, however often
@@ -150,7 +150,7 @@ struct Delta {
 /// One sub-trace: a directory with a metadata file and stream files.
 struct Trace {
     /// Event ids and metadata text.
-    registry: Registry,
+    registry: EventRegistry,
     /// Grows with every event registered, so writers know to rewrite the metadata.
     version: u64,
     /// Directory of the sub-trace.
@@ -164,7 +164,7 @@ pub struct BufferFactory {
     /// Settings from the config.
     settings: FactorySettings,
     /// Writer factories by name.
-    writers: WriterRegistry,
+    writers: WriterCatalog,
     /// The daemon's own uid: its apps are the operator's, bounded by the global
     /// per-PID cap only (a single-user daemon keeps the whole budget).
     daemon_uid: u32,
@@ -212,7 +212,7 @@ impl BufferFactory {
     /// A factory with no session and no app.
     pub fn new(
         settings: FactorySettings,
-        writers: WriterRegistry,
+        writers: WriterCatalog,
         io: Vec<ArbiterHandle>,
         stats: Arc<Stats>,
     ) -> BufferFactory {
@@ -244,7 +244,7 @@ impl BufferFactory {
             .iter()
             .filter(|s| s.started)
             .flat_map(|s| &s.channels)
-            .filter(|c| c.spec.buffers == Buffers::PerPid)
+            .filter(|c| c.spec.buffers == Buffering::PerPid)
             .map(|c| c.spec.geometry())
             .collect();
         self.pool.keep_ready(&geometries);
@@ -336,8 +336,8 @@ impl BufferFactory {
             return Ok(None);
         }
         let owner = match channel.spec.buffers {
-            Buffers::PerUid => Owner::Uid(app.uid),
-            Buffers::PerPid => Owner::Pid(connection),
+            Buffering::PerUid => Owner::Uid(app.uid),
+            Buffering::PerPid => Owner::Pid(connection),
         };
         let set_key = SetKey {
             session: session.name.clone(),
@@ -442,10 +442,10 @@ impl BufferFactory {
         }
         let app = &self.apps[&connection];
         let ownership = match owner {
-            Owner::Uid(uid) => Ownership::PerUid { uid },
+            Owner::Uid(uid) => TraceOwner::PerUid { uid },
             // The name the app gave, made one safe file-name component: it names
             // the directory and the metadata's `procname`.
-            Owner::Pid(_) => Ownership::PerPid {
+            Owner::Pid(_) => TraceOwner::PerPid {
                 procname: names::procname(&app.name),
                 pid: app.pid as u32,
                 registered: app.registered_at,
@@ -454,13 +454,13 @@ impl BufferFactory {
         let below =
             layout::trace_below(&ownership, connection.0, app.registered_at, DirClock::Local);
         let dir = TraceDir::new(&session.output, below).map_err(|e| e.to_string())?;
-        let mut registry = Registry::for_this_host(ownership, &session.name, session.created)
+        let mut registry = EventRegistry::for_this_host(ownership, &session.name, session.created)
             .map_err(|e| e.to_string())?
             .with_limits(self.settings.event_limits);
         // A sub-trace declares only the channels whose buffers it holds.
         let buffers = match owner {
-            Owner::Uid(_) => Buffers::PerUid,
-            Owner::Pid(_) => Buffers::PerPid,
+            Owner::Uid(_) => Buffering::PerUid,
+            Owner::Pid(_) => Buffering::PerPid,
         };
         for channel in session
             .channels
@@ -684,7 +684,7 @@ pub struct CreateBuffers {
     /// Its events.
     pub events: Vec<EventDesc>,
     /// Where later pushes go.
-    pub app: Addr<AppRegistration>,
+    pub app: Addr<AppConnection>,
 }
 
 impl Handler<CreateBuffers> for BufferFactory {
@@ -848,8 +848,8 @@ impl Handler<ListApps> for BufferFactory {
                             session: set.session.clone(),
                             channel: set.channel.clone(),
                             buffers: match set.owner {
-                                Owner::Uid(_) => Buffers::PerUid,
-                                Owner::Pid(_) => Buffers::PerPid,
+                                Owner::Uid(_) => Buffering::PerUid,
+                                Owner::Pid(_) => Buffering::PerPid,
                             },
                             enabled,
                         }

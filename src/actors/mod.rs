@@ -1,7 +1,7 @@
 //! The session daemon's actors (actix). See docs/architecture.md for the picture.
 //!
-//! - [`registrar`]: accepts apps, reads SO_PEERCRED, starts one [`registration`] each.
-//! - [`registration`]: one app's connection for its whole life.
+//! - [`registrar`]: accepts apps, reads SO_PEERCRED, starts one [`app_connection`] each.
+//! - [`app_connection`]: one app's connection for its whole life.
 //! - [`buffer_factory`]: decides and creates every app's buffers.
 //! - [`buffer_set`]: one channel's rings for one owner, drained into writers.
 //! - [`ring_pool`]: per-PID ring sets made ahead of registration.
@@ -10,11 +10,11 @@
 //! - [`stats`]: the counters behind `ustrace status`.
 //! - [`framed`]: the wire framing over the daemon's async sockets.
 
+pub mod app_connection;
 pub mod buffer_factory;
 pub mod buffer_set;
 pub mod framed;
 pub mod registrar;
-pub mod registration;
 pub mod ring_pool;
 pub mod session;
 pub mod stats;

@@ -18,7 +18,7 @@ use crate::ctf::field::EventDesc;
 use crate::ctf::trace_writer::OutputDir;
 use crate::ctf::{layout, spread};
 use crate::protocol::messages::{
-    Buffers, ChannelSpec, ControlOk, ControlReply, ControlRequest, SessionInfo,
+    Buffering, ChannelSpec, ControlOk, ControlReply, ControlRequest, SessionInfo,
 };
 use actix::prelude::*;
 use std::path::PathBuf;
@@ -276,7 +276,10 @@ impl SessionManager {
                 }
                 s.started = true;
                 s.ever_started = true;
-                if s.channels.iter().any(|c| c.spec.buffers == Buffers::PerPid) {
+                if s.channels
+                    .iter()
+                    .any(|c| c.spec.buffers == Buffering::PerPid)
+                {
                     let dir = layout::pid_traces_dir(s.output.path());
                     if let Err(e) = spread::create_spread_dir(&s.output) {
                         log::warn!("session {}: cannot prepare {}: {e}", s.name, dir.display());

@@ -3,7 +3,7 @@
 //! A [`StreamWriter`] stores one stream's packets (the built-in [`CtfFileWriter`]
 //! appends them to `<trace dir>/<channel>_<cpu>` beside the `metadata` file); a
 //! [`WriterFactory`] makes one per stream and is registered by name in a
-//! [`WriterRegistry`]; the config picks a name per channel. Developers add their own
+//! [`WriterCatalog`]; the config picks a name per channel. Developers add their own
 //! (see docs/extending.md).
 //!
 //! The [`Writer`] actor owns one stream's writer under an actix `Supervisor`. A write
@@ -93,14 +93,14 @@ pub trait WriterFactory: Send + Sync {
 
 /// Writer factories by the name a config or `enable-channel` uses.
 #[derive(Clone)]
-pub struct WriterRegistry {
+pub struct WriterCatalog {
     /// Factory of each name.
     factories: HashMap<String, Arc<dyn WriterFactory>>,
 }
 
-impl Default for WriterRegistry {
+impl Default for WriterCatalog {
     fn default() -> Self {
-        let mut registry = WriterRegistry {
+        let mut registry = WriterCatalog {
             factories: HashMap::new(),
         };
         registry.register(CTF_WRITER, Arc::new(CtfFileWriterFactory));
@@ -111,7 +111,7 @@ impl Default for WriterRegistry {
 /// Name of the built-in writer.
 pub const CTF_WRITER: &str = "ctf";
 
-impl WriterRegistry {
+impl WriterCatalog {
     /// Adds (or replaces) the factory called `name`.
     pub fn register(&mut self, name: &str, factory: Arc<dyn WriterFactory>) {
         self.factories.insert(name.to_string(), factory);

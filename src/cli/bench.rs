@@ -16,7 +16,7 @@
 use crate::cli::demo::{Spawned, ask, sibling, start_daemon, start_session};
 use crate::config::Config;
 use crate::ctf::reader::{Reader, RecordKind};
-use crate::protocol::messages::{Buffers, ControlOk, ControlRequest, StatusReport};
+use crate::protocol::messages::{Buffering, ControlOk, ControlRequest, StatusReport};
 use clap::{Args, Subcommand, ValueEnum};
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read};
@@ -497,8 +497,8 @@ fn run_ours(args: &ChurnArgs, mode: ChurnMode, apps: u32, par: u32) -> Result<Ou
     let session = Some("churn".to_string());
     let buffers = match mode {
         ChurnMode::None => None,
-        ChurnMode::Uid => Some(Buffers::PerUid),
-        ChurnMode::Pid => Some(Buffers::PerPid),
+        ChurnMode::Uid => Some(Buffering::PerUid),
+        ChurnMode::Pid => Some(Buffering::PerPid),
     };
     if let Some(buffers) = buffers {
         start_session(&rundir, "churn", &output, &[("ch", buffers)])?;

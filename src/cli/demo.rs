@@ -6,7 +6,7 @@
 //! event counts and the first events. Everything it starts it stops, by pid.
 
 use crate::control;
-use crate::protocol::messages::{Buffers, ChannelRequest, ControlOk, ControlRequest};
+use crate::protocol::messages::{Buffering, ChannelRequest, ControlOk, ControlRequest};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode};
@@ -90,7 +90,7 @@ pub(crate) fn start_session(
     rundir: &Path,
     name: &str,
     output: &Path,
-    channels: &[(&str, Buffers)],
+    channels: &[(&str, Buffering)],
 ) -> Result<(), String> {
     let session = Some(name.to_string());
     ask(
@@ -149,7 +149,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         &rundir,
         "demo",
         &output,
-        &[("perpid", Buffers::PerPid), ("peruid", Buffers::PerUid)],
+        &[("perpid", Buffering::PerPid), ("peruid", Buffering::PerUid)],
     )?;
 
     let started = Instant::now();

@@ -7,7 +7,7 @@ pub mod recover;
 use crate::control;
 use crate::ctf::context::ContextType;
 use crate::protocol::messages::{
-    AppInfo, Buffers, ChannelRequest, ControlOk, ControlRequest, SessionInfo, StatusReport,
+    AppInfo, Buffering, ChannelRequest, ControlOk, ControlRequest, SessionInfo, StatusReport,
 };
 use crate::shm::Mode;
 use clap::{Args, Parser, Subcommand};
@@ -170,8 +170,8 @@ impl Cli {
                 channel: ChannelRequest {
                     name: c.name,
                     buffers: match (c.buffers_uid, c.buffers_pid) {
-                        (true, _) => Some(Buffers::PerUid),
-                        (_, true) => Some(Buffers::PerPid),
+                        (true, _) => Some(Buffering::PerUid),
+                        (_, true) => Some(Buffering::PerPid),
                         _ => None,
                     },
                     subbuf_size: c.subbuf_size,

@@ -10,7 +10,7 @@
 //! Every stream also declares the two classes of [`LOST_EVENT_NAME`], which the
 //! daemon writes where a producer died inside a reservation.
 //!
-//! The registry ([`crate::ctf::registry::Registry`]) keeps a trace's text and
+//! The registry ([`crate::ctf::registry::EventRegistry`]) keeps a trace's text and
 //! appends to it: each new channel adds its stream class and each new event its
 //! classes, so registering costs what it adds, never the size of the whole trace.
 //!
@@ -25,7 +25,7 @@ use crate::ctf::context::{ContextSet, ContextType, PROCNAME_LEN};
 use crate::ctf::field::{EventDesc, FieldDesc, FieldType};
 use crate::ctf::layout::iso8601_basic;
 use crate::ctf::packet::{LOST_EVENT_ID, LOST_EVENT_NAME, LOST_EVENT_PADDED_ID};
-use crate::ctf::registry::{ClockOffset, Ownership, TraceEnv};
+use crate::ctf::registry::{ClockOffset, TraceEnv, TraceOwner};
 
 /// Name of the type alias that declares a bool.
 const BOOL_ALIAS: &str = "ustrace_bool_t";
@@ -149,12 +149,12 @@ pub fn preamble(uuid: &[u8; 16], env: &TraceEnv, clock: ClockOffset) -> String {
     );
     let _ = writeln!(out, "\tarchitecture_bit_width = {};", usize::BITS);
     match &env.ownership {
-        Ownership::PerUid { uid } => {
+        TraceOwner::PerUid { uid } => {
             let _ = writeln!(out, "\ttracer_buffering_scheme = \"uid\";");
             let _ = writeln!(out, "\ttracer_buffering_id = {uid};");
             let _ = writeln!(out, "\tuid = {uid};");
         }
-        Ownership::PerPid {
+        TraceOwner::PerPid {
             procname,
             pid,
             registered,
@@ -1009,17 +1009,17 @@ pub fn parse_uuid(text: &str) -> Option<[u8; 16]> {
 mod tests {
     use super::*;
     use crate::ctf::field::{EventDesc, LogLevel};
-    use crate::ctf::registry::Registry;
+    use crate::ctf::registry::EventRegistry;
 
-    fn registry() -> Registry {
-        let mut r = Registry::new(
+    fn registry() -> EventRegistry {
+        let mut r = EventRegistry::new(
             [0xAB; 16],
             ClockOffset {
                 offset_ns: -1_500_000_001,
             },
             TraceEnv {
                 hostname: "h\"x".into(),
-                ownership: Ownership::PerPid {
+                ownership: TraceOwner::PerPid {
                     procname: "app".into(),
                     pid: 12,
                     registered: std::time::UNIX_EPOCH,

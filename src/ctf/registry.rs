@@ -1,6 +1,6 @@
 //! The per-trace registry: event ids, channels (stream classes) and the metadata text.
 //!
-//! There is one [`Registry`] per trace: per (session, uid) for per-UID buffers, per
+//! There is one [`EventRegistry`] per trace: per (session, uid) for per-UID buffers, per
 //! app for per-PID buffers. Apps register [`EventDesc`]s; the registry gives each
 //! distinct description one id, so that the same `provider:name` with the same fields
 //! from many apps of one uid shares an id, while the same name with other fields gets
@@ -170,7 +170,7 @@ impl EventLimits {
 
 /// Checks that `desc` can be declared in TSDL as [`crate::ctf::metadata`] writes it:
 /// the daemon refuses a registration that holds a description failing this, and
-/// [`Registry::register_event`] never declares one.
+/// [`EventRegistry::register_event`] never declares one.
 pub fn validate(desc: &EventDesc) -> Result<(), RegistryError> {
     names::check_event(desc)?;
     let event = desc.full_name();
@@ -232,7 +232,7 @@ pub fn validate(desc: &EventDesc) -> Result<(), RegistryError> {
 
 /// Who owns the buffers of a trace, which decides its environment and directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ownership {
+pub enum TraceOwner {
     /// Buffers shared by every app of one user.
     PerUid {
         /// The user id.
@@ -255,7 +255,7 @@ pub struct TraceEnv {
     /// Host the trace was recorded on.
     pub hostname: String,
     /// Per-UID or per-PID, with the uid or the process identity.
-    pub ownership: Ownership,
+    pub ownership: TraceOwner,
     /// The session's name (`trace_name`).
     pub trace_name: String,
     /// When the session was created (`trace_creation_datetime`).
@@ -325,7 +325,7 @@ pub fn hostname() -> String {
 
 /// Event ids, channels and identity of one trace; produces its metadata.
 #[derive(Clone, Debug)]
-pub struct Registry {
+pub struct EventRegistry {
     /// Trace uuid, written in every packet header and in the metadata.
     uuid: [u8; 16],
     /// Monotonic-to-wall-clock offset declared in the clock block.
@@ -344,10 +344,10 @@ pub struct Registry {
     limits: EventLimits,
 }
 
-impl Registry {
+impl EventRegistry {
     /// A registry with no channel and no event yet, and the default limits.
-    pub fn new(uuid: [u8; 16], clock: ClockOffset, env: TraceEnv) -> Registry {
-        Registry {
+    pub fn new(uuid: [u8; 16], clock: ClockOffset, env: TraceEnv) -> EventRegistry {
+        EventRegistry {
             tsdl: metadata::preamble(&uuid, &env, clock),
             uuid,
             clock,
@@ -360,7 +360,7 @@ impl Registry {
     }
 
     /// This registry with `limits` instead of the defaults.
-    pub fn with_limits(mut self, limits: EventLimits) -> Registry {
+    pub fn with_limits(mut self, limits: EventLimits) -> EventRegistry {
         self.limits = limits;
         self
     }
@@ -368,11 +368,11 @@ impl Registry {
     /// A registry for this host now: random uuid, measured clock offset, host name,
     /// for a trace of session `trace_name` created at `created`.
     pub fn for_this_host(
-        ownership: Ownership,
+        ownership: TraceOwner,
         trace_name: &str,
         created: SystemTime,
-    ) -> std::io::Result<Registry> {
-        Ok(Registry::new(
+    ) -> std::io::Result<EventRegistry> {
+        Ok(EventRegistry::new(
             random_uuid()?,
             ClockOffset::measure(),
             TraceEnv {
@@ -484,13 +484,13 @@ mod tests {
     use super::*;
     use crate::ctf::field::{FieldDesc, FieldType, LogLevel};
 
-    fn registry() -> Registry {
-        Registry::new(
+    fn registry() -> EventRegistry {
+        EventRegistry::new(
             [1; 16],
             ClockOffset { offset_ns: 0 },
             TraceEnv {
                 hostname: "h".into(),
-                ownership: Ownership::PerUid { uid: 1 },
+                ownership: TraceOwner::PerUid { uid: 1 },
                 trace_name: "s".into(),
                 created: UNIX_EPOCH,
             },

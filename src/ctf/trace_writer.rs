@@ -32,7 +32,7 @@ use nix::unistd::{UnlinkatFlags, geteuid, linkat, unlinkat};
 use crate::ctf::index;
 use crate::ctf::layout::{METADATA_FILE, stream_file_name};
 use crate::ctf::names::{self, NameError};
-use crate::ctf::registry::Registry;
+use crate::ctf::registry::EventRegistry;
 
 /// Mode of trace directories: a trace holds what every traced user's apps
 /// recorded, so it is for the daemon's user and group, not for every local user.
@@ -583,7 +583,7 @@ pub fn store_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
 }
 
 /// Writes `registry`'s metadata to `dir/metadata` (see [`store_metadata`]).
-pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
+pub fn write_metadata(dir: &Path, registry: &EventRegistry) -> io::Result<()> {
     store_metadata(dir, "tmp", registry.metadata())
 }
 

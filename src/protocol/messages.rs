@@ -63,7 +63,7 @@ pub enum AppCommand {
 
 /// Where a channel's rings live (`buffers = "uid" | "pid"` in the config file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Buffers {
+pub enum Buffering {
     /// One ring set per user id, shared by all its apps.
     #[serde(rename = "uid")]
     PerUid,
@@ -78,7 +78,7 @@ pub struct ChannelSpec {
     /// Channel name: the stream file prefix (`<name>_<cpu>`).
     pub name: String,
     /// Per-UID or per-PID ring sets.
-    pub buffers: Buffers,
+    pub buffers: Buffering,
     /// Sub-buffer (packet) size in bytes; power of two, at least 4 KiB.
     pub subbuf_size: u32,
     /// Sub-buffers per ring; power of two, at least 2.
@@ -97,7 +97,7 @@ impl ChannelSpec {
     pub fn contexts(&self) -> Vec<ContextType> {
         let asked = match &self.contexts {
             Some(c) => c.clone(),
-            None => default_contexts(self.buffers == Buffers::PerUid),
+            None => default_contexts(self.buffers == Buffering::PerUid),
         };
         crate::ctf::context::ContextSet::of(&asked).to_vec()
     }
@@ -118,7 +118,7 @@ pub struct ChannelRequest {
     /// Channel name.
     pub name: String,
     /// Per-UID or per-PID ring sets.
-    pub buffers: Option<Buffers>,
+    pub buffers: Option<Buffering>,
     /// Sub-buffer size in bytes.
     pub subbuf_size: Option<u32>,
     /// Sub-buffers per ring.
@@ -362,7 +362,7 @@ pub struct AppChannelInfo {
     /// Channel name.
     pub channel: String,
     /// Shared per-UID rings or the app's own.
-    pub buffers: Buffers,
+    pub buffers: Buffering,
     /// `provider:name` of its events enabled in that channel, sorted.
     pub enabled: Vec<String>,
 }

@@ -8,8 +8,8 @@
 //! buffers with [`channel::install`] and enables events per slot.
 
 pub mod channel;
+pub mod client;
 pub(crate) mod context;
-pub mod registration;
 pub mod tracepoint;
 
 pub use channel::{ChannelError, MAX_SLOTS, SlotId};

@@ -40,7 +40,7 @@ pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_millis(3000);
 
 /// How registration ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Registration {
+pub enum RegistrationOutcome {
     /// Registered: every buffer the active sessions need is mapped.
     Done {
         /// Channels received before RegistrationDone.
@@ -60,15 +60,15 @@ pub const FIRST_RETRY: Duration = Duration::from_millis(100);
 pub const LAST_RETRY: Duration = Duration::from_secs(5);
 
 /// The registration of this process; `init` runs it once.
-static REGISTRATION: OnceLock<Registration> = OnceLock::new();
+static REGISTRATION: OnceLock<RegistrationOutcome> = OnceLock::new();
 
 /// Registers this process as `name` with its `events`. Call once, early in `main`;
 /// later calls return the first outcome. The listener thread it starts makes the
 /// first attempt, reports its outcome here, and registers again after every loss.
-pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static Registration {
+pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static RegistrationOutcome {
     REGISTRATION.get_or_init(|| {
-        let outcome = start_listener(name, events).unwrap_or_else(Registration::Untraced);
-        if let Registration::Untraced(reason) = &outcome {
+        let outcome = start_listener(name, events).unwrap_or_else(RegistrationOutcome::Untraced);
+        if let RegistrationOutcome::Untraced(reason) = &outcome {
             eprintln!("ustrace: {name} runs untraced: {reason}");
         }
         outcome
@@ -76,7 +76,10 @@ pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static Registration
 }
 
 /// Starts the listener thread and waits for the outcome of its first registration.
-fn start_listener(name: &str, events: &[&'static Tracepoint]) -> Result<Registration, String> {
+fn start_listener(
+    name: &str,
+    events: &[&'static Tracepoint],
+) -> Result<RegistrationOutcome, String> {
     untrace_forked_children()?;
     let client = Client {
         name: name.to_string(),
@@ -148,7 +151,7 @@ impl Client {
     /// The listener thread: registers, serves the connection until it ends, and
     /// registers again, with back-off, for the rest of the process's life. The first
     /// outcome goes to `first` (`init` waits for it).
-    fn run(self, first: std::sync::mpsc::SyncSender<Registration>) {
+    fn run(self, first: std::sync::mpsc::SyncSender<RegistrationOutcome>) {
         let mut first = Some(first);
         let mut pause = FIRST_RETRY;
         loop {
@@ -156,7 +159,7 @@ impl Client {
                 Ok(connection) => {
                     match first.take() {
                         Some(first) => {
-                            let _ = first.send(Registration::Done {
+                            let _ = first.send(RegistrationOutcome::Done {
                                 channels: connection.channels,
                                 latency: connection.latency,
                             });
@@ -174,7 +177,7 @@ impl Client {
                         pause = LAST_RETRY;
                     }
                     if let Some(first) = first.take() {
-                        let _ = first.send(Registration::Untraced(failure.reason()));
+                        let _ = first.send(RegistrationOutcome::Untraced(failure.reason()));
                     }
                 }
             }

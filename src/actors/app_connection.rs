@@ -1,4 +1,4 @@
-//! AppRegistration: one actor per app connection, for the app's whole life.
+//! AppConnection: one actor per app connection, for the app's whole life.
 //!
 //! It reads the app's Hello and registration, asks the BufferFactory for buffers
 //! (CreateBuffers), sends them (Channel frames with fds over SCM_RIGHTS, Enable), and
@@ -171,7 +171,7 @@ pub enum Push {
 type Outgoing = (Vec<u8>, Option<Arc<ChannelBuffers>>);
 
 /// The actor.
-pub struct AppRegistration {
+pub struct AppConnection {
     /// The daemon's name for this connection: what the factory knows the app by.
     connection: ConnectionId,
     /// From SO_PEERCRED at accept (pid for logs and directory names, uid for
@@ -206,7 +206,7 @@ enum Inbound {
     Closed(Option<String>),
 }
 
-impl AppRegistration {
+impl AppConnection {
     /// Starts the actor for a freshly accepted connection `connection`, whose
     /// `credentials` came from SO_PEERCRED and whose uid holds `slot`.
     pub fn start(
@@ -217,13 +217,13 @@ impl AppRegistration {
         limits: AppLimits,
         factory: Addr<BufferFactory>,
         stats: Arc<Stats>,
-    ) -> Addr<AppRegistration> {
+    ) -> Addr<AppConnection> {
         // Counted from creation to drop: the app limit sees connections not yet started.
         Stats::add(&stats.apps, 1);
         let (reader, writer) = stream.into_split();
         let (outbox, queue) = mpsc::unbounded_channel();
         actix_rt::spawn(send_frames(writer, queue, connection));
-        AppRegistration {
+        AppConnection {
             connection,
             credentials,
             _slot: slot,
@@ -291,7 +291,7 @@ async fn read_frames(
     mut reader: OwnedReadHalf,
     limits: AppLimits,
     accepted: PeerCredentials,
-    addr: Addr<AppRegistration>,
+    addr: Addr<AppConnection>,
 ) {
     let max = limits.max_frame;
     let outcome = async {
@@ -369,7 +369,7 @@ async fn send_frames(
     }
 }
 
-impl Actor for AppRegistration {
+impl Actor for AppConnection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -384,13 +384,13 @@ impl Actor for AppRegistration {
     }
 }
 
-impl Drop for AppRegistration {
+impl Drop for AppConnection {
     fn drop(&mut self) {
         Stats::sub(&self.stats.apps);
     }
 }
 
-impl Handler<Inbound> for AppRegistration {
+impl Handler<Inbound> for AppConnection {
     type Result = ();
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
@@ -486,7 +486,7 @@ fn check_events(events: &[EventDesc]) -> Result<(), String> {
     Ok(())
 }
 
-impl Handler<Push> for AppRegistration {
+impl Handler<Push> for AppConnection {
     type Result = ();
 
     fn handle(&mut self, push: Push, _: &mut Context<Self>) {
