@@ -307,6 +307,24 @@ fn sub_buffer_count_must_be_a_power_of_two_of_at_least_2() {
 }
 
 #[test]
+fn geometry_past_the_ring_layout_s_limits_is_refused_at_its_line_and_column() {
+    let (position, message) = invalid(
+        "[channel_defaults]\nsubbuf_size = \"2G\"\n",
+        "channel_defaults.subbuf_size",
+    );
+    assert_eq!(position, Some((2, 15)));
+    assert!(message.contains("1 GiB"), "{message}");
+    let text =
+        "[[session]]\nname = \"s\"\n  [[session.channel]]\n  name = \"c\"\n  num_subbuf = 131072\n";
+    let (position, message) = invalid(text, "session[0].channel[0].num_subbuf");
+    assert_eq!(position, Some((5, 16)));
+    assert!(message.contains("65536"), "{message}");
+    // The largest values the rule allows load.
+    parse("[channel_defaults]\nsubbuf_size = \"1G\"\nnum_subbuf = 65536\n")
+        .expect("1G x 65536 is within the limits");
+}
+
+#[test]
 fn channel_overrides_are_checked_at_their_own_path() {
     let text = r#"
 [[session]]

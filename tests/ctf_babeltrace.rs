@@ -8,9 +8,9 @@ use std::time::SystemTime;
 
 use ctf_support::*;
 use ustrace::ctf::field::{FieldType, Hex};
-use ustrace::ctf::layout::{DirClock, pid_trace_dir, uid_trace_dir};
-use ustrace::ctf::registry::{EventRegistry, TraceOwner, monotonic_ns};
-use ustrace::ctf::trace_writer::{append_packet, write_metadata};
+use ustrace::trace::layout::{DirClock, pid_trace_dir, uid_trace_dir};
+use ustrace::trace::registry::{EventRegistry, TraceOwner, monotonic_ns};
+use ustrace::trace::writer::{append_packet, write_metadata};
 
 fn int(bits: u8, signed: bool) -> FieldType {
     FieldType::Integer {
@@ -368,7 +368,7 @@ fn timestamps_print_as_the_real_wall_clock_date() {
     let dir = pid_trace_dir(tmp.path(), "app", 1, SystemTime::now(), DirClock::Local);
     write_metadata(&dir, &r).unwrap();
     let day = |t| {
-        let d = ustrace::ctf::layout::dir_timestamp(t, DirClock::Utc);
+        let d = ustrace::trace::layout::dir_timestamp(t, DirClock::Utc);
         format!("{}-{}-{}", &d[0..4], &d[4..6], &d[6..8])
     };
     let day_before = day(SystemTime::now());
@@ -450,7 +450,7 @@ fn json_output_has_one_object_per_event_with_typed_fields() {
     append_packet(&dir, "chan", 2, &p.finish(0, false)).unwrap();
     let mut out = Vec::new();
     assert_eq!(
-        ustrace::ctf::view::view(tmp.path(), true, &mut out).unwrap(),
+        ustrace::trace::view::view(tmp.path(), true, &mut out).unwrap(),
         1
     );
     let text = String::from_utf8(out).unwrap();

@@ -11,11 +11,11 @@ use ctf_support::*;
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use ustrace::ctf::field::{FieldType, Hex};
-use ustrace::ctf::layout::{DirClock, pid_trace_dir, uid_trace_dir};
-use ustrace::ctf::reader::ReadError;
-use ustrace::ctf::registry::TraceOwner;
-use ustrace::ctf::trace_writer::{append_packet, write_metadata};
-use ustrace::ctf::view::{ViewError, view};
+use ustrace::trace::layout::{DirClock, pid_trace_dir, uid_trace_dir};
+use ustrace::trace::reader::ReadError;
+use ustrace::trace::registry::TraceOwner;
+use ustrace::trace::view::{ViewError, view};
+use ustrace::trace::writer::{append_packet, write_metadata};
 
 /// Writes a small real session (one per-PID and one per-UID trace, every field type)
 /// under `root` and returns its files: metadata first, then stream files.

@@ -4,9 +4,9 @@ mod ctf_support;
 
 use ctf_support::*;
 use ustrace::ctf::field::FieldType;
-use ustrace::ctf::layout::uid_trace_dir;
-use ustrace::ctf::registry::TraceOwner;
-use ustrace::ctf::trace_writer::{append_packet, write_metadata};
+use ustrace::trace::layout::uid_trace_dir;
+use ustrace::trace::registry::TraceOwner;
+use ustrace::trace::writer::{append_packet, write_metadata};
 
 fn u32_field(name: &str) -> ustrace::ctf::field::FieldDesc {
     field(

@@ -423,6 +423,33 @@ fn sessions_declared_in_the_config_trace_without_any_cli_call() {
 }
 
 #[test]
+fn a_config_session_the_daemon_refuses_stops_it_naming_session_and_reason() {
+    let scratch = common::Scratch::new("refusedsession");
+    let config = scratch.path("ustraced.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[session]]\nname = \"auto\"\noutput = \"{}\"\n\
+             [[session.channel]]\nname = \"c\"\nwriter = \"nosuch\"\n",
+            scratch.path("out").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ustraced"))
+        .arg("--config")
+        .arg(&config)
+        .env("USTRACE_RUNDIR", scratch.path("run"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("config session auto: no writer named \"nosuch\""),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn sigterm_stops_the_daemon_with_every_started_session_on_disk() {
     let mut daemon = Daemon::start();
     let output = daemon.session("s", &[("u", Buffering::PerUid)], true);

@@ -148,7 +148,7 @@ fn a_full_disk_never_leaves_a_partial_or_empty_metadata() {
     fs::create_dir_all(&trace).unwrap();
     let _filler = fill(&disk.0);
     let tsdl = format!("/* CTF 1.8 */\n{}", "x".repeat(64 * 1024));
-    let stored = ustrace::ctf::trace_writer::store_metadata(&trace, "chan_0", &tsdl);
+    let stored = ustrace::trace::writer::store_metadata(&trace, "chan_0", &tsdl);
     let error = stored.expect_err("no space for the metadata");
     assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
     let names: Vec<_> = fs::read_dir(&trace)

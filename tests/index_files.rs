@@ -8,9 +8,9 @@ use common::{Daemon, sub_traces};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use ustrace::ctf::index::{self, INDEX_ENTRY_LEN, INDEX_HEADER_LEN};
-use ustrace::ctf::recover::recover;
 use ustrace::protocol::messages::{Buffering, ChannelRequest};
+use ustrace::trace::index::{self, INDEX_ENTRY_LEN, INDEX_HEADER_LEN};
+use ustrace::trace::recover::recover;
 
 /// A session with a per-UID and a per-PID channel of 4 KiB packets, after one app
 /// wrote `events` events; returns the output.

@@ -120,7 +120,7 @@ fn a_flood_with_a_1ms_flush_loses_duplicates_and_reorders_nothing() {
 
 #[test]
 fn each_sub_trace_carries_lttngs_env_keys_and_declares_only_its_channels() {
-    use ustrace::ctf::metadata::{EnvValue, parse};
+    use ustrace::trace::metadata::{EnvValue, parse};
     let daemon = Daemon::start();
     let output = daemon.session(
         "envkeys",

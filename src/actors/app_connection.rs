@@ -38,11 +38,11 @@ use crate::actors::registrar::UidSlot;
 use crate::actors::stats::Stats;
 use crate::ctf::context::ContextType;
 use crate::ctf::field::EventDesc;
-use crate::ctf::registry::{self, RegistryError};
 use crate::protocol::frame;
 use crate::protocol::messages::{AppCommand, AppRegister};
 use crate::protocol::peer::{self, PeerCredentials};
 use crate::shm::ChannelBuffers;
+use crate::trace::registry::{self, RegistryError};
 use actix::prelude::*;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
@@ -203,7 +203,36 @@ enum Inbound {
     /// The registration.
     Register(AppRegister),
     /// EOF or a protocol error: the connection is over.
-    Closed(Option<String>),
+    Closed(Option<ConnectionError>),
+}
+
+/// Why the daemon closes an app's connection: what the peer did wrong. Logged with
+/// the app's pid, uid and connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// A frame was bad, or reading failed.
+    #[error(transparent)]
+    Frame(#[from] framed::FrameError),
+    /// The peer closed after its hello, before registering.
+    #[error("closed before registering")]
+    NoRegistration,
+    /// The peer did not register in time.
+    #[error("no registration within daemon.registration_timeout_ms ({} ms)", .0.as_millis())]
+    Timeout(std::time::Duration),
+    /// SO_PEERCRED could not be read again.
+    #[error(transparent)]
+    Credentials(#[from] crate::protocol::ProtocolError),
+    /// Another process holds the socket now than the one that connected.
+    #[error("peer credentials changed between connect ({accepted:?}) and registration ({now:?})")]
+    CredentialsChanged {
+        /// At accept.
+        accepted: PeerCredentials,
+        /// At registration.
+        now: PeerCredentials,
+    },
+    /// The peer sent a byte after its registration.
+    #[error("sent data after its registration (an app sends nothing after AppRegister)")]
+    DataAfterRegistration,
 }
 
 impl AppConnection {
@@ -299,31 +328,21 @@ async fn read_frames(
             framed::read_hello(&mut reader).await?;
             framed::read_frame::<AppRegister>(&mut reader, max)
                 .await?
-                .ok_or_else(|| "closed before registering".to_string())
+                .ok_or(ConnectionError::NoRegistration)
         };
         let register = tokio::time::timeout(limits.registration_timeout, first)
             .await
-            .map_err(|_| {
-                format!(
-                    "no registration within daemon.registration_timeout_ms ({} ms)",
-                    limits.registration_timeout.as_millis()
-                )
-            })??;
-        let now = peer::credentials(reader.as_ref()).map_err(|e| e.to_string())?;
+            .map_err(|_| ConnectionError::Timeout(limits.registration_timeout))??;
+        let now = peer::credentials(reader.as_ref())?;
         if now != accepted {
-            return Err(format!(
-                "peer credentials changed between connect ({accepted:?}) and registration ({now:?})"
-            ));
+            return Err(ConnectionError::CredentialsChanged { accepted, now });
         }
         addr.do_send(Inbound::Register(register));
         let mut byte = [0u8; 1];
         match reader.read(&mut byte).await {
             Ok(0) => Ok(()),
-            Ok(_) => Err(
-                "sent data after its registration (an app sends nothing after AppRegister)"
-                    .to_string(),
-            ),
-            Err(e) => Err(e.to_string()),
+            Ok(_) => Err(ConnectionError::DataAfterRegistration),
+            Err(e) => Err(framed::FrameError::Io(e).into()),
         }
     }
     .await;

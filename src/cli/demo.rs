@@ -171,7 +171,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
 
     print_layout(&output)?;
     let mut lines = Vec::new();
-    let events = crate::ctf::view::view(&output, false, &mut lines).map_err(|e| e.to_string())?;
+    let events = crate::trace::view::view(&output, false, &mut lines).map_err(|e| e.to_string())?;
     let expected = u64::from(args.apps) * u64::from(args.events) * 2;
     println!("events recorded: {events} (expected {expected}: every event in both channels)");
     match Command::new("babeltrace2").arg(&output).output() {

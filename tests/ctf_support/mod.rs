@@ -11,7 +11,7 @@ use ustrace::ctf::field::{EventDesc, FieldDesc, FieldType, FieldValue, LogLevel}
 use ustrace::ctf::packet::{
     EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketClose, PacketOpen, write_event_header,
 };
-use ustrace::ctf::registry::{ClockOffset, EventRegistry, TraceEnv, TraceOwner};
+use ustrace::trace::registry::{ClockOffset, EventRegistry, TraceEnv, TraceOwner};
 
 /// A packet being filled the way a producer fills a sub-buffer.
 pub struct PacketBuilder {
@@ -138,7 +138,7 @@ pub fn babeltrace(dir: &Path, extra: &[&str]) -> String {
 /// `view` text output, panicking on error.
 pub fn view_text(dir: &Path) -> (u64, String) {
     let mut out = Vec::new();
-    let n = ustrace::ctf::view::view(dir, false, &mut out).expect("view");
+    let n = ustrace::trace::view::view(dir, false, &mut out).expect("view");
     (n, String::from_utf8(out).expect("utf-8 output"))
 }
 

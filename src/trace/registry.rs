@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::ctf::context::ContextType;
 use crate::ctf::field::{EventDesc, FieldType};
-use crate::ctf::metadata;
 use crate::ctf::names::{self, NameError};
+use crate::trace::metadata;
 
 /// Why an app's event description was refused (it would make the metadata invalid).
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -119,7 +119,7 @@ impl RegistryError {
 /// in the configuration). Each registration costs at most what these allow: an app
 /// is checked against the first two before anything is merged, and a trace refuses
 /// an event past the last two. Metadata grows by appending (see
-/// [`crate::ctf::metadata`]), so registering costs what it adds.
+/// [`crate::trace::metadata`]), so registering costs what it adds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventLimits {
     /// Most events one app may register (`limits.max_events_per_app`).
@@ -168,7 +168,7 @@ impl EventLimits {
     }
 }
 
-/// Checks that `desc` can be declared in TSDL as [`crate::ctf::metadata`] writes it:
+/// Checks that `desc` can be declared in TSDL as [`crate::trace::metadata`] writes it:
 /// the daemon refuses a registration that holds a description failing this, and
 /// [`EventRegistry::register_event`] never declares one.
 pub fn validate(desc: &EventDesc) -> Result<(), RegistryError> {

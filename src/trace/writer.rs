@@ -29,10 +29,10 @@ use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, geteuid, linkat, unlinkat};
 
-use crate::ctf::index;
-use crate::ctf::layout::{METADATA_FILE, stream_file_name};
 use crate::ctf::names::{self, NameError};
-use crate::ctf::registry::EventRegistry;
+use crate::trace::index;
+use crate::trace::layout::{METADATA_FILE, stream_file_name};
+use crate::trace::registry::EventRegistry;
 
 /// Mode of trace directories: a trace holds what every traced user's apps
 /// recorded, so it is for the daemon's user and group, not for every local user.
@@ -491,6 +491,13 @@ impl TraceDir {
         &self.shared.path
     }
 
+    /// Makes the directory now if it does not exist yet (the same safe `mkdirat`
+    /// walk as for the trace's own files), so that a custom writer may create
+    /// files in [`path`](Self::path) from its `create` on.
+    pub fn ensure(&self) -> io::Result<()> {
+        self.dir().map(drop).map_err(io::Error::from)
+    }
+
     /// The directory, made now if this is its first use, or made anew (with
     /// nothing in it counted as this trace's) if it was removed.
     fn dir(&self) -> Result<Arc<OwnedFd>, TraceDirError> {
@@ -543,7 +550,7 @@ impl TraceDir {
     }
 
     /// Opens the index file of stream `stream` (`index/<stream>.idx`, see
-    /// [`crate::ctf::index`]) for appending, like [`TraceDir::open_stream`], making
+    /// [`crate::trace::index`]) for appending, like [`TraceDir::open_stream`], making
     /// the `index` directory (never through a link) if needed.
     pub fn open_index(&self, stream: &str) -> io::Result<File> {
         let name = index::index_file_name(stream);

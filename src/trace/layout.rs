@@ -6,14 +6,14 @@
 //! ```
 //!
 //! Each place is given as its components below the output ([`Below`]), which
-//! [`crate::ctf::trace_writer::TraceDir`] makes one at a time, and as a path for
+//! [`crate::trace::writer::TraceDir`] makes one at a time, and as a path for
 //! readers and messages.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::ctf::names;
-use crate::ctf::registry::TraceOwner;
+use crate::trace::registry::TraceOwner;
 
 /// Name of the TSDL file in every sub-trace directory.
 pub const METADATA_FILE: &str = "metadata";

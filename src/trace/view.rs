@@ -16,9 +16,9 @@ use std::path::Path;
 use serde_json::{Map, Value as Json, json};
 
 use crate::ctf::context::ContextType;
-use crate::ctf::layout::Civil;
-use crate::ctf::metadata::EnvValue;
-use crate::ctf::reader::{Event, ReadError, Reader, RecordKind, SubTrace, Value};
+use crate::trace::layout::Civil;
+use crate::trace::metadata::EnvValue;
+use crate::trace::reader::{Event, ReadError, Reader, RecordKind, SubTrace, Value};
 
 /// Why `view` stopped.
 #[derive(Debug, thiserror::Error)]

@@ -11,7 +11,7 @@
 //! ```
 //!
 //! The writer appends an entry after its packet is whole in the stream file, and cuts
-//! both back when either write fails; recovery (`ctf::recover`) rewrites an index
+//! both back when either write fails; recovery (`trace::recover`) rewrites an index
 //! that is out of step with the whole packets its stream keeps (a daemon killed
 //! between the two writes, a stream cut back); `ustrace view` checks every entry
 //! against the stream's packets.
