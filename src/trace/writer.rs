@@ -31,6 +31,7 @@ use nix::unistd::{UnlinkatFlags, geteuid, linkat, unlinkat};
 
 use crate::ctf::names::{self, NameError};
 use crate::trace::acl;
+use crate::trace::index;
 use crate::trace::layout::{METADATA_FILE, stream_file_name};
 use crate::trace::registry::EventRegistry;
 
@@ -607,6 +608,29 @@ impl TraceDir {
     pub fn store_metadata(&self, tag: &str, tsdl: &str) -> io::Result<()> {
         self.open_in(METADATA_FILE, |dir, ours| {
             store_metadata_in(dir, self.path(), tag, tsdl, ours)
+        })
+    }
+
+    /// Opens the index file of stream `stream` (`index/<stream>.idx`, see
+    /// [`crate::trace::index`]) for appending, like [`TraceDir::open_stream`], making
+    /// the `index` directory (never through a link) if needed.
+    pub fn open_index(&self, stream: &str) -> io::Result<File> {
+        let name = index::index_file_name(stream);
+        // Its entry in the list of files this trace made: no stream file name ends
+        // in `.idx` (they end in `_<cpu>`).
+        let key = format!("{}-{name}", index::INDEX_DIR);
+        self.open_in(&key, |dir, ours| {
+            let path = self.path().join(index::INDEX_DIR);
+            match mkdirat(
+                dir,
+                index::INDEX_DIR,
+                Mode::from_bits_truncate(TRACE_DIR_MODE),
+            ) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(failed(&path, e)),
+            }
+            let index_dir = open_own_dir(dir, index::INDEX_DIR, &path)?;
+            open_stream_in(index_dir.as_fd(), &path, &name, *ours)
         })
     }
 
