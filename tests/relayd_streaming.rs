@@ -50,7 +50,7 @@ impl Relayd {
             .env("LTTNG_HOME", &home)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(scratch.path("relayd.log")).unwrap())
             .spawn()
             .expect("lttng-relayd installed (scripts/test.sh installs lttng-tools)");
         let relayd = Relayd {
@@ -60,9 +60,11 @@ impl Relayd {
             data,
             live,
         };
-        wait_for("lttng-relayd to listen", Duration::from_secs(20), || {
+        let listening = poll_until(Duration::from_secs(20), || {
             TcpStream::connect(("127.0.0.1", relayd.live)).is_ok()
         });
+        let log = std::fs::read_to_string(scratch.path("relayd.log")).unwrap_or_default();
+        assert!(listening, "lttng-relayd does not listen: {log}");
         relayd
     }
 
@@ -73,8 +75,16 @@ impl Relayd {
     /// The session directories `<output>/<host>/<session>-<date>` of `session`.
     fn session_dirs(&self, session: &str) -> Vec<PathBuf> {
         let mut found = Vec::new();
-        for host in std::fs::read_dir(&self.output).into_iter().flatten().flatten() {
-            for dir in std::fs::read_dir(host.path()).into_iter().flatten().flatten() {
+        for host in std::fs::read_dir(&self.output)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for dir in std::fs::read_dir(host.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
                 let name = dir.file_name().to_string_lossy().into_owned();
                 if name.starts_with(&format!("{session}-")) {
                     found.push(dir.path());
@@ -179,7 +189,11 @@ fn per_pid_apps_and_a_per_uid_flood_reach_the_relayd_whole() {
         hostname()
     );
     let subs = common::sub_traces(dir);
-    assert!(subs.iter().any(|s| s == "ust/uid/0/64-bit" || s.starts_with("ust/uid/")), "{subs:?}");
+    assert!(
+        subs.iter()
+            .any(|s| s == "ust/uid/0/64-bit" || s.starts_with("ust/uid/")),
+        "{subs:?}"
+    );
     let pids = subs.iter().filter(|s| s.starts_with("ust/pid/")).count();
     assert_eq!(pids, APPS + 1, "one per-PID sub-trace per app: {subs:?}");
     let mut seen = 0;
@@ -264,9 +278,8 @@ fn relayd_killed_and_restarted_costs_a_counted_gap_only() {
     let scratch = Scratch::new("relayd-kill");
     let mut relayd = Relayd::start(&scratch);
     let (control, data, live) = (relayd.control, relayd.data, relayd.live);
-    let daemon = Daemon::with_config(
-        "[supervision]\nmax_restarts = 2\nwithin_secs = 1\nbackoff_ms = 50\n",
-    );
+    let daemon =
+        Daemon::with_config("[supervision]\nmax_restarts = 2\nwithin_secs = 1\nbackoff_ms = 50\n");
     streaming_session(&daemon, "gap", &relayd.url(), None);
     daemon.run_apps(5, 5, &["--events", "20"]);
     wait_for("packets on the relayd", Duration::from_secs(20), || {
@@ -287,9 +300,11 @@ fn relayd_killed_and_restarted_costs_a_counted_gap_only() {
     );
     daemon.run_apps(5, 5, &["--events", "20"]);
     // Past its restart budget a writer counts its packets lost (and retries later).
-    wait_for("the writers to count a loss", Duration::from_secs(30), || {
-        daemon.status().packets_lost_writer > 0
-    });
+    wait_for(
+        "the writers to count a loss",
+        Duration::from_secs(30),
+        || daemon.status().packets_lost_writer > 0,
+    );
     let relayd = Relayd::start_on(&scratch, control, data, live, "relayd-out-2");
     // Writers retry a restart window later; a fresh app's packets then get through.
     let reconnected = poll_until(Duration::from_secs(60), || {
@@ -312,4 +327,60 @@ fn relayd_killed_and_restarted_costs_a_counted_gap_only() {
         session: Some("gap".into()),
     });
     assert!(daemon.status().packets_lost_writer > 0);
+}
+
+#[test]
+fn bad_urls_and_live_without_url_are_refused_with_the_reason() {
+    let daemon = Daemon::start();
+    for (args, says) in [
+        (
+            vec!["create", "a", "--set-url", "file:///tmp"],
+            "expected net://HOST",
+        ),
+        (
+            vec!["create", "b", "--set-url", "net://h:99999"],
+            "port \"99999\"",
+        ),
+        (vec!["create", "c", "--set-url", "net://"], "names no host"),
+        (vec!["create", "d", "--live"], "--live needs --set-url"),
+        (
+            vec!["create", "e", "--set-url", "net://h", "--live", "0"],
+            "at least 1",
+        ),
+    ] {
+        let out = daemon.cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} accepted");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+    // The daemon serves on, and none of them was created.
+    let out = daemon.cli(&["create", "ok", "--set-url", "net://127.0.0.1:1", "--live"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("streaming to net://127.0.0.1:1:2 live every 1000000 us"),
+        "{stdout}"
+    );
+    let list = String::from_utf8_lossy(&daemon.cli(&["list"]).stdout).into_owned();
+    assert!(list.contains("net://127.0.0.1:1:2"), "{list}");
+}
+
+#[test]
+fn a_config_session_with_a_url_streams_from_daemon_start() {
+    let scratch = Scratch::new("relayd-config");
+    let relayd = Relayd::start(&scratch);
+    let daemon = Daemon::with_config(&format!(
+        "[[session]]\nname = \"boot\"\nurl = \"{}\"\nlive_timer_us = 500000\n\
+         [[session.channel]]\nname = \"c\"\nbuffers = \"pid\"\nevents = [\"demo:*\"]\n",
+        relayd.url()
+    ));
+    daemon.run_app(&["--events", "25"]);
+    daemon.stop("boot");
+    let dirs = relayd.session_dirs("boot");
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    wait_for(
+        "the 25 events on the relayd",
+        Duration::from_secs(20),
+        || events_under(&dirs[0]) == 25,
+    );
 }

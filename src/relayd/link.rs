@@ -149,12 +149,7 @@ pub struct Handle {
 
 impl Link {
     /// A link, not connected yet; live sessions get a thread sending beacons.
-    pub fn new(
-        session: &str,
-        url: RelaydUrl,
-        live_timer_us: u32,
-        backoff: Duration,
-    ) -> Arc<Link> {
+    pub fn new(session: &str, url: RelaydUrl, live_timer_us: u32, backoff: Duration) -> Arc<Link> {
         let link = Arc::new(Link {
             session: session.to_owned(),
             hostname: hostname(),
@@ -228,7 +223,9 @@ impl Link {
         index: Index,
     ) -> Result<(), LinkError> {
         let mut state = self.lock();
-        let result = self.send_locked(&mut state, trace, name, handle, net_seq, metadata, packet, index);
+        let result = self.send_locked(
+            &mut state, trace, name, handle, net_seq, metadata, packet, index,
+        );
         match &result {
             Ok(()) => {
                 self.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
@@ -276,12 +273,23 @@ impl Link {
         let t = state.traces.get_mut(trace).expect("inserted above");
         if t.sent.0 != version {
             match tsdl.strip_prefix(&*t.sent.1) {
-                Some(rest) => {
-                    send(conn, &self.url, &wire::send_metadata(t.metadata, rest.as_bytes()))?
-                }
+                Some(rest) => send(
+                    conn,
+                    &self.url,
+                    &wire::send_metadata(t.metadata, rest.as_bytes()),
+                )?,
                 None => {
-                    command(conn, &self.url, &wire::reset_metadata(t.metadata, version), "RESET_METADATA")?;
-                    send(conn, &self.url, &wire::send_metadata(t.metadata, tsdl.as_bytes()))?;
+                    command(
+                        conn,
+                        &self.url,
+                        &wire::reset_metadata(t.metadata, version),
+                        "RESET_METADATA",
+                    )?;
+                    send(
+                        conn,
+                        &self.url,
+                        &wire::send_metadata(t.metadata, tsdl.as_bytes()),
+                    )?;
                 }
             }
             t.sent = (version, tsdl.clone());
@@ -305,7 +313,8 @@ impl Link {
                 id
             }
         };
-        let len = u32::try_from(packet.len()).map_err(|_| self.io(io::Error::other("packet over 4 GiB")))?;
+        let len = u32::try_from(packet.len())
+            .map_err(|_| self.io(io::Error::other("packet over 4 GiB")))?;
         conn.data
             .write_all(&wire::data_header(id, *net_seq, len))
             .and_then(|()| conn.data.write_all(packet))
@@ -338,9 +347,16 @@ impl Link {
             state.traces.remove(trace);
         }
         let conn = state.conn.as_mut().expect("checked above");
-        let mut result = command(conn, &self.url, &wire::close_stream(handle.id, last), "CLOSE_STREAM");
+        let mut result = command(
+            conn,
+            &self.url,
+            &wire::close_stream(handle.id, last),
+            "CLOSE_STREAM",
+        );
         if let (Ok(()), Some(m)) = (&result, metadata) {
-            result = command(conn, &self.url, &wire::close_stream(m, 0), "CLOSE_STREAM");
+            // Metadata goes on the control port, not as numbered packets: no last one.
+            let metadata = wire::close_stream(m, u64::MAX);
+            result = command(conn, &self.url, &metadata, "CLOSE_STREAM");
         }
         if let Err(e) = result {
             log::warn!("session {}: {e}", self.session);
@@ -390,7 +406,10 @@ impl Link {
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
                 log::info!(
                     "session {}: streaming to {} as {}/{}",
-                    self.session, self.url, self.hostname, state.session_dir
+                    self.session,
+                    self.url,
+                    self.hostname,
+                    state.session_dir
                 );
                 Ok(())
             }
@@ -416,11 +435,7 @@ impl Link {
                 minor,
             });
         }
-        let create = wire::create_session(
-            &self.session,
-            &self.hostname,
-            self.live_timer_us,
-        );
+        let create = wire::create_session(&self.session, &self.hostname, self.live_timer_us);
         send(&mut conn, &self.url, &create)?;
         let reply = reply(&mut conn, &self.url, 12)?;
         check(&self.url, wire::be_u32(&reply, 8), "CREATE_SESSION")?;
@@ -449,7 +464,12 @@ impl Link {
                 stream_instance_id: s.cpu,
                 ..Index::default()
             };
-            result = command(conn, &self.url, &wire::send_index(&index), "SEND_INDEX (beacon)");
+            result = command(
+                conn,
+                &self.url,
+                &wire::send_index(&index),
+                "SEND_INDEX (beacon)",
+            );
             if result.is_err() {
                 break;
             }
@@ -491,10 +511,12 @@ fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
 }
 
 fn send(conn: &mut Connection, url: &RelaydUrl, bytes: &[u8]) -> Result<(), LinkError> {
-    conn.control.write_all(bytes).map_err(|source| LinkError::Io {
-        url: url.to_string(),
-        source,
-    })
+    conn.control
+        .write_all(bytes)
+        .map_err(|source| LinkError::Io {
+            url: url.to_string(),
+            source,
+        })
 }
 
 fn reply(conn: &mut Connection, url: &RelaydUrl, len: usize) -> Result<Vec<u8>, LinkError> {

@@ -98,15 +98,33 @@ mod tests {
         let u: RelaydUrl = "net://127.0.0.1:6000".parse().unwrap();
         assert_eq!((u.control_port, u.data_port), (6000, 6001));
         let u: RelaydUrl = "net://h:6000:7000".parse().unwrap();
-        assert_eq!((u.host.as_str(), u.control_port, u.data_port), ("h", 6000, 7000));
+        assert_eq!(
+            (u.host.as_str(), u.control_port, u.data_port),
+            ("h", 6000, 7000)
+        );
     }
 
     #[test]
     fn bad_urls_say_what_is_wrong() {
-        assert!(matches!("file:///tmp".parse::<RelaydUrl>(), Err(UrlError::Scheme(_))));
-        assert!(matches!("net://".parse::<RelaydUrl>(), Err(UrlError::NoHost(_))));
-        assert!(matches!("net://h:0".parse::<RelaydUrl>(), Err(UrlError::Port { .. })));
-        assert!(matches!("net://h:1:x".parse::<RelaydUrl>(), Err(UrlError::Port { .. })));
-        assert!(matches!("net://h:1:2:3".parse::<RelaydUrl>(), Err(UrlError::Port { .. })));
+        assert!(matches!(
+            "file:///tmp".parse::<RelaydUrl>(),
+            Err(UrlError::Scheme(_))
+        ));
+        assert!(matches!(
+            "net://".parse::<RelaydUrl>(),
+            Err(UrlError::NoHost(_))
+        ));
+        assert!(matches!(
+            "net://h:0".parse::<RelaydUrl>(),
+            Err(UrlError::Port { .. })
+        ));
+        assert!(matches!(
+            "net://h:1:x".parse::<RelaydUrl>(),
+            Err(UrlError::Port { .. })
+        ));
+        assert!(matches!(
+            "net://h:1:2:3".parse::<RelaydUrl>(),
+            Err(UrlError::Port { .. })
+        ));
     }
 }

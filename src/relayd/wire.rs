@@ -2,6 +2,8 @@
 //! (`src/common/sessiond-comm/relayd.h`): every field big-endian, strings in fixed,
 //! NUL-padded arrays. Only the 2.10 subset ustrace uses is here (docs/streaming.md).
 
+use crate::trace::index::IndexEntry;
+
 /// Command numbers (`enum lttcomm_relayd_command`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u32)]
@@ -144,6 +146,26 @@ pub struct Index {
     pub stream_instance_id: u64,
     /// CTF `packet_seq_num`.
     pub packet_seq_num: u64,
+}
+
+impl From<IndexEntry> for Index {
+    /// The relayd's entry for a packet the local index file would describe by
+    /// `entry` (the relayd keeps the offset itself; the handle and sequence number
+    /// are the sender's to fill).
+    fn from(entry: IndexEntry) -> Index {
+        Index {
+            relay_stream: 0,
+            net_seq_num: 0,
+            packet_size: entry.packet_size,
+            content_size: entry.content_size,
+            timestamp_begin: entry.timestamp_begin,
+            timestamp_end: entry.timestamp_end,
+            events_discarded: entry.events_discarded,
+            stream_id: entry.stream_id,
+            stream_instance_id: entry.stream_instance_id,
+            packet_seq_num: entry.packet_seq_num,
+        }
+    }
 }
 
 /// `SEND_INDEX`: the fields of [`Index`] in order; reply `{u32 ret}`.

@@ -5,6 +5,7 @@ use super::url::RelaydUrl;
 use super::wire::Index;
 use crate::actors::writer::{Metadata, StreamInfo, StreamWriter, WriterFactory};
 use crate::ctf::packet::PacketHeader;
+use crate::trace::index::IndexEntry;
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -47,7 +48,12 @@ impl RelaydWriterFactory {
     /// Session `session` streams to `target` from now on (nothing connects before
     /// its first packet).
     pub fn open(&self, session: &str, target: &StreamTarget) {
-        let link = Link::new(session, target.url.clone(), target.live_timer_us, self.backoff);
+        let link = Link::new(
+            session,
+            target.url.clone(),
+            target.live_timer_us,
+            self.backoff,
+        );
         if let Some(old) = self.links().insert(session.to_owned(), link) {
             old.close();
         }
@@ -115,17 +121,7 @@ struct RelaydStream {
 impl StreamWriter for RelaydStream {
     fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
         let header = PacketHeader::read(packet).map_err(io::Error::other)?;
-        let index = Index {
-            packet_size: packet.len() as u64 * 8,
-            content_size: header.close.content_size * 8,
-            timestamp_begin: header.open.timestamp_begin,
-            timestamp_end: header.close.timestamp_end,
-            events_discarded: header.close.events_discarded,
-            stream_id: header.open.stream_id.into(),
-            stream_instance_id: header.open.cpu_id.into(),
-            packet_seq_num: header.open.seq_num,
-            ..Index::default()
-        };
+        let index = Index::from(IndexEntry::of(0, &header));
         self.link.send_packet(
             &self.trace,
             &self.name,
