@@ -173,7 +173,10 @@ impl Daemon {
         let stats = Arc::new(Stats::default());
         // One I/O thread per CPU: file creation, not the CPU, is what they wait on.
         let io_arbiters: Vec<Arbiter> = (0..cpu_count()).map(|_| Arbiter::new()).collect();
-        let relayd = Arc::new(RelaydWriterFactory::new(config.supervision.backoff()));
+        let relayd = Arc::new(RelaydWriterFactory::new(
+            config.supervision.backoff(),
+            stats.clone(),
+        ));
         let mut writers = self.writers.clone();
         writers.register(RELAYD_WRITER, relayd.clone());
         let factory = BufferFactory::new(

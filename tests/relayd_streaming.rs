@@ -208,6 +208,10 @@ fn per_pid_apps_and_a_per_uid_flood_reach_the_relayd_whole() {
         status.events_discarded
     );
     assert_eq!(status.packets_lost_writer, 0);
+    assert_eq!(
+        (status.relayd_connects, status.relayd_send_failures),
+        (1, 0)
+    );
 }
 
 /// Reads `babeltrace2` lines on a thread: the test waits on the channel with a deadline.
@@ -271,6 +275,13 @@ fn a_live_viewer_sees_events_while_apps_run() {
     assert!(saw, "the live viewer printed {seen} events");
     poke(&mut paced.0);
     assert!(paced.0.wait().unwrap().success());
+    // Destroying the session closes its streams: the viewer reaches their end.
+    daemon.ok(ControlRequest::Destroy {
+        session: Some("watched".into()),
+    });
+    wait_for("the live viewer to end", Duration::from_secs(30), || {
+        viewer.0.try_wait().unwrap().is_some()
+    });
 }
 
 #[test]
@@ -326,7 +337,10 @@ fn relayd_killed_and_restarted_costs_a_counted_gap_only() {
     let _ = daemon.ask(ControlRequest::Stop {
         session: Some("gap".into()),
     });
-    assert!(daemon.status().packets_lost_writer > 0);
+    let status = daemon.status();
+    assert!(status.packets_lost_writer > 0);
+    assert!(status.relayd_connects >= 2, "{status:?}");
+    assert!(status.relayd_send_failures > 0, "{status:?}");
 }
 
 #[test]

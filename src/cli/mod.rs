@@ -410,6 +410,10 @@ fn print_status(s: &StatusReport) {
     println!("events lost (dead app):    {}", s.events_lost_dead_producer);
     println!("unrecorded reservations:   {}", s.unrecorded_reservations);
     println!("packets lost (writer):     {}", s.packets_lost_writer);
+    if s.relayd_connects > 0 || s.relayd_send_failures > 0 {
+        println!("relayd connections:        {}", s.relayd_connects);
+        println!("relayd send failures:      {}", s.relayd_send_failures);
+    }
     println!("rings found corrupt:       {}", s.corrupt_rings);
     println!(
         "packets lost (corrupt ring): {}",

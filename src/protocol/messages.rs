@@ -289,6 +289,14 @@ pub struct StatusReport {
     /// Apps refused since the daemon started, by the limit (its config key) or
     /// cause that refused them, e.g. `("limits.max_apps_per_uid", 3)`.
     pub refusals: Vec<(String, u64)>,
+    /// Connections made to lttng-relayds by streaming sessions (docs/streaming.md):
+    /// above the number of streaming sessions, the difference is reconnections.
+    #[serde(default)]
+    pub relayd_connects: u64,
+    /// Packets that could not be sent to a relayd (retried after the back-off, or
+    /// counted in `packets_lost_writer` once their writer gave up).
+    #[serde(default)]
+    pub relayd_send_failures: u64,
 }
 
 /// The ring losses of one uid's buffers (per-UID, and per-PID of its apps), for

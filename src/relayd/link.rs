@@ -2,10 +2,11 @@
 
 use super::url::RelaydUrl;
 use super::wire::{self, Index, LTTNG_OK};
+use crate::actors::stats::Stats;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -61,17 +62,6 @@ impl From<LinkError> for io::Error {
     fn from(e: LinkError) -> io::Error {
         io::Error::other(e)
     }
-}
-
-/// Counters of a link, for `status`.
-#[derive(Debug, Default)]
-pub struct LinkStats {
-    /// Times a connection was opened (1 when it never broke).
-    pub connects: AtomicU64,
-    /// Packets the relayd acknowledged.
-    pub packets_sent: AtomicU64,
-    /// Packets a broken link could not send (the writer retries or counts them lost).
-    pub send_failures: AtomicU64,
 }
 
 /// The open connections.
@@ -132,8 +122,8 @@ pub struct Link {
     backoff: Duration,
     /// The connection and what was sent on it.
     state: Mutex<State>,
-    /// Counters.
-    pub stats: LinkStats,
+    /// The daemon's counters (`relayd_connects`, `relayd_send_failures`).
+    stats: Arc<Stats>,
     /// Set when the session is destroyed: the beacon thread ends.
     closed: AtomicBool,
 }
@@ -149,7 +139,13 @@ pub struct Handle {
 
 impl Link {
     /// A link, not connected yet; live sessions get a thread sending beacons.
-    pub fn new(session: &str, url: RelaydUrl, live_timer_us: u32, backoff: Duration) -> Arc<Link> {
+    pub fn new(
+        session: &str,
+        url: RelaydUrl,
+        live_timer_us: u32,
+        backoff: Duration,
+        stats: Arc<Stats>,
+    ) -> Arc<Link> {
         let link = Arc::new(Link {
             session: session.to_owned(),
             hostname: hostname(),
@@ -164,7 +160,7 @@ impl Link {
                 streams: HashMap::new(),
                 session_dir: String::new(),
             }),
-            stats: LinkStats::default(),
+            stats,
             closed: AtomicBool::new(false),
         });
         if live_timer_us > 0 {
@@ -178,16 +174,6 @@ impl Link {
             }
         }
         link
-    }
-
-    /// The relayd this link goes to.
-    pub fn url(&self) -> &RelaydUrl {
-        &self.url
-    }
-
-    /// The host name streams are filed under on the relayd.
-    pub fn hostname(&self) -> &str {
-        &self.hostname
     }
 
     /// Ends the beacon thread and the connection (the session is destroyed).
@@ -226,15 +212,12 @@ impl Link {
         let result = self.send_locked(
             &mut state, trace, name, handle, net_seq, metadata, packet, index,
         );
-        match &result {
-            Ok(()) => {
-                self.stats.packets_sent.fetch_add(1, Ordering::Relaxed);
-            }
-            Err(e) => {
-                self.stats.send_failures.fetch_add(1, Ordering::Relaxed);
-                if !matches!(e, LinkError::BackingOff { .. } | LinkError::PathTooLong(_)) {
-                    self.broke(&mut state);
-                }
+        if let Err(e) = &result {
+            self.stats
+                .relayd_send_failures
+                .fetch_add(1, Ordering::Relaxed);
+            if !matches!(e, LinkError::BackingOff { .. } | LinkError::PathTooLong(_)) {
+                self.broke(&mut state);
             }
         }
         result
@@ -403,7 +386,7 @@ impl Link {
                 }
                 state.session_dir = dir;
                 state.broke_at = None;
-                self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                self.stats.relayd_connects.fetch_add(1, Ordering::Relaxed);
                 log::info!(
                     "session {}: streaming to {} as {}/{}",
                     self.session,

@@ -17,6 +17,6 @@ mod url;
 pub mod wire;
 mod writer;
 
-pub use link::{Link, LinkError, LinkStats};
+pub use link::{Link, LinkError};
 pub use url::{RelaydUrl, UrlError};
 pub use writer::{RELAYD_WRITER, RelaydWriterFactory, StreamTarget};

@@ -3,6 +3,7 @@
 use super::link::{Handle, Link};
 use super::url::RelaydUrl;
 use super::wire::Index;
+use crate::actors::stats::Stats;
 use crate::actors::writer::{Metadata, StreamInfo, StreamWriter, WriterFactory};
 use crate::ctf::packet::PacketHeader;
 use crate::trace::index::IndexEntry;
@@ -30,14 +31,17 @@ pub struct RelaydWriterFactory {
     links: Mutex<HashMap<String, Arc<Link>>>,
     /// Least time between a broken link and the next connection attempt.
     backoff: Duration,
+    /// The daemon's counters, which the links count into.
+    stats: Arc<Stats>,
 }
 
 impl RelaydWriterFactory {
-    /// A factory whose links wait `backoff` before reconnecting.
-    pub fn new(backoff: Duration) -> RelaydWriterFactory {
+    /// A factory whose links wait `backoff` before reconnecting and count into `stats`.
+    pub fn new(backoff: Duration, stats: Arc<Stats>) -> RelaydWriterFactory {
         RelaydWriterFactory {
             links: Mutex::new(HashMap::new()),
             backoff,
+            stats,
         }
     }
 
@@ -53,6 +57,7 @@ impl RelaydWriterFactory {
             target.url.clone(),
             target.live_timer_us,
             self.backoff,
+            self.stats.clone(),
         );
         if let Some(old) = self.links().insert(session.to_owned(), link) {
             old.close();
