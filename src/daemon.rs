@@ -175,6 +175,7 @@ impl Daemon {
         let io_arbiters: Vec<Arbiter> = (0..cpu_count()).map(|_| Arbiter::new()).collect();
         let relayd = Arc::new(RelaydWriterFactory::new(
             config.supervision.backoff(),
+            config.daemon.flush_interval(),
             stats.clone(),
         ));
         let mut writers = self.writers.clone();

@@ -214,6 +214,18 @@ fn per_pid_apps_and_a_per_uid_flood_reach_the_relayd_whole() {
     );
 }
 
+/// An app emitting one event every `us` microseconds until poked.
+fn paced_app(daemon: &Daemon, us: u32) -> Running {
+    Running(
+        daemon
+            .app(&["--paced-us", &us.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 /// Reads `babeltrace2` lines on a thread: the test waits on the channel with a deadline.
 fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
     let stdout = child.stdout.take().unwrap();
@@ -248,20 +260,13 @@ fn a_live_viewer_sees_events_while_apps_run() {
         Command::new("babeltrace2")
             .args(["--input-format=lttng-live", &url])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(scratch.path("viewer.log")).unwrap())
             .spawn()
             .unwrap(),
     );
     let lines = lines_of(&mut viewer.0);
     // A per-UID app that keeps running, and per-PID apps that start and end.
-    let mut paced = Running(
-        daemon
-            .app(&["--paced-us", "2000"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut paced = paced_app(&daemon, 2000);
     let mut seen = 0;
     let saw = poll_until(Duration::from_secs(30), || {
         daemon.run_app(&["--events", "3"]);
@@ -272,7 +277,8 @@ fn a_live_viewer_sees_events_while_apps_run() {
         }
         seen >= 50
     });
-    assert!(saw, "the live viewer printed {seen} events");
+    let log = std::fs::read_to_string(scratch.path("viewer.log")).unwrap_or_default();
+    assert!(saw, "the live viewer printed {seen} events; it said: {log}");
     poke(&mut paced.0);
     assert!(paced.0.wait().unwrap().success());
     // Destroying the session closes its streams: the viewer reaches their end.
@@ -301,14 +307,7 @@ fn relayd_killed_and_restarted_costs_a_counted_gap_only() {
     });
     relayd.kill();
     // Local apps are served while the relayd is gone: they register, emit and end.
-    let mut paced = Running(
-        daemon
-            .app(&["--paced-us", "500"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut paced = paced_app(&daemon, 500);
     daemon.run_apps(5, 5, &["--events", "20"]);
     // Past its restart budget a writer counts its packets lost (and retries later).
     wait_for(

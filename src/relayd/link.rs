@@ -3,6 +3,7 @@
 use super::url::RelaydUrl;
 use super::wire::{self, Index, LTTNG_OK};
 use crate::actors::stats::Stats;
+use crate::trace::index::IndexEntry;
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -90,6 +91,8 @@ struct StreamState {
     cpu: u64,
     /// When its last packet went, for beacons.
     last_packet: Instant,
+    /// Its last packet's `timestamp_end`: a beacon never claims less.
+    last_end: u64,
 }
 
 /// What the lock of a [`Link`] protects.
@@ -120,6 +123,9 @@ pub struct Link {
     live_timer_us: u32,
     /// Least time between a broken connection and the next attempt.
     backoff: Duration,
+    /// How far behind the clock a beacon's timestamp stays (two flush intervals and
+    /// a live period): the age of the oldest event that may not have been flushed.
+    beacon_lag: Duration,
     /// The connection and what was sent on it.
     state: Mutex<State>,
     /// The daemon's counters (`relayd_connects`, `relayd_send_failures`).
@@ -144,14 +150,17 @@ impl Link {
         url: RelaydUrl,
         live_timer_us: u32,
         backoff: Duration,
+        flush_interval: Duration,
         stats: Arc<Stats>,
     ) -> Arc<Link> {
+        let period = Duration::from_micros(live_timer_us.into());
         let link = Arc::new(Link {
             session: session.to_owned(),
             hostname: hostname(),
             url,
             live_timer_us,
             backoff,
+            beacon_lag: 2 * flush_interval + period,
             state: Mutex::new(State {
                 conn: None,
                 generation: 0,
@@ -165,7 +174,6 @@ impl Link {
         });
         if live_timer_us > 0 {
             let weak = Arc::downgrade(&link);
-            let period = Duration::from_micros(live_timer_us.into());
             let spawned = std::thread::Builder::new()
                 .name(format!("ustrace-beacon-{session}"))
                 .spawn(move || beacons(weak, period));
@@ -288,9 +296,10 @@ impl Link {
                 state.streams.insert(
                     id,
                     StreamState {
-                        class: index.stream_id,
-                        cpu: index.stream_instance_id,
+                        class: index.entry.stream_id,
+                        cpu: index.entry.stream_instance_id,
                         last_packet: Instant::now(),
+                        last_end: 0,
                     },
                 );
                 id
@@ -308,6 +317,7 @@ impl Link {
         *net_seq += 1;
         if let Some(s) = state.streams.get_mut(&id) {
             s.last_packet = Instant::now();
+            s.last_end = s.last_end.max(index.entry.timestamp_end);
         }
         Ok(())
     }
@@ -432,20 +442,29 @@ impl Link {
         let Some(conn) = state.conn.as_mut() else {
             return;
         };
-        let now = crate::shm::now_ns();
+        // Events up to `lag` old may still sit in a ring not flushed yet: a beacon
+        // claims only the time before them, or a later packet would go back in time.
+        let quiet_until = crate::shm::now_ns().saturating_sub(self.beacon_lag.as_nanos() as u64);
         let mut result = Ok(());
         for (id, s) in &state.streams {
             if s.last_packet.elapsed() < period {
                 continue;
             }
+            let now = quiet_until.max(s.last_end);
             let index = Index {
                 relay_stream: *id,
                 net_seq_num: u64::MAX,
-                timestamp_begin: now,
-                timestamp_end: now,
-                stream_id: s.class,
-                stream_instance_id: s.cpu,
-                ..Index::default()
+                entry: IndexEntry {
+                    offset: 0,
+                    packet_size: 0,
+                    content_size: 0,
+                    timestamp_begin: now,
+                    timestamp_end: now,
+                    events_discarded: 0,
+                    stream_id: s.class,
+                    stream_instance_id: s.cpu,
+                    packet_seq_num: 0,
+                },
             };
             result = command(
                 conn,

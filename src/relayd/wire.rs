@@ -123,64 +123,34 @@ pub fn close_stream(stream: u64, last_net_seq_num: u64) -> Vec<u8> {
     message(Command::CloseStream, &p)
 }
 
-/// One `SEND_INDEX` entry (`struct lttcomm_relayd_index`, 2.8+ fields); sizes in bits.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// One `SEND_INDEX` entry (`struct lttcomm_relayd_index`, 2.8+ fields): the packet's
+/// local index entry (its `offset` is not sent: the relayd keeps its own) under the
+/// relayd's stream handle and the packet's network sequence number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Index {
     /// The relayd's handle of the stream.
     pub relay_stream: u64,
     /// The packet's network sequence number (matches its data header).
     pub net_seq_num: u64,
-    /// `packet_size` in bits; 0 in a beacon.
-    pub packet_size: u64,
-    /// `content_size` in bits; 0 in a beacon.
-    pub content_size: u64,
-    /// First timestamp covered.
-    pub timestamp_begin: u64,
-    /// Last timestamp covered (a beacon's "nothing before this").
-    pub timestamp_end: u64,
-    /// Events the stream discarded so far.
-    pub events_discarded: u64,
-    /// CTF stream class id.
-    pub stream_id: u64,
-    /// The stream within its class (its CPU).
-    pub stream_instance_id: u64,
-    /// CTF `packet_seq_num`.
-    pub packet_seq_num: u64,
+    /// Sizes (bits; 0 in a beacon), timestamps, discarded count, stream ids.
+    pub entry: IndexEntry,
 }
 
-impl From<IndexEntry> for Index {
-    /// The relayd's entry for a packet the local index file would describe by
-    /// `entry` (the relayd keeps the offset itself; the handle and sequence number
-    /// are the sender's to fill).
-    fn from(entry: IndexEntry) -> Index {
-        Index {
-            relay_stream: 0,
-            net_seq_num: 0,
-            packet_size: entry.packet_size,
-            content_size: entry.content_size,
-            timestamp_begin: entry.timestamp_begin,
-            timestamp_end: entry.timestamp_end,
-            events_discarded: entry.events_discarded,
-            stream_id: entry.stream_id,
-            stream_instance_id: entry.stream_instance_id,
-            packet_seq_num: entry.packet_seq_num,
-        }
-    }
-}
-
-/// `SEND_INDEX`: the fields of [`Index`] in order; reply `{u32 ret}`.
+/// `SEND_INDEX`: handle, net_seq_num, then the entry's fields but its offset, in
+/// index-file order; reply `{u32 ret}`.
 pub fn send_index(index: &Index) -> Vec<u8> {
+    let e = &index.entry;
     let words = [
         index.relay_stream,
         index.net_seq_num,
-        index.packet_size,
-        index.content_size,
-        index.timestamp_begin,
-        index.timestamp_end,
-        index.events_discarded,
-        index.stream_id,
-        index.stream_instance_id,
-        index.packet_seq_num,
+        e.packet_size,
+        e.content_size,
+        e.timestamp_begin,
+        e.timestamp_end,
+        e.events_discarded,
+        e.stream_id,
+        e.stream_instance_id,
+        e.packet_seq_num,
     ];
     let p: Vec<u8> = words.iter().flat_map(|w| w.to_be_bytes()).collect();
     message(Command::SendIndex, &p)
@@ -228,7 +198,31 @@ mod tests {
     fn fixed_layouts_have_the_relayd_sizes() {
         assert_eq!(create_session("s", "h", 1).len(), HEADER_LEN + 255 + 64 + 8);
         assert_eq!(add_stream("m", "p").len(), HEADER_LEN + 264 + 4096 + 16);
-        assert_eq!(send_index(&Index::default()).len(), HEADER_LEN + 80);
+        let entry = IndexEntry {
+            offset: 1,
+            packet_size: 2,
+            content_size: 3,
+            timestamp_begin: 4,
+            timestamp_end: 5,
+            events_discarded: 6,
+            stream_id: 7,
+            stream_instance_id: 8,
+            packet_seq_num: 9,
+        };
+        let index = send_index(&Index {
+            relay_stream: 10,
+            net_seq_num: 11,
+            entry,
+        });
+        assert_eq!(index.len(), HEADER_LEN + 80);
+        let words: Vec<u64> = (0..10)
+            .map(|i| be_u64(&index, HEADER_LEN + 8 * i))
+            .collect();
+        assert_eq!(
+            words,
+            [10, 11, 2, 3, 4, 5, 6, 7, 8, 9],
+            "no offset, handle first"
+        );
         let d = data_header(7, 9, 4096);
         assert_eq!(be_u64(&d, 8), 7);
         assert_eq!(be_u64(&d, 16), 9);

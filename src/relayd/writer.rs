@@ -31,16 +31,24 @@ pub struct RelaydWriterFactory {
     links: Mutex<HashMap<String, Arc<Link>>>,
     /// Least time between a broken link and the next connection attempt.
     backoff: Duration,
+    /// The daemon's periodic flush: how stale an idle ring's data may be.
+    flush_interval: Duration,
     /// The daemon's counters, which the links count into.
     stats: Arc<Stats>,
 }
 
 impl RelaydWriterFactory {
-    /// A factory whose links wait `backoff` before reconnecting and count into `stats`.
-    pub fn new(backoff: Duration, stats: Arc<Stats>) -> RelaydWriterFactory {
+    /// A factory whose links wait `backoff` before reconnecting, send beacons that
+    /// allow for the daemon's `flush_interval`, and count into `stats`.
+    pub fn new(
+        backoff: Duration,
+        flush_interval: Duration,
+        stats: Arc<Stats>,
+    ) -> RelaydWriterFactory {
         RelaydWriterFactory {
             links: Mutex::new(HashMap::new()),
             backoff,
+            flush_interval,
             stats,
         }
     }
@@ -57,6 +65,7 @@ impl RelaydWriterFactory {
             target.url.clone(),
             target.live_timer_us,
             self.backoff,
+            self.flush_interval,
             self.stats.clone(),
         );
         if let Some(old) = self.links().insert(session.to_owned(), link) {
@@ -126,7 +135,11 @@ struct RelaydStream {
 impl StreamWriter for RelaydStream {
     fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
         let header = PacketHeader::read(packet).map_err(io::Error::other)?;
-        let index = Index::from(IndexEntry::of(0, &header));
+        let index = Index {
+            relay_stream: 0,
+            net_seq_num: 0,
+            entry: IndexEntry::of(0, &header),
+        };
         self.link.send_packet(
             &self.trace,
             &self.name,
