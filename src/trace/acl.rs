@@ -186,18 +186,14 @@ mod tests {
         let file = std::fs::File::open(&file).unwrap();
         let inherited = get(file.as_fd(), ACCESS).unwrap().unwrap();
         assert!(inherited.iter().any(|e| e.0 == USER && e.2 == 4242));
-        assert!(inherited.iter().any(|e| *e == (MASK, READ, UNDEFINED_ID)));
+        assert!(inherited.contains(&(MASK, READ, UNDEFINED_ID)));
         assert!(inherited.iter().any(|e| e.0 == OTHER && e.1 == 0));
         // A subdirectory: the user may search and read it.
         let sub = dir.path().join("d");
         std::fs::DirBuilder::new().mode(0o750).create(&sub).unwrap();
         let sub = std::fs::File::open(&sub).unwrap();
         let inherited = get(sub.as_fd(), ACCESS).unwrap().unwrap();
-        assert!(inherited.iter().any(|e| *e == (USER, READ | EXECUTE, 4242)));
-        assert!(
-            inherited
-                .iter()
-                .any(|e| *e == (MASK, READ | EXECUTE, UNDEFINED_ID))
-        );
+        assert!(inherited.contains(&(USER, READ | EXECUTE, 4242)));
+        assert!(inherited.contains(&(MASK, READ | EXECUTE, UNDEFINED_ID)));
     }
 }
