@@ -12,4 +12,5 @@ pub mod registration;
 pub mod tracepoint;
 
 pub use channel::{ChannelError, MAX_SLOTS, SlotId};
+pub use registration::{LateRegistration, register_events};
 pub use tracepoint::Tracepoint;

@@ -21,9 +21,18 @@
 //! channels (see `channel`), so restarts never exhaust them. The fast path never
 //! waits on this thread: emitting threads only ever read atomics.
 //!
+//! Late registration: [`register_events`] adds events after `init` (a library
+//! loaded later, the C library's constructors, a callsite met for the first time).
+//! It sends them on the live connection and waits, bounded by the registration
+//! timeout, for the daemon's answer, which the listener thread receives after the
+//! grants the new events need: when it returns `Registered`, the new events'
+//! first emission is recorded. Every event ever registered is kept, in order, and
+//! sent whole by each later registration (a daemon restart), so late events are
+//! traced again too. Registrations of all kinds run one at a time.
+//!
 //! A forked child inherits no thread: it never re-registers and runs untraced.
 
-use crate::protocol::messages::{AppCommand, AppRegister};
+use crate::protocol::messages::{AppCommand, AppRegister, AppRequest, MAX_LATE_FRAME};
 use crate::protocol::{self, APPS_SOCKET, ProtocolError, frame};
 use crate::shm::ChannelBuffers;
 use crate::ust::channel::{self, SlotId};
@@ -31,7 +40,8 @@ use crate::ust::tracepoint::Tracepoint;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
-use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Registration timeout when `USTRACE_REGISTER_TIMEOUT_MS` is not set.
@@ -61,12 +71,185 @@ pub const LAST_RETRY: Duration = Duration::from_secs(5);
 /// The registration of this process; `init` runs it once.
 static REGISTRATION: OnceLock<Registration> = OnceLock::new();
 
-/// Registers this process as `name` with its `events`. Call once, early in `main`;
-/// later calls return the first outcome. The listener thread it starts makes the
-/// first attempt, reports its outcome here, and registers again after every loss.
+/// Every event of this process and the live connection, if any.
+static KNOWN: Mutex<Known> = Mutex::new(Known {
+    events: Vec::new(),
+    link: None,
+    next_link: 0,
+});
+
+/// Held by whoever registers (first, again, late): one registration at a time, so
+/// a late batch is either in the events a registration sends or sent on its
+/// connection afterwards, never lost between the two.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Locks `mutex`; what these mutexes guard stays consistent whatever panicked.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the process has registered and where.
+struct Known {
+    /// Every event, in the order registered (the order a new connection indexes them).
+    events: Vec<&'static Tracepoint>,
+    /// The live registered connection.
+    link: Option<Link>,
+    /// Names the next link.
+    next_link: u64,
+}
+
+/// A registered connection, as late registrations use it.
+struct Link {
+    /// Tells this link from a later one.
+    id: u64,
+    /// A handle on the connection, to send late registrations on.
+    sock: UnixStream,
+    /// The events the daemon indexed on this connection (shared with its listener).
+    events: Arc<Mutex<Vec<&'static Tracepoint>>>,
+    /// The daemon's answers to late registrations, forwarded by the listener.
+    answers: Arc<Mutex<Receiver<LateAnswer>>>,
+}
+
+/// The daemon's answer to one late registration.
+#[derive(Debug)]
+enum LateAnswer {
+    /// Indexed from `first`.
+    Registered(u32),
+    /// Refused, with the daemon's reason.
+    Refused(String),
+}
+
+/// How a late registration ([`register_events`]) ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LateRegistration {
+    /// The daemon indexed the events and sent every grant they need: their first
+    /// emission from now on is recorded.
+    Registered,
+    /// No daemon connection now: the events go with the next registration (`init`
+    /// or the next registration after a loss).
+    Deferred,
+    /// The daemon refused them (a limit or a bad description): they stay untraced.
+    Refused(String),
+    /// No answer within the registration timeout: the connection is given up and
+    /// the events go with the next registration.
+    NoAnswer(String),
+}
+
+/// Registers `events` after `init` (or before it: they then go with `init`'s
+/// registration). Events registered already are skipped. Blocks, at most the
+/// registration timeout per [`MAX_LATE_FRAME`] batch, until the daemon answered.
+pub fn register_events(events: &[&'static Tracepoint]) -> LateRegistration {
+    let _serial = lock(&SERIAL);
+    let (fresh, link) = {
+        let mut known = lock(&KNOWN);
+        let fresh = add_known(&mut known, events);
+        let link = known.link.as_ref().and_then(|l| {
+            Some((
+                l.sock.try_clone().ok()?,
+                l.events.clone(),
+                l.answers.clone(),
+            ))
+        });
+        (fresh, link)
+    };
+    if fresh.is_empty() {
+        return LateRegistration::Registered;
+    }
+    let Some((sock, indexed, answers)) = link else {
+        return LateRegistration::Deferred;
+    };
+    let timeout = timeout().unwrap_or(DEFAULT_REGISTER_TIMEOUT);
+    let mut outcome = LateRegistration::Registered;
+    for batch in batches(&fresh) {
+        let first = {
+            let mut indexed = lock(&indexed);
+            indexed.extend(batch);
+            indexed.len() - batch.len()
+        };
+        let request = AppRequest::RegisterEvents {
+            events: batch.iter().map(|e| e.desc()).collect(),
+        };
+        let answers = lock(&answers);
+        let answer = sock
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| e.to_string())
+            .and_then(|()| frame::send(&sock, &request, &[]).map_err(|e| e.to_string()))
+            .and_then(|()| {
+                answers.recv_timeout(timeout).map_err(|_| {
+                    format!("no answer from the session daemon within {timeout:?}")
+                })
+            });
+        match answer {
+            Ok(LateAnswer::Registered(at)) if at as usize == first => {}
+            Ok(LateAnswer::Registered(at)) => {
+                let reason = format!("the daemon indexed late events from {at}, not {first}");
+                return give_up(&sock, reason);
+            }
+            Ok(LateAnswer::Refused(reason)) => {
+                lock(&indexed).truncate(first);
+                let mut known = lock(&KNOWN);
+                known
+                    .events
+                    .retain(|k| !batch.iter().any(|b| std::ptr::eq(*k, *b)));
+                eprintln!("ustrace: {} late events run untraced: {reason}", batch.len());
+                outcome = LateRegistration::Refused(reason);
+            }
+            Err(reason) => return give_up(&sock, reason),
+        }
+    }
+    outcome
+}
+
+/// Ends a connection that failed a late registration: the listener then registers
+/// again, with every known event.
+fn give_up(sock: &UnixStream, reason: String) -> LateRegistration {
+    eprintln!("ustrace: late registration failed: {reason}; registering again");
+    let _ = sock.shutdown(std::net::Shutdown::Both);
+    LateRegistration::NoAnswer(reason)
+}
+
+/// Adds the events not known yet, in order, and returns them.
+fn add_known(known: &mut Known, events: &[&'static Tracepoint]) -> Vec<&'static Tracepoint> {
+    let mut fresh: Vec<&'static Tracepoint> = Vec::new();
+    for &event in events {
+        let seen = |k: &&'static Tracepoint| std::ptr::eq(*k, event);
+        if !known.events.iter().any(seen) && !fresh.iter().any(seen) {
+            fresh.push(event);
+        }
+    }
+    known.events.extend(&fresh);
+    fresh
+}
+
+/// Splits events into batches whose request fits in [`MAX_LATE_FRAME`] (an event
+/// too big for one alone goes alone, and the daemon refuses it).
+fn batches<'a>(events: &'a [&'static Tracepoint]) -> Vec<&'a [&'static Tracepoint]> {
+    // Room for the frame header, the enum tag and the vector's length.
+    let room = MAX_LATE_FRAME - 64;
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, event) in events.iter().enumerate() {
+        let len = bincode::serialized_size(&event.desc()).map_or(room, |n| n as usize);
+        if i > start && size + len > room {
+            out.push(&events[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += len;
+    }
+    if start < events.len() {
+        out.push(&events[start..]);
+    }
+    out
+}
+
+/// Registers this process as `name` with its `events` (and any registered before
+/// with [`register_events`]). Call once, early in `main`; later calls return the
+/// first outcome. The listener thread it starts makes the first attempt, reports
+/// its outcome here, and registers again after every loss.
 pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static Registration {
+    add_known(&mut lock(&KNOWN), events);
     REGISTRATION.get_or_init(|| {
-        let outcome = start_listener(name, events).unwrap_or_else(Registration::Untraced);
+        let outcome = start_listener(name).unwrap_or_else(Registration::Untraced);
         if let Registration::Untraced(reason) = &outcome {
             eprintln!("ustrace: {name} runs untraced: {reason}");
         }
@@ -75,11 +258,10 @@ pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static Registration
 }
 
 /// Starts the listener thread and waits for the outcome of its first registration.
-fn start_listener(name: &str, events: &[&'static Tracepoint]) -> Result<Registration, String> {
+fn start_listener(name: &str) -> Result<Registration, String> {
     untrace_forked_children()?;
     let client = Client {
         name: name.to_string(),
-        events: events.to_vec(),
     };
     let (first, outcome) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
@@ -127,6 +309,8 @@ impl Failure {
 struct Connection {
     /// The daemon connection, blocking.
     sock: UnixStream,
+    /// Where its listener forwards answers to late registrations.
+    answers: Receiver<LateAnswer>,
     /// Applies the daemon's pushes to the slots of this connection.
     listener: Listener,
     /// Channels received before RegistrationDone.
@@ -139,8 +323,6 @@ struct Connection {
 struct Client {
     /// Program name.
     name: String,
-    /// The app's events, in the order it registers them.
-    events: Vec<&'static Tracepoint>,
 }
 
 impl Client {
@@ -151,8 +333,22 @@ impl Client {
         let mut first = Some(first);
         let mut pause = FIRST_RETRY;
         loop {
+            let serial = lock(&SERIAL);
             match self.register() {
                 Ok(connection) => {
+                    let link = {
+                        let mut known = lock(&KNOWN);
+                        known.next_link += 1;
+                        let id = known.next_link;
+                        known.link = connection.sock.try_clone().ok().map(|sock| Link {
+                            id,
+                            sock,
+                            events: connection.listener.events.clone(),
+                            answers: Arc::new(Mutex::new(connection.answers)),
+                        });
+                        id
+                    };
+                    drop(serial);
                     match first.take() {
                         Some(first) => {
                             let _ = first.send(Registration::Done {
@@ -165,10 +361,11 @@ impl Client {
                             self.name
                         ),
                     }
-                    connection.listener.serve(connection.sock);
+                    connection.listener.serve(connection.sock, link);
                     pause = FIRST_RETRY;
                 }
                 Err(failure) => {
+                    drop(serial);
                     if matches!(failure, Failure::Refused(_)) {
                         pause = LAST_RETRY;
                     }
@@ -193,13 +390,16 @@ impl Client {
             .join(APPS_SOCKET);
         let sock = UnixStream::connect(&path)
             .map_err(|e| unreachable(format!("no session daemon at {}: {e}", path.display())))?;
+        let (answer, answers) = std::sync::mpsc::sync_channel(4);
         let mut listener = Listener {
-            events: self.events.clone(),
+            events: Arc::new(Mutex::new(lock(&KNOWN).events.clone())),
             slots: HashMap::new(),
+            answers: answer,
         };
         match listener.register(&sock, &self.name, start, timeout) {
             Ok(channels) => Ok(Connection {
                 sock,
+                answers,
                 listener,
                 channels,
                 latency: start.elapsed(),
@@ -253,10 +453,13 @@ fn is_timeout(e: &std::io::Error) -> bool {
 
 /// Applies the daemon's commands to this process's tracepoints and channel slots.
 struct Listener {
-    /// The app's events, in the order it registered them.
-    events: Vec<&'static Tracepoint>,
+    /// The events this connection indexes, in order (late ones appended by
+    /// [`register_events`]).
+    events: Arc<Mutex<Vec<&'static Tracepoint>>>,
     /// Channel key (the daemon's) to slot (ours).
     slots: HashMap<u64, SlotId>,
+    /// Where answers to late registrations go.
+    answers: SyncSender<LateAnswer>,
 }
 
 impl Listener {
@@ -275,7 +478,7 @@ impl Listener {
         let register = AppRegister {
             name: name.to_string(),
             bitness: (usize::BITS) as u8,
-            events: self.events.iter().map(|e| e.desc()).collect(),
+            events: lock(&self.events).iter().map(|e| e.desc()).collect(),
         };
         if let Err(e) = frame::send_hello(sock).and_then(|()| frame::send(sock, &register, &[])) {
             return Err(match refusal(sock, timeout) {
@@ -325,9 +528,10 @@ impl Listener {
         Ok(channels)
     }
 
-    /// Applies pushed commands until the connection ends, then releases this
-    /// connection's slots: nobody drains their rings any more.
-    fn serve(mut self, sock: UnixStream) {
+    /// Applies pushed commands until the connection ends, then forgets the link
+    /// `link` and releases this connection's slots: nobody drains their rings any
+    /// more.
+    fn serve(mut self, sock: UnixStream, link: u64) {
         loop {
             match frame::recv::<AppCommand>(&sock, frame::MAX_FRAME) {
                 Ok(Some((command, fds))) => {
@@ -342,6 +546,12 @@ impl Listener {
                     );
                     break;
                 }
+            }
+        }
+        {
+            let mut known = lock(&KNOWN);
+            if known.link.as_ref().is_some_and(|l| l.id == link) {
+                known.link = None;
             }
         }
         self.release_all();
@@ -367,9 +577,9 @@ impl Listener {
             }
             AppCommand::Enable { key, events } => {
                 let slot = self.slot(key)?;
+                let known = lock(&self.events);
                 for (index, id) in events {
-                    let event = self
-                        .events
+                    let event = known
                         .get(index as usize)
                         .ok_or_else(|| format!("enable of unknown event index {index}"))?;
                     event.enable(slot, id);
@@ -377,13 +587,26 @@ impl Listener {
             }
             AppCommand::Disable { key } => {
                 let slot = self.slot(key)?;
-                for event in &self.events {
+                for event in lock(&self.events).iter() {
                     event.disable(slot);
                 }
+            }
+            AppCommand::EventsRegistered { first, .. } => {
+                self.answer(LateAnswer::Registered(first))?;
+            }
+            AppCommand::EventsRefused { reason } => {
+                self.answer(LateAnswer::Refused(reason))?;
             }
             AppCommand::RegistrationDone | AppCommand::Refused { .. } => {}
         }
         Ok(())
+    }
+
+    /// Hands the answer to a late registration to [`register_events`].
+    fn answer(&self, answer: LateAnswer) -> Result<(), String> {
+        self.answers
+            .try_send(answer)
+            .map_err(|e| format!("an answer to no late registration: {e:?}"))
     }
 
     fn slot(&self, key: u64) -> Result<SlotId, String> {
@@ -396,8 +619,9 @@ impl Listener {
     /// Disables every event in every slot of this connection and releases the
     /// slots for the next daemon's channels.
     fn release_all(&mut self) {
+        let events = lock(&self.events);
         for (_, slot) in self.slots.drain() {
-            for event in &self.events {
+            for event in events.iter() {
                 event.disable(slot);
             }
             channel::release(slot);
