@@ -1,0 +1,164 @@
+//! The C library (issue #12): C and C++ programs built with the real `cc`/`c++`
+//! through pkg-config against a prefix installed by `scripts/install-c.sh`, traced
+//! by a real daemon, read back by the real babeltrace2.
+
+mod common;
+
+use common::{Daemon, Scratch, babeltrace2, sub_traces, wait_for};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::Duration;
+use ustrace::protocol::messages::{Buffers, ControlRequest};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The prefix the C library is installed under, once per test binary. The library
+/// is built in its own target directory: this test's cargo holds the main one.
+fn prefix() -> &'static Path {
+    static PREFIX: OnceLock<PathBuf> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let prefix = std::env::temp_dir().join(format!("ustrace-c-prefix-{}", std::process::id()));
+        let out = Command::new(root.join("scripts/install-c.sh"))
+            .arg(&prefix)
+            .arg("--debug")
+            .env("CARGO_TARGET_DIR", root.join("target/c-api"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "install-c.sh failed: {out:?}");
+        prefix
+    })
+}
+
+/// `pkg-config --cflags --libs ustrace` against the installed prefix.
+fn pkg_config() -> Vec<String> {
+    let out = Command::new("pkg-config")
+        .args(["--cflags", "--libs", "ustrace"])
+        .env("PKG_CONFIG_PATH", prefix().join("lib/pkgconfig"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "pkg-config: {out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Which compiler builds a test program.
+#[derive(Clone, Copy, Debug)]
+enum Lang {
+    C,
+    Cxx,
+}
+
+/// Compiles `tests/c/<source>` (plus `extra` arguments) into `<dir>/<out>`, with
+/// every warning an error.
+fn build(lang: Lang, source: &str, dir: &Path, out: &str, extra: &[&str]) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let binary = dir.join(out);
+    let mut cmd = match lang {
+        Lang::C => {
+            let mut c = Command::new("cc");
+            c.args(["-std=c99"]);
+            c
+        }
+        Lang::Cxx => {
+            let mut c = Command::new("c++");
+            c.args(["-std=c++17", "-x", "c++"]);
+            c
+        }
+    };
+    cmd.args(["-Wall", "-Wextra", "-Werror", "-O2", "-o"])
+        .arg(&binary)
+        .arg(root.join("tests/c").join(source))
+        .args(extra)
+        .args(pkg_config());
+    let built = cmd.output().unwrap();
+    assert!(built.status.success(), "{lang:?} build of {source} failed: {built:?}");
+    binary
+}
+
+/// Runs a built program against `daemon`, to a clean exit.
+fn run(daemon: &Daemon, binary: &Path, args: &[&str]) -> Output {
+    let out = Command::new(binary)
+        .args(args)
+        .env("USTRACE_RUNDIR", &daemon.rundir)
+        .env("LD_LIBRARY_PATH", prefix().join("lib"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{} failed: {out:?}", binary.display());
+    out
+}
+
+/// A started session `s` with one channel of each kind enabling `demo:*` and
+/// `ustrace:*`.
+fn session(daemon: &Daemon) -> PathBuf {
+    let output = daemon.session("s", &[("u", Buffers::PerUid), ("p", Buffers::PerPid)], false);
+    for channel in ["u", "p"] {
+        daemon.ok(ControlRequest::EnableEvent {
+            session: Some("s".into()),
+            channel: Some(channel.into()),
+            pattern: "ustrace:*".into(),
+        });
+    }
+    daemon.ok(ControlRequest::Start {
+        session: Some("s".into()),
+    });
+    output
+}
+
+/// The event lines of one sub-trace, from the event name on (timestamps and
+/// cpu ids cut).
+fn events(output: &Path, trace: &str) -> Vec<String> {
+    babeltrace2(&output.join(trace))
+        .into_iter()
+        .filter_map(|l| {
+            let at = l.find(" demo:").or_else(|| l.find(" ustrace:"))?;
+            Some(l[at + 1..].to_string())
+        })
+        .collect()
+}
+
+const FIELDS: [&str; 4] = [
+    "demo:first: { cpu_id = 0 }, { n = 1 }",
+    "demo:all: { cpu_id = 0 }, { a = -128, b = -32768, c = -2147483648, d = -9223372036854775808, e = 255, f = 65535, g = 4294967295, h = 18446744073709551615, fl = 1.5, db = -0.25, ok = 1, s = \"h\u{e9}llo\", _raw_length = 3, raw = [ [0] = 1, [1] = 2, [2] = 255 ], col = ( \"blue\" : container = 7 ) }",
+    "demo:all: { cpu_id = 0 }, { a = 127, b = 32767, c = 2147483647, d = 9223372036854775807, e = 0, f = 0, g = 0, h = 0, fl = -2, db = 1e+100, ok = 0, s = \"(null)\", _raw_length = 0, raw = [ ], col = ( \"green\" : container = 1 ) }",
+    "ustrace:tracef: { cpu_id = 0 }, { msg = \"tracef 42 done\" }",
+];
+
+#[test]
+fn every_field_type_of_a_c_and_a_cxx_program_is_read_back_exactly_per_uid_and_per_pid() {
+    let scratch = Scratch::new("c-fields");
+    let c = build(Lang::C, "fields.c", &scratch.0, "fields_c", &[]);
+    let cxx = build(Lang::Cxx, "fields.c", &scratch.0, "fields_cxx", &[]);
+    let daemon = Daemon::start();
+    let output = session(&daemon);
+    for binary in [&c, &cxx] {
+        // Pinned to CPU 0, so every event is in one stream, in order.
+        let out = Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(binary)
+            .env("USTRACE_RUNDIR", &daemon.rundir)
+            .env("LD_LIBRARY_PATH", prefix().join("lib"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    wait_for("the apps to be gone", WAIT, || daemon.status().apps == 0);
+    daemon.stop("s");
+    let traces = sub_traces(&output);
+    assert_eq!(traces.len(), 3, "one per-UID, two per-PID sub-traces: {traces:?}");
+    for trace in &traces {
+        let lines = events(&output, trace);
+        let expected: Vec<String> = if trace.contains("uid") {
+            FIELDS.iter().chain(FIELDS.iter()).map(|s| s.to_string()).collect()
+        } else {
+            assert!(trace.contains("fields_c"), "{trace}");
+            FIELDS.iter().map(|s| s.to_string()).collect()
+        };
+        assert_eq!(lines, expected, "{trace}");
+    }
+}
