@@ -162,3 +162,40 @@ fn every_field_type_of_a_c_and_a_cxx_program_is_read_back_exactly_per_uid_and_pe
         assert_eq!(lines, expected, "{trace}");
     }
 }
+
+#[test]
+fn a_library_dlopened_after_main_started_registers_its_events_and_records_the_first() {
+    let scratch = Scratch::new("c-dlopen");
+    let plugin = build(
+        Lang::C,
+        "plugin.c",
+        &scratch.0,
+        "libplugin.so",
+        &["-shared", "-fPIC"],
+    );
+    let host = build(Lang::C, "host.c", &scratch.0, "host", &["-ldl"]);
+    let daemon = Daemon::start();
+    let output = session(&daemon);
+    let out = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(&host)
+        .arg(&plugin)
+        .env("USTRACE_RUNDIR", &daemon.rundir)
+        .env("LD_LIBRARY_PATH", prefix().join("lib"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the app to be gone", WAIT, || daemon.status().apps == 0);
+    daemon.stop("s");
+    let expected = [
+        "demo:host: { cpu_id = 0 }, { step = 1 }",
+        "demo:plugin: { cpu_id = 0 }, { x = 7, from = \"plugin\" }",
+        "demo:host: { cpu_id = 0 }, { step = 2 }",
+    ];
+    let traces = sub_traces(&output);
+    assert_eq!(traces.len(), 2, "{traces:?}");
+    for trace in &traces {
+        assert_eq!(events(&output, trace), expected, "{trace}");
+    }
+}
