@@ -199,3 +199,86 @@ fn a_library_dlopened_after_main_started_registers_its_events_and_records_the_fi
         assert_eq!(events(&output, trace), expected, "{trace}");
     }
 }
+
+/// `demo:who` events of a sub-trace as `role i` words.
+fn whos(output: &Path, trace: &str) -> Vec<String> {
+    events(output, trace)
+        .iter()
+        .map(|l| {
+            let role = l.split("role = \"").nth(1).unwrap().split('"').next().unwrap();
+            let i = l.split("i = ").nth(1).unwrap().trim_end_matches(" }");
+            format!("{role} {i}")
+        })
+        .collect()
+}
+
+#[test]
+fn a_forked_child_registers_as_its_own_process_and_both_sub_traces_are_complete() {
+    let scratch = Scratch::new("c-fork");
+    let forker = build(Lang::C, "forker.c", &scratch.0, "forker", &[]);
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
+    let out = run(&daemon, &forker, &["fork", "1"]);
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the apps to be gone", WAIT, || daemon.status().apps == 0);
+    daemon.stop("s");
+    let traces = sub_traces(&output);
+    let pid: Vec<&String> = traces.iter().filter(|t| t.contains("pid")).collect();
+    assert_eq!(pid.len(), 2, "parent and child sub-traces: {traces:?}");
+    let child: Vec<String> = (0..10).map(|i| format!("child {i}")).collect();
+    let mut seen: Vec<Vec<String>> = pid.iter().map(|t| whos(&output, t)).collect();
+    seen.sort();
+    assert_eq!(seen, [child.clone(), vec!["parent 0".into(), "parent 1".into()]]);
+    // The per-UID trace has both, each process's events in its order.
+    let uid = traces.iter().find(|t| t.contains("uid")).unwrap();
+    let all = whos(&output, uid);
+    assert_eq!(all.len(), 12, "{all:?}");
+    let children: Vec<&String> = all.iter().filter(|w| w.starts_with("child")).collect();
+    assert_eq!(children, child.iter().collect::<Vec<_>>());
+}
+
+#[test]
+fn a_hundred_forked_children_leave_nothing_in_the_daemon() {
+    let scratch = Scratch::new("c-fork-loop");
+    let forker = build(Lang::C, "forker.c", &scratch.0, "forker", &[]);
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let before = daemon.status();
+    let fds = daemon.fd_count();
+    run(&daemon, &forker, &["fork", "100"]);
+    wait_for("the apps to be gone", WAIT, || daemon.status().apps == 0);
+    wait_for("their buffers to be torn down", WAIT, || {
+        let now = daemon.status();
+        now.buffer_sets == before.buffer_sets && now.writers == before.writers
+    });
+    let after = daemon.status();
+    assert_eq!(after.apps_total, 101, "the parent and its 100 children registered");
+    assert_eq!(after.events_discarded, 0);
+    wait_for("the daemon's fds back", WAIT, || daemon.fd_count() <= fds);
+    daemon.stop("s");
+    let traces = sub_traces(&output);
+    assert_eq!(traces.len(), 101, "one per-PID sub-trace each");
+    let complete = traces.iter().filter(|t| whos(&output, t).len() == 10).count();
+    assert_eq!(complete, 100, "every child's 10 events");
+}
+
+#[test]
+fn the_child_of_daemon_is_traced_as_its_own_process() {
+    let scratch = Scratch::new("c-daemon");
+    let forker = build(Lang::C, "forker.c", &scratch.0, "forker", &[]);
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    run(&daemon, &forker, &["daemon"]);
+    wait_for("the daemonized child to register and exit", WAIT, || {
+        let now = daemon.status();
+        now.apps_total == 2 && now.apps == 0
+    });
+    daemon.stop("s");
+    let mut seen: Vec<Vec<String>> = sub_traces(&output)
+        .iter()
+        .map(|t| whos(&output, t))
+        .collect();
+    seen.sort();
+    let daemonized: Vec<String> = (0..10).map(|i| format!("daemon {i}")).collect();
+    assert_eq!(seen, [daemonized, vec!["parent 0".to_string()]]);
+}

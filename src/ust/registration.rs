@@ -30,7 +30,17 @@
 //! sent whole by each later registration (a daemon restart), so late events are
 //! traced again too. Registrations of all kinds run one at a time.
 //!
-//! A forked child inherits no thread: it never re-registers and runs untraced.
+//! fork(): the child inherits no thread, its parent's rings (per-PID ones are the
+//! parent's own trace) and its parent's connection. `pthread_atfork` handlers take
+//! the registration locks before the fork (so no other thread holds them in the
+//! child), and in the child close the inherited connection, disable every slot and
+//! event, and register the child as its own process before fork() returns in it,
+//! as liblttng-ust does (LTTng needs liblttng-ust-fork.so preloaded for this):
+//! its events go to its own per-PID sub-trace under its own pid. This runs more
+//! than async-signal-safe code in the child (a thread, a socket, allocation), which
+//! glibc supports after fork. `daemon()` forks through fork(), so its child
+//! registers the same way; an exec'd program starts afresh (every descriptor of
+//! ours is close-on-exec) and registers when it calls `init`.
 
 use crate::protocol::messages::{AppCommand, AppRegister, AppRequest, MAX_LATE_FRAME};
 use crate::protocol::{self, APPS_SOCKET, ProtocolError, frame};
@@ -38,7 +48,7 @@ use crate::shm::ChannelBuffers;
 use crate::ust::channel::{self, SlotId};
 use crate::ust::tracepoint::Tracepoint;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -249,6 +259,10 @@ fn batches<'a>(events: &'a [&'static Tracepoint]) -> Vec<&'a [&'static Tracepoin
 pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static Registration {
     add_known(&mut lock(&KNOWN), events);
     REGISTRATION.get_or_init(|| {
+        if let Err(reason) = register_in_forked_children() {
+            eprintln!("ustrace: {name}: forked children run untraced: {reason}");
+        }
+        let _ = NAME.set(name.to_string());
         let outcome = start_listener(name).unwrap_or_else(Registration::Untraced);
         if let Registration::Untraced(reason) = &outcome {
             eprintln!("ustrace: {name} runs untraced: {reason}");
@@ -259,7 +273,6 @@ pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static Registration
 
 /// Starts the listener thread and waits for the outcome of its first registration.
 fn start_listener(name: &str) -> Result<Registration, String> {
-    untrace_forked_children()?;
     let client = Client {
         name: name.to_string(),
     };
@@ -338,6 +351,10 @@ impl Client {
                 Ok(connection) => {
                     let link = {
                         let mut known = lock(&KNOWN);
+                        CONNECTION_FD.store(
+                            connection.sock.as_raw_fd(),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                         known.next_link += 1;
                         let id = known.next_link;
                         known.link = connection.sock.try_clone().ok().map(|sock| Link {
@@ -425,18 +442,66 @@ fn refusal(sock: &UnixStream, timeout: Duration) -> Option<String> {
     }
 }
 
-/// Makes a child forked from now on run untraced (see `channel::disable_all_slots`).
-fn untrace_forked_children() -> Result<(), String> {
-    extern "C" fn in_child() {
-        channel::disable_all_slots();
-        crate::shm::forget_thread_identity();
+/// The name `init` registered, for a forked child's registration.
+static NAME: OnceLock<String> = OnceLock::new();
+
+/// The descriptor of the live connection, which a forked child closes (the
+/// listener thread that owns it does not exist there); -1 without one. Changed
+/// only with [`KNOWN`] locked.
+static CONNECTION_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+type Held = (MutexGuard<'static, ()>, MutexGuard<'static, Known>);
+
+thread_local! {
+    /// The registration locks, taken by the forking thread before fork() and given
+    /// back after it, in the parent and in the child (whose only thread it is).
+    static HELD: std::cell::RefCell<Option<Held>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes every child forked from now on register as its own process.
+fn register_in_forked_children() -> Result<(), String> {
+    extern "C" fn prepare() {
+        let serial = lock(&SERIAL);
+        let known = lock(&KNOWN);
+        HELD.with(|held| *held.borrow_mut() = Some((serial, known)));
     }
-    // SAFETY: `in_child` is a plain `extern "C"` function that only performs one
-    // atomic store and one store to a const-initialised thread-local `Cell` (no lazy
-    // initialisation, no destructor), both async-signal-safe as a fork child handler
-    // must be; the prepare and parent handlers are absent. `init` runs this once per
-    // process.
-    let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    extern "C" fn in_parent() {
+        HELD.with(|held| held.borrow_mut().take());
+    }
+    extern "C" fn in_child() {
+        channel::release_inherited_slots();
+        crate::shm::forget_thread_identity();
+        if let Some((serial, mut known)) = HELD.with(|held| held.borrow_mut().take()) {
+            let fd = CONNECTION_FD.swap(-1, std::sync::atomic::Ordering::Relaxed);
+            if fd >= 0 {
+                // SAFETY: `fd` is the parent's connection, owned by a listener
+                // thread that does not exist in this child: nothing else here closes
+                // or uses it.
+                unsafe { libc::close(fd) };
+            }
+            known.link = None;
+            for event in &known.events {
+                event.disable_everywhere();
+            }
+            drop(known);
+            drop(serial);
+        }
+        if let Some(name) = NAME.get() {
+            match start_listener(name) {
+                Ok(Registration::Done { .. }) => {}
+                Ok(Registration::Untraced(reason)) | Err(reason) => {
+                    eprintln!("ustrace: {name} (forked child) runs untraced: {reason}")
+                }
+            }
+        }
+    }
+    // SAFETY: the three handlers are plain `extern "C"` functions. `prepare` takes
+    // the registration locks in their usual order (SERIAL, then KNOWN) and parks
+    // the guards in this thread's local, `in_parent` drops them, and `in_child`
+    // (in the child's only thread, a copy of this one) drops them after resetting
+    // what the child inherited; its registration then starts a thread and
+    // connects, which glibc allows after fork. `init` runs this once per process.
+    let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(in_parent), Some(in_child)) };
     if rc == 0 {
         Ok(())
     } else {
@@ -552,6 +617,7 @@ impl Listener {
             let mut known = lock(&KNOWN);
             if known.link.as_ref().is_some_and(|l| l.id == link) {
                 known.link = None;
+                CONNECTION_FD.store(-1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         self.release_all();

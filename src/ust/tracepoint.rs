@@ -101,6 +101,14 @@ impl Tracepoint {
         }
     }
 
+    /// Stops recording this event into any slot (a forked child's inherited ones).
+    pub(crate) fn disable_everywhere(&self) {
+        self.mask.store(0, Relaxed);
+        if let Some(mirror) = self.mirror {
+            mirror.store(0, Relaxed);
+        }
+    }
+
     /// The disabled check: one relaxed load.
     #[inline(always)]
     pub fn is_enabled(&self) -> bool {
