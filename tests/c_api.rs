@@ -282,3 +282,29 @@ fn the_child_of_daemon_is_traced_as_its_own_process() {
     let daemonized: Vec<String> = (0..10).map(|i| format!("daemon {i}")).collect();
     assert_eq!(seen, [daemonized, vec!["parent 0".to_string()]]);
 }
+
+#[test]
+fn an_execd_child_inherits_no_descriptor_and_registers_afresh() {
+    let scratch = Scratch::new("c-exec");
+    let forker = build(Lang::C, "forker.c", &scratch.0, "forker", &[]);
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let out = run(&daemon, &forker, &["exec"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "0",
+        "descriptors without FD_CLOEXEC in a registered app"
+    );
+    wait_for("both to be gone", WAIT, || daemon.status().apps == 0);
+    daemon.stop("s");
+    let mut seen: Vec<Vec<String>> = sub_traces(&output)
+        .iter()
+        .map(|t| whos(&output, t))
+        .collect();
+    seen.sort();
+    // The forked child registered as itself, then exec'd: its new program
+    // registered afresh (a third process, by connection) and recorded its events.
+    let execd = vec!["parent 0".to_string(), "parent 1".to_string()];
+    assert!(seen.contains(&execd), "{seen:?}");
+    assert!(seen.contains(&vec!["parent 0".to_string()]), "{seen:?}");
+}
