@@ -308,3 +308,46 @@ fn an_execd_child_inherits_no_descriptor_and_registers_afresh() {
     assert!(seen.contains(&execd), "{seen:?}");
     assert!(seen.contains(&vec!["parent 0".to_string()]), "{seen:?}");
 }
+
+/// The `(expected, recorded)` of `ustrace bench churn`'s `events:` line.
+fn churn_events(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("events: expected "))
+        .unwrap_or_else(|| panic!("no events line in {stdout}"));
+    let (expected, rest) = line.split_once(", recorded ").expect("recorded");
+    let recorded = rest.split([',', ' ']).next().expect("count");
+    (expected.parse().unwrap(), recorded.parse().unwrap())
+}
+
+#[test]
+fn bench_churn_runs_the_c_example_app_per_pid_and_per_uid() {
+    let scratch = Scratch::new("c-churn");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let app = scratch.path("app");
+    let libdir = prefix().join("lib");
+    let built = Command::new("cc")
+        .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-O2", "-o"])
+        .arg(&app)
+        .arg(root.join("examples/c/app.c"))
+        .args(pkg_config())
+        .arg(format!("-Wl,-rpath,{}", libdir.display()))
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    for mode in ["pid", "uid"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_ustrace"))
+            .args(["bench", "churn", "--app", "c", "--c-app"])
+            .arg(&app)
+            .args(["--apps", "20", "--par", "4", "--events", "3", "--mode", mode])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(churn_events(&stdout), (60, 60), "{mode}: {stdout}");
+        assert!(
+            stdout.contains("registration latency (connect -> RegistrationDone, 20 apps)"),
+            "{mode}: {stdout}"
+        );
+    }
+}

@@ -64,6 +64,15 @@ impl ChurnMode {
     }
 }
 
+/// The program `ustrace bench churn` launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ChurnApp {
+    /// `ustrace-demo` (events `demo:ev`).
+    Rust,
+    /// `--c-app`, the C program of examples/c/app.c (events `bench:ev`).
+    C,
+}
+
 /// `ustrace bench churn` options.
 #[derive(Args, Debug)]
 struct ChurnArgs {
@@ -118,6 +127,13 @@ struct ChurnArgs {
     /// prints each and the median, and compares the median one with LTTng.
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    /// Which app to churn: the Rust `ustrace-demo`, or the C program of
+    /// examples/c/app.c (given with `--c-app`; events `bench:ev`, as LTTng's anchor).
+    #[arg(long, value_enum, default_value_t = ChurnApp::Rust)]
+    app: ChurnApp,
+    /// The built examples/c/app.c, for `--app c` (see docs/c-api.md).
+    #[arg(long)]
+    c_app: Option<PathBuf>,
     /// Config file for the benchmark's own ustraced (e.g. `warm_pid_buffer_sets = 0`
     /// to compare); its `runtime_dir` must be empty. Default: built-in defaults.
     #[arg(long)]
@@ -364,13 +380,24 @@ fn chosen_to_kill(seed: u64, index: u32, fraction: f64) -> bool {
 }
 
 /// Runs one app to its end (or kills it after `emitted`); gives its latency.
-fn run_app(rundir: &Path, events: u32, kill: bool) -> Result<Option<u64>, String> {
-    let app = sibling("ustrace-demo")?;
-    let mut command = Command::new(&app);
-    command
-        .args(["--events", &events.to_string(), "--report"])
-        .env("USTRACE_RUNDIR", rundir)
-        .stderr(Stdio::piped());
+fn run_app(args: &ChurnArgs, rundir: &Path, kill: bool) -> Result<Option<u64>, String> {
+    let events = args.events.to_string();
+    let (app, mut command) = match (args.app, &args.c_app) {
+        (ChurnApp::Rust, _) => {
+            let app = sibling("ustrace-demo")?;
+            let mut command = Command::new(&app);
+            command.args(["--events", &events, "--report"]);
+            (app, command)
+        }
+        (ChurnApp::C, Some(app)) => {
+            let mut command = Command::new(app);
+            // libustrace prints `registration N us` as `--report` does.
+            command.arg(&events).env("USTRACE_REPORT_REGISTRATION", "1");
+            (app.clone(), command)
+        }
+        (ChurnApp::C, None) => return Err("--app c needs --c-app PATH".to_string()),
+    };
+    command.env("USTRACE_RUNDIR", rundir).stderr(Stdio::piped());
     if kill {
         command
             .arg("--wait")
@@ -426,7 +453,7 @@ fn launch(rundir: &Path, args: &ChurnArgs, apps: u32, par: u32) -> Result<Launch
                         return;
                     }
                     let kill = chosen_to_kill(args.seed, index, args.kill_fraction);
-                    let outcome = run_app(rundir, args.events, kill);
+                    let outcome = run_app(args, rundir, kill);
                     let mut guard = result.lock().unwrap_or_else(|p| p.into_inner());
                     let Ok(launched) = guard.as_mut() else {
                         return;
@@ -501,7 +528,11 @@ fn run_ours(args: &ChurnArgs, mode: ChurnMode, apps: u32, par: u32) -> Result<Ou
         ChurnMode::Pid => Some(Buffers::PerPid),
     };
     if let Some(buffers) = buffers {
-        start_session(&rundir, "churn", &output, &[("ch", buffers)])?;
+        let pattern = match args.app {
+            ChurnApp::Rust => "demo:*",
+            ChurnApp::C => "bench:*",
+        };
+        start_session(&rundir, "churn", &output, &[("ch", buffers)], pattern)?;
     }
     let before_status = pool_full(&rundir)?;
     let before = Footprint::of(daemon.0.id())?;
@@ -833,6 +864,9 @@ fn check(run: &OursRun) -> Result<(), String> {
 
 /// `ustrace bench churn` without `--sweep`.
 fn single(args: &ChurnArgs) -> Result<(), String> {
+    if args.app == ChurnApp::C && args.kill_fraction > 0.0 {
+        return Err("--kill-fraction needs --app rust (the C app has no --wait)".to_string());
+    }
     if !(0.0..=1.0).contains(&args.kill_fraction) {
         return Err(format!(
             "--kill-fraction {} is not in 0..=1",
