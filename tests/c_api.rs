@@ -76,7 +76,10 @@ fn build(lang: Lang, source: &str, dir: &Path, out: &str, extra: &[&str]) -> Pat
         .args(extra)
         .args(pkg_config());
     let built = cmd.output().unwrap();
-    assert!(built.status.success(), "{lang:?} build of {source} failed: {built:?}");
+    assert!(
+        built.status.success(),
+        "{lang:?} build of {source} failed: {built:?}"
+    );
     binary
 }
 
@@ -95,7 +98,11 @@ fn run(daemon: &Daemon, binary: &Path, args: &[&str]) -> Output {
 /// A started session `s` with one channel of each kind enabling `demo:*` and
 /// `ustrace:*`.
 fn session(daemon: &Daemon) -> PathBuf {
-    let output = daemon.session("s", &[("u", Buffers::PerUid), ("p", Buffers::PerPid)], false);
+    let output = daemon.session(
+        "s",
+        &[("u", Buffers::PerUid), ("p", Buffers::PerPid)],
+        false,
+    );
     for channel in ["u", "p"] {
         daemon.ok(ControlRequest::EnableEvent {
             session: Some("s".into()),
@@ -145,16 +152,28 @@ fn every_field_type_of_a_c_and_a_cxx_program_is_read_back_exactly_per_uid_and_pe
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
-        assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.stderr.is_empty(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     wait_for("the apps to be gone", WAIT, || daemon.status().apps == 0);
     daemon.stop("s");
     let traces = sub_traces(&output);
-    assert_eq!(traces.len(), 3, "one per-UID, two per-PID sub-traces: {traces:?}");
+    assert_eq!(
+        traces.len(),
+        3,
+        "one per-UID, two per-PID sub-traces: {traces:?}"
+    );
     for trace in &traces {
         let lines = events(&output, trace);
         let expected: Vec<String> = if trace.contains("uid") {
-            FIELDS.iter().chain(FIELDS.iter()).map(|s| s.to_string()).collect()
+            FIELDS
+                .iter()
+                .chain(FIELDS.iter())
+                .map(|s| s.to_string())
+                .collect()
         } else {
             assert!(trace.contains("fields_c"), "{trace}");
             FIELDS.iter().map(|s| s.to_string()).collect()
@@ -185,7 +204,11 @@ fn a_library_dlopened_after_main_started_registers_its_events_and_records_the_fi
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for("the app to be gone", WAIT, || daemon.status().apps == 0);
     daemon.stop("s");
     let expected = [
@@ -205,7 +228,13 @@ fn whos(output: &Path, trace: &str) -> Vec<String> {
     events(output, trace)
         .iter()
         .map(|l| {
-            let role = l.split("role = \"").nth(1).unwrap().split('"').next().unwrap();
+            let role = l
+                .split("role = \"")
+                .nth(1)
+                .unwrap()
+                .split('"')
+                .next()
+                .unwrap();
             let i = l.split("i = ").nth(1).unwrap().trim_end_matches(" }");
             format!("{role} {i}")
         })
@@ -219,7 +248,11 @@ fn a_forked_child_registers_as_its_own_process_and_both_sub_traces_are_complete(
     let daemon = Daemon::start();
     let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
     let out = run(&daemon, &forker, &["fork", "1"]);
-    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for("the apps to be gone", WAIT, || daemon.status().apps == 0);
     daemon.stop("s");
     let traces = sub_traces(&output);
@@ -228,7 +261,10 @@ fn a_forked_child_registers_as_its_own_process_and_both_sub_traces_are_complete(
     let child: Vec<String> = (0..10).map(|i| format!("child {i}")).collect();
     let mut seen: Vec<Vec<String>> = pid.iter().map(|t| whos(&output, t)).collect();
     seen.sort();
-    assert_eq!(seen, [child.clone(), vec!["parent 0".into(), "parent 1".into()]]);
+    assert_eq!(
+        seen,
+        [child.clone(), vec!["parent 0".into(), "parent 1".into()]]
+    );
     // The per-UID trace has both, each process's events in its order.
     let uid = traces.iter().find(|t| t.contains("uid")).unwrap();
     let all = whos(&output, uid);
@@ -252,13 +288,19 @@ fn a_hundred_forked_children_leave_nothing_in_the_daemon() {
         now.buffer_sets == before.buffer_sets && now.writers == before.writers
     });
     let after = daemon.status();
-    assert_eq!(after.apps_total, 101, "the parent and its 100 children registered");
+    assert_eq!(
+        after.apps_total, 101,
+        "the parent and its 100 children registered"
+    );
     assert_eq!(after.events_discarded, 0);
     wait_for("the daemon's fds back", WAIT, || daemon.fd_count() <= fds);
     daemon.stop("s");
     let traces = sub_traces(&output);
     assert_eq!(traces.len(), 101, "one per-PID sub-trace each");
-    let complete = traces.iter().filter(|t| whos(&output, t).len() == 10).count();
+    let complete = traces
+        .iter()
+        .filter(|t| whos(&output, t).len() == 10)
+        .count();
     assert_eq!(complete, 100, "every child's 10 events");
 }
 
@@ -339,11 +381,17 @@ fn bench_churn_runs_the_c_example_app_per_pid_and_per_uid() {
         let out = Command::new(env!("CARGO_BIN_EXE_ustrace"))
             .args(["bench", "churn", "--app", "c", "--c-app"])
             .arg(&app)
-            .args(["--apps", "20", "--par", "4", "--events", "3", "--mode", mode])
+            .args([
+                "--apps", "20", "--par", "4", "--events", "3", "--mode", mode,
+            ])
             .output()
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(churn_events(&stdout), (60, 60), "{mode}: {stdout}");
         assert!(
             stdout.contains("registration latency (connect -> RegistrationDone, 20 apps)"),

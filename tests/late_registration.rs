@@ -140,13 +140,20 @@ fn late_events_are_enabled_before_their_answer_and_recorded_per_uid_and_per_pid(
     wait_for("the app to be gone", WAIT, || daemon.status().apps == 0);
     daemon.stop("s");
     let traces = sub_traces(&output);
-    assert_eq!(traces.len(), 2, "one per-UID and one per-PID sub-trace: {traces:?}");
+    assert_eq!(
+        traces.len(),
+        2,
+        "one per-UID and one per-PID sub-trace: {traces:?}"
+    );
     for trace in traces {
         let lines = babeltrace2(&output.join(&trace));
         let seen: Vec<String> = lines
             .iter()
             .filter_map(|l| l.split(" demo:").nth(1))
-            .map(|rest| rest.split_whitespace().next().unwrap().to_string() + rest.rsplit("x = ").next().unwrap())
+            .map(|rest| {
+                rest.split_whitespace().next().unwrap().to_string()
+                    + rest.rsplit("x = ").next().unwrap()
+            })
             .collect();
         assert_eq!(
             seen,
@@ -225,8 +232,14 @@ fn partial_or_oversized_late_frames_close_only_their_connection() {
 
     let served = RawApp::connect(&daemon, vec![event("b")]);
     assert_eq!(served.record(0, 1), 1);
-    assert!(closed(&mut oversized.sock), "an oversized late frame keeps its connection");
-    assert!(closed(&mut partial.sock), "a partial late frame keeps its connection");
+    assert!(
+        closed(&mut oversized.sock),
+        "an oversized late frame keeps its connection"
+    );
+    assert!(
+        closed(&mut partial.sock),
+        "a partial late frame keeps its connection"
+    );
     drop((partial, oversized, served));
     wait_for("the apps to be gone", WAIT, || daemon.status().apps == 0);
 }

@@ -766,7 +766,8 @@ impl Handler<AddEvents> for BufferFactory {
                 .map(|g| g.key)
                 .collect();
             app.events.truncate(first);
-            app.channels.retain(|_, channel| !opened.contains(&channel.key));
+            app.channels
+                .retain(|_, channel| !opened.contains(&channel.key));
             for channel in app.channels.values_mut() {
                 channel.enabled.retain(|&index| (index as usize) < first);
             }

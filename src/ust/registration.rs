@@ -95,7 +95,9 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Locks `mutex`; what these mutexes guard stays consistent whatever panicked.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// What the process has registered and where.
@@ -185,9 +187,9 @@ pub fn register_events(events: &[&'static Tracepoint]) -> LateRegistration {
             .map_err(|e| e.to_string())
             .and_then(|()| frame::send(&sock, &request, &[]).map_err(|e| e.to_string()))
             .and_then(|()| {
-                answers.recv_timeout(timeout).map_err(|_| {
-                    format!("no answer from the session daemon within {timeout:?}")
-                })
+                answers
+                    .recv_timeout(timeout)
+                    .map_err(|_| format!("no answer from the session daemon within {timeout:?}"))
             });
         match answer {
             Ok(LateAnswer::Registered(at)) if at as usize == first => {}
@@ -201,7 +203,10 @@ pub fn register_events(events: &[&'static Tracepoint]) -> LateRegistration {
                 known
                     .events
                     .retain(|k| !batch.iter().any(|b| std::ptr::eq(*k, *b)));
-                eprintln!("ustrace: {} late events run untraced: {reason}", batch.len());
+                eprintln!(
+                    "ustrace: {} late events run untraced: {reason}",
+                    batch.len()
+                );
                 outcome = LateRegistration::Refused(reason);
             }
             Err(reason) => return give_up(&sock, reason),
