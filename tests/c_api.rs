@@ -85,13 +85,34 @@ fn build(lang: Lang, source: &str, dir: &Path, out: &str, extra: &[&str]) -> Pat
 
 /// Runs a built program against `daemon`, to a clean exit.
 fn run(daemon: &Daemon, binary: &Path, args: &[&str]) -> Output {
-    let out = Command::new(binary)
-        .args(args)
+    run_with(daemon, Command::new(binary).args(args))
+}
+
+/// Runs a built program pinned to CPU 0 (every event in one stream, in order), to
+/// a clean exit with nothing on stderr (no warning of libustrace's).
+fn run_quietly(daemon: &Daemon, binary: &Path, args: &[&str]) {
+    let out = run_with(
+        daemon,
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(binary)
+            .args(args),
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `command` against `daemon` and the installed library, to a clean exit.
+fn run_with(daemon: &Daemon, command: &mut Command) -> Output {
+    let out = command
         .env("USTRACE_RUNDIR", &daemon.rundir)
         .env("LD_LIBRARY_PATH", prefix().join("lib"))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{} failed: {out:?}", binary.display());
+    assert!(out.status.success(), "{command:?} failed: {out:?}");
     out
 }
 
@@ -143,20 +164,7 @@ fn every_field_type_of_a_c_and_a_cxx_program_is_read_back_exactly_per_uid_and_pe
     let daemon = Daemon::start();
     let output = session(&daemon);
     for binary in [&c, &cxx] {
-        // Pinned to CPU 0, so every event is in one stream, in order.
-        let out = Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(binary)
-            .env("USTRACE_RUNDIR", &daemon.rundir)
-            .env("LD_LIBRARY_PATH", prefix().join("lib"))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        assert!(
-            out.stderr.is_empty(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_quietly(&daemon, binary, &[]);
     }
     wait_for("the apps to be gone", WAIT, || daemon.status().apps == 0);
     daemon.stop("s");
@@ -195,20 +203,7 @@ fn a_library_dlopened_after_main_started_registers_its_events_and_records_the_fi
     let host = build(Lang::C, "host.c", &scratch.0, "host", &["-ldl"]);
     let daemon = Daemon::start();
     let output = session(&daemon);
-    let out = Command::new("taskset")
-        .args(["-c", "0"])
-        .arg(&host)
-        .arg(&plugin)
-        .env("USTRACE_RUNDIR", &daemon.rundir)
-        .env("LD_LIBRARY_PATH", prefix().join("lib"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_quietly(&daemon, &host, &[plugin.to_str().unwrap()]);
     wait_for("the app to be gone", WAIT, || daemon.status().apps == 0);
     daemon.stop("s");
     let expected = [
@@ -241,13 +236,49 @@ fn whos(output: &Path, trace: &str) -> Vec<String> {
         .collect()
 }
 
+/// forker.c built, and a daemon with a started session `s` of `channels`.
+struct Forker {
+    /// Holds the binary.
+    _scratch: Scratch,
+    binary: PathBuf,
+    daemon: Daemon,
+    output: PathBuf,
+}
+
+impl Forker {
+    fn start(tag: &str, channels: &[(&str, Buffers)]) -> Forker {
+        let scratch = Scratch::new(tag);
+        let binary = build(Lang::C, "forker.c", &scratch.0, "forker", &[]);
+        let daemon = Daemon::start();
+        let output = daemon.session("s", channels, true);
+        Forker {
+            _scratch: scratch,
+            binary,
+            daemon,
+            output,
+        }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        run(&self.daemon, &self.binary, args)
+    }
+
+    /// The `demo:who` words of each sub-trace, sorted.
+    fn each_sub_trace(&self) -> Vec<Vec<String>> {
+        let mut seen: Vec<Vec<String>> = sub_traces(&self.output)
+            .iter()
+            .map(|t| whos(&self.output, t))
+            .collect();
+        seen.sort();
+        seen
+    }
+}
+
 #[test]
 fn a_forked_child_registers_as_its_own_process_and_both_sub_traces_are_complete() {
-    let scratch = Scratch::new("c-fork");
-    let forker = build(Lang::C, "forker.c", &scratch.0, "forker", &[]);
-    let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
-    let out = run(&daemon, &forker, &["fork", "1"]);
+    let f = Forker::start("c-fork", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)]);
+    let (daemon, output) = (&f.daemon, f.output.as_path());
+    let out = f.run(&["fork", "1"]);
     assert!(
         out.stderr.is_empty(),
         "{}",
@@ -255,11 +286,11 @@ fn a_forked_child_registers_as_its_own_process_and_both_sub_traces_are_complete(
     );
     wait_for("the apps to be gone", WAIT, || daemon.status().apps == 0);
     daemon.stop("s");
-    let traces = sub_traces(&output);
+    let traces = sub_traces(output);
     let pid: Vec<&String> = traces.iter().filter(|t| t.contains("pid")).collect();
     assert_eq!(pid.len(), 2, "parent and child sub-traces: {traces:?}");
     let child: Vec<String> = (0..10).map(|i| format!("child {i}")).collect();
-    let mut seen: Vec<Vec<String>> = pid.iter().map(|t| whos(&output, t)).collect();
+    let mut seen: Vec<Vec<String>> = pid.iter().map(|t| whos(output, t)).collect();
     seen.sort();
     assert_eq!(
         seen,
@@ -267,7 +298,7 @@ fn a_forked_child_registers_as_its_own_process_and_both_sub_traces_are_complete(
     );
     // The per-UID trace has both, each process's events in its order.
     let uid = traces.iter().find(|t| t.contains("uid")).unwrap();
-    let all = whos(&output, uid);
+    let all = whos(output, uid);
     assert_eq!(all.len(), 12, "{all:?}");
     let children: Vec<&String> = all.iter().filter(|w| w.starts_with("child")).collect();
     assert_eq!(children, child.iter().collect::<Vec<_>>());
@@ -275,13 +306,11 @@ fn a_forked_child_registers_as_its_own_process_and_both_sub_traces_are_complete(
 
 #[test]
 fn a_hundred_forked_children_leave_nothing_in_the_daemon() {
-    let scratch = Scratch::new("c-fork-loop");
-    let forker = build(Lang::C, "forker.c", &scratch.0, "forker", &[]);
-    let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let f = Forker::start("c-fork-loop", &[("p", Buffers::PerPid)]);
+    let (daemon, output) = (&f.daemon, f.output.as_path());
     let before = daemon.status();
     let fds = daemon.fd_count();
-    run(&daemon, &forker, &["fork", "100"]);
+    f.run(&["fork", "100"]);
     wait_for("the apps to be gone", WAIT, || daemon.status().apps == 0);
     wait_for("their buffers to be torn down", WAIT, || {
         let now = daemon.status();
@@ -295,43 +324,35 @@ fn a_hundred_forked_children_leave_nothing_in_the_daemon() {
     assert_eq!(after.events_discarded, 0);
     wait_for("the daemon's fds back", WAIT, || daemon.fd_count() <= fds);
     daemon.stop("s");
-    let traces = sub_traces(&output);
+    let traces = sub_traces(output);
     assert_eq!(traces.len(), 101, "one per-PID sub-trace each");
     let complete = traces
         .iter()
-        .filter(|t| whos(&output, t).len() == 10)
+        .filter(|t| whos(output, t).len() == 10)
         .count();
     assert_eq!(complete, 100, "every child's 10 events");
 }
 
 #[test]
 fn the_child_of_daemon_is_traced_as_its_own_process() {
-    let scratch = Scratch::new("c-daemon");
-    let forker = build(Lang::C, "forker.c", &scratch.0, "forker", &[]);
-    let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
-    run(&daemon, &forker, &["daemon"]);
+    let f = Forker::start("c-daemon", &[("p", Buffers::PerPid)]);
+    let daemon = &f.daemon;
+    f.run(&["daemon"]);
     wait_for("the daemonized child to register and exit", WAIT, || {
         let now = daemon.status();
         now.apps_total == 2 && now.apps == 0
     });
     daemon.stop("s");
-    let mut seen: Vec<Vec<String>> = sub_traces(&output)
-        .iter()
-        .map(|t| whos(&output, t))
-        .collect();
-    seen.sort();
+    let seen = f.each_sub_trace();
     let daemonized: Vec<String> = (0..10).map(|i| format!("daemon {i}")).collect();
     assert_eq!(seen, [daemonized, vec!["parent 0".to_string()]]);
 }
 
 #[test]
 fn an_execd_child_inherits_no_descriptor_and_registers_afresh() {
-    let scratch = Scratch::new("c-exec");
-    let forker = build(Lang::C, "forker.c", &scratch.0, "forker", &[]);
-    let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
-    let out = run(&daemon, &forker, &["exec"]);
+    let f = Forker::start("c-exec", &[("p", Buffers::PerPid)]);
+    let daemon = &f.daemon;
+    let out = f.run(&["exec"]);
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "0",
@@ -339,27 +360,12 @@ fn an_execd_child_inherits_no_descriptor_and_registers_afresh() {
     );
     wait_for("both to be gone", WAIT, || daemon.status().apps == 0);
     daemon.stop("s");
-    let mut seen: Vec<Vec<String>> = sub_traces(&output)
-        .iter()
-        .map(|t| whos(&output, t))
-        .collect();
-    seen.sort();
+    let seen = f.each_sub_trace();
     // The forked child registered as itself, then exec'd: its new program
     // registered afresh (a third process, by connection) and recorded its events.
     let execd = vec!["parent 0".to_string(), "parent 1".to_string()];
     assert!(seen.contains(&execd), "{seen:?}");
     assert!(seen.contains(&vec!["parent 0".to_string()]), "{seen:?}");
-}
-
-/// The `(expected, recorded)` of `ustrace bench churn`'s `events:` line.
-fn churn_events(stdout: &str) -> (u64, u64) {
-    let line = stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("events: expected "))
-        .unwrap_or_else(|| panic!("no events line in {stdout}"));
-    let (expected, rest) = line.split_once(", recorded ").expect("recorded");
-    let recorded = rest.split([',', ' ']).next().expect("count");
-    (expected.parse().unwrap(), recorded.parse().unwrap())
 }
 
 #[test]
@@ -392,7 +398,7 @@ fn bench_churn_runs_the_c_example_app_per_pid_and_per_uid() {
             "{stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(churn_events(&stdout), (60, 60), "{mode}: {stdout}");
+        assert_eq!(common::churn_events(&stdout), (60, 60), "{mode}: {stdout}");
         assert!(
             stdout.contains("registration latency (connect -> RegistrationDone, 20 apps)"),
             "{mode}: {stdout}"
