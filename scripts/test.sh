@@ -28,4 +28,13 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo clippy -p ustrace-c --all-targets -- -D warnings
+
+# The app side (ust, shm, ctf, protocol) builds and passes its unit tests without the
+# daemon feature, and links no actor runtime.
+cargo test --no-default-features --lib
+if cargo tree --no-default-features -e normal | grep -E 'actix|tokio'; then
+  echo "the app side (--no-default-features) depends on actix/tokio (above)" >&2
+  exit 1
+fi
+
 cargo test --release -- --test-threads 2

@@ -25,10 +25,10 @@ use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
-use crate::ctf::registry::EventLimits;
-use crate::protocol::messages::{Buffers, ChannelRequest, ChannelSpec, ControlRequest};
+use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec};
 use crate::protocol::{self, ProtocolError};
-use crate::shm::Mode;
+use crate::shm::{self, Mode};
+use crate::trace::registry::EventLimits;
 
 /// The whole file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -115,7 +115,7 @@ pub struct ChannelDefaults {
     /// What a producer does when the ring is full.
     pub mode: Mode,
     /// Whether processes of one user share buffers or each gets its own.
-    pub buffers: Buffers,
+    pub buffers: Buffering,
     /// Name of the registered writer that turns packets into files.
     pub writer: String,
 }
@@ -126,7 +126,7 @@ impl Default for ChannelDefaults {
             subbuf_size: ByteSize(128 * 1024),
             num_subbuf: 4,
             mode: Mode::Discard,
-            buffers: Buffers::PerUid,
+            buffers: Buffering::PerUid,
             writer: "ctf".to_owned(),
         }
     }
@@ -279,7 +279,7 @@ pub struct ChannelConfig {
     pub name: String,
     /// Overrides [`ChannelDefaults::buffers`].
     #[serde(default)]
-    pub buffers: Option<Buffers>,
+    pub buffers: Option<Buffering>,
     /// Overrides [`ChannelDefaults::subbuf_size`].
     #[serde(default)]
     pub subbuf_size: Option<ByteSize>,
@@ -776,8 +776,9 @@ impl Config {
         }
     }
 
-    /// A `[[session.channel]]` as the `enable-channel` request it stands for.
-    fn channel_request(&self, channel: &ChannelConfig) -> ChannelRequest {
+    /// A `[[session.channel]]` as the `enable-channel` request it stands for: the
+    /// daemon declares it with the same checks as the CLI's.
+    pub fn channel_request(&self, channel: &ChannelConfig) -> ChannelRequest {
         ChannelRequest {
             name: channel.name.clone(),
             buffers: channel.buffers,
@@ -787,40 +788,9 @@ impl Config {
             writer: channel.writer.clone(),
         }
     }
-
-    /// The control requests that deploy the file's sessions, in order, each with the
-    /// name of the session it belongs to.
-    pub fn session_requests(&self) -> Vec<(String, ControlRequest)> {
-        let mut requests = Vec::new();
-        for session in &self.sessions {
-            let name = Some(session.name.clone());
-            let mut push = |request| requests.push((session.name.clone(), request));
-            push(ControlRequest::Create {
-                name: session.name.clone(),
-                output: session.output.as_ref().map(|o| o.display().to_string()),
-            });
-            for channel in &session.channels {
-                push(ControlRequest::EnableChannel {
-                    session: name.clone(),
-                    channel: self.channel_request(channel),
-                });
-                for pattern in &channel.events {
-                    push(ControlRequest::EnableEvent {
-                        session: name.clone(),
-                        channel: Some(channel.name.clone()),
-                        pattern: pattern.as_str().to_owned(),
-                    });
-                }
-            }
-            if session.autostart {
-                push(ControlRequest::Start { session: name });
-            }
-        }
-        requests
-    }
 }
 
-/// A validated sub-buffer size (a power of two of at most 2 GiB) as the u32 the
+/// A validated sub-buffer size (a power of two of at most 1 GiB) as the u32 the
 /// protocol carries.
 fn size_u32(size: ByteSize) -> u32 {
     u32::try_from(size.0).unwrap_or(u32::MAX)
@@ -856,21 +826,14 @@ fn positive(value: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// A `subbuf_size` key, checked by the ring layout's own rule.
 fn subbuf_size(size: ByteSize) -> Result<(), String> {
-    if !size.0.is_power_of_two() || !(4096..=1 << 31).contains(&size.0) {
-        return Err(format!(
-            "{} bytes: must be a power of two from 4K to 2G",
-            size.0
-        ));
-    }
-    Ok(())
+    shm::check_subbuf_size(size.0).map_err(|reason| format!("{} bytes: {reason}", size.0))
 }
 
+/// A `num_subbuf` key, checked by the ring layout's own rule.
 fn num_subbuf(count: u32) -> Result<(), String> {
-    if !count.is_power_of_two() || count < 2 {
-        return Err(format!("{count}: must be a power of two of at least 2"));
-    }
-    Ok(())
+    shm::check_num_subbuf(count.into()).map_err(|reason| format!("{count}: {reason}"))
 }
 
 /// Names become parts of file names: 1 to 64 of `A-Z a-z 0-9 _ - .`, not starting

@@ -11,16 +11,20 @@
 //! run on I/O arbiters (one thread per CPU, each set's writers on one of them in
 //! turn) so that disk I/O never delays a registration.
 
+use crate::actors::app_connection::AppLimits;
 use crate::actors::buffer_factory::{BufferFactory, FactorySettings};
-use crate::actors::framed;
+use crate::actors::control_socket;
+use crate::actors::framed::{self, FrameError};
 use crate::actors::registrar::{Accept, Registrar};
-use crate::actors::registration::AppLimits;
-use crate::actors::session::{Control, SessionManager, SessionSettings};
+use crate::actors::session::{
+    CreateSession, Done, EnableChannel, EnableEvent, ListSessions, SessionError, SessionManager,
+    SessionSettings, StartSession, StopSession,
+};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
-use crate::actors::writer::{WriterFactory, WriterRegistry};
+use crate::actors::writer::{WriterCatalog, WriterFactory};
 use crate::config::Config;
-use crate::protocol::messages::{ControlReply, ControlRequest};
+use crate::protocol::messages::ControlRequest;
 use crate::protocol::{APPS_SOCKET, CONTROL_SOCKET};
 use crate::shm::cpu_count;
 use actix::prelude::*;
@@ -58,12 +62,12 @@ pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
     /// A session declared in the config file was refused.
-    #[error("config session {session}: {message}")]
+    #[error("config session {session}: {source}")]
     ConfigSession {
         /// The session's name.
         session: String,
-        /// The daemon's answer.
-        message: String,
+        /// Why.
+        source: SessionError,
     },
     /// The actor system failed.
     #[error("actor system: {0}")]
@@ -75,7 +79,7 @@ pub struct Daemon {
     /// The deployment.
     config: Config,
     /// Writers by name; the built-in `ctf` one is always there.
-    writers: WriterRegistry,
+    writers: WriterCatalog,
 }
 
 impl Daemon {
@@ -83,7 +87,7 @@ impl Daemon {
     pub fn new(config: Config) -> Daemon {
         Daemon {
             config,
-            writers: WriterRegistry::default(),
+            writers: WriterCatalog::default(),
         }
     }
 
@@ -160,22 +164,16 @@ impl Daemon {
             max_apps_per_uid: u64::from(config.limits.apps_per_uid()),
             registration_timeout: config.daemon.registration_timeout(),
         };
-        let registrar = Registrar::new(factory, limits, stats).start();
-
-        for (session, request) in config.session_requests() {
-            match sessions.send(Control(request)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(message)) => return Err(DaemonError::ConfigSession { session, message }),
-                Err(e) => return Err(DaemonError::System(io::Error::other(e))),
-            }
-        }
+        let registrar = Registrar::new(factory, limits, stats.clone()).start();
+        declare_sessions(config, &sessions).await?;
 
         actix_rt::spawn(accept_loop(apps, APPS_SOCKET, move |stream| {
             registrar.do_send(Accept(stream))
         }));
         let control_sessions = sessions.clone();
         actix_rt::spawn(accept_loop(control, CONTROL_SOCKET, move |stream| {
-            actix_rt::spawn(serve_control(stream, control_sessions.clone(), max_frame));
+            let (sessions, stats) = (control_sessions.clone(), stats.clone());
+            actix_rt::spawn(serve_control(stream, sessions, stats, max_frame));
         }));
         log::info!("ustraced serving in {}", rundir.display());
         shutdown.await;
@@ -188,10 +186,67 @@ impl Daemon {
     }
 }
 
+/// Creates the sessions the config file declares (`[[session]]`), with the same
+/// messages and checks as the CLI's requests; the first refusal stops the daemon.
+async fn declare_sessions(
+    config: &Config,
+    sessions: &Addr<SessionManager>,
+) -> Result<(), DaemonError> {
+    for declared in &config.sessions {
+        let name = &declared.name;
+        let session = Some(name.clone());
+        let create = CreateSession {
+            name: name.clone(),
+            output: declared.output.clone(),
+        };
+        declare(sessions, name, create).await?;
+        for channel in &declared.channels {
+            let enable = EnableChannel {
+                session: session.clone(),
+                channel: config.channel_request(channel),
+            };
+            declare(sessions, name, enable).await?;
+            for pattern in &channel.events {
+                let enable = EnableEvent {
+                    session: session.clone(),
+                    channel: Some(channel.name.clone()),
+                    pattern: pattern.clone(),
+                };
+                declare(sessions, name, enable).await?;
+            }
+        }
+        if declared.autostart {
+            declare(sessions, name, StartSession { session }).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends one request of the config session `session`; a refusal names it.
+async fn declare<M>(
+    sessions: &Addr<SessionManager>,
+    session: &str,
+    request: M,
+) -> Result<(), DaemonError>
+where
+    M: Message<Result = Done> + Send + 'static,
+    SessionManager: Handler<M>,
+{
+    sessions
+        .send(request)
+        .await
+        .map_err(|e| DaemonError::System(io::Error::other(e)))?
+        .map(drop)
+        .map_err(|source| DaemonError::ConfigSession {
+            session: session.to_owned(),
+            source,
+        })
+}
+
 /// Recovers the traces a crashed daemon may have left in the output directories
 /// this one finds (`daemon.output_dir` and each `[[session]]`'s `output`), before
 /// anything is served: each then reads up to its last complete packet (see
-/// [`crate::ctf::recover`]). Every change and every trace it cannot recover is
+/// [`crate::trace::recover`]). Every change and every trace it cannot recover is
 /// logged; none stops the daemon. Two daemons must not share an output directory:
 /// this would cut the packet the other is appending.
 fn recover_outputs(config: &Config) {
@@ -201,7 +256,7 @@ fn recover_outputs(config: &Config) {
         .filter(|d| d.is_dir())
         .collect();
     for dir in dirs {
-        let recovery = crate::ctf::recover::recover(&dir);
+        let recovery = crate::trace::recover::recover(&dir);
         for repair in recovery.repairs {
             log::warn!("recovered {repair}");
         }
@@ -314,23 +369,25 @@ fn raise_fd_limit() {
 const CONTROL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Reads a Hello and one request, answers it.
-async fn serve_control(stream: UnixStream, sessions: Addr<SessionManager>, max_frame: usize) {
+async fn serve_control(
+    stream: UnixStream,
+    sessions: Addr<SessionManager>,
+    stats: Arc<Stats>,
+    max_frame: usize,
+) {
     let (mut reader, writer) = stream.into_split();
     let request = async {
         framed::read_hello(&mut reader).await?;
         framed::read_frame::<ControlRequest>(&mut reader, max_frame)
             .await?
-            .ok_or_else(|| "closed before sending a request".to_string())
+            .ok_or(FrameError::NoRequest)
     };
     // A client that connects and says nothing must not hold a task and an fd for ever.
     let request = tokio::time::timeout(CONTROL_REQUEST_TIMEOUT, request)
         .await
-        .unwrap_or_else(|_| Err("no request within 10 s".to_string()));
-    let reply: ControlReply = match request {
-        Ok(request) => sessions
-            .send(Control(request))
-            .await
-            .unwrap_or_else(|e| Err(format!("daemon busy: {e}"))),
+        .unwrap_or(Err(FrameError::NoRequestInTime(CONTROL_REQUEST_TIMEOUT)));
+    let reply = match request {
+        Ok(request) => control_socket::answer(request, &sessions, &stats).await,
         Err(e) => {
             log::warn!("control.sock: {e}; connection closed");
             Err(format!("bad request: {e}"))
@@ -359,17 +416,14 @@ async fn wait_for_termination() {
 
 /// Stops every started session so that its trace is complete on disk.
 async fn stop_all(sessions: &Addr<SessionManager>) {
-    let Ok(Ok(crate::protocol::messages::ControlOk::Sessions(list))) = sessions
-        .send(Control(ControlRequest::List { session: None }))
-        .await
-    else {
+    let Ok(Ok(list)) = sessions.send(ListSessions { session: None }).await else {
         return;
     };
     for session in list.into_iter().filter(|s| s.started) {
-        let stop = ControlRequest::Stop {
+        let stop = StopSession {
             session: Some(session.name.clone()),
         };
-        if let Ok(Err(e)) = sessions.send(Control(stop)).await {
+        if let Ok(Err(e)) = sessions.send(stop).await {
             log::error!("stopping {}: {e}", session.name);
         }
     }

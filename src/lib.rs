@@ -8,8 +8,12 @@
 //! an instrumented program links no actor runtime; the daemon side needs the
 //! `daemon` feature.
 
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 #[cfg(feature = "daemon")]
 pub mod actors;
+#[cfg(feature = "daemon")]
+pub mod bench;
 #[cfg(feature = "daemon")]
 pub mod cli;
 #[cfg(feature = "daemon")]
@@ -21,4 +25,6 @@ pub mod ctf;
 pub mod daemon;
 pub mod protocol;
 pub mod shm;
+#[cfg(feature = "daemon")]
+pub mod trace;
 pub mod ust;

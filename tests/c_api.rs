@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
-use ustrace::protocol::messages::{Buffers, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ControlRequest};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -121,7 +121,7 @@ fn run_with(daemon: &Daemon, command: &mut Command) -> Output {
 fn session(daemon: &Daemon) -> PathBuf {
     let output = daemon.session(
         "s",
-        &[("u", Buffers::PerUid), ("p", Buffers::PerPid)],
+        &[("u", Buffering::PerUid), ("p", Buffering::PerPid)],
         false,
     );
     for channel in ["u", "p"] {
@@ -246,7 +246,7 @@ struct Forker {
 }
 
 impl Forker {
-    fn start(tag: &str, channels: &[(&str, Buffers)]) -> Forker {
+    fn start(tag: &str, channels: &[(&str, Buffering)]) -> Forker {
         let scratch = Scratch::new(tag);
         let binary = build(Lang::C, "forker.c", &scratch.0, "forker", &[]);
         let daemon = Daemon::start();
@@ -276,7 +276,10 @@ impl Forker {
 
 #[test]
 fn a_forked_child_registers_as_its_own_process_and_both_sub_traces_are_complete() {
-    let f = Forker::start("c-fork", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)]);
+    let f = Forker::start(
+        "c-fork",
+        &[("p", Buffering::PerPid), ("u", Buffering::PerUid)],
+    );
     let (daemon, output) = (&f.daemon, f.output.as_path());
     let out = f.run(&["fork", "1"]);
     assert!(
@@ -306,7 +309,7 @@ fn a_forked_child_registers_as_its_own_process_and_both_sub_traces_are_complete(
 
 #[test]
 fn a_hundred_forked_children_leave_nothing_in_the_daemon() {
-    let f = Forker::start("c-fork-loop", &[("p", Buffers::PerPid)]);
+    let f = Forker::start("c-fork-loop", &[("p", Buffering::PerPid)]);
     let (daemon, output) = (&f.daemon, f.output.as_path());
     let before = daemon.status();
     let fds = daemon.fd_count();
@@ -335,7 +338,7 @@ fn a_hundred_forked_children_leave_nothing_in_the_daemon() {
 
 #[test]
 fn the_child_of_daemon_is_traced_as_its_own_process() {
-    let f = Forker::start("c-daemon", &[("p", Buffers::PerPid)]);
+    let f = Forker::start("c-daemon", &[("p", Buffering::PerPid)]);
     let daemon = &f.daemon;
     f.run(&["daemon"]);
     wait_for("the daemonized child to register and exit", WAIT, || {
@@ -350,7 +353,7 @@ fn the_child_of_daemon_is_traced_as_its_own_process() {
 
 #[test]
 fn an_execd_child_inherits_no_descriptor_and_registers_afresh() {
-    let f = Forker::start("c-exec", &[("p", Buffers::PerPid)]);
+    let f = Forker::start("c-exec", &[("p", Buffering::PerPid)]);
     let daemon = &f.daemon;
     let out = f.run(&["exec"]);
     assert_eq!(

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ustrace::config::{ByteSize, Config, ConfigError, EventPattern};
-use ustrace::protocol::messages::{Buffers, ChannelSpec};
+use ustrace::protocol::messages::{Buffering, ChannelSpec};
 use ustrace::shm::Mode;
 
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/ustraced.toml");
@@ -83,7 +83,7 @@ fn defaults_are_the_documented_values() {
     assert_eq!(config.channel_defaults.subbuf_size, ByteSize(128 * 1024));
     assert_eq!(config.channel_defaults.num_subbuf, 4);
     assert_eq!(config.channel_defaults.mode, Mode::Discard);
-    assert_eq!(config.channel_defaults.buffers, Buffers::PerUid);
+    assert_eq!(config.channel_defaults.buffers, Buffering::PerUid);
     assert_eq!(config.channel_defaults.writer, "ctf");
     assert_eq!(config.supervision.max_restarts, 3);
     assert_eq!(config.supervision.within(), Duration::from_secs(10));
@@ -133,7 +133,7 @@ name = "batch.2"
         config.channel_spec(&web.channels[0]),
         ChannelSpec {
             name: "requests".into(),
-            buffers: Buffers::PerPid,
+            buffers: Buffering::PerPid,
             subbuf_size: 64 * 1024,
             num_subbuf: 8,
             mode: Mode::Overwrite,
@@ -144,7 +144,7 @@ name = "batch.2"
         config.channel_spec(&web.channels[1]),
         ChannelSpec {
             name: "misc".into(),
-            buffers: Buffers::PerUid,
+            buffers: Buffering::PerUid,
             subbuf_size: 8192,
             num_subbuf: 4,
             mode: Mode::Discard,
@@ -272,6 +272,24 @@ fn sub_buffer_count_must_be_a_power_of_two_of_at_least_2() {
             "channel_defaults.num_subbuf",
         );
     }
+}
+
+#[test]
+fn geometry_past_the_ring_layout_s_limits_is_refused_at_its_line_and_column() {
+    let (position, message) = invalid(
+        "[channel_defaults]\nsubbuf_size = \"2G\"\n",
+        "channel_defaults.subbuf_size",
+    );
+    assert_eq!(position, Some((2, 15)));
+    assert!(message.contains("1 GiB"), "{message}");
+    let text =
+        "[[session]]\nname = \"s\"\n  [[session.channel]]\n  name = \"c\"\n  num_subbuf = 131072\n";
+    let (position, message) = invalid(text, "session[0].channel[0].num_subbuf");
+    assert_eq!(position, Some((5, 16)));
+    assert!(message.contains("65536"), "{message}");
+    // The largest values the rule allows load.
+    parse("[channel_defaults]\nsubbuf_size = \"1G\"\nnum_subbuf = 65536\n")
+        .expect("1G x 65536 is within the limits");
 }
 
 #[test]

@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
-use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlOk, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlOk, ControlRequest};
 
 /// Bytes of one `demo:ev {i: i64, s: "hello"}`.
 const DEMO_EVENT_LEN: u64 = (EVENT_HEADER_SIZE + 8 + 6) as u64;
@@ -19,7 +19,7 @@ const DEMO_EVENT_LEN: u64 = (EVENT_HEADER_SIZE + 8 + 6) as u64;
 fn small_packets() -> ChannelRequest {
     ChannelRequest {
         name: "chan".into(),
-        buffers: Some(Buffers::PerUid),
+        buffers: Some(Buffering::PerUid),
         subbuf_size: Some(4096),
         num_subbuf: Some(16),
         ..ChannelRequest::default()

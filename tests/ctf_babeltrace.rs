@@ -8,9 +8,9 @@ use std::time::SystemTime;
 
 use ctf_support::*;
 use ustrace::ctf::field::{FieldType, Hex};
-use ustrace::ctf::layout::{DirClock, pid_trace_dir, uid_trace_dir};
-use ustrace::ctf::registry::{Ownership, Registry, monotonic_ns};
-use ustrace::ctf::trace_writer::{append_packet, write_metadata};
+use ustrace::trace::layout::{DirClock, pid_trace_dir, uid_trace_dir};
+use ustrace::trace::registry::{EventRegistry, TraceOwner, monotonic_ns};
+use ustrace::trace::writer::{append_packet, write_metadata};
 
 fn int(bits: u8, signed: bool) -> FieldType {
     FieldType::Integer {
@@ -28,15 +28,15 @@ fn hex(bits: u8) -> FieldType {
     }
 }
 
-fn pid(name: &str, pid: u32) -> Ownership {
-    Ownership::PerPid {
+fn pid(name: &str, pid: u32) -> TraceOwner {
+    TraceOwner::PerPid {
         procname: name.into(),
         pid,
     }
 }
 
 /// One field of every type, plus a field named like a TSDL keyword.
-fn all_types(r: &mut Registry) -> u32 {
+fn all_types(r: &mut EventRegistry) -> u32 {
     let color = FieldType::Enum {
         bits: 16,
         signed: true,
@@ -179,7 +179,7 @@ fn every_field_type_reads_the_same_in_babeltrace2_and_view() {
 #[allow(clippy::type_complexity)]
 fn write_seq_packets(
     dir: &Path,
-    r: &Registry,
+    r: &EventRegistry,
     id: u32,
     packets: &[(&str, u32, u64, u64, bool, &[(u64, u32)])],
 ) {
@@ -193,7 +193,7 @@ fn write_seq_packets(
     }
 }
 
-fn seq_event(r: &mut Registry) -> u32 {
+fn seq_event(r: &mut EventRegistry) -> u32 {
     r.register_event(&desc("prov", "tick", vec![field("seq", int(32, false))]))
         .unwrap()
         .0
@@ -238,7 +238,7 @@ fn streams_of_several_cpus_and_channels_merge_by_time() {
 #[test]
 fn discarded_events_are_reported_by_babeltrace2_and_view() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut r = registry(3, Ownership::PerUid { uid: 1000 });
+    let mut r = registry(3, TraceOwner::PerUid { uid: 1000 });
     r.add_channel("chan");
     let id = seq_event(&mut r);
     let dir = uid_trace_dir(tmp.path(), 1000);
@@ -311,14 +311,14 @@ fn a_session_of_per_pid_and_per_uid_traces_reads_as_one_time_ordered_trace() {
     let traces = [
         (registry(5, pid("alpha", 100)), [1u64, 4, 7]),
         (registry(6, pid("beta", 200)), [2, 5, 8]),
-        (registry(7, Ownership::PerUid { uid: 1000 }), [3, 6, 9]),
+        (registry(7, TraceOwner::PerUid { uid: 1000 }), [3, 6, 9]),
     ];
     for (mut r, times) in traces {
         r.add_channel("chan");
         let id = seq_event(&mut r);
         let dir = match &r.env().ownership {
-            Ownership::PerUid { uid } => uid_trace_dir(session, *uid),
-            Ownership::PerPid { procname, pid } => {
+            TraceOwner::PerUid { uid } => uid_trace_dir(session, *uid),
+            TraceOwner::PerPid { procname, pid } => {
                 pid_trace_dir(session, procname, *pid, SystemTime::now(), DirClock::Local)
             }
         };
@@ -360,13 +360,13 @@ fn a_session_of_per_pid_and_per_uid_traces_reads_as_one_time_ordered_trace() {
 #[test]
 fn timestamps_print_as_the_real_wall_clock_date() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut r = Registry::for_this_host(pid("app", 1)).unwrap();
+    let mut r = EventRegistry::for_this_host(pid("app", 1)).unwrap();
     r.add_channel("chan");
     let id = seq_event(&mut r);
     let dir = pid_trace_dir(tmp.path(), "app", 1, SystemTime::now(), DirClock::Local);
     write_metadata(&dir, &r).unwrap();
     let day = |t| {
-        let d = ustrace::ctf::layout::dir_timestamp(t, DirClock::Utc);
+        let d = ustrace::trace::layout::dir_timestamp(t, DirClock::Utc);
         format!("{}-{}-{}", &d[0..4], &d[4..6], &d[6..8])
     };
     let day_before = day(SystemTime::now());
@@ -448,7 +448,7 @@ fn json_output_has_one_object_per_event_with_typed_fields() {
     append_packet(&dir, "chan", 2, &p.finish(0, false)).unwrap();
     let mut out = Vec::new();
     assert_eq!(
-        ustrace::ctf::view::view(tmp.path(), true, &mut out).unwrap(),
+        ustrace::trace::view::view(tmp.path(), true, &mut out).unwrap(),
         1
     );
     let text = String::from_utf8(out).unwrap();

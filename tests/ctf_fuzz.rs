@@ -11,22 +11,22 @@ use ctf_support::*;
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
 use ustrace::ctf::field::{FieldType, Hex};
-use ustrace::ctf::layout::{DirClock, pid_trace_dir, uid_trace_dir};
-use ustrace::ctf::reader::ReadError;
-use ustrace::ctf::registry::Ownership;
-use ustrace::ctf::trace_writer::{append_packet, write_metadata};
-use ustrace::ctf::view::{ViewError, view};
+use ustrace::trace::layout::{DirClock, pid_trace_dir, uid_trace_dir};
+use ustrace::trace::reader::ReadError;
+use ustrace::trace::registry::TraceOwner;
+use ustrace::trace::view::{ViewError, view};
+use ustrace::trace::writer::{append_packet, write_metadata};
 
 /// Writes a small real session (one per-PID and one per-UID trace, every field type)
 /// under `root` and returns its files: metadata first, then stream files.
 fn real_session(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for (n, ownership) in [
-        Ownership::PerPid {
+        TraceOwner::PerPid {
             procname: "app".into(),
             pid: 3,
         },
-        Ownership::PerUid { uid: 1000 },
+        TraceOwner::PerUid { uid: 1000 },
     ]
     .into_iter()
     .enumerate()
@@ -72,10 +72,10 @@ fn real_session(root: &Path) -> Vec<PathBuf> {
             ))
             .unwrap();
         let dir = match ownership {
-            Ownership::PerPid { .. } => {
+            TraceOwner::PerPid { .. } => {
                 pid_trace_dir(root, "app", 3, SystemTime::UNIX_EPOCH, DirClock::Utc)
             }
-            Ownership::PerUid { uid } => uid_trace_dir(root, uid),
+            TraceOwner::PerUid { uid } => uid_trace_dir(root, uid),
         };
         write_metadata(&dir, &r).unwrap();
         for seq in 0..2u64 {

@@ -15,7 +15,7 @@ use ustrace::config::Config;
 use ustrace::control;
 use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
 use ustrace::daemon::Daemon;
-use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlRequest, StatusReport};
+use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlRequest, StatusReport};
 
 /// Bytes of one `demo:ev {i: i64, s: "hello"}`.
 const DEMO_EVENT_LEN: usize = EVENT_HEADER_SIZE + 8 + 6;
@@ -66,10 +66,44 @@ impl WriterFactory for Collect {
     }
 }
 
-/// Starts the daemon with `collect` in a thread; returns its runtime dir and stopper.
+/// Writes, from `create` on, one line per packet into `<trace_dir>/<stream>.packets`:
+/// a custom writer that stores into its stream's own directory.
+struct InTraceDir;
+
+/// The file an [`InTraceDir`] writer appends to.
+struct InTraceDirWriter(std::fs::File);
+
+impl StreamWriter for InTraceDirWriter {
+    fn write_packet(&mut self, _: &Metadata, packet: &[u8]) -> io::Result<()> {
+        use std::io::Write as _;
+        writeln!(self.0, "{}", packet.len())
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+}
+
+impl WriterFactory for InTraceDir {
+    fn create(&self, stream: &StreamInfo) -> io::Result<Box<dyn StreamWriter>> {
+        let path = stream
+            .trace_dir
+            .path()
+            .join(format!("{}.packets", stream.file_name()));
+        Ok(Box::new(InTraceDirWriter(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?,
+        )))
+    }
+}
+
+/// Starts the daemon with `factory` registered as `collect` in a thread; returns its
+/// runtime dir and stopper.
 fn daemon(
     scratch: &Scratch,
-    factory: Collect,
+    factory: impl WriterFactory + 'static,
 ) -> (std::path::PathBuf, tokio::sync::oneshot::Sender<()>) {
     let rundir = scratch.path("run");
     let mut config = Config::default();
@@ -97,12 +131,12 @@ fn ask(rundir: &std::path::Path, request: ControlRequest) {
         .unwrap_or_else(|e| panic!("{shown}: {e}"));
 }
 
-fn trace_with_collect(rundir: &std::path::Path, events: u32) {
+fn trace_with_collect(rundir: &std::path::Path, output: Option<String>, events: u32) {
     ask(
         rundir,
         ControlRequest::Create {
             name: "s".into(),
-            output: None,
+            output,
         },
     );
     ask(
@@ -111,7 +145,7 @@ fn trace_with_collect(rundir: &std::path::Path, events: u32) {
             session: None,
             channel: ChannelRequest {
                 name: "c".into(),
-                buffers: Some(Buffers::PerPid),
+                buffers: Some(Buffering::PerPid),
                 writer: Some("collect".into()),
                 ..ChannelRequest::default()
             },
@@ -171,7 +205,7 @@ fn collect_one_app(tag: &str, panic_first: bool, events: u32) -> (Collected, Sta
             panic_first,
         },
     );
-    trace_with_collect(&rundir, events);
+    trace_with_collect(&rundir, None, events);
     let status = status(&rundir);
     let _ = stop.send(());
     (packets, status)
@@ -191,4 +225,42 @@ fn a_panicking_custom_writer_is_restarted_and_loses_nothing() {
     assert_eq!(events_in(&packets), 25);
     assert_eq!(status.writer_restarts, 1, "{status:?}");
     assert!(status.failed_writers.is_empty(), "{status:?}");
+}
+
+#[test]
+fn a_custom_writer_creates_files_in_its_stream_s_trace_dir() {
+    let scratch = Scratch::new("in-trace-dir");
+    let (rundir, stop) = daemon(&scratch, InTraceDir);
+    let output = scratch.path("trace");
+    trace_with_collect(&rundir, Some(output.display().to_string()), 30);
+    let status = status(&rundir);
+    let _ = stop.send(());
+    assert_eq!(status.writer_restarts, 0, "{status:?}");
+    assert!(status.failed_writers.is_empty(), "{status:?}");
+    let mut found = Vec::new();
+    let mut dirs = vec![output.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "packets") {
+                found.push(path);
+            }
+        }
+    }
+    assert!(
+        !found.is_empty(),
+        "no .packets file below {}",
+        output.display()
+    );
+    for file in &found {
+        let lines = std::fs::read_to_string(file).unwrap();
+        assert!(
+            file.parent().unwrap().starts_with(output.join("ust/pid")),
+            "{}",
+            file.display()
+        );
+        assert!(lines.lines().count() > 0, "{} is empty", file.display());
+    }
 }

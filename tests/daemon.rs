@@ -7,7 +7,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::time::Duration;
-use ustrace::protocol::messages::{Buffers, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ControlRequest};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -20,7 +20,7 @@ fn per_uid_gives_one_sub_trace_per_uid_and_per_pid_one_per_app() {
     let daemon = Daemon::start();
     let output = daemon.session(
         "s",
-        &[("byuid", Buffers::PerUid), ("bypid", Buffers::PerPid)],
+        &[("byuid", Buffering::PerUid), ("bypid", Buffering::PerPid)],
         true,
     );
     for uid in [4242u32, 4243, 4242] {
@@ -66,7 +66,7 @@ fn per_uid_gives_one_sub_trace_per_uid_and_per_pid_one_per_app() {
 #[test]
 fn first_event_after_registration_is_recorded_for_each_of_100_apps() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("c", Buffers::PerPid)], true);
+    let output = daemon.session("s", &[("c", Buffering::PerPid)], true);
     daemon.run_apps(100, 8, &["--events", "1"]);
     daemon.stop("s");
     assert_eq!(demo_events(&babeltrace2(&output)), 100);
@@ -75,7 +75,7 @@ fn first_event_after_registration_is_recorded_for_each_of_100_apps() {
 #[test]
 fn apps_registered_before_start_are_traced_after_it() {
     let daemon = Daemon::start();
-    for (session, buffers) in [("uid", Buffers::PerUid), ("pid", Buffers::PerPid)] {
+    for (session, buffers) in [("uid", Buffering::PerUid), ("pid", Buffering::PerPid)] {
         let output = daemon.session(session, &[("c", buffers)], false);
         let registered = daemon.status().apps_total;
         let mut app = Running(
@@ -99,7 +99,11 @@ fn apps_registered_before_start_are_traced_after_it() {
 #[test]
 fn what_a_sigkilled_app_committed_is_in_the_trace() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
+    let output = daemon.session(
+        "s",
+        &[("p", Buffering::PerPid), ("u", Buffering::PerUid)],
+        true,
+    );
     let mut app = daemon.app_that_emitted(5000);
     app.0.kill().unwrap();
     app.0.wait().unwrap();
@@ -113,7 +117,7 @@ fn what_a_sigkilled_app_committed_is_in_the_trace() {
 #[test]
 fn an_aborting_app_keeps_its_events() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let output = daemon.session("s", &[("p", Buffering::PerPid)], true);
     let status = daemon.app(&["--events", "50", "--abort"]).status().unwrap();
     assert!(!status.success());
     wait_for("the daemon to see the app die", WAIT, || {
@@ -139,7 +143,11 @@ fn modes(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
 #[test]
 fn traces_are_for_the_daemons_user_and_group_only() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
+    let output = daemon.session(
+        "s",
+        &[("p", Buffering::PerPid), ("u", Buffering::PerUid)],
+        true,
+    );
     daemon.run_app(&["--events", "3"]);
     daemon.stop("s");
     let all = modes(&output);
@@ -164,7 +172,7 @@ fn send_raw(path: &std::path::Path, bytes: &[u8]) {
 #[test]
 fn garbage_truncated_and_oversized_frames_leave_the_daemon_serving() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let output = daemon.session("s", &[("p", Buffering::PerPid)], true);
     let mut hello = Vec::new();
     hello.extend_from_slice(&8u32.to_le_bytes());
     hello.extend_from_slice(b"USTR");
@@ -193,14 +201,14 @@ fn garbage_truncated_and_oversized_frames_leave_the_daemon_serving() {
 fn a_failing_writer_is_restarted_then_marked_failed_and_others_go_on() {
     let daemon =
         Daemon::with_config("[supervision]\nmax_restarts = 2\nwithin_secs = 60\nbackoff_ms = 10\n");
-    let broken = daemon.session("broken", &[("p", Buffers::PerPid)], false);
+    let broken = daemon.session("broken", &[("p", Buffering::PerPid)], false);
     // The sub-trace directory cannot be created: `ust` is a file.
     std::fs::create_dir_all(&broken).unwrap();
     std::fs::write(broken.join("ust"), b"in the way").unwrap();
     daemon.ok(ControlRequest::Start {
         session: Some("broken".into()),
     });
-    let healthy = daemon.session("healthy", &[("p", Buffers::PerPid)], true);
+    let healthy = daemon.session("healthy", &[("p", Buffering::PerPid)], true);
     daemon.run_app(&["--events", "20"]);
     wait_for("the broken writer to be marked failed", WAIT, || {
         !daemon.status().failed_writers.is_empty()
@@ -232,7 +240,11 @@ fn a_failing_writer_is_restarted_then_marked_failed_and_others_go_on() {
 #[test]
 fn after_1000_apps_the_daemon_holds_nothing_for_them() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
+    let output = daemon.session(
+        "s",
+        &[("p", Buffering::PerPid), ("u", Buffering::PerUid)],
+        true,
+    );
     // One app first, so that the per-UID set and lazily made state exist.
     daemon.run_app(&["--events", "1"]);
     // Its per-PID set and writers are gone; the per-UID ones stay for the session
@@ -303,7 +315,7 @@ fn a_daemon_that_never_answers_costs_the_app_only_its_timeout() {
 #[test]
 fn a_stream_gets_a_writer_at_its_first_packet() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("u", Buffers::PerUid)], true);
+    let output = daemon.session("s", &[("u", Buffering::PerUid)], true);
     let mut silent = daemon.app_that_emitted(0);
     wait_for("buffers to exist", WAIT, || {
         daemon.status().buffer_sets == 1
@@ -331,7 +343,7 @@ fn a_stream_gets_a_writer_at_its_first_packet() {
 #[test]
 fn destroy_frees_every_buffer_set_and_writer() {
     let daemon = Daemon::start();
-    daemon.session("s", &[("u", Buffers::PerUid)], true);
+    daemon.session("s", &[("u", Buffering::PerUid)], true);
     let mut app = daemon.app_that_emitted(3);
     wait_for("buffers to exist", WAIT, || {
         daemon.status().buffer_sets == 1
@@ -411,9 +423,36 @@ fn sessions_declared_in_the_config_trace_without_any_cli_call() {
 }
 
 #[test]
+fn a_config_session_the_daemon_refuses_stops_it_naming_session_and_reason() {
+    let scratch = common::Scratch::new("refusedsession");
+    let config = scratch.path("ustraced.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[session]]\nname = \"auto\"\noutput = \"{}\"\n\
+             [[session.channel]]\nname = \"c\"\nwriter = \"nosuch\"\n",
+            scratch.path("out").display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ustraced"))
+        .arg("--config")
+        .arg(&config)
+        .env("USTRACE_RUNDIR", scratch.path("run"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("config session auto: no writer named \"nosuch\""),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn sigterm_stops_the_daemon_with_every_started_session_on_disk() {
     let mut daemon = Daemon::start();
-    let output = daemon.session("s", &[("u", Buffers::PerUid)], true);
+    let output = daemon.session("s", &[("u", Buffering::PerUid)], true);
     let mut app = daemon.app_that_emitted(30);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon.pid() as i32),
@@ -430,7 +469,7 @@ fn sigterm_stops_the_daemon_with_every_started_session_on_disk() {
 #[test]
 fn a_connection_that_never_registers_is_closed_after_the_registration_timeout() {
     let daemon = Daemon::with_config("[daemon]\nregistration_timeout_ms = 300\n");
-    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let output = daemon.session("s", &[("p", Buffering::PerPid)], true);
     let mut silent = UnixStream::connect(daemon.rundir.join("apps.sock")).unwrap();
     wait_for("the silent peer to be counted", WAIT, || {
         daemon.status().apps == 1
@@ -451,7 +490,11 @@ fn a_connection_that_never_registers_is_closed_after_the_registration_timeout() 
 #[test]
 fn a_forked_rust_child_registers_as_its_own_process_before_fork_returns() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid), ("u", Buffers::PerUid)], true);
+    let output = daemon.session(
+        "s",
+        &[("p", Buffering::PerPid), ("u", Buffering::PerUid)],
+        true,
+    );
     // The child emits its 5 events right after fork() returned in it, and _exits.
     daemon.run_app(&["--events", "3", "--fork-child-events", "5"]);
     wait_for("both to be gone", WAIT, || daemon.status().apps == 0);
@@ -487,7 +530,7 @@ fn a_registration_reaches_the_app_in_one_piece() {
     use ustrace::protocol::{APPS_SOCKET, frame};
 
     let daemon = Daemon::start();
-    daemon.session("s", &[("p", Buffers::PerPid)], true);
+    daemon.session("s", &[("p", Buffering::PerPid)], true);
     let sock = UnixStream::connect(daemon.rundir.join(APPS_SOCKET)).unwrap();
     frame::send_hello(&sock).unwrap();
     let register = AppRegister {
@@ -551,12 +594,12 @@ fn a_registration_reaches_the_app_in_one_piece() {
 fn starting_a_per_pid_session_prepares_its_pid_directory_before_any_app() {
     use std::os::unix::fs::PermissionsExt;
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let output = daemon.session("s", &[("p", Buffering::PerPid)], true);
     let pid_dir = output.join("ust").join("pid");
     let meta = std::fs::metadata(&pid_dir).expect("ust/pid made at start");
     assert!(meta.is_dir());
     assert_eq!(meta.permissions().mode() & 0o027, 0);
-    let per_uid = daemon.session("u", &[("c", Buffers::PerUid)], true);
+    let per_uid = daemon.session("u", &[("c", Buffering::PerUid)], true);
     assert!(
         !per_uid.join("ust").exists(),
         "nothing for a per-UID session"

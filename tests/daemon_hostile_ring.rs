@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use ustrace::ctf::field::FieldValue;
 use ustrace::protocol::frame;
-use ustrace::protocol::messages::{AppCommand, AppRegister, Buffers, ChannelRequest};
+use ustrace::protocol::messages::{AppCommand, AppRegister, Buffering, ChannelRequest};
 use ustrace::protocol::{APPS_SOCKET, rundir};
 use ustrace::shm::{Ring, Wakeup};
 
@@ -160,7 +160,7 @@ fn a_lying_app_costs_only_its_own_uid(lie: &str) {
     let output = daemon.session_with(
         "s",
         "out",
-        &[small("u", Buffers::PerUid), small("p", Buffers::PerPid)],
+        &[small("u", Buffering::PerUid), small("p", Buffering::PerPid)],
         true,
     );
     let mut hostile = Running(

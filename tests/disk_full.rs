@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
-use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlOk, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlOk, ControlRequest};
 
 /// A tmpfs mounted for the test, unmounted on drop.
 struct Tmpfs(PathBuf);
@@ -66,7 +66,7 @@ fn events_on_disk(dir: &Path) -> usize {
 fn start_session(daemon: &Daemon, output: &Path) -> PathBuf {
     let channel = ChannelRequest {
         name: "chan".into(),
-        buffers: Some(Buffers::PerUid),
+        buffers: Some(Buffering::PerUid),
         subbuf_size: Some(4096),
         num_subbuf: Some(64),
         ..ChannelRequest::default()
@@ -146,7 +146,7 @@ fn a_full_disk_never_leaves_a_partial_or_empty_metadata() {
     fs::create_dir_all(&trace).unwrap();
     let _filler = fill(&disk.0);
     let tsdl = format!("/* CTF 1.8 */\n{}", "x".repeat(64 * 1024));
-    let stored = ustrace::ctf::trace_writer::store_metadata(&trace, "chan_0", &tsdl);
+    let stored = ustrace::trace::writer::store_metadata(&trace, "chan_0", &tsdl);
     let error = stored.expect_err("no space for the metadata");
     assert_eq!(error.raw_os_error(), Some(libc::ENOSPC), "{error}");
     let names: Vec<_> = fs::read_dir(&trace)

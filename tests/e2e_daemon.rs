@@ -8,13 +8,13 @@ use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::time::Duration;
 use ustrace::ctf::packet::PacketHeader;
-use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlRequest};
 use ustrace::shm::Mode;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// A channel of the smallest geometry: 2 sub-buffers of 4 KiB.
-fn tiny(name: &str, buffers: Buffers, mode: Mode) -> ChannelRequest {
+fn tiny(name: &str, buffers: Buffering, mode: Mode) -> ChannelRequest {
     ChannelRequest {
         name: name.into(),
         buffers: Some(buffers),
@@ -65,8 +65,8 @@ fn discarded_events_are_counted_and_recorded_plus_discarded_is_emitted() {
         "s",
         "out",
         &[
-            tiny("p", Buffers::PerPid, Mode::Discard),
-            tiny("u", Buffers::PerUid, Mode::Discard),
+            tiny("p", Buffering::PerPid, Mode::Discard),
+            tiny("u", Buffering::PerUid, Mode::Discard),
         ],
         true,
     );
@@ -217,8 +217,8 @@ fn overwrite_trace() -> Vec<(String, Vec<i64>)> {
         "s",
         "out",
         &[
-            tiny("p", Buffers::PerPid, Mode::Overwrite),
-            tiny("u", Buffers::PerUid, Mode::Overwrite),
+            tiny("p", Buffering::PerPid, Mode::Overwrite),
+            tiny("u", Buffering::PerUid, Mode::Overwrite),
         ],
         true,
     );
@@ -301,7 +301,7 @@ fn overwrite_mode_keeps_the_newest_event() {
 #[test]
 fn sixteen_apps_of_one_uid_registering_at_once_share_one_per_uid_trace() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("u", Buffers::PerUid)], true);
+    let output = daemon.session("s", &[("u", Buffering::PerUid)], true);
     let apps: Vec<Running> = (0..16)
         .map(|_| {
             Running(
@@ -334,7 +334,7 @@ fn sixteen_apps_of_one_uid_registering_at_once_share_one_per_uid_trace() {
 #[test]
 fn past_max_apps_an_app_is_refused_once_runs_untraced_and_later_apps_are_traced() {
     let daemon = Daemon::with_config("[limits]\nmax_apps = 2\n");
-    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let output = daemon.session("s", &[("p", Buffering::PerPid)], true);
     let mut waiting: Vec<Running> = (0..2).map(|_| daemon.app_that_emitted(3)).collect();
     assert_eq!(daemon.status().apps, 2);
 
@@ -372,14 +372,14 @@ fn past_max_pid_buffer_bytes_apps_lose_only_their_per_pid_channel() {
         &[
             ChannelRequest {
                 name: "p".into(),
-                buffers: Some(Buffers::PerPid),
+                buffers: Some(Buffering::PerPid),
                 subbuf_size: Some(128 * 1024),
                 num_subbuf: Some(4),
                 ..ChannelRequest::default()
             },
             ChannelRequest {
                 name: "u".into(),
-                buffers: Some(Buffers::PerUid),
+                buffers: Some(Buffering::PerUid),
                 ..ChannelRequest::default()
             },
         ],
@@ -421,12 +421,12 @@ fn a_restarted_session_keeps_recording_and_a_destroyed_name_can_be_reused() {
     let channels = [
         ChannelRequest {
             name: "p".into(),
-            buffers: Some(Buffers::PerPid),
+            buffers: Some(Buffering::PerPid),
             ..ChannelRequest::default()
         },
         ChannelRequest {
             name: "u".into(),
-            buffers: Some(Buffers::PerUid),
+            buffers: Some(Buffering::PerUid),
             ..ChannelRequest::default()
         },
     ];

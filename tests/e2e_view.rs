@@ -8,7 +8,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use ustrace::ctf::packet::PacketHeader;
-use ustrace::protocol::messages::{Buffers, ChannelRequest};
+use ustrace::protocol::messages::{Buffering, ChannelRequest};
 
 /// One event as both tools can show it: (wall time text, pid of a per-PID trace,
 /// cpu, i, s).
@@ -57,7 +57,11 @@ fn view_pid(origin: &str) -> Option<u32> {
 #[test]
 fn view_prints_every_event_babeltrace2_prints_merged_by_time_in_text_and_json() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("u", Buffers::PerUid), ("p", Buffers::PerPid)], true);
+    let output = daemon.session(
+        "s",
+        &[("u", Buffering::PerUid), ("p", Buffering::PerPid)],
+        true,
+    );
     // Several apps at once, two threads each, two uids: events of many streams of
     // many sub-traces interleave in time.
     let apps: Vec<Running> = [(0u32, 300u64), (0, 301), (4244, 200)]
@@ -231,7 +235,7 @@ fn multi_packet_trace(daemon: &Daemon) -> (PathBuf, PathBuf) {
         "out",
         &[ChannelRequest {
             name: "p".into(),
-            buffers: Some(Buffers::PerPid),
+            buffers: Some(Buffering::PerPid),
             subbuf_size: Some(4096),
             num_subbuf: Some(16),
             ..ChannelRequest::default()

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 use ustrace::protocol::frame;
-use ustrace::protocol::messages::{AppCommand, AppRegister, Buffers, ChannelRequest};
+use ustrace::protocol::messages::{AppCommand, AppRegister, Buffering, ChannelRequest};
 
 ustrace::event!(static DEMO_EV: demo:ev(i: i64, s: &str), loglevel = Info);
 
@@ -255,7 +255,7 @@ fn root_app_recorded_alone(daemon: &Daemon, output: &Path, pid: i32, rings: Vec<
 #[test]
 fn a_connection_kept_past_its_process_never_shares_rings_with_a_later_app_of_its_pid() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let output = daemon.session("s", &[("p", Buffering::PerPid)], true);
     // Everything the child needs is made before fork: it only makes system calls.
     let addr = apps_addr(&daemon);
     let sock = unconnected_socket();
@@ -299,7 +299,7 @@ fn a_connection_kept_past_its_process_never_shares_rings_with_a_later_app_of_its
 #[test]
 fn a_reused_pid_never_receives_the_rings_of_the_connection_its_dead_owner_left() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let output = daemon.session("s", &[("p", Buffering::PerPid)], true);
     let addr = apps_addr(&daemon);
     let demo = DemoExec::new(&daemon);
     // Another process of the machine may take X first: then a new round.
@@ -364,7 +364,7 @@ fn reuse_pid(x: i32, demo: &DemoExec) -> bool {
 #[test]
 fn one_uid_holding_idle_apps_never_shuts_out_another_uid() {
     let daemon = Daemon::with_config("[limits]\nmax_apps = 8\n");
-    let output = daemon.session("s", &[("u", Buffers::PerUid)], true);
+    let output = daemon.session("s", &[("u", Buffering::PerUid)], true);
     let held: Vec<Running> = (0..8).map(|_| holder(&daemon, HOSTILE, 1)).collect();
     assert_eq!(daemon.status().apps, 2, "uid 4242 holds its share only");
 
@@ -403,7 +403,7 @@ fn one_uid_taking_its_per_pid_memory_leaves_another_uid_its_buffers() {
     let daemon = Daemon::with_config(&format!("[limits]\nmax_pid_buffer_bytes = {}\n", 4 * set));
     let channel = ChannelRequest {
         name: "p".into(),
-        buffers: Some(Buffers::PerPid),
+        buffers: Some(Buffering::PerPid),
         subbuf_size: Some(64 * 1024),
         num_subbuf: Some(4),
         ..ChannelRequest::default()
@@ -445,14 +445,14 @@ fn a_channel_refused_to_a_registered_app_is_counted_once_and_its_other_channels_
     let channels = [
         ChannelRequest {
             name: "p".into(),
-            buffers: Some(Buffers::PerPid),
+            buffers: Some(Buffering::PerPid),
             subbuf_size: Some(64 * 1024),
             num_subbuf: Some(4),
             ..ChannelRequest::default()
         },
         ChannelRequest {
             name: "u".into(),
-            buffers: Some(Buffers::PerUid),
+            buffers: Some(Buffering::PerUid),
             ..ChannelRequest::default()
         },
     ];
@@ -496,7 +496,7 @@ fn bytes_after_registration_close_the_connection_and_are_never_held() {
     const PEERS: usize = 64;
     const FRAME: usize = 1 << 20;
     let daemon = Daemon::start();
-    daemon.session("s", &[("u", Buffers::PerUid)], true);
+    daemon.session("s", &[("u", Buffering::PerUid)], true);
     let peers: Vec<UnixStream> = (0..PEERS)
         .map(|_| {
             let sock = UnixStream::connect(daemon.rundir.join("apps.sock")).unwrap();

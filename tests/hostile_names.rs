@@ -15,7 +15,7 @@ use std::process::Command;
 use std::time::Duration;
 use ustrace::ctf::field::{EventDesc, FieldDesc, FieldType, LogLevel};
 use ustrace::protocol::messages::{
-    AppCommand, AppRegister, Buffers, ChannelRequest, ControlRequest,
+    AppCommand, AppRegister, Buffering, ChannelRequest, ControlRequest,
 };
 use ustrace::protocol::{APPS_SOCKET, frame};
 use ustrace::shm::ChannelBuffers;
@@ -133,7 +133,7 @@ fn temp_names() -> Vec<String> {
 #[test]
 fn hostile_procnames_each_make_one_safe_directory_inside_the_output() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("p", Buffers::PerPid)], true);
+    let output = daemon.session("s", &[("p", Buffering::PerPid)], true);
     let before = temp_names();
     let long = "n".repeat(300);
     let names = [
@@ -279,7 +279,7 @@ fn a_tree_pre_planted_by_another_user_is_refused_and_root_events_stay_private() 
 
     let channel = ChannelRequest {
         name: "c".into(),
-        buffers: Some(Buffers::PerUid),
+        buffers: Some(Buffering::PerUid),
         ..Default::default()
     };
     daemon.session_with("s", "shared-out", &[channel], true);
@@ -328,7 +328,7 @@ fn a_link_planted_in_place_of_the_trace_tree_is_never_followed() {
         elsewhere.display(),
         output.display()
     ));
-    let channels = [Buffers::PerUid, Buffers::PerPid].map(|buffers| ChannelRequest {
+    let channels = [Buffering::PerUid, Buffering::PerPid].map(|buffers| ChannelRequest {
         name: format!("{buffers:?}"),
         buffers: Some(buffers),
         ..Default::default()
@@ -347,7 +347,7 @@ fn a_link_planted_in_place_of_the_trace_tree_is_never_followed() {
 #[test]
 fn events_with_names_tsdl_cannot_declare_are_refused_and_others_still_recorded() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("u", Buffers::PerUid)], true);
+    let output = daemon.session("s", &[("u", Buffering::PerUid)], true);
     let field = |name: &str| FieldDesc {
         name: name.into(),
         ty: FieldType::Bool,
@@ -406,7 +406,7 @@ fn an_output_swapped_for_a_link_by_its_owner_redirects_nothing() {
     std::fs::create_dir(&root_dir).unwrap();
     let channel = ChannelRequest {
         name: "p".into(),
-        buffers: Some(Buffers::PerPid),
+        buffers: Some(Buffering::PerPid),
         ..Default::default()
     };
     daemon.session_with("s", "mallory/out", &[channel], true);

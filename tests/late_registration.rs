@@ -13,7 +13,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 use ustrace::ctf::field::{EventDesc, FieldDesc, FieldType, LogLevel};
-use ustrace::protocol::messages::{AppCommand, AppRegister, AppRequest, Buffers};
+use ustrace::protocol::messages::{AppCommand, AppRegister, AppRequest, Buffering};
 use ustrace::protocol::{APPS_SOCKET, frame};
 use ustrace::shm::ChannelBuffers;
 
@@ -123,7 +123,11 @@ impl RawApp {
 #[test]
 fn late_events_are_enabled_before_their_answer_and_recorded_per_uid_and_per_pid() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("u", Buffers::PerUid), ("p", Buffers::PerPid)], true);
+    let output = daemon.session(
+        "s",
+        &[("u", Buffering::PerUid), ("p", Buffering::PerPid)],
+        true,
+    );
     let mut app = RawApp::connect(&daemon, vec![event("early")]);
     assert_eq!(app.record(0, 1), 2);
 
@@ -166,7 +170,7 @@ fn late_events_are_enabled_before_their_answer_and_recorded_per_uid_and_per_pid(
 #[test]
 fn late_events_past_a_limit_or_badly_named_are_refused_and_the_app_stays_registered() {
     let daemon = Daemon::with_config("[limits]\nmax_events_per_app = 3\n");
-    let output = daemon.session("s", &[("u", Buffers::PerUid)], true);
+    let output = daemon.session("s", &[("u", Buffering::PerUid)], true);
     let mut app = RawApp::connect(&daemon, vec![event("a"), event("b")]);
 
     match app.register_late(vec![event("c"), event("d")]) {
@@ -212,7 +216,7 @@ fn late_events_past_a_limit_or_badly_named_are_refused_and_the_app_stays_registe
 #[test]
 fn partial_or_oversized_late_frames_close_only_their_connection() {
     let daemon = Daemon::with_config("[daemon]\nregistration_timeout_ms = 500\n");
-    daemon.session("s", &[("u", Buffers::PerUid)], true);
+    daemon.session("s", &[("u", Buffering::PerUid)], true);
     let closed = |sock: &mut UnixStream| {
         let mut byte = [0u8; 1];
         matches!(sock.read(&mut byte), Ok(0))

@@ -7,7 +7,7 @@ mod common;
 use common::{Daemon, babeltrace2, wait_for};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlRequest};
 
 /// A per-UID channel of 4 KiB packets, so that a few thousand events make packets.
 fn start_session(daemon: &Daemon) -> PathBuf {
@@ -16,7 +16,7 @@ fn start_session(daemon: &Daemon) -> PathBuf {
         "out",
         &[ChannelRequest {
             name: "chan".into(),
-            buffers: Some(Buffers::PerUid),
+            buffers: Some(Buffering::PerUid),
             subbuf_size: Some(4096),
             num_subbuf: Some(64),
             ..ChannelRequest::default()

@@ -8,7 +8,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-use ustrace::protocol::messages::{Buffers, ChannelRequest};
+use ustrace::protocol::messages::{Buffering, ChannelRequest};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -40,7 +40,7 @@ fn daemon_on(rundir: &Path) -> Daemon {
 
 /// Starts session `s` with one channel of 4 KiB sub-buffers, so that a paced app
 /// fills packets (and the disk sees them) within a fraction of a second.
-fn small_session(daemon: &Daemon, buffers: Buffers) -> std::path::PathBuf {
+fn small_session(daemon: &Daemon, buffers: Buffering) -> std::path::PathBuf {
     let channel = ChannelRequest {
         name: "c".into(),
         buffers: Some(buffers),
@@ -142,7 +142,7 @@ fn an_app_started_before_its_daemon_registers_when_it_appears_and_is_recorded() 
     // The app emits untraced for a while: no daemon, nothing to connect to.
     std::thread::sleep(Duration::from_millis(700));
     let daemon = daemon_on(&rundir);
-    let output = small_session(&daemon, Buffers::PerUid);
+    let output = small_session(&daemon, Buffering::PerUid);
     wait_for_events(&daemon, &output);
     let (emitted, longest, stderr) = finish(app);
     let ran = started.elapsed();
@@ -161,7 +161,7 @@ fn an_app_outliving_a_killed_daemon_is_traced_by_the_next_one_on_the_same_rundir
     let rundir = shared.path("run");
     std::fs::create_dir_all(&rundir).unwrap();
     let mut first = daemon_on(&rundir);
-    let first_output = small_session(&first, Buffers::PerPid);
+    let first_output = small_session(&first, Buffering::PerPid);
     let started = Instant::now();
     let app = paced_app(&rundir);
     wait_for_events(&first, &first_output);
@@ -173,7 +173,7 @@ fn an_app_outliving_a_killed_daemon_is_traced_by_the_next_one_on_the_same_rundir
     // Down for a while: the app keeps emitting into disabled slots.
     std::thread::sleep(Duration::from_millis(500));
     let second = daemon_on(&rundir);
-    let output = small_session(&second, Buffers::PerPid);
+    let output = small_session(&second, Buffering::PerPid);
     wait_for_events(&second, &output);
     let (emitted, longest, stderr) = finish(app);
     let ran = started.elapsed();

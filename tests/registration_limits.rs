@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use ustrace::ctf::field::{EventDesc, FieldDesc, FieldType, LogLevel};
-use ustrace::protocol::messages::{AppCommand, AppRegister, Buffers};
+use ustrace::protocol::messages::{AppCommand, AppRegister, Buffering};
 use ustrace::protocol::{APPS_SOCKET, frame};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -120,7 +120,7 @@ fn an_app_registering_100000_events_is_refused_naming_the_limit_and_the_daemon_s
     // Frames big enough to carry the bomb: the event limit, not the frame size,
     // must stop it.
     let daemon = Daemon::with_config("[daemon]\nmax_frame_bytes = \"16M\"\n");
-    let output = daemon.session("s", &[("c", Buffers::PerUid)], true);
+    let output = daemon.session("s", &[("c", Buffering::PerUid)], true);
     let before = rss(daemon.pid());
     let lines = outcomes(hostile(&daemon.rundir, "bomb", 5, 100_000, 0));
     assert_eq!(lines.len(), 5, "{lines:?}");
@@ -143,7 +143,7 @@ fn an_app_registering_100000_events_is_refused_naming_the_limit_and_the_daemon_s
 #[test]
 fn an_event_with_too_many_fields_is_refused_naming_the_limit() {
     let daemon = Daemon::start();
-    daemon.session("s", &[("c", Buffers::PerUid)], true);
+    daemon.session("s", &[("c", Buffering::PerUid)], true);
     let lines = outcomes(hostile(&daemon.rundir, "wide", 1, 1, 1000));
     assert_eq!(
         lines,
@@ -156,7 +156,7 @@ fn an_event_with_too_many_fields_is_refused_naming_the_limit() {
 #[test]
 fn a_user_filling_its_trace_is_refused_there_and_never_delays_another_user_s_registration() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("c", Buffers::PerUid)], true);
+    let output = daemon.session("s", &[("c", Buffering::PerUid)], true);
     // Two processes of uid 4242, each registering 8,000 new events (just under
     // limits.max_events_per_app) again and again into their user's trace.
     let mut bombs: Vec<Option<Child>> = ["a", "b"]
@@ -209,7 +209,7 @@ fn a_user_filling_its_trace_is_refused_there_and_never_delays_another_user_s_reg
 fn an_app_past_a_limit_prints_the_reason_naming_it_once_and_runs_untraced() {
     // demo:ev has two fields.
     let daemon = Daemon::with_config("[limits]\nmax_fields_per_event = 1\n");
-    daemon.session("s", &[("c", Buffers::PerUid)], true);
+    daemon.session("s", &[("c", Buffering::PerUid)], true);
     let out = daemon.run_app(&["--events", "10"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(

@@ -12,7 +12,7 @@ use nix::unistd::Pid;
 use std::io::BufRead;
 use std::process::Stdio;
 use std::time::Duration;
-use ustrace::protocol::messages::Buffers;
+use ustrace::protocol::messages::Buffering;
 
 /// Pins the calling test thread, hence the apps it spawns, to CPU 0.
 fn pin_to_cpu0() {
@@ -41,7 +41,7 @@ fn count(lines: &[String], name: &str) -> usize {
 fn a_stopped_holder_delays_only_its_own_packet_and_resumes_with_nothing_lost() {
     pin_to_cpu0();
     let d = Daemon::start();
-    let out = d.session("s", &[("ch", Buffers::PerUid)], true);
+    let out = d.session("s", &[("ch", Buffering::PerUid)], true);
     let mut a = Running(
         d.app(&[
             "--await-enabled-ms",
@@ -94,7 +94,7 @@ fn a_stopped_holder_delays_only_its_own_packet_and_resumes_with_nothing_lost() {
 fn a_per_pid_app_killed_inside_a_reservation_keeps_its_committed_events() {
     pin_to_cpu0();
     let d = Daemon::start();
-    let out = d.session("s", &[("ch", Buffers::PerPid)], true);
+    let out = d.session("s", &[("ch", Buffering::PerPid)], true);
     let mut app = Running(
         d.app(&[
             "--await-enabled-ms",
@@ -136,7 +136,7 @@ fn producers_killed_inside_reservations_cost_only_their_own_event() {
     const DEAD: usize = 3;
     pin_to_cpu0();
     let d = Daemon::start();
-    let out = d.session("s", &[("ch", Buffers::PerUid)], true);
+    let out = d.session("s", &[("ch", Buffering::PerUid)], true);
     let parked: Vec<Running> = (0..DEAD)
         .map(|_| {
             let mut p = Running(

@@ -17,7 +17,7 @@ use ustrace::config::{ByteSize, Config};
 use ustrace::control;
 use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
 use ustrace::daemon::Daemon;
-use ustrace::protocol::messages::{Buffers, ChannelRequest, ControlOk, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlOk, ControlRequest};
 
 /// Bytes of one `demo:ev {i: i64, s: "hello"}`.
 const DEMO_EVENT_LEN: u64 = (EVENT_HEADER_SIZE + 8 + 6) as u64;
@@ -134,7 +134,7 @@ impl InProcess {
                 session: None,
                 channel: ChannelRequest {
                     name: "c".into(),
-                    buffers: Some(Buffers::PerUid),
+                    buffers: Some(Buffering::PerUid),
                     writer: Some("stalled".into()),
                     ..channel
                 },

@@ -31,7 +31,7 @@
 //! owning uid ([`Stats::count_ring_losses`]).
 
 use crate::actors::stats::Stats;
-use crate::actors::writer::{BacklogRoom, Metadata, StreamWriters, SyncWriter, Writer};
+use crate::actors::writer::{BacklogRoom, Metadata, StreamWriters, SyncError, SyncWriter, Writer};
 use crate::ctf::packet;
 use crate::protocol::messages::UidLosses;
 use crate::shm::{ChannelBuffers, Consumer};
@@ -85,8 +85,21 @@ struct Drain;
 
 /// Switch out partial sub-buffers, drain, and answer once the writers stored it all.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), FlushError>")]
 pub struct Flush;
+
+/// Why a flush or a teardown did not store everything: the answer to [`Flush`],
+/// [`Teardown`], and, collected over a session's sets, to stopping or destroying
+/// it. Text is made only where the CLI's answer is built.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// A writer of the set did not store everything.
+    #[error(transparent)]
+    Writer(#[from] SyncError),
+    /// An actor (a set, a writer) stopped before it answered.
+    #[error(transparent)]
+    Stopped(#[from] MailboxError),
+}
 
 /// A process that wrote into this (per-UID) set has died: its connection closed.
 #[derive(Message)]
@@ -146,7 +159,7 @@ fn process_runs_as(pid: i32, uid: u32) -> bool {
 /// The last producer is gone (per-PID) or the session is destroyed: flush, recover
 /// what a dead producer left, store everything, stop.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), FlushError>")]
 pub struct Teardown;
 
 impl BufferSet {
@@ -292,7 +305,7 @@ impl BufferSet {
 
     /// Switches out every partial sub-buffer and drains; then the answer waits for
     /// every writer to confirm.
-    fn flush_all(&mut self) -> impl Future<Output = Result<(), String>> + 'static {
+    fn flush_all(&mut self) -> impl Future<Output = Result<(), FlushError>> + 'static {
         for consumer in &mut self.consumers {
             consumer.flush();
         }
@@ -303,13 +316,17 @@ impl BufferSet {
 }
 
 /// Waits for every request (a flush, a writer sync) and keeps the first error.
-pub async fn all_ok<F>(requests: Vec<F>) -> Result<(), String>
+pub async fn all_ok<F, E>(requests: Vec<F>) -> Result<(), FlushError>
 where
-    F: Future<Output = Result<Result<(), String>, MailboxError>>,
+    F: Future<Output = Result<Result<(), E>, MailboxError>>,
+    E: Into<FlushError>,
 {
     let mut result = Ok(());
     for request in requests {
-        let outcome = request.await.unwrap_or_else(|e| Err(e.to_string()));
+        let outcome = match request.await {
+            Ok(answer) => answer.map_err(Into::into),
+            Err(e) => Err(FlushError::from(e)),
+        };
         if result.is_ok() {
             result = outcome;
         }
@@ -390,7 +407,7 @@ impl Handler<BacklogRoom> for BufferSet {
 }
 
 impl Handler<Flush> for BufferSet {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), FlushError>>;
 
     fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
         Box::pin(self.flush_all())
@@ -415,7 +432,7 @@ impl Handler<ProducerDied> for BufferSet {
 }
 
 impl Handler<Teardown> for BufferSet {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), FlushError>>;
 
     fn handle(&mut self, _: Teardown, ctx: &mut Context<Self>) -> Self::Result {
         // No producer is left: every holder is dead. Their reservations become lost

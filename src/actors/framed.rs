@@ -6,7 +6,7 @@
 //! and the limits come from `protocol::frame`.
 
 use crate::protocol::frame;
-use crate::protocol::{Hello, fds};
+use crate::protocol::{Hello, ProtocolError, fds};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io;
@@ -14,6 +14,46 @@ use std::os::fd::{AsFd, BorrowedFd};
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+
+/// What was wrong with what a peer sent (or did not send). The peer's connection
+/// is closed; the text goes into the log and, on `control.sock`, into the answer.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The connection closed part way through a frame's header.
+    #[error("connection closed inside a frame header")]
+    ClosedInHeader,
+    /// Reading failed.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// Reading the payload failed.
+    #[error("frame of {len} bytes: {source}")]
+    Payload {
+        /// The length its header announced.
+        len: usize,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The connection closed before the payload was complete.
+    #[error("truncated frame: {got} of {len} bytes before the connection closed")]
+    Truncated {
+        /// Bytes received.
+        got: usize,
+        /// Bytes announced.
+        len: usize,
+    },
+    /// The header or payload broke the protocol (length, encoding, hello).
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+    /// The connection closed before its hello.
+    #[error("closed before its hello")]
+    NoHello,
+    /// A control client closed before sending its request.
+    #[error("closed before sending a request")]
+    NoRequest,
+    /// A control client sent no request in time.
+    #[error("no request within {} s", .0.as_secs())]
+    NoRequestInTime(std::time::Duration),
+}
 
 /// What a frame's payload buffer starts with (then doubles as bytes arrive).
 const FIRST_CHUNK: usize = 64 * 1024;
@@ -23,18 +63,18 @@ const FIRST_CHUNK: usize = 64 * 1024;
 pub async fn read_frame<T: DeserializeOwned>(
     reader: &mut OwnedReadHalf,
     max: usize,
-) -> Result<Option<T>, String> {
+) -> Result<Option<T>, FrameError> {
     let mut header = [0u8; frame::HEADER_LEN];
     let mut got = 0;
     while got < header.len() {
         match reader.read(&mut header[got..]).await {
             Ok(0) if got == 0 => return Ok(None),
-            Ok(0) => return Err("connection closed inside a frame header".to_string()),
+            Ok(0) => return Err(FrameError::ClosedInHeader),
             Ok(n) => got += n,
-            Err(e) => return Err(e.to_string()),
+            Err(e) => return Err(e.into()),
         }
     }
-    let len = frame::payload_len(header, max).map_err(|e| e.to_string())?;
+    let len = frame::payload_len(header, max)?;
     // The buffer grows with the bytes that arrive, not with the length announced: a
     // peer that announces `max` and sends a little holds only what it sent.
     let mut payload = Vec::with_capacity(len.min(FIRST_CHUNK));
@@ -42,21 +82,19 @@ pub async fn read_frame<T: DeserializeOwned>(
         .take(len as u64)
         .read_to_end(&mut payload)
         .await
-        .map_err(|e| format!("frame of {len} bytes: {e}"))?;
+        .map_err(|source| FrameError::Payload { len, source })?;
     if got < len {
-        return Err(format!(
-            "truncated frame: {got} of {len} bytes before the connection closed"
-        ));
+        return Err(FrameError::Truncated { got, len });
     }
-    frame::decode(&payload).map(Some).map_err(|e| e.to_string())
+    Ok(Some(frame::decode(&payload)?))
 }
 
 /// Reads the first frame of a connection and checks it is our [`Hello`].
-pub async fn read_hello(reader: &mut OwnedReadHalf) -> Result<(), String> {
+pub async fn read_hello(reader: &mut OwnedReadHalf) -> Result<(), FrameError> {
     let hello: Hello = read_frame(reader, frame::HELLO_LEN)
         .await?
-        .ok_or_else(|| "closed before its hello".to_string())?;
-    hello.check().map_err(|e| e.to_string())
+        .ok_or(FrameError::NoHello)?;
+    Ok(hello.check()?)
 }
 
 /// Encodes and sends one frame with `fds` attached to its first byte.

@@ -5,12 +5,12 @@
 //! enforces the app limits (`limits.max_apps` for everyone, `limits.max_apps_per_uid`
 //! for each user but the daemon's own, so that one uid holding idle connections never
 //! shuts out another),
-//! and starts one AppRegistration actor per app. Its only per-app state is the count
+//! and starts one AppConnection actor per app. Its only per-app state is the count
 //! of connections per uid, each given back by a [`UidSlot`] when its actor drops, so
 //! 10,000 short-lived apps leave nothing here.
 
+use crate::actors::app_connection::{self, AppConnection, AppLimits, ConnectionId, Refusal};
 use crate::actors::buffer_factory::BufferFactory;
-use crate::actors::registration::{self, AppLimits, AppRegistration, ConnectionId, Refusal};
 use crate::actors::stats::Stats;
 use crate::protocol::peer;
 use actix::prelude::*;
@@ -93,13 +93,13 @@ impl Handler<Accept> for Registrar {
                     "app {} (uid {uid}) refused: {refusal}",
                     credentials.pid.as_raw()
                 );
-                actix_rt::spawn(registration::refuse(stream, refusal, self.stats.clone()));
+                actix_rt::spawn(app_connection::refuse(stream, refusal, self.stats.clone()));
                 return;
             }
         };
         let connection = ConnectionId(self.next_connection);
         self.next_connection += 1;
-        AppRegistration::start(
+        AppConnection::start(
             stream,
             connection,
             credentials,
@@ -141,7 +141,7 @@ impl UidConnections {
 }
 
 /// One connection's place under `limits.max_apps_per_uid`, given back on drop
-/// (the AppRegistration holds it for its whole life, whatever ends it).
+/// (the AppConnection holds it for its whole life, whatever ends it).
 pub struct UidSlot {
     /// Whose place.
     uid: u32,

@@ -1,22 +1,26 @@
 //! SessionManager: sessions, channels and event rules, driven by the CLI and the
 //! config file.
 //!
-//! It validates each control request, keeps the definitions, and tells the
-//! BufferFactory (`SessionsChanged`) whenever what apps should record changes, so
+//! It takes domain requests ([`CreateSession`], [`EnableChannel`], [`EnableEvent`],
+//! [`StartSession`], [`StopSession`], [`DestroySession`], [`ListSessions`]): the
+//! control socket's edge (`actors::control`) translates the CLI's wire requests into
+//! them, and the daemon declares the config file's sessions with them. Each answers
+//! a [`SessionError`]; text is made only at that edge. It validates each request,
+//! keeps the definitions, and tells the BufferFactory (`SessionsChanged`) whenever what apps should record changes, so
 //! that apps registered before a `start` or an `enable-event` receive their buffers and
 //! enablement over their open connection. `stop` answers only once the factory has
 //! flushed every ring of the session to disk.
 
-use crate::actors::buffer_factory::{BufferFactory, DestroySession, SessionsChanged, StopSession};
+use crate::actors::buffer_factory::{self as factory, BufferFactory, SessionsChanged};
+use crate::actors::buffer_set::FlushError;
 use crate::actors::stats::Stats;
 use crate::actors::writer::release_freed_heap;
 use crate::config::{EventPattern, check_name};
 use crate::ctf::field::EventDesc;
-use crate::ctf::trace_writer::OutputDir;
-use crate::ctf::{layout, spread};
-use crate::protocol::messages::{
-    Buffers, ChannelSpec, ControlOk, ControlReply, ControlRequest, SessionInfo,
-};
+use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec, SessionInfo};
+use crate::shm::ShmError;
+use crate::trace::writer::OutputDir;
+use crate::trace::{layout, spread};
 use actix::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -75,14 +79,187 @@ pub struct SessionManager {
     sessions: Vec<SessionDef>,
     /// The factory, told of every change.
     factory: Addr<BufferFactory>,
-    /// Daemon counters, for `status`.
+    /// Daemon counters: `stop` reports the session's failed writers from them.
     stats: Arc<Stats>,
 }
 
-/// A request from the CLI (or from the config file at start-up).
+/// Why a session request was refused, or did not fully succeed. The control
+/// socket's edge turns it into the CLI's answer; the daemon into a start-up error.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// A session or channel name that cannot name a file.
+    #[error("{what}: {problem}")]
+    InvalidName {
+        /// `session` or `channel`.
+        what: &'static str,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// `create` of a name in use.
+    #[error("session {0:?} already exists")]
+    Exists(String),
+    /// A request named a session that does not exist.
+    #[error("no session named {0:?}")]
+    NoSuchSession(String),
+    /// A request named no session and none exists.
+    #[error("no session: create one first (ustrace create NAME)")]
+    NoSession,
+    /// A channel geometry outside the ring's bounds.
+    #[error("channel {channel}: {source}")]
+    Geometry {
+        /// The channel.
+        channel: String,
+        /// The bound it breaks.
+        source: ShmError,
+    },
+    /// A channel picked a writer nobody registered.
+    #[error("no writer named {writer:?} (registered: {})", registered.join(", "))]
+    NoSuchWriter {
+        /// The name asked for.
+        writer: String,
+        /// The names there are.
+        registered: Vec<String>,
+    },
+    /// A channel added to a session that was started once.
+    #[error("session {0} was started: channels are added before the first start")]
+    ChannelAfterStart(String),
+    /// A channel name in use in the session.
+    #[error("channel {channel} already exists in session {session}")]
+    ChannelExists {
+        /// The channel.
+        channel: String,
+        /// The session.
+        session: String,
+    },
+    /// `enable-event -c` of a channel the session lacks.
+    #[error("no channel {channel:?} in session {session}")]
+    NoSuchChannel {
+        /// The channel.
+        channel: String,
+        /// The session.
+        session: String,
+    },
+    /// `enable-event` without `-c` in a session of several channels.
+    #[error("session {session} has {channels} channels: name one with -c")]
+    WhichChannel {
+        /// The session.
+        session: String,
+        /// How many it has.
+        channels: usize,
+    },
+    /// `start` of a started session.
+    #[error("session {0} is already started")]
+    AlreadyStarted(String),
+    /// `start` of a session with nothing to record.
+    #[error("session {0} has no channel and no event enabled")]
+    NothingEnabled(String),
+    /// `stop` of a session that is not started.
+    #[error("session {0} is not started")]
+    NotStarted(String),
+    /// The session stopped but not everything it recorded is stored.
+    #[error("session {session} stopped, but: {source}")]
+    StopIncomplete {
+        /// The session.
+        session: String,
+        /// What was not stored.
+        source: FlushError,
+    },
+    /// The session stopped and its writers failed: `failed` names each with its loss.
+    #[error("session {session} stopped, but data was lost: {failed}")]
+    DataLost {
+        /// The session.
+        session: String,
+        /// Each failed writer of the session, from `status`'s list.
+        failed: String,
+    },
+    /// The session is destroyed but not everything it recorded is stored.
+    #[error("session {session} destroyed, but: {source}")]
+    DestroyIncomplete {
+        /// The session.
+        session: String,
+        /// What was not stored.
+        source: FlushError,
+    },
+    /// The factory stopped before it applied a change (the daemon is shutting down).
+    #[error(transparent)]
+    Unapplied(MailboxError),
+    /// The factory stopped before it answered (the daemon is shutting down).
+    #[error("session {session}: {source}")]
+    Factory {
+        /// The session.
+        session: String,
+        /// The mailbox's error.
+        source: MailboxError,
+    },
+}
+
+/// What a request that changes the sessions answers: the CLI's confirmation.
+pub type Done = Result<String, SessionError>;
+
+/// Create a session writing under `output` (a dated directory under the daemon's
+/// output directory if `None`).
 #[derive(Message)]
-#[rtype(result = "ControlReply")]
-pub struct Control(pub ControlRequest);
+#[rtype(result = "Done")]
+pub struct CreateSession {
+    /// Its name.
+    pub name: String,
+    /// Its output directory.
+    pub output: Option<PathBuf>,
+}
+
+/// Add a channel to a session (`None`: the most recent one) before its first start.
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct EnableChannel {
+    /// The session.
+    pub session: Option<String>,
+    /// The channel; unset settings take `[channel_defaults]`.
+    pub channel: ChannelRequest,
+}
+
+/// Enable the events matching `pattern` in a channel of a session.
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct EnableEvent {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// The channel (`None`: the session's only one, or a default one made now).
+    pub channel: Option<String>,
+    /// The events.
+    pub pattern: EventPattern,
+}
+
+/// Start recording a session.
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct StartSession {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+}
+
+/// Stop recording a session; answers once what it recorded is stored.
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct StopSession {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+}
+
+/// Stop a session and free everything of it.
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct DestroySession {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+}
+
+/// Describe one session, or every one.
+#[derive(Message)]
+#[rtype(result = "Result<Vec<SessionInfo>, SessionError>")]
+pub struct ListSessions {
+    /// The session, or all.
+    pub session: Option<String>,
+}
 
 impl SessionManager {
     /// A manager with no session.
@@ -96,264 +273,277 @@ impl SessionManager {
     }
 
     /// The session called `name`, or the most recent one.
-    fn session(&mut self, name: &Option<String>) -> Result<&mut SessionDef, String> {
+    fn session(&mut self, name: &Option<String>) -> Result<&mut SessionDef, SessionError> {
         match name {
             Some(name) => self
                 .sessions
                 .iter_mut()
                 .find(|s| &s.name == name)
-                .ok_or_else(|| format!("no session named {name:?}")),
-            None => self
-                .sessions
-                .last_mut()
-                .ok_or_else(|| "no session: create one first (ustrace create NAME)".to_string()),
+                .ok_or_else(|| SessionError::NoSuchSession(name.clone())),
+            None => self.sessions.last_mut().ok_or(SessionError::NoSession),
         }
     }
 
-    /// Sends the current definitions to the factory; resolves once it applied them.
-    fn publish(&self) -> Request<BufferFactory, SessionsChanged> {
-        self.factory.send(SessionsChanged(self.sessions.clone()))
+    /// Answers `result` once the factory applied the current definitions (pushed
+    /// buffers to the registered apps); an error needs no publishing.
+    fn publish(&self, result: Done) -> ResponseFuture<Done> {
+        let Ok(message) = result else {
+            return Box::pin(fut::ready(result));
+        };
+        let publish = self.factory.send(SessionsChanged(self.sessions.clone()));
+        Box::pin(async move {
+            publish.await.map_err(SessionError::Unapplied)?;
+            Ok(message)
+        })
     }
 
-    /// Applies a request that needs no waiting on the factory.
-    fn apply(&mut self, request: &ControlRequest) -> Result<ControlOk, String> {
-        match request {
-            ControlRequest::Create { name, output } => {
-                check_name(name).map_err(|e| format!("session: {e}"))?;
-                if self.sessions.iter().any(|s| &s.name == name) {
-                    return Err(format!("session {name:?} already exists"));
-                }
-                let output = match output {
-                    Some(dir) => PathBuf::from(dir),
-                    None => layout::session_dir(&self.settings.output_dir, name, SystemTime::now()),
-                };
-                let message = format!("session {name} created, writing to {}", output.display());
-                self.sessions.push(SessionDef {
-                    name: name.clone(),
-                    output: OutputDir::new(output),
-                    started: false,
-                    ever_started: false,
-                    channels: Vec::new(),
-                });
-                Ok(ControlOk::Done(message))
-            }
-            ControlRequest::EnableChannel { session, channel } => {
-                let channel = &channel.resolve(&self.settings.default_channel);
-                check_name(&channel.name).map_err(|e| format!("channel: {e}"))?;
-                check_geometry(channel)?;
-                if !self.settings.writers.contains(&channel.writer) {
-                    return Err(format!(
-                        "no writer named {:?} (registered: {})",
-                        channel.writer,
-                        self.settings.writers.join(", ")
-                    ));
-                }
-                let s = self.session(session)?;
-                if s.ever_started {
-                    return Err(format!(
-                        "session {} was started: channels are added before the first start",
-                        s.name
-                    ));
-                }
-                if s.channels.iter().any(|c| c.spec.name == channel.name) {
-                    return Err(format!(
-                        "channel {} already exists in session {}",
-                        channel.name, s.name
-                    ));
-                }
+    /// Creates a session.
+    fn create(&mut self, name: String, output: Option<PathBuf>) -> Done {
+        check_name(&name).map_err(|problem| SessionError::InvalidName {
+            what: "session",
+            problem,
+        })?;
+        if self.sessions.iter().any(|s| s.name == name) {
+            return Err(SessionError::Exists(name));
+        }
+        let output = output.unwrap_or_else(|| {
+            layout::session_dir(&self.settings.output_dir, &name, SystemTime::now())
+        });
+        let message = format!("session {name} created, writing to {}", output.display());
+        self.sessions.push(SessionDef {
+            name,
+            output: OutputDir::new(output),
+            started: false,
+            ever_started: false,
+            channels: Vec::new(),
+        });
+        Ok(message)
+    }
+
+    /// Adds a channel.
+    fn enable_channel(&mut self, session: &Option<String>, channel: &ChannelRequest) -> Done {
+        let channel = channel.resolve(&self.settings.default_channel);
+        check_name(&channel.name).map_err(|problem| SessionError::InvalidName {
+            what: "channel",
+            problem,
+        })?;
+        check_geometry(&channel)?;
+        if !self.settings.writers.contains(&channel.writer) {
+            return Err(SessionError::NoSuchWriter {
+                writer: channel.writer,
+                registered: self.settings.writers.clone(),
+            });
+        }
+        let s = self.session(session)?;
+        if s.ever_started {
+            return Err(SessionError::ChannelAfterStart(s.name.clone()));
+        }
+        if s.channels.iter().any(|c| c.spec.name == channel.name) {
+            return Err(SessionError::ChannelExists {
+                channel: channel.name,
+                session: s.name.clone(),
+            });
+        }
+        let message = format!("channel {} enabled in session {}", channel.name, s.name);
+        s.channels.push(ChannelDef {
+            spec: channel,
+            patterns: Vec::new(),
+        });
+        Ok(message)
+    }
+
+    /// Enables a pattern in a channel.
+    fn enable_event(&mut self, request: EnableEvent) -> Done {
+        let EnableEvent {
+            session,
+            channel,
+            pattern,
+        } = request;
+        let default_channel = self.settings.default_channel.clone();
+        let s = self.session(&session)?;
+        let index = match channel {
+            Some(c) => s
+                .channels
+                .iter()
+                .position(|ch| ch.spec.name == c)
+                .ok_or_else(|| SessionError::NoSuchChannel {
+                    channel: c,
+                    session: s.name.clone(),
+                })?,
+            None if s.channels.len() == 1 => 0,
+            None if s.channels.is_empty() && !s.ever_started => {
                 s.channels.push(ChannelDef {
-                    spec: channel.clone(),
+                    spec: default_channel,
                     patterns: Vec::new(),
                 });
-                Ok(ControlOk::Done(format!(
-                    "channel {} enabled in session {}",
-                    channel.name, s.name
-                )))
+                0
             }
-            ControlRequest::EnableEvent {
-                session,
-                channel,
-                pattern,
-            } => {
-                let pattern = EventPattern::parse(pattern).map_err(|e| e.to_string())?;
-                let default_channel = self.settings.default_channel.clone();
-                let s = self.session(session)?;
-                let index = match channel {
-                    Some(c) => s
-                        .channels
-                        .iter()
-                        .position(|ch| &ch.spec.name == c)
-                        .ok_or_else(|| format!("no channel {c:?} in session {}", s.name))?,
-                    None if s.channels.len() == 1 => 0,
-                    None if s.channels.is_empty() && !s.ever_started => {
-                        s.channels.push(ChannelDef {
-                            spec: default_channel,
-                            patterns: Vec::new(),
-                        });
-                        0
-                    }
-                    None => {
-                        return Err(format!(
-                            "session {} has {} channels: name one with -c",
-                            s.name,
-                            s.channels.len()
-                        ));
-                    }
-                };
-                let ch = &mut s.channels[index];
-                if !ch.patterns.contains(&pattern) {
-                    ch.patterns.push(pattern.clone());
-                }
-                Ok(ControlOk::Done(format!(
-                    "event {} enabled in {}/{}",
-                    pattern.as_str(),
-                    s.name,
-                    ch.spec.name
-                )))
+            None => {
+                return Err(SessionError::WhichChannel {
+                    session: s.name.clone(),
+                    channels: s.channels.len(),
+                });
             }
-            ControlRequest::Start { session } => {
-                let s = self.session(session)?;
-                if s.started {
-                    return Err(format!("session {} is already started", s.name));
-                }
-                if s.channels.is_empty() {
-                    return Err(format!(
-                        "session {} has no channel and no event enabled",
-                        s.name
-                    ));
-                }
-                s.started = true;
-                s.ever_started = true;
-                if s.channels.iter().any(|c| c.spec.buffers == Buffers::PerPid) {
-                    let dir = layout::pid_traces_dir(s.output.path());
-                    if let Err(e) = spread::create_spread_dir(&s.output) {
-                        log::warn!("session {}: cannot prepare {}: {e}", s.name, dir.display());
-                    }
-                }
-                Ok(ControlOk::Done(format!(
-                    "tracing started for session {}",
-                    s.name
-                )))
-            }
-            ControlRequest::List { session } => {
-                let sessions: Vec<&SessionDef> = match session {
-                    Some(_) => vec![&*self.session(session)?],
-                    None => self.sessions.iter().collect(),
-                };
-                Ok(ControlOk::Sessions(
-                    sessions
-                        .into_iter()
-                        .map(|s| SessionInfo {
-                            name: s.name.clone(),
-                            output: s.output.path().display().to_string(),
-                            started: s.started,
-                            channels: s
-                                .channels
-                                .iter()
-                                .map(|c| {
-                                    let patterns = c.patterns.iter().map(|p| p.as_str().to_owned());
-                                    (c.spec.clone(), patterns.collect())
-                                })
-                                .collect(),
-                        })
-                        .collect(),
-                ))
-            }
-            ControlRequest::Status => Ok(ControlOk::Status(self.stats.report())),
-            // They wait for the factory: the handler answers them itself.
-            ControlRequest::Stop { .. } | ControlRequest::Destroy { .. } => {
-                Err("stop and destroy are answered asynchronously".to_string())
+        };
+        let ch = &mut s.channels[index];
+        let message = format!(
+            "event {} enabled in {}/{}",
+            pattern.as_str(),
+            s.name,
+            ch.spec.name
+        );
+        if !ch.patterns.contains(&pattern) {
+            ch.patterns.push(pattern);
+        }
+        Ok(message)
+    }
+
+    /// Starts a session.
+    fn start(&mut self, session: &Option<String>) -> Done {
+        let s = self.session(session)?;
+        if s.started {
+            return Err(SessionError::AlreadyStarted(s.name.clone()));
+        }
+        if s.channels.is_empty() {
+            return Err(SessionError::NothingEnabled(s.name.clone()));
+        }
+        s.started = true;
+        s.ever_started = true;
+        if s.channels
+            .iter()
+            .any(|c| c.spec.buffers == Buffering::PerPid)
+        {
+            let dir = layout::pid_traces_dir(s.output.path());
+            if let Err(e) = spread::create_spread_dir(&s.output) {
+                log::warn!("session {}: cannot prepare {}: {e}", s.name, dir.display());
             }
         }
+        Ok(format!("tracing started for session {}", s.name))
     }
 }
 
 /// Checks a channel's geometry the same way the config file does.
-fn check_geometry(spec: &ChannelSpec) -> Result<(), String> {
+fn check_geometry(spec: &ChannelSpec) -> Result<(), SessionError> {
     spec.geometry()
         .validate()
-        .map_err(|e| format!("channel {}: {e}", spec.name))
+        .map_err(|source| SessionError::Geometry {
+            channel: spec.name.clone(),
+            source,
+        })
 }
 
 impl Actor for SessionManager {
     type Context = Context<Self>;
 }
 
-impl Handler<Control> for SessionManager {
-    type Result = ResponseActFuture<Self, ControlReply>;
+impl Handler<CreateSession> for SessionManager {
+    type Result = ResponseFuture<Done>;
 
-    fn handle(&mut self, Control(request): Control, _: &mut Context<Self>) -> Self::Result {
-        match request {
-            ControlRequest::Stop { session } => {
-                let name = match self.session(&session) {
-                    Ok(s) if s.started => {
-                        s.started = false;
-                        s.name.clone()
-                    }
-                    Ok(s) => return reply(Err(format!("session {} is not started", s.name))),
-                    Err(e) => return reply(Err(e)),
-                };
-                let stop = self.factory.send(StopSession(name.clone()));
-                let stats = self.stats.clone();
-                Box::pin(
-                    async move {
-                        let flushed = stop.await.map_err(|e| e.to_string()).and_then(|r| r);
-                        release_freed_heap();
-                        let failed = failed_streams(&stats, &name);
-                        match (flushed, failed) {
-                            (Ok(()), None) => Ok(ControlOk::Done(format!(
-                                "tracing stopped for session {name}; trace flushed"
-                            ))),
-                            (Err(e), _) => Err(format!("session {name} stopped, but: {e}")),
-                            (Ok(()), Some(failed)) => Err(format!(
-                                "session {name} stopped, but data was lost: {failed}"
-                            )),
-                        }
-                    }
-                    .into_actor(self),
-                )
+    fn handle(&mut self, msg: CreateSession, _: &mut Context<Self>) -> Self::Result {
+        let result = self.create(msg.name, msg.output);
+        self.publish(result)
+    }
+}
+
+impl Handler<EnableChannel> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: EnableChannel, _: &mut Context<Self>) -> Self::Result {
+        let result = self.enable_channel(&msg.session, &msg.channel);
+        self.publish(result)
+    }
+}
+
+impl Handler<EnableEvent> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: EnableEvent, _: &mut Context<Self>) -> Self::Result {
+        let result = self.enable_event(msg);
+        self.publish(result)
+    }
+}
+
+impl Handler<StartSession> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: StartSession, _: &mut Context<Self>) -> Self::Result {
+        let result = self.start(&msg.session);
+        self.publish(result)
+    }
+}
+
+impl Handler<StopSession> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: StopSession, _: &mut Context<Self>) -> Self::Result {
+        let session = match self.session(&msg.session) {
+            Ok(s) if s.started => {
+                s.started = false;
+                s.name.clone()
             }
-            ControlRequest::Destroy { session } => {
-                let name = match self.session(&session) {
-                    Ok(s) => s.name.clone(),
-                    Err(e) => return reply(Err(e)),
-                };
-                self.sessions.retain(|s| s.name != name);
-                let destroy = self.factory.send(DestroySession(name.clone()));
-                Box::pin(
-                    async move {
-                        match destroy.await {
-                            Ok(Ok(())) => Ok(ControlOk::Done(format!("session {name} destroyed"))),
-                            Ok(Err(e)) => Err(format!("session {name} destroyed, but: {e}")),
-                            Err(e) => Err(format!("session {name}: {e}")),
-                        }
-                    }
-                    .into_actor(self),
-                )
+            Ok(s) => return ready(Err(SessionError::NotStarted(s.name.clone()))),
+            Err(e) => return ready(Err(e)),
+        };
+        let stop = self.factory.send(factory::StopSession(session.clone()));
+        let stats = self.stats.clone();
+        Box::pin(async move {
+            let flushed = stop.await.map_err(FlushError::from).and_then(|r| r);
+            release_freed_heap();
+            match (flushed, failed_streams(&stats, &session)) {
+                (Ok(()), None) => Ok(format!(
+                    "tracing stopped for session {session}; trace flushed"
+                )),
+                (Err(source), _) => Err(SessionError::StopIncomplete { session, source }),
+                (Ok(()), Some(failed)) => Err(SessionError::DataLost { session, failed }),
             }
-            request => {
-                let result = self.apply(&request);
-                let changes = matches!(
-                    request,
-                    ControlRequest::Create { .. }
-                        | ControlRequest::EnableChannel { .. }
-                        | ControlRequest::EnableEvent { .. }
-                        | ControlRequest::Start { .. }
-                );
-                if result.is_err() || !changes {
-                    return reply(result);
-                }
-                // Answer once the factory has pushed buffers to the registered apps.
-                let publish = self.publish();
-                Box::pin(
-                    async move {
-                        publish.await.map_err(|e| e.to_string())?;
-                        result
-                    }
-                    .into_actor(self),
-                )
+        })
+    }
+}
+
+impl Handler<DestroySession> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: DestroySession, _: &mut Context<Self>) -> Self::Result {
+        let session = match self.session(&msg.session) {
+            Ok(s) => s.name.clone(),
+            Err(e) => return ready(Err(e)),
+        };
+        self.sessions.retain(|s| s.name != session);
+        let destroy = self.factory.send(factory::DestroySession(session.clone()));
+        Box::pin(async move {
+            match destroy.await {
+                Ok(Ok(())) => Ok(format!("session {session} destroyed")),
+                Ok(Err(source)) => Err(SessionError::DestroyIncomplete { session, source }),
+                Err(source) => Err(SessionError::Factory { session, source }),
             }
-        }
+        })
+    }
+}
+
+impl Handler<ListSessions> for SessionManager {
+    type Result = Result<Vec<SessionInfo>, SessionError>;
+
+    fn handle(&mut self, msg: ListSessions, _: &mut Context<Self>) -> Self::Result {
+        let sessions: Vec<&SessionDef> = match msg.session {
+            Some(_) => vec![&*self.session(&msg.session)?],
+            None => self.sessions.iter().collect(),
+        };
+        Ok(sessions
+            .into_iter()
+            .map(|s| SessionInfo {
+                name: s.name.clone(),
+                output: s.output.path().display().to_string(),
+                started: s.started,
+                channels: s
+                    .channels
+                    .iter()
+                    .map(|c| {
+                        let patterns = c.patterns.iter().map(|p| p.as_str().to_owned());
+                        (c.spec.clone(), patterns.collect())
+                    })
+                    .collect(),
+            })
+            .collect())
     }
 }
 
@@ -375,6 +565,6 @@ fn failed_streams(stats: &Stats, session: &str) -> Option<String> {
 }
 
 /// An immediate answer.
-fn reply(result: ControlReply) -> ResponseActFuture<SessionManager, ControlReply> {
+fn ready(result: Done) -> ResponseFuture<Done> {
     Box::pin(fut::ready(result))
 }

@@ -4,7 +4,7 @@
 //! a snapshot. Plain atomics rather than a counting actor: a status request must not
 //! queue behind a busy actor, and no counter needs to be consistent with another.
 
-use crate::actors::registration::Refusal;
+use crate::actors::app_connection::Refusal;
 use crate::protocol::messages::{StatusReport, UidLosses, WriterFailure};
 use std::collections::BTreeMap;
 use std::sync::Mutex;

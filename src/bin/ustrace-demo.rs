@@ -7,7 +7,7 @@ use clap::Parser;
 use std::io::Write;
 use std::time::Instant;
 use ustrace::ctf::field::FieldValue;
-use ustrace::ust::registration::{self, Registration};
+use ustrace::ust::client::{self, RegistrationOutcome};
 
 ustrace::event!(
     /// The demo's one event.
@@ -86,7 +86,7 @@ fn emit_parked(park: Park) {
 
 fn main() {
     let args = Args::parse();
-    let registration = registration::init("ustrace-demo", &[&*DEMO_EV]);
+    let registration = client::init("ustrace-demo", &[&*DEMO_EV]);
     if let Some(ms) = args.await_enabled_ms {
         let deadline = Instant::now() + std::time::Duration::from_millis(ms);
         while !DEMO_EV.is_enabled() && Instant::now() < deadline {
@@ -119,7 +119,7 @@ fn main() {
     if args.report {
         let per_event = elapsed.as_nanos() as f64 / args.events.max(1) as f64;
         eprintln!("{} events {per_event:.1} ns/event", args.events);
-        if let Registration::Done { latency, .. } = registration {
+        if let RegistrationOutcome::Done { latency, .. } = registration {
             eprintln!("registration {} us", latency.as_micros());
         }
     }
@@ -159,7 +159,7 @@ fn emit_paced(interval: std::time::Duration) {
 /// exits; waits for it.
 fn fork_child(events: u64) {
     // SAFETY: the process has only this thread and the registration's listener
-    // thread; the registration's fork handlers (ust::registration) take its locks
+    // thread; the registration's fork handlers (ust::client) take its locks
     // around the fork and register the child as its own process before fork()
     // returns in it. The child then only emits events and leaves with `_exit`.
     match unsafe { nix::unistd::fork() } {

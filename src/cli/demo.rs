@@ -6,7 +6,7 @@
 //! event counts and the first events. Everything it starts it stops, by pid.
 
 use crate::control;
-use crate::protocol::messages::{Buffers, ChannelRequest, ControlOk, ControlRequest};
+use crate::protocol::messages::{Buffering, ChannelRequest, ControlOk, ControlRequest};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode};
@@ -90,7 +90,7 @@ pub(crate) fn start_session(
     rundir: &Path,
     name: &str,
     output: &Path,
-    channels: &[(&str, Buffers)],
+    channels: &[(&str, Buffering)],
     pattern: &str,
 ) -> Result<(), String> {
     let session = Some(name.to_string());
@@ -150,7 +150,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         &rundir,
         "demo",
         &output,
-        &[("perpid", Buffers::PerPid), ("peruid", Buffers::PerUid)],
+        &[("perpid", Buffering::PerPid), ("peruid", Buffering::PerUid)],
         "demo:*",
     )?;
 
@@ -173,7 +173,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
 
     print_layout(&output)?;
     let mut lines = Vec::new();
-    let events = crate::ctf::view::view(&output, false, &mut lines).map_err(|e| e.to_string())?;
+    let events = crate::trace::view::view(&output, false, &mut lines).map_err(|e| e.to_string())?;
     let expected = u64::from(args.apps) * u64::from(args.events) * 2;
     println!("events recorded: {events} (expected {expected}: every event in both channels)");
     match Command::new("babeltrace2").arg(&output).output() {

@@ -1,12 +1,12 @@
 //! The `ustrace` command line, modelled on `lttng`.
 
-pub mod bench;
 pub mod demo;
 pub mod recover;
 
+use crate::bench;
 use crate::control;
 use crate::protocol::messages::{
-    Buffers, ChannelRequest, ControlOk, ControlRequest, SessionInfo, StatusReport,
+    Buffering, ChannelRequest, ControlOk, ControlRequest, SessionInfo, StatusReport,
 };
 use crate::shm::Mode;
 use clap::{Args, Parser, Subcommand};
@@ -103,11 +103,11 @@ struct EnableChannel {
     /// One ring set per process.
     #[arg(long)]
     buffers_pid: bool,
-    /// Sub-buffer size: bytes, or with a K or M suffix (power of two, >= 4K).
-    #[arg(long, value_parser = parse_size)]
+    /// Sub-buffer size: bytes, or with a K or M suffix (power of two, 4K to 1G).
+    #[arg(long, value_parser = parse_subbuf_size)]
     subbuf_size: Option<u32>,
-    /// Sub-buffers per ring (power of two, >= 2).
-    #[arg(long)]
+    /// Sub-buffers per ring (power of two, 2 to 65536).
+    #[arg(long, value_parser = parse_num_subbuf)]
     num_subbuf: Option<u32>,
     /// Overwrite the oldest data when full (flight recorder) instead of discarding.
     #[arg(long)]
@@ -118,9 +118,20 @@ struct EnableChannel {
 }
 
 /// Parses `4096`, `64K`, `1M`, as the config file does.
-fn parse_size(text: &str) -> Result<u32, String> {
+/// `--subbuf-size`: a size the ring layout accepts ([`crate::shm::check_subbuf_size`]).
+fn parse_subbuf_size(text: &str) -> Result<u32, String> {
     let size: crate::config::ByteSize = text.parse().map_err(|e| format!("{e}"))?;
+    crate::shm::check_subbuf_size(size.0)?;
     u32::try_from(size.0).map_err(|_| format!("{text} is too large"))
+}
+
+/// `--num-subbuf`: a count the ring layout accepts ([`crate::shm::check_num_subbuf`]).
+fn parse_num_subbuf(text: &str) -> Result<u32, String> {
+    let count: u32 = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a count: {e}"))?;
+    crate::shm::check_num_subbuf(count.into())?;
+    Ok(count)
 }
 
 impl Cli {
@@ -140,8 +151,8 @@ impl Cli {
                 channel: ChannelRequest {
                     name: c.name,
                     buffers: match (c.buffers_uid, c.buffers_pid) {
-                        (true, _) => Some(Buffers::PerUid),
-                        (_, true) => Some(Buffers::PerPid),
+                        (true, _) => Some(Buffering::PerUid),
+                        (_, true) => Some(Buffering::PerPid),
                         _ => None,
                     },
                     subbuf_size: c.subbuf_size,
@@ -191,7 +202,7 @@ fn absolute(path: &std::path::Path) -> PathBuf {
 fn view(dir: &std::path::Path, json: bool) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    match crate::ctf::view::view(dir, json, &mut out) {
+    match crate::trace::view::view(dir, json, &mut out) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             drop(out);

@@ -1,10 +1,10 @@
 //! `ustrace recover DIR`: make a trace a crash left readable again.
 //!
-//! Runs [`crate::ctf::recover::recover`], prints one line per change, then reads the
+//! Runs [`crate::trace::recover::recover`], prints one line per change, then reads the
 //! whole trace back: the exit status is 0 only when it now reads to its end.
 
-use crate::ctf::reader::Reader;
-use crate::ctf::recover::recover;
+use crate::trace::reader::Reader;
+use crate::trace::recover::recover;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -41,11 +41,11 @@ pub fn run(dir: &Path) -> ExitCode {
 }
 
 /// Reads every record of the trace in `dir`; the number of events.
-fn read_all(dir: &Path) -> Result<u64, crate::ctf::reader::ReadError> {
+fn read_all(dir: &Path) -> Result<u64, crate::trace::reader::ReadError> {
     let mut reader = Reader::open(dir)?;
     let mut events = 0;
     while let Some(record) = reader.next_record()? {
-        if matches!(record.kind, crate::ctf::reader::RecordKind::Event(_)) {
+        if matches!(record.kind, crate::trace::reader::RecordKind::Event(_)) {
             events += 1;
         }
     }

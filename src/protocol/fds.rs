@@ -208,7 +208,7 @@ fn recv_chunk(sock: BorrowedFd<'_>, buf: &mut [u8], want_fds: bool) -> Result<Ch
 /// still be alive and untouched; the descriptors in it must not be owned elsewhere.
 unsafe fn take_rights(msg: &libc::msghdr) -> Vec<OwnedFd> {
     let mut fds = Vec::new();
-    // SAFETY (whole loop): CMSG_FIRSTHDR/CMSG_NXTHDR only return headers lying fully
+    // SAFETY: (whole loop) CMSG_FIRSTHDR/CMSG_NXTHDR only return headers lying fully
     // inside msg_control[..msg_controllen], the bytes the kernel wrote (caller's
     // contract). An SCM_RIGHTS payload is cmsg_len - CMSG_LEN(0) bytes of c_int,
     // read unaligned because CMSG_DATA promises no alignment. Each descriptor was

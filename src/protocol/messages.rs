@@ -95,7 +95,7 @@ pub enum AppCommand {
 
 /// Where a channel's rings live (`buffers = "uid" | "pid"` in the config file).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Buffers {
+pub enum Buffering {
     /// One ring set per user id, shared by all its apps.
     #[serde(rename = "uid")]
     PerUid,
@@ -110,7 +110,7 @@ pub struct ChannelSpec {
     /// Channel name: the stream file prefix (`<name>_<cpu>`).
     pub name: String,
     /// Per-UID or per-PID ring sets.
-    pub buffers: Buffers,
+    pub buffers: Buffering,
     /// Sub-buffer (packet) size in bytes; power of two, at least 4 KiB.
     pub subbuf_size: u32,
     /// Sub-buffers per ring; power of two, at least 2.
@@ -138,7 +138,7 @@ pub struct ChannelRequest {
     /// Channel name.
     pub name: String,
     /// Per-UID or per-PID ring sets.
-    pub buffers: Option<Buffers>,
+    pub buffers: Option<Buffering>,
     /// Sub-buffer size in bytes.
     pub subbuf_size: Option<u32>,
     /// Sub-buffers per ring.

@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
 use std::time::Instant;
 
+use super::clock::now_ns;
 use super::layout::{RECORD_AT, RECORD_LEN, RECORD_OWNER, RECORD_TIMESTAMP, RECORDS};
-use super::ring::FlushBounds;
 use super::{Mode, Ring, RingCorruption, RingCounters};
 use crate::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
 
@@ -212,6 +212,8 @@ impl Consumer {
             // write a slot only after their own push or after seeing `consumed` past
             // it. Release orders the copy before any such write: the producer's
             // Acquire load (or CAS) of `consumed` reads this value or a later one.
+            // LP: the consumer's take (Complete -> Free). Its success hands the copy
+            // out and the slot back to producers.
             match self
                 .ring
                 .consumed_word()
@@ -273,7 +275,10 @@ impl Consumer {
         let Some(at) = self.positions() else {
             return false;
         };
-        match self.ring.flush(at.write, self.write_limit(at.consumed)) {
+        match self
+            .ring
+            .flush_ring(at.write, self.write_limit(at.consumed))
+        {
             Ok(flushed) => flushed,
             Err(FlushBounds { was, found }) => {
                 let lie = if found < was {
@@ -393,8 +398,13 @@ impl Consumer {
                 holes.iter().for_each(|h| self.release(*h));
             } else if reserved - committed == claimed {
                 for hole in &holes {
-                    self.ring
-                        .fill_dead_reservation(hole.at, hole.len, hole.timestamp);
+                    // SAFETY: the packet's counts prove `hole` a reservation inside it
+                    // (`plain_packet`) that nobody committed, and its holder is dead:
+                    // no one else writes those bytes.
+                    unsafe {
+                        self.ring
+                            .fill_with_lost_event(hole.at, hole.len, hole.timestamp)
+                    };
                     self.release(*hole);
                 }
                 outcome.filled += holes.len() as u64;
@@ -528,8 +538,14 @@ impl Consumer {
                 now.unrecorded_reservations,
                 events,
             ),
+            (
+                "abandoned_reservations",
+                was.counters.abandoned_reservations,
+                now.abandoned_reservations,
+                events,
+            ),
         ];
-        let mut grown = [0; 4];
+        let mut grown = [0; 5];
         for (i, (counter, was, found, bound)) in checked.into_iter().enumerate() {
             let lie = if found < was {
                 RingCorruption::CounterBackwards {
@@ -555,6 +571,7 @@ impl Consumer {
             deltas.too_big,
             deltas.overwritten_packets,
             deltas.unrecorded_reservations,
+            deltas.abandoned_reservations,
         ] = grown;
         self.counted.counters = now;
         self.counted.consumed = at.consumed;
@@ -734,5 +751,84 @@ impl Consumer {
             reason,
             packets_dropped,
         });
+    }
+}
+
+/// CAS attempts `Ring::flush_ring` makes before leaving the packet to its producers: a
+/// bound on the consumer's loop whatever an app does to `write`.
+const FLUSH_ATTEMPTS: usize = 1024;
+
+/// A `write` value `Ring::flush_ring` refused: before the first value it read, or past
+/// the consumer's limit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FlushBounds {
+    /// The previous value read (or the lower bound).
+    was: u64,
+    /// The value read.
+    found: u64,
+}
+
+/// The consumer's own operations on the ring's shared memory: the forced close of a
+/// partly filled packet and the optimistic copy of a packet out.
+impl Ring {
+    /// Forces a switch of a partly filled packet so that the consumer can take it.
+    /// Returns whether a packet was closed. Consumer side: every `write` value it
+    /// reads must lie in `first..=limit` (the consumer's bounds for this ring) and
+    /// never go back, else `Err(FlushBounds)` names it and nothing is written; after
+    /// `FLUSH_ATTEMPTS` lost races it gives up (`Ok(false)`): producers that busy
+    /// close their packets themselves.
+    fn flush_ring(&self, first: u64, limit: u64) -> Result<bool, FlushBounds> {
+        let sb = self.geometry.subbuf_size;
+        let write = self.write_word();
+        let mut old = write.load(Acquire);
+        let mut was = first;
+        for _ in 0..FLUSH_ATTEMPTS {
+            if old < was || old > limit {
+                return Err(FlushBounds { was, found: old });
+            }
+            let off = old & (sb - 1);
+            if off == 0 {
+                return Ok(false);
+            }
+            let timestamp = now_ns();
+            match write.compare_exchange_weak(old, old - off + sb, AcqRel, Acquire) {
+                Ok(_) => {
+                    // LP: the flush CAS closed the packet; the close commit follows.
+                    self.close_packet(old, timestamp);
+                    return Ok(true);
+                }
+                Err(current) => {
+                    was = old;
+                    old = current;
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Replaces `out` with a copy of the packet in the sub-buffer holding position
+    /// `p`, which producers may be overwriting (overwrite mode): its header, then its
+    /// content as the header gives it (rounded up to 8 bytes), not the padding. A
+    /// short-lived app's packet is mostly padding. A torn header (a racing overwrite,
+    /// which the caller's CAS then detects) makes it copy the whole sub-buffer.
+    ///
+    /// # Safety
+    /// As `Mapping::copy_racy`: the caller uses the copy only once it has proved that
+    /// no producer wrote the slot during the copy.
+    unsafe fn copy_packet(&self, p: u64, out: &mut Vec<u8>) {
+        let sb = self.geometry.subbuf_size as usize;
+        let at = self.data_index(p & !(self.geometry.subbuf_size - 1));
+        let head = PACKET_HEADER_SIZE.next_multiple_of(8);
+        out.clear();
+        // SAFETY: forwarded contract of `Mapping::copy_racy`.
+        unsafe { self.map.copy_racy(at, head, out) };
+        let len = match PacketHeader::read(out) {
+            Ok(h) => (h.close.content_size as usize)
+                .next_multiple_of(8)
+                .clamp(head, sb),
+            Err(_) => sb,
+        };
+        // SAFETY: as above; `head..len` lies inside the sub-buffer.
+        unsafe { self.map.copy_racy(at + head, len - head, out) };
     }
 }

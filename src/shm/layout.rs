@@ -7,6 +7,7 @@
 //! 128  consumed  AtomicU64   free-running, multiple of subbuf_size
 //! 192  discarded_full, too_big, overwritten_packets, lost_dead_producer   AtomicU64 each
 //! 224  unrecorded  AtomicU64  reservations made without a holder record (table full)
+//! 232  abandoned   AtomicU64  reservations dropped uncommitted, filled with a lost event
 //! 256  commit[i] AtomicU64   per sub-buffer: low 32 bits bytes committed (mod 2^32),
 //!                            high 32 bits events committed
 //! records_offset (64-aligned): RECORDS holder records of RECORD_SIZE bytes, each
@@ -46,6 +47,9 @@ pub(crate) const TOO_BIG_AT: usize = 200;
 pub(crate) const OVERWRITTEN_AT: usize = 208;
 pub(crate) const LOST_DEAD_AT: usize = 216;
 pub(crate) const UNRECORDED_AT: usize = 224;
+/// Added inside layout 3's header without a version bump: the word was zero padding
+/// before, and a ring always has both sides from the same build.
+pub(crate) const ABANDONED_AT: usize = 232;
 pub(crate) const COMMIT_AT: usize = 256;
 
 /// Holder records per ring: producer threads of all processes that may be inside a
@@ -66,10 +70,33 @@ pub(crate) const RECORD_LEN: usize = 16;
 pub(crate) const RECORD_TIMESTAMP: usize = 24;
 
 const PAGE: u64 = 4096;
-const MIN_SUBBUF: u64 = 4096;
-/// Keeps a generation's byte count unambiguous in the 32-bit commit field.
-const MAX_SUBBUF: u64 = 1 << 30;
-const MAX_NUM_SUBBUF: u64 = 1 << 16;
+/// Smallest sub-buffer: one page, which holds a packet header and events.
+pub const MIN_SUBBUF: u64 = 4096;
+/// Largest sub-buffer: keeps a generation's byte count unambiguous in the 32-bit
+/// commit field.
+pub const MAX_SUBBUF: u64 = 1 << 30;
+/// Fewest sub-buffers per ring: one being filled while another is drained.
+pub const MIN_NUM_SUBBUF: u64 = 2;
+/// Most sub-buffers per ring: bounds the commit counters in the ring header.
+pub const MAX_NUM_SUBBUF: u64 = 1 << 16;
+
+/// Why `size` cannot be a sub-buffer size, if it cannot: the one rule the config
+/// file, the CLI and the daemon's control path all apply.
+pub fn check_subbuf_size(size: u64) -> Result<(), &'static str> {
+    if !size.is_power_of_two() || !(MIN_SUBBUF..=MAX_SUBBUF).contains(&size) {
+        return Err("sub-buffer size must be a power of two from 4 KiB to 1 GiB");
+    }
+    Ok(())
+}
+
+/// Why `count` cannot be a ring's number of sub-buffers, if it cannot (same users as
+/// [`check_subbuf_size`]).
+pub fn check_num_subbuf(count: u64) -> Result<(), &'static str> {
+    if !count.is_power_of_two() || !(MIN_NUM_SUBBUF..=MAX_NUM_SUBBUF).contains(&count) {
+        return Err("sub-buffer count must be a power of two from 2 to 65536");
+    }
+    Ok(())
+}
 
 /// What to do when a producer finds the ring full (`mode = "discard" | "overwrite"`
 /// in the config file).
@@ -97,9 +124,10 @@ impl Mode {
 /// Sub-buffer size and count of a ring; the sub-buffer is the CTF packet size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Geometry {
-    /// Bytes per sub-buffer: a power of two, at least 4 KiB, at most 1 GiB.
+    /// Bytes per sub-buffer: a power of two, at least 4 KiB, at most 1 GiB
+    /// ([`check_subbuf_size`]).
     pub subbuf_size: u64,
-    /// Sub-buffers per ring: a power of two, at least 2.
+    /// Sub-buffers per ring: a power of two from 2 to 65536 ([`check_num_subbuf`]).
     pub num_subbuf: u64,
 }
 
@@ -111,26 +139,15 @@ pub const DEFAULT_GEOMETRY: Geometry = Geometry {
 };
 
 impl Geometry {
-    /// Checks the rules of the layout.
+    /// Checks the rules of the layout ([`check_subbuf_size`], [`check_num_subbuf`]).
     pub fn validate(&self) -> Result<(), ShmError> {
         let bad = |reason| ShmError::BadGeometry {
             subbuf_size: self.subbuf_size,
             num_subbuf: self.num_subbuf,
             reason,
         };
-        if !self.subbuf_size.is_power_of_two() || self.subbuf_size < MIN_SUBBUF {
-            return Err(bad("sub-buffer size must be a power of two >= 4096"));
-        }
-        if self.subbuf_size > MAX_SUBBUF {
-            return Err(bad("sub-buffer size must be at most 1 GiB"));
-        }
-        if !self.num_subbuf.is_power_of_two() || self.num_subbuf < 2 {
-            return Err(bad("sub-buffer count must be a power of two >= 2"));
-        }
-        if self.num_subbuf > MAX_NUM_SUBBUF {
-            return Err(bad("sub-buffer count must be at most 65536"));
-        }
-        Ok(())
+        check_subbuf_size(self.subbuf_size).map_err(bad)?;
+        check_num_subbuf(self.num_subbuf).map_err(bad)
     }
 
     /// Offset of the first holder record: after the commit counters, cache-line

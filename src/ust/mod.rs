@@ -8,9 +8,9 @@
 //! buffers with [`channel::install`] and enables events per slot.
 
 pub mod channel;
-pub mod registration;
+pub mod client;
 pub mod tracepoint;
 
 pub use channel::{ChannelError, MAX_SLOTS, SlotId};
-pub use registration::{LateRegistration, register_events};
+pub use client::{LateRegistration, register_events};
 pub use tracepoint::Tracepoint;

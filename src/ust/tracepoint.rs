@@ -117,6 +117,8 @@ impl Tracepoint {
 
     /// Writes the event (payload of `payload_len` bytes produced by `encode`) into the
     /// current CPU's ring of every active slot it is enabled in.
+    /// If `encode` panics, the reservation it was writing becomes one counted lost
+    /// event as it unwinds (see `shm::Reservation`): no packet is left open.
     #[inline]
     pub fn record(&self, payload_len: usize, encode: impl Fn(&mut [u8])) {
         // Acquire pairs with `enable`'s Release: the slot's id is visible.

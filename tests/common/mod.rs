@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 use ustrace::control;
 use ustrace::protocol::messages::{
-    Buffers, ChannelRequest, ControlOk, ControlReply, ControlRequest, StatusReport,
+    Buffering, ChannelRequest, ControlOk, ControlReply, ControlRequest, StatusReport,
 };
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -122,7 +122,7 @@ impl Daemon {
 
     /// Creates session `name` writing to a fresh output dir, with one channel per
     /// `(channel, buffers)` each enabling `demo:*`, and starts it unless told not to.
-    pub fn session(&self, name: &str, channels: &[(&str, Buffers)], start: bool) -> PathBuf {
+    pub fn session(&self, name: &str, channels: &[(&str, Buffering)], start: bool) -> PathBuf {
         let output = self.scratch.path(&format!("out-{name}"));
         self.ok(ControlRequest::Create {
             name: name.into(),

@@ -11,7 +11,7 @@ use ustrace::ctf::field::{EventDesc, FieldDesc, FieldType, FieldValue, LogLevel}
 use ustrace::ctf::packet::{
     EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketClose, PacketOpen, write_event_header,
 };
-use ustrace::ctf::registry::{ClockOffset, Ownership, Registry, TraceEnv};
+use ustrace::trace::registry::{ClockOffset, EventRegistry, TraceEnv, TraceOwner};
 
 /// A packet being filled the way a producer fills a sub-buffer.
 pub struct PacketBuilder {
@@ -101,10 +101,10 @@ pub fn desc(provider: &str, name: &str, fields: Vec<FieldDesc>) -> EventDesc {
 /// A registry with a fixed clock offset (2026-11-27 00:00:00 UTC) so dates are known.
 pub const OFFSET_NS: i64 = 1_795_737_600_000_000_000;
 
-pub fn registry(uuid_byte: u8, ownership: Ownership) -> Registry {
+pub fn registry(uuid_byte: u8, ownership: TraceOwner) -> EventRegistry {
     let mut uuid = [uuid_byte; 16];
     uuid[6] = 0x40 | (uuid_byte & 0x0F);
-    Registry::new(
+    EventRegistry::new(
         uuid,
         ClockOffset {
             offset_ns: OFFSET_NS,
@@ -136,7 +136,7 @@ pub fn babeltrace(dir: &Path, extra: &[&str]) -> String {
 /// `view` text output, panicking on error.
 pub fn view_text(dir: &Path) -> (u64, String) {
     let mut out = Vec::new();
-    let n = ustrace::ctf::view::view(dir, false, &mut out).expect("view");
+    let n = ustrace::trace::view::view(dir, false, &mut out).expect("view");
     (n, String::from_utf8(out).expect("utf-8 output"))
 }
 

@@ -250,9 +250,9 @@ pub unsafe extern "C" fn ustrace_register_events(events: *const *mut Event, coun
     } else {
         tracepoints.push(tracef_event());
         *initialised = true;
-        let outcome = ust::registration::init(&program_name(), &tracepoints);
+        let outcome = ust::client::init(&program_name(), &tracepoints);
         // What `ustrace-demo --report` prints, for `ustrace bench churn --app c`.
-        if let ust::registration::Registration::Done { latency, .. } = outcome
+        if let ust::client::RegistrationOutcome::Done { latency, .. } = outcome
             && std::env::var_os("USTRACE_REPORT_REGISTRATION").is_some()
         {
             eprintln!("registration {} us", latency.as_micros());

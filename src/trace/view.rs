@@ -13,8 +13,8 @@ use std::path::Path;
 
 use serde_json::{Map, Value as Json, json};
 
-use crate::ctf::layout::Civil;
-use crate::ctf::reader::{ReadError, Reader, RecordKind, Value};
+use crate::trace::layout::Civil;
+use crate::trace::reader::{ReadError, Reader, RecordKind, Value};
 
 /// Why `view` stopped.
 #[derive(Debug, thiserror::Error)]

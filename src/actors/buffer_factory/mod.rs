@@ -21,36 +21,36 @@
 //! Registration cost matters (thousands of short-lived per-PID apps): creating a
 //! BufferSet is a few memfds and two actors, nothing touches the disk until the first
 //! packet is written, and an app that matches no enabled event gets no buffer at all.
+//!
+//! Layout: the decisions (which set, which events a grant enables, the per-PID
+//! budget, when a refusal is counted) are plain functions in `plan`, unit-tested
+//! without memfds or actors; [`teardown`] holds what happens when an app dies (and
+//! when a session's sets are torn down); this file sequences them with the making.
 
-use crate::actors::buffer_set::{BufferSet, Flush, ProducerDied, Teardown, all_ok};
-use crate::actors::registration::{AppRegistration, ConnectionId, Grant, Push, Refusal};
+use crate::actors::app_connection::{AppConnection, ConnectionId, Grant, Push, Refusal};
+use crate::actors::buffer_set::{BufferSet, Flush, FlushError, all_ok};
 use crate::actors::ring_pool::RingPool;
 use crate::actors::session::{ChannelDef, SessionDef};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
-use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterRegistry};
+use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterCatalog};
 use crate::ctf::field::EventDesc;
-use crate::ctf::layout::{self, DirClock};
-use crate::ctf::names;
-use crate::ctf::registry::{EventLimits, Ownership, Registry, RegistryError};
-use crate::ctf::trace_writer::TraceDir;
-use crate::protocol::messages::{Buffers, ChannelSpec};
-use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, cpu_count};
+use crate::protocol::messages::{Buffering, ChannelSpec};
+use crate::trace::layout::{self, DirClock};
+use crate::trace::registry::{EventLimits, EventRegistry, RegistryError};
+use crate::trace::writer::{TraceDir, TraceDirError};
+pub use plan::Owner;
+use plan::{BudgetVerdict, PidBudget, SetKey};
+pub use teardown::AppGone;
+
+use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, ShmError, cpu_count};
 use actix::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
-use tokio::sync::oneshot;
 
-/// Who a trace and its buffers belong to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Owner {
-    /// Per-UID buffers of this user.
-    Uid(u32),
-    /// Per-PID buffers of one app connection (its process, for as long as it lives;
-    /// a later process with the same pid is another connection).
-    Pid(ConnectionId),
-}
+mod plan;
+pub mod teardown;
 
 /// The settings the factory applies to everything it creates.
 #[derive(Clone, Debug)]
@@ -86,7 +86,7 @@ struct App {
     /// Its events, indexed as the app indexes them.
     events: Vec<EventDesc>,
     /// Where pushes go.
-    addr: Addr<AppRegistration>,
+    addr: Addr<AppConnection>,
     /// Channels given to it: set key -> (channel key for the app, enabled event indices).
     channels: BTreeMap<SetKey, AppChannel>,
     /// Per-PID sets a limit refused it: each refusal is counted once, however often
@@ -100,17 +100,6 @@ struct AppChannel {
     key: u64,
     /// Indices (into `App::events`) already enabled in it.
     enabled: HashSet<u32>,
-}
-
-/// Identifies a BufferSet.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-struct SetKey {
-    /// Session name.
-    session: String,
-    /// Channel name.
-    channel: String,
-    /// Owner.
-    owner: Owner,
 }
 
 /// One live BufferSet.
@@ -131,9 +120,24 @@ enum GrantError {
     /// A limit: the app is refused (at registration) and the refusal counted.
     #[error(transparent)]
     Refused(#[from] Refusal),
-    /// Anything else (no such writer, shared memory unavailable): logged.
-    #[error("{0}")]
-    Failed(String),
+    /// The channel names a writer nobody registered (a session created before a
+    /// daemon restart with fewer writers cannot: the SessionManager checks).
+    #[error("no writer named {writer:?} (registered: {})", registered.join(", "))]
+    NoWriter {
+        /// The name asked for.
+        writer: String,
+        /// The names there are.
+        registered: Vec<String>,
+    },
+    /// The trace's directory could not be made.
+    #[error(transparent)]
+    TraceDir(#[from] TraceDirError),
+    /// The trace's uuid could not be drawn.
+    #[error("trace uuid: {0}")]
+    Uuid(std::io::Error),
+    /// The rings could not be made (shared memory, fds).
+    #[error(transparent)]
+    Rings(#[from] ShmError),
 }
 
 /// What an app should be given now.
@@ -150,7 +154,7 @@ struct Delta {
 /// One sub-trace: a directory with a metadata file and stream files.
 struct Trace {
     /// Event ids and metadata text.
-    registry: Registry,
+    registry: EventRegistry,
     /// Grows with every event registered, so writers know to rewrite the metadata.
     version: u64,
     /// Directory of the sub-trace.
@@ -164,10 +168,7 @@ pub struct BufferFactory {
     /// Settings from the config.
     settings: FactorySettings,
     /// Writer factories by name.
-    writers: WriterRegistry,
-    /// The daemon's own uid: its apps are the operator's, bounded by the global
-    /// per-PID cap only (a single-user daemon keeps the whole budget).
-    daemon_uid: u32,
+    writers: WriterCatalog,
     /// The threads that run writers, so that disk I/O never delays registration;
     /// each set's writers go to the next one in turn, so one slow file creation
     /// does not queue every other app's trace behind it.
@@ -190,29 +191,19 @@ pub struct BufferFactory {
     apps: HashMap<ConnectionId, App>,
     /// Next channel key handed to an app.
     next_key: u64,
-    /// Shared memory held by per-PID sets now.
-    pid_buffer_bytes: u64,
-    /// The same by uid (uids holding none are absent).
-    pid_buffer_bytes_by_uid: HashMap<u32, u64>,
+    /// Shared memory held by per-PID sets, against its caps (the daemon's own
+    /// uid's apps are the operator's, bounded by the global cap only).
+    pid_budget: PidBudget,
     /// Teardowns in flight per session, and who waits for them: `stop` and `destroy`
     /// answer only once the session's dead apps are on disk too.
-    teardowns: HashMap<String, Teardowns>,
-}
-
-/// The teardowns of one session that have not finished.
-#[derive(Default)]
-struct Teardowns {
-    /// How many.
-    running: usize,
-    /// Resolved when `running` drops to zero.
-    waiters: Vec<oneshot::Sender<()>>,
+    teardowns: HashMap<String, teardown::Teardowns>,
 }
 
 impl BufferFactory {
     /// A factory with no session and no app.
     pub fn new(
         settings: FactorySettings,
-        writers: WriterRegistry,
+        writers: WriterCatalog,
         io: Vec<ArbiterHandle>,
         stats: Arc<Stats>,
     ) -> BufferFactory {
@@ -220,9 +211,13 @@ impl BufferFactory {
         BufferFactory {
             pool: RingPool::new(settings.warm_pid_buffer_sets, cpus, stats.clone()),
             cpus,
+            pid_budget: PidBudget::new(
+                settings.max_pid_buffer_bytes,
+                settings.max_pid_buffer_bytes_per_uid,
+                nix::unistd::geteuid().as_raw(),
+            ),
             settings,
             writers,
-            daemon_uid: nix::unistd::geteuid().as_raw(),
             io,
             sets_created: 0,
             stats,
@@ -231,8 +226,6 @@ impl BufferFactory {
             sets: HashMap::new(),
             apps: HashMap::new(),
             next_key: 1,
-            pid_buffer_bytes: 0,
-            pid_buffer_bytes_by_uid: HashMap::new(),
             teardowns: HashMap::new(),
         }
     }
@@ -244,7 +237,7 @@ impl BufferFactory {
             .iter()
             .filter(|s| s.started)
             .flat_map(|s| &s.channels)
-            .filter(|c| c.spec.buffers == Buffers::PerPid)
+            .filter(|c| c.spec.buffers == Buffering::PerPid)
             .map(|c| c.spec.geometry())
             .collect();
         self.pool.keep_ready(&geometries);
@@ -289,28 +282,6 @@ impl BufferFactory {
         }
     }
 
-    /// Shared-memory bytes of one set of `spec`.
-    fn set_bytes(&self, spec: &ChannelSpec) -> u64 {
-        u64::from(spec.subbuf_size) * u64::from(spec.num_subbuf) * self.cpus as u64
-    }
-
-    /// Whether a new per-PID set of `bytes` fits under both per-PID caps for `uid`.
-    fn check_pid_budget(&self, uid: u32, bytes: u64) -> Result<(), Refusal> {
-        let max = self.settings.max_pid_buffer_bytes;
-        if self.pid_buffer_bytes + bytes > max {
-            return Err(Refusal::PidBufferBytes { max });
-        }
-        if uid == self.daemon_uid {
-            return Ok(());
-        }
-        let max = self.settings.max_pid_buffer_bytes_per_uid;
-        let held = self.pid_buffer_bytes_by_uid.get(&uid).copied().unwrap_or(0);
-        if held + bytes > max {
-            return Err(Refusal::PidBufferBytesPerUid { uid, max });
-        }
-        Ok(())
-    }
-
     /// What app `connection` is missing of one channel, creating its buffers if
     /// needed. An event past a trace's limits stops the enabling there and is
     /// reported in `limit`; what was granted before it is returned all the same (it
@@ -326,42 +297,30 @@ impl BufferFactory {
         let Some(app) = self.apps.get(&connection) else {
             return Ok(None);
         };
-        let matching: Vec<u32> = app
-            .events
-            .iter()
-            .enumerate()
-            .filter(|(_, e)| channel.matches(e))
-            .map(|(i, _)| i as u32)
-            .collect();
+        let matching = plan::matching_events(&app.events, channel);
         if matching.is_empty() {
             return Ok(None);
         }
-        let owner = match channel.spec.buffers {
-            Buffers::PerUid => Owner::Uid(app.uid),
-            Buffers::PerPid => Owner::Pid(connection),
-        };
+        let owner = Owner::of(channel.spec.buffers, app.uid, connection);
         let set_key = SetKey {
             session: session.name.clone(),
             channel: channel.spec.name.clone(),
             owner,
         };
         let uid = app.uid;
-        if matches!(owner, Owner::Pid(_)) && !self.sets.contains_key(&set_key) {
-            let budget = self.check_pid_budget(uid, self.set_bytes(&channel.spec));
+        if owner.is_pid() && !self.sets.contains_key(&set_key) {
+            let budget = self
+                .pid_budget
+                .check(uid, plan::set_bytes(&channel.spec, self.cpus));
             let app = self.apps.get_mut(&connection).expect("checked above");
-            match budget {
-                Ok(()) => {
-                    app.refused.remove(&set_key);
-                }
-                Err(refusal) if app.refused.insert(set_key) => return Err(refusal.into()),
-                Err(_) => return Ok(None),
+            match plan::budget_verdict(&mut app.refused, &set_key, budget) {
+                BudgetVerdict::Grant => {}
+                BudgetVerdict::Refuse(refusal) => return Err(refusal.into()),
+                BudgetVerdict::AlreadyRefused => return Ok(None),
             }
         }
-        let new_trace = self
-            .ensure_trace(session, owner, connection)
-            .map_err(GrantError::Failed)?;
-        self.ensure_set(&set_key, session, stream_id, &channel.spec, uid)
-            .map_err(GrantError::Failed)?;
+        let new_trace = self.ensure_trace(session, owner, connection)?;
+        self.ensure_set(&set_key, session, stream_id, &channel.spec, uid)?;
 
         let app = self.apps.get_mut(&connection).expect("checked above");
         let trace = self
@@ -383,10 +342,8 @@ impl BufferFactory {
         let given = app.channels.get_mut(&set_key).expect("inserted above");
         let mut enables = Vec::new();
         let mut changed = false;
-        for index in matching {
-            if given.enabled.contains(&index) {
-                continue;
-            }
+        let missing: Vec<u32> = plan::to_enable(&matching, &given.enabled).collect();
+        for index in missing {
             let event = &app.events[index as usize];
             match trace.registry.register_event(event) {
                 Ok((id, new)) => {
@@ -429,26 +386,18 @@ impl BufferFactory {
         session: &SessionDef,
         owner: Owner,
         connection: ConnectionId,
-    ) -> Result<bool, String> {
+    ) -> Result<bool, GrantError> {
         let key = (session.name.clone(), owner);
         if self.traces.contains_key(&key) {
             return Ok(false);
         }
         let app = &self.apps[&connection];
-        let ownership = match owner {
-            Owner::Uid(uid) => Ownership::PerUid { uid },
-            // The name the app gave, made one safe file-name component: it names
-            // the directory and the metadata's `procname`.
-            Owner::Pid(_) => Ownership::PerPid {
-                procname: names::procname(&app.name),
-                pid: app.pid as u32,
-            },
-        };
+        let ownership = owner.trace_owner(&app.name, app.pid);
         let below =
             layout::trace_below(&ownership, connection.0, app.registered_at, DirClock::Local);
-        let dir = TraceDir::new(&session.output, below).map_err(|e| e.to_string())?;
-        let mut registry = Registry::for_this_host(ownership)
-            .map_err(|e| e.to_string())?
+        let dir = TraceDir::new(&session.output, below)?;
+        let mut registry = EventRegistry::for_this_host(ownership)
+            .map_err(GrantError::Uuid)?
             .with_limits(self.settings.event_limits);
         for channel in &session.channels {
             registry.add_channel(&channel.spec.name);
@@ -479,20 +428,20 @@ impl BufferFactory {
         stream_id: u32,
         spec: &ChannelSpec,
         uid: u32,
-    ) -> Result<(), String> {
+    ) -> Result<(), GrantError> {
         if self.sets.contains_key(key) {
             return Ok(());
         }
-        let bytes = self.set_bytes(spec);
+        let bytes = plan::set_bytes(spec, self.cpus);
         let trace = &self.traces[&(session.name.clone(), key.owner)];
         let cpus = self.cpus;
-        let factory = self.writers.get(&spec.writer).ok_or_else(|| {
-            format!(
-                "no writer named {:?} (registered: {})",
-                spec.writer,
-                self.writers.names().join(", ")
-            )
-        })?;
+        let factory = self
+            .writers
+            .get(&spec.writer)
+            .ok_or_else(|| GrantError::NoWriter {
+                writer: spec.writer.clone(),
+                registered: self.writers.names(),
+            })?;
         let config = RingConfig {
             geometry: spec.geometry(),
             mode: spec.mode,
@@ -504,11 +453,7 @@ impl BufferFactory {
             Owner::Pid(_) => self.pool.take(config.geometry),
             Owner::Uid(_) => BlankSet::create(&format!("ustrace {label}"), config.geometry, cpus),
         };
-        let buffers = Arc::new(
-            blank
-                .and_then(|b| b.init(&config))
-                .map_err(|e| e.to_string())?,
-        );
+        let buffers = Arc::new(blank.and_then(|b| b.init(&config))?);
         let io = self.io[self.sets_created % self.io.len()].clone();
         self.sets_created += 1;
         let streams = (0..cpus as u32)
@@ -537,9 +482,8 @@ impl BufferFactory {
             self.stats.clone(),
         )
         .start();
-        if matches!(key.owner, Owner::Pid(_)) {
-            self.pid_buffer_bytes += bytes;
-            *self.pid_buffer_bytes_by_uid.entry(uid).or_insert(0) += bytes;
+        if key.owner.is_pid() {
+            self.pid_budget.take(uid, bytes);
         }
         self.sets.insert(
             key.clone(),
@@ -553,82 +497,13 @@ impl BufferFactory {
         Ok(())
     }
 
-    /// Removes the sets matching `pred` and tears them down in their own actors;
-    /// `stop` and `destroy` of their session wait for them.
-    fn tear_down(&mut self, pred: impl Fn(&SetKey) -> bool, ctx: &mut Context<Self>) {
-        let keys: Vec<SetKey> = self.sets.keys().filter(|k| pred(k)).cloned().collect();
-        for key in keys {
-            let Some(set) = self.sets.remove(&key) else {
-                continue;
-            };
-            if matches!(key.owner, Owner::Pid(_)) {
-                self.pid_buffer_bytes -= set.bytes;
-                if let Some(held) = self.pid_buffer_bytes_by_uid.get_mut(&set.uid) {
-                    *held -= set.bytes;
-                    if *held == 0 {
-                        self.pid_buffer_bytes_by_uid.remove(&set.uid);
-                    }
-                }
-            }
-            self.teardowns
-                .entry(key.session.clone())
-                .or_default()
-                .running += 1;
-            ctx.spawn(
-                set.addr
-                    .send(Teardown)
-                    .into_actor(self)
-                    .map(move |result, act, _| {
-                        match result {
-                            Ok(Ok(())) => {}
-                            Ok(Err(e)) => log::error!("teardown of {key:?}: {e}"),
-                            Err(e) => log::error!("teardown of {key:?}: {e}"),
-                        }
-                        act.teardown_done(&key.session);
-                    }),
-            );
-        }
-    }
-
-    /// Counts a finished teardown and wakes the waiters of its session's last one.
-    fn teardown_done(&mut self, session: &str) {
-        let Some(t) = self.teardowns.get_mut(session) else {
-            return;
-        };
-        t.running -= 1;
-        if t.running == 0 {
-            for waiter in self
-                .teardowns
-                .remove(session)
-                .into_iter()
-                .flat_map(|t| t.waiters)
-            {
-                let _ = waiter.send(());
-            }
-        }
-    }
-
-    /// Resolves once `session` has no teardown in flight.
-    fn teardowns_finished(&mut self, session: &str) -> impl Future<Output = ()> + 'static {
-        let waiter = self.teardowns.get_mut(session).map(|t| {
-            let (tx, rx) = oneshot::channel();
-            t.waiters.push(tx);
-            rx
-        });
-        async move {
-            if let Some(rx) = waiter {
-                let _ = rx.await;
-            }
-        }
-    }
-
     /// Flushes (or tears down) the session's sets; resolves when they and every
     /// teardown in flight are done.
     fn settle(
         &mut self,
         session: &str,
         requests: Vec<Request<BufferSet, Flush>>,
-    ) -> impl Future<Output = Result<(), String>> + 'static {
+    ) -> impl Future<Output = Result<(), FlushError>> + 'static {
         let finished = self.teardowns_finished(session);
         async move {
             let result = all_ok(requests).await;
@@ -668,7 +543,7 @@ pub struct CreateBuffers {
     /// Its events.
     pub events: Vec<EventDesc>,
     /// Where later pushes go.
-    pub app: Addr<AppRegistration>,
+    pub app: Addr<AppConnection>,
 }
 
 impl Handler<CreateBuffers> for BufferFactory {
@@ -821,12 +696,12 @@ impl Handler<SessionsChanged> for BufferFactory {
 
 /// Stop recording a session and store everything it recorded; answers when on disk.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), FlushError>")]
 pub struct StopSession(pub String);
 
 /// Stop a session and free everything of it.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), FlushError>")]
 pub struct DestroySession(pub String);
 
 impl BufferFactory {
@@ -854,7 +729,7 @@ impl BufferFactory {
 }
 
 impl Handler<StopSession> for BufferFactory {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), FlushError>>;
 
     fn handle(&mut self, msg: StopSession, _: &mut Context<Self>) -> Self::Result {
         if let Some(s) = self.sessions.iter_mut().find(|s| s.name == msg.0) {
@@ -873,7 +748,7 @@ impl Handler<StopSession> for BufferFactory {
 }
 
 impl Handler<DestroySession> for BufferFactory {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), FlushError>>;
 
     fn handle(&mut self, msg: DestroySession, ctx: &mut Context<Self>) -> Self::Result {
         self.sessions.retain(|s| s.name != msg.0);
@@ -882,49 +757,5 @@ impl Handler<DestroySession> for BufferFactory {
         self.traces.retain(|(session, _), _| *session != msg.0);
         self.tear_down(|k| k.session == msg.0, ctx);
         Box::pin(self.settle(&msg.0, Vec::new()))
-    }
-}
-
-/// An app's connection closed: it exited, crashed or was killed.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AppGone {
-    /// Its connection.
-    pub connection: ConnectionId,
-}
-
-impl Handler<AppGone> for BufferFactory {
-    type Result = ();
-
-    fn handle(&mut self, msg: AppGone, ctx: &mut Context<Self>) {
-        self.forget_app(msg.connection, ctx);
-    }
-}
-
-impl BufferFactory {
-    /// Forgets app `connection`: tears its per-PID sets down and tells the per-UID
-    /// sets it wrote to that one of their producers is gone.
-    fn forget_app(&mut self, connection: ConnectionId, ctx: &mut Context<Self>) {
-        let Some(app) = self.apps.remove(&connection) else {
-            return;
-        };
-        let owner = Owner::Pid(connection);
-        self.traces.retain(|(_, o), _| *o != owner);
-        self.tear_down(|k| k.owner == owner, ctx);
-        for key in app.channels.keys() {
-            if let (Owner::Uid(uid), Some(set)) = (key.owner, self.sets.get(key)) {
-                let live = self
-                    .apps
-                    .values()
-                    .filter(|a| a.uid == uid)
-                    .map(|a| a.pid)
-                    .collect();
-                set.addr.do_send(ProducerDied {
-                    pid: app.pid,
-                    uid,
-                    live,
-                });
-            }
-        }
     }
 }

@@ -1,4 +1,4 @@
-//! AppRegistration: one actor per app connection, for the app's whole life.
+//! AppConnection: one actor per app connection, for the app's whole life.
 //!
 //! It reads the app's Hello and registration, asks the BufferFactory for buffers
 //! (CreateBuffers), sends them (Channel frames with fds over SCM_RIGHTS, Enable), and
@@ -45,11 +45,11 @@ use crate::actors::framed;
 use crate::actors::registrar::UidSlot;
 use crate::actors::stats::Stats;
 use crate::ctf::field::EventDesc;
-use crate::ctf::registry::{self, RegistryError};
 use crate::protocol::frame;
 use crate::protocol::messages::{AppCommand, AppRegister, AppRequest, MAX_LATE_FRAME};
 use crate::protocol::peer::{self, PeerCredentials};
 use crate::shm::ChannelBuffers;
+use crate::trace::registry::{self, RegistryError};
 use actix::prelude::*;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
@@ -175,7 +175,7 @@ pub enum Push {
 type Outgoing = (Vec<u8>, Option<Arc<ChannelBuffers>>);
 
 /// The actor.
-pub struct AppRegistration {
+pub struct AppConnection {
     /// The daemon's name for this connection: what the factory knows the app by.
     connection: ConnectionId,
     /// From SO_PEERCRED at accept (pid for logs and directory names, uid for
@@ -209,10 +209,42 @@ enum Inbound {
     /// A late registration, answered before the next frame is read (`done`).
     Late(AppRequest, tokio::sync::oneshot::Sender<()>),
     /// EOF or a protocol error: the connection is over.
-    Closed(Option<String>),
+    Closed(Option<ConnectionError>),
 }
 
-impl AppRegistration {
+/// Why the daemon closes an app's connection: what the peer did wrong. Logged with
+/// the app's pid, uid and connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// A frame was bad, or reading failed.
+    #[error(transparent)]
+    Frame(#[from] framed::FrameError),
+    /// The peer closed after its hello, before registering.
+    #[error("closed before registering")]
+    NoRegistration,
+    /// The peer did not register in time.
+    #[error("no registration within daemon.registration_timeout_ms ({} ms)", .0.as_millis())]
+    Timeout(std::time::Duration),
+    /// SO_PEERCRED could not be read again.
+    #[error(transparent)]
+    Credentials(#[from] crate::protocol::ProtocolError),
+    /// Another process holds the socket now than the one that connected.
+    #[error("peer credentials changed between connect ({accepted:?}) and registration ({now:?})")]
+    CredentialsChanged {
+        /// At accept.
+        accepted: PeerCredentials,
+        /// At registration.
+        now: PeerCredentials,
+    },
+    /// A late registration frame did not arrive whole in time after its first byte.
+    #[error(
+        "a late registration frame not whole within daemon.registration_timeout_ms ({} ms)",
+        .0.as_millis()
+    )]
+    LateFrameTimeout(std::time::Duration),
+}
+
+impl AppConnection {
     /// Starts the actor for a freshly accepted connection `connection`, whose
     /// `credentials` came from SO_PEERCRED and whose uid holds `slot`.
     pub fn start(
@@ -223,13 +255,13 @@ impl AppRegistration {
         limits: AppLimits,
         factory: Addr<BufferFactory>,
         stats: Arc<Stats>,
-    ) -> Addr<AppRegistration> {
+    ) -> Addr<AppConnection> {
         // Counted from creation to drop: the app limit sees connections not yet started.
         Stats::add(&stats.apps, 1);
         let (reader, writer) = stream.into_split();
         let (outbox, queue) = mpsc::unbounded_channel();
         actix_rt::spawn(send_frames(writer, queue, connection));
-        AppRegistration {
+        AppConnection {
             connection,
             credentials,
             _slot: slot,
@@ -296,7 +328,7 @@ async fn read_frames(
     mut reader: OwnedReadHalf,
     limits: AppLimits,
     accepted: PeerCredentials,
-    addr: Addr<AppRegistration>,
+    addr: Addr<AppConnection>,
 ) {
     let max = limits.max_frame;
     let outcome = async {
@@ -304,39 +336,31 @@ async fn read_frames(
             framed::read_hello(&mut reader).await?;
             framed::read_frame::<AppRegister>(&mut reader, max)
                 .await?
-                .ok_or_else(|| "closed before registering".to_string())
+                .ok_or(ConnectionError::NoRegistration)
         };
         let register = tokio::time::timeout(limits.registration_timeout, first)
             .await
-            .map_err(|_| {
-                format!(
-                    "no registration within daemon.registration_timeout_ms ({} ms)",
-                    limits.registration_timeout.as_millis()
-                )
-            })??;
-        let now = peer::credentials(reader.as_ref()).map_err(|e| e.to_string())?;
+            .map_err(|_| ConnectionError::Timeout(limits.registration_timeout))??;
+        let now = peer::credentials(reader.as_ref())?;
         if now != accepted {
-            return Err(format!(
-                "peer credentials changed between connect ({accepted:?}) and registration ({now:?})"
-            ));
+            return Err(ConnectionError::CredentialsChanged { accepted, now });
         }
         addr.do_send(Inbound::Register(register));
         let max = MAX_LATE_FRAME.min(max);
         loop {
             // Idle for as long as the app likes; once a frame starts, it must be
             // whole within the registration timeout.
-            reader.as_ref().readable().await.map_err(|e| e.to_string())?;
+            reader
+                .as_ref()
+                .readable()
+                .await
+                .map_err(framed::FrameError::Io)?;
             let request = tokio::time::timeout(
                 limits.registration_timeout,
                 framed::read_frame::<AppRequest>(&mut reader, max),
             )
             .await
-            .map_err(|_| {
-                format!(
-                    "a late registration frame not whole within daemon.registration_timeout_ms ({} ms)",
-                    limits.registration_timeout.as_millis()
-                )
-            })??;
+            .map_err(|_| ConnectionError::LateFrameTimeout(limits.registration_timeout))??;
             let Some(request) = request else {
                 return Ok(());
             };
@@ -390,7 +414,7 @@ async fn send_frames(
     }
 }
 
-impl Actor for AppRegistration {
+impl Actor for AppConnection {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
@@ -405,13 +429,13 @@ impl Actor for AppRegistration {
     }
 }
 
-impl Drop for AppRegistration {
+impl Drop for AppConnection {
     fn drop(&mut self) {
         Stats::sub(&self.stats.apps);
     }
 }
 
-impl Handler<Inbound> for AppRegistration {
+impl Handler<Inbound> for AppConnection {
     type Result = ();
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
@@ -499,7 +523,7 @@ impl Handler<Inbound> for AppRegistration {
     }
 }
 
-impl AppRegistration {
+impl AppConnection {
     /// Answers a late registration: the grants its events need then
     /// `EventsRegistered`, or `EventsRefused`. `done` tells the reader it may read
     /// the next frame.
@@ -565,7 +589,7 @@ fn check_events(events: &[EventDesc]) -> Result<(), String> {
     Ok(())
 }
 
-impl Handler<Push> for AppRegistration {
+impl Handler<Push> for AppConnection {
     type Result = ();
 
     fn handle(&mut self, push: Push, _: &mut Context<Self>) {

@@ -29,9 +29,9 @@ use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat, renameat};
 use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, geteuid, linkat, unlinkat};
 
-use crate::ctf::layout::{METADATA_FILE, stream_file_name};
 use crate::ctf::names::{self, NameError};
-use crate::ctf::registry::Registry;
+use crate::trace::layout::{METADATA_FILE, stream_file_name};
+use crate::trace::registry::EventRegistry;
 
 /// Mode of trace directories: a trace holds what every traced user's apps
 /// recorded, so it is for the daemon's user and group, not for every local user.
@@ -490,6 +490,13 @@ impl TraceDir {
         &self.shared.path
     }
 
+    /// Makes the directory now if it does not exist yet (the same safe `mkdirat`
+    /// walk as for the trace's own files), so that a custom writer may create
+    /// files in [`path`](Self::path) from its `create` on.
+    pub fn ensure(&self) -> io::Result<()> {
+        self.dir().map(drop).map_err(io::Error::from)
+    }
+
     /// The directory, made now if this is its first use, or made anew (with
     /// nothing in it counted as this trace's) if it was removed.
     fn dir(&self) -> Result<Arc<OwnedFd>, TraceDirError> {
@@ -559,7 +566,7 @@ pub fn store_metadata(dir: &Path, tag: &str, tsdl: &str) -> io::Result<()> {
 }
 
 /// Writes `registry`'s metadata to `dir/metadata` (see [`store_metadata`]).
-pub fn write_metadata(dir: &Path, registry: &Registry) -> io::Result<()> {
+pub fn write_metadata(dir: &Path, registry: &EventRegistry) -> io::Result<()> {
     store_metadata(dir, "tmp", registry.metadata())
 }
 

@@ -36,9 +36,9 @@ use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::ctf::layout::METADATA_FILE;
-use crate::ctf::metadata;
 use crate::ctf::packet::{PACKET_HEADER_SIZE, PacketHeader};
+use crate::trace::layout::METADATA_FILE;
+use crate::trace::metadata;
 
 /// One change [`recover`] made.
 #[derive(Clone, Debug, PartialEq, Eq)]

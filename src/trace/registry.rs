@@ -1,6 +1,6 @@
 //! The per-trace registry: event ids, channels (stream classes) and the metadata text.
 //!
-//! There is one [`Registry`] per trace: per (session, uid) for per-UID buffers, per
+//! There is one [`EventRegistry`] per trace: per (session, uid) for per-UID buffers, per
 //! app for per-PID buffers. Apps register [`EventDesc`]s; the registry gives each
 //! distinct description one id, so that the same `provider:name` with the same fields
 //! from many apps of one uid shares an id, while the same name with other fields gets
@@ -13,8 +13,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::ctf::field::{EventDesc, FieldType};
-use crate::ctf::metadata;
 use crate::ctf::names::{self, NameError};
+use crate::trace::metadata;
 
 /// Why an app's event description was refused (it would make the metadata invalid).
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -118,7 +118,7 @@ impl RegistryError {
 /// in the configuration). Each registration costs at most what these allow: an app
 /// is checked against the first two before anything is merged, and a trace refuses
 /// an event past the last two. Metadata grows by appending (see
-/// [`crate::ctf::metadata`]), so registering costs what it adds.
+/// [`crate::trace::metadata`]), so registering costs what it adds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventLimits {
     /// Most events one app may register (`limits.max_events_per_app`).
@@ -167,9 +167,9 @@ impl EventLimits {
     }
 }
 
-/// Checks that `desc` can be declared in TSDL as [`crate::ctf::metadata`] writes it:
+/// Checks that `desc` can be declared in TSDL as [`crate::trace::metadata`] writes it:
 /// the daemon refuses a registration that holds a description failing this, and
-/// [`Registry::register_event`] never declares one.
+/// [`EventRegistry::register_event`] never declares one.
 pub fn validate(desc: &EventDesc) -> Result<(), RegistryError> {
     names::check_event(desc)?;
     let event = desc.full_name();
@@ -231,7 +231,7 @@ pub fn validate(desc: &EventDesc) -> Result<(), RegistryError> {
 
 /// Who owns the buffers of a trace, which decides its environment and directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Ownership {
+pub enum TraceOwner {
     /// Buffers shared by every app of one user.
     PerUid {
         /// The user id.
@@ -252,7 +252,7 @@ pub struct TraceEnv {
     /// Host the trace was recorded on.
     pub hostname: String,
     /// Per-UID or per-PID, with the uid or the process identity.
-    pub ownership: Ownership,
+    pub ownership: TraceOwner,
 }
 
 /// How to turn the trace clock (CLOCK_MONOTONIC, ns) into wall-clock time.
@@ -318,7 +318,7 @@ pub fn hostname() -> String {
 
 /// Event ids, channels and identity of one trace; produces its metadata.
 #[derive(Clone, Debug)]
-pub struct Registry {
+pub struct EventRegistry {
     /// Trace uuid, written in every packet header and in the metadata.
     uuid: [u8; 16],
     /// Monotonic-to-wall-clock offset declared in the clock block.
@@ -337,10 +337,10 @@ pub struct Registry {
     limits: EventLimits,
 }
 
-impl Registry {
+impl EventRegistry {
     /// A registry with no channel and no event yet, and the default limits.
-    pub fn new(uuid: [u8; 16], clock: ClockOffset, env: TraceEnv) -> Registry {
-        Registry {
+    pub fn new(uuid: [u8; 16], clock: ClockOffset, env: TraceEnv) -> EventRegistry {
+        EventRegistry {
             tsdl: metadata::preamble(&uuid, &env, clock),
             uuid,
             clock,
@@ -353,14 +353,14 @@ impl Registry {
     }
 
     /// This registry with `limits` instead of the defaults.
-    pub fn with_limits(mut self, limits: EventLimits) -> Registry {
+    pub fn with_limits(mut self, limits: EventLimits) -> EventRegistry {
         self.limits = limits;
         self
     }
 
     /// A registry for this host now: random uuid, measured clock offset, host name.
-    pub fn for_this_host(ownership: Ownership) -> std::io::Result<Registry> {
-        Ok(Registry::new(
+    pub fn for_this_host(ownership: TraceOwner) -> std::io::Result<EventRegistry> {
+        Ok(EventRegistry::new(
             random_uuid()?,
             ClockOffset::measure(),
             TraceEnv {
@@ -462,13 +462,13 @@ mod tests {
     use super::*;
     use crate::ctf::field::{FieldDesc, FieldType, LogLevel};
 
-    fn registry() -> Registry {
-        Registry::new(
+    fn registry() -> EventRegistry {
+        EventRegistry::new(
             [1; 16],
             ClockOffset { offset_ns: 0 },
             TraceEnv {
                 hostname: "h".into(),
-                ownership: Ownership::PerUid { uid: 1 },
+                ownership: TraceOwner::PerUid { uid: 1 },
             },
         )
     }

@@ -15,8 +15,8 @@
 use std::io;
 use std::os::fd::AsRawFd;
 
-use crate::ctf::layout::pid_traces_below;
-use crate::ctf::trace_writer::{OutputDir, open_below};
+use crate::trace::layout::pid_traces_below;
+use crate::trace::writer::{OutputDir, open_below};
 
 /// `FS_TOPDIR_FL` from `<linux/fs.h>`.
 const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
@@ -25,11 +25,13 @@ const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
 // kernel reads and writes an `int` through the pointer (linux/fs.h says so), hence
 // the "bad" forms: the request code of a `long`, an `int` argument.
 nix::ioctl_read_bad!(
+    /// `FS_IOC_GETFLAGS`: reads a directory's inode flags.
     get_flags,
     nix::request_code_read!(b'f', 1, std::mem::size_of::<libc::c_long>()),
     libc::c_int
 );
 nix::ioctl_write_ptr_bad!(
+    /// `FS_IOC_SETFLAGS`: sets them (here, to add [`FS_TOPDIR_FL`]).
     set_flags,
     nix::request_code_write!(b'f', 2, std::mem::size_of::<libc::c_long>()),
     libc::c_int
@@ -63,7 +65,7 @@ pub fn create_spread_dir(output: &OutputDir) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctf::layout::pid_traces_dir;
+    use crate::trace::layout::pid_traces_dir;
     use std::fs::{self, File};
 
     #[test]

@@ -1,283 +1,19 @@
-//! Writers: where a stream's packets go, and the supervised actor that drives them.
-//!
-//! A [`StreamWriter`] stores one stream's packets (the built-in [`CtfFileWriter`]
-//! appends them to `<trace dir>/<channel>_<cpu>` beside the `metadata` file); a
-//! [`WriterFactory`] makes one per stream and is registered by name in a
-//! [`WriterRegistry`]; the config picks a name per channel. Developers add their own
-//! (see docs/extending.md).
-//!
-//! The [`Writer`] actor owns one stream's writer under an actix `Supervisor`. A write
-//! that fails, or a writer that panics, stops the actor; the supervisor restarts the
-//! same actor value, which drops the broken writer (`restarting`), waits the back-off,
-//! makes a new writer and retries the packets it still holds: nothing is lost to a
-//! restart. Past the restart budget the stream is marked failed, its packets are
-//! counted lost, and `ustrace status` names it; no other stream is affected. A
-//! whole restart window later, its next packet is tried again (a full disk may have
-//! space again): a stream recovers without its session being recreated, and the
-//! next sync reports the loss once.
-//!
-//! What reaches a writer is bounded ([`StreamWriters::accepts`]): a stream takes no
-//! packet from its ring while `limits.max_writer_backlog_bytes` wait for its writer,
-//! so a slow writer costs discarded (counted) events, never the daemon's heap.
-//!
-//! The CTF writer checks before each packet that its stream file still has a name
-//! (`st_nlink`); an output removed while tracing is recreated, and `sync` reports
-//! what went with it, so `stop` never claims data that is not on disk.
+//! The supervised [`Writer`] actor that drives one stream's [`StreamWriter`], and
+//! [`StreamWriters`], the writers of one BufferSet's streams with their bounded
+//! backlogs (see the parent module's doc for the restart and failure rules).
 
+use super::{Metadata, StreamInfo, StreamWriter, WriterFactory};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::{RestartBudget, RestartPolicy, Verdict};
-use crate::ctf::layout::stream_file_name;
-use crate::ctf::trace_writer::TraceDir;
 use crate::protocol::messages::WriterFailure;
 use actix::WeakRecipient;
 use actix::prelude::*;
-use std::collections::{HashMap, VecDeque};
-use std::fs::File;
-use std::io::{self, Write};
+use std::collections::VecDeque;
+use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
-
-/// What a writer is told about the stream it serves.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct StreamInfo {
-    /// Session the stream belongs to.
-    pub session: String,
-    /// Channel name.
-    pub channel: String,
-    /// CPU of the stream's ring.
-    pub cpu: u32,
-    /// Sub-trace directory (`<output>/ust/uid/<uid>/64-bit` or `.../pid/<name>-<pid>-<date>`),
-    /// shared by every stream of the trace; `trace_dir.path()` is where it lies.
-    pub trace_dir: TraceDir,
-}
-
-impl StreamInfo {
-    /// `<channel>_<cpu>`: the stream's file name in its sub-trace.
-    pub fn file_name(&self) -> String {
-        stream_file_name(&self.channel, self.cpu)
-    }
-}
-
-/// The trace metadata as of a packet: writers store it before the packet.
-#[derive(Clone, Debug)]
-pub struct Metadata {
-    /// Grows by one each time the trace gains an event or a channel.
-    pub version: u64,
-    /// The whole TSDL text.
-    pub tsdl: Arc<str>,
-    /// Highest version stored by any writer of this trace (shared by all its
-    /// streams), so that the metadata file is written once per version, not once
-    /// per stream: file creation is most of a short-lived app's trace cost.
-    pub stored: Arc<AtomicU64>,
-}
-
-/// Stores the packets of one stream.
-pub trait StreamWriter: Send {
-    /// Stores one complete CTF packet. `metadata` describes every event in it.
-    fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()>;
-    /// Makes everything written so far visible at its destination: `stop` answers the
-    /// user once every writer of the session synced.
-    fn sync(&mut self) -> io::Result<()>;
-}
-
-/// Makes the writer of each new stream of the channels that name it.
-pub trait WriterFactory: Send + Sync {
-    /// A writer for `stream`. Called again after each restart.
-    fn create(&self, stream: &StreamInfo) -> io::Result<Box<dyn StreamWriter>>;
-}
-
-/// Writer factories by the name a config or `enable-channel` uses.
-#[derive(Clone)]
-pub struct WriterRegistry {
-    /// Factory of each name.
-    factories: HashMap<String, Arc<dyn WriterFactory>>,
-}
-
-impl Default for WriterRegistry {
-    fn default() -> Self {
-        let mut registry = WriterRegistry {
-            factories: HashMap::new(),
-        };
-        registry.register(CTF_WRITER, Arc::new(CtfFileWriterFactory));
-        registry
-    }
-}
-
-/// Name of the built-in writer.
-pub const CTF_WRITER: &str = "ctf";
-
-impl WriterRegistry {
-    /// Adds (or replaces) the factory called `name`.
-    pub fn register(&mut self, name: &str, factory: Arc<dyn WriterFactory>) {
-        self.factories.insert(name.to_string(), factory);
-    }
-
-    /// The factory called `name`.
-    pub fn get(&self, name: &str) -> Option<Arc<dyn WriterFactory>> {
-        self.factories.get(name).cloned()
-    }
-
-    /// Every registered name, sorted, for error messages.
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.factories.keys().cloned().collect();
-        names.sort();
-        names
-    }
-}
-
-/// Makes [`CtfFileWriter`]s.
-struct CtfFileWriterFactory;
-
-impl WriterFactory for CtfFileWriterFactory {
-    fn create(&self, stream: &StreamInfo) -> io::Result<Box<dyn StreamWriter>> {
-        Ok(Box::new(CtfFileWriter::new(stream.clone())))
-    }
-}
-
-/// The built-in writer: a CTF stream file beside its trace's `metadata` file.
-pub struct CtfFileWriter {
-    /// The stream it writes.
-    stream: StreamInfo,
-    /// The stream file, opened at the first packet so that a stream that never
-    /// records anything leaves no file.
-    file: Option<File>,
-    /// Length of the file made of whole packets; a failed write is cut back to it.
-    good_len: u64,
-    /// A removal of the stream file seen since the last `sync`, which reports it.
-    removed: Option<StreamRemoved>,
-}
-
-/// The stream file of a [`CtfFileWriter`] was removed (`rm -rf` of the output)
-/// while it was open: nothing written to it since is on disk.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "stream file {path} was removed after {bytes} bytes were written to it: they are gone \
-     (later packets go to a recreated trace)"
-)]
-pub struct StreamRemoved {
-    /// The file, as it was named.
-    pub path: PathBuf,
-    /// What it held, gone with it.
-    pub bytes: u64,
-}
-
-/// Whether `file` still has a name: `st_nlink == 0` once it was unlinked, and
-/// writing to it then only fills an inode that disappears at close.
-fn is_removed(file: &File) -> io::Result<bool> {
-    use std::os::unix::fs::MetadataExt;
-    Ok(file.metadata()?.nlink() == 0)
-}
-
-impl CtfFileWriter {
-    /// A writer that creates nothing until its first packet.
-    pub fn new(stream: StreamInfo) -> CtfFileWriter {
-        CtfFileWriter {
-            stream,
-            file: None,
-            good_len: 0,
-            removed: None,
-        }
-    }
-
-    /// Writes the metadata file if no stream of the trace stored this version yet,
-    /// or whatever was stored when `again` (the trace is being recreated). A newer
-    /// version replaces the old one atomically (see [`TraceDir::store_metadata`]).
-    fn store_metadata(&mut self, metadata: &Metadata, again: bool) -> io::Result<()> {
-        if !again && metadata.stored.load(Ordering::Acquire) > metadata.version {
-            return Ok(());
-        }
-        self.stream
-            .trace_dir
-            .store_metadata(&self.stream.file_name(), &metadata.tsdl)?;
-        // Stored as version + 1 so that 0 means "nothing stored yet".
-        metadata
-            .stored
-            .fetch_max(metadata.version + 1, Ordering::Release);
-        Ok(())
-    }
-
-    /// Opens the stream file for appending and notes the length of the whole
-    /// packets in it.
-    fn open(&mut self) -> io::Result<()> {
-        let file = self
-            .stream
-            .trace_dir
-            .open_stream(&self.stream.file_name())?;
-        self.good_len = file.metadata()?.len();
-        self.file = Some(file);
-        Ok(())
-    }
-
-    /// Opens the stream file on first use. A trace directory removed before this
-    /// stream's first packet is recreated with its metadata.
-    fn ensure_open(&mut self, metadata: &Metadata) -> io::Result<()> {
-        if self.file.is_some() {
-            return Ok(());
-        }
-        match self.open() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.store_metadata(metadata, true)?;
-                self.open()
-            }
-            other => other,
-        }
-    }
-
-    /// Drops the stream file if it was removed (with its trace, by `rm -rf` of the
-    /// output), so that the next packet recreates the trace directory, its metadata
-    /// and the file. Says so with [`StreamRemoved`], once per removal; the caller (a
-    /// write) goes on to recreate, `sync` reports it. Returns whether it was.
-    fn forget_removed_file(&mut self) -> io::Result<bool> {
-        let Some(file) = &self.file else {
-            return Ok(false);
-        };
-        if !is_removed(file)? {
-            return Ok(false);
-        }
-        self.file = None;
-        let removed = StreamRemoved {
-            path: self.stream.trace_dir.path().join(self.stream.file_name()),
-            bytes: self.good_len,
-        };
-        self.good_len = 0;
-        log::warn!("{removed}; recreating the trace");
-        self.removed = Some(removed);
-        Ok(true)
-    }
-}
-
-impl StreamWriter for CtfFileWriter {
-    fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
-        let recreate = self.forget_removed_file()?;
-        self.store_metadata(metadata, recreate)?;
-        self.ensure_open(metadata)?;
-        let good_len = self.good_len;
-        let file = self.file.as_mut().expect("opened above");
-        if let Err(e) = file.write_all(packet) {
-            // A torn packet would make the whole stream unreadable: cut it off.
-            let _ = file.set_len(good_len);
-            return Err(e);
-        }
-        self.good_len += packet.len() as u64;
-        Ok(())
-    }
-
-    /// Every packet went out with an unbuffered `write`, so every reader sees it
-    /// already. No fsync: `stop` promises a complete, readable trace, not one that
-    /// survives power loss, and an fsync per stream of every short-lived app would
-    /// cost milliseconds each on a real disk. A stream file removed since the last
-    /// sync is reported: what it held is not on disk, whatever was written.
-    fn sync(&mut self) -> io::Result<()> {
-        self.forget_removed_file()?;
-        match self.removed.take() {
-            Some(removed) => Err(io::Error::other(removed)),
-            None => Ok(()),
-        }
-    }
-}
 
 /// One packet for a writer, with the metadata that describes it. Its bytes count
 /// in its stream's backlog from the drain that took it until it is dropped: stored,
@@ -343,8 +79,60 @@ pub struct BacklogRoom;
 /// answer is an error while the stream is failed, and once after it lost packets
 /// and recovered: `stop` never claims data it does not have.
 #[derive(Message)]
-#[rtype(result = "Result<(), String>")]
+#[rtype(result = "Result<(), SyncError>")]
 pub struct SyncWriter;
+
+/// Why a stream's packets are not all stored: the answer to [`SyncWriter`], and
+/// through flushes and teardowns the reason `stop` gives.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    /// The stream spent its restart budget and is failed now.
+    #[error("writer {stream} failed ({error}), {lost} packets lost")]
+    Failed {
+        /// The stream (`session/channel_cpu (trace dir)`).
+        stream: String,
+        /// The error that spent the budget, as `status` shows it.
+        error: String,
+        /// Packets lost since the last sync.
+        lost: u64,
+    },
+    /// The stream was failed and recorded again since the last sync.
+    #[error("writer {stream} lost {lost} packets ({error}), then recovered")]
+    Recovered {
+        /// The stream.
+        stream: String,
+        /// Packets lost meanwhile.
+        lost: u64,
+        /// The latest error they were lost to.
+        error: String,
+    },
+    /// The writer's own `sync` failed.
+    #[error("writer {stream}: {fault}")]
+    Sync {
+        /// The stream.
+        stream: String,
+        /// What the writer did.
+        fault: WriterFault,
+    },
+    /// The writer's actor stopped before it answered.
+    #[error("writer stopped")]
+    Stopped,
+}
+
+/// How a [`StreamWriter`] call failed: an error it returned, or a panic caught
+/// around it (a custom writer must not take the daemon down).
+#[derive(Debug, thiserror::Error)]
+pub enum WriterFault {
+    /// It returned an error.
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    /// It panicked with this message.
+    #[error("writer panicked: {0}")]
+    Panicked(String),
+    /// It panicked with a payload that is no string.
+    #[error("writer panicked")]
+    PanickedSilently,
+}
 
 /// Why a stream is failed, and since when: it tries again once a whole restart
 /// window has passed.
@@ -542,6 +330,7 @@ impl Writer {
         while let Some(packet) = self.pending.front() {
             let result = catch_unwind(AssertUnwindSafe(|| {
                 if self.sink.is_none() {
+                    self.stream.trace_dir.ensure()?;
                     self.sink = Some(self.factory.create(&self.stream)?);
                 }
                 let sink = self.sink.as_mut().expect("created above");
@@ -552,8 +341,8 @@ impl Writer {
                     self.pending.pop_front();
                     self.unlist();
                 }
-                Err(error) => {
-                    self.fail(error, ctx);
+                Err(fault) => {
+                    self.fail(fault.to_string(), ctx);
                     return false;
                 }
             }
@@ -625,36 +414,36 @@ impl Writer {
     }
 
     /// The answer to a sync once every packet is stored or counted lost.
-    fn sync_result(&mut self) -> Result<(), String> {
-        let name = self.name();
+    fn sync_result(&mut self) -> Result<(), SyncError> {
+        let stream = self.name();
         let lost = self.unreported.take();
         match (&self.failed, lost, self.sink.as_mut()) {
-            (Some(failure), lost, _) => Err(format!(
-                "writer {name} failed ({}), {} packets lost",
-                failure.error,
-                lost.map_or(0, |l| l.packets)
-            )),
-            (None, Some(lost), _) => Err(format!(
-                "writer {name} lost {} packets ({}), then recovered",
-                lost.packets, lost.error
-            )),
+            (Some(failure), lost, _) => Err(SyncError::Failed {
+                stream,
+                error: failure.error.clone(),
+                lost: lost.map_or(0, |l| l.packets),
+            }),
+            (None, Some(lost), _) => Err(SyncError::Recovered {
+                stream,
+                lost: lost.packets,
+                error: lost.error,
+            }),
             (None, None, Some(sink)) => flatten(catch_unwind(AssertUnwindSafe(|| sink.sync())))
-                .map_err(|e| format!("writer {name}: {e}")),
+                .map_err(|fault| SyncError::Sync { stream, fault }),
             (None, None, None) => Ok(()),
         }
     }
 }
 
-/// Turns a panic in a custom writer into an error message.
-fn flatten(result: std::thread::Result<io::Result<()>>) -> Result<(), String> {
+/// Turns what a writer call returned, or its panic, into a [`WriterFault`].
+fn flatten(result: std::thread::Result<io::Result<()>>) -> Result<(), WriterFault> {
     match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(result) => Ok(result?),
         Err(panic) => Err(match panic.downcast_ref::<&str>() {
-            Some(s) => format!("writer panicked: {s}"),
+            Some(s) => WriterFault::Panicked((*s).to_owned()),
             None => match panic.downcast_ref::<String>() {
-                Some(s) => format!("writer panicked: {s}"),
-                None => "writer panicked".to_string(),
+                Some(s) => WriterFault::Panicked(s.clone()),
+                None => WriterFault::PanickedSilently,
             },
         }),
     }
@@ -716,7 +505,7 @@ impl Handler<WritePacket> for Writer {
 }
 
 impl Handler<SyncWriter> for Writer {
-    type Result = ResponseFuture<Result<(), String>>;
+    type Result = ResponseFuture<Result<(), SyncError>>;
 
     fn handle(&mut self, _: SyncWriter, ctx: &mut Context<Self>) -> Self::Result {
         if !self.store_pending(ctx) {
@@ -725,7 +514,7 @@ impl Handler<SyncWriter> for Writer {
             return Box::pin(async move {
                 addr.send(SyncWriter)
                     .await
-                    .unwrap_or_else(|_| Err("writer stopped".to_string()))
+                    .unwrap_or(Err(SyncError::Stopped))
             });
         }
         let result = self.sync_result();

@@ -1,7 +1,7 @@
 //! Our own CTF reader for the traces ustrace writes.
 //!
 //! [`find_traces`] finds every sub-trace (a directory holding a `metadata` file) under
-//! a session directory and parses its metadata with [`crate::ctf::metadata::parse`];
+//! a session directory and parses its metadata with [`crate::trace::metadata::parse()`];
 //! [`Reader`] decodes the packets of every stream file and merges all streams of all
 //! sub-traces into one sequence of [`Record`]s ordered by wall-clock time. Every
 //! stream is ordered by time on its own (the reader checks it), so the merge is a
@@ -17,9 +17,9 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use crate::ctf::field::FieldType;
-use crate::ctf::layout::METADATA_FILE;
-use crate::ctf::metadata::{self, EnvValue, TraceMetadata};
 use crate::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader, read_event_header};
+use crate::trace::layout::METADATA_FILE;
+use crate::trace::metadata::{self, EnvValue, TraceMetadata};
 
 /// Why a trace could not be read.
 #[derive(Debug, thiserror::Error)]

@@ -6,14 +6,14 @@
 //! ```
 //!
 //! Each place is given as its components below the output ([`Below`]), which
-//! [`crate::ctf::trace_writer::TraceDir`] makes one at a time, and as a path for
+//! [`crate::trace::writer::TraceDir`] makes one at a time, and as a path for
 //! readers and messages.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::ctf::names;
-use crate::ctf::registry::Ownership;
+use crate::trace::registry::TraceOwner;
 
 /// Name of the TSDL file in every sub-trace directory.
 pub const METADATA_FILE: &str = "metadata";
@@ -98,14 +98,14 @@ pub fn pid_trace_dir(
 /// apps can share a pid (and a name, and a second); they never share a connection,
 /// so a reused pid never meets a dead app's directory.
 pub fn trace_below(
-    ownership: &Ownership,
+    ownership: &TraceOwner,
     connection: u64,
     time: SystemTime,
     clock: DirClock,
 ) -> Below {
     match ownership {
-        Ownership::PerUid { uid } => uid_trace_below(*uid),
-        Ownership::PerPid { procname, pid } => {
+        TraceOwner::PerUid { uid } => uid_trace_below(*uid),
+        TraceOwner::PerPid { procname, pid } => {
             let mut below = pid_trace_below(procname, *pid, time, clock);
             if let Some(last) = below.last_mut() {
                 last.push_str(&format!("-{connection}"));
@@ -224,7 +224,7 @@ mod tests {
             join(
                 out,
                 trace_below(
-                    &Ownership::PerPid {
+                    &TraceOwner::PerPid {
                         procname: "app".into(),
                         pid: 42
                     },

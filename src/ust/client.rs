@@ -59,7 +59,7 @@ pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_millis(3000);
 
 /// How registration ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Registration {
+pub enum RegistrationOutcome {
     /// Registered: every buffer the active sessions need is mapped.
     Done {
         /// Channels received before RegistrationDone.
@@ -79,7 +79,7 @@ pub const FIRST_RETRY: Duration = Duration::from_millis(100);
 pub const LAST_RETRY: Duration = Duration::from_secs(5);
 
 /// The registration of this process; `init` runs it once.
-static REGISTRATION: OnceLock<Registration> = OnceLock::new();
+static REGISTRATION: OnceLock<RegistrationOutcome> = OnceLock::new();
 
 /// Every event of this process and the live connection, if any.
 static KNOWN: Mutex<Known> = Mutex::new(Known {
@@ -261,15 +261,15 @@ fn batches<'a>(events: &'a [&'static Tracepoint]) -> Vec<&'a [&'static Tracepoin
 /// with [`register_events`]). Call once, early in `main`; later calls return the
 /// first outcome. The listener thread it starts makes the first attempt, reports
 /// its outcome here, and registers again after every loss.
-pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static Registration {
+pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static RegistrationOutcome {
     add_known(&mut lock(&KNOWN), events);
     REGISTRATION.get_or_init(|| {
         if let Err(reason) = register_in_forked_children() {
             eprintln!("ustrace: {name}: forked children run untraced: {reason}");
         }
         let _ = NAME.set(name.to_string());
-        let outcome = start_listener(name).unwrap_or_else(Registration::Untraced);
-        if let Registration::Untraced(reason) = &outcome {
+        let outcome = start_listener(name).unwrap_or_else(RegistrationOutcome::Untraced);
+        if let RegistrationOutcome::Untraced(reason) = &outcome {
             eprintln!("ustrace: {name} runs untraced: {reason}");
         }
         outcome
@@ -277,7 +277,7 @@ pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static Registration
 }
 
 /// Starts the listener thread and waits for the outcome of its first registration.
-fn start_listener(name: &str) -> Result<Registration, String> {
+fn start_listener(name: &str) -> Result<RegistrationOutcome, String> {
     let client = Client {
         name: name.to_string(),
     };
@@ -347,7 +347,7 @@ impl Client {
     /// The listener thread: registers, serves the connection until it ends, and
     /// registers again, with back-off, for the rest of the process's life. The first
     /// outcome goes to `first` (`init` waits for it).
-    fn run(self, first: std::sync::mpsc::SyncSender<Registration>) {
+    fn run(self, first: std::sync::mpsc::SyncSender<RegistrationOutcome>) {
         let mut first = Some(first);
         let mut pause = FIRST_RETRY;
         loop {
@@ -373,7 +373,7 @@ impl Client {
                     drop(serial);
                     match first.take() {
                         Some(first) => {
-                            let _ = first.send(Registration::Done {
+                            let _ = first.send(RegistrationOutcome::Done {
                                 channels: connection.channels,
                                 latency: connection.latency,
                             });
@@ -392,7 +392,7 @@ impl Client {
                         pause = LAST_RETRY;
                     }
                     if let Some(first) = first.take() {
-                        let _ = first.send(Registration::Untraced(failure.reason()));
+                        let _ = first.send(RegistrationOutcome::Untraced(failure.reason()));
                     }
                 }
             }
@@ -493,8 +493,8 @@ fn register_in_forked_children() -> Result<(), String> {
         }
         if let Some(name) = NAME.get() {
             match start_listener(name) {
-                Ok(Registration::Done { .. }) => {}
-                Ok(Registration::Untraced(reason)) | Err(reason) => {
+                Ok(RegistrationOutcome::Done { .. }) => {}
+                Ok(RegistrationOutcome::Untraced(reason)) | Err(reason) => {
                     eprintln!("ustrace: {name} (forked child) runs untraced: {reason}")
                 }
             }

@@ -1,0 +1,325 @@
+//! The factory's decisions, apart from the making: which BufferSet an app's channel
+//! uses, which of its events a channel enables, whether a per-PID set fits the
+//! memory caps, and whether a refusal is reported. Plain data and functions, so
+//! each rule is tested here without memfds, actors or a daemon; the actor
+//! ([`super::BufferFactory`]) only sequences them with the effects.
+
+use crate::actors::app_connection::{ConnectionId, Refusal};
+use crate::actors::session::ChannelDef;
+use crate::ctf::field::EventDesc;
+use crate::ctf::names;
+use crate::protocol::messages::{Buffering, ChannelSpec};
+use crate::trace::registry::TraceOwner;
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// Who a trace and its buffers belong to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Owner {
+    /// Per-UID buffers of this user.
+    Uid(u32),
+    /// Per-PID buffers of one app connection (its process, for as long as it lives;
+    /// a later process with the same pid is another connection).
+    Pid(ConnectionId),
+}
+
+impl Owner {
+    /// The owner of the buffers an app of `uid` on `connection` uses in a channel
+    /// of `buffers` mode: its uid's shared set, or its connection's own.
+    pub fn of(buffers: Buffering, uid: u32, connection: ConnectionId) -> Owner {
+        match buffers {
+            Buffering::PerUid => Owner::Uid(uid),
+            Buffering::PerPid => Owner::Pid(connection),
+        }
+    }
+
+    /// Whether the owner is one connection: its sets are counted against the
+    /// per-PID caps and torn down when it goes.
+    pub fn is_pid(self) -> bool {
+        matches!(self, Owner::Pid(_))
+    }
+
+    /// How the owner's trace names it (directory, metadata `env`): its uid, or the
+    /// app's `name` (made one safe file-name component) and `pid`. The connection
+    /// keeps the per-PID trace apart from a later process of the same pid.
+    pub fn trace_owner(self, name: &str, pid: i32) -> TraceOwner {
+        match self {
+            Owner::Uid(uid) => TraceOwner::PerUid { uid },
+            Owner::Pid(_) => TraceOwner::PerPid {
+                procname: names::procname(name),
+                pid: pid as u32,
+            },
+        }
+    }
+}
+
+/// Identifies a BufferSet.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SetKey {
+    /// Session name.
+    pub session: String,
+    /// Channel name.
+    pub channel: String,
+    /// Owner.
+    pub owner: Owner,
+}
+
+/// Indices (into the app's events) of the events `channel` enables: an app with
+/// none gets no buffer of the channel at all.
+pub fn matching_events(events: &[EventDesc], channel: &ChannelDef) -> Vec<u32> {
+    events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| channel.matches(e))
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
+/// Shared-memory bytes of one set of `spec` with one ring per CPU of `cpus`.
+pub fn set_bytes(spec: &ChannelSpec, cpus: usize) -> u64 {
+    u64::from(spec.subbuf_size) * u64::from(spec.num_subbuf) * cpus as u64
+}
+
+/// The per-PID memory caps and what is held against them: for all apps together
+/// (`limits.max_pid_buffer_bytes`) and for each uid (`..._per_uid`), the daemon's
+/// own uid bounded by the global cap only (its apps are the operator's).
+#[derive(Debug)]
+pub struct PidBudget {
+    /// Cap on all per-PID sets together.
+    max: u64,
+    /// Cap on the per-PID sets of one uid.
+    max_per_uid: u64,
+    /// The uid the per-uid cap does not apply to.
+    daemon_uid: u32,
+    /// Held now by all.
+    held: u64,
+    /// Held now by uid (uids holding none are absent).
+    held_by_uid: HashMap<u32, u64>,
+}
+
+impl PidBudget {
+    /// An empty budget with these caps.
+    pub fn new(max: u64, max_per_uid: u64, daemon_uid: u32) -> PidBudget {
+        PidBudget {
+            max,
+            max_per_uid,
+            daemon_uid,
+            held: 0,
+            held_by_uid: HashMap::new(),
+        }
+    }
+
+    /// Whether a new per-PID set of `bytes` for `uid` fits under both caps; the
+    /// refusal names the cap it breaks.
+    pub fn check(&self, uid: u32, bytes: u64) -> Result<(), Refusal> {
+        if self.held + bytes > self.max {
+            return Err(Refusal::PidBufferBytes { max: self.max });
+        }
+        if uid == self.daemon_uid {
+            return Ok(());
+        }
+        let held = self.held_by_uid.get(&uid).copied().unwrap_or(0);
+        if held + bytes > self.max_per_uid {
+            return Err(Refusal::PidBufferBytesPerUid {
+                uid,
+                max: self.max_per_uid,
+            });
+        }
+        Ok(())
+    }
+
+    /// Counts a set of `bytes` made for `uid`.
+    pub fn take(&mut self, uid: u32, bytes: u64) {
+        self.held += bytes;
+        *self.held_by_uid.entry(uid).or_insert(0) += bytes;
+    }
+
+    /// Gives back a set of `bytes` of `uid` that is torn down.
+    pub fn give_back(&mut self, uid: u32, bytes: u64) {
+        self.held -= bytes;
+        if let Some(held) = self.held_by_uid.get_mut(&uid) {
+            *held -= bytes;
+            if *held == 0 {
+                self.held_by_uid.remove(&uid);
+            }
+        }
+    }
+}
+
+/// What to do with a per-PID set the budget decided on, for one app.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BudgetVerdict {
+    /// Make (or use) the set.
+    Grant,
+    /// Refuse it and count the refusal: the first time for this app and set.
+    Refuse(Refusal),
+    /// Refuse it silently: already counted for this app and set.
+    AlreadyRefused,
+}
+
+/// Applies `budget` (the budget's answer for `key`) to an app that was refused the
+/// sets in `refused` before: each refusal is counted once, however often a later
+/// session change tries the set again; a set granted later may be refused (and
+/// counted) again afterwards.
+pub fn budget_verdict(
+    refused: &mut BTreeSet<SetKey>,
+    key: &SetKey,
+    budget: Result<(), Refusal>,
+) -> BudgetVerdict {
+    match budget {
+        Ok(()) => {
+            refused.remove(key);
+            BudgetVerdict::Grant
+        }
+        Err(refusal) if refused.insert(key.clone()) => BudgetVerdict::Refuse(refusal),
+        Err(_) => BudgetVerdict::AlreadyRefused,
+    }
+}
+
+/// The events of `matching` not enabled yet in a channel given to an app
+/// (`enabled`): what a grant carries, in the app's order.
+pub fn to_enable<'a>(
+    matching: &'a [u32],
+    enabled: &'a HashSet<u32>,
+) -> impl Iterator<Item = u32> + 'a {
+    matching.iter().copied().filter(|i| !enabled.contains(i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EventPattern;
+    use crate::ctf::field::LogLevel;
+    use crate::shm::Mode;
+
+    fn spec(buffers: Buffering) -> ChannelSpec {
+        ChannelSpec {
+            name: "ch".into(),
+            buffers,
+            subbuf_size: 4096,
+            num_subbuf: 4,
+            mode: Mode::Discard,
+            writer: "ctf".into(),
+        }
+    }
+
+    fn event(provider: &str, name: &str) -> EventDesc {
+        EventDesc {
+            provider: provider.into(),
+            name: name.into(),
+            loglevel: LogLevel::Info,
+            fields: Vec::new(),
+        }
+    }
+
+    fn key(owner: Owner) -> SetKey {
+        SetKey {
+            session: "s".into(),
+            channel: "ch".into(),
+            owner,
+        }
+    }
+
+    #[test]
+    fn per_uid_channels_are_owned_by_the_uid_and_per_pid_ones_by_the_connection() {
+        let c = ConnectionId(7);
+        assert_eq!(Owner::of(Buffering::PerUid, 1000, c), Owner::Uid(1000));
+        assert_eq!(Owner::of(Buffering::PerPid, 1000, c), Owner::Pid(c));
+        assert!(Owner::Pid(c).is_pid());
+        assert!(!Owner::Uid(1000).is_pid());
+    }
+
+    #[test]
+    fn a_uid_trace_is_named_by_its_uid_and_a_pid_trace_by_the_apps_name_and_pid() {
+        let pid = Owner::Pid(ConnectionId(3));
+        assert_eq!(
+            Owner::Uid(1000).trace_owner("app", 42),
+            TraceOwner::PerUid { uid: 1000 }
+        );
+        assert_eq!(
+            pid.trace_owner("app", 42),
+            TraceOwner::PerPid {
+                procname: "app".into(),
+                pid: 42
+            }
+        );
+        let TraceOwner::PerPid { procname, .. } = pid.trace_owner("../x/y", 42) else {
+            panic!("a per-PID owner names a per-PID trace");
+        };
+        assert!(!procname.contains('/'), "{procname}");
+    }
+
+    #[test]
+    fn a_channel_enables_the_events_its_patterns_match_in_the_apps_order() {
+        let channel = ChannelDef {
+            spec: spec(Buffering::PerUid),
+            patterns: vec![EventPattern::parse("app:*").unwrap()],
+        };
+        let events = [event("app", "a"), event("lib", "b"), event("app", "c")];
+        assert_eq!(matching_events(&events, &channel), vec![0, 2]);
+        let none = ChannelDef {
+            spec: spec(Buffering::PerUid),
+            patterns: Vec::new(),
+        };
+        assert!(matching_events(&events, &none).is_empty());
+    }
+
+    #[test]
+    fn a_grant_carries_only_the_events_not_enabled_yet() {
+        let enabled: HashSet<u32> = [0, 3].into_iter().collect();
+        let missing: Vec<u32> = to_enable(&[0, 2, 3, 5], &enabled).collect();
+        assert_eq!(missing, vec![2, 5]);
+    }
+
+    #[test]
+    fn a_set_has_one_ring_per_cpu() {
+        assert_eq!(set_bytes(&spec(Buffering::PerPid), 3), 4096 * 4 * 3);
+    }
+
+    #[test]
+    fn the_global_cap_bounds_every_uid_and_the_per_uid_cap_all_but_the_daemons() {
+        let mut budget = PidBudget::new(100, 40, 0);
+        assert_eq!(budget.check(1000, 40), Ok(()));
+        assert_eq!(
+            budget.check(1000, 41),
+            Err(Refusal::PidBufferBytesPerUid { uid: 1000, max: 40 })
+        );
+        budget.take(1000, 40);
+        assert_eq!(
+            budget.check(1000, 1),
+            Err(Refusal::PidBufferBytesPerUid { uid: 1000, max: 40 })
+        );
+        // Another uid has its own share; the daemon's uid only the global cap.
+        assert_eq!(budget.check(1001, 40), Ok(()));
+        assert_eq!(budget.check(0, 60), Ok(()));
+        assert_eq!(
+            budget.check(0, 61),
+            Err(Refusal::PidBufferBytes { max: 100 })
+        );
+        budget.give_back(1000, 40);
+        assert_eq!(budget.check(0, 100), Ok(()));
+        assert_eq!(budget.check(1000, 40), Ok(()));
+    }
+
+    #[test]
+    fn a_refusal_is_counted_once_per_app_and_set_until_it_is_granted() {
+        let mut refused = BTreeSet::new();
+        let k = key(Owner::Pid(ConnectionId(1)));
+        let no = || Err(Refusal::PidBufferBytes { max: 1 });
+        assert_eq!(
+            budget_verdict(&mut refused, &k, no()),
+            BudgetVerdict::Refuse(Refusal::PidBufferBytes { max: 1 })
+        );
+        assert_eq!(
+            budget_verdict(&mut refused, &k, no()),
+            BudgetVerdict::AlreadyRefused
+        );
+        assert_eq!(
+            budget_verdict(&mut refused, &k, Ok(())),
+            BudgetVerdict::Grant
+        );
+        assert!(matches!(
+            budget_verdict(&mut refused, &k, no()),
+            BudgetVerdict::Refuse(_)
+        ));
+    }
+}

@@ -1,0 +1,71 @@
+//! The control socket's edge: the CLI's wire requests in, the CLI's answers out.
+//!
+//! `control.sock` speaks [`ControlRequest`] / [`ControlReply`] (docs/protocol.md);
+//! the actors speak domain messages and typed errors. This is the one place that
+//! translates between them: each wire request becomes the SessionManager's message
+//! (an event pattern is parsed here, so a bad one never reaches an actor), and each
+//! answer or error becomes the text the CLI prints. `status` is read from the
+//! daemon's counters directly: no actor owns it.
+
+use crate::actors::session::{
+    CreateSession, DestroySession, EnableChannel, EnableEvent, ListSessions, SessionManager,
+    StartSession, StopSession,
+};
+use crate::actors::stats::Stats;
+use crate::config::EventPattern;
+use crate::protocol::messages::{ControlOk, ControlReply, ControlRequest};
+use actix::prelude::*;
+use std::path::PathBuf;
+
+/// Answers one wire request: the SessionManager's answer, or why there is none,
+/// as the text the CLI shows.
+pub async fn answer(
+    request: ControlRequest,
+    sessions: &Addr<SessionManager>,
+    stats: &Stats,
+) -> ControlReply {
+    let done = match request {
+        ControlRequest::Create { name, output } => {
+            let output = output.map(PathBuf::from);
+            sessions.send(CreateSession { name, output }).await
+        }
+        ControlRequest::EnableChannel { session, channel } => {
+            sessions.send(EnableChannel { session, channel }).await
+        }
+        ControlRequest::EnableEvent {
+            session,
+            channel,
+            pattern,
+        } => {
+            let pattern = EventPattern::parse(&pattern).map_err(|e| e.to_string())?;
+            sessions
+                .send(EnableEvent {
+                    session,
+                    channel,
+                    pattern,
+                })
+                .await
+        }
+        ControlRequest::Start { session } => sessions.send(StartSession { session }).await,
+        ControlRequest::Stop { session } => sessions.send(StopSession { session }).await,
+        ControlRequest::Destroy { session } => sessions.send(DestroySession { session }).await,
+        ControlRequest::List { session } => {
+            return match sessions.send(ListSessions { session }).await {
+                Ok(Ok(list)) => Ok(ControlOk::Sessions(list)),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(busy(e)),
+            };
+        }
+        ControlRequest::Status => return Ok(ControlOk::Status(stats.report())),
+    };
+    match done {
+        Ok(Ok(message)) => Ok(ControlOk::Done(message)),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(e) => Err(busy(e)),
+    }
+}
+
+/// The answer when the SessionManager cannot take a request.
+fn busy(e: MailboxError) -> String {
+    format!("daemon busy: {e}")
+}

@@ -1,0 +1,162 @@
+//! The built-in writer: each stream's packets appended to `<trace dir>/<channel>_<cpu>`
+//! beside the trace's `metadata` file. It checks before each packet that its stream
+//! file still has a name (`st_nlink`); an output removed while tracing is recreated,
+//! and `sync` reports what went with it, so `stop` never claims data that is not on
+//! disk. A failed write is cut back to the last whole packet.
+
+use super::{Metadata, StreamInfo, StreamWriter, WriterFactory};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+
+/// Makes [`CtfFileWriter`]s.
+pub(super) struct CtfFileWriterFactory;
+
+impl WriterFactory for CtfFileWriterFactory {
+    fn create(&self, stream: &StreamInfo) -> io::Result<Box<dyn StreamWriter>> {
+        Ok(Box::new(CtfFileWriter::new(stream.clone())))
+    }
+}
+
+/// The built-in writer: a CTF stream file beside its trace's `metadata` file.
+pub struct CtfFileWriter {
+    /// The stream it writes.
+    stream: StreamInfo,
+    /// The stream file, opened at the first packet so that a stream that never
+    /// records anything leaves no file.
+    file: Option<File>,
+    /// Length of the file made of whole packets; a failed write is cut back to it.
+    good_len: u64,
+    /// A removal of the stream file seen since the last `sync`, which reports it.
+    removed: Option<StreamRemoved>,
+}
+
+/// The stream file of a [`CtfFileWriter`] was removed (`rm -rf` of the output)
+/// while it was open: nothing written to it since is on disk.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "stream file {path} was removed after {bytes} bytes were written to it: they are gone \
+     (later packets go to a recreated trace)"
+)]
+pub struct StreamRemoved {
+    /// The file, as it was named.
+    pub path: PathBuf,
+    /// What it held, gone with it.
+    pub bytes: u64,
+}
+
+/// Whether `file` still has a name: `st_nlink == 0` once it was unlinked, and
+/// writing to it then only fills an inode that disappears at close.
+fn is_removed(file: &File) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(file.metadata()?.nlink() == 0)
+}
+
+impl CtfFileWriter {
+    /// A writer that creates nothing until its first packet.
+    pub fn new(stream: StreamInfo) -> CtfFileWriter {
+        CtfFileWriter {
+            stream,
+            file: None,
+            good_len: 0,
+            removed: None,
+        }
+    }
+
+    /// Writes the metadata file if no stream of the trace stored this version yet,
+    /// or whatever was stored when `again` (the trace is being recreated). A newer
+    /// version replaces the old one atomically (see [`TraceDir::store_metadata`]).
+    fn store_metadata(&mut self, metadata: &Metadata, again: bool) -> io::Result<()> {
+        if !again && metadata.stored.load(Ordering::Acquire) > metadata.version {
+            return Ok(());
+        }
+        self.stream
+            .trace_dir
+            .store_metadata(&self.stream.file_name(), &metadata.tsdl)?;
+        // Stored as version + 1 so that 0 means "nothing stored yet".
+        metadata
+            .stored
+            .fetch_max(metadata.version + 1, Ordering::Release);
+        Ok(())
+    }
+
+    /// Opens the stream file for appending and notes the length of the whole
+    /// packets in it.
+    fn open(&mut self) -> io::Result<()> {
+        let file = self
+            .stream
+            .trace_dir
+            .open_stream(&self.stream.file_name())?;
+        self.good_len = file.metadata()?.len();
+        self.file = Some(file);
+        Ok(())
+    }
+
+    /// Opens the stream file on first use. A trace directory removed before this
+    /// stream's first packet is recreated with its metadata.
+    fn ensure_open(&mut self, metadata: &Metadata) -> io::Result<()> {
+        if self.file.is_some() {
+            return Ok(());
+        }
+        match self.open() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.store_metadata(metadata, true)?;
+                self.open()
+            }
+            other => other,
+        }
+    }
+
+    /// Drops the stream file if it was removed (with its trace, by `rm -rf` of the
+    /// output), so that the next packet recreates the trace directory, its metadata
+    /// and the file. Says so with [`StreamRemoved`], once per removal; the caller (a
+    /// write) goes on to recreate, `sync` reports it. Returns whether it was.
+    fn forget_removed_file(&mut self) -> io::Result<bool> {
+        let Some(file) = &self.file else {
+            return Ok(false);
+        };
+        if !is_removed(file)? {
+            return Ok(false);
+        }
+        self.file = None;
+        let removed = StreamRemoved {
+            path: self.stream.trace_dir.path().join(self.stream.file_name()),
+            bytes: self.good_len,
+        };
+        self.good_len = 0;
+        log::warn!("{removed}; recreating the trace");
+        self.removed = Some(removed);
+        Ok(true)
+    }
+}
+
+impl StreamWriter for CtfFileWriter {
+    fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
+        let recreate = self.forget_removed_file()?;
+        self.store_metadata(metadata, recreate)?;
+        self.ensure_open(metadata)?;
+        let good_len = self.good_len;
+        let file = self.file.as_mut().expect("opened above");
+        if let Err(e) = file.write_all(packet) {
+            // A torn packet would make the whole stream unreadable: cut it off.
+            let _ = file.set_len(good_len);
+            return Err(e);
+        }
+        self.good_len += packet.len() as u64;
+        Ok(())
+    }
+
+    /// Every packet went out with an unbuffered `write`, so every reader sees it
+    /// already. No fsync: `stop` promises a complete, readable trace, not one that
+    /// survives power loss, and an fsync per stream of every short-lived app would
+    /// cost milliseconds each on a real disk. A stream file removed since the last
+    /// sync is reported: what it held is not on disk, whatever was written.
+    fn sync(&mut self) -> io::Result<()> {
+        self.forget_removed_file()?;
+        match self.removed.take() {
+            Some(removed) => Err(io::Error::other(removed)),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! Writers: where a stream's packets go, and the supervised actor that drives them.
+//!
+//! A [`StreamWriter`] stores one stream's packets (the built-in [`CtfFileWriter`]
+//! appends them to `<trace dir>/<channel>_<cpu>` beside the `metadata` file); a
+//! [`WriterFactory`] makes one per stream and is registered by name in a
+//! [`WriterCatalog`]; the config picks a name per channel. Developers add their own
+//! (see docs/extending.md).
+//!
+//! The [`Writer`] actor owns one stream's writer under an actix `Supervisor`. A write
+//! that fails, or a writer that panics, stops the actor; the supervisor restarts the
+//! same actor value, which drops the broken writer (`restarting`), waits the back-off,
+//! makes a new writer and retries the packets it still holds: nothing is lost to a
+//! restart. Past the restart budget the stream is marked failed, its packets are
+//! counted lost, and `ustrace status` names it; no other stream is affected. A
+//! whole restart window later, its next packet is tried again (a full disk may have
+//! space again): a stream recovers without its session being recreated, and the
+//! next sync reports the loss once.
+//!
+//! What reaches a writer is bounded ([`StreamWriters::accepts`]): a stream takes no
+//! packet from its ring while `limits.max_writer_backlog_bytes` wait for its writer,
+//! so a slow writer costs discarded (counted) events, never the daemon's heap.
+//!
+//! The CTF writer checks before each packet that its stream file still has a name
+//! (`st_nlink`); an output removed while tracing is recreated, and `sync` reports
+//! what went with it, so `stop` never claims data that is not on disk.
+//!
+//! Layout: this file is the writer API a custom writer uses ([`StreamWriter`],
+//! [`WriterFactory`], [`StreamInfo`], [`Metadata`], [`WriterCatalog`]); `ctf_file`
+//! is the built-in CTF file writer; `actor` is the supervised [`Writer`] actor and
+//! the per-set [`StreamWriters`] that start and bound them. Their public items are
+//! re-exported here, so `ustrace::actors::writer::...` is the one path to use.
+
+mod actor;
+mod ctf_file;
+
+pub use actor::{
+    BacklogRoom, StreamWriters, SyncError, SyncWriter, WritePacket, Writer, WriterFault,
+    release_freed_heap,
+};
+pub use ctf_file::{CtfFileWriter, StreamRemoved};
+
+use crate::trace::layout::stream_file_name;
+use crate::trace::writer::TraceDir;
+use ctf_file::CtfFileWriterFactory;
+use std::collections::HashMap;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+/// What a writer is told about the stream it serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Session the stream belongs to.
+    pub session: String,
+    /// Channel name.
+    pub channel: String,
+    /// CPU of the stream's ring.
+    pub cpu: u32,
+    /// Sub-trace directory (`<output>/ust/uid/<uid>/64-bit` or `.../pid/<name>-<pid>-<date>`),
+    /// shared by every stream of the trace; `trace_dir.path()` is where it lies, made
+    /// before [`WriterFactory::create`] is called.
+    pub trace_dir: TraceDir,
+}
+
+impl StreamInfo {
+    /// `<channel>_<cpu>`: the stream's file name in its sub-trace.
+    pub fn file_name(&self) -> String {
+        stream_file_name(&self.channel, self.cpu)
+    }
+}
+
+/// The trace metadata as of a packet: writers store it before the packet.
+#[derive(Clone, Debug)]
+pub struct Metadata {
+    /// Grows by one each time the trace gains an event or a channel.
+    pub version: u64,
+    /// The whole TSDL text.
+    pub tsdl: Arc<str>,
+    /// Highest version stored by any writer of this trace (shared by all its
+    /// streams), so that the metadata file is written once per version, not once
+    /// per stream: file creation is most of a short-lived app's trace cost.
+    pub stored: Arc<AtomicU64>,
+}
+
+/// Stores the packets of one stream.
+pub trait StreamWriter: Send {
+    /// Stores one complete CTF packet. `metadata` describes every event in it.
+    fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()>;
+    /// Makes everything written so far visible at its destination: `stop` answers the
+    /// user once every writer of the session synced.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// Makes the writer of each new stream of the channels that name it.
+pub trait WriterFactory: Send + Sync {
+    /// A writer for `stream`. Called again after each restart.
+    fn create(&self, stream: &StreamInfo) -> io::Result<Box<dyn StreamWriter>>;
+}
+
+/// Writer factories by the name a config or `enable-channel` uses.
+#[derive(Clone)]
+pub struct WriterCatalog {
+    /// Factory of each name.
+    factories: HashMap<String, Arc<dyn WriterFactory>>,
+}
+
+impl Default for WriterCatalog {
+    fn default() -> Self {
+        let mut registry = WriterCatalog {
+            factories: HashMap::new(),
+        };
+        registry.register(CTF_WRITER, Arc::new(CtfFileWriterFactory));
+        registry
+    }
+}
+
+/// Name of the built-in writer.
+pub const CTF_WRITER: &str = "ctf";
+
+impl WriterCatalog {
+    /// Adds (or replaces) the factory called `name`.
+    pub fn register(&mut self, name: &str, factory: Arc<dyn WriterFactory>) {
+        self.factories.insert(name.to_string(), factory);
+    }
+
+    /// The factory called `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<dyn WriterFactory>> {
+        self.factories.get(name).cloned()
+    }
+
+    /// Every registered name, sorted, for error messages.
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.factories.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}

@@ -1,0 +1,23 @@
+//! Daemon-side CTF traces: writing them, reading them back and repairing them.
+//!
+//! An instrumented app never links this tree (it needs feature `daemon`); the byte
+//! formats it shares with apps live in [`crate::ctf`].
+//!
+//! - [`registry`]: per-trace event ids and channels; produces the metadata text.
+//! - [`metadata`]: renders that TSDL and parses it back for our reader.
+//! - [`layout`], [`writer`], [`spread`]: where trace files go and how they are
+//!   written.
+//! - [`reader`], [`view`]: decode and print a session directory.
+//! - [`recover`]: cut the torn tails a crash left, so a trace reads up to its last
+//!   complete packet.
+//!
+//! See docs/trace-layout.md for the whole picture.
+
+pub mod layout;
+pub mod metadata;
+pub mod reader;
+pub mod recover;
+pub mod registry;
+pub mod spread;
+pub mod view;
+pub mod writer;

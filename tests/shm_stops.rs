@@ -1,0 +1,314 @@
+//! A producer stopped exactly at each linearization point of the ring protocol
+//! (`ustrace::shm::hooks`, the `linearization-hooks` feature the crate's tests enable),
+//! and what must hold there: the consumer's take, flush and dead-holder passes racing
+//! the frozen producer neither tear nor lose its event, and a packet stays incomplete
+//! exactly until the frozen commit happens. Also: a reservation dropped by a panicking
+//! encoder becomes one counted lost event and its packet completes.
+
+#[path = "shm_support/mod.rs"]
+mod shm_support;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::thread::ScopedJoinHandle;
+use std::time::Duration;
+
+use shm_support::*;
+use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE};
+use ustrace::shm::hooks::{Point, Stop};
+use ustrace::shm::{ChannelBuffers, Consumer, Mode, Ring, Wakeup};
+
+/// How long a test waits for a producer to reach its stop.
+const PARK_DEADLINE: Duration = Duration::from_secs(10);
+
+fn ring() -> Arc<Ring> {
+    let wakeup = Arc::new(Wakeup::new().expect("eventfd"));
+    Arc::new(Ring::create("stops", &config(4096, 2, Mode::Discard), 0, wakeup).expect("ring"))
+}
+
+/// Spawns a producer that writes test event `seq` (`extra` fill bytes) and stops at
+/// `point` on the way; returns once it is parked there.
+fn frozen_producer<'s>(
+    s: &'s std::thread::Scope<'s, '_>,
+    ring: &'s Ring,
+    point: Point,
+    seq: u64,
+    extra: usize,
+) -> (Stop, ScopedJoinHandle<'s, bool>) {
+    let stop = Stop::new(point);
+    let armed = stop.clone();
+    let producer = s.spawn(move || {
+        armed.arm();
+        write(ring, 1, 7, seq, extra)
+    });
+    assert!(
+        stop.wait_parked(PARK_DEADLINE),
+        "producer reached {point:?}"
+    );
+    (stop, producer)
+}
+
+/// Every complete packet now, parsed (a torn payload fails in `parse`).
+fn take_all(consumer: &mut Consumer) -> Vec<Vec<TestEvent>> {
+    let mut packets = Vec::new();
+    let mut packet = Vec::new();
+    while let Some(info) = consumer.take_packet(&mut packet) {
+        let (header, events) = parse(&packet);
+        assert_eq!(header.open.seq_num, info.seq_num);
+        assert!(header.open.timestamp_begin <= header.close.timestamp_end);
+        assert!(
+            events.iter().all(
+                |e| (header.open.timestamp_begin..=header.close.timestamp_end).contains(&e.ts)
+            ),
+            "events inside their packet's time bounds"
+        );
+        packets.push(events);
+    }
+    assert!(
+        consumer.corruption().is_none(),
+        "honest ring marked corrupt"
+    );
+    packets
+}
+
+fn seqs(events: &[TestEvent]) -> Vec<u64> {
+    events.iter().map(|e| e.seq).collect()
+}
+
+/// Writes test events `0..n` (thread 0) of `extra` fill bytes each.
+fn fill(ring: &Ring, n: u64, extra: usize) {
+    for seq in 0..n {
+        assert!(write(ring, 1, 0, seq, extra));
+    }
+}
+
+/// Fill bytes of the events that nearly fill packet 0.
+const EXTRA: usize = 100;
+
+/// Writes as many test events of [`EXTRA`] fill bytes as packet 0 takes, so that
+/// the next one closes it and opens packet 1; returns how many.
+fn nearly_fill_packet_0(ring: &Ring) -> u64 {
+    let per_event = (EVENT_HEADER_SIZE + payload_len(EXTRA)) as u64;
+    let before = (4096 - PACKET_HEADER_SIZE as u64) / per_event;
+    fill(ring, before, EXTRA);
+    before
+}
+
+/// The dead-holder passes leave a live holder alone, whatever it is frozen in.
+fn live_holder_is_left_alone(consumer: &mut Consumer) {
+    let alive = |_| true;
+    assert_eq!(consumer.release_dead_holders(&alive), Default::default());
+    assert_eq!(consumer.give_up_stuck(&alive), 0);
+    assert_eq!(consumer.give_up_stuck(&alive), 0, "nothing given up");
+}
+
+#[test]
+fn a_take_and_a_flush_racing_a_producer_frozen_after_its_cas_lose_and_tear_nothing() {
+    let ring = ring();
+    let mut consumer = Consumer::new(ring.clone());
+    fill(&ring, 3, 0);
+    std::thread::scope(|s| {
+        let (stop, producer) = frozen_producer(s, &ring, Point::AfterCas, 3, 40);
+        // The reservation exists (the CAS moved `write`) and holds no bytes yet.
+        assert!(consumer.flush(), "the flush closes the packet around it");
+        assert!(take_all(&mut consumer).is_empty(), "incomplete: not taken");
+        live_holder_is_left_alone(&mut consumer);
+        assert!(take_all(&mut consumer).is_empty());
+        stop.release();
+        assert!(producer.join().expect("producer"), "its event written");
+    });
+    let packets = take_all(&mut consumer);
+    assert_eq!(packets.len(), 1);
+    assert_eq!(seqs(&packets[0]), vec![0, 1, 2, 3], "every event, in order");
+    assert_eq!(packets[0][3].thread, 7);
+    assert_eq!(ring.counters(), Default::default(), "nothing dropped");
+}
+
+#[test]
+fn a_producer_frozen_after_the_cas_that_opens_a_packet_keeps_it_incomplete_through_a_flush() {
+    let ring = ring();
+    let mut consumer = Consumer::new(ring.clone());
+    std::thread::scope(|s| {
+        // The first event opens packet 0: frozen after its CAS, before the switch.
+        let (stop, producer) = frozen_producer(s, &ring, Point::AfterCas, 0, 0);
+        assert!(consumer.flush(), "the flush closes the unopened packet");
+        assert!(
+            take_all(&mut consumer).is_empty(),
+            "no open commit yet: incomplete"
+        );
+        live_holder_is_left_alone(&mut consumer);
+        stop.release();
+        assert!(producer.join().expect("producer"));
+    });
+    // The opener's and the flusher's header halves are disjoint: both intact.
+    let packets = take_all(&mut consumer);
+    assert_eq!(packets.len(), 1);
+    assert_eq!(seqs(&packets[0]), vec![0]);
+    fill(&ring, 1, 0);
+    consumer.flush();
+    assert_eq!(take_all(&mut consumer).len(), 1, "the ring goes on");
+}
+
+#[test]
+fn a_producer_frozen_before_its_open_commit_holds_back_only_the_packet_it_opens() {
+    let ring = ring();
+    let mut consumer = Consumer::new(ring.clone());
+    let before = nearly_fill_packet_0(&ring);
+    std::thread::scope(|s| {
+        let (stop, producer) = frozen_producer(s, &ring, Point::BeforeOpenCommit, before, EXTRA);
+        // The close commit came before the frozen open commit: packet 0 is complete.
+        let packets = take_all(&mut consumer);
+        assert_eq!(packets.len(), 1, "the closed packet is taken meanwhile");
+        assert_eq!(seqs(&packets[0]), (0..before).collect::<Vec<_>>());
+        assert!(consumer.flush(), "packet 1 is open: the flush closes it");
+        assert!(take_all(&mut consumer).is_empty(), "packet 1 waits");
+        live_holder_is_left_alone(&mut consumer);
+        stop.release();
+        assert!(producer.join().expect("producer"));
+    });
+    let packets = take_all(&mut consumer);
+    assert_eq!(packets.len(), 1);
+    assert_eq!(seqs(&packets[0]), vec![before]);
+    assert_eq!(ring.counters(), Default::default(), "nothing dropped");
+}
+
+#[test]
+fn a_producer_frozen_before_its_close_commit_leaves_the_packet_incomplete_until_it_resumes() {
+    let ring = ring();
+    let mut consumer = Consumer::new(ring.clone());
+    let before = nearly_fill_packet_0(&ring);
+    std::thread::scope(|s| {
+        let (stop, producer) = frozen_producer(s, &ring, Point::BeforeCloseCommit, before, EXTRA);
+        assert!(
+            take_all(&mut consumer).is_empty(),
+            "every event of packet 0 committed, its padding not: incomplete"
+        );
+        // `write` is inside packet 1 already (the CAS moved it there).
+        assert!(consumer.flush(), "the flush closes packet 1");
+        live_holder_is_left_alone(&mut consumer);
+        assert!(take_all(&mut consumer).is_empty(), "still incomplete");
+        stop.release();
+        assert!(producer.join().expect("producer"));
+    });
+    let packets = take_all(&mut consumer);
+    assert_eq!(packets.len(), 2, "both complete once it resumes");
+    assert_eq!(seqs(&packets[0]), (0..before).collect::<Vec<_>>());
+    assert_eq!(
+        seqs(&packets[1]),
+        vec![before],
+        "the switching event in packet 1"
+    );
+}
+
+#[test]
+fn a_consumer_frozen_before_its_flush_close_commit_loses_no_event_of_producers_going_on() {
+    let ring = ring();
+    let mut consumer = Consumer::new(ring.clone());
+    fill(&ring, 2, 0);
+    let stop = Stop::new(Point::BeforeCloseCommit);
+    let armed = stop.clone();
+    let consumer = std::thread::scope(|s| {
+        let flusher = s.spawn(move || {
+            armed.arm();
+            assert!(consumer.flush());
+            consumer
+        });
+        assert!(stop.wait_parked(PARK_DEADLINE), "flusher parked");
+        // `write` already moved to packet 1's boundary: producers open it meanwhile.
+        for seq in 2..5 {
+            assert!(write(&ring, 1, 0, seq, 0));
+        }
+        stop.release();
+        flusher.join().expect("flusher")
+    });
+    let mut consumer = consumer;
+    consumer.flush();
+    let packets = take_all(&mut consumer);
+    assert_eq!(packets.len(), 2);
+    assert_eq!(seqs(&packets[0]), vec![0, 1]);
+    assert_eq!(seqs(&packets[1]), vec![2, 3, 4]);
+}
+
+#[test]
+fn a_reservation_dropped_by_a_panicking_encoder_becomes_one_counted_lost_event() {
+    let ring = ring();
+    let mut consumer = Consumer::new(ring.clone());
+    fill(&ring, 2, 0);
+    let len = EVENT_HEADER_SIZE + payload_len(5);
+    let panicked = catch_unwind(AssertUnwindSafe(|| {
+        ring.write_event(1, payload_len(5), |out| {
+            encode(&mut out[..payload_len(0)], 0, 2);
+            panic!("a field encoder panics");
+        })
+    }));
+    assert!(panicked.is_err());
+    assert_eq!(ring.counters().abandoned_reservations, 1);
+    assert!(write(&ring, 1, 0, 3, 0), "the ring goes on");
+    assert!(consumer.flush());
+    let packets = take_all(&mut consumer);
+    assert_eq!(packets.len(), 1, "the packet completed: nothing left open");
+    let events = &packets[0];
+    assert_eq!(events.len(), 4);
+    assert_eq!(events[2].thread, LOST, "a lost event in its place");
+    assert_eq!(events[2].len, len, "covering the whole reservation");
+    assert_eq!(seqs(&events[..2]), vec![0, 1]);
+    assert_eq!(events[3].seq, 3);
+    assert!(events.windows(2).all(|w| w[0].ts <= w[1].ts));
+    assert_eq!(consumer.counter_deltas().abandoned_reservations, 1);
+    assert_eq!(
+        consumer.release_dead_holders(&|_| false),
+        Default::default(),
+        "the holder record was cleared: nothing for the daemon to fill"
+    );
+}
+
+ustrace::event!(static PANICKY: stops:panicky(i: i64), loglevel = Info);
+
+#[test]
+fn a_tracepoint_whose_encoder_panics_leaves_a_lost_event_and_completes_its_packet() {
+    let buffers =
+        ChannelBuffers::create("stops", &config(4096, 2, Mode::Discard), 2).expect("buffers");
+    let slot = ustrace::ust::channel::install(buffers.clone()).expect("slot");
+    PANICKY.enable(slot, 1);
+    PANICKY.emit(1);
+    let panicked = catch_unwind(|| PANICKY.record(8, |_: &mut [u8]| panic!("encoder")));
+    assert!(panicked.is_err());
+    PANICKY.emit(3);
+    PANICKY.disable(slot);
+    let mut lost = 0;
+    let mut events = 0;
+    let mut packet = Vec::new();
+    for mut consumer in buffers.consumers() {
+        consumer.flush();
+        while consumer.take_packet(&mut packet).is_some() {
+            let read = parse_ids(&packet);
+            lost += read
+                .iter()
+                .filter(|&&id| id == ustrace::ctf::packet::LOST_EVENT_PADDED_ID)
+                .count();
+            events += read.len();
+        }
+    }
+    let abandoned: u64 = buffers
+        .rings()
+        .iter()
+        .map(|r| r.counters().abandoned_reservations)
+        .sum();
+    assert_eq!(abandoned, 1);
+    assert_eq!((lost, events), (1, 3), "emit, lost event, emit");
+}
+
+/// The event ids of a packet of `{i: i64}` events and padded lost events (20 bytes).
+fn parse_ids(packet: &[u8]) -> Vec<u32> {
+    let header = ustrace::ctf::packet::PacketHeader::read(packet).expect("header");
+    let end = header.close.content_size as usize;
+    let mut at = ustrace::ctf::packet::PACKET_HEADER_SIZE;
+    let mut ids = Vec::new();
+    while at < end {
+        let (id, _) = ustrace::ctf::packet::read_event_header(&packet[at..end]).expect("event");
+        ids.push(id);
+        at += EVENT_HEADER_SIZE + 8;
+    }
+    assert_eq!(at, end, "every event 20 bytes");
+    ids
+}
