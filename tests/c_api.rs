@@ -19,7 +19,13 @@ fn prefix() -> &'static Path {
     static PREFIX: OnceLock<PathBuf> = OnceLock::new();
     PREFIX.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let prefix = std::env::temp_dir().join(format!("ustrace-c-prefix-{}", std::process::id()));
+        // Kept in the target directory (one per profile), reinstalled by each run.
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        let prefix = root.join("target/c-api").join(format!("prefix-{profile}"));
         let out = Command::new(root.join("scripts/install-c.sh"))
             .arg(&prefix)
             .arg("--debug")
