@@ -143,14 +143,20 @@ fn session(daemon: &Daemon) -> PathBuf {
     output
 }
 
-/// The event lines of one sub-trace, from the event name on (timestamps and
-/// cpu ids cut).
+/// The event lines of one sub-trace, from the event name on (timestamps and the
+/// vpid/vtid contexts cut).
 fn events(output: &Path, trace: &str) -> Vec<String> {
     babeltrace2(&output.join(trace))
         .into_iter()
         .filter_map(|l| {
             let at = l.find(" demo:").or_else(|| l.find(" ustrace:"))?;
-            Some(l[at + 1..].to_string())
+            let mut line = l[at + 1..].to_string();
+            // The per-UID channels' default contexts (vpid, vtid) vary by run.
+            if let Some(from) = line.find(", { vpid = ") {
+                let to = from + line[from..].find('}').unwrap() + 1;
+                line.replace_range(from..to, "");
+            }
+            Some(line)
         })
         .collect()
 }
