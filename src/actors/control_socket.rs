@@ -8,8 +8,8 @@
 //! daemon's counters directly: no actor owns it.
 
 use crate::actors::session::{
-    CreateSession, DestroySession, EnableChannel, EnableEvent, ListSessions, SessionManager,
-    StartSession, StopSession,
+    CreateSession, DestroySession, DisableChannel, DisableEvent, EnableChannel, EnableEvent,
+    ListSessions, SessionManager, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
 use crate::config::EventPattern;
@@ -57,6 +57,22 @@ pub async fn answer(
             };
         }
         ControlRequest::Status => return Ok(ControlOk::Status(stats.report())),
+        ControlRequest::DisableEvent {
+            session,
+            channel,
+            pattern,
+        } => {
+            sessions
+                .send(DisableEvent {
+                    session,
+                    channel,
+                    pattern,
+                })
+                .await
+        }
+        ControlRequest::DisableChannel { session, channel } => {
+            sessions.send(DisableChannel { session, channel }).await
+        }
     };
     match done {
         Ok(Ok(message)) => Ok(ControlOk::Done(message)),

@@ -33,14 +33,28 @@ pub struct ChannelDef {
     pub spec: ChannelSpec,
     /// `provider:name`, `provider:*` or `*` patterns.
     pub patterns: Vec<EventPattern>,
+    /// False after `disable-channel`: the channel records nothing, its patterns kept.
+    pub enabled: bool,
 }
 
 impl ChannelDef {
-    /// Whether the event `provider:name` is enabled in this channel.
+    /// A new, enabled channel without event rules.
+    pub fn new(spec: ChannelSpec) -> Self {
+        ChannelDef {
+            spec,
+            patterns: Vec::new(),
+            enabled: true,
+        }
+    }
+
+    /// Whether the event `provider:name` is recorded in this channel: the channel is
+    /// enabled and one of its patterns matches.
     pub fn matches(&self, event: &EventDesc) -> bool {
-        self.patterns
-            .iter()
-            .any(|p| p.matches(&event.provider, &event.name))
+        self.enabled
+            && self
+                .patterns
+                .iter()
+                .any(|p| p.matches(&event.provider, &event.name))
     }
 }
 
@@ -130,6 +144,36 @@ pub enum SessionError {
         channel: String,
         /// The session.
         session: String,
+    },
+    /// `enable-channel` of a disabled channel with settings other than its own.
+    #[error(
+        "channel {channel} of session {session} exists with other settings: enable it again by its name alone"
+    )]
+    ChannelSettingsDiffer {
+        /// The channel.
+        channel: String,
+        /// The session.
+        session: String,
+    },
+    /// `disable-channel` of a channel already disabled.
+    #[error("channel {channel} of session {session} is already disabled")]
+    ChannelAlreadyDisabled {
+        /// The channel.
+        channel: String,
+        /// The session.
+        session: String,
+    },
+    /// `disable-event` of a pattern no rule of the channel has.
+    #[error("no event rule {pattern:?} in {session}/{channel} (rules: {})", rules.join(", "))]
+    NoSuchRule {
+        /// The pattern asked for.
+        pattern: String,
+        /// The session.
+        session: String,
+        /// The channel.
+        channel: String,
+        /// The rules there are.
+        rules: Vec<String>,
     },
     /// `enable-event -c` of a channel the session lacks.
     #[error("no channel {channel:?} in session {session}")]
@@ -229,6 +273,28 @@ pub struct EnableEvent {
     pub pattern: EventPattern,
 }
 
+/// Remove event rules from a channel (`disable-event`).
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct DisableEvent {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// The channel (`None`: the session's only one).
+    pub channel: Option<String>,
+    /// The rule's pattern as enabled; `None`: every rule of the channel.
+    pub pattern: Option<String>,
+}
+
+/// Stop recording into a channel until `enable-channel` enables it again.
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct DisableChannel {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// The channel.
+    pub channel: String,
+}
+
 /// Start recording a session.
 #[derive(Message)]
 #[rtype(result = "Done")]
@@ -321,8 +387,8 @@ impl SessionManager {
     }
 
     /// Adds a channel.
-    fn enable_channel(&mut self, session: &Option<String>, channel: &ChannelRequest) -> Done {
-        let channel = channel.resolve(&self.settings.default_channel);
+    fn enable_channel(&mut self, session: &Option<String>, request: &ChannelRequest) -> Done {
+        let channel = request.resolve(&self.settings.default_channel);
         check_name(&channel.name).map_err(|problem| SessionError::InvalidName {
             what: "channel",
             problem,
@@ -335,20 +401,14 @@ impl SessionManager {
             });
         }
         let s = self.session(session)?;
+        let message = format!("channel {} enabled in session {}", channel.name, s.name);
+        if let Some(existing) = s.channels.iter_mut().find(|c| c.spec.name == channel.name) {
+            return reenable_channel(existing, request, &s.name).map(|()| message);
+        }
         if s.ever_started {
             return Err(SessionError::ChannelAfterStart(s.name.clone()));
         }
-        if s.channels.iter().any(|c| c.spec.name == channel.name) {
-            return Err(SessionError::ChannelExists {
-                channel: channel.name,
-                session: s.name.clone(),
-            });
-        }
-        let message = format!("channel {} enabled in session {}", channel.name, s.name);
-        s.channels.push(ChannelDef {
-            spec: channel,
-            patterns: Vec::new(),
-        });
+        s.channels.push(ChannelDef::new(channel));
         Ok(message)
     }
 
@@ -361,30 +421,10 @@ impl SessionManager {
         } = request;
         let default_channel = self.settings.default_channel.clone();
         let s = self.session(&session)?;
-        let index = match channel {
-            Some(c) => s
-                .channels
-                .iter()
-                .position(|ch| ch.spec.name == c)
-                .ok_or_else(|| SessionError::NoSuchChannel {
-                    channel: c,
-                    session: s.name.clone(),
-                })?,
-            None if s.channels.len() == 1 => 0,
-            None if s.channels.is_empty() && !s.ever_started => {
-                s.channels.push(ChannelDef {
-                    spec: default_channel,
-                    patterns: Vec::new(),
-                });
-                0
-            }
-            None => {
-                return Err(SessionError::WhichChannel {
-                    session: s.name.clone(),
-                    channels: s.channels.len(),
-                });
-            }
-        };
+        if channel.is_none() && s.channels.is_empty() && !s.ever_started {
+            s.channels.push(ChannelDef::new(default_channel));
+        }
+        let index = channel_index(s, channel)?;
         let ch = &mut s.channels[index];
         let message = format!(
             "event {} enabled in {}/{}",
@@ -396,6 +436,50 @@ impl SessionManager {
             ch.patterns.push(pattern);
         }
         Ok(message)
+    }
+
+    /// Removes one rule, or every rule, of a channel.
+    fn disable_event(&mut self, request: DisableEvent) -> Done {
+        let s = self.session(&request.session)?;
+        let index = channel_index(s, request.channel)?;
+        let ch = &mut s.channels[index];
+        let what = match request.pattern {
+            None => {
+                ch.patterns.clear();
+                "every event".to_owned()
+            }
+            Some(pattern) => {
+                let Some(at) = ch.patterns.iter().position(|p| p.as_str() == pattern) else {
+                    return Err(SessionError::NoSuchRule {
+                        pattern,
+                        session: s.name.clone(),
+                        channel: ch.spec.name.clone(),
+                        rules: ch.patterns.iter().map(|p| p.as_str().to_owned()).collect(),
+                    });
+                };
+                ch.patterns.remove(at);
+                format!("event {pattern}")
+            }
+        };
+        Ok(format!("{what} disabled in {}/{}", s.name, ch.spec.name))
+    }
+
+    /// Disables a channel.
+    fn disable_channel(&mut self, session: &Option<String>, channel: String) -> Done {
+        let s = self.session(session)?;
+        let index = channel_index(s, Some(channel))?;
+        let ch = &mut s.channels[index];
+        if !ch.enabled {
+            return Err(SessionError::ChannelAlreadyDisabled {
+                channel: ch.spec.name.clone(),
+                session: s.name.clone(),
+            });
+        }
+        ch.enabled = false;
+        Ok(format!(
+            "channel {} disabled in session {}",
+            ch.spec.name, s.name
+        ))
     }
 
     /// Starts a session.
@@ -420,6 +504,45 @@ impl SessionManager {
         }
         Ok(format!("tracing started for session {}", s.name))
     }
+}
+
+/// The channel of `session` called `name`, or its only one.
+fn channel_index(session: &SessionDef, name: Option<String>) -> Result<usize, SessionError> {
+    match name {
+        Some(c) => session
+            .channels
+            .iter()
+            .position(|ch| ch.spec.name == c)
+            .ok_or_else(|| SessionError::NoSuchChannel {
+                channel: c,
+                session: session.name.clone(),
+            }),
+        None if session.channels.len() == 1 => Ok(0),
+        None => Err(SessionError::WhichChannel {
+            session: session.name.clone(),
+            channels: session.channels.len(),
+        }),
+    }
+}
+
+/// `enable-channel` of a channel that exists: enables it again if `disable-channel`
+/// disabled it and the request sets nothing but its name or the settings it has.
+fn reenable_channel(
+    existing: &mut ChannelDef,
+    request: &ChannelRequest,
+    session: &str,
+) -> Result<(), SessionError> {
+    let spec = &existing.spec;
+    let error =
+        |make: fn(String, String) -> SessionError| Err(make(spec.name.clone(), session.to_owned()));
+    if existing.enabled {
+        return error(|channel, session| SessionError::ChannelExists { channel, session });
+    }
+    if request.resolve(spec) != *spec {
+        return error(|channel, session| SessionError::ChannelSettingsDiffer { channel, session });
+    }
+    existing.enabled = true;
+    Ok(())
 }
 
 /// Checks a channel's geometry the same way the config file does.
@@ -459,6 +582,24 @@ impl Handler<EnableEvent> for SessionManager {
 
     fn handle(&mut self, msg: EnableEvent, _: &mut Context<Self>) -> Self::Result {
         let result = self.enable_event(msg);
+        self.publish(result)
+    }
+}
+
+impl Handler<DisableEvent> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: DisableEvent, _: &mut Context<Self>) -> Self::Result {
+        let result = self.disable_event(msg);
+        self.publish(result)
+    }
+}
+
+impl Handler<DisableChannel> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: DisableChannel, _: &mut Context<Self>) -> Self::Result {
+        let result = self.disable_channel(&msg.session, msg.channel);
         self.publish(result)
     }
 }
@@ -541,6 +682,12 @@ impl Handler<ListSessions> for SessionManager {
                         let patterns = c.patterns.iter().map(|p| p.as_str().to_owned());
                         (c.spec.clone(), patterns.collect())
                     })
+                    .collect(),
+                disabled_channels: s
+                    .channels
+                    .iter()
+                    .filter(|c| !c.enabled)
+                    .map(|c| c.spec.name.clone())
                     .collect(),
             })
             .collect())

@@ -384,6 +384,15 @@ impl Listener {
                     event.disable(slot);
                 }
             }
+            AppCommand::DisableEvents { key, events } => {
+                let slot = self.slot(key)?;
+                for index in events {
+                    self.events
+                        .get(index as usize)
+                        .ok_or_else(|| format!("disable of unknown event index {index}"))?
+                        .disable(slot);
+                }
+            }
             AppCommand::RegistrationDone | AppCommand::Refused { .. } => {}
         }
         Ok(())
