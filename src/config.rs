@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::ctf::context::ContextType;
 use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec, SessionInfo};
 use crate::protocol::{self, ProtocolError};
 use crate::shm::{self, Mode};
@@ -118,6 +119,9 @@ pub struct ChannelDefaults {
     pub buffers: Buffering,
     /// Name of the registered writer that turns packets into files.
     pub writer: String,
+    /// Contexts every event carries (`["vpid", "vtid", "procname", "pthread_id",
+    /// "cpu_id", "ip"]`); unset: vpid and vtid in per-UID channels, none per-PID.
+    pub contexts: Option<Vec<ContextType>>,
 }
 
 impl Default for ChannelDefaults {
@@ -128,6 +132,7 @@ impl Default for ChannelDefaults {
             mode: Mode::Discard,
             buffers: Buffering::PerUid,
             writer: "ctf".to_owned(),
+            contexts: None,
         }
     }
 }
@@ -297,6 +302,9 @@ pub struct ChannelConfig {
     /// Overrides [`ChannelDefaults::writer`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<String>,
+    /// Overrides [`ChannelDefaults::contexts`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contexts: Option<Vec<ContextType>>,
     /// Events enabled in this channel.
     #[serde(default)]
     pub events: Vec<EventPattern>,
@@ -338,6 +346,7 @@ impl SessionConfig {
                     num_subbuf: Some(spec.num_subbuf),
                     mode: Some(spec.mode),
                     writer: Some(spec.writer.clone()),
+                    contexts: spec.contexts.clone(),
                     events: events
                         .iter()
                         .map(|e| EventPattern::parse(e))
@@ -843,6 +852,7 @@ impl Config {
             num_subbuf: d.num_subbuf,
             mode: d.mode,
             writer: d.writer.clone(),
+            contexts: d.contexts.clone(),
         }
     }
 
@@ -856,6 +866,7 @@ impl Config {
             num_subbuf: channel.num_subbuf,
             mode: channel.mode,
             writer: channel.writer.clone(),
+            contexts: channel.contexts.clone(),
         }
     }
 }

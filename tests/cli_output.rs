@@ -48,12 +48,13 @@ fn every_answer_is_one_json_object_with_the_documented_keys() {
     assert_eq!(session["active"], true);
     let channel = &session["channels"][0];
     assert_eq!(channel["name"], "c");
-    assert_eq!(channel["buffers"], "per-pid");
+    assert_eq!(channel["buffers"], "pid");
     assert_eq!(channel["mode"], "overwrite");
     assert_eq!(channel["enabled"], true);
     assert_eq!(channel["writer"], "ctf");
     assert!(channel["subbuf_size"].is_u64() && channel["num_subbuf"].is_u64());
     assert_eq!(channel["events"], serde_json::json!([]));
+    assert!(channel["contexts"].is_array(), "{channel}");
 
     let (status, _) = json(&daemon, &["status"]);
     for key in [

@@ -2,7 +2,7 @@
 //! one JSON object of the shape docs/cli.md lists, and nothing at all (status 0)
 //! once the reader closed the pipe (`ustrace status | head -1`).
 
-use crate::protocol::messages::{Buffering, ControlOk, SessionInfo, StatusReport};
+use crate::protocol::messages::{AppInfo, Buffering, ControlOk, SessionInfo, StatusReport};
 use crate::shm::Mode;
 use serde_json::{Value as Json, json};
 use std::fmt::Write as _;
@@ -73,6 +73,7 @@ pub fn json_answer(command: &str, ok: &ControlOk) -> Json {
             object["sessions"] = sessions.iter().map(json_session).collect()
         }
         ControlOk::Status(status) => object["status"] = json_status(status),
+        ControlOk::Apps(apps) => object["apps"] = json!(apps),
     }
     object
 }
@@ -86,11 +87,12 @@ fn json_session(s: &SessionInfo) -> Json {
             json!({
                 "name": c.name,
                 "enabled": !s.disabled_channels.contains(&c.name),
-                "buffers": buffering_word(c.buffers).to_lowercase(),
+                "buffers": c.buffers,
                 "subbuf_size": c.subbuf_size,
                 "num_subbuf": c.num_subbuf,
-                "mode": mode_word(c.mode),
+                "mode": c.mode,
                 "writer": c.writer,
+                "contexts": c.contexts(),
                 "events": events,
             })
         })
@@ -159,8 +161,34 @@ fn human(ok: &ControlOk) -> String {
         ControlOk::Sessions(sessions) if sessions.is_empty() => text.push_str("no session\n"),
         ControlOk::Sessions(sessions) => sessions.iter().for_each(|s| session(&mut text, s)),
         ControlOk::Status(s) => status(&mut text, s),
+        ControlOk::Apps(apps) if apps.is_empty() => text.push_str("no app connected\n"),
+        ControlOk::Apps(apps) => apps.iter().for_each(|a| app(&mut text, a)),
     }
     text
+}
+
+fn app(text: &mut String, app: &AppInfo) {
+    let registered =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(app.registered_unix_ms);
+    let _ = writeln!(
+        text,
+        "pid {} uid {} {} registered {}",
+        app.pid,
+        app.uid,
+        app.procname,
+        crate::trace::layout::iso8601_basic(registered)
+    );
+    for c in &app.channels {
+        let _ = writeln!(
+            text,
+            "  {}/{} ({} buffers): {}",
+            c.session,
+            c.channel,
+            buffering_word(c.buffers),
+            c.enabled.join(", ")
+        );
+    }
+    let _ = writeln!(text, "  events: {}", app.events.join(", "));
 }
 
 fn session(text: &mut String, s: &SessionInfo) {
