@@ -28,12 +28,16 @@ fn every_answer_is_one_json_object_with_the_documented_keys() {
     let daemon = Daemon::start();
     let output = daemon.scratch.path("out");
     let output = output.to_str().unwrap();
-    let steps: [&[&str]; 5] = [
+    let steps: [&[&str]; 9] = [
         &["create", "s", "-o", output],
         &["enable-channel", "c", "--buffers-pid", "--overwrite"],
         &["enable-event", "demo:*", "-c", "c"],
+        &["add-context", "-t", "procname"],
         &["start"],
         &["disable-event", "demo:*", "-c", "c"],
+        &["enable-event", "demo:ev", "-c", "c"],
+        &["enable-event", "other:*", "-c", "c"],
+        &["disable-event", "-a", "-c", "c"],
     ];
     for args in steps {
         let (value, out) = json(&daemon, args);
@@ -54,7 +58,13 @@ fn every_answer_is_one_json_object_with_the_documented_keys() {
     assert_eq!(channel["writer"], "ctf");
     assert!(channel["subbuf_size"].is_u64() && channel["num_subbuf"].is_u64());
     assert_eq!(channel["events"], serde_json::json!([]));
-    assert!(channel["contexts"].is_array(), "{channel}");
+    assert!(
+        channel["contexts"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("procname")),
+        "{channel}"
+    );
 
     let (status, _) = json(&daemon, &["status"]);
     for key in [

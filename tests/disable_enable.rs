@@ -61,10 +61,27 @@ fn numbers(dir: &Path) -> Vec<i64> {
     found
 }
 
-/// Runs the app through recording, `disable`, `enable`, and checks the counts.
-fn toggle_while_flooding(buffers: Buffering, disable: ControlRequest, enable: ControlRequest) {
+/// Runs the app through recording, `disable`, `enable`, and checks the counts. With
+/// `second_rule`, the toggled channel also has that rule, which `disable` leaves:
+/// nothing may be missed then.
+fn toggle_while_flooding(
+    buffers: Buffering,
+    second_rule: Option<&str>,
+    disable: ControlRequest,
+    enable: ControlRequest,
+) {
     let daemon = Daemon::with_config("[daemon]\nflush_interval_ms = 20\n");
-    let toggled = daemon.session("toggled", &[("c", buffers)], true);
+    let toggled = daemon.session("toggled", &[("c", buffers)], false);
+    if let Some(pattern) = second_rule {
+        daemon.ok(ControlRequest::EnableEvent {
+            session: Some("toggled".into()),
+            channel: Some("c".into()),
+            pattern: pattern.into(),
+        });
+    }
+    daemon.ok(ControlRequest::Start {
+        session: Some("toggled".into()),
+    });
     let reference = daemon.session("reference", &[("c", buffers)], true);
     let mut app = Running(
         daemon
@@ -82,15 +99,23 @@ fn toggle_while_flooding(buffers: Buffering, disable: ControlRequest, enable: Co
     two_flushes(&reference);
     let while_disabled = stream_bytes(&toggled);
     two_flushes(&reference);
-    assert_eq!(
-        stream_bytes(&toggled),
-        while_disabled,
-        "the disabled channel grew a flush period after the disable"
-    );
+    if second_rule.is_some() {
+        assert!(
+            stream_bytes(&toggled) > while_disabled,
+            "the other rule records"
+        );
+    } else {
+        assert_eq!(
+            stream_bytes(&toggled),
+            while_disabled,
+            "the disabled channel grew a flush period after the disable"
+        );
+    }
 
     daemon.ok(enable);
+    let enabled_at = stream_bytes(&toggled);
     wait_for("the enabled channel to record again", WAIT, || {
-        stream_bytes(&toggled) > while_disabled
+        stream_bytes(&toggled) > enabled_at
     });
     two_flushes(&reference);
 
@@ -113,6 +138,13 @@ fn toggle_while_flooding(buffers: Buffering, disable: ControlRequest, enable: Co
     assert_eq!(all, (0..emitted).collect::<Vec<_>>(), "reference session");
 
     let recorded = numbers(&toggled);
+    if second_rule.is_some() {
+        assert_eq!(
+            recorded, all,
+            "an event another rule matches is never missed"
+        );
+        return;
+    }
     let mut runs: Vec<(i64, i64)> = Vec::new();
     for &i in &recorded {
         match runs.last_mut() {
@@ -137,6 +169,7 @@ fn toggle_while_flooding(buffers: Buffering, disable: ControlRequest, enable: Co
 fn disable_channel_then_enable_it_again_while_an_app_floods() {
     toggle_while_flooding(
         Buffering::PerPid,
+        None,
         ControlRequest::DisableChannel {
             session: Some("toggled".into()),
             channel: "c".into(),
@@ -155,6 +188,25 @@ fn disable_channel_then_enable_it_again_while_an_app_floods() {
 fn disable_event_then_enable_it_again_while_an_app_floods() {
     toggle_while_flooding(
         Buffering::PerUid,
+        None,
+        ControlRequest::DisableEvent {
+            session: Some("toggled".into()),
+            channel: Some("c".into()),
+            pattern: Some("demo:*".into()),
+        },
+        ControlRequest::EnableEvent {
+            session: Some("toggled".into()),
+            channel: Some("c".into()),
+            pattern: "demo:*".into(),
+        },
+    );
+}
+
+#[test]
+fn disabling_one_rule_keeps_the_events_another_rule_matches() {
+    toggle_while_flooding(
+        Buffering::PerUid,
+        Some("demo:ev"),
         ControlRequest::DisableEvent {
             session: Some("toggled".into()),
             channel: Some("c".into()),
