@@ -2,13 +2,15 @@
 //! config file.
 //!
 //! It takes domain requests ([`CreateSession`], [`EnableChannel`], [`EnableEvent`],
-//! [`StartSession`], [`StopSession`], [`DestroySession`], [`ListSessions`]): the
+//! [`DisableEvent`], [`DisableChannel`], [`StartSession`], [`StopSession`],
+//! [`DestroySession`], [`ListSessions`]): the
 //! control socket's edge (`actors::control`) translates the CLI's wire requests into
 //! them, and the daemon declares the config file's sessions with them. Each answers
 //! a [`SessionError`]; text is made only at that edge. It validates each request,
 //! keeps the definitions, and tells the BufferFactory (`SessionsChanged`) whenever what apps should record changes, so
 //! that apps registered before a `start` or an `enable-event` receive their buffers and
-//! enablement over their open connection. `stop` answers only once the factory has
+//! enablement over their open connection, and apps recording what a
+//! `disable-event` or `disable-channel` removed stop at once. `stop` answers only once the factory has
 //! flushed every ring of the session to disk.
 
 use crate::actors::buffer_factory::{self as factory, BufferFactory, SessionsChanged};
