@@ -93,7 +93,10 @@ fn register(daemon: &Daemon, name: &str, events: Vec<EventDesc>) -> Result<RawAp
                 app.enabled
                     .extend(events.into_iter().map(|(_, id)| (key, id)));
             }
-            AppCommand::Disable { .. } | AppCommand::DisableEvents { .. } => {}
+            AppCommand::Disable { .. }
+            | AppCommand::DisableEvents { .. }
+            | AppCommand::EventsRegistered { .. }
+            | AppCommand::EventsRefused { .. } => {}
         }
     }
 }
