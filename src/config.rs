@@ -20,13 +20,13 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::ctf::context::ContextType;
-use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec};
+use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec, SessionInfo};
 use crate::protocol::{self, ProtocolError};
 use crate::shm::{self, Mode};
 use crate::trace::registry::EventLimits;
@@ -253,15 +253,20 @@ impl LimitsConfig {
 /// and a few channels and events.
 pub const MIN_METADATA_BYTES: u64 = 16 * 1024;
 
-/// `[[session]]`: a session the daemon creates at start-up.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[[session]]`: a session the daemon creates at start-up. `ustrace save` writes
+/// one (see [`SessionConfig::saved`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionConfig {
     /// Unique name, used in the output directory name.
     pub name: String,
     /// Output directory; `None` (empty or absent) means
     /// `<output_dir>/<name>-<YYYYMMDD-HHMMSS>` (see [`Config::session_output_dir`]).
-    #[serde(default, deserialize_with = "empty_path_as_none")]
+    #[serde(
+        default,
+        deserialize_with = "empty_path_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub output: Option<PathBuf>,
     /// `net://HOST[:CTRL[:DATA]]`: stream the session to an lttng-relayd
     /// (docs/streaming.md) instead of writing it under `output`.
@@ -284,32 +289,91 @@ fn default_autostart() -> bool {
 
 /// `[[session.channel]]`: a channel, overriding [`ChannelDefaults`] where it says so.
 /// The CLI builds the same value for `enable-channel`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     /// Name, unique in its session; streams are files named `<name>_<cpu>`.
     pub name: String,
     /// Overrides [`ChannelDefaults::buffers`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffers: Option<Buffering>,
     /// Overrides [`ChannelDefaults::subbuf_size`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subbuf_size: Option<ByteSize>,
     /// Overrides [`ChannelDefaults::num_subbuf`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_subbuf: Option<u32>,
     /// Overrides [`ChannelDefaults::mode`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     /// Overrides [`ChannelDefaults::writer`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<String>,
     /// Overrides [`ChannelDefaults::contexts`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contexts: Option<Vec<ContextType>>,
     /// Events enabled in this channel.
     #[serde(default)]
     pub events: Vec<EventPattern>,
+    /// `false`: declared disabled, as `disable-channel` leaves it (its events are
+    /// kept and `enable-channel NAME` enables it).
+    #[serde(default = "default_enabled", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+/// The `[[session]]` tables `ustrace save` writes: what [`Config`] reads back.
+#[derive(Debug, Serialize)]
+pub struct SavedSessions<'a> {
+    /// The sessions.
+    #[serde(rename = "session")]
+    pub sessions: &'a [SessionConfig],
+}
+
+impl SessionConfig {
+    /// The session `list` describes, every setting written out: loaded by
+    /// `ustraced --config` it is declared the same (started if it was). Fails on
+    /// an event pattern this version would not accept in a config file.
+    pub fn saved(info: &SessionInfo) -> Result<SessionConfig, InvalidPattern> {
+        let channels = info
+            .channels
+            .iter()
+            .map(|(spec, events)| {
+                Ok(ChannelConfig {
+                    name: spec.name.clone(),
+                    buffers: Some(spec.buffers),
+                    subbuf_size: Some(ByteSize(spec.subbuf_size.into())),
+                    num_subbuf: Some(spec.num_subbuf),
+                    mode: Some(spec.mode),
+                    writer: Some(spec.writer.clone()),
+                    contexts: spec.contexts.clone(),
+                    events: events
+                        .iter()
+                        .map(|e| EventPattern::parse(e))
+                        .collect::<Result<_, _>>()?,
+                    enabled: !info.disabled_channels.contains(&spec.name),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(SessionConfig {
+            name: info.name.clone(),
+            output: match info.url {
+                Some(_) => None,
+                None => Some(PathBuf::from(&info.output)),
+            },
+            url: info.url.clone(),
+            live_timer_us: (info.live_timer_us > 0).then_some(info.live_timer_us),
+            autostart: info.started,
+            channels,
+        })
+    }
 }
 
 /// A byte count written either as an integer or as a string with a binary suffix
@@ -350,6 +414,12 @@ impl std::str::FromStr for ByteSize {
             .and_then(|value| value.checked_mul(1 << shift))
             .map(ByteSize)
             .ok_or_else(|| bad("does not fit in 64 bits"))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
     }
 }
 
@@ -471,6 +541,12 @@ impl EventPattern {
     /// The pattern as written.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+}
+
+impl Serialize for EventPattern {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 

@@ -21,8 +21,8 @@ use crate::actors::control_socket;
 use crate::actors::framed::{self, FrameError};
 use crate::actors::registrar::{Accept, Registrar};
 use crate::actors::session::{
-    CreateSession, Done, EnableChannel, EnableEvent, ListSessions, SessionError, SessionManager,
-    SessionSettings, StartSession, StopSession,
+    CreateSession, DisableChannel, Done, EnableChannel, EnableEvent, ListSessions, SessionError,
+    SessionManager, SessionSettings, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
@@ -291,6 +291,13 @@ async fn declare_session(
                 pattern: pattern.clone(),
             };
             declare(sessions, name, enable).await?;
+        }
+        if !channel.enabled {
+            let disable = DisableChannel {
+                session: session.clone(),
+                channel: channel.name.clone(),
+            };
+            declare(sessions, name, disable).await?;
         }
     }
     if declared.autostart {

@@ -65,6 +65,7 @@ fn shipped_example_session_parses_when_uncommented() {
     );
     assert_eq!(session.channels[0].name, "chan0");
     assert_eq!(session.channels[0].events[0].as_str(), "demo:*");
+    assert!(session.channels[0].enabled);
 }
 
 #[test]
@@ -590,4 +591,53 @@ fn the_warm_pool_size_is_bounded() {
         let text = format!("[daemon]\nwarm_pid_buffer_sets = {size}\n");
         assert_eq!(parse(&text).unwrap().daemon.warm_pid_buffer_sets, size);
     }
+}
+
+#[test]
+fn a_saved_session_parses_back_to_the_same_declaration() {
+    use ustrace::config::{SavedSessions, SessionConfig};
+    use ustrace::protocol::messages::SessionInfo;
+    let spec = |name: &str, buffers, mode, contexts| ChannelSpec {
+        name: name.into(),
+        buffers,
+        subbuf_size: 8192,
+        num_subbuf: 16,
+        mode,
+        writer: "ctf".into(),
+        contexts,
+    };
+    let info = SessionInfo {
+        name: "web".into(),
+        output: "/var/trace/web dir".into(),
+        started: false,
+        channels: vec![
+            (
+                spec("a", Buffering::PerUid, Mode::Discard, None),
+                vec!["http:*".into(), "db:query".into()],
+            ),
+            (
+                spec(
+                    "b",
+                    Buffering::PerPid,
+                    Mode::Overwrite,
+                    Some(vec![ContextType::Procname]),
+                ),
+                Vec::new(),
+            ),
+        ],
+        disabled_channels: vec!["b".into()],
+        url: None,
+        live_timer_us: 0,
+    };
+    let saved = SessionConfig::saved(&info).unwrap();
+    let text = toml::to_string(&SavedSessions {
+        sessions: std::slice::from_ref(&saved),
+    })
+    .unwrap();
+    let config = parse(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
+    assert_eq!(config.sessions, vec![saved], "{text}");
+    let channels = &config.sessions[0].channels;
+    assert!(channels[0].enabled && !channels[1].enabled, "{text}");
+    assert_eq!(config.channel_spec(&channels[1]), info.channels[1].0);
+    assert_eq!(config.channel_spec(&channels[0]), info.channels[0].0);
 }

@@ -45,7 +45,7 @@ fn cli_refuses_out_of_range_geometry_before_asking_the_daemon() {
     ]);
     assert!(ok.status.success(), "{ok:?}");
     assert!(
-        listed(&daemon).contains("channel c: PerUid buffers, 2 x 1073741824 bytes"),
+        listed(&daemon).contains("channel c: per-UID buffers, 2 x 1073741824 bytes"),
         "{}",
         listed(&daemon)
     );

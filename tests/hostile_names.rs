@@ -94,6 +94,7 @@ fn register(daemon: &Daemon, name: &str, events: Vec<EventDesc>) -> Result<RawAp
                     .extend(events.into_iter().map(|(_, id)| (key, id)));
             }
             AppCommand::Disable { .. }
+            | AppCommand::DisableEvents { .. }
             | AppCommand::EventsRegistered { .. }
             | AppCommand::EventsRefused { .. } => {}
         }

@@ -96,7 +96,7 @@ impl RawApp {
                         self.enabled.entry(index).or_default().push((key, id));
                     }
                 }
-                AppCommand::Disable { .. } => {}
+                AppCommand::Disable { .. } | AppCommand::DisableEvents { .. } => {}
             }
         }
     }

@@ -8,8 +8,8 @@
 //! daemon's counters directly: no actor owns it.
 
 use crate::actors::session::{
-    AddContext, CreateSession, DestroySession, EnableChannel, EnableEvent, ListApps, ListSessions,
-    SessionManager, StartSession, StopSession,
+    AddContext, CreateSession, DestroySession, DisableChannel, DisableEvent, EnableChannel,
+    EnableEvent, ListApps, ListSessions, SessionManager, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
 use crate::config::EventPattern;
@@ -87,6 +87,22 @@ pub async fn answer(
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(e) => Err(busy(e)),
             };
+        }
+        ControlRequest::DisableEvent {
+            session,
+            channel,
+            pattern,
+        } => {
+            sessions
+                .send(DisableEvent {
+                    session,
+                    channel,
+                    pattern,
+                })
+                .await
+        }
+        ControlRequest::DisableChannel { session, channel } => {
+            sessions.send(DisableChannel { session, channel }).await
         }
     };
     match done {

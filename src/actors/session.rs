@@ -2,13 +2,15 @@
 //! config file.
 //!
 //! It takes domain requests ([`CreateSession`], [`EnableChannel`], [`EnableEvent`],
-//! [`StartSession`], [`StopSession`], [`DestroySession`], [`ListSessions`]): the
+//! [`DisableEvent`], [`DisableChannel`], [`StartSession`], [`StopSession`],
+//! [`DestroySession`], [`ListSessions`]): the
 //! control socket's edge (`actors::control`) translates the CLI's wire requests into
 //! them, and the daemon declares the config file's sessions with them. Each answers
 //! a [`SessionError`]; text is made only at that edge. It validates each request,
 //! keeps the definitions, and tells the BufferFactory (`SessionsChanged`) whenever what apps should record changes, so
 //! that apps registered before a `start` or an `enable-event` receive their buffers and
-//! enablement over their open connection. `stop` answers only once the factory has
+//! enablement over their open connection, and apps recording what a
+//! `disable-event` or `disable-channel` removed stop at once. `stop` answers only once the factory has
 //! flushed every ring of the session to disk.
 
 use crate::actors::buffer_factory::{self as factory, BufferFactory, SessionsChanged};
@@ -35,14 +37,28 @@ pub struct ChannelDef {
     pub spec: ChannelSpec,
     /// `provider:name`, `provider:*` or `*` patterns.
     pub patterns: Vec<EventPattern>,
+    /// False after `disable-channel`: the channel records nothing, its patterns kept.
+    pub enabled: bool,
 }
 
 impl ChannelDef {
-    /// Whether the event `provider:name` is enabled in this channel.
+    /// A new, enabled channel without event rules.
+    pub fn new(spec: ChannelSpec) -> Self {
+        ChannelDef {
+            spec,
+            patterns: Vec::new(),
+            enabled: true,
+        }
+    }
+
+    /// Whether the event `provider:name` is recorded in this channel: the channel is
+    /// enabled and one of its patterns matches.
     pub fn matches(&self, event: &EventDesc) -> bool {
-        self.patterns
-            .iter()
-            .any(|p| p.matches(&event.provider, &event.name))
+        self.enabled
+            && self
+                .patterns
+                .iter()
+                .any(|p| p.matches(&event.provider, &event.name))
     }
 }
 
@@ -159,6 +175,36 @@ pub enum SessionError {
         /// The session.
         session: String,
     },
+    /// `enable-channel` of a disabled channel with settings other than its own.
+    #[error(
+        "channel {channel} of session {session} exists with other settings: enable it again by its name alone"
+    )]
+    ChannelSettingsDiffer {
+        /// The channel.
+        channel: String,
+        /// The session.
+        session: String,
+    },
+    /// `disable-channel` of a channel already disabled.
+    #[error("channel {channel} of session {session} is already disabled")]
+    ChannelAlreadyDisabled {
+        /// The channel.
+        channel: String,
+        /// The session.
+        session: String,
+    },
+    /// `disable-event` of a pattern no rule of the channel has.
+    #[error("no event rule {pattern:?} in {session}/{channel} (rules: {})", rules.join(", "))]
+    NoSuchRule {
+        /// The pattern asked for.
+        pattern: String,
+        /// The session.
+        session: String,
+        /// The channel.
+        channel: String,
+        /// The rules there are.
+        rules: Vec<String>,
+    },
     /// `enable-event -c` of a channel the session lacks.
     #[error("no channel {channel:?} in session {session}")]
     NoSuchChannel {
@@ -271,6 +317,28 @@ pub struct EnableEvent {
     pub channel: Option<String>,
     /// The events.
     pub pattern: EventPattern,
+}
+
+/// Remove event rules from a channel (`disable-event`).
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct DisableEvent {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// The channel (`None`: the session's only one).
+    pub channel: Option<String>,
+    /// The rule's pattern as enabled; `None`: every rule of the channel.
+    pub pattern: Option<String>,
+}
+
+/// Stop recording into a channel until `enable-channel` enables it again.
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct DisableChannel {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// The channel.
+    pub channel: String,
 }
 
 /// Start recording a session.
@@ -411,20 +479,14 @@ impl SessionManager {
                 registered: writers,
             });
         }
+        let message = format!("channel {} enabled in session {}", channel.name, s.name);
+        if let Some(existing) = s.channels.iter_mut().find(|c| c.spec.name == channel.name) {
+            return reenable_channel(existing, request, &s.name).map(|()| message);
+        }
         if s.ever_started {
             return Err(SessionError::ChannelAfterStart(s.name.clone()));
         }
-        if s.channels.iter().any(|c| c.spec.name == channel.name) {
-            return Err(SessionError::ChannelExists {
-                channel: channel.name,
-                session: s.name.clone(),
-            });
-        }
-        let message = format!("channel {} enabled in session {}", channel.name, s.name);
-        s.channels.push(ChannelDef {
-            spec: channel,
-            patterns: Vec::new(),
-        });
+        s.channels.push(ChannelDef::new(channel));
         Ok(message)
     }
 
@@ -437,31 +499,11 @@ impl SessionManager {
         } = request;
         let default_channel = self.settings.default_channel.clone();
         let s = self.session(&session)?;
-        let index = match channel {
-            Some(c) => s
-                .channels
-                .iter()
-                .position(|ch| ch.spec.name == c)
-                .ok_or_else(|| SessionError::NoSuchChannel {
-                    channel: c,
-                    session: s.name.clone(),
-                })?,
-            None if s.channels.len() == 1 => 0,
-            None if s.channels.is_empty() && !s.ever_started => {
-                let spec = s.channel(default_channel, false);
-                s.channels.push(ChannelDef {
-                    spec,
-                    patterns: Vec::new(),
-                });
-                0
-            }
-            None => {
-                return Err(SessionError::WhichChannel {
-                    session: s.name.clone(),
-                    channels: s.channels.len(),
-                });
-            }
-        };
+        if channel.is_none() && s.channels.is_empty() && !s.ever_started {
+            let spec = s.channel(default_channel, false);
+            s.channels.push(ChannelDef::new(spec));
+        }
+        let index = channel_index(s, channel)?;
         let ch = &mut s.channels[index];
         let message = format!(
             "event {} enabled in {}/{}",
@@ -473,6 +515,50 @@ impl SessionManager {
             ch.patterns.push(pattern);
         }
         Ok(message)
+    }
+
+    /// Removes one rule, or every rule, of a channel.
+    fn disable_event(&mut self, request: DisableEvent) -> Done {
+        let s = self.session(&request.session)?;
+        let index = channel_index(s, request.channel)?;
+        let ch = &mut s.channels[index];
+        let what = match request.pattern {
+            None => {
+                ch.patterns.clear();
+                "every event".to_owned()
+            }
+            Some(pattern) => {
+                let Some(at) = ch.patterns.iter().position(|p| p.as_str() == pattern) else {
+                    return Err(SessionError::NoSuchRule {
+                        pattern,
+                        session: s.name.clone(),
+                        channel: ch.spec.name.clone(),
+                        rules: ch.patterns.iter().map(|p| p.as_str().to_owned()).collect(),
+                    });
+                };
+                ch.patterns.remove(at);
+                format!("event {pattern}")
+            }
+        };
+        Ok(format!("{what} disabled in {}/{}", s.name, ch.spec.name))
+    }
+
+    /// Disables a channel.
+    fn disable_channel(&mut self, session: &Option<String>, channel: String) -> Done {
+        let s = self.session(session)?;
+        let index = channel_index(s, Some(channel))?;
+        let ch = &mut s.channels[index];
+        if !ch.enabled {
+            return Err(SessionError::ChannelAlreadyDisabled {
+                channel: ch.spec.name.clone(),
+                session: s.name.clone(),
+            });
+        }
+        ch.enabled = false;
+        Ok(format!(
+            "channel {} disabled in session {}",
+            ch.spec.name, s.name
+        ))
     }
 
     /// Starts a session.
@@ -498,6 +584,45 @@ impl SessionManager {
         }
         Ok(format!("tracing started for session {}", s.name))
     }
+}
+
+/// The channel of `session` called `name`, or its only one.
+fn channel_index(session: &SessionDef, name: Option<String>) -> Result<usize, SessionError> {
+    match name {
+        Some(c) => session
+            .channels
+            .iter()
+            .position(|ch| ch.spec.name == c)
+            .ok_or_else(|| SessionError::NoSuchChannel {
+                channel: c,
+                session: session.name.clone(),
+            }),
+        None if session.channels.len() == 1 => Ok(0),
+        None => Err(SessionError::WhichChannel {
+            session: session.name.clone(),
+            channels: session.channels.len(),
+        }),
+    }
+}
+
+/// `enable-channel` of a channel that exists: enables it again if `disable-channel`
+/// disabled it and the request sets nothing but its name or the settings it has.
+fn reenable_channel(
+    existing: &mut ChannelDef,
+    request: &ChannelRequest,
+    session: &str,
+) -> Result<(), SessionError> {
+    let spec = &existing.spec;
+    let error =
+        |make: fn(String, String) -> SessionError| Err(make(spec.name.clone(), session.to_owned()));
+    if existing.enabled {
+        return error(|channel, session| SessionError::ChannelExists { channel, session });
+    }
+    if request.resolve(spec) != *spec {
+        return error(|channel, session| SessionError::ChannelSettingsDiffer { channel, session });
+    }
+    existing.enabled = true;
+    Ok(())
 }
 
 /// Checks a channel's geometry the same way the config file does.
@@ -537,6 +662,24 @@ impl Handler<EnableEvent> for SessionManager {
 
     fn handle(&mut self, msg: EnableEvent, _: &mut Context<Self>) -> Self::Result {
         let result = self.enable_event(msg);
+        self.publish(result)
+    }
+}
+
+impl Handler<DisableEvent> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: DisableEvent, _: &mut Context<Self>) -> Self::Result {
+        let result = self.disable_event(msg);
+        self.publish(result)
+    }
+}
+
+impl Handler<DisableChannel> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: DisableChannel, _: &mut Context<Self>) -> Self::Result {
+        let result = self.disable_channel(&msg.session, msg.channel);
         self.publish(result)
     }
 }
@@ -627,6 +770,14 @@ impl Handler<ListSessions> for SessionManager {
                         (c.spec.clone(), patterns.collect())
                     })
                     .collect(),
+                disabled_channels: s
+                    .channels
+                    .iter()
+                    .filter(|c| !c.enabled)
+                    .map(|c| c.spec.name.clone())
+                    .collect(),
+                url: s.stream.as_ref().map(|t| t.url.to_string()),
+                live_timer_us: s.stream.as_ref().map_or(0, |t| t.live_timer_us),
             })
             .collect())
     }

@@ -1,15 +1,16 @@
 //! The `ustrace` command line, modelled on `lttng`.
 
 pub mod demo;
+pub mod output;
 pub mod recover;
+pub mod save;
 
 use crate::bench;
 use crate::control;
 use crate::ctf::context::ContextType;
-use crate::protocol::messages::{
-    AppInfo, Buffering, ChannelRequest, ControlOk, ControlRequest, SessionInfo, StatusReport,
-};
+use crate::protocol::messages::{Buffering, ChannelRequest, ControlRequest};
 use crate::shm::Mode;
+use crate::trace::view::ViewError;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -18,6 +19,10 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "ustrace", version, about)]
 pub struct Cli {
+    /// Print each answer as one JSON object (docs/cli.md lists its keys); `view`
+    /// prints one JSON object per event.
+    #[arg(long, global = true)]
+    json: bool,
     /// What to do.
     #[command(subcommand)]
     command: Command,
@@ -95,19 +100,45 @@ enum Command {
         /// sessions/channels it records into and its events.
         #[arg(long)]
         apps: bool,
-        /// With `--apps`: one JSON object per app and line.
-        #[arg(long, requires = "apps")]
-        json: bool,
     },
     /// Apps, buffer sets, writers and lost-data counters of the daemon.
     Status,
-    /// Print a trace: one line per event, merged by time.
+    /// Remove event rules from a channel: registered apps stop recording what no
+    /// rule matches any more (what they recorded is kept).
+    DisableEvent {
+        /// The rule's pattern, exactly as enabled.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        pattern: Option<String>,
+        /// Every rule of the channel.
+        #[arg(long, short)]
+        all: bool,
+        /// Session (default: the most recently created).
+        #[arg(long, short)]
+        session: Option<String>,
+        /// Channel (default: the session's only channel).
+        #[arg(long, short)]
+        channel: Option<String>,
+    },
+    /// Stop recording into a channel; `enable-channel NAME` enables it again.
+    DisableChannel {
+        /// Channel name.
+        name: String,
+        /// Session (default: the most recently created).
+        #[arg(long, short)]
+        session: Option<String>,
+    },
+    /// Write a session as the `[[session]]` TOML that `ustraced --config` loads.
+    Save {
+        /// Session.
+        session: String,
+        /// File to write (default: standard output).
+        file: Option<PathBuf>,
+    },
+    /// Print a trace: one line per event, merged by time (with --json, one JSON
+    /// object per event).
     View {
         /// Trace directory (a session output or any sub-trace).
         dir: PathBuf,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
     },
     /// Repair a trace a crash left: cut torn tails back to the last complete
     /// packet, remove unfinished metadata versions; prints each change.
@@ -207,8 +238,11 @@ fn parse_num_subbuf(text: &str) -> Result<u32, String> {
 impl Cli {
     /// Runs the command and gives the process exit code.
     pub fn run(self) -> ExitCode {
+        let json = self.json;
+        let name = self.command.name();
         let request = match self.command {
-            Command::View { dir, json } => return view(&dir, json),
+            Command::View { dir } => return view(&dir, json),
+            Command::Save { session, file } => return save::run(&session, file.as_deref(), json),
             Command::Recover { dir } => return recover::run(&dir),
             Command::Demo(args) => return demo::run(&args),
             Command::Bench(args) => return bench::run(&args),
@@ -266,25 +300,53 @@ impl Cli {
             Command::Start { session } => ControlRequest::Start { session },
             Command::Stop { session } => ControlRequest::Stop { session },
             Command::Destroy { session } => ControlRequest::Destroy { session },
-            Command::List {
-                apps: true, json, ..
-            } => return list_apps(json),
+            Command::List { apps: true, .. } => ControlRequest::ListApps,
             Command::List { session, .. } => ControlRequest::List { session },
             Command::Status => ControlRequest::Status,
+            Command::DisableEvent {
+                pattern,
+                all: _,
+                session,
+                channel,
+            } => ControlRequest::DisableEvent {
+                session,
+                channel,
+                pattern,
+            },
+            Command::DisableChannel { name, session } => ControlRequest::DisableChannel {
+                session,
+                channel: name,
+            },
         };
-        match control::request(&request) {
-            Ok(Ok(answer)) => {
-                print_answer(&answer);
-                ExitCode::SUCCESS
-            }
-            Ok(Err(message)) => {
-                eprintln!("Error: {message}");
-                ExitCode::FAILURE
-            }
-            Err(e) => {
-                eprintln!("Error: {e}");
-                ExitCode::FAILURE
-            }
+        let answer = control::request(&request)
+            .map_err(|e| e.to_string())
+            .and_then(|reply| reply);
+        output::answer(name, &answer, json)
+    }
+}
+
+impl Command {
+    /// The subcommand as typed: the `command` key of a JSON answer.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Create { .. } => "create",
+            Command::EnableChannel(_) => "enable-channel",
+            Command::EnableEvent { .. } => "enable-event",
+            Command::Start { .. } => "start",
+            Command::Stop { .. } => "stop",
+            Command::Destroy { .. } => "destroy",
+            Command::List { .. } => "list",
+            Command::Status => "status",
+            Command::DisableEvent { .. } => "disable-event",
+            Command::DisableChannel { .. } => "disable-channel",
+            Command::Save { .. } => "save",
+            Command::View { .. } => "view",
+            Command::Recover { .. } => "recover",
+            Command::Demo(_) => "demo",
+            Command::Bench(_) => "bench",
+            Command::AddContext { .. } => "add-context",
+            Command::Man { .. } => "man",
+            Command::Completions { .. } => "completions",
         }
     }
 }
@@ -294,154 +356,19 @@ fn absolute(path: &std::path::Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// `ustrace view`.
+/// `ustrace view`: a reader that closes the pipe early (`| head`) ends it quietly.
 fn view(dir: &std::path::Path, json: bool) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    match crate::trace::view::view(dir, json, &mut out) {
+    let result = crate::trace::view::view(dir, json, &mut out)
+        .and_then(|_| std::io::Write::flush(&mut out).map_err(ViewError::Output));
+    drop(out);
+    match result {
         Ok(_) => ExitCode::SUCCESS,
+        Err(ViewError::Output(e)) if output::closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            drop(out);
             eprintln!("Error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Prints a successful answer the way `lttng` would.
-fn print_answer(answer: &ControlOk) {
-    match answer {
-        ControlOk::Done(message) => println!("{message}"),
-        ControlOk::Sessions(sessions) if sessions.is_empty() => println!("no session"),
-        ControlOk::Sessions(sessions) => sessions.iter().for_each(print_session),
-        ControlOk::Status(status) => print_status(status),
-        ControlOk::Apps(apps) => apps.iter().for_each(print_app),
-    }
-}
-
-/// `ustrace list --apps [--json]`.
-fn list_apps(json: bool) -> ExitCode {
-    let apps = match control::request(&ControlRequest::ListApps) {
-        Ok(Ok(ControlOk::Apps(apps))) => apps,
-        Ok(Ok(other)) => {
-            eprintln!("Error: the daemon answered list --apps with {other:?}");
-            return ExitCode::FAILURE;
-        }
-        Ok(Err(message)) => {
-            eprintln!("Error: {message}");
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("Error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if json {
-        for app in &apps {
-            match serde_json::to_string(app) {
-                Ok(line) => println!("{line}"),
-                Err(e) => {
-                    eprintln!("Error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-    } else if apps.is_empty() {
-        println!("no app connected");
-    } else {
-        apps.iter().for_each(print_app);
-    }
-    ExitCode::SUCCESS
-}
-
-fn print_app(app: &AppInfo) {
-    let registered =
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(app.registered_unix_ms);
-    println!(
-        "pid {} uid {} {} registered {}",
-        app.pid,
-        app.uid,
-        app.procname,
-        crate::trace::layout::iso8601_basic(registered)
-    );
-    for c in &app.channels {
-        println!(
-            "  {}/{} ({:?} buffers): {}",
-            c.session,
-            c.channel,
-            c.buffers,
-            c.enabled.join(", ")
-        );
-    }
-    println!("  events: {}", app.events.join(", "));
-}
-
-fn print_session(s: &SessionInfo) {
-    let state = if s.started { "active" } else { "inactive" };
-    println!("{} [{state}] -> {}", s.name, s.output);
-    for (channel, patterns) in &s.channels {
-        println!(
-            "  channel {}: {:?} buffers, {} x {} bytes, {:?}, writer {}",
-            channel.name,
-            channel.buffers,
-            channel.num_subbuf,
-            channel.subbuf_size,
-            channel.mode,
-            channel.writer
-        );
-        for p in patterns {
-            println!("    event {p}");
-        }
-    }
-}
-
-fn print_status(s: &StatusReport) {
-    println!("apps connected:            {}", s.apps);
-    println!("apps registered in total:  {}", s.apps_total);
-    println!("buffer sets:               {}", s.buffer_sets);
-    println!("writers:                   {}", s.writers);
-    println!(
-        "per-PID ring sets ready:   {} of {}",
-        s.pid_sets_ready, s.pid_sets_wanted
-    );
-    println!("writer restarts:           {}", s.writer_restarts);
-    println!("events discarded:          {}", s.events_discarded);
-    println!("packets overwritten:       {}", s.packets_overwritten);
-    println!("events lost (dead app):    {}", s.events_lost_dead_producer);
-    println!("unrecorded reservations:   {}", s.unrecorded_reservations);
-    println!("packets lost (writer):     {}", s.packets_lost_writer);
-    if s.relayd_connects > 0 || s.relayd_send_failures > 0 {
-        println!("relayd connections:        {}", s.relayd_connects);
-        println!("relayd send failures:      {}", s.relayd_send_failures);
-    }
-    println!("rings found corrupt:       {}", s.corrupt_rings);
-    println!(
-        "packets lost (corrupt ring): {}",
-        s.packets_lost_corrupt_ring
-    );
-    for u in &s.per_uid {
-        println!(
-            "  uid {}: {} discarded, {} overwritten, {} lost (dead app), {} corrupt rings, {} packets lost (corrupt ring)",
-            u.uid,
-            u.events_discarded,
-            u.packets_overwritten,
-            u.events_lost_dead_producer,
-            u.corrupt_rings,
-            u.packets_lost_corrupt_ring
-        );
-    }
-    let none = vec![0; s.registration_service_us.len()];
-    let service = |p| StatusReport::service_percentile(&s.registration_service_us, &none, p);
-    if let (Some(p50), Some(p99)) = (service(0.5), service(0.99)) {
-        println!("registration service time: p50 < {p50} us, p99 < {p99} us");
-    }
-    for (cause, count) in &s.refusals {
-        println!("apps refused ({cause}): {count}");
-    }
-    for f in &s.failed_writers {
-        println!(
-            "FAILED writer {}: {} ({} packets lost)",
-            f.stream, f.error, f.packets_lost
-        );
     }
 }

@@ -95,6 +95,14 @@ pub enum AppCommand {
         /// Why (a limit's config key or the bad description), for the app's warning.
         reason: String,
     },
+    /// Stop recording these events into channel `key` (`disable-event`,
+    /// `disable-channel`); the app's other events in it keep recording.
+    DisableEvents {
+        /// The channel, as sent in [`AppCommand::Channel`].
+        key: u64,
+        /// Indices into `AppRegister::events`.
+        events: Vec<u32>,
+    },
 }
 
 /// Where a channel's rings live (`buffers = "uid" | "pid"` in the config file).
@@ -252,6 +260,25 @@ pub enum ControlRequest {
     },
     /// Every connected, registered app (LTTng's `lttng list -u`).
     ListApps,
+    /// Remove event rules from a channel of a session, started or not: every
+    /// registered app stops recording the events no rule of the channel matches any
+    /// more. What they already recorded is kept.
+    DisableEvent {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+        /// Channel name; `None` means the session's only channel.
+        channel: Option<String>,
+        /// The rule's pattern exactly as enabled; `None` removes every rule.
+        pattern: Option<String>,
+    },
+    /// Stop recording into a channel of a session until `EnableChannel` of the same
+    /// name enables it again (its rules are kept).
+    DisableChannel {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+        /// Channel name.
+        channel: String,
+    },
 }
 
 /// One session as `list` shows it.
@@ -265,6 +292,13 @@ pub struct SessionInfo {
     pub started: bool,
     /// Its channels with their event patterns.
     pub channels: Vec<(ChannelSpec, Vec<String>)>,
+    /// Names of its channels that `disable-channel` disabled.
+    pub disabled_channels: Vec<String>,
+    /// The lttng-relayd it streams to (`net://...`), if it streams (then `output`
+    /// shows the same URL).
+    pub url: Option<String>,
+    /// Its live timer in microseconds, 0 if it is not a live session.
+    pub live_timer_us: u32,
 }
 
 /// One writer (stream) that is not healthy, for `status`.

@@ -674,6 +674,16 @@ impl Listener {
             AppCommand::EventsRefused { reason } => {
                 self.answer(LateAnswer::Refused(reason))?;
             }
+            AppCommand::DisableEvents { key, events } => {
+                let slot = self.slot(key)?;
+                let known = lock(&self.events);
+                for index in events {
+                    known
+                        .get(index as usize)
+                        .ok_or_else(|| format!("disable of unknown event index {index}"))?
+                        .disable(slot);
+                }
+            }
             AppCommand::RegistrationDone | AppCommand::Refused { .. } => {}
         }
         Ok(())

@@ -287,6 +287,36 @@ impl BufferFactory {
         }
     }
 
+    /// The events app `connection` records in a started session's channel that the
+    /// channel no longer enables (`disable-event`, `disable-channel`), by the app's
+    /// channel key; forgotten as given, so that enabling them again grants them.
+    fn revocations(&mut self, connection: ConnectionId) -> Vec<(u64, Vec<u32>)> {
+        let Some(app) = self.apps.get_mut(&connection) else {
+            return Vec::new();
+        };
+        let mut revoked = Vec::new();
+        for (set_key, given) in &mut app.channels {
+            let channel = self
+                .sessions
+                .iter()
+                .filter(|s| s.started && s.name == set_key.session)
+                .flat_map(|s| &s.channels)
+                .find(|c| c.spec.name == set_key.channel);
+            let Some(channel) = channel else {
+                continue;
+            };
+            let matching = plan::matching_events(&app.events, channel);
+            let gone = plan::to_disable(&matching, &given.enabled);
+            if !gone.is_empty() {
+                for index in &gone {
+                    given.enabled.remove(index);
+                }
+                revoked.push((given.key, gone));
+            }
+        }
+        revoked
+    }
+
     /// What app `connection` is missing of one channel, creating its buffers if
     /// needed. An event past a trace's limits stops the enabling there and is
     /// reported in `limit`; what was granted before it is returned all the same (it
@@ -684,8 +714,9 @@ impl Handler<AddEvents> for BufferFactory {
     }
 }
 
-/// The SessionManager's sessions changed (created, channel or event enabled,
-/// started): every app gets what it now misses.
+/// The SessionManager's sessions changed (created, channel or event enabled or
+/// disabled, started): every app stops recording what is no longer enabled, then
+/// gets what it now misses.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SessionsChanged(pub Vec<SessionDef>);
@@ -698,6 +729,11 @@ impl Handler<SessionsChanged> for BufferFactory {
         self.keep_pool_ready();
         let connections: Vec<ConnectionId> = self.apps.keys().copied().collect();
         for connection in connections {
+            for (key, events) in self.revocations(connection) {
+                self.apps[&connection]
+                    .addr
+                    .do_send(Push::Revoke { key, events });
+            }
             let delta = self.delta(connection);
             if let Some(refusal) = delta.refused {
                 // A registered app cannot be refused any more: it keeps what it has,
