@@ -141,6 +141,7 @@ impl Daemon {
                 warm_pid_buffer_sets: config.daemon.warm_pid_buffer_sets as usize,
                 event_limits: config.limits.events(),
                 max_writer_backlog_bytes: config.limits.max_writer_backlog_bytes.0,
+                snapshot_kept_dead_apps: config.daemon.snapshot_kept_dead_apps as usize,
             },
             self.writers.clone(),
             io_arbiters.iter().map(Arbiter::handle).collect(),
@@ -198,6 +199,7 @@ async fn declare_sessions(
         let create = CreateSession {
             name: name.clone(),
             output: declared.output.clone(),
+            snapshot: false,
         };
         declare(sessions, name, create).await?;
         for channel in &declared.channels {

@@ -8,8 +8,8 @@
 //! daemon's counters directly: no actor owns it.
 
 use crate::actors::session::{
-    CreateSession, DestroySession, EnableChannel, EnableEvent, ListSessions, SessionManager,
-    StartSession, StopSession,
+    CreateSession, DestroySession, EnableChannel, EnableEvent, ListSessions, RecordSnapshot,
+    SessionManager, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
 use crate::config::EventPattern;
@@ -27,7 +27,39 @@ pub async fn answer(
     let done = match request {
         ControlRequest::Create { name, output } => {
             let output = output.map(PathBuf::from);
-            sessions.send(CreateSession { name, output }).await
+            let snapshot = false;
+            sessions
+                .send(CreateSession {
+                    name,
+                    output,
+                    snapshot,
+                })
+                .await
+        }
+        ControlRequest::CreateSnapshot { name, output } => {
+            let output = output.map(PathBuf::from);
+            let snapshot = true;
+            sessions
+                .send(CreateSession {
+                    name,
+                    output,
+                    snapshot,
+                })
+                .await
+        }
+        ControlRequest::SnapshotRecord {
+            session,
+            output,
+            max_size,
+        } => {
+            let output = output.map(PathBuf::from);
+            sessions
+                .send(RecordSnapshot {
+                    session,
+                    output,
+                    max_size,
+                })
+                .await
         }
         ControlRequest::EnableChannel { session, channel } => {
             sessions.send(EnableChannel { session, channel }).await

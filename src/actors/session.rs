@@ -18,7 +18,7 @@ use crate::actors::writer::release_freed_heap;
 use crate::config::{EventPattern, check_name};
 use crate::ctf::field::EventDesc;
 use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec, SessionInfo};
-use crate::shm::ShmError;
+use crate::shm::{Mode, ShmError};
 use crate::trace::writer::OutputDir;
 use crate::trace::{layout, spread};
 use actix::prelude::*;
@@ -57,6 +57,9 @@ pub struct SessionDef {
     pub ever_started: bool,
     /// Channels in stream-id order.
     pub channels: Vec<ChannelDef>,
+    /// A snapshot (flight-recorder) session: nothing is written while it runs,
+    /// `snapshot record` writes what its overwrite-mode rings hold.
+    pub snapshot: bool,
 }
 
 /// What the SessionManager needs to know about the deployment.
@@ -153,6 +156,26 @@ pub enum SessionError {
     /// `start` of a session with nothing to record.
     #[error("session {0} has no channel and no event enabled")]
     NothingEnabled(String),
+    /// A discard-mode channel asked for in a snapshot session: nothing drains its
+    /// rings, so they would keep the oldest events and drop every newer one.
+    #[error("session {session} is a snapshot session: channel {channel} must be in overwrite mode")]
+    DiscardInSnapshot {
+        /// The session.
+        session: String,
+        /// The channel.
+        channel: String,
+    },
+    /// `snapshot record` of a session created without `--snapshot`.
+    #[error("session {0} is not a snapshot session (create it with --snapshot)")]
+    NotSnapshot(String),
+    /// A snapshot could not be written.
+    #[error("session {session}: snapshot not recorded: {source}")]
+    Snapshot {
+        /// The session.
+        session: String,
+        /// Why.
+        source: factory::SnapshotError,
+    },
     /// `stop` of a session that is not started.
     #[error("session {0} is not started")]
     NotStarted(String),
@@ -205,6 +228,8 @@ pub struct CreateSession {
     pub name: String,
     /// Its output directory.
     pub output: Option<PathBuf>,
+    /// A snapshot session (`create --snapshot`).
+    pub snapshot: bool,
 }
 
 /// Add a channel to a session (`None`: the most recent one) before its first start.
@@ -253,6 +278,18 @@ pub struct DestroySession {
     pub session: Option<String>,
 }
 
+/// Write what a snapshot session's rings hold as a new trace (`snapshot record`).
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct RecordSnapshot {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// Where the `snapshot-<n>-<date>` directory goes (default: the session's output).
+    pub output: Option<PathBuf>,
+    /// Most bytes the snapshot holds (its streams share it equally).
+    pub max_size: Option<u64>,
+}
+
 /// Describe one session, or every one.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<SessionInfo>, SessionError>")]
@@ -298,7 +335,7 @@ impl SessionManager {
     }
 
     /// Creates a session.
-    fn create(&mut self, name: String, output: Option<PathBuf>) -> Done {
+    fn create(&mut self, name: String, output: Option<PathBuf>, snapshot: bool) -> Done {
         check_name(&name).map_err(|problem| SessionError::InvalidName {
             what: "session",
             problem,
@@ -309,20 +346,27 @@ impl SessionManager {
         let output = output.unwrap_or_else(|| {
             layout::session_dir(&self.settings.output_dir, &name, SystemTime::now())
         });
-        let message = format!("session {name} created, writing to {}", output.display());
+        let message = match snapshot {
+            false => format!("session {name} created, writing to {}", output.display()),
+            true => format!(
+                "snapshot session {name} created, snapshots go to {}",
+                output.display()
+            ),
+        };
         self.sessions.push(SessionDef {
             name,
             output: OutputDir::new(output),
             started: false,
             ever_started: false,
             channels: Vec::new(),
+            snapshot,
         });
         Ok(message)
     }
 
     /// Adds a channel.
-    fn enable_channel(&mut self, session: &Option<String>, channel: &ChannelRequest) -> Done {
-        let channel = channel.resolve(&self.settings.default_channel);
+    fn enable_channel(&mut self, session: &Option<String>, request: &ChannelRequest) -> Done {
+        let mut channel = request.resolve(&self.settings.default_channel);
         check_name(&channel.name).map_err(|problem| SessionError::InvalidName {
             what: "channel",
             problem,
@@ -337,6 +381,18 @@ impl SessionManager {
         let s = self.session(session)?;
         if s.ever_started {
             return Err(SessionError::ChannelAfterStart(s.name.clone()));
+        }
+        if s.snapshot {
+            match request.mode {
+                None => channel.mode = Mode::Overwrite,
+                Some(Mode::Overwrite) => {}
+                Some(Mode::Discard) => {
+                    return Err(SessionError::DiscardInSnapshot {
+                        session: s.name.clone(),
+                        channel: channel.name,
+                    });
+                }
+            }
         }
         if s.channels.iter().any(|c| c.spec.name == channel.name) {
             return Err(SessionError::ChannelExists {
@@ -372,8 +428,12 @@ impl SessionManager {
                 })?,
             None if s.channels.len() == 1 => 0,
             None if s.channels.is_empty() && !s.ever_started => {
+                let mut spec = default_channel;
+                if s.snapshot {
+                    spec.mode = Mode::Overwrite;
+                }
                 s.channels.push(ChannelDef {
-                    spec: default_channel,
+                    spec,
                     patterns: Vec::new(),
                 });
                 0
@@ -409,9 +469,11 @@ impl SessionManager {
         }
         s.started = true;
         s.ever_started = true;
-        if s.channels
-            .iter()
-            .any(|c| c.spec.buffers == Buffering::PerPid)
+        // A snapshot session writes nothing until `snapshot record`.
+        if !s.snapshot
+            && s.channels
+                .iter()
+                .any(|c| c.spec.buffers == Buffering::PerPid)
         {
             let dir = layout::pid_traces_dir(s.output.path());
             if let Err(e) = spread::create_spread_dir(&s.output) {
@@ -440,7 +502,7 @@ impl Handler<CreateSession> for SessionManager {
     type Result = ResponseFuture<Done>;
 
     fn handle(&mut self, msg: CreateSession, _: &mut Context<Self>) -> Self::Result {
-        let result = self.create(msg.name, msg.output);
+        let result = self.create(msg.name, msg.output, msg.snapshot);
         self.publish(result)
     }
 }
@@ -514,6 +576,30 @@ impl Handler<DestroySession> for SessionManager {
             match destroy.await {
                 Ok(Ok(())) => Ok(format!("session {session} destroyed")),
                 Ok(Err(source)) => Err(SessionError::DestroyIncomplete { session, source }),
+                Err(source) => Err(SessionError::Factory { session, source }),
+            }
+        })
+    }
+}
+
+impl Handler<RecordSnapshot> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: RecordSnapshot, _: &mut Context<Self>) -> Self::Result {
+        let session = match self.session(&msg.session) {
+            Ok(s) if s.snapshot => s.name.clone(),
+            Ok(s) => return ready(Err(SessionError::NotSnapshot(s.name.clone()))),
+            Err(e) => return ready(Err(e)),
+        };
+        let record = self.factory.send(factory::RecordSnapshot {
+            session: session.clone(),
+            output: msg.output,
+            max_size: msg.max_size,
+        });
+        Box::pin(async move {
+            match record.await {
+                Ok(Ok(message)) => Ok(message),
+                Ok(Err(source)) => Err(SessionError::Snapshot { session, source }),
                 Err(source) => Err(SessionError::Factory { session, source }),
             }
         })

@@ -32,7 +32,14 @@ enum Command {
         /// Output directory (default: <daemon output_dir>/<name>-<date>).
         #[arg(long, short)]
         output: Option<PathBuf>,
+        /// Snapshot (flight-recorder) session: channels overwrite, nothing is
+        /// written while it runs, `snapshot record` writes what the rings hold.
+        #[arg(long)]
+        snapshot: bool,
     },
+    /// Snapshots of a snapshot session.
+    #[command(subcommand)]
+    Snapshot(Snapshot),
     /// Add a channel to a session.
     EnableChannel(EnableChannel),
     /// Enable events (`provider:name`, `provider:*`, `*`) in a channel.
@@ -89,6 +96,31 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// `snapshot` subcommands.
+#[derive(Subcommand, Debug)]
+enum Snapshot {
+    /// Write what the session's rings hold now (partly filled sub-buffers too)
+    /// into a new `snapshot-<n>-<date>` trace directory, without stopping tracing.
+    Record {
+        /// Session (default: the most recently created).
+        #[arg(long, short)]
+        session: Option<String>,
+        /// Parent of the snapshot directory (default: the session's output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Most bytes the snapshot holds (with a K, M or G suffix), shared by its
+        /// streams: each keeps its newest packets that fit.
+        #[arg(long, value_parser = parse_size)]
+        max_size: Option<u64>,
+    },
+}
+
+/// `--max-size`: bytes, or with a K, M or G suffix, as the config file writes sizes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let size: crate::config::ByteSize = text.parse().map_err(|e| format!("{e}"))?;
+    Ok(size.0)
+}
+
 /// `enable-channel` options.
 #[derive(Args, Debug)]
 struct EnableChannel {
@@ -142,9 +174,25 @@ impl Cli {
             Command::Recover { dir } => return recover::run(&dir),
             Command::Demo(args) => return demo::run(&args),
             Command::Bench(args) => return bench::run(&args),
-            Command::Create { name, output } => ControlRequest::Create {
+            Command::Create {
                 name,
+                output,
+                snapshot,
+            } => {
+                let output = output.map(|o| absolute(&o).display().to_string());
+                match snapshot {
+                    false => ControlRequest::Create { name, output },
+                    true => ControlRequest::CreateSnapshot { name, output },
+                }
+            }
+            Command::Snapshot(Snapshot::Record {
+                session,
+                output,
+                max_size,
+            }) => ControlRequest::SnapshotRecord {
+                session,
                 output: output.map(|o| absolute(&o).display().to_string()),
+                max_size,
             },
             Command::EnableChannel(c) => ControlRequest::EnableChannel {
                 session: c.session,

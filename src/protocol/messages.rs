@@ -178,6 +178,25 @@ pub enum ControlRequest {
     },
     /// Counters of the whole daemon.
     Status,
+    /// Create a snapshot (flight-recorder) session: its channels are in overwrite
+    /// mode and nothing is written while it runs; `SnapshotRecord` writes what its
+    /// rings hold.
+    CreateSnapshot {
+        /// Session name.
+        name: String,
+        /// Where snapshots go (the daemon picks a default if absent).
+        output: Option<String>,
+    },
+    /// Write the current contents of a snapshot session's rings into a new
+    /// `snapshot-<n>-<date>` directory, without stopping tracing.
+    SnapshotRecord {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+        /// Parent directory of the snapshot (default: the session's output).
+        output: Option<String>,
+        /// Most bytes of packets the snapshot holds, shared by its streams.
+        max_size: Option<u64>,
+    },
 }
 
 /// One session as `list` shows it.

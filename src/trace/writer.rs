@@ -490,6 +490,12 @@ impl TraceDir {
         &self.shared.path
     }
 
+    /// Its place below the session's output, one file name a component: a
+    /// snapshot puts the sub-trace at the same place below its own directory.
+    pub fn below(&self) -> &[String] {
+        &self.shared.below
+    }
+
     /// Makes the directory now if it does not exist yet (the same safe `mkdirat`
     /// walk as for the trace's own files), so that a custom writer may create
     /// files in [`path`](Self::path) from its `create` on.
