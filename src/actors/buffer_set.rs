@@ -3,7 +3,8 @@
 //! Owner is a uid (per-UID: shared by all that uid's apps, lives as long as the
 //! session) or a pid (per-PID: lives as long as the app). The actor drains complete
 //! sub-buffers when a producer signals the wake-up eventfd (once per sub-buffer) and on
-//! a timer, and hands each packet, padding trimmed, to the stream's Writer. Packets
+//! a timer, which first closes partly filled sub-buffers (LTTng's switch timer) so that
+//! live apps' events reach the disk while the session runs, and hands each packet, padding trimmed, to the stream's Writer. Packets
 //! are copied out before the sub-buffer is given back, so a slow disk never holds a
 //! producer. The writer's queue is bounded: past `limits.max_writer_backlog_bytes`
 //! not yet stored, the set leaves that stream's packets in its ring, whose producers
@@ -77,7 +78,7 @@ pub struct BufferSet {
     holders: Holders,
     /// Dead reservations the last pass could not fill yet: retried every drain tick.
     dead_pending: bool,
-    /// Drain period for partly filled sub-buffers.
+    /// Period of the switch timer: partly filled sub-buffers are closed and drained.
     flush_interval: Duration,
     /// A snapshot session's set: nothing is drained to writers, [`TakeSnapshot`]
     /// copies the rings out.
@@ -350,6 +351,27 @@ impl BufferSet {
         }
     }
 
+    /// LTTng's switch timer: closes the partly filled packet of every ring whose
+    /// writer takes packets, so that a live app's events reach the disk within two
+    /// flush intervals. A packet is open only once an event reserved in it, so a ring
+    /// idle since the last switch is left alone (nothing to close). Racing producers
+    /// are safe: the switch is a CAS of `write` to the next sub-buffer, the packet is
+    /// complete only once every reservation in it committed, and its end time is read
+    /// before the CAS (docs/shm.md, "Periodic flush"). A stream over its backlog limit
+    /// is skipped: its packets would stay in the ring anyway. A snapshot session's
+    /// rings are not switched (each switch would cut the flight recorder's capacity
+    /// with a short packet): `snapshot record` switches them itself.
+    fn switch_partial(&mut self) {
+        if self.snapshot {
+            return;
+        }
+        for (index, consumer) in self.consumers.iter_mut().enumerate() {
+            if self.writers.accepts(index) {
+                consumer.flush();
+            }
+        }
+    }
+
     /// Switches out every partial sub-buffer and drains; then the answer waits for
     /// every writer to confirm.
     fn flush_all(&mut self) -> impl Future<Output = Result<(), FlushError>> + 'static {
@@ -419,6 +441,7 @@ impl Actor for BufferSet {
             if act.dead_pending {
                 act.release_dead_holders();
             }
+            act.switch_partial();
             act.drain_on(ctx);
         });
         ctx.run_interval(STUCK_AFTER, |act, ctx| {
