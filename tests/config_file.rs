@@ -591,3 +591,17 @@ fn the_warm_pool_size_is_bounded() {
         assert_eq!(parse(&text).unwrap().daemon.warm_pid_buffer_sets, size);
     }
 }
+
+#[test]
+fn the_dead_apps_a_snapshot_session_keeps_are_bounded() {
+    let (_, message) = invalid(
+        "[daemon]\nsnapshot_kept_dead_apps = 1025\n",
+        "daemon.snapshot_kept_dead_apps",
+    );
+    assert!(message.contains("at most 1024"), "{message}");
+    for kept in [0, 1024] {
+        let text = format!("[daemon]\nsnapshot_kept_dead_apps = {kept}\n");
+        assert_eq!(parse(&text).unwrap().daemon.snapshot_kept_dead_apps, kept);
+    }
+    assert_eq!(parse("").unwrap().daemon.snapshot_kept_dead_apps, 16);
+}
