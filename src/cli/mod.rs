@@ -107,6 +107,10 @@ enum Command {
         /// One JSON object per line.
         #[arg(long)]
         json: bool,
+        /// Go on printing events as they reach the disk (new per-PID sub-traces
+        /// too) until interrupted.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Repair a trace a crash left: cut torn tails back to the last complete
     /// packet, remove unfinished metadata versions; prints each change.
@@ -232,7 +236,7 @@ impl Cli {
     /// Runs the command and gives the process exit code.
     pub fn run(self) -> ExitCode {
         let request = match self.command {
-            Command::View { dir, json } => return view(&dir, json),
+            Command::View { dir, json, follow } => return view(&dir, json, follow),
             Command::Recover { dir } => return recover::run(&dir),
             Command::Demo(args) => return demo::run(&args),
             Command::Bench(args) => return bench::run(&args),
@@ -327,12 +331,24 @@ fn absolute(path: &std::path::Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// `ustrace view`.
-fn view(dir: &std::path::Path, json: bool) -> ExitCode {
+/// How often `view --follow` looks for what reached the disk.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `ustrace view [--follow]`.
+fn view(dir: &std::path::Path, json: bool, follow: bool) -> ExitCode {
+    use crate::trace::view::ViewError;
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    match crate::trace::view::view(dir, json, &mut out) {
-        Ok(_) => ExitCode::SUCCESS,
+    let result = match follow {
+        false => crate::trace::view::view(dir, json, &mut out).map(drop),
+        true => Err(crate::trace::view::follow(dir, json, FOLLOW_POLL, &mut out)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`| head`): following is over, quietly.
+        Err(ViewError::Output(e)) if follow && e.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             drop(out);
             eprintln!("Error: {e}");
