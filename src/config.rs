@@ -644,23 +644,25 @@ impl Config {
                 ),
             ));
         }
-        if d.warm_pid_buffer_sets > MAX_WARM_SETS {
-            return Err(at(
-                key("daemon", "warm_pid_buffer_sets"),
-                format!(
-                    "{} is out of range: at most {MAX_WARM_SETS}",
-                    d.warm_pid_buffer_sets
-                ),
-            ));
-        }
-        if d.snapshot_kept_dead_apps > MAX_KEPT_DEAD_APPS {
-            return Err(at(
-                key("daemon", "snapshot_kept_dead_apps"),
-                format!(
-                    "{} is out of range: at most {MAX_KEPT_DEAD_APPS}",
-                    d.snapshot_kept_dead_apps
-                ),
-            ));
+        let bounded = [
+            (
+                "warm_pid_buffer_sets",
+                d.warm_pid_buffer_sets,
+                MAX_WARM_SETS,
+            ),
+            (
+                "snapshot_kept_dead_apps",
+                d.snapshot_kept_dead_apps,
+                MAX_KEPT_DEAD_APPS,
+            ),
+        ];
+        for (name, value, max) in bounded {
+            if value > max {
+                return Err(at(
+                    key("daemon", name),
+                    format!("{value} is out of range: at most {max}"),
+                ));
+            }
         }
         let c = &self.channel_defaults;
         subbuf_size(c.subbuf_size).map_err(|m| at(key("channel_defaults", "subbuf_size"), m))?;

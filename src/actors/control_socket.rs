@@ -25,27 +25,9 @@ pub async fn answer(
     stats: &Stats,
 ) -> ControlReply {
     let done = match request {
-        ControlRequest::Create { name, output } => {
-            let output = output.map(PathBuf::from);
-            let snapshot = false;
-            sessions
-                .send(CreateSession {
-                    name,
-                    output,
-                    snapshot,
-                })
-                .await
-        }
+        ControlRequest::Create { name, output } => sessions.send(create(name, output, false)).await,
         ControlRequest::CreateSnapshot { name, output } => {
-            let output = output.map(PathBuf::from);
-            let snapshot = true;
-            sessions
-                .send(CreateSession {
-                    name,
-                    output,
-                    snapshot,
-                })
-                .await
+            sessions.send(create(name, output, true)).await
         }
         ControlRequest::SnapshotRecord {
             session,
@@ -114,6 +96,15 @@ pub async fn answer(
         Ok(Ok(message)) => Ok(ControlOk::Done(message)),
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(busy(e)),
+    }
+}
+
+/// The SessionManager's message for `Create` and `CreateSnapshot`.
+fn create(name: String, output: Option<String>, snapshot: bool) -> CreateSession {
+    CreateSession {
+        name,
+        output: output.map(PathBuf::from),
+        snapshot,
     }
 }
 
