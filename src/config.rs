@@ -797,6 +797,7 @@ impl Config {
             mode: d.mode,
             writer: d.writer.clone(),
             contexts: d.contexts.clone(),
+            tracefile: Default::default(),
         }
     }
 
@@ -811,6 +812,7 @@ impl Config {
             mode: channel.mode,
             writer: channel.writer.clone(),
             contexts: channel.contexts.clone(),
+            tracefile: None,
         }
     }
 }

@@ -141,6 +141,7 @@ name = "batch.2"
             mode: Mode::Overwrite,
             writer: "ctf".into(),
             contexts: Some(vec![ContextType::Procname, ContextType::Vpid]),
+            tracefile: Default::default(),
         }
     );
     assert_eq!(
@@ -158,6 +159,7 @@ name = "batch.2"
             mode: Mode::Discard,
             writer: "ctf".into(),
             contexts: None,
+            tracefile: Default::default(),
         }
     );
     assert_eq!(

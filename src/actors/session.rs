@@ -118,6 +118,14 @@ pub enum SessionError {
         /// The bound it breaks.
         source: ShmError,
     },
+    /// Tracefile bounds that cannot hold a stream.
+    #[error("channel {channel}: {problem}")]
+    Tracefile {
+        /// The channel.
+        channel: String,
+        /// What is wrong with them.
+        problem: String,
+    },
     /// A channel picked a writer nobody registered.
     #[error("no writer named {writer:?} (registered: {})", registered.join(", "))]
     NoSuchWriter {
@@ -388,6 +396,7 @@ impl SessionManager {
             problem,
         })?;
         check_geometry(&channel)?;
+        check_tracefile(&channel)?;
         if !self.settings.writers.contains(&channel.writer) {
             return Err(SessionError::NoSuchWriter {
                 writer: channel.writer,
@@ -498,6 +507,26 @@ impl SessionManager {
         }
         Ok(format!("tracing started for session {}", s.name))
     }
+}
+
+/// Checks a channel's tracefile bounds: a file holds at least one sub-buffer (as
+/// LTTng requires), and a count bounds files of a bounded size only.
+fn check_tracefile(spec: &ChannelSpec) -> Result<(), SessionError> {
+    let t = spec.tracefile;
+    let problem = if t.size > 0 && t.size < u64::from(spec.subbuf_size) {
+        format!(
+            "--tracefile-size {} is smaller than a sub-buffer ({} bytes)",
+            t.size, spec.subbuf_size
+        )
+    } else if t.size == 0 && t.count > 0 {
+        "--tracefile-count needs --tracefile-size".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(SessionError::Tracefile {
+        channel: spec.name.clone(),
+        problem,
+    })
 }
 
 /// Checks a channel's geometry the same way the config file does.

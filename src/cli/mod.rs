@@ -8,6 +8,7 @@ use crate::control;
 use crate::ctf::context::ContextType;
 use crate::protocol::messages::{
     AppInfo, Buffering, ChannelRequest, ControlOk, ControlRequest, SessionInfo, StatusReport,
+    TracefileLimits,
 };
 use crate::shm::Mode;
 use clap::{Args, Parser, Subcommand};
@@ -190,6 +191,13 @@ struct EnableChannel {
     /// Writer that stores the channel (default: the daemon's, usually `ctf`).
     #[arg(long)]
     writer: Option<String>,
+    /// Most bytes of each stream file (K, M or G suffix; at least a sub-buffer):
+    /// streams are written as `<channel>_<cpu>_<k>` files.
+    #[arg(long, value_parser = parse_size)]
+    tracefile_size: Option<u64>,
+    /// Most files per stream, the oldest deleted (with --tracefile-size).
+    #[arg(long, requires = "tracefile_size")]
+    tracefile_count: Option<u32>,
 }
 
 /// `ustrace man DIR`: writes the pages and lists them.
@@ -279,6 +287,10 @@ impl Cli {
                     mode: c.overwrite.then_some(Mode::Overwrite),
                     writer: c.writer,
                     contexts: None,
+                    tracefile: c.tracefile_size.map(|size| TracefileLimits {
+                        size,
+                        count: c.tracefile_count.unwrap_or(0),
+                    }),
                 },
             },
             Command::AddContext {

@@ -90,6 +90,18 @@ pub struct ChannelSpec {
     /// Contexts its events carry; `None`: the default of its buffering scheme
     /// ([`default_contexts`]: vpid and vtid per-UID, none per-PID).
     pub contexts: Option<Vec<ContextType>>,
+    /// Bounds on each stream's files (LTTng's `--tracefile-size/-count`).
+    pub tracefile: TracefileLimits,
+}
+
+/// How much disk each stream of a channel may take: at most `count` files of at most
+/// `size` bytes (`<channel>_<cpu>_<k>`), the oldest deleted. Zero means no bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracefileLimits {
+    /// Most bytes of one stream file (whole packets); 0: one unbounded file.
+    pub size: u64,
+    /// Most files per stream, the oldest deleted; 0: keep every file.
+    pub count: u32,
 }
 
 impl ChannelSpec {
@@ -129,6 +141,8 @@ pub struct ChannelRequest {
     pub writer: Option<String>,
     /// Contexts its events carry.
     pub contexts: Option<Vec<ContextType>>,
+    /// Bounds on each stream's files; `None`: unbounded.
+    pub tracefile: Option<TracefileLimits>,
 }
 
 impl ChannelRequest {
@@ -145,6 +159,7 @@ impl ChannelRequest {
                 .clone()
                 .unwrap_or_else(|| defaults.writer.clone()),
             contexts: self.contexts.clone().or_else(|| defaults.contexts.clone()),
+            tracefile: self.tracefile.unwrap_or(defaults.tracefile),
         }
     }
 }

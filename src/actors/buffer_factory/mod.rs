@@ -496,6 +496,7 @@ impl BufferFactory {
                 channel: spec.name.clone(),
                 cpu,
                 trace_dir: trace.dir.clone(),
+                tracefile: spec.tracefile,
             })
             .collect();
         let writers = StreamWriters::new(

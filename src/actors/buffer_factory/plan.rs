@@ -204,6 +204,7 @@ mod tests {
             mode: Mode::Discard,
             writer: "ctf".into(),
             contexts: None,
+            tracefile: Default::default(),
         }
     }
 
