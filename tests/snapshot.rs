@@ -342,6 +342,13 @@ fn snapshot_requests_that_cannot_work_are_refused_by_name() {
         panic!("list");
     };
     assert_eq!(list[0].channels[0].0.mode, Mode::Overwrite);
+    assert!(list[0].snapshot);
+    let listed = daemon.cli(&["list", "snap"]);
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.contains("snap [inactive, snapshot mode]"),
+        "{listed}"
+    );
 
     let cli = daemon.cli(&["snapshot", "record", "-s", "nope"]);
     assert!(!cli.status.success());

@@ -665,6 +665,7 @@ impl Handler<ListSessions> for SessionManager {
                 name: s.name.clone(),
                 output: s.output.path().display().to_string(),
                 started: s.started,
+                snapshot: s.snapshot,
                 channels: s
                     .channels
                     .iter()

@@ -439,7 +439,8 @@ fn print_app(app: &AppInfo) {
 
 fn print_session(s: &SessionInfo) {
     let state = if s.started { "active" } else { "inactive" };
-    println!("{} [{state}] -> {}", s.name, s.output);
+    let mode = if s.snapshot { ", snapshot mode" } else { "" };
+    println!("{} [{state}{mode}] -> {}", s.name, s.output);
     for (channel, patterns) in &s.channels {
         println!(
             "  channel {}: {:?} buffers, {} x {} bytes, {:?}, writer {}",

@@ -256,6 +256,8 @@ pub struct SessionInfo {
     pub started: bool,
     /// Its channels with their event patterns.
     pub channels: Vec<(ChannelSpec, Vec<String>)>,
+    /// A snapshot session (`create --snapshot`): `output` is where its snapshots go.
+    pub snapshot: bool,
 }
 
 /// One writer (stream) that is not healthy, for `status`.
