@@ -72,6 +72,9 @@ pub struct DaemonConfig {
     /// background thread so that registering an app only writes their headers;
     /// 0 makes every set at registration.
     pub warm_pid_buffer_sets: u32,
+    /// Dead apps whose per-PID rings a snapshot session keeps for its next
+    /// `snapshot record` (the oldest dropped past it); 0 keeps none.
+    pub snapshot_kept_dead_apps: u32,
 }
 
 impl Default for DaemonConfig {
@@ -83,6 +86,7 @@ impl Default for DaemonConfig {
             max_frame_bytes: ByteSize(protocol::MAX_FRAME as u64),
             flush_interval_ms: 200,
             warm_pid_buffer_sets: 8,
+            snapshot_kept_dead_apps: 16,
         }
     }
 }
@@ -723,14 +727,25 @@ impl Config {
                 ),
             ));
         }
-        if d.warm_pid_buffer_sets > MAX_WARM_SETS {
-            return Err(at(
-                key("daemon", "warm_pid_buffer_sets"),
-                format!(
-                    "{} is out of range: at most {MAX_WARM_SETS}",
-                    d.warm_pid_buffer_sets
-                ),
-            ));
+        let bounded = [
+            (
+                "warm_pid_buffer_sets",
+                d.warm_pid_buffer_sets,
+                MAX_WARM_SETS,
+            ),
+            (
+                "snapshot_kept_dead_apps",
+                d.snapshot_kept_dead_apps,
+                MAX_KEPT_DEAD_APPS,
+            ),
+        ];
+        for (name, value, max) in bounded {
+            if value > max {
+                return Err(at(
+                    key("daemon", name),
+                    format!("{value} is out of range: at most {max}"),
+                ));
+            }
         }
         let c = &self.channel_defaults;
         subbuf_size(c.subbuf_size).map_err(|m| at(key("channel_defaults", "subbuf_size"), m))?;
@@ -865,6 +880,7 @@ impl Config {
             mode: d.mode,
             writer: d.writer.clone(),
             contexts: d.contexts.clone(),
+            tracefile: Default::default(),
         }
     }
 
@@ -879,6 +895,7 @@ impl Config {
             mode: channel.mode,
             writer: channel.writer.clone(),
             contexts: channel.contexts.clone(),
+            tracefile: None,
         }
     }
 }
@@ -900,6 +917,10 @@ fn empty_path_as_none<'de, D: Deserializer<'de>>(
 /// Most per-PID ring sets kept ready per geometry: each holds a memfd per CPU and
 /// an eventfd open.
 const MAX_WARM_SETS: u32 = 256;
+
+/// Most dead apps `daemon.snapshot_kept_dead_apps` may keep: each holds its rings'
+/// shared memory until the next snapshot.
+const MAX_KEPT_DEAD_APPS: u32 = 1024;
 
 /// A per-uid limit: above 0 and at most its global limit `global` (named `name`).
 fn within_global(value: u64, global: u64, name: &str) -> Result<(), String> {

@@ -189,6 +189,7 @@ impl Daemon {
                 warm_pid_buffer_sets: config.daemon.warm_pid_buffer_sets as usize,
                 event_limits: config.limits.events(),
                 max_writer_backlog_bytes: config.limits.max_writer_backlog_bytes.0,
+                snapshot_kept_dead_apps: config.daemon.snapshot_kept_dead_apps as usize,
             },
             writers.clone(),
             io_arbiters.iter().map(Arbiter::handle).collect(),
@@ -276,6 +277,7 @@ async fn declare_session(
         output: declared.output.clone(),
         url: declared.url.clone(),
         live_timer_us: declared.live_timer_us,
+        snapshot: false,
     };
     declare(sessions, name, create).await?;
     for channel in &declared.channels {

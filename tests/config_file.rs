@@ -142,6 +142,7 @@ name = "batch.2"
             mode: Mode::Overwrite,
             writer: "ctf".into(),
             contexts: Some(vec![ContextType::Procname, ContextType::Vpid]),
+            tracefile: Default::default(),
         }
     );
     assert_eq!(
@@ -159,6 +160,7 @@ name = "batch.2"
             mode: Mode::Discard,
             writer: "ctf".into(),
             contexts: None,
+            tracefile: Default::default(),
         }
     );
     assert_eq!(
@@ -605,11 +607,13 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
         mode,
         writer: "ctf".into(),
         contexts,
+        tracefile: Default::default(),
     };
     let info = SessionInfo {
         name: "web".into(),
         output: "/var/trace/web dir".into(),
         started: false,
+        snapshot: false,
         channels: vec![
             (
                 spec("a", Buffering::PerUid, Mode::Discard, None),
@@ -640,4 +644,18 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
     assert!(channels[0].enabled && !channels[1].enabled, "{text}");
     assert_eq!(config.channel_spec(&channels[1]), info.channels[1].0);
     assert_eq!(config.channel_spec(&channels[0]), info.channels[0].0);
+}
+
+#[test]
+fn the_dead_apps_a_snapshot_session_keeps_are_bounded() {
+    let (_, message) = invalid(
+        "[daemon]\nsnapshot_kept_dead_apps = 1025\n",
+        "daemon.snapshot_kept_dead_apps",
+    );
+    assert!(message.contains("at most 1024"), "{message}");
+    for kept in [0, 1024] {
+        let text = format!("[daemon]\nsnapshot_kept_dead_apps = {kept}\n");
+        assert_eq!(parse(&text).unwrap().daemon.snapshot_kept_dead_apps, kept);
+    }
+    assert_eq!(parse("").unwrap().daemon.snapshot_kept_dead_apps, 16);
 }

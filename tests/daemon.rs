@@ -281,7 +281,10 @@ fn after_1000_apps_the_daemon_holds_nothing_for_them() {
         let s = daemon.status();
         s.pid_sets_wanted == 0 && s.pid_sets_ready == 0
     });
-    assert_eq!(demo_events(&babeltrace2(&output)), 2 * (1000 + cpus as usize));
+    assert_eq!(
+        demo_events(&babeltrace2(&output)),
+        2 * (1000 + cpus as usize)
+    );
 }
 
 #[test]

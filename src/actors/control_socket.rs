@@ -9,7 +9,7 @@
 
 use crate::actors::session::{
     AddContext, CreateSession, DestroySession, DisableChannel, DisableEvent, EnableChannel,
-    EnableEvent, ListApps, ListSessions, SessionManager, StartSession, StopSession,
+    EnableEvent, ListApps, ListSessions, RecordSnapshot, SessionManager, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
 use crate::config::EventPattern;
@@ -31,14 +31,29 @@ pub async fn answer(
             url,
             live_timer_us,
         } => {
-            let output = output.map(PathBuf::from);
             let create = CreateSession {
-                name,
-                output,
                 url,
                 live_timer_us,
+                ..create(name, output, false)
             };
             sessions.send(create).await
+        }
+        ControlRequest::CreateSnapshot { name, output } => {
+            sessions.send(create(name, output, true)).await
+        }
+        ControlRequest::SnapshotRecord {
+            session,
+            output,
+            max_size,
+        } => {
+            let output = output.map(PathBuf::from);
+            sessions
+                .send(RecordSnapshot {
+                    session,
+                    output,
+                    max_size,
+                })
+                .await
         }
         ControlRequest::EnableChannel { session, channel } => {
             sessions.send(EnableChannel { session, channel }).await
@@ -109,6 +124,17 @@ pub async fn answer(
         Ok(Ok(message)) => Ok(ControlOk::Done(message)),
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(busy(e)),
+    }
+}
+
+/// The SessionManager's message for `Create` and `CreateSnapshot`.
+fn create(name: String, output: Option<String>, snapshot: bool) -> CreateSession {
+    CreateSession {
+        name,
+        output: output.map(PathBuf::from),
+        url: None,
+        live_timer_us: None,
+        snapshot,
     }
 }
 

@@ -22,7 +22,7 @@ use crate::ctf::context::{ContextSet, ContextType};
 use crate::ctf::field::EventDesc;
 use crate::protocol::messages::{AppInfo, Buffering, ChannelRequest, ChannelSpec, SessionInfo};
 use crate::relayd::{RELAYD_WRITER, RelaydWriterFactory, StreamTarget, UrlError};
-use crate::shm::ShmError;
+use crate::shm::{Mode, ShmError};
 use crate::trace::writer::OutputDir;
 use crate::trace::{layout, spread};
 use actix::prelude::*;
@@ -77,6 +77,9 @@ pub struct SessionDef {
     pub ever_started: bool,
     /// Channels in stream-id order.
     pub channels: Vec<ChannelDef>,
+    /// A snapshot (flight-recorder) session: nothing is written while it runs,
+    /// `snapshot record` writes what its overwrite-mode rings hold.
+    pub snapshot: bool,
     /// The lttng-relayd it streams to, if it does.
     pub stream: Option<StreamTarget>,
 }
@@ -156,6 +159,14 @@ pub enum SessionError {
         /// The bound it breaks.
         source: ShmError,
     },
+    /// Tracefile bounds that cannot hold a stream.
+    #[error("channel {channel}: {problem}")]
+    Tracefile {
+        /// The channel.
+        channel: String,
+        /// What is wrong with them.
+        problem: String,
+    },
     /// A channel picked a writer nobody registered.
     #[error("no writer named {writer:?} (registered: {})", registered.join(", "))]
     NoSuchWriter {
@@ -227,6 +238,26 @@ pub enum SessionError {
     /// `start` of a session with nothing to record.
     #[error("session {0} has no channel and no event enabled")]
     NothingEnabled(String),
+    /// A discard-mode channel asked for in a snapshot session: nothing drains its
+    /// rings, so they would keep the oldest events and drop every newer one.
+    #[error("session {session} is a snapshot session: channel {channel} must be in overwrite mode")]
+    DiscardInSnapshot {
+        /// The session.
+        session: String,
+        /// The channel.
+        channel: String,
+    },
+    /// `snapshot record` of a session created without `--snapshot`.
+    #[error("session {0} is not a snapshot session (create it with --snapshot)")]
+    NotSnapshot(String),
+    /// A snapshot could not be written.
+    #[error("session {session}: snapshot not recorded: {source}")]
+    Snapshot {
+        /// The session.
+        session: String,
+        /// Why.
+        source: factory::SnapshotError,
+    },
     /// `stop` of a session that is not started.
     #[error("session {0} is not started")]
     NotStarted(String),
@@ -295,6 +326,8 @@ pub struct CreateSession {
     pub url: Option<String>,
     /// Live timer in microseconds (needs `url`).
     pub live_timer_us: Option<u32>,
+    /// A snapshot session (`create --snapshot`).
+    pub snapshot: bool,
 }
 
 /// Add a channel to a session (`None`: the most recent one) before its first start.
@@ -365,6 +398,18 @@ pub struct DestroySession {
     pub session: Option<String>,
 }
 
+/// Write what a snapshot session's rings hold as a new trace (`snapshot record`).
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct RecordSnapshot {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// Where the `snapshot-<n>-<date>` directory goes (default: the session's output).
+    pub output: Option<PathBuf>,
+    /// Most bytes the snapshot holds (its streams share it equally).
+    pub max_size: Option<u64>,
+}
+
 /// Describe one session, or every one.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<SessionInfo>, SessionError>")]
@@ -416,6 +461,7 @@ impl SessionManager {
             output,
             url,
             live_timer_us,
+            snapshot,
         } = msg;
         check_name(&name).map_err(|problem| SessionError::InvalidName {
             what: "session",
@@ -448,6 +494,10 @@ impl SessionManager {
                 };
                 format!("session {name} created, streaming to {}{live}", target.url)
             }
+            None if snapshot => format!(
+                "snapshot session {name} created, snapshots go to {}",
+                output.display()
+            ),
             None => format!("session {name} created, writing to {}", output.display()),
         };
         self.sessions.push(SessionDef {
@@ -458,11 +508,12 @@ impl SessionManager {
             ever_started: false,
             channels: Vec::new(),
             stream,
+            snapshot,
         });
         Ok(message)
     }
 
-    /// Adds a channel.
+    /// Adds a channel, or enables again one that `disable-channel` disabled.
     fn enable_channel(&mut self, session: &Option<String>, request: &ChannelRequest) -> Done {
         let channel = request.resolve(&self.settings.default_channel);
         check_name(&channel.name).map_err(|problem| SessionError::InvalidName {
@@ -470,9 +521,10 @@ impl SessionManager {
             problem,
         })?;
         check_geometry(&channel)?;
+        check_tracefile(&channel)?;
         let writers = self.settings.writers.clone();
         let s = self.session(session)?;
-        let channel = s.channel(channel, request.writer.is_some());
+        let mut channel = s.channel(channel, request.writer.is_some());
         if !writers.contains(&channel.writer) {
             return Err(SessionError::NoSuchWriter {
                 writer: channel.writer,
@@ -485,6 +537,18 @@ impl SessionManager {
         }
         if s.ever_started {
             return Err(SessionError::ChannelAfterStart(s.name.clone()));
+        }
+        if s.snapshot {
+            match request.mode {
+                None => channel.mode = Mode::Overwrite,
+                Some(Mode::Overwrite) => {}
+                Some(Mode::Discard) => {
+                    return Err(SessionError::DiscardInSnapshot {
+                        session: s.name.clone(),
+                        channel: channel.name,
+                    });
+                }
+            }
         }
         s.channels.push(ChannelDef::new(channel));
         Ok(message)
@@ -500,7 +564,10 @@ impl SessionManager {
         let default_channel = self.settings.default_channel.clone();
         let s = self.session(&session)?;
         if channel.is_none() && s.channels.is_empty() && !s.ever_started {
-            let spec = s.channel(default_channel, false);
+            let mut spec = s.channel(default_channel, false);
+            if s.snapshot {
+                spec.mode = Mode::Overwrite;
+            }
             s.channels.push(ChannelDef::new(spec));
         }
         let index = channel_index(s, channel)?;
@@ -572,7 +639,10 @@ impl SessionManager {
         }
         s.started = true;
         s.ever_started = true;
+        // A streaming session makes no local directory; a snapshot session
+        // writes nothing until `snapshot record`.
         if s.stream.is_none()
+            && !s.snapshot
             && s.channels
                 .iter()
                 .any(|c| c.spec.buffers == Buffering::PerPid)
@@ -623,6 +693,26 @@ fn reenable_channel(
     }
     existing.enabled = true;
     Ok(())
+}
+
+/// Checks a channel's tracefile bounds: a file holds at least one sub-buffer (as
+/// LTTng requires), and a count bounds files of a bounded size only.
+fn check_tracefile(spec: &ChannelSpec) -> Result<(), SessionError> {
+    let t = spec.tracefile;
+    let problem = if t.size > 0 && t.size < u64::from(spec.subbuf_size) {
+        format!(
+            "--tracefile-size {} is smaller than a sub-buffer ({} bytes)",
+            t.size, spec.subbuf_size
+        )
+    } else if t.size == 0 && t.count > 0 {
+        "--tracefile-count needs --tracefile-size".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(SessionError::Tracefile {
+        channel: spec.name.clone(),
+        problem,
+    })
 }
 
 /// Checks a channel's geometry the same way the config file does.
@@ -745,6 +835,30 @@ impl Handler<DestroySession> for SessionManager {
     }
 }
 
+impl Handler<RecordSnapshot> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: RecordSnapshot, _: &mut Context<Self>) -> Self::Result {
+        let session = match self.session(&msg.session) {
+            Ok(s) if s.snapshot => s.name.clone(),
+            Ok(s) => return ready(Err(SessionError::NotSnapshot(s.name.clone()))),
+            Err(e) => return ready(Err(e)),
+        };
+        let record = self.factory.send(factory::RecordSnapshot {
+            session: session.clone(),
+            output: msg.output,
+            max_size: msg.max_size,
+        });
+        Box::pin(async move {
+            match record.await {
+                Ok(Ok(message)) => Ok(message),
+                Ok(Err(source)) => Err(SessionError::Snapshot { session, source }),
+                Err(source) => Err(SessionError::Factory { session, source }),
+            }
+        })
+    }
+}
+
 impl Handler<ListSessions> for SessionManager {
     type Result = Result<Vec<SessionInfo>, SessionError>;
 
@@ -762,6 +876,7 @@ impl Handler<ListSessions> for SessionManager {
                     None => s.output.path().display().to_string(),
                 },
                 started: s.started,
+                snapshot: s.snapshot,
                 channels: s
                     .channels
                     .iter()

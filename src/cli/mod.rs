@@ -8,7 +8,7 @@ pub mod save;
 use crate::bench;
 use crate::control;
 use crate::ctf::context::ContextType;
-use crate::protocol::messages::{Buffering, ChannelRequest, ControlRequest};
+use crate::protocol::messages::{Buffering, ChannelRequest, ControlRequest, TracefileLimits};
 use crate::shm::Mode;
 use crate::trace::view::ViewError;
 use clap::{Args, Parser, Subcommand};
@@ -46,7 +46,14 @@ enum Command {
         /// 1000000), for `babeltrace2 --input-format=lttng-live`; needs --set-url.
         #[arg(long, value_name = "PERIOD", num_args = 0..=1, default_missing_value = "1000000")]
         live: Option<u32>,
+        /// Snapshot (flight-recorder) session: channels overwrite, nothing is
+        /// written while it runs, `snapshot record` writes what the rings hold.
+        #[arg(long, conflicts_with = "set_url")]
+        snapshot: bool,
     },
+    /// Snapshots of a snapshot session.
+    #[command(subcommand)]
+    Snapshot(Snapshot),
     /// Add a channel to a session.
     EnableChannel(EnableChannel),
     /// Enable events (`provider:name`, `provider:*`, `*`) in a channel.
@@ -139,6 +146,10 @@ enum Command {
     View {
         /// Trace directory (a session output or any sub-trace).
         dir: PathBuf,
+        /// Go on printing events as they reach the disk (new per-PID sub-traces
+        /// too) until interrupted.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Repair a trace a crash left: cut torn tails back to the last complete
     /// packet, remove unfinished metadata versions; prints each change.
@@ -167,6 +178,31 @@ enum Command {
     },
 }
 
+/// `snapshot` subcommands.
+#[derive(Subcommand, Debug)]
+enum Snapshot {
+    /// Write what the session's rings hold now (partly filled sub-buffers too)
+    /// into a new `snapshot-<n>-<date>` trace directory, without stopping tracing.
+    Record {
+        /// Session (default: the most recently created).
+        #[arg(long, short)]
+        session: Option<String>,
+        /// Parent of the snapshot directory (default: the session's output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Most bytes the snapshot holds (with a K, M or G suffix), shared by its
+        /// streams: each keeps its newest packets that fit.
+        #[arg(long, value_parser = parse_size)]
+        max_size: Option<u64>,
+    },
+}
+
+/// `--max-size`: bytes, or with a K, M or G suffix, as the config file writes sizes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let size: crate::config::ByteSize = text.parse().map_err(|e| format!("{e}"))?;
+    Ok(size.0)
+}
+
 /// `enable-channel` options.
 #[derive(Args, Debug)]
 struct EnableChannel {
@@ -193,6 +229,13 @@ struct EnableChannel {
     /// Writer that stores the channel (default: the daemon's, usually `ctf`).
     #[arg(long)]
     writer: Option<String>,
+    /// Most bytes of each stream file (K, M or G suffix; at least a sub-buffer):
+    /// streams are written as `<channel>_<cpu>_<k>` files.
+    #[arg(long, value_parser = parse_size)]
+    tracefile_size: Option<u64>,
+    /// Most files per stream, the oldest deleted (with --tracefile-size).
+    #[arg(long, requires = "tracefile_size")]
+    tracefile_count: Option<u32>,
 }
 
 /// `ustrace man DIR`: writes the pages and lists them.
@@ -241,7 +284,7 @@ impl Cli {
         let json = self.json;
         let name = self.command.name();
         let request = match self.command {
-            Command::View { dir } => return view(&dir, json),
+            Command::View { dir, follow } => return view(&dir, json, follow),
             Command::Save { session, file } => return save::run(&session, file.as_deref(), json),
             Command::Recover { dir } => return recover::run(&dir),
             Command::Demo(args) => return demo::run(&args),
@@ -256,11 +299,27 @@ impl Cli {
                 output,
                 set_url,
                 live,
-            } => ControlRequest::Create {
-                name,
+                snapshot,
+            } => {
+                let output = output.map(|o| absolute(&o).display().to_string());
+                match snapshot {
+                    false => ControlRequest::Create {
+                        name,
+                        output,
+                        url: set_url,
+                        live_timer_us: live,
+                    },
+                    true => ControlRequest::CreateSnapshot { name, output },
+                }
+            }
+            Command::Snapshot(Snapshot::Record {
+                session,
+                output,
+                max_size,
+            }) => ControlRequest::SnapshotRecord {
+                session,
                 output: output.map(|o| absolute(&o).display().to_string()),
-                url: set_url,
-                live_timer_us: live,
+                max_size,
             },
             Command::EnableChannel(c) => ControlRequest::EnableChannel {
                 session: c.session,
@@ -276,6 +335,10 @@ impl Cli {
                     mode: c.overwrite.then_some(Mode::Overwrite),
                     writer: c.writer,
                     contexts: None,
+                    tracefile: c.tracefile_size.map(|size| TracefileLimits {
+                        size,
+                        count: c.tracefile_count.unwrap_or(0),
+                    }),
                 },
             },
             Command::AddContext {
@@ -340,6 +403,7 @@ impl Command {
             Command::DisableEvent { .. } => "disable-event",
             Command::DisableChannel { .. } => "disable-channel",
             Command::Save { .. } => "save",
+            Command::Snapshot(_) => "snapshot record",
             Command::View { .. } => "view",
             Command::Recover { .. } => "recover",
             Command::Demo(_) => "demo",
@@ -356,15 +420,22 @@ fn absolute(path: &std::path::Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// `ustrace view`: a reader that closes the pipe early (`| head`) ends it quietly.
-fn view(dir: &std::path::Path, json: bool) -> ExitCode {
+/// How often `view --follow` looks for what reached the disk.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `ustrace view [--follow]`: a reader that closes the pipe early (`| head`) ends it
+/// quietly.
+fn view(dir: &std::path::Path, json: bool, follow: bool) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    let result = crate::trace::view::view(dir, json, &mut out)
-        .and_then(|_| std::io::Write::flush(&mut out).map_err(ViewError::Output));
+    let result = match follow {
+        false => crate::trace::view::view(dir, json, &mut out).map(drop),
+        true => Err(crate::trace::view::follow(dir, json, FOLLOW_POLL, &mut out)),
+    }
+    .and_then(|()| std::io::Write::flush(&mut out).map_err(ViewError::Output));
     drop(out);
     match result {
-        Ok(_) => ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(ViewError::Output(e)) if output::closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e}");

@@ -101,6 +101,7 @@ fn json_session(s: &SessionInfo) -> Json {
         "name": s.name,
         "output": s.output,
         "active": s.started,
+        "snapshot": s.snapshot,
         "channels": channels,
     })
 }
@@ -193,7 +194,8 @@ fn app(text: &mut String, app: &AppInfo) {
 
 fn session(text: &mut String, s: &SessionInfo) {
     let state = if s.started { "active" } else { "inactive" };
-    let _ = writeln!(text, "{} [{state}] -> {}", s.name, s.output);
+    let mode = if s.snapshot { ", snapshot mode" } else { "" };
+    let _ = writeln!(text, "{} [{state}{mode}] -> {}", s.name, s.output);
     for (channel, patterns) in &s.channels {
         let disabled = if s.disabled_channels.contains(&channel.name) {
             " [disabled]"

@@ -134,6 +134,18 @@ pub struct ChannelSpec {
     /// Contexts its events carry; `None`: the default of its buffering scheme
     /// ([`default_contexts`]: vpid and vtid per-UID, none per-PID).
     pub contexts: Option<Vec<ContextType>>,
+    /// Bounds on each stream's files (LTTng's `--tracefile-size/-count`).
+    pub tracefile: TracefileLimits,
+}
+
+/// How much disk each stream of a channel may take: at most `count` files of at most
+/// `size` bytes (`<channel>_<cpu>_<k>`), the oldest deleted. Zero means no bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracefileLimits {
+    /// Most bytes of one stream file (whole packets); 0: one unbounded file.
+    pub size: u64,
+    /// Most files per stream, the oldest deleted; 0: keep every file.
+    pub count: u32,
 }
 
 impl ChannelSpec {
@@ -173,6 +185,8 @@ pub struct ChannelRequest {
     pub writer: Option<String>,
     /// Contexts its events carry.
     pub contexts: Option<Vec<ContextType>>,
+    /// Bounds on each stream's files; `None`: unbounded.
+    pub tracefile: Option<TracefileLimits>,
 }
 
 impl ChannelRequest {
@@ -189,6 +203,7 @@ impl ChannelRequest {
                 .clone()
                 .unwrap_or_else(|| defaults.writer.clone()),
             contexts: self.contexts.clone().or_else(|| defaults.contexts.clone()),
+            tracefile: self.tracefile.unwrap_or(defaults.tracefile),
         }
     }
 }
@@ -279,6 +294,25 @@ pub enum ControlRequest {
         /// Channel name.
         channel: String,
     },
+    /// Create a snapshot (flight-recorder) session: its channels are in overwrite
+    /// mode and nothing is written while it runs; `SnapshotRecord` writes what its
+    /// rings hold.
+    CreateSnapshot {
+        /// Session name.
+        name: String,
+        /// Where snapshots go (the daemon picks a default if absent).
+        output: Option<String>,
+    },
+    /// Write the current contents of a snapshot session's rings into a new
+    /// `snapshot-<n>-<date>` directory, without stopping tracing.
+    SnapshotRecord {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+        /// Parent directory of the snapshot (default: the session's output).
+        output: Option<String>,
+        /// Most bytes of packets the snapshot holds, shared by its streams.
+        max_size: Option<u64>,
+    },
 }
 
 /// One session as `list` shows it.
@@ -299,6 +333,8 @@ pub struct SessionInfo {
     pub url: Option<String>,
     /// Its live timer in microseconds, 0 if it is not a live session.
     pub live_timer_us: u32,
+    /// A snapshot session (`create --snapshot`): `output` is where its snapshots go.
+    pub snapshot: bool,
 }
 
 /// One writer (stream) that is not healthy, for `status`.

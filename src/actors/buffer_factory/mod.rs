@@ -46,12 +46,14 @@ pub use teardown::AppGone;
 
 use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, ShmError, cpu_count};
 use actix::prelude::*;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod plan;
+pub mod snapshot;
 pub mod teardown;
+pub use snapshot::{RecordSnapshot, SnapshotError};
 
 /// The settings the factory applies to everything it creates.
 #[derive(Clone, Debug)]
@@ -72,6 +74,9 @@ pub struct FactorySettings {
     /// Most bytes of packets each stream's writer may have queued (see
     /// [`StreamWriters::accepts`]).
     pub max_writer_backlog_bytes: u64,
+    /// Dead apps whose per-PID sets of snapshot sessions are kept for the next
+    /// snapshot (see [`snapshot`]).
+    pub snapshot_kept_dead_apps: usize,
 }
 
 /// One app as the factory knows it.
@@ -202,6 +207,10 @@ pub struct BufferFactory {
     /// Teardowns in flight per session, and who waits for them: `stop` and `destroy`
     /// answer only once the session's dead apps are on disk too.
     teardowns: HashMap<String, teardown::Teardowns>,
+    /// Dead apps whose snapshot sessions' per-PID sets are kept, oldest first.
+    kept_dead: VecDeque<ConnectionId>,
+    /// Snapshots recorded per session: numbers the next one's directory.
+    snapshots_taken: HashMap<String, u64>,
 }
 
 impl BufferFactory {
@@ -232,6 +241,8 @@ impl BufferFactory {
             apps: HashMap::new(),
             next_key: 1,
             teardowns: HashMap::new(),
+            kept_dead: VecDeque::new(),
+            snapshots_taken: HashMap::new(),
         }
     }
 
@@ -515,6 +526,7 @@ impl BufferFactory {
                 channel: spec.name.clone(),
                 cpu,
                 trace_dir: trace.dir.clone(),
+                tracefile: spec.tracefile,
             })
             .collect();
         let writers = StreamWriters::new(
@@ -525,7 +537,7 @@ impl BufferFactory {
             self.stats.clone(),
             self.settings.max_writer_backlog_bytes,
         );
-        let addr = BufferSet::new(
+        let set = BufferSet::new(
             label,
             uid,
             buffers.clone(),
@@ -533,8 +545,11 @@ impl BufferFactory {
             trace.metadata.clone(),
             self.settings.flush_interval,
             self.stats.clone(),
-        )
-        .start();
+        );
+        let addr = match session.snapshot {
+            true => set.for_snapshots().start(),
+            false => set.start(),
+        };
         if key.owner.is_pid() {
             self.pid_budget.take(uid, bytes);
         }
@@ -878,6 +893,7 @@ impl Handler<DestroySession> for BufferFactory {
         self.keep_pool_ready();
         self.disable_apps(&msg.0, true);
         self.traces.retain(|(session, _), _| *session != msg.0);
+        self.snapshots_taken.remove(&msg.0);
         self.tear_down(|k| k.session == msg.0, ctx);
         Box::pin(self.settle(&msg.0, Vec::new()))
     }

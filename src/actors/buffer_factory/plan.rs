@@ -217,6 +217,7 @@ mod tests {
             mode: Mode::Discard,
             writer: "ctf".into(),
             contexts: None,
+            tracefile: Default::default(),
         }
     }
 
