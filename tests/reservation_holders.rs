@@ -186,3 +186,84 @@ fn producers_killed_inside_reservations_cost_only_their_own_event() {
         "every holder had a record"
     );
 }
+
+/// Spawns a per-UID app that parks inside one reservation (`demo:bare`, without fields,
+/// if `payload_free`) and returns once it says so.
+fn parked_app(d: &Daemon, payload_free: bool) -> Running {
+    let mut args = vec![
+        "--await-enabled-ms",
+        "5000",
+        "--events",
+        "0",
+        "--park-in-event",
+        "wait",
+    ];
+    if payload_free {
+        args.push("--park-payload-free");
+    }
+    let mut p = Running(d.app(&args).stdout(Stdio::piped()).spawn().unwrap());
+    let mut line = String::new();
+    std::io::BufReader::new(p.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "parked");
+    p
+}
+
+#[test]
+fn dead_reservations_in_a_channel_with_contexts_read_to_the_end_in_babeltrace2() {
+    use ustrace::ctf::context::ContextType;
+    use ustrace::protocol::messages::ChannelRequest;
+    pin_to_cpu0();
+    let d = Daemon::start();
+    let out = d.session_with(
+        "s",
+        "out-s",
+        &[ChannelRequest {
+            name: "ch".into(),
+            buffers: Some(Buffering::PerUid),
+            contexts: Some(vec![
+                ContextType::Vpid,
+                ContextType::Vtid,
+                ContextType::Procname,
+            ]),
+            ..ChannelRequest::default()
+        }],
+        true,
+    );
+    // One reservation exactly header + contexts long, one with a payload after them.
+    let parked = [parked_app(&d, true), parked_app(&d, false)];
+    let mut live = d.app_that_emitted(300);
+    for mut p in parked {
+        p.0.kill().unwrap();
+        p.0.wait().unwrap();
+    }
+    wait_for(
+        "both dead reservations counted as lost events",
+        Duration::from_secs(10),
+        || d.status().events_lost_dead_producer == 2,
+    );
+    d.run_app(&["--events", "300"]);
+    poke(&mut live.0);
+    assert!(live.0.wait().unwrap().success());
+    d.stop("s");
+    let lines = babeltrace2(&out);
+    assert_eq!(count(&lines, "demo:ev"), 600, "every committed event reads");
+    let lost: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" ustrace:lost_event: "))
+        .collect();
+    assert_eq!(lost.len(), 2, "{lost:#?}");
+    for l in &lost {
+        assert!(
+            l.contains("_vpid = 0, _vtid = 0, _procname = \"\""),
+            "a lost event's contexts are zeroed: {l}"
+        );
+    }
+    assert_eq!(
+        lost.iter().filter(|l| l.contains("_filler")).count(),
+        1,
+        "only the payload event's reservation is padded: {lost:#?}"
+    );
+    assert_eq!(d.status().events_lost_dead_producer, 2);
+}
