@@ -256,12 +256,12 @@ fn dead_reservations_in_a_channel_with_contexts_read_to_the_end_in_babeltrace2()
     assert_eq!(lost.len(), 2, "{lost:#?}");
     for l in &lost {
         assert!(
-            l.contains("_vpid = 0, _vtid = 0, _procname = \"\""),
+            l.contains("{ vpid = 0, vtid = 0, procname = \"\" }"),
             "a lost event's contexts are zeroed: {l}"
         );
     }
     assert_eq!(
-        lost.iter().filter(|l| l.contains("_filler")).count(),
+        lost.iter().filter(|l| l.contains("filler = ")).count(),
         1,
         "only the payload event's reservation is padded: {lost:#?}"
     );
