@@ -86,7 +86,7 @@ fn register(daemon: &Daemon, name: &str, events: Vec<EventDesc>) -> Result<RawAp
             AppCommand::Channel { key, .. } => {
                 let rings: Vec<OwnedFd> = fds.split_off(1);
                 let wakeup = fds.pop().unwrap();
-                let buffers = ChannelBuffers::from_fds(rings, wakeup).unwrap();
+                let buffers = ChannelBuffers::from_fds(rings, wakeup, 0).unwrap();
                 app.channels.insert(key, buffers);
             }
             AppCommand::Enable { key, events } => {

@@ -34,6 +34,7 @@ use crate::actors::session::{ChannelDef, SessionDef};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
 use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterCatalog};
+use crate::ctf::context::ContextSet;
 use crate::ctf::field::EventDesc;
 use crate::ctf::names;
 use crate::protocol::messages::{AppChannelInfo, AppInfo, Buffering, ChannelSpec};
@@ -511,6 +512,7 @@ impl BufferFactory {
             mode: spec.mode,
             uuid: trace.registry.uuid(),
             stream_id,
+            context_len: ContextSet::of(&spec.contexts()).encoded_len(),
         };
         let label = format!("{}/{}/{:?}", key.session, key.channel, key.owner);
         let blank = match key.owner {
