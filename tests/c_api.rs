@@ -276,7 +276,10 @@ impl Forker {
 
 #[test]
 fn a_forked_child_registers_as_its_own_process_and_both_sub_traces_are_complete() {
-    let f = Forker::start("c-fork", &[("p", Buffering::PerPid), ("u", Buffering::PerUid)]);
+    let f = Forker::start(
+        "c-fork",
+        &[("p", Buffering::PerPid), ("u", Buffering::PerUid)],
+    );
     let (daemon, output) = (&f.daemon, f.output.as_path());
     let out = f.run(&["fork", "1"]);
     assert!(

@@ -123,7 +123,11 @@ impl RawApp {
 #[test]
 fn late_events_are_enabled_before_their_answer_and_recorded_per_uid_and_per_pid() {
     let daemon = Daemon::start();
-    let output = daemon.session("s", &[("u", Buffering::PerUid), ("p", Buffering::PerPid)], true);
+    let output = daemon.session(
+        "s",
+        &[("u", Buffering::PerUid), ("p", Buffering::PerPid)],
+        true,
+    );
     let mut app = RawApp::connect(&daemon, vec![event("early")]);
     assert_eq!(app.record(0, 1), 2);
 
