@@ -11,7 +11,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use ustrace::protocol::messages::{Buffering, ControlRequest};
 
-/// The example, built by cargo next to this test's directory.
+/// The example, built by cargo next to this test's directory (`cargo test -p
+/// ustrace-tracing` builds it; `--test traced` alone does not rebuild it).
 fn example() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let path = exe
