@@ -7,7 +7,15 @@
 //! `[time] origin WARNING: N events discarded in <stream file>` and missing packets
 //! (a gap in packet_seq_num) as `[time] origin WARNING: N packets lost in <stream file>`,
 //! both at the start of the packet that follows the loss. `--json` prints one JSON object per line instead.
+//!
+//! Span nesting (events of `ustrace-tracing`): an event whose first fields are
+//! `span_id, parent` made a span, named by its event name's part after the `:`.
+//! Every later event of the same sub-trace that names a span in its first field
+//! (`span`, or `span_id` for `tracing_span:enter|exit|close`) prints its span path
+//! after its fields, outermost first: `... { span = 7, ... } in job > step`
+//! (`"span_path": "job > step"` in JSON).
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
 
@@ -32,6 +40,7 @@ pub enum ViewError {
 pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewError> {
     let mut reader = Reader::open(dir)?;
     let mut events = 0;
+    let mut spans = SpanPaths::default();
     while let Some(record) = reader.next_record()? {
         let origin = reader.traces()[record.trace].origin();
         let time = wall_time(record.wall_ns);
@@ -47,7 +56,9 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
                 } else {
                     format!("{{ {} }}", fields.join(", "))
                 };
-                writeln!(out, "[{time}] {origin} {} {fields}", event.name)?;
+                let path = spans.path(record.trace, event);
+                let path = path.map_or(String::new(), |p| format!(" in {p}"));
+                writeln!(out, "[{time}] {origin} {} {fields}{path}", event.name)?;
             }
             (RecordKind::Event(event), true) => {
                 let fields: Map<String, Json> = event
@@ -55,7 +66,7 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
                     .iter()
                     .map(|(name, value)| (name.clone(), json_value(value)))
                     .collect();
-                let line = json!({
+                let mut line = json!({
                     "timestamp_ns": json_int(record.wall_ns),
                     "time": time,
                     "origin": origin,
@@ -63,6 +74,9 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
                     "event": event.name,
                     "fields": fields,
                 });
+                if let Some(path) = spans.path(record.trace, event) {
+                    line["span_path"] = json!(path);
+                }
                 writeln!(out, "{line}")?;
             }
             (RecordKind::Discarded { count, stream }, false) => {
@@ -100,6 +114,44 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
         }
     }
     Ok(events)
+}
+
+/// The spans seen so far, per sub-trace: `(trace, span id)` to `(name, parent)`.
+#[derive(Default)]
+struct SpanPaths(HashMap<(usize, u64), (String, u64)>);
+
+/// How deep a span path goes (a parent loop in a hostile trace stops there).
+const MAX_SPAN_DEPTH: usize = 64;
+
+impl SpanPaths {
+    /// Learns the span `event` makes, if any, and gives the path of the span it
+    /// names, if any.
+    fn path(&mut self, trace: usize, event: &crate::trace::reader::Event) -> Option<String> {
+        let id = |i: usize, name: &str| match event.fields.get(i) {
+            Some((n, Value::Unsigned(v))) if n == name => Some(*v),
+            _ => None,
+        };
+        let span = match (id(0, "span_id"), id(1, "parent")) {
+            (Some(span), Some(parent)) => {
+                let name = event.name.split_once(':').map_or(&*event.name, |(_, n)| n);
+                self.0.insert((trace, span), (name.to_string(), parent));
+                span
+            }
+            _ => id(0, "span").or_else(|| id(0, "span_id"))?,
+        };
+        let mut names = Vec::new();
+        let mut at = span;
+        // A span made before the trace started is left out of the path.
+        while let Some((name, parent)) = self.0.get(&(trace, at)) {
+            if at == 0 || names.len() == MAX_SPAN_DEPTH {
+                break;
+            }
+            names.push(name.as_str());
+            at = *parent;
+        }
+        names.reverse();
+        (!names.is_empty()).then(|| names.join(" > "))
+    }
 }
 
 /// `YYYY-MM-DD HH:MM:SS.nnnnnnnnn` (UTC) for nanoseconds since the epoch.

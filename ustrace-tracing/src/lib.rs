@@ -19,7 +19,8 @@
 //!   daemon pushes rebuilds `tracing`'s interest cache, so a callsite no session
 //!   records costs only `tracing`'s own disabled check.
 //! - Spans: a span's callsite is an event with `span_id` and `parent` (0: none)
-//!   before its fields, recorded when the span is made; `tracing_span:enter`,
+//!   before its fields, recorded when the span is made (and an event's first
+//!   field, `span`, is the span it happened in, 0 for none); `tracing_span:enter`,
 //!   `tracing_span:exit` and `tracing_span:close` carry the `span_id` of each
 //!   enter, exit and close, on whatever thread they happen. Ids are the registry's
 //!   (reused after a close, as `tracing` documents). Values recorded into a span
@@ -127,7 +128,7 @@ impl<S: Subscriber> Layer<S> for UstraceLayer {
 
     fn on_record(&self, _: &Id, _: &Record<'_>, _: Context<'_, S>) {}
 
-    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         let meta = event.metadata();
         let Some(site) = site::get_or_make(meta, false, |kinds| event.record(kinds)) else {
             return;
@@ -135,10 +136,15 @@ impl<S: Subscriber> Layer<S> for UstraceLayer {
         let Some(tracepoint) = site.tracepoint.filter(|t| t.is_enabled()) else {
             return;
         };
+        let span = match event.parent() {
+            Some(parent) => parent.into_u64(),
+            None if event.is_contextual() => ctx.current_span().id().map_or(0, Id::into_u64),
+            None => 0,
+        };
         encode::encode(
             &site.kinds,
             &site.rest,
-            &[],
+            &[span],
             |encoder| event.record(encoder),
             |payload| tracepoint.record(payload.len(), |out| out.copy_from_slice(payload)),
         );

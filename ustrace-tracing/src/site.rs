@@ -22,7 +22,8 @@ pub struct Site {
     /// For each field index, the least number of bytes the fields after it take:
     /// what a string must leave room for in the bounded buffer.
     pub rest: Box<[usize]>,
-    /// Whether this is a span's callsite (its event starts with `span_id, parent`).
+    /// Whether this is a span's callsite (its event starts with `span_id, parent`;
+    /// an event's with `span`).
     pub span: bool,
 }
 
@@ -133,7 +134,7 @@ fn warn_full() {
 }
 
 /// The CTF event of a callsite (see [`ctf_name`]); a span's starts with its id and
-/// its parent's (0: none).
+/// its parent's, an event's with the id of the span it is in (0: none).
 fn describe(
     meta: &'static Metadata<'static>,
     kinds: &[Kind],
@@ -150,13 +151,16 @@ fn describe(
     }
     names.insert(format!("{provider}:{name}"));
     let mut fields = Vec::with_capacity(kinds.len() + 2);
-    if span {
-        for id in ["span_id", "parent"] {
-            fields.push(FieldDesc {
-                name: id.to_string(),
-                ty: Kind::U64.field_type(),
-            });
-        }
+    let ids: &[&str] = if span {
+        &["span_id", "parent"]
+    } else {
+        &["span"]
+    };
+    for id in ids {
+        fields.push(FieldDesc {
+            name: id.to_string(),
+            ty: Kind::U64.field_type(),
+        });
     }
     for (field, kind) in meta.fields().iter().zip(kinds) {
         let mut name = identifier(field.name());

@@ -133,4 +133,29 @@ fn the_tokio_example_is_traced_per_pid_and_per_uid() {
     daemon.stop("uid");
     check(&babeltrace2(&per_pid), tasks);
     check(&babeltrace2(&per_uid), tasks);
+
+    // `ustrace view` shows where each event happened in the span tree.
+    let view = daemon.cli(&["view", per_pid.to_str().unwrap()]);
+    assert!(view.status.success(), "{view:?}");
+    let text = String::from_utf8_lossy(&view.stdout);
+    let with =
+        |needle: &str| -> Vec<&str> { text.lines().filter(|l| l.contains(needle)).collect() };
+    let steps = with("message = \"step done\"");
+    assert_eq!(steps.len(), tasks * 3, "{text}");
+    assert!(
+        steps.iter().all(|l| l.ends_with("} in job > step")),
+        "{text}"
+    );
+    let starts = with("message = \"job starts\"");
+    assert!(starts.iter().all(|l| l.ends_with("} in job")), "{text}");
+    let enters = with("tracing_span:enter");
+    assert!(
+        enters
+            .iter()
+            .all(|l| l.ends_with("} in job") || l.ends_with("} in job > step"))
+    );
+    assert!(
+        with("log:info").iter().all(|l| l.ends_with('}')),
+        "outside any span"
+    );
 }
