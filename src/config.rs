@@ -25,6 +25,7 @@ use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::ctf::context::ContextType;
 use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec};
 use crate::protocol::{self, ProtocolError};
 use crate::shm::{self, Mode};
@@ -118,6 +119,9 @@ pub struct ChannelDefaults {
     pub buffers: Buffering,
     /// Name of the registered writer that turns packets into files.
     pub writer: String,
+    /// Contexts every event carries (`["vpid", "vtid", "procname", "pthread_id",
+    /// "cpu_id", "ip"]`); unset: vpid and vtid in per-UID channels, none per-PID.
+    pub contexts: Option<Vec<ContextType>>,
 }
 
 impl Default for ChannelDefaults {
@@ -128,6 +132,7 @@ impl Default for ChannelDefaults {
             mode: Mode::Discard,
             buffers: Buffering::PerUid,
             writer: "ctf".to_owned(),
+            contexts: None,
         }
     }
 }
@@ -292,6 +297,9 @@ pub struct ChannelConfig {
     /// Overrides [`ChannelDefaults::writer`].
     #[serde(default)]
     pub writer: Option<String>,
+    /// Overrides [`ChannelDefaults::contexts`].
+    #[serde(default)]
+    pub contexts: Option<Vec<ContextType>>,
     /// Events enabled in this channel.
     #[serde(default)]
     pub events: Vec<EventPattern>,
@@ -773,6 +781,7 @@ impl Config {
             num_subbuf: d.num_subbuf,
             mode: d.mode,
             writer: d.writer.clone(),
+            contexts: d.contexts.clone(),
         }
     }
 
@@ -786,6 +795,7 @@ impl Config {
             num_subbuf: channel.num_subbuf,
             mode: channel.mode,
             writer: channel.writer.clone(),
+            contexts: channel.contexts.clone(),
         }
     }
 }

@@ -1,9 +1,11 @@
 //! `ustrace view DIR`: prints every event of a session directory in time order.
 //!
 //! Text output, one line per event:
-//! `[2026-11-27 08:43:57.123456789] app/1234 provider:name { i = 1, s = "hello" }`,
-//! where `app/1234` is procname/vpid of a per-PID trace and `uid 1000` marks a
-//! per-UID trace. Discarded events print as
+//! `[2026-11-27 08:43:57.123456789] uid 1000 app/1234/1236 provider:name { i = 1, s = "hello" }`,
+//! where `uid 1000` marks a per-UID trace and `app/1234` (procname/vpid) a per-PID
+//! one, and `app/1234/1236` is who emitted the event: procname/vpid/vtid from its
+//! contexts (docs/trace-layout.md, "Contexts"), else from its per-PID trace's
+//! metadata, `-` for what neither says. Discarded events print as
 //! `[time] origin WARNING: N events discarded in <stream file>` and missing packets
 //! (a gap in packet_seq_num) as `[time] origin WARNING: N packets lost in <stream file>`,
 //! both at the start of the packet that follows the loss. `--json` prints one JSON object per line instead.
@@ -21,8 +23,10 @@ use std::path::Path;
 
 use serde_json::{Map, Value as Json, json};
 
+use crate::ctf::context::ContextType;
 use crate::trace::layout::Civil;
-use crate::trace::reader::{ReadError, Reader, RecordKind, Value};
+use crate::trace::metadata::EnvValue;
+use crate::trace::reader::{Event, ReadError, Reader, RecordKind, SubTrace, Value};
 
 /// Why `view` stopped.
 #[derive(Debug, thiserror::Error)]
@@ -42,10 +46,12 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
     let mut events = 0;
     let mut spans = SpanPaths::default();
     while let Some(record) = reader.next_record()? {
-        let origin = reader.traces()[record.trace].origin();
+        let trace = &reader.traces()[record.trace];
+        let origin = trace.origin();
         let time = wall_time(record.wall_ns);
         match (&record.kind, json) {
             (RecordKind::Event(event), false) => {
+                let who = Who::of(event, trace);
                 let fields: Vec<String> = event
                     .fields
                     .iter()
@@ -56,11 +62,17 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
                 } else {
                     format!("{{ {} }}", fields.join(", "))
                 };
-                let path = spans.path(record.trace, event);
+                let path = spans.path(record.trace, who.vpid, event);
                 let path = path.map_or(String::new(), |p| format!(" in {p}"));
-                writeln!(out, "[{time}] {origin} {} {fields}{path}", event.name)?;
+                writeln!(out, "[{time}] {origin} {who} {} {fields}{path}", event.name)?;
             }
             (RecordKind::Event(event), true) => {
+                let who = Who::of(event, trace);
+                let context: Map<String, Json> = event
+                    .context
+                    .iter()
+                    .map(|(c, value)| (c.name().to_string(), json_value(value)))
+                    .collect();
                 let fields: Map<String, Json> = event
                     .fields
                     .iter()
@@ -71,10 +83,14 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
                     "time": time,
                     "origin": origin,
                     "cpu_id": event.cpu_id,
+                    "procname": who.procname,
+                    "vpid": who.vpid,
+                    "vtid": who.vtid,
                     "event": event.name,
+                    "context": context,
                     "fields": fields,
                 });
-                if let Some(path) = spans.path(record.trace, event) {
+                if let Some(path) = spans.path(record.trace, who.vpid, event) {
                     line["span_path"] = json!(path);
                 }
                 writeln!(out, "{line}")?;
@@ -116,9 +132,65 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
     Ok(events)
 }
 
-/// The spans seen so far, per sub-trace: `(trace, span id)` to `(name, parent)`.
+/// Who emitted an event: from its contexts, else (procname, vpid) from its per-PID
+/// trace's metadata.
+struct Who {
+    /// The thread's name (`procname` context) or the process's (per-PID `env`).
+    procname: Option<String>,
+    /// `vpid` context, or the per-PID trace's `vpid`.
+    vpid: Option<i64>,
+    /// `vtid` context.
+    vtid: Option<i64>,
+}
+
+impl Who {
+    /// What `event` of `trace` says of its emitter.
+    fn of(event: &Event, trace: &SubTrace) -> Who {
+        let context = |want: ContextType| {
+            event
+                .context
+                .iter()
+                .find(|(c, _)| *c == want)
+                .map(|(_, v)| v)
+        };
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Signed(i)) => Some(*i),
+            _ => None,
+        };
+        let env = &trace.metadata;
+        Who {
+            procname: match (context(ContextType::Procname), env.env("procname")) {
+                (Some(Value::Str(s)), _) | (_, Some(EnvValue::Str(s))) => Some(s.clone()),
+                _ => None,
+            },
+            vpid: int(context(ContextType::Vpid)).or(match env.env("vpid") {
+                Some(EnvValue::Int(pid)) => Some(*pid),
+                _ => None,
+            }),
+            vtid: int(context(ContextType::Vtid)),
+        }
+    }
+}
+
+impl std::fmt::Display for Who {
+    /// `procname/vpid/vtid`, `-` for what is unknown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        write!(
+            f,
+            "{}/{}/{}",
+            or_dash(self.procname.clone()),
+            or_dash(self.vpid.map(|v| v.to_string())),
+            or_dash(self.vtid.map(|v| v.to_string()))
+        )
+    }
+}
+
+/// The spans seen so far, per sub-trace and process (a per-UID trace's events
+/// name theirs with the vpid context, if recorded): `(trace, vpid, span id)` to
+/// `(name, parent)`.
 #[derive(Default)]
-struct SpanPaths(HashMap<(usize, u64), (String, u64)>);
+struct SpanPaths(HashMap<(usize, Option<i64>, u64), (String, u64)>);
 
 /// How deep a span path goes (a parent loop in a hostile trace stops there).
 const MAX_SPAN_DEPTH: usize = 64;
@@ -126,7 +198,7 @@ const MAX_SPAN_DEPTH: usize = 64;
 impl SpanPaths {
     /// Learns the span `event` makes, if any, and gives the path of the span it
     /// names, if any.
-    fn path(&mut self, trace: usize, event: &crate::trace::reader::Event) -> Option<String> {
+    fn path(&mut self, trace: usize, vpid: Option<i64>, event: &Event) -> Option<String> {
         let id = |i: usize, name: &str| match event.fields.get(i) {
             Some((n, Value::Unsigned(v))) if n == name => Some(*v),
             _ => None,
@@ -134,7 +206,8 @@ impl SpanPaths {
         let span = match (id(0, "span_id"), id(1, "parent")) {
             (Some(span), Some(parent)) => {
                 let name = event.name.split_once(':').map_or(&*event.name, |(_, n)| n);
-                self.0.insert((trace, span), (name.to_string(), parent));
+                self.0
+                    .insert((trace, vpid, span), (name.to_string(), parent));
                 span
             }
             _ => id(0, "span").or_else(|| id(0, "span_id"))?,
@@ -142,7 +215,7 @@ impl SpanPaths {
         let mut names = Vec::new();
         let mut at = span;
         // A span made before the trace started is left out of the path.
-        while let Some((name, parent)) = self.0.get(&(trace, at)) {
+        while let Some((name, parent)) = self.0.get(&(trace, vpid, at)) {
             if at == 0 || names.len() == MAX_SPAN_DEPTH {
                 break;
             }

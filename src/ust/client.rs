@@ -42,6 +42,7 @@
 //! registers the same way; an exec'd program starts afresh (every descriptor of
 //! ours is close-on-exec) and registers when it calls `init`.
 
+use crate::ctf::context::ContextSet;
 use crate::protocol::messages::{AppCommand, AppRegister, AppRequest, MAX_LATE_FRAME};
 use crate::protocol::{self, APPS_SOCKET, ProtocolError, frame};
 use crate::shm::ChannelBuffers;
@@ -631,7 +632,11 @@ impl Listener {
     /// Applies one command.
     fn apply(&mut self, command: AppCommand, mut fds: Vec<OwnedFd>) -> Result<(), String> {
         match command {
-            AppCommand::Channel { key, streams } => {
+            AppCommand::Channel {
+                key,
+                streams,
+                contexts,
+            } => {
                 if fds.len() != streams as usize + 1 {
                     return Err(format!(
                         "channel {key}: expected {} fds, got {}",
@@ -643,7 +648,8 @@ impl Listener {
                 let wakeup = fds.pop().expect("one fd left");
                 let buffers = ChannelBuffers::from_fds(rings, wakeup)
                     .map_err(|e| format!("channel {key}: {e}"))?;
-                let slot = channel::install(buffers).map_err(|e| format!("channel {key}: {e}"))?;
+                let slot = channel::install(buffers, ContextSet::of(&contexts))
+                    .map_err(|e| format!("channel {key}: {e}"))?;
                 self.slots.insert(key, slot);
             }
             AppCommand::Enable { key, events } => {
