@@ -35,7 +35,7 @@ async fn job(task: u32) {
         id = job.id,
         tag = job.tags[0],
         ratio = 0.5,
-        urgent = task % 2 == 0,
+        urgent = task.is_multiple_of(2),
         "job starts"
     );
     for n in 0..3 {
