@@ -29,6 +29,7 @@
 pub mod encode;
 pub mod site;
 
+use tracing_core::field::Visit;
 use tracing_core::span::{Attributes, Id, Record};
 use tracing_core::{Event, Interest, Metadata, Subscriber};
 use tracing_subscriber::Layer;
@@ -104,49 +105,28 @@ impl<S: Subscriber> Layer<S> for UstraceLayer {
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-        let meta = attrs.metadata();
-        let Some(site) = site::get_or_make(meta, true, |kinds| attrs.record(kinds)) else {
-            return;
-        };
-        let Some(tracepoint) = site.tracepoint.filter(|t| t.is_enabled()) else {
-            return;
-        };
-        let parent = match attrs.parent() {
-            Some(parent) => Some(parent.clone()),
-            None if attrs.is_contextual() => ctx.current_span().id().cloned(),
-            None => None,
-        };
-        let prefix = [id.into_u64(), parent.map_or(0, |p| p.into_u64())];
-        encode::encode(
-            &site.kinds,
-            &site.rest,
-            &prefix,
-            |encoder| attrs.record(encoder),
-            |payload| tracepoint.record(payload.len(), |out| out.copy_from_slice(payload)),
-        );
+        trace(attrs.metadata(), true, &|v| attrs.record(v), || {
+            let parent = match attrs.parent() {
+                Some(parent) => parent.into_u64(),
+                None if attrs.is_contextual() => ctx.current_span().id().map_or(0, Id::into_u64),
+                None => 0,
+            };
+            [id.into_u64(), parent]
+        });
     }
 
     fn on_record(&self, _: &Id, _: &Record<'_>, _: Context<'_, S>) {}
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let meta = event.metadata();
-        let Some(site) = site::get_or_make(meta, false, |kinds| event.record(kinds)) else {
-            return;
-        };
-        let Some(tracepoint) = site.tracepoint.filter(|t| t.is_enabled()) else {
-            return;
-        };
-        let span = match event.parent() {
-            Some(parent) => parent.into_u64(),
-            None if event.is_contextual() => ctx.current_span().id().map_or(0, Id::into_u64),
-            None => 0,
-        };
-        encode::encode(
-            &site.kinds,
-            &site.rest,
-            &[span],
-            |encoder| event.record(encoder),
-            |payload| tracepoint.record(payload.len(), |out| out.copy_from_slice(payload)),
+        trace(
+            event.metadata(),
+            false,
+            &|v| event.record(v),
+            || match event.parent() {
+                Some(parent) => [parent.into_u64()],
+                None if event.is_contextual() => [ctx.current_span().id().map_or(0, Id::into_u64)],
+                None => [0],
+            },
         );
     }
 
@@ -161,4 +141,28 @@ impl<S: Subscriber> Layer<S> for UstraceLayer {
     fn on_close(&self, id: Id, _: Context<'_, S>) {
         SPAN_CLOSE.emit(id.into_u64());
     }
+}
+
+/// Records one use of `meta`'s callsite (a span made or an event), whose values
+/// `values` visits, with the ids `prefix` gives before them, if a session records
+/// it; the callsite's first use registers it.
+fn trace<const N: usize>(
+    meta: &'static Metadata<'static>,
+    span: bool,
+    values: &dyn Fn(&mut dyn Visit),
+    prefix: impl FnOnce() -> [u64; N],
+) {
+    let Some(site) = site::get_or_make(meta, span, |kinds| values(kinds)) else {
+        return;
+    };
+    let Some(tracepoint) = site.tracepoint.filter(|t| t.is_enabled()) else {
+        return;
+    };
+    encode::encode(
+        &site.kinds,
+        &site.rest,
+        &prefix(),
+        |encoder| values(encoder),
+        |payload| tracepoint.record(payload.len(), |out| out.copy_from_slice(payload)),
+    );
 }
