@@ -19,7 +19,13 @@ fn prefix() -> &'static Path {
     static PREFIX: OnceLock<PathBuf> = OnceLock::new();
     PREFIX.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let prefix = std::env::temp_dir().join(format!("ustrace-c-prefix-{}", std::process::id()));
+        // Kept in the target directory (one per profile), reinstalled by each run.
+        let profile = if cfg!(debug_assertions) {
+            "debug"
+        } else {
+            "release"
+        };
+        let prefix = root.join("target/c-api").join(format!("prefix-{profile}"));
         let out = Command::new(root.join("scripts/install-c.sh"))
             .arg(&prefix)
             .arg("--debug")
@@ -137,14 +143,20 @@ fn session(daemon: &Daemon) -> PathBuf {
     output
 }
 
-/// The event lines of one sub-trace, from the event name on (timestamps and
-/// cpu ids cut).
+/// The event lines of one sub-trace, from the event name on (timestamps and the
+/// vpid/vtid contexts cut).
 fn events(output: &Path, trace: &str) -> Vec<String> {
     babeltrace2(&output.join(trace))
         .into_iter()
         .filter_map(|l| {
             let at = l.find(" demo:").or_else(|| l.find(" ustrace:"))?;
-            Some(l[at + 1..].to_string())
+            let mut line = l[at + 1..].to_string();
+            // The per-UID channels' default contexts (vpid, vtid) vary by run.
+            if let Some(from) = line.find(", { vpid = ") {
+                let to = from + line[from..].find('}').unwrap() + 1;
+                line.replace_range(from..to, "");
+            }
+            Some(line)
         })
         .collect()
 }

@@ -239,9 +239,12 @@ pub enum ConnectionError {
         /// At registration.
         now: PeerCredentials,
     },
-    /// A late registration frame did not arrive whole in time.
-    #[error("a late registration frame not whole within daemon.registration_timeout_ms ({} ms)", .0.as_millis())]
-    LateTimeout(std::time::Duration),
+    /// A late registration frame did not arrive whole in time after its first byte.
+    #[error(
+        "a late registration frame not whole within daemon.registration_timeout_ms ({} ms)",
+        .0.as_millis()
+    )]
+    LateFrameTimeout(std::time::Duration),
 }
 
 impl AppConnection {
@@ -361,7 +364,7 @@ async fn read_frames(
                 framed::read_frame::<AppRequest>(&mut reader, max),
             )
             .await
-            .map_err(|_| ConnectionError::LateTimeout(limits.registration_timeout))??;
+            .map_err(|_| ConnectionError::LateFrameTimeout(limits.registration_timeout))??;
             let Some(request) = request else {
                 return Ok(());
             };

@@ -55,7 +55,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-/// RegistrationOutcome timeout when `USTRACE_REGISTER_TIMEOUT_MS` is not set.
+/// Registration timeout when `USTRACE_REGISTER_TIMEOUT_MS` is not set.
 pub const DEFAULT_REGISTER_TIMEOUT: Duration = Duration::from_millis(3000);
 
 /// How registration ended.
