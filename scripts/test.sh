@@ -28,6 +28,7 @@ fi
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo clippy -p ustrace-c --all-targets -- -D warnings
+cargo clippy -p ustrace-tracing --all-targets -- -D warnings
 
 # The app side (ust, shm, ctf, protocol) builds and passes its unit tests without the
 # daemon feature, and links no actor runtime.
@@ -36,5 +37,13 @@ if cargo tree --no-default-features -e normal | grep -E 'actix|tokio'; then
   echo "the app side (--no-default-features) depends on actix/tokio (above)" >&2
   exit 1
 fi
+# The tracing layer is app side too (its tokio is the example's, a dev-dependency).
+if cargo tree -p ustrace-tracing -e normal | grep -E 'actix|tokio'; then
+  echo "ustrace-tracing depends on actix/tokio (above)" >&2
+  exit 1
+fi
 
 cargo test --release -- --test-threads 2
+# After the package's own tests: those of ustrace-tracing run its binaries
+# (ustraced) from the same profile directory.
+cargo test --release -p ustrace-tracing -- --test-threads 2

@@ -10,7 +10,15 @@
 //! (a gap in packet_seq_num) as `[time] origin WARNING: N packets lost in <stream file>`,
 //! both at the start of the packet that follows the loss. `--json` prints one JSON object per line instead.
 //! `--follow` ([`follow`]) goes on printing what reaches the disk until interrupted.
+//!
+//! Span nesting (events of `ustrace-tracing`): an event whose first fields are
+//! `span_id, parent` made a span, named by its event name's part after the `:`.
+//! Every later event of the same sub-trace that names a span in its first field
+//! (`span`, or `span_id` for `tracing_span:enter|exit|close`) prints its span path
+//! after its fields, outermost first: `... { span = 7, ... } in job > step`
+//! (`"span_path": "job > step"` in JSON).
 
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -68,6 +76,7 @@ pub fn follow(dir: &Path, json: bool, poll: Duration, out: &mut dyn Write) -> Vi
 /// were events.
 fn print_records(reader: &mut Reader, json: bool, out: &mut dyn Write) -> Result<u64, ViewError> {
     let mut events = 0;
+    let mut spans = SpanPaths::default();
     while let Some(record) = reader.next_record()? {
         let trace = &reader.traces()[record.trace];
         let origin = trace.origin();
@@ -85,7 +94,9 @@ fn print_records(reader: &mut Reader, json: bool, out: &mut dyn Write) -> Result
                 } else {
                     format!("{{ {} }}", fields.join(", "))
                 };
-                writeln!(out, "[{time}] {origin} {who} {} {fields}", event.name)?;
+                let path = spans.path(record.trace, who.vpid, event);
+                let path = path.map_or(String::new(), |p| format!(" in {p}"));
+                writeln!(out, "[{time}] {origin} {who} {} {fields}{path}", event.name)?;
             }
             (RecordKind::Event(event), true) => {
                 let who = Who::of(event, trace);
@@ -99,7 +110,7 @@ fn print_records(reader: &mut Reader, json: bool, out: &mut dyn Write) -> Result
                     .iter()
                     .map(|(name, value)| (name.clone(), json_value(value)))
                     .collect();
-                let line = json!({
+                let mut line = json!({
                     "timestamp_ns": json_int(record.wall_ns),
                     "time": time,
                     "origin": origin,
@@ -111,6 +122,9 @@ fn print_records(reader: &mut Reader, json: bool, out: &mut dyn Write) -> Result
                     "context": context,
                     "fields": fields,
                 });
+                if let Some(path) = spans.path(record.trace, who.vpid, event) {
+                    line["span_path"] = json!(path);
+                }
                 writeln!(out, "{line}")?;
             }
             (RecordKind::Discarded { count, stream }, false) => {
@@ -201,6 +215,47 @@ impl std::fmt::Display for Who {
             or_dash(self.vpid.map(|v| v.to_string())),
             or_dash(self.vtid.map(|v| v.to_string()))
         )
+    }
+}
+
+/// The spans seen so far, per sub-trace and process (a per-UID trace's events
+/// name theirs with the vpid context, if recorded): `(trace, vpid, span id)` to
+/// `(name, parent)`.
+#[derive(Default)]
+struct SpanPaths(HashMap<(usize, Option<i64>, u64), (String, u64)>);
+
+/// How deep a span path goes (a parent loop in a hostile trace stops there).
+const MAX_SPAN_DEPTH: usize = 64;
+
+impl SpanPaths {
+    /// Learns the span `event` makes, if any, and gives the path of the span it
+    /// names, if any.
+    fn path(&mut self, trace: usize, vpid: Option<i64>, event: &Event) -> Option<String> {
+        let id = |i: usize, name: &str| match event.fields.get(i) {
+            Some((n, Value::Unsigned(v))) if n == name => Some(*v),
+            _ => None,
+        };
+        let span = match (id(0, "span_id"), id(1, "parent")) {
+            (Some(span), Some(parent)) => {
+                let name = event.name.split_once(':').map_or(&*event.name, |(_, n)| n);
+                self.0
+                    .insert((trace, vpid, span), (name.to_string(), parent));
+                span
+            }
+            _ => id(0, "span").or_else(|| id(0, "span_id"))?,
+        };
+        let mut names = Vec::new();
+        let mut at = span;
+        // A span made before the trace started is left out of the path.
+        while let Some((name, parent)) = self.0.get(&(trace, vpid, at)) {
+            if at == 0 || names.len() == MAX_SPAN_DEPTH {
+                break;
+            }
+            names.push(name.as_str());
+            at = *parent;
+        }
+        names.reverse();
+        (!names.is_empty()).then(|| names.join(" > "))
     }
 }
 

@@ -662,12 +662,15 @@ impl Listener {
                         .ok_or_else(|| format!("enable of unknown event index {index}"))?;
                     event.enable(slot, id);
                 }
+                drop(known);
+                enablement_changed();
             }
             AppCommand::Disable { key } => {
                 let slot = self.slot(key)?;
                 for event in lock(&self.events).iter() {
                     event.disable(slot);
                 }
+                enablement_changed();
             }
             AppCommand::EventsRegistered { first, .. } => {
                 self.answer(LateAnswer::Registered(first))?;
@@ -714,5 +717,26 @@ impl Listener {
             }
             channel::release(slot);
         }
+        drop(events);
+        enablement_changed();
+    }
+}
+
+/// What [`on_enablement_change`] installed.
+static ENABLEMENT_HOOK: OnceLock<fn()> = OnceLock::new();
+
+/// Installs `hook`, called on the listener thread after every change of which
+/// events are enabled (an enable or disable push, a lost connection): a layer that
+/// caches whether its callsites are wanted (the `tracing` interest cache) rebuilds
+/// that cache there. One hook per process; false if one was installed already. The
+/// hook must not register events (the listener would wait on itself).
+pub fn on_enablement_change(hook: fn()) -> bool {
+    ENABLEMENT_HOOK.set(hook).is_ok()
+}
+
+/// Runs the hook of [`on_enablement_change`], if any.
+fn enablement_changed() {
+    if let Some(hook) = ENABLEMENT_HOOK.get() {
+        hook();
     }
 }

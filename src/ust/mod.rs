@@ -13,5 +13,5 @@ pub(crate) mod context;
 pub mod tracepoint;
 
 pub use channel::{ChannelError, MAX_SLOTS, SlotId};
-pub use client::{LateRegistration, register_events};
+pub use client::{LateRegistration, on_enablement_change, register_events};
 pub use tracepoint::Tracepoint;

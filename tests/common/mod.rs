@@ -41,6 +41,24 @@ impl Drop for Scratch {
     }
 }
 
+/// The path of the ustrace package's binary `name`: `built`, the one cargo built
+/// for this test, or, in a test of another workspace crate (which cargo gives no
+/// `CARGO_BIN_EXE_*`), the one in this test's own profile directory, where
+/// scripts/test.sh builds it first.
+pub fn bin(name: &str, built: Option<&str>) -> PathBuf {
+    if let Some(built) = built {
+        return PathBuf::from(built);
+    }
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is not built: build the ustrace package's binaries in this profile first",
+        path.display()
+    );
+    path
+}
+
 /// Polls `cond` until it holds or `timeout` passes; says whether it held.
 pub fn poll_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -78,7 +96,7 @@ impl Daemon {
         std::fs::create_dir_all(&rundir).unwrap();
         let config = scratch.path("ustraced.toml");
         std::fs::write(&config, toml).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ustraced"))
+        let child = Command::new(bin("ustraced", option_env!("CARGO_BIN_EXE_ustraced")))
             .arg("--config")
             .arg(&config)
             .env("USTRACE_RUNDIR", &rundir)
@@ -161,7 +179,10 @@ impl Daemon {
 
     /// An app command with this daemon's runtime dir.
     pub fn app(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_ustrace-demo"));
+        let mut cmd = Command::new(bin(
+            "ustrace-demo",
+            option_env!("CARGO_BIN_EXE_ustrace-demo"),
+        ));
         cmd.args(args).env("USTRACE_RUNDIR", &self.rundir);
         cmd
     }
@@ -196,7 +217,10 @@ impl Daemon {
     pub fn run_app_on_cpu(&self, cpu: usize, events: u32) {
         let out = Command::new("taskset")
             .args(["-c", &cpu.to_string()])
-            .arg(env!("CARGO_BIN_EXE_ustrace-demo"))
+            .arg(bin(
+                "ustrace-demo",
+                option_env!("CARGO_BIN_EXE_ustrace-demo"),
+            ))
             .args(["--events", &events.to_string()])
             .env("USTRACE_RUNDIR", &self.rundir)
             .output()
@@ -345,7 +369,7 @@ impl Daemon {
 
     /// Runs the `ustrace` CLI against this daemon.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_ustrace"))
+        Command::new(bin("ustrace", option_env!("CARGO_BIN_EXE_ustrace")))
             .args(args)
             .env("USTRACE_RUNDIR", &self.rundir)
             .output()

@@ -1,0 +1,168 @@
+//! Records what a program tells the `tracing` crate (and the `log` crate) into
+//! ustrace's shared-memory rings, as CTF events the session daemon writes.
+//!
+//! ```no_run
+//! ustrace_tracing::init("my-app");
+//! tracing::info!(user = 7, ok = true, "logged in");
+//! ```
+//!
+//! - Each callsite is one ustrace event, made at its first use (its first event, or
+//!   its first span) and registered late with the daemon
+//!   ([`ustrace::ust::register_events`]): that call waits for the daemon's answer,
+//!   bounded by the registration timeout, so the callsite's first event is
+//!   recorded when a session enables it. Its name is `<target>:<name>` made CTF
+//!   identifiers (see [`site::ctf_name`]), its level a log level
+//!   ([`site::loglevel`]), its fields typed by the values of that first use
+//!   ([`encode::Kind`]).
+//! - Interest: a callsite is "always" until it is registered, then "always" while
+//!   some session records it and "never" otherwise; every enable or disable the
+//!   daemon pushes rebuilds `tracing`'s interest cache, so a callsite no session
+//!   records costs only `tracing`'s own disabled check.
+//! - Spans: a span's callsite is an event with `span_id` and `parent` (0: none)
+//!   before its fields, recorded when the span is made (and an event's first
+//!   field, `span`, is the span it happened in, 0 for none); `tracing_span:enter`,
+//!   `tracing_span:exit` and `tracing_span:close` carry the `span_id` of each
+//!   enter, exit and close, on whatever thread they happen. Ids are the registry's
+//!   (reused after a close, as `tracing` documents). Values recorded into a span
+//!   after its creation (`Span::record`) are not traced.
+
+pub mod encode;
+pub mod site;
+
+use tracing_core::field::Visit;
+use tracing_core::span::{Attributes, Id, Record};
+use tracing_core::{Event, Interest, Metadata, Subscriber};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::registry::Registry;
+
+ustrace::event!(
+    /// A span was entered (on the thread that recorded it).
+    pub static SPAN_ENTER: tracing_span:enter(span_id: u64), loglevel = Debug
+);
+ustrace::event!(
+    /// A span was exited.
+    pub static SPAN_EXIT: tracing_span:exit(span_id: u64), loglevel = Debug
+);
+ustrace::event!(
+    /// A span was closed (its last handle dropped).
+    pub static SPAN_CLOSE: tracing_span:close(span_id: u64), loglevel = Debug
+);
+
+/// The layer that records `tracing` events and spans into ustrace.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct UstraceLayer;
+
+/// Why [`init`] could not install the layer.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    /// Another `tracing` subscriber is the global default already.
+    #[error("a global tracing subscriber is set already: {0}")]
+    Subscriber(#[from] tracing_core::dispatcher::SetGlobalDefaultError),
+    /// Another `log` logger is installed already.
+    #[error("a log logger is set already: {0}")]
+    Log(#[from] tracing_log::log_tracer::SetLoggerError),
+}
+
+/// Registers this process with the session daemon as `procname` (see
+/// [`ustrace::ust::client::init`]; a program with no daemon runs untraced and is
+/// traced when one starts), and installs [`UstraceLayer`] on a registry as the
+/// global `tracing` subscriber, with `log` records forwarded to it.
+pub fn init(procname: &str) -> Result<(), InitError> {
+    register(procname);
+    tracing_core::dispatcher::set_global_default(Registry::default().with(UstraceLayer).into())?;
+    tracing_log::LogTracer::init()?;
+    Ok(())
+}
+
+/// Registers the process with the span events, and has every enablement change
+/// rebuild `tracing`'s interest cache. For a program that builds its own
+/// subscriber with [`UstraceLayer`] in it; [`init`] calls it.
+pub fn register(procname: &str) {
+    ustrace::ust::on_enablement_change(tracing_core::callsite::rebuild_interest_cache);
+    ustrace::ust::client::init(procname, &[&SPAN_ENTER, &SPAN_EXIT, &SPAN_CLOSE]);
+}
+
+impl<S: Subscriber> Layer<S> for UstraceLayer {
+    fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+        match site::lookup(meta) {
+            // Not met yet: its first use registers it.
+            None => Interest::always(),
+            Some(site) if site.tracepoint.is_some_and(|t| t.is_enabled()) => Interest::always(),
+            Some(site) if site.span => Interest::sometimes(),
+            Some(_) => Interest::never(),
+        }
+    }
+
+    fn enabled(&self, meta: &Metadata<'_>, _: Context<'_, S>) -> bool {
+        // Reached by spans whose own event no session records (they are still
+        // made while their enter, exit or close is recorded) and by `log` records
+        // (whose callsites have no interest cache: `on_event` checks them).
+        !meta.is_span()
+            || SPAN_ENTER.is_enabled()
+            || SPAN_EXIT.is_enabled()
+            || SPAN_CLOSE.is_enabled()
+    }
+
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        trace(attrs.metadata(), true, &|v| attrs.record(v), || {
+            let parent = match attrs.parent() {
+                Some(parent) => parent.into_u64(),
+                None if attrs.is_contextual() => ctx.current_span().id().map_or(0, Id::into_u64),
+                None => 0,
+            };
+            [id.into_u64(), parent]
+        });
+    }
+
+    fn on_record(&self, _: &Id, _: &Record<'_>, _: Context<'_, S>) {}
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        trace(
+            event.metadata(),
+            false,
+            &|v| event.record(v),
+            || match event.parent() {
+                Some(parent) => [parent.into_u64()],
+                None if event.is_contextual() => [ctx.current_span().id().map_or(0, Id::into_u64)],
+                None => [0],
+            },
+        );
+    }
+
+    fn on_enter(&self, id: &Id, _: Context<'_, S>) {
+        SPAN_ENTER.emit(id.into_u64());
+    }
+
+    fn on_exit(&self, id: &Id, _: Context<'_, S>) {
+        SPAN_EXIT.emit(id.into_u64());
+    }
+
+    fn on_close(&self, id: Id, _: Context<'_, S>) {
+        SPAN_CLOSE.emit(id.into_u64());
+    }
+}
+
+/// Records one use of `meta`'s callsite (a span made or an event), whose values
+/// `values` visits, with the ids `prefix` gives before them, if a session records
+/// it; the callsite's first use registers it.
+fn trace<const N: usize>(
+    meta: &'static Metadata<'static>,
+    span: bool,
+    values: &dyn Fn(&mut dyn Visit),
+    prefix: impl FnOnce() -> [u64; N],
+) {
+    let Some(site) = site::get_or_make(meta, span, |kinds| values(kinds)) else {
+        return;
+    };
+    let Some(tracepoint) = site.tracepoint.filter(|t| t.is_enabled()) else {
+        return;
+    };
+    encode::encode(
+        &site.kinds,
+        &site.rest,
+        &prefix(),
+        |encoder| values(encoder),
+        |payload| tracepoint.record(payload.len(), |out| out.copy_from_slice(payload)),
+    );
+}

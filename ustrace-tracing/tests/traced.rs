@@ -1,0 +1,161 @@
+//! The tokio example (examples/tokio_spans.rs), a `tracing` program with spans
+//! that hop worker threads and a `log` record, traced by the real daemon into a
+//! per-PID and a per-UID session at once and read back by babeltrace2.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+
+use common::{Daemon, babeltrace2};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+use ustrace::protocol::messages::{Buffering, ControlRequest};
+
+/// The example, built by cargo next to this test's directory (`cargo test -p
+/// ustrace-tracing` builds it; `--test traced` alone does not rebuild it).
+fn example() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/tokio_spans");
+    assert!(path.exists(), "{} not built", path.display());
+    path
+}
+
+/// Creates session `name` with one channel of `buffers` enabling every event,
+/// started.
+fn session(daemon: &Daemon, name: &str, buffers: Buffering) -> PathBuf {
+    let output = daemon.session(name, &[("ch", buffers)], false);
+    daemon.ok(ControlRequest::EnableEvent {
+        session: Some(name.into()),
+        channel: Some("ch".into()),
+        pattern: "*".into(),
+    });
+    daemon.ok(ControlRequest::Start {
+        session: Some(name.into()),
+    });
+    output
+}
+
+/// `name = value` of a babeltrace2 line's payload.
+fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let at = line.find(&format!(" {name} = "))? + name.len() + 4;
+    let rest = &line[at..];
+    let end = rest.find([',', ' ']).unwrap_or(rest.len());
+    Some(&rest[..end])
+}
+
+/// The lines of event `event`.
+fn lines<'a>(trace: &'a [String], event: &str) -> Vec<&'a str> {
+    let needle = format!(" {event}: ");
+    trace
+        .iter()
+        .filter(|l| l.contains(&needle))
+        .map(String::as_str)
+        .collect()
+}
+
+/// Checks one session's trace of a run with `tasks` tasks.
+fn check(trace: &[String], tasks: usize) {
+    let step = "tokio_spans:event_ustrace_tracing_examples_tokio_spans_rs_25";
+    let starts = "tokio_spans:event_ustrace_tracing_examples_tokio_spans_rs_33";
+    let warns = "tokio_spans:event_ustrace_tracing_examples_tokio_spans_rs_46";
+    // Named after their lines in the example (the `tracing` name "event FILE:LINE").
+    // Every use of every callsite, its first included (each registered at it).
+    assert_eq!(lines(trace, step).len(), tasks * 3, "{trace:#?}");
+    assert_eq!(lines(trace, warns).len(), 1, "{trace:#?}");
+    let starts = lines(trace, starts);
+    assert_eq!(starts.len(), tasks);
+    for line in &starts {
+        assert!(line.contains("message = \"job starts\""), "{line}");
+        assert!(
+            line.contains("tags: [\\\"a\\\", \\\"b\\\"]"),
+            "Debug text: {line}"
+        );
+        assert_eq!(field(line, "ratio"), Some("0.5"), "{line}");
+        assert_eq!(field(line, "tag"), Some("\"a\""), "{line}");
+    }
+    let logs = lines(trace, "log:info");
+    assert_eq!(logs.len(), 1, "{trace:#?}");
+    assert!(logs[0].contains(&format!("message = \"all {tasks} tasks done\"")));
+    assert_eq!(field(logs[0], "log_target"), Some("\"tokio_spans\""));
+
+    // Spans: each job a root, each step a child of a job; every span entered as
+    // often as exited, and closed once.
+    let jobs: Vec<&str> = lines(trace, "tokio_spans:job")
+        .iter()
+        .map(|l| {
+            assert_eq!(field(l, "parent"), Some("0"), "{l}");
+            field(l, "span_id").unwrap()
+        })
+        .collect();
+    assert_eq!(jobs.len(), tasks);
+    let steps = lines(trace, "tokio_spans:step");
+    assert_eq!(steps.len(), tasks * 3);
+    for l in &steps {
+        assert!(jobs.contains(&field(l, "parent").unwrap()), "{l}");
+    }
+    let mut balance: HashMap<&str, (i64, u32)> = HashMap::new();
+    for (event, delta) in [("enter", 1), ("exit", -1), ("close", 0)] {
+        for l in lines(trace, &format!("tracing_span:{event}")) {
+            let entry = balance.entry(field(l, "span_id").unwrap()).or_default();
+            entry.0 += delta;
+            entry.1 += u32::from(event == "close");
+        }
+    }
+    assert_eq!(balance.len(), tasks * 4, "{balance:?}");
+    for (span, (open, closed)) in balance {
+        assert_eq!((open, closed), (0, 1), "span {span}");
+    }
+}
+
+#[test]
+fn the_tokio_example_is_traced_per_pid_and_per_uid() {
+    let daemon = Daemon::start();
+    let per_pid = session(&daemon, "pid", Buffering::PerPid);
+    let per_uid = session(&daemon, "uid", Buffering::PerUid);
+    let tasks = 5;
+    let out = Command::new(example())
+        .arg(tasks.to_string())
+        .env("USTRACE_RUNDIR", &daemon.rundir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    daemon.stop("pid");
+    daemon.stop("uid");
+    check(&babeltrace2(&per_pid), tasks);
+    check(&babeltrace2(&per_uid), tasks);
+
+    // `ustrace view` shows where each event happened in the span tree.
+    let view = daemon.cli(&["view", per_pid.to_str().unwrap()]);
+    assert!(view.status.success(), "{view:?}");
+    let text = String::from_utf8_lossy(&view.stdout);
+    let with =
+        |needle: &str| -> Vec<&str> { text.lines().filter(|l| l.contains(needle)).collect() };
+    let steps = with("message = \"step done\"");
+    assert_eq!(steps.len(), tasks * 3, "{text}");
+    assert!(
+        steps.iter().all(|l| l.ends_with("} in job > step")),
+        "{text}"
+    );
+    let starts = with("message = \"job starts\"");
+    assert!(starts.iter().all(|l| l.ends_with("} in job")), "{text}");
+    let enters = with("tracing_span:enter");
+    assert!(
+        enters
+            .iter()
+            .all(|l| l.ends_with("} in job") || l.ends_with("} in job > step"))
+    );
+    assert!(
+        with("log:info").iter().all(|l| l.ends_with('}')),
+        "outside any span"
+    );
+}
