@@ -41,6 +41,8 @@ fn main() {
     daemon.ok(ControlRequest::Create {
         name: "bench".into(),
         output: Some(daemon.scratch.path("out").display().to_string()),
+        url: None,
+        live_timer_us: None,
     });
     daemon.ok(ControlRequest::EnableChannel {
         session: Some("bench".into()),
