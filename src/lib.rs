@@ -24,6 +24,8 @@ pub mod ctf;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod protocol;
+#[cfg(feature = "daemon")]
+pub mod rule;
 pub mod shm;
 #[cfg(feature = "daemon")]
 pub mod trace;

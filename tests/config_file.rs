@@ -7,7 +7,8 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ustrace::config::{ByteSize, Config, ConfigError, EventPattern};
+use ustrace::config::{ByteSize, Config, ConfigError};
+use ustrace::rule::EventPattern;
 use ustrace::protocol::messages::{Buffering, ChannelSpec};
 use ustrace::shm::Mode;
 
@@ -432,7 +433,7 @@ fn writer_names_are_checked() {
 
 #[test]
 fn event_patterns_are_checked_where_they_are_written() {
-    for bad in ["demo", "demo:", ":ev", "de*mo:ev", "a:b:c", "demo:ev-1", ""] {
+    for bad in ["demo:ev-1", "", "de mo", "demo\\", "demo\\x"] {
         let text = format!(
             "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\nevents = [\"demo:ok\", {bad:?}]\n"
         );
@@ -455,6 +456,52 @@ fn event_patterns_match_by_exact_name_or_prefix() {
     assert!(!pattern("demo:*").matches("demo2", "anything"));
     assert!(pattern("dem*").matches("demo2", "x"));
     assert!(pattern("*").matches("any", "thing"));
+}
+
+#[test]
+fn lttng_patterns_that_match_nothing_yet_are_accepted() {
+    for text in ["demo", "demo:", ":ev", "de*mo:ev", "a:b:c", "*ev", "demo\\*"] {
+        assert!(EventPattern::parse(text).is_ok(), "{text:?}");
+    }
+}
+
+#[test]
+fn events_are_patterns_or_tables_with_exclusions_and_levels() {
+    use ustrace::ctf::field::LogLevel;
+    use ustrace::protocol::messages::LogLevelRule;
+    let config = parse(
+        "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\nevents = [\"demo:*\", \
+         { pattern = \"net:*\", exclude = [\"net:noisy*\"], loglevel = \"WARNING\" }, \
+         { pattern = \"*\", loglevel_only = \"TRACE_DEBUG_LINE\" }]\n",
+    )
+    .unwrap();
+    let rules: Vec<_> = config.sessions[0].channels[0]
+        .events
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    assert_eq!(rules[0].pattern.as_str(), "demo:*");
+    assert_eq!(rules[0].loglevel, LogLevelRule::All);
+    assert_eq!(rules[1].exclude[0].as_str(), "net:noisy*");
+    assert_eq!(rules[1].loglevel, LogLevelRule::AtLeast(LogLevel::Warning));
+    assert_eq!(rules[2].loglevel, LogLevelRule::Only(LogLevel::DebugLine));
+}
+
+#[test]
+fn bad_event_tables_are_refused_where_they_are_written() {
+    for (table, says) in [
+        ("{ pattern = \"a:*\", loglevel = \"LOUD\" }", "unknown log level \"LOUD\""),
+        ("{ pattern = \"a:b\", exclude = [\"a:c\"] }", "--exclude needs a pattern with `*`"),
+        ("{ pattern = \"a:*\", loglevel = \"INFO\", loglevel_only = \"INFO\" }", "exclude each other"),
+        ("{ pattern = \"a:*\", level = \"INFO\" }", "unknown field `level`"),
+        ("{ exclude = [\"a:c\"] }", "missing field `pattern`"),
+    ] {
+        let text = format!(
+            "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\nevents = [{table}]\n"
+        );
+        let (_, message) = invalid(&text, "session[0].channel[0].events[0]");
+        assert!(message.contains(says), "{table}: {message}");
+    }
 }
 
 #[test]
@@ -521,16 +568,12 @@ fn automatic_directories_follow_the_environment() {
 
 #[test]
 fn pattern_errors_say_which_rule_is_broken() {
-    use ustrace::config::PatternProblem::*;
+    use ustrace::rule::PatternProblem::*;
     for (text, problem) in [
-        ("de*mo:ev", MisplacedWildcard),
         ("demo:ev-1", BadCharacter('-')),
-        ("a:b:c", ManyColons),
-        (":ev", EmptyProvider),
-        (":*", EmptyProvider),
-        ("demo", Incomplete),
-        ("demo:", Incomplete),
-        ("", Incomplete),
+        ("demo ev", BadCharacter(' ')),
+        ("demo\\", BadEscape),
+        ("", Empty),
     ] {
         assert_eq!(
             EventPattern::parse(text).unwrap_err().problem,

@@ -146,6 +146,8 @@ impl InProcess {
                 session: None,
                 channel: None,
                 pattern: "demo:*".into(),
+                exclude: Vec::new(),
+                loglevel: Default::default(),
             },
         );
         ask(&rundir, ControlRequest::Start { session: None });

@@ -15,9 +15,10 @@ use crate::actors::buffer_factory::{self as factory, BufferFactory, SessionsChan
 use crate::actors::buffer_set::FlushError;
 use crate::actors::stats::Stats;
 use crate::actors::writer::release_freed_heap;
-use crate::config::{EventPattern, check_name};
+use crate::config::check_name;
 use crate::ctf::field::EventDesc;
 use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec, SessionInfo};
+use crate::rule::EventRule;
 use crate::shm::ShmError;
 use crate::trace::writer::OutputDir;
 use crate::trace::{layout, spread};
@@ -26,21 +27,20 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// A channel of a session and the event patterns enabled in it.
+/// A channel of a session and the event rules enabled in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelDef {
     /// Geometry, mode, buffering and writer.
     pub spec: ChannelSpec,
-    /// `provider:name`, `provider:*` or `*` patterns.
-    pub patterns: Vec<EventPattern>,
+    /// The `enable-event` rules, each once.
+    pub rules: Vec<EventRule>,
 }
 
 impl ChannelDef {
-    /// Whether the event `provider:name` is enabled in this channel.
+    /// Whether `event` is enabled in this channel: some rule matches it (an event
+    /// two rules match is enabled once all the same).
     pub fn matches(&self, event: &EventDesc) -> bool {
-        self.patterns
-            .iter()
-            .any(|p| p.matches(&event.provider, &event.name))
+        self.rules.iter().any(|r| r.matches(event))
     }
 }
 
@@ -217,7 +217,7 @@ pub struct EnableChannel {
     pub channel: ChannelRequest,
 }
 
-/// Enable the events matching `pattern` in a channel of a session.
+/// Enable the events matching `rule` in a channel of a session.
 #[derive(Message)]
 #[rtype(result = "Done")]
 pub struct EnableEvent {
@@ -226,7 +226,7 @@ pub struct EnableEvent {
     /// The channel (`None`: the session's only one, or a default one made now).
     pub channel: Option<String>,
     /// The events.
-    pub pattern: EventPattern,
+    pub rule: EventRule,
 }
 
 /// Start recording a session.
@@ -347,17 +347,17 @@ impl SessionManager {
         let message = format!("channel {} enabled in session {}", channel.name, s.name);
         s.channels.push(ChannelDef {
             spec: channel,
-            patterns: Vec::new(),
+            rules: Vec::new(),
         });
         Ok(message)
     }
 
-    /// Enables a pattern in a channel.
+    /// Enables a rule in a channel; the same rule again changes nothing.
     fn enable_event(&mut self, request: EnableEvent) -> Done {
         let EnableEvent {
             session,
             channel,
-            pattern,
+            rule,
         } = request;
         let default_channel = self.settings.default_channel.clone();
         let s = self.session(&session)?;
@@ -374,7 +374,7 @@ impl SessionManager {
             None if s.channels.is_empty() && !s.ever_started => {
                 s.channels.push(ChannelDef {
                     spec: default_channel,
-                    patterns: Vec::new(),
+                    rules: Vec::new(),
                 });
                 0
             }
@@ -386,14 +386,9 @@ impl SessionManager {
             }
         };
         let ch = &mut s.channels[index];
-        let message = format!(
-            "event {} enabled in {}/{}",
-            pattern.as_str(),
-            s.name,
-            ch.spec.name
-        );
-        if !ch.patterns.contains(&pattern) {
-            ch.patterns.push(pattern);
+        let message = format!("event {rule} enabled in {}/{}", s.name, ch.spec.name);
+        if !ch.rules.contains(&rule) {
+            ch.rules.push(rule);
         }
         Ok(message)
     }
@@ -538,8 +533,8 @@ impl Handler<ListSessions> for SessionManager {
                     .channels
                     .iter()
                     .map(|c| {
-                        let patterns = c.patterns.iter().map(|p| p.as_str().to_owned());
-                        (c.spec.clone(), patterns.collect())
+                        let rules = c.rules.iter().map(EventRule::to_string);
+                        (c.spec.clone(), rules.collect())
                     })
                     .collect(),
             })

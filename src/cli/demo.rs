@@ -118,6 +118,8 @@ pub(crate) fn start_session(
                 session: session.clone(),
                 channel: Some(channel.to_string()),
                 pattern: "demo:*".into(),
+                exclude: Vec::new(),
+                loglevel: Default::default(),
             },
         )?;
     }

@@ -5,8 +5,10 @@ pub mod recover;
 
 use crate::bench;
 use crate::control;
+use crate::ctf::field::LogLevel;
 use crate::protocol::messages::{
-    Buffering, ChannelRequest, ControlOk, ControlRequest, SessionInfo, StatusReport,
+    Buffering, ChannelRequest, ControlOk, ControlRequest, LogLevelRule, SessionInfo,
+    StatusReport,
 };
 use crate::shm::Mode;
 use clap::{Args, Parser, Subcommand};
@@ -35,17 +37,9 @@ enum Command {
     },
     /// Add a channel to a session.
     EnableChannel(EnableChannel),
-    /// Enable events (`provider:name`, `provider:*`, `*`) in a channel.
-    EnableEvent {
-        /// Event pattern.
-        pattern: String,
-        /// Session (default: the most recently created).
-        #[arg(long, short)]
-        session: Option<String>,
-        /// Channel (default: the session's only channel, or channel0).
-        #[arg(long, short)]
-        channel: Option<String>,
-    },
+    /// Enable events in a channel: one rule per pattern (LTTng globbing: `*`
+    /// anywhere, `\*` a literal star; `provider:name`, `demo*ev`, `*`).
+    EnableEvent(EnableEvent),
     /// Start tracing.
     Start {
         /// Session (default: the most recently created).
@@ -87,6 +81,49 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks against the system's own untraced runs and against LTTng.
     Bench(bench::BenchArgs),
+}
+
+/// `enable-event` options, LTTng's names.
+#[derive(Args, Debug)]
+struct EnableEvent {
+    /// Event patterns, comma-separated (`demo:*,net:recv`): one rule each.
+    #[arg(value_delimiter = ',', required = true)]
+    patterns: Vec<String>,
+    /// Session (default: the most recently created).
+    #[arg(long, short)]
+    session: Option<String>,
+    /// Channel (default: the session's only channel, or channel0).
+    #[arg(long, short)]
+    channel: Option<String>,
+    /// Names not to record although a pattern matches them, comma-separated, with
+    /// `*` globs; the patterns must have a `*`.
+    #[arg(long, short = 'x', value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// Only events of this level and more severe: EMERG, ALERT, CRIT, ERR,
+    /// WARNING, NOTICE, INFO, DEBUG_SYSTEM, DEBUG_PROGRAM, DEBUG_PROCESS,
+    /// DEBUG_MODULE, DEBUG_UNIT, DEBUG_FUNCTION, DEBUG_LINE, DEBUG (TRACE_ prefix
+    /// optional), or 0 to 14.
+    #[arg(long, value_parser = parse_loglevel, conflicts_with = "loglevel_only")]
+    loglevel: Option<LogLevel>,
+    /// Only events of exactly this level (names as for --loglevel).
+    #[arg(long, value_parser = parse_loglevel)]
+    loglevel_only: Option<LogLevel>,
+}
+
+impl EnableEvent {
+    /// The rule's level condition.
+    fn loglevel(&self) -> LogLevelRule {
+        match (self.loglevel, self.loglevel_only) {
+            (Some(level), _) => LogLevelRule::AtLeast(level),
+            (_, Some(level)) => LogLevelRule::Only(level),
+            _ => LogLevelRule::All,
+        }
+    }
+}
+
+/// `--loglevel`: one of LTTng-UST's level names or numbers.
+fn parse_loglevel(text: &str) -> Result<LogLevel, String> {
+    crate::rule::parse_loglevel(text).map_err(|e| e.to_string())
 }
 
 /// `enable-channel` options.
@@ -161,36 +198,52 @@ impl Cli {
                     writer: c.writer,
                 },
             },
-            Command::EnableEvent {
-                pattern,
-                session,
-                channel,
-            } => ControlRequest::EnableEvent {
-                session,
-                channel,
-                pattern,
-            },
+            Command::EnableEvent(e) => return enable_event(e),
             Command::Start { session } => ControlRequest::Start { session },
             Command::Stop { session } => ControlRequest::Stop { session },
             Command::Destroy { session } => ControlRequest::Destroy { session },
             Command::List { session } => ControlRequest::List { session },
             Command::Status => ControlRequest::Status,
         };
-        match control::request(&request) {
-            Ok(Ok(answer)) => {
-                print_answer(&answer);
-                ExitCode::SUCCESS
-            }
-            Ok(Err(message)) => {
-                eprintln!("Error: {message}");
-                ExitCode::FAILURE
-            }
-            Err(e) => {
-                eprintln!("Error: {e}");
-                ExitCode::FAILURE
-            }
+        send(&request)
+    }
+}
+
+/// Sends one request and prints its answer, or the error on stderr.
+fn send(request: &ControlRequest) -> ExitCode {
+    match control::request(request) {
+        Ok(Ok(answer)) => {
+            print_answer(&answer);
+            ExitCode::SUCCESS
+        }
+        Ok(Err(message)) => {
+            eprintln!("Error: {message}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            ExitCode::FAILURE
         }
     }
+}
+
+/// `enable-event`: one request per pattern, in order; stops at the first refusal.
+fn enable_event(e: EnableEvent) -> ExitCode {
+    let loglevel = e.loglevel();
+    for pattern in &e.patterns {
+        let request = ControlRequest::EnableEvent {
+            session: e.session.clone(),
+            channel: e.channel.clone(),
+            pattern: pattern.clone(),
+            exclude: e.exclude.clone(),
+            loglevel,
+        };
+        let code = send(&request);
+        if code != ExitCode::SUCCESS {
+            return code;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Relative output paths are the CLI's, not the daemon's working directory.

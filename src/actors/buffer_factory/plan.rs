@@ -187,7 +187,7 @@ pub fn to_enable<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EventPattern;
+    use crate::rule::{EventPattern, EventRule};
     use crate::ctf::field::LogLevel;
     use crate::shm::Mode;
 
@@ -252,13 +252,13 @@ mod tests {
     fn a_channel_enables_the_events_its_patterns_match_in_the_apps_order() {
         let channel = ChannelDef {
             spec: spec(Buffering::PerUid),
-            patterns: vec![EventPattern::parse("app:*").unwrap()],
+            rules: vec![EventRule::all(EventPattern::parse("app:*").unwrap())],
         };
         let events = [event("app", "a"), event("lib", "b"), event("app", "c")];
         assert_eq!(matching_events(&events, &channel), vec![0, 2]);
         let none = ChannelDef {
             spec: spec(Buffering::PerUid),
-            patterns: Vec::new(),
+            rules: Vec::new(),
         };
         assert!(matching_events(&events, &none).is_empty());
     }
