@@ -447,7 +447,10 @@ mod tests {
     #[test]
     fn escapes_match_the_literal_character() {
         let star = |p: &str| EventPattern::parse(p).unwrap();
-        assert_eq!(star(r"a\*").tokens, vec![Token::Byte(b'a'), Token::Byte(b'*')]);
+        assert_eq!(
+            star(r"a\*").tokens,
+            vec![Token::Byte(b'a'), Token::Byte(b'*')]
+        );
         assert!(glob_match(&star(r"a\*").tokens, b"a*"));
         assert!(!glob_match(&star(r"a\*").tokens, b"ab"));
         assert!(glob_match(&star(r"a\\").tokens, b"a\\"));
@@ -516,7 +519,12 @@ mod tests {
             (rule("demo:*", &["demo:ev"], All), "demo:ev", Info, false),
             (rule("demo:*", &["demo:ev"], All), "demo:ev2", Info, true),
             (rule("demo:*", &["demo:e*"], All), "demo:ev2", Info, false),
-            (rule("*", &["demo:*", "net:*"], All), "net:recv", Info, false),
+            (
+                rule("*", &["demo:*", "net:*"], All),
+                "net:recv",
+                Info,
+                false,
+            ),
             (rule("*", &["demo:*", "net:*"], All), "lib:x", Info, true),
             (rule("*", &[], AtLeast(Warning)), "a:b", Warning, true),
             (rule("*", &[], AtLeast(Warning)), "a:b", Emerg, true),

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ustrace::config::{ByteSize, Config, ConfigError};
-use ustrace::rule::EventPattern;
 use ustrace::protocol::messages::{Buffering, ChannelSpec};
+use ustrace::rule::EventPattern;
 use ustrace::shm::Mode;
 
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/ustraced.toml");
@@ -64,7 +64,7 @@ fn shipped_example_session_parses_when_uncommented() {
         ("example", None, true)
     );
     assert_eq!(session.channels[0].name, "chan0");
-    assert_eq!(session.channels[0].events[0].as_str(), "demo:*");
+    assert_eq!(session.channels[0].events[0].0.pattern.as_str(), "demo:*");
 }
 
 #[test]
@@ -460,7 +460,9 @@ fn event_patterns_match_by_exact_name_or_prefix() {
 
 #[test]
 fn lttng_patterns_that_match_nothing_yet_are_accepted() {
-    for text in ["demo", "demo:", ":ev", "de*mo:ev", "a:b:c", "*ev", "demo\\*"] {
+    for text in [
+        "demo", "demo:", ":ev", "de*mo:ev", "a:b:c", "*ev", "demo\\*",
+    ] {
         assert!(EventPattern::parse(text).is_ok(), "{text:?}");
     }
 }
@@ -490,10 +492,18 @@ fn events_are_patterns_or_tables_with_exclusions_and_levels() {
 #[test]
 fn bad_event_tables_are_refused_where_they_are_written() {
     for (table, says) in [
-        ("{ pattern = \"a:*\", loglevel = \"LOUD\" }", "unknown log level \"LOUD\""),
-        ("{ pattern = \"a:b\", exclude = [\"a:c\"] }", "--exclude needs a pattern with `*`"),
-        ("{ pattern = \"a:*\", loglevel = \"INFO\", loglevel_only = \"INFO\" }", "exclude each other"),
-        ("{ pattern = \"a:*\", level = \"INFO\" }", "unknown field `level`"),
+        (
+            "{ pattern = \"a:*\", loglevel = \"LOUD\" }",
+            "unknown log level \"LOUD\"",
+        ),
+        (
+            "{ pattern = \"a:b\", exclude = [\"a:c\"] }",
+            "--exclude needs a pattern with `*`",
+        ),
+        (
+            "{ pattern = \"a:*\", loglevel = \"INFO\", loglevel_only = \"INFO\" }",
+            "exclude each other",
+        ),
         ("{ exclude = [\"a:c\"] }", "missing field `pattern`"),
     ] {
         let text = format!(
@@ -502,6 +512,11 @@ fn bad_event_tables_are_refused_where_they_are_written() {
         let (_, message) = invalid(&text, "session[0].channel[0].events[0]");
         assert!(message.contains(says), "{table}: {message}");
     }
+    let text = "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\n\
+                events = [{ pattern = \"a:*\", level = \"INFO\" }]\n";
+    let (position, message) = invalid(text, "session[0].channel[0].events[0].level");
+    assert_eq!(position, Some((5, 30)));
+    assert!(message.contains("unknown field `level`"), "{message}");
 }
 
 #[test]

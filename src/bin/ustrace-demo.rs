@@ -1,7 +1,10 @@
 //! `ustrace-demo`: an instrumented program.
 //!
 //! Registers with the session daemon, emits `demo:ev {i: i64, s: "hello"}` N times
-//! from T threads, and exits (or aborts, for crash tests).
+//! from T threads, and exits (or aborts, for crash tests). With `--catalog` it also
+//! declares and emits once each of six more events (`demo:warn`, `demo:crit`,
+//! `demo:debug_line`, `demo:debug`, `net:recv`, `net:send_failed`: other names,
+//! providers, levels and field types), for tests of event rules.
 
 use clap::Parser;
 use std::io::Write;
@@ -13,6 +16,41 @@ ustrace::event!(
     /// The demo's one event.
     static DEMO_EV: demo:ev(i: i64, s: &str), loglevel = Info
 );
+
+ustrace::event!(
+    /// A warning.
+    static DEMO_WARN: demo:warn(code: u32), loglevel = Warning
+);
+ustrace::event!(
+    /// A critical condition.
+    static DEMO_CRIT: demo:crit(code: u32), loglevel = Crit
+);
+ustrace::event!(
+    /// Line-level debug output.
+    static DEMO_DEBUG_LINE: demo:debug_line(line: u32), loglevel = DebugLine
+);
+ustrace::event!(
+    /// Debug output of the default level.
+    static DEMO_DEBUG: demo:debug(line: u32), loglevel = Debug
+);
+ustrace::event!(
+    /// Another provider's event with integer, string and float fields.
+    static NET_RECV: net:recv(bytes: u64, peer: &str, ratio: f64), loglevel = Notice
+);
+ustrace::event!(
+    /// Another provider's error.
+    static NET_SEND_FAILED: net:send_failed(errno: i32), loglevel = Err
+);
+
+/// Emits each catalog event once.
+fn emit_catalog() {
+    DEMO_WARN.emit(4);
+    DEMO_CRIT.emit(2);
+    DEMO_DEBUG_LINE.emit(13);
+    DEMO_DEBUG.emit(14);
+    NET_RECV.emit(1500, "10.0.0.1", 0.5);
+    NET_SEND_FAILED.emit(-32);
+}
 
 /// An instrumented program for demos, tests and benchmarks.
 #[derive(Parser)]
@@ -52,6 +90,9 @@ struct Args {
     /// (lets tests check that emitting never waits, whatever the daemon does).
     #[arg(long)]
     paced_us: Option<u64>,
+    /// Also declare the catalog's six events and emit each once after `demo:ev`.
+    #[arg(long)]
+    catalog: bool,
 }
 
 /// Where `--park-in-event` leaves the process.
@@ -86,7 +127,20 @@ fn emit_parked(park: Park) {
 
 fn main() {
     let args = Args::parse();
-    let registration = client::init("ustrace-demo", &[&*DEMO_EV]);
+    let registration = if args.catalog {
+        let events = [
+            &*DEMO_EV,
+            &*DEMO_WARN,
+            &*DEMO_CRIT,
+            &*DEMO_DEBUG_LINE,
+            &*DEMO_DEBUG,
+            &*NET_RECV,
+            &*NET_SEND_FAILED,
+        ];
+        client::init("ustrace-demo", &events)
+    } else {
+        client::init("ustrace-demo", &[&*DEMO_EV])
+    };
     if let Some(ms) = args.await_enabled_ms {
         let deadline = Instant::now() + std::time::Duration::from_millis(ms);
         while !DEMO_EV.is_enabled() && Instant::now() < deadline {
@@ -113,6 +167,9 @@ fn main() {
         }
     });
     let elapsed = start.elapsed();
+    if args.catalog {
+        emit_catalog();
+    }
     if let Some(park) = args.park_in_event {
         emit_parked(park);
     }

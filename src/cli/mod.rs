@@ -7,8 +7,7 @@ use crate::bench;
 use crate::control;
 use crate::ctf::field::LogLevel;
 use crate::protocol::messages::{
-    Buffering, ChannelRequest, ControlOk, ControlRequest, LogLevelRule, SessionInfo,
-    StatusReport,
+    Buffering, ChannelRequest, ControlOk, ControlRequest, LogLevelRule, SessionInfo, StatusReport,
 };
 use crate::shm::Mode;
 use clap::{Args, Parser, Subcommand};

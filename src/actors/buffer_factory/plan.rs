@@ -187,8 +187,8 @@ pub fn to_enable<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rule::{EventPattern, EventRule};
     use crate::ctf::field::LogLevel;
+    use crate::rule::{EventPattern, EventRule};
     use crate::shm::Mode;
 
     fn spec(buffers: Buffering) -> ChannelSpec {
