@@ -1,6 +1,7 @@
 //! Cost of one enabled event `{i: i64, s: "hello"}` through the real macro into real
 //! per-CPU rings while a consumer drains them: one thread, two threads, two processes
-//! sharing one ring set (per-UID style), and a paced 1M events/s run for discards.
+//! sharing one ring set (per-UID style), one and two threads again with the contexts
+//! vpid, vtid and procname, and a paced 1M events/s run for discards.
 //!
 //! `cargo bench --bench event_cost` (add `-- N` to change the event count).
 
@@ -11,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, poll};
+use ustrace::ctf::context::{ContextSet, ContextType};
 use ustrace::shm::{ChannelBuffers, DEFAULT_GEOMETRY, Mode, RingConfig, cpu_count};
 use ustrace::ust::channel;
 
@@ -51,7 +53,7 @@ fn main() {
 
     let buffers = ChannelBuffers::create("bench", &config, cpu_count()).expect("buffers");
     let drainer = Drainer::start(buffers.clone());
-    let slot = channel::install(buffers.clone()).expect("slot");
+    let slot = channel::install(buffers.clone(), ContextSet::default()).expect("slot");
     BENCH_EV.enable(slot, 1);
 
     for threads in [1u64, 2] {
@@ -66,6 +68,29 @@ fn main() {
             lost,
         );
     }
+
+    // The same into a channel whose events carry vpid, vtid and procname.
+    let with_context = ChannelBuffers::create("bench-ctx", &config, cpu_count()).expect("buffers");
+    let context_drainer = Drainer::start(with_context.clone());
+    let contexts = ContextSet::of(&[ContextType::Vpid, ContextType::Vtid, ContextType::Procname]);
+    let context_slot = channel::install(with_context.clone(), contexts).expect("slot");
+    BENCH_EV.disable(slot);
+    BENCH_EV.enable(context_slot, 1);
+    for threads in [1u64, 2] {
+        let before = discarded(&with_context);
+        let times = rounds(|| emit_threads(threads, events / threads));
+        let lost = discarded(&with_context) - before;
+        report(
+            &format!("{threads} thread(s), contexts vpid,vtid,procname"),
+            events,
+            threads,
+            times,
+            lost,
+        );
+    }
+    BENCH_EV.disable(context_slot);
+    BENCH_EV.enable(slot, 1);
+    context_drainer.stop();
 
     let before = discarded(&buffers);
     let times = rounds(|| {
@@ -202,7 +227,7 @@ fn spawn_child(buffers: &ChannelBuffers, events: u64) -> std::process::Child {
 
 fn child(events: u64) {
     let buffers = inherited_buffers();
-    let slot = channel::install(buffers).expect("slot");
+    let slot = channel::install(buffers, ContextSet::default()).expect("slot");
     BENCH_EV.enable(slot, 1);
     let start = Instant::now();
     for i in 0..events as i64 {

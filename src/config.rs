@@ -25,6 +25,7 @@ use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
+use crate::ctf::context::ContextType;
 use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec};
 use crate::protocol::{self, ProtocolError};
 use crate::rule::ConfigRule;
@@ -119,6 +120,9 @@ pub struct ChannelDefaults {
     pub buffers: Buffering,
     /// Name of the registered writer that turns packets into files.
     pub writer: String,
+    /// Contexts every event carries (`["vpid", "vtid", "procname", "pthread_id",
+    /// "cpu_id", "ip"]`); unset: vpid and vtid in per-UID channels, none per-PID.
+    pub contexts: Option<Vec<ContextType>>,
 }
 
 impl Default for ChannelDefaults {
@@ -129,6 +133,7 @@ impl Default for ChannelDefaults {
             mode: Mode::Discard,
             buffers: Buffering::PerUid,
             writer: "ctf".to_owned(),
+            contexts: None,
         }
     }
 }
@@ -293,6 +298,9 @@ pub struct ChannelConfig {
     /// Overrides [`ChannelDefaults::writer`].
     #[serde(default)]
     pub writer: Option<String>,
+    /// Overrides [`ChannelDefaults::contexts`].
+    #[serde(default)]
+    pub contexts: Option<Vec<ContextType>>,
     /// Event rules enabled in this channel: a pattern string, or a table with
     /// `pattern`, `exclude`, `loglevel` / `loglevel_only`.
     #[serde(default)]
@@ -665,6 +673,7 @@ impl Config {
             num_subbuf: d.num_subbuf,
             mode: d.mode,
             writer: d.writer.clone(),
+            contexts: d.contexts.clone(),
         }
     }
 
@@ -678,6 +687,7 @@ impl Config {
             num_subbuf: channel.num_subbuf,
             mode: channel.mode,
             writer: channel.writer.clone(),
+            contexts: channel.contexts.clone(),
         }
     }
 }

@@ -1,18 +1,22 @@
 //! The session daemon: sockets, actors, sessions from the config file, shutdown.
 //!
 //! [`Daemon::run`] binds `control.sock` (mode 0600: only the daemon's own user
-//! controls it) and `apps.sock` (mode 0666: apps of every user register; each gets
-//! only its own uid's buffers) under the runtime directory, starts the actors, creates
-//! the sessions the config file declares, and serves until SIGINT or SIGTERM, when it
-//! stops every started session (flushing it to disk) before exiting. Each socket
-//! appears with its final mode, never wider for an instant (see `bind` below).
+//! controls it; 0660 owner:group with a control group, see
+//! [`crate::service::access`]) and `apps.sock` (mode 0666: apps of every user
+//! register; each gets only its own uid's buffers) under the runtime directory,
+//! starts the actors, creates the sessions the config file declares, tells the
+//! service manager it is ready (`READY=1` on `$NOTIFY_SOCKET`, once both sockets
+//! listen), and serves until SIGINT or SIGTERM, when it stops every started session
+//! (flushing it to disk) before exiting. SIGHUP reloads the config file (see
+//! [`Daemon::reload_from`]). Each socket appears with its final mode and group,
+//! never wider for an instant (see `bind` below).
 //!
 //! Concurrency: everything runs on one actix system thread except the writers, which
 //! run on I/O arbiters (one thread per CPU, each set's writers on one of them in
 //! turn) so that disk I/O never delays a registration.
 
 use crate::actors::app_connection::AppLimits;
-use crate::actors::buffer_factory::{BufferFactory, FactorySettings};
+use crate::actors::buffer_factory::{BufferFactory, FactorySettings, SetRestartPolicy};
 use crate::actors::control_socket;
 use crate::actors::framed::{self, FrameError};
 use crate::actors::registrar::{Accept, Registrar};
@@ -23,9 +27,12 @@ use crate::actors::session::{
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
 use crate::actors::writer::{WriterCatalog, WriterFactory};
-use crate::config::Config;
+use crate::config::{Config, SessionConfig, SupervisionConfig};
 use crate::protocol::messages::ControlRequest;
 use crate::protocol::{APPS_SOCKET, CONTROL_SOCKET};
+use crate::service::ConfigSource;
+use crate::service::access::ControlAccess;
+use crate::service::notify;
 use crate::shm::cpu_count;
 use actix::prelude::*;
 use std::fs;
@@ -74,12 +81,30 @@ pub enum DaemonError {
     System(io::Error),
 }
 
+/// Why a reload (SIGHUP) changed nothing: the daemon keeps the config it runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The daemon was not started from a file.
+    #[error("no config file to reload (the daemon was started with an in-memory config)")]
+    NoFile,
+    /// The file is missing or invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    /// The buffer factory did not take the new limits.
+    #[error("buffer factory: {0}")]
+    Actor(String),
+}
+
 /// A daemon to run: the config plus the writers developers registered.
 pub struct Daemon {
     /// The deployment.
     config: Config,
     /// Writers by name; the built-in `ctf` one is always there.
     writers: WriterCatalog,
+    /// Who may use `control.sock`.
+    access: ControlAccess,
+    /// The file SIGHUP reads again, if any.
+    source: Option<ConfigSource>,
 }
 
 impl Daemon {
@@ -88,7 +113,25 @@ impl Daemon {
         Daemon {
             config,
             writers: WriterCatalog::default(),
+            access: ControlAccess::default(),
+            source: None,
         }
+    }
+
+    /// Lets `access` use `control.sock` (default: the daemon's user and root only).
+    pub fn control_access(mut self, access: ControlAccess) -> Daemon {
+        self.access = access;
+        self
+    }
+
+    /// Names the file the config came from, which SIGHUP reads again: the
+    /// `[supervision]` limits then apply to every buffer set made afterwards, and
+    /// sessions the file declares that the daemon does not have are created (and
+    /// started, with `autostart`). Every other difference is logged as needing a
+    /// restart; an invalid file changes nothing. Each change is one log line.
+    pub fn reload_from(mut self, source: ConfigSource) -> Daemon {
+        self.source = Some(source);
+        self
     }
 
     /// Registers a custom writer under `name` for channels to pick.
@@ -122,8 +165,9 @@ impl Daemon {
         rundir: PathBuf,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), DaemonError> {
-        let control = bind(&rundir, CONTROL_SOCKET, 0o600)?;
-        let apps = bind(&rundir, APPS_SOCKET, 0o666)?;
+        let group = self.access.group.as_ref().map(|g| g.gid);
+        let control = bind(&rundir, CONTROL_SOCKET, self.access.socket_mode(), group)?;
+        let apps = bind(&rundir, APPS_SOCKET, 0o666, None)?;
         let config = &self.config;
         let stats = Arc::new(Stats::default());
         // One I/O thread per CPU: file creation, not the CPU, is what they wait on.
@@ -131,11 +175,7 @@ impl Daemon {
         let factory = BufferFactory::new(
             FactorySettings {
                 flush_interval: config.daemon.flush_interval(),
-                restart_policy: RestartPolicy {
-                    max_restarts: config.supervision.max_restarts,
-                    within: config.supervision.within(),
-                    backoff: config.supervision.backoff(),
-                },
+                restart_policy: restart_policy(&config.supervision),
                 max_pid_buffer_bytes: config.limits.max_pid_buffer_bytes.0,
                 max_pid_buffer_bytes_per_uid: config.limits.pid_buffer_bytes_per_uid(),
                 warm_pid_buffer_sets: config.daemon.warm_pid_buffer_sets as usize,
@@ -164,18 +204,44 @@ impl Daemon {
             max_apps_per_uid: u64::from(config.limits.apps_per_uid()),
             registration_timeout: config.daemon.registration_timeout(),
         };
-        let registrar = Registrar::new(factory, limits, stats.clone()).start();
-        declare_sessions(config, &sessions).await?;
+        let registrar = Registrar::new(factory.clone(), limits, stats.clone()).start();
+        for declared in &config.sessions {
+            declare_session(config, declared, &sessions).await?;
+        }
 
         actix_rt::spawn(accept_loop(apps, APPS_SOCKET, move |stream| {
             registrar.do_send(Accept(stream))
         }));
         let control_sessions = sessions.clone();
+        let access = Arc::new(self.access.clone());
         actix_rt::spawn(accept_loop(control, CONTROL_SOCKET, move |stream| {
             let (sessions, stats) = (control_sessions.clone(), stats.clone());
-            actix_rt::spawn(serve_control(stream, sessions, stats, max_frame));
+            actix_rt::spawn(serve_control(
+                stream,
+                sessions,
+                stats,
+                access.clone(),
+                max_frame,
+            ));
         }));
+        if let Some(group) = &self.access.group {
+            log::info!(
+                "members of group {} (gid {}) may control this daemon",
+                group.name,
+                group.gid
+            );
+        }
+        actix_rt::spawn(reload_on_hangup(
+            self.source.clone(),
+            self.config.clone(),
+            sessions.clone(),
+            factory,
+        ));
         log::info!("ustraced serving in {}", rundir.display());
+        // Both sockets listen since `bind`, and the config's sessions exist.
+        if let Err(e) = notify::notify("READY=1") {
+            log::error!("{e}");
+        }
         shutdown.await;
         log::info!("ustraced stopping: flushing started sessions");
         stop_all(&sessions).await;
@@ -186,38 +252,38 @@ impl Daemon {
     }
 }
 
-/// Creates the sessions the config file declares (`[[session]]`), with the same
-/// messages and checks as the CLI's requests; the first refusal stops the daemon.
-async fn declare_sessions(
+/// Creates a session the config file declares (`[[session]]`), with the same
+/// messages and checks as the CLI's requests; the first refusal is the error (it
+/// stops a starting daemon).
+async fn declare_session(
     config: &Config,
+    declared: &SessionConfig,
     sessions: &Addr<SessionManager>,
 ) -> Result<(), DaemonError> {
-    for declared in &config.sessions {
-        let name = &declared.name;
-        let session = Some(name.clone());
-        let create = CreateSession {
-            name: name.clone(),
-            output: declared.output.clone(),
+    let name = &declared.name;
+    let session = Some(name.clone());
+    let create = CreateSession {
+        name: name.clone(),
+        output: declared.output.clone(),
+    };
+    declare(sessions, name, create).await?;
+    for channel in &declared.channels {
+        let enable = EnableChannel {
+            session: session.clone(),
+            channel: config.channel_request(channel),
         };
-        declare(sessions, name, create).await?;
-        for channel in &declared.channels {
-            let enable = EnableChannel {
+        declare(sessions, name, enable).await?;
+        for rule in &channel.events {
+            let enable = EnableEvent {
                 session: session.clone(),
-                channel: config.channel_request(channel),
+                channel: Some(channel.name.clone()),
+                rule: rule.0.clone(),
             };
             declare(sessions, name, enable).await?;
-            for rule in &channel.events {
-                let enable = EnableEvent {
-                    session: session.clone(),
-                    channel: Some(channel.name.clone()),
-                    rule: rule.0.clone(),
-                };
-                declare(sessions, name, enable).await?;
-            }
         }
-        if declared.autostart {
-            declare(sessions, name, StartSession { session }).await?;
-        }
+    }
+    if declared.autostart {
+        declare(sessions, name, StartSession { session }).await?;
     }
     Ok(())
 }
@@ -241,6 +307,105 @@ where
             session: session.to_owned(),
             source,
         })
+}
+
+/// The writer restart limits `[supervision]` sets.
+fn restart_policy(supervision: &SupervisionConfig) -> RestartPolicy {
+    RestartPolicy {
+        max_restarts: supervision.max_restarts,
+        within: supervision.within(),
+        backoff: supervision.backoff(),
+    }
+}
+
+/// Reloads the config at every SIGHUP, for as long as the daemon serves.
+async fn reload_on_hangup(
+    source: Option<ConfigSource>,
+    mut running: Config,
+    sessions: Addr<SessionManager>,
+    factory: Addr<BufferFactory>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        log::error!("cannot handle SIGHUP: reloading the config is off");
+        return;
+    };
+    while hangup.recv().await.is_some() {
+        if let Err(e) = notify::notify(&notify::reloading_state()) {
+            log::error!("{e}");
+        }
+        match reload(source.as_ref(), &mut running, &sessions, &factory).await {
+            Ok(()) => log::info!("config reloaded"),
+            Err(e) => log::error!("config not reloaded, the running one is kept: {e}"),
+        }
+        if let Err(e) = notify::notify("READY=1") {
+            log::error!("{e}");
+        }
+    }
+}
+
+/// Applies what can change without a restart from the file `source` names to the
+/// daemon running `running` (updated to what was applied), and logs the rest.
+async fn reload(
+    source: Option<&ConfigSource>,
+    running: &mut Config,
+    sessions: &Addr<SessionManager>,
+    factory: &Addr<BufferFactory>,
+) -> Result<(), ReloadError> {
+    let source = source.ok_or(ReloadError::NoFile)?;
+    let new = source.load()?;
+    log::info!("reloading {}", source.path.display());
+    if new.supervision != running.supervision {
+        log::info!(
+            "reload: [supervision] {:?} -> {:?}, for every buffer set made from now on",
+            running.supervision,
+            new.supervision
+        );
+        factory
+            .send(SetRestartPolicy(restart_policy(&new.supervision)))
+            .await
+            .map_err(|e| ReloadError::Actor(e.to_string()))?;
+        running.supervision = new.supervision.clone();
+    }
+    let unchanged = |section: &str, same: bool| {
+        if !same {
+            log::warn!("reload: [{section}] changed; it takes effect at the next restart");
+        }
+    };
+    unchanged("daemon", new.daemon == running.daemon);
+    unchanged(
+        "channel_defaults",
+        new.channel_defaults == running.channel_defaults,
+    );
+    unchanged("limits", new.limits == running.limits);
+    let existing: Vec<String> = match sessions.send(ListSessions { session: None }).await {
+        Ok(Ok(list)) => list.into_iter().map(|s| s.name).collect(),
+        _ => Vec::new(),
+    };
+    for old in &running.sessions {
+        match new.sessions.iter().find(|s| s.name == old.name) {
+            None => log::info!(
+                "reload: session {} is no longer declared; it is left as it is (`ustrace destroy {}` removes it)",
+                old.name,
+                old.name
+            ),
+            Some(declared) if declared != old && existing.contains(&old.name) => log::warn!(
+                "reload: session {} changed in the config; the running one is kept (`ustrace destroy {}` and another reload apply it)",
+                old.name,
+                old.name
+            ),
+            Some(_) => {}
+        }
+    }
+    for declared in new.sessions.iter().filter(|s| !existing.contains(&s.name)) {
+        // The running channel defaults: a change of them waits for a restart.
+        match declare_session(running, declared, sessions).await {
+            Ok(()) => log::info!("reload: session {} created from the config", declared.name),
+            Err(e) => log::error!("reload: {e}"),
+        }
+    }
+    running.sessions = new.sessions;
+    Ok(())
 }
 
 /// Recovers the traces a crashed daemon may have left in the output directories
@@ -290,14 +455,19 @@ fn prepare_rundir(rundir: &Path) -> Result<(), DaemonError> {
     fs::set_permissions(rundir, fs::Permissions::from_mode(0o755)).map_err(err)
 }
 
-/// Binds socket `name` in `rundir` with `mode`, replacing a stale file but never a
-/// live daemon's socket.
+/// Binds socket `name` in `rundir` with `mode` (and `group`, if any), replacing a
+/// stale file but never a live daemon's socket.
 ///
-/// The socket appears at its path with its final mode, with no window in which it
-/// is wider: `bind` creates the file with the process's umask (0777 under umask
-/// 000), so it is bound inside a private 0700 directory, chmodded there (nobody
-/// else can reach it), then renamed into place (atomic).
-fn bind(rundir: &Path, name: &str, mode: u32) -> Result<UnixListener, DaemonError> {
+/// The socket appears at its path with its final mode and group, with no window in
+/// which it is wider: `bind` creates the file with the process's umask (0777 under
+/// umask 000), so it is bound inside a private 0700 directory, chmodded and
+/// chowned there (nobody else can reach it), then renamed into place (atomic).
+fn bind(
+    rundir: &Path,
+    name: &str,
+    mode: u32,
+    group: Option<nix::unistd::Gid>,
+) -> Result<UnixListener, DaemonError> {
     use std::os::unix::fs::DirBuilderExt;
     let path = rundir.join(name);
     if std::os::unix::net::UnixStream::connect(&path).is_ok() {
@@ -319,6 +489,9 @@ fn bind(rundir: &Path, name: &str, mode: u32) -> Result<UnixListener, DaemonErro
     let listener = UnixListener::bind(&staged)
         .and_then(|listener| {
             fs::set_permissions(&staged, fs::Permissions::from_mode(mode))?;
+            if let Some(gid) = group {
+                nix::unistd::chown(&staged, None, Some(gid)).map_err(io::Error::from)?;
+            }
             fs::rename(&staged, &path)?;
             Ok(listener)
         })
@@ -368,13 +541,20 @@ fn raise_fd_limit() {
 /// How long a control client has to send its hello and request.
 const CONTROL_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Reads a Hello and one request, answers it.
+/// Reads a Hello and one request, answers it; a peer that `access` refuses gets
+/// the reason as its answer (read first, so that the client's send never meets a
+/// closed socket).
 async fn serve_control(
     stream: UnixStream,
     sessions: Addr<SessionManager>,
     stats: Arc<Stats>,
+    access: Arc<ControlAccess>,
     max_frame: usize,
 ) {
+    let allowed = match stream.peer_cred() {
+        Ok(cred) => access.check(cred.uid(), cred.gid(), cred.pid()),
+        Err(e) => Err(format!("cannot tell who is connected (SO_PEERCRED): {e}")),
+    };
     let (mut reader, writer) = stream.into_split();
     let request = async {
         framed::read_hello(&mut reader).await?;
@@ -386,9 +566,13 @@ async fn serve_control(
     let request = tokio::time::timeout(CONTROL_REQUEST_TIMEOUT, request)
         .await
         .unwrap_or(Err(FrameError::NoRequestInTime(CONTROL_REQUEST_TIMEOUT)));
-    let reply = match request {
-        Ok(request) => control_socket::answer(request, &sessions, &stats).await,
-        Err(e) => {
+    let reply = match (request, allowed) {
+        (Ok(_), Err(why)) => {
+            log::warn!("control.sock: refused: {why}");
+            Err(format!("refused: {why}"))
+        }
+        (Ok(request), Ok(())) => control_socket::answer(request, &sessions, &stats).await,
+        (Err(e), _) => {
             log::warn!("control.sock: {e}; connection closed");
             Err(format!("bad request: {e}"))
         }

@@ -26,6 +26,8 @@ pub mod daemon;
 pub mod protocol;
 #[cfg(feature = "daemon")]
 pub mod rule;
+#[cfg(feature = "daemon")]
+pub mod service;
 pub mod shm;
 #[cfg(feature = "daemon")]
 pub mod trace;

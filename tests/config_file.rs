@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ustrace::config::{ByteSize, Config, ConfigError};
+use ustrace::ctf::context::ContextType;
 use ustrace::protocol::messages::{Buffering, ChannelSpec};
 use ustrace::rule::EventPattern;
 use ustrace::shm::Mode;
@@ -117,6 +118,7 @@ autostart = false
   num_subbuf = 8
   mode = "overwrite"
   writer = "ctf"
+  contexts = ["procname", "vpid"]
   events = ["http:*", "db:query"]
   [[session.channel]]
   name = "misc"
@@ -139,7 +141,13 @@ name = "batch.2"
             num_subbuf: 8,
             mode: Mode::Overwrite,
             writer: "ctf".into(),
+            contexts: Some(vec![ContextType::Procname, ContextType::Vpid]),
         }
+    );
+    assert_eq!(
+        config.channel_spec(&web.channels[0]).contexts(),
+        [ContextType::Vpid, ContextType::Procname],
+        "recorded in encoding order"
     );
     assert_eq!(
         config.channel_spec(&web.channels[1]),
@@ -150,10 +158,34 @@ name = "batch.2"
             num_subbuf: 4,
             mode: Mode::Discard,
             writer: "ctf".into(),
+            contexts: None,
         }
+    );
+    assert_eq!(
+        config.channel_spec(&web.channels[1]).contexts(),
+        [ContextType::Vpid, ContextType::Vtid],
+        "a per-UID channel records vpid and vtid unless told otherwise"
     );
     assert!(config.sessions[1].autostart);
     assert!(config.sessions[1].channels.is_empty());
+}
+
+#[test]
+fn channel_defaults_contexts_apply_to_channels_that_name_none() {
+    let config = parse(
+        "[channel_defaults]\ncontexts = [\"cpu_id\", \"pthread_id\", \"ip\"]\n\
+         [[session]]\nname = \"s\"\n  [[session.channel]]\n  name = \"a\"\n  buffers = \"pid\"\n\
+         [[session.channel]]\n  name = \"b\"\n  contexts = []\n",
+    )
+    .unwrap();
+    let s = &config.sessions[0];
+    assert_eq!(
+        config.channel_spec(&s.channels[0]).contexts(),
+        [ContextType::PthreadId, ContextType::CpuId, ContextType::Ip]
+    );
+    assert!(config.channel_spec(&s.channels[1]).contexts().is_empty());
+    let err = parse("[channel_defaults]\ncontexts = [\"vtd\"]\n").unwrap_err();
+    assert!(err.to_string().contains("vtd"), "{err}");
 }
 
 #[test]

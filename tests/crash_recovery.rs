@@ -22,6 +22,8 @@ fn small_packets() -> ChannelRequest {
         buffers: Some(Buffering::PerUid),
         subbuf_size: Some(4096),
         num_subbuf: Some(16),
+        // No contexts: DEMO_EVENT_LEN is the event's whole length.
+        contexts: Some(vec![]),
         ..ChannelRequest::default()
     }
 }
@@ -33,9 +35,9 @@ fn stream_files(dir: &Path) -> Vec<PathBuf> {
     while let Some(dir) = dirs.pop() {
         for entry in fs::read_dir(&dir).unwrap().flatten() {
             let path = entry.path();
-            if path.is_dir() {
+            if path.is_dir() && entry.file_name() != "index" {
                 dirs.push(path);
-            } else if entry.file_name().to_string_lossy().starts_with("chan_") {
+            } else if path.is_file() && entry.file_name().to_string_lossy().starts_with("chan_") {
                 found.push(path);
             }
         }

@@ -32,6 +32,7 @@ fn pid(name: &str, pid: u32) -> TraceOwner {
     TraceOwner::PerPid {
         procname: name.into(),
         pid,
+        registered: SystemTime::now(),
     }
 }
 
@@ -78,7 +79,7 @@ fn all_types(r: &mut EventRegistry) -> u32 {
 fn every_field_type_reads_the_same_in_babeltrace2_and_view() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = registry(1, pid("app", 42));
-    r.add_channel("chan");
+    r.add_channel("chan", &[]);
     let id = all_types(&mut r);
     let dir = pid_trace_dir(tmp.path(), "app", 42, SystemTime::now(), DirClock::Local);
     write_metadata(&dir, &r).unwrap();
@@ -156,7 +157,8 @@ fn every_field_type_reads_the_same_in_babeltrace2_and_view() {
     let view = view_events(tmp.path());
     assert_eq!(view.len(), 2);
     assert_eq!(view[0].0, "2026-11-27 00:00:00.000000150");
-    assert_eq!(view[0].1, "app/42");
+    // The trace, then who emitted the event (no contexts: the per-PID trace's own).
+    assert_eq!(view[0].1, "app/42 app/42/-");
     assert_eq!(view[0].2, "prov:all");
     assert_eq!(
         view[0].3,
@@ -203,8 +205,8 @@ fn seq_event(r: &mut EventRegistry) -> u32 {
 fn streams_of_several_cpus_and_channels_merge_by_time() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = registry(2, pid("app", 7));
-    r.add_channel("chan");
-    r.add_channel("other");
+    r.add_channel("chan", &[]);
+    r.add_channel("other", &[]);
     let id = seq_event(&mut r);
     let dir = pid_trace_dir(tmp.path(), "app", 7, SystemTime::now(), DirClock::Utc);
     write_metadata(&dir, &r).unwrap();
@@ -239,7 +241,7 @@ fn streams_of_several_cpus_and_channels_merge_by_time() {
 fn discarded_events_are_reported_by_babeltrace2_and_view() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = registry(3, TraceOwner::PerUid { uid: 1000 });
-    r.add_channel("chan");
+    r.add_channel("chan", &[]);
     let id = seq_event(&mut r);
     let dir = uid_trace_dir(tmp.path(), 1000);
     write_metadata(&dir, &r).unwrap();
@@ -283,7 +285,7 @@ fn trimmed_packets_read_like_padded_ones() {
     for trim in [false, true] {
         let root = tmp.path().join(trim.to_string());
         let mut r = registry(4, pid("app", 9));
-        r.add_channel("chan");
+        r.add_channel("chan", &[]);
         let id = seq_event(&mut r);
         let dir = pid_trace_dir(&root, "app", 9, SystemTime::UNIX_EPOCH, DirClock::Utc);
         write_metadata(&dir, &r).unwrap();
@@ -314,11 +316,11 @@ fn a_session_of_per_pid_and_per_uid_traces_reads_as_one_time_ordered_trace() {
         (registry(7, TraceOwner::PerUid { uid: 1000 }), [3, 6, 9]),
     ];
     for (mut r, times) in traces {
-        r.add_channel("chan");
+        r.add_channel("chan", &[]);
         let id = seq_event(&mut r);
         let dir = match &r.env().ownership {
             TraceOwner::PerUid { uid } => uid_trace_dir(session, *uid),
-            TraceOwner::PerPid { procname, pid } => {
+            TraceOwner::PerPid { procname, pid, .. } => {
                 pid_trace_dir(session, procname, *pid, SystemTime::now(), DirClock::Local)
             }
         };
@@ -347,9 +349,9 @@ fn a_session_of_per_pid_and_per_uid_traces_reads_as_one_time_ordered_trace() {
     let expected_view: Vec<(String, String)> = (1..=9)
         .map(|i| {
             let origin = match origins[(i - 1) % 3] {
-                "alpha" => "alpha/100",
-                "beta" => "beta/200",
-                _ => "uid 1000",
+                "alpha" => "alpha/100 alpha/100/-",
+                "beta" => "beta/200 beta/200/-",
+                _ => "uid 1000 -/-/-",
             };
             (origin.to_string(), format!("{{ seq = {i} }}"))
         })
@@ -360,8 +362,8 @@ fn a_session_of_per_pid_and_per_uid_traces_reads_as_one_time_ordered_trace() {
 #[test]
 fn timestamps_print_as_the_real_wall_clock_date() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut r = EventRegistry::for_this_host(pid("app", 1)).unwrap();
-    r.add_channel("chan");
+    let mut r = EventRegistry::for_this_host(pid("app", 1), "s", SystemTime::now()).unwrap();
+    r.add_channel("chan", &[]);
     let id = seq_event(&mut r);
     let dir = pid_trace_dir(tmp.path(), "app", 1, SystemTime::now(), DirClock::Local);
     write_metadata(&dir, &r).unwrap();
@@ -387,7 +389,7 @@ fn timestamps_print_as_the_real_wall_clock_date() {
 fn a_gap_in_packet_sequence_numbers_is_reported_as_lost_packets() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = registry(8, pid("app", 5));
-    r.add_channel("chan");
+    r.add_channel("chan", &[]);
     let id = seq_event(&mut r);
     let dir = pid_trace_dir(tmp.path(), "app", 5, SystemTime::UNIX_EPOCH, DirClock::Utc);
     write_metadata(&dir, &r).unwrap();
@@ -416,7 +418,7 @@ fn a_gap_in_packet_sequence_numbers_is_reported_as_lost_packets() {
 fn json_output_has_one_object_per_event_with_typed_fields() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = registry(9, pid("app", 6));
-    r.add_channel("chan");
+    r.add_channel("chan", &[]);
     let id = all_types(&mut r);
     let dir = pid_trace_dir(tmp.path(), "app", 6, SystemTime::UNIX_EPOCH, DirClock::Utc);
     write_metadata(&dir, &r).unwrap();

@@ -25,6 +25,7 @@ fn real_session(root: &Path) -> Vec<PathBuf> {
         TraceOwner::PerPid {
             procname: "app".into(),
             pid: 3,
+            registered: std::time::UNIX_EPOCH,
         },
         TraceOwner::PerUid { uid: 1000 },
     ]
@@ -32,7 +33,7 @@ fn real_session(root: &Path) -> Vec<PathBuf> {
     .enumerate()
     {
         let mut r = registry(n as u8 + 1, ownership.clone());
-        r.add_channel("chan");
+        r.add_channel("chan", &[]);
         let labels = vec![("A".into(), 0), ("B".into(), 1)];
         let (id, _) = r
             .register_event(&desc(

@@ -34,7 +34,7 @@ fn same_description_from_two_apps_of_one_uid_shares_one_id() {
         0,
         "no channel yet"
     );
-    r.add_channel("chan");
+    r.add_channel("chan", &[]);
     assert_eq!(r.metadata().matches("name = \"prov:ev\"").count(), 1);
 }
 
@@ -42,7 +42,7 @@ fn same_description_from_two_apps_of_one_uid_shares_one_id() {
 fn same_name_with_other_fields_gets_its_own_id_and_both_decode() {
     let tmp = tempfile::tempdir().unwrap();
     let mut r = registry(2, TraceOwner::PerUid { uid: 1000 });
-    r.add_channel("chan");
+    r.add_channel("chan", &[]);
     let dir = uid_trace_dir(tmp.path(), 1000);
     let (old, _) = r
         .register_event(&desc("prov", "ev", vec![u32_field("x")]))
@@ -92,8 +92,8 @@ fn every_event_is_declared_in_every_channel() {
     let (id, _) = r
         .register_event(&desc("prov", "ev", vec![u32_field("x")]))
         .unwrap();
-    r.add_channel("a");
-    r.add_channel("b");
+    r.add_channel("a", &[]);
+    r.add_channel("b", &[]);
     let dir = uid_trace_dir(tmp.path(), 5);
     write_metadata(&dir, &r).unwrap();
     for (stream_id, channel) in ["a", "b"].iter().enumerate() {

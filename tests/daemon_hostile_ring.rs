@@ -155,6 +155,8 @@ fn a_lying_app_costs_only_its_own_uid(lie: &str) {
         buffers: Some(buffers),
         subbuf_size: Some(4096),
         num_subbuf: Some(4),
+        // The hand-written app writes bare events: no contexts.
+        contexts: Some(vec![]),
         ..ChannelRequest::default()
     };
     let output = daemon.session_with(

@@ -69,6 +69,8 @@ fn start_session(daemon: &Daemon, output: &Path) -> PathBuf {
         buffers: Some(Buffering::PerUid),
         subbuf_size: Some(4096),
         num_subbuf: Some(64),
+        // No contexts: an event is its header and the demo payload.
+        contexts: Some(vec![]),
         ..ChannelRequest::default()
     };
     daemon.session_with("s", output.to_str().expect("UTF-8 path"), &[channel], true)

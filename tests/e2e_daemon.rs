@@ -181,7 +181,8 @@ fn header_losses(output: &Path) -> (Losses, Vec<(String, u64)>) {
     let mut first_seqs = Vec::new();
     for trace in sub_traces(output) {
         for entry in std::fs::read_dir(output.join(trace)).unwrap().flatten() {
-            if entry.file_name() == "metadata" {
+            // Stream files only: not the metadata, not the index directory.
+            if entry.file_name() == "metadata" || entry.path().is_dir() {
                 continue;
             }
             let bytes = std::fs::read(entry.path()).unwrap();

@@ -40,6 +40,11 @@ fn babeltrace2_key(line: &str) -> Key {
     let (time, rest) = line[1..].split_once("] ").expect("a time");
     let (origin, rest) = rest.split_once(" demo:ev: { cpu_id = ").expect("demo:ev");
     let (cpu, rest) = rest.split_once(" }, ").expect("a cpu_id");
+    // A per-UID channel's events carry the vpid and vtid contexts.
+    let rest = match rest.strip_prefix("{ vpid = ") {
+        Some(context) => context.split_once(" }, ").expect("the context's end").1,
+        None => rest,
+    };
     let pid = origin
         .split_once(":(")
         .map(|(_, pid)| pid.trim_end_matches(')').parse().expect("a vpid"));
@@ -128,10 +133,29 @@ fn view_prints_every_event_babeltrace2_prints_merged_by_time_in_text_and_json() 
         let s = j["fields"]["s"].as_str().expect("s");
         // The text line says the same as the JSON line.
         let (head, rest) = text_line.split_once(" demo:ev ").expect("demo:ev");
+        let dash = |v: &serde_json::Value| match v {
+            serde_json::Value::Null => "-".to_string(),
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let who = format!(
+            "{}/{}/{}",
+            dash(&j["procname"]),
+            dash(&j["vpid"]),
+            dash(&j["vtid"])
+        );
         assert_eq!(
             head,
-            format!("[{time}] {origin}"),
+            format!("[{time}] {origin} {who}"),
             "{text_line} / {json_line}"
+        );
+        // Every event names its process: per-PID from the trace, per-UID from its
+        // vpid context; per-UID events name their thread too.
+        assert!(j["vpid"].is_i64(), "{json_line}");
+        assert_eq!(
+            j["vtid"].is_i64(),
+            origin.starts_with("uid "),
+            "{json_line}"
         );
         assert_eq!(fields(rest), (i, s.to_string()), "{text_line}");
         let cpu = j["cpu_id"].as_u64().expect("cpu_id") as u32;

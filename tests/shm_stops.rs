@@ -268,7 +268,7 @@ ustrace::event!(static PANICKY: stops:panicky(i: i64), loglevel = Info);
 fn a_tracepoint_whose_encoder_panics_leaves_a_lost_event_and_completes_its_packet() {
     let buffers =
         ChannelBuffers::create("stops", &config(4096, 2, Mode::Discard), 2).expect("buffers");
-    let slot = ustrace::ust::channel::install(buffers.clone()).expect("slot");
+    let slot = ustrace::ust::channel::install(buffers.clone(), Default::default()).expect("slot");
     PANICKY.enable(slot, 1);
     PANICKY.emit(1);
     let panicked = catch_unwind(|| PANICKY.record(8, |_: &mut [u8]| panic!("encoder")));

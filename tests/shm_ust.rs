@@ -31,7 +31,10 @@ fn install() -> (SlotId, ustrace::shm::Consumer) {
     };
     let buffers = ChannelBuffers::create("ust-test", &config, 1).expect("buffers");
     let consumer = buffers.consumers().pop().expect("one ring");
-    (channel::install(buffers).expect("free slot"), consumer)
+    (
+        channel::install(buffers, Default::default()).expect("free slot"),
+        consumer,
+    )
 }
 
 /// Flushes and returns every (id, payload) recorded.

@@ -185,6 +185,8 @@ fn a_slow_writer_under_a_flood_makes_rings_discard_and_memory_stays_bounded() {
         config,
         ChannelRequest {
             num_subbuf: Some(16),
+            // No contexts: DEMO_EVENT_LEN is the event's whole length.
+            contexts: Some(vec![]),
             ..ChannelRequest::default()
         },
     );
@@ -285,6 +287,8 @@ fn a_writer_that_catches_up_gets_the_packets_left_in_its_ring_at_once() {
         ChannelRequest {
             subbuf_size: Some(4096),
             num_subbuf: Some(16),
+            // No contexts: DEMO_EVENT_LEN is the event's whole length.
+            contexts: Some(vec![]),
             ..ChannelRequest::default()
         },
     );

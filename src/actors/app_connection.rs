@@ -36,6 +36,7 @@ use crate::actors::buffer_factory::{AppGone, BufferFactory, CreateBuffers};
 use crate::actors::framed;
 use crate::actors::registrar::UidSlot;
 use crate::actors::stats::Stats;
+use crate::ctf::context::ContextType;
 use crate::ctf::field::EventDesc;
 use crate::protocol::frame;
 use crate::protocol::messages::{AppCommand, AppRegister};
@@ -135,6 +136,8 @@ pub struct Grant {
     pub key: u64,
     /// The rings, if the app does not have this channel yet: their fds are sent.
     pub buffers: Option<Arc<ChannelBuffers>>,
+    /// The contexts the channel's events carry, sent with the rings.
+    pub contexts: Vec<ContextType>,
     /// `(event index, event id)` pairs to enable.
     pub enables: Vec<(u32, u32)>,
 }
@@ -287,6 +290,7 @@ impl AppConnection {
                     &AppCommand::Channel {
                         key: grant.key,
                         streams,
+                        contexts: grant.contexts.clone(),
                     },
                     Some(buffers),
                 );

@@ -3,7 +3,8 @@
 //! Owner is a uid (per-UID: shared by all that uid's apps, lives as long as the
 //! session) or a pid (per-PID: lives as long as the app). The actor drains complete
 //! sub-buffers when a producer signals the wake-up eventfd (once per sub-buffer) and on
-//! a timer, and hands each packet, padding trimmed, to the stream's Writer. Packets
+//! a timer, which first closes partly filled sub-buffers (LTTng's switch timer) so that
+//! live apps' events reach the disk while the session runs, and hands each packet, padding trimmed, to the stream's Writer. Packets
 //! are copied out before the sub-buffer is given back, so a slow disk never holds a
 //! producer. The writer's queue is bounded: past `limits.max_writer_backlog_bytes`
 //! not yet stored, the set leaves that stream's packets in its ring, whose producers
@@ -72,7 +73,7 @@ pub struct BufferSet {
     holders: Holders,
     /// Dead reservations the last pass could not fill yet: retried every drain tick.
     dead_pending: bool,
-    /// Drain period for partly filled sub-buffers.
+    /// Period of the switch timer: partly filled sub-buffers are closed and drained.
     flush_interval: Duration,
     /// Daemon counters.
     stats: Arc<Stats>,
@@ -303,6 +304,22 @@ impl BufferSet {
         }
     }
 
+    /// LTTng's switch timer: closes the partly filled packet of every ring whose
+    /// writer takes packets, so that a live app's events reach the disk within two
+    /// flush intervals. A packet is open only once an event reserved in it, so a ring
+    /// idle since the last switch is left alone (nothing to close). Racing producers
+    /// are safe: the switch is a CAS of `write` to the next sub-buffer, the packet is
+    /// complete only once every reservation in it committed, and its end time is read
+    /// before the CAS (docs/shm.md, "Periodic flush"). A stream over its backlog limit
+    /// is skipped: its packets would stay in the ring anyway.
+    fn switch_partial(&mut self) {
+        for (index, consumer) in self.consumers.iter_mut().enumerate() {
+            if self.writers.accepts(index) {
+                consumer.flush();
+            }
+        }
+    }
+
     /// Switches out every partial sub-buffer and drains; then the answer waits for
     /// every writer to confirm.
     fn flush_all(&mut self) -> impl Future<Output = Result<(), FlushError>> + 'static {
@@ -372,6 +389,7 @@ impl Actor for BufferSet {
             if act.dead_pending {
                 act.release_dead_holders();
             }
+            act.switch_partial();
             act.drain_on(ctx);
         });
         ctx.run_interval(STUCK_AFTER, |act, ctx| {

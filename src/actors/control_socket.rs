@@ -8,8 +8,8 @@
 //! daemon's counters directly: no actor owns it.
 
 use crate::actors::session::{
-    CreateSession, DestroySession, EnableChannel, EnableEvent, ListSessions, SessionManager,
-    StartSession, StopSession,
+    AddContext, CreateSession, DestroySession, EnableChannel, EnableEvent, ListApps, ListSessions,
+    SessionManager, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
 use crate::protocol::messages::{ControlOk, ControlReply, ControlRequest};
@@ -59,6 +59,26 @@ pub async fn answer(
             };
         }
         ControlRequest::Status => return Ok(ControlOk::Status(stats.report())),
+        ControlRequest::AddContext {
+            session,
+            channel,
+            contexts,
+        } => {
+            sessions
+                .send(AddContext {
+                    session,
+                    channel,
+                    contexts,
+                })
+                .await
+        }
+        ControlRequest::ListApps => {
+            return match sessions.send(ListApps).await {
+                Ok(Ok(apps)) => Ok(ControlOk::Apps(apps)),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(e) => Err(busy(e)),
+            };
+        }
     };
     match done {
         Ok(Ok(message)) => Ok(ControlOk::Done(message)),

@@ -16,8 +16,9 @@ use crate::actors::buffer_set::FlushError;
 use crate::actors::stats::Stats;
 use crate::actors::writer::release_freed_heap;
 use crate::config::check_name;
+use crate::ctf::context::{ContextSet, ContextType};
 use crate::ctf::field::EventDesc;
-use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec, SessionInfo};
+use crate::protocol::messages::{AppInfo, Buffering, ChannelRequest, ChannelSpec, SessionInfo};
 use crate::rule::EventRule;
 use crate::shm::ShmError;
 use crate::trace::writer::OutputDir;
@@ -51,6 +52,8 @@ pub struct SessionDef {
     pub name: String,
     /// Output directory of the whole session, opened once for all its traces.
     pub output: OutputDir,
+    /// When it was created: its traces' `trace_creation_datetime`.
+    pub created: SystemTime,
     /// Whether it records now.
     pub started: bool,
     /// Whether it was ever started: channels can be added only before.
@@ -180,6 +183,18 @@ pub enum SessionError {
         /// What was not stored.
         source: FlushError,
     },
+    /// `add-context` with no context type.
+    #[error("add-context needs at least one context type (-t)")]
+    NoContextType,
+    /// `add-context` to a session that was started once.
+    #[error("session {0} was started: contexts are added before the first start")]
+    ContextAfterStart(String),
+    /// `add-context` without `-c` to a session with no channel.
+    #[error("session {0} has no channel: enable one before adding contexts")]
+    NoChannel(String),
+    /// The factory could not list the apps (the daemon is shutting down).
+    #[error("listing apps: {0}")]
+    ListApps(MailboxError),
     /// The factory stopped before it applied a change (the daemon is shutting down).
     #[error(transparent)]
     Unapplied(MailboxError),
@@ -306,13 +321,14 @@ impl SessionManager {
         if self.sessions.iter().any(|s| s.name == name) {
             return Err(SessionError::Exists(name));
         }
-        let output = output.unwrap_or_else(|| {
-            layout::session_dir(&self.settings.output_dir, &name, SystemTime::now())
-        });
+        let created = SystemTime::now();
+        let output = output
+            .unwrap_or_else(|| layout::session_dir(&self.settings.output_dir, &name, created));
         let message = format!("session {name} created, writing to {}", output.display());
         self.sessions.push(SessionDef {
             name,
             output: OutputDir::new(output),
+            created,
             started: false,
             ever_started: false,
             channels: Vec::new(),
@@ -557,6 +573,79 @@ fn failed_streams(stats: &Stats, session: &str) -> Option<String> {
         })
         .collect();
     (!lines.is_empty()).then(|| lines.join("; "))
+}
+
+/// Record `contexts` with every event of a channel (every channel of the session
+/// when `channel` is `None`), before the session's first start.
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct AddContext {
+    /// Session name; `None`: the most recently created.
+    pub session: Option<String>,
+    /// Channel name; `None`: every channel of the session.
+    pub channel: Option<String>,
+    /// The context types to add.
+    pub contexts: Vec<ContextType>,
+}
+
+impl Handler<AddContext> for SessionManager {
+    type Result = Done;
+
+    fn handle(&mut self, msg: AddContext, _: &mut Context<Self>) -> Self::Result {
+        if msg.contexts.is_empty() {
+            return Err(SessionError::NoContextType);
+        }
+        let s = self.session(&msg.session)?;
+        if s.ever_started {
+            return Err(SessionError::ContextAfterStart(s.name.clone()));
+        }
+        let chosen: Vec<&mut ChannelDef> = match &msg.channel {
+            Some(c) => {
+                let found = s.channels.iter_mut().find(|ch| &ch.spec.name == c);
+                match found {
+                    Some(ch) => vec![ch],
+                    None => {
+                        return Err(SessionError::NoSuchChannel {
+                            channel: c.clone(),
+                            session: s.name.clone(),
+                        });
+                    }
+                }
+            }
+            None => s.channels.iter_mut().collect(),
+        };
+        if chosen.is_empty() {
+            return Err(SessionError::NoChannel(s.name.clone()));
+        }
+        let mut names = Vec::new();
+        for ch in chosen {
+            let mut all = ch.spec.contexts();
+            all.extend_from_slice(&msg.contexts);
+            ch.spec.contexts = Some(ContextSet::of(&all).to_vec());
+            names.push(ch.spec.name.clone());
+        }
+        let added: Vec<&str> = msg.contexts.iter().map(|c| c.name()).collect();
+        Ok(format!(
+            "context {} added to {}/{}",
+            added.join(", "),
+            s.name,
+            names.join(", ")
+        ))
+    }
+}
+
+/// Every connected app, as the BufferFactory knows them (`list --apps`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<AppInfo>, SessionError>")]
+pub struct ListApps;
+
+impl Handler<ListApps> for SessionManager {
+    type Result = ResponseFuture<Result<Vec<AppInfo>, SessionError>>;
+
+    fn handle(&mut self, _: ListApps, _: &mut Context<Self>) -> Self::Result {
+        let list = self.factory.send(factory::ListApps);
+        Box::pin(async move { list.await.map_err(SessionError::ListApps) })
+    }
 }
 
 /// An immediate answer.

@@ -85,6 +85,10 @@ struct Args {
     /// to be killed. Lets tests freeze or kill a producer at that point.
     #[arg(long, value_enum)]
     park_in_event: Option<Park>,
+    /// Each emitting thread prints `thread T tid N` on stdout before it emits (lets
+    /// tests check the vtid context of its events; thread T's `i` start at T << 40).
+    #[arg(long)]
+    print_tids: bool,
     /// Instead of `--events`: emit one event every N microseconds until a line
     /// arrives on stdin, then print `emitted COUNT longest_emit_us MAX` on stdout
     /// (lets tests check that emitting never waits, whatever the daemon does).
@@ -159,7 +163,11 @@ fn main() {
     std::thread::scope(|scope| {
         for t in 0..threads {
             let share = args.events / threads + u64::from(t < args.events % threads);
+            let print_tids = args.print_tids;
             scope.spawn(move || {
+                if print_tids {
+                    println!("thread {t} tid {}", nix::unistd::gettid());
+                }
                 for i in 0..share {
                     DEMO_EV.emit((t * (1 << 40) + i) as i64, "hello");
                 }

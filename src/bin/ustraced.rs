@@ -1,37 +1,24 @@
 //! `ustraced`: the session daemon.
 
 use clap::Parser;
-use std::path::PathBuf;
 use std::process::ExitCode;
-use ustrace::config::Config;
 use ustrace::daemon::Daemon;
-
-/// The ustrace session daemon.
-#[derive(Parser)]
-#[command(name = "ustraced", version, about)]
-struct Args {
-    /// Config file (default: $USTRACE_CONFIG, else built-in defaults; see config/ustraced.toml).
-    #[arg(long, short)]
-    config: Option<PathBuf>,
-}
+use ustrace::service::access::ControlAccess;
+use ustrace::service::{ConfigSource, DaemonArgs};
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let args = Args::parse();
-    let path = args
-        .config
-        .or_else(|| std::env::var_os("USTRACE_CONFIG").map(PathBuf::from));
-    let config = match path {
-        Some(path) => match Config::load(&path) {
-            Ok(config) => config,
-            Err(e) => {
-                eprintln!("ustraced: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
-        None => Config::default(),
-    };
-    match Daemon::new(config).run() {
+    let args = DaemonArgs::parse();
+    let source = ConfigSource::resolve(args.config, std::env::var_os("USTRACE_CONFIG"));
+    let started = source.load().map_err(|e| e.to_string()).and_then(|config| {
+        let access = ControlAccess::resolve(args.group.as_deref()).map_err(|e| e.to_string())?;
+        Daemon::new(config)
+            .control_access(access)
+            .reload_from(source)
+            .run()
+            .map_err(|e| e.to_string())
+    });
+    match started {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("ustraced: {e}");

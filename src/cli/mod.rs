@@ -5,9 +5,11 @@ pub mod recover;
 
 use crate::bench;
 use crate::control;
+use crate::ctf::context::ContextType;
 use crate::ctf::field::LogLevel;
 use crate::protocol::messages::{
-    Buffering, ChannelRequest, ControlOk, ControlRequest, LogLevelRule, SessionInfo, StatusReport,
+    AppInfo, Buffering, ChannelRequest, ControlOk, ControlRequest, LogLevelRule, SessionInfo,
+    StatusReport,
 };
 use crate::shm::Mode;
 use clap::{Args, Parser, Subcommand};
@@ -39,6 +41,22 @@ enum Command {
     /// Enable events in a channel: one rule per pattern (LTTng globbing: `*`
     /// anywhere, `\*` a literal star; `provider:name`, `demo*ev`, `*`).
     EnableEvent(EnableEvent),
+    /// Record contexts (who emitted each event) with every event of a channel, or of
+    /// every channel of the session; before the session's first start.
+    AddContext {
+        /// Session (default: the most recently created).
+        #[arg(long, short)]
+        session: Option<String>,
+        /// Channel (default: every channel of the session).
+        #[arg(long, short)]
+        channel: Option<String>,
+        /// Context type: vpid, vtid, procname, pthread_id, cpu_id, ip (repeatable).
+        #[arg(long = "type", short = 't', required = true, value_parser = parse_context)]
+        types: Vec<ContextType>,
+        /// User-space domain (the only one; accepted as LTTng's `-u`).
+        #[arg(long, short = 'u')]
+        userspace: bool,
+    },
     /// Start tracing.
     Start {
         /// Session (default: the most recently created).
@@ -54,10 +72,18 @@ enum Command {
         /// Session (default: the most recently created).
         session: Option<String>,
     },
-    /// List sessions, or describe one.
+    /// List sessions, or describe one; or (`--apps`) the connected apps.
     List {
         /// Session.
+        #[arg(conflicts_with = "apps")]
         session: Option<String>,
+        /// Every connected app: pid, uid, procname, registration time, the
+        /// sessions/channels it records into and its events.
+        #[arg(long)]
+        apps: bool,
+        /// With `--apps`: one JSON object per app and line.
+        #[arg(long, requires = "apps")]
+        json: bool,
     },
     /// Apps, buffer sets, writers and lost-data counters of the daemon.
     Status,
@@ -80,6 +106,20 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Benchmarks against the system's own untraced runs and against LTTng.
     Bench(bench::BenchArgs),
+    /// Write the man pages (ustrace(1) and one per subcommand, ustraced(8),
+    /// ustraced.toml(5)) into a directory.
+    Man {
+        /// Directory to write them into (created if missing).
+        dir: PathBuf,
+    },
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+        /// The program to complete.
+        #[arg(long, value_enum, default_value = "ustrace")]
+        program: crate::service::manual::Program,
+    },
 }
 
 /// `enable-event` options, LTTng's names.
@@ -153,6 +193,29 @@ struct EnableChannel {
     writer: Option<String>,
 }
 
+/// `ustrace man DIR`: writes the pages and lists them.
+fn man(dir: &std::path::Path) -> ExitCode {
+    let written =
+        std::fs::create_dir_all(dir).and_then(|()| crate::service::manual::write_man_pages(dir));
+    match written {
+        Ok(pages) => {
+            for page in pages {
+                println!("{}", page.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ustrace man: {}: {e}", dir.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses a context type name (`vpid`, ...).
+fn parse_context(text: &str) -> Result<ContextType, String> {
+    ContextType::from_name(text).map_err(|e| e.to_string())
+}
+
 /// Parses `4096`, `64K`, `1M`, as the config file does.
 /// `--subbuf-size`: a size the ring layout accepts ([`crate::shm::check_subbuf_size`]).
 fn parse_subbuf_size(text: &str) -> Result<u32, String> {
@@ -178,6 +241,11 @@ impl Cli {
             Command::Recover { dir } => return recover::run(&dir),
             Command::Demo(args) => return demo::run(&args),
             Command::Bench(args) => return bench::run(&args),
+            Command::Man { dir } => return man(&dir),
+            Command::Completions { shell, program } => {
+                crate::service::manual::completions(shell, program, &mut std::io::stdout());
+                return ExitCode::SUCCESS;
+            }
             Command::Create { name, output } => ControlRequest::Create {
                 name,
                 output: output.map(|o| absolute(&o).display().to_string()),
@@ -195,13 +263,27 @@ impl Cli {
                     num_subbuf: c.num_subbuf,
                     mode: c.overwrite.then_some(Mode::Overwrite),
                     writer: c.writer,
+                    contexts: None,
                 },
+            },
+            Command::AddContext {
+                session,
+                channel,
+                types,
+                userspace: _,
+            } => ControlRequest::AddContext {
+                session,
+                channel,
+                contexts: types,
             },
             Command::EnableEvent(e) => return enable_event(e),
             Command::Start { session } => ControlRequest::Start { session },
             Command::Stop { session } => ControlRequest::Stop { session },
             Command::Destroy { session } => ControlRequest::Destroy { session },
-            Command::List { session } => ControlRequest::List { session },
+            Command::List {
+                apps: true, json, ..
+            } => return list_apps(json),
+            Command::List { session, .. } => ControlRequest::List { session },
             Command::Status => ControlRequest::Status,
         };
         send(&request)
@@ -271,7 +353,65 @@ fn print_answer(answer: &ControlOk) {
         ControlOk::Sessions(sessions) if sessions.is_empty() => println!("no session"),
         ControlOk::Sessions(sessions) => sessions.iter().for_each(print_session),
         ControlOk::Status(status) => print_status(status),
+        ControlOk::Apps(apps) => apps.iter().for_each(print_app),
     }
+}
+
+/// `ustrace list --apps [--json]`.
+fn list_apps(json: bool) -> ExitCode {
+    let apps = match control::request(&ControlRequest::ListApps) {
+        Ok(Ok(ControlOk::Apps(apps))) => apps,
+        Ok(Ok(other)) => {
+            eprintln!("Error: the daemon answered list --apps with {other:?}");
+            return ExitCode::FAILURE;
+        }
+        Ok(Err(message)) => {
+            eprintln!("Error: {message}");
+            return ExitCode::FAILURE;
+        }
+        Err(e) => {
+            eprintln!("Error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        for app in &apps {
+            match serde_json::to_string(app) {
+                Ok(line) => println!("{line}"),
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    } else if apps.is_empty() {
+        println!("no app connected");
+    } else {
+        apps.iter().for_each(print_app);
+    }
+    ExitCode::SUCCESS
+}
+
+fn print_app(app: &AppInfo) {
+    let registered =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(app.registered_unix_ms);
+    println!(
+        "pid {} uid {} {} registered {}",
+        app.pid,
+        app.uid,
+        app.procname,
+        crate::trace::layout::iso8601_basic(registered)
+    );
+    for c in &app.channels {
+        println!(
+            "  {}/{} ({:?} buffers): {}",
+            c.session,
+            c.channel,
+            c.buffers,
+            c.enabled.join(", ")
+        );
+    }
+    println!("  events: {}", app.events.join(", "));
 }
 
 fn print_session(s: &SessionInfo) {

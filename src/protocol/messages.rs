@@ -9,6 +9,7 @@
 //! `control.sock`: the CLI sends a Hello then one [`ControlRequest`] and reads one
 //! [`ControlReply`]; each command is its own connection.
 
+use crate::ctf::context::{ContextType, default_contexts};
 use crate::ctf::field::{EventDesc, LogLevel};
 use crate::shm::{Geometry, Mode};
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,9 @@ pub enum AppCommand {
         key: u64,
         /// Number of ring fds that follow the eventfd.
         streams: u32,
+        /// What every event in these rings carries after its header, in encoding
+        /// order (docs/trace-layout.md, "Contexts").
+        contexts: Vec<ContextType>,
     },
     /// Record these events into channel `key`, each with its id in that trace.
     Enable {
@@ -83,9 +87,21 @@ pub struct ChannelSpec {
     pub mode: Mode,
     /// Name of the registered writer that stores this channel's packets.
     pub writer: String,
+    /// Contexts its events carry; `None`: the default of its buffering scheme
+    /// ([`default_contexts`]: vpid and vtid per-UID, none per-PID).
+    pub contexts: Option<Vec<ContextType>>,
 }
 
 impl ChannelSpec {
+    /// The contexts its events carry, in encoding order.
+    pub fn contexts(&self) -> Vec<ContextType> {
+        let asked = match &self.contexts {
+            Some(c) => c.clone(),
+            None => default_contexts(self.buffers == Buffering::PerUid),
+        };
+        crate::ctf::context::ContextSet::of(&asked).to_vec()
+    }
+
     /// The ring geometry of the channel.
     pub fn geometry(&self) -> Geometry {
         Geometry {
@@ -111,6 +127,8 @@ pub struct ChannelRequest {
     pub mode: Option<Mode>,
     /// Writer name.
     pub writer: Option<String>,
+    /// Contexts its events carry.
+    pub contexts: Option<Vec<ContextType>>,
 }
 
 impl ChannelRequest {
@@ -126,6 +144,7 @@ impl ChannelRequest {
                 .writer
                 .clone()
                 .unwrap_or_else(|| defaults.writer.clone()),
+            contexts: self.contexts.clone().or_else(|| defaults.contexts.clone()),
         }
     }
 }
@@ -184,6 +203,18 @@ pub enum ControlRequest {
     },
     /// Counters of the whole daemon.
     Status,
+    /// Record `contexts` with every event of a channel (LTTng's `add-context`), from
+    /// the session's first start on.
+    AddContext {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+        /// Channel name; `None` means every channel of the session.
+        channel: Option<String>,
+        /// The contexts to add to those the channel records already.
+        contexts: Vec<ContextType>,
+    },
+    /// Every connected, registered app (LTTng's `lttng list -u`).
+    ListApps,
 }
 
 /// The log-level condition of an event rule, LTTng's `--loglevel` /
@@ -321,6 +352,38 @@ pub enum ControlOk {
     Sessions(Vec<SessionInfo>),
     /// The answer to `status`.
     Status(StatusReport),
+    /// The answer to `list --apps`, by registration time.
+    Apps(Vec<AppInfo>),
+}
+
+/// One connected app, for `list --apps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppInfo {
+    /// From SO_PEERCRED at its connection.
+    pub pid: i32,
+    /// From SO_PEERCRED at its connection.
+    pub uid: u32,
+    /// The name it registered, as its per-PID directories spell it.
+    pub procname: String,
+    /// When it registered, milliseconds since the Unix epoch.
+    pub registered_unix_ms: u64,
+    /// `provider:name` of every event it registered, in its order.
+    pub events: Vec<String>,
+    /// The channels it records into now or did in this session's life.
+    pub channels: Vec<AppChannelInfo>,
+}
+
+/// A channel an app was given, for `list --apps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppChannelInfo {
+    /// Session name.
+    pub session: String,
+    /// Channel name.
+    pub channel: String,
+    /// Shared per-UID rings or the app's own.
+    pub buffers: Buffering,
+    /// `provider:name` of its events enabled in that channel, sorted.
+    pub enabled: Vec<String>,
 }
 
 /// The answer to a [`ControlRequest`]; the error is a message for the user.

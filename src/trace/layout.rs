@@ -105,7 +105,7 @@ pub fn trace_below(
 ) -> Below {
     match ownership {
         TraceOwner::PerUid { uid } => uid_trace_below(*uid),
-        TraceOwner::PerPid { procname, pid } => {
+        TraceOwner::PerPid { procname, pid, .. } => {
             let mut below = pid_trace_below(procname, *pid, time, clock);
             if let Some(last) = below.last_mut() {
                 last.push_str(&format!("-{connection}"));
@@ -134,6 +134,30 @@ pub fn dir_timestamp(time: SystemTime, clock: DirClock) -> String {
     format!(
         "{:04}{:02}{:02}-{:02}{:02}{:02}",
         c.year, c.month, c.day, c.hour, c.minute, c.second
+    )
+}
+
+/// `YYYYMMDDTHHMMSS+hhmm` for `time` in local time: ISO 8601 basic, the form LTTng
+/// writes in the metadata's `trace_creation_datetime` and `vpid_datetime`.
+pub fn iso8601_basic(time: SystemTime) -> String {
+    let secs = match time.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs() as i64,
+        Err(e) => -(e.duration().as_secs() as i64),
+    };
+    let offset = local_utc_offset(secs);
+    let c = Civil::from_unix(secs + offset);
+    let sign = if offset < 0 { '-' } else { '+' };
+    let minutes = offset.abs() / 60;
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}{sign}{:02}{:02}",
+        c.year,
+        c.month,
+        c.day,
+        c.hour,
+        c.minute,
+        c.second,
+        minutes / 60,
+        minutes % 60
     )
 }
 
@@ -226,7 +250,8 @@ mod tests {
                 trace_below(
                     &TraceOwner::PerPid {
                         procname: "app".into(),
-                        pid: 42
+                        pid: 42,
+                        registered: t,
                     },
                     7,
                     t,

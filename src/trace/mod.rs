@@ -6,13 +6,15 @@
 //! - [`registry`]: per-trace event ids and channels; produces the metadata text.
 //! - [`metadata`]: renders that TSDL and parses it back for our reader.
 //! - [`layout`], [`writer`], [`spread`]: where trace files go and how they are
-//!   written.
+//!   written; [`index`]: the CTF index file of each stream.
 //! - [`reader`], [`view`]: decode and print a session directory.
 //! - [`recover`]: cut the torn tails a crash left, so a trace reads up to its last
 //!   complete packet.
 //!
 //! See docs/trace-layout.md for the whole picture.
 
+pub mod acl;
+pub mod index;
 pub mod layout;
 pub mod metadata;
 pub mod reader;

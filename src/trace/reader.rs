@@ -16,8 +16,10 @@ use std::fs;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
+use crate::ctf::context::ContextType;
 use crate::ctf::field::FieldType;
 use crate::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader, read_event_header};
+use crate::trace::index;
 use crate::trace::layout::METADATA_FILE;
 use crate::trace::metadata::{self, EnvValue, TraceMetadata};
 
@@ -144,11 +146,65 @@ fn load_trace(dir: &Path) -> Result<SubTrace, ReadError> {
         }
     }
     streams.sort();
+    for stream in &streams {
+        check_index(dir, stream)?;
+    }
     Ok(SubTrace {
         dir: dir.to_path_buf(),
         metadata,
         streams,
     })
+}
+
+/// Checks the index file of `stream`, if there is one (`index/<stream>.idx`): it
+/// must be CTF index 1.1 and its entries those of the stream's packets, in order.
+/// It may lack the last ones (a live trace: the writer appends the entry after its
+/// packet), never hold one the stream does not.
+fn check_index(dir: &Path, stream: &Path) -> Result<(), ReadError> {
+    let Some(name) = stream.file_name() else {
+        return Ok(());
+    };
+    let path = dir
+        .join(index::INDEX_DIR)
+        .join(index::index_file_name(&name.to_string_lossy()));
+    let bytes = match fs::read(&path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_error(&path)(e)),
+    };
+    let fail = |offset: usize, message: String| ReadError::Stream {
+        path: path.clone(),
+        offset: offset as u64,
+        message,
+    };
+    let entries = index::parse(&bytes).map_err(|e| fail(0, e.to_string()))?;
+    let packets = index::stream_entries(stream).map_err(io_error(stream))?;
+    for (i, entry) in entries.iter().enumerate() {
+        let at = index::INDEX_HEADER_LEN + i * index::INDEX_ENTRY_LEN;
+        match packets.get(i) {
+            Some(packet) if packet == entry => {}
+            Some(packet) => {
+                return Err(fail(
+                    at,
+                    format!("index entry {i} is {entry:?}, the stream's packet {i} is {packet:?}"),
+                ));
+            }
+            None => {
+                // The stream lost what its index says it held: a stream error.
+                return Err(ReadError::Stream {
+                    path: stream.to_path_buf(),
+                    offset: entry.offset,
+                    message: format!(
+                        "no whole packet here, but its index ({}) entry {i} says one of {} \
+                         bytes starts here: the stream was cut",
+                        path.display(),
+                        entry.packet_size / 8
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A decoded field value.
@@ -186,6 +242,8 @@ pub struct Event {
     pub timestamp: u64,
     /// `provider:name`.
     pub name: String,
+    /// Its stream's context fields (who emitted it), in encoding order.
+    pub context: Vec<(ContextType, Value)>,
     /// Payload fields in order.
     pub fields: Vec<(String, Value)>,
     /// CPU of the packet it was in.
@@ -410,6 +468,28 @@ impl StreamCursor {
         }
         self.min_ts = ts;
         let mut pos = at + EVENT_HEADER_SIZE;
+        let declared = meta
+            .contexts
+            .get(&self.stream_id)
+            .map_or(&[][..], Vec::as_slice);
+        let mut context = Vec::with_capacity(declared.len());
+        for &c in declared {
+            let Some(value) = self.packet[pos..self.content_end]
+                .get(..c.size())
+                .map(|bytes| decode_context(c, bytes))
+            else {
+                return self.fail(
+                    pos,
+                    format!(
+                        "context `{}` of {} runs past the packet content",
+                        c.name(),
+                        class.name
+                    ),
+                );
+            };
+            pos += c.size();
+            context.push((c, value));
+        }
         let mut fields = Vec::with_capacity(class.fields.len());
         for field in &class.fields {
             let (value, len) = match decode(&field.ty, &self.packet[pos..self.content_end]) {
@@ -433,10 +513,30 @@ impl StreamCursor {
             RecordKind::Event(Event {
                 timestamp: ts,
                 name: class.name.clone(),
+                context,
                 fields,
                 cpu_id: self.cpu_id,
             }),
         ))
+    }
+}
+
+/// The value of context `c` from its `c.size()` bytes.
+fn decode_context(c: ContextType, bytes: &[u8]) -> Value {
+    let mut le = [0u8; 8];
+    match c {
+        ContextType::Procname => {
+            let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+            Value::Str(String::from_utf8_lossy(&bytes[..end]).into_owned())
+        }
+        ContextType::PthreadId | ContextType::Ip => {
+            le.copy_from_slice(bytes);
+            Value::Hex(u64::from_le_bytes(le))
+        }
+        ContextType::Vpid | ContextType::Vtid | ContextType::CpuId => {
+            le[..4].copy_from_slice(bytes);
+            Value::Signed(i64::from(i32::from_le_bytes([le[0], le[1], le[2], le[3]])))
+        }
     }
 }
 

@@ -24,6 +24,10 @@
 //!   removed with the empty stream files ([`Repair::RemovedEmptyTrace`]); with
 //!   packets and no complete metadata the trace cannot be read and that is an error.
 //!
+//! - an index file (`index/<stream>.idx`) with entries past its stream's whole
+//!   packets (the stream was cut, or the daemon died between the two writes): cut
+//!   back to the entries of the packets its stream keeps ([`Repair::Trimmed`]).
+//!
 //! Nothing else is touched: a packet's events are not decoded (a whole packet is
 //! what the writer wrote). Symbolic links are never followed, so a root daemon
 //! recovering an output directory cannot be made to truncate another file.
@@ -37,6 +41,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::ctf::packet::{PACKET_HEADER_SIZE, PacketHeader};
+use crate::trace::index;
 use crate::trace::layout::METADATA_FILE;
 use crate::trace::metadata;
 
@@ -273,8 +278,51 @@ fn recover_trace(
         if let Some(repair) = trim_stream(stream, &uuid)? {
             repairs.push(repair);
         }
+        if let Some(repair) = trim_index(dir, stream)? {
+            repairs.push(repair);
+        }
     }
     Ok(())
+}
+
+/// Rewrites the index file of `stream` (in `dir/index`, if there is one) when it
+/// is not exactly the entries of the whole packets the stream keeps: an index stays
+/// in step with its stream.
+fn trim_index(dir: &Path, stream: &Path) -> Result<Option<Repair>, RecoverError> {
+    let Some(name) = stream.file_name() else {
+        return Ok(None);
+    };
+    let path = dir
+        .join(index::INDEX_DIR)
+        .join(index::index_file_name(&name.to_string_lossy()));
+    let mut file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+    {
+        Ok(file) => file,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(at(&path)(e)),
+    };
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(at(&path))?;
+    let entries = index::stream_entries(stream).map_err(at(stream))?;
+    let expected = index::encode_file(&entries);
+    if bytes == expected {
+        return Ok(None);
+    }
+    file.set_len(0).map_err(at(&path))?;
+    file.write_all_at(&expected, 0).map_err(at(&path))?;
+    Ok(Some(Repair::Trimmed {
+        path,
+        from: bytes.len() as u64,
+        to: expected.len() as u64,
+        reason: format!(
+            "index out of step with its stream: rewritten for its {} whole packets",
+            entries.len()
+        ),
+    }))
 }
 
 /// Removes the unreadable `metadata` of a trace whose `streams` are all empty;

@@ -12,6 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::ctf::context::ContextType;
 use crate::ctf::field::{EventDesc, FieldType};
 use crate::ctf::names::{self, NameError};
 use crate::trace::metadata;
@@ -243,6 +244,8 @@ pub enum TraceOwner {
         procname: String,
         /// The process id.
         pid: u32,
+        /// When the process registered (the metadata's `vpid_datetime`).
+        registered: SystemTime,
     },
 }
 
@@ -253,6 +256,10 @@ pub struct TraceEnv {
     pub hostname: String,
     /// Per-UID or per-PID, with the uid or the process identity.
     pub ownership: TraceOwner,
+    /// The session's name (`trace_name`).
+    pub trace_name: String,
+    /// When the session was created (`trace_creation_datetime`).
+    pub created: SystemTime,
 }
 
 /// How to turn the trace clock (CLOCK_MONOTONIC, ns) into wall-clock time.
@@ -358,14 +365,21 @@ impl EventRegistry {
         self
     }
 
-    /// A registry for this host now: random uuid, measured clock offset, host name.
-    pub fn for_this_host(ownership: TraceOwner) -> std::io::Result<EventRegistry> {
+    /// A registry for this host now: random uuid, measured clock offset, host name,
+    /// for a trace of session `trace_name` created at `created`.
+    pub fn for_this_host(
+        ownership: TraceOwner,
+        trace_name: &str,
+        created: SystemTime,
+    ) -> std::io::Result<EventRegistry> {
         Ok(EventRegistry::new(
             random_uuid()?,
             ClockOffset::measure(),
             TraceEnv {
                 hostname: hostname(),
                 ownership,
+                trace_name: trace_name.to_string(),
+                created,
             },
         ))
     }
@@ -373,13 +387,13 @@ impl EventRegistry {
     /// Adds a channel (if new) and returns its stream class id; every event
     /// registered so far is declared in it too. Channels come from the session's
     /// definition (set before it starts), not from apps: no limit applies.
-    pub fn add_channel(&mut self, name: &str) -> u32 {
+    pub fn add_channel(&mut self, name: &str, contexts: &[ContextType]) -> u32 {
         if let Some(i) = self.channels.iter().position(|c| c == name) {
             return i as u32;
         }
         let stream_id = self.channels.len() as u32;
         self.channels.push(name.to_string());
-        metadata::stream_class(&mut self.tsdl, stream_id, name);
+        metadata::stream_class(&mut self.tsdl, stream_id, name, contexts);
         for (id, event) in self.events.iter().enumerate() {
             metadata::event_class(&mut self.tsdl, id as u32, stream_id, event);
         }
@@ -431,6 +445,14 @@ impl EventRegistry {
         &self.events
     }
 
+    /// The stream class id of channel `name`, if the trace declares it.
+    pub fn stream_id(&self, name: &str) -> Option<u32> {
+        self.channels
+            .iter()
+            .position(|c| c == name)
+            .map(|i| i as u32)
+    }
+
     /// Channel names in stream class id order.
     pub fn channels(&self) -> &[String] {
         &self.channels
@@ -469,6 +491,8 @@ mod tests {
             TraceEnv {
                 hostname: "h".into(),
                 ownership: TraceOwner::PerUid { uid: 1 },
+                trace_name: "s".into(),
+                created: UNIX_EPOCH,
             },
         )
     }
@@ -541,9 +565,9 @@ mod tests {
         assert_eq!(r.register_event(&a), Ok((0, true)));
         assert_eq!(r.register_event(&b), Ok((1, true)));
         assert_eq!(r.register_event(&a.clone()), Ok((0, false)));
-        assert_eq!(r.add_channel("c0"), 0);
-        assert_eq!(r.add_channel("c1"), 1);
-        assert_eq!(r.add_channel("c0"), 0);
+        assert_eq!(r.add_channel("c0", &[]), 0);
+        assert_eq!(r.add_channel("c1", &[]), 1);
+        assert_eq!(r.add_channel("c0", &[]), 0);
     }
 
     fn named(name: &str) -> EventDesc {
@@ -560,7 +584,7 @@ mod tests {
             ..EventLimits::default()
         };
         let mut r = registry().with_limits(limits);
-        r.add_channel("c");
+        r.add_channel("c", &[]);
         r.register_event(&named("a")).unwrap();
         r.register_event(&named("b")).unwrap();
         let before = r.metadata().to_string();
@@ -582,7 +606,7 @@ mod tests {
     #[test]
     fn a_trace_refuses_an_event_that_would_pass_max_metadata_bytes() {
         let mut r = registry();
-        r.add_channel("c");
+        r.add_channel("c", &[]);
         let max = (r.metadata().len() + 10) as u64;
         let mut r = r.with_limits(EventLimits {
             max_metadata_bytes: max,
@@ -601,12 +625,12 @@ mod tests {
     #[test]
     fn metadata_grows_by_appending_what_each_event_and_channel_adds() {
         let mut r = registry();
-        r.add_channel("c0");
+        r.add_channel("c0", &[]);
         r.register_event(&named("a")).unwrap();
         let before = r.metadata().to_string();
         r.register_event(&named("b")).unwrap();
         assert!(r.metadata().starts_with(&before));
-        r.add_channel("c1");
+        r.add_channel("c1", &[]);
         let meta = metadata::parse(r.metadata()).expect("parses");
         let declared = meta
             .events

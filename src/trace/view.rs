@@ -1,9 +1,11 @@
 //! `ustrace view DIR`: prints every event of a session directory in time order.
 //!
 //! Text output, one line per event:
-//! `[2026-11-27 08:43:57.123456789] app/1234 provider:name { i = 1, s = "hello" }`,
-//! where `app/1234` is procname/vpid of a per-PID trace and `uid 1000` marks a
-//! per-UID trace. Discarded events print as
+//! `[2026-11-27 08:43:57.123456789] uid 1000 app/1234/1236 provider:name { i = 1, s = "hello" }`,
+//! where `uid 1000` marks a per-UID trace and `app/1234` (procname/vpid) a per-PID
+//! one, and `app/1234/1236` is who emitted the event: procname/vpid/vtid from its
+//! contexts (docs/trace-layout.md, "Contexts"), else from its per-PID trace's
+//! metadata, `-` for what neither says. Discarded events print as
 //! `[time] origin WARNING: N events discarded in <stream file>` and missing packets
 //! (a gap in packet_seq_num) as `[time] origin WARNING: N packets lost in <stream file>`,
 //! both at the start of the packet that follows the loss. `--json` prints one JSON object per line instead.
@@ -13,8 +15,10 @@ use std::path::Path;
 
 use serde_json::{Map, Value as Json, json};
 
+use crate::ctf::context::ContextType;
 use crate::trace::layout::Civil;
-use crate::trace::reader::{ReadError, Reader, RecordKind, Value};
+use crate::trace::metadata::EnvValue;
+use crate::trace::reader::{Event, ReadError, Reader, RecordKind, SubTrace, Value};
 
 /// Why `view` stopped.
 #[derive(Debug, thiserror::Error)]
@@ -33,10 +37,12 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
     let mut reader = Reader::open(dir)?;
     let mut events = 0;
     while let Some(record) = reader.next_record()? {
-        let origin = reader.traces()[record.trace].origin();
+        let trace = &reader.traces()[record.trace];
+        let origin = trace.origin();
         let time = wall_time(record.wall_ns);
         match (&record.kind, json) {
             (RecordKind::Event(event), false) => {
+                let who = Who::of(event, trace);
                 let fields: Vec<String> = event
                     .fields
                     .iter()
@@ -47,9 +53,15 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
                 } else {
                     format!("{{ {} }}", fields.join(", "))
                 };
-                writeln!(out, "[{time}] {origin} {} {fields}", event.name)?;
+                writeln!(out, "[{time}] {origin} {who} {} {fields}", event.name)?;
             }
             (RecordKind::Event(event), true) => {
+                let who = Who::of(event, trace);
+                let context: Map<String, Json> = event
+                    .context
+                    .iter()
+                    .map(|(c, value)| (c.name().to_string(), json_value(value)))
+                    .collect();
                 let fields: Map<String, Json> = event
                     .fields
                     .iter()
@@ -60,7 +72,11 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
                     "time": time,
                     "origin": origin,
                     "cpu_id": event.cpu_id,
+                    "procname": who.procname,
+                    "vpid": who.vpid,
+                    "vtid": who.vtid,
                     "event": event.name,
+                    "context": context,
                     "fields": fields,
                 });
                 writeln!(out, "{line}")?;
@@ -100,6 +116,60 @@ pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewErro
         }
     }
     Ok(events)
+}
+
+/// Who emitted an event: from its contexts, else (procname, vpid) from its per-PID
+/// trace's metadata.
+struct Who {
+    /// The thread's name (`procname` context) or the process's (per-PID `env`).
+    procname: Option<String>,
+    /// `vpid` context, or the per-PID trace's `vpid`.
+    vpid: Option<i64>,
+    /// `vtid` context.
+    vtid: Option<i64>,
+}
+
+impl Who {
+    /// What `event` of `trace` says of its emitter.
+    fn of(event: &Event, trace: &SubTrace) -> Who {
+        let context = |want: ContextType| {
+            event
+                .context
+                .iter()
+                .find(|(c, _)| *c == want)
+                .map(|(_, v)| v)
+        };
+        let int = |v: Option<&Value>| match v {
+            Some(Value::Signed(i)) => Some(*i),
+            _ => None,
+        };
+        let env = &trace.metadata;
+        Who {
+            procname: match (context(ContextType::Procname), env.env("procname")) {
+                (Some(Value::Str(s)), _) | (_, Some(EnvValue::Str(s))) => Some(s.clone()),
+                _ => None,
+            },
+            vpid: int(context(ContextType::Vpid)).or(match env.env("vpid") {
+                Some(EnvValue::Int(pid)) => Some(*pid),
+                _ => None,
+            }),
+            vtid: int(context(ContextType::Vtid)),
+        }
+    }
+}
+
+impl std::fmt::Display for Who {
+    /// `procname/vpid/vtid`, `-` for what is unknown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".into());
+        write!(
+            f,
+            "{}/{}/{}",
+            or_dash(self.procname.clone()),
+            or_dash(self.vpid.map(|v| v.to_string())),
+            or_dash(self.vtid.map(|v| v.to_string()))
+        )
+    }
 }
 
 /// `YYYY-MM-DD HH:MM:SS.nnnnnnnnn` (UTC) for nanoseconds since the epoch.

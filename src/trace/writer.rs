@@ -30,6 +30,8 @@ use nix::sys::stat::{Mode, fstat, fstatat, mkdirat};
 use nix::unistd::{UnlinkatFlags, geteuid, linkat, unlinkat};
 
 use crate::ctf::names::{self, NameError};
+use crate::trace::acl;
+use crate::trace::index;
 use crate::trace::layout::{METADATA_FILE, stream_file_name};
 use crate::trace::registry::EventRegistry;
 
@@ -437,6 +439,9 @@ struct Shared {
     dir: Mutex<DirState>,
     /// Files this trace created in it: the only names it may open again.
     made: Mutex<HashSet<String>>,
+    /// The user (other than the daemon's) who may read the trace: see
+    /// [`TraceDir::readable_by`].
+    reader: Option<u32>,
 }
 
 /// How far making a [`TraceDir`]'s directory got.
@@ -465,6 +470,31 @@ impl TraceDir {
     /// The trace directory `output/below...`; nothing is made until it is used.
     /// Refused if a component of `below` is not one file name.
     pub fn new(output: &OutputDir, below: Vec<String>) -> Result<TraceDir, TraceDirError> {
+        TraceDir::make(output, below, None)
+    }
+
+    /// As [`TraceDir::new`], for a trace user `uid` may read (a per-UID trace of
+    /// its apps): whenever the daemon makes the directory, it adds `uid` to the
+    /// access lists (POSIX ACLs, see [`crate::trace::acl`]) of the output and of each
+    /// level below it (search only), of the trace directory (read and search) and
+    /// of every file made in it (read, inherited). Nothing else changes: other
+    /// users get nothing, and where the file system has no ACLs the trace stays
+    /// the daemon's user's and group's only (logged).
+    pub fn readable_by(
+        output: &OutputDir,
+        below: Vec<String>,
+        uid: u32,
+    ) -> Result<TraceDir, TraceDirError> {
+        let reader = (uid != geteuid().as_raw()).then_some(uid);
+        TraceDir::make(output, below, reader)
+    }
+
+    /// The trace directory `output/below...` that `reader` may read.
+    fn make(
+        output: &OutputDir,
+        below: Vec<String>,
+        reader: Option<u32>,
+    ) -> Result<TraceDir, TraceDirError> {
         for name in &below {
             names::check_component(name)?;
         }
@@ -481,6 +511,7 @@ impl TraceDir {
                     fresh: true,
                 }),
                 made: Mutex::new(HashSet::new()),
+                reader,
             }),
         })
     }
@@ -514,9 +545,41 @@ impl TraceDir {
             None => {}
         }
         let opened = open_below(&self.shared.output, &self.shared.below, &mut dir.fresh)?;
+        if let Some(uid) = self.shared.reader
+            && let Err(e) = self.grant_reader(&opened, uid)
+        {
+            log::warn!(
+                "{}: cannot let uid {uid} read its trace ({e}); it stays readable by the daemon's user and group only",
+                self.path().display()
+            );
+        }
         let fd = Arc::new(opened);
         dir.fd = Some(fd.clone());
         Ok(fd)
+    }
+
+    /// Lets `uid` reach the trace directory `leaf` (search permission on the
+    /// output and every level between) and read it and every file made in it.
+    fn grant_reader(&self, leaf: &OwnedFd, uid: u32) -> Result<(), TraceDirError> {
+        let output = self.shared.output.fd()?;
+        let mut path = self.shared.output.path().to_path_buf();
+        let io_err = |path: &Path, source| TraceDirError::Io {
+            path: path.into(),
+            source,
+        };
+        acl::grant_user(output.as_fd(), uid, acl::EXECUTE, None).map_err(|e| io_err(&path, e))?;
+        let levels = self.shared.below.len().saturating_sub(1);
+        let mut parent: Option<OwnedFd> = None;
+        for name in &self.shared.below[..levels] {
+            path.push(name);
+            let at = parent.as_ref().map_or(output.as_fd(), |p| p.as_fd());
+            let level = open_dir(at, Path::new(name), &path)?;
+            acl::grant_user(level.as_fd(), uid, acl::EXECUTE, None)
+                .map_err(|e| io_err(&path, e))?;
+            parent = Some(level);
+        }
+        acl::grant_user(leaf.as_fd(), uid, acl::READ | acl::EXECUTE, Some(acl::READ))
+            .map_err(|e| io_err(self.path(), e))
     }
 
     /// Runs `open` on the directory with whether this trace made the file `name`
@@ -545,6 +608,29 @@ impl TraceDir {
     pub fn store_metadata(&self, tag: &str, tsdl: &str) -> io::Result<()> {
         self.open_in(METADATA_FILE, |dir, ours| {
             store_metadata_in(dir, self.path(), tag, tsdl, ours)
+        })
+    }
+
+    /// Opens the index file of stream `stream` (`index/<stream>.idx`, see
+    /// [`crate::trace::index`]) for appending, like [`TraceDir::open_stream`], making
+    /// the `index` directory (never through a link) if needed.
+    pub fn open_index(&self, stream: &str) -> io::Result<File> {
+        let name = index::index_file_name(stream);
+        // Its entry in the list of files this trace made: no stream file name ends
+        // in `.idx` (they end in `_<cpu>`).
+        let key = format!("{}-{name}", index::INDEX_DIR);
+        self.open_in(&key, |dir, ours| {
+            let path = self.path().join(index::INDEX_DIR);
+            match mkdirat(
+                dir,
+                index::INDEX_DIR,
+                Mode::from_bits_truncate(TRACE_DIR_MODE),
+            ) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(failed(&path, e)),
+            }
+            let index_dir = open_own_dir(dir, index::INDEX_DIR, &path)?;
+            open_stream_in(index_dir.as_fd(), &path, &name, *ours)
         })
     }
 

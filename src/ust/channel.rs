@@ -17,6 +17,7 @@
 
 use std::sync::atomic::{AtomicPtr, AtomicU32, AtomicU64, Ordering::*};
 
+use crate::ctf::context::ContextSet;
 use crate::shm::ChannelBuffers;
 
 /// Channel slots a process can hold (bits of a tracepoint's mask).
@@ -62,6 +63,8 @@ pub(crate) struct Installed {
     generation: u32,
     /// The rings.
     buffers: ChannelBuffers,
+    /// What every event written into them carries after its header.
+    contexts: ContextSet,
 }
 
 /// Installed buffers; null = never used. Each installation stores a new leaked Box
@@ -76,12 +79,15 @@ static RELEASED: AtomicU64 = AtomicU64::new(0);
 /// (0) matches no installation.
 static NEXT_GENERATION: AtomicU32 = AtomicU32::new(1);
 
-/// Installs a channel's buffers, in a released slot or else in a never-used one.
-pub fn install(buffers: ChannelBuffers) -> Result<SlotId, ChannelError> {
+/// Installs a channel's buffers, whose events carry `contexts`, in a released slot or
+/// else in a never-used one.
+pub fn install(buffers: ChannelBuffers, contexts: ContextSet) -> Result<SlotId, ChannelError> {
+    super::context::prepare();
     let generation = NEXT_GENERATION.fetch_add(1, Relaxed);
     let ptr = Box::into_raw(Box::new(Installed {
         generation,
         buffers,
+        contexts,
     }));
     let mut released = RELEASED.load(Acquire);
     while released != 0 {
@@ -146,14 +152,15 @@ pub(crate) fn active_mask() -> u64 {
     ACTIVE.load(Acquire)
 }
 
-/// The buffers installed in slot `i`, if any, if they are the installation that
-/// `tagged` (an id as [`SlotId::tag`] made it) was enabled for.
+/// The buffers installed in slot `i` and their events' contexts, if any, if they are
+/// the installation that `tagged` (an id as [`SlotId::tag`] made it) was enabled for.
 #[inline]
-pub(crate) fn buffers(i: usize, tagged: u64) -> Option<&'static ChannelBuffers> {
+pub(crate) fn buffers(i: usize, tagged: u64) -> Option<(&'static ChannelBuffers, ContextSet)> {
     let ptr = SLOTS[i].load(Acquire);
     // SAFETY: a non-null pointer was stored by `install` from a leaked Box after the
     // buffers were built (Release/Acquire) and is never freed (a later installation
     // leaks it), so it is valid and shared-only for the rest of the process.
     let installed: &'static Installed = unsafe { ptr.as_ref() }?;
-    (u64::from(installed.generation) == tagged >> 32).then_some(&installed.buffers)
+    (u64::from(installed.generation) == tagged >> 32)
+        .then_some((&installed.buffers, installed.contexts))
 }

@@ -23,6 +23,7 @@
 //!
 //! A forked child inherits no thread: it never re-registers and runs untraced.
 
+use crate::ctf::context::ContextSet;
 use crate::protocol::messages::{AppCommand, AppRegister};
 use crate::protocol::{self, APPS_SOCKET, ProtocolError, frame};
 use crate::shm::ChannelBuffers;
@@ -353,7 +354,11 @@ impl Listener {
     /// Applies one command.
     fn apply(&mut self, command: AppCommand, mut fds: Vec<OwnedFd>) -> Result<(), String> {
         match command {
-            AppCommand::Channel { key, streams } => {
+            AppCommand::Channel {
+                key,
+                streams,
+                contexts,
+            } => {
                 if fds.len() != streams as usize + 1 {
                     return Err(format!(
                         "channel {key}: expected {} fds, got {}",
@@ -365,7 +370,8 @@ impl Listener {
                 let wakeup = fds.pop().expect("one fd left");
                 let buffers = ChannelBuffers::from_fds(rings, wakeup)
                     .map_err(|e| format!("channel {key}: {e}"))?;
-                let slot = channel::install(buffers).map_err(|e| format!("channel {key}: {e}"))?;
+                let slot = channel::install(buffers, ContextSet::of(&contexts))
+                    .map_err(|e| format!("channel {key}: {e}"))?;
                 self.slots.insert(key, slot);
             }
             AppCommand::Enable { key, events } => {

@@ -9,6 +9,7 @@
 
 pub mod channel;
 pub mod client;
+pub(crate) mod context;
 pub mod tracepoint;
 
 pub use channel::{ChannelError, MAX_SLOTS, SlotId};

@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::*};
 
 use super::channel::{self, MAX_SLOTS, SlotId};
+use super::context;
 use crate::ctf::field::{EventDesc, FieldDesc, LogLevel};
 
 /// One event site: what it records (for registration) and where it is enabled.
@@ -69,8 +70,9 @@ impl Tracepoint {
         self.mask.load(Relaxed) != 0
     }
 
-    /// Writes the event (payload of `payload_len` bytes produced by `encode`) into the
-    /// current CPU's ring of every active slot it is enabled in.
+    /// Writes the event (the channel's contexts, then a payload of `payload_len` bytes
+    /// produced by `encode`) into the current CPU's ring of every active slot it is
+    /// enabled in.
     /// If `encode` panics, the reservation it was writing becomes one counted lost
     /// event as it unwinds (see `shm::Reservation`): no packet is left open.
     #[inline]
@@ -83,10 +85,13 @@ impl Tracepoint {
             let tagged = self.ids[slot].load(Relaxed);
             // Buffers of another installation than the id's (a slot reinstalled
             // after a daemon restart, raced by this emitter) are skipped.
-            if let Some(buffers) = channel::buffers(slot, tagged) {
-                buffers
-                    .current()
-                    .write_event(tagged as u32, payload_len, &encode);
+            if let Some((buffers, contexts)) = channel::buffers(slot, tagged) {
+                let ring = buffers.current();
+                let len = contexts.encoded_len() + payload_len;
+                ring.write_event(tagged as u32, len, |out| {
+                    let at = context::encode(contexts, ring.cpu_id(), out);
+                    encode(&mut out[at..]);
+                });
             }
         }
     }

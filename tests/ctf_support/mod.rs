@@ -112,6 +112,8 @@ pub fn registry(uuid_byte: u8, ownership: TraceOwner) -> EventRegistry {
         TraceEnv {
             hostname: "testhost".into(),
             ownership,
+            trace_name: "test".into(),
+            created: std::time::UNIX_EPOCH,
         },
     )
 }

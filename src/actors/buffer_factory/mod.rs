@@ -35,7 +35,8 @@ use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
 use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterCatalog};
 use crate::ctf::field::EventDesc;
-use crate::protocol::messages::{Buffering, ChannelSpec};
+use crate::ctf::names;
+use crate::protocol::messages::{AppChannelInfo, AppInfo, Buffering, ChannelSpec};
 use crate::trace::layout::{self, DirClock};
 use crate::trace::registry::{EventLimits, EventRegistry, RegistryError};
 use crate::trace::writer::{TraceDir, TraceDirError};
@@ -138,6 +139,10 @@ enum GrantError {
     /// The rings could not be made (shared memory, fds).
     #[error(transparent)]
     Rings(#[from] ShmError),
+    /// The channel's buffering scheme is not the trace's (a bug: sub-traces declare
+    /// the channels of their own scheme).
+    #[error("channel {0} has no stream class in its trace")]
+    NoStreamClass(String),
 }
 
 /// What an app should be given now.
@@ -255,7 +260,7 @@ impl BufferFactory {
             .cloned()
             .collect();
         for session in &sessions {
-            for (stream_id, channel) in session.channels.iter().enumerate() {
+            for channel in &session.channels {
                 if limit.is_some() {
                     return Delta {
                         grants,
@@ -263,7 +268,7 @@ impl BufferFactory {
                         limit,
                     };
                 }
-                match self.grant(connection, session, stream_id as u32, channel, &mut limit) {
+                match self.grant(connection, session, channel, &mut limit) {
                     Ok(Some(grant)) => grants.push(grant),
                     Ok(None) => {}
                     Err(GrantError::Refused(refusal)) => refused = Some(refusal),
@@ -290,7 +295,6 @@ impl BufferFactory {
         &mut self,
         connection: ConnectionId,
         session: &SessionDef,
-        stream_id: u32,
         channel: &ChannelDef,
         limit: &mut Option<RegistryError>,
     ) -> Result<Option<Grant>, GrantError> {
@@ -320,6 +324,10 @@ impl BufferFactory {
             }
         }
         let new_trace = self.ensure_trace(session, owner, connection)?;
+        let stream_id = self.traces[&(session.name.clone(), owner)]
+            .registry
+            .stream_id(&channel.spec.name)
+            .ok_or_else(|| GrantError::NoStreamClass(channel.spec.name.clone()))?;
         self.ensure_set(&set_key, session, stream_id, &channel.spec, uid)?;
 
         let app = self.apps.get_mut(&connection).expect("checked above");
@@ -374,6 +382,7 @@ impl BufferFactory {
         Ok(Some(Grant {
             key: given.key,
             buffers,
+            contexts: channel.spec.contexts(),
             enables,
         }))
     }
@@ -392,15 +401,29 @@ impl BufferFactory {
             return Ok(false);
         }
         let app = &self.apps[&connection];
-        let ownership = owner.trace_owner(&app.name, app.pid);
+        let ownership = owner.trace_owner(&app.name, app.pid, app.registered_at);
         let below =
             layout::trace_below(&ownership, connection.0, app.registered_at, DirClock::Local);
-        let dir = TraceDir::new(&session.output, below)?;
-        let mut registry = EventRegistry::for_this_host(ownership)
+        // A per-UID trace is its user's to read too (a per-PID one is named after
+        // its process, which a user would have to find among everyone's).
+        let dir = match owner {
+            Owner::Uid(uid) => TraceDir::readable_by(&session.output, below, uid),
+            Owner::Pid(_) => TraceDir::new(&session.output, below),
+        }?;
+        let mut registry = EventRegistry::for_this_host(ownership, &session.name, session.created)
             .map_err(GrantError::Uuid)?
             .with_limits(self.settings.event_limits);
-        for channel in &session.channels {
-            registry.add_channel(&channel.spec.name);
+        // A sub-trace declares only the channels whose buffers it holds.
+        let buffers = match owner {
+            Owner::Uid(_) => Buffering::PerUid,
+            Owner::Pid(_) => Buffering::PerPid,
+        };
+        for channel in session
+            .channels
+            .iter()
+            .filter(|c| c.spec.buffers == buffers)
+        {
+            registry.add_channel(&channel.spec.name, &channel.spec.contexts());
         }
         let metadata = Arc::new(Mutex::new(Metadata {
             version: 0,
@@ -629,6 +652,20 @@ impl Handler<SessionsChanged> for BufferFactory {
     }
 }
 
+/// New writer restart limits (a config reload): the writers of every buffer set
+/// made from now on get them; those running keep the limits they started with.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetRestartPolicy(pub RestartPolicy);
+
+impl Handler<SetRestartPolicy> for BufferFactory {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetRestartPolicy, _: &mut Context<Self>) {
+        self.settings.restart_policy = msg.0;
+    }
+}
+
 /// Stop recording a session and store everything it recorded; answers when on disk.
 #[derive(Message)]
 #[rtype(result = "Result<(), FlushError>")]
@@ -679,6 +716,56 @@ impl Handler<StopSession> for BufferFactory {
             .map(|(_, set)| set.addr.send(Flush))
             .collect();
         Box::pin(self.settle(&msg.0, flushes))
+    }
+}
+
+/// Every registered app, for `list --apps`.
+#[derive(Message)]
+#[rtype(result = "Vec<AppInfo>")]
+pub struct ListApps;
+
+impl Handler<ListApps> for BufferFactory {
+    type Result = MessageResult<ListApps>;
+
+    fn handle(&mut self, _: ListApps, _: &mut Context<Self>) -> Self::Result {
+        let mut apps: Vec<AppInfo> = self
+            .apps
+            .values()
+            .map(|app| {
+                let name = |i: &u32| app.events.get(*i as usize).map(EventDesc::full_name);
+                let channels = app
+                    .channels
+                    .iter()
+                    .map(|(set, given)| {
+                        let mut enabled: Vec<String> =
+                            given.enabled.iter().filter_map(name).collect();
+                        enabled.sort();
+                        AppChannelInfo {
+                            session: set.session.clone(),
+                            channel: set.channel.clone(),
+                            buffers: match set.owner {
+                                Owner::Uid(_) => Buffering::PerUid,
+                                Owner::Pid(_) => Buffering::PerPid,
+                            },
+                            enabled,
+                        }
+                    })
+                    .collect();
+                AppInfo {
+                    pid: app.pid,
+                    uid: app.uid,
+                    procname: names::procname(&app.name),
+                    registered_unix_ms: app
+                        .registered_at
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64),
+                    events: app.events.iter().map(EventDesc::full_name).collect(),
+                    channels,
+                }
+            })
+            .collect();
+        apps.sort_by_key(|a| (a.registered_unix_ms, a.pid));
+        MessageResult(apps)
     }
 }
 

@@ -11,6 +11,7 @@ use crate::ctf::names;
 use crate::protocol::messages::{Buffering, ChannelSpec};
 use crate::trace::registry::TraceOwner;
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::SystemTime;
 
 /// Who a trace and its buffers belong to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,14 +40,16 @@ impl Owner {
     }
 
     /// How the owner's trace names it (directory, metadata `env`): its uid, or the
-    /// app's `name` (made one safe file-name component) and `pid`. The connection
-    /// keeps the per-PID trace apart from a later process of the same pid.
-    pub fn trace_owner(self, name: &str, pid: i32) -> TraceOwner {
+    /// app's `name` (made one safe file-name component), `pid` and registration
+    /// time. The connection keeps the per-PID trace apart from a later process of
+    /// the same pid.
+    pub fn trace_owner(self, name: &str, pid: i32, registered: SystemTime) -> TraceOwner {
         match self {
             Owner::Uid(uid) => TraceOwner::PerUid { uid },
             Owner::Pid(_) => TraceOwner::PerPid {
                 procname: names::procname(name),
                 pid: pid as u32,
+                registered,
             },
         }
     }
@@ -190,6 +193,7 @@ mod tests {
     use crate::ctf::field::LogLevel;
     use crate::rule::{EventPattern, EventRule};
     use crate::shm::Mode;
+    use std::time::UNIX_EPOCH;
 
     fn spec(buffers: Buffering) -> ChannelSpec {
         ChannelSpec {
@@ -199,6 +203,7 @@ mod tests {
             num_subbuf: 4,
             mode: Mode::Discard,
             writer: "ctf".into(),
+            contexts: None,
         }
     }
 
@@ -232,17 +237,18 @@ mod tests {
     fn a_uid_trace_is_named_by_its_uid_and_a_pid_trace_by_the_apps_name_and_pid() {
         let pid = Owner::Pid(ConnectionId(3));
         assert_eq!(
-            Owner::Uid(1000).trace_owner("app", 42),
+            Owner::Uid(1000).trace_owner("app", 42, UNIX_EPOCH),
             TraceOwner::PerUid { uid: 1000 }
         );
         assert_eq!(
-            pid.trace_owner("app", 42),
+            pid.trace_owner("app", 42, UNIX_EPOCH),
             TraceOwner::PerPid {
                 procname: "app".into(),
-                pid: 42
+                pid: 42,
+                registered: UNIX_EPOCH,
             }
         );
-        let TraceOwner::PerPid { procname, .. } = pid.trace_owner("../x/y", 42) else {
+        let TraceOwner::PerPid { procname, .. } = pid.trace_owner("../x/y", 42, UNIX_EPOCH) else {
             panic!("a per-PID owner names a per-PID trace");
         };
         assert!(!procname.contains('/'), "{procname}");

@@ -5,6 +5,8 @@
 //! disk. A failed write is cut back to the last whole packet.
 
 use super::{Metadata, StreamInfo, StreamWriter, WriterFactory};
+use crate::ctf::packet::PacketHeader;
+use crate::trace::index::{self, IndexEntry};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
@@ -28,6 +30,9 @@ pub struct CtfFileWriter {
     file: Option<File>,
     /// Length of the file made of whole packets; a failed write is cut back to it.
     good_len: u64,
+    /// The stream's index file (`index/<stream>.idx`), opened with the stream file,
+    /// and the length of its whole entries, one per packet in the stream file.
+    index: Option<(File, u64)>,
     /// A removal of the stream file seen since the last `sync`, which reports it.
     removed: Option<StreamRemoved>,
 }
@@ -60,6 +65,7 @@ impl CtfFileWriter {
             stream,
             file: None,
             good_len: 0,
+            index: None,
             removed: None,
         }
     }
@@ -90,6 +96,13 @@ impl CtfFileWriter {
             .open_stream(&self.stream.file_name())?;
         self.good_len = file.metadata()?.len();
         self.file = Some(file);
+        let mut index = self.stream.trace_dir.open_index(&self.stream.file_name())?;
+        let mut index_len = index.metadata()?.len();
+        if index_len == 0 {
+            index.write_all(&index::header())?;
+            index_len = index::INDEX_HEADER_LEN as u64;
+        }
+        self.index = Some((index, index_len));
         Ok(())
     }
 
@@ -120,6 +133,7 @@ impl CtfFileWriter {
             return Ok(false);
         }
         self.file = None;
+        self.index = None;
         let removed = StreamRemoved {
             path: self.stream.trace_dir.path().join(self.stream.file_name()),
             bytes: self.good_len,
@@ -138,12 +152,22 @@ impl StreamWriter for CtfFileWriter {
         self.ensure_open(metadata)?;
         let good_len = self.good_len;
         let file = self.file.as_mut().expect("opened above");
-        if let Err(e) = file.write_all(packet) {
-            // A torn packet would make the whole stream unreadable: cut it off.
+        let (index, index_len) = self.index.as_mut().expect("opened with the file");
+        let entry = PacketHeader::read(packet)
+            .map(|header| IndexEntry::of(good_len, &header).encode())
+            .map_err(io::Error::other)?;
+        if let Err(e) = file
+            .write_all(packet)
+            .and_then(|()| index.write_all(&entry))
+        {
+            // A torn packet would make the whole stream unreadable, an entry without
+            // its packet would mislead a reader: cut both back.
             let _ = file.set_len(good_len);
+            let _ = index.set_len(*index_len);
             return Err(e);
         }
         self.good_len += packet.len() as u64;
+        *index_len += entry.len() as u64;
         Ok(())
     }
 

@@ -47,11 +47,14 @@ mod tests {
                 ownership: TraceOwner::PerPid {
                     procname: "app".into(),
                     pid: 12,
+                    registered: std::time::UNIX_EPOCH,
                 },
+                trace_name: "s\"1".into(),
+                created: std::time::UNIX_EPOCH,
             },
         );
-        r.add_channel("a");
-        r.add_channel("b");
+        r.add_channel("a", &[]);
+        r.add_channel("b", &[]);
         let ty = |name: &str, ty| FieldDesc {
             name: name.into(),
             ty,
@@ -108,6 +111,15 @@ mod tests {
         assert_eq!(meta.env("hostname"), Some(&EnvValue::Str("h\"x".into())));
         assert_eq!(meta.env("procname"), Some(&EnvValue::Str("app".into())));
         assert_eq!(meta.env("vpid"), Some(&EnvValue::Int(12)));
+        assert_eq!(meta.env("trace_name"), Some(&EnvValue::Str("s\"1".into())));
+        assert_eq!(
+            meta.env("tracer_buffering_scheme"),
+            Some(&EnvValue::Str("pid".into()))
+        );
+        assert_eq!(meta.env("tracer_buffering_id"), Some(&EnvValue::Int(12)));
+        let epoch = EnvValue::Str(crate::trace::layout::iso8601_basic(std::time::UNIX_EPOCH));
+        assert_eq!(meta.env("vpid_datetime"), Some(&epoch));
+        assert_eq!(meta.env("trace_creation_datetime"), Some(&epoch));
         assert_eq!(meta.stream_ids, vec![0, 1]);
         for stream in [0, 1] {
             let class = &meta.events[&(stream, 0)];

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use super::BOOL_ALIAS;
+use crate::ctf::context::{ContextSet, ContextType, PROCNAME_LEN};
 use crate::ctf::field::{FieldDesc, FieldType};
 
 /// Why a metadata text could not be understood.
@@ -44,6 +45,8 @@ pub struct TraceMetadata {
     pub env: Vec<(String, EnvValue)>,
     /// Declared stream class ids.
     pub stream_ids: Vec<u32>,
+    /// The `event.context` of each stream class that declares one, in encoding order.
+    pub contexts: HashMap<u32, Vec<ContextType>>,
     /// Event classes by (stream class id, event id).
     pub events: HashMap<(u32, u32), EventClass>,
 }
@@ -302,6 +305,7 @@ impl Parser {
             clock_offset_ns: 0,
             env: Vec::new(),
             stream_ids: Vec::new(),
+            contexts: HashMap::new(),
             events: HashMap::new(),
         };
         let mut has_trace = false;
@@ -372,16 +376,22 @@ impl Parser {
                         })?;
                 }
                 "stream" => {
-                    let mut id = None;
+                    let (mut id, mut contexts) = (None, Vec::new());
                     self.block(|p, key| {
                         match key {
                             "id" => id = Some(p.u32()?),
+                            "event.context" => contexts = p.context_struct()?,
                             _ => p.skip_value()?,
                         }
                         Ok(())
                     })?;
                     match id {
-                        Some(id) => meta.stream_ids.push(id),
+                        Some(id) => {
+                            meta.stream_ids.push(id);
+                            if !contexts.is_empty() {
+                                meta.contexts.insert(id, contexts);
+                            }
+                        }
                         None => {
                             return Err(MetadataError {
                                 offset: at,
@@ -478,6 +488,79 @@ impl Parser {
             self.expect(";")?;
         }
         self.expect(";")
+    }
+
+    /// Parses a stream's `event.context := struct { ... }`: only the context fields
+    /// of [`Context`], each declared as [`ContextType::tsdl`] says, in encoding order.
+    fn context_struct(&mut self) -> PResult<Vec<ContextType>> {
+        let start = self.offset();
+        if self.ident()? != "struct" {
+            return self.fail("event.context must be a struct");
+        }
+        self.expect("{")?;
+        let mut contexts = Vec::new();
+        while !self.eat("}") {
+            let decl = self.type_decl()?;
+            let field = self.ident()?;
+            let array = if self.eat("[") {
+                let n = self.int()?;
+                self.expect("]")?;
+                Some(n)
+            } else {
+                None
+            };
+            self.expect(";")?;
+            let context = field
+                .strip_prefix('_')
+                .and_then(|name| ContextType::from_name(name).ok())
+                .ok_or_else(|| MetadataError {
+                    offset: start,
+                    message: format!("unsupported context field `{field}`"),
+                })?;
+            let expected = match context {
+                ContextType::Procname => (
+                    Decl::Integer {
+                        bits: 8,
+                        signed: false,
+                        hex: false,
+                    },
+                    Some(PROCNAME_LEN as i64),
+                ),
+                ContextType::PthreadId | ContextType::Ip => (
+                    Decl::Integer {
+                        bits: 64,
+                        signed: false,
+                        hex: true,
+                    },
+                    None,
+                ),
+                _ => (
+                    Decl::Integer {
+                        bits: 32,
+                        signed: true,
+                        hex: false,
+                    },
+                    None,
+                ),
+            };
+            if (decl, array) != expected {
+                return self.fail(format!(
+                    "context field `{field}` is not declared as {}",
+                    context.tsdl()
+                ));
+            }
+            contexts.push(context);
+        }
+        if self.peek() == Some(&Tok::Ident("align".into())) {
+            self.pos += 1;
+            self.expect("(")?;
+            self.int()?;
+            self.expect(")")?;
+        }
+        if contexts != ContextSet::of(&contexts).to_vec() {
+            return self.fail("context fields out of encoding order or repeated");
+        }
+        Ok(contexts)
     }
 
     /// Skips a value we do not need: a literal, an identifier or a type.

@@ -4,8 +4,10 @@
 use std::fmt::Write as _;
 
 use super::BOOL_ALIAS;
+use crate::ctf::context::ContextType;
 use crate::ctf::field::{EventDesc, FieldDesc, FieldType};
 use crate::ctf::packet::{LOST_EVENT_ID, LOST_EVENT_NAME, LOST_EVENT_PADDED_ID};
+use crate::trace::layout::iso8601_basic;
 use crate::trace::registry::{ClockOffset, TraceEnv, TraceOwner};
 
 /// The 8-4-4-4-12 text form of a uuid.
@@ -117,15 +119,31 @@ pub fn preamble(uuid: &[u8; 16], env: &TraceEnv, clock: ClockOffset) -> String {
     let _ = writeln!(out, "\ttracer_major = {major};");
     let _ = writeln!(out, "\ttracer_minor = {minor};");
     let _ = writeln!(out, "\ttracer_patch = {patch};");
+    // LTTng's name for the patch level, which its viewers read.
+    let _ = writeln!(out, "\ttracer_patchlevel = {patch};");
+    let _ = writeln!(out, "\ttrace_name = {};", quoted(&env.trace_name));
+    let _ = writeln!(
+        out,
+        "\ttrace_creation_datetime = \"{}\";",
+        iso8601_basic(env.created)
+    );
+    let _ = writeln!(out, "\tarchitecture_bit_width = {};", usize::BITS);
     match &env.ownership {
         TraceOwner::PerUid { uid } => {
-            let _ = writeln!(out, "\ttrace_buffering_scheme = \"uid\";");
+            let _ = writeln!(out, "\ttracer_buffering_scheme = \"uid\";");
+            let _ = writeln!(out, "\ttracer_buffering_id = {uid};");
             let _ = writeln!(out, "\tuid = {uid};");
         }
-        TraceOwner::PerPid { procname, pid } => {
-            let _ = writeln!(out, "\ttrace_buffering_scheme = \"pid\";");
+        TraceOwner::PerPid {
+            procname,
+            pid,
+            registered,
+        } => {
+            let _ = writeln!(out, "\ttracer_buffering_scheme = \"pid\";");
+            let _ = writeln!(out, "\ttracer_buffering_id = {pid};");
             let _ = writeln!(out, "\tprocname = {};", quoted(procname));
             let _ = writeln!(out, "\tvpid = {pid};");
+            let _ = writeln!(out, "\tvpid_datetime = \"{}\";", iso8601_basic(*registered));
         }
     }
     let _ = writeln!(out, "}};\n");
@@ -143,13 +161,22 @@ pub fn preamble(uuid: &[u8; 16], env: &TraceEnv, clock: ClockOffset) -> String {
     out
 }
 
-/// Appends the stream class `stream_id` of channel `channel`.
-pub fn stream_class(out: &mut String, stream_id: u32, channel: &str) {
+/// Appends the stream class `stream_id` of channel `channel`, whose events carry
+/// `contexts` (in encoding order) as the stream's `event.context`.
+pub fn stream_class(out: &mut String, stream_id: u32, channel: &str, contexts: &[ContextType]) {
+    let mut context = String::new();
+    if !contexts.is_empty() {
+        context.push_str("\tevent.context := struct {\n");
+        for c in contexts {
+            let _ = writeln!(context, "\t\t{}", c.tsdl());
+        }
+        context.push_str("\t} align(8);\n");
+    }
     let _ = writeln!(
         out,
         "/* channel {} */\nstream {{\n\tid = {stream_id};\n\
          \tevent.header := struct {{\n\t\tuint32_t id;\n\t\tuint64_clock_monotonic_t timestamp;\n\t}} align(8);\n\
-         \tpacket.context := struct {{\n\t\tuint64_clock_monotonic_t timestamp_begin;\n\
+         {context}\tpacket.context := struct {{\n\t\tuint64_clock_monotonic_t timestamp_begin;\n\
          \t\tuint64_clock_monotonic_t timestamp_end;\n\t\tuint64_t content_size;\n\
          \t\tuint64_t packet_size;\n\t\tuint64_t packet_seq_num;\n\
          \t\tuint64_t events_discarded;\n\t\tuint32_t cpu_id;\n\t}} align(8);\n}};\n",
