@@ -11,8 +11,8 @@
 
 use crate::ctf::field::{EventDesc, LogLevel};
 use crate::protocol::messages::LogLevelRule;
+use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
-use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Longest pattern accepted, in bytes (LTTng's `LTTNG_SYMBOL_NAME_LEN` less its NUL).
@@ -147,28 +147,6 @@ fn glob_match(pattern: &[Token], subject: &[u8]) -> bool {
         }
     }
     pattern[p..].iter().all(|t| *t == Token::Star)
-}
-
-impl<'de> Deserialize<'de> for EventPattern {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        /// Parses inside the value's own deserializer, so that an error carries the
-        /// position of the pattern rather than of the whole `events` array.
-        struct PatternVisitor;
-
-        impl Visitor<'_> for PatternVisitor {
-            type Value = EventPattern;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an event pattern such as \"provider:name\" or \"provider:*\"")
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<EventPattern, E> {
-                EventPattern::parse(v).map_err(E::custom)
-            }
-        }
-
-        deserializer.deserialize_str(PatternVisitor)
-    }
 }
 
 /// LTTng-UST's log-level names, in [`LogLevel`] order (`EMERG` is 0, `DEBUG` 14).
@@ -332,7 +310,7 @@ impl fmt::Display for EventRule {
 pub struct ConfigRule(pub EventRule);
 
 /// The table form of [`ConfigRule`].
-#[derive(Deserialize, Serialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleTable {
     /// The name pattern.

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{Daemon, babeltrace2, sub_traces};
+use common::{Daemon, Scratch, babeltrace2, sub_traces};
 use std::collections::BTreeMap;
 use std::path::Path;
 use ustrace::protocol::messages::{ControlOk, ControlRequest, LogLevelRule};
@@ -105,6 +105,7 @@ fn rules_record_what_lttng_would() {
         (&[&["demo*ev"]], vec!["demo:ev"]),
         (&[&["*:*"]], every.clone()),
         (&[&["*"]], every.clone()),
+        (&[&["-u", "-a"]], every.clone()),
         (&[&["*e*_*"]], vec!["demo:debug_line", "net:send_failed"]),
         (&[&["net:*"]], vec!["net:recv", "net:send_failed"]),
         (&[&["demo:warn,net:recv"]], vec!["demo:warn", "net:recv"]),
@@ -165,28 +166,17 @@ fn list_shows_each_rule_once_with_its_conditions() {
     let daemon = Daemon::start();
     let output = daemon.scratch.path("out-s");
     cli_ok(&daemon, &["create", "s", "-o", output.to_str().unwrap()]);
-    cli_ok(
-        &daemon,
-        &[
-            "enable-event",
-            "*",
-            "-x",
-            "net:*,lib:a",
-            "--loglevel",
-            "WARNING",
-        ],
-    );
-    cli_ok(
-        &daemon,
-        &[
-            "enable-event",
-            "*",
-            "-x",
-            "net:*,lib:a",
-            "--loglevel",
-            "WARNING",
-        ],
-    );
+    let rule = [
+        "enable-event",
+        "*",
+        "-x",
+        "net:*,lib:a",
+        "--loglevel",
+        "WARNING",
+    ];
+    // The same rule twice is kept once.
+    cli_ok(&daemon, &rule);
+    cli_ok(&daemon, &rule);
     let answer = cli_ok(
         &daemon,
         &["enable-event", "demo:ev", "--loglevel-only", "TRACE_INFO"],
@@ -261,4 +251,22 @@ fn bad_rules_are_refused_with_what_is_wrong() {
         ControlOk::Sessions(s) => assert!(s[0].channels.iter().all(|(_, r)| r.is_empty())),
         other => panic!("list answered {other:?}"),
     }
+}
+
+#[test]
+fn config_declared_rules_record_what_the_same_cli_rules_would() {
+    let out = Scratch::new("rules-config");
+    let output = out.path("trace");
+    let daemon = Daemon::with_config(&format!(
+        "[[session]]\nname = \"cfg\"\noutput = {:?}\n[[session.channel]]\nname = \"c\"\n\
+         events = [\"demo:ev\", {{ pattern = \"*\", exclude = [\"demo:*\"], loglevel = \"ERR\" }}, \
+         {{ pattern = \"demo:*\", loglevel_only = \"TRACE_DEBUG_LINE\" }}]\n",
+        output.display().to_string()
+    ));
+    daemon.run_app(&["--catalog", "--events", "2"]);
+    cli_ok(&daemon, &["stop", "cfg"]);
+    assert_eq!(
+        recorded(&output),
+        expect(&["demo:ev", "net:send_failed", "demo:debug_line"])
+    );
 }

@@ -126,8 +126,18 @@ enum Command {
 #[derive(Args, Debug)]
 struct EnableEvent {
     /// Event patterns, comma-separated (`demo:*,net:recv`): one rule each.
-    #[arg(value_delimiter = ',', required = true)]
+    #[arg(
+        value_delimiter = ',',
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
     patterns: Vec<String>,
+    /// Every event: the pattern `*` (LTTng's `-a`).
+    #[arg(long, short)]
+    all: bool,
+    /// User-space domain (the only one; accepted as LTTng's `-u`).
+    #[arg(long, short = 'u')]
+    userspace: bool,
     /// Session (default: the most recently created).
     #[arg(long, short)]
     session: Option<String>,
@@ -311,7 +321,12 @@ fn send(request: &ControlRequest) -> ExitCode {
 /// `enable-event`: one request per pattern, in order; stops at the first refusal.
 fn enable_event(e: EnableEvent) -> ExitCode {
     let loglevel = e.loglevel();
-    for pattern in &e.patterns {
+    let patterns = if e.all {
+        vec!["*".to_string()]
+    } else {
+        e.patterns.clone()
+    };
+    for pattern in &patterns {
         let request = ControlRequest::EnableEvent {
             session: e.session.clone(),
             channel: e.channel.clone(),
