@@ -66,6 +66,11 @@ fn shipped_example_session_parses_when_uncommented() {
     );
     assert_eq!(session.channels[0].name, "chan0");
     assert_eq!(session.channels[0].events[0].0.pattern.as_str(), "demo:*");
+    let rule = &session.channels[0].events[1].0;
+    assert_eq!(
+        rule.to_string(),
+        "net:* exclude net:poll* loglevel <= WARNING"
+    );
 }
 
 #[test]

@@ -270,6 +270,17 @@ mod tests {
     }
 
     #[test]
+    fn an_event_several_rules_match_is_enabled_once() {
+        let rule = |p: &str| EventRule::all(EventPattern::parse(p).unwrap());
+        let channel = ChannelDef {
+            spec: spec(Buffering::PerUid),
+            rules: vec![rule("app:*"), rule("*a"), rule("app:a")],
+        };
+        let events = [event("app", "a"), event("lib", "b"), event("app", "c")];
+        assert_eq!(matching_events(&events, &channel), vec![0, 2]);
+    }
+
+    #[test]
     fn a_grant_carries_only_the_events_not_enabled_yet() {
         let enabled: HashSet<u32> = [0, 3].into_iter().collect();
         let missing: Vec<u32> = to_enable(&[0, 2, 3, 5], &enabled).collect();
