@@ -14,8 +14,20 @@ if ! command -v babeltrace2 >/dev/null; then
   apt-get install -y -qq babeltrace2 >/dev/null
 fi
 
+# tests/c_api.rs builds C and C++ programs through pkg-config.
+if ! command -v c++ >/dev/null || ! command -v pkg-config >/dev/null; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "a C++ compiler or pkg-config is missing: apt-get install g++ pkg-config" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq g++ pkg-config >/dev/null
+fi
+
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+cargo clippy -p ustrace-c --all-targets -- -D warnings
 
 # The app side (ust, shm, ctf, protocol) builds and passes its unit tests without the
 # daemon feature, and links no actor runtime.

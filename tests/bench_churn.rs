@@ -1,6 +1,9 @@
 //! `ustrace bench churn` for real: a private daemon, real short-lived apps, the trace
 //! read back. Small runs (20 apps) so that the file stays quick in debug builds.
 
+mod common;
+
+use common::churn_events as events;
 use std::process::Command;
 
 /// Runs `ustrace bench churn` with `args` and returns its stdout; fails on a non-zero exit.
@@ -17,17 +20,6 @@ fn churn(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     stdout
-}
-
-/// The `(expected, recorded)` of the `events:` line.
-fn events(stdout: &str) -> (u64, u64) {
-    let line = stdout
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("events: expected "))
-        .unwrap_or_else(|| panic!("no events line in {stdout}"));
-    let (expected, rest) = line.split_once(", recorded ").expect("recorded");
-    let recorded = rest.split([',', ' ']).next().expect("count");
-    (expected.parse().unwrap(), recorded.parse().unwrap())
 }
 
 /// The app count of the registration latency line.

@@ -493,18 +493,36 @@ fn a_connection_that_never_registers_is_closed_after_the_registration_timeout() 
 }
 
 #[test]
-fn a_forked_child_runs_untraced_instead_of_writing_as_its_parent() {
+fn a_forked_rust_child_registers_as_its_own_process_before_fork_returns() {
     let daemon = Daemon::start();
     let output = daemon.session(
         "s",
         &[("p", Buffering::PerPid), ("u", Buffering::PerUid)],
         true,
     );
+    // The child emits its 5 events right after fork() returned in it, and _exits.
     daemon.run_app(&["--events", "3", "--fork-child-events", "5"]);
+    wait_for("both to be gone", WAIT, || daemon.status().apps == 0);
     daemon.stop("s");
-    let lines = babeltrace2(&output);
-    assert_eq!(demo_events(&lines), 6, "{lines:#?}");
-    assert!(!lines.iter().any(|l| l.contains("\"child\"")), "{lines:#?}");
+    let traces = sub_traces(&output);
+    let per_pid: Vec<&String> = traces.iter().filter(|t| t.contains("pid")).collect();
+    assert_eq!(per_pid.len(), 2, "parent and child sub-traces: {traces:?}");
+    let mut counts: Vec<(usize, usize)> = per_pid
+        .iter()
+        .map(|t| {
+            let lines = babeltrace2(&output.join(t));
+            let child = lines.iter().filter(|l| l.contains("\"child\"")).count();
+            (demo_events(&lines) - child, child)
+        })
+        .collect();
+    counts.sort();
+    assert_eq!(
+        counts,
+        [(0, 5), (3, 0)],
+        "the child's events in its own sub-trace only"
+    );
+    let uid = traces.iter().find(|t| t.contains("uid")).unwrap();
+    assert_eq!(demo_events(&babeltrace2(&output.join(uid))), 8);
 }
 
 #[test]

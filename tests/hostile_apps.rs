@@ -490,9 +490,9 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/PID/status")
 }
 
-/// 64 registered apps each start a 1 MiB frame after their registration: each
-/// connection is closed at its first byte and the daemon's memory does not grow by
-/// what they sent.
+/// 64 registered apps each start a 1 MiB frame after their registration: past
+/// `MAX_LATE_FRAME` (64 KiB), each connection is closed at its frame header and the
+/// daemon's memory does not grow by what they sent.
 #[test]
 fn bytes_after_registration_close_the_connection_and_are_never_held() {
     const PEERS: usize = 64;

@@ -93,7 +93,9 @@ fn register(daemon: &Daemon, name: &str, events: Vec<EventDesc>) -> Result<RawAp
                 app.enabled
                     .extend(events.into_iter().map(|(_, id)| (key, id)));
             }
-            AppCommand::Disable { .. } => {}
+            AppCommand::Disable { .. }
+            | AppCommand::EventsRegistered { .. }
+            | AppCommand::EventsRefused { .. } => {}
         }
     }
 }

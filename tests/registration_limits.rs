@@ -185,9 +185,13 @@ fn a_user_filling_its_trace_is_refused_there_and_never_delays_another_user_s_reg
         .iter_mut()
         .flat_map(|b| outcomes(b.take().unwrap()))
         .collect();
+    // Each root registration waits at most for the bomb registrations queued before
+    // it (each bounded by limits.max_events_per_app), never for the attack to end
+    // (40 registrations of 8,000 events): a loose bound, so that a loaded machine
+    // does not fail what is a property of ordering, not of speed.
     let worst = latencies.iter().max().unwrap();
     assert!(
-        *worst < Duration::from_millis(500),
+        *worst < Duration::from_secs(2),
         "root registrations took up to {worst:?}: {latencies:?}"
     );
     assert!(

@@ -21,32 +21,39 @@
 //! What a peer may hold: before registering, its frames are bounded by
 //! `daemon.max_frame_bytes` and by `daemon.registration_timeout_ms` (memory grows
 //! with the bytes that actually arrive, not with the length a header announces).
-//! After registering, an app sends nothing (docs/protocol.md): the first byte that
-//! arrives is a protocol error and closes the connection at once, so a registered
-//! peer can make the daemon hold nothing of what it sends.
+//! After registering, an app sends only late registrations ([`AppRequest`]), one
+//! at a time: each frame is bounded by [`MAX_LATE_FRAME`] and must arrive whole
+//! within the registration timeout of its first byte, and the next is read only
+//! once the previous one was answered, so a registered peer holds at most one such
+//! frame in the daemon.
+//!
+//! Late registration: the events are checked as at registration (names,
+//! `limits.max_events_per_app` counting the app's earlier events, fields, the
+//! traces' limits), merged by the factory ([`AddEvents`]), and answered with the
+//! grants they need then `EventsRegistered`, or `EventsRefused` with the reason;
+//! the app stays registered either way.
 //!
 //! Anything malformed (an oversized length, garbage, a wrong version, a second
-//! registration, any byte after it) is logged and closes this connection only. A
+//! registration, a partial frame after it) is logged and closes this connection only. A
 //! registration with an event description the metadata cannot declare
 //! (`registry::validate`: names that are not identifiers, a NUL, bad enum
 //! labels...) is refused with `Refused`, whose reason names the event, and never
 //! reaches the factory.
 
-use crate::actors::buffer_factory::{AppGone, BufferFactory, CreateBuffers};
+use crate::actors::buffer_factory::{AddEvents, AppGone, BufferFactory, CreateBuffers};
 use crate::actors::framed;
 use crate::actors::registrar::UidSlot;
 use crate::actors::stats::Stats;
 use crate::ctf::context::ContextType;
 use crate::ctf::field::EventDesc;
 use crate::protocol::frame;
-use crate::protocol::messages::{AppCommand, AppRegister};
+use crate::protocol::messages::{AppCommand, AppRegister, AppRequest, MAX_LATE_FRAME};
 use crate::protocol::peer::{self, PeerCredentials};
 use crate::shm::ChannelBuffers;
 use crate::trace::registry::{self, RegistryError};
 use actix::prelude::*;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
-use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::mpsc;
@@ -202,6 +209,8 @@ pub struct AppConnection {
 enum Inbound {
     /// The registration.
     Register(AppRegister),
+    /// A late registration, answered before the next frame is read (`done`).
+    Late(AppRequest, tokio::sync::oneshot::Sender<()>),
     /// EOF or a protocol error: the connection is over.
     Closed(Option<ConnectionError>),
 }
@@ -230,9 +239,12 @@ pub enum ConnectionError {
         /// At registration.
         now: PeerCredentials,
     },
-    /// The peer sent a byte after its registration.
-    #[error("sent data after its registration (an app sends nothing after AppRegister)")]
-    DataAfterRegistration,
+    /// A late registration frame did not arrive whole in time after its first byte.
+    #[error(
+        "a late registration frame not whole within daemon.registration_timeout_ms ({} ms)",
+        .0.as_millis()
+    )]
+    LateFrameTimeout(std::time::Duration),
 }
 
 impl AppConnection {
@@ -308,14 +320,14 @@ impl AppConnection {
     }
 }
 
-/// Reads the Hello and the registration, then waits for EOF.
+/// Reads the Hello and the registration, then late registrations until EOF.
 ///
 /// A peer gets `limits.registration_timeout` to say hello and register: one that
 /// connects and says nothing (or sends part of a frame) would otherwise hold a
 /// connection, a place under `max_apps` and its bytes for ever. The peer's
 /// credentials are read again once the registration arrived and must be those of
-/// `accepted`. After it, the first byte the peer sends ends the connection: nothing
-/// it sends is buffered.
+/// `accepted`. After it, one late registration at a time, each bounded by
+/// [`MAX_LATE_FRAME`] and by the registration timeout from its first byte.
 async fn read_frames(
     mut reader: OwnedReadHalf,
     limits: AppLimits,
@@ -338,11 +350,29 @@ async fn read_frames(
             return Err(ConnectionError::CredentialsChanged { accepted, now });
         }
         addr.do_send(Inbound::Register(register));
-        let mut byte = [0u8; 1];
-        match reader.read(&mut byte).await {
-            Ok(0) => Ok(()),
-            Ok(_) => Err(ConnectionError::DataAfterRegistration),
-            Err(e) => Err(framed::FrameError::Io(e).into()),
+        let max = MAX_LATE_FRAME.min(max);
+        loop {
+            // Idle for as long as the app likes; once a frame starts, it must be
+            // whole within the registration timeout.
+            reader
+                .as_ref()
+                .readable()
+                .await
+                .map_err(framed::FrameError::Io)?;
+            let request = tokio::time::timeout(
+                limits.registration_timeout,
+                framed::read_frame::<AppRequest>(&mut reader, max),
+            )
+            .await
+            .map_err(|_| ConnectionError::LateFrameTimeout(limits.registration_timeout))??;
+            let Some(request) = request else {
+                return Ok(());
+            };
+            let (done, answered) = tokio::sync::oneshot::channel();
+            addr.do_send(Inbound::Late(request, done));
+            if answered.await.is_err() {
+                return Ok(());
+            }
         }
     }
     .await;
@@ -474,6 +504,9 @@ impl Handler<Inbound> for AppConnection {
                 }));
             }
             Inbound::Register(_) => {}
+            Inbound::Late(AppRequest::RegisterEvents { events }, done) => {
+                self.register_late(events, done, ctx)
+            }
             Inbound::Closed(error) => {
                 if let Some(e) = error {
                     log::warn!(
@@ -491,6 +524,61 @@ impl Handler<Inbound> for AppConnection {
                 ctx.stop();
             }
         }
+    }
+}
+
+impl AppConnection {
+    /// Answers a late registration: the grants its events need then
+    /// `EventsRegistered`, or `EventsRefused`. `done` tells the reader it may read
+    /// the next frame.
+    fn register_late(
+        &mut self,
+        events: Vec<EventDesc>,
+        done: tokio::sync::oneshot::Sender<()>,
+        ctx: &mut Context<Self>,
+    ) {
+        let count = events.len() as u32;
+        if let Err(reason) = check_events(&events) {
+            self.refuse_late(reason);
+            let _ = done.send(());
+            return;
+        }
+        let request = self.factory.send(AddEvents {
+            connection: self.connection,
+            events,
+        });
+        let timeout = self.limits.registration_timeout;
+        let request = tokio::time::timeout(timeout, request);
+        // `wait`: the answer goes out before any push that arrives meanwhile.
+        ctx.wait(request.into_actor(self).map(move |answer, act, _| {
+            let refusal = match answer {
+                Ok(Ok(Ok((first, grants)))) => {
+                    act.send_grants(grants);
+                    act.send(&AppCommand::EventsRegistered { first, count }, None);
+                    let _ = done.send(());
+                    return;
+                }
+                Ok(Ok(Err(refusal))) => refusal,
+                Ok(Err(e)) => Refusal::FactoryUnavailable(e.to_string()),
+                Err(_) => Refusal::Timeout {
+                    ms: timeout.as_millis(),
+                },
+            };
+            act.stats.refused(&refusal);
+            act.refuse_late(refusal.to_string());
+            let _ = done.send(());
+        }));
+    }
+
+    /// Tells the app its late events were refused, and logs why.
+    fn refuse_late(&self, reason: String) {
+        log::warn!(
+            "app {} (uid {}, connection {}): late events refused: {reason}",
+            self.credentials.pid,
+            self.credentials.uid,
+            self.connection
+        );
+        self.send(&AppCommand::EventsRefused { reason }, None);
     }
 }
 

@@ -1,7 +1,7 @@
 //! Launching the short-lived apps: PAR workers, some apps SIGKILLed on purpose.
 
-use super::ChurnArgs;
 use super::latency::parse_registration_us;
+use super::{ChurnApp, ChurnArgs};
 use crate::cli::demo::{Spawned, sibling};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
@@ -32,13 +32,24 @@ fn chosen_to_kill(seed: u64, index: u32, fraction: f64) -> bool {
 }
 
 /// Runs one app to its end (or kills it after `emitted`); gives its latency.
-fn run_app(rundir: &Path, events: u32, kill: bool) -> Result<Option<u64>, String> {
-    let app = sibling("ustrace-demo")?;
-    let mut command = Command::new(&app);
-    command
-        .args(["--events", &events.to_string(), "--report"])
-        .env("USTRACE_RUNDIR", rundir)
-        .stderr(Stdio::piped());
+fn run_app(args: &ChurnArgs, rundir: &Path, kill: bool) -> Result<Option<u64>, String> {
+    let events = args.events.to_string();
+    let (app, mut command) = match (args.app, &args.c_app) {
+        (ChurnApp::Rust, _) => {
+            let app = sibling("ustrace-demo")?;
+            let mut command = Command::new(&app);
+            command.args(["--events", &events, "--report"]);
+            (app, command)
+        }
+        (ChurnApp::C, Some(app)) => {
+            let mut command = Command::new(app);
+            // libustrace prints `registration N us` as `--report` does.
+            command.arg(&events).env("USTRACE_REPORT_REGISTRATION", "1");
+            (app.clone(), command)
+        }
+        (ChurnApp::C, None) => return Err("--app c needs --c-app PATH".to_string()),
+    };
+    command.env("USTRACE_RUNDIR", rundir).stderr(Stdio::piped());
     if kill {
         command
             .arg("--wait")
@@ -99,7 +110,7 @@ pub(super) fn launch(
                         return;
                     }
                     let kill = chosen_to_kill(args.seed, index, args.kill_fraction);
-                    let outcome = run_app(rundir, args.events, kill);
+                    let outcome = run_app(args, rundir, kill);
                     let mut guard = result.lock().unwrap_or_else(|p| p.into_inner());
                     let Ok(launched) = guard.as_mut() else {
                         return;

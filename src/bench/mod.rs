@@ -65,6 +65,25 @@ impl ChurnMode {
     }
 }
 
+/// The program `ustrace bench churn` launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ChurnApp {
+    /// `ustrace-demo` (events `demo:ev`).
+    Rust,
+    /// `--c-app`, the C program of examples/c/app.c (events `bench:ev`).
+    C,
+}
+
+impl ChurnApp {
+    /// The events the churn session enables for this app.
+    fn pattern(self) -> &'static str {
+        match self {
+            ChurnApp::Rust => "demo:*",
+            ChurnApp::C => "bench:*",
+        }
+    }
+}
+
 /// `ustrace bench churn` options.
 #[derive(Args, Debug)]
 struct ChurnArgs {
@@ -119,6 +138,13 @@ struct ChurnArgs {
     /// prints each and the median, and compares the median one with LTTng.
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    /// Which app to churn: the Rust `ustrace-demo`, or the C program of
+    /// examples/c/app.c (given with `--c-app`; events `bench:ev`, as LTTng's anchor).
+    #[arg(long, value_enum, default_value_t = ChurnApp::Rust)]
+    app: ChurnApp,
+    /// The built examples/c/app.c, for `--app c` (see docs/c-api.md).
+    #[arg(long)]
+    c_app: Option<PathBuf>,
     /// Config file for the benchmark's own ustraced (e.g. `warm_pid_buffer_sets = 0`
     /// to compare); its `runtime_dir` must be empty. Default: built-in defaults.
     #[arg(long)]
@@ -162,6 +188,9 @@ fn check_daemon_config(args: &ChurnArgs) -> Result<(), String> {
 
 /// `ustrace bench churn` without `--sweep`.
 fn single(args: &ChurnArgs) -> Result<(), String> {
+    if args.app == ChurnApp::C && args.kill_fraction > 0.0 {
+        return Err("--kill-fraction needs --app rust (the C app has no --wait)".to_string());
+    }
     if !(0.0..=1.0).contains(&args.kill_fraction) {
         return Err(format!(
             "--kill-fraction {} is not in 0..=1",

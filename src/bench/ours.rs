@@ -72,7 +72,13 @@ pub(super) fn run_ours(
         ChurnMode::Pid => Some(Buffering::PerPid),
     };
     if let Some(buffers) = buffers {
-        start_session(&rundir, "churn", &output, &[("ch", buffers)])?;
+        start_session(
+            &rundir,
+            "churn",
+            &output,
+            &[("ch", buffers)],
+            args.app.pattern(),
+        )?;
     }
     let before_status = pool_full(&rundir)?;
     let before = Footprint::of(daemon.0.id())?;

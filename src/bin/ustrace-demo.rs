@@ -220,11 +220,13 @@ fn emit_paced(interval: std::time::Duration) {
     println!("emitted {count} longest_emit_us {}", longest.as_micros());
 }
 
-/// Forks a child that emits `events` events and exits; waits for it.
+/// Forks a child that emits `events` events (recorded as its own process's) and
+/// exits; waits for it.
 fn fork_child(events: u64) {
-    // SAFETY: the process has only this thread and the registration's listener thread,
-    // which the child does not rely on; the child only emits events (no allocation,
-    // no lock) and leaves with `_exit`.
+    // SAFETY: the process has only this thread and the registration's listener
+    // thread; the registration's fork handlers (ust::client) take its locks
+    // around the fork and register the child as its own process before fork()
+    // returns in it. The child then only emits events and leaves with `_exit`.
     match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
             for i in 0..events {

@@ -85,12 +85,13 @@ pub(crate) fn ask(rundir: &Path, request: ControlRequest) -> Result<ControlOk, S
 }
 
 /// Creates session `name` writing to `output`, adds each `(channel, buffers)` with
-/// `demo:*` enabled, and starts it.
+/// `pattern` (e.g. `demo:*`) enabled, and starts it.
 pub(crate) fn start_session(
     rundir: &Path,
     name: &str,
     output: &Path,
     channels: &[(&str, Buffering)],
+    pattern: &str,
 ) -> Result<(), String> {
     let session = Some(name.to_string());
     ask(
@@ -117,7 +118,7 @@ pub(crate) fn start_session(
             ControlRequest::EnableEvent {
                 session: session.clone(),
                 channel: Some(channel.to_string()),
-                pattern: "demo:*".into(),
+                pattern: pattern.into(),
                 exclude: Vec::new(),
                 loglevel: Default::default(),
             },
@@ -152,6 +153,7 @@ fn demo(args: &DemoArgs) -> Result<(), String> {
         "demo",
         &output,
         &[("perpid", Buffering::PerPid), ("peruid", Buffering::PerUid)],
+        "demo:*",
     )?;
 
     let started = Instant::now();

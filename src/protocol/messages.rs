@@ -4,7 +4,9 @@
 //! the daemon answers with any number of [`AppCommand::Channel`] and
 //! [`AppCommand::Enable`], then [`AppCommand::RegistrationDone`]. The connection stays
 //! open for the app's life: later commands are pushed over it, and its EOF is how the
-//! daemon learns that the app is gone.
+//! daemon learns that the app is gone. A registered app may send [`AppRequest`]s
+//! (events registered late: a library loaded later, a callsite met for the first
+//! time), each answered in order.
 //!
 //! `control.sock`: the CLI sends a Hello then one [`ControlRequest`] and reads one
 //! [`ControlReply`]; each command is its own connection.
@@ -24,6 +26,26 @@ pub struct AppRegister {
     pub bitness: u8,
     /// Every event the app can record, in the order the app indexes them.
     pub events: Vec<EventDesc>,
+}
+
+/// Largest frame a registered app may send (an [`AppRequest`]), whatever
+/// `daemon.max_frame_bytes` allows before registration: what a registered peer can
+/// make the daemon hold. The app splits a larger batch of events into several
+/// requests.
+pub const MAX_LATE_FRAME: usize = 64 * 1024;
+
+/// What a registered app sends after its [`AppRegister`]; each is answered, in
+/// order, before the next is read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum AppRequest {
+    /// More events, indexed after those registered so far on this connection: the
+    /// daemon answers with any [`AppCommand::Channel`] and [`AppCommand::Enable`] they
+    /// need, then [`AppCommand::EventsRegistered`], or with
+    /// [`AppCommand::EventsRefused`] (none of them is indexed then).
+    RegisterEvents {
+        /// The new events, checked like those of [`AppRegister`].
+        events: Vec<EventDesc>,
+    },
 }
 
 /// The daemon's messages to an app.
@@ -59,6 +81,20 @@ pub enum AppCommand {
     },
     /// Every buffer the app needs now is in its hands: its init may return.
     RegistrationDone,
+    /// The events of an [`AppRequest::RegisterEvents`] have indices
+    /// `first..first + count`, and every grant they need was sent before this.
+    EventsRegistered {
+        /// Index of the first of them.
+        first: u32,
+        /// How many.
+        count: u32,
+    },
+    /// The events of an [`AppRequest::RegisterEvents`] were refused and have no
+    /// index; the connection stays registered with its earlier events.
+    EventsRefused {
+        /// Why (a limit's config key or the bad description), for the app's warning.
+        reason: String,
+    },
 }
 
 /// Where a channel's rings live (`buffers = "uid" | "pid"` in the config file).

@@ -45,7 +45,9 @@ type Entry = (u16, u16, u32);
 
 /// Adds `perm` for user `uid` to the access list of `fd` (keeping every other
 /// entry; the list is made from the mode if there is none). `inherited`, for a
-/// directory, also gives `uid` `inherited` on every file made in it afterwards.
+/// directory, also gives `uid` `inherited` on every file and directory made in it
+/// afterwards, within what each one's creation mode grants its group (a file
+/// made 0640 gets read, however much is inherited).
 pub fn grant_user(fd: BorrowedFd, uid: u32, perm: u16, inherited: Option<u16>) -> io::Result<()> {
     let mode = fstat(fd)?.st_mode;
     let access = match get(fd, ACCESS)? {
@@ -153,7 +155,7 @@ fn set(fd: BorrowedFd, name: &std::ffi::CStr, entries: &[Entry]) -> io::Result<(
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 
     #[test]
     fn a_named_user_is_added_merged_and_masked_and_files_inherit_it() {
@@ -161,7 +163,7 @@ mod tests {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
         let fd = std::fs::File::open(dir.path()).unwrap();
         grant_user(fd.as_fd(), 4242, EXECUTE, None).unwrap();
-        grant_user(fd.as_fd(), 4242, READ, Some(READ)).unwrap();
+        grant_user(fd.as_fd(), 4242, READ, Some(READ | EXECUTE)).unwrap();
         let access = get(fd.as_fd(), ACCESS).unwrap().unwrap();
         assert_eq!(
             access,
@@ -173,15 +175,25 @@ mod tests {
                 (OTHER, 0, UNDEFINED_ID),
             ]
         );
+        // A 0640 file: the user may read it, nothing more (the mask).
         let file = dir.path().join("f");
-        std::fs::write(&file, "x").unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o640)
+            .open(&file)
+            .unwrap();
         let file = std::fs::File::open(&file).unwrap();
         let inherited = get(file.as_fd(), ACCESS).unwrap().unwrap();
-        assert!(
-            inherited
-                .iter()
-                .any(|e| e.0 == USER && e.2 == 4242 && e.1 == READ)
-        );
+        assert!(inherited.iter().any(|e| e.0 == USER && e.2 == 4242));
+        assert!(inherited.contains(&(MASK, READ, UNDEFINED_ID)));
         assert!(inherited.iter().any(|e| e.0 == OTHER && e.1 == 0));
+        // A subdirectory: the user may search and read it.
+        let sub = dir.path().join("d");
+        std::fs::DirBuilder::new().mode(0o750).create(&sub).unwrap();
+        let sub = std::fs::File::open(&sub).unwrap();
+        let inherited = get(sub.as_fd(), ACCESS).unwrap().unwrap();
+        assert!(inherited.contains(&(USER, READ | EXECUTE, 4242)));
+        assert!(inherited.contains(&(MASK, READ | EXECUTE, UNDEFINED_ID)));
     }
 }

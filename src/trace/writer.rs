@@ -578,8 +578,10 @@ impl TraceDir {
                 .map_err(|e| io_err(&path, e))?;
             parent = Some(level);
         }
-        acl::grant_user(leaf.as_fd(), uid, acl::READ | acl::EXECUTE, Some(acl::READ))
-            .map_err(|e| io_err(self.path(), e))
+        // Inherited with search too, for the directories made in it (`index/`); a
+        // file's mask (its 0640 mode's group bits) leaves the user read only.
+        let read = acl::READ | acl::EXECUTE;
+        acl::grant_user(leaf.as_fd(), uid, read, Some(read)).map_err(|e| io_err(self.path(), e))
     }
 
     /// Runs `open` on the directory with whether this trace made the file `name`

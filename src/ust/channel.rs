@@ -138,12 +138,18 @@ pub fn release(slot: SlotId) {
     RELEASED.fetch_or(slot.bit(), Release);
 }
 
-/// Stops every event from writing anywhere, for good: a forked child runs untraced.
-/// Its parent's rings (per-PID ones are the parent's own trace) are not its to write,
-/// and the child has no connection of its own to the daemon. One atomic store, so it
-/// is safe in a `pthread_atfork` child handler.
-pub(crate) fn disable_all_slots() {
+/// Stops every event from writing anywhere and frees every installed slot for the
+/// next installation: in a forked child, whose inherited rings are its parent's
+/// (per-PID ones are the parent's own trace) and whose connection is its parent's.
+/// Atomic stores and loads only, as a `pthread_atfork` child handler needs.
+pub(crate) fn release_inherited_slots() {
     ACTIVE.store(0, Release);
+    let installed = SLOTS
+        .iter()
+        .enumerate()
+        .filter(|(_, slot)| !slot.load(Acquire).is_null())
+        .fold(0u64, |mask, (i, _)| mask | 1 << i);
+    RELEASED.fetch_or(installed, Release);
 }
 
 /// Mask of slots that are installed and enabled.

@@ -21,18 +21,38 @@
 //! channels (see `channel`), so restarts never exhaust them. The fast path never
 //! waits on this thread: emitting threads only ever read atomics.
 //!
-//! A forked child inherits no thread: it never re-registers and runs untraced.
+//! Late registration: [`register_events`] adds events after `init` (a library
+//! loaded later, the C library's constructors, a callsite met for the first time).
+//! It sends them on the live connection and waits, bounded by the registration
+//! timeout, for the daemon's answer, which the listener thread receives after the
+//! grants the new events need: when it returns `Registered`, the new events'
+//! first emission is recorded. Every event ever registered is kept, in order, and
+//! sent whole by each later registration (a daemon restart), so late events are
+//! traced again too. Registrations of all kinds run one at a time.
+//!
+//! fork(): the child inherits no thread, its parent's rings (per-PID ones are the
+//! parent's own trace) and its parent's connection. `pthread_atfork` handlers take
+//! the registration locks before the fork (so no other thread holds them in the
+//! child), and in the child close the inherited connection, disable every slot and
+//! event, and register the child as its own process before fork() returns in it,
+//! as liblttng-ust does (LTTng needs liblttng-ust-fork.so preloaded for this):
+//! its events go to its own per-PID sub-trace under its own pid. This runs more
+//! than async-signal-safe code in the child (a thread, a socket, allocation), which
+//! glibc supports after fork. `daemon()` forks through fork(), so its child
+//! registers the same way; an exec'd program starts afresh (every descriptor of
+//! ours is close-on-exec) and registers when it calls `init`.
 
 use crate::ctf::context::ContextSet;
-use crate::protocol::messages::{AppCommand, AppRegister};
+use crate::protocol::messages::{AppCommand, AppRegister, AppRequest, MAX_LATE_FRAME};
 use crate::protocol::{self, APPS_SOCKET, ProtocolError, frame};
 use crate::shm::ChannelBuffers;
 use crate::ust::channel::{self, SlotId};
 use crate::ust::tracepoint::Tracepoint;
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::sync::OnceLock;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Registration timeout when `USTRACE_REGISTER_TIMEOUT_MS` is not set.
@@ -62,12 +82,194 @@ pub const LAST_RETRY: Duration = Duration::from_secs(5);
 /// The registration of this process; `init` runs it once.
 static REGISTRATION: OnceLock<RegistrationOutcome> = OnceLock::new();
 
-/// Registers this process as `name` with its `events`. Call once, early in `main`;
-/// later calls return the first outcome. The listener thread it starts makes the
-/// first attempt, reports its outcome here, and registers again after every loss.
+/// Every event of this process and the live connection, if any.
+static KNOWN: Mutex<Known> = Mutex::new(Known {
+    events: Vec::new(),
+    link: None,
+    next_link: 0,
+});
+
+/// Held by whoever registers (first, again, late): one registration at a time, so
+/// a late batch is either in the events a registration sends or sent on its
+/// connection afterwards, never lost between the two.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Locks `mutex`; what these mutexes guard stays consistent whatever panicked.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the process has registered and where.
+struct Known {
+    /// Every event, in the order registered (the order a new connection indexes them).
+    events: Vec<&'static Tracepoint>,
+    /// The live registered connection.
+    link: Option<Link>,
+    /// Names the next link.
+    next_link: u64,
+}
+
+/// A registered connection, as late registrations use it.
+struct Link {
+    /// Tells this link from a later one.
+    id: u64,
+    /// A handle on the connection, to send late registrations on.
+    sock: UnixStream,
+    /// The events the daemon indexed on this connection (shared with its listener).
+    events: Arc<Mutex<Vec<&'static Tracepoint>>>,
+    /// The daemon's answers to late registrations, forwarded by the listener.
+    answers: Arc<Mutex<Receiver<LateAnswer>>>,
+}
+
+/// The daemon's answer to one late registration.
+#[derive(Debug)]
+enum LateAnswer {
+    /// Indexed from `first`.
+    Registered(u32),
+    /// Refused, with the daemon's reason.
+    Refused(String),
+}
+
+/// How a late registration ([`register_events`]) ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LateRegistration {
+    /// The daemon indexed the events and sent every grant they need: their first
+    /// emission from now on is recorded.
+    Registered,
+    /// No daemon connection now: the events go with the next registration (`init`
+    /// or the next registration after a loss).
+    Deferred,
+    /// The daemon refused them (a limit or a bad description): they stay untraced.
+    Refused(String),
+    /// No answer within the registration timeout: the connection is given up and
+    /// the events go with the next registration.
+    NoAnswer(String),
+}
+
+/// Registers `events` after `init` (or before it: they then go with `init`'s
+/// registration). Events registered already are skipped. Blocks, at most the
+/// registration timeout per [`MAX_LATE_FRAME`] batch, until the daemon answered.
+pub fn register_events(events: &[&'static Tracepoint]) -> LateRegistration {
+    let _serial = lock(&SERIAL);
+    let (fresh, link) = {
+        let mut known = lock(&KNOWN);
+        let fresh = add_known(&mut known, events);
+        let link = known.link.as_ref().and_then(|l| {
+            Some((
+                l.sock.try_clone().ok()?,
+                l.events.clone(),
+                l.answers.clone(),
+            ))
+        });
+        (fresh, link)
+    };
+    if fresh.is_empty() {
+        return LateRegistration::Registered;
+    }
+    let Some((sock, indexed, answers)) = link else {
+        return LateRegistration::Deferred;
+    };
+    let timeout = timeout().unwrap_or(DEFAULT_REGISTER_TIMEOUT);
+    let mut outcome = LateRegistration::Registered;
+    for batch in batches(&fresh) {
+        let first = {
+            let mut indexed = lock(&indexed);
+            indexed.extend(batch);
+            indexed.len() - batch.len()
+        };
+        let request = AppRequest::RegisterEvents {
+            events: batch.iter().map(|e| e.desc()).collect(),
+        };
+        let answers = lock(&answers);
+        let answer = sock
+            .set_write_timeout(Some(timeout))
+            .map_err(|e| e.to_string())
+            .and_then(|()| frame::send(&sock, &request, &[]).map_err(|e| e.to_string()))
+            .and_then(|()| {
+                answers
+                    .recv_timeout(timeout)
+                    .map_err(|_| format!("no answer from the session daemon within {timeout:?}"))
+            });
+        match answer {
+            Ok(LateAnswer::Registered(at)) if at as usize == first => {}
+            Ok(LateAnswer::Registered(at)) => {
+                let reason = format!("the daemon indexed late events from {at}, not {first}");
+                return give_up(&sock, reason);
+            }
+            Ok(LateAnswer::Refused(reason)) => {
+                lock(&indexed).truncate(first);
+                let mut known = lock(&KNOWN);
+                known
+                    .events
+                    .retain(|k| !batch.iter().any(|b| std::ptr::eq(*k, *b)));
+                eprintln!(
+                    "ustrace: {} late events run untraced: {reason}",
+                    batch.len()
+                );
+                outcome = LateRegistration::Refused(reason);
+            }
+            Err(reason) => return give_up(&sock, reason),
+        }
+    }
+    outcome
+}
+
+/// Ends a connection that failed a late registration: the listener then registers
+/// again, with every known event.
+fn give_up(sock: &UnixStream, reason: String) -> LateRegistration {
+    eprintln!("ustrace: late registration failed: {reason}; registering again");
+    let _ = sock.shutdown(std::net::Shutdown::Both);
+    LateRegistration::NoAnswer(reason)
+}
+
+/// Adds the events not known yet, in order, and returns them.
+fn add_known(known: &mut Known, events: &[&'static Tracepoint]) -> Vec<&'static Tracepoint> {
+    let mut fresh: Vec<&'static Tracepoint> = Vec::new();
+    for &event in events {
+        let seen = |k: &&'static Tracepoint| std::ptr::eq(*k, event);
+        if !known.events.iter().any(seen) && !fresh.iter().any(seen) {
+            fresh.push(event);
+        }
+    }
+    known.events.extend(&fresh);
+    fresh
+}
+
+/// Splits events into batches whose request fits in [`MAX_LATE_FRAME`] (an event
+/// too big for one alone goes alone, and the daemon refuses it).
+fn batches<'a>(events: &'a [&'static Tracepoint]) -> Vec<&'a [&'static Tracepoint]> {
+    // Room for the frame header, the enum tag and the vector's length.
+    let room = MAX_LATE_FRAME - 64;
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, event) in events.iter().enumerate() {
+        let len = bincode::serialized_size(&event.desc()).map_or(room, |n| n as usize);
+        if i > start && size + len > room {
+            out.push(&events[start..i]);
+            (start, size) = (i, 0);
+        }
+        size += len;
+    }
+    if start < events.len() {
+        out.push(&events[start..]);
+    }
+    out
+}
+
+/// Registers this process as `name` with its `events` (and any registered before
+/// with [`register_events`]). Call once, early in `main`; later calls return the
+/// first outcome. The listener thread it starts makes the first attempt, reports
+/// its outcome here, and registers again after every loss.
 pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static RegistrationOutcome {
+    add_known(&mut lock(&KNOWN), events);
     REGISTRATION.get_or_init(|| {
-        let outcome = start_listener(name, events).unwrap_or_else(RegistrationOutcome::Untraced);
+        if let Err(reason) = register_in_forked_children() {
+            eprintln!("ustrace: {name}: forked children run untraced: {reason}");
+        }
+        let _ = NAME.set(name.to_string());
+        let outcome = start_listener(name).unwrap_or_else(RegistrationOutcome::Untraced);
         if let RegistrationOutcome::Untraced(reason) = &outcome {
             eprintln!("ustrace: {name} runs untraced: {reason}");
         }
@@ -76,14 +278,9 @@ pub fn init(name: &str, events: &[&'static Tracepoint]) -> &'static Registration
 }
 
 /// Starts the listener thread and waits for the outcome of its first registration.
-fn start_listener(
-    name: &str,
-    events: &[&'static Tracepoint],
-) -> Result<RegistrationOutcome, String> {
-    untrace_forked_children()?;
+fn start_listener(name: &str) -> Result<RegistrationOutcome, String> {
     let client = Client {
         name: name.to_string(),
-        events: events.to_vec(),
     };
     let (first, outcome) = std::sync::mpsc::sync_channel(1);
     std::thread::Builder::new()
@@ -131,6 +328,8 @@ impl Failure {
 struct Connection {
     /// The daemon connection, blocking.
     sock: UnixStream,
+    /// Where its listener forwards answers to late registrations.
+    answers: Receiver<LateAnswer>,
     /// Applies the daemon's pushes to the slots of this connection.
     listener: Listener,
     /// Channels received before RegistrationDone.
@@ -143,8 +342,6 @@ struct Connection {
 struct Client {
     /// Program name.
     name: String,
-    /// The app's events, in the order it registers them.
-    events: Vec<&'static Tracepoint>,
 }
 
 impl Client {
@@ -155,8 +352,26 @@ impl Client {
         let mut first = Some(first);
         let mut pause = FIRST_RETRY;
         loop {
+            let serial = lock(&SERIAL);
             match self.register() {
                 Ok(connection) => {
+                    let link = {
+                        let mut known = lock(&KNOWN);
+                        CONNECTION_FD.store(
+                            connection.sock.as_raw_fd(),
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
+                        known.next_link += 1;
+                        let id = known.next_link;
+                        known.link = connection.sock.try_clone().ok().map(|sock| Link {
+                            id,
+                            sock,
+                            events: connection.listener.events.clone(),
+                            answers: Arc::new(Mutex::new(connection.answers)),
+                        });
+                        id
+                    };
+                    drop(serial);
                     match first.take() {
                         Some(first) => {
                             let _ = first.send(RegistrationOutcome::Done {
@@ -169,10 +384,11 @@ impl Client {
                             self.name
                         ),
                     }
-                    connection.listener.serve(connection.sock);
+                    connection.listener.serve(connection.sock, link);
                     pause = FIRST_RETRY;
                 }
                 Err(failure) => {
+                    drop(serial);
                     if matches!(failure, Failure::Refused(_)) {
                         pause = LAST_RETRY;
                     }
@@ -197,13 +413,16 @@ impl Client {
             .join(APPS_SOCKET);
         let sock = UnixStream::connect(&path)
             .map_err(|e| unreachable(format!("no session daemon at {}: {e}", path.display())))?;
+        let (answer, answers) = std::sync::mpsc::sync_channel(4);
         let mut listener = Listener {
-            events: self.events.clone(),
+            events: Arc::new(Mutex::new(lock(&KNOWN).events.clone())),
             slots: HashMap::new(),
+            answers: answer,
         };
         match listener.register(&sock, &self.name, start, timeout) {
             Ok(channels) => Ok(Connection {
                 sock,
+                answers,
                 listener,
                 channels,
                 latency: start.elapsed(),
@@ -229,18 +448,66 @@ fn refusal(sock: &UnixStream, timeout: Duration) -> Option<String> {
     }
 }
 
-/// Makes a child forked from now on run untraced (see `channel::disable_all_slots`).
-fn untrace_forked_children() -> Result<(), String> {
-    extern "C" fn in_child() {
-        channel::disable_all_slots();
-        crate::shm::forget_thread_identity();
+/// The name `init` registered, for a forked child's registration.
+static NAME: OnceLock<String> = OnceLock::new();
+
+/// The descriptor of the live connection, which a forked child closes (the
+/// listener thread that owns it does not exist there); -1 without one. Changed
+/// only with [`KNOWN`] locked.
+static CONNECTION_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+type Held = (MutexGuard<'static, ()>, MutexGuard<'static, Known>);
+
+thread_local! {
+    /// The registration locks, taken by the forking thread before fork() and given
+    /// back after it, in the parent and in the child (whose only thread it is).
+    static HELD: std::cell::RefCell<Option<Held>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Makes every child forked from now on register as its own process.
+fn register_in_forked_children() -> Result<(), String> {
+    extern "C" fn prepare() {
+        let serial = lock(&SERIAL);
+        let known = lock(&KNOWN);
+        HELD.with(|held| *held.borrow_mut() = Some((serial, known)));
     }
-    // SAFETY: `in_child` is a plain `extern "C"` function that only performs one
-    // atomic store and one store to a const-initialised thread-local `Cell` (no lazy
-    // initialisation, no destructor), both async-signal-safe as a fork child handler
-    // must be; the prepare and parent handlers are absent. `init` runs this once per
-    // process.
-    let rc = unsafe { libc::pthread_atfork(None, None, Some(in_child)) };
+    extern "C" fn in_parent() {
+        HELD.with(|held| held.borrow_mut().take());
+    }
+    extern "C" fn in_child() {
+        channel::release_inherited_slots();
+        crate::shm::forget_thread_identity();
+        if let Some((serial, mut known)) = HELD.with(|held| held.borrow_mut().take()) {
+            let fd = CONNECTION_FD.swap(-1, std::sync::atomic::Ordering::Relaxed);
+            if fd >= 0 {
+                // SAFETY: `fd` is the parent's connection, owned by a listener
+                // thread that does not exist in this child: nothing else here closes
+                // or uses it.
+                unsafe { libc::close(fd) };
+            }
+            known.link = None;
+            for event in &known.events {
+                event.disable_everywhere();
+            }
+            drop(known);
+            drop(serial);
+        }
+        if let Some(name) = NAME.get() {
+            match start_listener(name) {
+                Ok(RegistrationOutcome::Done { .. }) => {}
+                Ok(RegistrationOutcome::Untraced(reason)) | Err(reason) => {
+                    eprintln!("ustrace: {name} (forked child) runs untraced: {reason}")
+                }
+            }
+        }
+    }
+    // SAFETY: the three handlers are plain `extern "C"` functions. `prepare` takes
+    // the registration locks in their usual order (SERIAL, then KNOWN) and parks
+    // the guards in this thread's local, `in_parent` drops them, and `in_child`
+    // (in the child's only thread, a copy of this one) drops them after resetting
+    // what the child inherited; its registration then starts a thread and
+    // connects, which glibc allows after fork. `init` runs this once per process.
+    let rc = unsafe { libc::pthread_atfork(Some(prepare), Some(in_parent), Some(in_child)) };
     if rc == 0 {
         Ok(())
     } else {
@@ -257,10 +524,13 @@ fn is_timeout(e: &std::io::Error) -> bool {
 
 /// Applies the daemon's commands to this process's tracepoints and channel slots.
 struct Listener {
-    /// The app's events, in the order it registered them.
-    events: Vec<&'static Tracepoint>,
+    /// The events this connection indexes, in order (late ones appended by
+    /// [`register_events`]).
+    events: Arc<Mutex<Vec<&'static Tracepoint>>>,
     /// Channel key (the daemon's) to slot (ours).
     slots: HashMap<u64, SlotId>,
+    /// Where answers to late registrations go.
+    answers: SyncSender<LateAnswer>,
 }
 
 impl Listener {
@@ -279,7 +549,7 @@ impl Listener {
         let register = AppRegister {
             name: name.to_string(),
             bitness: (usize::BITS) as u8,
-            events: self.events.iter().map(|e| e.desc()).collect(),
+            events: lock(&self.events).iter().map(|e| e.desc()).collect(),
         };
         if let Err(e) = frame::send_hello(sock).and_then(|()| frame::send(sock, &register, &[])) {
             return Err(match refusal(sock, timeout) {
@@ -329,9 +599,10 @@ impl Listener {
         Ok(channels)
     }
 
-    /// Applies pushed commands until the connection ends, then releases this
-    /// connection's slots: nobody drains their rings any more.
-    fn serve(mut self, sock: UnixStream) {
+    /// Applies pushed commands until the connection ends, then forgets the link
+    /// `link` and releases this connection's slots: nobody drains their rings any
+    /// more.
+    fn serve(mut self, sock: UnixStream, link: u64) {
         loop {
             match frame::recv::<AppCommand>(&sock, frame::MAX_FRAME) {
                 Ok(Some((command, fds))) => {
@@ -346,6 +617,13 @@ impl Listener {
                     );
                     break;
                 }
+            }
+        }
+        {
+            let mut known = lock(&KNOWN);
+            if known.link.as_ref().is_some_and(|l| l.id == link) {
+                known.link = None;
+                CONNECTION_FD.store(-1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         self.release_all();
@@ -376,9 +654,9 @@ impl Listener {
             }
             AppCommand::Enable { key, events } => {
                 let slot = self.slot(key)?;
+                let known = lock(&self.events);
                 for (index, id) in events {
-                    let event = self
-                        .events
+                    let event = known
                         .get(index as usize)
                         .ok_or_else(|| format!("enable of unknown event index {index}"))?;
                     event.enable(slot, id);
@@ -386,13 +664,26 @@ impl Listener {
             }
             AppCommand::Disable { key } => {
                 let slot = self.slot(key)?;
-                for event in &self.events {
+                for event in lock(&self.events).iter() {
                     event.disable(slot);
                 }
+            }
+            AppCommand::EventsRegistered { first, .. } => {
+                self.answer(LateAnswer::Registered(first))?;
+            }
+            AppCommand::EventsRefused { reason } => {
+                self.answer(LateAnswer::Refused(reason))?;
             }
             AppCommand::RegistrationDone | AppCommand::Refused { .. } => {}
         }
         Ok(())
+    }
+
+    /// Hands the answer to a late registration to [`register_events`].
+    fn answer(&self, answer: LateAnswer) -> Result<(), String> {
+        self.answers
+            .try_send(answer)
+            .map_err(|e| format!("an answer to no late registration: {e:?}"))
     }
 
     fn slot(&self, key: u64) -> Result<SlotId, String> {
@@ -405,8 +696,9 @@ impl Listener {
     /// Disables every event in every slot of this connection and releases the
     /// slots for the next daemon's channels.
     fn release_all(&mut self) {
+        let events = lock(&self.events);
         for (_, slot) in self.slots.drain() {
-            for event in &self.events {
+            for event in events.iter() {
                 event.disable(slot);
             }
             channel::release(slot);

@@ -13,4 +13,5 @@ pub(crate) mod context;
 pub mod tracepoint;
 
 pub use channel::{ChannelError, MAX_SLOTS, SlotId};
+pub use client::{LateRegistration, register_events};
 pub use tracepoint::Tracepoint;

@@ -14,14 +14,25 @@ pub struct Tracepoint {
     name: &'static str,
     /// Severity declared in metadata.
     loglevel: LogLevel,
-    /// Builds the field list on demand (registration only; allocates).
-    fields: fn() -> Vec<FieldDesc>,
+    /// The field list (built on demand at registration for a static event).
+    fields: Fields,
     /// Bit per slot this event is enabled in; the fast path's only load when 0.
     mask: AtomicU64,
     /// Event id in each slot's trace, tagged with the generation of the slot's
     /// installation it was enabled for ([`SlotId::tag`]); valid while the slot's mask
     /// bit is set and the generation matches the installed buffers'.
     ids: [AtomicU64; MAX_SLOTS],
+    /// A copy of `mask` kept where a foreign fast path loads it (the C header's
+    /// `struct ustrace_event.state`): updated by every enable and disable.
+    mirror: Option<&'static AtomicU64>,
+}
+
+/// Where a tracepoint's field list comes from.
+enum Fields {
+    /// Built by a function of the `event!` macro (a `static` cannot hold a `Vec`).
+    Static(fn() -> Vec<FieldDesc>),
+    /// Given at run time (the C library's descriptors).
+    Owned(Vec<FieldDesc>),
 }
 
 impl Tracepoint {
@@ -36,10 +47,28 @@ impl Tracepoint {
             provider,
             name,
             loglevel,
-            fields,
+            fields: Fields::Static(fields),
             mask: AtomicU64::new(0),
             ids: [const { AtomicU64::new(0) }; MAX_SLOTS],
+            mirror: None,
         }
+    }
+
+    /// A tracepoint described at run time, living for the rest of the process (as a
+    /// static one does: registration keeps `&'static` references). Its mask is
+    /// copied into `mirror`, if given, for a fast path outside Rust.
+    pub fn leak(desc: EventDesc, mirror: Option<&'static AtomicU64>) -> &'static Tracepoint {
+        let provider: &'static str = Box::leak(desc.provider.into_boxed_str());
+        let name: &'static str = Box::leak(desc.name.into_boxed_str());
+        Box::leak(Box::new(Tracepoint {
+            provider,
+            name,
+            loglevel: desc.loglevel,
+            fields: Fields::Owned(desc.fields),
+            mask: AtomicU64::new(0),
+            ids: [const { AtomicU64::new(0) }; MAX_SLOTS],
+            mirror,
+        }))
     }
 
     /// What the app registers about this event.
@@ -48,7 +77,10 @@ impl Tracepoint {
             provider: self.provider.to_string(),
             name: self.name.to_string(),
             loglevel: self.loglevel,
-            fields: (self.fields)(),
+            fields: match &self.fields {
+                Fields::Static(build) => build(),
+                Fields::Owned(fields) => fields.clone(),
+            },
         }
     }
 
@@ -57,11 +89,25 @@ impl Tracepoint {
         self.ids[slot.index()].store(slot.tag(id), Relaxed);
         // Release publishes the id to emitters that see the bit.
         self.mask.fetch_or(slot.bit(), Release);
+        if let Some(mirror) = self.mirror {
+            mirror.fetch_or(slot.bit(), Relaxed);
+        }
     }
 
     /// Stops recording this event into `slot`.
     pub fn disable(&self, slot: SlotId) {
         self.mask.fetch_and(!slot.bit(), Relaxed);
+        if let Some(mirror) = self.mirror {
+            mirror.fetch_and(!slot.bit(), Relaxed);
+        }
+    }
+
+    /// Stops recording this event into any slot (a forked child's inherited ones).
+    pub(crate) fn disable_everywhere(&self) {
+        self.mask.store(0, Relaxed);
+        if let Some(mirror) = self.mirror {
+            mirror.store(0, Relaxed);
+        }
     }
 
     /// The disabled check: one relaxed load.

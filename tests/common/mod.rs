@@ -356,3 +356,14 @@ pub fn babeltrace2_raw(args: &[&str], dir: &Path) -> Output {
         .output()
         .expect("babeltrace2 installed (scripts/test.sh installs it)")
 }
+
+/// The `(expected, recorded)` of `ustrace bench churn`'s `events:` line.
+pub fn churn_events(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("events: expected "))
+        .unwrap_or_else(|| panic!("no events line in {stdout}"));
+    let (expected, rest) = line.split_once(", recorded ").expect("recorded");
+    let recorded = rest.split([',', ' ']).next().expect("count");
+    (expected.parse().unwrap(), recorded.parse().unwrap())
+}

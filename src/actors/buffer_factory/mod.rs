@@ -619,6 +619,71 @@ impl Handler<CreateBuffers> for BufferFactory {
     }
 }
 
+/// A registered app registers more events (late registration): they are checked
+/// against the per-app limits with the app's earlier events, indexed after them,
+/// and given what the started sessions enable of them. Answers the index of the
+/// first and the grants; a limit refuses the whole batch and leaves the app as it
+/// was (events a shared trace declared before the limit stay declared, as at
+/// registration).
+#[derive(Message)]
+#[rtype(result = "Result<(u32, Vec<Grant>), Refusal>")]
+pub struct AddEvents {
+    /// The app's connection.
+    pub connection: ConnectionId,
+    /// The new events.
+    pub events: Vec<EventDesc>,
+}
+
+impl Handler<AddEvents> for BufferFactory {
+    type Result = MessageResult<AddEvents>;
+
+    fn handle(&mut self, msg: AddEvents, _: &mut Context<Self>) -> Self::Result {
+        let Some(app) = self.apps.get_mut(&msg.connection) else {
+            return MessageResult(Err(Refusal::FactoryUnavailable(
+                "the app is not registered".to_string(),
+            )));
+        };
+        let first = app.events.len();
+        let mut all = std::mem::take(&mut app.events);
+        all.extend(msg.events);
+        let checked = self.settings.event_limits.check_app(&all);
+        app.events = all;
+        if let Err(e) = checked {
+            app.events.truncate(first);
+            return MessageResult(Err(Refusal::Events(e)));
+        }
+        let delta = self.delta(msg.connection);
+        let app = self.apps.get_mut(&msg.connection).expect("checked above");
+        if let Some(limit) = delta.limit {
+            // Undo what the batch was given: its indices, and the channels the
+            // grants would have opened (their rings were never sent).
+            let opened: HashSet<u64> = delta
+                .grants
+                .iter()
+                .filter(|g| g.buffers.is_some())
+                .map(|g| g.key)
+                .collect();
+            app.events.truncate(first);
+            app.channels
+                .retain(|_, channel| !opened.contains(&channel.key));
+            for channel in app.channels.values_mut() {
+                channel.enabled.retain(|&index| (index as usize) < first);
+            }
+            return MessageResult(Err(Refusal::Events(limit)));
+        }
+        if let Some(refusal) = delta.refused {
+            log::warn!(
+                "app {} (uid {}, connection {}): a channel refused: {refusal}",
+                app.pid,
+                app.uid,
+                msg.connection
+            );
+            self.stats.refused(&refusal);
+        }
+        MessageResult(Ok((first as u32, delta.grants)))
+    }
+}
+
 /// The SessionManager's sessions changed (created, channel or event enabled,
 /// started): every app gets what it now misses.
 #[derive(Message)]
