@@ -8,6 +8,7 @@
 //! an instrumented program links no actor runtime; the daemon side needs the
 //! `daemon` feature.
 
+#![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(feature = "daemon")]

@@ -13,6 +13,9 @@
 //! Rust side keeps up to date) with one relaxed load inline in the caller, and only
 //! an enabled event calls [`ustrace_record`] with its encoded arguments.
 
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 use std::ffi::{CStr, c_char};
 use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*};
 use std::sync::{Mutex, OnceLock};
