@@ -38,6 +38,7 @@ fn main() {
         mode: Mode::Discard,
         stream_id: 0,
         uuid: [0; 16],
+        context_len: 0,
     };
     let clock = per_call(events, ustrace::shm::now_ns);
     let cpu = per_call(events, || ustrace::shm::current_cpu() as u64);

@@ -4,14 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v babeltrace2 >/dev/null; then
+if ! command -v babeltrace2 >/dev/null || ! command -v lttng-relayd >/dev/null; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "babeltrace2 is missing: install it (apt-get install babeltrace2) or run as root" >&2
+    echo "babeltrace2 or lttng-relayd is missing: install them (apt-get install babeltrace2 lttng-tools) or run as root" >&2
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq babeltrace2 >/dev/null
+  apt-get install -y -qq babeltrace2 lttng-tools >/dev/null
 fi
 
 # tests/c_api.rs builds C and C++ programs through pkg-config.

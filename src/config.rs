@@ -20,15 +20,15 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize, Serializer};
 use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::ctf::context::ContextType;
-use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec};
+use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec, SessionInfo};
 use crate::protocol::{self, ProtocolError};
-use crate::rule::ConfigRule;
+use crate::rule::{ConfigRule, EventRule, InvalidRule};
 use crate::shm::{self, Mode};
 use crate::trace::registry::EventLimits;
 
@@ -73,6 +73,9 @@ pub struct DaemonConfig {
     /// background thread so that registering an app only writes their headers;
     /// 0 makes every set at registration.
     pub warm_pid_buffer_sets: u32,
+    /// Dead apps whose per-PID rings a snapshot session keeps for its next
+    /// `snapshot record` (the oldest dropped past it); 0 keeps none.
+    pub snapshot_kept_dead_apps: u32,
 }
 
 impl Default for DaemonConfig {
@@ -84,6 +87,7 @@ impl Default for DaemonConfig {
             max_frame_bytes: ByteSize(protocol::MAX_FRAME as u64),
             flush_interval_ms: 200,
             warm_pid_buffer_sets: 8,
+            snapshot_kept_dead_apps: 16,
         }
     }
 }
@@ -254,16 +258,28 @@ impl LimitsConfig {
 /// and a few channels and events.
 pub const MIN_METADATA_BYTES: u64 = 16 * 1024;
 
-/// `[[session]]`: a session the daemon creates at start-up.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// `[[session]]`: a session the daemon creates at start-up. `ustrace save` writes
+/// one (see [`SessionConfig::saved`]).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SessionConfig {
     /// Unique name, used in the output directory name.
     pub name: String,
     /// Output directory; `None` (empty or absent) means
     /// `<output_dir>/<name>-<YYYYMMDD-HHMMSS>` (see [`Config::session_output_dir`]).
-    #[serde(default, deserialize_with = "empty_path_as_none")]
+    #[serde(
+        default,
+        deserialize_with = "empty_path_as_none",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub output: Option<PathBuf>,
+    /// `net://HOST[:CTRL[:DATA]]`: stream the session to an lttng-relayd
+    /// (docs/streaming.md) instead of writing it under `output`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Live timer in microseconds: the session is live (needs `url`).
+    #[serde(default)]
+    pub live_timer_us: Option<u32>,
     /// Start tracing as soon as the daemon runs.
     #[serde(default = "default_autostart")]
     pub autostart: bool,
@@ -278,33 +294,93 @@ fn default_autostart() -> bool {
 
 /// `[[session.channel]]`: a channel, overriding [`ChannelDefaults`] where it says so.
 /// The CLI builds the same value for `enable-channel`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelConfig {
     /// Name, unique in its session; streams are files named `<name>_<cpu>`.
     pub name: String,
     /// Overrides [`ChannelDefaults::buffers`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub buffers: Option<Buffering>,
     /// Overrides [`ChannelDefaults::subbuf_size`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subbuf_size: Option<ByteSize>,
     /// Overrides [`ChannelDefaults::num_subbuf`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_subbuf: Option<u32>,
     /// Overrides [`ChannelDefaults::mode`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     /// Overrides [`ChannelDefaults::writer`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub writer: Option<String>,
     /// Overrides [`ChannelDefaults::contexts`].
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contexts: Option<Vec<ContextType>>,
     /// Event rules enabled in this channel: a pattern string, or a table with
     /// `pattern`, `exclude`, `loglevel` / `loglevel_only`.
     #[serde(default)]
     pub events: Vec<ConfigRule>,
+    /// `false`: declared disabled, as `disable-channel` leaves it (its events are
+    /// kept and `enable-channel NAME` enables it).
+    #[serde(default = "default_enabled", skip_serializing_if = "is_true")]
+    pub enabled: bool,
+}
+
+fn default_enabled() -> bool {
+    true
+}
+
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+/// The `[[session]]` tables `ustrace save` writes: what [`Config`] reads back.
+#[derive(Debug, Serialize)]
+pub struct SavedSessions<'a> {
+    /// The sessions.
+    #[serde(rename = "session")]
+    pub sessions: &'a [SessionConfig],
+}
+
+impl SessionConfig {
+    /// The session `list` describes, every setting written out: loaded by
+    /// `ustraced --config` it is declared the same (started if it was). The rules
+    /// are read back from `list`'s text of them ([`EventRule`]'s `FromStr`); fails on
+    /// a rule this version would not accept in a config file.
+    pub fn saved(info: &SessionInfo) -> Result<SessionConfig, InvalidRule> {
+        let channels = info
+            .channels
+            .iter()
+            .map(|(spec, events)| {
+                Ok(ChannelConfig {
+                    name: spec.name.clone(),
+                    buffers: Some(spec.buffers),
+                    subbuf_size: Some(ByteSize(spec.subbuf_size.into())),
+                    num_subbuf: Some(spec.num_subbuf),
+                    mode: Some(spec.mode),
+                    writer: Some(spec.writer.clone()),
+                    contexts: spec.contexts.clone(),
+                    events: events
+                        .iter()
+                        .map(|e| e.parse::<EventRule>().map(ConfigRule))
+                        .collect::<Result<_, _>>()?,
+                    enabled: !info.disabled_channels.contains(&spec.name),
+                })
+            })
+            .collect::<Result<_, InvalidRule>>()?;
+        Ok(SessionConfig {
+            name: info.name.clone(),
+            output: match info.url {
+                Some(_) => None,
+                None => Some(PathBuf::from(&info.output)),
+            },
+            url: info.url.clone(),
+            live_timer_us: (info.live_timer_us > 0).then_some(info.live_timer_us),
+            autostart: info.started,
+            channels,
+        })
+    }
 }
 
 /// A byte count written either as an integer or as a string with a binary suffix
@@ -345,6 +421,12 @@ impl std::str::FromStr for ByteSize {
             .and_then(|value| value.checked_mul(1 << shift))
             .map(ByteSize)
             .ok_or_else(|| bad("does not fit in 64 bits"))
+    }
+}
+
+impl Serialize for ByteSize {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(self.0)
     }
 }
 
@@ -532,14 +614,25 @@ impl Config {
                 ),
             ));
         }
-        if d.warm_pid_buffer_sets > MAX_WARM_SETS {
-            return Err(at(
-                key("daemon", "warm_pid_buffer_sets"),
-                format!(
-                    "{} is out of range: at most {MAX_WARM_SETS}",
-                    d.warm_pid_buffer_sets
-                ),
-            ));
+        let bounded = [
+            (
+                "warm_pid_buffer_sets",
+                d.warm_pid_buffer_sets,
+                MAX_WARM_SETS,
+            ),
+            (
+                "snapshot_kept_dead_apps",
+                d.snapshot_kept_dead_apps,
+                MAX_KEPT_DEAD_APPS,
+            ),
+        ];
+        for (name, value, max) in bounded {
+            if value > max {
+                return Err(at(
+                    key("daemon", name),
+                    format!("{value} is out of range: at most {max}"),
+                ));
+            }
         }
         let c = &self.channel_defaults;
         subbuf_size(c.subbuf_size).map_err(|m| at(key("channel_defaults", "subbuf_size"), m))?;
@@ -674,6 +767,7 @@ impl Config {
             mode: d.mode,
             writer: d.writer.clone(),
             contexts: d.contexts.clone(),
+            tracefile: Default::default(),
         }
     }
 
@@ -688,6 +782,7 @@ impl Config {
             mode: channel.mode,
             writer: channel.writer.clone(),
             contexts: channel.contexts.clone(),
+            tracefile: None,
         }
     }
 }
@@ -709,6 +804,10 @@ fn empty_path_as_none<'de, D: Deserializer<'de>>(
 /// Most per-PID ring sets kept ready per geometry: each holds a memfd per CPU and
 /// an eventfd open.
 const MAX_WARM_SETS: u32 = 256;
+
+/// Most dead apps `daemon.snapshot_kept_dead_apps` may keep: each holds its rings'
+/// shared memory until the next snapshot.
+const MAX_KEPT_DEAD_APPS: u32 = 1024;
 
 /// A per-uid limit: above 0 and at most its global limit `global` (named `name`).
 fn within_global(value: u64, global: u64, name: &str) -> Result<(), String> {

@@ -21,8 +21,8 @@ use crate::actors::control_socket;
 use crate::actors::framed::{self, FrameError};
 use crate::actors::registrar::{Accept, Registrar};
 use crate::actors::session::{
-    CreateSession, Done, EnableChannel, EnableEvent, ListSessions, SessionError, SessionManager,
-    SessionSettings, StartSession, StopSession,
+    CreateSession, DisableChannel, Done, EnableChannel, EnableEvent, ListSessions, SessionError,
+    SessionManager, SessionSettings, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
@@ -30,6 +30,7 @@ use crate::actors::writer::{WriterCatalog, WriterFactory};
 use crate::config::{Config, SessionConfig, SupervisionConfig};
 use crate::protocol::messages::ControlRequest;
 use crate::protocol::{APPS_SOCKET, CONTROL_SOCKET};
+use crate::relayd::{RELAYD_WRITER, RelaydWriterFactory};
 use crate::service::ConfigSource;
 use crate::service::access::ControlAccess;
 use crate::service::notify;
@@ -172,6 +173,13 @@ impl Daemon {
         let stats = Arc::new(Stats::default());
         // One I/O thread per CPU: file creation, not the CPU, is what they wait on.
         let io_arbiters: Vec<Arbiter> = (0..cpu_count()).map(|_| Arbiter::new()).collect();
+        let relayd = Arc::new(RelaydWriterFactory::new(
+            config.supervision.backoff(),
+            config.daemon.flush_interval(),
+            stats.clone(),
+        ));
+        let mut writers = self.writers.clone();
+        writers.register(RELAYD_WRITER, relayd.clone());
         let factory = BufferFactory::new(
             FactorySettings {
                 flush_interval: config.daemon.flush_interval(),
@@ -181,8 +189,9 @@ impl Daemon {
                 warm_pid_buffer_sets: config.daemon.warm_pid_buffer_sets as usize,
                 event_limits: config.limits.events(),
                 max_writer_backlog_bytes: config.limits.max_writer_backlog_bytes.0,
+                snapshot_kept_dead_apps: config.daemon.snapshot_kept_dead_apps as usize,
             },
-            self.writers.clone(),
+            writers.clone(),
             io_arbiters.iter().map(Arbiter::handle).collect(),
             stats.clone(),
         )
@@ -191,7 +200,8 @@ impl Daemon {
             SessionSettings {
                 output_dir: config.effective_output_dir()?,
                 default_channel: config.default_channel_spec("channel0"),
-                writers: self.writers.names(),
+                writers: writers.names(),
+                relayd,
             },
             factory.clone(),
             stats.clone(),
@@ -265,6 +275,9 @@ async fn declare_session(
     let create = CreateSession {
         name: name.clone(),
         output: declared.output.clone(),
+        url: declared.url.clone(),
+        live_timer_us: declared.live_timer_us,
+        snapshot: false,
     };
     declare(sessions, name, create).await?;
     for channel in &declared.channels {
@@ -280,6 +293,13 @@ async fn declare_session(
                 rule: rule.0.clone(),
             };
             declare(sessions, name, enable).await?;
+        }
+        if !channel.enabled {
+            let disable = DisableChannel {
+                session: session.clone(),
+                channel: channel.name.clone(),
+            };
+            declare(sessions, name, disable).await?;
         }
     }
     if declared.autostart {

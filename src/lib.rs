@@ -26,6 +26,8 @@ pub mod ctf;
 pub mod daemon;
 pub mod protocol;
 #[cfg(feature = "daemon")]
+pub mod relayd;
+#[cfg(feature = "daemon")]
 pub mod rule;
 #[cfg(feature = "daemon")]
 pub mod service;

@@ -11,9 +11,11 @@
 
 use crate::ctf::field::{EventDesc, LogLevel};
 use crate::protocol::messages::LogLevelRule;
-use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::str::FromStr;
 
 /// Longest pattern accepted, in bytes (LTTng's `LTTNG_SYMBOL_NAME_LEN` less its NUL).
 pub const MAX_PATTERN_LEN: usize = 255;
@@ -245,6 +247,12 @@ pub enum InvalidRule {
     /// More than [`MAX_EXCLUSIONS`] exclusions.
     #[error("{0} exclusions, at most {MAX_EXCLUSIONS}")]
     TooManyExclusions(usize),
+    /// A level name that is not LTTng-UST's.
+    #[error(transparent)]
+    LogLevel(#[from] InvalidLogLevel),
+    /// A level condition other than `loglevel <= L` or `loglevel == L`.
+    #[error("bad level condition {0:?}: expected `<= LEVEL` or `== LEVEL`")]
+    Condition(String),
 }
 
 impl EventRule {
@@ -304,6 +312,29 @@ impl fmt::Display for EventRule {
     }
 }
 
+impl FromStr for EventRule {
+    type Err = InvalidRule;
+
+    /// Reads a rule back from its `Display` text, as `list` shows it:
+    /// `PATTERN[ exclude X,Y][ loglevel <= LEVEL| loglevel == LEVEL]` (patterns hold
+    /// neither spaces nor commas, so the text is unambiguous).
+    fn from_str(text: &str) -> Result<EventRule, InvalidRule> {
+        let (rest, loglevel) = match text.split_once(" loglevel ") {
+            None => (text, LogLevelRule::All),
+            Some((rest, condition)) => match condition.split_once(' ') {
+                Some(("<=", level)) => (rest, LogLevelRule::AtLeast(parse_loglevel(level)?)),
+                Some(("==", level)) => (rest, LogLevelRule::Only(parse_loglevel(level)?)),
+                _ => return Err(InvalidRule::Condition(condition.to_owned())),
+            },
+        };
+        let (pattern, exclude) = match rest.split_once(" exclude ") {
+            None => (rest, Vec::new()),
+            Some((pattern, names)) => (pattern, names.split(',').map(str::to_owned).collect()),
+        };
+        EventRule::new(pattern, &exclude, loglevel)
+    }
+}
+
 /// An event rule as a config file writes it: a pattern string, or a table with
 /// `pattern` and optional `exclude`, `loglevel`, `loglevel_only`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -339,6 +370,30 @@ impl RuleTable {
             (None, None) => LogLevelRule::All,
         };
         EventRule::new(&self.pattern, &self.exclude, loglevel).map_err(|e| e.to_string())
+    }
+}
+
+impl Serialize for ConfigRule {
+    /// As the config accepts it: the pattern string alone for a rule without
+    /// exclusions or level, else the `{ pattern, exclude, loglevel | loglevel_only }`
+    /// table.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let rule = &self.0;
+        if rule.exclude.is_empty() && rule.loglevel == LogLevelRule::All {
+            return serializer.serialize_str(rule.pattern.as_str());
+        }
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("pattern", rule.pattern.as_str())?;
+        if !rule.exclude.is_empty() {
+            let names: Vec<&str> = rule.exclude.iter().map(EventPattern::as_str).collect();
+            map.serialize_entry("exclude", &names)?;
+        }
+        match rule.loglevel {
+            LogLevelRule::All => {}
+            LogLevelRule::AtLeast(l) => map.serialize_entry("loglevel", loglevel_name(l))?,
+            LogLevelRule::Only(l) => map.serialize_entry("loglevel_only", loglevel_name(l))?,
+        }
+        map.end()
     }
 }
 
@@ -386,6 +441,35 @@ mod tests {
             loglevel,
             fields: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_rule_reads_back_from_its_text() {
+        let rules = [
+            EventRule::new("demo:*", &[], LogLevelRule::All),
+            EventRule::new(
+                "net:*",
+                &["net:poll*".into(), "n\\*x".into()],
+                LogLevelRule::AtLeast(LogLevel::Warning),
+            ),
+            EventRule::new("a*b", &[], LogLevelRule::Only(LogLevel::DebugLine)),
+        ];
+        for rule in rules {
+            let rule = rule.unwrap();
+            assert_eq!(
+                rule.to_string().parse::<EventRule>(),
+                Ok(rule.clone()),
+                "{rule}"
+            );
+        }
+        assert!(matches!(
+            "x* loglevel >= INFO".parse::<EventRule>(),
+            Err(InvalidRule::Condition(_))
+        ));
+        assert!(matches!(
+            "x* loglevel <= LOUD".parse::<EventRule>(),
+            Err(InvalidRule::LogLevel(_))
+        ));
     }
 
     #[test]

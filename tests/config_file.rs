@@ -71,6 +71,7 @@ fn shipped_example_session_parses_when_uncommented() {
         rule.to_string(),
         "net:* exclude net:poll* loglevel <= WARNING"
     );
+    assert!(session.channels[0].enabled);
 }
 
 #[test]
@@ -147,6 +148,7 @@ name = "batch.2"
             mode: Mode::Overwrite,
             writer: "ctf".into(),
             contexts: Some(vec![ContextType::Procname, ContextType::Vpid]),
+            tracefile: Default::default(),
         }
     );
     assert_eq!(
@@ -164,6 +166,7 @@ name = "batch.2"
             mode: Mode::Discard,
             writer: "ctf".into(),
             contexts: None,
+            tracefile: Default::default(),
         }
     );
     assert_eq!(
@@ -653,4 +656,76 @@ fn the_warm_pool_size_is_bounded() {
         let text = format!("[daemon]\nwarm_pid_buffer_sets = {size}\n");
         assert_eq!(parse(&text).unwrap().daemon.warm_pid_buffer_sets, size);
     }
+}
+
+#[test]
+fn a_saved_session_parses_back_to_the_same_declaration() {
+    use ustrace::config::{SavedSessions, SessionConfig};
+    use ustrace::protocol::messages::SessionInfo;
+    let spec = |name: &str, buffers, mode, contexts| ChannelSpec {
+        name: name.into(),
+        buffers,
+        subbuf_size: 8192,
+        num_subbuf: 16,
+        mode,
+        writer: "ctf".into(),
+        contexts,
+        tracefile: Default::default(),
+    };
+    let info = SessionInfo {
+        name: "web".into(),
+        output: "/var/trace/web dir".into(),
+        started: false,
+        snapshot: false,
+        channels: vec![
+            (
+                spec("a", Buffering::PerUid, Mode::Discard, None),
+                vec![
+                    "http:*".into(),
+                    "db:query".into(),
+                    "net:* exclude net:poll*,net:idle loglevel <= WARNING".into(),
+                    "db:* loglevel == DEBUG_LINE".into(),
+                ],
+            ),
+            (
+                spec(
+                    "b",
+                    Buffering::PerPid,
+                    Mode::Overwrite,
+                    Some(vec![ContextType::Procname]),
+                ),
+                Vec::new(),
+            ),
+        ],
+        disabled_channels: vec!["b".into()],
+        url: None,
+        live_timer_us: 0,
+    };
+    let saved = SessionConfig::saved(&info).unwrap();
+    let text = toml::to_string(&SavedSessions {
+        sessions: std::slice::from_ref(&saved),
+    })
+    .unwrap();
+    let config = parse(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
+    assert_eq!(config.sessions, vec![saved], "{text}");
+    let channels = &config.sessions[0].channels;
+    assert!(channels[0].enabled && !channels[1].enabled, "{text}");
+    assert_eq!(config.channel_spec(&channels[1]), info.channels[1].0);
+    assert_eq!(config.channel_spec(&channels[0]), info.channels[0].0);
+    let rules: Vec<String> = channels[0].events.iter().map(|r| r.0.to_string()).collect();
+    assert_eq!(rules, info.channels[0].1, "{text}");
+}
+
+#[test]
+fn the_dead_apps_a_snapshot_session_keeps_are_bounded() {
+    let (_, message) = invalid(
+        "[daemon]\nsnapshot_kept_dead_apps = 1025\n",
+        "daemon.snapshot_kept_dead_apps",
+    );
+    assert!(message.contains("at most 1024"), "{message}");
+    for kept in [0, 1024] {
+        let text = format!("[daemon]\nsnapshot_kept_dead_apps = {kept}\n");
+        assert_eq!(parse(&text).unwrap().daemon.snapshot_kept_dead_apps, kept);
+    }
+    assert_eq!(parse("").unwrap().daemon.snapshot_kept_dead_apps, 16);
 }

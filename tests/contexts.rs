@@ -204,3 +204,72 @@ fn every_context_type_reads_in_babeltrace2_and_per_uid_defaults_to_vpid_and_vtid
         }
     }
 }
+
+#[test]
+fn a_forked_childs_events_carry_the_childs_own_vpid_and_vtid() {
+    use ustrace::ctf::context::ContextType;
+    let daemon = Daemon::start();
+    let channel = |name: &str, buffers, contexts| ChannelRequest {
+        name: name.into(),
+        buffers: Some(buffers),
+        contexts,
+        ..ChannelRequest::default()
+    };
+    let output = daemon.session_with(
+        "s",
+        "out",
+        &[
+            // Per-UID: vpid and vtid by default; per-PID: asked for.
+            channel("u", Buffering::PerUid, None),
+            channel(
+                "p",
+                Buffering::PerPid,
+                Some(vec![ContextType::Vpid, ContextType::Vtid]),
+            ),
+        ],
+        true,
+    );
+    // The parent forks from its main thread before its emitting thread starts; the
+    // child emits its 5 events (s = "child") from its only thread and _exits.
+    let app = daemon
+        .app(&["--events", "3", "--fork-child-events", "5"])
+        .spawn()
+        .unwrap();
+    let parent = i64::from(app.id());
+    let mut app = Running(app);
+    assert!(app.0.wait().unwrap().success());
+    common::wait_for("both apps gone", std::time::Duration::from_secs(10), || {
+        daemon.status().apps == 0
+    });
+    daemon.stop("s");
+    let mut lines = Vec::new();
+    for t in sub_traces(&output) {
+        lines.extend(babeltrace2(&output.join(t)));
+    }
+    let ids = |child: bool| -> Vec<(i64, i64)> {
+        lines
+            .iter()
+            .filter(|l| l.contains(" demo:ev: ") && l.contains("\"child\"") == child)
+            .map(|l| {
+                let id = |name| value(l, name).unwrap_or_else(|| panic!("{name} in {l}"));
+                (id("vpid").parse().unwrap(), id("vtid").parse().unwrap())
+            })
+            .collect()
+    };
+    let (parents, children) = (ids(false), ids(true));
+    assert_eq!(parents.len(), 6, "3 parent events in each channel");
+    assert_eq!(children.len(), 10, "5 child events in each channel");
+    assert!(
+        parents.iter().all(|&(vpid, _)| vpid == parent),
+        "the parent's events name it: {parents:?}"
+    );
+    let (child, _) = children[0];
+    assert_ne!(
+        child, parent,
+        "the child's events name the child, not its parent"
+    );
+    assert!(
+        children.iter().all(|&ids| ids == (child, child)),
+        "every child event names the child and its one thread: {children:?}"
+    );
+}

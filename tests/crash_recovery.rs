@@ -246,6 +246,8 @@ fn a_daemon_restarted_after_a_sigkill_during_a_flood_recovers_its_output_dir() {
     daemon.ok(ControlRequest::Create {
         name: "flood".into(),
         output: None,
+        url: None,
+        live_timer_us: None,
     });
     daemon.ok(ControlRequest::EnableChannel {
         session: None,

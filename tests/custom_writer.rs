@@ -137,6 +137,8 @@ fn trace_with_collect(rundir: &std::path::Path, output: Option<String>, events: 
         ControlRequest::Create {
             name: "s".into(),
             output,
+            url: None,
+            live_timer_us: None,
         },
     );
     ask(

@@ -245,14 +245,18 @@ fn after_1000_apps_the_daemon_holds_nothing_for_them() {
         &[("p", Buffering::PerPid), ("u", Buffering::PerUid)],
         true,
     );
-    // One app first, so that the per-UID set and lazily made state exist.
-    daemon.run_app(&["--events", "1"]);
-    // Its per-PID set and writers are gone; the per-UID ones stay for the session
-    // (at most a writer per CPU, started at its stream's first packet).
+    // One app per CPU first, so that the per-UID set, lazily made state and every
+    // per-UID stream's writer (with its stream and index files) exist: the switch
+    // timer starts each at its stream's first flushed packet, which would otherwise
+    // happen during the 1,000 apps and raise the level.
     let cpus = ustrace::shm::cpu_count() as u64;
-    wait_for("the first app to be torn down", WAIT, || {
+    for cpu in 0..cpus as usize {
+        daemon.run_app_on_cpu(cpu, 1);
+    }
+    // Their per-PID sets and writers are gone; the per-UID ones stay for the session.
+    wait_for("the first apps to be torn down", WAIT, || {
         let s = daemon.status();
-        s.apps == 0 && s.buffer_sets == 1 && s.writers <= cpus
+        s.apps == 0 && s.buffer_sets == 1 && s.writers == cpus
     });
     // The per-PID ring pool is full before and after: it is part of the level.
     wait_for("the ring pool to be full", WAIT, || {
@@ -268,7 +272,7 @@ fn after_1000_apps_the_daemon_holds_nothing_for_them() {
         last.apps == 0 && last.buffer_sets == before.buffer_sets && last.writers <= cpus
     });
     assert!(torn_down, "not torn down: before {before:?}, now {last:?}");
-    assert_eq!(daemon.status().apps_total, 1001);
+    assert_eq!(daemon.status().apps_total, 1000 + cpus);
     wait_for("fds and mappings back to their level", WAIT, || {
         daemon.fd_count() <= fds && daemon.map_count() <= maps
     });
@@ -277,7 +281,10 @@ fn after_1000_apps_the_daemon_holds_nothing_for_them() {
         let s = daemon.status();
         s.pid_sets_wanted == 0 && s.pid_sets_ready == 0
     });
-    assert_eq!(demo_events(&babeltrace2(&output)), 2002);
+    assert_eq!(
+        demo_events(&babeltrace2(&output)),
+        2 * (1000 + cpus as usize)
+    );
 }
 
 #[test]

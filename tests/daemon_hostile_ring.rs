@@ -72,7 +72,7 @@ fn hostile_app() {
         let id = ids.iter().find(|(k, _)| *k == key).expect("enabled").1;
         let wakeup = Arc::new(Wakeup::from_fd(fds.remove(0)));
         for fd in fds {
-            let ring = Ring::from_fd(fd, wakeup.clone()).expect("a valid ring");
+            let ring = Ring::from_fd(fd, wakeup.clone(), 0).expect("a valid ring");
             lie_to(&lie, &ring, id);
             rings += 1;
         }

@@ -45,7 +45,7 @@ fn cli_refuses_out_of_range_geometry_before_asking_the_daemon() {
     ]);
     assert!(ok.status.success(), "{ok:?}");
     assert!(
-        listed(&daemon).contains("channel c: PerUid buffers, 2 x 1073741824 bytes"),
+        listed(&daemon).contains("channel c: per-UID buffers, 2 x 1073741824 bytes"),
         "{}",
         listed(&daemon)
     );
@@ -57,6 +57,8 @@ fn control_request_with_out_of_range_geometry_is_refused_and_the_daemon_serves_o
     daemon.ok(ControlRequest::Create {
         name: "s".into(),
         output: None,
+        url: None,
+        live_timer_us: None,
     });
     for (subbuf_size, num_subbuf, says) in [
         (Some(1 << 31), None, "1 GiB"),

@@ -86,7 +86,7 @@ fn register(daemon: &Daemon, name: &str, events: Vec<EventDesc>) -> Result<RawAp
             AppCommand::Channel { key, .. } => {
                 let rings: Vec<OwnedFd> = fds.split_off(1);
                 let wakeup = fds.pop().unwrap();
-                let buffers = ChannelBuffers::from_fds(rings, wakeup).unwrap();
+                let buffers = ChannelBuffers::from_fds(rings, wakeup, 0).unwrap();
                 app.channels.insert(key, buffers);
             }
             AppCommand::Enable { key, events } => {
@@ -94,6 +94,7 @@ fn register(daemon: &Daemon, name: &str, events: Vec<EventDesc>) -> Result<RawAp
                     .extend(events.into_iter().map(|(_, id)| (key, id)));
             }
             AppCommand::Disable { .. }
+            | AppCommand::DisableEvents { .. }
             | AppCommand::EventsRegistered { .. }
             | AppCommand::EventsRefused { .. } => {}
         }
@@ -205,6 +206,8 @@ fn session_and_channel_names_are_one_safe_component() {
         let create = daemon.ask(ControlRequest::Create {
             name: bad.into(),
             output: None,
+            url: None,
+            live_timer_us: None,
         });
         let error = create.expect_err(bad);
         assert!(

@@ -12,6 +12,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
+use ustrace::ctf::context::ContextSet;
 use ustrace::ctf::field::{EventDesc, FieldDesc, FieldType, LogLevel};
 use ustrace::protocol::messages::{AppCommand, AppRegister, AppRequest, Buffering};
 use ustrace::protocol::{APPS_SOCKET, frame};
@@ -38,8 +39,8 @@ fn event(name: &str) -> EventDesc {
 /// A hand-written app connection.
 struct RawApp {
     sock: UnixStream,
-    /// The rings of each channel key.
-    channels: HashMap<u64, ChannelBuffers>,
+    /// The rings of each channel key and the bytes of event context its events carry.
+    channels: HashMap<u64, (ChannelBuffers, usize)>,
     /// `(channel key, event id)` of each enabled event index.
     enabled: HashMap<u32, Vec<(u64, u32)>>,
 }
@@ -85,18 +86,19 @@ impl RawApp {
                 }
                 AppCommand::EventsRefused { reason } => return End::Refused(reason),
                 AppCommand::Refused { reason } => panic!("refused: {reason}"),
-                AppCommand::Channel { key, .. } => {
+                AppCommand::Channel { key, contexts, .. } => {
                     let rings: Vec<OwnedFd> = fds.split_off(1);
                     let wakeup = fds.pop().unwrap();
-                    self.channels
-                        .insert(key, ChannelBuffers::from_fds(rings, wakeup).unwrap());
+                    let context_len = ContextSet::of(&contexts).encoded_len();
+                    let buffers = ChannelBuffers::from_fds(rings, wakeup, context_len).unwrap();
+                    self.channels.insert(key, (buffers, context_len));
                 }
                 AppCommand::Enable { key, events } => {
                     for (index, id) in events {
                         self.enabled.entry(index).or_default().push((key, id));
                     }
                 }
-                AppCommand::Disable { .. } => {}
+                AppCommand::Disable { .. } | AppCommand::DisableEvents { .. } => {}
             }
         }
     }
@@ -110,11 +112,12 @@ impl RawApp {
     fn record(&self, index: u32, x: u32) -> usize {
         let sites = self.enabled.get(&index).cloned().unwrap_or_default();
         for &(key, id) in &sites {
-            assert!(
-                self.channels[&key]
-                    .current()
-                    .write_event(id, 4, |out| out.copy_from_slice(&x.to_le_bytes()))
-            );
+            // The channel's event context (zeroed: this app names no process), then x.
+            let (buffers, context_len) = &self.channels[&key];
+            assert!(buffers.current().write_event(id, context_len + 4, |out| {
+                out[..*context_len].fill(0);
+                out[*context_len..].copy_from_slice(&x.to_le_bytes());
+            }));
         }
         sites.len()
     }

@@ -25,11 +25,10 @@ fn list_apps_shows_each_connected_app_its_channels_and_events_in_text_and_json()
 
     let json = daemon.cli(&["list", "--apps", "--json"]);
     assert!(json.status.success(), "{json:?}");
-    let apps: Vec<AppInfo> = String::from_utf8(json.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
-        .collect();
+    let text = String::from_utf8(json.stdout).unwrap();
+    let answer: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+    let apps: Vec<AppInfo> = serde_json::from_value(answer["apps"].clone()).unwrap();
     assert_eq!(apps.iter().map(|a| a.pid).collect::<Vec<_>>(), pids);
     let uid = nix::unistd::getuid().as_raw();
     for app in &apps {
@@ -83,7 +82,7 @@ fn list_apps_shows_each_connected_app_its_channels_and_events_in_text_and_json()
         );
     }
     assert!(
-        text.contains("  apps/shared (PerUid buffers): demo:ev"),
+        text.contains("  apps/shared (per-UID buffers): demo:ev"),
         "{text}"
     );
     assert!(text.contains("  events: demo:ev"), "{text}");
@@ -95,7 +94,8 @@ fn list_apps_shows_each_connected_app_its_channels_and_events_in_text_and_json()
         std::time::Duration::from_secs(20),
         || {
             let out = daemon.cli(&["list", "--apps", "--json"]);
-            String::from_utf8_lossy(&out.stdout).lines().count() == 1
+            let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            answer["apps"].as_array().map(Vec::len) == Some(1)
         }
     ));
     poke(&mut second.0);

@@ -137,44 +137,8 @@ fn producers_killed_inside_reservations_cost_only_their_own_event() {
     pin_to_cpu0();
     let d = Daemon::start();
     let out = d.session("s", &[("ch", Buffering::PerUid)], true);
-    let parked: Vec<Running> = (0..DEAD)
-        .map(|_| {
-            let mut p = Running(
-                d.app(&[
-                    "--await-enabled-ms",
-                    "5000",
-                    "--events",
-                    "0",
-                    "--park-in-event",
-                    "wait",
-                ])
-                .stdout(Stdio::piped())
-                .spawn()
-                .unwrap(),
-            );
-            let mut line = String::new();
-            std::io::BufReader::new(p.0.stdout.as_mut().unwrap())
-                .read_line(&mut line)
-                .unwrap();
-            assert_eq!(line.trim(), "parked");
-            p
-        })
-        .collect();
-    // A live app's events share the packet the dead reservations are in.
-    let mut live = d.app_that_emitted(2500);
-    for mut p in parked {
-        p.0.kill().unwrap();
-        p.0.wait().unwrap();
-    }
-    wait_for(
-        "each dead reservation counted as one lost event",
-        Duration::from_secs(10),
-        || d.status().events_lost_dead_producer == DEAD as u64,
-    );
-    d.run_app(&["--events", "2500"]);
-    poke(&mut live.0);
-    assert!(live.0.wait().unwrap().success());
-    d.stop("s");
+    let parked: Vec<Running> = (0..DEAD).map(|_| parked_app(&d, false)).collect();
+    kill_around_live_events(&d, parked, 2500);
     let lines = babeltrace2(&out);
     assert_eq!(count(&lines, "demo:ev"), 5000, "the live apps lose nothing");
     assert_eq!(count(&lines, "ustrace:lost_event"), DEAD);
@@ -185,4 +149,93 @@ fn producers_killed_inside_reservations_cost_only_their_own_event() {
         status.unrecorded_reservations, 0,
         "every holder had a record"
     );
+}
+
+/// Spawns a per-UID app that parks inside one reservation (`demo:bare`, without fields,
+/// if `payload_free`) and returns once it says so.
+fn parked_app(d: &Daemon, payload_free: bool) -> Running {
+    let mut args = vec![
+        "--await-enabled-ms",
+        "5000",
+        "--events",
+        "0",
+        "--park-in-event",
+        "wait",
+    ];
+    if payload_free {
+        args.push("--park-payload-free");
+    }
+    let mut p = Running(d.app(&args).stdout(Stdio::piped()).spawn().unwrap());
+    let mut line = String::new();
+    std::io::BufReader::new(p.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "parked");
+    p
+}
+
+/// Kills the `parked` apps of session `s` while a live app has written `events` into
+/// the packet their reservations are in, waits for each to count as one lost event,
+/// has another app write `events` more and stops the session.
+fn kill_around_live_events(d: &Daemon, parked: Vec<Running>, events: u32) {
+    let dead = parked.len() as u64;
+    let mut live = d.app_that_emitted(events);
+    for mut p in parked {
+        p.0.kill().unwrap();
+        p.0.wait().unwrap();
+    }
+    wait_for(
+        "each dead reservation counted as one lost event",
+        Duration::from_secs(10),
+        || d.status().events_lost_dead_producer == dead,
+    );
+    d.run_app(&["--events", &events.to_string()]);
+    poke(&mut live.0);
+    assert!(live.0.wait().unwrap().success());
+    d.stop("s");
+}
+
+#[test]
+fn dead_reservations_in_a_channel_with_contexts_read_to_the_end_in_babeltrace2() {
+    use ustrace::ctf::context::ContextType;
+    use ustrace::protocol::messages::ChannelRequest;
+    pin_to_cpu0();
+    let d = Daemon::start();
+    let out = d.session_with(
+        "s",
+        "out-s",
+        &[ChannelRequest {
+            name: "ch".into(),
+            buffers: Some(Buffering::PerUid),
+            contexts: Some(vec![
+                ContextType::Vpid,
+                ContextType::Vtid,
+                ContextType::Procname,
+            ]),
+            ..ChannelRequest::default()
+        }],
+        true,
+    );
+    // One reservation exactly header + contexts long, one with a payload after them.
+    let parked = vec![parked_app(&d, true), parked_app(&d, false)];
+    kill_around_live_events(&d, parked, 300);
+    let lines = babeltrace2(&out);
+    assert_eq!(count(&lines, "demo:ev"), 600, "every committed event reads");
+    let lost: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" ustrace:lost_event: "))
+        .collect();
+    assert_eq!(lost.len(), 2, "{lost:#?}");
+    for l in &lost {
+        assert!(
+            l.contains("{ vpid = 0, vtid = 0, procname = \"\" }"),
+            "a lost event's contexts are zeroed: {l}"
+        );
+    }
+    assert_eq!(
+        lost.iter().filter(|l| l.contains("filler = ")).count(),
+        1,
+        "only the payload event's reservation is padded: {lost:#?}"
+    );
+    assert_eq!(d.status().events_lost_dead_producer, 2);
 }

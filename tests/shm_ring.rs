@@ -401,7 +401,7 @@ fn completing_a_sub_buffer_signals_the_eventfd_once() {
 
 fn refused(bytes: &[u8], seal: bool) -> ShmError {
     let wakeup = Arc::new(Wakeup::new().expect("eventfd"));
-    match Ring::from_fd(memfd_with(bytes, seal), wakeup) {
+    match Ring::from_fd(memfd_with(bytes, seal), wakeup, 0) {
         Ok(_) => panic!("corrupt ring accepted"),
         Err(e) => e,
     }
@@ -416,7 +416,7 @@ fn good_ring_bytes() -> Vec<u8> {
 fn a_valid_ring_file_maps_with_its_geometry() {
     let bytes = good_ring_bytes();
     let wakeup = Arc::new(Wakeup::new().expect("eventfd"));
-    let ring = Ring::from_fd(memfd_with(&bytes, true), wakeup).expect("valid ring");
+    let ring = Ring::from_fd(memfd_with(&bytes, true), wakeup, 0).expect("valid ring");
     assert_eq!(ring.geometry().subbuf_size, 4096);
     assert_eq!(ring.geometry().num_subbuf, 2);
 }
@@ -744,7 +744,7 @@ fn give_up_needs_two_calls_without_progress() {
 fn channel_without_rings_is_refused() {
     let wakeup = Wakeup::new().expect("eventfd");
     let fd = nix::unistd::dup(wakeup.as_fd()).expect("dup");
-    let e = ustrace::shm::ChannelBuffers::from_fds(Vec::new(), fd);
+    let e = ustrace::shm::ChannelBuffers::from_fds(Vec::new(), fd, 0);
     assert!(matches!(e, Err(ShmError::NoRings)));
 }
 

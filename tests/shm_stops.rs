@@ -312,3 +312,75 @@ fn parse_ids(packet: &[u8]) -> Vec<u32> {
     assert_eq!(at, end, "every event 20 bytes");
     ids
 }
+
+ustrace::event!(static CTX_PANICKY: stops:ctx_panicky(i: i64), loglevel = Info);
+ustrace::event!(static CTX_BARE: stops:ctx_bare(), loglevel = Info);
+
+#[test]
+fn encoders_panicking_in_a_channel_with_contexts_leave_lost_events_with_zeroed_contexts() {
+    use ustrace::ctf::context::{ContextSet, ContextType};
+    use ustrace::ctf::packet::{LOST_EVENT_ID, LOST_EVENT_PADDED_ID, read_event_header};
+    let contexts = ContextSet::of(&[ContextType::Vpid, ContextType::Vtid, ContextType::Procname]);
+    let ctx = contexts.encoded_len();
+    let config = ustrace::shm::RingConfig {
+        context_len: ctx,
+        ..config(4096, 2, Mode::Discard)
+    };
+    // One ring: every event lands in the same packet, in order.
+    let buffers = ChannelBuffers::create("stops-ctx", &config, 1).expect("buffers");
+    let slot = ustrace::ust::channel::install(buffers.clone(), contexts).expect("slot");
+    CTX_PANICKY.enable(slot, 1);
+    CTX_BARE.enable(slot, 2);
+    CTX_PANICKY.emit(1);
+    // A payload-free reservation (exactly header + contexts) and a payload one.
+    assert!(catch_unwind(|| CTX_BARE.record(0, |_: &mut [u8]| panic!("encoder"))).is_err());
+    assert!(catch_unwind(|| CTX_PANICKY.record(8, |_: &mut [u8]| panic!("encoder"))).is_err());
+    CTX_BARE.emit();
+    CTX_PANICKY.emit(3);
+    CTX_PANICKY.disable(slot);
+    CTX_BARE.disable(slot);
+    assert_eq!(buffers.rings()[0].counters().abandoned_reservations, 2);
+    let mut consumer = buffers.consumers().remove(0);
+    assert!(consumer.flush());
+    let mut packet = Vec::new();
+    consumer.take_packet(&mut packet).expect("one packet");
+    let header = ustrace::ctf::packet::PacketHeader::read(&packet).expect("header");
+    let end = header.close.content_size as usize;
+    // Walk the packet as a reader of this stream would: header, contexts, payload.
+    let mut at = PACKET_HEADER_SIZE;
+    let mut read = Vec::new();
+    while at < end {
+        let (id, _) = read_event_header(&packet[at..end]).expect("an event header");
+        let context = &packet[at + EVENT_HEADER_SIZE..at + EVENT_HEADER_SIZE + ctx];
+        let fields_at = at + EVENT_HEADER_SIZE + ctx;
+        let payload = match id {
+            1 => 8,
+            2 | LOST_EVENT_ID => 0,
+            LOST_EVENT_PADDED_ID => {
+                let nul = packet[fields_at..end].iter().position(|&b| b == 0);
+                nul.expect("the filler string ends inside the packet") + 1
+            }
+            other => panic!("unknown event id {other} at {at}"),
+        };
+        let lost = id == LOST_EVENT_ID || id == LOST_EVENT_PADDED_ID;
+        assert_eq!(
+            context.iter().all(|&b| b == 0),
+            lost,
+            "only a lost event's contexts are zero (event {id} at {at})"
+        );
+        read.push((id, EVENT_HEADER_SIZE + ctx + payload));
+        at = fields_at + payload;
+    }
+    assert_eq!(at, end, "the events end exactly at the packet's content");
+    let full = EVENT_HEADER_SIZE + ctx;
+    assert_eq!(
+        read,
+        vec![
+            (1, full + 8),
+            (LOST_EVENT_ID, full),
+            (LOST_EVENT_PADDED_ID, full + 8),
+            (2, full),
+            (1, full + 8),
+        ]
+    );
+}

@@ -28,6 +28,7 @@ fn install() -> (SlotId, ustrace::shm::Consumer) {
         mode: Mode::Discard,
         stream_id: 0,
         uuid: [1; 16],
+        context_len: 0,
     };
     let buffers = ChannelBuffers::create("ust-test", &config, 1).expect("buffers");
     let consumer = buffers.consumers().pop().expect("one ring");

@@ -126,6 +126,8 @@ impl InProcess {
             ControlRequest::Create {
                 name: "flood".into(),
                 output: Some(scratch.path("out").display().to_string()),
+                url: None,
+                live_timer_us: None,
             },
         );
         ask(

@@ -172,6 +172,13 @@ pub enum Push {
     Grants(Vec<Grant>),
     /// Stop writing into a channel.
     Disable(u64),
+    /// Stop writing these events (indices into the app's events) into channel `key`.
+    Revoke {
+        /// The app's channel key.
+        key: u64,
+        /// The events.
+        events: Vec<u32>,
+    },
 }
 
 /// One frame to send, with the rings whose fds (eventfd first) it carries.
@@ -600,6 +607,9 @@ impl Handler<Push> for AppConnection {
         match push {
             Push::Grants(grants) => self.send_grants(grants),
             Push::Disable(key) => self.send(&AppCommand::Disable { key }, None),
+            Push::Revoke { key, events } => {
+                self.send(&AppCommand::DisableEvents { key, events }, None)
+            }
         }
     }
 }

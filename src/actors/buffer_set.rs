@@ -24,6 +24,11 @@
 //! the records do not explain (table full, death inside a packet switch) falls back,
 //! on a slow timer, to giving its packet up.
 //!
+//! Snapshot sessions (`create --snapshot`, [`BufferSet::for_snapshots`]): the set
+//! drains nothing and writes nothing while tracing; its overwrite-mode rings keep
+//! the newest data, and [`TakeSnapshot`] copies what they hold out (without taking
+//! it, without blocking producers) for the factory to write as a snapshot trace.
+//!
 //! What happens when an app lies in its rings' shared memory: the ring's [`Consumer`]
 //! finds the value out of bounds and marks the ring corrupt; this actor logs it once
 //! (naming the owner), counts its unread sub-buffers lost with reason "corrupt ring",
@@ -75,6 +80,11 @@ pub struct BufferSet {
     dead_pending: bool,
     /// Period of the switch timer: partly filled sub-buffers are closed and drained.
     flush_interval: Duration,
+    /// A snapshot session's set: nothing is drained to writers, [`TakeSnapshot`]
+    /// copies the rings out.
+    snapshot: bool,
+    /// Packets the rings counted overwritten since the set was made.
+    overwritten: u64,
     /// Daemon counters.
     stats: Arc<Stats>,
 }
@@ -163,6 +173,29 @@ fn process_runs_as(pid: i32, uid: u32) -> bool {
 #[rtype(result = "Result<(), FlushError>")]
 pub struct Teardown;
 
+/// Copy what every ring holds, the partly filled sub-buffers included (each ring is
+/// flushed first), without taking it: the set's part of `snapshot record`.
+#[derive(Message)]
+#[rtype(result = "SetSnapshot")]
+pub struct TakeSnapshot {
+    /// Most bytes kept per stream: its newest packets that fit (all if `None`).
+    pub max_stream_bytes: Option<u64>,
+    /// The set's producer is gone (a dead app's per-PID set kept for this snapshot):
+    /// a reservation it died inside becomes a lost event, so its packet is included.
+    pub owner_gone: bool,
+}
+
+/// What [`TakeSnapshot`] copied.
+#[derive(Debug, Default)]
+pub struct SetSnapshot {
+    /// Per ring (CPU), its packets oldest first, each one exact CTF packet.
+    pub streams: Vec<Vec<Vec<u8>>>,
+    /// Packets the rings counted overwritten since the set was made.
+    pub overwritten: u64,
+    /// Packets left out: overwritten during their copy, or past `max_stream_bytes`.
+    pub left_out: u64,
+}
+
 impl BufferSet {
     /// A set over `buffers`, written by apps of `owner_uid`, draining into `writers`
     /// (one per ring).
@@ -190,8 +223,17 @@ impl BufferSet {
             holders: Holders::default(),
             dead_pending: false,
             flush_interval,
+            snapshot: false,
+            overwritten: 0,
             stats,
         }
+    }
+
+    /// The set of a snapshot session: it never drains to its writers (they stay
+    /// unstarted, so no file is made); only [`TakeSnapshot`] reads its rings.
+    pub fn for_snapshots(mut self) -> BufferSet {
+        self.snapshot = true;
+        self
     }
 
     /// Copies complete packets out of every ring to its writer: while the
@@ -204,6 +246,10 @@ impl BufferSet {
     /// ring still had packets at that bound: a caller that drains while tracing
     /// drains again after the other actors of its thread had their turn.
     fn drain(&mut self, bounded: bool) -> bool {
+        if self.snapshot {
+            self.count();
+            return false;
+        }
         let metadata = match self.metadata.lock() {
             Ok(m) => m.clone(),
             Err(_) => return false,
@@ -254,6 +300,7 @@ impl BufferSet {
                 deltas.discarded_full.saturating_add(deltas.too_big),
             );
             sum(&mut losses.packets_overwritten, deltas.overwritten_packets);
+            sum(&mut self.overwritten, deltas.overwritten_packets);
             sum(
                 &mut losses.events_lost_dead_producer,
                 deltas.lost_dead_producer,
@@ -311,8 +358,13 @@ impl BufferSet {
     /// are safe: the switch is a CAS of `write` to the next sub-buffer, the packet is
     /// complete only once every reservation in it committed, and its end time is read
     /// before the CAS (docs/shm.md, "Periodic flush"). A stream over its backlog limit
-    /// is skipped: its packets would stay in the ring anyway.
+    /// is skipped: its packets would stay in the ring anyway. A snapshot session's
+    /// rings are not switched (each switch would cut the flight recorder's capacity
+    /// with a short packet): `snapshot record` switches them itself.
     fn switch_partial(&mut self) {
+        if self.snapshot {
+            return;
+        }
         for (index, consumer) in self.consumers.iter_mut().enumerate() {
             if self.writers.accepts(index) {
                 consumer.flush();
@@ -430,6 +482,52 @@ impl Handler<Flush> for BufferSet {
     fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
         Box::pin(self.flush_all())
     }
+}
+
+impl Handler<TakeSnapshot> for BufferSet {
+    type Result = MessageResult<TakeSnapshot>;
+
+    fn handle(&mut self, msg: TakeSnapshot, _: &mut Context<Self>) -> Self::Result {
+        let dead = |_| false;
+        let mut snapshot = SetSnapshot::default();
+        for consumer in &mut self.consumers {
+            consumer.flush();
+            if msg.owner_gone {
+                consumer.release_dead_holders(&dead);
+            }
+            let mut packets = Vec::new();
+            snapshot.left_out += consumer.snapshot(&mut packets);
+            packets.retain_mut(|p| match packet::trim(p) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::error!("{}: snapshot leaves out a bad packet: {e}", self.label);
+                    false
+                }
+            });
+            if let Some(max) = msg.max_stream_bytes {
+                let kept = newest_within(&packets, max);
+                snapshot.left_out += (packets.len() - kept) as u64;
+                packets.drain(..packets.len() - kept);
+            }
+            snapshot.streams.push(packets);
+        }
+        self.count();
+        snapshot.overwritten = self.overwritten;
+        MessageResult(snapshot)
+    }
+}
+
+/// How many of the newest `packets` fit in `max` bytes together.
+fn newest_within(packets: &[Vec<u8>], max: u64) -> usize {
+    let mut total = 0u64;
+    packets
+        .iter()
+        .rev()
+        .take_while(|p| {
+            total = total.saturating_add(p.len() as u64);
+            total <= max
+        })
+        .count()
 }
 
 impl Handler<ProducerDied> for BufferSet {

@@ -8,8 +8,8 @@
 //! daemon's counters directly: no actor owns it.
 
 use crate::actors::session::{
-    AddContext, CreateSession, DestroySession, EnableChannel, EnableEvent, ListApps, ListSessions,
-    SessionManager, StartSession, StopSession,
+    AddContext, CreateSession, DestroySession, DisableChannel, DisableEvent, EnableChannel,
+    EnableEvent, ListApps, ListSessions, RecordSnapshot, SessionManager, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
 use crate::protocol::messages::{ControlOk, ControlReply, ControlRequest};
@@ -25,9 +25,35 @@ pub async fn answer(
     stats: &Stats,
 ) -> ControlReply {
     let done = match request {
-        ControlRequest::Create { name, output } => {
+        ControlRequest::Create {
+            name,
+            output,
+            url,
+            live_timer_us,
+        } => {
+            let create = CreateSession {
+                url,
+                live_timer_us,
+                ..create(name, output, false)
+            };
+            sessions.send(create).await
+        }
+        ControlRequest::CreateSnapshot { name, output } => {
+            sessions.send(create(name, output, true)).await
+        }
+        ControlRequest::SnapshotRecord {
+            session,
+            output,
+            max_size,
+        } => {
             let output = output.map(PathBuf::from);
-            sessions.send(CreateSession { name, output }).await
+            sessions
+                .send(RecordSnapshot {
+                    session,
+                    output,
+                    max_size,
+                })
+                .await
         }
         ControlRequest::EnableChannel { session, channel } => {
             sessions.send(EnableChannel { session, channel }).await
@@ -79,11 +105,38 @@ pub async fn answer(
                 Err(e) => Err(busy(e)),
             };
         }
+        ControlRequest::DisableEvent {
+            session,
+            channel,
+            pattern,
+        } => {
+            sessions
+                .send(DisableEvent {
+                    session,
+                    channel,
+                    pattern,
+                })
+                .await
+        }
+        ControlRequest::DisableChannel { session, channel } => {
+            sessions.send(DisableChannel { session, channel }).await
+        }
     };
     match done {
         Ok(Ok(message)) => Ok(ControlOk::Done(message)),
         Ok(Err(e)) => Err(e.to_string()),
         Err(e) => Err(busy(e)),
+    }
+}
+
+/// The SessionManager's message for `Create` and `CreateSnapshot`.
+fn create(name: String, output: Option<String>, snapshot: bool) -> CreateSession {
+    CreateSession {
+        name,
+        output: output.map(PathBuf::from),
+        url: None,
+        live_timer_us: None,
+        snapshot,
     }
 }
 

@@ -257,6 +257,7 @@ mod tests {
             mode: Mode::Discard,
             stream_id: 3,
             uuid: [7; 16],
+            context_len: 0,
         }
     }
 
@@ -285,7 +286,7 @@ mod tests {
             .map(|r| r.as_fd().try_clone_to_owned().unwrap())
             .collect();
         let wakeup = buffers.wakeup().as_fd().try_clone_to_owned().unwrap();
-        let mapped = ChannelBuffers::from_fds(fds, wakeup).unwrap();
+        let mapped = ChannelBuffers::from_fds(fds, wakeup, 0).unwrap();
         let mut reservation = mapped.rings()[2].reserve(8).expect("room in a new ring");
         reservation.buf().copy_from_slice(&[1; 8]);
         reservation.commit();

@@ -2,13 +2,15 @@
 //! config file.
 //!
 //! It takes domain requests ([`CreateSession`], [`EnableChannel`], [`EnableEvent`],
-//! [`StartSession`], [`StopSession`], [`DestroySession`], [`ListSessions`]): the
+//! [`DisableEvent`], [`DisableChannel`], [`StartSession`], [`StopSession`],
+//! [`DestroySession`], [`ListSessions`]): the
 //! control socket's edge (`actors::control`) translates the CLI's wire requests into
 //! them, and the daemon declares the config file's sessions with them. Each answers
 //! a [`SessionError`]; text is made only at that edge. It validates each request,
 //! keeps the definitions, and tells the BufferFactory (`SessionsChanged`) whenever what apps should record changes, so
 //! that apps registered before a `start` or an `enable-event` receive their buffers and
-//! enablement over their open connection. `stop` answers only once the factory has
+//! enablement over their open connection, and apps recording what a
+//! `disable-event` or `disable-channel` removed stop at once. `stop` answers only once the factory has
 //! flushed every ring of the session to disk.
 
 use crate::actors::buffer_factory::{self as factory, BufferFactory, SessionsChanged};
@@ -19,8 +21,9 @@ use crate::config::check_name;
 use crate::ctf::context::{ContextSet, ContextType};
 use crate::ctf::field::EventDesc;
 use crate::protocol::messages::{AppInfo, Buffering, ChannelRequest, ChannelSpec, SessionInfo};
+use crate::relayd::{RELAYD_WRITER, RelaydWriterFactory, StreamTarget, UrlError};
 use crate::rule::EventRule;
-use crate::shm::ShmError;
+use crate::shm::{Mode, ShmError};
 use crate::trace::writer::OutputDir;
 use crate::trace::{layout, spread};
 use actix::prelude::*;
@@ -35,13 +38,24 @@ pub struct ChannelDef {
     pub spec: ChannelSpec,
     /// The `enable-event` rules, each once.
     pub rules: Vec<EventRule>,
+    /// False after `disable-channel`: the channel records nothing, its rules kept.
+    pub enabled: bool,
 }
 
 impl ChannelDef {
-    /// Whether `event` is enabled in this channel: some rule matches it (an event
-    /// two rules match is enabled once all the same).
+    /// A new, enabled channel without event rules.
+    pub fn new(spec: ChannelSpec) -> Self {
+        ChannelDef {
+            spec,
+            rules: Vec::new(),
+            enabled: true,
+        }
+    }
+
+    /// Whether `event` is recorded in this channel: the channel is enabled and some
+    /// rule matches it (an event two rules match is enabled once all the same).
     pub fn matches(&self, event: &EventDesc) -> bool {
-        self.rules.iter().any(|r| r.matches(event))
+        self.enabled && self.rules.iter().any(|r| r.matches(event))
     }
 }
 
@@ -60,6 +74,22 @@ pub struct SessionDef {
     pub ever_started: bool,
     /// Channels in stream-id order.
     pub channels: Vec<ChannelDef>,
+    /// A snapshot (flight-recorder) session: nothing is written while it runs,
+    /// `snapshot record` writes what its overwrite-mode rings hold.
+    pub snapshot: bool,
+    /// The lttng-relayd it streams to, if it does.
+    pub stream: Option<StreamTarget>,
+}
+
+impl SessionDef {
+    /// `spec` as this session stores it: a streaming session's channels use the
+    /// relayd writer unless they name another.
+    fn channel(&self, mut spec: ChannelSpec, writer_given: bool) -> ChannelSpec {
+        if self.stream.is_some() && !writer_given {
+            spec.writer = RELAYD_WRITER.to_owned();
+        }
+        spec
+    }
 }
 
 /// What the SessionManager needs to know about the deployment.
@@ -72,6 +102,8 @@ pub struct SessionSettings {
     pub default_channel: ChannelSpec,
     /// Names of the registered writers.
     pub writers: Vec<String>,
+    /// The streaming writer, told which sessions stream where.
+    pub relayd: Arc<RelaydWriterFactory>,
 }
 
 /// The actor.
@@ -101,6 +133,15 @@ pub enum SessionError {
     /// `create` of a name in use.
     #[error("session {0:?} already exists")]
     Exists(String),
+    /// `--set-url` / `url =` that is not a relayd URL.
+    #[error(transparent)]
+    Url(#[from] UrlError),
+    /// `--live` without `--set-url`.
+    #[error("--live needs --set-url net://HOST: a live session streams to an lttng-relayd")]
+    LiveWithoutUrl,
+    /// A live timer of 0.
+    #[error("--live period must be at least 1 microsecond")]
+    LiveTimer,
     /// A request named a session that does not exist.
     #[error("no session named {0:?}")]
     NoSuchSession(String),
@@ -114,6 +155,14 @@ pub enum SessionError {
         channel: String,
         /// The bound it breaks.
         source: ShmError,
+    },
+    /// Tracefile bounds that cannot hold a stream.
+    #[error("channel {channel}: {problem}")]
+    Tracefile {
+        /// The channel.
+        channel: String,
+        /// What is wrong with them.
+        problem: String,
     },
     /// A channel picked a writer nobody registered.
     #[error("no writer named {writer:?} (registered: {})", registered.join(", "))]
@@ -133,6 +182,36 @@ pub enum SessionError {
         channel: String,
         /// The session.
         session: String,
+    },
+    /// `enable-channel` of a disabled channel with settings other than its own.
+    #[error(
+        "channel {channel} of session {session} exists with other settings: enable it again by its name alone"
+    )]
+    ChannelSettingsDiffer {
+        /// The channel.
+        channel: String,
+        /// The session.
+        session: String,
+    },
+    /// `disable-channel` of a channel already disabled.
+    #[error("channel {channel} of session {session} is already disabled")]
+    ChannelAlreadyDisabled {
+        /// The channel.
+        channel: String,
+        /// The session.
+        session: String,
+    },
+    /// `disable-event` of a pattern no rule of the channel has.
+    #[error("no event rule {pattern:?} in {session}/{channel} (rules: {})", rules.join(", "))]
+    NoSuchRule {
+        /// The pattern asked for.
+        pattern: String,
+        /// The session.
+        session: String,
+        /// The channel.
+        channel: String,
+        /// The rules there are.
+        rules: Vec<String>,
     },
     /// `enable-event -c` of a channel the session lacks.
     #[error("no channel {channel:?} in session {session}")]
@@ -156,6 +235,26 @@ pub enum SessionError {
     /// `start` of a session with nothing to record.
     #[error("session {0} has no channel and no event enabled")]
     NothingEnabled(String),
+    /// A discard-mode channel asked for in a snapshot session: nothing drains its
+    /// rings, so they would keep the oldest events and drop every newer one.
+    #[error("session {session} is a snapshot session: channel {channel} must be in overwrite mode")]
+    DiscardInSnapshot {
+        /// The session.
+        session: String,
+        /// The channel.
+        channel: String,
+    },
+    /// `snapshot record` of a session created without `--snapshot`.
+    #[error("session {0} is not a snapshot session (create it with --snapshot)")]
+    NotSnapshot(String),
+    /// A snapshot could not be written.
+    #[error("session {session}: snapshot not recorded: {source}")]
+    Snapshot {
+        /// The session.
+        session: String,
+        /// Why.
+        source: factory::SnapshotError,
+    },
     /// `stop` of a session that is not started.
     #[error("session {0} is not started")]
     NotStarted(String),
@@ -220,6 +319,12 @@ pub struct CreateSession {
     pub name: String,
     /// Its output directory.
     pub output: Option<PathBuf>,
+    /// The lttng-relayd it streams to (`net://...`), if any.
+    pub url: Option<String>,
+    /// Live timer in microseconds (needs `url`).
+    pub live_timer_us: Option<u32>,
+    /// A snapshot session (`create --snapshot`).
+    pub snapshot: bool,
 }
 
 /// Add a channel to a session (`None`: the most recent one) before its first start.
@@ -244,6 +349,28 @@ pub struct EnableEvent {
     pub rule: EventRule,
 }
 
+/// Remove event rules from a channel (`disable-event`).
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct DisableEvent {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// The channel (`None`: the session's only one).
+    pub channel: Option<String>,
+    /// The rule's pattern as enabled; `None`: every rule of the channel.
+    pub pattern: Option<String>,
+}
+
+/// Stop recording into a channel until `enable-channel` enables it again.
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct DisableChannel {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// The channel.
+    pub channel: String,
+}
+
 /// Start recording a session.
 #[derive(Message)]
 #[rtype(result = "Done")]
@@ -266,6 +393,18 @@ pub struct StopSession {
 pub struct DestroySession {
     /// The session (`None`: the most recent one).
     pub session: Option<String>,
+}
+
+/// Write what a snapshot session's rings hold as a new trace (`snapshot record`).
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct RecordSnapshot {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// Where the `snapshot-<n>-<date>` directory goes (default: the session's output).
+    pub output: Option<PathBuf>,
+    /// Most bytes the snapshot holds (its streams share it equally).
+    pub max_size: Option<u64>,
 }
 
 /// Describe one session, or every one.
@@ -313,7 +452,14 @@ impl SessionManager {
     }
 
     /// Creates a session.
-    fn create(&mut self, name: String, output: Option<PathBuf>) -> Done {
+    fn create(&mut self, msg: CreateSession) -> Done {
+        let CreateSession {
+            name,
+            output,
+            url,
+            live_timer_us,
+            snapshot,
+        } = msg;
         check_name(&name).map_err(|problem| SessionError::InvalidName {
             what: "session",
             problem,
@@ -324,7 +470,33 @@ impl SessionManager {
         let created = SystemTime::now();
         let output = output
             .unwrap_or_else(|| layout::session_dir(&self.settings.output_dir, &name, created));
-        let message = format!("session {name} created, writing to {}", output.display());
+        let stream = match (url, live_timer_us) {
+            (Some(url), live) => Some(StreamTarget {
+                url: url.parse().map_err(SessionError::Url)?,
+                live_timer_us: match live {
+                    Some(0) => return Err(SessionError::LiveTimer),
+                    Some(us) => us,
+                    None => 0,
+                },
+            }),
+            (None, Some(_)) => return Err(SessionError::LiveWithoutUrl),
+            (None, None) => None,
+        };
+        let message = match &stream {
+            Some(target) => {
+                self.settings.relayd.open(&name, target);
+                let live = match target.live_timer_us {
+                    0 => String::new(),
+                    us => format!(" live every {us} us"),
+                };
+                format!("session {name} created, streaming to {}{live}", target.url)
+            }
+            None if snapshot => format!(
+                "snapshot session {name} created, snapshots go to {}",
+                output.display()
+            ),
+            None => format!("session {name} created, writing to {}", output.display()),
+        };
         self.sessions.push(SessionDef {
             name,
             output: OutputDir::new(output),
@@ -332,39 +504,50 @@ impl SessionManager {
             started: false,
             ever_started: false,
             channels: Vec::new(),
+            stream,
+            snapshot,
         });
         Ok(message)
     }
 
-    /// Adds a channel.
-    fn enable_channel(&mut self, session: &Option<String>, channel: &ChannelRequest) -> Done {
-        let channel = channel.resolve(&self.settings.default_channel);
+    /// Adds a channel, or enables again one that `disable-channel` disabled.
+    fn enable_channel(&mut self, session: &Option<String>, request: &ChannelRequest) -> Done {
+        let channel = request.resolve(&self.settings.default_channel);
         check_name(&channel.name).map_err(|problem| SessionError::InvalidName {
             what: "channel",
             problem,
         })?;
         check_geometry(&channel)?;
-        if !self.settings.writers.contains(&channel.writer) {
+        check_tracefile(&channel)?;
+        let writers = self.settings.writers.clone();
+        let s = self.session(session)?;
+        let mut channel = s.channel(channel, request.writer.is_some());
+        if !writers.contains(&channel.writer) {
             return Err(SessionError::NoSuchWriter {
                 writer: channel.writer,
-                registered: self.settings.writers.clone(),
-            });
-        }
-        let s = self.session(session)?;
-        if s.ever_started {
-            return Err(SessionError::ChannelAfterStart(s.name.clone()));
-        }
-        if s.channels.iter().any(|c| c.spec.name == channel.name) {
-            return Err(SessionError::ChannelExists {
-                channel: channel.name,
-                session: s.name.clone(),
+                registered: writers,
             });
         }
         let message = format!("channel {} enabled in session {}", channel.name, s.name);
-        s.channels.push(ChannelDef {
-            spec: channel,
-            rules: Vec::new(),
-        });
+        if let Some(existing) = s.channels.iter_mut().find(|c| c.spec.name == channel.name) {
+            return reenable_channel(existing, request, &s.name).map(|()| message);
+        }
+        if s.ever_started {
+            return Err(SessionError::ChannelAfterStart(s.name.clone()));
+        }
+        if s.snapshot {
+            match request.mode {
+                None => channel.mode = Mode::Overwrite,
+                Some(Mode::Overwrite) => {}
+                Some(Mode::Discard) => {
+                    return Err(SessionError::DiscardInSnapshot {
+                        session: s.name.clone(),
+                        channel: channel.name,
+                    });
+                }
+            }
+        }
+        s.channels.push(ChannelDef::new(channel));
         Ok(message)
     }
 
@@ -377,36 +560,66 @@ impl SessionManager {
         } = request;
         let default_channel = self.settings.default_channel.clone();
         let s = self.session(&session)?;
-        let index = match channel {
-            Some(c) => s
-                .channels
-                .iter()
-                .position(|ch| ch.spec.name == c)
-                .ok_or_else(|| SessionError::NoSuchChannel {
-                    channel: c,
-                    session: s.name.clone(),
-                })?,
-            None if s.channels.len() == 1 => 0,
-            None if s.channels.is_empty() && !s.ever_started => {
-                s.channels.push(ChannelDef {
-                    spec: default_channel,
-                    rules: Vec::new(),
-                });
-                0
+        if channel.is_none() && s.channels.is_empty() && !s.ever_started {
+            let mut spec = s.channel(default_channel, false);
+            if s.snapshot {
+                spec.mode = Mode::Overwrite;
             }
-            None => {
-                return Err(SessionError::WhichChannel {
-                    session: s.name.clone(),
-                    channels: s.channels.len(),
-                });
-            }
-        };
+            s.channels.push(ChannelDef::new(spec));
+        }
+        let index = channel_index(s, channel)?;
         let ch = &mut s.channels[index];
         let message = format!("event {rule} enabled in {}/{}", s.name, ch.spec.name);
         if !ch.rules.contains(&rule) {
             ch.rules.push(rule);
         }
         Ok(message)
+    }
+
+    /// Removes the rules whose pattern text is exactly `pattern` (whatever their
+    /// exclusions and level), or every rule of a channel.
+    fn disable_event(&mut self, request: DisableEvent) -> Done {
+        let s = self.session(&request.session)?;
+        let index = channel_index(s, request.channel)?;
+        let ch = &mut s.channels[index];
+        let what = match request.pattern {
+            None => {
+                ch.rules.clear();
+                "every event".to_owned()
+            }
+            Some(pattern) => {
+                let before = ch.rules.len();
+                ch.rules.retain(|r| r.pattern.as_str() != pattern);
+                if ch.rules.len() == before {
+                    return Err(SessionError::NoSuchRule {
+                        pattern,
+                        session: s.name.clone(),
+                        channel: ch.spec.name.clone(),
+                        rules: ch.rules.iter().map(EventRule::to_string).collect(),
+                    });
+                }
+                format!("event {pattern}")
+            }
+        };
+        Ok(format!("{what} disabled in {}/{}", s.name, ch.spec.name))
+    }
+
+    /// Disables a channel.
+    fn disable_channel(&mut self, session: &Option<String>, channel: String) -> Done {
+        let s = self.session(session)?;
+        let index = channel_index(s, Some(channel))?;
+        let ch = &mut s.channels[index];
+        if !ch.enabled {
+            return Err(SessionError::ChannelAlreadyDisabled {
+                channel: ch.spec.name.clone(),
+                session: s.name.clone(),
+            });
+        }
+        ch.enabled = false;
+        Ok(format!(
+            "channel {} disabled in session {}",
+            ch.spec.name, s.name
+        ))
     }
 
     /// Starts a session.
@@ -420,9 +633,13 @@ impl SessionManager {
         }
         s.started = true;
         s.ever_started = true;
-        if s.channels
-            .iter()
-            .any(|c| c.spec.buffers == Buffering::PerPid)
+        // A streaming session makes no local directory; a snapshot session
+        // writes nothing until `snapshot record`.
+        if s.stream.is_none()
+            && !s.snapshot
+            && s.channels
+                .iter()
+                .any(|c| c.spec.buffers == Buffering::PerPid)
         {
             let dir = layout::pid_traces_dir(s.output.path());
             if let Err(e) = spread::create_spread_dir(&s.output) {
@@ -431,6 +648,65 @@ impl SessionManager {
         }
         Ok(format!("tracing started for session {}", s.name))
     }
+}
+
+/// The channel of `session` called `name`, or its only one.
+fn channel_index(session: &SessionDef, name: Option<String>) -> Result<usize, SessionError> {
+    match name {
+        Some(c) => session
+            .channels
+            .iter()
+            .position(|ch| ch.spec.name == c)
+            .ok_or_else(|| SessionError::NoSuchChannel {
+                channel: c,
+                session: session.name.clone(),
+            }),
+        None if session.channels.len() == 1 => Ok(0),
+        None => Err(SessionError::WhichChannel {
+            session: session.name.clone(),
+            channels: session.channels.len(),
+        }),
+    }
+}
+
+/// `enable-channel` of a channel that exists: enables it again if `disable-channel`
+/// disabled it and the request sets nothing but its name or the settings it has.
+fn reenable_channel(
+    existing: &mut ChannelDef,
+    request: &ChannelRequest,
+    session: &str,
+) -> Result<(), SessionError> {
+    let spec = &existing.spec;
+    let error =
+        |make: fn(String, String) -> SessionError| Err(make(spec.name.clone(), session.to_owned()));
+    if existing.enabled {
+        return error(|channel, session| SessionError::ChannelExists { channel, session });
+    }
+    if request.resolve(spec) != *spec {
+        return error(|channel, session| SessionError::ChannelSettingsDiffer { channel, session });
+    }
+    existing.enabled = true;
+    Ok(())
+}
+
+/// Checks a channel's tracefile bounds: a file holds at least one sub-buffer (as
+/// LTTng requires), and a count bounds files of a bounded size only.
+fn check_tracefile(spec: &ChannelSpec) -> Result<(), SessionError> {
+    let t = spec.tracefile;
+    let problem = if t.size > 0 && t.size < u64::from(spec.subbuf_size) {
+        format!(
+            "--tracefile-size {} is smaller than a sub-buffer ({} bytes)",
+            t.size, spec.subbuf_size
+        )
+    } else if t.size == 0 && t.count > 0 {
+        "--tracefile-count needs --tracefile-size".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(SessionError::Tracefile {
+        channel: spec.name.clone(),
+        problem,
+    })
 }
 
 /// Checks a channel's geometry the same way the config file does.
@@ -451,7 +727,7 @@ impl Handler<CreateSession> for SessionManager {
     type Result = ResponseFuture<Done>;
 
     fn handle(&mut self, msg: CreateSession, _: &mut Context<Self>) -> Self::Result {
-        let result = self.create(msg.name, msg.output);
+        let result = self.create(msg);
         self.publish(result)
     }
 }
@@ -470,6 +746,24 @@ impl Handler<EnableEvent> for SessionManager {
 
     fn handle(&mut self, msg: EnableEvent, _: &mut Context<Self>) -> Self::Result {
         let result = self.enable_event(msg);
+        self.publish(result)
+    }
+}
+
+impl Handler<DisableEvent> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: DisableEvent, _: &mut Context<Self>) -> Self::Result {
+        let result = self.disable_event(msg);
+        self.publish(result)
+    }
+}
+
+impl Handler<DisableChannel> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: DisableChannel, _: &mut Context<Self>) -> Self::Result {
+        let result = self.disable_channel(&msg.session, msg.channel);
         self.publish(result)
     }
 }
@@ -520,11 +814,39 @@ impl Handler<DestroySession> for SessionManager {
             Err(e) => return ready(Err(e)),
         };
         self.sessions.retain(|s| s.name != session);
+        let relayd = self.settings.relayd.clone();
         let destroy = self.factory.send(factory::DestroySession(session.clone()));
         Box::pin(async move {
-            match destroy.await {
+            let destroyed = destroy.await;
+            // After the sets: their streams are closed on the relayd first.
+            relayd.close(&session);
+            match destroyed {
                 Ok(Ok(())) => Ok(format!("session {session} destroyed")),
                 Ok(Err(source)) => Err(SessionError::DestroyIncomplete { session, source }),
+                Err(source) => Err(SessionError::Factory { session, source }),
+            }
+        })
+    }
+}
+
+impl Handler<RecordSnapshot> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: RecordSnapshot, _: &mut Context<Self>) -> Self::Result {
+        let session = match self.session(&msg.session) {
+            Ok(s) if s.snapshot => s.name.clone(),
+            Ok(s) => return ready(Err(SessionError::NotSnapshot(s.name.clone()))),
+            Err(e) => return ready(Err(e)),
+        };
+        let record = self.factory.send(factory::RecordSnapshot {
+            session: session.clone(),
+            output: msg.output,
+            max_size: msg.max_size,
+        });
+        Box::pin(async move {
+            match record.await {
+                Ok(Ok(message)) => Ok(message),
+                Ok(Err(source)) => Err(SessionError::Snapshot { session, source }),
                 Err(source) => Err(SessionError::Factory { session, source }),
             }
         })
@@ -543,8 +865,12 @@ impl Handler<ListSessions> for SessionManager {
             .into_iter()
             .map(|s| SessionInfo {
                 name: s.name.clone(),
-                output: s.output.path().display().to_string(),
+                output: match &s.stream {
+                    Some(target) => target.url.to_string(),
+                    None => s.output.path().display().to_string(),
+                },
                 started: s.started,
+                snapshot: s.snapshot,
                 channels: s
                     .channels
                     .iter()
@@ -553,6 +879,14 @@ impl Handler<ListSessions> for SessionManager {
                         (c.spec.clone(), rules.collect())
                     })
                     .collect(),
+                disabled_channels: s
+                    .channels
+                    .iter()
+                    .filter(|c| !c.enabled)
+                    .map(|c| c.spec.name.clone())
+                    .collect(),
+                url: s.stream.as_ref().map(|t| t.url.to_string()),
+                live_timer_us: s.stream.as_ref().map_or(0, |t| t.live_timer_us),
             })
             .collect())
     }

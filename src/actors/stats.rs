@@ -42,6 +42,10 @@ pub struct Stats {
     pub corrupt_rings: AtomicU64,
     /// Sub-buffers dropped with corrupt rings.
     pub packets_lost_corrupt_ring: AtomicU64,
+    /// Connections made to lttng-relayds (more than one per session: reconnections).
+    pub relayd_connects: AtomicU64,
+    /// Packets a broken relayd link could not send (retried, or counted lost).
+    pub relayd_send_failures: AtomicU64,
     /// Ring losses by owning uid (see [`Stats::count_ring_losses`]).
     pub per_uid: Mutex<BTreeMap<u32, UidLosses>>,
     /// Writers that exhausted their restart budget.
@@ -139,6 +143,8 @@ impl Stats {
             packets_lost_writer: self.packets_lost_writer.load(Relaxed),
             corrupt_rings: self.corrupt_rings.load(Relaxed),
             packets_lost_corrupt_ring: self.packets_lost_corrupt_ring.load(Relaxed),
+            relayd_connects: self.relayd_connects.load(Relaxed),
+            relayd_send_failures: self.relayd_send_failures.load(Relaxed),
             per_uid: self
                 .per_uid
                 .lock()

@@ -18,6 +18,10 @@ ustrace::event!(
 );
 
 ustrace::event!(
+    /// An event without fields, registered only with `--park-payload-free`.
+    static DEMO_BARE: demo:bare(), loglevel = Info
+);
+ustrace::event!(
     /// A warning.
     static DEMO_WARN: demo:warn(code: u32), loglevel = Warning
 );
@@ -85,6 +89,11 @@ struct Args {
     /// to be killed. Lets tests freeze or kill a producer at that point.
     #[arg(long, value_enum)]
     park_in_event: Option<Park>,
+    /// With `--park-in-event`: register `demo:bare`, an event without fields, and park
+    /// in it instead, so that the reservation is exactly its header and the channel's
+    /// contexts long.
+    #[arg(long, requires = "park_in_event")]
+    park_payload_free: bool,
     /// Each emitting thread prints `thread T tid N` on stdout before it emits (lets
     /// tests check the vtid context of its events; thread T's `i` start at T << 40).
     #[arg(long)]
@@ -108,10 +117,16 @@ enum Park {
     Wait,
 }
 
-/// Emits one event and parks inside its reservation (see `--park-in-event`).
-fn emit_parked(park: Park) {
+/// Emits one event (`demo:bare` if `payload_free`) and parks inside its reservation
+/// (see `--park-in-event`).
+fn emit_parked(park: Park, payload_free: bool) {
     let (i, s) = (-7i64, "parked");
-    DEMO_EV.record(i.encoded_len() + s.encoded_len(), |out| {
+    let (event, len) = if payload_free {
+        (&*DEMO_BARE, 0)
+    } else {
+        (&*DEMO_EV, i.encoded_len() + s.encoded_len())
+    };
+    event.record(len, |out| {
         match park {
             Park::Stop => {
                 let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
@@ -124,30 +139,35 @@ fn emit_parked(park: Park) {
                 }
             }
         }
-        let at = i.encode(out);
-        s.encode(&mut out[at..]);
+        if !payload_free {
+            let at = i.encode(out);
+            s.encode(&mut out[at..]);
+        }
     });
 }
 
 fn main() {
     let args = Args::parse();
-    let registration = if args.catalog {
-        let events = [
-            &*DEMO_EV,
+    let mut events = vec![&*DEMO_EV];
+    if args.catalog {
+        events.extend([
             &*DEMO_WARN,
             &*DEMO_CRIT,
             &*DEMO_DEBUG_LINE,
             &*DEMO_DEBUG,
             &*NET_RECV,
             &*NET_SEND_FAILED,
-        ];
-        client::init("ustrace-demo", &events)
-    } else {
-        client::init("ustrace-demo", &[&*DEMO_EV])
-    };
+        ]);
+    }
+    if args.park_payload_free {
+        events.push(&*DEMO_BARE);
+    }
+    let registration = client::init("ustrace-demo", &events);
     if let Some(ms) = args.await_enabled_ms {
         let deadline = Instant::now() + std::time::Duration::from_millis(ms);
-        while !DEMO_EV.is_enabled() && Instant::now() < deadline {
+        let enabled =
+            || DEMO_EV.is_enabled() && (!args.park_payload_free || DEMO_BARE.is_enabled());
+        while !enabled() && Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
     }
@@ -179,7 +199,7 @@ fn main() {
         emit_catalog();
     }
     if let Some(park) = args.park_in_event {
-        emit_parked(park);
+        emit_parked(park, args.park_payload_free);
     }
     if args.report {
         let per_event = elapsed.as_nanos() as f64 / args.events.max(1) as f64;

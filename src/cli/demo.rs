@@ -99,6 +99,8 @@ pub(crate) fn start_session(
         ControlRequest::Create {
             name: name.into(),
             output: Some(output.display().to_string()),
+            url: None,
+            live_timer_us: None,
         },
     )?;
     for (channel, buffers) in channels {

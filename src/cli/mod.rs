@@ -1,17 +1,19 @@
 //! The `ustrace` command line, modelled on `lttng`.
 
 pub mod demo;
+pub mod output;
 pub mod recover;
+pub mod save;
 
 use crate::bench;
 use crate::control;
 use crate::ctf::context::ContextType;
 use crate::ctf::field::LogLevel;
 use crate::protocol::messages::{
-    AppInfo, Buffering, ChannelRequest, ControlOk, ControlRequest, LogLevelRule, SessionInfo,
-    StatusReport,
+    Buffering, ChannelRequest, ControlRequest, LogLevelRule, TracefileLimits,
 };
 use crate::shm::Mode;
+use crate::trace::view::ViewError;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +22,10 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(name = "ustrace", version, about)]
 pub struct Cli {
+    /// Print each answer as one JSON object (docs/cli.md lists its keys); `view`
+    /// prints one JSON object per event.
+    #[arg(long, global = true)]
+    json: bool,
     /// What to do.
     #[command(subcommand)]
     command: Command,
@@ -33,9 +39,24 @@ enum Command {
         /// Session name.
         name: String,
         /// Output directory (default: <daemon output_dir>/<name>-<date>).
-        #[arg(long, short)]
+        #[arg(long, short, conflicts_with = "set_url")]
         output: Option<PathBuf>,
+        /// Stream to an lttng-relayd instead: net://HOST[:CONTROL_PORT[:DATA_PORT]]
+        /// (ports 5342 and 5343 by default).
+        #[arg(long, short = 'U', value_name = "URL")]
+        set_url: Option<String>,
+        /// Live session: flushed and beaconed every PERIOD microseconds (default
+        /// 1000000), for `babeltrace2 --input-format=lttng-live`; needs --set-url.
+        #[arg(long, value_name = "PERIOD", num_args = 0..=1, default_missing_value = "1000000")]
+        live: Option<u32>,
+        /// Snapshot (flight-recorder) session: channels overwrite, nothing is
+        /// written while it runs, `snapshot record` writes what the rings hold.
+        #[arg(long, conflicts_with = "set_url")]
+        snapshot: bool,
     },
+    /// Snapshots of a snapshot session.
+    #[command(subcommand)]
+    Snapshot(Snapshot),
     /// Add a channel to a session.
     EnableChannel(EnableChannel),
     /// Enable events in a channel: one rule per pattern (LTTng globbing: `*`
@@ -81,19 +102,49 @@ enum Command {
         /// sessions/channels it records into and its events.
         #[arg(long)]
         apps: bool,
-        /// With `--apps`: one JSON object per app and line.
-        #[arg(long, requires = "apps")]
-        json: bool,
     },
     /// Apps, buffer sets, writers and lost-data counters of the daemon.
     Status,
-    /// Print a trace: one line per event, merged by time.
+    /// Remove event rules from a channel: registered apps stop recording what no
+    /// rule matches any more (what they recorded is kept).
+    DisableEvent {
+        /// The rule's pattern, exactly as enabled.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        pattern: Option<String>,
+        /// Every rule of the channel.
+        #[arg(long, short)]
+        all: bool,
+        /// Session (default: the most recently created).
+        #[arg(long, short)]
+        session: Option<String>,
+        /// Channel (default: the session's only channel).
+        #[arg(long, short)]
+        channel: Option<String>,
+    },
+    /// Stop recording into a channel; `enable-channel NAME` enables it again.
+    DisableChannel {
+        /// Channel name.
+        name: String,
+        /// Session (default: the most recently created).
+        #[arg(long, short)]
+        session: Option<String>,
+    },
+    /// Write a session as the `[[session]]` TOML that `ustraced --config` loads.
+    Save {
+        /// Session.
+        session: String,
+        /// File to write (default: standard output).
+        file: Option<PathBuf>,
+    },
+    /// Print a trace: one line per event, merged by time (with --json, one JSON
+    /// object per event).
     View {
         /// Trace directory (a session output or any sub-trace).
         dir: PathBuf,
-        /// One JSON object per line.
-        #[arg(long)]
-        json: bool,
+        /// Go on printing events as they reach the disk (new per-PID sub-traces
+        /// too) until interrupted.
+        #[arg(long, short)]
+        follow: bool,
     },
     /// Repair a trace a crash left: cut torn tails back to the last complete
     /// packet, remove unfinished metadata versions; prints each change.
@@ -175,6 +226,31 @@ fn parse_loglevel(text: &str) -> Result<LogLevel, String> {
     crate::rule::parse_loglevel(text).map_err(|e| e.to_string())
 }
 
+/// `snapshot` subcommands.
+#[derive(Subcommand, Debug)]
+enum Snapshot {
+    /// Write what the session's rings hold now (partly filled sub-buffers too)
+    /// into a new `snapshot-<n>-<date>` trace directory, without stopping tracing.
+    Record {
+        /// Session (default: the most recently created).
+        #[arg(long, short)]
+        session: Option<String>,
+        /// Parent of the snapshot directory (default: the session's output).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// Most bytes the snapshot holds (with a K, M or G suffix), shared by its
+        /// streams: each keeps its newest packets that fit.
+        #[arg(long, value_parser = parse_size)]
+        max_size: Option<u64>,
+    },
+}
+
+/// `--max-size`: bytes, or with a K, M or G suffix, as the config file writes sizes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let size: crate::config::ByteSize = text.parse().map_err(|e| format!("{e}"))?;
+    Ok(size.0)
+}
+
 /// `enable-channel` options.
 #[derive(Args, Debug)]
 struct EnableChannel {
@@ -201,6 +277,13 @@ struct EnableChannel {
     /// Writer that stores the channel (default: the daemon's, usually `ctf`).
     #[arg(long)]
     writer: Option<String>,
+    /// Most bytes of each stream file (K, M or G suffix; at least a sub-buffer):
+    /// streams are written as `<channel>_<cpu>_<k>` files.
+    #[arg(long, value_parser = parse_size)]
+    tracefile_size: Option<u64>,
+    /// Most files per stream, the oldest deleted (with --tracefile-size).
+    #[arg(long, requires = "tracefile_size")]
+    tracefile_count: Option<u32>,
 }
 
 /// `ustrace man DIR`: writes the pages and lists them.
@@ -246,8 +329,11 @@ fn parse_num_subbuf(text: &str) -> Result<u32, String> {
 impl Cli {
     /// Runs the command and gives the process exit code.
     pub fn run(self) -> ExitCode {
+        let json = self.json;
+        let name = self.command.name();
         let request = match self.command {
-            Command::View { dir, json } => return view(&dir, json),
+            Command::View { dir, follow } => return view(&dir, json, follow),
+            Command::Save { session, file } => return save::run(&session, file.as_deref(), json),
             Command::Recover { dir } => return recover::run(&dir),
             Command::Demo(args) => return demo::run(&args),
             Command::Bench(args) => return bench::run(&args),
@@ -256,9 +342,32 @@ impl Cli {
                 crate::service::manual::completions(shell, program, &mut std::io::stdout());
                 return ExitCode::SUCCESS;
             }
-            Command::Create { name, output } => ControlRequest::Create {
+            Command::Create {
                 name,
+                output,
+                set_url,
+                live,
+                snapshot,
+            } => {
+                let output = output.map(|o| absolute(&o).display().to_string());
+                match snapshot {
+                    false => ControlRequest::Create {
+                        name,
+                        output,
+                        url: set_url,
+                        live_timer_us: live,
+                    },
+                    true => ControlRequest::CreateSnapshot { name, output },
+                }
+            }
+            Command::Snapshot(Snapshot::Record {
+                session,
+                output,
+                max_size,
+            }) => ControlRequest::SnapshotRecord {
+                session,
                 output: output.map(|o| absolute(&o).display().to_string()),
+                max_size,
             },
             Command::EnableChannel(c) => ControlRequest::EnableChannel {
                 session: c.session,
@@ -274,6 +383,10 @@ impl Cli {
                     mode: c.overwrite.then_some(Mode::Overwrite),
                     writer: c.writer,
                     contexts: None,
+                    tracefile: c.tracefile_size.map(|size| TracefileLimits {
+                        size,
+                        count: c.tracefile_count.unwrap_or(0),
+                    }),
                 },
             },
             Command::AddContext {
@@ -286,40 +399,70 @@ impl Cli {
                 channel,
                 contexts: types,
             },
-            Command::EnableEvent(e) => return enable_event(e),
+            Command::EnableEvent(e) => return enable_event(e, json),
             Command::Start { session } => ControlRequest::Start { session },
             Command::Stop { session } => ControlRequest::Stop { session },
             Command::Destroy { session } => ControlRequest::Destroy { session },
-            Command::List {
-                apps: true, json, ..
-            } => return list_apps(json),
+            Command::List { apps: true, .. } => ControlRequest::ListApps,
             Command::List { session, .. } => ControlRequest::List { session },
             Command::Status => ControlRequest::Status,
+            Command::DisableEvent {
+                pattern,
+                all: _,
+                session,
+                channel,
+            } => ControlRequest::DisableEvent {
+                session,
+                channel,
+                pattern,
+            },
+            Command::DisableChannel { name, session } => ControlRequest::DisableChannel {
+                session,
+                channel: name,
+            },
         };
-        send(&request)
+        send(name, &request, json)
     }
 }
 
-/// Sends one request and prints its answer, or the error on stderr.
-fn send(request: &ControlRequest) -> ExitCode {
-    match control::request(request) {
-        Ok(Ok(answer)) => {
-            print_answer(&answer);
-            ExitCode::SUCCESS
-        }
-        Ok(Err(message)) => {
-            eprintln!("Error: {message}");
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("Error: {e}");
-            ExitCode::FAILURE
+impl Command {
+    /// The subcommand as typed: the `command` key of a JSON answer.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Create { .. } => "create",
+            Command::EnableChannel(_) => "enable-channel",
+            Command::EnableEvent { .. } => "enable-event",
+            Command::Start { .. } => "start",
+            Command::Stop { .. } => "stop",
+            Command::Destroy { .. } => "destroy",
+            Command::List { .. } => "list",
+            Command::Status => "status",
+            Command::DisableEvent { .. } => "disable-event",
+            Command::DisableChannel { .. } => "disable-channel",
+            Command::Save { .. } => "save",
+            Command::Snapshot(_) => "snapshot record",
+            Command::View { .. } => "view",
+            Command::Recover { .. } => "recover",
+            Command::Demo(_) => "demo",
+            Command::Bench(_) => "bench",
+            Command::AddContext { .. } => "add-context",
+            Command::Man { .. } => "man",
+            Command::Completions { .. } => "completions",
         }
     }
+}
+
+/// Sends one request and prints its answer to `command` (a failure to reach the
+/// daemon is a refusal too).
+fn send(command: &str, request: &ControlRequest, json: bool) -> ExitCode {
+    let answer = control::request(request)
+        .map_err(|e| e.to_string())
+        .and_then(|reply| reply);
+    output::answer(command, &answer, json)
 }
 
 /// `enable-event`: one request per pattern, in order; stops at the first refusal.
-fn enable_event(e: EnableEvent) -> ExitCode {
+fn enable_event(e: EnableEvent, json: bool) -> ExitCode {
     let loglevel = e.loglevel();
     let patterns = if e.all {
         vec!["*".to_string()]
@@ -334,7 +477,7 @@ fn enable_event(e: EnableEvent) -> ExitCode {
             exclude: e.exclude.clone(),
             loglevel,
         };
-        let code = send(&request);
+        let code = send("enable-event", &request, json);
         if code != ExitCode::SUCCESS {
             return code;
         }
@@ -347,150 +490,26 @@ fn absolute(path: &std::path::Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
-/// `ustrace view`.
-fn view(dir: &std::path::Path, json: bool) -> ExitCode {
+/// How often `view --follow` looks for what reached the disk.
+const FOLLOW_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// `ustrace view [--follow]`: a reader that closes the pipe early (`| head`) ends it
+/// quietly.
+fn view(dir: &std::path::Path, json: bool, follow: bool) -> ExitCode {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
-    match crate::trace::view::view(dir, json, &mut out) {
-        Ok(_) => ExitCode::SUCCESS,
+    let result = match follow {
+        false => crate::trace::view::view(dir, json, &mut out).map(drop),
+        true => Err(crate::trace::view::follow(dir, json, FOLLOW_POLL, &mut out)),
+    }
+    .and_then(|()| std::io::Write::flush(&mut out).map_err(ViewError::Output));
+    drop(out);
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(ViewError::Output(e)) if output::closed_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            drop(out);
             eprintln!("Error: {e}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Prints a successful answer the way `lttng` would.
-fn print_answer(answer: &ControlOk) {
-    match answer {
-        ControlOk::Done(message) => println!("{message}"),
-        ControlOk::Sessions(sessions) if sessions.is_empty() => println!("no session"),
-        ControlOk::Sessions(sessions) => sessions.iter().for_each(print_session),
-        ControlOk::Status(status) => print_status(status),
-        ControlOk::Apps(apps) => apps.iter().for_each(print_app),
-    }
-}
-
-/// `ustrace list --apps [--json]`.
-fn list_apps(json: bool) -> ExitCode {
-    let apps = match control::request(&ControlRequest::ListApps) {
-        Ok(Ok(ControlOk::Apps(apps))) => apps,
-        Ok(Ok(other)) => {
-            eprintln!("Error: the daemon answered list --apps with {other:?}");
-            return ExitCode::FAILURE;
-        }
-        Ok(Err(message)) => {
-            eprintln!("Error: {message}");
-            return ExitCode::FAILURE;
-        }
-        Err(e) => {
-            eprintln!("Error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    if json {
-        for app in &apps {
-            match serde_json::to_string(app) {
-                Ok(line) => println!("{line}"),
-                Err(e) => {
-                    eprintln!("Error: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
-        }
-    } else if apps.is_empty() {
-        println!("no app connected");
-    } else {
-        apps.iter().for_each(print_app);
-    }
-    ExitCode::SUCCESS
-}
-
-fn print_app(app: &AppInfo) {
-    let registered =
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(app.registered_unix_ms);
-    println!(
-        "pid {} uid {} {} registered {}",
-        app.pid,
-        app.uid,
-        app.procname,
-        crate::trace::layout::iso8601_basic(registered)
-    );
-    for c in &app.channels {
-        println!(
-            "  {}/{} ({:?} buffers): {}",
-            c.session,
-            c.channel,
-            c.buffers,
-            c.enabled.join(", ")
-        );
-    }
-    println!("  events: {}", app.events.join(", "));
-}
-
-fn print_session(s: &SessionInfo) {
-    let state = if s.started { "active" } else { "inactive" };
-    println!("{} [{state}] -> {}", s.name, s.output);
-    for (channel, patterns) in &s.channels {
-        println!(
-            "  channel {}: {:?} buffers, {} x {} bytes, {:?}, writer {}",
-            channel.name,
-            channel.buffers,
-            channel.num_subbuf,
-            channel.subbuf_size,
-            channel.mode,
-            channel.writer
-        );
-        for p in patterns {
-            println!("    event {p}");
-        }
-    }
-}
-
-fn print_status(s: &StatusReport) {
-    println!("apps connected:            {}", s.apps);
-    println!("apps registered in total:  {}", s.apps_total);
-    println!("buffer sets:               {}", s.buffer_sets);
-    println!("writers:                   {}", s.writers);
-    println!(
-        "per-PID ring sets ready:   {} of {}",
-        s.pid_sets_ready, s.pid_sets_wanted
-    );
-    println!("writer restarts:           {}", s.writer_restarts);
-    println!("events discarded:          {}", s.events_discarded);
-    println!("packets overwritten:       {}", s.packets_overwritten);
-    println!("events lost (dead app):    {}", s.events_lost_dead_producer);
-    println!("unrecorded reservations:   {}", s.unrecorded_reservations);
-    println!("packets lost (writer):     {}", s.packets_lost_writer);
-    println!("rings found corrupt:       {}", s.corrupt_rings);
-    println!(
-        "packets lost (corrupt ring): {}",
-        s.packets_lost_corrupt_ring
-    );
-    for u in &s.per_uid {
-        println!(
-            "  uid {}: {} discarded, {} overwritten, {} lost (dead app), {} corrupt rings, {} packets lost (corrupt ring)",
-            u.uid,
-            u.events_discarded,
-            u.packets_overwritten,
-            u.events_lost_dead_producer,
-            u.corrupt_rings,
-            u.packets_lost_corrupt_ring
-        );
-    }
-    let none = vec![0; s.registration_service_us.len()];
-    let service = |p| StatusReport::service_percentile(&s.registration_service_us, &none, p);
-    if let (Some(p50), Some(p99)) = (service(0.5), service(0.99)) {
-        println!("registration service time: p50 < {p50} us, p99 < {p99} us");
-    }
-    for (cause, count) in &s.refusals {
-        println!("apps refused ({cause}): {count}");
-    }
-    for f in &s.failed_writers {
-        println!(
-            "FAILED writer {}: {} ({} packets lost)",
-            f.stream, f.error, f.packets_lost
-        );
     }
 }

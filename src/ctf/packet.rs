@@ -208,30 +208,36 @@ pub fn write_event_header(buf: &mut [u8], id: u32, timestamp: u64) {
     buf[4..12].copy_from_slice(&timestamp.to_le_bytes());
 }
 
-/// Event id of a lost event exactly [`EVENT_HEADER_SIZE`] bytes long: the daemon
-/// writes it into the reservation of a producer that died before committing, so that
-/// the packet stays parseable and keeps every other event. Declared in every stream.
+/// Event id of a lost event exactly as long as its header and its stream's event
+/// context (zeroed): the filler of a reservation nobody will commit (dropped by a
+/// panicking encoder, or left by a producer that died), so that the packet stays
+/// parseable and keeps every other event. Declared in every stream.
 pub const LOST_EVENT_ID: u32 = u32::MAX;
-/// Event id of a lost event longer than its header: a string field of filler bytes
-/// covers the rest of the dead reservation. Declared in every stream.
+/// Event id of a lost event longer than its header and event context: a string field
+/// of filler bytes covers the rest of the reservation. Declared in every stream.
 pub const LOST_EVENT_PADDED_ID: u32 = u32::MAX - 1;
 /// Event name of both lost-event classes in the metadata.
 pub const LOST_EVENT_NAME: &str = "ustrace:lost_event";
 
-/// Fills `buf` (a whole dead reservation, at least [`EVENT_HEADER_SIZE`] bytes) with
-/// one lost event at `timestamp`: its header and, if longer, a string of `-` ending
-/// in NUL, so that a reader steps over exactly `buf.len()` bytes.
-pub fn write_lost_event(buf: &mut [u8], timestamp: u64) {
-    if buf.len() == EVENT_HEADER_SIZE {
-        write_event_header(buf, LOST_EVENT_ID, timestamp);
-        return;
+/// Fills `buf` (a whole uncommitted reservation, at least [`EVENT_HEADER_SIZE`] +
+/// `context_len` bytes) with one lost event at `timestamp` of a stream whose events
+/// carry `context_len` bytes of event context: its header, the context zeroed (a reader
+/// decodes the context of every event of the stream, this one included) and, if
+/// longer, a string of `-` ending in NUL, so that a reader steps over exactly
+/// `buf.len()` bytes.
+pub fn write_lost_event(buf: &mut [u8], context_len: usize, timestamp: u64) {
+    let fields_at = EVENT_HEADER_SIZE + context_len;
+    let id = if buf.len() == fields_at {
+        LOST_EVENT_ID
+    } else {
+        LOST_EVENT_PADDED_ID
+    };
+    write_event_header(buf, id, timestamp);
+    buf[EVENT_HEADER_SIZE..fields_at].fill(0);
+    if let Some((last, filler)) = buf[fields_at..].split_last_mut() {
+        filler.fill(b'-');
+        *last = 0;
     }
-    write_event_header(buf, LOST_EVENT_PADDED_ID, timestamp);
-    let (last, filler) = buf[EVENT_HEADER_SIZE..]
-        .split_last_mut()
-        .expect("a padded lost event has payload");
-    filler.fill(b'-');
-    *last = 0;
 }
 
 /// Reads an event header (id, timestamp) from the start of `buf`, if it is long enough.
@@ -331,5 +337,25 @@ mod tests {
             Err(PacketError::Truncated(10))
         );
         assert_eq!(PacketHeader::read(&[0; 100]), Err(PacketError::BadMagic(0)));
+    }
+
+    #[test]
+    fn a_lost_event_zeroes_the_event_context_and_pads_only_past_it() {
+        let context = 4 + 4 + 17;
+        let mut exact = vec![0xAA; EVENT_HEADER_SIZE + context];
+        write_lost_event(&mut exact, context, 9);
+        assert_eq!(read_event_header(&exact), Some((LOST_EVENT_ID, 9)));
+        assert!(exact[EVENT_HEADER_SIZE..].iter().all(|&b| b == 0));
+
+        let mut longer = vec![0xAA; EVENT_HEADER_SIZE + context + 5];
+        write_lost_event(&mut longer, context, 9);
+        assert_eq!(read_event_header(&longer), Some((LOST_EVENT_PADDED_ID, 9)));
+        let (ctx, filler) = longer[EVENT_HEADER_SIZE..].split_at(context);
+        assert!(ctx.iter().all(|&b| b == 0));
+        assert_eq!(filler, b"----\0");
+
+        let mut bare = vec![0xAA; EVENT_HEADER_SIZE];
+        write_lost_event(&mut bare, 0, 1);
+        assert_eq!(read_event_header(&bare), Some((LOST_EVENT_ID, 1)));
     }
 }

@@ -95,6 +95,14 @@ pub enum AppCommand {
         /// Why (a limit's config key or the bad description), for the app's warning.
         reason: String,
     },
+    /// Stop recording these events into channel `key` (`disable-event`,
+    /// `disable-channel`); the app's other events in it keep recording.
+    DisableEvents {
+        /// The channel, as sent in [`AppCommand::Channel`].
+        key: u64,
+        /// Indices into `AppRegister::events`.
+        events: Vec<u32>,
+    },
 }
 
 /// Where a channel's rings live (`buffers = "uid" | "pid"` in the config file).
@@ -126,6 +134,18 @@ pub struct ChannelSpec {
     /// Contexts its events carry; `None`: the default of its buffering scheme
     /// ([`default_contexts`]: vpid and vtid per-UID, none per-PID).
     pub contexts: Option<Vec<ContextType>>,
+    /// Bounds on each stream's files (LTTng's `--tracefile-size/-count`).
+    pub tracefile: TracefileLimits,
+}
+
+/// How much disk each stream of a channel may take: at most `count` files of at most
+/// `size` bytes (`<channel>_<cpu>_<k>`), the oldest deleted. Zero means no bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TracefileLimits {
+    /// Most bytes of one stream file (whole packets); 0: one unbounded file.
+    pub size: u64,
+    /// Most files per stream, the oldest deleted; 0: keep every file.
+    pub count: u32,
 }
 
 impl ChannelSpec {
@@ -165,6 +185,8 @@ pub struct ChannelRequest {
     pub writer: Option<String>,
     /// Contexts its events carry.
     pub contexts: Option<Vec<ContextType>>,
+    /// Bounds on each stream's files; `None`: unbounded.
+    pub tracefile: Option<TracefileLimits>,
 }
 
 impl ChannelRequest {
@@ -181,6 +203,7 @@ impl ChannelRequest {
                 .clone()
                 .unwrap_or_else(|| defaults.writer.clone()),
             contexts: self.contexts.clone().or_else(|| defaults.contexts.clone()),
+            tracefile: self.tracefile.unwrap_or(defaults.tracefile),
         }
     }
 }
@@ -194,6 +217,13 @@ pub enum ControlRequest {
         name: String,
         /// Output directory.
         output: Option<String>,
+        /// `net://HOST[:CTRL[:DATA]]`: stream to an lttng-relayd instead of writing
+        /// files (docs/streaming.md).
+        #[serde(default)]
+        url: Option<String>,
+        /// `--live`: live timer in microseconds (needs `url`).
+        #[serde(default)]
+        live_timer_us: Option<u32>,
     },
     /// Add a channel to a session.
     EnableChannel {
@@ -251,6 +281,44 @@ pub enum ControlRequest {
     },
     /// Every connected, registered app (LTTng's `lttng list -u`).
     ListApps,
+    /// Remove event rules from a channel of a session, started or not: every
+    /// registered app stops recording the events no rule of the channel matches any
+    /// more. What they already recorded is kept.
+    DisableEvent {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+        /// Channel name; `None` means the session's only channel.
+        channel: Option<String>,
+        /// The rule's pattern exactly as enabled; `None` removes every rule.
+        pattern: Option<String>,
+    },
+    /// Stop recording into a channel of a session until `EnableChannel` of the same
+    /// name enables it again (its rules are kept).
+    DisableChannel {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+        /// Channel name.
+        channel: String,
+    },
+    /// Create a snapshot (flight-recorder) session: its channels are in overwrite
+    /// mode and nothing is written while it runs; `SnapshotRecord` writes what its
+    /// rings hold.
+    CreateSnapshot {
+        /// Session name.
+        name: String,
+        /// Where snapshots go (the daemon picks a default if absent).
+        output: Option<String>,
+    },
+    /// Write the current contents of a snapshot session's rings into a new
+    /// `snapshot-<n>-<date>` directory, without stopping tracing.
+    SnapshotRecord {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+        /// Parent directory of the snapshot (default: the session's output).
+        output: Option<String>,
+        /// Most bytes of packets the snapshot holds, shared by its streams.
+        max_size: Option<u64>,
+    },
 }
 
 /// The log-level condition of an event rule, LTTng's `--loglevel` /
@@ -277,6 +345,15 @@ pub struct SessionInfo {
     pub started: bool,
     /// Its channels with their event rules (pattern, exclusions, level condition).
     pub channels: Vec<(ChannelSpec, Vec<String>)>,
+    /// Names of its channels that `disable-channel` disabled.
+    pub disabled_channels: Vec<String>,
+    /// The lttng-relayd it streams to (`net://...`), if it streams (then `output`
+    /// shows the same URL).
+    pub url: Option<String>,
+    /// Its live timer in microseconds, 0 if it is not a live session.
+    pub live_timer_us: u32,
+    /// A snapshot session (`create --snapshot`): `output` is where its snapshots go.
+    pub snapshot: bool,
 }
 
 /// One writer (stream) that is not healthy, for `status`.
@@ -337,6 +414,14 @@ pub struct StatusReport {
     /// Apps refused since the daemon started, by the limit (its config key) or
     /// cause that refused them, e.g. `("limits.max_apps_per_uid", 3)`.
     pub refusals: Vec<(String, u64)>,
+    /// Connections made to lttng-relayds by streaming sessions (docs/streaming.md):
+    /// above the number of streaming sessions, the difference is reconnections.
+    #[serde(default)]
+    pub relayd_connects: u64,
+    /// Packets that could not be sent to a relayd (retried after the back-off, or
+    /// counted in `packets_lost_writer` once their writer gave up).
+    #[serde(default)]
+    pub relayd_send_failures: u64,
 }
 
 /// The ring losses of one uid's buffers (per-UID, and per-PID of its apps), for

@@ -127,15 +127,20 @@ impl ChannelBuffers {
         BlankSet::create(name, config.geometry, cpus)?.init(config)
     }
 
-    /// Maps rings received from the daemon, in CPU order, with their eventfd.
-    pub fn from_fds(rings: Vec<OwnedFd>, wakeup: OwnedFd) -> Result<ChannelBuffers, ShmError> {
+    /// Maps rings received from the daemon, in CPU order, with their eventfd; their
+    /// events carry `context_len` bytes of event context (see [`Ring::from_fd`]).
+    pub fn from_fds(
+        rings: Vec<OwnedFd>,
+        wakeup: OwnedFd,
+        context_len: usize,
+    ) -> Result<ChannelBuffers, ShmError> {
         if rings.is_empty() {
             return Err(ShmError::NoRings);
         }
         let wakeup = Arc::new(Wakeup::from_fd(wakeup));
         let rings = rings
             .into_iter()
-            .map(|fd| Ring::from_fd(fd, wakeup.clone()).map(Arc::new))
+            .map(|fd| Ring::from_fd(fd, wakeup.clone(), context_len).map(Arc::new))
             .collect::<Result<_, _>>()?;
         Ok(ChannelBuffers { rings, wakeup })
     }

@@ -255,6 +255,71 @@ impl Consumer {
         None
     }
 
+    /// Copies every closed, complete packet the ring holds into `out`, oldest first,
+    /// without taking any: a flight-recorder snapshot. The caller flushes first
+    /// ([`Consumer::flush`]) so that the packet being filled is closed and included.
+    /// A packet still holding an uncommitted reservation is skipped. Returns how many
+    /// copies were thrown away because a producer overwrote their packet meanwhile.
+    ///
+    /// As optimistic as [`Consumer::take_packet`], and producers never wait: each
+    /// copy is validated by a compare-and-swap of `consumed` with the value read
+    /// before the copy, onto itself. Its success puts the copy before, in
+    /// `consumed`'s modification order, any producer push that could let that
+    /// producer reuse the slot (a producer pushes `consumed` past a packet, with a
+    /// CAS, before it writes into its slot). A failure means a push happened: the
+    /// copy is discarded and the packets from the new `consumed` on are tried.
+    /// Every value read is checked as `take_packet` checks it; the attempts are
+    /// bounded by the geometry.
+    pub fn snapshot(&mut self, out: &mut Vec<Vec<u8>>) -> u64 {
+        let sb = self.ring.geometry().subbuf_size;
+        let Some(at) = self.positions() else {
+            return 0;
+        };
+        let mut discarded = 0;
+        let mut pos = at.consumed;
+        let mut copy = Vec::new();
+        for _ in 0..4 * (self.ring.geometry().num_subbuf + 1) {
+            if pos.saturating_add(sb) > at.write {
+                break;
+            }
+            let consumed = self.ring.consumed_word().load(Acquire);
+            if let Err(lie) = self.check_consumed(consumed) {
+                self.mark_corrupt(lie, None);
+                return discarded;
+            }
+            self.consumed = consumed;
+            if consumed > pos {
+                pos = consumed;
+                continue;
+            }
+            // Acquire pairs with every Release commit: the packet's bytes are visible.
+            let word = self.ring.commit_word(pos).load(Acquire);
+            if word as u32 != self.ring.complete_bytes(pos) {
+                pos += sb;
+                continue;
+            }
+            // SAFETY: the copy is used only if the CAS below succeeds, which proves
+            // no producer pushed `consumed` (hence none reused the slot) during it.
+            unsafe { self.ring.copy_packet(pos, &mut copy) };
+            match self
+                .ring
+                .consumed_word()
+                .compare_exchange(consumed, consumed, AcqRel, Acquire)
+            {
+                Ok(_) => {
+                    if let Err(lie) = self.check_header(pos, &copy) {
+                        self.mark_corrupt(lie, None);
+                        return discarded;
+                    }
+                    out.push(std::mem::take(&mut copy));
+                    pos += sb;
+                }
+                Err(_) => discarded += 1,
+            }
+        }
+        discarded
+    }
+
     /// How many copies `take_packet` discarded because a producer overwrote the packet
     /// during the copy: a diagnostic of how often the reader lost that race (tests use
     /// it to show the race was exercised).

@@ -185,6 +185,10 @@ pub struct RingConfig {
     pub stream_id: u32,
     /// Trace uuid written into every packet header.
     pub uuid: [u8; 16],
+    /// Bytes of event context after every event header of the stream (the channel's
+    /// contexts, `ContextSet::encoded_len`): a lost event fills them too. Kept by this
+    /// process, never written into or read from the shared memory.
+    pub context_len: usize,
 }
 
 /// A shared read-write mapping of a ring file, seen only through the accessors below.

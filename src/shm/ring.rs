@@ -39,6 +39,9 @@ pub struct Ring {
     pub(super) stream_id: u32,
     /// Trace uuid for packet headers.
     pub(super) uuid: [u8; 16],
+    /// Bytes of event context after each event header, from the channel this process
+    /// made or was sent (never from shared memory): the lost-event filler zeroes them.
+    pub(super) context_len: usize,
     /// Signalled once per completed sub-buffer.
     pub(super) wakeup: Arc<Wakeup>,
 }
@@ -143,12 +146,13 @@ impl Ring {
         let uuid = u128::from_le_bytes(config.uuid);
         map.u64_at(UUID_AT).store(uuid as u64, Relaxed);
         map.u64_at(UUID_AT + 8).store((uuid >> 64) as u64, Relaxed);
-        Ring::from_mapping(map, blank.fd, g.file_size(), wakeup)
+        Ring::from_mapping(map, blank.fd, g.file_size(), wakeup, config.context_len)
     }
 
     /// Maps a ring received from the daemon, refusing anything that is not a whole,
-    /// sealed ring of this layout version.
-    pub fn from_fd(fd: OwnedFd, wakeup: Arc<Wakeup>) -> Result<Ring, ShmError> {
+    /// sealed ring of this layout version. Its events carry `context_len` bytes of
+    /// event context (the channel's contexts, as the daemon sent them).
+    pub fn from_fd(fd: OwnedFd, wakeup: Arc<Wakeup>, context_len: usize) -> Result<Ring, ShmError> {
         let seals = fcntl(&fd, FcntlArg::F_GET_SEALS).map_err(ShmError::sys("reading seals"))?;
         if SealFlag::from_bits_truncate(seals) & SealFlag::F_SEAL_SHRINK != SealFlag::F_SEAL_SHRINK
         {
@@ -164,7 +168,7 @@ impl Ring {
             });
         }
         let map = Arc::new(Mapping::new(&fd, len)?);
-        Ring::from_mapping(map, fd, len, wakeup)
+        Ring::from_mapping(map, fd, len, wakeup, context_len)
     }
 
     /// Validates the header of a mapping of `len` bytes and builds the ring.
@@ -173,6 +177,7 @@ impl Ring {
         fd: OwnedFd,
         len: u64,
         wakeup: Arc<Wakeup>,
+        context_len: usize,
     ) -> Result<Ring, ShmError> {
         let magic = map.u64_at(MAGIC_AT).load(Relaxed);
         if magic != MAGIC {
@@ -214,6 +219,7 @@ impl Ring {
             geometry,
             mode,
             uuid: uuid.to_le_bytes(),
+            context_len,
             wakeup,
         })
     }

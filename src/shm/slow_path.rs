@@ -226,8 +226,9 @@ impl Ring {
     }
 
     /// Writes a lost event over the reservation `pos..pos + len` that its holder will
-    /// never commit (inside one packet, at least an event header long) and commits it
-    /// as one event: the packet stays parseable and keeps its other events.
+    /// never commit (inside one packet) and commits it as one event: the packet stays
+    /// parseable and keeps its other events. The event context (the ring's
+    /// `context_len`, known to this process) is zeroed, not left to stale bytes.
     ///
     /// # Safety
     /// `pos..pos + len` is a reservation inside one packet that nobody committed and
@@ -236,11 +237,11 @@ impl Ring {
         // SAFETY: by the caller's contract nobody else writes these bytes, and the
         // consumer reads them only after the commit below completes the packet.
         let event = unsafe { self.map.slice_mut(self.data_index(pos), len as usize) };
-        if event.len() >= EVENT_HEADER_SIZE {
-            crate::ctf::packet::write_lost_event(event, timestamp);
+        if event.len() >= EVENT_HEADER_SIZE + self.context_len {
+            crate::ctf::packet::write_lost_event(event, self.context_len, timestamp);
         } else {
-            // Shorter than any event (only a raw `reserve` makes one): no encoding
-            // fits; zeros at least leave no stale bytes.
+            // Shorter than any event of this stream (only a raw `reserve` makes one):
+            // no encoding fits; zeros at least leave no stale bytes.
             event.fill(0);
         }
         self.commit(pos, len + ONE_EVENT);

@@ -611,42 +611,133 @@ pub struct Reader {
     pending: Vec<Option<Record>>,
 }
 
+/// The length of the whole packets at the start of stream file `path`, walking the
+/// packet headers on from `from` (a length already known whole): what a reader of a
+/// file still being appended to may read without meeting a packet half-written.
+fn whole_packets_len(path: &Path, from: u64) -> Result<u64, ReadError> {
+    let len = fs::metadata(path).map_err(io_error(path))?.len();
+    let mut file = fs::File::open(path).map_err(io_error(path))?;
+    let mut at = from;
+    let mut head = [0u8; PACKET_HEADER_SIZE];
+    while len - at >= PACKET_HEADER_SIZE as u64 {
+        file.seek(SeekFrom::Start(at)).map_err(io_error(path))?;
+        file.read_exact(&mut head).map_err(io_error(path))?;
+        // A header that does not parse is left to the cursor, which names it.
+        let size = match PacketHeader::read(&head) {
+            Ok(h) if h.open.packet_size > 0 => h.open.packet_size,
+            _ => return Ok(len),
+        };
+        if size > len - at {
+            break;
+        }
+        at += size;
+    }
+    Ok(at)
+}
+
 impl Reader {
     /// Opens every sub-trace under `dir` and reads the first record of each stream.
     pub fn open(dir: &Path) -> Result<Reader, ReadError> {
-        let traces = find_traces(dir)?;
-        let mut cursors = Vec::new();
-        for (t, trace) in traces.iter().enumerate() {
-            for path in &trace.streams {
-                cursors.push(StreamCursor {
-                    trace: t,
-                    file_len: fs::metadata(path).map_err(io_error(path))?.len(),
-                    packet: Vec::new(),
-                    packet_at: 0,
-                    path: path.clone(),
-                    pos: 0,
-                    content_end: 0,
-                    next_packet: 0,
-                    stream_id: 0,
-                    cpu_id: 0,
-                    discarded: 0,
-                    min_ts: 0,
-                    packet_end: 0,
-                    next_seq: 0,
-                    notices: Vec::new(),
-                });
-            }
-        }
+        Reader::with_traces(find_traces(dir)?, false)
+    }
+
+    /// Opens `dir` to follow it while it is written ([`Reader::refresh`]): each
+    /// stream is read up to its last whole packet, and a directory that holds no
+    /// sub-trace yet is no error.
+    pub fn open_following(dir: &Path) -> Result<Reader, ReadError> {
+        let traces = match find_traces(dir) {
+            Err(ReadError::NoTrace(_)) => Vec::new(),
+            found => found?,
+        };
+        Reader::with_traces(traces, true)
+    }
+
+    /// A reader of `traces`, every stream up to its whole packets if `whole`, else
+    /// to its length (where a torn packet is an error).
+    fn with_traces(traces: Vec<SubTrace>, whole: bool) -> Result<Reader, ReadError> {
         let mut reader = Reader {
-            traces,
-            pending: vec![None; cursors.len()],
-            cursors,
+            traces: Vec::new(),
+            pending: Vec::new(),
+            cursors: Vec::new(),
             heap: BinaryHeap::new(),
         };
-        for i in 0..reader.cursors.len() {
-            reader.advance(i)?;
+        for trace in traces {
+            reader.add_trace(trace, whole)?;
         }
         Ok(reader)
+    }
+
+    /// Adds a sub-trace and reads the first record of each of its streams.
+    fn add_trace(&mut self, trace: SubTrace, whole: bool) -> Result<(), ReadError> {
+        let streams = trace.streams.clone();
+        self.traces.push(trace);
+        for path in streams {
+            self.add_stream(self.traces.len() - 1, path, whole)?;
+        }
+        Ok(())
+    }
+
+    /// Follow mode: takes in what was written since the last call. New sub-traces
+    /// (a per-PID app registered) and new stream files are added, metadata is read
+    /// again (events registered since), and every stream that was read to its end
+    /// goes on to its new whole packets. Their records come next from
+    /// [`Reader::next_record`].
+    pub fn refresh(&mut self, dir: &Path) -> Result<(), ReadError> {
+        let found = match find_traces(dir) {
+            Err(ReadError::NoTrace(_)) => Vec::new(),
+            found => found?,
+        };
+        for trace in found {
+            let Some(t) = self.traces.iter().position(|known| known.dir == trace.dir) else {
+                self.add_trace(trace, true)?;
+                continue;
+            };
+            self.traces[t].metadata = trace.metadata;
+            for path in trace.streams {
+                if !self.traces[t].streams.contains(&path) {
+                    self.traces[t].streams.push(path.clone());
+                    self.add_stream(t, path, true)?;
+                }
+            }
+        }
+        for i in 0..self.cursors.len() {
+            let cursor = &mut self.cursors[i];
+            let grown = whole_packets_len(&cursor.path, cursor.file_len)?;
+            if grown > cursor.file_len {
+                cursor.file_len = grown;
+                if self.pending[i].is_none() {
+                    self.advance(i)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds a cursor over stream `path` of sub-trace `t` and reads its first record.
+    fn add_stream(&mut self, t: usize, path: PathBuf, whole: bool) -> Result<(), ReadError> {
+        let file_len = match whole {
+            true => whole_packets_len(&path, 0)?,
+            false => fs::metadata(&path).map_err(io_error(&path))?.len(),
+        };
+        self.cursors.push(StreamCursor {
+            trace: t,
+            file_len,
+            packet: Vec::new(),
+            packet_at: 0,
+            path: path.clone(),
+            pos: 0,
+            content_end: 0,
+            next_packet: 0,
+            stream_id: 0,
+            cpu_id: 0,
+            discarded: 0,
+            min_ts: 0,
+            packet_end: 0,
+            next_seq: 0,
+            notices: Vec::new(),
+        });
+        self.pending.push(None);
+        self.advance(self.cursors.len() - 1)
     }
 
     /// The sub-traces being read; [`Record::trace`] indexes this.

@@ -9,9 +9,11 @@
 //! `[time] origin WARNING: N events discarded in <stream file>` and missing packets
 //! (a gap in packet_seq_num) as `[time] origin WARNING: N packets lost in <stream file>`,
 //! both at the start of the packet that follows the loss. `--json` prints one JSON object per line instead.
+//! `--follow` ([`follow`]) goes on printing what reaches the disk until interrupted.
 
 use std::io::{self, Write};
 use std::path::Path;
+use std::time::Duration;
 
 use serde_json::{Map, Value as Json, json};
 
@@ -35,6 +37,36 @@ pub enum ViewError {
 /// how many events were printed.
 pub fn view(dir: &Path, json: bool, out: &mut dyn Write) -> Result<u64, ViewError> {
     let mut reader = Reader::open(dir)?;
+    print_records(&mut reader, json, out)
+}
+
+/// `view --follow`: prints what is under `dir`, then, every `poll`, what reached the
+/// disk since (new per-PID sub-traces and stream files included), each stream up to
+/// its last whole packet, flushing `out` after each round. Returns only on an error
+/// (a broken pipe included: the caller decides whether it is one); stopped by a
+/// signal otherwise.
+pub fn follow(dir: &Path, json: bool, poll: Duration, out: &mut dyn Write) -> ViewError {
+    let mut reader = match Reader::open_following(dir) {
+        Ok(reader) => reader,
+        Err(e) => return e.into(),
+    };
+    loop {
+        if let Err(e) = print_records(&mut reader, json, out) {
+            return e;
+        }
+        if let Err(e) = out.flush() {
+            return e.into();
+        }
+        std::thread::sleep(poll);
+        if let Err(e) = reader.refresh(dir) {
+            return e.into();
+        }
+    }
+}
+
+/// Prints the reader's records up to the end of what it has, returning how many
+/// were events.
+fn print_records(reader: &mut Reader, json: bool, out: &mut dyn Write) -> Result<u64, ViewError> {
     let mut events = 0;
     while let Some(record) = reader.next_record()? {
         let trace = &reader.traces()[record.trace];

@@ -521,6 +521,13 @@ impl TraceDir {
         &self.shared.path
     }
 
+    /// Its components below the session output (`ust`, `uid`, `1000`, `64-bit`):
+    /// the part of its path a relayd keeps, and the place a snapshot puts the
+    /// sub-trace below its own directory.
+    pub fn below(&self) -> &[String] {
+        &self.shared.below
+    }
+
     /// Makes the directory now if it does not exist yet (the same safe `mkdirat`
     /// walk as for the trace's own files), so that a custom writer may create
     /// files in [`path`](Self::path) from its `create` on.
@@ -634,6 +641,36 @@ impl TraceDir {
             let index_dir = open_own_dir(dir, index::INDEX_DIR, &path)?;
             open_stream_in(index_dir.as_fd(), &path, &name, *ours)
         })
+    }
+
+    /// Deletes stream file `name` and its index file, if this trace made them (a
+    /// name it did not make is left alone), relative to the directory's fd: the
+    /// oldest file of a stream bounded by `--tracefile-count`.
+    pub fn remove_stream(&self, name: &str) -> io::Result<()> {
+        names::check_component(name).map_err(TraceDirError::from)?;
+        let dir = self.dir()?;
+        let mut made = self.shared.made.lock().unwrap_or_else(|e| e.into_inner());
+        if made.remove(name) {
+            unlinkat(dir.as_fd(), name, UnlinkatFlags::NoRemoveDir)
+                .map_err(|e| io::Error::from(failed(&self.path().join(name), e)))?;
+        }
+        let index = index::index_file_name(name);
+        if made.remove(&format!("{}-{index}", index::INDEX_DIR)) {
+            let index_dir = open_own_dir(
+                dir.as_fd(),
+                index::INDEX_DIR,
+                &self.path().join(index::INDEX_DIR),
+            )?;
+            unlinkat(
+                index_dir.as_fd(),
+                index.as_str(),
+                UnlinkatFlags::NoRemoveDir,
+            )
+            .map_err(|e| {
+                io::Error::from(failed(&self.path().join(index::INDEX_DIR).join(&index), e))
+            })?;
+        }
+        Ok(())
     }
 
     /// Opens the stream file `name` for appending: made now, or reopened if this

@@ -646,9 +646,10 @@ impl Listener {
                 }
                 let rings = fds.split_off(1);
                 let wakeup = fds.pop().expect("one fd left");
-                let buffers = ChannelBuffers::from_fds(rings, wakeup)
+                let contexts = ContextSet::of(&contexts);
+                let buffers = ChannelBuffers::from_fds(rings, wakeup, contexts.encoded_len())
                     .map_err(|e| format!("channel {key}: {e}"))?;
-                let slot = channel::install(buffers, ContextSet::of(&contexts))
+                let slot = channel::install(buffers, contexts)
                     .map_err(|e| format!("channel {key}: {e}"))?;
                 self.slots.insert(key, slot);
             }
@@ -673,6 +674,16 @@ impl Listener {
             }
             AppCommand::EventsRefused { reason } => {
                 self.answer(LateAnswer::Refused(reason))?;
+            }
+            AppCommand::DisableEvents { key, events } => {
+                let slot = self.slot(key)?;
+                let known = lock(&self.events);
+                for index in events {
+                    known
+                        .get(index as usize)
+                        .ok_or_else(|| format!("disable of unknown event index {index}"))?
+                        .disable(slot);
+                }
             }
             AppCommand::RegistrationDone | AppCommand::Refused { .. } => {}
         }

@@ -127,6 +127,8 @@ impl Daemon {
         self.ok(ControlRequest::Create {
             name: name.into(),
             output: Some(output.display().to_string()),
+            url: None,
+            live_timer_us: None,
         });
         for (channel, buffers) in channels {
             self.ok(ControlRequest::EnableChannel {
@@ -189,8 +191,13 @@ impl Daemon {
     /// Runs `ustrace-demo` pinned to CPU 0, emitting `events`: every such app writes
     /// the same stream of a per-UID channel, so a test can aim at one writer.
     pub fn run_pinned_app(&self, events: u32) {
+        self.run_app_on_cpu(0, events);
+    }
+
+    /// Runs `ustrace-demo` pinned to `cpu`, emitting `events` into that CPU's ring.
+    pub fn run_app_on_cpu(&self, cpu: usize, events: u32) {
         let out = Command::new("taskset")
-            .args(["-c", "0"])
+            .args(["-c", &cpu.to_string()])
             .arg(env!("CARGO_BIN_EXE_ustrace-demo"))
             .args(["--events", &events.to_string()])
             .env("USTRACE_RUNDIR", &self.rundir)
@@ -316,6 +323,8 @@ impl Daemon {
         self.ok(ControlRequest::Create {
             name: name.into(),
             output: Some(output.display().to_string()),
+            url: None,
+            live_timer_us: None,
         });
         for channel in channels {
             self.ok(ControlRequest::EnableChannel {

@@ -22,6 +22,7 @@ pub fn config(subbuf_size: u64, num_subbuf: u64, mode: Mode) -> RingConfig {
         mode,
         stream_id: 7,
         uuid: *b"ustrace-shm-test",
+        context_len: 0,
     }
 }
 
@@ -207,7 +208,7 @@ pub fn inherited_buffers() -> ChannelBuffers {
         })
         .collect();
     let wakeup = fds.pop().expect("eventfd");
-    ChannelBuffers::from_fds(fds, wakeup).expect("map inherited rings")
+    ChannelBuffers::from_fds(fds, wakeup, 0).expect("map inherited rings")
 }
 
 /// Byte offsets of the ring header words an app can write (docs/shm.md, Layout).

@@ -34,6 +34,7 @@ use crate::actors::session::{ChannelDef, SessionDef};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
 use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterCatalog};
+use crate::ctf::context::ContextSet;
 use crate::ctf::field::EventDesc;
 use crate::ctf::names;
 use crate::protocol::messages::{AppChannelInfo, AppInfo, Buffering, ChannelSpec};
@@ -46,12 +47,14 @@ pub use teardown::AppGone;
 
 use crate::shm::{BlankSet, ChannelBuffers, Geometry, RingConfig, ShmError, cpu_count};
 use actix::prelude::*;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod plan;
+pub mod snapshot;
 pub mod teardown;
+pub use snapshot::{RecordSnapshot, SnapshotError};
 
 /// The settings the factory applies to everything it creates.
 #[derive(Clone, Debug)]
@@ -72,6 +75,9 @@ pub struct FactorySettings {
     /// Most bytes of packets each stream's writer may have queued (see
     /// [`StreamWriters::accepts`]).
     pub max_writer_backlog_bytes: u64,
+    /// Dead apps whose per-PID sets of snapshot sessions are kept for the next
+    /// snapshot (see [`snapshot`]).
+    pub snapshot_kept_dead_apps: usize,
 }
 
 /// One app as the factory knows it.
@@ -202,6 +208,10 @@ pub struct BufferFactory {
     /// Teardowns in flight per session, and who waits for them: `stop` and `destroy`
     /// answer only once the session's dead apps are on disk too.
     teardowns: HashMap<String, teardown::Teardowns>,
+    /// Dead apps whose snapshot sessions' per-PID sets are kept, oldest first.
+    kept_dead: VecDeque<ConnectionId>,
+    /// Snapshots recorded per session: numbers the next one's directory.
+    snapshots_taken: HashMap<String, u64>,
 }
 
 impl BufferFactory {
@@ -232,6 +242,8 @@ impl BufferFactory {
             apps: HashMap::new(),
             next_key: 1,
             teardowns: HashMap::new(),
+            kept_dead: VecDeque::new(),
+            snapshots_taken: HashMap::new(),
         }
     }
 
@@ -285,6 +297,36 @@ impl BufferFactory {
             refused,
             limit,
         }
+    }
+
+    /// The events app `connection` records in a started session's channel that the
+    /// channel no longer enables (`disable-event`, `disable-channel`), by the app's
+    /// channel key; forgotten as given, so that enabling them again grants them.
+    fn revocations(&mut self, connection: ConnectionId) -> Vec<(u64, Vec<u32>)> {
+        let Some(app) = self.apps.get_mut(&connection) else {
+            return Vec::new();
+        };
+        let mut revoked = Vec::new();
+        for (set_key, given) in &mut app.channels {
+            let channel = self
+                .sessions
+                .iter()
+                .filter(|s| s.started && s.name == set_key.session)
+                .flat_map(|s| &s.channels)
+                .find(|c| c.spec.name == set_key.channel);
+            let Some(channel) = channel else {
+                continue;
+            };
+            let matching = plan::matching_events(&app.events, channel);
+            let gone = plan::to_disable(&matching, &given.enabled);
+            if !gone.is_empty() {
+                for index in &gone {
+                    given.enabled.remove(index);
+                }
+                revoked.push((given.key, gone));
+            }
+        }
+        revoked
     }
 
     /// What app `connection` is missing of one channel, creating its buffers if
@@ -470,6 +512,7 @@ impl BufferFactory {
             mode: spec.mode,
             uuid: trace.registry.uuid(),
             stream_id,
+            context_len: ContextSet::of(&spec.contexts()).encoded_len(),
         };
         let label = format!("{}/{}/{:?}", key.session, key.channel, key.owner);
         let blank = match key.owner {
@@ -485,6 +528,7 @@ impl BufferFactory {
                 channel: spec.name.clone(),
                 cpu,
                 trace_dir: trace.dir.clone(),
+                tracefile: spec.tracefile,
             })
             .collect();
         let writers = StreamWriters::new(
@@ -495,7 +539,7 @@ impl BufferFactory {
             self.stats.clone(),
             self.settings.max_writer_backlog_bytes,
         );
-        let addr = BufferSet::new(
+        let set = BufferSet::new(
             label,
             uid,
             buffers.clone(),
@@ -503,8 +547,11 @@ impl BufferFactory {
             trace.metadata.clone(),
             self.settings.flush_interval,
             self.stats.clone(),
-        )
-        .start();
+        );
+        let addr = match session.snapshot {
+            true => set.for_snapshots().start(),
+            false => set.start(),
+        };
         if key.owner.is_pid() {
             self.pid_budget.take(uid, bytes);
         }
@@ -684,8 +731,9 @@ impl Handler<AddEvents> for BufferFactory {
     }
 }
 
-/// The SessionManager's sessions changed (created, channel or event enabled,
-/// started): every app gets what it now misses.
+/// The SessionManager's sessions changed (created, channel or event enabled or
+/// disabled, started): every app stops recording what is no longer enabled, then
+/// gets what it now misses.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SessionsChanged(pub Vec<SessionDef>);
@@ -698,6 +746,11 @@ impl Handler<SessionsChanged> for BufferFactory {
         self.keep_pool_ready();
         let connections: Vec<ConnectionId> = self.apps.keys().copied().collect();
         for connection in connections {
+            for (key, events) in self.revocations(connection) {
+                self.apps[&connection]
+                    .addr
+                    .do_send(Push::Revoke { key, events });
+            }
             let delta = self.delta(connection);
             if let Some(refusal) = delta.refused {
                 // A registered app cannot be refused any more: it keeps what it has,
@@ -842,6 +895,7 @@ impl Handler<DestroySession> for BufferFactory {
         self.keep_pool_ready();
         self.disable_apps(&msg.0, true);
         self.traces.retain(|(session, _), _| *session != msg.0);
+        self.snapshots_taken.remove(&msg.0);
         self.tear_down(|k| k.session == msg.0, ctx);
         Box::pin(self.settle(&msg.0, Vec::new()))
     }

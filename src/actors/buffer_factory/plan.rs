@@ -178,6 +178,19 @@ pub fn budget_verdict(
     }
 }
 
+/// The events enabled in a channel given to an app (`enabled`) that `matching` no
+/// longer has (`disable-event`, `disable-channel`): what a revocation carries,
+/// ascending.
+pub fn to_disable(matching: &[u32], enabled: &HashSet<u32>) -> Vec<u32> {
+    let mut gone: Vec<u32> = enabled
+        .iter()
+        .copied()
+        .filter(|i| !matching.contains(i))
+        .collect();
+    gone.sort_unstable();
+    gone
+}
+
 /// The events of `matching` not enabled yet in a channel given to an app
 /// (`enabled`): what a grant carries, in the app's order.
 pub fn to_enable<'a>(
@@ -204,6 +217,7 @@ mod tests {
             mode: Mode::Discard,
             writer: "ctf".into(),
             contexts: None,
+            tracefile: Default::default(),
         }
     }
 
@@ -256,26 +270,21 @@ mod tests {
 
     #[test]
     fn a_channel_enables_the_events_its_patterns_match_in_the_apps_order() {
-        let channel = ChannelDef {
-            spec: spec(Buffering::PerUid),
-            rules: vec![EventRule::all(EventPattern::parse("app:*").unwrap())],
-        };
+        let mut channel = ChannelDef::new(spec(Buffering::PerUid));
+        channel.rules = vec![EventRule::all(EventPattern::parse("app:*").unwrap())];
         let events = [event("app", "a"), event("lib", "b"), event("app", "c")];
         assert_eq!(matching_events(&events, &channel), vec![0, 2]);
-        let none = ChannelDef {
-            spec: spec(Buffering::PerUid),
-            rules: Vec::new(),
-        };
+        let none = ChannelDef::new(spec(Buffering::PerUid));
         assert!(matching_events(&events, &none).is_empty());
+        channel.enabled = false;
+        assert!(matching_events(&events, &channel).is_empty());
     }
 
     #[test]
     fn an_event_several_rules_match_is_enabled_once() {
         let rule = |p: &str| EventRule::all(EventPattern::parse(p).unwrap());
-        let channel = ChannelDef {
-            spec: spec(Buffering::PerUid),
-            rules: vec![rule("app:*"), rule("*a"), rule("app:a")],
-        };
+        let mut channel = ChannelDef::new(spec(Buffering::PerUid));
+        channel.rules = vec![rule("app:*"), rule("*a"), rule("app:a")];
         let events = [event("app", "a"), event("lib", "b"), event("app", "c")];
         assert_eq!(matching_events(&events, &channel), vec![0, 2]);
     }
@@ -285,6 +294,13 @@ mod tests {
         let enabled: HashSet<u32> = [0, 3].into_iter().collect();
         let missing: Vec<u32> = to_enable(&[0, 2, 3, 5], &enabled).collect();
         assert_eq!(missing, vec![2, 5]);
+    }
+
+    #[test]
+    fn a_revocation_carries_the_enabled_events_no_longer_matching() {
+        let enabled: HashSet<u32> = [0, 2, 3].into_iter().collect();
+        assert_eq!(to_disable(&[2, 5], &enabled), vec![0, 3]);
+        assert!(to_disable(&[0, 2, 3], &enabled).is_empty());
     }
 
     #[test]

@@ -15,7 +15,8 @@
 //!    died inside into one lost event (the holder records say where,
 //!    docs/shm.md), drains everything, waits for its writers to sync and stops;
 //!    dropping it unmaps the rings and closes the memfds. The per-PID memory it
-//!    held goes back to the budget at once.
+//!    held goes back to the budget at once. In a snapshot session they are kept
+//!    instead, for the next snapshot (`snapshot.rs`), a bounded number of apps.
 //! 3. Every per-UID set the app wrote to gets [`ProducerDied`] with the pids of its
 //!    uid's connections still open: the set fills and commits, as lost events, the
 //!    reservations whose holder is not live, so their packets complete with the
@@ -57,9 +58,7 @@ impl BufferFactory {
         let Some(app) = self.apps.remove(&connection) else {
             return;
         };
-        let owner = Owner::Pid(connection);
-        self.traces.retain(|(_, o), _| *o != owner);
-        self.tear_down(|k| k.owner == owner, ctx);
+        self.forget_pid_sets(connection, ctx);
         for key in app.channels.keys() {
             if let (Owner::Uid(uid), Some(set)) = (key.owner, self.sets.get(key)) {
                 let live = self

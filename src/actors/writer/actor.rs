@@ -330,7 +330,9 @@ impl Writer {
         while let Some(packet) = self.pending.front() {
             let result = catch_unwind(AssertUnwindSafe(|| {
                 if self.sink.is_none() {
-                    self.stream.trace_dir.ensure()?;
+                    if self.factory.uses_trace_dir() {
+                        self.stream.trace_dir.ensure()?;
+                    }
                     self.sink = Some(self.factory.create(&self.stream)?);
                 }
                 let sink = self.sink.as_mut().expect("created above");

@@ -3,6 +3,12 @@
 //! file still has a name (`st_nlink`); an output removed while tracing is recreated,
 //! and `sync` reports what went with it, so `stop` never claims data that is not on
 //! disk. A failed write is cut back to the last whole packet.
+//!
+//! A channel with `--tracefile-size S` writes each stream into `<channel>_<cpu>_<k>`
+//! files (k from 0) of at most S bytes of whole packets (a packet larger than S gets
+//! a file of its own), each with its index; with `--tracefile-count N` the file
+//! `k - N` (and its index) is deleted when file `k` is opened, so a stream holds at
+//! most N files.
 
 use super::{Metadata, StreamInfo, StreamWriter, WriterFactory};
 use crate::ctf::packet::PacketHeader;
@@ -35,6 +41,8 @@ pub struct CtfFileWriter {
     index: Option<(File, u64)>,
     /// A removal of the stream file seen since the last `sync`, which reports it.
     removed: Option<StreamRemoved>,
+    /// Number of the stream file written now (see the module doc).
+    k: u64,
 }
 
 /// The stream file of a [`CtfFileWriter`] was removed (`rm -rf` of the output)
@@ -67,7 +75,35 @@ impl CtfFileWriter {
             good_len: 0,
             index: None,
             removed: None,
+            k: 0,
         }
+    }
+
+    /// The stream file written now.
+    fn file_name(&self) -> String {
+        self.stream.file_name_at(self.k)
+    }
+
+    /// Goes on to the next stream file if `len` more bytes would take the current
+    /// one past the channel's tracefile size, deleting the one that falls out of
+    /// its tracefile count.
+    fn next_file_if_full(&mut self, len: u64) -> io::Result<()> {
+        let limits = self.stream.tracefile;
+        if limits.size == 0 || self.file.is_none() || self.good_len == 0 {
+            return Ok(());
+        }
+        if self.good_len.saturating_add(len) <= limits.size {
+            return Ok(());
+        }
+        self.file = None;
+        self.index = None;
+        self.good_len = 0;
+        self.k += 1;
+        if limits.count > 0 && self.k >= u64::from(limits.count) {
+            let oldest = self.stream.file_name_at(self.k - u64::from(limits.count));
+            self.stream.trace_dir.remove_stream(&oldest)?;
+        }
+        Ok(())
     }
 
     /// Writes the metadata file if no stream of the trace stored this version yet,
@@ -90,13 +126,10 @@ impl CtfFileWriter {
     /// Opens the stream file for appending and notes the length of the whole
     /// packets in it.
     fn open(&mut self) -> io::Result<()> {
-        let file = self
-            .stream
-            .trace_dir
-            .open_stream(&self.stream.file_name())?;
+        let file = self.stream.trace_dir.open_stream(&self.file_name())?;
         self.good_len = file.metadata()?.len();
         self.file = Some(file);
-        let mut index = self.stream.trace_dir.open_index(&self.stream.file_name())?;
+        let mut index = self.stream.trace_dir.open_index(&self.file_name())?;
         let mut index_len = index.metadata()?.len();
         if index_len == 0 {
             index.write_all(&index::header())?;
@@ -135,7 +168,7 @@ impl CtfFileWriter {
         self.file = None;
         self.index = None;
         let removed = StreamRemoved {
-            path: self.stream.trace_dir.path().join(self.stream.file_name()),
+            path: self.stream.trace_dir.path().join(self.file_name()),
             bytes: self.good_len,
         };
         self.good_len = 0;
@@ -148,6 +181,7 @@ impl CtfFileWriter {
 impl StreamWriter for CtfFileWriter {
     fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
         let recreate = self.forget_removed_file()?;
+        self.next_file_if_full(packet.len() as u64)?;
         self.store_metadata(metadata, recreate)?;
         self.ensure_open(metadata)?;
         let good_len = self.good_len;

@@ -39,6 +39,7 @@ pub use actor::{
 };
 pub use ctf_file::{CtfFileWriter, StreamRemoved};
 
+use crate::protocol::messages::TracefileLimits;
 use crate::trace::layout::stream_file_name;
 use crate::trace::writer::TraceDir;
 use ctf_file::CtfFileWriterFactory;
@@ -60,12 +61,25 @@ pub struct StreamInfo {
     /// shared by every stream of the trace; `trace_dir.path()` is where it lies, made
     /// before [`WriterFactory::create`] is called.
     pub trace_dir: TraceDir,
+    /// The channel's bounds on the stream's files (`enable-channel
+    /// --tracefile-size/--tracefile-count`): the built-in writer splits the stream
+    /// into `<channel>_<cpu>_<k>` files; a custom writer may honour them too.
+    pub tracefile: TracefileLimits,
 }
 
 impl StreamInfo {
     /// `<channel>_<cpu>`: the stream's file name in its sub-trace.
     pub fn file_name(&self) -> String {
         stream_file_name(&self.channel, self.cpu)
+    }
+
+    /// The name of the stream's file number `k`: `<channel>_<cpu>_<k>` when its
+    /// files are bounded in size, else the one `<channel>_<cpu>`.
+    pub fn file_name_at(&self, k: u64) -> String {
+        match self.tracefile.size {
+            0 => self.file_name(),
+            _ => format!("{}_{k}", self.file_name()),
+        }
     }
 }
 
@@ -95,6 +109,13 @@ pub trait StreamWriter: Send {
 pub trait WriterFactory: Send + Sync {
     /// A writer for `stream`. Called again after each restart.
     fn create(&self, stream: &StreamInfo) -> io::Result<Box<dyn StreamWriter>>;
+
+    /// Whether its writers store under `stream.trace_dir` (made before `create` when
+    /// so); a writer that sends elsewhere (the relayd one) says no and nothing is
+    /// made on the local disk.
+    fn uses_trace_dir(&self) -> bool {
+        true
+    }
 }
 
 /// Writer factories by the name a config or `enable-channel` uses.

@@ -8,7 +8,8 @@
 //! as a `u32` field `__x_length` followed by `uint8 _x[__x_length]`. A bool is a
 //! byte declared through the alias `ustrace_bool_t`, which our reader recognises.
 //! Every stream also declares the two classes of [`LOST_EVENT_NAME`](crate::ctf::packet::LOST_EVENT_NAME), which the
-//! daemon writes where a producer died inside a reservation.
+//! daemon writes where a producer died inside a reservation (after the stream's
+//! `event.context`, zeroed, like every event of the stream).
 //!
 //! The registry ([`crate::trace::registry::EventRegistry`]) keeps a trace's text and
 //! appends to it: each new channel adds its stream class and each new event its

@@ -182,7 +182,8 @@ pub fn stream_class(out: &mut String, stream_id: u32, channel: &str, contexts: &
          \t\tuint64_t events_discarded;\n\t\tuint32_t cpu_id;\n\t}} align(8);\n}};\n",
         channel.replace("*/", "* /")
     );
-    // Where a producer died inside a reservation the daemon writes one of these.
+    // Where a producer died inside a reservation (or dropped it) one of these fills it:
+    // header, the stream's event.context zeroed, then `_filler` if the hole is longer.
     let _ = writeln!(
         out,
         "event {{\n\tname = \"{LOST_EVENT_NAME}\";\n\tid = {LOST_EVENT_ID};\n\tstream_id = {stream_id};\n\
