@@ -28,6 +28,7 @@ use toml::de::{DeTable, DeValue};
 use crate::ctf::context::ContextType;
 use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec, SessionInfo};
 use crate::protocol::{self, ProtocolError};
+use crate::rule::{ConfigRule, EventRule, InvalidRule};
 use crate::shm::{self, Mode};
 use crate::trace::registry::EventLimits;
 
@@ -316,9 +317,10 @@ pub struct ChannelConfig {
     /// Overrides [`ChannelDefaults::contexts`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contexts: Option<Vec<ContextType>>,
-    /// Events enabled in this channel.
+    /// Event rules enabled in this channel: a pattern string, or a table with
+    /// `pattern`, `exclude`, `loglevel` / `loglevel_only`.
     #[serde(default)]
-    pub events: Vec<EventPattern>,
+    pub events: Vec<ConfigRule>,
     /// `false`: declared disabled, as `disable-channel` leaves it (its events are
     /// kept and `enable-channel NAME` enables it).
     #[serde(default = "default_enabled", skip_serializing_if = "is_true")]
@@ -343,9 +345,10 @@ pub struct SavedSessions<'a> {
 
 impl SessionConfig {
     /// The session `list` describes, every setting written out: loaded by
-    /// `ustraced --config` it is declared the same (started if it was). Fails on
-    /// an event pattern this version would not accept in a config file.
-    pub fn saved(info: &SessionInfo) -> Result<SessionConfig, InvalidPattern> {
+    /// `ustraced --config` it is declared the same (started if it was). The rules
+    /// are read back from `list`'s text of them ([`EventRule`]'s `FromStr`); fails on
+    /// a rule this version would not accept in a config file.
+    pub fn saved(info: &SessionInfo) -> Result<SessionConfig, InvalidRule> {
         let channels = info
             .channels
             .iter()
@@ -360,12 +363,12 @@ impl SessionConfig {
                     contexts: spec.contexts.clone(),
                     events: events
                         .iter()
-                        .map(|e| EventPattern::parse(e))
+                        .map(|e| e.parse::<EventRule>().map(ConfigRule))
                         .collect::<Result<_, _>>()?,
                     enabled: !info.disabled_channels.contains(&spec.name),
                 })
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<_, InvalidRule>>()?;
         Ok(SessionConfig {
             name: info.name.clone(),
             output: match info.url {
@@ -457,122 +460,6 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
 
         deserializer.deserialize_any(ByteSizeVisitor)
-    }
-}
-
-/// An event-enabling pattern: `provider:name`, or a prefix of one ending with `*`
-/// (`demo:*`, `demo:req*`, `*`). Checked when parsed, so a rule that can never
-/// match is refused instead of silently recording nothing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventPattern(String);
-
-/// Why an event pattern was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid event pattern {pattern:?}: {problem}")]
-pub struct InvalidPattern {
-    /// The pattern as written.
-    pub pattern: String,
-    /// What is wrong with it.
-    pub problem: PatternProblem,
-}
-
-/// The rule an [`InvalidPattern`] breaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum PatternProblem {
-    /// A `*` before the end.
-    #[error("`*` is only allowed at the end")]
-    MisplacedWildcard,
-    /// Neither an identifier character, `:` nor a final `*`.
-    #[error("unexpected character {0:?}")]
-    BadCharacter(char),
-    /// `a:b:c`.
-    #[error("more than one `:`")]
-    ManyColons,
-    /// `:name`.
-    #[error("empty provider before `:`")]
-    EmptyProvider,
-    /// `provider` or `provider:` without a wildcard.
-    #[error("expected provider:name, or a prefix ending with `*`")]
-    Incomplete,
-}
-
-impl EventPattern {
-    /// Checks the syntax: identifier characters and at most one `:`; a `*` only as
-    /// the last character; without `*`, both provider and name non-empty.
-    pub fn parse(text: &str) -> Result<Self, InvalidPattern> {
-        let bad = |problem| InvalidPattern {
-            pattern: text.to_owned(),
-            problem,
-        };
-        let (body, wildcard) = match text.strip_suffix('*') {
-            Some(prefix) => (prefix, true),
-            None => (text, false),
-        };
-        if let Some(c) = body
-            .chars()
-            .find(|&c| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
-        {
-            return Err(bad(if c == '*' {
-                PatternProblem::MisplacedWildcard
-            } else {
-                PatternProblem::BadCharacter(c)
-            }));
-        }
-        let mut parts = body.split(':');
-        let provider = parts.next().unwrap_or_default();
-        let name = parts.next();
-        if parts.next().is_some() {
-            return Err(bad(PatternProblem::ManyColons));
-        }
-        if name.is_some() && provider.is_empty() {
-            return Err(bad(PatternProblem::EmptyProvider));
-        }
-        if !wildcard && name.is_none_or(str::is_empty) {
-            return Err(bad(PatternProblem::Incomplete));
-        }
-        Ok(EventPattern(text.to_owned()))
-    }
-
-    /// Whether the event `provider:name` is enabled by this pattern.
-    pub fn matches(&self, provider: &str, name: &str) -> bool {
-        let full = format!("{provider}:{name}");
-        match self.0.strip_suffix('*') {
-            Some(prefix) => full.starts_with(prefix),
-            None => full == self.0,
-        }
-    }
-
-    /// The pattern as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl Serialize for EventPattern {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for EventPattern {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        /// Parses inside the value's own deserializer, so that an error carries the
-        /// position of the pattern rather than of the whole `events` array.
-        struct PatternVisitor;
-
-        impl Visitor<'_> for PatternVisitor {
-            type Value = EventPattern;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("an event pattern such as \"provider:name\" or \"provider:*\"")
-            }
-
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<EventPattern, E> {
-                EventPattern::parse(v).map_err(E::custom)
-            }
-        }
-
-        deserializer.deserialize_str(PatternVisitor)
     }
 }
 

@@ -286,11 +286,11 @@ async fn declare_session(
             channel: config.channel_request(channel),
         };
         declare(sessions, name, enable).await?;
-        for pattern in &channel.events {
+        for rule in &channel.events {
             let enable = EnableEvent {
                 session: session.clone(),
                 channel: Some(channel.name.clone()),
-                pattern: pattern.clone(),
+                rule: rule.0.clone(),
             };
             declare(sessions, name, enable).await?;
         }

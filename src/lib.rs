@@ -28,6 +28,8 @@ pub mod protocol;
 #[cfg(feature = "daemon")]
 pub mod relayd;
 #[cfg(feature = "daemon")]
+pub mod rule;
+#[cfg(feature = "daemon")]
 pub mod service;
 pub mod shm;
 #[cfg(feature = "daemon")]

@@ -135,6 +135,8 @@ fn session(daemon: &Daemon) -> PathBuf {
             session: Some("s".into()),
             channel: Some(channel.into()),
             pattern: "ustrace:*".into(),
+            exclude: Vec::new(),
+            loglevel: Default::default(),
         });
     }
     daemon.ok(ControlRequest::Start {

@@ -171,6 +171,24 @@ fn a_saved_session_is_loaded_back_unchanged_by_a_new_daemon() {
         &["enable-event", "demo:*", "-c", "u"],
         &["enable-event", "other:ev", "-c", "u"],
         &[
+            "enable-event",
+            "net:*",
+            "-c",
+            "u",
+            "--exclude",
+            "net:poll*,net:idle",
+            "--loglevel",
+            "WARNING",
+        ],
+        &[
+            "enable-event",
+            "db:*",
+            "-c",
+            "u",
+            "--loglevel-only",
+            "DEBUG_LINE",
+        ],
+        &[
             "enable-channel",
             "p",
             "--buffers-pid",
@@ -203,4 +221,10 @@ fn a_saved_session_is_loaded_back_unchanged_by_a_new_daemon() {
         !sessions(&second).is_empty()
     });
     assert_eq!(sessions(&second), before);
+    let rules = &before[0].channels[0].1;
+    assert!(
+        rules.contains(&"net:* exclude net:poll*,net:idle loglevel <= WARNING".to_string())
+            && rules.contains(&"db:* loglevel == DEBUG_LINE".to_string()),
+        "{rules:?}"
+    );
 }

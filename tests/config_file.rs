@@ -7,9 +7,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use ustrace::config::{ByteSize, Config, ConfigError, EventPattern};
+use ustrace::config::{ByteSize, Config, ConfigError};
 use ustrace::ctf::context::ContextType;
 use ustrace::protocol::messages::{Buffering, ChannelSpec};
+use ustrace::rule::EventPattern;
 use ustrace::shm::Mode;
 
 const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/config/ustraced.toml");
@@ -64,7 +65,12 @@ fn shipped_example_session_parses_when_uncommented() {
         ("example", None, true)
     );
     assert_eq!(session.channels[0].name, "chan0");
-    assert_eq!(session.channels[0].events[0].as_str(), "demo:*");
+    assert_eq!(session.channels[0].events[0].0.pattern.as_str(), "demo:*");
+    let rule = &session.channels[0].events[1].0;
+    assert_eq!(
+        rule.to_string(),
+        "net:* exclude net:poll* loglevel <= WARNING"
+    );
     assert!(session.channels[0].enabled);
 }
 
@@ -467,7 +473,7 @@ fn writer_names_are_checked() {
 
 #[test]
 fn event_patterns_are_checked_where_they_are_written() {
-    for bad in ["demo", "demo:", ":ev", "de*mo:ev", "a:b:c", "demo:ev-1", ""] {
+    for bad in ["demo:ev-1", "", "de mo", "demo\\", "demo\\x"] {
         let text = format!(
             "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\nevents = [\"demo:ok\", {bad:?}]\n"
         );
@@ -490,6 +496,67 @@ fn event_patterns_match_by_exact_name_or_prefix() {
     assert!(!pattern("demo:*").matches("demo2", "anything"));
     assert!(pattern("dem*").matches("demo2", "x"));
     assert!(pattern("*").matches("any", "thing"));
+}
+
+#[test]
+fn lttng_patterns_that_match_nothing_yet_are_accepted() {
+    for text in [
+        "demo", "demo:", ":ev", "de*mo:ev", "a:b:c", "*ev", "demo\\*",
+    ] {
+        assert!(EventPattern::parse(text).is_ok(), "{text:?}");
+    }
+}
+
+#[test]
+fn events_are_patterns_or_tables_with_exclusions_and_levels() {
+    use ustrace::ctf::field::LogLevel;
+    use ustrace::protocol::messages::LogLevelRule;
+    let config = parse(
+        "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\nevents = [\"demo:*\", \
+         { pattern = \"net:*\", exclude = [\"net:noisy*\"], loglevel = \"WARNING\" }, \
+         { pattern = \"*\", loglevel_only = \"TRACE_DEBUG_LINE\" }]\n",
+    )
+    .unwrap();
+    let rules: Vec<_> = config.sessions[0].channels[0]
+        .events
+        .iter()
+        .map(|r| r.0.clone())
+        .collect();
+    assert_eq!(rules[0].pattern.as_str(), "demo:*");
+    assert_eq!(rules[0].loglevel, LogLevelRule::All);
+    assert_eq!(rules[1].exclude[0].as_str(), "net:noisy*");
+    assert_eq!(rules[1].loglevel, LogLevelRule::AtLeast(LogLevel::Warning));
+    assert_eq!(rules[2].loglevel, LogLevelRule::Only(LogLevel::DebugLine));
+}
+
+#[test]
+fn bad_event_tables_are_refused_where_they_are_written() {
+    for (table, says) in [
+        (
+            "{ pattern = \"a:*\", loglevel = \"LOUD\" }",
+            "unknown log level \"LOUD\"",
+        ),
+        (
+            "{ pattern = \"a:b\", exclude = [\"a:c\"] }",
+            "--exclude needs a pattern with `*`",
+        ),
+        (
+            "{ pattern = \"a:*\", loglevel = \"INFO\", loglevel_only = \"INFO\" }",
+            "exclude each other",
+        ),
+        ("{ exclude = [\"a:c\"] }", "missing field `pattern`"),
+    ] {
+        let text = format!(
+            "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\nevents = [{table}]\n"
+        );
+        let (_, message) = invalid(&text, "session[0].channel[0].events[0]");
+        assert!(message.contains(says), "{table}: {message}");
+    }
+    let text = "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\n\
+                events = [{ pattern = \"a:*\", level = \"INFO\" }]\n";
+    let (position, message) = invalid(text, "session[0].channel[0].events[0].level");
+    assert_eq!(position, Some((5, 30)));
+    assert!(message.contains("unknown field `level`"), "{message}");
 }
 
 #[test]
@@ -556,16 +623,12 @@ fn automatic_directories_follow_the_environment() {
 
 #[test]
 fn pattern_errors_say_which_rule_is_broken() {
-    use ustrace::config::PatternProblem::*;
+    use ustrace::rule::PatternProblem::*;
     for (text, problem) in [
-        ("de*mo:ev", MisplacedWildcard),
         ("demo:ev-1", BadCharacter('-')),
-        ("a:b:c", ManyColons),
-        (":ev", EmptyProvider),
-        (":*", EmptyProvider),
-        ("demo", Incomplete),
-        ("demo:", Incomplete),
-        ("", Incomplete),
+        ("demo ev", BadCharacter(' ')),
+        ("demo\\", BadEscape),
+        ("", Empty),
     ] {
         assert_eq!(
             EventPattern::parse(text).unwrap_err().problem,
@@ -617,7 +680,12 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
         channels: vec![
             (
                 spec("a", Buffering::PerUid, Mode::Discard, None),
-                vec!["http:*".into(), "db:query".into()],
+                vec![
+                    "http:*".into(),
+                    "db:query".into(),
+                    "net:* exclude net:poll*,net:idle loglevel <= WARNING".into(),
+                    "db:* loglevel == DEBUG_LINE".into(),
+                ],
             ),
             (
                 spec(
@@ -644,6 +712,8 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
     assert!(channels[0].enabled && !channels[1].enabled, "{text}");
     assert_eq!(config.channel_spec(&channels[1]), info.channels[1].0);
     assert_eq!(config.channel_spec(&channels[0]), info.channels[0].0);
+    let rules: Vec<String> = channels[0].events.iter().map(|r| r.0.to_string()).collect();
+    assert_eq!(rules, info.channels[0].1, "{text}");
 }
 
 #[test]

@@ -257,6 +257,8 @@ fn a_daemon_restarted_after_a_sigkill_during_a_flood_recovers_its_output_dir() {
         session: None,
         channel: None,
         pattern: "demo:*".into(),
+        exclude: Vec::new(),
+        loglevel: Default::default(),
     });
     daemon.ok(ControlRequest::Start { session: None });
     let output = match daemon.ok(ControlRequest::List { session: None }) {

@@ -159,6 +159,8 @@ fn trace_with_collect(rundir: &std::path::Path, output: Option<String>, events: 
             session: None,
             channel: None,
             pattern: "demo:*".into(),
+            exclude: Vec::new(),
+            loglevel: Default::default(),
         },
     );
     ask(rundir, ControlRequest::Start { session: None });

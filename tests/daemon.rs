@@ -392,8 +392,13 @@ fn cli_errors_are_clear_and_exit_non_zero() {
         String::from_utf8_lossy(&out.stderr).contains("power of two"),
         "{out:?}"
     );
-    let out = cli(&["enable-event", "bad*pattern:x"]);
+    let out = cli(&["enable-event", "bad pattern:x"]);
     assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("invalid event pattern \"bad pattern:x\": unexpected character ' '"),
+        "{out:?}"
+    );
     let listed = cli(&["list"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("a [inactive]"));
 }

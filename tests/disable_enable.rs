@@ -11,7 +11,10 @@ use std::io::BufRead;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
-use ustrace::protocol::messages::{Buffering, ControlOk, ControlReply, ControlRequest};
+use ustrace::ctf::field::LogLevel;
+use ustrace::protocol::messages::{
+    Buffering, ControlOk, ControlReply, ControlRequest, LogLevelRule,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -77,6 +80,8 @@ fn toggle_while_flooding(
             session: Some("toggled".into()),
             channel: Some("c".into()),
             pattern: pattern.into(),
+            exclude: Vec::new(),
+            loglevel: LogLevelRule::All,
         });
     }
     daemon.ok(ControlRequest::Start {
@@ -208,6 +213,8 @@ fn toggle_rule_while_flooding(second_rule: Option<&str>) {
             session: Some("toggled".into()),
             channel: Some("c".into()),
             pattern: "demo:*".into(),
+            exclude: Vec::new(),
+            loglevel: LogLevelRule::All,
         },
     );
 }
@@ -286,4 +293,47 @@ fn disable_requests_name_what_is_wrong_and_list_shows_the_state() {
         pattern: None,
     });
     assert!(list(&daemon)[0].channels[0].1.is_empty());
+}
+
+#[test]
+fn disable_event_removes_the_rules_of_that_pattern_text_whatever_their_conditions() {
+    let daemon = Daemon::start();
+    daemon.session("s", &[("c", Buffering::PerUid)], false);
+    let enable = |pattern: &str, exclude: &[&str], loglevel| {
+        daemon.ok(ControlRequest::EnableEvent {
+            session: Some("s".into()),
+            channel: Some("c".into()),
+            pattern: pattern.into(),
+            exclude: exclude.iter().map(|x| x.to_string()).collect(),
+            loglevel,
+        });
+    };
+    enable("net:*", &["net:poll*"], LogLevelRule::All);
+    enable("net:*", &[], LogLevelRule::AtLeast(LogLevel::Warning));
+    enable("db:*", &[], LogLevelRule::Only(LogLevel::Debug));
+    let rules = |daemon: &Daemon| match daemon.ok(ControlRequest::List {
+        session: Some("s".into()),
+    }) {
+        ControlOk::Sessions(s) => s[0].channels[0].1.clone(),
+        other => panic!("{other:?}"),
+    };
+    // `list`'s whole text of a rule is not its pattern: refused, nothing removed.
+    let before = rules(&daemon);
+    let message = refused(daemon.ask(ControlRequest::DisableEvent {
+        session: Some("s".into()),
+        channel: Some("c".into()),
+        pattern: Some("net:* exclude net:poll*".into()),
+    }));
+    assert!(message.contains("net:* exclude net:poll*"), "{message}");
+    assert_eq!(rules(&daemon), before);
+    daemon.ok(ControlRequest::DisableEvent {
+        session: Some("s".into()),
+        channel: Some("c".into()),
+        pattern: Some("net:*".into()),
+    });
+    let after = rules(&daemon);
+    assert!(
+        after.len() == 2 && after[0] == "demo:*" && after[1] == "db:* loglevel == DEBUG",
+        "{after:?}"
+    );
 }

@@ -465,6 +465,8 @@ fn a_channel_refused_to_a_registered_app_is_counted_once_and_its_other_channels_
             session: Some("s".into()),
             channel: Some("p".into()),
             pattern: pattern.into(),
+            exclude: Vec::new(),
+            loglevel: Default::default(),
         });
     }
     assert_eq!(refusals(&daemon, cause), 1);

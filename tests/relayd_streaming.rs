@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
-use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlRequest, LogLevelRule};
 
 /// A free loopback port (the kernel's pick, released for the relayd to take).
 fn free_port() -> u16 {
@@ -137,6 +137,8 @@ fn streaming_session(daemon: &Daemon, name: &str, url: &str, live_us: Option<u32
             session: Some(name.into()),
             channel: Some(channel.into()),
             pattern: "demo:*".into(),
+            exclude: Vec::new(),
+            loglevel: LogLevelRule::All,
         });
     }
     daemon.ok(ControlRequest::Start {

@@ -10,7 +10,9 @@ use common::{Daemon, Running, babeltrace2, poke, sub_traces, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
-use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlOk, ControlRequest};
+use ustrace::protocol::messages::{
+    Buffering, ChannelRequest, ControlOk, ControlRequest, LogLevelRule,
+};
 use ustrace::shm::Mode;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -43,6 +45,8 @@ fn snapshot_session(daemon: &Daemon, name: &str, channels: &[ChannelRequest]) ->
             session: Some(name.into()),
             channel: Some(channel.name.clone()),
             pattern: "demo:*".into(),
+            exclude: Vec::new(),
+            loglevel: LogLevelRule::All,
         });
     }
     daemon.ok(ControlRequest::Start {

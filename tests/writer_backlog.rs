@@ -148,6 +148,8 @@ impl InProcess {
                 session: None,
                 channel: None,
                 pattern: "demo:*".into(),
+                exclude: Vec::new(),
+                loglevel: Default::default(),
             },
         );
         ask(&rundir, ControlRequest::Start { session: None });

@@ -3,7 +3,7 @@
 //! `control.sock` speaks [`ControlRequest`] / [`ControlReply`] (docs/protocol.md);
 //! the actors speak domain messages and typed errors. This is the one place that
 //! translates between them: each wire request becomes the SessionManager's message
-//! (an event pattern is parsed here, so a bad one never reaches an actor), and each
+//! (an event rule is parsed here, so a bad one never reaches an actor), and each
 //! answer or error becomes the text the CLI prints. `status` is read from the
 //! daemon's counters directly: no actor owns it.
 
@@ -12,8 +12,8 @@ use crate::actors::session::{
     EnableEvent, ListApps, ListSessions, RecordSnapshot, SessionManager, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
-use crate::config::EventPattern;
 use crate::protocol::messages::{ControlOk, ControlReply, ControlRequest};
+use crate::rule::EventRule;
 use actix::prelude::*;
 use std::path::PathBuf;
 
@@ -62,13 +62,15 @@ pub async fn answer(
             session,
             channel,
             pattern,
+            exclude,
+            loglevel,
         } => {
-            let pattern = EventPattern::parse(&pattern).map_err(|e| e.to_string())?;
+            let rule = EventRule::new(&pattern, &exclude, loglevel).map_err(|e| e.to_string())?;
             sessions
                 .send(EnableEvent {
                     session,
                     channel,
-                    pattern,
+                    rule,
                 })
                 .await
         }

@@ -17,11 +17,12 @@ use crate::actors::buffer_factory::{self as factory, BufferFactory, SessionsChan
 use crate::actors::buffer_set::FlushError;
 use crate::actors::stats::Stats;
 use crate::actors::writer::release_freed_heap;
-use crate::config::{EventPattern, check_name};
+use crate::config::check_name;
 use crate::ctf::context::{ContextSet, ContextType};
 use crate::ctf::field::EventDesc;
 use crate::protocol::messages::{AppInfo, Buffering, ChannelRequest, ChannelSpec, SessionInfo};
 use crate::relayd::{RELAYD_WRITER, RelaydWriterFactory, StreamTarget, UrlError};
+use crate::rule::EventRule;
 use crate::shm::{Mode, ShmError};
 use crate::trace::writer::OutputDir;
 use crate::trace::{layout, spread};
@@ -30,14 +31,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-/// A channel of a session and the event patterns enabled in it.
+/// A channel of a session and the event rules enabled in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChannelDef {
     /// Geometry, mode, buffering and writer.
     pub spec: ChannelSpec,
-    /// `provider:name`, `provider:*` or `*` patterns.
-    pub patterns: Vec<EventPattern>,
-    /// False after `disable-channel`: the channel records nothing, its patterns kept.
+    /// The `enable-event` rules, each once.
+    pub rules: Vec<EventRule>,
+    /// False after `disable-channel`: the channel records nothing, its rules kept.
     pub enabled: bool,
 }
 
@@ -46,19 +47,15 @@ impl ChannelDef {
     pub fn new(spec: ChannelSpec) -> Self {
         ChannelDef {
             spec,
-            patterns: Vec::new(),
+            rules: Vec::new(),
             enabled: true,
         }
     }
 
-    /// Whether the event `provider:name` is recorded in this channel: the channel is
-    /// enabled and one of its patterns matches.
+    /// Whether `event` is recorded in this channel: the channel is enabled and some
+    /// rule matches it (an event two rules match is enabled once all the same).
     pub fn matches(&self, event: &EventDesc) -> bool {
-        self.enabled
-            && self
-                .patterns
-                .iter()
-                .any(|p| p.matches(&event.provider, &event.name))
+        self.enabled && self.rules.iter().any(|r| r.matches(event))
     }
 }
 
@@ -340,7 +337,7 @@ pub struct EnableChannel {
     pub channel: ChannelRequest,
 }
 
-/// Enable the events matching `pattern` in a channel of a session.
+/// Enable the events matching `rule` in a channel of a session.
 #[derive(Message)]
 #[rtype(result = "Done")]
 pub struct EnableEvent {
@@ -349,7 +346,7 @@ pub struct EnableEvent {
     /// The channel (`None`: the session's only one, or a default one made now).
     pub channel: Option<String>,
     /// The events.
-    pub pattern: EventPattern,
+    pub rule: EventRule,
 }
 
 /// Remove event rules from a channel (`disable-event`).
@@ -554,12 +551,12 @@ impl SessionManager {
         Ok(message)
     }
 
-    /// Enables a pattern in a channel.
+    /// Enables a rule in a channel; the same rule again changes nothing.
     fn enable_event(&mut self, request: EnableEvent) -> Done {
         let EnableEvent {
             session,
             channel,
-            pattern,
+            rule,
         } = request;
         let default_channel = self.settings.default_channel.clone();
         let s = self.session(&session)?;
@@ -572,38 +569,35 @@ impl SessionManager {
         }
         let index = channel_index(s, channel)?;
         let ch = &mut s.channels[index];
-        let message = format!(
-            "event {} enabled in {}/{}",
-            pattern.as_str(),
-            s.name,
-            ch.spec.name
-        );
-        if !ch.patterns.contains(&pattern) {
-            ch.patterns.push(pattern);
+        let message = format!("event {rule} enabled in {}/{}", s.name, ch.spec.name);
+        if !ch.rules.contains(&rule) {
+            ch.rules.push(rule);
         }
         Ok(message)
     }
 
-    /// Removes one rule, or every rule, of a channel.
+    /// Removes the rules whose pattern text is exactly `pattern` (whatever their
+    /// exclusions and level), or every rule of a channel.
     fn disable_event(&mut self, request: DisableEvent) -> Done {
         let s = self.session(&request.session)?;
         let index = channel_index(s, request.channel)?;
         let ch = &mut s.channels[index];
         let what = match request.pattern {
             None => {
-                ch.patterns.clear();
+                ch.rules.clear();
                 "every event".to_owned()
             }
             Some(pattern) => {
-                let Some(at) = ch.patterns.iter().position(|p| p.as_str() == pattern) else {
+                let before = ch.rules.len();
+                ch.rules.retain(|r| r.pattern.as_str() != pattern);
+                if ch.rules.len() == before {
                     return Err(SessionError::NoSuchRule {
                         pattern,
                         session: s.name.clone(),
                         channel: ch.spec.name.clone(),
-                        rules: ch.patterns.iter().map(|p| p.as_str().to_owned()).collect(),
+                        rules: ch.rules.iter().map(EventRule::to_string).collect(),
                     });
-                };
-                ch.patterns.remove(at);
+                }
                 format!("event {pattern}")
             }
         };
@@ -881,8 +875,8 @@ impl Handler<ListSessions> for SessionManager {
                     .channels
                     .iter()
                     .map(|c| {
-                        let patterns = c.patterns.iter().map(|p| p.as_str().to_owned());
-                        (c.spec.clone(), patterns.collect())
+                        let rules = c.rules.iter().map(EventRule::to_string);
+                        (c.spec.clone(), rules.collect())
                     })
                     .collect(),
                 disabled_channels: s

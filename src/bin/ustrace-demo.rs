@@ -1,7 +1,10 @@
 //! `ustrace-demo`: an instrumented program.
 //!
 //! Registers with the session daemon, emits `demo:ev {i: i64, s: "hello"}` N times
-//! from T threads, and exits (or aborts, for crash tests).
+//! from T threads, and exits (or aborts, for crash tests). With `--catalog` it also
+//! declares and emits once each of six more events (`demo:warn`, `demo:crit`,
+//! `demo:debug_line`, `demo:debug`, `net:recv`, `net:send_failed`: other names,
+//! providers, levels and field types), for tests of event rules.
 
 use clap::Parser;
 use std::io::Write;
@@ -18,6 +21,40 @@ ustrace::event!(
     /// An event without fields, registered only with `--park-payload-free`.
     static DEMO_BARE: demo:bare(), loglevel = Info
 );
+ustrace::event!(
+    /// A warning.
+    static DEMO_WARN: demo:warn(code: u32), loglevel = Warning
+);
+ustrace::event!(
+    /// A critical condition.
+    static DEMO_CRIT: demo:crit(code: u32), loglevel = Crit
+);
+ustrace::event!(
+    /// Line-level debug output.
+    static DEMO_DEBUG_LINE: demo:debug_line(line: u32), loglevel = DebugLine
+);
+ustrace::event!(
+    /// Debug output of the default level.
+    static DEMO_DEBUG: demo:debug(line: u32), loglevel = Debug
+);
+ustrace::event!(
+    /// Another provider's event with integer, string and float fields.
+    static NET_RECV: net:recv(bytes: u64, peer: &str, ratio: f64), loglevel = Notice
+);
+ustrace::event!(
+    /// Another provider's error.
+    static NET_SEND_FAILED: net:send_failed(errno: i32), loglevel = Err
+);
+
+/// Emits each catalog event once.
+fn emit_catalog() {
+    DEMO_WARN.emit(4);
+    DEMO_CRIT.emit(2);
+    DEMO_DEBUG_LINE.emit(13);
+    DEMO_DEBUG.emit(14);
+    NET_RECV.emit(1500, "10.0.0.1", 0.5);
+    NET_SEND_FAILED.emit(-32);
+}
 
 /// An instrumented program for demos, tests and benchmarks.
 #[derive(Parser)]
@@ -66,6 +103,9 @@ struct Args {
     /// (lets tests check that emitting never waits, whatever the daemon does).
     #[arg(long)]
     paced_us: Option<u64>,
+    /// Also declare the catalog's six events and emit each once after `demo:ev`.
+    #[arg(long)]
+    catalog: bool,
 }
 
 /// Where `--park-in-event` leaves the process.
@@ -108,11 +148,21 @@ fn emit_parked(park: Park, payload_free: bool) {
 
 fn main() {
     let args = Args::parse();
-    let registration = if args.park_payload_free {
-        client::init("ustrace-demo", &[&*DEMO_EV, &*DEMO_BARE])
-    } else {
-        client::init("ustrace-demo", &[&*DEMO_EV])
-    };
+    let mut events = vec![&*DEMO_EV];
+    if args.catalog {
+        events.extend([
+            &*DEMO_WARN,
+            &*DEMO_CRIT,
+            &*DEMO_DEBUG_LINE,
+            &*DEMO_DEBUG,
+            &*NET_RECV,
+            &*NET_SEND_FAILED,
+        ]);
+    }
+    if args.park_payload_free {
+        events.push(&*DEMO_BARE);
+    }
+    let registration = client::init("ustrace-demo", &events);
     if let Some(ms) = args.await_enabled_ms {
         let deadline = Instant::now() + std::time::Duration::from_millis(ms);
         let enabled =
@@ -145,6 +195,9 @@ fn main() {
         }
     });
     let elapsed = start.elapsed();
+    if args.catalog {
+        emit_catalog();
+    }
     if let Some(park) = args.park_in_event {
         emit_parked(park, args.park_payload_free);
     }

@@ -121,6 +121,8 @@ pub(crate) fn start_session(
                 session: session.clone(),
                 channel: Some(channel.to_string()),
                 pattern: pattern.into(),
+                exclude: Vec::new(),
+                loglevel: Default::default(),
             },
         )?;
     }

@@ -8,7 +8,10 @@ pub mod save;
 use crate::bench;
 use crate::control;
 use crate::ctf::context::ContextType;
-use crate::protocol::messages::{Buffering, ChannelRequest, ControlRequest, TracefileLimits};
+use crate::ctf::field::LogLevel;
+use crate::protocol::messages::{
+    Buffering, ChannelRequest, ControlRequest, LogLevelRule, TracefileLimits,
+};
 use crate::shm::Mode;
 use crate::trace::view::ViewError;
 use clap::{Args, Parser, Subcommand};
@@ -56,17 +59,9 @@ enum Command {
     Snapshot(Snapshot),
     /// Add a channel to a session.
     EnableChannel(EnableChannel),
-    /// Enable events (`provider:name`, `provider:*`, `*`) in a channel.
-    EnableEvent {
-        /// Event pattern.
-        pattern: String,
-        /// Session (default: the most recently created).
-        #[arg(long, short)]
-        session: Option<String>,
-        /// Channel (default: the session's only channel, or channel0).
-        #[arg(long, short)]
-        channel: Option<String>,
-    },
+    /// Enable events in a channel: one rule per pattern (LTTng globbing: `*`
+    /// anywhere, `\*` a literal star; `provider:name`, `demo*ev`, `*`).
+    EnableEvent(EnableEvent),
     /// Record contexts (who emitted each event) with every event of a channel, or of
     /// every channel of the session; before the session's first start.
     AddContext {
@@ -176,6 +171,59 @@ enum Command {
         #[arg(long, value_enum, default_value = "ustrace")]
         program: crate::service::manual::Program,
     },
+}
+
+/// `enable-event` options, LTTng's names.
+#[derive(Args, Debug)]
+struct EnableEvent {
+    /// Event patterns, comma-separated (`demo:*,net:recv`): one rule each.
+    #[arg(
+        value_delimiter = ',',
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    patterns: Vec<String>,
+    /// Every event: the pattern `*` (LTTng's `-a`).
+    #[arg(long, short)]
+    all: bool,
+    /// User-space domain (the only one; accepted as LTTng's `-u`).
+    #[arg(long, short = 'u')]
+    userspace: bool,
+    /// Session (default: the most recently created).
+    #[arg(long, short)]
+    session: Option<String>,
+    /// Channel (default: the session's only channel, or channel0).
+    #[arg(long, short)]
+    channel: Option<String>,
+    /// Names not to record although a pattern matches them, comma-separated, with
+    /// `*` globs; the patterns must have a `*`.
+    #[arg(long, short = 'x', value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// Only events of this level and more severe: EMERG, ALERT, CRIT, ERR,
+    /// WARNING, NOTICE, INFO, DEBUG_SYSTEM, DEBUG_PROGRAM, DEBUG_PROCESS,
+    /// DEBUG_MODULE, DEBUG_UNIT, DEBUG_FUNCTION, DEBUG_LINE, DEBUG (TRACE_ prefix
+    /// optional), or 0 to 14.
+    #[arg(long, value_parser = parse_loglevel, conflicts_with = "loglevel_only")]
+    loglevel: Option<LogLevel>,
+    /// Only events of exactly this level (names as for --loglevel).
+    #[arg(long, value_parser = parse_loglevel)]
+    loglevel_only: Option<LogLevel>,
+}
+
+impl EnableEvent {
+    /// The rule's level condition.
+    fn loglevel(&self) -> LogLevelRule {
+        match (self.loglevel, self.loglevel_only) {
+            (Some(level), _) => LogLevelRule::AtLeast(level),
+            (_, Some(level)) => LogLevelRule::Only(level),
+            _ => LogLevelRule::All,
+        }
+    }
+}
+
+/// `--loglevel`: one of LTTng-UST's level names or numbers.
+fn parse_loglevel(text: &str) -> Result<LogLevel, String> {
+    crate::rule::parse_loglevel(text).map_err(|e| e.to_string())
 }
 
 /// `snapshot` subcommands.
@@ -351,15 +399,7 @@ impl Cli {
                 channel,
                 contexts: types,
             },
-            Command::EnableEvent {
-                pattern,
-                session,
-                channel,
-            } => ControlRequest::EnableEvent {
-                session,
-                channel,
-                pattern,
-            },
+            Command::EnableEvent(e) => return enable_event(e, json),
             Command::Start { session } => ControlRequest::Start { session },
             Command::Stop { session } => ControlRequest::Stop { session },
             Command::Destroy { session } => ControlRequest::Destroy { session },
@@ -381,10 +421,7 @@ impl Cli {
                 channel: name,
             },
         };
-        let answer = control::request(&request)
-            .map_err(|e| e.to_string())
-            .and_then(|reply| reply);
-        output::answer(name, &answer, json)
+        send(name, &request, json)
     }
 }
 
@@ -413,6 +450,39 @@ impl Command {
             Command::Completions { .. } => "completions",
         }
     }
+}
+
+/// Sends one request and prints its answer to `command` (a failure to reach the
+/// daemon is a refusal too).
+fn send(command: &str, request: &ControlRequest, json: bool) -> ExitCode {
+    let answer = control::request(request)
+        .map_err(|e| e.to_string())
+        .and_then(|reply| reply);
+    output::answer(command, &answer, json)
+}
+
+/// `enable-event`: one request per pattern, in order; stops at the first refusal.
+fn enable_event(e: EnableEvent, json: bool) -> ExitCode {
+    let loglevel = e.loglevel();
+    let patterns = if e.all {
+        vec!["*".to_string()]
+    } else {
+        e.patterns.clone()
+    };
+    for pattern in &patterns {
+        let request = ControlRequest::EnableEvent {
+            session: e.session.clone(),
+            channel: e.channel.clone(),
+            pattern: pattern.clone(),
+            exclude: e.exclude.clone(),
+            loglevel,
+        };
+        let code = send("enable-event", &request, json);
+        if code != ExitCode::SUCCESS {
+            return code;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Relative output paths are the CLI's, not the daemon's working directory.

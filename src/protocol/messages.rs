@@ -12,7 +12,7 @@
 //! [`ControlReply`]; each command is its own connection.
 
 use crate::ctf::context::{ContextType, default_contexts};
-use crate::ctf::field::EventDesc;
+use crate::ctf::field::{EventDesc, LogLevel};
 use crate::shm::{Geometry, Mode};
 use serde::{Deserialize, Serialize};
 
@@ -232,7 +232,9 @@ pub enum ControlRequest {
         /// The channel; unset settings take the daemon's `[channel_defaults]`.
         channel: ChannelRequest,
     },
-    /// Enable events matching `pattern` (`provider:name`, `provider:*`, `*`).
+    /// Enable the events matching a rule: `pattern` (LTTng globbing: `*` anywhere,
+    /// `\*` a literal star), less the names matching an `exclude` pattern, at the
+    /// levels `loglevel` takes.
     EnableEvent {
         /// Session name; `None` means the most recently created session.
         session: Option<String>,
@@ -240,6 +242,10 @@ pub enum ControlRequest {
         channel: Option<String>,
         /// The event pattern.
         pattern: String,
+        /// Patterns of names taken back out (`--exclude`); only with a `*` pattern.
+        exclude: Vec<String>,
+        /// Which log levels the rule takes.
+        loglevel: LogLevelRule,
     },
     /// Start tracing.
     Start {
@@ -315,6 +321,19 @@ pub enum ControlRequest {
     },
 }
 
+/// The log-level condition of an event rule, LTTng's `--loglevel` /
+/// `--loglevel-only` (numbers as [`LogLevel`]: `EMERG` 0 ... `DEBUG` 14).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum LogLevelRule {
+    /// Any level.
+    #[default]
+    All,
+    /// This level and more severe ones (the same number or lower).
+    AtLeast(LogLevel),
+    /// Exactly this level.
+    Only(LogLevel),
+}
+
 /// One session as `list` shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SessionInfo {
@@ -324,7 +343,7 @@ pub struct SessionInfo {
     pub output: String,
     /// Whether it is recording.
     pub started: bool,
-    /// Its channels with their event patterns.
+    /// Its channels with their event rules (pattern, exclusions, level condition).
     pub channels: Vec<(ChannelSpec, Vec<String>)>,
     /// Names of its channels that `disable-channel` disabled.
     pub disabled_channels: Vec<String>,

@@ -161,6 +161,8 @@ impl Daemon {
                 session: Some(name.into()),
                 channel: Some(channel.to_string()),
                 pattern: "demo:*".into(),
+                exclude: Vec::new(),
+                loglevel: Default::default(),
             });
         }
         if start {
@@ -357,6 +359,8 @@ impl Daemon {
                 session: Some(name.into()),
                 channel: Some(channel.name.clone()),
                 pattern: "demo:*".into(),
+                exclude: Vec::new(),
+                loglevel: Default::default(),
             });
         }
         if start {

@@ -203,8 +203,8 @@ pub fn to_enable<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::EventPattern;
     use crate::ctf::field::LogLevel;
+    use crate::rule::{EventPattern, EventRule};
     use crate::shm::Mode;
     use std::time::UNIX_EPOCH;
 
@@ -271,13 +271,22 @@ mod tests {
     #[test]
     fn a_channel_enables_the_events_its_patterns_match_in_the_apps_order() {
         let mut channel = ChannelDef::new(spec(Buffering::PerUid));
-        channel.patterns = vec![EventPattern::parse("app:*").unwrap()];
+        channel.rules = vec![EventRule::all(EventPattern::parse("app:*").unwrap())];
         let events = [event("app", "a"), event("lib", "b"), event("app", "c")];
         assert_eq!(matching_events(&events, &channel), vec![0, 2]);
         let none = ChannelDef::new(spec(Buffering::PerUid));
         assert!(matching_events(&events, &none).is_empty());
         channel.enabled = false;
         assert!(matching_events(&events, &channel).is_empty());
+    }
+
+    #[test]
+    fn an_event_several_rules_match_is_enabled_once() {
+        let rule = |p: &str| EventRule::all(EventPattern::parse(p).unwrap());
+        let mut channel = ChannelDef::new(spec(Buffering::PerUid));
+        channel.rules = vec![rule("app:*"), rule("*a"), rule("app:a")];
+        let events = [event("app", "a"), event("lib", "b"), event("app", "c")];
+        assert_eq!(matching_events(&events, &channel), vec![0, 2]);
     }
 
     #[test]
