@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use tracing::{info, info_span};
 use tracing_subscriber::layer::SubscriberExt;
-use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlRequest, LogLevelRule};
 
 ustrace::event!(static BENCH_EV: bench:ev(i: i64, s: &str), loglevel = Info);
 
@@ -60,6 +60,8 @@ fn main() {
             session: Some("bench".into()),
             channel: Some("ch".into()),
             pattern: pattern.into(),
+            exclude: Vec::new(),
+            loglevel: LogLevelRule::All,
         });
     }
     daemon.ok(ControlRequest::Start {

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 use tracing_core::{Event, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-use ustrace::protocol::messages::{Buffering, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ControlRequest, LogLevelRule};
 use ustrace_tracing::UstraceLayer;
 
 static WANTED: AtomicUsize = AtomicUsize::new(0);
@@ -40,6 +40,8 @@ fn main() {
             session: Some("s".into()),
             channel: Some("ch".into()),
             pattern: "wanted:*".into(),
+            exclude: Vec::new(),
+            loglevel: LogLevelRule::All,
         },
         ControlRequest::Start {
             session: Some("s".into()),
@@ -67,6 +69,8 @@ fn main() {
         session: Some("s".into()),
         channel: Some("ch".into()),
         pattern: "unwanted:*".into(),
+        exclude: Vec::new(),
+        loglevel: LogLevelRule::All,
     });
     let pushed = poll_until(Duration::from_secs(20), || {
         tracing::info!(target: "unwanted", i = 100u64);

@@ -9,7 +9,7 @@ use common::{Daemon, babeltrace2};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
-use ustrace::protocol::messages::{Buffering, ControlRequest};
+use ustrace::protocol::messages::{Buffering, ControlRequest, LogLevelRule};
 
 /// The example, built by cargo next to this test's directory (`cargo test -p
 /// ustrace-tracing` builds it; `--test traced` alone does not rebuild it).
@@ -33,6 +33,8 @@ fn session(daemon: &Daemon, name: &str, buffers: Buffering) -> PathBuf {
         session: Some(name.into()),
         channel: Some("ch".into()),
         pattern: "*".into(),
+        exclude: Vec::new(),
+        loglevel: LogLevelRule::All,
     });
     daemon.ok(ControlRequest::Start {
         session: Some(name.into()),
