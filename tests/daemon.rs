@@ -403,19 +403,25 @@ fn cli_errors_are_clear_and_exit_non_zero() {
     assert!(String::from_utf8_lossy(&listed.stdout).contains("a [inactive]"));
 }
 
-#[test]
-fn a_bad_config_key_stops_the_daemon_naming_key_and_file() {
-    let scratch = common::Scratch::new("badconfig");
+/// Starts `ustraced` on a config file holding `text`, which it must refuse: the
+/// file's path and the daemon's stderr.
+fn refused_config(scratch: &common::Scratch, text: &str) -> (std::path::PathBuf, String) {
     let config = scratch.path("ustraced.toml");
-    std::fs::write(&config, "[supervision]\nmax_restart = 3\n").unwrap();
+    std::fs::write(&config, text).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ustraced"))
         .arg("--config")
         .arg(&config)
         .env("USTRACE_RUNDIR", scratch.path("run"))
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    (config, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+#[test]
+fn a_bad_config_key_stops_the_daemon_naming_key_and_file() {
+    let scratch = common::Scratch::new("badconfig");
+    let (config, stderr) = refused_config(&scratch, "[supervision]\nmax_restart = 3\n");
     assert!(stderr.contains("max_restart"), "{stderr}");
     assert!(stderr.contains(&config.display().to_string()), "{stderr}");
 }
@@ -437,24 +443,12 @@ fn sessions_declared_in_the_config_trace_without_any_cli_call() {
 #[test]
 fn a_config_session_the_daemon_refuses_stops_it_naming_session_and_reason() {
     let scratch = common::Scratch::new("refusedsession");
-    let config = scratch.path("ustraced.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[[session]]\nname = \"auto\"\noutput = \"{}\"\n\
-             [[session.channel]]\nname = \"c\"\nwriter = \"nosuch\"\n",
-            scratch.path("out").display()
-        ),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ustraced"))
-        .arg("--config")
-        .arg(&config)
-        .env("USTRACE_RUNDIR", scratch.path("run"))
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = format!(
+        "[[session]]\nname = \"auto\"\noutput = \"{}\"\n\
+         [[session.channel]]\nname = \"c\"\nwriter = \"nosuch\"\n",
+        scratch.path("out").display()
+    );
+    let (_, stderr) = refused_config(&scratch, &text);
     assert!(
         stderr.contains("config session auto: no writer named \"nosuch\""),
         "{stderr}"
