@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Daemon, Scratch, babeltrace2, sub_traces, wait_for};
+use common::{Daemon, Scratch, babeltrace2, extra, poll_until, sub_traces, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -333,7 +333,7 @@ fn a_hundred_forked_children_leave_nothing_in_the_daemon() {
     };
     wait_for("the ring pool to be full", WAIT, pool_full);
     let before = daemon.status();
-    let fds = daemon.fd_count();
+    let fds = daemon.fds();
     f.run(&["fork", "100"]);
     wait_for("the apps to be gone", WAIT, || daemon.status().apps == 0);
     wait_for("their buffers to be torn down", WAIT, || {
@@ -346,9 +346,19 @@ fn a_hundred_forked_children_leave_nothing_in_the_daemon() {
         "the parent and its 100 children registered"
     );
     assert_eq!(after.events_discarded, 0);
-    wait_for("the daemon's fds back", WAIT, || {
-        pool_full() && daemon.fd_count() <= fds
+    let mut now = Vec::new();
+    let back = poll_until(WAIT, || {
+        now = daemon.fds();
+        pool_full() && now.len() <= fds.len()
     });
+    assert!(
+        back,
+        "the daemon's fds are not back: {} before, {} now, extra {:?}; {:?}",
+        fds.len(),
+        now.len(),
+        extra(&fds, &now),
+        daemon.status()
+    );
     daemon.stop("s");
     let traces = sub_traces(output);
     assert_eq!(traces.len(), 101, "one per-PID sub-trace each");

@@ -264,7 +264,7 @@ fn after_1000_apps_the_daemon_holds_nothing_for_them() {
         s.pid_sets_wanted > 0 && s.pid_sets_ready == s.pid_sets_wanted
     });
     let before = daemon.status();
-    let (fds, maps) = (daemon.fd_count(), daemon.map_count());
+    let (fds, maps) = (daemon.fds(), daemon.map_count());
     daemon.run_apps(1000, 8, &["--events", "1"]);
     let mut last = before.clone();
     let torn_down = common::poll_until(WAIT, || {
@@ -273,9 +273,19 @@ fn after_1000_apps_the_daemon_holds_nothing_for_them() {
     });
     assert!(torn_down, "not torn down: before {before:?}, now {last:?}");
     assert_eq!(daemon.status().apps_total, 1000 + cpus);
-    wait_for("fds and mappings back to their level", WAIT, || {
-        daemon.fd_count() <= fds && daemon.map_count() <= maps
+    let mut now = Vec::new();
+    let back = common::poll_until(WAIT, || {
+        now = daemon.fds();
+        now.len() <= fds.len() && daemon.map_count() <= maps
     });
+    assert!(
+        back,
+        "fds or mappings not back to their level: fds {} then {}, extra {:?}; maps {maps} then {}",
+        fds.len(),
+        now.len(),
+        common::extra(&fds, &now),
+        daemon.map_count()
+    );
     daemon.stop("s");
     wait_for("the ring pool to be freed after stop", WAIT, || {
         let s = daemon.status();

@@ -253,11 +253,16 @@ impl Daemon {
         }
     }
 
-    /// Number of open fds of the daemon.
-    pub fn fd_count(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+    /// What each open fd of the daemon names (`/proc/<pid>/fd` links), sorted: a
+    /// leak check reports the extra ones, not only how many there are.
+    pub fn fds(&self) -> Vec<String> {
+        let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .unwrap()
-            .count()
+            .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+            .map(|target| target.display().to_string())
+            .collect();
+        fds.sort();
+        fds
     }
 
     /// Number of memory mappings of the daemon.
@@ -399,4 +404,18 @@ pub fn churn_events(stdout: &str) -> (u64, u64) {
     let (expected, rest) = line.split_once(", recorded ").expect("recorded");
     let recorded = rest.split([',', ' ']).next().expect("count");
     (expected.parse().unwrap(), recorded.parse().unwrap())
+}
+
+/// The entries of `now` beyond those of `before`, as multisets (fd links).
+pub fn extra<'a>(before: &[String], now: &'a [String]) -> Vec<&'a String> {
+    let mut left: Vec<&String> = before.iter().collect();
+    now.iter()
+        .filter(|x| match left.iter().position(|b| b == x) {
+            Some(i) => {
+                left.swap_remove(i);
+                false
+            }
+            None => true,
+        })
+        .collect()
 }
