@@ -470,7 +470,6 @@ impl BufferFactory {
         let metadata = Arc::new(Mutex::new(Metadata {
             version: 0,
             tsdl: Arc::from(""),
-            stored: Arc::default(),
         }));
         self.traces.insert(
             key,
