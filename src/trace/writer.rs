@@ -759,6 +759,17 @@ pub fn move_into(output: &OutputDir, name: &str, into: &TraceDir) -> Result<bool
     }
 }
 
+/// Deletes `name` (one entry of `output`) and everything below it: the trace chunk
+/// a `clear` moved aside. Reached through the output's fd (its `/proc/self/fd`
+/// link), never through the output's path, which its owner may have swapped for
+/// a link meanwhile; below it nothing is followed (`remove_dir_all` unlinks links).
+pub fn remove_entry(output: &OutputDir, name: &str) -> io::Result<()> {
+    names::check_component(name).map_err(TraceDirError::from)?;
+    let fd = output.fd()?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
+    std::fs::remove_dir_all(path)
+}
+
 /// Writes `tsdl`, whole, to `dir/metadata`, creating `dir` if needed or replacing
 /// an existing metadata (through `.metadata.<tag>`): for tests and tools writing a
 /// trace into a directory of their own (the daemon uses [`TraceDir`]).
