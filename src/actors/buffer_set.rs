@@ -442,23 +442,21 @@ impl BufferSet {
         deadline: Instant,
     ) -> ResponseActFuture<Self, Result<(), FlushError>> {
         Box::pin(
-            fut::wrap_future::<_, Self>(actix::clock::sleep(CHUNK_POLL)).then(
-                move |(), act, _| {
-                    if act.chunk_taken(&boundaries) {
-                        return act.switch_chunk(&next);
-                    }
-                    if Instant::now() >= deadline {
-                        log::warn!(
-                            "{}: a producer is still inside a reservation after {} ms; its \
+            fut::wrap_future::<_, Self>(actix::clock::sleep(CHUNK_POLL)).then(move |(), act, _| {
+                if act.chunk_taken(&boundaries) {
+                    return act.switch_chunk(&next);
+                }
+                if Instant::now() >= deadline {
+                    log::warn!(
+                        "{}: a producer is still inside a reservation after {} ms; its \
                              packet goes to the next trace chunk",
-                            act.label,
-                            CHUNK_WAIT.as_millis()
-                        );
-                        return act.switch_chunk(&next);
-                    }
-                    BufferSet::rotate_when_taken(boundaries, next, deadline)
-                },
-            ),
+                        act.label,
+                        CHUNK_WAIT.as_millis()
+                    );
+                    return act.switch_chunk(&next);
+                }
+                BufferSet::rotate_when_taken(boundaries, next, deadline)
+            }),
         )
     }
 }

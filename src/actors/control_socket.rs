@@ -8,9 +8,9 @@
 //! daemon's counters directly: no actor owns it.
 
 use crate::actors::session::{
-    AddContext, CreateSession, DestroySession, DisableChannel, DisableEvent, EnableChannel,
-    DisableRotation, EnableEvent, EnableRotation, ListApps, ListSessions, RecordSnapshot, RotateSession,
-    SessionManager, StartSession, StopSession,
+    AddContext, CreateSession, DestroySession, DisableChannel, DisableEvent, DisableRotation,
+    EnableChannel, EnableEvent, EnableRotation, ListApps, ListSessions, RecordSnapshot,
+    RotateSession, SessionManager, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
 use crate::protocol::messages::{ControlOk, ControlReply, ControlRequest};

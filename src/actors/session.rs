@@ -940,8 +940,8 @@ impl Handler<RotateSession> for SessionManager {
 /// `timer 10000 ms, size 67108864 bytes`: a schedule in words.
 fn schedule_words(schedule: &RotationSchedule) -> String {
     let mut words = Vec::new();
-    if let Some(ms) = schedule.timer_ms {
-        words.push(format!("every {ms} ms"));
+    if let Some(ms) = schedule.timer_us {
+        words.push(format!("every {}", crate::config::TimeSpan(ms)));
     }
     if let Some(size) = schedule.size {
         words.push(format!("every {size} bytes"));
@@ -967,13 +967,13 @@ impl Handler<EnableRotation> for SessionManager {
             if s.stream.is_some() {
                 return Err(bad("a streaming session stores no local trace to rotate"));
             }
-            if msg.schedule.timer_ms == Some(0) || msg.schedule.size == Some(0) {
+            if msg.schedule.timer_us == Some(0) || msg.schedule.size == Some(0) {
                 return Err(bad("--timer and --size must be more than 0"));
             }
-            if msg.schedule.timer_ms.is_none() && msg.schedule.size.is_none() {
+            if msg.schedule.timer_us.is_none() && msg.schedule.size.is_none() {
                 return Err(bad("enable-rotation needs --timer TIME or --size SIZE"));
             }
-            s.rotation.timer_ms = msg.schedule.timer_ms.or(s.rotation.timer_ms);
+            s.rotation.timer_us = msg.schedule.timer_us.or(s.rotation.timer_us);
             s.rotation.size = msg.schedule.size.or(s.rotation.size);
             Ok(format!(
                 "session {}: rotation {}",
@@ -992,7 +992,7 @@ impl Handler<DisableRotation> for SessionManager {
         let result = self.session(&msg.session).map(|s| {
             let both = !msg.timer && !msg.size;
             if msg.timer || both {
-                s.rotation.timer_ms = None;
+                s.rotation.timer_us = None;
             }
             if msg.size || both {
                 s.rotation.size = None;

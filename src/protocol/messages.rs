@@ -465,8 +465,8 @@ pub struct StatusReport {
 /// `rotate_timer`/`rotate_size`), LTTng's rotation schedules; none by default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RotationSchedule {
-    /// Rotate once the current chunk is this many milliseconds old.
-    pub timer_ms: Option<u64>,
+    /// Rotate once the current chunk is this many microseconds old.
+    pub timer_us: Option<u64>,
     /// Rotate once the current chunk holds this many bytes of packets.
     pub size: Option<u64>,
 }

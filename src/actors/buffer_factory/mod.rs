@@ -599,7 +599,9 @@ impl Actor for BufferFactory {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        ctx.run_interval(rotation::SCHEDULE_TICK, |act, ctx| act.rotate_on_schedule(ctx));
+        ctx.run_interval(rotation::SCHEDULE_TICK, |act, ctx| {
+            act.rotate_on_schedule(ctx)
+        });
     }
 }
 

@@ -256,16 +256,16 @@ impl BufferFactory {
             .sessions
             .iter()
             .filter(|s| s.started && !s.snapshot)
-            .filter(|s| s.rotation.timer_ms.is_some() || s.rotation.size.is_some())
+            .filter(|s| s.rotation.timer_us.is_some() || s.rotation.size.is_some())
             .filter(|s| {
                 let chunks = self.chunks.get(&s.name);
                 if chunks.is_some_and(|c| c.rotating) {
                     return false;
                 }
                 let begun = chunks.map_or(s.created, |c| c.begun);
-                let timer = s.rotation.timer_ms.is_some_and(|ms| {
+                let timer = s.rotation.timer_us.is_some_and(|ms| {
                     now.duration_since(begun)
-                        .is_ok_and(|elapsed| elapsed >= Duration::from_millis(ms))
+                        .is_ok_and(|elapsed| elapsed >= Duration::from_micros(ms))
                 });
                 let size = s.rotation.size.is_some_and(|size| {
                     let written: u64 = self
@@ -310,7 +310,7 @@ impl BufferFactory {
                         .and_then(|c| c.last_archive.as_ref())
                         .map(|p| p.display().to_string()),
                 };
-                let scheduled = s.rotation.timer_ms.is_some() || s.rotation.size.is_some();
+                let scheduled = s.rotation.timer_us.is_some() || s.rotation.size.is_some();
                 (scheduled || info.archives > 0).then(|| {
                     let rotation = SessionRotation {
                         session: s.name.clone(),
