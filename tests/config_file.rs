@@ -700,6 +700,10 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
         disabled_channels: vec!["b".into()],
         url: None,
         live_timer_us: 0,
+        rotation: ustrace::protocol::messages::RotationSchedule {
+            timer_us: Some(10_000_000),
+            size: Some(64 << 20),
+        },
     };
     let saved = SessionConfig::saved(&info).unwrap();
     let text = toml::to_string(&SavedSessions {
@@ -708,6 +712,8 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
     .unwrap();
     let config = parse(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
     assert_eq!(config.sessions, vec![saved], "{text}");
+    assert!(text.contains("rotate_timer = \"10s\""), "{text}");
+    assert!(text.contains("rotate_size = 67108864"), "{text}");
     let channels = &config.sessions[0].channels;
     assert!(channels[0].enabled && !channels[1].enabled, "{text}");
     assert_eq!(config.channel_spec(&channels[1]), info.channels[1].0);

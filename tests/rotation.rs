@@ -329,3 +329,48 @@ fn rotation_is_refused_by_name_where_there_is_nothing_to_rotate() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("10parsecs"));
 }
+
+#[test]
+fn a_config_session_rotates_on_its_timer_and_the_cli_prints_each_archive() {
+    let scratch = common::Scratch::new("rotation-config");
+    let output = scratch.path("out");
+    let daemon = Daemon::with_config(&format!(
+        "[daemon]\nflush_interval_ms = 20\n\n[[session]]\nname = \"conf\"\noutput = \"{}\"\n\
+         rotate_timer = \"200ms\"\n  [[session.channel]]\n  name = \"u\"\n  events = [\"demo:*\"]\n",
+        output.display()
+    ));
+    daemon.run_app(&["--events", "100"]);
+    let archived = || {
+        archives(&output)
+            .iter()
+            .flat_map(|a| babeltrace2(a))
+            .filter(|l| l.contains("demo:ev"))
+            .count()
+    };
+    wait_for("timer rotations to archive the app's events", WAIT, || {
+        archived() == 100
+    });
+    let saved = daemon.cli(&["save", "conf"]);
+    let saved = String::from_utf8_lossy(&saved.stdout).into_owned();
+    assert!(saved.contains("rotate_timer = \"200ms\""), "{saved}");
+
+    let disabled = daemon.cli(&["disable-rotation", "-s", "conf", "--timer"]);
+    assert!(disabled.status.success(), "{disabled:?}");
+    daemon.run_app(&["--events", "100"]);
+    wait_for("the app's events in the live chunk", WAIT, || {
+        stream_bytes(&output.join("ust")) > 0
+    });
+    let rotated = daemon.cli(&["--json", "rotate", "conf"]);
+    assert!(rotated.status.success(), "{rotated:?}");
+    let answer: serde_json::Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    assert_eq!(answer["command"], "rotate");
+    let message = answer["message"].as_str().unwrap();
+    let archive = PathBuf::from(message.rsplit(" to ").next().unwrap());
+    assert!(archive.starts_with(output.join("archives")), "{message}");
+    let events = babeltrace2(&archive);
+    assert_eq!(
+        events.iter().filter(|l| l.contains("demo:ev")).count(),
+        100,
+        "the archive holds the second app's events and reads on its own"
+    );
+}

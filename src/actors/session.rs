@@ -264,8 +264,8 @@ pub enum SessionError {
     Rotate {
         /// The session.
         session: String,
-        /// Why.
-        source: factory::RotateError,
+        /// Why (boxed: it is the largest error, and rare).
+        source: Box<factory::RotateError>,
     },
     /// `enable-rotation` of a snapshot session, or with a zero bound.
     #[error("session {session}: {problem}")]
@@ -930,7 +930,10 @@ impl Handler<RotateSession> for SessionManager {
                 Ok(Ok(None)) => Ok(format!(
                     "session {session}: nothing recorded since the last rotation, no archive made"
                 )),
-                Ok(Err(source)) => Err(SessionError::Rotate { session, source }),
+                Ok(Err(source)) => Err(SessionError::Rotate {
+                    session,
+                    source: Box::new(source),
+                }),
                 Err(source) => Err(SessionError::Factory { session, source }),
             }
         })

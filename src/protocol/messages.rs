@@ -538,8 +538,8 @@ pub enum ControlOk {
     Done(String),
     /// The answer to `list`.
     Sessions(Vec<SessionInfo>),
-    /// The answer to `status`.
-    Status(StatusReport),
+    /// The answer to `status` (boxed: by far the largest answer).
+    Status(Box<StatusReport>),
     /// The answer to `list --apps`, by registration time.
     Apps(Vec<AppInfo>),
 }

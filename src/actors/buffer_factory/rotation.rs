@@ -219,11 +219,9 @@ impl BufferFactory {
                 false => {
                     let below: Vec<Vec<String>> = made.into_iter().map(|(_, b)| b).collect();
                     remove_unwritten(&path, &below);
-                    if !moved {
-                        // Nothing was recorded: no archive.
-                        let _ = std::fs::remove_dir(&path);
-                    }
-                    Ok(moved.then_some(path))
+                    // Nothing recorded in the chunk: no archive.
+                    let empty = std::fs::remove_dir(&path).is_ok();
+                    Ok((moved && !empty).then_some(path))
                 }
             })
             .await
