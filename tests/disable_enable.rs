@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Daemon, Running, babeltrace2, poke, wait_for};
+use common::{Daemon, Running, babeltrace2, poke, stream_bytes, wait_for};
 use std::io::BufRead;
 use std::path::Path;
 use std::process::Stdio;
@@ -17,26 +17,6 @@ use ustrace::protocol::messages::{
 };
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Bytes of stream files (not metadata, not index) under `dir`.
-fn stream_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| {
-            let path = entry.path();
-            if path.is_dir() {
-                stream_bytes(&path)
-            } else if entry.file_name() == "metadata" {
-                0
-            } else {
-                entry.metadata().map(|m| m.len()).unwrap_or(0)
-            }
-        })
-        .sum()
-}
 
 /// Waits until the streams under `dir` grew twice: at least one whole flush
 /// period of the app's events reached the disk since the call.

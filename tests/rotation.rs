@@ -7,36 +7,15 @@
 
 mod common;
 
-use common::{Daemon, Running, babeltrace2, poke, wait_for};
+use common::{Daemon, Running, babeltrace2, poke, stream_bytes, wait_for};
 use std::collections::HashMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 use ustrace::ctf::context::ContextType;
 use ustrace::protocol::messages::{Buffering, ControlOk, ControlRequest, RotationSchedule};
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// Bytes of the stream files below `dir` (metadata and index files left out).
-fn stream_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| {
-            let path = e.path();
-            let name = e.file_name().to_string_lossy().into_owned();
-            match path.is_dir() {
-                true if name == "index" => 0,
-                true => stream_bytes(&path),
-                false if name == "metadata" || name.starts_with('.') => 0,
-                false => e.metadata().map_or(0, |m| m.len()),
-            }
-        })
-        .sum()
-}
 
 /// Session `name` with a per-UID channel `u` (with the vpid context) and a per-PID
 /// channel `p`, both enabling `demo:*`, started.
@@ -55,18 +34,6 @@ fn session(daemon: &Daemon, name: &str) -> PathBuf {
         session: Some(name.into()),
     });
     output
-}
-
-/// A flooding app: one event every `us` microseconds until poked.
-fn flood(daemon: &Daemon, us: u32) -> Running {
-    Running(
-        daemon
-            .app(&["--paced-us", &us.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
 }
 
 /// Stops a flooding app; returns its pid and how many events it emitted.
@@ -164,7 +131,7 @@ fn rotate(daemon: &Daemon, session: &str) -> PathBuf {
 fn rotations_under_load_archive_every_event_exactly_once() {
     let daemon = Daemon::with_config("[daemon]\nflush_interval_ms = 20\n");
     let output = session(&daemon, "rot");
-    let apps: Vec<Running> = (0..3).map(|_| flood(&daemon, 50)).collect();
+    let apps: Vec<Running> = (0..3).map(|_| daemon.paced_app(50)).collect();
     wait_for("the apps to record", WAIT, || {
         stream_bytes(&output.join("ust")) > 0
     });
@@ -252,7 +219,7 @@ fn clear_under_load_drops_what_came_before_and_keeps_what_came_after() {
     let daemon = Daemon::with_config("[daemon]\nflush_interval_ms = 20\n");
     let output = session(&daemon, "clr");
     let before = daemon.app_that_emitted(2000);
-    let load = flood(&daemon, 50);
+    let load = daemon.paced_app(50);
     wait_for("the events before the clear on disk", WAIT, || {
         stream_bytes(&output.join("ust")) > 0
     });

@@ -209,6 +209,18 @@ impl Daemon {
         app
     }
 
+    /// An app emitting one event every `us` microseconds until poked ([`poke`]),
+    /// which then prints `emitted COUNT ...` and exits.
+    pub fn paced_app(&self, us: u32) -> Running {
+        Running(
+            self.app(&["--paced-us", &us.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     /// Runs `ustrace-demo` pinned to CPU 0, emitting `events`: every such app writes
     /// the same stream of a per-UID channel, so a test can aim at one writer.
     pub fn run_pinned_app(&self, events: u32) {
@@ -295,6 +307,27 @@ impl Drop for Running {
 pub fn poke(child: &mut Child) {
     let stdin = child.stdin.as_mut().unwrap();
     let _ = writeln!(stdin);
+}
+
+/// Bytes of the stream files below `dir` (metadata, index and hidden files left
+/// out): what the trace recorded so far.
+pub fn stream_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            match path.is_dir() {
+                true if name == "index" => 0,
+                true => stream_bytes(&path),
+                false if name == "metadata" || name.starts_with('.') => 0,
+                false => e.metadata().map_or(0, |m| m.len()),
+            }
+        })
+        .sum()
 }
 
 /// `babeltrace2 DIR` output lines; panics if babeltrace2 fails.
