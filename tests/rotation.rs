@@ -7,9 +7,8 @@
 
 mod common;
 
-use common::{Daemon, Running, babeltrace2, poke, stream_bytes, wait_for};
+use common::{Daemon, Running, babeltrace2, stream_bytes, wait_for};
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ustrace::ctf::context::ContextType;
@@ -34,22 +33,6 @@ fn session(daemon: &Daemon, name: &str) -> PathBuf {
         session: Some(name.into()),
     });
     output
-}
-
-/// Stops a flooding app; returns its pid and how many events it emitted.
-fn finish(mut app: Running) -> (u32, i64) {
-    poke(&mut app.0);
-    let mut line = String::new();
-    std::io::BufReader::new(app.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(app.0.wait().unwrap().success());
-    let emitted = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("app said {line:?}"));
-    (app.0.id(), emitted)
 }
 
 /// An integer field `name = N` of a babeltrace2 line.
@@ -166,7 +149,7 @@ fn rotations_under_load_archive_every_event_exactly_once() {
         });
         printed.push(rotate(&daemon, "rot"));
     }
-    let emitted: Vec<(u32, i64)> = apps.into_iter().map(finish).collect();
+    let emitted: Vec<(u32, i64)> = apps.into_iter().map(Running::finish_paced).collect();
     daemon.stop("rot");
 
     let all = archives(&output);
@@ -232,7 +215,7 @@ fn clear_under_load_drops_what_came_before_and_keeps_what_came_after() {
     assert!(answer.contains("cleared"), "{answer}");
     let after = daemon.run_app(&["--events", "3000"]);
     assert!(after.status.success());
-    let (load_pid, _) = finish(load);
+    let (load_pid, _) = load.finish_paced();
     let before_pid = before.0.id();
     drop(before);
     daemon.stop("clr");

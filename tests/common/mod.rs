@@ -303,6 +303,27 @@ impl Drop for Running {
     }
 }
 
+impl Running {
+    /// Stops a [`Daemon::paced_app`]: pokes it, reads its `emitted COUNT` line and
+    /// waits for its clean exit; returns its pid and COUNT.
+    pub fn finish_paced(mut self) -> (u32, i64) {
+        poke(&mut self.0);
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(self.0.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(self.0.wait().unwrap().success());
+        let emitted = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("app said {line:?}"));
+        (self.0.id(), emitted)
+    }
+}
+
 /// Writes a line to a child's stdin.
 pub fn poke(child: &mut Child) {
     let stdin = child.stdin.as_mut().unwrap();
