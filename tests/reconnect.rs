@@ -247,3 +247,29 @@ fn an_app_outliving_a_killed_daemon_is_traced_by_the_next_one_on_the_same_rundir
         events.first()
     );
 }
+
+#[test]
+fn an_app_quiet_on_its_connection_past_the_registration_timeout_stays_registered() {
+    // The timeout bounds a registration frame once it starts, never the quiet
+    // between frames: an app that says nothing after registering (the usual app)
+    // keeps its connection, and every event it emits is recorded.
+    let daemon = Daemon::with_config("[daemon]\nregistration_timeout_ms = 100\n");
+    let output = small_session(&daemon, Buffering::PerUid);
+    let app = paced_app(&daemon.rundir);
+    // One event per millisecond at most: event 1000 is at least ten timeouts after
+    // the registration.
+    wait_for("the app's 1000th event on disk", WAIT, || {
+        !sub_traces(&output).is_empty() && recorded(&output).last() >= Some(&1000)
+    });
+    let status = daemon.status();
+    let (_, _, stderr) = finish(app);
+    daemon.stop("s");
+    assert_eq!((status.apps, status.apps_total), (1, 1), "{status:?}");
+    assert!(!stderr.contains("again"), "{stderr}");
+    let events = recorded(&output);
+    assert_eq!(events.first(), Some(&0));
+    assert!(
+        events.windows(2).all(|w| w[1] == w[0] + 1),
+        "events missing: the app was cut off and registered again"
+    );
+}
