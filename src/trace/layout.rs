@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::ctf::names;
-use crate::trace::owner::{Owner, Process};
+use crate::trace::owner::Owner;
 
 /// Name of the TSDL file in every sub-trace directory.
 pub const METADATA_FILE: &str = "metadata";
@@ -102,14 +102,10 @@ pub fn trace_below(owner: &Owner, clock: DirClock) -> Below {
         Owner::Uid(uid) => uid_trace_below(*uid),
         Owner::Pid {
             connection,
-            process:
-                Process {
-                    procname,
-                    pid,
-                    registered,
-                },
+            process,
         } => {
-            let mut below = pid_trace_below(procname, *pid, *registered, clock);
+            let mut below =
+                pid_trace_below(&process.procname, process.pid, process.registered, clock);
             if let Some(last) = below.last_mut() {
                 last.push_str(&format!("-{connection}"));
             }
@@ -224,6 +220,7 @@ impl Civil {
 mod tests {
     use super::*;
     use crate::actors::app_connection::ConnectionId;
+    use crate::trace::owner::Process;
     use std::time::Duration;
 
     #[test]
