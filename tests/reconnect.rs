@@ -73,9 +73,9 @@ impl Paced {
     fn emitted(&self) -> u64 {
         let said = self.stderr.lock().unwrap();
         said.lines()
+            .rev()
             .filter_map(|l| l.strip_prefix("paced: ")?.strip_suffix(" emitted"))
-            .filter_map(|n| n.parse().ok())
-            .last()
+            .find_map(|n| n.parse().ok())
             .unwrap_or(0)
     }
 
