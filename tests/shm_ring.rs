@@ -150,16 +150,20 @@ fn discard_mode_drops_and_counts_when_full() {
     assert!(read.iter().enumerate().all(|(i, e)| e.seq == i as u64));
 }
 
+/// Writes three events into `ring` and reserves a fourth, left pending.
+fn three_events_and_one_pending(ring: &Ring) -> ustrace::shm::Reservation<'_> {
+    for seq in 0..3 {
+        assert!(write(ring, 1, 0, seq, 8));
+    }
+    ring.reserve(EVENT_HEADER_SIZE + payload_len(8))
+        .expect("room")
+}
+
 #[test]
 fn flush_hands_over_a_partial_packet_without_losing_committed_events() {
     let ring = ring(4096, 4, Mode::Discard);
     let mut consumer = Consumer::new(ring.clone());
-    for seq in 0..3 {
-        assert!(write(&ring, 1, 0, seq, 8));
-    }
-    let pending = ring
-        .reserve(EVENT_HEADER_SIZE + payload_len(8))
-        .expect("room");
+    let pending = three_events_and_one_pending(&ring);
     let mut packet = Vec::new();
     assert!(
         consumer.take_packet(&mut packet).is_none(),
@@ -190,12 +194,7 @@ fn flush_hands_over_a_partial_packet_without_losing_committed_events() {
 fn a_chunk_boundary_puts_every_earlier_event_before_it_and_every_later_one_after() {
     let ring = ring(4096, 4, Mode::Discard);
     let mut consumer = Consumer::new(ring.clone());
-    for seq in 0..3 {
-        assert!(write(&ring, 1, 0, seq, 8));
-    }
-    let pending = ring
-        .reserve(EVENT_HEADER_SIZE + payload_len(8))
-        .expect("room");
+    let pending = three_events_and_one_pending(&ring);
     let boundary = consumer.close_chunk().expect("an honest ring");
     assert_eq!(boundary, 4096, "the partly filled first packet is closed");
     assert!(write(&ring, 1, 0, 100, 8), "later events go on");
