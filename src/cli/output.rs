@@ -224,6 +224,18 @@ fn status(text: &mut String, s: &StatusReport) {
     };
     line("apps connected:", &s.apps);
     line("apps registered in total:", &s.apps_total);
+    if s.clock_tsc_hz > 0 {
+        let mhz = s.clock_tsc_hz as f64 / 1e6;
+        line(
+            "trace clock:",
+            &format!(
+                "{} ({mhz:.3} MHz, calibrated against CLOCK_MONOTONIC)",
+                s.clock
+            ),
+        );
+    } else {
+        line("trace clock:", &s.clock);
+    }
     line("buffer sets:", &s.buffer_sets);
     line("writers:", &s.writers);
     line(

@@ -91,6 +91,11 @@ impl Daemon {
 
     /// A daemon whose config file holds `toml`.
     pub fn with_config(toml: &str) -> Daemon {
+        Daemon::with_config_env(toml, &[])
+    }
+
+    /// A daemon whose config file holds `toml`, with `env` added to its environment.
+    pub fn with_config_env(toml: &str, env: &[(&str, &str)]) -> Daemon {
         let scratch = Scratch::new("daemon");
         let rundir = scratch.path("run");
         std::fs::create_dir_all(&rundir).unwrap();
@@ -101,6 +106,7 @@ impl Daemon {
             .arg(&config)
             .env("USTRACE_RUNDIR", &rundir)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
