@@ -116,6 +116,9 @@ fn a_tsc_daemon_records_ordered_and_dated_events_from_apps_sharing_a_ring() {
 fn a_monotonic_daemon_records_ordered_and_dated_events_from_apps_sharing_a_ring() {
     let daemon = record_with_clock("monotonic");
     assert_eq!(daemon.status().clock_tsc_hz, 0);
+    let out = daemon.cli(&["--json", "status"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["status"]["clock"], "monotonic", "{json}");
 }
 
 #[test]

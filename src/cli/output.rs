@@ -135,6 +135,8 @@ fn json_status(s: &StatusReport) -> Json {
     json!({
         "apps": s.apps,
         "apps_total": s.apps_total,
+        "clock": s.clock,
+        "clock_tsc_hz": s.clock_tsc_hz,
         "buffer_sets": s.buffer_sets,
         "writers": s.writers,
         "pid_sets_ready": s.pid_sets_ready,

@@ -479,7 +479,7 @@ pub enum ControlOk {
     /// The answer to `list`.
     Sessions(Vec<SessionInfo>),
     /// The answer to `status`.
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     /// The answer to `list --apps`, by registration time.
     Apps(Vec<AppInfo>),
 }

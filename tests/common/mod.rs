@@ -139,7 +139,7 @@ impl Daemon {
 
     pub fn status(&self) -> StatusReport {
         match self.ok(ControlRequest::Status) {
-            ControlOk::Status(s) => s,
+            ControlOk::Status(s) => *s,
             other => panic!("status answered {other:?}"),
         }
     }
