@@ -8,7 +8,7 @@ mod common;
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use common::{Daemon, babeltrace2, bin};
+use common::{Daemon, Scratch, babeltrace2, bin};
 use ustrace::protocol::messages::Buffering;
 use ustrace::shm::{CpuSource, current_cpu_from};
 use ustrace::trace::reader::{Reader, RecordKind};
@@ -27,14 +27,8 @@ fn unix_ns() -> i128 {
 fn run_apps_on_cpu(daemon: &Daemon, apps: usize, cpu: usize, events: u32, env: &[(&str, &str)]) {
     let children: Vec<_> = (0..apps)
         .map(|_| {
-            Command::new("taskset")
-                .args(["-c", &cpu.to_string()])
-                .arg(bin(
-                    "ustrace-demo",
-                    option_env!("CARGO_BIN_EXE_ustrace-demo"),
-                ))
-                .args(["--events", &events.to_string()])
-                .env("USTRACE_RUNDIR", &daemon.rundir)
+            daemon
+                .app_on_cpu(cpu, events)
                 .envs(env.iter().copied())
                 .spawn()
                 .unwrap()
@@ -43,6 +37,22 @@ fn run_apps_on_cpu(daemon: &Daemon, apps: usize, cpu: usize, events: u32, env: &
     for mut child in children {
         assert!(child.wait().unwrap().success());
     }
+}
+
+/// Starts `ustraced` with `USTRACE_CLOCK=clock` in a runtime dir of its own, expects
+/// it to refuse to start, and returns what it said.
+fn refused_start(clock: &str) -> String {
+    let scratch = Scratch::new("clock");
+    let out = Command::new(bin("ustraced", option_env!("CARGO_BIN_EXE_ustraced")))
+        .env("USTRACE_CLOCK", clock)
+        .env("USTRACE_RUNDIR", scratch.path("run"))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "ustraced started with USTRACE_CLOCK={clock}"
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 /// Reads the whole trace with our reader (which refuses a stream whose timestamps go
@@ -90,16 +100,7 @@ fn record_with_clock(clock: &str) -> Daemon {
 fn a_tsc_daemon_records_ordered_and_dated_events_from_apps_sharing_a_ring() {
     if !tsc_usable() {
         // No invariant TSC here: forcing it is refused, with the reason.
-        let daemon = Command::new(bin("ustraced", option_env!("CARGO_BIN_EXE_ustraced")))
-            .env("USTRACE_CLOCK", "tsc")
-            .env(
-                "USTRACE_RUNDIR",
-                std::env::temp_dir().join("ustrace-no-tsc"),
-            )
-            .output()
-            .unwrap();
-        assert!(!daemon.status.success());
-        assert!(String::from_utf8_lossy(&daemon.stderr).contains("TSC"));
+        assert!(refused_start("tsc").contains("TSC"));
         return;
     }
     let daemon = record_with_clock("tsc");
@@ -123,16 +124,7 @@ fn a_monotonic_daemon_records_ordered_and_dated_events_from_apps_sharing_a_ring(
 
 #[test]
 fn an_unknown_clock_choice_stops_the_daemon_naming_it() {
-    let out = Command::new(bin("ustraced", option_env!("CARGO_BIN_EXE_ustraced")))
-        .env("USTRACE_CLOCK", "sundial")
-        .env(
-            "USTRACE_RUNDIR",
-            std::env::temp_dir().join("ustrace-sundial"),
-        )
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_start("sundial");
     assert!(err.contains("USTRACE_CLOCK=\"sundial\""), "{err}");
 }
 

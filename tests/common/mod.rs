@@ -223,17 +223,21 @@ impl Daemon {
 
     /// Runs `ustrace-demo` pinned to `cpu`, emitting `events` into that CPU's ring.
     pub fn run_app_on_cpu(&self, cpu: usize, events: u32) {
-        let out = Command::new("taskset")
-            .args(["-c", &cpu.to_string()])
+        let out = self.app_on_cpu(cpu, events).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    /// The command of a `ustrace-demo` pinned to `cpu` (taskset), emitting `events`.
+    pub fn app_on_cpu(&self, cpu: usize, events: u32) -> Command {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", &cpu.to_string()])
             .arg(bin(
                 "ustrace-demo",
                 option_env!("CARGO_BIN_EXE_ustrace-demo"),
             ))
             .args(["--events", &events.to_string()])
-            .env("USTRACE_RUNDIR", &self.rundir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+            .env("USTRACE_RUNDIR", &self.rundir);
+        cmd
     }
 
     /// Runs an app to completion and checks it exited cleanly.
