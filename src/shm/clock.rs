@@ -184,8 +184,15 @@ fn tsc() -> u64 {
     now_ns()
 }
 
-/// Whether this CPU has `rdtscp` (CPUID 0x8000_0001, EDX bit 27).
+/// Whether this CPU has `rdtscp` (CPUID 0x8000_0001, EDX bit 27). Asked once per
+/// process: every ring mapped checks it, and CPUID traps to the hypervisor in a VM.
 fn has_rdtscp() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(cpuid_rdtscp)
+}
+
+/// CPUID's answer for [`has_rdtscp`].
+fn cpuid_rdtscp() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         // CPUID exists on every x86_64 CPU (a safe intrinsic there); leaf
