@@ -22,6 +22,7 @@ pub mod config;
 #[cfg(feature = "daemon")]
 pub mod control;
 pub mod ctf;
+pub mod filter;
 #[cfg(feature = "daemon")]
 pub mod daemon;
 pub mod protocol;

@@ -10,6 +10,7 @@
 //! matching as soon as an app declaring such an event registers.
 
 use crate::ctf::field::{EventDesc, LogLevel};
+use crate::filter::glob::{Token, glob_match};
 use crate::protocol::messages::LogLevelRule;
 use serde::de::{self, Deserializer, Visitor};
 use serde::ser::{SerializeMap, Serializer};
@@ -30,15 +31,6 @@ pub struct EventPattern {
     text: String,
     /// What it matches, one token per character.
     tokens: Vec<Token>,
-}
-
-/// One matching unit of a pattern.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Token {
-    /// This byte (an escaped `*` or `\` included).
-    Byte(u8),
-    /// Any run of bytes, empty included.
-    Star,
 }
 
 /// Why an event pattern was refused.
@@ -121,34 +113,6 @@ impl EventPattern {
     pub fn has_wildcard(&self) -> bool {
         self.tokens.contains(&Token::Star)
     }
-}
-
-/// Star-glob matching with one backtrack point (the last `*` seen): linear in the
-/// subject for each star, so a hostile pattern costs at most pattern x subject steps.
-fn glob_match(pattern: &[Token], subject: &[u8]) -> bool {
-    let (mut p, mut s) = (0, 0);
-    let mut resume: Option<(usize, usize)> = None;
-    while s < subject.len() {
-        match pattern.get(p) {
-            Some(Token::Star) => {
-                resume = Some((p + 1, s));
-                p += 1;
-            }
-            Some(Token::Byte(b)) if *b == subject[s] => {
-                p += 1;
-                s += 1;
-            }
-            _ => match resume {
-                Some((after_star, from)) => {
-                    p = after_star;
-                    s = from + 1;
-                    resume = Some((after_star, from + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|t| *t == Token::Star)
 }
 
 /// LTTng-UST's log-level names, in [`LogLevel`] order (`EMERG` is 0, `DEBUG` 14).
