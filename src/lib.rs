@@ -22,9 +22,9 @@ pub mod config;
 #[cfg(feature = "daemon")]
 pub mod control;
 pub mod ctf;
-pub mod filter;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+pub mod filter;
 pub mod protocol;
 #[cfg(feature = "daemon")]
 pub mod relayd;

@@ -137,6 +137,7 @@ fn session(daemon: &Daemon) -> PathBuf {
             pattern: "ustrace:*".into(),
             exclude: Vec::new(),
             loglevel: Default::default(),
+            filter: None,
         });
     }
     daemon.ok(ControlRequest::Start {

@@ -243,6 +243,7 @@ fn bad_rules_are_refused_with_what_is_wrong() {
             pattern,
             exclude,
             loglevel: LogLevelRule::All,
+            filter: None,
         });
         let err = reply.expect_err("refused");
         assert!(err.contains(says), "{err}");

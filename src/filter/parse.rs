@@ -21,7 +21,7 @@
 //! Every error names the offending token and its column (1-based, in characters).
 
 use super::glob::Token;
-use super::program::{CmpOp, ContextField};
+use super::program::{CmpOp, ContextField, MAX_STACK};
 use std::fmt;
 
 /// Longest filter expression accepted, in bytes.
@@ -113,8 +113,8 @@ impl fmt::Display for Tok {
 
 /// Operators, longest first so that `<=` is not read as `<`.
 const PUNCTS: [&str; 22] = [
-    "&&", "||", "==", "!=", "<=", ">=", "<<", ">>", "(", ")", "!", "<", ">", "=", "&", "|",
-    "^", "~", "+", "-", "*", "/",
+    "&&", "||", "==", "!=", "<=", ">=", "<<", ">>", "(", ")", "!", "<", ">", "=", "&", "|", "^",
+    "~", "+", "-", "*", "/",
 ];
 
 /// Splits `text` into tokens, each with its column.
@@ -132,8 +132,7 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, FilterError> {
         }
         let word = |from: usize| {
             let mut end = from;
-            while end < chars.len() && (chars[end].is_ascii_alphanumeric() || chars[end] == '_')
-            {
+            while end < chars.len() && (chars[end].is_ascii_alphanumeric() || chars[end] == '_') {
                 end += 1;
             }
             end
@@ -155,7 +154,9 @@ fn lex(text: &str) -> Result<Vec<(Tok, usize)>, FilterError> {
             let name_end = word(end + 1);
             out.push((Tok::Ctx(chars[end + 1..name_end].iter().collect()), column));
             i = name_end;
-        } else if c.is_ascii_digit() || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) {
+        } else if c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit))
+        {
             let mut end = i;
             while end < chars.len()
                 && (chars[end].is_ascii_alphanumeric()
@@ -432,7 +433,10 @@ pub fn parse(text: &str) -> Result<Expr, FilterError> {
     if text.len() > MAX_FILTER_LEN {
         return Err(FilterError {
             column: 1,
-            problem: format!("expression of {} bytes, at most {MAX_FILTER_LEN}", text.len()),
+            problem: format!(
+                "expression of {} bytes, at most {MAX_FILTER_LEN}",
+                text.len()
+            ),
         });
     }
     let toks = lex(text)?;
@@ -451,5 +455,21 @@ pub fn parse(text: &str) -> Result<Expr, FilterError> {
     if *parser.peek() != Tok::End {
         return Err(parser.unexpected("`&&`, `||` or the end"));
     }
+    // One entry is left for joining the filters of two rules.
+    if stack_depth(&expr) >= MAX_STACK {
+        return Err(FilterError {
+            column: 1,
+            problem: format!("expression needs an evaluation stack deeper than {MAX_STACK}"),
+        });
+    }
     Ok(expr)
+}
+
+/// The stack the postfix form of `expr` needs (see `program`).
+fn stack_depth(expr: &Expr) -> usize {
+    match expr {
+        Expr::Compare { .. } => 2,
+        Expr::Not(e) => stack_depth(e),
+        Expr::And(a, b) | Expr::Or(a, b) => stack_depth(a).max(1 + stack_depth(b)),
+    }
 }

@@ -21,7 +21,7 @@ use std::cmp::Ordering;
 
 /// Most operations in one program (the filters of every rule of a channel that
 /// match one event, joined by `Or`).
-pub const MAX_OPS: usize = 2048;
+pub const MAX_OPS: usize = 16384;
 
 /// Longest string or glob literal in a program, in bytes.
 pub const MAX_LITERAL: usize = 1024;
@@ -439,8 +439,14 @@ mod tests {
             (vec![], BadProgram::Result),
             (vec![Op::Int(1)], BadProgram::Result),
             (vec![Op::Not], BadProgram::Operands(0)),
-            (vec![Op::Int(1), Op::Int(1), Op::And], BadProgram::Operands(2)),
-            (vec![Op::False, Op::Int(1), Op::Compare(CmpOp::Eq)], BadProgram::Operands(2)),
+            (
+                vec![Op::Int(1), Op::Int(1), Op::And],
+                BadProgram::Operands(2),
+            ),
+            (
+                vec![Op::False, Op::Int(1), Op::Compare(CmpOp::Eq)],
+                BadProgram::Operands(2),
+            ),
             (vec![Op::False, Op::False], BadProgram::Result),
             (
                 vec![Op::Field(1), Op::Int(0), Op::Compare(CmpOp::Eq)],
@@ -449,7 +455,10 @@ mod tests {
                     fields: 1,
                 },
             ),
-            (vec![Op::False; MAX_OPS + 1], BadProgram::TooLong(MAX_OPS + 1)),
+            (
+                vec![Op::False; MAX_OPS + 1],
+                BadProgram::TooLong(MAX_OPS + 1),
+            ),
             (vec![Op::False; MAX_STACK + 1], BadProgram::TooDeep),
             (
                 vec![Op::Str(vec![b'x'; MAX_LITERAL + 1])],

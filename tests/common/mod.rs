@@ -163,6 +163,7 @@ impl Daemon {
                 pattern: "demo:*".into(),
                 exclude: Vec::new(),
                 loglevel: Default::default(),
+                filter: None,
             });
         }
         if start {
@@ -366,6 +367,7 @@ impl Daemon {
                 pattern: "demo:*".into(),
                 exclude: Vec::new(),
                 loglevel: Default::default(),
+                filter: None,
             });
         }
         if start {

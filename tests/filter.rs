@@ -1,0 +1,314 @@
+//! `enable-event --filter` through the CLI, the real daemon and real apps: a table of
+//! filter rules x the catalog app's events and values -> what babeltrace2 reads
+//! back, on every field type and on contexts; malformed expressions refused with
+//! their column; a filter pushed to apps already running.
+//!
+//! `ustrace-demo --catalog --events 3` emits `demo:ev {i: i64 = 0, 1, 2, s: "hello"}`,
+//! `demo:warn {code: u32 = 4}`, `demo:crit {code = 2}`, `demo:debug_line {line = 13}`,
+//! `demo:debug {line = 14}`, `net:recv {bytes: u64 = 1500, peer: "10.0.0.1",
+//! ratio: f64 = 0.5}` and `net:send_failed {errno: i32 = -32}`, once each but
+//! `demo:ev`.
+
+mod common;
+
+use common::{Daemon, babeltrace2, sub_traces, wait_for};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+/// Every line babeltrace2 prints for the trace under `dir` (none without a trace).
+fn lines(dir: &Path) -> Vec<String> {
+    if sub_traces(dir).is_empty() {
+        return Vec::new();
+    }
+    babeltrace2(dir)
+}
+
+/// Event name (with its `i` for `demo:ev`, as `demo:ev#1`) -> count.
+fn recorded(dir: &Path) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in lines(dir) {
+        let name = line
+            .split_whitespace()
+            .find_map(|t| t.strip_suffix(':').filter(|n| n.contains(':')))
+            .unwrap_or_else(|| panic!("no event name in {line}"));
+        let key = match line.split_once("i = ") {
+            Some((_, rest)) if name == "demo:ev" => {
+                format!("{name}#{}", rest.split([',', ' ']).next().unwrap())
+            }
+            _ => name.to_string(),
+        };
+        *counts.entry(key).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// Each named event recorded once.
+fn once(names: &[&str]) -> BTreeMap<String, usize> {
+    names.iter().map(|n| (n.to_string(), 1)).collect()
+}
+
+/// Runs `ustrace ARGS` against `daemon` and checks it succeeded.
+fn cli_ok(daemon: &Daemon, args: &[&str]) -> String {
+    let out = daemon.cli(args);
+    assert!(
+        out.status.success(),
+        "ustrace {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A session with `rules` (each the arguments of one `enable-event`), started
+/// before the catalog app registers, stopped after it exits: what it recorded.
+fn record_with(daemon: &Daemon, session: &str, rules: &[&[&str]]) -> BTreeMap<String, usize> {
+    let output = daemon.scratch.path(&format!("out-{session}"));
+    cli_ok(daemon, &["create", session, "-o", output.to_str().unwrap()]);
+    for rule in rules {
+        let mut args = vec!["enable-event", "-s", session];
+        args.extend_from_slice(rule);
+        cli_ok(daemon, &args);
+    }
+    cli_ok(daemon, &["start", session]);
+    daemon.run_app(&["--catalog", "--events", "3"]);
+    cli_ok(daemon, &["stop", session]);
+    cli_ok(daemon, &["destroy", session]);
+    recorded(&output)
+}
+
+const EVERY: [&str; 9] = [
+    "demo:ev#0",
+    "demo:ev#1",
+    "demo:ev#2",
+    "demo:warn",
+    "demo:crit",
+    "demo:debug_line",
+    "demo:debug",
+    "net:recv",
+    "net:send_failed",
+];
+
+#[test]
+fn filters_record_what_lttng_would() {
+    let daemon = Daemon::start();
+    let f = |pattern: &'static str, expr: &'static str| -> Vec<&'static str> {
+        vec![pattern, "--filter", expr]
+    };
+    let table: Vec<(Vec<Vec<&str>>, Vec<&str>)> = vec![
+        // Signed integers.
+        (vec![f("demo:ev", "i >= 1")], vec!["demo:ev#1", "demo:ev#2"]),
+        (
+            vec![f("demo:ev", "i == 1 || i == 2")],
+            vec!["demo:ev#1", "demo:ev#2"],
+        ),
+        (vec![f("demo:ev", "!(i != 0)")], vec!["demo:ev#0"]),
+        (vec![f("demo:ev", "i < -1")], vec![]),
+        (vec![f("demo:ev", "i")], vec!["demo:ev#1", "demo:ev#2"]),
+        (
+            vec![f("net:send_failed", "errno == -32")],
+            vec!["net:send_failed"],
+        ),
+        (vec![f("net:send_failed", "errno > -0x20")], vec![]),
+        // Unsigned integers, and integer vs float.
+        (vec![f("demo:warn", "code == 4")], vec!["demo:warn"]),
+        (
+            vec![f("net:recv", "bytes > 1000 && bytes <= 1500")],
+            vec!["net:recv"],
+        ),
+        (vec![f("net:recv", "bytes == 1500.0")], vec!["net:recv"]),
+        (vec![f("net:recv", "bytes < 1e3")], vec![]),
+        // Floats.
+        (vec![f("net:recv", "ratio == 0.5")], vec!["net:recv"]),
+        (vec![f("net:recv", "ratio > 0.5")], vec![]),
+        (vec![f("net:recv", "ratio < 1")], vec!["net:recv"]),
+        // Strings and globs.
+        (
+            vec![f("demo:ev", "s == \"hello\"")],
+            vec!["demo:ev#0", "demo:ev#1", "demo:ev#2"],
+        ),
+        (vec![f("demo:ev", "s != \"hello\"")], vec![]),
+        (
+            vec![f("demo:ev", "s == \"hel*\" && i == 2")],
+            vec!["demo:ev#2"],
+        ),
+        (vec![f("net:recv", "peer == \"10.*.1\"")], vec!["net:recv"]),
+        (vec![f("net:recv", "peer == \"192.*\"")], vec![]),
+        (vec![f("net:recv", "peer < \"11\"")], vec!["net:recv"]),
+        // Contexts, whatever the channel records.
+        (
+            vec![f("*", "$ctx.procname == \"ustrace-demo\"")],
+            EVERY.to_vec(),
+        ),
+        (
+            vec![f(
+                "*",
+                "$ctx.procname == \"ustrace*\" && $ctx.vpid > 0 && $ctx.vtid > 0",
+            )],
+            EVERY.to_vec(),
+        ),
+        (vec![f("*", "$ctx.procname == \"other*\"")], vec![]),
+        // A field an event lacks, or a type clash, makes the filter false for it.
+        (vec![f("*", "i == 2")], vec!["demo:ev#2"]),
+        (vec![f("*", "code == 4 || line == 14")], vec![]),
+        (
+            vec![f("*", "code == 4"), f("*", "line == 14")],
+            vec!["demo:warn", "demo:debug"],
+        ),
+        (vec![f("demo:ev", "s == 1")], vec![]),
+        (vec![f("demo:ev", "nope == 1 || i == 0")], vec![]),
+        // Overlapping rules: recorded once if any passes; a rule without filter
+        // takes every emission.
+        (
+            vec![f("demo:ev", "i == 0"), f("demo:ev", "i <= 1")],
+            vec!["demo:ev#0", "demo:ev#1"],
+        ),
+        (
+            vec![f("demo:ev", "i == 0"), f("*ev", "i == 2")],
+            vec!["demo:ev#0", "demo:ev#2"],
+        ),
+        (
+            vec![f("demo:ev", "i == 0"), vec!["demo:ev"]],
+            vec!["demo:ev#0", "demo:ev#1", "demo:ev#2"],
+        ),
+        (
+            vec![f("net:*", "bytes > 0"), f("*", "errno == -32")],
+            vec!["net:recv", "net:send_failed"],
+        ),
+        // With log levels and exclusions.
+        (
+            vec![vec![
+                "*",
+                "--loglevel",
+                "WARNING",
+                "--exclude",
+                "demo:crit",
+                "--filter",
+                "code > 0",
+            ]],
+            vec!["demo:warn"],
+        ),
+    ];
+    for (n, (rules, expected)) in table.iter().enumerate() {
+        let rules: Vec<&[&str]> = rules.iter().map(Vec::as_slice).collect();
+        assert_eq!(
+            record_with(&daemon, &format!("f{n}"), &rules),
+            once(expected),
+            "rules {rules:?}"
+        );
+    }
+}
+
+#[test]
+fn malformed_filters_are_refused_with_the_column_and_the_daemon_keeps_serving() {
+    let daemon = Daemon::start();
+    cli_ok(
+        &daemon,
+        &[
+            "create",
+            "bad",
+            "-o",
+            daemon.scratch.path("out").to_str().unwrap(),
+        ],
+    );
+    for (expr, message) in [
+        (
+            "i == ",
+            "filter: unexpected end of expression, expected a field, a context or a literal at column 6",
+        ),
+        (
+            "(i == 1))",
+            "filter: unexpected `)`, expected `&&`, `||` or the end at column 9",
+        ),
+        (
+            "i == 1 & 2",
+            "filter: operator `&` is not supported (only comparisons, `&&`, `||`, `!`) at column 8",
+        ),
+        (
+            "s < \"a*\"",
+            "filter: a string with `*` is a glob and takes only `==` or `!=`, not `<` at column 5",
+        ),
+        (
+            "$ctx.cpu == 1",
+            "filter: unknown context `$ctx.cpu` (expected vpid, vtid or procname) at column 1",
+        ),
+    ] {
+        let out = daemon.cli(&["enable-event", "demo:ev", "--filter", expr]);
+        assert!(!out.status.success(), "{expr:?} accepted");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert!(stderr.contains(message), "{expr:?}: {stderr}");
+    }
+    let long = format!("i == 1{}", " || i == 1".repeat(110));
+    let out = daemon.cli(&["enable-event", "demo:ev", "--filter", &long]);
+    assert!(
+        String::from_utf8(out.stderr)
+            .unwrap()
+            .contains("at most 1024")
+    );
+    // Nothing of the refused rules was kept, and a good one is still taken.
+    cli_ok(&daemon, &["enable-event", "demo:ev", "--filter", "i == 1"]);
+    let list = cli_ok(&daemon, &["list", "bad"]);
+    assert!(list.contains("demo:ev filter i == 1"), "{list}");
+    assert_eq!(list.matches("filter").count(), 1, "{list}");
+}
+
+#[test]
+fn a_channels_filters_are_bounded_together() {
+    let daemon = Daemon::start();
+    cli_ok(
+        &daemon,
+        &[
+            "create",
+            "big",
+            "-o",
+            daemon.scratch.path("out").to_str().unwrap(),
+        ],
+    );
+    let expr = format!("i == 1{}", " || i == 1".repeat(100));
+    for k in 0..4 {
+        cli_ok(
+            &daemon,
+            &["enable-event", &format!("demo:e{k}"), "--filter", &expr],
+        );
+    }
+    let out = daemon.cli(&["enable-event", "demo:e4", "--filter", &expr]);
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    assert!(stderr.contains("at most 4096"), "{stderr}");
+}
+
+#[test]
+fn a_filter_enabled_on_a_running_session_reaches_registered_apps() {
+    let daemon = Daemon::start();
+    let output = daemon.scratch.path("out-live");
+    cli_ok(&daemon, &["create", "live", "-o", output.to_str().unwrap()]);
+    cli_ok(&daemon, &["enable-event", "demo:warn"]);
+    cli_ok(&daemon, &["start"]);
+    // Two apps registered and waiting for demo:ev to be enabled.
+    let spawn = || {
+        daemon
+            .app(&["--events", "3", "--await-enabled-ms", "20000"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let (mut first, mut second) = (spawn(), spawn());
+    wait_for("both apps registered", Duration::from_secs(20), || {
+        daemon.status().apps == 2
+    });
+    let only = format!("$ctx.vpid == {} && i >= 1", first.id());
+    cli_ok(&daemon, &["enable-event", "demo:ev", "--filter", &only]);
+    // Both see demo:ev enabled and emit; only the first one's pass.
+    assert!(first.wait().unwrap().success());
+    assert!(second.wait().unwrap().success());
+    cli_ok(&daemon, &["stop"]);
+    let lines = lines(&output);
+    let of = |pid: u32| {
+        lines
+            .iter()
+            .filter(|l| l.contains(&format!("vpid = {pid}")))
+            .count()
+    };
+    assert_eq!(of(first.id()), 2, "{lines:#?}");
+    assert_eq!(of(second.id()), 0, "{lines:#?}");
+    assert_eq!(lines.iter().filter(|l| l.contains("demo:ev:")).count(), 2);
+}
