@@ -18,6 +18,7 @@ use super::glob::{Token, glob_match};
 use crate::ctf::field::{FieldDesc, FieldType};
 use serde::{Deserialize, Serialize};
 use std::cmp::Ordering;
+use std::mem::MaybeUninit;
 
 /// Most operations in one program (the filters of every rule of a channel that
 /// match one event, joined by `Or`).
@@ -200,6 +201,8 @@ pub struct Checked {
     ops: Vec<Op>,
     /// The event's field layouts, to find a field in the payload.
     layouts: Vec<Layout>,
+    /// Whether some op pushes a context.
+    reads_context: bool,
 }
 
 /// The context values a filter may read, taken once per filtered event.
@@ -211,6 +214,15 @@ pub struct ContextValues<'a> {
     pub vtid: i32,
     /// `$ctx.procname`, without its NUL padding.
     pub procname: &'a [u8],
+}
+
+impl ContextValues<'static> {
+    /// Stands for the values of a program that reads none.
+    pub const NONE: ContextValues<'static> = ContextValues {
+        vpid: 0,
+        vtid: 0,
+        procname: b"",
+    };
 }
 
 /// An entry of the evaluation stack.
@@ -302,6 +314,7 @@ impl Program {
             }
         }
         Ok(Checked {
+            reads_context: self.0.iter().any(|op| matches!(op, Op::Context(_))),
             ops: self.0,
             layouts: fields.iter().map(|f| Layout::of(&f.ty)).collect(),
         })
@@ -373,9 +386,16 @@ impl Checked {
         None
     }
 
-    /// Whether the event whose fields are encoded in `payload` passes the filter.
+    /// Whether the program reads a context (its values are gathered only then).
+    pub fn reads_context(&self) -> bool {
+        self.reads_context
+    }
+
+    /// Whether the event whose fields are encoded in `payload` passes the filter,
+    /// with `context` for its `$ctx.` operands.
     pub fn passes(&self, payload: &[u8], context: &ContextValues) -> bool {
-        let mut stack = [Val::Truth(false); MAX_STACK];
+        // Uninitialized: no per-event cost for the stack's size.
+        let mut stack = [MaybeUninit::<Val>::uninit(); MAX_STACK];
         let mut top = 0;
         for op in &self.ops {
             let value = match op {
@@ -393,25 +413,35 @@ impl Checked {
                 Op::False => Val::Truth(false),
                 Op::Compare(cmp) => {
                     top -= 2;
-                    match compare(*cmp, stack[top], stack[top + 1]) {
+                    // SAFETY: `check` ran this op sequence on a model of the stack:
+                    // it pops only entries pushed (written) before, and stays within
+                    // MAX_STACK.
+                    let (a, b) =
+                        unsafe { (stack[top].assume_init(), stack[top + 1].assume_init()) };
+                    match compare(*cmp, a, b) {
                         Some(t) => Val::Truth(t),
                         None => return false,
                     }
                 }
                 Op::Not => {
                     top -= 1;
-                    Val::Truth(!truth(stack[top]))
+                    // SAFETY: as for `Compare`.
+                    Val::Truth(!truth(unsafe { stack[top].assume_init() }))
                 }
                 Op::And | Op::Or => {
                     top -= 2;
-                    let (a, b) = (truth(stack[top]), truth(stack[top + 1]));
+                    // SAFETY: as for `Compare`.
+                    let (a, b) =
+                        unsafe { (stack[top].assume_init(), stack[top + 1].assume_init()) };
+                    let (a, b) = (truth(a), truth(b));
                     Val::Truth(if *op == Op::And { a && b } else { a || b })
                 }
             };
-            stack[top] = value;
+            stack[top] = MaybeUninit::new(value);
             top += 1;
         }
-        top == 1 && truth(stack[0])
+        // SAFETY: `check` found that the program leaves exactly one entry.
+        top == 1 && truth(unsafe { stack[0].assume_init() })
     }
 }
 
@@ -480,7 +510,7 @@ mod tests {
             field("u64", <u64 as FieldValue>::field_type()),
             field("f", FieldType::F32),
         ];
-        let mut payload = vec![0u8; 64];
+        let mut payload = [0u8; 64];
         let mut at = 0;
         at += "héllo".encode(&mut payload[at..]);
         at += (&[1u8, 2, 3][..]).encode(&mut payload[at..]);

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*};
 use super::channel::{self, MAX_SLOTS, SlotId};
 use super::context;
 use crate::ctf::field::{EventDesc, FieldDesc, LogLevel};
-use crate::filter::Checked;
+use crate::filter::{Checked, ContextValues};
 
 /// The bit of a tagged event id (see [`Tracepoint::ids`]) saying that the event is
 /// filtered in that slot: event ids stay below it (the daemon's limits on events
@@ -202,12 +202,16 @@ impl Tracepoint {
         let Some(filter) = (unsafe { ptr.as_ref() }) else {
             return false;
         };
-        let context = context::filter_values();
+        // Contexts are read only for a filter that uses them.
+        let context = filter.reads_context().then(context::filter_values);
         let run = |scratch: &mut Vec<u8>| {
             scratch.clear();
             scratch.resize(payload_len, 0);
             encode(scratch);
-            filter.passes(scratch, &context.values())
+            match &context {
+                Some(context) => filter.passes(scratch, &context.values()),
+                None => filter.passes(scratch, &ContextValues::NONE),
+            }
         };
         SCRATCH.with(|cell| match cell.try_borrow_mut() {
             Ok(mut scratch) => run(&mut scratch),
