@@ -49,32 +49,10 @@ fn once(names: &[&str]) -> BTreeMap<String, usize> {
     names.iter().map(|n| (n.to_string(), 1)).collect()
 }
 
-/// Runs `ustrace ARGS` against `daemon` and checks it succeeded.
-fn cli_ok(daemon: &Daemon, args: &[&str]) -> String {
-    let out = daemon.cli(args);
-    assert!(
-        out.status.success(),
-        "ustrace {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// A session with `rules` (each the arguments of one `enable-event`), started
-/// before the catalog app registers, stopped after it exits: what it recorded.
+/// What the catalog app recorded in a session with `rules` (each the arguments of
+/// one `enable-event`).
 fn record_with(daemon: &Daemon, session: &str, rules: &[&[&str]]) -> BTreeMap<String, usize> {
-    let output = daemon.scratch.path(&format!("out-{session}"));
-    cli_ok(daemon, &["create", session, "-o", output.to_str().unwrap()]);
-    for rule in rules {
-        let mut args = vec!["enable-event", "-s", session];
-        args.extend_from_slice(rule);
-        cli_ok(daemon, &args);
-    }
-    cli_ok(daemon, &["start", session]);
-    daemon.run_app(&["--catalog", "--events", "3"]);
-    cli_ok(daemon, &["stop", session]);
-    cli_ok(daemon, &["destroy", session]);
-    recorded(&output)
+    recorded(&daemon.record_run(session, rules, &["--catalog", "--events", "3"]))
 }
 
 const EVERY: [&str; 9] = [
@@ -202,15 +180,12 @@ fn filters_record_what_lttng_would() {
 #[test]
 fn malformed_filters_are_refused_with_the_column_and_the_daemon_keeps_serving() {
     let daemon = Daemon::start();
-    cli_ok(
-        &daemon,
-        &[
-            "create",
-            "bad",
-            "-o",
-            daemon.scratch.path("out").to_str().unwrap(),
-        ],
-    );
+    daemon.cli_ok(&[
+        "create",
+        "bad",
+        "-o",
+        daemon.scratch.path("out").to_str().unwrap(),
+    ]);
     for (expr, message) in [
         (
             "i == ",
@@ -246,8 +221,8 @@ fn malformed_filters_are_refused_with_the_column_and_the_daemon_keeps_serving() 
             .contains("at most 1024")
     );
     // Nothing of the refused rules was kept, and a good one is still taken.
-    cli_ok(&daemon, &["enable-event", "demo:ev", "--filter", "i == 1"]);
-    let list = cli_ok(&daemon, &["list", "bad"]);
+    daemon.cli_ok(&["enable-event", "demo:ev", "--filter", "i == 1"]);
+    let list = daemon.cli_ok(&["list", "bad"]);
     assert!(list.contains("demo:ev filter i == 1"), "{list}");
     assert_eq!(list.matches("filter").count(), 1, "{list}");
 }
@@ -255,21 +230,15 @@ fn malformed_filters_are_refused_with_the_column_and_the_daemon_keeps_serving() 
 #[test]
 fn a_channels_filters_are_bounded_together() {
     let daemon = Daemon::start();
-    cli_ok(
-        &daemon,
-        &[
-            "create",
-            "big",
-            "-o",
-            daemon.scratch.path("out").to_str().unwrap(),
-        ],
-    );
+    daemon.cli_ok(&[
+        "create",
+        "big",
+        "-o",
+        daemon.scratch.path("out").to_str().unwrap(),
+    ]);
     let expr = format!("i == 1{}", " || i == 1".repeat(100));
     for k in 0..4 {
-        cli_ok(
-            &daemon,
-            &["enable-event", &format!("demo:e{k}"), "--filter", &expr],
-        );
+        daemon.cli_ok(&["enable-event", &format!("demo:e{k}"), "--filter", &expr]);
     }
     let out = daemon.cli(&["enable-event", "demo:e4", "--filter", &expr]);
     let stderr = String::from_utf8(out.stderr).unwrap();
@@ -280,9 +249,9 @@ fn a_channels_filters_are_bounded_together() {
 fn a_filter_enabled_on_a_running_session_reaches_registered_apps() {
     let daemon = Daemon::start();
     let output = daemon.scratch.path("out-live");
-    cli_ok(&daemon, &["create", "live", "-o", output.to_str().unwrap()]);
-    cli_ok(&daemon, &["enable-event", "demo:warn"]);
-    cli_ok(&daemon, &["start"]);
+    daemon.cli_ok(&["create", "live", "-o", output.to_str().unwrap()]);
+    daemon.cli_ok(&["enable-event", "demo:warn"]);
+    daemon.cli_ok(&["start"]);
     // Two apps registered and waiting for demo:ev to be enabled.
     let spawn = || {
         daemon
@@ -296,11 +265,11 @@ fn a_filter_enabled_on_a_running_session_reaches_registered_apps() {
         daemon.status().apps == 2
     });
     let only = format!("$ctx.vpid == {} && i >= 1", first.id());
-    cli_ok(&daemon, &["enable-event", "demo:ev", "--filter", &only]);
+    daemon.cli_ok(&["enable-event", "demo:ev", "--filter", &only]);
     // Both see demo:ev enabled and emit; only the first one's pass.
     assert!(first.wait().unwrap().success());
     assert!(second.wait().unwrap().success());
-    cli_ok(&daemon, &["stop"]);
+    daemon.cli_ok(&["stop"]);
     let lines = lines(&output);
     let of = |pid: u32| {
         lines
