@@ -281,3 +281,85 @@ fn a_filter_enabled_on_a_running_session_reaches_registered_apps() {
     assert_eq!(of(second.id()), 0, "{lines:#?}");
     assert_eq!(lines.iter().filter(|l| l.contains("demo:ev:")).count(), 2);
 }
+
+#[test]
+fn an_app_refuses_hostile_filter_programs_and_keeps_running() {
+    use std::os::fd::AsFd;
+    use std::os::unix::net::UnixListener;
+    use ustrace::filter::Program;
+    use ustrace::filter::program::{CmpOp, Op};
+    use ustrace::protocol::frame;
+    use ustrace::protocol::messages::{AppCommand, AppRegister};
+    use ustrace::shm::{ChannelBuffers, DEFAULT_GEOMETRY, Mode, RingConfig};
+
+    // A fake daemon: it registers the app, then pushes programs no daemon compiles.
+    let scratch = common::Scratch::new("hostile-filter");
+    let listener = UnixListener::bind(scratch.path("apps.sock")).unwrap();
+    let mut app = std::process::Command::new(env!("CARGO_BIN_EXE_ustrace-demo"))
+        .args(["--events", "3", "--await-enabled-ms", "20000"])
+        .env("USTRACE_RUNDIR", &scratch.0)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (sock, _) = listener.accept().unwrap();
+    frame::expect_hello(&sock).unwrap();
+    let (register, _) = frame::recv::<AppRegister>(&sock, frame::MAX_FRAME)
+        .unwrap()
+        .unwrap();
+    assert_eq!(register.events[0].name, "ev");
+    let config = RingConfig {
+        geometry: DEFAULT_GEOMETRY,
+        mode: Mode::Discard,
+        stream_id: 0,
+        uuid: [0; 16],
+        context_len: 0,
+    };
+    let buffers = ChannelBuffers::create("hostile-filter", &config, 1).unwrap();
+    let channel = AppCommand::Channel {
+        key: 1,
+        streams: 1,
+        contexts: Vec::new(),
+    };
+    let fds = [buffers.wakeup().as_fd(), buffers.rings()[0].as_fd()];
+    frame::send(&sock, &channel, &fds).unwrap();
+    frame::send(&sock, &AppCommand::RegistrationDone, &[]).unwrap();
+    let hostile = [
+        Program(vec![Op::Not]),
+        Program(vec![Op::Field(9), Op::Int(1), Op::Compare(CmpOp::Eq)]),
+        Program(vec![Op::False; 100]),
+        Program(vec![Op::Str(vec![b'x'; 5000])]),
+    ];
+    for program in hostile {
+        let enable = AppCommand::Enable {
+            key: 1,
+            events: vec![(0, 1)],
+            filters: vec![(0, program)],
+        };
+        frame::send(&sock, &enable, &[]).unwrap();
+    }
+    // An id with the app's "filtered" bit, then a sound enable it records with.
+    let enable = |id| AppCommand::Enable {
+        key: 1,
+        events: vec![(0, id)],
+        filters: Vec::new(),
+    };
+    frame::send(&sock, &enable(1 << 31), &[]).unwrap();
+    frame::send(&sock, &enable(1), &[]).unwrap();
+    let out = app.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for refusal in [
+        "filter of event index 0: operation 0 lacks its operands",
+        "filter of event index 0: field index 9 of an event with 2 fields",
+        "filter of event index 0: needs a stack deeper than 64",
+        "filter of event index 0: a literal of 5000 bytes, at most 1024",
+        "event id 2147483648 out of range",
+    ] {
+        assert!(stderr.contains(refusal), "{refusal}: {stderr}");
+    }
+    // The sound enable recorded into the fake daemon's ring.
+    let mut consumer = buffers.consumers().remove(0);
+    consumer.flush();
+    let mut packet = Vec::new();
+    assert!(consumer.take_packet(&mut packet).is_some());
+}
