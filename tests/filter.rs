@@ -295,7 +295,7 @@ fn an_app_refuses_hostile_filter_programs_and_keeps_running() {
     // A fake daemon: it registers the app, then pushes programs no daemon compiles.
     let scratch = common::Scratch::new("hostile-filter");
     let listener = UnixListener::bind(scratch.path("apps.sock")).unwrap();
-    let mut app = std::process::Command::new(env!("CARGO_BIN_EXE_ustrace-demo"))
+    let app = std::process::Command::new(env!("CARGO_BIN_EXE_ustrace-demo"))
         .args(["--events", "3", "--await-enabled-ms", "20000"])
         .env("USTRACE_RUNDIR", &scratch.0)
         .stderr(Stdio::piped())
