@@ -54,6 +54,14 @@ impl Filter {
         names
     }
 
+    /// The fields the expression reads that `event` does not have: for that event
+    /// the filter is false whatever its values (the daemon says so in its log).
+    pub fn missing_fields(&self, event: &EventDesc) -> Vec<&str> {
+        let mut missing = self.fields();
+        missing.retain(|name| !event.fields.iter().any(|f| f.name == *name));
+        missing
+    }
+
     /// The program apps run for `event`. As in LTTng, a field the event does not
     /// have, or a comparison of a string with a number, makes the whole filter
     /// false for that event.
@@ -419,8 +427,9 @@ mod tests {
 
     #[test]
     fn the_fields_a_filter_reads_are_listed_once() {
-        let f = Filter::parse("n == 1 && (s == \"x\" || n > 2) && $ctx.vtid == 3").unwrap();
-        assert_eq!(f.fields(), vec!["n", "s"]);
+        let f = Filter::parse("n == 1 && (s == \"x\" || k > 2) && $ctx.vtid == 3").unwrap();
+        assert_eq!(f.fields(), vec!["n", "s", "k"]);
+        assert_eq!(f.missing_fields(&event()), vec!["k"]);
     }
 
     /// Random expressions over the sample's fields, contexts and literals.

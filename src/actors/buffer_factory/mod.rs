@@ -413,6 +413,7 @@ impl BufferFactory {
             .collect();
         for index in missing {
             let event = &app.events[index as usize];
+            warn_missing_fields(connection, channel, event);
             match trace.registry.register_event(event) {
                 Ok((id, new)) => {
                     changed |= new;
@@ -913,5 +914,24 @@ impl Handler<DestroySession> for BufferFactory {
         self.snapshots_taken.remove(&msg.0);
         self.tear_down(|k| k.session == msg.0, ctx);
         Box::pin(self.settle(&msg.0, Vec::new()))
+    }
+}
+
+/// Logs, for each rule of `channel` matching `event` whose filter names fields the
+/// event does not have, that the rule records nothing of it (LTTng's semantics).
+fn warn_missing_fields(connection: ConnectionId, channel: &ChannelDef, event: &EventDesc) {
+    for rule in channel.rules.iter().filter(|r| r.matches(event)) {
+        let Some(filter) = &rule.filter else { continue };
+        let missing = filter.missing_fields(event);
+        if !missing.is_empty() {
+            let fields: Vec<&str> = event.fields.iter().map(|f| f.name.as_str()).collect();
+            log::warn!(
+                "app connection {connection}: event {} has no field {} (its fields: {}): \
+                 the rule `{rule}` records none of it",
+                event.full_name(),
+                missing.join(", "),
+                fields.join(", ")
+            );
+        }
     }
 }
