@@ -80,6 +80,9 @@ pub enum DaemonError {
     /// The actor system failed.
     #[error("actor system: {0}")]
     System(io::Error),
+    /// The trace clock asked for (`USTRACE_CLOCK`) cannot be used on this host.
+    #[error(transparent)]
+    Clock(#[from] crate::shm::ClockError),
 }
 
 /// Why a reload (SIGHUP) changed nothing: the daemon keeps the config it runs.
@@ -150,6 +153,9 @@ impl Daemon {
     /// then stops every started session, flushing it to disk.
     pub fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let rundir = self.config.effective_runtime_dir()?;
+        // Chosen and calibrated once, before any ring: every session's rings share it.
+        let clock = crate::shm::host_clock()?;
+        log::info!("trace clock: {}", clock.name());
         prepare_rundir(&rundir)?;
         recover_outputs(&self.config);
         raise_fd_limit();

@@ -422,6 +422,16 @@ fn a_valid_ring_file_maps_with_its_geometry() {
 }
 
 #[test]
+fn every_process_mapping_a_ring_reads_the_creators_clock() {
+    let created = ring(4096, 2, Mode::Discard);
+    let wakeup = Arc::new(Wakeup::new().expect("eventfd"));
+    let mapped =
+        Ring::from_fd(memfd_with(&read_all(created.as_fd()), true), wakeup, 0).expect("ring");
+    assert_eq!(mapped.clock(), created.clock());
+    assert_eq!(Ok(created.clock()), ustrace::shm::host_clock());
+}
+
+#[test]
 fn wrong_magic_is_refused() {
     let mut bytes = good_ring_bytes();
     bytes[0] ^= 0xFF;
@@ -438,7 +448,7 @@ fn wrong_version_is_refused() {
             e,
             ShmError::BadVersion {
                 found: 99,
-                expected: 3
+                expected: 4
             }
         ),
         "{e}"

@@ -87,7 +87,7 @@ pub async fn answer(
                 Err(e) => Err(busy(e)),
             };
         }
-        ControlRequest::Status => return Ok(ControlOk::Status(stats.report())),
+        ControlRequest::Status => return Ok(ControlOk::Status(Box::new(stats.report()))),
         ControlRequest::AddContext {
             session,
             channel,

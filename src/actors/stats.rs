@@ -128,6 +128,7 @@ impl Stats {
 
     /// A copy of every counter for `ustrace status`.
     pub fn report(&self) -> StatusReport {
+        let clock = crate::shm::host_clock().ok();
         StatusReport {
             apps: self.apps.load(Relaxed),
             apps_total: self.apps_total.load(Relaxed),
@@ -144,6 +145,9 @@ impl Stats {
             corrupt_rings: self.corrupt_rings.load(Relaxed),
             packets_lost_corrupt_ring: self.packets_lost_corrupt_ring.load(Relaxed),
             relayd_connects: self.relayd_connects.load(Relaxed),
+            // The daemon started only once its clock was chosen: this never fails.
+            clock: clock.map_or("unusable", |c| c.name()).into(),
+            clock_tsc_hz: clock.and_then(|c| c.tsc_hz()).unwrap_or(0),
             relayd_send_failures: self.relayd_send_failures.load(Relaxed),
             per_uid: self
                 .per_uid

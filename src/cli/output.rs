@@ -135,6 +135,8 @@ fn json_status(s: &StatusReport) -> Json {
     json!({
         "apps": s.apps,
         "apps_total": s.apps_total,
+        "clock": s.clock,
+        "clock_tsc_hz": s.clock_tsc_hz,
         "buffer_sets": s.buffer_sets,
         "writers": s.writers,
         "pid_sets_ready": s.pid_sets_ready,
@@ -224,6 +226,18 @@ fn status(text: &mut String, s: &StatusReport) {
     };
     line("apps connected:", &s.apps);
     line("apps registered in total:", &s.apps_total);
+    if s.clock_tsc_hz > 0 {
+        let mhz = s.clock_tsc_hz as f64 / 1e6;
+        line(
+            "trace clock:",
+            &format!(
+                "{} ({mhz:.3} MHz, calibrated against CLOCK_MONOTONIC)",
+                s.clock
+            ),
+        );
+    } else {
+        line("trace clock:", &s.clock);
+    }
     line("buffer sets:", &s.buffer_sets);
     line("writers:", &s.writers);
     line(

@@ -459,6 +459,13 @@ pub struct StatusReport {
     /// above the number of streaming sessions, the difference is reconnections.
     #[serde(default)]
     pub relayd_connects: u64,
+    /// The trace clock of every session's rings (`tsc` or `monotonic`, see
+    /// `USTRACE_CLOCK`), and the TSC frequency the daemon calibrated, if any.
+    #[serde(default)]
+    pub clock: String,
+    /// TSC ticks per second measured against CLOCK_MONOTONIC; 0 for `monotonic`.
+    #[serde(default)]
+    pub clock_tsc_hz: u64,
     /// Packets that could not be sent to a relayd (retried after the back-off, or
     /// counted in `packets_lost_writer` once their writer gave up).
     #[serde(default)]
@@ -513,7 +520,7 @@ pub enum ControlOk {
     /// The answer to `list`.
     Sessions(Vec<SessionInfo>),
     /// The answer to `status`.
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     /// The answer to `list --apps`, by registration time.
     Apps(Vec<AppInfo>),
 }

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::*;
 use std::time::Instant;
 
-use super::clock::now_ns;
 use super::layout::{RECORD_AT, RECORD_LEN, RECORD_OWNER, RECORD_TIMESTAMP, RECORDS};
 use super::{Mode, Ring, RingCorruption, RingCounters};
 use crate::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
@@ -855,7 +854,7 @@ impl Ring {
             if off == 0 {
                 return Ok(false);
             }
-            let timestamp = now_ns();
+            let timestamp = self.clock.now();
             match write.compare_exchange_weak(old, old - off + sb, AcqRel, Acquire) {
                 Ok(_) => {
                     // LP: the flush CAS closed the packet; the close commit follows.

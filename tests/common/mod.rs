@@ -91,6 +91,11 @@ impl Daemon {
 
     /// A daemon whose config file holds `toml`.
     pub fn with_config(toml: &str) -> Daemon {
+        Daemon::with_config_env(toml, &[])
+    }
+
+    /// A daemon whose config file holds `toml`, with `env` added to its environment.
+    pub fn with_config_env(toml: &str, env: &[(&str, &str)]) -> Daemon {
         let scratch = Scratch::new("daemon");
         let rundir = scratch.path("run");
         std::fs::create_dir_all(&rundir).unwrap();
@@ -101,6 +106,7 @@ impl Daemon {
             .arg(&config)
             .env("USTRACE_RUNDIR", &rundir)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -133,7 +139,7 @@ impl Daemon {
 
     pub fn status(&self) -> StatusReport {
         match self.ok(ControlRequest::Status) {
-            ControlOk::Status(s) => s,
+            ControlOk::Status(s) => *s,
             other => panic!("status answered {other:?}"),
         }
     }
@@ -218,17 +224,21 @@ impl Daemon {
 
     /// Runs `ustrace-demo` pinned to `cpu`, emitting `events` into that CPU's ring.
     pub fn run_app_on_cpu(&self, cpu: usize, events: u32) {
-        let out = Command::new("taskset")
-            .args(["-c", &cpu.to_string()])
+        let out = self.app_on_cpu(cpu, events).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    /// The command of a `ustrace-demo` pinned to `cpu` (taskset), emitting `events`.
+    pub fn app_on_cpu(&self, cpu: usize, events: u32) -> Command {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", &cpu.to_string()])
             .arg(bin(
                 "ustrace-demo",
                 option_env!("CARGO_BIN_EXE_ustrace-demo"),
             ))
             .args(["--events", &events.to_string()])
-            .env("USTRACE_RUNDIR", &self.rundir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+            .env("USTRACE_RUNDIR", &self.rundir);
+        cmd
     }
 
     /// Runs an app to completion and checks it exited cleanly.
