@@ -5,7 +5,7 @@
 //! queue behind a busy actor, and no counter needs to be consistent with another.
 
 use crate::actors::app_connection::Refusal;
-use crate::protocol::messages::{StatusReport, UidLosses, WriterFailure};
+use crate::protocol::messages::{SessionRotation, StatusReport, UidLosses, WriterFailure};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -56,6 +56,8 @@ pub struct Stats {
     /// Apps refused since start, by [`Refusal::cause`]: an operator sees which limit
     /// turns apps away.
     pub refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Sessions' rotation settings and last archives, written by the factory.
+    pub rotations: Mutex<BTreeMap<String, SessionRotation>>,
 }
 
 /// Buckets of the service-time histogram: up to 2^24 us (16 s), past any timeout.
@@ -171,6 +173,11 @@ impl Stats {
                 .iter()
                 .map(|(cause, n)| (cause.to_string(), *n))
                 .collect(),
+            rotations: self
+                .rotations
+                .lock()
+                .map(|r| r.values().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 }

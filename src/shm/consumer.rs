@@ -356,6 +356,25 @@ impl Consumer {
         }
     }
 
+    /// Closes the partly filled packet, as [`Consumer::flush`], and returns where
+    /// the ring's packets closed so far end (a sub-buffer boundary): every event
+    /// reserved before this call lies before it, every later one after it. A
+    /// rotation puts the packets before it in the chunk it closes. `None` on a
+    /// corrupt ring.
+    pub fn close_chunk(&mut self) -> Option<u64> {
+        self.flush();
+        let at = self.positions()?;
+        let sb = self.ring.geometry().subbuf_size;
+        Some(at.write - at.write % sb)
+    }
+
+    /// Whether every packet before `boundary` (from [`Consumer::close_chunk`]) has
+    /// left the ring (taken, overwritten or given up); true on a corrupt ring, which
+    /// gives nothing more.
+    pub fn taken_to(&mut self, boundary: u64) -> bool {
+        self.positions().is_none_or(|at| at.consumed >= boundary)
+    }
+
     /// Reads the holder table: records of threads inside a reservation, split by
     /// whether `alive` says their process lives; frees dead processes' idle records.
     fn holds(&self, alive: &dyn Fn(i32) -> bool) -> (Vec<Hold>, Vec<Hold>) {

@@ -216,6 +216,18 @@ impl Daemon {
         app
     }
 
+    /// An app emitting one event every `us` microseconds until poked ([`poke`]),
+    /// which then prints `emitted COUNT ...` and exits.
+    pub fn paced_app(&self, us: u32) -> Running {
+        Running(
+            self.app(&["--paced-us", &us.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     /// Runs `ustrace-demo` pinned to CPU 0, emitting `events`: every such app writes
     /// the same stream of a per-UID channel, so a test can aim at one writer.
     pub fn run_pinned_app(&self, events: u32) {
@@ -302,10 +314,52 @@ impl Drop for Running {
     }
 }
 
+impl Running {
+    /// Stops a [`Daemon::paced_app`]: pokes it, reads its `emitted COUNT` line and
+    /// waits for its clean exit; returns its pid and COUNT.
+    pub fn finish_paced(mut self) -> (u32, i64) {
+        poke(&mut self.0);
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(self.0.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(self.0.wait().unwrap().success());
+        let emitted = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("app said {line:?}"));
+        (self.0.id(), emitted)
+    }
+}
+
 /// Writes a line to a child's stdin.
 pub fn poke(child: &mut Child) {
     let stdin = child.stdin.as_mut().unwrap();
     let _ = writeln!(stdin);
+}
+
+/// Bytes of the stream files below `dir` (metadata, index and hidden files left
+/// out): what the trace recorded so far.
+pub fn stream_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            match path.is_dir() {
+                true if name == "index" => 0,
+                true => stream_bytes(&path),
+                false if name == "metadata" || name.starts_with('.') => 0,
+                false => e.metadata().map_or(0, |m| m.len()),
+            }
+        })
+        .sum()
 }
 
 /// `babeltrace2 DIR` output lines; panics if babeltrace2 fails.
