@@ -553,6 +553,7 @@ fn a_registration_reaches_the_app_in_one_piece() {
         name: "raw".into(),
         bitness: 64,
         events: vec![EventDesc {
+            model_emf_uri: None,
             provider: "demo".into(),
             name: "raw".into(),
             loglevel: LogLevel::Info,

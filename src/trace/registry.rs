@@ -499,6 +499,7 @@ mod tests {
 
     fn desc(fields: Vec<FieldDesc>) -> EventDesc {
         EventDesc {
+            model_emf_uri: None,
             provider: "p".into(),
             name: "e".into(),
             loglevel: LogLevel::Info,
@@ -572,6 +573,7 @@ mod tests {
 
     fn named(name: &str) -> EventDesc {
         EventDesc {
+            model_emf_uri: None,
             name: name.into(),
             ..desc(vec![])
         }
