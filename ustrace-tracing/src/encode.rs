@@ -303,6 +303,23 @@ impl Write for Bounded<'_> {
         if self.cut {
             return Ok(());
         }
+        let room = self.buf.len().saturating_sub(self.at);
+        // A short value that fits (most of them): one byte loop both looks for a
+        // NUL and copies, where `memchr` and `memcpy` cost more in set-up than
+        // in work.
+        if s.len() < 32 && s.len() <= room {
+            let out = &mut self.buf[self.at..self.at + s.len()];
+            for (i, (&b, o)) in s.as_bytes().iter().zip(out).enumerate() {
+                if b == 0 {
+                    self.cut = true;
+                    self.at += i;
+                    return Ok(());
+                }
+                *o = b;
+            }
+            self.at += s.len();
+            return Ok(());
+        }
         let s = match s.find('\0') {
             Some(nul) => {
                 self.cut = true;
@@ -310,7 +327,6 @@ impl Write for Bounded<'_> {
             }
             None => s,
         };
-        let room = self.buf.len().saturating_sub(self.at);
         let mut take = s.len().min(room);
         while !s.is_char_boundary(take) {
             take -= 1;
