@@ -129,10 +129,11 @@ fn main() {
         .filter_map(|(backend, name)| get(backend).map(|ns| format!("{:.1}x {name}", ns / ours)))
         .collect();
         println!(
-            "  {scenario}: ustrace-tracing {ours:.1} ns{native}; cheaper than: {}",
+            "  {scenario}: ustrace-tracing {ours:.1} ns{native}; each peer's cost over ours: {}",
             peers.join(", ")
         );
     }
+    println!("  (tracing-perfetto and fmt write nothing at a span's enter or exit)");
     let get = |b: &str| {
         best.get(&("disabled callsite, 1 thread".to_string(), b.to_string()))
             .copied()
