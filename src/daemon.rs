@@ -277,7 +277,7 @@ async fn declare_session(
         output: declared.output.clone(),
         url: declared.url.clone(),
         live_timer_us: declared.live_timer_us,
-        snapshot: false,
+        snapshot: declared.snapshot,
     };
     declare(sessions, name, create).await?;
     for channel in &declared.channels {

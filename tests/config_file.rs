@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ustrace::config::{ByteSize, Config, ConfigError};
 use ustrace::ctf::context::ContextType;
-use ustrace::protocol::messages::{Buffering, ChannelSpec};
+use ustrace::protocol::messages::{Buffering, ChannelSpec, TracefileLimits};
 use ustrace::rule::EventPattern;
 use ustrace::shm::Mode;
 
@@ -93,6 +93,8 @@ fn defaults_are_the_documented_values() {
     assert_eq!(config.channel_defaults.mode, Mode::Discard);
     assert_eq!(config.channel_defaults.buffers, Buffering::PerUid);
     assert_eq!(config.channel_defaults.writer, "ctf");
+    assert_eq!(config.channel_defaults.tracefile_size, ByteSize(0));
+    assert_eq!(config.channel_defaults.tracefile_count, 0);
     assert_eq!(config.supervision.max_restarts, 3);
     assert_eq!(config.supervision.within(), Duration::from_secs(10));
     assert_eq!(config.supervision.backoff(), Duration::from_millis(100));
@@ -672,6 +674,11 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
         contexts,
         tracefile: Default::default(),
     };
+    let mut limited = spec("a", Buffering::PerUid, Mode::Discard, None);
+    limited.tracefile = TracefileLimits {
+        size: 64 << 10,
+        count: 3,
+    };
     let info = SessionInfo {
         name: "web".into(),
         output: "/var/trace/web dir".into(),
@@ -679,7 +686,7 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
         snapshot: false,
         channels: vec![
             (
-                spec("a", Buffering::PerUid, Mode::Discard, None),
+                limited,
                 vec![
                     "http:*".into(),
                     "db:query".into(),
@@ -714,6 +721,111 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
     assert_eq!(config.channel_spec(&channels[0]), info.channels[0].0);
     let rules: Vec<String> = channels[0].events.iter().map(|r| r.0.to_string()).collect();
     assert_eq!(rules, info.channels[0].1, "{text}");
+}
+
+#[test]
+fn tracefile_limits_are_set_in_the_defaults_and_per_channel() {
+    let config = parse(
+        r#"
+[channel_defaults]
+subbuf_size = "8K"
+tracefile_size = "1M"
+tracefile_count = 4
+
+[[session]]
+name = "s"
+  [[session.channel]]
+  name = "inherits"
+  [[session.channel]]
+  name = "own_count"
+  tracefile_count = 2
+  [[session.channel]]
+  name = "unbounded"
+  tracefile_size = 0
+  tracefile_count = 0
+"#,
+    )
+    .unwrap();
+    let limits = |c: usize| {
+        config
+            .channel_spec(&config.sessions[0].channels[c])
+            .tracefile
+    };
+    let bound = |size, count| TracefileLimits { size, count };
+    assert_eq!(limits(0), bound(1 << 20, 4));
+    assert_eq!(limits(1), bound(1 << 20, 2));
+    assert_eq!(limits(2), bound(0, 0));
+    // `enable-channel` without the flags gets the defaults too.
+    assert_eq!(
+        config.default_channel_spec("c").tracefile,
+        bound(1 << 20, 4)
+    );
+}
+
+#[test]
+fn tracefile_limits_that_cannot_hold_a_stream_are_refused_naming_the_key() {
+    let channel = |keys: &str| {
+        format!(
+            "[[session]]\nname = \"s\"\n  [[session.channel]]\n  name = \"c\"\n  subbuf_size = \"8K\"\n{keys}"
+        )
+    };
+    let (position, message) = invalid(
+        &channel("  tracefile_size = \"4K\"\n"),
+        "session[0].channel[0].tracefile_size",
+    );
+    assert_eq!(position, Some((6, 20)));
+    assert!(
+        message.contains("smaller than a sub-buffer (8192 bytes)"),
+        "{message}"
+    );
+    let (_, message) = invalid(
+        &channel("  tracefile_count = 3\n"),
+        "session[0].channel[0].tracefile_count",
+    );
+    assert!(message.contains("needs tracefile_size"), "{message}");
+    invalid(
+        &channel("  tracefile_count = -1\n"),
+        "session[0].channel[0].tracefile_count",
+    );
+    invalid(
+        &channel("  tracefile_size = \"4X\"\n"),
+        "session[0].channel[0].tracefile_size",
+    );
+    // The defaults are checked where they are written, and against a channel's
+    // larger sub-buffers there when the channel inherits them.
+    invalid(
+        "[channel_defaults]\ntracefile_count = 2\n",
+        "channel_defaults.tracefile_count",
+    );
+    invalid(
+        "[channel_defaults]\ntracefile_size = \"4K\"\n",
+        "channel_defaults.tracefile_size",
+    );
+    let (_, message) = invalid(
+        &format!(
+            "[channel_defaults]\ntracefile_size = \"4K\"\nsubbuf_size = \"4K\"\n{}",
+            channel("")
+        ),
+        "channel_defaults.tracefile_size",
+    );
+    assert!(message.contains("(8192 bytes)"), "{message}");
+}
+
+#[test]
+fn snapshot_sessions_are_declared_in_the_file_but_not_with_a_url() {
+    let config = parse("[[session]]\nname = \"fr\"\nsnapshot = true\n").unwrap();
+    assert!(config.sessions[0].snapshot);
+    assert!(!parse("[[session]]\nname = \"s\"\n").unwrap().sessions[0].snapshot);
+    let (position, message) = invalid(
+        "[[session]]\nname = \"fr\"\nurl = \"net://localhost\"\nsnapshot = true\n",
+        "session[0].snapshot",
+    );
+    assert_eq!(position, Some((4, 12)));
+    assert!(message.contains("not with url"), "{message}");
+    invalid(
+        "[[session]]\nname = \"fr\"\nsnapshot = 1\n",
+        "session[0].snapshot",
+    );
 }
 
 #[test]

@@ -20,7 +20,9 @@ use crate::actors::writer::release_freed_heap;
 use crate::config::check_name;
 use crate::ctf::context::{ContextSet, ContextType};
 use crate::ctf::field::EventDesc;
-use crate::protocol::messages::{AppInfo, Buffering, ChannelRequest, ChannelSpec, SessionInfo};
+use crate::protocol::messages::{
+    AppInfo, Buffering, ChannelRequest, ChannelSpec, SessionInfo, TracefileProblem,
+};
 use crate::relayd::{RELAYD_WRITER, RelaydWriterFactory, StreamTarget, UrlError};
 use crate::rule::EventRule;
 use crate::shm::{Mode, ShmError};
@@ -689,19 +691,18 @@ fn reenable_channel(
     Ok(())
 }
 
-/// Checks a channel's tracefile bounds: a file holds at least one sub-buffer (as
-/// LTTng requires), and a count bounds files of a bounded size only.
+/// Checks a channel's tracefile bounds
+/// ([`TracefileLimits::check`](crate::protocol::messages::TracefileLimits::check)), in
+/// the CLI's words.
 fn check_tracefile(spec: &ChannelSpec) -> Result<(), SessionError> {
-    let t = spec.tracefile;
-    let problem = if t.size > 0 && t.size < u64::from(spec.subbuf_size) {
-        format!(
-            "--tracefile-size {} is smaller than a sub-buffer ({} bytes)",
-            t.size, spec.subbuf_size
-        )
-    } else if t.size == 0 && t.count > 0 {
-        "--tracefile-count needs --tracefile-size".to_string()
-    } else {
-        return Ok(());
+    let problem = match spec.tracefile.check(spec.subbuf_size) {
+        Ok(()) => return Ok(()),
+        Err(TracefileProblem::SmallerThanSubbuf { size, subbuf_size }) => {
+            format!("--tracefile-size {size} is smaller than a sub-buffer ({subbuf_size} bytes)")
+        }
+        Err(TracefileProblem::CountWithoutSize) => {
+            "--tracefile-count needs --tracefile-size".to_string()
+        }
     };
     Err(SessionError::Tracefile {
         channel: spec.name.clone(),

@@ -148,6 +148,39 @@ pub struct TracefileLimits {
     pub count: u32,
 }
 
+/// Why tracefile bounds cannot hold a stream: one check, [`TracefileLimits::check`],
+/// for `enable-channel` and the config file, which each word it for their keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TracefileProblem {
+    /// A file would be smaller than one sub-buffer (a packet never spans files).
+    SmallerThanSubbuf {
+        /// The file size asked for.
+        size: u64,
+        /// The channel's sub-buffer size.
+        subbuf_size: u32,
+    },
+    /// A file count without a file size: an unbounded file never rotates.
+    CountWithoutSize,
+}
+
+impl TracefileLimits {
+    /// Checks that the bounds can hold a stream of `subbuf_size` packets: a file
+    /// holds at least one sub-buffer (as LTTng requires), and a count bounds files
+    /// of a bounded size only.
+    pub fn check(&self, subbuf_size: u32) -> Result<(), TracefileProblem> {
+        if self.size > 0 && self.size < u64::from(subbuf_size) {
+            Err(TracefileProblem::SmallerThanSubbuf {
+                size: self.size,
+                subbuf_size,
+            })
+        } else if self.size == 0 && self.count > 0 {
+            Err(TracefileProblem::CountWithoutSize)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 impl ChannelSpec {
     /// The contexts its events carry, in encoding order.
     pub fn contexts(&self) -> Vec<ContextType> {

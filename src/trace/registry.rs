@@ -16,6 +16,7 @@ use crate::ctf::context::ContextType;
 use crate::ctf::field::{EventDesc, FieldType};
 use crate::ctf::names::{self, NameError};
 use crate::trace::metadata;
+use crate::trace::owner::Owner;
 
 /// Why an app's event description was refused (it would make the metadata invalid).
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -230,32 +231,13 @@ pub fn validate(desc: &EventDesc) -> Result<(), RegistryError> {
     Ok(())
 }
 
-/// Who owns the buffers of a trace, which decides its environment and directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TraceOwner {
-    /// Buffers shared by every app of one user.
-    PerUid {
-        /// The user id.
-        uid: u32,
-    },
-    /// Buffers private to one process.
-    PerPid {
-        /// The process name (`comm`).
-        procname: String,
-        /// The process id.
-        pid: u32,
-        /// When the process registered (the metadata's `vpid_datetime`).
-        registered: SystemTime,
-    },
-}
-
 /// What the metadata's `env` block says about where the trace comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraceEnv {
     /// Host the trace was recorded on.
     pub hostname: String,
     /// Per-UID or per-PID, with the uid or the process identity.
-    pub ownership: TraceOwner,
+    pub ownership: Owner,
     /// The session's name (`trace_name`).
     pub trace_name: String,
     /// When the session was created (`trace_creation_datetime`).
@@ -291,21 +273,26 @@ pub fn monotonic_ns() -> u64 {
     }
 }
 
-/// A fresh random (version 4) uuid for a new trace. `/dev/urandom` stays open: a
-/// per-PID trace is made for every short-lived app, so this is on the registration
-/// path.
+/// A fresh random (version 4) uuid for a new trace, from getrandom(2): a per-PID
+/// trace is made for every short-lived app, so this is on the registration path,
+/// and it holds no descriptor (the daemon's fd level stays flat).
 pub fn random_uuid() -> std::io::Result<[u8; 16]> {
-    use std::io::Read;
-    static URANDOM: OnceLock<std::fs::File> = OnceLock::new();
-    let file = match URANDOM.get() {
-        Some(file) => file,
-        None => {
-            let opened = std::fs::File::open("/dev/urandom")?;
-            URANDOM.get_or_init(|| opened)
-        }
-    };
     let mut uuid = [0u8; 16];
-    (&*file).read_exact(&mut uuid)?;
+    let mut filled = 0;
+    while filled < uuid.len() {
+        let rest = &mut uuid[filled..];
+        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes for the
+        // call's duration; getrandom writes at most that many bytes into it.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
     uuid[6] = (uuid[6] & 0x0F) | 0x40;
     uuid[8] = (uuid[8] & 0x3F) | 0x80;
     Ok(uuid)
@@ -368,7 +355,7 @@ impl EventRegistry {
     /// A registry for this host now: random uuid, measured clock offset, host name,
     /// for a trace of session `trace_name` created at `created`.
     pub fn for_this_host(
-        ownership: TraceOwner,
+        ownership: Owner,
         trace_name: &str,
         created: SystemTime,
     ) -> std::io::Result<EventRegistry> {
@@ -490,7 +477,7 @@ mod tests {
             ClockOffset { offset_ns: 0 },
             TraceEnv {
                 hostname: "h".into(),
-                ownership: TraceOwner::PerUid { uid: 1 },
+                ownership: Owner::Uid(1),
                 trace_name: "s".into(),
                 created: UNIX_EPOCH,
             },

@@ -39,9 +39,9 @@ use crate::ctf::field::EventDesc;
 use crate::ctf::names;
 use crate::protocol::messages::{AppChannelInfo, AppInfo, Buffering, ChannelSpec};
 use crate::trace::layout::{self, DirClock};
+use crate::trace::owner::{Owner, Process};
 use crate::trace::registry::{EventLimits, EventRegistry, RegistryError};
 use crate::trace::writer::{TraceDir, TraceDirError};
-pub use plan::Owner;
 use plan::{BudgetVerdict, PidBudget, SetKey};
 pub use teardown::AppGone;
 
@@ -347,14 +347,17 @@ impl BufferFactory {
         if matching.is_empty() {
             return Ok(None);
         }
-        let owner = Owner::of(channel.spec.buffers, app.uid, connection);
+        let owner = Owner::of(channel.spec.buffers, app.uid, connection, || {
+            Process::of(&app.name, app.pid, app.registered_at)
+        });
         let set_key = SetKey {
             session: session.name.clone(),
             channel: channel.spec.name.clone(),
             owner,
         };
+        let trace_key = (session.name.clone(), set_key.owner.clone());
         let uid = app.uid;
-        if owner.is_pid() && !self.sets.contains_key(&set_key) {
+        if set_key.owner.is_pid() && !self.sets.contains_key(&set_key) {
             let budget = self
                 .pid_budget
                 .check(uid, plan::set_bytes(&channel.spec, self.cpus));
@@ -365,18 +368,15 @@ impl BufferFactory {
                 BudgetVerdict::AlreadyRefused => return Ok(None),
             }
         }
-        let new_trace = self.ensure_trace(session, owner, connection)?;
-        let stream_id = self.traces[&(session.name.clone(), owner)]
+        let new_trace = self.ensure_trace(session, &set_key.owner)?;
+        let stream_id = self.traces[&trace_key]
             .registry
             .stream_id(&channel.spec.name)
             .ok_or_else(|| GrantError::NoStreamClass(channel.spec.name.clone()))?;
         self.ensure_set(&set_key, session, stream_id, &channel.spec, uid)?;
 
         let app = self.apps.get_mut(&connection).expect("checked above");
-        let trace = self
-            .traces
-            .get_mut(&(session.name.clone(), owner))
-            .expect("ensured above");
+        let trace = self.traces.get_mut(&trace_key).expect("ensured above");
         let mut buffers = None;
         if !app.channels.contains_key(&set_key) {
             buffers = Some(self.sets[&set_key].buffers.clone());
@@ -432,34 +432,24 @@ impl BufferFactory {
     /// Creates the sub-trace of (session, owner) if it does not exist yet; says
     /// whether it did. A new trace's metadata snapshot is empty until the caller
     /// publishes it, once, with the events it registers.
-    fn ensure_trace(
-        &mut self,
-        session: &SessionDef,
-        owner: Owner,
-        connection: ConnectionId,
-    ) -> Result<bool, GrantError> {
-        let key = (session.name.clone(), owner);
+    fn ensure_trace(&mut self, session: &SessionDef, owner: &Owner) -> Result<bool, GrantError> {
+        let key = (session.name.clone(), owner.clone());
         if self.traces.contains_key(&key) {
             return Ok(false);
         }
-        let app = &self.apps[&connection];
-        let ownership = owner.trace_owner(&app.name, app.pid, app.registered_at);
-        let below =
-            layout::trace_below(&ownership, connection.0, app.registered_at, DirClock::Local);
+        let below = layout::trace_below(owner, DirClock::Local);
         // A per-UID trace is its user's to read too (a per-PID one is named after
         // its process, which a user would have to find among everyone's).
         let dir = match owner {
-            Owner::Uid(uid) => TraceDir::readable_by(&session.output, below, uid),
-            Owner::Pid(_) => TraceDir::new(&session.output, below),
+            Owner::Uid(uid) => TraceDir::readable_by(&session.output, below, *uid),
+            Owner::Pid { .. } => TraceDir::new(&session.output, below),
         }?;
-        let mut registry = EventRegistry::for_this_host(ownership, &session.name, session.created)
-            .map_err(GrantError::Uuid)?
-            .with_limits(self.settings.event_limits);
+        let mut registry =
+            EventRegistry::for_this_host(owner.clone(), &session.name, session.created)
+                .map_err(GrantError::Uuid)?
+                .with_limits(self.settings.event_limits);
         // A sub-trace declares only the channels whose buffers it holds.
-        let buffers = match owner {
-            Owner::Uid(_) => Buffering::PerUid,
-            Owner::Pid(_) => Buffering::PerPid,
-        };
+        let buffers = owner.buffering();
         for channel in session
             .channels
             .iter()
@@ -498,7 +488,7 @@ impl BufferFactory {
             return Ok(());
         }
         let bytes = plan::set_bytes(spec, self.cpus);
-        let trace = &self.traces[&(session.name.clone(), key.owner)];
+        let trace = &self.traces[&(session.name.clone(), key.owner.clone())];
         let cpus = self.cpus;
         let factory = self
             .writers
@@ -516,7 +506,7 @@ impl BufferFactory {
         };
         let label = format!("{}/{}/{:?}", key.session, key.channel, key.owner);
         let blank = match key.owner {
-            Owner::Pid(_) => self.pool.take(config.geometry),
+            Owner::Pid { .. } => self.pool.take(config.geometry),
             Owner::Uid(_) => BlankSet::create(&format!("ustrace {label}"), config.geometry, cpus),
         };
         let buffers = Arc::new(blank.and_then(|b| b.init(&config))?);
@@ -861,10 +851,7 @@ impl Handler<ListApps> for BufferFactory {
                         AppChannelInfo {
                             session: set.session.clone(),
                             channel: set.channel.clone(),
-                            buffers: match set.owner {
-                                Owner::Uid(_) => Buffering::PerUid,
-                                Owner::Pid(_) => Buffering::PerPid,
-                            },
+                            buffers: set.owner.buffering(),
                             enabled,
                         }
                     })
