@@ -292,6 +292,13 @@ pub struct SessionConfig {
     /// Start tracing as soon as the daemon runs.
     #[serde(default = "default_autostart")]
     pub autostart: bool,
+    /// Rotate the session's trace into `archives/` whenever its current chunk is
+    /// this old (`enable-rotation --timer`, docs/trace-layout.md "Rotation").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_timer: Option<TimeSpan>,
+    /// Rotate whenever its current chunk holds this many bytes (`--size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_size: Option<ByteSize>,
     /// A snapshot (flight-recorder) session, as `create --snapshot` makes: nothing
     /// is written while it runs, `snapshot record` writes what its overwrite-mode
     /// rings hold under `output`. Not with `url`.
@@ -406,9 +413,93 @@ impl SessionConfig {
             url: info.url.clone(),
             live_timer_us: (info.live_timer_us > 0).then_some(info.live_timer_us),
             autostart: info.started,
+            rotate_timer: info.rotation.timer_us.map(TimeSpan),
+            rotate_size: info.rotation.size.map(ByteSize),
             snapshot: info.snapshot,
             channels,
         })
+    }
+}
+
+/// A time span in microseconds, written with a unit as LTTng's `--timer` takes it
+/// (`"500us"`, `"250ms"`, `"10s"`, `"5m"`, `"1h"`; a bare number is microseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimeSpan(pub u64);
+
+/// A time span that is not a number with an optional us, ms, s, m or h unit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid time {text:?}: {reason}")]
+pub struct InvalidTime {
+    /// The text as written.
+    pub text: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Units of a [`TimeSpan`], largest first, in microseconds.
+const TIME_UNITS: [(&str, u64); 5] = [
+    ("h", 3_600_000_000),
+    ("m", 60_000_000),
+    ("s", 1_000_000),
+    ("ms", 1_000),
+    ("us", 1),
+];
+
+impl std::str::FromStr for TimeSpan {
+    type Err = InvalidTime;
+
+    fn from_str(text: &str) -> Result<Self, InvalidTime> {
+        let bad = |reason| InvalidTime {
+            text: text.to_owned(),
+            reason,
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let scale = match unit {
+            "" => 1,
+            _ => TIME_UNITS
+                .iter()
+                .find(|(name, _)| *name == unit)
+                .map(|(_, scale)| *scale)
+                .ok_or_else(|| bad("expected a number with us, ms, s, m or h"))?,
+        };
+        if digits.is_empty() {
+            return Err(bad("expected a number with us, ms, s, m or h"));
+        }
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|value| value.checked_mul(scale))
+            .map(TimeSpan)
+            .ok_or_else(|| bad("does not fit in 64 bits of microseconds"))
+    }
+}
+
+impl fmt::Display for TimeSpan {
+    /// In the largest unit that divides it exactly: `10s`, `1500ms`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (unit, scale) = TIME_UNITS
+            .iter()
+            .find(|(_, scale)| self.0 > 0 && self.0.is_multiple_of(*scale))
+            .copied()
+            .unwrap_or(("us", 1));
+        write!(f, "{}{unit}", self.0 / scale)
+    }
+}
+
+impl Serialize for TimeSpan {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeSpan {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(de::Error::custom)
     }
 }
 

@@ -707,6 +707,10 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
         disabled_channels: vec!["b".into()],
         url: None,
         live_timer_us: 0,
+        rotation: ustrace::protocol::messages::RotationSchedule {
+            timer_us: Some(10_000_000),
+            size: Some(64 << 20),
+        },
     };
     let saved = SessionConfig::saved(&info).unwrap();
     let text = toml::to_string(&SavedSessions {
@@ -715,6 +719,8 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
     .unwrap();
     let config = parse(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
     assert_eq!(config.sessions, vec![saved], "{text}");
+    assert!(text.contains("rotate_timer = \"10s\""), "{text}");
+    assert!(text.contains("rotate_size = 67108864"), "{text}");
     let channels = &config.sessions[0].channels;
     assert!(channels[0].enabled && !channels[1].enabled, "{text}");
     assert_eq!(config.channel_spec(&channels[1]), info.channels[1].0);
@@ -840,4 +846,32 @@ fn the_dead_apps_a_snapshot_session_keeps_are_bounded() {
         assert_eq!(parse(&text).unwrap().daemon.snapshot_kept_dead_apps, kept);
     }
     assert_eq!(parse("").unwrap().daemon.snapshot_kept_dead_apps, 16);
+}
+
+#[test]
+fn rotation_times_take_lttng_units_and_print_back_in_the_largest_exact_one() {
+    use ustrace::config::TimeSpan;
+    for (text, us, shown) in [
+        ("10s", 10_000_000, "10s"),
+        ("250ms", 250_000, "250ms"),
+        ("1500ms", 1_500_000, "1500ms"),
+        ("90m", 5_400_000_000, "90m"),
+        ("2h", 7_200_000_000, "2h"),
+        ("750", 750, "750us"),
+        ("5us", 5, "5us"),
+    ] {
+        let t: TimeSpan = text.parse().unwrap();
+        assert_eq!(t.0, us, "{text}");
+        assert_eq!(t.to_string(), shown, "{text}");
+    }
+    for bad in ["", "s", "10x", "1.5s", "-1s", "99999999999999999999h"] {
+        let e = bad.parse::<TimeSpan>().unwrap_err();
+        assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+    }
+    let config =
+        parse("[[session]]\nname = \"r\"\nrotate_timer = \"30s\"\nrotate_size = \"1M\"\n").unwrap();
+    assert_eq!(config.sessions[0].rotate_timer, Some(TimeSpan(30_000_000)));
+    assert_eq!(config.sessions[0].rotate_size.map(|s| s.0), Some(1 << 20));
+    let refused = parse("[[session]]\nname = \"r\"\nrotate_timer = \"30 parsecs\"\n").unwrap_err();
+    assert!(refused.to_string().contains("30 parsecs"), "{refused}");
 }

@@ -8,7 +8,7 @@ use std::io::BufRead;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use ustrace::protocol::messages::{Buffering, ChannelRequest};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -69,6 +69,25 @@ impl Paced {
         self.stderr.lock().unwrap().contains(text)
     }
 
+    /// Events the app has said it emitted so far (its `paced: N emitted` lines).
+    fn emitted(&self) -> u64 {
+        let said = self.stderr.lock().unwrap();
+        said.lines()
+            .rev()
+            .filter_map(|l| l.strip_prefix("paced: ")?.strip_suffix(" emitted"))
+            .find_map(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Waits until the app has emitted `more` events beyond what it had said so
+    /// far: emitting goes on (while `what`), it never waits on a daemon.
+    fn keeps_emitting(&self, more: u64, what: &str) {
+        let from = self.emitted();
+        wait_for(&format!("the app to keep emitting {what}"), WAIT, || {
+            self.emitted() >= from + more
+        });
+    }
+
     /// Descriptors of the app that are sockets (its connection to a daemon).
     fn sockets(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.app.0.id()))
@@ -83,7 +102,7 @@ impl Paced {
 fn paced_app(rundir: &Path) -> Paced {
     let mut app = Running(
         Command::new(env!("CARGO_BIN_EXE_ustrace-demo"))
-            .args(["--paced-us", "1000"])
+            .args(["--paced-us", "1000", "--progress"])
             .env("USTRACE_RUNDIR", rundir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -109,8 +128,8 @@ fn paced_app(rundir: &Path) -> Paced {
     }
 }
 
-/// Pokes a paced app and returns (events emitted, longest emit call), its stderr.
-fn finish(paced: Paced) -> (u64, Duration, String) {
+/// Pokes a paced app and returns the events it emitted and its stderr.
+fn finish(paced: Paced) -> (u64, String) {
     let Paced {
         mut app,
         stderr,
@@ -127,11 +146,7 @@ fn finish(paced: Paced) -> (u64, Duration, String) {
     assert!(status.success(), "{stderr}");
     let words: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(words[0], "emitted", "{line}");
-    (
-        words[1].parse().unwrap(),
-        Duration::from_micros(words[3].parse().unwrap()),
-        stderr,
-    )
+    (words[1].parse().unwrap(), stderr)
 }
 
 /// The `i` field of every demo event babeltrace2 reads in `dir`.
@@ -160,19 +175,9 @@ fn wait_for_events(daemon: &Daemon, output: &Path) {
     });
 }
 
-/// Checks what the app said: it kept emitting at its pace the whole time (a blocked
-/// emitter would have emitted far fewer), no emit call waited, and its events after
-/// registration are recorded in order.
-fn check(emitted: u64, longest: Duration, ran: Duration, events: &[i64]) {
-    let expected = ran.as_millis() as u64;
-    assert!(
-        emitted >= expected / 4,
-        "{emitted} events in {ran:?}: the emitter was held up"
-    );
-    assert!(
-        longest < Duration::from_millis(100),
-        "an emit call took {longest:?}"
-    );
+/// Checks the app's events after registration: recorded in order, none repeated,
+/// none beyond what it emitted.
+fn check(emitted: u64, events: &[i64]) {
     assert!(!events.is_empty());
     assert!(
         events.windows(2).all(|w| w[0] < w[1]),
@@ -186,24 +191,24 @@ fn an_app_started_before_its_daemon_registers_when_it_appears_and_is_recorded() 
     let shared = Scratch::new("rundir");
     let rundir = shared.path("run");
     std::fs::create_dir_all(&rundir).unwrap();
-    let started = Instant::now();
     let app = paced_app(&rundir);
     // The app gives up on the missing daemon and emits untraced.
     wait_for("the app to run untraced", WAIT, || {
         app.said("runs untraced")
     });
+    app.keeps_emitting(200, "with no daemon");
     let daemon = daemon_on(&rundir);
     let output = small_session(&daemon, Buffering::PerUid);
     wait_for_events(&daemon, &output);
-    let (emitted, longest, stderr) = finish(app);
-    let ran = started.elapsed();
+    app.keeps_emitting(200, "once registered");
+    let (emitted, stderr) = finish(app);
     daemon.stop("s");
     assert_eq!(stderr.matches("runs untraced").count(), 1, "{stderr}");
     assert!(
         stderr.contains("registered with the session daemon again"),
         "{stderr}"
     );
-    check(emitted, longest, ran, &recorded(&output));
+    check(emitted, &recorded(&output));
 }
 
 #[test]
@@ -213,7 +218,6 @@ fn an_app_outliving_a_killed_daemon_is_traced_by_the_next_one_on_the_same_rundir
     std::fs::create_dir_all(&rundir).unwrap();
     let mut first = daemon_on(&rundir);
     let first_output = small_session(&first, Buffering::PerPid);
-    let started = Instant::now();
     let app = paced_app(&rundir);
     wait_for_events(&first, &first_output);
     let before = recorded(&first_output);
@@ -229,15 +233,16 @@ fn an_app_outliving_a_killed_daemon_is_traced_by_the_next_one_on_the_same_rundir
         WAIT,
         || app.sockets() < connected,
     );
+    app.keeps_emitting(200, "with its daemon killed");
     let second = daemon_on(&rundir);
     let output = small_session(&second, Buffering::PerPid);
     wait_for_events(&second, &output);
-    let (emitted, longest, stderr) = finish(app);
-    let ran = started.elapsed();
+    app.keeps_emitting(200, "once registered again");
+    let (emitted, stderr) = finish(app);
     second.stop("s");
     assert!(!stderr.contains("runs untraced"), "{stderr}");
     let events = recorded(&output);
-    check(emitted, longest, ran, &events);
+    check(emitted, &events);
     // The second daemon records what was emitted after it registered the app,
     // later than what the first one had stored.
     assert!(
@@ -262,7 +267,7 @@ fn an_app_quiet_on_its_connection_past_the_registration_timeout_stays_registered
         !sub_traces(&output).is_empty() && recorded(&output).last() >= Some(&1000)
     });
     let status = daemon.status();
-    let (_, _, stderr) = finish(app);
+    let (_, stderr) = finish(app);
     daemon.stop("s");
     assert_eq!((status.apps, status.apps_total), (1, 1), "{status:?}");
     assert!(!stderr.contains("again"), "{stderr}");

@@ -163,7 +163,7 @@ impl InProcess {
 
     fn status(&self) -> ustrace::protocol::messages::StatusReport {
         match ask(&self.rundir, ControlRequest::Status) {
-            ControlOk::Status(s) => s,
+            ControlOk::Status(s) => *s,
             other => panic!("{other:?}"),
         }
     }

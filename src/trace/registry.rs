@@ -244,7 +244,8 @@ pub struct TraceEnv {
     pub created: SystemTime,
 }
 
-/// How to turn the trace clock (CLOCK_MONOTONIC, ns) into wall-clock time.
+/// How to turn the trace clock (CLOCK_MONOTONIC ns, read directly or from the scaled
+/// TSC: `crate::shm::TraceClock`) into wall-clock time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClockOffset {
     /// Nanoseconds to add to a monotonic timestamp to get nanoseconds since the epoch.

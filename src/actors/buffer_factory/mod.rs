@@ -52,8 +52,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod plan;
+pub mod rotation;
 pub mod snapshot;
 pub mod teardown;
+pub use rotation::{ARCHIVES_DIR, RotateError, RotateSession};
 pub use snapshot::{RecordSnapshot, SnapshotError};
 
 /// The settings the factory applies to everything it creates.
@@ -212,6 +214,8 @@ pub struct BufferFactory {
     kept_dead: VecDeque<ConnectionId>,
     /// Snapshots recorded per session: numbers the next one's directory.
     snapshots_taken: HashMap<String, u64>,
+    /// Trace chunks per session that rotated (see [`rotation`]).
+    chunks: HashMap<String, rotation::Chunks>,
 }
 
 impl BufferFactory {
@@ -244,6 +248,7 @@ impl BufferFactory {
             teardowns: HashMap::new(),
             kept_dead: VecDeque::new(),
             snapshots_taken: HashMap::new(),
+            chunks: HashMap::new(),
         }
     }
 
@@ -460,7 +465,6 @@ impl BufferFactory {
         let metadata = Arc::new(Mutex::new(Metadata {
             version: 0,
             tsdl: Arc::from(""),
-            stored: Arc::default(),
         }));
         self.traces.insert(
             key,
@@ -583,6 +587,12 @@ fn publish_metadata(trace: &Trace) {
 
 impl Actor for BufferFactory {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(rotation::SCHEDULE_TICK, |act, ctx| {
+            act.rotate_on_schedule(ctx)
+        });
+    }
 }
 
 /// An app registered: give it every buffer it needs for the started sessions, or,
@@ -734,6 +744,7 @@ impl Handler<SessionsChanged> for BufferFactory {
     fn handle(&mut self, msg: SessionsChanged, _: &mut Context<Self>) {
         self.sessions = msg.0;
         self.keep_pool_ready();
+        self.publish_rotations();
         let connections: Vec<ConnectionId> = self.apps.keys().copied().collect();
         for connection in connections {
             for (key, events) in self.revocations(connection) {
@@ -883,6 +894,8 @@ impl Handler<DestroySession> for BufferFactory {
         self.disable_apps(&msg.0, true);
         self.traces.retain(|(session, _), _| *session != msg.0);
         self.snapshots_taken.remove(&msg.0);
+        self.chunks.remove(&msg.0);
+        self.publish_rotations();
         self.tear_down(|k| k.session == msg.0, ctx);
         Box::pin(self.settle(&msg.0, Vec::new()))
     }

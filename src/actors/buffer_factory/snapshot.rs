@@ -158,7 +158,7 @@ impl BufferFactory {
     }
 
     /// Tears down the kept dead apps' sets matching `pred` and their traces.
-    fn release_kept(&mut self, pred: impl Fn(&SetKey) -> bool, ctx: &mut Context<Self>) {
+    pub(super) fn release_kept(&mut self, pred: impl Fn(&SetKey) -> bool, ctx: &mut Context<Self>) {
         let gone: Vec<SetKey> = self
             .sets
             .keys()
