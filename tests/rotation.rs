@@ -324,3 +324,89 @@ fn a_config_session_rotates_on_its_timer_and_the_cli_prints_each_archive() {
         "the archive holds the second app's events and reads on its own"
     );
 }
+
+#[test]
+fn create_rotate_every_takes_a_time_or_a_size_and_does_all_or_nothing() {
+    let daemon = Daemon::with_config("[daemon]\nflush_interval_ms = 20\n");
+    let scratch = common::Scratch::new("rotate-every");
+    let out = |name: &str| scratch.path(name).display().to_string();
+    let schedule = |session: &str| {
+        daemon
+            .status()
+            .rotations
+            .into_iter()
+            .find(|r| r.session == session)
+            .map(|r| r.schedule)
+    };
+    daemon.cli_ok(&[
+        "create",
+        "timed",
+        "-o",
+        &out("timed"),
+        "--rotate-every",
+        "5m",
+    ]);
+    assert_eq!(
+        schedule("timed"),
+        Some(RotationSchedule {
+            timer_us: Some(300_000_000),
+            size: None
+        })
+    );
+    daemon.cli_ok(&[
+        "create",
+        "sized",
+        "-o",
+        &out("sized"),
+        "--rotate-every",
+        "16K",
+    ]);
+    assert_eq!(
+        schedule("sized"),
+        Some(RotationSchedule {
+            timer_us: None,
+            size: Some(16384)
+        })
+    );
+    // The size schedule rotates once the chunk holds 16 KiB.
+    daemon.cli_ok(&[
+        "enable-channel",
+        "-s",
+        "sized",
+        "c",
+        "--subbuf-size",
+        "4K",
+        "--num-subbuf",
+        "64",
+    ]);
+    daemon.cli_ok(&["enable-event", "-s", "sized", "-c", "c", "demo:*"]);
+    daemon.cli_ok(&["start", "sized"]);
+    daemon.run_app(&["--events", "5000"]);
+    wait_for("a size rotation", WAIT, || {
+        !archives(&scratch.path("sized")).is_empty()
+    });
+
+    // A value neither a time nor a size is refused before anything is created.
+    let bad = daemon.cli(&["create", "bad", "-o", &out("bad"), "--rotate-every", "10x"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("10x"),
+        "{bad:?}"
+    );
+    // A rotation the daemon refuses undoes the creation.
+    let zero = daemon.cli(&["create", "zero", "-o", &out("zero"), "--rotate-every", "0s"]);
+    assert!(!zero.status.success());
+    let said = String::from_utf8_lossy(&zero.stderr);
+    assert!(
+        said.contains("more than 0") && said.contains("not created"),
+        "{said}"
+    );
+    let sessions = daemon.cli_ok(&["list"]);
+    assert!(!sessions.contains("zero"), "{sessions}");
+    assert!(
+        !daemon
+            .cli(&["create", "snap", "--snapshot", "--rotate-every", "1s"])
+            .status
+            .success()
+    );
+}

@@ -10,7 +10,8 @@ use crate::control;
 use crate::ctf::context::ContextType;
 use crate::ctf::field::LogLevel;
 use crate::protocol::messages::{
-    Buffering, ChannelRequest, ControlRequest, LogLevelRule, RotationSchedule, TracefileLimits,
+    Buffering, ChannelRequest, ControlOk, ControlRequest, LogLevelRule, RotationSchedule,
+    TracefileLimits,
 };
 use crate::shm::Mode;
 use crate::trace::view::ViewError;
@@ -53,6 +54,12 @@ enum Command {
         /// written while it runs, `snapshot record` writes what the rings hold.
         #[arg(long, conflicts_with = "set_url")]
         snapshot: bool,
+        /// Rotate automatically from the start (as `enable-rotation` would): a time
+        /// (a number with us, ms, s, m or h, e.g. 10s or 5m) or a size (bytes, or with
+        /// a K, M or G suffix, e.g. 64M).
+        #[arg(long, value_name = "TIME|SIZE", value_parser = parse_rotate_every,
+              conflicts_with_all = ["set_url", "snapshot"])]
+        rotate_every: Option<RotationSchedule>,
     },
     /// Snapshots of a snapshot session.
     #[command(subcommand)]
@@ -295,6 +302,22 @@ fn parse_time(text: &str) -> Result<u64, String> {
     Ok(time.0)
 }
 
+/// `create --rotate-every`: a time when it ends with a time unit (`10s`, `5m`),
+/// else a size (`64M`, `1048576`).
+fn parse_rotate_every(text: &str) -> Result<RotationSchedule, String> {
+    let unit = text.trim_start_matches(|c: char| c.is_ascii_digit());
+    match ["us", "ms", "s", "m", "h"].contains(&unit) {
+        true => Ok(RotationSchedule {
+            timer_us: Some(parse_time(text)?),
+            size: None,
+        }),
+        false => Ok(RotationSchedule {
+            timer_us: None,
+            size: Some(parse_size(text)?),
+        }),
+    }
+}
+
 /// `--max-size`: bytes, or with a K, M or G suffix, as the config file writes sizes.
 fn parse_size(text: &str) -> Result<u64, String> {
     let size: crate::config::ByteSize = text.parse().map_err(|e| format!("{e}"))?;
@@ -398,16 +421,24 @@ impl Cli {
                 set_url,
                 live,
                 snapshot,
+                rotate_every,
             } => {
                 let output = output.map(|o| absolute(&o).display().to_string());
-                match snapshot {
+                let create = match snapshot {
                     false => ControlRequest::Create {
-                        name,
+                        name: name.clone(),
                         output,
                         url: set_url,
                         live_timer_us: live,
                     },
-                    true => ControlRequest::CreateSnapshot { name, output },
+                    true => ControlRequest::CreateSnapshot {
+                        name: name.clone(),
+                        output,
+                    },
+                };
+                match rotate_every {
+                    Some(schedule) => return create_rotating(&create, name, schedule, json),
+                    None => create,
                 }
             }
             Command::Snapshot(Snapshot::Record {
@@ -531,10 +562,48 @@ impl Command {
 /// Sends one request and prints its answer to `command` (a failure to reach the
 /// daemon is a refusal too).
 fn send(command: &str, request: &ControlRequest, json: bool) -> ExitCode {
-    let answer = control::request(request)
+    output::answer(command, &ask(request), json)
+}
+
+/// The daemon's answer to `request` (a failure to reach it is a refusal too).
+fn ask(request: &ControlRequest) -> Result<ControlOk, String> {
+    control::request(request)
         .map_err(|e| e.to_string())
-        .and_then(|reply| reply);
-    output::answer(command, &answer, json)
+        .and_then(|reply| reply)
+}
+
+/// `create --rotate-every`: creates the session, then enables its rotation; a
+/// refused rotation destroys the session again, so that the command does all of
+/// it or nothing.
+fn create_rotating(
+    create: &ControlRequest,
+    name: String,
+    schedule: RotationSchedule,
+    json: bool,
+) -> ExitCode {
+    let created = ask(create);
+    if created.is_err() {
+        return output::answer("create", &created, json);
+    }
+    let rotation = ControlRequest::EnableRotation {
+        session: Some(name.clone()),
+        schedule,
+    };
+    match ask(&rotation) {
+        Ok(_) => output::answer("create", &created, json),
+        Err(e) => {
+            let undone = ask(&ControlRequest::Destroy {
+                session: Some(name.clone()),
+            });
+            let message = match undone {
+                Ok(_) => format!("--rotate-every: {e}; session {name} not created"),
+                Err(d) => format!(
+                    "--rotate-every: {e}; session {name} created without rotation and not destroyed: {d}"
+                ),
+            };
+            output::answer("create", &Err(message), json)
+        }
+    }
 }
 
 /// `enable-event`: one request per pattern, in order; stops at the first refusal.
