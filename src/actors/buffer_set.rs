@@ -4,9 +4,13 @@
 //! session) or a pid (per-PID: lives as long as the app). The actor drains complete
 //! sub-buffers when a producer signals the wake-up eventfd (once per sub-buffer) and on
 //! a timer, which first closes partly filled sub-buffers (LTTng's switch timer) so that
-//! live apps' events reach the disk while the session runs, and hands each packet, padding trimmed, to the stream's Writer. Packets
-//! are copied out before the sub-buffer is given back, so a slow disk never holds a
-//! producer. The writer's queue is bounded: past `limits.max_writer_backlog_bytes`
+//! live apps' events reach the disk while the session runs, and hands each packet, padding trimmed, to the stream's Writer. In discard mode a
+//! packet is leased, not copied: the writer stores it straight from the shared
+//! mapping and the sub-buffer goes back to producers once it is stored (the
+//! writer's drop of the lease sends [`BacklogRoom`]); a slow disk then makes the
+//! producers discard, counted, as a full ring does. In overwrite mode packets are
+//! copied out before the sub-buffer is given back, so producers may reuse any
+//! complete slot at any time. The writer's queue is bounded: past `limits.max_writer_backlog_bytes`
 //! not yet stored, the set leaves that stream's packets in its ring, whose producers
 //! then discard new events (counted, `events discarded` in status) until the writer
 //! catches up; a slow or failed writer never grows the daemon's heap. The writer's
@@ -37,10 +41,12 @@
 //! owning uid ([`Stats::count_ring_losses`]).
 
 use crate::actors::stats::Stats;
-use crate::actors::writer::{BacklogRoom, Metadata, StreamWriters, SyncError, SyncWriter, Writer};
+use crate::actors::writer::{
+    BacklogRoom, DrainedPacket, Metadata, StreamWriters, SyncError, SyncWriter, Writer,
+};
 use crate::ctf::packet;
 use crate::protocol::messages::UidLosses;
-use crate::shm::{ChannelBuffers, Consumer};
+use crate::shm::{ChannelBuffers, Consumer, Mode};
 use actix::WeakAddr;
 use actix::prelude::*;
 use std::collections::HashSet;
@@ -254,23 +260,18 @@ impl BufferSet {
             Ok(m) => m.clone(),
             Err(_) => return false,
         };
-        let mut bytes = Vec::new();
         let mut more = false;
         for (index, consumer) in self.consumers.iter_mut().enumerate() {
+            // Stored leases go back even when the writer takes nothing more.
+            consumer.release_stored();
             let budget = consumer.ring().geometry().num_subbuf;
             let mut taken = 0;
-            while taken < budget
-                && (!bounded || self.writers.accepts(index))
-                && consumer.take_packet(&mut bytes).is_some()
-            {
+            while taken < budget && (!bounded || self.writers.accepts(index)) {
+                let Some(packet) = take(consumer, &self.label) else {
+                    break;
+                };
                 taken += 1;
-                match packet::trim(&mut bytes) {
-                    Ok(()) => {
-                        self.writers
-                            .send(index, metadata.clone(), std::mem::take(&mut bytes))
-                    }
-                    Err(e) => log::error!("{}: dropping a bad packet: {e}", self.label),
-                }
+                self.writers.send(index, metadata.clone(), packet);
             }
             more |= taken == budget;
         }
@@ -381,6 +382,24 @@ impl BufferSet {
         self.drain(false);
         let syncs: Vec<_> = self.writers.started().map(|w| w.send(SyncWriter)).collect();
         all_ok(syncs)
+    }
+}
+
+/// The oldest complete packet of `consumer`'s ring for its writer: leased in place
+/// in discard mode (stored from the mapping; no producer touches the slot until it
+/// is given back), copied out in overwrite mode (a producer may reuse the slot at
+/// any time). `label` names the set in the log of a bad packet, which is dropped.
+fn take(consumer: &mut Consumer, label: &str) -> Option<DrainedPacket> {
+    match consumer.ring().mode() {
+        Mode::Discard => consumer.lease_packet().map(DrainedPacket::Leased),
+        Mode::Overwrite => loop {
+            let mut bytes = Vec::new();
+            consumer.take_packet(&mut bytes)?;
+            match packet::trim(&mut bytes) {
+                Ok(()) => return Some(DrainedPacket::Copied(bytes)),
+                Err(e) => log::error!("{label}: dropping a bad packet: {e}"),
+            }
+        },
     }
 }
 
@@ -562,9 +581,10 @@ impl Handler<Teardown> for BufferSet {
             consumer.give_up_stuck(&dead);
             consumer.give_up_stuck(&dead);
         }
-        // Every packet is now copied into the writers' queues: stop at once, so the
-        // rings (memfds, mappings, eventfd) are freed now and not when a busy disk
-        // has caught up. The writers stay addressable, hence restartable, until
+        // Every packet is now in the writers' queues (copied, or leased: a lease
+        // keeps its ring mapped until it is stored): stop at once, so the rings
+        // (memfds, mappings, eventfd) are freed with the last packet stored, not
+        // with this actor. The writers stay addressable, hence restartable, until
         // they confirm.
         let synced = self.flush_all();
         let writers: Vec<Addr<Writer>> = self.writers.started().cloned().collect();

@@ -55,7 +55,7 @@ mod slow_path;
 
 pub use channel::{BlankSet, ChannelBuffers, Wakeup, cpu_count};
 pub use clock::{current_cpu, now_ns};
-pub use consumer::{Consumer, Corruption, DeadHolders, PacketInfo};
+pub use consumer::{Consumer, Corruption, DeadHolders, LeasedPacket, PacketInfo};
 pub use error::{RingCorruption, ShmError};
 pub use layout::{
     DEFAULT_GEOMETRY, Geometry, Mode, RingConfig, check_num_subbuf, check_subbuf_size,
