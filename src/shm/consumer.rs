@@ -424,7 +424,8 @@ impl Consumer {
     /// packets. At most a ring's worth of leases are out at once.
     ///
     /// Before anything is handed out, the packet is checked as `take_packet` checks
-    /// its copy: `write` past it, its commit word complete, and its header (copied,
+    /// its copy: its commit word complete (an incomplete one within its generation),
+    /// and its header (copied,
     /// the only bytes the daemon interprets) right for this position and ring. The
     /// stored length is the header's `content_size`, at most the sub-buffer.
     pub fn lease_packet(&mut self) -> Option<LeasedPacket> {
@@ -438,9 +439,9 @@ impl Consumer {
         // Each turn leases a packet or skips a given-up one: bounded by the ring.
         while (self.leases.len() as u64) < g.num_subbuf {
             let pos = at.consumed + self.leases.len() as u64 * sb;
-            if pos.saturating_add(sb) > at.write {
-                return None;
-            }
+            // As in `take_packet`, the commit word alone says whether the packet is
+            // there: a complete word that `write` has not passed is a lie the next
+            // reading of the positions finds, once `consumed` moved past it.
             // Acquire pairs with every Release commit: the packet's bytes are visible.
             let word = self.ring.commit_word(pos).load(Acquire);
             if word as u32 != self.ring.complete_bytes(pos) {
