@@ -291,21 +291,26 @@ pub fn monotonic_ns() -> u64 {
     }
 }
 
-/// A fresh random (version 4) uuid for a new trace. `/dev/urandom` stays open: a
-/// per-PID trace is made for every short-lived app, so this is on the registration
-/// path.
+/// A fresh random (version 4) uuid for a new trace, from getrandom(2): a per-PID
+/// trace is made for every short-lived app, so this is on the registration path,
+/// and it holds no descriptor (the daemon's fd level stays flat).
 pub fn random_uuid() -> std::io::Result<[u8; 16]> {
-    use std::io::Read;
-    static URANDOM: OnceLock<std::fs::File> = OnceLock::new();
-    let file = match URANDOM.get() {
-        Some(file) => file,
-        None => {
-            let opened = std::fs::File::open("/dev/urandom")?;
-            URANDOM.get_or_init(|| opened)
-        }
-    };
     let mut uuid = [0u8; 16];
-    (&*file).read_exact(&mut uuid)?;
+    let mut filled = 0;
+    while filled < uuid.len() {
+        let rest = &mut uuid[filled..];
+        // SAFETY: `rest` is a live, writable buffer of `rest.len()` bytes for the
+        // call's duration; getrandom writes at most that many bytes into it.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        filled += n as usize;
+    }
     uuid[6] = (uuid[6] & 0x0F) | 0x40;
     uuid[8] = (uuid[8] & 0x3F) | 0x80;
     Ok(uuid)
