@@ -10,7 +10,8 @@
 //! writer's drop of the lease sends [`BacklogRoom`]); a slow disk then makes the
 //! producers discard, counted, as a full ring does. In overwrite mode packets are
 //! copied out before the sub-buffer is given back, so producers may reuse any
-//! complete slot at any time. The writer's queue is bounded: past `limits.max_writer_backlog_bytes`
+//! complete slot at any time; a per-PID teardown copies too, so that its rings are
+//! freed at once. The writer's queue is bounded: past `limits.max_writer_backlog_bytes`
 //! not yet stored, the set leaves that stream's packets in its ring, whose producers
 //! then discard new events (counted, `events discarded` in status) until the writer
 //! catches up; a slow or failed writer never grows the daemon's heap. The writer's
@@ -242,7 +243,8 @@ impl BufferSet {
         self
     }
 
-    /// Copies complete packets out of every ring to its writer: while the
+    /// Hands complete packets of every ring to its writer (see [`take`]; copied
+    /// when `free_rings`, so that a teardown frees its rings at once): while the
     /// writer's backlog is under its limit when `bounded` (the drains while
     /// tracing), every one otherwise (flush and teardown, which must leave the
     /// rings empty, and add at most one ring's worth to the backlog). Either way at
@@ -251,7 +253,7 @@ impl BufferSet {
     /// forging complete packets) never keep this actor's thread. Returns whether a
     /// ring still had packets at that bound: a caller that drains while tracing
     /// drains again after the other actors of its thread had their turn.
-    fn drain(&mut self, bounded: bool) -> bool {
+    fn drain(&mut self, bounded: bool, free_rings: bool) -> bool {
         if self.snapshot {
             self.count();
             return false;
@@ -267,7 +269,7 @@ impl BufferSet {
             let budget = consumer.ring().geometry().num_subbuf;
             let mut taken = 0;
             while taken < budget && (!bounded || self.writers.accepts(index)) {
-                let Some(packet) = take(consumer, &self.label) else {
+                let Some(packet) = take(consumer, free_rings, &self.label) else {
                     break;
                 };
                 taken += 1;
@@ -281,7 +283,7 @@ impl BufferSet {
 
     /// Drains, and goes on in a later message while packets remain.
     fn drain_on(&mut self, ctx: &mut Context<Self>) {
-        if self.drain(true) {
+        if self.drain(true, false) {
             ctx.notify(Drain);
         }
     }
@@ -373,13 +375,16 @@ impl BufferSet {
         }
     }
 
-    /// Switches out every partial sub-buffer and drains; then the answer waits for
-    /// every writer to confirm.
-    fn flush_all(&mut self) -> impl Future<Output = Result<(), FlushError>> + 'static {
+    /// Switches out every partial sub-buffer and drains (copying when `free_rings`,
+    /// see [`take`]); then the answer waits for every writer to confirm.
+    fn flush_all(
+        &mut self,
+        free_rings: bool,
+    ) -> impl Future<Output = Result<(), FlushError>> + 'static {
         for consumer in &mut self.consumers {
             consumer.flush();
         }
-        self.drain(false);
+        self.drain(false, free_rings);
         let syncs: Vec<_> = self.writers.started().map(|w| w.send(SyncWriter)).collect();
         all_ok(syncs)
     }
@@ -388,11 +393,16 @@ impl BufferSet {
 /// The oldest complete packet of `consumer`'s ring for its writer: leased in place
 /// in discard mode (stored from the mapping; no producer touches the slot until it
 /// is given back), copied out in overwrite mode (a producer may reuse the slot at
-/// any time). `label` names the set in the log of a bad packet, which is dropped.
-fn take(consumer: &mut Consumer, label: &str) -> Option<DrainedPacket> {
+/// any time), and copied too when `free_rings` (a teardown: its rings are freed as
+/// soon as their packets are queued, so that dead apps waiting for a busy disk
+/// hold no memfds nor mappings; a short-lived app's packet is its few bytes of
+/// content) unless leases are out already (packets after them wait for them).
+/// `label` names the set in the log of a bad packet, which is dropped.
+fn take(consumer: &mut Consumer, free_rings: bool, label: &str) -> Option<DrainedPacket> {
+    let copy = free_rings && consumer.leases_out() == 0;
     match consumer.ring().mode() {
-        Mode::Discard => consumer.lease_packet().map(DrainedPacket::Leased),
-        Mode::Overwrite => loop {
+        Mode::Discard if !copy => consumer.lease_packet().map(DrainedPacket::Leased),
+        _ => loop {
             let mut bytes = Vec::new();
             consumer.take_packet(&mut bytes)?;
             match packet::trim(&mut bytes) {
@@ -499,7 +509,7 @@ impl Handler<Flush> for BufferSet {
     type Result = ResponseFuture<Result<(), FlushError>>;
 
     fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(self.flush_all())
+        Box::pin(self.flush_all(false))
     }
 }
 
@@ -562,7 +572,7 @@ impl Handler<ProducerDied> for BufferSet {
         // At once: the dead app's reservations complete their packets now, so the
         // live apps sharing the rings lose nothing.
         self.release_dead_holders();
-        self.drain(true);
+        self.drain(true, false);
     }
 }
 
@@ -581,12 +591,12 @@ impl Handler<Teardown> for BufferSet {
             consumer.give_up_stuck(&dead);
             consumer.give_up_stuck(&dead);
         }
-        // Every packet is now in the writers' queues (copied, or leased: a lease
-        // keeps its ring mapped until it is stored): stop at once, so the rings
-        // (memfds, mappings, eventfd) are freed with the last packet stored, not
-        // with this actor. The writers stay addressable, hence restartable, until
-        // they confirm.
-        let synced = self.flush_all();
+        // Every packet is now copied into the writers' queues (but those behind a
+        // lease still out, which keeps its ring mapped until it is stored): stop at
+        // once, so the rings (memfds, mappings, eventfd) are freed now and not when
+        // a busy disk has caught up. The writers stay addressable, hence
+        // restartable, until they confirm.
+        let synced = self.flush_all(true);
         let writers: Vec<Addr<Writer>> = self.writers.started().cloned().collect();
         ctx.stop();
         Box::pin(async move {

@@ -197,21 +197,36 @@ fn summarize(results: &[(Step, Option<Step>)]) {
     }
 }
 
-/// Runs `cc` with `args` in `dir`.
-fn cc(dir: &Path, args: &[&str]) -> Result<(), String> {
-    let out = Command::new("cc")
-        .current_dir(dir)
+/// Runs `program ARGS` (in `dir` if given), returning its stdout; a failure names
+/// the command and carries its stderr.
+fn run(program: &str, args: &[&str], dir: Option<&Path>) -> Result<String, String> {
+    let mut command = Command::new(program);
+    if let Some(dir) = dir {
+        command.current_dir(dir);
+    }
+    let out = command
         .args(args)
+        .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run cc: {e}"))?;
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "cc {}: {}",
+            "{program} {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    Ok(())
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `cc ARGS` in `dir`.
+fn cc(dir: &Path, args: &[&str]) -> Result<(), String> {
+    run("cc", args, Some(dir)).map(drop)
+}
+
+/// Runs `lttng ARGS`, returning its stdout.
+fn lttng(args: &[&str]) -> Result<String, String> {
+    run("lttng", args, None)
 }
 
 /// The paced producer's source, from examples/c.
@@ -480,23 +495,6 @@ impl Drop for Lttng {
             let _ = Command::new("kill").arg(pid.to_string()).status();
         }
     }
-}
-
-/// Runs `lttng ARGS`, returning its stdout.
-fn lttng(args: &[&str]) -> Result<String, String> {
-    let out = Command::new("lttng")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run lttng: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "lttng {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Pids of processes named exactly `name` (`pgrep -x`).

@@ -310,14 +310,8 @@ impl Consumer {
             // Acquire load (or CAS) of `consumed` reads this value or a later one.
             // LP: the consumer's take (Complete -> Free). Its success hands the copy
             // out and the slot back to producers.
-            match self
-                .ring
-                .consumed_word()
-                .compare_exchange(pos, pos + sb, AcqRel, Acquire)
-            {
-                Ok(_) => {
-                    self.consumed = pos + sb;
-                    self.note_released(pos, word);
+            match self.give_back(pos, word) {
+                Ok(()) => {
                     match given_up {
                         None => {
                             // The copy is ours now: checking it is final, whatever the
@@ -499,7 +493,6 @@ impl Consumer {
     /// else moves it, so a failed CAS is a lie and marks the ring corrupt). Stops at
     /// the first lease still out. Returns how many slots it gave back.
     pub fn release_stored(&mut self) -> usize {
-        let sb = self.ring.geometry().subbuf_size;
         let mut released = 0;
         // Acquire pairs with the lease's Release drop: its write is done.
         while let Some(lease) = self.leases.front().filter(|l| l.stored.load(Acquire)) {
@@ -508,14 +501,8 @@ impl Consumer {
             }
             let (pos, word) = (lease.pos, lease.word);
             // LP: the consumer's take (Complete -> Free) of a leased packet.
-            match self
-                .ring
-                .consumed_word()
-                .compare_exchange(pos, pos + sb, AcqRel, Acquire)
-            {
-                Ok(_) => {
-                    self.consumed = pos + sb;
-                    self.note_released(pos, word);
+            match self.give_back(pos, word) {
+                Ok(()) => {
                     self.leases.pop_front();
                     released += 1;
                 }
@@ -545,6 +532,19 @@ impl Consumer {
     /// it to show the race was exercised).
     pub fn copies_discarded(&self) -> u64 {
         self.copies_discarded
+    }
+
+    /// CASes `consumed` from `pos` past its packet (commit word `word`), handing the
+    /// slot back to producers; on success the consumer's own bookkeeping follows.
+    /// `Err` carries the `consumed` found instead.
+    fn give_back(&mut self, pos: u64, word: u64) -> Result<(), u64> {
+        let sb = self.ring.geometry().subbuf_size;
+        self.ring
+            .consumed_word()
+            .compare_exchange(pos, pos + sb, AcqRel, Acquire)?;
+        self.consumed = pos + sb;
+        self.note_released(pos, word);
+        Ok(())
     }
 
     /// Remembers the commit word a slot had when its packet left the ring.
