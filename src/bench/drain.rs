@@ -478,7 +478,7 @@ impl Lttng {
             .lines()
             .filter_map(|l| l.trim().strip_prefix("Discarded events:"))
             .filter_map(|n| n.trim().parse::<u64>().ok())
-            .sum();
+            .fold(0u64, u64::saturating_add);
         Ok(Step {
             emitted,
             reached,
