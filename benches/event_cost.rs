@@ -40,9 +40,20 @@ fn main() {
         uuid: [0; 16],
         context_len: 0,
     };
-    let clock = per_call(events, ustrace::shm::now_ns);
+    // The trace clock and CPU source are this run's: force the fallbacks with
+    // USTRACE_CLOCK=monotonic and GLIBC_TUNABLES=glibc.pthread.rseq=0.
+    let trace_clock = ustrace::shm::host_clock().expect("trace clock");
+    let calibrated = Instant::now();
+    let monotonic = per_call(events, ustrace::shm::now_ns);
+    let clock = per_call(events, || trace_clock.now());
     let cpu = per_call(events, || ustrace::shm::current_cpu() as u64);
-    println!("building blocks: clock_gettime {clock:.1} ns, sched_getcpu {cpu:.1} ns");
+    let getcpu = per_call(events, || nix::sched::sched_getcpu().unwrap_or(0) as u64);
+    println!(
+        "building blocks: trace clock ({}) {clock:.1} ns, clock_gettime {monotonic:.1} ns, \
+         cpu ({:?}) {cpu:.1} ns, sched_getcpu {getcpu:.1} ns",
+        trace_clock.name(),
+        ustrace::shm::current_cpu_from().1
+    );
     let disabled = rounds(|| {
         let start = Instant::now();
         for i in 0..events as i64 {
@@ -126,6 +137,19 @@ fn main() {
         DEFAULT_GEOMETRY.num_subbuf
     );
     drainer.stop();
+    // How far the calibrated TSC has walked from CLOCK_MONOTONIC since the
+    // calibration at the start of this run (the drift docs/shm.md speaks of).
+    let (before, at, after) = (
+        ustrace::shm::now_ns(),
+        trace_clock.now(),
+        ustrace::shm::now_ns(),
+    );
+    println!(
+        "trace clock ({}) - CLOCK_MONOTONIC after {:.1} s: {} ns",
+        trace_clock.name(),
+        calibrated.elapsed().as_secs_f64(),
+        at as i64 - (before / 2 + after / 2) as i64
+    );
 }
 
 /// Mean cost of one call of `f` in nanoseconds.

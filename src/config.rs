@@ -26,7 +26,9 @@ use toml::Spanned;
 use toml::de::{DeTable, DeValue};
 
 use crate::ctf::context::ContextType;
-use crate::protocol::messages::{Buffering, ChannelRequest, ChannelSpec, SessionInfo};
+use crate::protocol::messages::{
+    Buffering, ChannelRequest, ChannelSpec, SessionInfo, TracefileLimits, TracefileProblem,
+};
 use crate::protocol::{self, ProtocolError};
 use crate::rule::{ConfigRule, EventRule, InvalidRule};
 use crate::shm::{self, Mode};
@@ -127,6 +129,11 @@ pub struct ChannelDefaults {
     /// Contexts every event carries (`["vpid", "vtid", "procname", "pthread_id",
     /// "cpu_id", "ip"]`); unset: vpid and vtid in per-UID channels, none per-PID.
     pub contexts: Option<Vec<ContextType>>,
+    /// Most bytes of one stream file (`--tracefile-size`); 0: one unbounded file.
+    pub tracefile_size: ByteSize,
+    /// Most files per stream, the oldest deleted (`--tracefile-count`); 0: keep
+    /// every file. Needs a `tracefile_size`.
+    pub tracefile_count: u32,
 }
 
 impl Default for ChannelDefaults {
@@ -138,6 +145,8 @@ impl Default for ChannelDefaults {
             buffers: Buffering::PerUid,
             writer: "ctf".to_owned(),
             contexts: None,
+            tracefile_size: ByteSize(0),
+            tracefile_count: 0,
         }
     }
 }
@@ -283,6 +292,18 @@ pub struct SessionConfig {
     /// Start tracing as soon as the daemon runs.
     #[serde(default = "default_autostart")]
     pub autostart: bool,
+    /// Rotate the session's trace into `archives/` whenever its current chunk is
+    /// this old (`enable-rotation --timer`, docs/trace-layout.md "Rotation").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_timer: Option<TimeSpan>,
+    /// Rotate whenever its current chunk holds this many bytes (`--size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotate_size: Option<ByteSize>,
+    /// A snapshot (flight-recorder) session, as `create --snapshot` makes: nothing
+    /// is written while it runs, `snapshot record` writes what its overwrite-mode
+    /// rings hold under `output`. Not with `url`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub snapshot: bool,
     /// `[[session.channel]]`: the session's channels.
     #[serde(default, rename = "channel")]
     pub channels: Vec<ChannelConfig>,
@@ -317,6 +338,12 @@ pub struct ChannelConfig {
     /// Overrides [`ChannelDefaults::contexts`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub contexts: Option<Vec<ContextType>>,
+    /// Overrides [`ChannelDefaults::tracefile_size`] (0: unbounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracefile_size: Option<ByteSize>,
+    /// Overrides [`ChannelDefaults::tracefile_count`] (0: every file kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracefile_count: Option<u32>,
     /// Event rules enabled in this channel: a pattern string, or a table with
     /// `pattern`, `exclude`, `loglevel` / `loglevel_only`.
     #[serde(default)]
@@ -333,6 +360,10 @@ fn default_enabled() -> bool {
 
 fn is_true(value: &bool) -> bool {
     *value
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 /// The `[[session]]` tables `ustrace save` writes: what [`Config`] reads back.
@@ -361,6 +392,10 @@ impl SessionConfig {
                     mode: Some(spec.mode),
                     writer: Some(spec.writer.clone()),
                     contexts: spec.contexts.clone(),
+                    // Written even when unbounded (0), so that the daemon's
+                    // `[channel_defaults]` cannot bound it on loading.
+                    tracefile_size: Some(ByteSize(spec.tracefile.size)),
+                    tracefile_count: Some(spec.tracefile.count),
                     events: events
                         .iter()
                         .map(|e| e.parse::<EventRule>().map(ConfigRule))
@@ -378,8 +413,93 @@ impl SessionConfig {
             url: info.url.clone(),
             live_timer_us: (info.live_timer_us > 0).then_some(info.live_timer_us),
             autostart: info.started,
+            rotate_timer: info.rotation.timer_us.map(TimeSpan),
+            rotate_size: info.rotation.size.map(ByteSize),
+            snapshot: info.snapshot,
             channels,
         })
+    }
+}
+
+/// A time span in microseconds, written with a unit as LTTng's `--timer` takes it
+/// (`"500us"`, `"250ms"`, `"10s"`, `"5m"`, `"1h"`; a bare number is microseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TimeSpan(pub u64);
+
+/// A time span that is not a number with an optional us, ms, s, m or h unit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid time {text:?}: {reason}")]
+pub struct InvalidTime {
+    /// The text as written.
+    pub text: String,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Units of a [`TimeSpan`], largest first, in microseconds.
+const TIME_UNITS: [(&str, u64); 5] = [
+    ("h", 3_600_000_000),
+    ("m", 60_000_000),
+    ("s", 1_000_000),
+    ("ms", 1_000),
+    ("us", 1),
+];
+
+impl std::str::FromStr for TimeSpan {
+    type Err = InvalidTime;
+
+    fn from_str(text: &str) -> Result<Self, InvalidTime> {
+        let bad = |reason| InvalidTime {
+            text: text.to_owned(),
+            reason,
+        };
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (digits, unit) = text.split_at(split);
+        let scale = match unit {
+            "" => 1,
+            _ => TIME_UNITS
+                .iter()
+                .find(|(name, _)| *name == unit)
+                .map(|(_, scale)| *scale)
+                .ok_or_else(|| bad("expected a number with us, ms, s, m or h"))?,
+        };
+        if digits.is_empty() {
+            return Err(bad("expected a number with us, ms, s, m or h"));
+        }
+        digits
+            .parse::<u64>()
+            .ok()
+            .and_then(|value| value.checked_mul(scale))
+            .map(TimeSpan)
+            .ok_or_else(|| bad("does not fit in 64 bits of microseconds"))
+    }
+}
+
+impl fmt::Display for TimeSpan {
+    /// In the largest unit that divides it exactly: `10s`, `1500ms`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (unit, scale) = TIME_UNITS
+            .iter()
+            .find(|(_, scale)| self.0 > 0 && self.0.is_multiple_of(*scale))
+            .copied()
+            .unwrap_or(("us", 1));
+        write!(f, "{}{unit}", self.0 / scale)
+    }
+}
+
+impl Serialize for TimeSpan {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for TimeSpan {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(de::Error::custom)
     }
 }
 
@@ -638,6 +758,12 @@ impl Config {
         subbuf_size(c.subbuf_size).map_err(|m| at(key("channel_defaults", "subbuf_size"), m))?;
         num_subbuf(c.num_subbuf).map_err(|m| at(key("channel_defaults", "num_subbuf"), m))?;
         check_name(&c.writer).map_err(|m| at(key("channel_defaults", "writer"), m))?;
+        self.default_tracefile()
+            .check(size_u32(c.subbuf_size))
+            .map_err(|p| {
+                let name = tracefile_key(p);
+                at(key("channel_defaults", name), tracefile_message(p))
+            })?;
         positive(self.supervision.within_secs)
             .map_err(|m| at(key("supervision", "within_secs"), m))?;
         positive(u64::from(self.limits.max_apps)).map_err(|m| at(key("limits", "max_apps"), m))?;
@@ -682,6 +808,12 @@ impl Config {
             let in_session =
                 |key: &'static str| vec![Step::Key("session"), Step::Index(s), Step::Key(key)];
             check_name(&session.name).map_err(|m| at(in_session("name"), m))?;
+            if session.snapshot && session.url.is_some() {
+                return Err(at(
+                    in_session("snapshot"),
+                    "a snapshot session writes its snapshots locally: not with url".to_owned(),
+                ));
+            }
             if self.sessions[..s]
                 .iter()
                 .any(|other| other.name == session.name)
@@ -723,6 +855,22 @@ impl Config {
                 if let Some(writer) = &channel.writer {
                     check_name(writer).map_err(|m| at(in_channel("writer"), m))?;
                 }
+                let spec = self.channel_spec(channel);
+                spec.tracefile.check(spec.subbuf_size).map_err(|p| {
+                    let name = tracefile_key(p);
+                    // Blame the channel's key if it sets it, else the default's.
+                    let set = match p {
+                        TracefileProblem::SmallerThanSubbuf { .. } => {
+                            channel.tracefile_size.is_some()
+                        }
+                        TracefileProblem::CountWithoutSize => channel.tracefile_count.is_some(),
+                    };
+                    let path = match set {
+                        true => in_channel(name),
+                        false => key("channel_defaults", name),
+                    };
+                    at(path, tracefile_message(p))
+                })?;
             }
         }
         Ok(())
@@ -767,7 +915,15 @@ impl Config {
             mode: d.mode,
             writer: d.writer.clone(),
             contexts: d.contexts.clone(),
-            tracefile: Default::default(),
+            tracefile: self.default_tracefile(),
+        }
+    }
+
+    /// `[channel_defaults]`' tracefile bounds.
+    fn default_tracefile(&self) -> TracefileLimits {
+        TracefileLimits {
+            size: self.channel_defaults.tracefile_size.0,
+            count: self.channel_defaults.tracefile_count,
         }
     }
 
@@ -782,7 +938,35 @@ impl Config {
             mode: channel.mode,
             writer: channel.writer.clone(),
             contexts: channel.contexts.clone(),
-            tracefile: None,
+            // Either key set: the bounds as a whole, the other from the defaults.
+            tracefile: (channel.tracefile_size.is_some() || channel.tracefile_count.is_some())
+                .then(|| {
+                    let defaults = self.default_tracefile();
+                    TracefileLimits {
+                        size: channel.tracefile_size.map_or(defaults.size, |s| s.0),
+                        count: channel.tracefile_count.unwrap_or(defaults.count),
+                    }
+                }),
+        }
+    }
+}
+
+/// The key a tracefile problem is about.
+fn tracefile_key(problem: TracefileProblem) -> &'static str {
+    match problem {
+        TracefileProblem::SmallerThanSubbuf { .. } => "tracefile_size",
+        TracefileProblem::CountWithoutSize => "tracefile_count",
+    }
+}
+
+/// A tracefile problem in the config file's words.
+fn tracefile_message(problem: TracefileProblem) -> String {
+    match problem {
+        TracefileProblem::SmallerThanSubbuf { size, subbuf_size } => format!(
+            "{size} bytes is smaller than a sub-buffer ({subbuf_size} bytes): a file holds at least one"
+        ),
+        TracefileProblem::CountWithoutSize => {
+            "a file count needs tracefile_size (0: one unbounded file, never rotated)".to_owned()
         }
     }
 }

@@ -21,14 +21,14 @@ use crate::actors::control_socket;
 use crate::actors::framed::{self, FrameError};
 use crate::actors::registrar::{Accept, Registrar};
 use crate::actors::session::{
-    CreateSession, DisableChannel, Done, EnableChannel, EnableEvent, ListSessions, SessionError,
-    SessionManager, SessionSettings, StartSession, StopSession,
+    CreateSession, DisableChannel, Done, EnableChannel, EnableEvent, EnableRotation, ListSessions,
+    SessionError, SessionManager, SessionSettings, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
 use crate::actors::supervision::RestartPolicy;
 use crate::actors::writer::{WriterCatalog, WriterFactory};
 use crate::config::{Config, SessionConfig, SupervisionConfig};
-use crate::protocol::messages::ControlRequest;
+use crate::protocol::messages::{ControlRequest, RotationSchedule};
 use crate::protocol::{APPS_SOCKET, CONTROL_SOCKET};
 use crate::relayd::{RELAYD_WRITER, RelaydWriterFactory};
 use crate::service::ConfigSource;
@@ -80,6 +80,9 @@ pub enum DaemonError {
     /// The actor system failed.
     #[error("actor system: {0}")]
     System(io::Error),
+    /// The trace clock asked for (`USTRACE_CLOCK`) cannot be used on this host.
+    #[error(transparent)]
+    Clock(#[from] crate::shm::ClockError),
 }
 
 /// Why a reload (SIGHUP) changed nothing: the daemon keeps the config it runs.
@@ -150,6 +153,9 @@ impl Daemon {
     /// then stops every started session, flushing it to disk.
     pub fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), DaemonError> {
         let rundir = self.config.effective_runtime_dir()?;
+        // Chosen and calibrated once, before any ring: every session's rings share it.
+        let clock = crate::shm::host_clock()?;
+        log::info!("trace clock: {}", clock.name());
         prepare_rundir(&rundir)?;
         recover_outputs(&self.config);
         raise_fd_limit();
@@ -277,7 +283,7 @@ async fn declare_session(
         output: declared.output.clone(),
         url: declared.url.clone(),
         live_timer_us: declared.live_timer_us,
-        snapshot: false,
+        snapshot: declared.snapshot,
     };
     declare(sessions, name, create).await?;
     for channel in &declared.channels {
@@ -301,6 +307,16 @@ async fn declare_session(
             };
             declare(sessions, name, disable).await?;
         }
+    }
+    if declared.rotate_timer.is_some() || declared.rotate_size.is_some() {
+        let rotation = EnableRotation {
+            session: session.clone(),
+            schedule: RotationSchedule {
+                timer_us: declared.rotate_timer.map(|t| t.0),
+                size: declared.rotate_size.map(|s| s.0),
+            },
+        };
+        declare(sessions, name, rotation).await?;
     }
     if declared.autostart {
         declare(sessions, name, StartSession { session }).await?;

@@ -159,6 +159,8 @@ fn a_saved_session_is_loaded_back_unchanged_by_a_new_daemon() {
     let first = Daemon::start();
     let output = kept.path("out");
     let output = output.to_str().unwrap();
+    let snapshots = kept.path("snapshots");
+    let snapshots = snapshots.to_str().unwrap().to_owned();
     for args in [
         &["create", "kept", "-o", output][..],
         &[
@@ -167,6 +169,10 @@ fn a_saved_session_is_loaded_back_unchanged_by_a_new_daemon() {
             "--buffers-uid",
             "--subbuf-size",
             "8K",
+            "--tracefile-size",
+            "64K",
+            "--tracefile-count",
+            "3",
         ],
         &["enable-event", "demo:*", "-c", "u"],
         &["enable-event", "other:ev", "-c", "u"],
@@ -199,28 +205,50 @@ fn a_saved_session_is_loaded_back_unchanged_by_a_new_daemon() {
         &["enable-event", "demo:ev", "-c", "p"],
         &["start"],
         &["disable-channel", "p"],
+        // A snapshot session, its channel in overwrite mode by being in it.
+        &["create", "flight", "--snapshot", "-o", &snapshots],
+        &[
+            "enable-channel",
+            "f",
+            "--buffers-pid",
+            "--subbuf-size",
+            "16K",
+        ],
+        &["enable-event", "demo:*", "-c", "f"],
     ] {
         let out = first.cli(args);
         assert!(out.status.success(), "{args:?}: {out:?}");
     }
-    let file = kept.path("saved.toml");
-    let out = first.cli(&["save", "kept", file.to_str().unwrap()]);
-    assert!(out.status.success(), "{out:?}");
-    let (stdout, _) = json(&first, &["save", "kept"]);
-    assert_eq!(
-        stdout["toml"].as_str().unwrap(),
-        std::fs::read_to_string(&file).unwrap()
-    );
+    let mut saved = String::new();
+    for session in ["kept", "flight"] {
+        let file = kept.path(&format!("{session}.toml"));
+        let out = first.cli(&["save", session, file.to_str().unwrap()]);
+        assert!(out.status.success(), "{out:?}");
+        let (stdout, _) = json(&first, &["save", session]);
+        let text = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(stdout["toml"].as_str().unwrap(), text);
+        saved.push_str(&text);
+    }
     let before = sessions(&first);
+    assert!(before[1].snapshot, "{before:?}");
     drop(first);
 
-    // The file as written, with nothing added: the new daemon's defaults do not
-    // matter, every setting is in it.
-    let second = Daemon::with_config(&std::fs::read_to_string(&file).unwrap());
-    wait_for("the saved session", Duration::from_secs(20), || {
-        !sessions(&second).is_empty()
+    // The files as written, after channel defaults that differ in every key: the
+    // new daemon's defaults do not matter, every setting is in them (an unbounded
+    // channel says so, `tracefile_size = 0`).
+    let defaults = "[channel_defaults]\nsubbuf_size = \"256K\"\nnum_subbuf = 2\n\
+        mode = \"overwrite\"\nbuffers = \"pid\"\ntracefile_size = \"1M\"\n\
+        tracefile_count = 2\n\n";
+    let second = Daemon::with_config(&format!("{defaults}{saved}"));
+    wait_for("the saved sessions", Duration::from_secs(20), || {
+        sessions(&second).len() == 2
     });
     assert_eq!(sessions(&second), before);
+    let limited = &before[0].channels[0].0;
+    assert_eq!(
+        (limited.tracefile.size, limited.tracefile.count),
+        (64 << 10, 3)
+    );
     let rules = &before[0].channels[0].1;
     assert!(
         rules.contains(&"net:* exclude net:poll*,net:idle loglevel <= WARNING".to_string())

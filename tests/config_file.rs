@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use ustrace::config::{ByteSize, Config, ConfigError};
 use ustrace::ctf::context::ContextType;
-use ustrace::protocol::messages::{Buffering, ChannelSpec};
+use ustrace::protocol::messages::{Buffering, ChannelSpec, TracefileLimits};
 use ustrace::rule::EventPattern;
 use ustrace::shm::Mode;
 
@@ -93,6 +93,8 @@ fn defaults_are_the_documented_values() {
     assert_eq!(config.channel_defaults.mode, Mode::Discard);
     assert_eq!(config.channel_defaults.buffers, Buffering::PerUid);
     assert_eq!(config.channel_defaults.writer, "ctf");
+    assert_eq!(config.channel_defaults.tracefile_size, ByteSize(0));
+    assert_eq!(config.channel_defaults.tracefile_count, 0);
     assert_eq!(config.supervision.max_restarts, 3);
     assert_eq!(config.supervision.within(), Duration::from_secs(10));
     assert_eq!(config.supervision.backoff(), Duration::from_millis(100));
@@ -672,6 +674,11 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
         contexts,
         tracefile: Default::default(),
     };
+    let mut limited = spec("a", Buffering::PerUid, Mode::Discard, None);
+    limited.tracefile = TracefileLimits {
+        size: 64 << 10,
+        count: 3,
+    };
     let info = SessionInfo {
         name: "web".into(),
         output: "/var/trace/web dir".into(),
@@ -679,7 +686,7 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
         snapshot: false,
         channels: vec![
             (
-                spec("a", Buffering::PerUid, Mode::Discard, None),
+                limited,
                 vec![
                     "http:*".into(),
                     "db:query".into(),
@@ -700,6 +707,10 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
         disabled_channels: vec!["b".into()],
         url: None,
         live_timer_us: 0,
+        rotation: ustrace::protocol::messages::RotationSchedule {
+            timer_us: Some(10_000_000),
+            size: Some(64 << 20),
+        },
     };
     let saved = SessionConfig::saved(&info).unwrap();
     let text = toml::to_string(&SavedSessions {
@@ -708,12 +719,119 @@ fn a_saved_session_parses_back_to_the_same_declaration() {
     .unwrap();
     let config = parse(&text).unwrap_or_else(|e| panic!("{text}\n{e}"));
     assert_eq!(config.sessions, vec![saved], "{text}");
+    assert!(text.contains("rotate_timer = \"10s\""), "{text}");
+    assert!(text.contains("rotate_size = 67108864"), "{text}");
     let channels = &config.sessions[0].channels;
     assert!(channels[0].enabled && !channels[1].enabled, "{text}");
     assert_eq!(config.channel_spec(&channels[1]), info.channels[1].0);
     assert_eq!(config.channel_spec(&channels[0]), info.channels[0].0);
     let rules: Vec<String> = channels[0].events.iter().map(|r| r.0.to_string()).collect();
     assert_eq!(rules, info.channels[0].1, "{text}");
+}
+
+#[test]
+fn tracefile_limits_are_set_in_the_defaults_and_per_channel() {
+    let config = parse(
+        r#"
+[channel_defaults]
+subbuf_size = "8K"
+tracefile_size = "1M"
+tracefile_count = 4
+
+[[session]]
+name = "s"
+  [[session.channel]]
+  name = "inherits"
+  [[session.channel]]
+  name = "own_count"
+  tracefile_count = 2
+  [[session.channel]]
+  name = "unbounded"
+  tracefile_size = 0
+  tracefile_count = 0
+"#,
+    )
+    .unwrap();
+    let limits = |c: usize| {
+        config
+            .channel_spec(&config.sessions[0].channels[c])
+            .tracefile
+    };
+    let bound = |size, count| TracefileLimits { size, count };
+    assert_eq!(limits(0), bound(1 << 20, 4));
+    assert_eq!(limits(1), bound(1 << 20, 2));
+    assert_eq!(limits(2), bound(0, 0));
+    // `enable-channel` without the flags gets the defaults too.
+    assert_eq!(
+        config.default_channel_spec("c").tracefile,
+        bound(1 << 20, 4)
+    );
+}
+
+#[test]
+fn tracefile_limits_that_cannot_hold_a_stream_are_refused_naming_the_key() {
+    let channel = |keys: &str| {
+        format!(
+            "[[session]]\nname = \"s\"\n  [[session.channel]]\n  name = \"c\"\n  subbuf_size = \"8K\"\n{keys}"
+        )
+    };
+    let (position, message) = invalid(
+        &channel("  tracefile_size = \"4K\"\n"),
+        "session[0].channel[0].tracefile_size",
+    );
+    assert_eq!(position, Some((6, 20)));
+    assert!(
+        message.contains("smaller than a sub-buffer (8192 bytes)"),
+        "{message}"
+    );
+    let (_, message) = invalid(
+        &channel("  tracefile_count = 3\n"),
+        "session[0].channel[0].tracefile_count",
+    );
+    assert!(message.contains("needs tracefile_size"), "{message}");
+    invalid(
+        &channel("  tracefile_count = -1\n"),
+        "session[0].channel[0].tracefile_count",
+    );
+    invalid(
+        &channel("  tracefile_size = \"4X\"\n"),
+        "session[0].channel[0].tracefile_size",
+    );
+    // The defaults are checked where they are written, and against a channel's
+    // larger sub-buffers there when the channel inherits them.
+    invalid(
+        "[channel_defaults]\ntracefile_count = 2\n",
+        "channel_defaults.tracefile_count",
+    );
+    invalid(
+        "[channel_defaults]\ntracefile_size = \"4K\"\n",
+        "channel_defaults.tracefile_size",
+    );
+    let (_, message) = invalid(
+        &format!(
+            "[channel_defaults]\ntracefile_size = \"4K\"\nsubbuf_size = \"4K\"\n{}",
+            channel("")
+        ),
+        "channel_defaults.tracefile_size",
+    );
+    assert!(message.contains("(8192 bytes)"), "{message}");
+}
+
+#[test]
+fn snapshot_sessions_are_declared_in_the_file_but_not_with_a_url() {
+    let config = parse("[[session]]\nname = \"fr\"\nsnapshot = true\n").unwrap();
+    assert!(config.sessions[0].snapshot);
+    assert!(!parse("[[session]]\nname = \"s\"\n").unwrap().sessions[0].snapshot);
+    let (position, message) = invalid(
+        "[[session]]\nname = \"fr\"\nurl = \"net://localhost\"\nsnapshot = true\n",
+        "session[0].snapshot",
+    );
+    assert_eq!(position, Some((4, 12)));
+    assert!(message.contains("not with url"), "{message}");
+    invalid(
+        "[[session]]\nname = \"fr\"\nsnapshot = 1\n",
+        "session[0].snapshot",
+    );
 }
 
 #[test]
@@ -728,4 +846,32 @@ fn the_dead_apps_a_snapshot_session_keeps_are_bounded() {
         assert_eq!(parse(&text).unwrap().daemon.snapshot_kept_dead_apps, kept);
     }
     assert_eq!(parse("").unwrap().daemon.snapshot_kept_dead_apps, 16);
+}
+
+#[test]
+fn rotation_times_take_lttng_units_and_print_back_in_the_largest_exact_one() {
+    use ustrace::config::TimeSpan;
+    for (text, us, shown) in [
+        ("10s", 10_000_000, "10s"),
+        ("250ms", 250_000, "250ms"),
+        ("1500ms", 1_500_000, "1500ms"),
+        ("90m", 5_400_000_000, "90m"),
+        ("2h", 7_200_000_000, "2h"),
+        ("750", 750, "750us"),
+        ("5us", 5, "5us"),
+    ] {
+        let t: TimeSpan = text.parse().unwrap();
+        assert_eq!(t.0, us, "{text}");
+        assert_eq!(t.to_string(), shown, "{text}");
+    }
+    for bad in ["", "s", "10x", "1.5s", "-1s", "99999999999999999999h"] {
+        let e = bad.parse::<TimeSpan>().unwrap_err();
+        assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+    }
+    let config =
+        parse("[[session]]\nname = \"r\"\nrotate_timer = \"30s\"\nrotate_size = \"1M\"\n").unwrap();
+    assert_eq!(config.sessions[0].rotate_timer, Some(TimeSpan(30_000_000)));
+    assert_eq!(config.sessions[0].rotate_size.map(|s| s.0), Some(1 << 20));
+    let refused = parse("[[session]]\nname = \"r\"\nrotate_timer = \"30 parsecs\"\n").unwrap_err();
+    assert!(refused.to_string().contains("30 parsecs"), "{refused}");
 }

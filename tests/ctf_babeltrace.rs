@@ -7,9 +7,11 @@ use std::path::Path;
 use std::time::SystemTime;
 
 use ctf_support::*;
+use ustrace::actors::app_connection::ConnectionId;
 use ustrace::ctf::field::{FieldType, Hex};
 use ustrace::trace::layout::{DirClock, pid_trace_dir, uid_trace_dir};
-use ustrace::trace::registry::{EventRegistry, TraceOwner, monotonic_ns};
+use ustrace::trace::owner::{Owner, Process};
+use ustrace::trace::registry::{EventRegistry, monotonic_ns};
 use ustrace::trace::writer::{append_packet, write_metadata};
 
 fn int(bits: u8, signed: bool) -> FieldType {
@@ -28,11 +30,14 @@ fn hex(bits: u8) -> FieldType {
     }
 }
 
-fn pid(name: &str, pid: u32) -> TraceOwner {
-    TraceOwner::PerPid {
-        procname: name.into(),
-        pid,
-        registered: SystemTime::now(),
+fn pid(name: &str, pid: u32) -> Owner {
+    Owner::Pid {
+        connection: ConnectionId(u64::from(pid)),
+        process: Process {
+            procname: name.into(),
+            pid,
+            registered: SystemTime::now(),
+        },
     }
 }
 
@@ -240,7 +245,7 @@ fn streams_of_several_cpus_and_channels_merge_by_time() {
 #[test]
 fn discarded_events_are_reported_by_babeltrace2_and_view() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut r = registry(3, TraceOwner::PerUid { uid: 1000 });
+    let mut r = registry(3, Owner::Uid(1000));
     r.add_channel("chan", &[]);
     let id = seq_event(&mut r);
     let dir = uid_trace_dir(tmp.path(), 1000);
@@ -313,16 +318,20 @@ fn a_session_of_per_pid_and_per_uid_traces_reads_as_one_time_ordered_trace() {
     let traces = [
         (registry(5, pid("alpha", 100)), [1u64, 4, 7]),
         (registry(6, pid("beta", 200)), [2, 5, 8]),
-        (registry(7, TraceOwner::PerUid { uid: 1000 }), [3, 6, 9]),
+        (registry(7, Owner::Uid(1000)), [3, 6, 9]),
     ];
     for (mut r, times) in traces {
         r.add_channel("chan", &[]);
         let id = seq_event(&mut r);
         let dir = match &r.env().ownership {
-            TraceOwner::PerUid { uid } => uid_trace_dir(session, *uid),
-            TraceOwner::PerPid { procname, pid, .. } => {
-                pid_trace_dir(session, procname, *pid, SystemTime::now(), DirClock::Local)
-            }
+            Owner::Uid(uid) => uid_trace_dir(session, *uid),
+            Owner::Pid { process, .. } => pid_trace_dir(
+                session,
+                &process.procname,
+                process.pid,
+                SystemTime::now(),
+                DirClock::Local,
+            ),
         };
         write_metadata(&dir, &r).unwrap();
         let events: Vec<(u64, u32)> = times.iter().map(|&t| (t, t as u32)).collect();

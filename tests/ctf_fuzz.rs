@@ -10,10 +10,11 @@ use std::time::SystemTime;
 use ctf_support::*;
 use proptest::prelude::*;
 use proptest::test_runner::RngSeed;
+use ustrace::actors::app_connection::ConnectionId;
 use ustrace::ctf::field::{FieldType, Hex};
 use ustrace::trace::layout::{DirClock, pid_trace_dir, uid_trace_dir};
+use ustrace::trace::owner::{Owner, Process};
 use ustrace::trace::reader::ReadError;
-use ustrace::trace::registry::TraceOwner;
 use ustrace::trace::view::{ViewError, view};
 use ustrace::trace::writer::{append_packet, write_metadata};
 
@@ -22,12 +23,15 @@ use ustrace::trace::writer::{append_packet, write_metadata};
 fn real_session(root: &Path) -> Vec<PathBuf> {
     let mut files = Vec::new();
     for (n, ownership) in [
-        TraceOwner::PerPid {
-            procname: "app".into(),
-            pid: 3,
-            registered: std::time::UNIX_EPOCH,
+        Owner::Pid {
+            connection: ConnectionId(1),
+            process: Process {
+                procname: "app".into(),
+                pid: 3,
+                registered: std::time::UNIX_EPOCH,
+            },
         },
-        TraceOwner::PerUid { uid: 1000 },
+        Owner::Uid(1000),
     ]
     .into_iter()
     .enumerate()
@@ -73,10 +77,10 @@ fn real_session(root: &Path) -> Vec<PathBuf> {
             ))
             .unwrap();
         let dir = match ownership {
-            TraceOwner::PerPid { .. } => {
+            Owner::Pid { .. } => {
                 pid_trace_dir(root, "app", 3, SystemTime::UNIX_EPOCH, DirClock::Utc)
             }
-            TraceOwner::PerUid { uid } => uid_trace_dir(root, uid),
+            Owner::Uid(uid) => uid_trace_dir(root, uid),
         };
         write_metadata(&dir, &r).unwrap();
         for seq in 0..2u64 {

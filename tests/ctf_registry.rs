@@ -5,7 +5,7 @@ mod ctf_support;
 use ctf_support::*;
 use ustrace::ctf::field::FieldType;
 use ustrace::trace::layout::uid_trace_dir;
-use ustrace::trace::registry::TraceOwner;
+use ustrace::trace::owner::Owner;
 use ustrace::trace::writer::{append_packet, write_metadata};
 
 fn u32_field(name: &str) -> ustrace::ctf::field::FieldDesc {
@@ -21,7 +21,7 @@ fn u32_field(name: &str) -> ustrace::ctf::field::FieldDesc {
 
 #[test]
 fn same_description_from_two_apps_of_one_uid_shares_one_id() {
-    let mut r = registry(1, TraceOwner::PerUid { uid: 1000 });
+    let mut r = registry(1, Owner::Uid(1000));
     let app1 = desc("prov", "ev", vec![u32_field("x")]);
     let app2 = app1.clone();
     let (id1, new1) = r.register_event(&app1).unwrap();
@@ -41,7 +41,7 @@ fn same_description_from_two_apps_of_one_uid_shares_one_id() {
 #[test]
 fn same_name_with_other_fields_gets_its_own_id_and_both_decode() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut r = registry(2, TraceOwner::PerUid { uid: 1000 });
+    let mut r = registry(2, Owner::Uid(1000));
     r.add_channel("chan", &[]);
     let dir = uid_trace_dir(tmp.path(), 1000);
     let (old, _) = r
@@ -88,7 +88,7 @@ fn same_name_with_other_fields_gets_its_own_id_and_both_decode() {
 #[test]
 fn every_event_is_declared_in_every_channel() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut r = registry(3, TraceOwner::PerUid { uid: 5 });
+    let mut r = registry(3, Owner::Uid(5));
     let (id, _) = r
         .register_event(&desc("prov", "ev", vec![u32_field("x")]))
         .unwrap();

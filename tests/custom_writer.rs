@@ -190,7 +190,7 @@ fn events_in(packets: &Collected) -> usize {
 
 fn status(rundir: &std::path::Path) -> StatusReport {
     match control::request_in(rundir, &ControlRequest::Status).unwrap() {
-        Ok(ustrace::protocol::messages::ControlOk::Status(s)) => s,
+        Ok(ustrace::protocol::messages::ControlOk::Status(s)) => *s,
         other => panic!("{other:?}"),
     }
 }

@@ -16,7 +16,7 @@ use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use ustrace::ctf::field::FieldValue;
 use ustrace::protocol::frame;
 use ustrace::protocol::messages::{AppCommand, AppRegister, Buffering, ChannelRequest};
@@ -102,11 +102,9 @@ fn lie_to(lie: &str, ring: &Ring, id: u32) {
                     "hostile".encode(&mut out[at..]);
                 });
             }
-            let deadline = Instant::now() + WAIT;
-            while scribbler.get(at::CONSUMED) < 2 * g.subbuf_size {
-                assert!(Instant::now() < deadline, "the daemon took nothing");
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            wait_for("the daemon to take two packets", WAIT, || {
+                scribbler.get(at::CONSUMED) >= 2 * g.subbuf_size
+            });
             let consumed = scribbler.get(at::CONSUMED);
             scribbler.set(at::CONSUMED, consumed - g.subbuf_size);
         }

@@ -6,10 +6,8 @@
 
 mod common;
 
-use common::{Daemon, Running, babeltrace2, poke, wait_for};
-use std::io::BufRead;
+use common::{Daemon, babeltrace2, stream_bytes, wait_for};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 use ustrace::ctf::field::LogLevel;
 use ustrace::protocol::messages::{
@@ -17,26 +15,6 @@ use ustrace::protocol::messages::{
 };
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Bytes of stream files (not metadata, not index) under `dir`.
-fn stream_bytes(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|entry| {
-            let path = entry.path();
-            if path.is_dir() {
-                stream_bytes(&path)
-            } else if entry.file_name() == "metadata" {
-                0
-            } else {
-                entry.metadata().map(|m| m.len()).unwrap_or(0)
-            }
-        })
-        .sum()
-}
 
 /// Waits until the streams under `dir` grew twice: at least one whole flush
 /// period of the app's events reached the disk since the call.
@@ -88,14 +66,7 @@ fn toggle_while_flooding(
         session: Some("toggled".into()),
     });
     let reference = daemon.session("reference", &[("c", buffers)], true);
-    let mut app = Running(
-        daemon
-            .app(&["--paced-us", "20"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let app = daemon.paced_app(20);
     wait_for("both sessions to record", WAIT, || {
         stream_bytes(&toggled) > 0 && stream_bytes(&reference) > 0
     });
@@ -124,17 +95,7 @@ fn toggle_while_flooding(
     });
     two_flushes(&reference);
 
-    poke(&mut app.0);
-    let mut line = String::new();
-    std::io::BufReader::new(app.0.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(app.0.wait().unwrap().success());
-    let emitted: i64 = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("app said {line:?}"));
+    let (_, emitted) = app.finish_paced();
     daemon.stop("toggled");
     daemon.stop("reference");
     assert_eq!(daemon.status().events_discarded, 0, "rings never full here");

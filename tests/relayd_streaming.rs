@@ -216,18 +216,6 @@ fn per_pid_apps_and_a_per_uid_flood_reach_the_relayd_whole() {
     );
 }
 
-/// An app emitting one event every `us` microseconds until poked.
-fn paced_app(daemon: &Daemon, us: u32) -> Running {
-    Running(
-        daemon
-            .app(&["--paced-us", &us.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    )
-}
-
 /// Reads `babeltrace2` lines on a thread: the test waits on the channel with a deadline.
 fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
     let stdout = child.stdout.take().unwrap();
@@ -268,7 +256,7 @@ fn a_live_viewer_sees_events_while_apps_run() {
     );
     let lines = lines_of(&mut viewer.0);
     // A per-UID app that keeps running, and per-PID apps that start and end.
-    let mut paced = paced_app(&daemon, 2000);
+    let mut paced = daemon.paced_app(2000);
     let mut seen = 0;
     let saw = poll_until(Duration::from_secs(30), || {
         daemon.run_app(&["--events", "3"]);
@@ -309,7 +297,7 @@ fn relayd_killed_and_restarted_costs_a_counted_gap_only() {
     });
     relayd.kill();
     // Local apps are served while the relayd is gone: they register, emit and end.
-    let mut paced = paced_app(&daemon, 500);
+    let mut paced = daemon.paced_app(500);
     daemon.run_apps(5, 5, &["--events", "20"]);
     // Past its restart budget a writer counts its packets lost (and retries later).
     wait_for(

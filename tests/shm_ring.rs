@@ -272,16 +272,20 @@ fn overwrite_mode_leases_nothing() {
         .expect("overwrite mode copies");
 }
 
+/// Writes three events into `ring` and reserves a fourth, left pending.
+fn three_events_and_one_pending(ring: &Ring) -> ustrace::shm::Reservation<'_> {
+    for seq in 0..3 {
+        assert!(write(ring, 1, 0, seq, 8));
+    }
+    ring.reserve(EVENT_HEADER_SIZE + payload_len(8))
+        .expect("room")
+}
+
 #[test]
 fn flush_hands_over_a_partial_packet_without_losing_committed_events() {
     let ring = ring(4096, 4, Mode::Discard);
     let mut consumer = Consumer::new(ring.clone());
-    for seq in 0..3 {
-        assert!(write(&ring, 1, 0, seq, 8));
-    }
-    let pending = ring
-        .reserve(EVENT_HEADER_SIZE + payload_len(8))
-        .expect("room");
+    let pending = three_events_and_one_pending(&ring);
     let mut packet = Vec::new();
     assert!(
         consumer.take_packet(&mut packet).is_none(),
@@ -306,6 +310,49 @@ fn flush_hands_over_a_partial_packet_without_losing_committed_events() {
     );
     assert_eq!(events, 4);
     assert!(!consumer.flush(), "nothing open after a flush");
+}
+
+#[test]
+fn a_chunk_boundary_puts_every_earlier_event_before_it_and_every_later_one_after() {
+    let ring = ring(4096, 4, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let pending = three_events_and_one_pending(&ring);
+    let boundary = consumer.close_chunk().expect("an honest ring");
+    assert_eq!(boundary, 4096, "the partly filled first packet is closed");
+    assert!(write(&ring, 1, 0, 100, 8), "later events go on");
+    assert!(!consumer.taken_to(boundary), "nothing taken yet");
+    let mut packet = Vec::new();
+    assert!(
+        consumer.take_packet(&mut packet).is_none(),
+        "the chunk's last packet waits for its pending commit"
+    );
+    assert!(!consumer.taken_to(boundary));
+    pending.commit();
+    consumer
+        .take_packet(&mut packet)
+        .expect("the chunk's packet");
+    assert_eq!(
+        parse_raw_content(&packet).1,
+        4,
+        "the events before the boundary"
+    );
+    assert!(consumer.taken_to(boundary), "every packet before it taken");
+    assert!(consumer.flush());
+    consumer
+        .take_packet(&mut packet)
+        .expect("the next chunk's packet");
+    let (_, events) = parse(&packet);
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [100],
+        "the event after the boundary is in the next chunk only"
+    );
+    assert_eq!(
+        consumer.close_chunk(),
+        Some(2 * 4096),
+        "an idle ring's boundary is where it stands"
+    );
+    assert!(consumer.taken_to(2 * 4096));
 }
 
 /// (content_size, event count) of a packet of equal-sized events.
@@ -544,6 +591,16 @@ fn a_valid_ring_file_maps_with_its_geometry() {
 }
 
 #[test]
+fn every_process_mapping_a_ring_reads_the_creators_clock() {
+    let created = ring(4096, 2, Mode::Discard);
+    let wakeup = Arc::new(Wakeup::new().expect("eventfd"));
+    let mapped =
+        Ring::from_fd(memfd_with(&read_all(created.as_fd()), true), wakeup, 0).expect("ring");
+    assert_eq!(mapped.clock(), created.clock());
+    assert_eq!(Ok(created.clock()), ustrace::shm::host_clock());
+}
+
+#[test]
 fn wrong_magic_is_refused() {
     let mut bytes = good_ring_bytes();
     bytes[0] ^= 0xFF;
@@ -560,7 +617,7 @@ fn wrong_version_is_refused() {
             e,
             ShmError::BadVersion {
                 found: 99,
-                expected: 3
+                expected: 4
             }
         ),
         "{e}"

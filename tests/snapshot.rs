@@ -379,3 +379,34 @@ fn the_cli_creates_a_snapshot_session_and_records() {
     assert_eq!(dirs.len(), 1);
     assert_eq!(indexes(&dirs[0]).len(), 10);
 }
+
+#[test]
+fn clear_empties_a_snapshot_sessions_rings() {
+    let daemon = Daemon::start();
+    let output = snapshot_session(
+        &daemon,
+        "cl",
+        &[small("u", Buffering::PerUid), small("p", Buffering::PerPid)],
+    );
+    let before = daemon.app_that_emitted(300);
+    let (_, full) = record(&daemon, "cl", &output);
+    assert_eq!(
+        indexes(&full).len(),
+        600,
+        "both channels hold the app's events"
+    );
+
+    daemon.ok(ControlRequest::Clear {
+        session: Some("cl".into()),
+    });
+    daemon.run_app(&["--events", "40"]);
+    let (_, cleared) = record(&daemon, "cl", &output);
+    let mut events = indexes(&cleared);
+    events.sort_unstable();
+    let expected: Vec<i64> = (0..40).flat_map(|i| [i, i]).collect();
+    assert_eq!(
+        events, expected,
+        "only the events emitted after the clear, in both channels"
+    );
+    drop(before);
+}

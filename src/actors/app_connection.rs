@@ -359,11 +359,10 @@ async fn read_frames(
         addr.do_send(Inbound::Register(register));
         let max = MAX_LATE_FRAME.min(max);
         loop {
-            // Idle for as long as the app likes; once a frame starts, it must be
-            // whole within the registration timeout.
-            reader
-                .as_ref()
-                .readable()
+            // Idle for as long as the app likes; once a frame starts (its first
+            // byte is here, not merely a readiness left set by the last read), it
+            // must be whole within the registration timeout.
+            framed::wait_for_bytes(&reader)
                 .await
                 .map_err(framed::FrameError::Io)?;
             let request = tokio::time::timeout(

@@ -48,12 +48,13 @@ use crate::actors::writer::{
 use crate::ctf::packet;
 use crate::protocol::messages::UidLosses;
 use crate::shm::{ChannelBuffers, Consumer, Mode};
+use crate::trace::writer::TraceDir;
 use actix::WeakAddr;
 use actix::prelude::*;
 use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -62,6 +63,14 @@ use tokio::io::unix::AsyncFd;
 /// fallback for reservations the holder records do not explain (a thread that found
 /// the table full is live or dead, nobody can tell).
 const STUCK_AFTER: Duration = Duration::from_secs(1);
+
+/// How often a rotation looks again for the packets of its chunk that a producer is
+/// still committing into.
+const CHUNK_POLL: Duration = Duration::from_millis(1);
+
+/// How long a rotation waits for them: a producer stopped inside a reservation must
+/// not hold the rotation, its packet then goes to the next chunk.
+const CHUNK_WAIT: Duration = Duration::from_millis(200);
 
 /// The actor.
 pub struct BufferSet {
@@ -410,6 +419,108 @@ fn take(consumer: &mut Consumer, free_rings: bool, label: &str) -> Option<Draine
                 Err(e) => log::error!("{label}: dropping a bad packet: {e}"),
             }
         },
+    }
+}
+
+/// Ends the trace chunk the set writes (a rotation, `ustrace rotate` or `clear`):
+/// every ring's partly filled packet is closed, every packet before that point is
+/// taken into the writers of the chunk (waiting, at most [`CHUNK_WAIT`], for
+/// producers still committing into one), those writers are synced and let go, and
+/// the next packets go to writers in `next`. Each packet thus goes to exactly one
+/// chunk, and producers never wait. Answers once the chunk's writers stored all.
+#[derive(Message)]
+#[rtype(result = "Result<(), FlushError>")]
+pub struct Rotate {
+    /// The directory of the next chunk of the set's trace.
+    pub next: TraceDir,
+}
+
+/// Drops everything the rings hold (`clear` of a snapshot session): every packet,
+/// the partly filled ones closed first.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EmptyRings;
+
+impl BufferSet {
+    /// Drains; says whether every packet before `boundaries` (one per ring, from
+    /// [`Consumer::close_chunk`]) left the rings.
+    fn chunk_taken(&mut self, boundaries: &[Option<u64>]) -> bool {
+        self.drain(false, false);
+        self.consumers
+            .iter_mut()
+            .zip(boundaries)
+            .all(|(consumer, b)| b.is_none_or(|b| consumer.taken_to(b)))
+    }
+
+    /// Moves the streams to `next` and syncs the writers of the chunk that ends.
+    fn switch_chunk(&mut self, next: &TraceDir) -> ResponseActFuture<Self, Result<(), FlushError>> {
+        let syncs: Vec<_> = self
+            .writers
+            .next_chunk(next)
+            .iter()
+            .map(|w| w.send(SyncWriter))
+            .collect();
+        Box::pin(fut::wrap_future(all_ok(syncs)))
+    }
+
+    /// Polls until the chunk's packets are all taken (or [`CHUNK_WAIT`] passed),
+    /// then switches.
+    fn rotate_when_taken(
+        boundaries: Vec<Option<u64>>,
+        next: TraceDir,
+        deadline: Instant,
+    ) -> ResponseActFuture<Self, Result<(), FlushError>> {
+        Box::pin(
+            fut::wrap_future::<_, Self>(actix::clock::sleep(CHUNK_POLL)).then(move |(), act, _| {
+                if act.chunk_taken(&boundaries) {
+                    return act.switch_chunk(&next);
+                }
+                if Instant::now() >= deadline {
+                    log::warn!(
+                        "{}: a producer is still inside a reservation after {} ms; its \
+                             packet goes to the next trace chunk",
+                        act.label,
+                        CHUNK_WAIT.as_millis()
+                    );
+                    return act.switch_chunk(&next);
+                }
+                BufferSet::rotate_when_taken(boundaries, next, deadline)
+            }),
+        )
+    }
+}
+
+impl Handler<Rotate> for BufferSet {
+    type Result = ResponseActFuture<Self, Result<(), FlushError>>;
+
+    fn handle(&mut self, msg: Rotate, _: &mut Context<Self>) -> Self::Result {
+        let boundaries: Vec<Option<u64>> = self
+            .consumers
+            .iter_mut()
+            .map(Consumer::close_chunk)
+            .collect();
+        if self.chunk_taken(&boundaries) {
+            return self.switch_chunk(&msg.next);
+        }
+        BufferSet::rotate_when_taken(boundaries, msg.next, Instant::now() + CHUNK_WAIT)
+    }
+}
+
+impl Handler<EmptyRings> for BufferSet {
+    type Result = ();
+
+    fn handle(&mut self, _: EmptyRings, _: &mut Context<Self>) {
+        let mut bytes = Vec::new();
+        for consumer in &mut self.consumers {
+            consumer.flush();
+            let budget = consumer.ring().geometry().num_subbuf;
+            for _ in 0..budget {
+                if consumer.take_packet(&mut bytes).is_none() {
+                    break;
+                }
+            }
+        }
+        self.count();
     }
 }
 

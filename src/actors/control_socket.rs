@@ -8,8 +8,9 @@
 //! daemon's counters directly: no actor owns it.
 
 use crate::actors::session::{
-    AddContext, CreateSession, DestroySession, DisableChannel, DisableEvent, EnableChannel,
-    EnableEvent, ListApps, ListSessions, RecordSnapshot, SessionManager, StartSession, StopSession,
+    AddContext, CreateSession, DestroySession, DisableChannel, DisableEvent, DisableRotation,
+    EnableChannel, EnableEvent, EnableRotation, ListApps, ListSessions, RecordSnapshot,
+    RotateSession, SessionManager, StartSession, StopSession,
 };
 use crate::actors::stats::Stats;
 use crate::protocol::messages::{ControlOk, ControlReply, ControlRequest};
@@ -55,6 +56,38 @@ pub async fn answer(
                 })
                 .await
         }
+        ControlRequest::Rotate { session } => {
+            sessions
+                .send(RotateSession {
+                    session,
+                    clear: false,
+                })
+                .await
+        }
+        ControlRequest::Clear { session } => {
+            sessions
+                .send(RotateSession {
+                    session,
+                    clear: true,
+                })
+                .await
+        }
+        ControlRequest::EnableRotation { session, schedule } => {
+            sessions.send(EnableRotation { session, schedule }).await
+        }
+        ControlRequest::DisableRotation {
+            session,
+            timer,
+            size,
+        } => {
+            sessions
+                .send(DisableRotation {
+                    session,
+                    timer,
+                    size,
+                })
+                .await
+        }
         ControlRequest::EnableChannel { session, channel } => {
             sessions.send(EnableChannel { session, channel }).await
         }
@@ -84,7 +117,7 @@ pub async fn answer(
                 Err(e) => Err(busy(e)),
             };
         }
-        ControlRequest::Status => return Ok(ControlOk::Status(stats.report())),
+        ControlRequest::Status => return Ok(ControlOk::Status(Box::new(stats.report()))),
         ControlRequest::AddContext {
             session,
             channel,

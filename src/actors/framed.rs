@@ -7,10 +7,11 @@
 
 use crate::protocol::frame;
 use crate::protocol::{Hello, ProtocolError, fds};
+use nix::sys::socket::{self, MsgFlags};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use tokio::io::{AsyncReadExt, Interest};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -87,6 +88,32 @@ pub async fn read_frame<T: DeserializeOwned>(
         return Err(FrameError::Truncated { got, len });
     }
     Ok(Some(frame::decode(&payload)?))
+}
+
+/// Waits, for as long as it takes, until the peer has sent a byte or closed, so that
+/// the next [`read_frame`] finds its frame started (or the EOF). Tokio's readiness
+/// alone is not a byte: a read that took exactly what had arrived leaves it set, so
+/// `readable()` returns at once although nothing is there. A peek says; one that
+/// finds nothing clears the stale readiness (`try_io`) and waits again.
+pub async fn wait_for_bytes(reader: &OwnedReadHalf) -> io::Result<()> {
+    let stream: &UnixStream = reader.as_ref();
+    let mut byte = [0u8; 1];
+    loop {
+        stream.readable().await?;
+        match stream.try_io(Interest::READABLE, || {
+            socket::recv(
+                stream.as_raw_fd(),
+                &mut byte,
+                MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+            )
+            .map_err(io::Error::from)
+        }) {
+            // A byte, or 0 at EOF: either way the next read does not wait.
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Reads the first frame of a connection and checks it is our [`Hello`].

@@ -20,7 +20,10 @@ use crate::actors::writer::release_freed_heap;
 use crate::config::check_name;
 use crate::ctf::context::{ContextSet, ContextType};
 use crate::ctf::field::EventDesc;
-use crate::protocol::messages::{AppInfo, Buffering, ChannelRequest, ChannelSpec, SessionInfo};
+use crate::protocol::messages::{
+    AppInfo, Buffering, ChannelRequest, ChannelSpec, RotationSchedule, SessionInfo,
+    TracefileProblem,
+};
 use crate::relayd::{RELAYD_WRITER, RelaydWriterFactory, StreamTarget, UrlError};
 use crate::rule::EventRule;
 use crate::shm::{Mode, ShmError};
@@ -79,6 +82,8 @@ pub struct SessionDef {
     pub snapshot: bool,
     /// The lttng-relayd it streams to, if it does.
     pub stream: Option<StreamTarget>,
+    /// Its automatic rotations (`enable-rotation`), applied by the factory.
+    pub rotation: RotationSchedule,
 }
 
 impl SessionDef {
@@ -255,6 +260,22 @@ pub enum SessionError {
         /// Why.
         source: factory::SnapshotError,
     },
+    /// A rotation or clear was refused or did not complete.
+    #[error("session {session}: {source}")]
+    Rotate {
+        /// The session.
+        session: String,
+        /// Why (boxed: it is the largest error, and rare).
+        source: Box<factory::RotateError>,
+    },
+    /// `enable-rotation` of a snapshot session, or with a zero bound.
+    #[error("session {session}: {problem}")]
+    BadRotation {
+        /// The session.
+        session: String,
+        /// What is wrong.
+        problem: &'static str,
+    },
     /// `stop` of a session that is not started.
     #[error("session {0} is not started")]
     NotStarted(String),
@@ -407,6 +428,39 @@ pub struct RecordSnapshot {
     pub max_size: Option<u64>,
 }
 
+/// Archive a session's current trace chunk (`rotate`), or delete it (`clear`).
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct RotateSession {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// `clear`: delete what it recorded since its last rotation instead.
+    pub clear: bool,
+}
+
+/// Set a session's automatic rotations (`enable-rotation`): each bound given
+/// replaces the one there was.
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct EnableRotation {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// The bounds given.
+    pub schedule: RotationSchedule,
+}
+
+/// Remove a session's automatic rotations (`disable-rotation`).
+#[derive(Message)]
+#[rtype(result = "Done")]
+pub struct DisableRotation {
+    /// The session (`None`: the most recent one).
+    pub session: Option<String>,
+    /// Remove the timer (with `size` false too: both).
+    pub timer: bool,
+    /// Remove the size bound.
+    pub size: bool,
+}
+
 /// Describe one session, or every one.
 #[derive(Message)]
 #[rtype(result = "Result<Vec<SessionInfo>, SessionError>")]
@@ -506,6 +560,7 @@ impl SessionManager {
             channels: Vec::new(),
             stream,
             snapshot,
+            rotation: RotationSchedule::default(),
         });
         Ok(message)
     }
@@ -689,19 +744,18 @@ fn reenable_channel(
     Ok(())
 }
 
-/// Checks a channel's tracefile bounds: a file holds at least one sub-buffer (as
-/// LTTng requires), and a count bounds files of a bounded size only.
+/// Checks a channel's tracefile bounds
+/// ([`TracefileLimits::check`](crate::protocol::messages::TracefileLimits::check)), in
+/// the CLI's words.
 fn check_tracefile(spec: &ChannelSpec) -> Result<(), SessionError> {
-    let t = spec.tracefile;
-    let problem = if t.size > 0 && t.size < u64::from(spec.subbuf_size) {
-        format!(
-            "--tracefile-size {} is smaller than a sub-buffer ({} bytes)",
-            t.size, spec.subbuf_size
-        )
-    } else if t.size == 0 && t.count > 0 {
-        "--tracefile-count needs --tracefile-size".to_string()
-    } else {
-        return Ok(());
+    let problem = match spec.tracefile.check(spec.subbuf_size) {
+        Ok(()) => return Ok(()),
+        Err(TracefileProblem::SmallerThanSubbuf { size, subbuf_size }) => {
+            format!("--tracefile-size {size} is smaller than a sub-buffer ({subbuf_size} bytes)")
+        }
+        Err(TracefileProblem::CountWithoutSize) => {
+            "--tracefile-count needs --tracefile-size".to_string()
+        }
     };
     Err(SessionError::Tracefile {
         channel: spec.name.clone(),
@@ -853,6 +907,109 @@ impl Handler<RecordSnapshot> for SessionManager {
     }
 }
 
+impl Handler<RotateSession> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: RotateSession, _: &mut Context<Self>) -> Self::Result {
+        let session = match self.session(&msg.session) {
+            Ok(s) => s.name.clone(),
+            Err(e) => return ready(Err(e)),
+        };
+        let clear = msg.clear;
+        let rotate = self.factory.send(factory::RotateSession {
+            session: session.clone(),
+            clear,
+        });
+        Box::pin(async move {
+            match rotate.await {
+                Ok(Ok(Some(archive))) => Ok(format!(
+                    "session {session}: trace chunk archived to {}",
+                    archive.display()
+                )),
+                Ok(Ok(None)) if clear => Ok(format!("session {session} cleared")),
+                Ok(Ok(None)) => Ok(format!(
+                    "session {session}: nothing recorded since the last rotation, no archive made"
+                )),
+                Ok(Err(source)) => Err(SessionError::Rotate {
+                    session,
+                    source: Box::new(source),
+                }),
+                Err(source) => Err(SessionError::Factory { session, source }),
+            }
+        })
+    }
+}
+
+/// `timer 10000 ms, size 67108864 bytes`: a schedule in words.
+fn schedule_words(schedule: &RotationSchedule) -> String {
+    let mut words = Vec::new();
+    if let Some(ms) = schedule.timer_us {
+        words.push(format!("every {}", crate::config::TimeSpan(ms)));
+    }
+    if let Some(size) = schedule.size {
+        words.push(format!("every {size} bytes"));
+    }
+    match words.is_empty() {
+        true => "none".to_string(),
+        false => words.join(" or "),
+    }
+}
+
+impl Handler<EnableRotation> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: EnableRotation, _: &mut Context<Self>) -> Self::Result {
+        let result = self.session(&msg.session).and_then(|s| {
+            let bad = |problem| SessionError::BadRotation {
+                session: s.name.clone(),
+                problem,
+            };
+            if s.snapshot {
+                return Err(bad("a snapshot session writes no trace to rotate"));
+            }
+            if s.stream.is_some() {
+                return Err(bad("a streaming session stores no local trace to rotate"));
+            }
+            if msg.schedule.timer_us == Some(0) || msg.schedule.size == Some(0) {
+                return Err(bad("--timer and --size must be more than 0"));
+            }
+            if msg.schedule.timer_us.is_none() && msg.schedule.size.is_none() {
+                return Err(bad("enable-rotation needs --timer TIME or --size SIZE"));
+            }
+            s.rotation.timer_us = msg.schedule.timer_us.or(s.rotation.timer_us);
+            s.rotation.size = msg.schedule.size.or(s.rotation.size);
+            Ok(format!(
+                "session {}: rotation {}",
+                s.name,
+                schedule_words(&s.rotation)
+            ))
+        });
+        self.publish(result)
+    }
+}
+
+impl Handler<DisableRotation> for SessionManager {
+    type Result = ResponseFuture<Done>;
+
+    fn handle(&mut self, msg: DisableRotation, _: &mut Context<Self>) -> Self::Result {
+        let result = self.session(&msg.session).map(|s| {
+            let both = !msg.timer && !msg.size;
+            if msg.timer || both {
+                s.rotation.timer_us = None;
+            }
+            if msg.size || both {
+                s.rotation.size = None;
+            }
+            format!(
+                "session {}: rotation {}",
+                s.name,
+                schedule_words(&s.rotation)
+            )
+        });
+        self.publish(result)
+    }
+}
+
 impl Handler<ListSessions> for SessionManager {
     type Result = Result<Vec<SessionInfo>, SessionError>;
 
@@ -871,6 +1028,7 @@ impl Handler<ListSessions> for SessionManager {
                 },
                 started: s.started,
                 snapshot: s.snapshot,
+                rotation: s.rotation,
                 channels: s
                     .channels
                     .iter()

@@ -5,7 +5,7 @@
 //! queue behind a busy actor, and no counter needs to be consistent with another.
 
 use crate::actors::app_connection::Refusal;
-use crate::protocol::messages::{StatusReport, UidLosses, WriterFailure};
+use crate::protocol::messages::{SessionRotation, StatusReport, UidLosses, WriterFailure};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -56,6 +56,8 @@ pub struct Stats {
     /// Apps refused since start, by [`Refusal::cause`]: an operator sees which limit
     /// turns apps away.
     pub refusals: Mutex<BTreeMap<&'static str, u64>>,
+    /// Sessions' rotation settings and last archives, written by the factory.
+    pub rotations: Mutex<BTreeMap<String, SessionRotation>>,
 }
 
 /// Buckets of the service-time histogram: up to 2^24 us (16 s), past any timeout.
@@ -128,6 +130,7 @@ impl Stats {
 
     /// A copy of every counter for `ustrace status`.
     pub fn report(&self) -> StatusReport {
+        let clock = crate::shm::host_clock().ok();
         StatusReport {
             apps: self.apps.load(Relaxed),
             apps_total: self.apps_total.load(Relaxed),
@@ -144,6 +147,9 @@ impl Stats {
             corrupt_rings: self.corrupt_rings.load(Relaxed),
             packets_lost_corrupt_ring: self.packets_lost_corrupt_ring.load(Relaxed),
             relayd_connects: self.relayd_connects.load(Relaxed),
+            // The daemon started only once its clock was chosen: this never fails.
+            clock: clock.map_or("unusable", |c| c.name()).into(),
+            clock_tsc_hz: clock.and_then(|c| c.tsc_hz()).unwrap_or(0),
             relayd_send_failures: self.relayd_send_failures.load(Relaxed),
             per_uid: self
                 .per_uid
@@ -167,6 +173,11 @@ impl Stats {
                 .iter()
                 .map(|(cause, n)| (cause.to_string(), *n))
                 .collect(),
+            rotations: self
+                .rotations
+                .lock()
+                .map(|r| r.values().cloned().collect())
+                .unwrap_or_default(),
         }
     }
 }

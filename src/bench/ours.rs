@@ -157,7 +157,7 @@ impl Drop for Scratch {
 /// The daemon's status.
 pub(super) fn status(rundir: &Path) -> Result<StatusReport, String> {
     match ask(rundir, ControlRequest::Status)? {
-        ControlOk::Status(status) => Ok(status),
+        ControlOk::Status(status) => Ok(*status),
         other => Err(format!("status answered {other:?}")),
     }
 }

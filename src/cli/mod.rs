@@ -10,7 +10,7 @@ use crate::control;
 use crate::ctf::context::ContextType;
 use crate::ctf::field::LogLevel;
 use crate::protocol::messages::{
-    Buffering, ChannelRequest, ControlRequest, LogLevelRule, TracefileLimits,
+    Buffering, ChannelRequest, ControlRequest, LogLevelRule, RotationSchedule, TracefileLimits,
 };
 use crate::shm::Mode;
 use crate::trace::view::ViewError;
@@ -57,6 +57,44 @@ enum Command {
     /// Snapshots of a snapshot session.
     #[command(subcommand)]
     Snapshot(Snapshot),
+    /// Archive the session's current trace chunk into
+    /// `<output>/archives/<begin>-<end>-<n>/` (a trace babeltrace2 reads on its own)
+    /// while tracing goes on into the next; prints the archive's path.
+    Rotate {
+        /// Session (default: the most recently created).
+        session: Option<String>,
+    },
+    /// Rotate automatically: whenever the current chunk is TIME old or holds SIZE
+    /// bytes (each given replaces the one there was).
+    EnableRotation {
+        /// Session (default: the most recently created).
+        #[arg(long, short)]
+        session: Option<String>,
+        /// Chunk age: a number with us, ms, s, m or h (default unit us), e.g. 10s.
+        #[arg(long, value_parser = parse_time, required_unless_present = "size")]
+        timer: Option<u64>,
+        /// Chunk size: bytes, or with a K, M or G suffix, e.g. 64M.
+        #[arg(long, value_parser = parse_size)]
+        size: Option<u64>,
+    },
+    /// Stop rotating automatically (only the timer or the size with --timer/--size).
+    DisableRotation {
+        /// Session (default: the most recently created).
+        #[arg(long, short)]
+        session: Option<String>,
+        /// Remove the timer.
+        #[arg(long)]
+        timer: bool,
+        /// Remove the size bound.
+        #[arg(long)]
+        size: bool,
+    },
+    /// Delete what the session recorded since its last rotation, on disk and in its
+    /// rings, while it goes on tracing (a snapshot session: its rings).
+    Clear {
+        /// Session (default: the most recently created).
+        session: Option<String>,
+    },
     /// Add a channel to a session.
     EnableChannel(EnableChannel),
     /// Enable events in a channel: one rule per pattern (LTTng globbing: `*`
@@ -245,6 +283,12 @@ enum Snapshot {
     },
 }
 
+/// `--timer`: microseconds, or with a unit, as the config file writes times.
+fn parse_time(text: &str) -> Result<u64, String> {
+    let time: crate::config::TimeSpan = text.parse().map_err(|e| format!("{e}"))?;
+    Ok(time.0)
+}
+
 /// `--max-size`: bytes, or with a K, M or G suffix, as the config file writes sizes.
 fn parse_size(text: &str) -> Result<u64, String> {
     let size: crate::config::ByteSize = text.parse().map_err(|e| format!("{e}"))?;
@@ -369,6 +413,28 @@ impl Cli {
                 output: output.map(|o| absolute(&o).display().to_string()),
                 max_size,
             },
+            Command::Rotate { session } => ControlRequest::Rotate { session },
+            Command::Clear { session } => ControlRequest::Clear { session },
+            Command::EnableRotation {
+                session,
+                timer,
+                size,
+            } => ControlRequest::EnableRotation {
+                session,
+                schedule: RotationSchedule {
+                    timer_us: timer,
+                    size,
+                },
+            },
+            Command::DisableRotation {
+                session,
+                timer,
+                size,
+            } => ControlRequest::DisableRotation {
+                session,
+                timer,
+                size,
+            },
             Command::EnableChannel(c) => ControlRequest::EnableChannel {
                 session: c.session,
                 channel: ChannelRequest {
@@ -441,6 +507,10 @@ impl Command {
             Command::DisableChannel { .. } => "disable-channel",
             Command::Save { .. } => "save",
             Command::Snapshot(_) => "snapshot record",
+            Command::Rotate { .. } => "rotate",
+            Command::Clear { .. } => "clear",
+            Command::EnableRotation { .. } => "enable-rotation",
+            Command::DisableRotation { .. } => "disable-rotation",
             Command::View { .. } => "view",
             Command::Recover { .. } => "recover",
             Command::Demo(_) => "demo",

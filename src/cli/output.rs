@@ -102,6 +102,7 @@ fn json_session(s: &SessionInfo) -> Json {
         "output": s.output,
         "active": s.started,
         "snapshot": s.snapshot,
+        "rotation": {"timer_us": s.rotation.timer_us, "size": s.rotation.size},
         "channels": channels,
     })
 }
@@ -135,6 +136,8 @@ fn json_status(s: &StatusReport) -> Json {
     json!({
         "apps": s.apps,
         "apps_total": s.apps_total,
+        "clock": s.clock,
+        "clock_tsc_hz": s.clock_tsc_hz,
         "buffer_sets": s.buffer_sets,
         "writers": s.writers,
         "pid_sets_ready": s.pid_sets_ready,
@@ -151,6 +154,13 @@ fn json_status(s: &StatusReport) -> Json {
         "failed_writers": failed,
         "registration_service_us": s.registration_service_us,
         "refusals": refusals,
+        "rotations": s.rotations.iter().map(|r| json!({
+            "session": r.session,
+            "timer_us": r.schedule.timer_us,
+            "size": r.schedule.size,
+            "chunks_closed": r.info.archives,
+            "last_archive": r.info.last_archive,
+        })).collect::<Vec<Json>>(),
     })
 }
 
@@ -224,6 +234,18 @@ fn status(text: &mut String, s: &StatusReport) {
     };
     line("apps connected:", &s.apps);
     line("apps registered in total:", &s.apps_total);
+    if s.clock_tsc_hz > 0 {
+        let mhz = s.clock_tsc_hz as f64 / 1e6;
+        line(
+            "trace clock:",
+            &format!(
+                "{} ({mhz:.3} MHz, calibrated against CLOCK_MONOTONIC)",
+                s.clock
+            ),
+        );
+    } else {
+        line("trace clock:", &s.clock);
+    }
     line("buffer sets:", &s.buffer_sets);
     line("writers:", &s.writers);
     line(
@@ -267,6 +289,26 @@ fn status(text: &mut String, s: &StatusReport) {
     }
     for (cause, count) in &s.refusals {
         let _ = writeln!(text, "apps refused ({cause}): {count}");
+    }
+    for r in &s.rotations {
+        let mut schedule = Vec::new();
+        if let Some(us) = r.schedule.timer_us {
+            schedule.push(format!("every {}", crate::config::TimeSpan(us)));
+        }
+        if let Some(size) = r.schedule.size {
+            schedule.push(format!("every {size} bytes"));
+        }
+        let schedule = match schedule.is_empty() {
+            true => "on request".to_string(),
+            false => schedule.join(" or "),
+        };
+        let _ = writeln!(
+            text,
+            "session {} rotates {schedule}: {} chunks closed, last archive {}",
+            r.session,
+            r.info.archives,
+            r.info.last_archive.as_deref().unwrap_or("none")
+        );
     }
     for f in &s.failed_writers {
         let _ = writeln!(

@@ -148,6 +148,39 @@ pub struct TracefileLimits {
     pub count: u32,
 }
 
+/// Why tracefile bounds cannot hold a stream: one check, [`TracefileLimits::check`],
+/// for `enable-channel` and the config file, which each word it for their keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TracefileProblem {
+    /// A file would be smaller than one sub-buffer (a packet never spans files).
+    SmallerThanSubbuf {
+        /// The file size asked for.
+        size: u64,
+        /// The channel's sub-buffer size.
+        subbuf_size: u32,
+    },
+    /// A file count without a file size: an unbounded file never rotates.
+    CountWithoutSize,
+}
+
+impl TracefileLimits {
+    /// Checks that the bounds can hold a stream of `subbuf_size` packets: a file
+    /// holds at least one sub-buffer (as LTTng requires), and a count bounds files
+    /// of a bounded size only.
+    pub fn check(&self, subbuf_size: u32) -> Result<(), TracefileProblem> {
+        if self.size > 0 && self.size < u64::from(subbuf_size) {
+            Err(TracefileProblem::SmallerThanSubbuf {
+                size: self.size,
+                subbuf_size,
+            })
+        } else if self.size == 0 && self.count > 0 {
+            Err(TracefileProblem::CountWithoutSize)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 impl ChannelSpec {
     /// The contexts its events carry, in encoding order.
     pub fn contexts(&self) -> Vec<ContextType> {
@@ -309,6 +342,36 @@ pub enum ControlRequest {
         /// Where snapshots go (the daemon picks a default if absent).
         output: Option<String>,
     },
+    /// Archive the session's current trace chunk into `archives/<begin>-<end>-<n>/`
+    /// while it goes on tracing into the next (LTTng's `rotate`).
+    Rotate {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+    },
+    /// Delete what the session recorded since its last rotation, on disk and in its
+    /// rings, while it goes on tracing (LTTng's `clear`).
+    Clear {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+    },
+    /// Set the session's automatic rotations (LTTng's `enable-rotation`): each given
+    /// bound replaces the one there was.
+    EnableRotation {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+        /// The bounds given.
+        schedule: RotationSchedule,
+    },
+    /// Remove the session's automatic rotations (LTTng's `disable-rotation`): both
+    /// when neither `timer` nor `size` is set.
+    DisableRotation {
+        /// Session name; `None` means the most recently created session.
+        session: Option<String>,
+        /// Remove the timer.
+        timer: bool,
+        /// Remove the size bound.
+        size: bool,
+    },
     /// Write the current contents of a snapshot session's rings into a new
     /// `snapshot-<n>-<date>` directory, without stopping tracing.
     SnapshotRecord {
@@ -354,6 +417,9 @@ pub struct SessionInfo {
     pub live_timer_us: u32,
     /// A snapshot session (`create --snapshot`): `output` is where its snapshots go.
     pub snapshot: bool,
+    /// Its automatic rotations.
+    #[serde(default)]
+    pub rotation: RotationSchedule,
 }
 
 /// One writer (stream) that is not healthy, for `status`.
@@ -418,10 +484,51 @@ pub struct StatusReport {
     /// above the number of streaming sessions, the difference is reconnections.
     #[serde(default)]
     pub relayd_connects: u64,
+    /// The trace clock of every session's rings (`tsc` or `monotonic`, see
+    /// `USTRACE_CLOCK`), and the TSC frequency the daemon calibrated, if any.
+    #[serde(default)]
+    pub clock: String,
+    /// TSC ticks per second measured against CLOCK_MONOTONIC; 0 for `monotonic`.
+    #[serde(default)]
+    pub clock_tsc_hz: u64,
     /// Packets that could not be sent to a relayd (retried after the back-off, or
     /// counted in `packets_lost_writer` once their writer gave up).
     #[serde(default)]
     pub relayd_send_failures: u64,
+    /// The rotation of every session that has a schedule or archived a chunk, by
+    /// session name.
+    #[serde(default)]
+    pub rotations: Vec<SessionRotation>,
+}
+
+/// A session's automatic rotations (`enable-rotation --timer/--size`, the config's
+/// `rotate_timer`/`rotate_size`), LTTng's rotation schedules; none by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationSchedule {
+    /// Rotate once the current chunk is this many microseconds old.
+    pub timer_us: Option<u64>,
+    /// Rotate once the current chunk holds this many bytes of packets.
+    pub size: Option<u64>,
+}
+
+/// How far a session's rotations got, for `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RotationInfo {
+    /// Chunks closed so far (archived or cleared).
+    pub archives: u64,
+    /// The latest archive's path.
+    pub last_archive: Option<String>,
+}
+
+/// One session's rotation settings and state, for `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionRotation {
+    /// The session.
+    pub session: String,
+    /// Its schedule.
+    pub schedule: RotationSchedule,
+    /// Its chunks so far.
+    pub info: RotationInfo,
 }
 
 /// The ring losses of one uid's buffers (per-UID, and per-PID of its apps), for
@@ -472,7 +579,7 @@ pub enum ControlOk {
     /// The answer to `list`.
     Sessions(Vec<SessionInfo>),
     /// The answer to `status`.
-    Status(StatusReport),
+    Status(Box<StatusReport>),
     /// The answer to `list --apps`, by registration time.
     Apps(Vec<AppInfo>),
 }

@@ -444,7 +444,10 @@ impl Link {
         };
         // Events up to `lag` old may still sit in a ring not flushed yet: a beacon
         // claims only the time before them, or a later packet would go back in time.
-        let quiet_until = crate::shm::now_ns().saturating_sub(self.beacon_lag.as_nanos() as u64);
+        let now = crate::shm::host_clock()
+            .unwrap_or(crate::shm::TraceClock::MONOTONIC)
+            .now();
+        let quiet_until = now.saturating_sub(self.beacon_lag.as_nanos() as u64);
         let mut result = Ok(());
         for (id, s) in &state.streams {
             if s.last_packet.elapsed() < period {

@@ -19,7 +19,6 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::*;
 use std::time::Instant;
 
-use super::clock::now_ns;
 use super::layout::{RECORD_AT, RECORD_LEN, RECORD_OWNER, RECORD_TIMESTAMP, RECORDS};
 use super::{Mode, Ring, RingCorruption, RingCounters};
 use crate::ctf::packet::{self, EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
@@ -577,6 +576,27 @@ impl Consumer {
         }
     }
 
+    /// Closes the partly filled packet, as [`Consumer::flush`], and returns where
+    /// the ring's packets closed so far end (a sub-buffer boundary): every event
+    /// reserved before this call lies before it, every later one after it. A
+    /// rotation puts the packets before it in the chunk it closes. `None` on a
+    /// corrupt ring.
+    pub fn close_chunk(&mut self) -> Option<u64> {
+        self.flush();
+        let at = self.positions()?;
+        let sb = self.ring.geometry().subbuf_size;
+        Some(at.write - at.write % sb)
+    }
+
+    /// Whether every packet before `boundary` (from [`Consumer::close_chunk`]) has
+    /// left the ring (taken, leased to a writer, overwritten or given up); true on a
+    /// corrupt ring, which gives nothing more.
+    pub fn taken_to(&mut self, boundary: u64) -> bool {
+        let leased = self.leases.len() as u64 * self.ring.geometry().subbuf_size;
+        self.positions()
+            .is_none_or(|at| at.consumed + leased >= boundary)
+    }
+
     /// Reads the holder table: records of threads inside a reservation, split by
     /// whether `alive` says their process lives; frees dead processes' idle records.
     fn holds(&self, alive: &dyn Fn(i32) -> bool) -> (Vec<Hold>, Vec<Hold>) {
@@ -1075,7 +1095,7 @@ impl Ring {
             if off == 0 {
                 return Ok(false);
             }
-            let timestamp = now_ns();
+            let timestamp = self.clock.now();
             match write.compare_exchange_weak(old, old - off + sb, AcqRel, Acquire) {
                 Ok(_) => {
                     // LP: the flush CAS closed the packet; the close commit follows.

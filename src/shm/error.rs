@@ -65,6 +65,9 @@ pub enum ShmError {
     /// Mapping the file failed.
     #[error("mmap of the ring failed: {0}")]
     Map(#[source] std::io::Error),
+    /// The ring's trace clock cannot be read here (or the daemon's choice is invalid).
+    #[error("ring clock: {0}")]
+    Clock(#[from] super::ClockError),
 }
 
 impl ShmError {

@@ -3,6 +3,7 @@
 //! ```text
 //! 0    magic u64 | version u32 | subbuf_size u32 | num_subbuf u32 | mode u32
 //! 24   cpu_id u32 | stream_id u32 | uuid [16]                  (written once, then read-only)
+//! 48   clock_mult u64 | clock_offset i64   the ring's trace clock (`TraceClock`, read-only)
 //! 64   write     AtomicU64   free-running byte position          (own cache line)
 //! 128  consumed  AtomicU64   free-running, multiple of subbuf_size
 //! 192  discarded_full, too_big, overwritten_packets, lost_dead_producer   AtomicU64 each
@@ -29,7 +30,8 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"USTRING1");
 /// Layout version; bump on any change to this file's table. 2: `consumed` lost its
 /// READING bit (the consumer copies packets out optimistically). 3: holder records
 /// (who is inside a reservation) after the commit words, and the `unrecorded` counter.
-pub(crate) const VERSION: u32 = 3;
+/// 4: the trace clock's two words (TSC multiplier and offset, or zero: CLOCK_MONOTONIC).
+pub(crate) const VERSION: u32 = 4;
 
 // Byte offsets of the header fields, as in the table above.
 pub(crate) const MAGIC_AT: usize = 0;
@@ -40,6 +42,8 @@ pub(crate) const MODE_AT: usize = 20;
 pub(crate) const CPU_ID_AT: usize = 24;
 pub(crate) const STREAM_ID_AT: usize = 28;
 pub(crate) const UUID_AT: usize = 32;
+pub(crate) const CLOCK_MULT_AT: usize = 48;
+pub(crate) const CLOCK_OFFSET_AT: usize = 56;
 pub(crate) const WRITE_AT: usize = 64;
 pub(crate) const CONSUMED_AT: usize = 128;
 pub(crate) const DISCARDED_FULL_AT: usize = 192;

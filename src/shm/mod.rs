@@ -56,7 +56,9 @@ mod ring;
 mod slow_path;
 
 pub use channel::{BlankSet, ChannelBuffers, Wakeup, cpu_count};
-pub use clock::{current_cpu, now_ns};
+pub use clock::{
+    ClockError, CpuSource, TraceClock, current_cpu, current_cpu_from, host_clock, now_ns,
+};
 pub use consumer::{Consumer, Corruption, DeadHolders, LeasedPacket, PacketInfo};
 pub use error::{RingCorruption, ShmError};
 pub use layout::{

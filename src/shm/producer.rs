@@ -163,10 +163,11 @@ impl Ring {
         let record = self.record();
         let write = self.write_word();
         // Acquire pairs with the Release half of other producers' CAS: their clock
-        // reads happen before ours, so a later position never has an earlier time.
+        // reads happen before ours (`TraceClock::now` reads the TSC only after this
+        // load has completed), so a later position never has an earlier time.
         let mut old = write.load(Acquire);
         loop {
-            let timestamp = super::clock::now_ns();
+            let timestamp = self.clock.now();
             let off = old & (sb - 1);
             let (pos, switch) = if off == 0 {
                 (old + PACKET_HEADER_SIZE as u64, Switch::Open(old))

@@ -12,6 +12,7 @@ use nix::sys::memfd::{MFdFlags, memfd_create};
 
 use super::ShmError;
 use super::channel::Wakeup;
+use super::clock::{TraceClock, host_clock};
 use super::layout::*;
 
 /// A stream's ring buffer, mapped in this process; shared by all its producer threads.
@@ -44,6 +45,9 @@ pub struct Ring {
     pub(super) context_len: usize,
     /// Signalled once per completed sub-buffer.
     pub(super) wakeup: Arc<Wakeup>,
+    /// The clock every writer of this ring reads, as the header gave it at map time
+    /// (the daemon's copy is its own, never re-read from shared memory).
+    pub(super) clock: TraceClock,
 }
 
 /// The loss counters of a ring, as read at one moment.
@@ -146,6 +150,9 @@ impl Ring {
         let uuid = u128::from_le_bytes(config.uuid);
         map.u64_at(UUID_AT).store(uuid as u64, Relaxed);
         map.u64_at(UUID_AT + 8).store((uuid >> 64) as u64, Relaxed);
+        let (mult, offset) = host_clock()?.words();
+        map.u64_at(CLOCK_MULT_AT).store(mult, Relaxed);
+        map.u64_at(CLOCK_OFFSET_AT).store(offset, Relaxed);
         Ring::from_mapping(map, blank.fd, g.file_size(), wakeup, config.context_len)
     }
 
@@ -207,7 +214,12 @@ impl Ring {
         let mode = Mode::from_word(map.u32_at(MODE_AT).load(Relaxed))?;
         let uuid = u128::from(map.u64_at(UUID_AT).load(Relaxed))
             | u128::from(map.u64_at(UUID_AT + 8).load(Relaxed)) << 64;
+        let clock = TraceClock::from_words(
+            map.u64_at(CLOCK_MULT_AT).load(Relaxed),
+            map.u64_at(CLOCK_OFFSET_AT).load(Relaxed),
+        )?;
         Ok(Ring {
+            clock,
             cpu_id: map.u32_at(CPU_ID_AT).load(Relaxed),
             stream_id: map.u32_at(STREAM_ID_AT).load(Relaxed),
             map,
@@ -222,6 +234,11 @@ impl Ring {
             context_len,
             wakeup,
         })
+    }
+
+    /// The clock this ring's timestamps are read from.
+    pub fn clock(&self) -> TraceClock {
+        self.clock
     }
 
     /// The memfd, to send to an app.

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::ctf::names;
-use crate::trace::registry::TraceOwner;
+use crate::trace::owner::Owner;
 
 /// Name of the TSDL file in every sub-trace directory.
 pub const METADATA_FILE: &str = "metadata";
@@ -92,21 +92,20 @@ pub fn pid_trace_dir(
     join(output, pid_trace_below(name, pid, time, clock))
 }
 
-/// Where the trace owned as `ownership`, registered at `time` on daemon connection
-/// `connection`, lies below the output. A per-PID directory name ends with the
-/// connection id: a pid is reused, and a connection can outlive its process, so two
-/// apps can share a pid (and a name, and a second); they never share a connection,
-/// so a reused pid never meets a dead app's directory.
-pub fn trace_below(
-    ownership: &TraceOwner,
-    connection: u64,
-    time: SystemTime,
-    clock: DirClock,
-) -> Below {
-    match ownership {
-        TraceOwner::PerUid { uid } => uid_trace_below(*uid),
-        TraceOwner::PerPid { procname, pid, .. } => {
-            let mut below = pid_trace_below(procname, *pid, time, clock);
+/// Where the trace of `owner` lies below the output. A per-PID directory name is
+/// the process's name, pid and registration time, and ends with the connection id:
+/// a pid is reused, and a connection can outlive its process, so two apps can share
+/// a pid (and a name, and a second); they never share a connection, so a reused pid
+/// never meets a dead app's directory.
+pub fn trace_below(owner: &Owner, clock: DirClock) -> Below {
+    match owner {
+        Owner::Uid(uid) => uid_trace_below(*uid),
+        Owner::Pid {
+            connection,
+            process,
+        } => {
+            let mut below =
+                pid_trace_below(&process.procname, process.pid, process.registered, clock);
             if let Some(last) = below.last_mut() {
                 last.push_str(&format!("-{connection}"));
             }
@@ -220,6 +219,8 @@ impl Civil {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actors::app_connection::ConnectionId;
+    use crate::trace::owner::Process;
     use std::time::Duration;
 
     #[test]
@@ -248,13 +249,14 @@ mod tests {
             join(
                 out,
                 trace_below(
-                    &TraceOwner::PerPid {
-                        procname: "app".into(),
-                        pid: 42,
-                        registered: t,
+                    &Owner::Pid {
+                        connection: ConnectionId(7),
+                        process: Process {
+                            procname: "app".into(),
+                            pid: 42,
+                            registered: t,
+                        },
                     },
-                    7,
-                    t,
                     DirClock::Utc
                 )
             ),

@@ -3,6 +3,7 @@
 //! An instrumented app never links this tree (it needs feature `daemon`); the byte
 //! formats it shares with apps live in [`crate::ctf`].
 //!
+//! - [`owner`]: who a trace and its buffers belong to (a uid, or an app connection).
 //! - [`registry`]: per-trace event ids and channels; produces the metadata text.
 //! - [`metadata`]: renders that TSDL and parses it back for our reader.
 //! - [`layout`], [`writer`], [`spread`]: where trace files go and how they are
@@ -17,6 +18,7 @@ pub mod acl;
 pub mod index;
 pub mod layout;
 pub mod metadata;
+pub mod owner;
 pub mod reader;
 pub mod recover;
 pub mod registry;

@@ -16,6 +16,7 @@ use crate::ctf::context::ContextType;
 use crate::ctf::field::{EventDesc, FieldType};
 use crate::ctf::names::{self, NameError};
 use crate::trace::metadata;
+use crate::trace::owner::Owner;
 
 /// Why an app's event description was refused (it would make the metadata invalid).
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
@@ -230,39 +231,21 @@ pub fn validate(desc: &EventDesc) -> Result<(), RegistryError> {
     Ok(())
 }
 
-/// Who owns the buffers of a trace, which decides its environment and directory.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TraceOwner {
-    /// Buffers shared by every app of one user.
-    PerUid {
-        /// The user id.
-        uid: u32,
-    },
-    /// Buffers private to one process.
-    PerPid {
-        /// The process name (`comm`).
-        procname: String,
-        /// The process id.
-        pid: u32,
-        /// When the process registered (the metadata's `vpid_datetime`).
-        registered: SystemTime,
-    },
-}
-
 /// What the metadata's `env` block says about where the trace comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TraceEnv {
     /// Host the trace was recorded on.
     pub hostname: String,
     /// Per-UID or per-PID, with the uid or the process identity.
-    pub ownership: TraceOwner,
+    pub ownership: Owner,
     /// The session's name (`trace_name`).
     pub trace_name: String,
     /// When the session was created (`trace_creation_datetime`).
     pub created: SystemTime,
 }
 
-/// How to turn the trace clock (CLOCK_MONOTONIC, ns) into wall-clock time.
+/// How to turn the trace clock (CLOCK_MONOTONIC ns, read directly or from the scaled
+/// TSC: `crate::shm::TraceClock`) into wall-clock time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClockOffset {
     /// Nanoseconds to add to a monotonic timestamp to get nanoseconds since the epoch.
@@ -373,7 +356,7 @@ impl EventRegistry {
     /// A registry for this host now: random uuid, measured clock offset, host name,
     /// for a trace of session `trace_name` created at `created`.
     pub fn for_this_host(
-        ownership: TraceOwner,
+        ownership: Owner,
         trace_name: &str,
         created: SystemTime,
     ) -> std::io::Result<EventRegistry> {
@@ -495,7 +478,7 @@ mod tests {
             ClockOffset { offset_ns: 0 },
             TraceEnv {
                 hostname: "h".into(),
-                ownership: TraceOwner::PerUid { uid: 1 },
+                ownership: Owner::Uid(1),
                 trace_name: "s".into(),
                 created: UNIX_EPOCH,
             },

@@ -22,6 +22,7 @@ use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
@@ -442,6 +443,15 @@ struct Shared {
     /// The user (other than the daemon's) who may read the trace: see
     /// [`TraceDir::readable_by`].
     reader: Option<u32>,
+    /// Highest metadata version stored in this directory, plus one (0: none yet),
+    /// shared by every stream of the trace so that the metadata file is written once
+    /// per version, not once per stream: file creation is most of a short-lived
+    /// app's trace cost. Per directory, not per trace: after a rotation the next
+    /// chunk's directory has none yet.
+    metadata_stored: AtomicU64,
+    /// Bytes of packets written into this directory: a session's `--size` rotation
+    /// compares their sum over its traces with its bound.
+    written: AtomicU64,
 }
 
 /// How far making a [`TraceDir`]'s directory got.
@@ -512,8 +522,53 @@ impl TraceDir {
                 }),
                 made: Mutex::new(HashSet::new()),
                 reader,
+                metadata_stored: AtomicU64::new(0),
+                written: AtomicU64::new(0),
             }),
         })
+    }
+
+    /// The same place for the next trace chunk (a rotation): the same output,
+    /// layout and reader, nothing made yet, so its first use makes the directory
+    /// anew where the previous chunk's was before it moved into `archives/`.
+    pub fn next_chunk(&self) -> TraceDir {
+        TraceDir {
+            shared: Arc::new(Shared {
+                output: self.shared.output.clone(),
+                below: self.shared.below.clone(),
+                path: self.shared.path.clone(),
+                dir: Mutex::new(DirState {
+                    fd: None,
+                    fresh: true,
+                }),
+                made: Mutex::new(HashSet::new()),
+                reader: self.shared.reader,
+                metadata_stored: AtomicU64::new(0),
+                written: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Whether metadata version `version` (or a newer one) is stored here already.
+    pub fn has_metadata(&self, version: u64) -> bool {
+        self.shared.metadata_stored.load(Ordering::Acquire) > version
+    }
+
+    /// Notes that metadata version `version` is stored here.
+    pub fn metadata_stored(&self, version: u64) {
+        self.shared
+            .metadata_stored
+            .fetch_max(version + 1, Ordering::Release);
+    }
+
+    /// Counts `bytes` of packets written here.
+    pub fn count_written(&self, bytes: u64) {
+        self.shared.written.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Bytes of packets written here so far.
+    pub fn written(&self) -> u64 {
+        self.shared.written.load(Ordering::Relaxed)
     }
 
     /// Where the directory is.
@@ -680,6 +735,39 @@ impl TraceDir {
             open_stream_in(dir, self.path(), name, *ours)
         })
     }
+}
+
+/// Moves `name` (one entry of `output`, the `ust` tree of a trace chunk) into
+/// `into` (made now if needed), relative to both directories' fds and without
+/// replacing anything there. Streams still writing through fds opened below it go
+/// on writing into it where it now is. `Ok(false)` if `output` has no `name`.
+pub fn move_into(output: &OutputDir, name: &str, into: &TraceDir) -> Result<bool, TraceDirError> {
+    names::check_component(name)?;
+    let from = output.fd()?;
+    let to = into.dir()?;
+    let target = into.path().join(name);
+    match nix::fcntl::renameat2(
+        from.as_fd(),
+        name,
+        to.as_fd(),
+        name,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    ) {
+        Ok(()) => Ok(true),
+        Err(Errno::ENOENT) => Ok(false),
+        Err(e) => Err(failed(&target, e)),
+    }
+}
+
+/// Deletes `name` (one entry of `output`) and everything below it: the trace chunk
+/// a `clear` moved aside. Reached through the output's fd (its `/proc/self/fd`
+/// link), never through the output's path, which its owner may have swapped for
+/// a link meanwhile; below it nothing is followed (`remove_dir_all` unlinks links).
+pub fn remove_entry(output: &OutputDir, name: &str) -> io::Result<()> {
+    names::check_component(name).map_err(TraceDirError::from)?;
+    let fd = output.fd()?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())).join(name);
+    std::fs::remove_dir_all(path)
 }
 
 /// Writes `tsdl`, whole, to `dir/metadata`, creating `dir` if needed or replacing

@@ -91,6 +91,11 @@ impl Daemon {
 
     /// A daemon whose config file holds `toml`.
     pub fn with_config(toml: &str) -> Daemon {
+        Daemon::with_config_env(toml, &[])
+    }
+
+    /// A daemon whose config file holds `toml`, with `env` added to its environment.
+    pub fn with_config_env(toml: &str, env: &[(&str, &str)]) -> Daemon {
         let scratch = Scratch::new("daemon");
         let rundir = scratch.path("run");
         std::fs::create_dir_all(&rundir).unwrap();
@@ -101,6 +106,7 @@ impl Daemon {
             .arg(&config)
             .env("USTRACE_RUNDIR", &rundir)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
@@ -133,7 +139,7 @@ impl Daemon {
 
     pub fn status(&self) -> StatusReport {
         match self.ok(ControlRequest::Status) {
-            ControlOk::Status(s) => s,
+            ControlOk::Status(s) => *s,
             other => panic!("status answered {other:?}"),
         }
     }
@@ -209,6 +215,18 @@ impl Daemon {
         app
     }
 
+    /// An app emitting one event every `us` microseconds until poked ([`poke`]),
+    /// which then prints `emitted COUNT ...` and exits.
+    pub fn paced_app(&self, us: u32) -> Running {
+        Running(
+            self.app(&["--paced-us", &us.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    }
+
     /// Runs `ustrace-demo` pinned to CPU 0, emitting `events`: every such app writes
     /// the same stream of a per-UID channel, so a test can aim at one writer.
     pub fn run_pinned_app(&self, events: u32) {
@@ -217,17 +235,21 @@ impl Daemon {
 
     /// Runs `ustrace-demo` pinned to `cpu`, emitting `events` into that CPU's ring.
     pub fn run_app_on_cpu(&self, cpu: usize, events: u32) {
-        let out = Command::new("taskset")
-            .args(["-c", &cpu.to_string()])
+        let out = self.app_on_cpu(cpu, events).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+
+    /// The command of a `ustrace-demo` pinned to `cpu` (taskset), emitting `events`.
+    pub fn app_on_cpu(&self, cpu: usize, events: u32) -> Command {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", &cpu.to_string()])
             .arg(bin(
                 "ustrace-demo",
                 option_env!("CARGO_BIN_EXE_ustrace-demo"),
             ))
             .args(["--events", &events.to_string()])
-            .env("USTRACE_RUNDIR", &self.rundir)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+            .env("USTRACE_RUNDIR", &self.rundir);
+        cmd
     }
 
     /// Runs an app to completion and checks it exited cleanly.
@@ -291,10 +313,52 @@ impl Drop for Running {
     }
 }
 
+impl Running {
+    /// Stops a [`Daemon::paced_app`]: pokes it, reads its `emitted COUNT` line and
+    /// waits for its clean exit; returns its pid and COUNT.
+    pub fn finish_paced(mut self) -> (u32, i64) {
+        poke(&mut self.0);
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(self.0.stdout.as_mut().unwrap()),
+            &mut line,
+        )
+        .unwrap();
+        assert!(self.0.wait().unwrap().success());
+        let emitted = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("app said {line:?}"));
+        (self.0.id(), emitted)
+    }
+}
+
 /// Writes a line to a child's stdin.
 pub fn poke(child: &mut Child) {
     let stdin = child.stdin.as_mut().unwrap();
     let _ = writeln!(stdin);
+}
+
+/// Bytes of the stream files below `dir` (metadata, index and hidden files left
+/// out): what the trace recorded so far.
+pub fn stream_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| {
+            let path = e.path();
+            let name = e.file_name().to_string_lossy().into_owned();
+            match path.is_dir() {
+                true if name == "index" => 0,
+                true => stream_bytes(&path),
+                false if name == "metadata" || name.starts_with('.') => 0,
+                false => e.metadata().map_or(0, |m| m.len()),
+            }
+        })
+        .sum()
 }
 
 /// `babeltrace2 DIR` output lines; panics if babeltrace2 fails.

@@ -11,7 +11,8 @@ use ustrace::ctf::field::{EventDesc, FieldDesc, FieldType, FieldValue, LogLevel}
 use ustrace::ctf::packet::{
     EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketClose, PacketOpen, write_event_header,
 };
-use ustrace::trace::registry::{ClockOffset, EventRegistry, TraceEnv, TraceOwner};
+use ustrace::trace::owner::Owner;
+use ustrace::trace::registry::{ClockOffset, EventRegistry, TraceEnv};
 
 /// A packet being filled the way a producer fills a sub-buffer.
 pub struct PacketBuilder {
@@ -101,7 +102,7 @@ pub fn desc(provider: &str, name: &str, fields: Vec<FieldDesc>) -> EventDesc {
 /// A registry with a fixed clock offset (2026-11-27 00:00:00 UTC) so dates are known.
 pub const OFFSET_NS: i64 = 1_795_737_600_000_000_000;
 
-pub fn registry(uuid_byte: u8, ownership: TraceOwner) -> EventRegistry {
+pub fn registry(uuid_byte: u8, ownership: Owner) -> EventRegistry {
     let mut uuid = [uuid_byte; 16];
     uuid[6] = 0x40 | (uuid_byte & 0x0F);
     EventRegistry::new(

@@ -39,9 +39,9 @@ use crate::ctf::field::EventDesc;
 use crate::ctf::names;
 use crate::protocol::messages::{AppChannelInfo, AppInfo, Buffering, ChannelSpec};
 use crate::trace::layout::{self, DirClock};
+use crate::trace::owner::{Owner, Process};
 use crate::trace::registry::{EventLimits, EventRegistry, RegistryError};
 use crate::trace::writer::{TraceDir, TraceDirError};
-pub use plan::Owner;
 use plan::{BudgetVerdict, PidBudget, SetKey};
 pub use teardown::AppGone;
 
@@ -52,8 +52,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 mod plan;
+pub mod rotation;
 pub mod snapshot;
 pub mod teardown;
+pub use rotation::{ARCHIVES_DIR, RotateError, RotateSession};
 pub use snapshot::{RecordSnapshot, SnapshotError};
 
 /// The settings the factory applies to everything it creates.
@@ -212,6 +214,8 @@ pub struct BufferFactory {
     kept_dead: VecDeque<ConnectionId>,
     /// Snapshots recorded per session: numbers the next one's directory.
     snapshots_taken: HashMap<String, u64>,
+    /// Trace chunks per session that rotated (see [`rotation`]).
+    chunks: HashMap<String, rotation::Chunks>,
 }
 
 impl BufferFactory {
@@ -244,6 +248,7 @@ impl BufferFactory {
             teardowns: HashMap::new(),
             kept_dead: VecDeque::new(),
             snapshots_taken: HashMap::new(),
+            chunks: HashMap::new(),
         }
     }
 
@@ -347,14 +352,17 @@ impl BufferFactory {
         if matching.is_empty() {
             return Ok(None);
         }
-        let owner = Owner::of(channel.spec.buffers, app.uid, connection);
+        let owner = Owner::of(channel.spec.buffers, app.uid, connection, || {
+            Process::of(&app.name, app.pid, app.registered_at)
+        });
         let set_key = SetKey {
             session: session.name.clone(),
             channel: channel.spec.name.clone(),
             owner,
         };
+        let trace_key = (session.name.clone(), set_key.owner.clone());
         let uid = app.uid;
-        if owner.is_pid() && !self.sets.contains_key(&set_key) {
+        if set_key.owner.is_pid() && !self.sets.contains_key(&set_key) {
             let budget = self
                 .pid_budget
                 .check(uid, plan::set_bytes(&channel.spec, self.cpus));
@@ -365,18 +373,15 @@ impl BufferFactory {
                 BudgetVerdict::AlreadyRefused => return Ok(None),
             }
         }
-        let new_trace = self.ensure_trace(session, owner, connection)?;
-        let stream_id = self.traces[&(session.name.clone(), owner)]
+        let new_trace = self.ensure_trace(session, &set_key.owner)?;
+        let stream_id = self.traces[&trace_key]
             .registry
             .stream_id(&channel.spec.name)
             .ok_or_else(|| GrantError::NoStreamClass(channel.spec.name.clone()))?;
         self.ensure_set(&set_key, session, stream_id, &channel.spec, uid)?;
 
         let app = self.apps.get_mut(&connection).expect("checked above");
-        let trace = self
-            .traces
-            .get_mut(&(session.name.clone(), owner))
-            .expect("ensured above");
+        let trace = self.traces.get_mut(&trace_key).expect("ensured above");
         let mut buffers = None;
         if !app.channels.contains_key(&set_key) {
             buffers = Some(self.sets[&set_key].buffers.clone());
@@ -432,34 +437,24 @@ impl BufferFactory {
     /// Creates the sub-trace of (session, owner) if it does not exist yet; says
     /// whether it did. A new trace's metadata snapshot is empty until the caller
     /// publishes it, once, with the events it registers.
-    fn ensure_trace(
-        &mut self,
-        session: &SessionDef,
-        owner: Owner,
-        connection: ConnectionId,
-    ) -> Result<bool, GrantError> {
-        let key = (session.name.clone(), owner);
+    fn ensure_trace(&mut self, session: &SessionDef, owner: &Owner) -> Result<bool, GrantError> {
+        let key = (session.name.clone(), owner.clone());
         if self.traces.contains_key(&key) {
             return Ok(false);
         }
-        let app = &self.apps[&connection];
-        let ownership = owner.trace_owner(&app.name, app.pid, app.registered_at);
-        let below =
-            layout::trace_below(&ownership, connection.0, app.registered_at, DirClock::Local);
+        let below = layout::trace_below(owner, DirClock::Local);
         // A per-UID trace is its user's to read too (a per-PID one is named after
         // its process, which a user would have to find among everyone's).
         let dir = match owner {
-            Owner::Uid(uid) => TraceDir::readable_by(&session.output, below, uid),
-            Owner::Pid(_) => TraceDir::new(&session.output, below),
+            Owner::Uid(uid) => TraceDir::readable_by(&session.output, below, *uid),
+            Owner::Pid { .. } => TraceDir::new(&session.output, below),
         }?;
-        let mut registry = EventRegistry::for_this_host(ownership, &session.name, session.created)
-            .map_err(GrantError::Uuid)?
-            .with_limits(self.settings.event_limits);
+        let mut registry =
+            EventRegistry::for_this_host(owner.clone(), &session.name, session.created)
+                .map_err(GrantError::Uuid)?
+                .with_limits(self.settings.event_limits);
         // A sub-trace declares only the channels whose buffers it holds.
-        let buffers = match owner {
-            Owner::Uid(_) => Buffering::PerUid,
-            Owner::Pid(_) => Buffering::PerPid,
-        };
+        let buffers = owner.buffering();
         for channel in session
             .channels
             .iter()
@@ -470,7 +465,6 @@ impl BufferFactory {
         let metadata = Arc::new(Mutex::new(Metadata {
             version: 0,
             tsdl: Arc::from(""),
-            stored: Arc::default(),
         }));
         self.traces.insert(
             key,
@@ -498,7 +492,7 @@ impl BufferFactory {
             return Ok(());
         }
         let bytes = plan::set_bytes(spec, self.cpus);
-        let trace = &self.traces[&(session.name.clone(), key.owner)];
+        let trace = &self.traces[&(session.name.clone(), key.owner.clone())];
         let cpus = self.cpus;
         let factory = self
             .writers
@@ -516,7 +510,7 @@ impl BufferFactory {
         };
         let label = format!("{}/{}/{:?}", key.session, key.channel, key.owner);
         let blank = match key.owner {
-            Owner::Pid(_) => self.pool.take(config.geometry),
+            Owner::Pid { .. } => self.pool.take(config.geometry),
             Owner::Uid(_) => BlankSet::create(&format!("ustrace {label}"), config.geometry, cpus),
         };
         let buffers = Arc::new(blank.and_then(|b| b.init(&config))?);
@@ -593,6 +587,12 @@ fn publish_metadata(trace: &Trace) {
 
 impl Actor for BufferFactory {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.run_interval(rotation::SCHEDULE_TICK, |act, ctx| {
+            act.rotate_on_schedule(ctx)
+        });
+    }
 }
 
 /// An app registered: give it every buffer it needs for the started sessions, or,
@@ -744,6 +744,7 @@ impl Handler<SessionsChanged> for BufferFactory {
     fn handle(&mut self, msg: SessionsChanged, _: &mut Context<Self>) {
         self.sessions = msg.0;
         self.keep_pool_ready();
+        self.publish_rotations();
         let connections: Vec<ConnectionId> = self.apps.keys().copied().collect();
         for connection in connections {
             for (key, events) in self.revocations(connection) {
@@ -861,10 +862,7 @@ impl Handler<ListApps> for BufferFactory {
                         AppChannelInfo {
                             session: set.session.clone(),
                             channel: set.channel.clone(),
-                            buffers: match set.owner {
-                                Owner::Uid(_) => Buffering::PerUid,
-                                Owner::Pid(_) => Buffering::PerPid,
-                            },
+                            buffers: set.owner.buffering(),
                             enabled,
                         }
                     })
@@ -896,6 +894,8 @@ impl Handler<DestroySession> for BufferFactory {
         self.disable_apps(&msg.0, true);
         self.traces.retain(|(session, _), _| *session != msg.0);
         self.snapshots_taken.remove(&msg.0);
+        self.chunks.remove(&msg.0);
+        self.publish_rotations();
         self.tear_down(|k| k.session == msg.0, ctx);
         Box::pin(self.settle(&msg.0, Vec::new()))
     }

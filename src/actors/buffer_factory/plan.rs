@@ -4,56 +4,12 @@
 //! each rule is tested here without memfds, actors or a daemon; the actor
 //! ([`super::BufferFactory`]) only sequences them with the effects.
 
-use crate::actors::app_connection::{ConnectionId, Refusal};
+use crate::actors::app_connection::Refusal;
 use crate::actors::session::ChannelDef;
 use crate::ctf::field::EventDesc;
-use crate::ctf::names;
-use crate::protocol::messages::{Buffering, ChannelSpec};
-use crate::trace::registry::TraceOwner;
+use crate::protocol::messages::ChannelSpec;
+use crate::trace::owner::Owner;
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::time::SystemTime;
-
-/// Who a trace and its buffers belong to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Owner {
-    /// Per-UID buffers of this user.
-    Uid(u32),
-    /// Per-PID buffers of one app connection (its process, for as long as it lives;
-    /// a later process with the same pid is another connection).
-    Pid(ConnectionId),
-}
-
-impl Owner {
-    /// The owner of the buffers an app of `uid` on `connection` uses in a channel
-    /// of `buffers` mode: its uid's shared set, or its connection's own.
-    pub fn of(buffers: Buffering, uid: u32, connection: ConnectionId) -> Owner {
-        match buffers {
-            Buffering::PerUid => Owner::Uid(uid),
-            Buffering::PerPid => Owner::Pid(connection),
-        }
-    }
-
-    /// Whether the owner is one connection: its sets are counted against the
-    /// per-PID caps and torn down when it goes.
-    pub fn is_pid(self) -> bool {
-        matches!(self, Owner::Pid(_))
-    }
-
-    /// How the owner's trace names it (directory, metadata `env`): its uid, or the
-    /// app's `name` (made one safe file-name component), `pid` and registration
-    /// time. The connection keeps the per-PID trace apart from a later process of
-    /// the same pid.
-    pub fn trace_owner(self, name: &str, pid: i32, registered: SystemTime) -> TraceOwner {
-        match self {
-            Owner::Uid(uid) => TraceOwner::PerUid { uid },
-            Owner::Pid(_) => TraceOwner::PerPid {
-                procname: names::procname(name),
-                pid: pid as u32,
-                registered,
-            },
-        }
-    }
-}
 
 /// Identifies a BufferSet.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -203,9 +159,12 @@ pub fn to_enable<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actors::app_connection::ConnectionId;
     use crate::ctf::field::LogLevel;
+    use crate::protocol::messages::Buffering;
     use crate::rule::{EventPattern, EventRule};
     use crate::shm::Mode;
+    use crate::trace::owner::Process;
     use std::time::UNIX_EPOCH;
 
     fn spec(buffers: Buffering) -> ChannelSpec {
@@ -236,36 +195,6 @@ mod tests {
             channel: "ch".into(),
             owner,
         }
-    }
-
-    #[test]
-    fn per_uid_channels_are_owned_by_the_uid_and_per_pid_ones_by_the_connection() {
-        let c = ConnectionId(7);
-        assert_eq!(Owner::of(Buffering::PerUid, 1000, c), Owner::Uid(1000));
-        assert_eq!(Owner::of(Buffering::PerPid, 1000, c), Owner::Pid(c));
-        assert!(Owner::Pid(c).is_pid());
-        assert!(!Owner::Uid(1000).is_pid());
-    }
-
-    #[test]
-    fn a_uid_trace_is_named_by_its_uid_and_a_pid_trace_by_the_apps_name_and_pid() {
-        let pid = Owner::Pid(ConnectionId(3));
-        assert_eq!(
-            Owner::Uid(1000).trace_owner("app", 42, UNIX_EPOCH),
-            TraceOwner::PerUid { uid: 1000 }
-        );
-        assert_eq!(
-            pid.trace_owner("app", 42, UNIX_EPOCH),
-            TraceOwner::PerPid {
-                procname: "app".into(),
-                pid: 42,
-                registered: UNIX_EPOCH,
-            }
-        );
-        let TraceOwner::PerPid { procname, .. } = pid.trace_owner("../x/y", 42, UNIX_EPOCH) else {
-            panic!("a per-PID owner names a per-PID trace");
-        };
-        assert!(!procname.contains('/'), "{procname}");
     }
 
     #[test]
@@ -336,7 +265,10 @@ mod tests {
     #[test]
     fn a_refusal_is_counted_once_per_app_and_set_until_it_is_granted() {
         let mut refused = BTreeSet::new();
-        let k = key(Owner::Pid(ConnectionId(1)));
+        let k = key(Owner::Pid {
+            connection: ConnectionId(1),
+            process: Process::of("app", 1, UNIX_EPOCH),
+        });
         let no = || Err(Refusal::PidBufferBytes { max: 1 });
         assert_eq!(
             budget_verdict(&mut refused, &k, no()),

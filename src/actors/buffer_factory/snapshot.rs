@@ -116,19 +116,27 @@ impl BufferFactory {
             .any(|s| s.name == session && s.snapshot)
     }
 
+    /// Whether `owner` is an app connection that is gone (its sets kept for a
+    /// snapshot).
+    fn owner_gone(&self, owner: &Owner) -> bool {
+        owner
+            .connection()
+            .is_some_and(|c| !self.apps.contains_key(&c))
+    }
+
     /// Forgets a dead app's per-PID sets and traces, except those of snapshot
     /// sessions, which are kept for the next snapshot (the oldest dead app's
     /// dropped past `snapshot_kept_dead_apps`).
     pub(super) fn forget_pid_sets(&mut self, connection: ConnectionId, ctx: &mut Context<Self>) {
-        let owner = Owner::Pid(connection);
+        let owned = |o: &Owner| o.connection() == Some(connection);
         let keep = self.settings.snapshot_kept_dead_apps > 0
             && self
                 .sets
                 .keys()
-                .any(|k| k.owner == owner && self.is_snapshot_session(&k.session));
+                .any(|k| owned(&k.owner) && self.is_snapshot_session(&k.session));
         if !keep {
-            self.traces.retain(|(_, o), _| *o != owner);
-            self.tear_down(|k| k.owner == owner, ctx);
+            self.traces.retain(|(_, o), _| !owned(o));
+            self.tear_down(|k| owned(&k.owner), ctx);
             return;
         }
         let kept: Vec<String> = self
@@ -138,33 +146,34 @@ impl BufferFactory {
             .map(|s| s.name.clone())
             .collect();
         self.traces
-            .retain(|(s, o), _| *o != owner || kept.contains(s));
-        self.tear_down(|k| k.owner == owner && !kept.contains(&k.session), ctx);
+            .retain(|(s, o), _| !owned(o) || kept.contains(s));
+        self.tear_down(|k| owned(&k.owner) && !kept.contains(&k.session), ctx);
         self.kept_dead.push_back(connection);
         while self.kept_dead.len() > self.settings.snapshot_kept_dead_apps {
             if let Some(oldest) = self.kept_dead.pop_front() {
                 log::info!("app connection {oldest}: dead app's rings dropped before a snapshot");
-                self.release_kept(|k| k.owner == Owner::Pid(oldest), ctx);
+                self.release_kept(|k| k.owner.connection() == Some(oldest), ctx);
             }
         }
     }
 
     /// Tears down the kept dead apps' sets matching `pred` and their traces.
-    fn release_kept(&mut self, pred: impl Fn(&SetKey) -> bool, ctx: &mut Context<Self>) {
+    pub(super) fn release_kept(&mut self, pred: impl Fn(&SetKey) -> bool, ctx: &mut Context<Self>) {
         let gone: Vec<SetKey> = self
             .sets
             .keys()
-            .filter(|k| matches!(k.owner, Owner::Pid(c) if !self.apps.contains_key(&c)))
+            .filter(|k| self.owner_gone(&k.owner))
             .filter(|k| pred(k))
             .cloned()
             .collect();
         for key in &gone {
-            self.traces.remove(&(key.session.clone(), key.owner));
+            self.traces
+                .remove(&(key.session.clone(), key.owner.clone()));
         }
         self.tear_down(|k| gone.contains(k), ctx);
         let sets = &self.sets;
         self.kept_dead
-            .retain(|c| sets.keys().any(|k| k.owner == Owner::Pid(*c)));
+            .retain(|c| sets.keys().any(|k| k.owner.connection() == Some(*c)));
     }
 }
 
@@ -211,13 +220,13 @@ impl Handler<RecordSnapshot> for BufferFactory {
         let mut requests = Vec::new();
         let mut dead_included = Vec::new();
         for key in sets {
-            let Some(trace) = self.traces.get(&(key.session.clone(), key.owner)) else {
+            let Some(trace) = self.traces.get(&(key.session.clone(), key.owner.clone())) else {
                 continue;
             };
             let Ok(tsdl) = trace.metadata.lock().map(|m| m.tsdl.clone()) else {
                 continue;
             };
-            let owner_gone = matches!(key.owner, Owner::Pid(c) if !self.apps.contains_key(&c));
+            let owner_gone = self.owner_gone(&key.owner);
             if owner_gone {
                 dead_included.push(key.clone());
             }

@@ -60,7 +60,7 @@ impl BufferFactory {
         };
         self.forget_pid_sets(connection, ctx);
         for key in app.channels.keys() {
-            if let (Owner::Uid(uid), Some(set)) = (key.owner, self.sets.get(key)) {
+            if let (&Owner::Uid(uid), Some(set)) = (&key.owner, self.sets.get(key)) {
                 let live = self
                     .apps
                     .values()

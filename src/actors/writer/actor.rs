@@ -272,6 +272,17 @@ impl StreamWriters {
         });
     }
 
+    /// Sends the next packets of every stream into `dir` (a rotation's next trace
+    /// chunk): the writers started so far are handed back, to be synced and let go
+    /// (they store what they hold in the chunk they write); the next packet of each
+    /// stream starts a writer in `dir`.
+    pub fn next_chunk(&mut self, dir: &crate::trace::writer::TraceDir) -> Vec<Addr<Writer>> {
+        for stream in &mut self.streams {
+            stream.trace_dir = dir.clone();
+        }
+        self.started.iter_mut().filter_map(Option::take).collect()
+    }
+
     /// The writers started so far.
     pub fn started(&self) -> impl Iterator<Item = &Addr<Writer>> {
         self.started.iter().flatten()

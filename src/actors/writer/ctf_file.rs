@@ -17,7 +17,6 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
 
 /// Makes [`CtfFileWriter`]s.
 pub(super) struct CtfFileWriterFactory;
@@ -111,16 +110,12 @@ impl CtfFileWriter {
     /// or whatever was stored when `again` (the trace is being recreated). A newer
     /// version replaces the old one atomically (see [`TraceDir::store_metadata`]).
     fn store_metadata(&mut self, metadata: &Metadata, again: bool) -> io::Result<()> {
-        if !again && metadata.stored.load(Ordering::Acquire) > metadata.version {
+        let dir = &self.stream.trace_dir;
+        if !again && dir.has_metadata(metadata.version) {
             return Ok(());
         }
-        self.stream
-            .trace_dir
-            .store_metadata(&self.stream.file_name(), &metadata.tsdl)?;
-        // Stored as version + 1 so that 0 means "nothing stored yet".
-        metadata
-            .stored
-            .fetch_max(metadata.version + 1, Ordering::Release);
+        dir.store_metadata(&self.stream.file_name(), &metadata.tsdl)?;
+        dir.metadata_stored(metadata.version);
         Ok(())
     }
 
@@ -209,6 +204,7 @@ impl CtfFileWriter {
         }
         self.good_len += len;
         *index_len += entry.len() as u64;
+        self.stream.trace_dir.count_written(len);
         Ok(())
     }
 }

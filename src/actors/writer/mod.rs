@@ -48,7 +48,6 @@ use ctf_file::CtfFileWriterFactory;
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 /// What a writer is told about the stream it serves.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -92,10 +91,6 @@ pub struct Metadata {
     pub version: u64,
     /// The whole TSDL text.
     pub tsdl: Arc<str>,
-    /// Highest version stored by any writer of this trace (shared by all its
-    /// streams), so that the metadata file is written once per version, not once
-    /// per stream: file creation is most of a short-lived app's trace cost.
-    pub stored: Arc<AtomicU64>,
 }
 
 /// A packet as the drain hands it to its stream's writer: copied out of its ring

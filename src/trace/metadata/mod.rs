@@ -34,8 +34,10 @@ const BOOL_ALIAS: &str = "ustrace_bool_t";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::actors::app_connection::ConnectionId;
     use crate::ctf::field::{EventDesc, FieldDesc, FieldType, LogLevel};
-    use crate::trace::registry::{ClockOffset, EventRegistry, TraceEnv, TraceOwner};
+    use crate::trace::owner::{Owner, Process};
+    use crate::trace::registry::{ClockOffset, EventRegistry, TraceEnv};
 
     fn registry() -> EventRegistry {
         let mut r = EventRegistry::new(
@@ -45,10 +47,13 @@ mod tests {
             },
             TraceEnv {
                 hostname: "h\"x".into(),
-                ownership: TraceOwner::PerPid {
-                    procname: "app".into(),
-                    pid: 12,
-                    registered: std::time::UNIX_EPOCH,
+                ownership: Owner::Pid {
+                    connection: ConnectionId(1),
+                    process: Process {
+                        procname: "app".into(),
+                        pid: 12,
+                        registered: std::time::UNIX_EPOCH,
+                    },
                 },
                 trace_name: "s\"1".into(),
                 created: std::time::UNIX_EPOCH,

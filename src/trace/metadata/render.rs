@@ -8,7 +8,8 @@ use crate::ctf::context::ContextType;
 use crate::ctf::field::{EventDesc, FieldDesc, FieldType};
 use crate::ctf::packet::{LOST_EVENT_ID, LOST_EVENT_NAME, LOST_EVENT_PADDED_ID};
 use crate::trace::layout::iso8601_basic;
-use crate::trace::registry::{ClockOffset, TraceEnv, TraceOwner};
+use crate::trace::owner::{Owner, Process};
+use crate::trace::registry::{ClockOffset, TraceEnv};
 
 /// The 8-4-4-4-12 text form of a uuid.
 pub fn uuid_string(uuid: &[u8; 16]) -> String {
@@ -129,15 +130,19 @@ pub fn preamble(uuid: &[u8; 16], env: &TraceEnv, clock: ClockOffset) -> String {
     );
     let _ = writeln!(out, "\tarchitecture_bit_width = {};", usize::BITS);
     match &env.ownership {
-        TraceOwner::PerUid { uid } => {
+        Owner::Uid(uid) => {
             let _ = writeln!(out, "\ttracer_buffering_scheme = \"uid\";");
             let _ = writeln!(out, "\ttracer_buffering_id = {uid};");
             let _ = writeln!(out, "\tuid = {uid};");
         }
-        TraceOwner::PerPid {
-            procname,
-            pid,
-            registered,
+        Owner::Pid {
+            process:
+                Process {
+                    procname,
+                    pid,
+                    registered,
+                },
+            ..
         } => {
             let _ = writeln!(out, "\ttracer_buffering_scheme = \"pid\";");
             let _ = writeln!(out, "\ttracer_buffering_id = {pid};");
