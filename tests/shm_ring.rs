@@ -355,6 +355,24 @@ fn a_chunk_boundary_puts_every_earlier_event_before_it_and_every_later_one_after
     assert!(consumer.taken_to(2 * 4096));
 }
 
+#[test]
+fn a_chunk_is_taken_once_its_packets_are_leased_before_they_are_stored() {
+    let ring = ring(4096, 4, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    assert!(write(&ring, 1, 0, 0, 8));
+    let boundary = consumer.close_chunk().expect("an honest ring");
+    assert!(!consumer.taken_to(boundary), "nothing leased yet");
+    let lease = consumer.lease_packet().expect("the chunk's packet");
+    assert!(
+        consumer.taken_to(boundary),
+        "handed to the chunk's writer: taken, though its slot is not back yet"
+    );
+    drop(lease);
+    assert_eq!(consumer.release_stored(), 1);
+    assert!(consumer.taken_to(boundary));
+    assert_honest(&mut consumer);
+}
+
 /// (content_size, event count) of a packet of equal-sized events.
 fn parse_raw_content(packet: &[u8]) -> (usize, usize) {
     let header = ustrace::ctf::packet::PacketHeader::read(packet).expect("header");
