@@ -122,10 +122,12 @@ pub(super) fn drain(args: &DrainArgs) -> Result<(), String> {
     for (i, &rate) in args.rates.iter().enumerate() {
         let ours = run_ours(args, &scratch.0.join(format!("ours-{i}")), &ours_app, rate)?;
         print_step("ours ", rate, &ours);
+        check_stored("ours", &ours)?;
         let theirs = match &lttng {
             Some(lttng) => {
                 let step = lttng.run(args, &scratch.0.join(format!("lttng-{i}")), rate)?;
                 print_step("lttng", rate, &step);
+                check_stored("lttng", &step)?;
                 Some(step)
             }
             None => None,
@@ -327,6 +329,24 @@ fn run_producers(
         }
     }
     Ok((emitted, reached))
+}
+
+/// Bytes of `bench:ev(int, string "hello")`'s payload: no tracer stores an event
+/// in less.
+const PAYLOAD_BYTES: u64 = 4 + 6;
+
+/// Checks that `step` stored at least the payload of every event it did not count
+/// discarded: producers that ran untraced (a libustrace of another ring layout, no
+/// session daemon) store nothing and must not pass for a drain that lost nothing.
+fn check_stored(who: &str, step: &Step) -> Result<(), String> {
+    let kept = step.emitted.saturating_sub(step.discarded);
+    if step.stored < kept.saturating_mul(PAYLOAD_BYTES) {
+        return Err(format!(
+            "{who}: {} bytes stored for {kept} events not discarded: the producers ran              untraced (their stderr says why; for ours, rebuild libustrace with              scripts/install-c.sh)",
+            step.stored
+        ));
+    }
+    Ok(())
 }
 
 /// Bytes of every file under `dir`.
