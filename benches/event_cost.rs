@@ -1,7 +1,8 @@
 //! Cost of one enabled event `{i: i64, s: "hello"}` through the real macro into real
 //! per-CPU rings while a consumer drains them: one thread, two threads, two processes
-//! sharing one ring set (per-UID style), one and two threads again with the contexts
-//! vpid, vtid and procname, and a paced 1M events/s run for discards.
+//! sharing one ring set (per-UID style), one thread with a filter that passes every
+//! event and with one that rejects every event, one and two threads again with the
+//! contexts vpid, vtid and procname, and a paced 1M events/s run for discards.
 //!
 //! `cargo bench --bench event_cost` (add `-- N` to change the event count).
 
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, poll};
 use ustrace::ctf::context::{ContextSet, ContextType};
+use ustrace::filter::Filter;
 use ustrace::shm::{ChannelBuffers, DEFAULT_GEOMETRY, Mode, RingConfig, cpu_count};
 use ustrace::ust::channel;
 
@@ -80,6 +82,30 @@ fn main() {
             lost,
         );
     }
+
+    // The same event with a filter (`enable-event --filter`): one that passes every
+    // emission, one that rejects every emission (nothing is reserved then).
+    for (what, expr) in [
+        ("filtered in", "i >= 0 && s == \"hel*\""),
+        ("filtered out", "i < 0 && s == \"hel*\""),
+    ] {
+        let program = Filter::parse(expr)
+            .expect("filter")
+            .compile(&BENCH_EV.desc());
+        let checked = program.check(&BENCH_EV.desc().fields).expect("program");
+        BENCH_EV.enable_filtered(slot, 1, Some(checked));
+        let before = discarded(&buffers);
+        let times = rounds(|| emit_threads(1, events));
+        let lost = discarded(&buffers) - before;
+        report(
+            &format!("1 thread, {what} by `{expr}`"),
+            events,
+            1,
+            times,
+            lost,
+        );
+    }
+    BENCH_EV.enable(slot, 1);
 
     // The same into a channel whose events carry vpid, vtid and procname.
     let with_context = ChannelBuffers::create("bench-ctx", &config, cpu_count()).expect("buffers");

@@ -24,6 +24,7 @@ pub mod control;
 pub mod ctf;
 #[cfg(feature = "daemon")]
 pub mod daemon;
+pub mod filter;
 pub mod protocol;
 #[cfg(feature = "daemon")]
 pub mod relayd;

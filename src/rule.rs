@@ -8,8 +8,15 @@
 //! some rule of a channel matches; an event matched by several rules is enabled once.
 //! A pattern that matches no event today is accepted (as in LTTng): it starts
 //! matching as soon as an app declaring such an event registers.
+//!
+//! A rule may also carry a filter (`--filter`, see [`crate::filter`]): the event is
+//! still enabled by name and level, and the app records an emission only when its
+//! values pass the filter of some rule matching it (or some rule without filter
+//! matches it).
 
 use crate::ctf::field::{EventDesc, LogLevel};
+use crate::filter::glob::{Token, glob_match};
+use crate::filter::{Filter, FilterError};
 use crate::protocol::messages::LogLevelRule;
 use serde::de::{self, Deserializer, Visitor};
 use serde::ser::{SerializeMap, Serializer};
@@ -30,15 +37,6 @@ pub struct EventPattern {
     text: String,
     /// What it matches, one token per character.
     tokens: Vec<Token>,
-}
-
-/// One matching unit of a pattern.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Token {
-    /// This byte (an escaped `*` or `\` included).
-    Byte(u8),
-    /// Any run of bytes, empty included.
-    Star,
 }
 
 /// Why an event pattern was refused.
@@ -123,34 +121,6 @@ impl EventPattern {
     }
 }
 
-/// Star-glob matching with one backtrack point (the last `*` seen): linear in the
-/// subject for each star, so a hostile pattern costs at most pattern x subject steps.
-fn glob_match(pattern: &[Token], subject: &[u8]) -> bool {
-    let (mut p, mut s) = (0, 0);
-    let mut resume: Option<(usize, usize)> = None;
-    while s < subject.len() {
-        match pattern.get(p) {
-            Some(Token::Star) => {
-                resume = Some((p + 1, s));
-                p += 1;
-            }
-            Some(Token::Byte(b)) if *b == subject[s] => {
-                p += 1;
-                s += 1;
-            }
-            _ => match resume {
-                Some((after_star, from)) => {
-                    p = after_star;
-                    s = from + 1;
-                    resume = Some((after_star, from + 1));
-                }
-                None => return false,
-            },
-        }
-    }
-    pattern[p..].iter().all(|t| *t == Token::Star)
-}
-
 /// LTTng-UST's log-level names, in [`LogLevel`] order (`EMERG` is 0, `DEBUG` 14).
 const LEVEL_NAMES: [(&str, LogLevel); 15] = [
     ("EMERG", LogLevel::Emerg),
@@ -233,6 +203,8 @@ pub struct EventRule {
     pub exclude: Vec<EventPattern>,
     /// Levels the rule takes.
     pub loglevel: LogLevelRule,
+    /// The values it takes (`--filter`); `None`: every emission.
+    pub filter: Option<Filter>,
 }
 
 /// Why an event rule was refused.
@@ -253,6 +225,9 @@ pub enum InvalidRule {
     /// A level condition other than `loglevel <= L` or `loglevel == L`.
     #[error("bad level condition {0:?}: expected `<= LEVEL` or `== LEVEL`")]
     Condition(String),
+    /// A malformed `--filter` expression.
+    #[error(transparent)]
+    Filter(#[from] FilterError),
 }
 
 impl EventRule {
@@ -277,7 +252,15 @@ impl EventRule {
             pattern,
             exclude,
             loglevel,
+            filter: None,
         })
+    }
+
+    /// The rule taking only the emissions that pass `filter` (`--filter`; `None`:
+    /// all of them).
+    pub fn with_filter(mut self, filter: Option<&str>) -> Result<EventRule, InvalidRule> {
+        self.filter = filter.map(Filter::parse).transpose()?;
+        Ok(self)
     }
 
     /// A rule taking every name `pattern` matches, at every level.
@@ -286,11 +269,12 @@ impl EventRule {
             pattern,
             exclude: Vec::new(),
             loglevel: LogLevelRule::All,
+            filter: None,
         }
     }
 
-    /// Whether `event` is recorded by this rule: its name matches the pattern and no
-    /// exclusion, and its level passes.
+    /// Whether `event` is enabled by this rule: its name matches the pattern and no
+    /// exclusion, and its level passes (its filter, if any, then runs in the app).
     pub fn matches(&self, event: &EventDesc) -> bool {
         self.loglevel.admits(event.loglevel)
             && self.pattern.matches(&event.provider, &event.name)
@@ -308,7 +292,11 @@ impl fmt::Display for EventRule {
             let names: Vec<&str> = self.exclude.iter().map(EventPattern::as_str).collect();
             write!(f, " exclude {}", names.join(","))?;
         }
-        write!(f, "{}", self.loglevel)
+        write!(f, "{}", self.loglevel)?;
+        match &self.filter {
+            Some(filter) => write!(f, " filter {filter}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -316,9 +304,14 @@ impl FromStr for EventRule {
     type Err = InvalidRule;
 
     /// Reads a rule back from its `Display` text, as `list` shows it:
-    /// `PATTERN[ exclude X,Y][ loglevel <= LEVEL| loglevel == LEVEL]` (patterns hold
-    /// neither spaces nor commas, so the text is unambiguous).
+    /// `PATTERN[ exclude X,Y][ loglevel <= LEVEL| loglevel == LEVEL][ filter EXPR]`
+    /// (patterns hold neither spaces nor commas, and the filter comes last, so the
+    /// first ` filter ` starts it and the text is unambiguous).
     fn from_str(text: &str) -> Result<EventRule, InvalidRule> {
+        let (text, filter) = match text.split_once(" filter ") {
+            None => (text, None),
+            Some((rest, filter)) => (rest, Some(filter)),
+        };
         let (rest, loglevel) = match text.split_once(" loglevel ") {
             None => (text, LogLevelRule::All),
             Some((rest, condition)) => match condition.split_once(' ') {
@@ -331,12 +324,12 @@ impl FromStr for EventRule {
             None => (rest, Vec::new()),
             Some((pattern, names)) => (pattern, names.split(',').map(str::to_owned).collect()),
         };
-        EventRule::new(pattern, &exclude, loglevel)
+        EventRule::new(pattern, &exclude, loglevel)?.with_filter(filter)
     }
 }
 
 /// An event rule as a config file writes it: a pattern string, or a table with
-/// `pattern` and optional `exclude`, `loglevel`, `loglevel_only`.
+/// `pattern` and optional `exclude`, `loglevel`, `loglevel_only`, `filter`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigRule(pub EventRule);
 
@@ -355,6 +348,9 @@ struct RuleTable {
     /// `--loglevel-only`.
     #[serde(default)]
     loglevel_only: Option<String>,
+    /// `--filter`.
+    #[serde(default)]
+    filter: Option<String>,
 }
 
 impl RuleTable {
@@ -369,17 +365,19 @@ impl RuleTable {
             (None, Some(l)) => LogLevelRule::Only(level(&l)?),
             (None, None) => LogLevelRule::All,
         };
-        EventRule::new(&self.pattern, &self.exclude, loglevel).map_err(|e| e.to_string())
+        EventRule::new(&self.pattern, &self.exclude, loglevel)
+            .and_then(|rule| rule.with_filter(self.filter.as_deref()))
+            .map_err(|e| e.to_string())
     }
 }
 
 impl Serialize for ConfigRule {
     /// As the config accepts it: the pattern string alone for a rule without
-    /// exclusions or level, else the `{ pattern, exclude, loglevel | loglevel_only }`
-    /// table.
+    /// exclusions, level or filter, else the `{ pattern, exclude, loglevel |
+    /// loglevel_only, filter }` table.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let rule = &self.0;
-        if rule.exclude.is_empty() && rule.loglevel == LogLevelRule::All {
+        if rule.exclude.is_empty() && rule.loglevel == LogLevelRule::All && rule.filter.is_none() {
             return serializer.serialize_str(rule.pattern.as_str());
         }
         let mut map = serializer.serialize_map(None)?;
@@ -392,6 +390,9 @@ impl Serialize for ConfigRule {
             LogLevelRule::All => {}
             LogLevelRule::AtLeast(l) => map.serialize_entry("loglevel", loglevel_name(l))?,
             LogLevelRule::Only(l) => map.serialize_entry("loglevel_only", loglevel_name(l))?,
+        }
+        if let Some(filter) = &rule.filter {
+            map.serialize_entry("filter", filter.as_str())?;
         }
         map.end()
     }
@@ -409,7 +410,7 @@ impl<'de> Deserialize<'de> for ConfigRule {
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(
                     "an event pattern such as \"provider:*\", or a table \
-                     { pattern, exclude, loglevel, loglevel_only }",
+                     { pattern, exclude, loglevel, loglevel_only, filter }",
                 )
             }
 
@@ -453,6 +454,14 @@ mod tests {
                 LogLevelRule::AtLeast(LogLevel::Warning),
             ),
             EventRule::new("a*b", &[], LogLevelRule::Only(LogLevel::DebugLine)),
+            EventRule::new(
+                "net:*",
+                &["net:x".into()],
+                LogLevelRule::AtLeast(LogLevel::Info),
+            )
+            .and_then(|r| r.with_filter(Some("peer == \"a filter b*\" && bytes > 1"))),
+            EventRule::new("a:b", &[], LogLevelRule::All)
+                .and_then(|r| r.with_filter(Some("s == \" loglevel <= INFO\""))),
         ];
         for rule in rules {
             let rule = rule.unwrap();
@@ -469,6 +478,10 @@ mod tests {
         assert!(matches!(
             "x* loglevel <= LOUD".parse::<EventRule>(),
             Err(InvalidRule::LogLevel(_))
+        ));
+        assert!(matches!(
+            "x* filter a ==".parse::<EventRule>(),
+            Err(InvalidRule::Filter(_))
         ));
     }
 

@@ -137,6 +137,7 @@ fn session(daemon: &Daemon) -> PathBuf {
             pattern: "ustrace:*".into(),
             exclude: Vec::new(),
             loglevel: Default::default(),
+            filter: None,
         });
     }
     daemon.ok(ControlRequest::Start {
@@ -201,6 +202,72 @@ fn every_field_type_of_a_c_and_a_cxx_program_is_read_back_exactly_per_uid_and_pe
             FIELDS.iter().map(|s| s.to_string()).collect()
         };
         assert_eq!(lines, expected, "{trace}");
+    }
+}
+
+#[test]
+fn filters_select_c_events_on_every_field_type() {
+    let scratch = Scratch::new("c-filter");
+    let c = build(Lang::C, "fields.c", &scratch.0, "fields_c", &[]);
+    let daemon = Daemon::start();
+    // (expression, which `demo:all` emissions are recorded, by their `a`)
+    let table: &[(&str, &[i64])] = &[
+        ("a == -128", &[-128]),
+        ("b > 0", &[127]),
+        ("c < 0 && d < 0", &[-128]),
+        ("d == 9223372036854775807", &[127]),
+        ("e == 255 && f >= 65535", &[-128]),
+        ("g == 0xffffffff", &[-128]),
+        ("h == 18446744073709551615", &[-128]),
+        ("h == 0", &[127]),
+        ("fl == 1.5", &[-128]),
+        ("fl < 0", &[127]),
+        ("db > 1e99", &[127]),
+        ("ok == 1", &[-128]),
+        ("!ok", &[127]),
+        ("s == \"h*llo\"", &[-128]),
+        ("s == \"(null)\"", &[127]),
+        ("col == 7", &[-128]),
+        ("raw == 1", &[]),
+        (
+            "$ctx.procname == \"fields_c\" && $ctx.vpid > 0",
+            &[-128, 127],
+        ),
+    ];
+    for (n, (expr, expected)) in table.iter().enumerate() {
+        let name = format!("f{n}");
+        let output = scratch.0.join(&name);
+        daemon.ok(ControlRequest::Create {
+            name: name.clone(),
+            output: Some(output.display().to_string()),
+            url: None,
+            live_timer_us: None,
+        });
+        daemon.ok(ControlRequest::EnableEvent {
+            session: Some(name.clone()),
+            channel: None,
+            pattern: "demo:all".into(),
+            exclude: Vec::new(),
+            loglevel: Default::default(),
+            filter: Some(expr.to_string()),
+        });
+        daemon.ok(ControlRequest::Start {
+            session: Some(name.clone()),
+        });
+        run_quietly(&daemon, &c, &[]);
+        daemon.stop(&name);
+        let recorded: Vec<i64> = if sub_traces(&output).is_empty() {
+            Vec::new()
+        } else {
+            babeltrace2(&output)
+                .iter()
+                .map(|l| {
+                    let a = l.split("{ a = ").nth(1).expect("a demo:all line");
+                    a.split(',').next().unwrap().parse().unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(recorded, *expected, "{expr}");
     }
 }
 

@@ -203,6 +203,14 @@ fn a_saved_session_is_loaded_back_unchanged_by_a_new_daemon() {
             "8",
         ],
         &["enable-event", "demo:ev", "-c", "p"],
+        &[
+            "enable-event",
+            "net:recv",
+            "-c",
+            "p",
+            "--filter",
+            "bytes > 1000 && peer == \"10.*\"",
+        ],
         &["start"],
         &["disable-channel", "p"],
         // A snapshot session, its channel in overwrite mode by being in it.
@@ -253,6 +261,11 @@ fn a_saved_session_is_loaded_back_unchanged_by_a_new_daemon() {
     assert!(
         rules.contains(&"net:* exclude net:poll*,net:idle loglevel <= WARNING".to_string())
             && rules.contains(&"db:* loglevel == DEBUG_LINE".to_string()),
+        "{rules:?}"
+    );
+    let rules = &before[0].channels[1].1;
+    assert!(
+        rules.contains(&"net:recv filter bytes > 1000 && peer == \"10.*\"".to_string()),
         "{rules:?}"
     );
 }

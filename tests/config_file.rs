@@ -529,6 +529,16 @@ fn events_are_patterns_or_tables_with_exclusions_and_levels() {
     assert_eq!(rules[1].exclude[0].as_str(), "net:noisy*");
     assert_eq!(rules[1].loglevel, LogLevelRule::AtLeast(LogLevel::Warning));
     assert_eq!(rules[2].loglevel, LogLevelRule::Only(LogLevel::DebugLine));
+    let config = parse(
+        "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\nevents = \
+         [{ pattern = \"net:*\", filter = 'bytes > 10 && peer == \"10.*\"' }]\n",
+    )
+    .unwrap();
+    let rule = &config.sessions[0].channels[0].events[0].0;
+    assert_eq!(
+        rule.filter.as_ref().map(|f| f.as_str()),
+        Some("bytes > 10 && peer == \"10.*\"")
+    );
 }
 
 #[test]
@@ -547,6 +557,11 @@ fn bad_event_tables_are_refused_where_they_are_written() {
             "exclude each other",
         ),
         ("{ exclude = [\"a:c\"] }", "missing field `pattern`"),
+        (
+            "{ pattern = \"a:*\", filter = \"n == 1 &&\" }",
+            "filter: unexpected end of expression, expected a field, a context or a literal \
+             at column 10",
+        ),
     ] {
         let text = format!(
             "[[session]]\nname = \"s\"\n[[session.channel]]\nname = \"c\"\nevents = [{table}]\n"

@@ -259,6 +259,7 @@ fn a_daemon_restarted_after_a_sigkill_during_a_flood_recovers_its_output_dir() {
         pattern: "demo:*".into(),
         exclude: Vec::new(),
         loglevel: Default::default(),
+        filter: None,
     });
     daemon.ok(ControlRequest::Start { session: None });
     let output = match daemon.ok(ControlRequest::List { session: None }) {

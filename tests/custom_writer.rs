@@ -161,6 +161,7 @@ fn trace_with_collect(rundir: &std::path::Path, output: Option<String>, events: 
             pattern: "demo:*".into(),
             exclude: Vec::new(),
             loglevel: Default::default(),
+            filter: None,
         },
     );
     ask(rundir, ControlRequest::Start { session: None });

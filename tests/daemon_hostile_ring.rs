@@ -62,7 +62,7 @@ fn hostile_app() {
             .expect("registration");
         match command {
             AppCommand::Channel { key, .. } => channels.push((key, fds)),
-            AppCommand::Enable { key, events } => ids.push((key, events[0].1)),
+            AppCommand::Enable { key, events, .. } => ids.push((key, events[0].1)),
             AppCommand::RegistrationDone => break,
             other => panic!("unexpected {other:?}"),
         }

@@ -60,6 +60,7 @@ fn toggle_while_flooding(
             pattern: pattern.into(),
             exclude: Vec::new(),
             loglevel: LogLevelRule::All,
+            filter: None,
         });
     }
     daemon.ok(ControlRequest::Start {
@@ -176,6 +177,7 @@ fn toggle_rule_while_flooding(second_rule: Option<&str>) {
             pattern: "demo:*".into(),
             exclude: Vec::new(),
             loglevel: LogLevelRule::All,
+            filter: None,
         },
     );
 }
@@ -267,6 +269,7 @@ fn disable_event_removes_the_rules_of_that_pattern_text_whatever_their_condition
             pattern: pattern.into(),
             exclude: exclude.iter().map(|x| x.to_string()).collect(),
             loglevel,
+            filter: None,
         });
     };
     enable("net:*", &["net:poll*"], LogLevelRule::All);

@@ -51,17 +51,6 @@ fn recorded(dir: &Path) -> BTreeMap<String, usize> {
     counts
 }
 
-/// Runs `ustrace ARGS` against `daemon` and checks it succeeded.
-fn cli_ok(daemon: &Daemon, args: &[&str]) -> String {
-    let out = daemon.cli(args);
-    assert!(
-        out.status.success(),
-        "ustrace {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
 /// Runs `ustrace ARGS`, which must fail, and gives its stderr.
 fn cli_err(daemon: &Daemon, args: &[&str]) -> String {
     let out = daemon.cli(args);
@@ -69,21 +58,10 @@ fn cli_err(daemon: &Daemon, args: &[&str]) -> String {
     String::from_utf8(out.stderr).unwrap()
 }
 
-/// A session with `rules` (each the arguments of one `enable-event`), started
-/// before the catalog app registers, stopped after it exits: what it recorded.
+/// What the catalog app recorded in a session with `rules` (each the arguments of
+/// one `enable-event`).
 fn record_with(daemon: &Daemon, session: &str, rules: &[&[&str]]) -> BTreeMap<String, usize> {
-    let output = daemon.scratch.path(&format!("out-{session}"));
-    cli_ok(daemon, &["create", session, "-o", output.to_str().unwrap()]);
-    for rule in rules {
-        let mut args = vec!["enable-event", "-s", session];
-        args.extend_from_slice(rule);
-        cli_ok(daemon, &args);
-    }
-    cli_ok(daemon, &["start", session]);
-    daemon.run_app(&["--catalog", "--events", "2"]);
-    cli_ok(daemon, &["stop", session]);
-    cli_ok(daemon, &["destroy", session]);
-    recorded(&output)
+    recorded(&daemon.record_run(session, rules, &["--catalog", "--events", "2"]))
 }
 
 #[test]
@@ -165,7 +143,7 @@ fn rules_record_what_lttng_would() {
 fn list_shows_each_rule_once_with_its_conditions() {
     let daemon = Daemon::start();
     let output = daemon.scratch.path("out-s");
-    cli_ok(&daemon, &["create", "s", "-o", output.to_str().unwrap()]);
+    daemon.cli_ok(&["create", "s", "-o", output.to_str().unwrap()]);
     let rule = [
         "enable-event",
         "*",
@@ -175,14 +153,11 @@ fn list_shows_each_rule_once_with_its_conditions() {
         "WARNING",
     ];
     // The same rule twice is kept once.
-    cli_ok(&daemon, &rule);
-    cli_ok(&daemon, &rule);
-    let answer = cli_ok(
-        &daemon,
-        &["enable-event", "demo:ev", "--loglevel-only", "TRACE_INFO"],
-    );
+    daemon.cli_ok(&rule);
+    daemon.cli_ok(&rule);
+    let answer = daemon.cli_ok(&["enable-event", "demo:ev", "--loglevel-only", "TRACE_INFO"]);
     assert!(answer.contains("demo:ev loglevel == INFO"), "{answer}");
-    let list = cli_ok(&daemon, &["list", "s"]);
+    let list = daemon.cli_ok(&["list", "s"]);
     let rules: Vec<&str> = list
         .lines()
         .filter_map(|l| l.trim().strip_prefix("event "))
@@ -201,7 +176,7 @@ fn list_shows_each_rule_once_with_its_conditions() {
 fn bad_rules_are_refused_with_what_is_wrong() {
     let daemon = Daemon::start();
     let output = daemon.scratch.path("out-s");
-    cli_ok(&daemon, &["create", "s", "-o", output.to_str().unwrap()]);
+    daemon.cli_ok(&["create", "s", "-o", output.to_str().unwrap()]);
     for (args, says) in [
         (
             &["demo:ev-1"][..],
@@ -243,6 +218,7 @@ fn bad_rules_are_refused_with_what_is_wrong() {
             pattern,
             exclude,
             loglevel: LogLevelRule::All,
+            filter: None,
         });
         let err = reply.expect_err("refused");
         assert!(err.contains(says), "{err}");
@@ -264,7 +240,7 @@ fn config_declared_rules_record_what_the_same_cli_rules_would() {
         output.display().to_string()
     ));
     daemon.run_app(&["--catalog", "--events", "2"]);
-    cli_ok(&daemon, &["stop", "cfg"]);
+    daemon.cli_ok(&["stop", "cfg"]);
     assert_eq!(
         recorded(&output),
         expect(&["demo:ev", "net:send_failed", "demo:debug_line"])

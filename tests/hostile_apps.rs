@@ -467,6 +467,7 @@ fn a_channel_refused_to_a_registered_app_is_counted_once_and_its_other_channels_
             pattern: pattern.into(),
             exclude: Vec::new(),
             loglevel: Default::default(),
+            filter: None,
         });
     }
     assert_eq!(refusals(&daemon, cause), 1);

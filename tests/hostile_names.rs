@@ -89,7 +89,7 @@ fn register(daemon: &Daemon, name: &str, events: Vec<EventDesc>) -> Result<RawAp
                 let buffers = ChannelBuffers::from_fds(rings, wakeup, 0).unwrap();
                 app.channels.insert(key, buffers);
             }
-            AppCommand::Enable { key, events } => {
+            AppCommand::Enable { key, events, .. } => {
                 app.enabled
                     .extend(events.into_iter().map(|(_, id)| (key, id)));
             }

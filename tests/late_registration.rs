@@ -93,7 +93,7 @@ impl RawApp {
                     let buffers = ChannelBuffers::from_fds(rings, wakeup, context_len).unwrap();
                     self.channels.insert(key, (buffers, context_len));
                 }
-                AppCommand::Enable { key, events } => {
+                AppCommand::Enable { key, events, .. } => {
                     for (index, id) in events {
                         self.enabled.entry(index).or_default().push((key, id));
                     }

@@ -139,6 +139,7 @@ fn streaming_session(daemon: &Daemon, name: &str, url: &str, live_us: Option<u32
             pattern: "demo:*".into(),
             exclude: Vec::new(),
             loglevel: LogLevelRule::All,
+            filter: None,
         });
     }
     daemon.ok(ControlRequest::Start {

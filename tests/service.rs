@@ -590,7 +590,7 @@ fn the_debian_package_installs_runs_as_its_unit_would_traces_an_app_and_is_remov
 }
 
 #[test]
-fn a_per_uid_trace_is_readable_by_its_user_and_by_no_other() {
+fn a_per_uid_trace_and_its_archives_are_readable_by_its_user_and_by_no_other() {
     if !root_or_skip("per-uid trace readers") {
         return;
     }
@@ -600,22 +600,42 @@ fn a_per_uid_trace_is_readable_by_its_user_and_by_no_other() {
         &[("chan", ustrace::protocol::messages::Buffering::PerUid)],
         true,
     );
-    let app = as_user(4245, &[], env!("CARGO_BIN_EXE_ustrace-demo"))
-        .args(["--events", "300"])
-        .env("USTRACE_RUNDIR", &daemon.rundir)
-        .output()
-        .unwrap();
-    assert!(app.status.success(), "{app:?}");
+    let app = || {
+        let app = as_user(4245, &[], env!("CARGO_BIN_EXE_ustrace-demo"))
+            .args(["--events", "300"])
+            .env("USTRACE_RUNDIR", &daemon.rundir)
+            .output()
+            .unwrap();
+        assert!(app.status.success(), "{app:?}");
+    };
+    // The first 300 in an archived chunk, the next 300 in the live one.
+    app();
+    daemon.ok(ControlRequest::Rotate {
+        session: Some("s".into()),
+    });
+    app();
     daemon.stop("s");
-    let trace = output.join("ust/uid/4245/64-bit");
-    for entry in std::fs::read_dir(&trace).unwrap() {
+    let archives: Vec<PathBuf> = std::fs::read_dir(output.join("archives"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(archives.len(), 1, "{archives:?}");
+    for trace in [output.clone(), archives[0].clone()] {
+        readable_by_its_user_only(&trace.join("ust/uid/4245/64-bit"));
+    }
+}
+
+/// Checks that the per-UID trace `trace` of uid 4245 (300 events) is read by that
+/// user, whole, and not by uid 4246.
+fn readable_by_its_user_only(trace: &Path) {
+    for entry in std::fs::read_dir(trace).unwrap() {
         let meta = entry.unwrap().metadata().unwrap();
         assert_eq!((meta.uid(), meta.permissions().mode() & 0o007), (0, 0));
     }
     let view = |uid| {
         as_user(uid, &[], env!("CARGO_BIN_EXE_ustrace"))
             .arg("view")
-            .arg(&trace)
+            .arg(trace)
             .output()
             .unwrap()
     };

@@ -47,6 +47,7 @@ fn snapshot_session(daemon: &Daemon, name: &str, channels: &[ChannelRequest]) ->
             pattern: "demo:*".into(),
             exclude: Vec::new(),
             loglevel: LogLevelRule::All,
+            filter: None,
         });
     }
     daemon.ok(ControlRequest::Start {

@@ -150,6 +150,7 @@ impl InProcess {
                 pattern: "demo:*".into(),
                 exclude: Vec::new(),
                 loglevel: Default::default(),
+                filter: None,
             },
         );
         ask(&rundir, ControlRequest::Start { session: None });

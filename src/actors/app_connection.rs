@@ -46,12 +46,14 @@ use crate::actors::registrar::UidSlot;
 use crate::actors::stats::Stats;
 use crate::ctf::context::ContextType;
 use crate::ctf::field::EventDesc;
+use crate::filter::Program;
 use crate::protocol::frame;
 use crate::protocol::messages::{AppCommand, AppRegister, AppRequest, MAX_LATE_FRAME};
 use crate::protocol::peer::{self, PeerCredentials};
 use crate::shm::ChannelBuffers;
 use crate::trace::registry::{self, RegistryError};
 use actix::prelude::*;
+use std::collections::HashMap;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use tokio::net::UnixStream;
@@ -145,8 +147,10 @@ pub struct Grant {
     pub buffers: Option<Arc<ChannelBuffers>>,
     /// The contexts the channel's events carry, sent with the rings.
     pub contexts: Vec<ContextType>,
-    /// `(event index, event id)` pairs to enable.
+    /// `(event index, event id)` pairs to enable (again, for a changed filter).
     pub enables: Vec<(u32, u32)>,
+    /// The filter of each of `enables` recorded only when its values pass one.
+    pub filters: HashMap<u32, Program>,
 }
 
 /// What the daemon allows one app connection.
@@ -314,11 +318,29 @@ impl AppConnection {
                     Some(buffers),
                 );
             }
-            if !grant.enables.is_empty() {
+            // Unfiltered events in one frame, each filtered one in its own: a frame
+            // stays bounded by one program's size whatever the number of events.
+            let (filtered, plain): (Vec<_>, Vec<_>) = grant
+                .enables
+                .into_iter()
+                .partition(|(index, _)| grant.filters.contains_key(index));
+            if !plain.is_empty() {
                 self.send(
                     &AppCommand::Enable {
                         key: grant.key,
-                        events: grant.enables,
+                        events: plain,
+                        filters: Vec::new(),
+                    },
+                    None,
+                );
+            }
+            for (index, id) in filtered {
+                let program = grant.filters[&index].clone();
+                self.send(
+                    &AppCommand::Enable {
+                        key: grant.key,
+                        events: vec![(index, id)],
+                        filters: vec![(index, program)],
                     },
                     None,
                 );

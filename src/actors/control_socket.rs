@@ -97,8 +97,11 @@ pub async fn answer(
             pattern,
             exclude,
             loglevel,
+            filter,
         } => {
-            let rule = EventRule::new(&pattern, &exclude, loglevel).map_err(|e| e.to_string())?;
+            let rule = EventRule::new(&pattern, &exclude, loglevel)
+                .and_then(|rule| rule.with_filter(filter.as_deref()))
+                .map_err(|e| e.to_string())?;
             sessions
                 .send(EnableEvent {
                     session,

@@ -20,6 +20,7 @@ use crate::actors::writer::release_freed_heap;
 use crate::config::check_name;
 use crate::ctf::context::{ContextSet, ContextType};
 use crate::ctf::field::EventDesc;
+use crate::filter::Program;
 use crate::protocol::messages::{
     AppInfo, Buffering, ChannelRequest, ChannelSpec, RotationSchedule, SessionInfo,
     TracefileProblem,
@@ -33,6 +34,11 @@ use actix::prelude::*;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::SystemTime;
+
+/// Most bytes of filter text the rules of one channel hold together: what bounds
+/// the program an app receives for one event (every matching rule's filter, joined)
+/// within `filter::program::MAX_OPS` and one frame.
+pub const MAX_CHANNEL_FILTER_BYTES: usize = 4096;
 
 /// A channel of a session and the event rules enabled in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +65,21 @@ impl ChannelDef {
     /// rule matches it (an event two rules match is enabled once all the same).
     pub fn matches(&self, event: &EventDesc) -> bool {
         self.enabled && self.rules.iter().any(|r| r.matches(event))
+    }
+
+    /// The filter apps run for `event`, which this channel enables: none when a rule
+    /// without filter matches it, else the filters of the rules matching it joined by
+    /// `Or` (an event two rules match is recorded once if either passes it).
+    pub fn filter_for(&self, event: &EventDesc) -> Option<Program> {
+        let mut joined: Option<Program> = None;
+        for rule in self.rules.iter().filter(|r| r.matches(event)) {
+            let program = rule.filter.as_ref()?.compile(event);
+            joined = Some(match joined {
+                None => program,
+                Some(before) => before.or(program),
+            });
+        }
+        joined
     }
 }
 
@@ -150,6 +171,17 @@ pub enum SessionError {
     /// A request named a session that does not exist.
     #[error("no session named {0:?}")]
     NoSuchSession(String),
+    /// A filter that would take a channel's filters over their bound.
+    #[error(
+        "channel {channel}: its filters would total {bytes} bytes, at most \
+         {MAX_CHANNEL_FILTER_BYTES} (disable-event some of them first)"
+    )]
+    FilterBudget {
+        /// The channel.
+        channel: String,
+        /// What its filters would total.
+        bytes: usize,
+    },
     /// A request named no session and none exists.
     #[error("no session: create one first (ustrace create NAME)")]
     NoSession,
@@ -625,6 +657,14 @@ impl SessionManager {
         let index = channel_index(s, channel)?;
         let ch = &mut s.channels[index];
         let message = format!("event {rule} enabled in {}/{}", s.name, ch.spec.name);
+        let filter_bytes = |r: &EventRule| r.filter.as_ref().map_or(0, |f| f.as_str().len());
+        let bytes = ch.rules.iter().map(filter_bytes).sum::<usize>() + filter_bytes(&rule);
+        if bytes > MAX_CHANNEL_FILTER_BYTES && !ch.rules.contains(&rule) {
+            return Err(SessionError::FilterBudget {
+                channel: ch.spec.name.clone(),
+                bytes,
+            });
+        }
         if !ch.rules.contains(&rule) {
             ch.rules.push(rule);
         }

@@ -123,6 +123,7 @@ pub(crate) fn start_session(
                 pattern: pattern.into(),
                 exclude: Vec::new(),
                 loglevel: Default::default(),
+                filter: None,
             },
         )?;
     }

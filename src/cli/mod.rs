@@ -246,6 +246,12 @@ struct EnableEvent {
     /// Only events of exactly this level (names as for --loglevel).
     #[arg(long, value_parser = parse_loglevel)]
     loglevel_only: Option<LogLevel>,
+    /// Only emissions whose values pass EXPR, in LTTng's filter language:
+    /// comparisons (== != < <= > >=) of fields and `$ctx.vpid`, `$ctx.vtid`,
+    /// `$ctx.procname` with integers, floats and strings (`*` globs), combined with
+    /// &&, || and !, e.g. 'bytes > 1000 && peer == "10.*"'.
+    #[arg(long, short = 'f', value_name = "EXPR")]
+    filter: Option<String>,
 }
 
 impl EnableEvent {
@@ -546,6 +552,7 @@ fn enable_event(e: EnableEvent, json: bool) -> ExitCode {
             pattern: pattern.clone(),
             exclude: e.exclude.clone(),
             loglevel,
+            filter: e.filter.clone(),
         };
         let code = send("enable-event", &request, json);
         if code != ExitCode::SUCCESS {

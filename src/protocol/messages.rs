@@ -13,6 +13,7 @@
 
 use crate::ctf::context::{ContextType, default_contexts};
 use crate::ctf::field::{EventDesc, LogLevel};
+use crate::filter::Program;
 use crate::shm::{Geometry, Mode};
 use serde::{Deserialize, Serialize};
 
@@ -67,12 +68,16 @@ pub enum AppCommand {
         /// order (docs/trace-layout.md, "Contexts").
         contexts: Vec<ContextType>,
     },
-    /// Record these events into channel `key`, each with its id in that trace.
+    /// Record these events into channel `key`, each with its id in that trace. An
+    /// event enabled already is enabled again with the filter given now (or none).
     Enable {
         /// The channel, as sent in [`AppCommand::Channel`].
         key: u64,
         /// `(index into AppRegister::events, event id)` pairs.
         events: Vec<(u32, u32)>,
+        /// `(index, filter)` of those of `events` recorded only when their values
+        /// pass a filter (`enable-event --filter`); the others record every emission.
+        filters: Vec<(u32, Program)>,
     },
     /// Stop recording into channel `key` (session stopped or destroyed).
     Disable {
@@ -279,6 +284,9 @@ pub enum ControlRequest {
         exclude: Vec<String>,
         /// Which log levels the rule takes.
         loglevel: LogLevelRule,
+        /// Which emissions the rule takes (`--filter`, LTTng's filter language);
+        /// parsed by the daemon, at most `filter::parse::MAX_FILTER_LEN` bytes.
+        filter: Option<String>,
     },
     /// Start tracing.
     Start {

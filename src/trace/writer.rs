@@ -620,9 +620,37 @@ impl TraceDir {
         Ok(fd)
     }
 
+    /// The user (not the daemon's) who may read this trace, if any.
+    pub fn reader(&self) -> Option<u32> {
+        self.shared.reader
+    }
+
+    /// Lets `uid` pass through this directory (search permission on it, the
+    /// output and every level between), making it if needed: a trace chunk's
+    /// directory (`archives/<chunk>/`) above the per-UID traces it holds.
+    pub fn let_through(&self, uid: u32) -> Result<(), TraceDirError> {
+        let leaf = self.dir()?;
+        self.grant_path(&leaf, uid, acl::EXECUTE, None)
+    }
+
     /// Lets `uid` reach the trace directory `leaf` (search permission on the
     /// output and every level between) and read it and every file made in it.
     fn grant_reader(&self, leaf: &OwnedFd, uid: u32) -> Result<(), TraceDirError> {
+        // Inherited with search too, for the directories made in it (`index/`); a
+        // file's mask (its 0640 mode's group bits) leaves the user read only.
+        let read = acl::READ | acl::EXECUTE;
+        self.grant_path(leaf, uid, read, Some(read))
+    }
+
+    /// Search permission for `uid` on the output and every level down to `leaf`,
+    /// and `perm` (and `inherited` for what is made in it) on `leaf`.
+    fn grant_path(
+        &self,
+        leaf: &OwnedFd,
+        uid: u32,
+        perm: u16,
+        inherited: Option<u16>,
+    ) -> Result<(), TraceDirError> {
         let output = self.shared.output.fd()?;
         let mut path = self.shared.output.path().to_path_buf();
         let io_err = |path: &Path, source| TraceDirError::Io {
@@ -640,10 +668,7 @@ impl TraceDir {
                 .map_err(|e| io_err(&path, e))?;
             parent = Some(level);
         }
-        // Inherited with search too, for the directories made in it (`index/`); a
-        // file's mask (its 0640 mode's group bits) leaves the user read only.
-        let read = acl::READ | acl::EXECUTE;
-        acl::grant_user(leaf.as_fd(), uid, read, Some(read)).map_err(|e| io_err(self.path(), e))
+        acl::grant_user(leaf.as_fd(), uid, perm, inherited).map_err(|e| io_err(self.path(), e))
     }
 
     /// Runs `open` on the directory with whether this trace made the file `name`

@@ -47,7 +47,7 @@ use crate::protocol::messages::{AppCommand, AppRegister, AppRequest, MAX_LATE_FR
 use crate::protocol::{self, APPS_SOCKET, ProtocolError, frame};
 use crate::shm::ChannelBuffers;
 use crate::ust::channel::{self, SlotId};
-use crate::ust::tracepoint::Tracepoint;
+use crate::ust::tracepoint::{FILTERED, Tracepoint};
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -653,14 +653,35 @@ impl Listener {
                     .map_err(|e| format!("channel {key}: {e}"))?;
                 self.slots.insert(key, slot);
             }
-            AppCommand::Enable { key, events } => {
+            AppCommand::Enable {
+                key,
+                events,
+                mut filters,
+            } => {
                 let slot = self.slot(key)?;
                 let known = lock(&self.events);
                 for (index, id) in events {
                     let event = known
                         .get(index as usize)
                         .ok_or_else(|| format!("enable of unknown event index {index}"))?;
-                    event.enable(slot, id);
+                    if id >= FILTERED {
+                        return Err(format!("event id {id} out of range"));
+                    }
+                    // A program the app cannot run safely is a malformed command.
+                    let filter = match filters.iter().position(|(i, _)| *i == index) {
+                        Some(at) => Some(
+                            filters
+                                .swap_remove(at)
+                                .1
+                                .check(&event.desc().fields)
+                                .map_err(|e| format!("filter of event index {index}: {e}"))?,
+                        ),
+                        None => None,
+                    };
+                    event.enable_filtered(slot, id, filter);
+                }
+                if let Some((index, _)) = filters.first() {
+                    return Err(format!("filter of event index {index}, not enabled"));
                 }
                 drop(known);
                 enablement_changed();

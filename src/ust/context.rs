@@ -15,6 +15,7 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering::Relaxed};
 
 use crate::ctf::context::{ContextSet, ContextType, PROCNAME_LEN};
+use crate::filter::ContextValues;
 
 /// The process id, cached; 0 until [`prepare`].
 static VPID: AtomicI32 = AtomicI32::new(0);
@@ -145,4 +146,34 @@ pub(crate) fn encode(set: ContextSet, cpu: u32, out: &mut [u8]) -> usize {
         put(&code_address().to_le_bytes());
     }
     at
+}
+
+/// This thread's context values as a filter reads them (`$ctx.vpid`, `$ctx.vtid`,
+/// `$ctx.procname`), whatever contexts the channel records.
+pub(crate) struct FilterContext {
+    /// The process id.
+    vpid: i32,
+    /// The thread's cache.
+    ids: ThreadIds,
+}
+
+impl FilterContext {
+    /// The values, borrowed for one evaluation.
+    pub(crate) fn values(&self) -> ContextValues<'_> {
+        let name = &self.ids.procname;
+        let len = name.iter().position(|b| *b == 0).unwrap_or(name.len());
+        ContextValues {
+            vpid: self.vpid,
+            vtid: self.ids.vtid,
+            procname: &name[..len],
+        }
+    }
+}
+
+/// Reads [`FilterContext`] from the caches (filling this thread's if needed).
+pub(crate) fn filter_values() -> FilterContext {
+    FilterContext {
+        vpid: VPID.load(Relaxed),
+        ids: thread_ids(),
+    }
 }

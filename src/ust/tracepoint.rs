@@ -1,10 +1,28 @@
 //! A static event declaration and its per-slot enablement.
 
-use std::sync::atomic::{AtomicU64, Ordering::*};
+use std::cell::RefCell;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering::*};
 
 use super::channel::{self, MAX_SLOTS, SlotId};
 use super::context;
 use crate::ctf::field::{EventDesc, FieldDesc, LogLevel};
+use crate::filter::{Checked, ContextValues};
+
+/// The bit of a tagged event id (see [`Tracepoint::ids`]) saying that the event is
+/// filtered in that slot: event ids stay below it (the daemon's limits on events
+/// per trace are far lower, and the app refuses an id that reaches it).
+pub const FILTERED: u32 = 1 << 31;
+
+/// Every filter program ever installed, each once: a program is never freed (an
+/// emitter may be running it while a newer one is installed), so equal programs
+/// share one allocation and memory is bounded by the distinct filters received.
+static PROGRAMS: Mutex<Vec<&'static Checked>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// Where a filtered event's payload is encoded before its filter runs.
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// One event site: what it records (for registration) and where it is enabled.
 pub struct Tracepoint {
@@ -20,8 +38,13 @@ pub struct Tracepoint {
     mask: AtomicU64,
     /// Event id in each slot's trace, tagged with the generation of the slot's
     /// installation it was enabled for ([`SlotId::tag`]); valid while the slot's mask
-    /// bit is set and the generation matches the installed buffers'.
+    /// bit is set and the generation matches the installed buffers'. Its
+    /// [`FILTERED`] bit says that `filters` holds the slot's filter: an unfiltered
+    /// event pays no load for the feature.
     ids: [AtomicU64; MAX_SLOTS],
+    /// The filter of each slot whose id has [`FILTERED`]; never reset to null once
+    /// set (a later unfiltered enable clears the bit instead).
+    filters: [AtomicPtr<Checked>; MAX_SLOTS],
     /// A copy of `mask` kept where a foreign fast path loads it (the C header's
     /// `struct ustrace_event.state`): updated by every enable and disable.
     mirror: Option<&'static AtomicU64>,
@@ -50,6 +73,7 @@ impl Tracepoint {
             fields: Fields::Static(fields),
             mask: AtomicU64::new(0),
             ids: [const { AtomicU64::new(0) }; MAX_SLOTS],
+            filters: [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_SLOTS],
             mirror: None,
         }
     }
@@ -67,6 +91,7 @@ impl Tracepoint {
             fields: Fields::Owned(desc.fields),
             mask: AtomicU64::new(0),
             ids: [const { AtomicU64::new(0) }; MAX_SLOTS],
+            filters: [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_SLOTS],
             mirror,
         }))
     }
@@ -84,9 +109,25 @@ impl Tracepoint {
         }
     }
 
-    /// Records this event into `slot` with event id `id` from now on.
+    /// Records every emission of this event into `slot` with event id `id` from now
+    /// on (and drops a filter it had there).
     pub fn enable(&self, slot: SlotId, id: u32) {
-        self.ids[slot.index()].store(slot.tag(id), Relaxed);
+        self.enable_filtered(slot, id, None);
+    }
+
+    /// Records this event into `slot` with event id `id` (below [`FILTERED`]) from now
+    /// on: every emission if `filter` is `None`, else those whose values it passes.
+    /// Enabling an enabled event replaces its filter.
+    pub fn enable_filtered(&self, slot: SlotId, id: u32, filter: Option<Checked>) {
+        let mut tagged = slot.tag(id & !FILTERED);
+        if let Some(filter) = filter {
+            let program = intern(filter);
+            // Release pairs with the emitter's Acquire load of the pointer.
+            self.filters[slot.index()].store(std::ptr::from_ref(program).cast_mut(), Release);
+            tagged |= u64::from(FILTERED);
+        }
+        // Release: an emitter that sees FILTERED here sees the pointer stored above.
+        self.ids[slot.index()].store(tagged, Release);
         // Release publishes the id to emitters that see the bit.
         self.mask.fetch_or(slot.bit(), Release);
         if let Some(mirror) = self.mirror {
@@ -129,18 +170,66 @@ impl Tracepoint {
             let slot = mask.trailing_zeros() as usize;
             mask &= mask - 1;
             let tagged = self.ids[slot].load(Relaxed);
+            if tagged as u32 & FILTERED != 0 && !self.passes(slot, payload_len, &encode) {
+                continue;
+            }
             // Buffers of another installation than the id's (a slot reinstalled
             // after a daemon restart, raced by this emitter) are skipped.
             if let Some((buffers, contexts)) = channel::buffers(slot, tagged) {
                 let ring = buffers.current();
                 let len = contexts.encoded_len() + payload_len;
-                ring.write_event(tagged as u32, len, |out| {
+                ring.write_event(tagged as u32 & !FILTERED, len, |out| {
                     let at = context::encode(contexts, ring.cpu_id(), out);
                     encode(&mut out[at..]);
                 });
             }
         }
     }
+}
+
+impl Tracepoint {
+    /// Whether the payload `encode` writes passes the filter of `slot`: encoded into
+    /// this thread's scratch buffer first, so nothing is reserved for an event the
+    /// filter rejects. Apart from `record` so that its fast path stays small.
+    #[inline(never)]
+    fn passes(&self, slot: usize, payload_len: usize, encode: &impl Fn(&mut [u8])) -> bool {
+        // Acquire pairs with `enable`'s Release store of the pointer; the FILTERED bit
+        // was seen, and the pointer is never reset, but a racing first enable may not
+        // be visible yet: the event is then rejected, as before its enable.
+        let ptr = self.filters[slot].load(Acquire);
+        // SAFETY: a non-null pointer comes from `intern`, which leaks every program
+        // for the rest of the process and never hands out a mutable reference.
+        let Some(filter) = (unsafe { ptr.as_ref() }) else {
+            return false;
+        };
+        // Contexts are read only for a filter that uses them.
+        let context = filter.reads_context().then(context::filter_values);
+        let run = |scratch: &mut Vec<u8>| {
+            scratch.clear();
+            scratch.resize(payload_len, 0);
+            encode(scratch);
+            match &context {
+                Some(context) => filter.passes(scratch, &context.values()),
+                None => filter.passes(scratch, &ContextValues::NONE),
+            }
+        };
+        SCRATCH.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut scratch) => run(&mut scratch),
+            // `encode` itself emitted an event: it gets its own buffer.
+            Err(_) => run(&mut Vec::new()),
+        })
+    }
+}
+
+/// The one shared copy of `program`.
+fn intern(program: Checked) -> &'static Checked {
+    let mut programs = PROGRAMS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(same) = programs.iter().find(|p| ***p == program) {
+        return same;
+    }
+    let leaked: &'static Checked = Box::leak(Box::new(program));
+    programs.push(leaked);
+    leaked
 }
 
 /// Declares a static event with a typed `emit`.

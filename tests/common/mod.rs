@@ -169,6 +169,7 @@ impl Daemon {
                 pattern: "demo:*".into(),
                 exclude: Vec::new(),
                 loglevel: Default::default(),
+                filter: None,
             });
         }
         if start {
@@ -430,6 +431,7 @@ impl Daemon {
                 pattern: "demo:*".into(),
                 exclude: Vec::new(),
                 loglevel: Default::default(),
+                filter: None,
             });
         }
         if start {
@@ -447,6 +449,35 @@ impl Daemon {
             .env("USTRACE_RUNDIR", &self.rundir)
             .output()
             .unwrap()
+    }
+
+    /// Runs `ustrace ARGS`, which must succeed: its standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "ustrace {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// A session with `rules` (each the arguments of one `enable-event`), started
+    /// before an app run with `app` registers, stopped and destroyed after it exits:
+    /// its output directory.
+    pub fn record_run(&self, session: &str, rules: &[&[&str]], app: &[&str]) -> PathBuf {
+        let output = self.scratch.path(&format!("out-{session}"));
+        self.cli_ok(&["create", session, "-o", output.to_str().unwrap()]);
+        for rule in rules {
+            let mut args = vec!["enable-event", "-s", session];
+            args.extend_from_slice(rule);
+            self.cli_ok(&args);
+        }
+        self.cli_ok(&["start", session]);
+        self.run_app(app);
+        self.cli_ok(&["stop", session]);
+        self.cli_ok(&["destroy", session]);
+        output
     }
 }
 

@@ -62,6 +62,7 @@ fn main() {
             pattern: pattern.into(),
             exclude: Vec::new(),
             loglevel: LogLevelRule::All,
+            filter: None,
         });
     }
     daemon.ok(ControlRequest::Start {

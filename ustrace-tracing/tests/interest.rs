@@ -42,6 +42,7 @@ fn main() {
             pattern: "wanted:*".into(),
             exclude: Vec::new(),
             loglevel: LogLevelRule::All,
+            filter: None,
         },
         ControlRequest::Start {
             session: Some("s".into()),
@@ -71,6 +72,7 @@ fn main() {
         pattern: "unwanted:*".into(),
         exclude: Vec::new(),
         loglevel: LogLevelRule::All,
+        filter: None,
     });
     let pushed = poll_until(Duration::from_secs(20), || {
         tracing::info!(target: "unwanted", i = 100u64);

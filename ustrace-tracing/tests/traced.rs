@@ -35,6 +35,7 @@ fn session(daemon: &Daemon, name: &str, buffers: Buffering) -> PathBuf {
         pattern: "*".into(),
         exclude: Vec::new(),
         loglevel: LogLevelRule::All,
+        filter: None,
     });
     daemon.ok(ControlRequest::Start {
         session: Some(name.into()),

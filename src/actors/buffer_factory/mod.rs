@@ -37,6 +37,7 @@ use crate::actors::writer::{Metadata, StreamInfo, StreamWriters, WriterCatalog};
 use crate::ctf::context::ContextSet;
 use crate::ctf::field::EventDesc;
 use crate::ctf::names;
+use crate::filter::Program;
 use crate::protocol::messages::{AppChannelInfo, AppInfo, Buffering, ChannelSpec};
 use crate::trace::layout::{self, DirClock};
 use crate::trace::owner::{Owner, Process};
@@ -109,6 +110,9 @@ struct AppChannel {
     key: u64,
     /// Indices (into `App::events`) already enabled in it.
     enabled: HashSet<u32>,
+    /// The filter sent with each of `enabled` that has one: a rule added later that
+    /// changes it enables the event again with the new one.
+    filters: HashMap<u32, Program>,
 }
 
 /// One live BufferSet.
@@ -327,6 +331,7 @@ impl BufferFactory {
             if !gone.is_empty() {
                 for index in &gone {
                     given.enabled.remove(index);
+                    given.filters.remove(index);
                 }
                 revoked.push((given.key, gone));
             }
@@ -390,20 +395,43 @@ impl BufferFactory {
                 AppChannel {
                     key: self.next_key,
                     enabled: HashSet::new(),
+                    filters: HashMap::new(),
                 },
             );
             self.next_key += 1;
         }
         let given = app.channels.get_mut(&set_key).expect("inserted above");
         let mut enables = Vec::new();
+        let mut filters = HashMap::new();
         let mut changed = false;
-        let missing: Vec<u32> = plan::to_enable(&matching, &given.enabled).collect();
+        let wanted: HashMap<u32, Program> = matching
+            .iter()
+            .filter_map(|i| Some((*i, channel.filter_for(&app.events[*i as usize])?)))
+            .collect();
+        let missing: Vec<u32> = plan::to_enable(&matching, &given.enabled)
+            .chain(plan::refiltered(
+                &matching,
+                &given.enabled,
+                &given.filters,
+                &wanted,
+            ))
+            .collect();
         for index in missing {
             let event = &app.events[index as usize];
+            warn_missing_fields(connection, channel, event);
             match trace.registry.register_event(event) {
                 Ok((id, new)) => {
                     changed |= new;
                     given.enabled.insert(index);
+                    match wanted.get(&index) {
+                        Some(program) => {
+                            given.filters.insert(index, program.clone());
+                            filters.insert(index, program.clone());
+                        }
+                        None => {
+                            given.filters.remove(&index);
+                        }
+                    }
                     enables.push((index, id));
                 }
                 // The trace is full: none of the app's later events fit either.
@@ -431,6 +459,7 @@ impl BufferFactory {
             buffers,
             contexts: channel.spec.contexts(),
             enables,
+            filters,
         }))
     }
 
@@ -898,5 +927,24 @@ impl Handler<DestroySession> for BufferFactory {
         self.publish_rotations();
         self.tear_down(|k| k.session == msg.0, ctx);
         Box::pin(self.settle(&msg.0, Vec::new()))
+    }
+}
+
+/// Logs, for each rule of `channel` matching `event` whose filter names fields the
+/// event does not have, that the rule records nothing of it (LTTng's semantics).
+fn warn_missing_fields(connection: ConnectionId, channel: &ChannelDef, event: &EventDesc) {
+    for rule in channel.rules.iter().filter(|r| r.matches(event)) {
+        let Some(filter) = &rule.filter else { continue };
+        let missing = filter.missing_fields(event);
+        if !missing.is_empty() {
+            let fields: Vec<&str> = event.fields.iter().map(|f| f.name.as_str()).collect();
+            log::warn!(
+                "app connection {connection}: event {} has no field {} (its fields: {}): \
+                 the rule `{rule}` records none of it",
+                event.full_name(),
+                missing.join(", "),
+                fields.join(", ")
+            );
+        }
     }
 }

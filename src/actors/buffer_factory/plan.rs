@@ -7,6 +7,7 @@
 use crate::actors::app_connection::Refusal;
 use crate::actors::session::ChannelDef;
 use crate::ctf::field::EventDesc;
+use crate::filter::Program;
 use crate::protocol::messages::ChannelSpec;
 use crate::trace::owner::Owner;
 use std::collections::{BTreeSet, HashMap, HashSet};
@@ -154,6 +155,21 @@ pub fn to_enable<'a>(
     enabled: &'a HashSet<u32>,
 ) -> impl Iterator<Item = u32> + 'a {
     matching.iter().copied().filter(|i| !enabled.contains(i))
+}
+
+/// The events of `matching` enabled already whose filter is not the one sent
+/// (`sent`) any more (`wanted`: a rule added, with or without a filter): enabled
+/// again with the new one, in the app's order.
+pub fn refiltered<'a>(
+    matching: &'a [u32],
+    enabled: &'a HashSet<u32>,
+    sent: &'a HashMap<u32, Program>,
+    wanted: &'a HashMap<u32, Program>,
+) -> impl Iterator<Item = u32> + 'a {
+    matching
+        .iter()
+        .copied()
+        .filter(|i| enabled.contains(i) && sent.get(i) != wanted.get(i))
 }
 
 #[cfg(test)]

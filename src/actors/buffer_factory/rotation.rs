@@ -185,6 +185,22 @@ impl BufferFactory {
         // 2. The chunk's tree moves, at once.
         let chunk = TraceDir::new(&def.output, below)?;
         let moved = move_into(&def.output, CHUNK_TREE, &chunk)?;
+        // The per-UID traces moved keep their readers' ACLs; the chunk's own
+        // directories let those readers through to them.
+        let readers: std::collections::BTreeSet<u32> = self
+            .traces
+            .iter()
+            .filter(|((s, _), _)| s == session)
+            .filter_map(|(_, trace)| trace.dir.reader())
+            .collect();
+        for uid in readers {
+            if let Err(e) = chunk.let_through(uid) {
+                log::warn!(
+                    "{}: cannot let uid {uid} through to its traces ({e}); the chunk stays readable by the daemon's user and group only",
+                    chunk.path().display()
+                );
+            }
+        }
         let chunks = self.chunks.get_mut(session).expect("inserted above");
         chunks.begun = now;
         chunks.closed += 1;
