@@ -401,6 +401,7 @@ fn run_ours(args: &DrainArgs, dir: &Path, app: &Path, rate: u64) -> Result<Step,
             pattern: "bench:*".into(),
             exclude: Vec::new(),
             loglevel: Default::default(),
+            filter: None,
         },
     )?;
     ask(
