@@ -342,7 +342,7 @@ fn check_stored(who: &str, step: &Step) -> Result<(), String> {
     let kept = step.emitted.saturating_sub(step.discarded);
     if step.stored < kept.saturating_mul(PAYLOAD_BYTES) {
         return Err(format!(
-            "{who}: {} bytes stored for {kept} events not discarded: the producers ran              untraced (their stderr says why; for ours, rebuild libustrace with              scripts/install-c.sh)",
+            "{who}: {} bytes stored for {kept} events not discarded: the producers ran untraced (their stderr says why; for ours, rebuild libustrace with scripts/install-c.sh)",
             step.stored
         ));
     }
