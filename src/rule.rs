@@ -437,6 +437,7 @@ mod tests {
     fn event(full: &str, loglevel: LogLevel) -> EventDesc {
         let (provider, name) = full.split_once(':').unwrap();
         EventDesc {
+            model_emf_uri: None,
             provider: provider.into(),
             name: name.into(),
             loglevel,

@@ -176,7 +176,7 @@ fn garbage_truncated_and_oversized_frames_leave_the_daemon_serving() {
     let mut hello = Vec::new();
     hello.extend_from_slice(&8u32.to_le_bytes());
     hello.extend_from_slice(b"USTR");
-    hello.extend_from_slice(&1u32.to_le_bytes());
+    hello.extend_from_slice(&ustrace::protocol::PROTOCOL_VERSION.to_le_bytes());
     let bad: Vec<Vec<u8>> = vec![
         b"GET / HTTP/1.1\r\n\r\n".to_vec(),
         u32::MAX.to_le_bytes().to_vec(),
@@ -553,6 +553,7 @@ fn a_registration_reaches_the_app_in_one_piece() {
         name: "raw".into(),
         bitness: 64,
         events: vec![EventDesc {
+            model_emf_uri: None,
             provider: "demo".into(),
             name: "raw".into(),
             loglevel: LogLevel::Info,

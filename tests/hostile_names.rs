@@ -31,6 +31,7 @@ fn demo_events(lines: &[String]) -> usize {
 
 fn event(name: &str, fields: Vec<FieldDesc>) -> EventDesc {
     EventDesc {
+        model_emf_uri: None,
         provider: "demo".into(),
         name: name.into(),
         loglevel: LogLevel::Info,
@@ -364,8 +365,14 @@ fn events_with_names_tsdl_cannot_declare_are_refused_and_others_still_recorded()
             labels: vec![("RED\0\"".into(), 1)],
         },
     };
+    let with_uri = |uri: String| EventDesc {
+        model_emf_uri: Some(uri),
+        ..event("located", Vec::new())
+    };
     let hostile = [
         (event("a\0b", Vec::new()), r#""a\0b""#),
+        (with_uri("line=1\n\0".into()), "model.emf.uri"),
+        (with_uri("u".repeat(5000)), "5000 bytes"),
         (event("ev", vec![field("a b")]), r#""a b""#),
         (event(&long, Vec::new()), "10000 bytes"),
         (event("ev", vec![label]), r#""RED\0\"""#),

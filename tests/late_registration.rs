@@ -22,6 +22,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 fn event(name: &str) -> EventDesc {
     EventDesc {
+        model_emf_uri: None,
         provider: "demo".into(),
         name: name.into(),
         loglevel: LogLevel::Info,

@@ -57,6 +57,7 @@ fn hostile_client() {
             bitness: 64,
             events: (0..events)
                 .map(|i| EventDesc {
+                    model_emf_uri: None,
                     provider: "demo".into(),
                     name: format!("{tag}{round}_{i}"),
                     loglevel: LogLevel::Info,

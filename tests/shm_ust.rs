@@ -65,6 +65,7 @@ fn declared_event_describes_itself() {
     assert_eq!(
         DEMO_EV.desc(),
         EventDesc {
+            model_emf_uri: None,
             provider: "demo".into(),
             name: "ev".into(),
             loglevel: LogLevel::Info,

@@ -120,6 +120,11 @@ pub struct EventDesc {
     pub loglevel: LogLevel,
     /// Payload fields in encoding order.
     pub fields: Vec<FieldDesc>,
+    /// Where the event comes from, declared as the event's `model.emf.uri`
+    /// attribute (CTF 1.8, as lttng-ust's `TRACEPOINT_MODEL_EMF_URI`): for a
+    /// `tracing` callsite its module, file and line. At most
+    /// [`crate::ctf::names::URI_MAX`] bytes, no control character.
+    pub model_emf_uri: Option<String>,
 }
 
 impl EventDesc {

@@ -40,7 +40,18 @@ pub enum NameError {
         /// Its length in bytes.
         len: usize,
     },
-    /// An enum label that is empty or holds control characters (a NUL among them).
+    /// An event's `model.emf.uri` longer than [`URI_MAX`] bytes.
+    #[error("{what} {name} is {len} bytes long, more than {URI_MAX}")]
+    UriTooLong {
+        /// The event whose attribute it is.
+        what: String,
+        /// The URI as shown to the user (escaped, cut).
+        name: String,
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// An enum label that is empty or holds control characters (a NUL among them),
+    /// or an event's `model.emf.uri` that holds some.
     #[error("{what} {name} is empty or holds control characters")]
     BadLabel {
         /// The enum field the label belongs to.
@@ -147,8 +158,32 @@ pub fn check_label(what: &str, label: &str) -> Result<(), NameError> {
     Ok(())
 }
 
+/// Most bytes of an event's `model.emf.uri`: room for a long module path and
+/// file path, bounded so that a registration cannot grow the metadata without end.
+pub const URI_MAX: usize = 1024;
+
+/// Checks that an event's `model.emf.uri` can be written as a TSDL string
+/// literal: at most [`URI_MAX`] bytes, no control character (a NUL among them).
+pub fn check_uri(event: &str, uri: &str) -> Result<(), NameError> {
+    let what = format!("event {event}: model.emf.uri");
+    if uri.len() > URI_MAX {
+        return Err(NameError::UriTooLong {
+            what,
+            name: shown(uri),
+            len: uri.len(),
+        });
+    }
+    if uri.chars().any(char::is_control) {
+        return Err(NameError::BadLabel {
+            what,
+            name: shown(uri),
+        });
+    }
+    Ok(())
+}
+
 /// Checks every name of `desc` that reaches the metadata: provider, event name,
-/// field names, enum labels.
+/// field names, enum labels, and its `model.emf.uri`.
 pub fn check_event(desc: &crate::ctf::field::EventDesc) -> Result<(), NameError> {
     check_identifier("provider", &desc.provider)?;
     check_identifier(
@@ -156,6 +191,9 @@ pub fn check_event(desc: &crate::ctf::field::EventDesc) -> Result<(), NameError>
         &desc.name,
     )?;
     let event = || format!("event {}:{}", desc.provider, desc.name);
+    if let Some(uri) = &desc.model_emf_uri {
+        check_uri(&desc.full_name(), uri)?;
+    }
     for field in &desc.fields {
         check_identifier(&format!("{}: field", event()), &field.name)?;
         if let crate::ctf::field::FieldType::Enum { labels, .. } = &field.ty {
@@ -212,6 +250,7 @@ mod tests {
 
     fn event(provider: &str, name: &str, fields: Vec<FieldDesc>) -> EventDesc {
         EventDesc {
+            model_emf_uri: None,
             provider: provider.into(),
             name: name.into(),
             loglevel: LogLevel::Info,

@@ -184,6 +184,7 @@ mod tests {
                 field("x", FieldType::F64),
                 field("raw", FieldType::Bytes),
             ],
+            model_emf_uri: None,
         }
     }
 

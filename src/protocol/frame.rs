@@ -29,7 +29,7 @@ pub const MAX_FRAME: usize = 1 << 20;
 
 /// Version of the message set; bumped on every incompatible change. Both sides send
 /// it in their [`Hello`] and refuse a peer with another one.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// First four payload bytes of every hello: "USTR" read as a little-endian `u32`.
 pub const HELLO_MAGIC: u32 = u32::from_le_bytes(*b"USTR");

@@ -487,6 +487,7 @@ mod tests {
 
     fn desc(fields: Vec<FieldDesc>) -> EventDesc {
         EventDesc {
+            model_emf_uri: None,
             provider: "p".into(),
             name: "e".into(),
             loglevel: LogLevel::Info,
@@ -560,6 +561,7 @@ mod tests {
 
     fn named(name: &str) -> EventDesc {
         EventDesc {
+            model_emf_uri: None,
             name: name.into(),
             ..desc(vec![])
         }

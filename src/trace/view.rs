@@ -16,7 +16,9 @@
 //! Every later event of the same sub-trace that names a span in its first field
 //! (`span`, or `span_id` for `tracing_span:enter|exit|close`) prints its span path
 //! after its fields, outermost first: `... { span = 7, ... } in job > step`
-//! (`"span_path": "job > step"` in JSON).
+//! (`"span_path": "job > step"` in JSON). A `tracing_span:follows_from` event also
+//! prints the path of the span it follows: `... in job follows request > parse`
+//! (`"follows_path"` in JSON).
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -95,7 +97,10 @@ fn print_records(reader: &mut Reader, json: bool, out: &mut dyn Write) -> Result
                     format!("{{ {} }}", fields.join(", "))
                 };
                 let path = spans.path(record.trace, who.vpid, event);
-                let path = path.map_or(String::new(), |p| format!(" in {p}"));
+                let mut path = path.map_or(String::new(), |p| format!(" in {p}"));
+                if let Some(follows) = spans.follows(record.trace, who.vpid, event) {
+                    path.push_str(&format!(" follows {follows}"));
+                }
                 writeln!(out, "[{time}] {origin} {who} {} {fields}{path}", event.name)?;
             }
             (RecordKind::Event(event), true) => {
@@ -124,6 +129,9 @@ fn print_records(reader: &mut Reader, json: bool, out: &mut dyn Write) -> Result
                 });
                 if let Some(path) = spans.path(record.trace, who.vpid, event) {
                     line["span_path"] = json!(path);
+                }
+                if let Some(follows) = spans.follows(record.trace, who.vpid, event) {
+                    line["follows_path"] = json!(follows);
                 }
                 writeln!(out, "{line}")?;
             }
@@ -244,6 +252,25 @@ impl SpanPaths {
             }
             _ => id(0, "span").or_else(|| id(0, "span_id"))?,
         };
+        self.walk(trace, vpid, span)
+    }
+
+    /// The path of the span a `tracing_span:follows_from` event says its span
+    /// follows, if known.
+    fn follows(&self, trace: usize, vpid: Option<i64>, event: &Event) -> Option<String> {
+        if event.name != "tracing_span:follows_from" {
+            return None;
+        }
+        match event.fields.get(1) {
+            Some((n, Value::Unsigned(follows))) if n == "follows" => {
+                self.walk(trace, vpid, *follows)
+            }
+            _ => None,
+        }
+    }
+
+    /// The names of `span` and its known ancestors, outermost first.
+    fn walk(&self, trace: usize, vpid: Option<i64>, span: u64) -> Option<String> {
         let mut names = Vec::new();
         let mut at = span;
         // A span made before the trace started is left out of the path.

@@ -34,6 +34,8 @@ pub struct Tracepoint {
     loglevel: LogLevel,
     /// The field list (built on demand at registration for a static event).
     fields: Fields,
+    /// The metadata's `model.emf.uri` of the event, if it has one.
+    model_emf_uri: Option<&'static str>,
     /// Bit per slot this event is enabled in; the fast path's only load when 0.
     mask: AtomicU64,
     /// Event id in each slot's trace, tagged with the generation of the slot's
@@ -71,6 +73,7 @@ impl Tracepoint {
             name,
             loglevel,
             fields: Fields::Static(fields),
+            model_emf_uri: None,
             mask: AtomicU64::new(0),
             ids: [const { AtomicU64::new(0) }; MAX_SLOTS],
             filters: [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_SLOTS],
@@ -89,6 +92,9 @@ impl Tracepoint {
             name,
             loglevel: desc.loglevel,
             fields: Fields::Owned(desc.fields),
+            model_emf_uri: desc
+                .model_emf_uri
+                .map(|uri| &*Box::leak(uri.into_boxed_str())),
             mask: AtomicU64::new(0),
             ids: [const { AtomicU64::new(0) }; MAX_SLOTS],
             filters: [const { AtomicPtr::new(std::ptr::null_mut()) }; MAX_SLOTS],
@@ -99,6 +105,7 @@ impl Tracepoint {
     /// What the app registers about this event.
     pub fn desc(&self) -> EventDesc {
         EventDesc {
+            model_emf_uri: self.model_emf_uri.map(str::to_string),
             provider: self.provider.to_string(),
             name: self.name.to_string(),
             loglevel: self.loglevel,

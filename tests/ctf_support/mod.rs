@@ -92,6 +92,7 @@ pub fn field(name: &str, ty: FieldType) -> FieldDesc {
 
 pub fn desc(provider: &str, name: &str, fields: Vec<FieldDesc>) -> EventDesc {
     EventDesc {
+        model_emf_uri: None,
         provider: provider.into(),
         name: name.into(),
         loglevel: LogLevel::Info,

@@ -164,6 +164,7 @@ fn describe(event: &Event) -> Result<EventDesc, String> {
         });
     }
     Ok(EventDesc {
+        model_emf_uri: None,
         provider: text(event.provider)?,
         name: text(event.name)?,
         loglevel: loglevel(event.loglevel),
@@ -182,6 +183,7 @@ fn tracef_event() -> &'static Tracepoint {
     TRACEF.get_or_init(|| {
         Tracepoint::leak(
             EventDesc {
+                model_emf_uri: None,
                 provider: "ustrace".to_string(),
                 name: "tracef".to_string(),
                 loglevel: LogLevel::Debug,

@@ -3,7 +3,9 @@
 //!
 //! `tokio_spans [TASKS]` runs TASKS tasks (default 4) on a multi-threaded runtime;
 //! each runs in a `job` span holding a `step` span per await point, so its spans
-//! are entered and exited on whatever worker thread resumes it.
+//! are entered and exited on whatever worker thread resumes it. Each job follows
+//! from one `batch` span (`Span::follows_from`) and records its `outcome` when it
+//! is done (`Span::record`).
 //!
 //! ```text
 //! ustrace create demo && ustrace enable-event '*' && ustrace start
@@ -45,6 +47,8 @@ async fn job(task: u32) {
     if task == 0 {
         warn!(task, "the first task warns once");
     }
+    // A value the span declared empty, recorded once the job is done.
+    tracing::Span::current().record("outcome", "done");
 }
 
 fn main() {
@@ -65,9 +69,16 @@ fn main() {
         .enable_time()
         .build()
         .expect("a tokio runtime");
+    // Every job follows from the batch that started it (not its parent: each job
+    // is a root span of its own).
+    let batch = info_span!("batch", tasks);
     runtime.block_on(async {
         let handles: Vec<_> = (0..tasks)
-            .map(|task| tokio::spawn(job(task).instrument(info_span!("job", task))))
+            .map(|task| {
+                let span = info_span!("job", task, outcome = tracing::field::Empty);
+                span.follows_from(&batch);
+                tokio::spawn(job(task).instrument(span))
+            })
             .collect();
         for handle in handles {
             handle.await.expect("a task that does not panic");

@@ -214,21 +214,24 @@ impl Encoder<'_> {
         }
     }
 
-    /// Writes `value`'s text as a string cut to the room left (what the fields
-    /// after it need stays free) and at its first NUL.
-    fn text(&mut self, index: usize, value: fmt::Arguments<'_>) {
+    /// Writes the text `write` gives as a string cut to the room left (what the
+    /// fields after it need stays free) and at its first NUL.
+    fn text(&mut self, index: usize, write: impl FnOnce(&mut Bounded<'_>)) {
         let end = self.buf.len().saturating_sub(self.rest[index] + 1);
         let mut out = Bounded {
             buf: &mut self.buf[..end],
             at: self.at,
             cut: false,
         };
-        let _ = out.write_fmt(value);
+        write(&mut out);
         self.at = out.at;
         self.put(&[0]);
     }
 
-    fn value(&mut self, field: &Field, i: i128, f: f64, shown: fmt::Arguments<'_>) {
+    /// Writes a value that is a number as registered, or its text where a string
+    /// is: `shown` writes the text (a `&str` directly, anything else through
+    /// `fmt`, only then).
+    fn value(&mut self, field: &Field, i: i128, f: f64, shown: impl FnOnce(&mut Bounded<'_>)) {
         match self.start(field) {
             Some(Kind::Str) => self.text(field.index(), shown),
             Some(kind) => self.number(kind, i, f),
@@ -237,39 +240,84 @@ impl Encoder<'_> {
     }
 }
 
+/// `value`'s `Display` text into `out`.
+fn display(value: impl fmt::Display) -> impl FnOnce(&mut Bounded<'_>) {
+    move |out| {
+        let _ = write!(out, "{value}");
+    }
+}
+
 impl Visit for Encoder<'_> {
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.value(field, value.into(), value as f64, format_args!("{value}"))
+        self.value(field, value.into(), value as f64, display(value))
     }
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.value(field, value.into(), value as f64, format_args!("{value}"))
+        self.value(field, value.into(), value as f64, display(value))
     }
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.value(field, value as i128, value, format_args!("{value}"))
+        self.value(field, value as i128, value, display(value))
     }
     fn record_bool(&mut self, field: &Field, value: bool) {
         let n = i128::from(value);
-        self.value(field, n, n as f64, format_args!("{value}"))
+        self.value(field, n, n as f64, display(value))
     }
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.value(field, 0, 0.0, format_args!("{value}"))
+        // No `fmt` machinery for the most common string: copied as it is.
+        self.value(field, 0, 0.0, |out| {
+            let _ = out.write_str(value);
+        })
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.value(field, 0, 0.0, format_args!("{value:?}"))
+        self.value(field, 0, 0.0, |out| {
+            let _ = write!(out, "{value:?}");
+        })
     }
 }
 
 /// A `fmt::Write` into a fixed slice that drops what does not fit and everything
 /// from the first NUL on (a CTF string ends there).
-struct Bounded<'a> {
+pub(crate) struct Bounded<'a> {
     buf: &'a mut [u8],
     at: usize,
     cut: bool,
 }
 
+impl<'a> Bounded<'a> {
+    /// Writes into `buf` from its start.
+    pub(crate) fn new(buf: &'a mut [u8]) -> Bounded<'a> {
+        Bounded {
+            buf,
+            at: 0,
+            cut: false,
+        }
+    }
+
+    /// What was written: whole characters, as `write_str` cuts at a boundary.
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.at]).unwrap_or_default()
+    }
+}
+
 impl Write for Bounded<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         if self.cut {
+            return Ok(());
+        }
+        let room = self.buf.len().saturating_sub(self.at);
+        // A short value that fits (most of them): one byte loop both looks for a
+        // NUL and copies, where `memchr` and `memcpy` cost more in set-up than
+        // in work.
+        if s.len() < 32 && s.len() <= room {
+            let out = &mut self.buf[self.at..self.at + s.len()];
+            for (i, (&b, o)) in s.as_bytes().iter().zip(out).enumerate() {
+                if b == 0 {
+                    self.cut = true;
+                    self.at += i;
+                    return Ok(());
+                }
+                *o = b;
+            }
+            self.at += s.len();
             return Ok(());
         }
         let s = match s.find('\0') {
@@ -279,7 +327,6 @@ impl Write for Bounded<'_> {
             }
             None => s,
         };
-        let room = self.buf.len().saturating_sub(self.at);
         let mut take = s.len().min(room);
         while !s.is_char_boundary(take) {
             take -= 1;

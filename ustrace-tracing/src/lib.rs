@@ -23,13 +23,19 @@
 //!   field, `span`, is the span it happened in, 0 for none); `tracing_span:enter`,
 //!   `tracing_span:exit` and `tracing_span:close` carry the `span_id` of each
 //!   enter, exit and close, on whatever thread they happen. Ids are the registry's
-//!   (reused after a close, as `tracing` documents). Values recorded into a span
-//!   after its creation (`Span::record`) are not traced.
+//!   (reused after a close, as `tracing` documents). A value recorded into a span
+//!   after its creation (`Span::record`) is a `tracing_span:record` event (the
+//!   span's id, the field's name, the value's text), and `Span::follows_from` a
+//!   `tracing_span:follows_from` event (`span_id` follows `follows`).
+//! - A callsite's module, file and line are its event's `model.emf.uri` in the
+//!   metadata (see [`site::source_uri`]).
 
 pub mod encode;
 pub mod site;
 
-use tracing_core::field::Visit;
+use std::cell::Cell;
+use std::fmt::{self, Write};
+use tracing_core::field::{Field, Visit};
 use tracing_core::span::{Attributes, Id, Record};
 use tracing_core::{Event, Interest, Metadata, Subscriber};
 use tracing_subscriber::Layer;
@@ -48,6 +54,40 @@ ustrace::event!(
     /// A span was closed (its last handle dropped).
     pub static SPAN_CLOSE: tracing_span:close(span_id: u64), loglevel = Debug
 );
+ustrace::event!(
+    /// A value was recorded into a span after its creation (`Span::record`): one
+    /// event per field, its value as text (cut to [`RECORD_TEXT_MAX`] bytes).
+    pub static SPAN_RECORD: tracing_span:record(span_id: u64, field: &str, value: &str),
+        loglevel = Debug
+);
+ustrace::event!(
+    /// `Span::follows_from`: span `span_id` is caused by span `follows` (which
+    /// need not be its parent, nor still open).
+    pub static SPAN_FOLLOWS_FROM: tracing_span:follows_from(span_id: u64, follows: u64),
+        loglevel = Debug
+);
+
+/// The most bytes of a value's text a `tracing_span:record` event carries (it is
+/// written into a buffer on the stack, without allocation).
+pub const RECORD_TEXT_MAX: usize = 512;
+
+/// The span events the layer records (the callsites' own events are registered
+/// at their first use).
+static SPAN_EVENTS: [&ustrace::ust::Tracepoint; 5] = [
+    &SPAN_ENTER.0,
+    &SPAN_EXIT.0,
+    &SPAN_CLOSE.0,
+    &SPAN_RECORD.0,
+    &SPAN_FOLLOWS_FROM.0,
+];
+
+thread_local! {
+    /// How many spans this thread has entered (through any `UstraceLayer`) and not
+    /// exited: while it is 0 an event is in no span, and the registry's span stack
+    /// is not looked at. An over-count (a span exited on another thread than it was
+    /// entered on) only costs that look-up.
+    static ENTERED: Cell<u32> = const { Cell::new(0) };
+}
 
 /// The layer that records `tracing` events and spans into ustrace.
 #[derive(Clone, Copy, Debug, Default)]
@@ -80,7 +120,7 @@ pub fn init(procname: &str) -> Result<(), InitError> {
 /// subscriber with [`UstraceLayer`] in it; [`init`] calls it.
 pub fn register(procname: &str) {
     ustrace::ust::on_enablement_change(tracing_core::callsite::rebuild_interest_cache);
-    ustrace::ust::client::init(procname, &[&SPAN_ENTER, &SPAN_EXIT, &SPAN_CLOSE]);
+    ustrace::ust::client::init(procname, &SPAN_EVENTS);
 }
 
 impl<S: Subscriber> Layer<S> for UstraceLayer {
@@ -98,10 +138,7 @@ impl<S: Subscriber> Layer<S> for UstraceLayer {
         // Reached by spans whose own event no session records (they are still
         // made while their enter, exit or close is recorded) and by `log` records
         // (whose callsites have no interest cache: `on_event` checks them).
-        !meta.is_span()
-            || SPAN_ENTER.is_enabled()
-            || SPAN_EXIT.is_enabled()
-            || SPAN_CLOSE.is_enabled()
+        !meta.is_span() || SPAN_EVENTS.iter().any(|t| t.is_enabled())
     }
 
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
@@ -115,7 +152,15 @@ impl<S: Subscriber> Layer<S> for UstraceLayer {
         });
     }
 
-    fn on_record(&self, _: &Id, _: &Record<'_>, _: Context<'_, S>) {}
+    fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
+        if SPAN_RECORD.is_enabled() {
+            values.record(&mut Recorded(id.into_u64()));
+        }
+    }
+
+    fn on_follows_from(&self, id: &Id, follows: &Id, _: Context<'_, S>) {
+        SPAN_FOLLOWS_FROM.emit(id.into_u64(), follows.into_u64());
+    }
 
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
         trace(
@@ -124,22 +169,52 @@ impl<S: Subscriber> Layer<S> for UstraceLayer {
             &|v| event.record(v),
             || match event.parent() {
                 Some(parent) => [parent.into_u64()],
-                None if event.is_contextual() => [ctx.current_span().id().map_or(0, Id::into_u64)],
+                None if event.is_contextual() && ENTERED.get() > 0 => {
+                    [ctx.current_span().id().map_or(0, Id::into_u64)]
+                }
                 None => [0],
             },
         );
     }
 
     fn on_enter(&self, id: &Id, _: Context<'_, S>) {
+        ENTERED.set(ENTERED.get().saturating_add(1));
         SPAN_ENTER.emit(id.into_u64());
     }
 
     fn on_exit(&self, id: &Id, _: Context<'_, S>) {
+        ENTERED.set(ENTERED.get().saturating_sub(1));
         SPAN_EXIT.emit(id.into_u64());
     }
 
     fn on_close(&self, id: Id, _: Context<'_, S>) {
         SPAN_CLOSE.emit(id.into_u64());
+    }
+}
+
+/// Emits one `tracing_span:record` event per value a `Span::record` visits.
+struct Recorded(u64);
+
+impl Recorded {
+    fn emit(&self, field: &Field, write: impl FnOnce(&mut encode::Bounded<'_>)) {
+        let mut buf = [0u8; RECORD_TEXT_MAX];
+        let mut text = encode::Bounded::new(&mut buf);
+        write(&mut text);
+        SPAN_RECORD.emit(self.0, field.name(), text.as_str());
+    }
+}
+
+impl Visit for Recorded {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.emit(field, |out| {
+            let _ = out.write_str(value);
+        })
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.emit(field, |out| {
+            let _ = write!(out, "{value:?}");
+        })
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicPtr, Ordering::*};
 use tracing_core::{Level, Metadata};
 use ustrace::ctf::field::{EventDesc, FieldDesc, LogLevel};
-use ustrace::ctf::names::NAME_MAX;
+use ustrace::ctf::names::{NAME_MAX, URI_MAX};
 use ustrace::ust::{self, LateRegistration, Tracepoint};
 
 /// What the layer knows of one callsite.
@@ -177,6 +177,7 @@ fn describe(
         });
     }
     EventDesc {
+        model_emf_uri: source_uri(meta),
         provider,
         name,
         loglevel: loglevel(*meta.level()),
@@ -223,6 +224,35 @@ pub fn identifier(raw: &str) -> String {
     out
 }
 
+/// Where a callsite is, as its event's `model.emf.uri`:
+/// `module=my_app::db file=src/db.rs line=12`, each part the callsite's metadata
+/// gives (`None` if it gives none). A control character becomes `?` and the whole
+/// is cut to [`URI_MAX`] bytes at a character boundary, as the daemon accepts.
+pub fn source_uri(meta: &Metadata<'_>) -> Option<String> {
+    let mut parts = Vec::with_capacity(3);
+    if let Some(module) = meta.module_path() {
+        parts.push(format!("module={module}"));
+    }
+    if let Some(file) = meta.file() {
+        parts.push(format!("file={file}"));
+    }
+    if let Some(line) = meta.line() {
+        parts.push(format!("line={line}"));
+    }
+    if parts.is_empty() {
+        return None;
+    }
+    let mut uri = String::with_capacity(URI_MAX);
+    for c in parts.join(" ").chars() {
+        let c = if c.is_control() { '?' } else { c };
+        if uri.len() + c.len_utf8() > URI_MAX {
+            break;
+        }
+        uri.push(c);
+    }
+    Some(uri)
+}
+
 /// `tracing` levels as LTTng log levels: ERROR is `Err`, WARN `Warning`, INFO
 /// `Info`, DEBUG `DebugLine`, TRACE `Debug`.
 pub fn loglevel(level: Level) -> LogLevel {
@@ -257,5 +287,40 @@ mod tests {
         assert_eq!(long.len(), NAME_MAX);
         let suffixed = suffixed(&long, 12);
         assert!(suffixed.len() <= NAME_MAX && suffixed.ends_with("_12"));
+    }
+
+    #[test]
+    fn a_source_uri_names_module_file_and_line_within_the_daemons_bounds() {
+        struct Cs;
+        impl tracing_core::Callsite for Cs {
+            fn set_interest(&self, _: tracing_core::Interest) {}
+            fn metadata(&self) -> &Metadata<'_> {
+                unreachable!("not registered")
+            }
+        }
+        let meta = |module, file: &'static str, line| {
+            Metadata::new(
+                "n",
+                "t",
+                Level::INFO,
+                Some(file),
+                line,
+                module,
+                tracing_core::field::FieldSet::new(&[], tracing_core::identify_callsite!(&Cs)),
+                tracing_core::metadata::Kind::EVENT,
+            )
+        };
+        assert_eq!(
+            source_uri(&meta(Some("my_app::db"), "src/db.rs", Some(12))).as_deref(),
+            Some("module=my_app::db file=src/db.rs line=12")
+        );
+        assert_eq!(
+            source_uri(&meta(None, "a\nb.rs", None)).as_deref(),
+            Some("file=a?b.rs")
+        );
+        let long: &'static str = "é".repeat(URI_MAX).leak();
+        let uri = source_uri(&meta(None, long, Some(1))).unwrap();
+        assert!(uri.len() <= URI_MAX && uri.starts_with("file=é"));
+        ustrace::ctf::names::check_uri("t:n", &uri).expect("the daemon accepts it");
     }
 }

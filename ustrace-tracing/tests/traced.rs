@@ -7,7 +7,7 @@ mod common;
 
 use common::{Daemon, babeltrace2};
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use ustrace::protocol::messages::{Buffering, ControlRequest, LogLevelRule};
 
@@ -63,9 +63,9 @@ fn lines<'a>(trace: &'a [String], event: &str) -> Vec<&'a str> {
 
 /// Checks one session's trace of a run with `tasks` tasks.
 fn check(trace: &[String], tasks: usize) {
-    let step = "tokio_spans:event_ustrace_tracing_examples_tokio_spans_rs_25";
-    let starts = "tokio_spans:event_ustrace_tracing_examples_tokio_spans_rs_33";
-    let warns = "tokio_spans:event_ustrace_tracing_examples_tokio_spans_rs_46";
+    let step = "tokio_spans:event_ustrace_tracing_examples_tokio_spans_rs_27";
+    let starts = "tokio_spans:event_ustrace_tracing_examples_tokio_spans_rs_35";
+    let warns = "tokio_spans:event_ustrace_tracing_examples_tokio_spans_rs_48";
     // Named after their lines in the example (the `tracing` name "event FILE:LINE").
     // Every use of every callsite, its first included (each registered at it).
     assert_eq!(lines(trace, step).len(), tasks * 3, "{trace:#?}");
@@ -109,10 +109,59 @@ fn check(trace: &[String], tasks: usize) {
             entry.1 += u32::from(event == "close");
         }
     }
-    assert_eq!(balance.len(), tasks * 4, "{balance:?}");
+    // The batch span: made once, never entered, closed once.
+    let batch = lines(trace, "tokio_spans:batch");
+    assert_eq!(batch.len(), 1, "{trace:#?}");
+    let batch = field(batch[0], "span_id").unwrap();
+    assert_eq!(balance.len(), tasks * 4 + 1, "{balance:?}");
     for (span, (open, closed)) in balance {
         assert_eq!((open, closed), (0, 1), "span {span}");
     }
+
+    // `Span::record` and `Span::follows_from`, keyed by the job's span id.
+    let records = lines(trace, "tracing_span:record");
+    assert_eq!(records.len(), tasks, "{trace:#?}");
+    for l in &records {
+        assert!(jobs.contains(&field(l, "span_id").unwrap()), "{l}");
+        assert_eq!(field(l, "field"), Some("\"outcome\""), "{l}");
+        assert_eq!(field(l, "value"), Some("\"done\""), "{l}");
+    }
+    let follows = lines(trace, "tracing_span:follows_from");
+    assert_eq!(follows.len(), tasks, "{trace:#?}");
+    for l in &follows {
+        assert!(jobs.contains(&field(l, "span_id").unwrap()), "{l}");
+        assert_eq!(field(l, "follows"), Some(batch), "{l}");
+    }
+}
+
+/// Each callsite's event declares its module, file and line as its
+/// `model.emf.uri` in every sub-trace's metadata (which babeltrace2 reads, and
+/// whose details sink shows).
+fn check_source_uris(dir: &Path) {
+    let subs = common::sub_traces(dir);
+    assert!(!subs.is_empty(), "no sub-trace in {}", dir.display());
+    for sub in subs {
+        let metadata = std::fs::read_to_string(dir.join(&sub).join("metadata")).unwrap();
+        let step = "\tname = \"tokio_spans:event_ustrace_tracing_examples_tokio_spans_rs_27\";";
+        let at = metadata.find(step).unwrap_or_else(|| panic!("{metadata}"));
+        let declaration = &metadata[at..at + metadata[at..].find("};").unwrap()];
+        assert!(
+            declaration.contains(
+                "\tmodel.emf.uri = \"module=tokio_spans file=ustrace-tracing/examples/tokio_spans.rs line=27\";"
+            ),
+            "{declaration}"
+        );
+        assert!(metadata.contains("file=ustrace-tracing/examples/tokio_spans.rs line=35\";"));
+    }
+    let details = common::babeltrace2_raw(&["-c", "sink.text.details"], dir);
+    assert!(details.status.success(), "{details:?}");
+    let details = String::from_utf8_lossy(&details.stdout);
+    assert!(
+        details.contains(
+            "EMF URI: module=tokio_spans file=ustrace-tracing/examples/tokio_spans.rs line=48"
+        ),
+        "{details}"
+    );
 }
 
 #[test]
@@ -136,6 +185,8 @@ fn the_tokio_example_is_traced_per_pid_and_per_uid() {
     daemon.stop("uid");
     check(&babeltrace2(&per_pid), tasks);
     check(&babeltrace2(&per_uid), tasks);
+    check_source_uris(&per_pid);
+    check_source_uris(&per_uid);
 
     // `ustrace view` shows where each event happened in the span tree.
     let view = daemon.cli(&["view", per_pid.to_str().unwrap()]);
@@ -160,5 +211,16 @@ fn the_tokio_example_is_traced_per_pid_and_per_uid() {
     assert!(
         with("log:info").iter().all(|l| l.ends_with('}')),
         "outside any span"
+    );
+    let records = with("tracing_span:record");
+    assert_eq!(records.len(), tasks, "{text}");
+    assert!(records.iter().all(|l| l.ends_with("} in job")), "{text}");
+    let follows = with("tracing_span:follows_from");
+    assert_eq!(follows.len(), tasks, "{text}");
+    assert!(
+        follows
+            .iter()
+            .all(|l| l.ends_with("} in job follows batch")),
+        "{text}"
     );
 }

@@ -198,6 +198,7 @@ mod tests {
 
     fn event(provider: &str, name: &str) -> EventDesc {
         EventDesc {
+            model_emf_uri: None,
             provider: provider.into(),
             name: name.into(),
             loglevel: LogLevel::Info,

@@ -97,6 +97,7 @@ mod tests {
             ),
         ];
         r.register_event(&EventDesc {
+            model_emf_uri: Some("module=a::b file=\"q\\x.rs\" line=3".into()),
             provider: "p".into(),
             name: "e".into(),
             loglevel: LogLevel::Warning,
@@ -130,6 +131,10 @@ mod tests {
         for stream in [0, 1] {
             let class = &meta.events[&(stream, 0)];
             assert_eq!(class.name, "p:e");
+            assert!(
+                text.contains("\tmodel.emf.uri = \"module=a::b file=\\\"q\\\\x.rs\\\" line=3\";"),
+                "{text}"
+            );
             assert_eq!(class.fields, r.events()[0].fields);
         }
     }

@@ -202,10 +202,14 @@ pub fn stream_class(out: &mut String, stream_id: u32, channel: &str, contexts: &
 pub fn event_class(out: &mut String, id: u32, stream_id: u32, event: &EventDesc) {
     let _ = writeln!(
         out,
-        "event {{\n\tname = {};\n\tid = {id};\n\tstream_id = {stream_id};\n\tloglevel = {};\n\tfields := struct {{",
+        "event {{\n\tname = {};\n\tid = {id};\n\tstream_id = {stream_id};\n\tloglevel = {};",
         quoted(&event.full_name()),
         event.loglevel as u8
     );
+    if let Some(uri) = &event.model_emf_uri {
+        let _ = writeln!(out, "\tmodel.emf.uri = {};", quoted(uri));
+    }
+    out.push_str("\tfields := struct {\n");
     for field in &event.fields {
         declare_field(out, field);
     }
