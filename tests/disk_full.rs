@@ -170,9 +170,14 @@ fn packets_stored_before_the_disk_filled_stay_whole_and_readable() {
     let output = start_session(&daemon, &disk.0.join("out"));
     daemon.run_pinned_app(1000);
     let stream = output.join("ust/uid/0/64-bit/chan_0");
-    common::wait_for("packets on disk", Duration::from_secs(20), || {
-        fs::metadata(&stream).is_ok_and(|m| m.len() > 0)
-    });
+    // All of them: the drain hands a ring's packets to the writer a ring's worth at
+    // a time (each sub-buffer back once stored), so the first packets on disk are
+    // not yet all.
+    common::wait_for(
+        "the first app's events on disk",
+        Duration::from_secs(20),
+        || fs::metadata(&stream).is_ok() && stored_events(&stream) == 1000,
+    );
     let stored = fs::metadata(&stream).unwrap().len();
 
     let _filler = fill(&disk.0);
@@ -188,14 +193,20 @@ fn packets_stored_before_the_disk_filled_stay_whole_and_readable() {
     assert_eq!(events_on_disk(&output) as u64, stored_events(&stream));
 }
 
-/// Events in the stream file, from its packets' content sizes.
+/// Events in the stream file's whole packets, from their content sizes (a packet
+/// still being appended is not counted).
 fn stored_events(stream: &Path) -> u64 {
     use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
     let bytes = fs::read(stream).unwrap();
     let mut offset = 0;
     let mut events = 0;
     while offset < bytes.len() {
-        let header = PacketHeader::read(&bytes[offset..]).unwrap();
+        let Ok(header) = PacketHeader::read(&bytes[offset..]) else {
+            break;
+        };
+        if offset + header.open.packet_size as usize > bytes.len() {
+            break;
+        }
         events +=
             (header.close.content_size as usize - PACKET_HEADER_SIZE) / (EVENT_HEADER_SIZE + 8 + 6);
         offset += header.open.packet_size as usize;

@@ -110,6 +110,10 @@ enum Op {
     /// An honest event with this many payload fill bytes.
     Event(usize),
     Take,
+    /// Lease the oldest packet (discard mode) and keep it out.
+    Lease,
+    /// Store (write out and drop) the oldest lease still out.
+    Store,
     Flush,
     GiveUp,
     Count,
@@ -151,6 +155,8 @@ fn op(scribbles: bool) -> impl Strategy<Value = Op> {
     let honest = prop_oneof![
         6 => (0usize..600).prop_map(Op::Event),
         2 => Just(Op::Take),
+        1 => Just(Op::Lease),
+        1 => Just(Op::Store),
         1 => Just(Op::Flush),
         1 => Just(Op::GiveUp),
         1 => Just(Op::Count),
@@ -196,6 +202,7 @@ fn play(num_subbuf: u64, mode: Mode, ops: Vec<Op>) -> bool {
     let scribbler = Scribbler::new(ring.as_fd(), ring.geometry());
     let mut consumer = Consumer::new(ring.clone());
     let mut packet = Vec::new();
+    let mut leases = std::collections::VecDeque::new();
     let mut totals = RingCounters::default();
     // Events given up and not yet reported by `counter_deltas`.
     let mut lost_pending = 0;
@@ -220,6 +227,23 @@ fn play(num_subbuf: u64, mode: Mode, ops: Vec<Op>) -> bool {
                 }
                 if was_corrupt {
                     assert!(taken.is_none(), "took from a corrupt ring");
+                }
+            }
+            Op::Lease => {
+                let lease = bounded(SB, || consumer.lease_packet());
+                if let Some(lease) = lease {
+                    assert!(!was_corrupt, "leased from a corrupt ring");
+                    assert_eq!(mode, Mode::Discard, "leased in overwrite mode");
+                    assert!(lease.len() as u64 <= SB && lease.len() >= PACKET_HEADER_SIZE);
+                    leases.push_back(lease);
+                }
+                assert!(consumer.leases_out() as u64 <= num_subbuf);
+            }
+            Op::Store => {
+                if let Some(lease) = leases.pop_front() {
+                    // Whatever the app wrote meanwhile, the daemon writes the
+                    // checked length, inside the sub-buffer.
+                    assert_eq!(store_lease(&lease).len(), lease.len());
                 }
             }
             Op::Flush => {
@@ -470,4 +494,58 @@ fn packet_header_fields_that_do_not_match_the_ring_are_refused() {
             other => panic!("{field}: {other}"),
         }
     }
+}
+
+#[test]
+fn a_lying_header_is_refused_before_anything_is_leased() {
+    for (offset, value) in [
+        (at::PACKET_CONTENT_SIZE, 8 * 8192u64),
+        (at::PACKET_SIZE, 8 * 8192),
+        (at::PACKET_SEQ_NUM, 7),
+    ] {
+        let (ring, mut consumer, scribbler) = lying_ring();
+        scribbler.forge_first_packet(ring.stream_id(), ring.cpu_id(), |s| {
+            s.write_packet(0, offset, &value.to_le_bytes());
+        });
+        assert!(consumer.lease_packet().is_none(), "offset {offset}");
+        assert!(consumer.corruption().is_some(), "offset {offset}");
+        assert_eq!(consumer.leases_out(), 0);
+    }
+}
+
+#[test]
+fn a_header_rewritten_after_its_lease_cannot_make_the_daemon_write_more() {
+    let (ring, mut consumer, scribbler) = lying_ring();
+    scribbler.forge_first_packet(ring.stream_id(), ring.cpu_id(), |s| {
+        let content = (PACKET_HEADER_SIZE as u64 + 16) * 8;
+        s.write_packet(0, at::PACKET_CONTENT_SIZE, &content.to_le_bytes());
+    });
+    let lease = consumer.lease_packet().expect("a well-formed packet");
+    let checked = lease.header().to_vec();
+    // The app now claims the packet runs far past its sub-buffer.
+    scribbler.write_packet(0, at::PACKET_CONTENT_SIZE, &(1u64 << 40).to_le_bytes());
+    scribbler.write_packet(0, at::PACKET_SIZE, &(1u64 << 40).to_le_bytes());
+    let stored = store_lease(&lease);
+    assert_eq!(stored.len(), PACKET_HEADER_SIZE + 16);
+    assert_eq!(
+        &stored[..PACKET_HEADER_SIZE],
+        &checked[..],
+        "the checked header"
+    );
+    assert_eq!(lease.to_vec(), stored);
+}
+
+#[test]
+fn consumed_moved_while_a_lease_is_out_marks_the_ring_at_its_release() {
+    let (ring, mut consumer, scribbler) = lying_ring();
+    scribbler.forge_first_packet(ring.stream_id(), ring.cpu_id(), |_| {});
+    let lease = consumer.lease_packet().expect("a well-formed packet");
+    scribbler.set(at::CONSUMED, 4096);
+    drop(lease);
+    assert_eq!(consumer.release_stored(), 0);
+    assert!(matches!(
+        consumer.corruption().expect("corrupt").reason,
+        RingCorruption::ConsumedMoved { .. }
+    ));
+    assert!(consumer.lease_packet().is_none());
 }

@@ -150,6 +150,128 @@ fn discard_mode_drops_and_counts_when_full() {
     assert!(read.iter().enumerate().all(|(i, e)| e.seq == i as u64));
 }
 
+/// `parse` of a stored (trimmed) packet: its bytes padded to 8 as a copy is.
+fn parse_stored(mut stored: Vec<u8>) -> (ustrace::ctf::packet::PacketHeader, Vec<TestEvent>) {
+    stored.resize(stored.len().next_multiple_of(8), 0);
+    parse(&stored)
+}
+
+#[test]
+fn a_leased_packet_stores_its_header_and_content_straight_from_the_ring() {
+    let ring = ring(4096, 4, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    for seq in 0..5 {
+        assert!(write(&ring, 1, 0, seq, 13));
+    }
+    assert!(consumer.flush());
+    let lease = consumer.lease_packet().expect("the flushed packet");
+    let stored = store_lease(&lease);
+    assert_eq!(stored.len(), lease.len());
+    assert_eq!(stored, lease.to_vec(), "writev and the copy agree");
+    assert_eq!(&stored[..PACKET_HEADER_SIZE], lease.header());
+    let (header, events) = parse_stored(stored.clone());
+    assert_eq!(
+        header.open.packet_size, header.close.content_size,
+        "padding trimmed"
+    );
+    assert_eq!(header.close.content_size as usize, stored.len());
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (0..5).collect::<Vec<_>>()
+    );
+    assert_honest(&mut consumer);
+}
+
+#[test]
+fn a_leased_sub_buffer_goes_back_to_producers_only_once_stored() {
+    let ring = ring(4096, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let mut seq = 0;
+    while write(&ring, 1, 0, seq, 100) {
+        seq += 1;
+    }
+    assert!(consumer.flush());
+    let first = consumer.lease_packet().expect("first packet");
+    let second = consumer.lease_packet().expect("second packet");
+    assert!(consumer.lease_packet().is_none(), "a ring's worth at most");
+    assert!(
+        consumer.take_packet(&mut Vec::new()).is_none(),
+        "a leased packet is not taken again"
+    );
+    assert_eq!(consumer.release_stored(), 0, "nothing stored yet");
+    assert!(!write(&ring, 1, 0, seq, 100), "the ring stays full");
+    // Stored out of order: the second waits for the first.
+    drop(second);
+    assert_eq!(consumer.release_stored(), 0);
+    assert!(!write(&ring, 1, 0, seq, 100));
+    let (_, events) = parse_stored(store_lease(&first));
+    assert_eq!(events[0].seq, 0);
+    drop(first);
+    assert_eq!(consumer.release_stored(), 2);
+    assert_eq!(consumer.leases_out(), 0);
+    assert!(write(&ring, 1, 0, seq, 100), "room again once stored");
+    assert_honest(&mut consumer);
+}
+
+#[test]
+fn every_event_comes_back_through_leases_while_a_producer_runs() {
+    let ring = ring(4096, 4, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let producer = {
+        let ring = ring.clone();
+        std::thread::spawn(move || {
+            let mut written = Vec::new();
+            for seq in 0..20_000 {
+                if write(&ring, 1, 0, seq, 40) {
+                    written.push(seq);
+                }
+            }
+            written
+        })
+    };
+    let mut read = Vec::new();
+    let mut held = std::collections::VecDeque::new();
+    let mut drain_leases = |consumer: &mut Consumer| {
+        while let Some(lease) = consumer.lease_packet() {
+            held.push_back(lease);
+        }
+        // Store the older half: leases stay out across calls, as a writer's queue.
+        while held.len() > 1 {
+            let lease = held.pop_front().expect("held");
+            let (_, events) = parse_stored(store_lease(&lease));
+            read.extend(events.into_iter().map(|e| e.seq));
+        }
+    };
+    while !producer.is_finished() {
+        drain_leases(&mut consumer);
+    }
+    let written = producer.join().expect("producer");
+    consumer.flush();
+    drain_leases(&mut consumer);
+    for lease in held.drain(..) {
+        let (_, events) = parse_stored(store_lease(&lease));
+        read.extend(events.into_iter().map(|e| e.seq));
+    }
+    assert_eq!(read, written, "every event written is stored, in order");
+    assert_eq!(
+        ring.counters().discarded_full + written.len() as u64,
+        20_000
+    );
+    assert_honest(&mut consumer);
+}
+
+#[test]
+fn overwrite_mode_leases_nothing() {
+    let ring = ring(4096, 2, Mode::Overwrite);
+    let mut consumer = Consumer::new(ring.clone());
+    assert!(write(&ring, 1, 0, 0, 8));
+    assert!(consumer.flush());
+    assert!(consumer.lease_packet().is_none());
+    consumer
+        .take_packet(&mut Vec::new())
+        .expect("overwrite mode copies");
+}
+
 /// Writes three events into `ring` and reserves a fourth, left pending.
 fn three_events_and_one_pending(ring: &Ring) -> ustrace::shm::Reservation<'_> {
     for seq in 0..3 {
@@ -231,6 +353,24 @@ fn a_chunk_boundary_puts_every_earlier_event_before_it_and_every_later_one_after
         "an idle ring's boundary is where it stands"
     );
     assert!(consumer.taken_to(2 * 4096));
+}
+
+#[test]
+fn a_chunk_is_taken_once_its_packets_are_leased_before_they_are_stored() {
+    let ring = ring(4096, 4, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    assert!(write(&ring, 1, 0, 0, 8));
+    let boundary = consumer.close_chunk().expect("an honest ring");
+    assert!(!consumer.taken_to(boundary), "nothing leased yet");
+    let lease = consumer.lease_packet().expect("the chunk's packet");
+    assert!(
+        consumer.taken_to(boundary),
+        "handed to the chunk's writer: taken, though its slot is not back yet"
+    );
+    drop(lease);
+    assert_eq!(consumer.release_stored(), 1);
+    assert!(consumer.taken_to(boundary));
+    assert_honest(&mut consumer);
 }
 
 /// (content_size, event count) of a packet of equal-sized events.

@@ -4,9 +4,14 @@
 //! session) or a pid (per-PID: lives as long as the app). The actor drains complete
 //! sub-buffers when a producer signals the wake-up eventfd (once per sub-buffer) and on
 //! a timer, which first closes partly filled sub-buffers (LTTng's switch timer) so that
-//! live apps' events reach the disk while the session runs, and hands each packet, padding trimmed, to the stream's Writer. Packets
-//! are copied out before the sub-buffer is given back, so a slow disk never holds a
-//! producer. The writer's queue is bounded: past `limits.max_writer_backlog_bytes`
+//! live apps' events reach the disk while the session runs, and hands each packet, padding trimmed, to the stream's Writer. In discard mode a
+//! packet is leased, not copied: the writer stores it straight from the shared
+//! mapping and the sub-buffer goes back to producers once it is stored (the
+//! writer's drop of the lease sends [`BacklogRoom`]); a slow disk then makes the
+//! producers discard, counted, as a full ring does. In overwrite mode packets are
+//! copied out before the sub-buffer is given back, so producers may reuse any
+//! complete slot at any time; a per-PID teardown copies too, so that its rings are
+//! freed at once. The writer's queue is bounded: past `limits.max_writer_backlog_bytes`
 //! not yet stored, the set leaves that stream's packets in its ring, whose producers
 //! then discard new events (counted, `events discarded` in status) until the writer
 //! catches up; a slow or failed writer never grows the daemon's heap. The writer's
@@ -37,10 +42,12 @@
 //! owning uid ([`Stats::count_ring_losses`]).
 
 use crate::actors::stats::Stats;
-use crate::actors::writer::{BacklogRoom, Metadata, StreamWriters, SyncError, SyncWriter, Writer};
+use crate::actors::writer::{
+    BacklogRoom, DrainedPacket, Metadata, StreamWriters, SyncError, SyncWriter, Writer,
+};
 use crate::ctf::packet;
 use crate::protocol::messages::UidLosses;
-use crate::shm::{ChannelBuffers, Consumer};
+use crate::shm::{ChannelBuffers, Consumer, Mode};
 use crate::trace::writer::TraceDir;
 use actix::WeakAddr;
 use actix::prelude::*;
@@ -245,7 +252,8 @@ impl BufferSet {
         self
     }
 
-    /// Copies complete packets out of every ring to its writer: while the
+    /// Hands complete packets of every ring to its writer (see [`take`]; copied
+    /// when `free_rings`, so that a teardown frees its rings at once): while the
     /// writer's backlog is under its limit when `bounded` (the drains while
     /// tracing), every one otherwise (flush and teardown, which must leave the
     /// rings empty, and add at most one ring's worth to the backlog). Either way at
@@ -254,7 +262,7 @@ impl BufferSet {
     /// forging complete packets) never keep this actor's thread. Returns whether a
     /// ring still had packets at that bound: a caller that drains while tracing
     /// drains again after the other actors of its thread had their turn.
-    fn drain(&mut self, bounded: bool) -> bool {
+    fn drain(&mut self, bounded: bool, free_rings: bool) -> bool {
         if self.snapshot {
             self.count();
             return false;
@@ -263,23 +271,18 @@ impl BufferSet {
             Ok(m) => m.clone(),
             Err(_) => return false,
         };
-        let mut bytes = Vec::new();
         let mut more = false;
         for (index, consumer) in self.consumers.iter_mut().enumerate() {
+            // Stored leases go back even when the writer takes nothing more.
+            consumer.release_stored();
             let budget = consumer.ring().geometry().num_subbuf;
             let mut taken = 0;
-            while taken < budget
-                && (!bounded || self.writers.accepts(index))
-                && consumer.take_packet(&mut bytes).is_some()
-            {
+            while taken < budget && (!bounded || self.writers.accepts(index)) {
+                let Some(packet) = take(consumer, free_rings, &self.label) else {
+                    break;
+                };
                 taken += 1;
-                match packet::trim(&mut bytes) {
-                    Ok(()) => {
-                        self.writers
-                            .send(index, metadata.clone(), std::mem::take(&mut bytes))
-                    }
-                    Err(e) => log::error!("{}: dropping a bad packet: {e}", self.label),
-                }
+                self.writers.send(index, metadata.clone(), packet);
             }
             more |= taken == budget;
         }
@@ -289,7 +292,7 @@ impl BufferSet {
 
     /// Drains, and goes on in a later message while packets remain.
     fn drain_on(&mut self, ctx: &mut Context<Self>) {
-        if self.drain(true) {
+        if self.drain(true, false) {
             ctx.notify(Drain);
         }
     }
@@ -381,15 +384,41 @@ impl BufferSet {
         }
     }
 
-    /// Switches out every partial sub-buffer and drains; then the answer waits for
-    /// every writer to confirm.
-    fn flush_all(&mut self) -> impl Future<Output = Result<(), FlushError>> + 'static {
+    /// Switches out every partial sub-buffer and drains (copying when `free_rings`,
+    /// see [`take`]); then the answer waits for every writer to confirm.
+    fn flush_all(
+        &mut self,
+        free_rings: bool,
+    ) -> impl Future<Output = Result<(), FlushError>> + 'static {
         for consumer in &mut self.consumers {
             consumer.flush();
         }
-        self.drain(false);
+        self.drain(false, free_rings);
         let syncs: Vec<_> = self.writers.started().map(|w| w.send(SyncWriter)).collect();
         all_ok(syncs)
+    }
+}
+
+/// The oldest complete packet of `consumer`'s ring for its writer: leased in place
+/// in discard mode (stored from the mapping; no producer touches the slot until it
+/// is given back), copied out in overwrite mode (a producer may reuse the slot at
+/// any time), and copied too when `free_rings` (a teardown: its rings are freed as
+/// soon as their packets are queued, so that dead apps waiting for a busy disk
+/// hold no memfds nor mappings; a short-lived app's packet is its few bytes of
+/// content) unless leases are out already (packets after them wait for them).
+/// `label` names the set in the log of a bad packet, which is dropped.
+fn take(consumer: &mut Consumer, free_rings: bool, label: &str) -> Option<DrainedPacket> {
+    let copy = free_rings && consumer.leases_out() == 0;
+    match consumer.ring().mode() {
+        Mode::Discard if !copy => consumer.lease_packet().map(DrainedPacket::Leased),
+        _ => loop {
+            let mut bytes = Vec::new();
+            consumer.take_packet(&mut bytes)?;
+            match packet::trim(&mut bytes) {
+                Ok(()) => return Some(DrainedPacket::Copied(bytes)),
+                Err(e) => log::error!("{label}: dropping a bad packet: {e}"),
+            }
+        },
     }
 }
 
@@ -416,7 +445,7 @@ impl BufferSet {
     /// Drains; says whether every packet before `boundaries` (one per ring, from
     /// [`Consumer::close_chunk`]) left the rings.
     fn chunk_taken(&mut self, boundaries: &[Option<u64>]) -> bool {
-        self.drain(false);
+        self.drain(false, false);
         self.consumers
             .iter_mut()
             .zip(boundaries)
@@ -591,7 +620,7 @@ impl Handler<Flush> for BufferSet {
     type Result = ResponseFuture<Result<(), FlushError>>;
 
     fn handle(&mut self, _: Flush, _: &mut Context<Self>) -> Self::Result {
-        Box::pin(self.flush_all())
+        Box::pin(self.flush_all(false))
     }
 }
 
@@ -654,7 +683,7 @@ impl Handler<ProducerDied> for BufferSet {
         // At once: the dead app's reservations complete their packets now, so the
         // live apps sharing the rings lose nothing.
         self.release_dead_holders();
-        self.drain(true);
+        self.drain(true, false);
     }
 }
 
@@ -673,11 +702,12 @@ impl Handler<Teardown> for BufferSet {
             consumer.give_up_stuck(&dead);
             consumer.give_up_stuck(&dead);
         }
-        // Every packet is now copied into the writers' queues: stop at once, so the
-        // rings (memfds, mappings, eventfd) are freed now and not when a busy disk
-        // has caught up. The writers stay addressable, hence restartable, until
-        // they confirm.
-        let synced = self.flush_all();
+        // Every packet is now copied into the writers' queues (but those behind a
+        // lease still out, which keeps its ring mapped until it is stored): stop at
+        // once, so the rings (memfds, mappings, eventfd) are freed now and not when
+        // a busy disk has caught up. The writers stay addressable, hence
+        // restartable, until they confirm.
+        let synced = self.flush_all(true);
         let writers: Vec<Addr<Writer>> = self.writers.started().cloned().collect();
         ctx.stop();
         Box::pin(async move {

@@ -89,7 +89,17 @@ fn threads_cpu_ms(pid: u32) -> Result<Vec<(String, u64)>, String> {
     Ok(by_name)
 }
 
-/// The thread name and utime + stime (clock ticks) of a /proc/PID/task/TID/stat line.
+/// User + system CPU ms of process `pid`, all its threads (ended ones included),
+/// from /proc/PID/stat.
+pub(super) fn process_cpu_ms(pid: u32) -> Result<u64, String> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).map_err(|e| format!("reading {path}: {e}"))?;
+    let (_, ticks) = parse_task_stat(&stat).ok_or_else(|| format!("unexpected {path}: {stat}"))?;
+    Ok(ticks * 1000 / clock_ticks_per_second())
+}
+
+/// The thread name and utime + stime (clock ticks) of a /proc/PID/task/TID/stat line
+/// (or of a /proc/PID/stat line: the same fields, for the whole process).
 fn parse_task_stat(stat: &str) -> Option<(String, u64)> {
     let open = stat.find('(')?;
     let close = stat.rfind(')')?;

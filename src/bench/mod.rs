@@ -1,4 +1,5 @@
-//! `ustrace bench churn`: many short-lived apps against a private daemon.
+//! `ustrace bench churn`: many short-lived apps against a private daemon;
+//! `ustrace bench drain`: paced producers against both tracers' drains (`drain`).
 //!
 //! The workload of LTTng's anchor `churn.sh`: N apps, PAR workers each launching
 //! apps one after the other, every app emitting a few events and exiting. It
@@ -14,6 +15,7 @@
 //! writes a CSV and, if gnuplot is installed, a PNG.
 
 mod apps;
+mod drain;
 mod footprint;
 mod latency;
 mod lttng;
@@ -41,6 +43,9 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// N short-lived apps, PAR at a time, against a private daemon.
     Churn(ChurnArgs),
+    /// N producers at fixed rates: the highest rate stored with nothing discarded
+    /// and the daemon's CPU per MB stored, ours and LTTng's.
+    Drain(drain::DrainArgs),
 }
 
 /// How the apps are traced.
@@ -153,14 +158,16 @@ struct ChurnArgs {
 
 /// Runs `ustrace bench`.
 pub fn run(args: &BenchArgs) -> ExitCode {
-    let BenchCommand::Churn(churn) = &args.command;
-    let outcome = check_daemon_config(churn).and_then(|()| {
-        if churn.sweep {
-            sweep(churn)
-        } else {
-            single(churn)
-        }
-    });
+    let outcome = match &args.command {
+        BenchCommand::Churn(churn) => check_daemon_config(churn).and_then(|()| {
+            if churn.sweep {
+                sweep(churn)
+            } else {
+                single(churn)
+            }
+        }),
+        BenchCommand::Drain(args) => drain::drain(args),
+    };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

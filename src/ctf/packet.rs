@@ -197,8 +197,15 @@ pub fn trim(packet: &mut Vec<u8>) -> Result<(), PacketError> {
         });
     }
     packet.truncate(content as usize);
-    put_u64(packet, PACKET_SIZE_AT, content * 8);
+    set_packet_size(packet, content);
     Ok(())
+}
+
+/// Sets the `packet_size` of the header at the start of `header` (at least
+/// [`PACKET_HEADER_SIZE`] bytes) to `bytes`: what [`trim`] does to a whole copy,
+/// for a header copied alone whose packet goes out trimmed straight from its ring.
+pub fn set_packet_size(header: &mut [u8], bytes: u64) {
+    put_u64(header, PACKET_SIZE_AT, bytes * 8);
 }
 
 /// Writes an event header (id, timestamp) at the start of `buf`.

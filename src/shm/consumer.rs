@@ -11,13 +11,17 @@
 //! allocation grows by a value read from it, and a ring that lies is marked corrupt:
 //! from then on the consumer takes nothing from it ([`Consumer::corruption`]).
 
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::*;
 use std::time::Instant;
 
 use super::layout::{RECORD_AT, RECORD_LEN, RECORD_OWNER, RECORD_TIMESTAMP, RECORDS};
 use super::{Mode, Ring, RingCorruption, RingCounters};
-use crate::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
+use crate::ctf::packet::{self, EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
 
 /// Largest position a stream plausibly reaches: 2^60 bytes (an exbibyte, 30 years at
 /// 1 GB/s). Positions stay far from overflowing `u64` arithmetic.
@@ -84,6 +88,92 @@ pub struct Consumer {
     /// The counters and `consumed` at the previous [`Consumer::counter_deltas`], and
     /// when: the bounds of what the next reading may add.
     counted: Reading,
+    /// Packets handed out by [`Consumer::lease_packet`] and not given back yet, in
+    /// ring order from `consumed` on: their slots stay the daemon's until each is
+    /// stored, then [`Consumer::release_stored`] moves `consumed` past them.
+    leases: VecDeque<Lease>,
+}
+
+/// One sub-buffer leased to a writer.
+struct Lease {
+    /// Its position.
+    pos: u64,
+    /// Its commit word when leased, remembered at release (see `released_words`).
+    word: u64,
+    /// Set by the [`LeasedPacket`]'s drop: stored (or given up by its writer).
+    stored: Arc<AtomicBool>,
+}
+
+/// A complete packet left in its sub-buffer for a writer to store from the shared
+/// mapping (discard mode: no producer writes a complete, unconsumed slot), so that
+/// draining costs no copy of its content. Its header was copied and checked when it
+/// was leased, its length comes from that copy and lies inside the sub-buffer: a
+/// header the app rewrites afterwards changes nothing the daemon writes but the
+/// app's own bytes. The slot goes back to producers only after the lease is dropped
+/// and the consumer's next [`Consumer::release_stored`]; the lease keeps the ring
+/// mapped until then.
+pub struct LeasedPacket {
+    /// The ring holding it.
+    ring: Arc<Ring>,
+    /// Its header as checked, `packet_size` set to the content (padding trimmed).
+    header: Vec<u8>,
+    /// Offset of its sub-buffer in the mapping.
+    at: usize,
+    /// Bytes of the trimmed packet: its `content_size`.
+    len: usize,
+    /// Told on drop.
+    stored: Arc<AtomicBool>,
+}
+
+impl LeasedPacket {
+    /// Bytes of the packet as stored (header and content, no padding).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it has no bytes (never: a packet has at least its header).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The packet's header as checked, `packet_size` already trimmed: what
+    /// `PacketHeader::read` of the stored packet gives.
+    pub fn header(&self) -> &[u8] {
+        &self.header
+    }
+
+    /// Writes the packet to `fd`: its checked header from the copy, the rest
+    /// straight from the ring's mapping (`writev`, no copy).
+    pub fn write_to(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        let head = self.header.len();
+        self.ring
+            .map
+            .write_out(fd, &self.header, self.at + head, self.len - head)
+    }
+
+    /// A copy of the packet in the daemon's heap, for writers that want bytes.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len.next_multiple_of(8));
+        // SAFETY: the range lies inside the leased sub-buffer (`len` rounded up to 8
+        // stays within it: the sub-buffer size is a multiple of 8), which no honest
+        // producer writes while leased; a hostile one only tears its own bytes.
+        unsafe {
+            self.ring
+                .map
+                .copy_racy(self.at, self.len.next_multiple_of(8), &mut out)
+        };
+        out.truncate(self.len);
+        out[..self.header.len()].copy_from_slice(&self.header);
+        out
+    }
+}
+
+impl Drop for LeasedPacket {
+    fn drop(&mut self) {
+        // Release pairs with the Acquire load in `release_stored`: the write that
+        // read the slot is done before a producer may reuse it.
+        self.stored.store(true, Release);
+    }
 }
 
 /// Why a ring was marked corrupt and what its data cost.
@@ -144,6 +234,7 @@ impl Consumer {
             released_words: vec![0; slots],
             copies_discarded: 0,
             lost_dead: 0,
+            leases: VecDeque::new(),
         }
     }
 
@@ -165,7 +256,8 @@ impl Consumer {
     /// `packet_size` still names the whole sub-buffer (`ctf::packet::trim` makes the
     /// bytes one exact CTF packet). `None` when no packet is complete, when the ring
     /// is (or is now found) corrupt, or when producers lapped it on every attempt of
-    /// this call; `out` is then empty.
+    /// this call; `out` is then empty. `None` too while packets leased by
+    /// [`Consumer::lease_packet`] are out: a consumer uses one way or the other.
     ///
     /// Optimistic (seqlock-style): the copy is made without excluding producers, then
     /// `consumed` is CASed past the packet. A failed CAS means an overwrite-mode
@@ -178,6 +270,10 @@ impl Consumer {
     /// header: see [`RingCorruption`]); the attempts are bounded by the geometry.
     pub fn take_packet(&mut self, out: &mut Vec<u8>) -> Option<PacketInfo> {
         out.clear();
+        if !self.leases.is_empty() {
+            // The oldest packet is leased: taking it again would store it twice.
+            return None;
+        }
         let sb = self.ring.geometry().subbuf_size;
         let mut pos = self.positions()?.consumed;
         // Each attempt after the first follows a move of `consumed`, by at least one
@@ -213,14 +309,8 @@ impl Consumer {
             // Acquire load (or CAS) of `consumed` reads this value or a later one.
             // LP: the consumer's take (Complete -> Free). Its success hands the copy
             // out and the slot back to producers.
-            match self
-                .ring
-                .consumed_word()
-                .compare_exchange(pos, pos + sb, AcqRel, Acquire)
-            {
-                Ok(_) => {
-                    self.consumed = pos + sb;
-                    self.note_released(pos, word);
+            match self.give_back(pos, word) {
+                Ok(()) => {
                     match given_up {
                         None => {
                             // The copy is ours now: checking it is final, whatever the
@@ -319,11 +409,141 @@ impl Consumer {
         discarded
     }
 
+    /// Leases the oldest complete packet not leased yet, if any, without copying its
+    /// content: discard mode only, where no producer writes a complete packet before
+    /// `consumed` passes it (in overwrite mode, and once a ring is corrupt, `None`;
+    /// overwrite mode copies with [`Consumer::take_packet`]). Gives back first the
+    /// slots whose leases were stored ([`Consumer::release_stored`]); skips given-up
+    /// packets. At most a ring's worth of leases are out at once.
+    ///
+    /// Before anything is handed out, the packet is checked as `take_packet` checks
+    /// its copy: its commit word complete (an incomplete one within its generation),
+    /// and its header (copied,
+    /// the only bytes the daemon interprets) right for this position and ring. The
+    /// stored length is the header's `content_size`, at most the sub-buffer.
+    pub fn lease_packet(&mut self) -> Option<LeasedPacket> {
+        if self.ring.mode() != Mode::Discard {
+            return None;
+        }
+        self.release_stored();
+        let g = self.ring.geometry();
+        let sb = g.subbuf_size;
+        let at = self.positions()?;
+        // Each turn leases a packet or skips a given-up one: bounded by the ring.
+        while (self.leases.len() as u64) < g.num_subbuf {
+            let pos = at.consumed + self.leases.len() as u64 * sb;
+            // As in `take_packet`, the commit word alone says whether the packet is
+            // there: a complete word that `write` has not passed is a lie the next
+            // reading of the positions finds, once `consumed` moved past it.
+            // Acquire pairs with every Release commit: the packet's bytes are visible.
+            let word = self.ring.commit_word(pos).load(Acquire);
+            if word as u32 != self.ring.complete_bytes(pos) {
+                if let Err(lie) = self.check_commit(pos, word) {
+                    self.mark_corrupt(lie, Some(at));
+                }
+                return None;
+            }
+            let stored = Arc::new(AtomicBool::new(false));
+            self.leases.push_back(Lease {
+                pos,
+                word,
+                stored: stored.clone(),
+            });
+            self.given_up.retain(|&p| p >= at.consumed);
+            if let Some(i) = self.given_up.iter().position(|&p| p == pos) {
+                self.given_up.swap_remove(i);
+                stored.store(true, Relaxed);
+                continue;
+            }
+            let start = self.ring.data_index(pos);
+            let mut header = Vec::with_capacity(PACKET_HEADER_SIZE.next_multiple_of(8));
+            // SAFETY: in discard mode no producer writes a complete slot before
+            // `consumed` passes it; only a hostile app does, and then this copy is
+            // checked below: whatever it holds, nothing is read outside the header.
+            unsafe {
+                self.ring
+                    .map
+                    .copy_racy(start, PACKET_HEADER_SIZE.next_multiple_of(8), &mut header)
+            };
+            if let Err(lie) = self.check_header(pos, &header) {
+                self.leases.pop_back();
+                self.mark_corrupt(lie, Some(at));
+                return None;
+            }
+            // Checked: `content_size` lies in PACKET_HEADER_SIZE..=packet_size == sb.
+            let len = PacketHeader::read(&header)
+                .map(|h| h.close.content_size as usize)
+                .unwrap_or(PACKET_HEADER_SIZE);
+            header.truncate(PACKET_HEADER_SIZE);
+            packet::set_packet_size(&mut header, len as u64);
+            return Some(LeasedPacket {
+                ring: self.ring.clone(),
+                header,
+                at: start,
+                len,
+                stored,
+            });
+        }
+        None
+    }
+
+    /// Gives back to producers, in order, the slots of leased packets that were
+    /// stored: `consumed` moves past each (the daemon's CAS; in discard mode nobody
+    /// else moves it, so a failed CAS is a lie and marks the ring corrupt). Stops at
+    /// the first lease still out. Returns how many slots it gave back.
+    pub fn release_stored(&mut self) -> usize {
+        let mut released = 0;
+        // Acquire pairs with the lease's Release drop: its write is done.
+        while let Some(lease) = self.leases.front().filter(|l| l.stored.load(Acquire)) {
+            if self.corrupt.is_some() {
+                return released;
+            }
+            let (pos, word) = (lease.pos, lease.word);
+            // LP: the consumer's take (Complete -> Free) of a leased packet.
+            match self.give_back(pos, word) {
+                Ok(()) => {
+                    self.leases.pop_front();
+                    released += 1;
+                }
+                Err(now) => {
+                    let lie =
+                        self.check_consumed(now)
+                            .err()
+                            .unwrap_or(RingCorruption::ConsumedMoved {
+                                expected: pos,
+                                found: now,
+                            });
+                    self.mark_corrupt(lie, None);
+                    return released;
+                }
+            }
+        }
+        released
+    }
+
+    /// Packets leased and not given back yet.
+    pub fn leases_out(&self) -> usize {
+        self.leases.len()
+    }
+
     /// How many copies `take_packet` discarded because a producer overwrote the packet
     /// during the copy: a diagnostic of how often the reader lost that race (tests use
     /// it to show the race was exercised).
     pub fn copies_discarded(&self) -> u64 {
         self.copies_discarded
+    }
+
+    /// CASes `consumed` from `pos` past its packet (commit word `word`), handing the
+    /// slot back to producers; on success the consumer's own bookkeeping follows.
+    /// `Err` carries the `consumed` found instead.
+    fn give_back(&mut self, pos: u64, word: u64) -> Result<(), u64> {
+        let sb = self.ring.geometry().subbuf_size;
+        self.ring
+            .consumed_word()
+            .compare_exchange(pos, pos + sb, AcqRel, Acquire)?;
+        self.consumed = pos + sb;
+        self.note_released(pos, word);
+        Ok(())
     }
 
     /// Remembers the commit word a slot had when its packet left the ring.
@@ -369,10 +589,12 @@ impl Consumer {
     }
 
     /// Whether every packet before `boundary` (from [`Consumer::close_chunk`]) has
-    /// left the ring (taken, overwritten or given up); true on a corrupt ring, which
-    /// gives nothing more.
+    /// left the ring (taken, leased to a writer, overwritten or given up); true on a
+    /// corrupt ring, which gives nothing more.
     pub fn taken_to(&mut self, boundary: u64) -> bool {
-        self.positions().is_none_or(|at| at.consumed >= boundary)
+        let leased = self.leases.len() as u64 * self.ring.geometry().subbuf_size;
+        self.positions()
+            .is_none_or(|at| at.consumed + leased >= boundary)
     }
 
     /// Reads the holder table: records of threads inside a reservation, split by

@@ -272,6 +272,63 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(at), len) }
     }
 
+    /// Writes `prefix` (a local buffer) and then the mapping's bytes `at..at + len`
+    /// to `fd` with `writev(2)`, retrying short writes and `EINTR`, so that the
+    /// kernel reads the ring's bytes straight from the shared mapping: no copy into
+    /// the daemon's heap. Producers may write the range meanwhile (only a hostile
+    /// app does, in discard mode: it spoils its own packet); the kernel then stores
+    /// whatever bytes it read, and nothing outside `at..at + len` is ever read.
+    pub(crate) fn write_out(
+        &self,
+        fd: std::os::fd::BorrowedFd<'_>,
+        prefix: &[u8],
+        at: usize,
+        len: usize,
+    ) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        assert!(
+            at.checked_add(len).is_some_and(|end| end <= self.map.len()),
+            "write out of the ring"
+        );
+        let total = prefix.len() + len;
+        let mut done = 0;
+        while done < total {
+            let (head, body) = if done < prefix.len() {
+                (&prefix[done..], (at, len))
+            } else {
+                (&prefix[..0], (at + done - prefix.len(), total - done))
+            };
+            let iov = [
+                libc::iovec {
+                    iov_base: head.as_ptr().cast_mut().cast(),
+                    iov_len: head.len(),
+                },
+                libc::iovec {
+                    iov_base: self.map.as_ptr().wrapping_add(body.0).cast_mut().cast(),
+                    iov_len: body.1,
+                },
+            ];
+            // SAFETY: both iovecs name live memory: `head` borrows `prefix`, and the
+            // second range lies inside the mapping (the assert above: `body` only
+            // shrinks towards its end), which `&self` keeps mapped during the call.
+            // The kernel only reads them; no Rust reference to the racing ring
+            // bytes is formed.
+            let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 2) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+
     /// Appends to `out` a copy of `at..at + len`, read word by word with volatile
     /// loads, while producers may be writing those bytes.
     ///

@@ -7,8 +7,10 @@
 //! producer never blocks: when there is no room the event is dropped and counted
 //! ([`Mode::Discard`]) or the oldest complete packet is reused ([`Mode::Overwrite`]).
 //! Each sub-buffer is exactly one CTF packet; the single consumer (the daemon, through
-//! a [`Consumer`]) takes complete packets in order by copying them out optimistically,
-//! so that producers never wait for it nor drop because of it.
+//! a [`Consumer`]) takes complete packets in order: in overwrite mode by copying them
+//! out optimistically, so that producers never wait for it nor drop because of it;
+//! in discard mode by leasing them in place ([`LeasedPacket`]), stored straight from
+//! the mapping and given back once stored.
 //! The byte layout and the memory-ordering argument are in `docs/shm.md`.
 //!
 //! Files: `producer` is the fast path (reserve, commit, write_event); `slow_path` the
@@ -36,7 +38,7 @@
 //! | Free -> Open | the producer whose reservation CAS on `write` moves it into the packet (`Ring::reserve`, after `make_room` saw it Free); its open commit follows | CAS `write` |
 //! | Open -> Closed | the producer whose event does not fit (CAS `write` to the next packet), or the consumer's flush (CAS `write` to the boundary); the close commit of the padding follows | CAS `write` |
 //! | Closed -> Complete | whichever commit brings the word to its end: a producer's event, open or close commit, the daemon's lost-event fill of a dead holder's reservation (`Consumer::release_dead_holders`), a live producer's fill of a dropped reservation (`Reservation`'s drop), or the daemon's give-up of a stuck packet (`Consumer::give_up_stuck`, counted lost) | `fetch_add` (give-up: CAS) on the commit word |
-//! | Complete -> Taken -> Free | the consumer (`Consumer::take_packet`): copy, then CAS `consumed` past it; a given-up packet is skipped the same way, without a copy | CAS `consumed` |
+//! | Complete -> Taken -> Free | the consumer (`Consumer::take_packet`): copy, then CAS `consumed` past it; a given-up packet is skipped the same way, without a copy. Discard mode: leased (`Consumer::lease_packet`, header copied and checked), stored from the mapping, then `Consumer::release_stored` CASes `consumed` past it | CAS `consumed` |
 //! | Complete -> Free | an overwrite-mode producer that needs the slot (`make_room`): pushes `consumed` past it, counted in `overwritten_packets`; a consumer copying it fails its CAS | CAS `consumed` |
 //!
 //! A packet never goes back: a Closed packet opens nothing, and only a Free slot is
@@ -57,7 +59,7 @@ pub use channel::{BlankSet, ChannelBuffers, Wakeup, cpu_count};
 pub use clock::{
     ClockError, CpuSource, TraceClock, current_cpu, current_cpu_from, host_clock, now_ns,
 };
-pub use consumer::{Consumer, Corruption, DeadHolders, PacketInfo};
+pub use consumer::{Consumer, Corruption, DeadHolders, LeasedPacket, PacketInfo};
 pub use error::{RingCorruption, ShmError};
 pub use layout::{
     DEFAULT_GEOMETRY, Geometry, Mode, RingConfig, check_num_subbuf, check_subbuf_size,

@@ -10,7 +10,7 @@ use ustrace::ctf::packet::{
     EVENT_HEADER_SIZE, LOST_EVENT_ID, LOST_EVENT_PADDED_ID, PACKET_HEADER_SIZE, PacketHeader,
     read_event_header,
 };
-use ustrace::shm::{ChannelBuffers, Geometry, Mode, Ring, RingConfig};
+use ustrace::shm::{ChannelBuffers, Geometry, LeasedPacket, Mode, Ring, RingConfig};
 
 /// A ring config for tests.
 pub fn config(subbuf_size: u64, num_subbuf: u64, mode: Mode) -> RingConfig {
@@ -141,6 +141,19 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 /// The whole content of a file descriptor (a ring's memfd).
 pub fn read_all(fd: impl AsFd) -> Vec<u8> {
     let mut file = std::fs::File::from(nix::unistd::dup(fd).expect("dup"));
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).expect("read memfd");
+    bytes
+}
+
+/// What `lease` stores: written with [`LeasedPacket::write_to`] into a fresh memfd
+/// (as the CTF writer does into its stream file) and read back.
+pub fn store_lease(lease: &LeasedPacket) -> Vec<u8> {
+    use std::io::Seek;
+    let fd = memfd_with(&[], false);
+    lease.write_to(fd.as_fd()).expect("write the leased packet");
+    let mut file = std::fs::File::from(fd);
+    file.rewind().expect("rewind memfd");
     let mut bytes = Vec::new();
     file.read_to_end(&mut bytes).expect("read memfd");
     bytes

@@ -2,7 +2,7 @@
 //! [`StreamWriters`], the writers of one BufferSet's streams with their bounded
 //! backlogs (see the parent module's doc for the restart and failure rules).
 
-use super::{Metadata, StreamInfo, StreamWriter, WriterFactory};
+use super::{DrainedPacket, Metadata, StreamInfo, StreamWriter, WriterFactory};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::{RestartBudget, RestartPolicy, Verdict};
 use crate::protocol::messages::WriterFailure;
@@ -24,14 +24,20 @@ pub struct WritePacket {
     /// Metadata as of this packet.
     metadata: Metadata,
     /// The packet, padding trimmed.
-    bytes: Vec<u8>,
+    bytes: DrainedPacket,
     /// The backlog of the stream it is queued for (see [`StreamWriters::accepts`]).
     backlog: Arc<Backlog>,
 }
 
 impl Drop for WritePacket {
     fn drop(&mut self) {
-        self.backlog.remove(self.bytes.len() as u64);
+        let len = self.bytes.len() as u64;
+        // The lease goes first: its slot is given back by the drain this may ask for.
+        let leased = matches!(
+            std::mem::replace(&mut self.bytes, DrainedPacket::Copied(Vec::new())),
+            DrainedPacket::Leased(_)
+        );
+        self.backlog.remove(len, leased);
     }
 }
 
@@ -53,11 +59,11 @@ impl Backlog {
         self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// Counts `bytes` less; says so to the BufferSet if that makes room.
-    fn remove(&self, bytes: u64) {
+    /// Counts `bytes` less; says so to the BufferSet if that makes room, or if
+    /// `slot_freed` (a leased sub-buffer was stored: the set gives it back).
+    fn remove(&self, bytes: u64, slot_freed: bool) {
         let before = self.bytes.fetch_sub(bytes, Ordering::Relaxed);
-        if before >= self.limit
-            && before - bytes < self.limit
+        if (slot_freed || before >= self.limit && before - bytes < self.limit)
             && let Some(set) = self.room.get().and_then(WeakRecipient::upgrade)
         {
             set.do_send(BacklogRoom);
@@ -70,7 +76,8 @@ impl Backlog {
     }
 }
 
-/// A stream's writer backlog fell back under its limit: drain again.
+/// A stream's writer backlog fell back under its limit, or a leased sub-buffer was
+/// stored: give the stored slots back to producers and drain again.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct BacklogRoom;
@@ -246,7 +253,7 @@ impl StreamWriters {
 
     /// Queues `bytes` (one packet described by `metadata`) for the writer of ring
     /// `index`, started now if it is its first packet.
-    pub fn send(&mut self, index: usize, metadata: Metadata, bytes: Vec<u8>) {
+    pub fn send(&mut self, index: usize, metadata: Metadata, bytes: DrainedPacket) {
         let backlog = self.backlogs[index].clone();
         backlog.add(bytes.len() as u64);
         let writer = self.started[index].get_or_insert_with(|| {
@@ -347,7 +354,10 @@ impl Writer {
                     self.sink = Some(self.factory.create(&self.stream)?);
                 }
                 let sink = self.sink.as_mut().expect("created above");
-                sink.write_packet(&packet.metadata, &packet.bytes)
+                match &packet.bytes {
+                    DrainedPacket::Copied(bytes) => sink.write_packet(&packet.metadata, bytes),
+                    DrainedPacket::Leased(lease) => sink.write_leased(&packet.metadata, lease),
+                }
             }));
             match flatten(result) {
                 Ok(()) => {

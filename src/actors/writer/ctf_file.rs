@@ -10,11 +10,12 @@
 //! `k - N` (and its index) is deleted when file `k` is opened, so a stream holds at
 //! most N files.
 
-use super::{Metadata, StreamInfo, StreamWriter, WriterFactory};
+use super::{LeasedPacket, Metadata, StreamInfo, StreamWriter, WriterFactory};
 use crate::ctf::packet::PacketHeader;
 use crate::trace::index::{self, IndexEntry};
 use std::fs::File;
 use std::io::{self, Write};
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 /// Makes [`CtfFileWriter`]s.
@@ -173,32 +174,54 @@ impl CtfFileWriter {
     }
 }
 
-impl StreamWriter for CtfFileWriter {
-    fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
+impl CtfFileWriter {
+    /// Appends one packet of `len` bytes whose header is at the start of `header`,
+    /// written to the stream file by `write`, and its index entry; a failure cuts
+    /// both files back to their last whole packet.
+    fn append(
+        &mut self,
+        metadata: &Metadata,
+        header: &[u8],
+        len: u64,
+        write: impl FnOnce(&mut File) -> io::Result<()>,
+    ) -> io::Result<()> {
         let recreate = self.forget_removed_file()?;
-        self.next_file_if_full(packet.len() as u64)?;
+        self.next_file_if_full(len)?;
         self.store_metadata(metadata, recreate)?;
         self.ensure_open(metadata)?;
         let good_len = self.good_len;
         let file = self.file.as_mut().expect("opened above");
         let (index, index_len) = self.index.as_mut().expect("opened with the file");
-        let entry = PacketHeader::read(packet)
+        let entry = PacketHeader::read(header)
             .map(|header| IndexEntry::of(good_len, &header).encode())
             .map_err(io::Error::other)?;
-        if let Err(e) = file
-            .write_all(packet)
-            .and_then(|()| index.write_all(&entry))
-        {
+        if let Err(e) = write(file).and_then(|()| index.write_all(&entry)) {
             // A torn packet would make the whole stream unreadable, an entry without
             // its packet would mislead a reader: cut both back.
             let _ = file.set_len(good_len);
             let _ = index.set_len(*index_len);
             return Err(e);
         }
-        self.good_len += packet.len() as u64;
+        self.good_len += len;
         *index_len += entry.len() as u64;
-        self.stream.trace_dir.count_written(packet.len() as u64);
+        self.stream.trace_dir.count_written(len);
         Ok(())
+    }
+}
+
+impl StreamWriter for CtfFileWriter {
+    fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
+        self.append(metadata, packet, packet.len() as u64, |file| {
+            file.write_all(packet)
+        })
+    }
+
+    /// Straight from the ring's mapping: the checked header, then the content, in
+    /// one `writev` (no copy into the daemon's heap).
+    fn write_leased(&mut self, metadata: &Metadata, packet: &LeasedPacket) -> io::Result<()> {
+        self.append(metadata, packet.header(), packet.len() as u64, |file| {
+            packet.write_to(file.as_fd())
+        })
     }
 
     /// Every packet went out with an unbuffered `write`, so every reader sees it

@@ -38,6 +38,8 @@ pub use actor::{
     release_freed_heap,
 };
 pub use ctf_file::{CtfFileWriter, StreamRemoved};
+// `LeasedPacket` is part of the writer API (`StreamWriter::write_leased`).
+pub use crate::shm::LeasedPacket;
 
 use crate::protocol::messages::TracefileLimits;
 use crate::trace::layout::stream_file_name;
@@ -91,10 +93,45 @@ pub struct Metadata {
     pub tsdl: Arc<str>,
 }
 
+/// A packet as the drain hands it to its stream's writer: copied out of its ring
+/// (overwrite mode, whose producers may reuse the slot at any time), or leased in
+/// place (discard mode: stored straight from the shared mapping, its slot given
+/// back once the writer drops it). Either way one exact CTF packet, padding
+/// trimmed.
+pub enum DrainedPacket {
+    /// The packet's bytes in the daemon's heap.
+    Copied(Vec<u8>),
+    /// The packet still in its sub-buffer.
+    Leased(LeasedPacket),
+}
+
+impl DrainedPacket {
+    /// Bytes the packet stores.
+    pub fn len(&self) -> usize {
+        match self {
+            DrainedPacket::Copied(bytes) => bytes.len(),
+            DrainedPacket::Leased(lease) => lease.len(),
+        }
+    }
+
+    /// Whether it has no bytes (never: a packet has at least its header).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
 /// Stores the packets of one stream.
 pub trait StreamWriter: Send {
     /// Stores one complete CTF packet. `metadata` describes every event in it.
     fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()>;
+    /// Stores one complete CTF packet that still lies in its ring's shared memory
+    /// (discard mode), whose sub-buffer goes back to the producers once this
+    /// returns. By default a copy of it goes to [`StreamWriter::write_packet`]; a
+    /// writer that can store from the mapping (the built-in one writes it with
+    /// `writev`) saves that copy.
+    fn write_leased(&mut self, metadata: &Metadata, packet: &LeasedPacket) -> io::Result<()> {
+        self.write_packet(metadata, &packet.to_vec())
+    }
     /// Makes everything written so far visible at its destination: `stop` answers the
     /// user once every writer of the session synced.
     fn sync(&mut self) -> io::Result<()>;
