@@ -258,6 +258,15 @@ fn after_1000_apps_the_daemon_holds_nothing_for_them() {
         let s = daemon.status();
         s.apps == 0 && s.buffer_sets == 1 && s.writers == cpus
     });
+    // A writer opens its stream and index files with its first packet, which may
+    // come after the writer itself on a loaded machine.
+    let trace = output.join("ust/uid/0/64-bit");
+    wait_for("every per-UID stream's files", WAIT, || {
+        (0..cpus).all(|cpu| {
+            trace.join(format!("u_{cpu}")).exists()
+                && trace.join(format!("index/u_{cpu}.idx")).exists()
+        })
+    });
     // The per-PID ring pool is full before and after: it is part of the level.
     wait_for("the ring pool to be full", WAIT, || {
         let s = daemon.status();
