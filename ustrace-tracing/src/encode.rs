@@ -95,6 +95,21 @@ thread_local! {
     static BUFFER: RefCell<[u8; MAX_PAYLOAD]> = const { RefCell::new([0; MAX_PAYLOAD]) };
 }
 
+/// The exact payload length of every use of a callsite whose fields are all
+/// numbers or bools (after `prefix` u64 ids), or `None` when a field is a string
+/// (its length is known only once its value is visited). Every value of such a
+/// callsite is written in its registered, fixed size (see [`encode`]), so the
+/// payload can be encoded straight into the ring's reservation ([`encode_into`]).
+pub fn fixed_len(kinds: &[Kind], prefix: usize) -> Option<usize> {
+    kinds
+        .iter()
+        .try_fold(8 * prefix, |len, kind| match kind {
+            Kind::Str => None,
+            kind => Some(len + kind.min_len()),
+        })
+        .filter(|&len| len <= MAX_PAYLOAD)
+}
+
 /// Encodes the values `record` visits as `kinds` (after `prefix`, already encoded
 /// u64s: a span's id and parent) and hands the payload to `emit`. A value of
 /// another kind than registered is converted (a number cast, anything as its text
@@ -112,25 +127,8 @@ pub fn encode(
         let Some((record, emit)) = parts.take() else {
             return;
         };
-        let mut at = 0;
-        for value in prefix {
-            at += value.encode(&mut buf[at..]);
-        }
-        let mut encoder = Encoder {
-            kinds,
-            rest,
-            buf,
-            at,
-            next: 0,
-            overflow: false,
-        };
-        record(&mut encoder);
-        encoder.fill_to(kinds.len());
-        if encoder.overflow {
-            warn_overflow();
-        } else {
-            let len = encoder.at;
-            emit(&encoder.buf[..len]);
+        if let Some(len) = encode_into(kinds, rest, prefix, buf, record) {
+            emit(&buf[..len]);
         }
     };
     let done = BUFFER.try_with(|buffer| match buffer.try_borrow_mut() {
@@ -142,6 +140,39 @@ pub fn encode(
     });
     if done != Ok(true) {
         run(&mut [0u8; NESTED_PAYLOAD]);
+    }
+}
+
+/// Encodes as [`encode`] does, into `buf`: the length written, or `None` (and a
+/// warning, once) when the fields' least sizes alone do not fit. For a callsite
+/// with a [`fixed_len`], `buf` is the ring's reservation of exactly that length.
+#[inline]
+pub fn encode_into(
+    kinds: &[Kind],
+    rest: &[usize],
+    prefix: &[u64],
+    buf: &mut [u8],
+    record: impl FnOnce(&mut Encoder<'_>),
+) -> Option<usize> {
+    let mut at = 0;
+    for value in prefix {
+        at += value.encode(&mut buf[at..]);
+    }
+    let mut encoder = Encoder {
+        kinds,
+        rest,
+        buf,
+        at,
+        next: 0,
+        overflow: false,
+    };
+    record(&mut encoder);
+    encoder.fill_to(kinds.len());
+    if encoder.overflow {
+        warn_overflow();
+        None
+    } else {
+        Some(encoder.at)
     }
 }
 
@@ -195,12 +226,15 @@ impl Encoder<'_> {
     /// unknown field).
     fn start(&mut self, field: &Field) -> Option<Kind> {
         let index = field.index();
-        if index < self.next || index >= self.kinds.len() {
-            return None;
+        let kind = *self.kinds.get(index)?;
+        if index != self.next {
+            if index < self.next {
+                return None;
+            }
+            self.fill_to(index);
         }
-        self.fill_to(index);
         self.next = index + 1;
-        Some(self.kinds[index])
+        Some(kind)
     }
 
     /// Writes a number or bool value as `kind`.
@@ -307,17 +341,19 @@ impl Write for Bounded<'_> {
         // A short value that fits (most of them): one byte loop both looks for a
         // NUL and copies, where `memchr` and `memcpy` cost more in set-up than
         // in work.
+        // A short value that fits (most of them): copied whole, then looked at
+        // for a NUL eight bytes at a time, where `memchr` costs more in set-up
+        // than in work.
         if s.len() < 32 && s.len() <= room {
-            let out = &mut self.buf[self.at..self.at + s.len()];
-            for (i, (&b, o)) in s.as_bytes().iter().zip(out).enumerate() {
-                if b == 0 {
+            let bytes = s.as_bytes();
+            self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+            match first_nul(bytes) {
+                Some(nul) => {
                     self.cut = true;
-                    self.at += i;
-                    return Ok(());
+                    self.at += nul;
                 }
-                *o = b;
+                None => self.at += bytes.len(),
             }
-            self.at += s.len();
             return Ok(());
         }
         let s = match s.find('\0') {
@@ -340,6 +376,33 @@ impl Write for Bounded<'_> {
         self.buf[self.at..self.at + take].copy_from_slice(&s.as_bytes()[..take]);
         self.at += take;
         Ok(())
+    }
+}
+
+/// The index of the first NUL of a short `bytes`: a byte loop under eight bytes,
+/// else eight bytes a word (the last word overlapping the one before it).
+fn first_nul(bytes: &[u8]) -> Option<usize> {
+    if bytes.len() < 8 {
+        return bytes.iter().position(|&b| b == 0);
+    }
+    const LOW: u64 = 0x0101_0101_0101_0101;
+    // The lowest set bit is in the first zero byte (a borrow only sets bits above).
+    let zero_at = |at: usize| {
+        let word = u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let zeros = word.wrapping_sub(LOW) & !word & (LOW << 7);
+        (zeros != 0).then(|| at + zeros.trailing_zeros() as usize / 8)
+    };
+    let mut at = 0;
+    while at + 8 <= bytes.len() {
+        if let Some(nul) = zero_at(at) {
+            return Some(nul);
+        }
+        at += 8;
+    }
+    if at < bytes.len() {
+        zero_at(bytes.len() - 8)
+    } else {
+        None
     }
 }
 
@@ -421,6 +484,45 @@ mod tests {
 
         let out = encoded(&[Kind::Str], |e| e.record_str(&field("a"), "ab\0cd"));
         assert_eq!(&out[8..], b"ab\0");
+    }
+
+    #[test]
+    fn the_first_nul_is_found_at_every_length_and_place() {
+        for len in 0..40usize {
+            for nul in (0..len).map(Some).chain([None]) {
+                for second in [None, len.checked_sub(1)] {
+                    let mut bytes: Vec<u8> = (0..len).map(|i| 0x80 | i as u8).collect();
+                    for at in [nul, second].into_iter().flatten() {
+                        bytes[at] = 0;
+                    }
+                    let want = bytes.iter().position(|&b| b == 0);
+                    assert_eq!(first_nul(&bytes), want, "{bytes:?}");
+                }
+            }
+        }
+        // Bytes 0x01 and 0x80 around a NUL (the borrow of the word trick).
+        assert_eq!(first_nul(&[1, 0x80, 1, 0, 1, 0x80, 1, 1, 1]), Some(3));
+        assert_eq!(first_nul(&[1, 1, 1, 1, 1, 1, 1, 1, 0]), Some(8));
+    }
+
+    #[test]
+    fn a_callsite_of_numbers_has_a_fixed_length_and_is_encoded_in_place() {
+        let kinds = [Kind::U64, Kind::Bool, Kind::F64];
+        assert_eq!(fixed_len(&kinds, 1), Some(8 + 8 + 1 + 8));
+        assert_eq!(fixed_len(&[Kind::I64, Kind::Str], 1), None);
+        let rest = [9, 8, 0];
+        let mut buf = [0xAAu8; 25];
+        // A string for a number, and a missing field: still the fixed length.
+        let len = encode_into(&kinds, &rest, &[7], &mut buf, |e| {
+            e.record_str(&field("a"), "x");
+            e.record_bool(&field("b"), true);
+        });
+        assert_eq!(len, Some(25));
+        let mut want = 7u64.to_le_bytes().to_vec();
+        want.extend(0u64.to_le_bytes());
+        want.push(1);
+        want.extend(0f64.to_le_bytes());
+        assert_eq!(&buf[..], &want[..]);
     }
 
     #[test]

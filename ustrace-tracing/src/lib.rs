@@ -233,11 +233,18 @@ fn trace<const N: usize>(
     let Some(tracepoint) = site.tracepoint.filter(|t| t.is_enabled()) else {
         return;
     };
-    encode::encode(
-        &site.kinds,
-        &site.rest,
-        &prefix(),
-        |encoder| values(encoder),
-        |payload| tracepoint.record(payload.len(), |out| out.copy_from_slice(payload)),
-    );
+    let prefix = prefix();
+    match site.fixed_len {
+        // Numbers and bools only: straight into the reservation, no copy.
+        Some(len) => tracepoint.record(len, |out| {
+            encode::encode_into(&site.kinds, &site.rest, &prefix, out, |e| values(e));
+        }),
+        None => encode::encode(
+            &site.kinds,
+            &site.rest,
+            &prefix,
+            |encoder| values(encoder),
+            |payload| tracepoint.record(payload.len(), |out| out.copy_from_slice(payload)),
+        ),
+    }
 }

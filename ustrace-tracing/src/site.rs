@@ -22,6 +22,9 @@ pub struct Site {
     /// For each field index, the least number of bytes the fields after it take:
     /// what a string must leave room for in the bounded buffer.
     pub rest: Box<[usize]>,
+    /// The payload length of every use when it is known up front (no string
+    /// field): then the payload is encoded straight into the ring's reservation.
+    pub fixed_len: Option<usize>,
     /// Whether this is a span's callsite (its event starts with `span_id, parent`;
     /// an event's with `span`).
     pub span: bool,
@@ -103,9 +106,11 @@ pub fn get_or_make(
     for i in (0..kinds.len().saturating_sub(1)).rev() {
         rest[i] = rest[i + 1] + kinds[i + 1].min_len();
     }
+    let fixed_len = crate::encode::fixed_len(&kinds, if span { 2 } else { 1 });
     let site = Box::leak(Box::new(Site {
         meta,
         tracepoint,
+        fixed_len,
         kinds: kinds.into_boxed_slice(),
         rest: rest.into_boxed_slice(),
         span,

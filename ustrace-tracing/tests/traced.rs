@@ -101,6 +101,15 @@ fn check(trace: &[String], tasks: usize) {
     for l in &steps {
         assert!(jobs.contains(&field(l, "parent").unwrap()), "{l}");
     }
+    // A span of numbers only is encoded straight into the reservation: its
+    // fields read back whole (each job's steps 0, 1, 2).
+    let mut ns: Vec<&str> = steps.iter().map(|l| field(l, "n").unwrap()).collect();
+    ns.sort_unstable();
+    let want: Vec<&str> = ["0", "1", "2"]
+        .iter()
+        .flat_map(|n| std::iter::repeat_n(*n, tasks))
+        .collect();
+    assert_eq!(ns, want, "{steps:#?}");
     let mut balance: HashMap<&str, (i64, u32)> = HashMap::new();
     for (event, delta) in [("enter", 1), ("exit", -1), ("close", 0)] {
         for l in lines(trace, &format!("tracing_span:{event}")) {
