@@ -44,6 +44,24 @@ fn main() {
             loglevel: LogLevelRule::All,
             filter: None,
         },
+        // A filter still applies to an event encoded in place (numbers only)
+        // and to one encoded through the per-thread buffer (a string field).
+        ControlRequest::EnableEvent {
+            session: Some("s".into()),
+            channel: Some("ch".into()),
+            pattern: "filtered:*".into(),
+            exclude: Vec::new(),
+            loglevel: LogLevelRule::All,
+            filter: Some("i >= 2".into()),
+        },
+        ControlRequest::EnableEvent {
+            session: Some("s".into()),
+            channel: Some("ch".into()),
+            pattern: "filtered_text:*".into(),
+            exclude: Vec::new(),
+            loglevel: LogLevelRule::All,
+            filter: Some("s == \"b*\"".into()),
+        },
         ControlRequest::Start {
             session: Some("s".into()),
         },
@@ -62,6 +80,10 @@ fn main() {
     for i in 0..3u64 {
         tracing::info!(target: "unwanted", i);
         tracing::info!(target: "wanted", i);
+    }
+    for (i, s) in (0..4u64).zip(["a", "b1", "c", "b2"]) {
+        tracing::info!(target: "filtered", i);
+        tracing::info!(target: "filtered_text", s);
     }
     assert_eq!(UNWANTED.load(Relaxed), 1, "dispatched after its first use");
     assert_eq!(WANTED.load(Relaxed), 3);
@@ -99,6 +121,13 @@ fn main() {
             .collect()
     };
     assert_eq!(values("wanted"), ["0", "1", "2"], "{trace:#?}");
+    assert_eq!(values("filtered"), ["2", "3"], "{trace:#?}");
+    let texts: Vec<&String> = trace
+        .iter()
+        .filter(|l| l.contains(" filtered_text:"))
+        .collect();
+    assert_eq!(texts.len(), 2, "{trace:#?}");
+    assert!(texts[0].contains("s = \"b1\"") && texts[1].contains("s = \"b2\""));
     let unwanted = values("unwanted");
     assert!(
         !unwanted.is_empty() && unwanted.iter().all(|v| v == "100"),
