@@ -432,8 +432,10 @@ fn overwrite_mode_keeps_the_newest_packets_and_counts_overwritten_ones() {
 /// during the copy): such copies are discarded, every returned packet is whole and
 /// contiguous.
 /// Lost races to see before `overwrite_mode_discards_a_copy_that_raced_an_overwrite`
-/// stops: enough that returning a raced copy would be caught.
-const RACES: u64 = 200;
+/// stops: enough that returning a raced copy would be caught. The race itself is
+/// made exactly once by tests/shm_stops.rs (a consumer stopped after its copy);
+/// here it is left to the scheduler, which a loaded machine makes slow to hit.
+const RACES: u64 = 20;
 
 #[test]
 fn overwrite_mode_discards_a_copy_that_raced_an_overwrite() {
@@ -453,7 +455,7 @@ fn overwrite_mode_discards_a_copy_that_raced_an_overwrite() {
         .collect();
     let mut packet = Vec::new();
     let mut returned = 0;
-    let raced = wait_until(Duration::from_secs(20), || {
+    let raced = wait_until(Duration::from_secs(60), || {
         while let Some(info) = consumer.take_packet(&mut packet) {
             let (header, events) = parse(&packet);
             assert_eq!(

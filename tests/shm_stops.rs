@@ -384,3 +384,46 @@ fn encoders_panicking_in_a_channel_with_contexts_leave_lost_events_with_zeroed_c
         ]
     );
 }
+
+#[test]
+fn a_take_whose_copy_raced_an_overwrite_discards_it_and_returns_the_packet_after() {
+    let wakeup = Arc::new(Wakeup::new().expect("eventfd"));
+    let ring = Arc::new(
+        Ring::create("stops", &config(4096, 2, Mode::Overwrite), 0, wakeup).expect("ring"),
+    );
+    let mut consumer = Consumer::new(ring.clone());
+    // Packet 0 complete (seqs 0..k), packet 1 open with seq k.
+    let k = nearly_fill_packet_0(&ring);
+    assert!(write(&ring, 1, 0, k, EXTRA));
+    std::thread::scope(|s| {
+        let stop = Stop::new(Point::AfterCopy);
+        let armed = stop.clone();
+        let consumer = &mut consumer;
+        let taker = s.spawn(move || {
+            armed.arm();
+            let mut packet = Vec::new();
+            let info = consumer.take_packet(&mut packet);
+            (info, packet)
+        });
+        assert!(
+            stop.wait_parked(PARK_DEADLINE),
+            "the consumer copied packet 0"
+        );
+        // Packet 1 fills; the next event opens packet 2 in packet 0's slot, over it.
+        for seq in k + 1..=2 * k {
+            assert!(write(&ring, 1, 0, seq, EXTRA));
+        }
+        stop.release();
+        let (info, packet) = taker.join().expect("consumer");
+        let info = info.expect("packet 1 taken after the raced copy");
+        assert_eq!(
+            info.seq_num, 1,
+            "the raced copy of packet 0 is not returned"
+        );
+        let (header, events) = parse(&packet);
+        assert_eq!(header.open.seq_num, 1);
+        assert_eq!(seqs(&events), (k..2 * k).collect::<Vec<_>>());
+    });
+    assert_eq!(consumer.copies_discarded(), 1);
+    assert_eq!(ring.counters().overwritten_packets, 1);
+}

@@ -19,6 +19,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::*;
 use std::time::Instant;
 
+use super::hooks::{self, Point};
 use super::layout::{RECORD_AT, RECORD_LEN, RECORD_OWNER, RECORD_TIMESTAMP, RECORDS};
 use super::{Mode, Ring, RingCorruption, RingCounters};
 use crate::ctf::packet::{self, EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
@@ -302,6 +303,7 @@ impl Consumer {
                 // SAFETY: the copy is used only if the CAS below succeeds, which proves
                 // no producer wrote the slot during it (see docs/shm.md, Consumer).
                 unsafe { self.ring.copy_packet(pos, out) };
+                hooks::reached(Point::AfterCopy);
             }
             // Success: no producer pushed `consumed` during the copy, and producers
             // write a slot only after their own push or after seeing `consumed` past
@@ -390,6 +392,7 @@ impl Consumer {
             // SAFETY: the copy is used only if the CAS below succeeds, which proves
             // no producer pushed `consumed` (hence none reused the slot) during it.
             unsafe { self.ring.copy_packet(pos, &mut copy) };
+            hooks::reached(Point::AfterCopy);
             match self
                 .ring
                 .consumed_word()

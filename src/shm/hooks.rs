@@ -28,6 +28,9 @@ pub enum Point {
     /// Inside a packet switch (or a consumer's flush), the old packet's close half
     /// written, before the close commit of its padding.
     BeforeCloseCommit,
+    /// A consumer's optimistic copy of a complete packet made (`take_packet`,
+    /// `snapshot`), before the compare-and-swap of `consumed` that validates it.
+    AfterCopy,
 }
 
 /// Called by the ring code at each point; parks the thread if a test armed it there.
