@@ -508,3 +508,57 @@ fn bench_churn_runs_the_c_example_app_per_pid_and_per_uid() {
         );
     }
 }
+
+#[test]
+fn the_threads_example_records_every_event_of_every_thread() {
+    let scratch = Scratch::new("c-threads");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let binary = scratch.0.join("threads");
+    let built = Command::new("cc")
+        .args([
+            "-std=c99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-O2",
+            "-DUSTRACE",
+            "-o",
+        ])
+        .arg(&binary)
+        .arg(root.join("examples/c/threads.c"))
+        .arg("-pthread")
+        .args(pkg_config())
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    let daemon = Daemon::start();
+    let output = daemon.session("s", &[("u", Buffering::PerUid)], false);
+    daemon.ok(ControlRequest::EnableEvent {
+        session: Some("s".into()),
+        channel: Some("u".into()),
+        pattern: "bench:*".into(),
+        exclude: Vec::new(),
+        loglevel: Default::default(),
+        filter: None,
+    });
+    daemon.ok(ControlRequest::Start {
+        session: Some("s".into()),
+    });
+    let out = run(&daemon, &binary, &["4", "4000"]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.starts_with("4 threads 4000 events "), "{report}");
+    wait_for("the app to be gone", WAIT, || daemon.status().apps == 0);
+    daemon.stop("s");
+    // Each of the 4 threads emitted i = 0..1000 once: every value four times.
+    let mut seen = std::collections::BTreeMap::<i64, usize>::new();
+    for line in babeltrace2(&output) {
+        if !line.contains(" bench:ev: ") {
+            continue;
+        }
+        let at = line.find("{ i = ").expect("i field") + "{ i = ".len();
+        let i: i64 = line[at..].split(',').next().unwrap().parse().unwrap();
+        *seen.entry(i).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 1000, "values seen: {}", seen.len());
+    assert!(seen.values().all(|&n| n == 4), "{seen:?}");
+}
