@@ -236,10 +236,46 @@ mod tests {
     }
 
     /// The reference: the expression tree on the values, LTTng's rules written
-    /// plainly (`None`: an error, the whole filter is false).
+    /// plainly (`None`: an error, the whole filter is false; `&&` and `||` evaluate
+    /// their right side only when the left one does not decide).
     fn reference(expr: &Expr, sample: &Sample) -> Option<bool> {
+        // As in LTTng, a field the event lacks or a string compared with a number
+        // anywhere is an error before anything runs, short-circuits or not.
+        let mut clash = false;
+        visit_comparisons(expr, &mut |left, right| {
+            let class = |o: &crate::filter::parse::Operand| match value(o, sample) {
+                None | Some(Value::Opaque) => None,
+                Some(Value::Text(_) | Value::Glob(_)) => Some(true),
+                Some(Value::Int(_) | Value::Num(_)) => Some(false),
+            };
+            let (l, r) = (class(left), class(right));
+            clash |= l.is_none() || l != r;
+        });
+        if clash {
+            return None;
+        }
+        evaluate(expr, sample)
+    }
+
+    /// Calls `f` on the two operands of every comparison in `expr`.
+    fn visit_comparisons<'a>(
+        expr: &'a Expr,
+        f: &mut impl FnMut(&'a crate::filter::parse::Operand, &'a crate::filter::parse::Operand),
+    ) {
+        match expr {
+            Expr::Compare { left, right, .. } => f(left, right),
+            Expr::Not(e) => visit_comparisons(e, f),
+            Expr::And(a, b) | Expr::Or(a, b) => {
+                visit_comparisons(a, f);
+                visit_comparisons(b, f);
+            }
+        }
+    }
+
+    /// An operand's value in `sample`; `None` for a field the event lacks.
+    fn value(o: &crate::filter::parse::Operand, sample: &Sample) -> Option<Value> {
         use crate::filter::parse::Operand as O;
-        let value = |o: &O| -> Option<Value> {
+        {
             Some(match o {
                 O::Field(name) => match name.as_str() {
                     "n" => Value::Int(sample.n.into()),
@@ -257,10 +293,15 @@ mod tests {
                 O::Str(s) => Value::Text(s.clone()),
                 O::Glob(g) => Value::Glob(g.clone()),
             })
-        };
+        }
+    }
+
+    /// The expression on the values, statically sound; `None` for a comparison
+    /// that errs when it runs.
+    fn evaluate(expr: &Expr, sample: &Sample) -> Option<bool> {
         match expr {
             Expr::Compare { op, left, right } => {
-                let (l, r) = (value(left)?, value(right)?);
+                let (l, r) = (value(left, sample)?, value(right, sample)?);
                 let ord = match (&l, &r) {
                     (Value::Int(a), Value::Int(b)) => a.cmp(b),
                     (Value::Int(a), Value::Num(b)) => (*a as f64).partial_cmp(b)?,
@@ -287,15 +328,15 @@ mod tests {
                     CmpOp::Ge => ord != Less,
                 })
             }
-            Expr::Not(e) => Some(!reference(e, sample)?),
-            Expr::And(a, b) => {
-                let (a, b) = (reference(a, sample)?, reference(b, sample)?);
-                Some(a && b)
-            }
-            Expr::Or(a, b) => {
-                let (a, b) = (reference(a, sample)?, reference(b, sample)?);
-                Some(a || b)
-            }
+            Expr::Not(e) => Some(!evaluate(e, sample)?),
+            Expr::And(a, b) => match evaluate(a, sample)? {
+                false => Some(false),
+                true => evaluate(b, sample),
+            },
+            Expr::Or(a, b) => match evaluate(a, sample)? {
+                true => Some(true),
+                false => evaluate(b, sample),
+            },
         }
     }
 

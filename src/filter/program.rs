@@ -13,6 +13,8 @@
 //! (a literal with an unescaped `*` is a glob, for `==` and `!=` only), and a
 //! comparison of a string with a number, like a payload that does not decode, makes
 //! the whole filter false (LTTng discards the event on an interpreter error).
+//! `&&` and `||` short-circuit as LTTng's bytecode jumps do: a left side that
+//! decides skips the right one, its comparisons and their errors included.
 
 use super::glob::{Token, glob_match};
 use crate::ctf::field::{FieldDesc, FieldType};
@@ -203,6 +205,38 @@ pub struct Checked {
     layouts: Vec<Layout>,
     /// Whether some op pushes a context.
     reads_context: bool,
+    /// Per op: if it ends the left operand of an `And` (`Or`), the op index of that
+    /// `And` (`Or`), where evaluation goes on when the left side alone decides.
+    decides: Vec<Option<u32>>,
+}
+
+/// For each op ending the left operand of an `And` or `Or`, the index of that op:
+/// evaluation skips the right operand when the left one is false (`And`) or true
+/// (`Or`), as LTTng's bytecode jumps do. The operand starts are tracked on a model
+/// of the stack, one start per entry (a structurally checked program only).
+fn short_circuits(ops: &[Op]) -> Vec<Option<u32>> {
+    let mut decides = vec![None; ops.len()];
+    let mut starts: Vec<usize> = Vec::new();
+    for (at, op) in ops.iter().enumerate() {
+        let start = match op {
+            Op::Compare(_) => {
+                starts.pop();
+                starts.pop().unwrap_or(at)
+            }
+            Op::Not => starts.pop().unwrap_or(at),
+            Op::And | Op::Or => {
+                let right = starts.pop().unwrap_or(at);
+                let left = starts.pop().unwrap_or(at);
+                if right > 0 {
+                    decides[right - 1] = Some(at as u32);
+                }
+                left
+            }
+            _ => at,
+        };
+        starts.push(start);
+    }
+    decides
 }
 
 /// The context values a filter may read, taken once per filtered event.
@@ -315,6 +349,7 @@ impl Program {
         }
         Ok(Checked {
             reads_context: self.0.iter().any(|op| matches!(op, Op::Context(_))),
+            decides: short_circuits(&self.0),
             ops: self.0,
             layouts: fields.iter().map(|f| Layout::of(&f.ty)).collect(),
         })
@@ -397,7 +432,8 @@ impl Checked {
         // Uninitialized: no per-event cost for the stack's size.
         let mut stack = [MaybeUninit::<Val>::uninit(); MAX_STACK];
         let mut top = 0;
-        for op in &self.ops {
+        let mut at = 0;
+        while let Some(op) = self.ops.get(at) {
             let value = match op {
                 Op::Field(index) => match self.field(payload, usize::from(*index)) {
                     Some(v) => v,
@@ -415,7 +451,8 @@ impl Checked {
                     top -= 2;
                     // SAFETY: `check` ran this op sequence on a model of the stack:
                     // it pops only entries pushed (written) before, and stays within
-                    // MAX_STACK.
+                    // MAX_STACK. A short-circuit skip leaves the stack as deep as the
+                    // skipped ops would have (the left value where the result goes).
                     let (a, b) =
                         unsafe { (stack[top].assume_init(), stack[top + 1].assume_init()) };
                     match compare(*cmp, a, b) {
@@ -437,8 +474,19 @@ impl Checked {
                     Val::Truth(if *op == Op::And { a && b } else { a || b })
                 }
             };
+            // The left operand of an `And` (`Or`) that is false (true) is the
+            // result: go on after that op, as if it had run (and so on up a chain of
+            // them, `(a && b) && c`).
+            while let Some(and_or) = self.decides[at] {
+                let and_or = and_or as usize;
+                if truth(value) != (self.ops[and_or] == Op::Or) {
+                    break;
+                }
+                at = and_or;
+            }
             stack[top] = MaybeUninit::new(value);
             top += 1;
+            at += 1;
         }
         // SAFETY: `check` found that the program leaves exactly one entry.
         top == 1 && truth(unsafe { stack[0].assume_init() })
@@ -460,6 +508,35 @@ mod tests {
             name: name.into(),
             ty,
         }
+    }
+
+    #[test]
+    fn a_deciding_left_side_skips_the_right_one_as_lttng_does() {
+        use Op::*;
+        // `1 == 1`, `1 == 2`, and a comparison that errs when it runs (a number with
+        // a string: only a daemon's hand-made program has one; it makes the filter
+        // false if evaluated).
+        let yes = || [Int(1), Int(1), Compare(CmpOp::Eq)];
+        let no = || [Int(1), Int(2), Compare(CmpOp::Eq)];
+        let err = || [Int(1), Str(b"x".to_vec()), Compare(CmpOp::Eq)];
+        let run = |parts: &[&[Op]]| {
+            let ops: Vec<Op> = parts.iter().flat_map(|p| p.iter().cloned()).collect();
+            Program(ops)
+                .check(&[])
+                .unwrap()
+                .passes(&[], &ContextValues::NONE)
+        };
+        assert!(run(&[&yes(), &err(), &[Or]]), "true || err");
+        assert!(!run(&[&no(), &err(), &[Or]]), "false || err");
+        assert!(!run(&[&no(), &err(), &[And]]), "false && err");
+        assert!(!run(&[&yes(), &err(), &[And]]), "true && err");
+        // (false && err) && err, then || true: the chain skips both errors.
+        assert!(run(&[&no(), &err(), &[And], &err(), &[And], &yes(), &[Or]]));
+        // !(false && err) || err: the `Not` runs on the skipped `And`'s result.
+        assert!(run(&[&no(), &err(), &[And, Not], &err(), &[Or]]));
+        // The right side still runs when the left does not decide.
+        assert!(run(&[&no(), &yes(), &[Or]]));
+        assert!(!run(&[&yes(), &no(), &[And]]));
     }
 
     #[test]
