@@ -70,3 +70,34 @@ fn stop_after_the_output_was_removed_does_not_claim_the_trace_flushed() {
         "{error}"
     );
 }
+
+/// When the trace cannot be made again at once (a file stands where the output
+/// was), the writer that saw the removal fails and is restarted; `stop` still
+/// reports the removal once the output can be made again, and the packets kept
+/// through the restarts reach the recreated trace. Restarts are allowed often
+/// enough that the stream is not failed while the test waits.
+#[test]
+fn a_removal_seen_by_a_writer_that_then_failed_is_still_reported() {
+    let daemon = Daemon::with_config(
+        "[supervision]\nmax_restarts = 1000\nwithin_secs = 10\nbackoff_ms = 100\n",
+    );
+    let output = start_session(&daemon);
+    trace_then_remove(&daemon, &output);
+    std::fs::write(&output, "in the output's place").unwrap();
+    daemon.run_pinned_app(5000);
+    wait_for("a writer restart", Duration::from_secs(20), || {
+        daemon.status().writer_restarts >= 1
+    });
+    std::fs::remove_file(&output).unwrap();
+    let stopped = daemon.ask(ControlRequest::Stop { session: None });
+    let error = stopped.expect_err("the packets written before are not on disk");
+    assert!(
+        error.contains("chan_0") && error.contains("was removed after"),
+        "{error}"
+    );
+    let events = babeltrace2(&output)
+        .iter()
+        .filter(|l| l.contains("demo:ev"))
+        .count();
+    assert!((5000..10_000).contains(&events), "{events} events on disk");
+}

@@ -591,7 +591,8 @@ impl TraceDir {
     }
 
     /// The directory, made now if this is its first use, or made anew (with
-    /// nothing in it counted as this trace's) if it was removed.
+    /// nothing in it counted as this trace's: no file it made, no metadata stored)
+    /// if it was removed.
     fn dir(&self) -> Result<Arc<OwnedFd>, TraceDirError> {
         let mut dir = self.shared.dir.lock().unwrap_or_else(|e| e.into_inner());
         match dir.fd.as_ref() {
@@ -603,6 +604,7 @@ impl TraceDir {
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .clear();
+                self.shared.metadata_stored.store(0, Ordering::Release);
             }
             None => {}
         }

@@ -174,6 +174,10 @@ pub struct Writer {
     failed: Option<Failure>,
     /// Lost packets the next `SyncWriter` answer reports.
     unreported: Option<Loss>,
+    /// A loss a failed writer had seen and not reported when it was dropped for a
+    /// restart (see [`StreamWriter::take_unreported`]); the next healthy sync
+    /// answer reports it.
+    inherited: Option<WriterFault>,
     /// Whether `stats.failed_writers` lists this stream (from its failure to its
     /// recovery).
     listed: bool,
@@ -308,6 +312,7 @@ impl Writer {
             budget: RestartBudget::new(policy),
             failed: None,
             unreported: None,
+            inherited: None,
             listed: false,
             stats,
         })
@@ -375,7 +380,7 @@ impl Writer {
 
     /// Handles a failed create, write or sync.
     fn fail(&mut self, error: String, ctx: &mut Context<Self>) {
-        self.sink = None;
+        self.drop_sink();
         match self.budget.failure(Instant::now()) {
             Verdict::Restart => {
                 log::warn!("writer {}: {error}; restarting", self.name());
@@ -393,6 +398,18 @@ impl Writer {
                 });
                 self.count_lost();
             }
+        }
+    }
+
+    /// Drops the current writer, keeping what it had not reported yet: a restart
+    /// must not forget a loss.
+    fn drop_sink(&mut self) {
+        let Some(mut sink) = self.sink.take() else {
+            return;
+        };
+        let unreported = catch_unwind(AssertUnwindSafe(|| sink.take_unreported()));
+        if let Ok(Some(loss)) = unreported {
+            self.inherited = Some(WriterFault::Io(loss));
         }
     }
 
@@ -451,9 +468,15 @@ impl Writer {
                 lost: lost.packets,
                 error: lost.error,
             }),
-            (None, None, Some(sink)) => flatten(catch_unwind(AssertUnwindSafe(|| sink.sync())))
-                .map_err(|fault| SyncError::Sync { stream, fault }),
-            (None, None, None) => Ok(()),
+            (None, None, sink) => {
+                let synced = sink.map_or(Ok(()), |sink| {
+                    flatten(catch_unwind(AssertUnwindSafe(|| sink.sync())))
+                });
+                match self.inherited.take() {
+                    Some(fault) => Err(SyncError::Sync { stream, fault }),
+                    None => synced.map_err(|fault| SyncError::Sync { stream, fault }),
+                }
+            }
         }
     }
 }
@@ -513,7 +536,7 @@ impl Drop for Writer {
 
 impl Supervised for Writer {
     fn restarting(&mut self, _: &mut Context<Self>) {
-        self.sink = None;
+        self.drop_sink();
         Stats::add(&self.stats.writer_restarts, 1);
     }
 }

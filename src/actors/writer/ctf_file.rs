@@ -106,12 +106,13 @@ impl CtfFileWriter {
         Ok(())
     }
 
-    /// Writes the metadata file if no stream of the trace stored this version yet,
-    /// or whatever was stored when `again` (the trace is being recreated). A newer
-    /// version replaces the old one atomically (see [`TraceDir::store_metadata`]).
-    fn store_metadata(&mut self, metadata: &Metadata, again: bool) -> io::Result<()> {
+    /// Writes the metadata file if no stream of the trace stored this version in
+    /// its directory yet (a directory made anew after a removal holds none). A
+    /// newer version replaces the old one atomically (see
+    /// [`TraceDir::store_metadata`]).
+    fn store_metadata(&mut self, metadata: &Metadata) -> io::Result<()> {
         let dir = &self.stream.trace_dir;
-        if !again && dir.has_metadata(metadata.version) {
+        if dir.has_metadata(metadata.version) {
             return Ok(());
         }
         dir.store_metadata(&self.stream.file_name(), &metadata.tsdl)?;
@@ -135,15 +136,22 @@ impl CtfFileWriter {
         Ok(())
     }
 
-    /// Opens the stream file on first use. A trace directory removed before this
-    /// stream's first packet is recreated with its metadata.
+    /// Stores the metadata if its directory lacks it, then opens the stream file
+    /// on first use (again after a removal). The directory is made, or made anew
+    /// if it was removed, before the metadata is looked at, so that a recreated
+    /// trace gets its metadata whichever writer (restarted or not) recreates it;
+    /// one removed again meanwhile is made once more.
     fn ensure_open(&mut self, metadata: &Metadata) -> io::Result<()> {
+        if self.file.is_none() {
+            self.stream.trace_dir.ensure()?;
+        }
+        self.store_metadata(metadata)?;
         if self.file.is_some() {
             return Ok(());
         }
         match self.open() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.store_metadata(metadata, true)?;
+                self.store_metadata(metadata)?;
                 self.open()
             }
             other => other,
@@ -153,13 +161,13 @@ impl CtfFileWriter {
     /// Drops the stream file if it was removed (with its trace, by `rm -rf` of the
     /// output), so that the next packet recreates the trace directory, its metadata
     /// and the file. Says so with [`StreamRemoved`], once per removal; the caller (a
-    /// write) goes on to recreate, `sync` reports it. Returns whether it was.
-    fn forget_removed_file(&mut self) -> io::Result<bool> {
+    /// write) goes on to recreate, `sync` reports it.
+    fn forget_removed_file(&mut self) -> io::Result<()> {
         let Some(file) = &self.file else {
-            return Ok(false);
+            return Ok(());
         };
         if !is_removed(file)? {
-            return Ok(false);
+            return Ok(());
         }
         self.file = None;
         self.index = None;
@@ -170,7 +178,7 @@ impl CtfFileWriter {
         self.good_len = 0;
         log::warn!("{removed}; recreating the trace");
         self.removed = Some(removed);
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -185,9 +193,8 @@ impl CtfFileWriter {
         len: u64,
         write: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> io::Result<()> {
-        let recreate = self.forget_removed_file()?;
+        self.forget_removed_file()?;
         self.next_file_if_full(len)?;
-        self.store_metadata(metadata, recreate)?;
         self.ensure_open(metadata)?;
         let good_len = self.good_len;
         let file = self.file.as_mut().expect("opened above");
@@ -231,9 +238,11 @@ impl StreamWriter for CtfFileWriter {
     /// sync is reported: what it held is not on disk, whatever was written.
     fn sync(&mut self) -> io::Result<()> {
         self.forget_removed_file()?;
-        match self.removed.take() {
-            Some(removed) => Err(io::Error::other(removed)),
-            None => Ok(()),
-        }
+        self.take_unreported().map_or(Ok(()), Err)
+    }
+
+    /// The removal seen since the last sync, if any.
+    fn take_unreported(&mut self) -> Option<io::Error> {
+        self.removed.take().map(io::Error::other)
     }
 }

@@ -135,6 +135,13 @@ pub trait StreamWriter: Send {
     /// Makes everything written so far visible at its destination: `stop` answers the
     /// user once every writer of the session synced.
     fn sync(&mut self) -> io::Result<()>;
+    /// Takes a loss this writer saw and has not reported through `sync` yet (the
+    /// built-in writer's stream file removed under it). Asked when a failed writer is
+    /// dropped for a restart, so that the next `sync` still reports the loss instead
+    /// of the restart forgetting it.
+    fn take_unreported(&mut self) -> Option<io::Error> {
+        None
+    }
 }
 
 /// Makes the writer of each new stream of the channels that name it.
