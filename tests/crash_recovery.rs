@@ -9,11 +9,8 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
+use ustrace::ctf::packet::PacketHeader;
 use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlOk, ControlRequest};
-
-/// Bytes of one `demo:ev {i: i64, s: "hello"}`.
-const DEMO_EVENT_LEN: u64 = (EVENT_HEADER_SIZE + 8 + 6) as u64;
 
 /// A per-UID channel of 4 KiB packets: a flood makes many of them.
 fn small_packets() -> ChannelRequest {
@@ -22,7 +19,7 @@ fn small_packets() -> ChannelRequest {
         buffers: Some(Buffering::PerUid),
         subbuf_size: Some(4096),
         num_subbuf: Some(16),
-        // No contexts: DEMO_EVENT_LEN is the event's whole length.
+        // No contexts: `common::demo_events_in` walks the packets.
         contexts: Some(vec![]),
         ..ChannelRequest::default()
     }
@@ -57,7 +54,7 @@ fn whole_packets(path: &Path) -> (Vec<(u64, u64)>, u64) {
         if offset + size > bytes.len() as u64 {
             break;
         }
-        let events = (header.close.content_size - PACKET_HEADER_SIZE as u64) / DEMO_EVENT_LEN;
+        let events = common::demo_events_in(&bytes[offset as usize..(offset + size) as usize]);
         packets.push((offset, events));
         offset += size;
     }

@@ -283,6 +283,59 @@ fn discarded_events_are_reported_by_babeltrace2_and_view() {
     );
 }
 
+/// Compact headers carry only a timestamp's low 27 bits: babeltrace2 and `view`
+/// complete them alike across wraps of those bits, and a gap of 2^27 ns or more is
+/// written (and read) with an extended header.
+#[test]
+fn compact_timestamps_read_whole_across_wraps_and_long_gaps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut r = registry(6, pid("app", 11));
+    r.add_channel("chan", &[]);
+    let id = seq_event(&mut r);
+    let dir = pid_trace_dir(tmp.path(), "app", 11, SystemTime::UNIX_EPOCH, DirClock::Utc);
+    write_metadata(&dir, &r).unwrap();
+    let wrap = 1u64 << 27;
+    let start = 7 * wrap - 5;
+    // Across a wrap by 5 ns, then 100 ms steps (each wraps or not), a gap of exactly
+    // 2^27 and one of 3 * 2^27 + 1, then small steps again.
+    let mut stamps = vec![start, start + 4, start + 5, start + 6];
+    for _ in 0..4 {
+        stamps.push(stamps.last().unwrap() + 100_000_000);
+    }
+    stamps.push(stamps.last().unwrap() + wrap);
+    stamps.push(stamps.last().unwrap() + 3 * wrap + 1);
+    stamps.push(stamps.last().unwrap() + wrap - 1);
+    stamps.push(stamps.last().unwrap() + 1);
+    let events: Vec<(u64, u32)> = stamps.iter().zip(0..).map(|(&ts, i)| (ts, i)).collect();
+    let (first, second) = events.split_at(6);
+    write_seq_packets(
+        &dir,
+        &r,
+        id,
+        &[
+            ("chan", 0, 0, 0, false, first),
+            ("chan", 0, 1, 0, true, second),
+        ],
+    );
+    let cycles: Vec<u64> = babeltrace(tmp.path(), &["--clock-cycles", "--no-delta"])
+        .lines()
+        .map(|l| l[1..l.find(']').unwrap()].parse().unwrap())
+        .collect();
+    assert_eq!(cycles, stamps);
+    let mut out = Vec::new();
+    ustrace::trace::view::view(tmp.path(), true, &mut out).expect("view");
+    let view: Vec<u64> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let json: serde_json::Value = serde_json::from_str(l).unwrap();
+            let wall = json["timestamp_ns"].as_i64().expect("a timestamp");
+            (wall - OFFSET_NS) as u64
+        })
+        .collect();
+    assert_eq!(view, stamps);
+}
+
 #[test]
 fn trimmed_packets_read_like_padded_ones() {
     let tmp = tempfile::tempdir().unwrap();
@@ -304,7 +357,8 @@ fn trimmed_packets_read_like_padded_ones() {
             ],
         );
         let size = std::fs::metadata(dir.join("chan_0")).unwrap().len();
-        assert_eq!(size, if trim { 2 * 76 + 3 * 16 } else { 2048 });
+        // Three compact headers (4 bytes) with a u32 each.
+        assert_eq!(size, if trim { 2 * 76 + 3 * 8 } else { 2048 });
         out.push((babeltrace(&root, &[]), view_text(&root)));
     }
     assert_eq!(out[0], out[1]);

@@ -13,12 +13,9 @@ use std::time::Duration;
 use ustrace::actors::writer::{Metadata, StreamInfo, StreamWriter, WriterFactory};
 use ustrace::config::Config;
 use ustrace::control;
-use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
+use ustrace::ctf::packet::PacketHeader;
 use ustrace::daemon::Daemon;
 use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlRequest, StatusReport};
-
-/// Bytes of one `demo:ev {i: i64, s: "hello"}`.
-const DEMO_EVENT_LEN: usize = EVENT_HEADER_SIZE + 8 + 6;
 
 /// Packets each stream received, shared with the test.
 type Collected = Arc<Mutex<HashMap<String, Vec<Vec<u8>>>>>;
@@ -184,7 +181,7 @@ fn events_in(packets: &Collected) -> usize {
         .map(|p| {
             let header = PacketHeader::read(p).unwrap();
             assert_eq!(header.open.packet_size, p.len() as u64, "padding trimmed");
-            (header.close.content_size as usize - PACKET_HEADER_SIZE) / DEMO_EVENT_LEN
+            common::demo_events_in(p) as usize
         })
         .sum()
 }

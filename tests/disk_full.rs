@@ -196,7 +196,7 @@ fn packets_stored_before_the_disk_filled_stay_whole_and_readable() {
 /// Events in the stream file's whole packets, from their content sizes (a packet
 /// still being appended is not counted).
 fn stored_events(stream: &Path) -> u64 {
-    use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
+    use ustrace::ctf::packet::PacketHeader;
     let bytes = fs::read(stream).unwrap();
     let mut offset = 0;
     let mut events = 0;
@@ -207,9 +207,9 @@ fn stored_events(stream: &Path) -> u64 {
         if offset + header.open.packet_size as usize > bytes.len() {
             break;
         }
-        events +=
-            (header.close.content_size as usize - PACKET_HEADER_SIZE) / (EVENT_HEADER_SIZE + 8 + 6);
+        let size = header.open.packet_size as usize;
+        events += common::demo_events_in(&bytes[offset..offset + size]);
         offset += header.open.packet_size as usize;
     }
-    events as u64
+    events
 }

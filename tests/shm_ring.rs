@@ -277,8 +277,19 @@ fn three_events_and_one_pending(ring: &Ring) -> ustrace::shm::Reservation<'_> {
     for seq in 0..3 {
         assert!(write(ring, 1, 0, seq, 8));
     }
-    ring.reserve(EVENT_HEADER_SIZE + payload_len(8))
-        .expect("room")
+    let mut pending = ring
+        .reserve(EVENT_HEADER_SIZE + payload_len(8))
+        .expect("room");
+    let ts = pending.timestamp();
+    let buf = pending.buf();
+    ustrace::ctf::packet::write_event_header(buf, 1, ts);
+    encode(&mut buf[EVENT_HEADER_SIZE..], 0, 3);
+    pending
+}
+
+/// The seqs of a packet's test events.
+fn seqs(packet: &[u8]) -> Vec<u64> {
+    parse(packet).1.iter().map(|e| e.seq).collect()
 }
 
 #[test]
@@ -298,17 +309,8 @@ fn flush_hands_over_a_partial_packet_without_losing_committed_events() {
     );
     pending.commit();
     consumer.take_packet(&mut packet).expect("flushed packet");
-    let (header, events) = parse_raw_content(&packet);
-    assert_eq!(
-        packet.len(),
-        header.next_multiple_of(8),
-        "the content is copied, not the padding"
-    );
-    assert_eq!(
-        header,
-        PACKET_HEADER_SIZE + 4 * (EVENT_HEADER_SIZE + payload_len(8))
-    );
-    assert_eq!(events, 4);
+    // `parse` checks that the content is copied, not the padding.
+    assert_eq!(seqs(&packet), [0, 1, 2, 3]);
     assert!(!consumer.flush(), "nothing open after a flush");
 }
 
@@ -332,8 +334,8 @@ fn a_chunk_boundary_puts_every_earlier_event_before_it_and_every_later_one_after
         .take_packet(&mut packet)
         .expect("the chunk's packet");
     assert_eq!(
-        parse_raw_content(&packet).1,
-        4,
+        seqs(&packet),
+        [0, 1, 2, 3],
         "the events before the boundary"
     );
     assert!(consumer.taken_to(boundary), "every packet before it taken");
@@ -374,14 +376,6 @@ fn a_chunk_is_taken_once_its_packets_are_leased_before_they_are_stored() {
 }
 
 /// (content_size, event count) of a packet of equal-sized events.
-fn parse_raw_content(packet: &[u8]) -> (usize, usize) {
-    let header = ustrace::ctf::packet::PacketHeader::read(packet).expect("header");
-    let content = header.close.content_size as usize;
-    (
-        content,
-        (content - PACKET_HEADER_SIZE) / (EVENT_HEADER_SIZE + payload_len(8)),
-    )
-}
 
 #[test]
 fn packet_headers_carry_ring_identity_and_sequence() {
@@ -579,8 +573,7 @@ fn completing_a_sub_buffer_signals_the_eventfd_once() {
             }
         }
     }
-    let event = (EVENT_HEADER_SIZE + payload_len(0)) as u64;
-    let fit = (4096 - PACKET_HEADER_SIZE as u64 - 1) / event;
+    let fit = first_packet_holds(4096, payload_len(0));
     assert_eq!(
         events,
         fit + 1,
@@ -1076,4 +1069,97 @@ fn overwrite_mode_producer_never_drops_because_of_a_draining_consumer() {
     );
     read.extend(newest);
     assert!(read.windows(2).all(|w| w[0].seq < w[1].seq), "reordered");
+}
+
+/// What the producer's choice of header form must be, single-threaded: compact while
+/// less than 2^27 ns after `since`, which moves up to an event's timestamp once it
+/// is 2^26 behind (see `shm::producer`).
+fn expected_compact(stamps: &[u64]) -> Vec<bool> {
+    let mut since = 0u64;
+    stamps
+        .iter()
+        .map(|&ts| {
+            let compact = ts - since < 1 << 27;
+            if ts - since >= 1 << 26 {
+                since = ts;
+            }
+            compact
+        })
+        .collect()
+}
+
+/// Events written with real time between them: a compact header whose 27 timestamp
+/// bits wrapped since the previous event, extended ones after the ring's start and
+/// after a quiet longer than 2^27 ns; every timestamp reads back whole (between the
+/// clock reads around its write), and no header is compact past 2^27 ns.
+#[test]
+fn compact_headers_span_less_than_2_27_ns_and_read_back_whole_across_wraps() {
+    use ustrace::ctf::packet::{COMPACT_HEADER_SIZE, read_event_header};
+    let ring = ring(65536, 2, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let clock = ustrace::shm::host_clock().expect("the clock rings use");
+    let wrap = 1u64 << 27;
+    let until = |what: &str, cond: &dyn Fn(u64) -> bool| {
+        assert!(
+            wait_until(Duration::from_secs(10), || cond(clock.now())),
+            "{what}"
+        );
+    };
+    // Each write with the clock read before and after it.
+    let write_one = |seq: u64| {
+        let before = clock.now();
+        assert!(write(&ring, 1, 0, seq, 8));
+        (before, clock.now())
+    };
+    let mut bounds = vec![write_one(0)];
+    // 20-40 ms before the low 27 bits wrap, then 50 ms later: across the wrap.
+    until("the wrap window", &|now| {
+        (wrap - 40_000_000..wrap - 20_000_000).contains(&(now % wrap))
+    });
+    bounds.push(write_one(1));
+    let after_1 = bounds[1].1;
+    until("50 ms", &|now| now >= after_1 + 50_000_000);
+    bounds.push(write_one(2));
+    let after_2 = bounds[2].1;
+    until("a quiet longer than 2^27 ns", &|now| {
+        now > after_2 + wrap + 1_000_000
+    });
+    bounds.push(write_one(3));
+    bounds.push(write_one(4));
+
+    assert!(consumer.flush());
+    let mut packet = Vec::new();
+    consumer.take_packet(&mut packet).expect("the packet");
+    let (header, events) = parse(&packet);
+    let stamps: Vec<u64> = events.iter().map(|e| e.ts).collect();
+    for (ts, (before, after)) in stamps.iter().zip(&bounds) {
+        assert!(
+            (before..=after).contains(&ts),
+            "{ts} read outside [{before}, {after}]"
+        );
+    }
+    let mut at = PACKET_HEADER_SIZE;
+    let mut previous = header.open.timestamp_begin;
+    let mut compact = Vec::new();
+    for ts in &stamps {
+        let event = read_event_header(&packet[at..], previous).expect("a header");
+        compact.push(event.len == COMPACT_HEADER_SIZE);
+        if event.len == COMPACT_HEADER_SIZE {
+            assert!(
+                ts - previous < wrap,
+                "compact {} ns after the previous",
+                ts - previous
+            );
+        }
+        previous = *ts;
+        at += event.len + payload_len(8);
+    }
+    assert_eq!(compact, expected_compact(&stamps), "{stamps:?}");
+    assert_eq!((compact[0], compact[3], compact[4]), (false, false, true));
+    if compact[2] {
+        assert!(
+            stamps[2] % wrap < stamps[1] % wrap,
+            "event 2 is past the wrap"
+        );
+    }
 }

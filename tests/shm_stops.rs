@@ -14,7 +14,7 @@ use std::thread::ScopedJoinHandle;
 use std::time::Duration;
 
 use shm_support::*;
-use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE};
+use ustrace::ctf::packet::{COMPACT_HEADER_SIZE, EVENT_HEADER_SIZE, PACKET_HEADER_SIZE};
 use ustrace::shm::hooks::{Point, Stop};
 use ustrace::shm::{ChannelBuffers, Consumer, Mode, Ring, Wakeup};
 
@@ -88,8 +88,7 @@ const EXTRA: usize = 100;
 /// Writes as many test events of [`EXTRA`] fill bytes as packet 0 takes, so that
 /// the next one closes it and opens packet 1; returns how many.
 fn nearly_fill_packet_0(ring: &Ring) -> u64 {
-    let per_event = (EVENT_HEADER_SIZE + payload_len(EXTRA)) as u64;
-    let before = (4096 - PACKET_HEADER_SIZE as u64) / per_event;
+    let before = first_packet_holds(4096, payload_len(EXTRA));
     fill(ring, before, EXTRA);
     before
 }
@@ -234,7 +233,8 @@ fn a_reservation_dropped_by_a_panicking_encoder_becomes_one_counted_lost_event()
     let ring = ring();
     let mut consumer = Consumer::new(ring.clone());
     fill(&ring, 2, 0);
-    let len = EVENT_HEADER_SIZE + payload_len(5);
+    // A compact reservation: a lost event's extended header fits in it all the same.
+    let len = COMPACT_HEADER_SIZE + payload_len(5);
     let panicked = catch_unwind(AssertUnwindSafe(|| {
         ring.write_event(1, payload_len(5), |out| {
             encode(&mut out[..payload_len(0)], 0, 2);
@@ -305,11 +305,14 @@ fn parse_ids(packet: &[u8]) -> Vec<u32> {
     let mut at = ustrace::ctf::packet::PACKET_HEADER_SIZE;
     let mut ids = Vec::new();
     while at < end {
-        let (id, _) = ustrace::ctf::packet::read_event_header(&packet[at..end]).expect("event");
-        ids.push(id);
+        let event = ustrace::ctf::packet::read_event_header(&packet[at..end], 0).expect("event");
+        ids.push(event.id);
         at += EVENT_HEADER_SIZE + 8;
     }
-    assert_eq!(at, end, "every event 20 bytes");
+    assert_eq!(
+        at, end,
+        "every event 21 bytes (too short for a compact header)"
+    );
     ids
 }
 
@@ -350,9 +353,10 @@ fn encoders_panicking_in_a_channel_with_contexts_leave_lost_events_with_zeroed_c
     let mut at = PACKET_HEADER_SIZE;
     let mut read = Vec::new();
     while at < end {
-        let (id, _) = read_event_header(&packet[at..end]).expect("an event header");
-        let context = &packet[at + EVENT_HEADER_SIZE..at + EVENT_HEADER_SIZE + ctx];
-        let fields_at = at + EVENT_HEADER_SIZE + ctx;
+        let event = read_event_header(&packet[at..end], 0).expect("an event header");
+        let (id, header) = (event.id, event.len);
+        let context = &packet[at + header..at + header + ctx];
+        let fields_at = at + header + ctx;
         let payload = match id {
             1 => 8,
             2 | LOST_EVENT_ID => 0,
@@ -392,8 +396,9 @@ fn a_take_whose_copy_raced_an_overwrite_discards_it_and_returns_the_packet_after
         Ring::create("stops", &config(4096, 2, Mode::Overwrite), 0, wakeup).expect("ring"),
     );
     let mut consumer = Consumer::new(ring.clone());
-    // Packet 0 complete (seqs 0..k), packet 1 open with seq k.
+    // Packet 0 complete (seqs 0..k), packet 1 open with seq k; it holds m events.
     let k = nearly_fill_packet_0(&ring);
+    let m = later_packet_holds(4096, payload_len(EXTRA));
     assert!(write(&ring, 1, 0, k, EXTRA));
     std::thread::scope(|s| {
         let stop = Stop::new(Point::AfterCopy);
@@ -410,7 +415,7 @@ fn a_take_whose_copy_raced_an_overwrite_discards_it_and_returns_the_packet_after
             "the consumer copied packet 0"
         );
         // Packet 1 fills; the next event opens packet 2 in packet 0's slot, over it.
-        for seq in k + 1..=2 * k {
+        for seq in k + 1..=k + m {
             assert!(write(&ring, 1, 0, seq, EXTRA));
         }
         stop.release();
@@ -422,7 +427,7 @@ fn a_take_whose_copy_raced_an_overwrite_discards_it_and_returns_the_packet_after
         );
         let (header, events) = parse(&packet);
         assert_eq!(header.open.seq_num, 1);
-        assert_eq!(seqs(&events), (k..2 * k).collect::<Vec<_>>());
+        assert_eq!(seqs(&events), (k..k + m).collect::<Vec<_>>());
     });
     assert_eq!(consumer.copies_discarded(), 1);
     assert_eq!(ring.counters().overwritten_packets, 1);

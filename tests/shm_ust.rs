@@ -1,9 +1,7 @@
 //! The app's fast path: the event! macro, slots, enable/disable, exact payload bytes.
 
 use ustrace::ctf::field::{EventDesc, FieldDesc, FieldType, FieldValue, Hex, LogLevel};
-use ustrace::ctf::packet::{
-    EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader, read_event_header,
-};
+use ustrace::ctf::packet::{PACKET_HEADER_SIZE, PacketHeader, read_event_header};
 use ustrace::shm::{ChannelBuffers, Geometry, Mode, RingConfig};
 use ustrace::ust::{SlotId, channel};
 
@@ -50,8 +48,8 @@ fn recorded(consumer: &mut ustrace::shm::Consumer, payload_len: usize) -> Vec<(u
             .content_size as usize;
         let mut at = PACKET_HEADER_SIZE;
         while at < end {
-            let (id, _) = read_event_header(&bytes[at..]).expect("event header");
-            let p = at + EVENT_HEADER_SIZE;
+            let event = read_event_header(&bytes[at..], 0).expect("event header");
+            let (id, p) = (event.id, at + event.len);
             out.push((id, bytes[p..p + payload_len].to_vec()));
             at = p + payload_len;
         }

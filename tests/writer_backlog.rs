@@ -15,12 +15,9 @@ use std::time::Duration;
 use ustrace::actors::writer::{Metadata, StreamInfo, StreamWriter, WriterFactory};
 use ustrace::config::{ByteSize, Config};
 use ustrace::control;
-use ustrace::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
+use ustrace::ctf::packet::{COMPACT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
 use ustrace::daemon::Daemon;
 use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlOk, ControlRequest};
-
-/// Bytes of one `demo:ev {i: i64, s: "hello"}`.
-const DEMO_EVENT_LEN: u64 = (EVENT_HEADER_SIZE + 8 + 6) as u64;
 
 /// Apps in the flood, and events each emits.
 const APPS: u64 = 8;
@@ -41,8 +38,8 @@ impl StreamWriter for Stalled {
         let _open = opened
             .wait_while(open.lock().unwrap(), |open| !*open)
             .unwrap();
-        let header = PacketHeader::read(packet).map_err(io::Error::other)?;
-        let events = (header.close.content_size - PACKET_HEADER_SIZE as u64) / DEMO_EVENT_LEN;
+        PacketHeader::read(packet).map_err(io::Error::other)?;
+        let events = common::demo_events_in(packet);
         self.recorded.fetch_add(events, Ordering::Relaxed);
         Ok(())
     }
@@ -188,7 +185,7 @@ fn a_slow_writer_under_a_flood_makes_rings_discard_and_memory_stays_bounded() {
         config,
         ChannelRequest {
             num_subbuf: Some(16),
-            // No contexts: DEMO_EVENT_LEN is the event's whole length.
+            // No contexts: `common::demo_events_in` walks the packets.
             contexts: Some(vec![]),
             ..ChannelRequest::default()
         },
@@ -295,7 +292,7 @@ fn a_writer_that_catches_up_gets_the_packets_left_in_its_ring_at_once() {
         ChannelRequest {
             subbuf_size: Some(4096),
             num_subbuf: Some(16),
-            // No contexts: DEMO_EVENT_LEN is the event's whole length.
+            // No contexts: `common::demo_events_in` walks the packets.
             contexts: Some(vec![]),
             ..ChannelRequest::default()
         },
@@ -323,7 +320,8 @@ fn a_writer_that_catches_up_gets_the_packets_left_in_its_ring_at_once() {
     assert_eq!(line.trim(), "emitted");
     assert_eq!(daemon.writers.recorded.load(Ordering::Relaxed), 0);
     daemon.writers.open();
-    let per_packet = (4096 - PACKET_HEADER_SIZE as u64) / DEMO_EVENT_LEN;
+    let per_packet =
+        ((4096 - PACKET_HEADER_SIZE) / (COMPACT_HEADER_SIZE + common::DEMO_PAYLOAD_LEN)) as u64;
     common::wait_for(
         "the packets left in the ring",
         Duration::from_secs(20),

@@ -21,15 +21,32 @@
 //! The header is written in two halves: [`PacketOpen`] when a producer opens the
 //! sub-buffer, [`PacketClose`] when it is switched out.
 //!
-//! An event is an [`EVENT_HEADER_SIZE`]-byte header (u32 id, u64 timestamp) followed
-//! by its payload (see [`crate::ctf::field`]).
+//! An event is a header followed by its payload (see [`crate::ctf::field`]). The
+//! header has LTTng's two forms, told apart by the low 5 bits of its first byte:
+//! - compact, [`COMPACT_HEADER_SIZE`] bytes: one little-endian u32 holding the id
+//!   (below [`COMPACT_ID_LIMIT`]) in bits 0-4 and the low 27 bits of the timestamp
+//!   in bits 5-31. A reader completes the timestamp from the previous one of the
+//!   stream (the packet's `timestamp_begin` for its first event), adding 2^27 when
+//!   the low bits went down; so a producer writes it only when the time since the
+//!   previous event is known to be below 2^27 ns (134 ms).
+//! - extended, [`EVENT_HEADER_SIZE`] bytes: 31 in the first byte, then the u32 id
+//!   and the whole u64 timestamp.
 
 /// CTF packet magic number.
 pub const CTF_MAGIC: u32 = 0xC1FC_1FC1;
 /// Bytes at the start of every packet for the packet header and context.
 pub const PACKET_HEADER_SIZE: usize = 76;
-/// Bytes of the event header: event id (u32) and timestamp (u64).
-pub const EVENT_HEADER_SIZE: usize = 12;
+/// Bytes of the extended event header: 31, event id (u32) and timestamp (u64). Every
+/// event reservation is at least this long plus its stream's event context (a compact
+/// event shorter than that is written extended), so that any reservation left
+/// uncommitted can be filled with a lost event.
+pub const EVENT_HEADER_SIZE: usize = 13;
+/// Bytes of the compact event header: id and the timestamp's low bits in one u32.
+pub const COMPACT_HEADER_SIZE: usize = 4;
+/// Event ids below this may be written compact; 31 marks the extended form.
+pub const COMPACT_ID_LIMIT: u32 = 31;
+/// Bits of the timestamp a compact header holds.
+pub const COMPACT_TIMESTAMP_BITS: u32 = 27;
 
 /// Header bytes that [`PacketOpen::write`] fills; a writer that shares the header with
 /// a concurrent [`PacketClose`] writer copies only these.
@@ -208,11 +225,33 @@ pub fn set_packet_size(header: &mut [u8], bytes: u64) {
     put_u64(header, PACKET_SIZE_AT, bytes * 8);
 }
 
-/// Writes an event header (id, timestamp) at the start of `buf`.
+/// Writes an extended event header (id, timestamp) at the start of `buf`.
 #[inline]
 pub fn write_event_header(buf: &mut [u8], id: u32, timestamp: u64) {
-    buf[..4].copy_from_slice(&id.to_le_bytes());
-    buf[4..12].copy_from_slice(&timestamp.to_le_bytes());
+    buf[0] = COMPACT_ID_LIMIT as u8;
+    buf[1..5].copy_from_slice(&id.to_le_bytes());
+    buf[5..13].copy_from_slice(&timestamp.to_le_bytes());
+}
+
+/// Writes a compact event header at the start of `buf`: `id` must be below
+/// [`COMPACT_ID_LIMIT`], and `timestamp` less than 2^27 after the previous event of
+/// the stream (see the module doc).
+#[inline]
+pub fn write_compact_header(buf: &mut [u8], id: u32, timestamp: u64) {
+    debug_assert!(id < COMPACT_ID_LIMIT);
+    let word = id | (timestamp as u32) << 5;
+    buf[..4].copy_from_slice(&word.to_le_bytes());
+}
+
+/// An event header as read back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// The event's id.
+    pub id: u32,
+    /// Its whole timestamp (a compact one completed from the previous).
+    pub timestamp: u64,
+    /// Bytes of the header: where the event's context (or payload) starts.
+    pub len: usize,
 }
 
 /// Event id of a lost event exactly as long as its header and its stream's event
@@ -247,12 +286,33 @@ pub fn write_lost_event(buf: &mut [u8], context_len: usize, timestamp: u64) {
     }
 }
 
-/// Reads an event header (id, timestamp) from the start of `buf`, if it is long enough.
-pub fn read_event_header(buf: &[u8]) -> Option<(u32, u64)> {
-    if buf.len() < EVENT_HEADER_SIZE {
-        return None;
+/// Reads the event header at the start of `buf`, if it is long enough; `previous`
+/// is the stream's previous timestamp (its packet's `timestamp_begin` for the first
+/// event), from which a compact header's timestamp is completed.
+pub fn read_event_header(buf: &[u8], previous: u64) -> Option<EventHeader> {
+    let first = *buf.first()?;
+    if u32::from(first) & COMPACT_ID_LIMIT == COMPACT_ID_LIMIT {
+        if buf.len() < EVENT_HEADER_SIZE {
+            return None;
+        }
+        return Some(EventHeader {
+            id: get_u32(buf, 1),
+            timestamp: get_u64(buf, 5),
+            len: EVENT_HEADER_SIZE,
+        });
     }
-    Some((get_u32(buf, 0), get_u64(buf, 4)))
+    let word = get_u32(buf.get(..COMPACT_HEADER_SIZE)?, 0);
+    let low_mask = (1u64 << COMPACT_TIMESTAMP_BITS) - 1;
+    let low = u64::from(word >> 5);
+    let mut timestamp = (previous & !low_mask) | low;
+    if timestamp < previous {
+        timestamp = timestamp.wrapping_add(1 << COMPACT_TIMESTAMP_BITS);
+    }
+    Some(EventHeader {
+        id: word & COMPACT_ID_LIMIT,
+        timestamp,
+        len: COMPACT_HEADER_SIZE,
+    })
 }
 
 #[cfg(test)]
@@ -351,18 +411,51 @@ mod tests {
         let context = 4 + 4 + 17;
         let mut exact = vec![0xAA; EVENT_HEADER_SIZE + context];
         write_lost_event(&mut exact, context, 9);
-        assert_eq!(read_event_header(&exact), Some((LOST_EVENT_ID, 9)));
+        let header = |buf: &[u8]| read_event_header(buf, 0).map(|h| (h.id, h.timestamp));
+        assert_eq!(header(&exact), Some((LOST_EVENT_ID, 9)));
         assert!(exact[EVENT_HEADER_SIZE..].iter().all(|&b| b == 0));
 
         let mut longer = vec![0xAA; EVENT_HEADER_SIZE + context + 5];
         write_lost_event(&mut longer, context, 9);
-        assert_eq!(read_event_header(&longer), Some((LOST_EVENT_PADDED_ID, 9)));
+        assert_eq!(header(&longer), Some((LOST_EVENT_PADDED_ID, 9)));
         let (ctx, filler) = longer[EVENT_HEADER_SIZE..].split_at(context);
         assert!(ctx.iter().all(|&b| b == 0));
         assert_eq!(filler, b"----\0");
 
         let mut bare = vec![0xAA; EVENT_HEADER_SIZE];
         write_lost_event(&mut bare, 0, 1);
-        assert_eq!(read_event_header(&bare), Some((LOST_EVENT_ID, 1)));
+        assert_eq!(header(&bare), Some((LOST_EVENT_ID, 1)));
+    }
+
+    #[test]
+    fn a_compact_timestamp_is_completed_from_the_previous_one_across_wraps() {
+        let wrap = 1u64 << COMPACT_TIMESTAMP_BITS;
+        let previous = 5 * wrap - 10;
+        for timestamp in [previous, previous + 9, previous + 10, previous + wrap - 1] {
+            let mut buf = [0u8; COMPACT_HEADER_SIZE];
+            write_compact_header(&mut buf, 30, timestamp);
+            let header = read_event_header(&buf, previous).unwrap();
+            assert_eq!(
+                (header.id, header.timestamp, header.len),
+                (30, timestamp, 4)
+            );
+        }
+        let mut buf = [0u8; EVENT_HEADER_SIZE];
+        write_event_header(&mut buf, 7, previous + 3 * wrap);
+        let header = read_event_header(&buf, previous).unwrap();
+        assert_eq!(
+            (header.id, header.timestamp, header.len),
+            (7, previous + 3 * wrap, 13)
+        );
+        assert_eq!(
+            read_event_header(&buf[..12], 0),
+            None,
+            "a cut extended header"
+        );
+        assert_eq!(
+            read_event_header(&[3, 0, 0], 0),
+            None,
+            "a cut compact header"
+        );
     }
 }

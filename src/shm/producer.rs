@@ -30,10 +30,23 @@ use super::hooks::{self, Point};
 use super::layout::*;
 use super::ring::Ring;
 use super::slow_path::{NoRoom, Switch};
-use crate::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, write_event_header};
+use crate::ctf::packet::{
+    COMPACT_HEADER_SIZE, COMPACT_ID_LIMIT, COMPACT_TIMESTAMP_BITS, EVENT_HEADER_SIZE,
+    PACKET_HEADER_SIZE, write_compact_header, write_event_header,
+};
 
 /// One added to the high half of a commit word: one more event committed.
 pub(super) const ONE_EVENT: u64 = 1 << 32;
+
+/// How long after [`Ring::compact_since`] an event may still have a compact header:
+/// what its 27 timestamp bits span.
+const COMPACT_SPAN: u64 = 1 << COMPACT_TIMESTAMP_BITS;
+
+/// How far behind an event's timestamp `compact_since` may fall before that event
+/// moves it up: half the span, so the store happens about once per 67 ms of events
+/// (a write to a shared line per event would cost the threads of a ring more than
+/// the 9 bytes it saves).
+const COMPACT_REFRESH: u64 = COMPACT_SPAN / 2;
 
 thread_local! {
     /// This thread's owner word in holder records, `pid << 32 | tid`; 0 until the
@@ -137,15 +150,28 @@ impl Ring {
     /// Records one event: header (id, timestamp) then `payload_len` bytes written by
     /// `encode`. Returns false if the event was dropped (and counted). A panic in
     /// `encode` leaves a lost event in its place (see [`Reservation`]).
+    ///
+    /// The header is compact (4 bytes instead of 13, see [`crate::ctf::packet`]) when
+    /// the id allows it, the event is at least as long as a lost event (so that an
+    /// uncommitted reservation can still be filled with one), and the timestamp is
+    /// less than 2^27 ns after `compact_since`, a lower bound of the previous event's.
     #[inline]
     pub fn write_event(&self, id: u32, payload_len: usize, encode: impl FnOnce(&mut [u8])) -> bool {
-        let Some(mut r) = self.reserve(EVENT_HEADER_SIZE + payload_len) else {
+        let compact = (id < COMPACT_ID_LIMIT
+            && COMPACT_HEADER_SIZE + payload_len >= EVENT_HEADER_SIZE + self.context_len)
+            .then_some(COMPACT_HEADER_SIZE + payload_len);
+        let Some(mut r) = self.reserve_with(EVENT_HEADER_SIZE + payload_len, compact) else {
             return false;
         };
         let ts = r.timestamp();
+        let header_len = r.len as usize - payload_len;
         let buf = r.buf();
-        write_event_header(buf, id, ts);
-        encode(&mut buf[EVENT_HEADER_SIZE..]);
+        if header_len == COMPACT_HEADER_SIZE {
+            write_compact_header(buf, id, ts);
+        } else {
+            write_event_header(buf, id, ts);
+        }
+        encode(&mut buf[header_len..]);
         r.commit();
         true
     }
@@ -154,8 +180,22 @@ impl Ring {
     /// the event is dropped (counted as too big or discarded).
     #[inline]
     pub fn reserve(&self, len: usize) -> Option<Reservation<'_>> {
-        let len = len as u64;
-        if len > self.geometry.max_event_len() {
+        self.reserve_with(len, None)
+    }
+
+    /// [`Ring::reserve`] of `len` bytes, or of `compact` bytes when the clock read
+    /// inside the loop is close enough to `compact_since` for a compact header. The
+    /// bound is checked on `len`, the longer.
+    ///
+    /// `compact_since` is a lower bound of the previous event's timestamp: it only
+    /// holds timestamps of reservations this process made at earlier positions (the
+    /// Acquire load below sees a store made after its reservation's CAS, so this
+    /// CAS comes later), and timestamps never go down along positions. So the time
+    /// since the previous event is at most the time since `compact_since`.
+    #[inline]
+    fn reserve_with(&self, len: usize, compact: Option<usize>) -> Option<Reservation<'_>> {
+        let full = len as u64;
+        if full > self.geometry.max_event_len() {
             self.count_too_big();
             return None;
         }
@@ -167,7 +207,12 @@ impl Ring {
         // load has completed), so a later position never has an earlier time.
         let mut old = write.load(Acquire);
         loop {
+            let since = self.compact_since.load(Acquire);
             let timestamp = self.clock.now();
+            let len = match compact {
+                Some(c) if timestamp.wrapping_sub(since) < COMPACT_SPAN => c as u64,
+                _ => full,
+            };
             let off = old & (sb - 1);
             let (pos, switch) = if off == 0 {
                 (old + PACKET_HEADER_SIZE as u64, Switch::Open(old))
@@ -206,6 +251,10 @@ impl Ring {
             match write.compare_exchange_weak(old, pos + len, AcqRel, Acquire) {
                 Ok(_) => {
                     hooks::reached(Point::AfterCas);
+                    if timestamp.wrapping_sub(since) >= COMPACT_REFRESH {
+                        // Release: pairs with the Acquire load above (see the doc).
+                        self.compact_since.store(timestamp, Release);
+                    }
                     if !matches!(switch, Switch::None) {
                         self.switch_packets(switch, timestamp, pos, record);
                     }

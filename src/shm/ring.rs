@@ -48,6 +48,12 @@ pub struct Ring {
     /// The clock every writer of this ring reads, as the header gave it at map time
     /// (the daemon's copy is its own, never re-read from shared memory).
     pub(super) clock: TraceClock,
+    /// A timestamp no later than that of the ring's latest event: one of this
+    /// process's reservations. Events less than 2^27 ns after it get a compact
+    /// header (see `super::producer`). In this process only, not in shared memory:
+    /// other processes' events lie between, which keeps it a lower bound, and a
+    /// peer cannot make it lie.
+    pub(super) compact_since: AtomicU64,
 }
 
 /// The loss counters of a ring, as read at one moment.
@@ -220,6 +226,7 @@ impl Ring {
         )?;
         Ok(Ring {
             clock,
+            compact_since: AtomicU64::new(0),
             cpu_id: map.u32_at(CPU_ID_AT).load(Relaxed),
             stream_id: map.u32_at(STREAM_ID_AT).load(Relaxed),
             map,

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use crate::ctf::context::ContextType;
 use crate::ctf::field::FieldType;
-use crate::ctf::packet::{EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader, read_event_header};
+use crate::ctf::packet::{PACKET_HEADER_SIZE, PacketHeader, read_event_header};
 use crate::trace::index;
 use crate::trace::layout::METADATA_FILE;
 use crate::trace::metadata::{self, EnvValue, TraceMetadata};
@@ -448,9 +448,11 @@ impl StreamCursor {
 
     fn event(&mut self, meta: &TraceMetadata) -> Result<(u64, RecordKind), ReadError> {
         let at = self.pos;
-        let Some((id, ts)) = read_event_header(&self.packet[at..self.content_end]) else {
+        let Some(header) = read_event_header(&self.packet[at..self.content_end], self.min_ts)
+        else {
             return self.fail(at, "event header runs past the packet content");
         };
+        let (id, ts) = (header.id, header.timestamp);
         let Some(class) = meta.events.get(&(self.stream_id, id)) else {
             return self.fail(
                 at,
@@ -459,7 +461,7 @@ impl StreamCursor {
         };
         if ts < self.min_ts || ts > self.packet_end {
             return self.fail(
-                at + 4,
+                at,
                 format!(
                     "event timestamp {ts} not in [{}, {}] (previous event or packet begin, packet end)",
                     self.min_ts, self.packet_end
@@ -467,7 +469,7 @@ impl StreamCursor {
             );
         }
         self.min_ts = ts;
-        let mut pos = at + EVENT_HEADER_SIZE;
+        let mut pos = at + header.len;
         let declared = meta
             .contexts
             .get(&self.stream_id)

@@ -514,3 +514,24 @@ pub fn extra<'a>(before: &[String], now: &'a [String]) -> Vec<&'a String> {
         })
         .collect()
 }
+
+/// Bytes of a `demo:ev {i: i64, s: "hello"}` payload.
+pub const DEMO_PAYLOAD_LEN: usize = 8 + 6;
+
+/// Events in one whole packet of `demo:ev` events of a stream without contexts (what
+/// the demo app records), its headers walked as a reader does: most are compact, a
+/// few extended.
+pub fn demo_events_in(packet: &[u8]) -> u64 {
+    use ustrace::ctf::packet::{PACKET_HEADER_SIZE, PacketHeader, read_event_header};
+    let header = PacketHeader::read(packet).expect("a packet header");
+    let end = header.close.content_size as usize;
+    let (mut at, mut previous, mut events) = (PACKET_HEADER_SIZE, header.open.timestamp_begin, 0);
+    while at < end {
+        let event = read_event_header(&packet[at..end], previous).expect("an event header");
+        previous = event.timestamp;
+        at += event.len + DEMO_PAYLOAD_LEN;
+        events += 1;
+    }
+    assert_eq!(at, end, "demo events end at the packet's content size");
+    events
+}

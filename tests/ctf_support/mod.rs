@@ -9,7 +9,8 @@ use std::process::Command;
 
 use ustrace::ctf::field::{EventDesc, FieldDesc, FieldType, FieldValue, LogLevel};
 use ustrace::ctf::packet::{
-    EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketClose, PacketOpen, write_event_header,
+    COMPACT_HEADER_SIZE, COMPACT_ID_LIMIT, COMPACT_TIMESTAMP_BITS, EVENT_HEADER_SIZE,
+    PACKET_HEADER_SIZE, PacketClose, PacketOpen, write_compact_header, write_event_header,
 };
 use ustrace::trace::owner::Owner;
 use ustrace::trace::registry::{ClockOffset, EventRegistry, TraceEnv};
@@ -49,11 +50,25 @@ impl PacketBuilder {
         }
     }
 
+    /// Appends an event, its header compact whenever a reader can complete its
+    /// timestamp from the previous one (less than 2^27 after it), as a producer does.
     pub fn event(&mut self, id: u32, ts: u64, fields: &[&dyn FieldValue]) -> &mut Self {
-        let len: usize = EVENT_HEADER_SIZE + fields.iter().map(|f| f.encoded_len()).sum::<usize>();
+        let compact = id < COMPACT_ID_LIMIT
+            && ts >= self.last_ts
+            && ts - self.last_ts < 1 << COMPACT_TIMESTAMP_BITS;
+        let header = if compact {
+            COMPACT_HEADER_SIZE
+        } else {
+            EVENT_HEADER_SIZE
+        };
+        let len: usize = header + fields.iter().map(|f| f.encoded_len()).sum::<usize>();
         assert!(self.used + len <= self.buf.len(), "test packet too small");
-        write_event_header(&mut self.buf[self.used..], id, ts);
-        let mut at = self.used + EVENT_HEADER_SIZE;
+        if compact {
+            write_compact_header(&mut self.buf[self.used..], id, ts);
+        } else {
+            write_event_header(&mut self.buf[self.used..], id, ts);
+        }
+        let mut at = self.used + header;
         for f in fields {
             at += f.encode(&mut self.buf[at..]);
         }

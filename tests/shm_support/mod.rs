@@ -7,8 +7,8 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ustrace::ctf::packet::{
-    EVENT_HEADER_SIZE, LOST_EVENT_ID, LOST_EVENT_PADDED_ID, PACKET_HEADER_SIZE, PacketHeader,
-    read_event_header,
+    COMPACT_HEADER_SIZE, EVENT_HEADER_SIZE, LOST_EVENT_ID, LOST_EVENT_PADDED_ID,
+    PACKET_HEADER_SIZE, PacketHeader, read_event_header,
 };
 use ustrace::shm::{ChannelBuffers, Geometry, LeasedPacket, Mode, Ring, RingConfig};
 
@@ -47,6 +47,23 @@ pub fn payload_len(extra: usize) -> usize {
     16 + extra
 }
 
+/// How many test events of `payload` bytes the first packet of a fresh ring of
+/// `subbuf_size`-byte sub-buffers holds before the next one switches packets: the
+/// ring's first event is extended (nothing before it to complete a compact
+/// timestamp from), the next ones compact.
+pub fn first_packet_holds(subbuf_size: u64, payload: usize) -> u64 {
+    let first = (EVENT_HEADER_SIZE + payload) as u64;
+    let next = (COMPACT_HEADER_SIZE + payload) as u64;
+    // A switch happens when an event would reach the sub-buffer's end.
+    1 + (subbuf_size - 1 - PACKET_HEADER_SIZE as u64 - first) / next
+}
+
+/// How many test events of `payload` bytes a later packet of the ring holds (all
+/// compact) before the next one switches packets.
+pub fn later_packet_holds(subbuf_size: u64, payload: usize) -> u64 {
+    (subbuf_size - 1 - PACKET_HEADER_SIZE as u64) / (COMPACT_HEADER_SIZE + payload) as u64
+}
+
 /// Writes a test event's payload into `out` (exactly `out.len()` bytes).
 pub fn encode(out: &mut [u8], thread: u32, seq: u64) {
     let len = out.len() as u32;
@@ -82,9 +99,12 @@ pub fn parse(packet: &[u8]) -> (PacketHeader, Vec<TestEvent>) {
     let end = header.close.content_size as usize;
     let mut at = PACKET_HEADER_SIZE;
     let mut events = Vec::new();
+    let mut previous = header.open.timestamp_begin;
     while at < end {
-        let (id, ts) = read_event_header(&packet[at..end]).expect("whole event header");
-        let p = at + EVENT_HEADER_SIZE;
+        let event = read_event_header(&packet[at..end], previous).expect("whole event header");
+        let (id, ts) = (event.id, event.timestamp);
+        previous = ts;
+        let p = at + event.len;
         if id == LOST_EVENT_ID || id == LOST_EVENT_PADDED_ID {
             let len = match id {
                 LOST_EVENT_ID => EVENT_HEADER_SIZE,

@@ -87,7 +87,7 @@ enum Tok {
     Int(i64),
     /// A string literal, unescaped.
     Str(String),
-    /// Punctuation: one of `{}[]();=:,.` or `:=`.
+    /// Punctuation: one of `{}[]()<>;=:,.` or `:=`.
     Punct(&'static str),
 }
 
@@ -164,15 +164,17 @@ fn tokenize(text: &str) -> Result<Vec<(usize, Tok)>, MetadataError> {
             out.push((start, Tok::Punct(":=")));
             i += 2;
         } else {
-            let p = ["{", "}", "[", "]", "(", ")", ";", "=", ":", ",", "."]
-                .into_iter()
-                .find(|p| p.as_bytes()[0] == c)
-                .ok_or_else(|| {
-                    err(
-                        i,
-                        &format!("unexpected character {:?}", text[i..].chars().next()),
-                    )
-                })?;
+            let p = [
+                "{", "}", "[", "]", "(", ")", "<", ">", ";", "=", ":", ",", ".",
+            ]
+            .into_iter()
+            .find(|p| p.as_bytes()[0] == c)
+            .ok_or_else(|| {
+                err(
+                    i,
+                    &format!("unexpected character {:?}", text[i..].chars().next()),
+                )
+            })?;
             out.push((start, Tok::Punct(p)));
             i += 1;
         }
@@ -381,6 +383,9 @@ impl Parser {
                         match key {
                             "id" => id = Some(p.u32()?),
                             "event.context" => contexts = p.context_struct()?,
+                            // The compact/extended header variant: its layout is
+                            // fixed (`ctf::packet`), only its bracketing is checked.
+                            "event.header" => p.skip_balanced()?,
                             _ => p.skip_value()?,
                         }
                         Ok(())
@@ -578,6 +583,36 @@ impl Parser {
                 Ok(())
             }
             _ => self.type_decl().map(drop),
+        }
+    }
+
+    /// Steps over a declaration up to the `;` that ends it (not taken), checking only
+    /// that its brackets pair up and nest no deeper than [`MAX_TYPE_DEPTH`].
+    fn skip_balanced(&mut self) -> PResult<()> {
+        let mut open: Vec<&'static str> = Vec::new();
+        loop {
+            match self.peek() {
+                None => return self.fail("unexpected end of metadata"),
+                Some(Tok::Punct(";")) if open.is_empty() => return Ok(()),
+                Some(Tok::Punct(p @ ("{" | "[" | "(" | "<"))) => {
+                    if open.len() >= MAX_TYPE_DEPTH {
+                        return self.fail("types nested too deeply");
+                    }
+                    open.push(match *p {
+                        "{" => "}",
+                        "[" => "]",
+                        "(" => ")",
+                        _ => ">",
+                    });
+                }
+                Some(Tok::Punct(p @ ("}" | "]" | ")" | ">"))) => {
+                    if open.pop() != Some(*p) {
+                        return self.fail(format!("unbalanced `{p}`"));
+                    }
+                }
+                Some(_) => {}
+            }
+            self.pos += 1;
         }
     }
 
