@@ -23,6 +23,8 @@ cc -O2 -DUSTRACE -o "$work/threads-ust" "$root/examples/c/threads.c" -pthread \
 cp "$anchor/tp.h" "$anchor/tp.c" "$work/"
 cc -O2 -I"$work" -o "$work/threads-lttng" "$root/examples/c/threads.c" "$work/tp.c" \
   -pthread -llttng-ust -ldl
+# common.sh looks for setup.sh beside $0 (this script): build the anchor first.
+[ -x "${LTTNG_ANCHOR_BUILD:-/tmp/lttng-anchor}/app" ] || bash "$anchor/setup.sh" >/dev/null
 source "$anchor/common.sh"
 "$bin/ustraced" >/dev/null 2>&1 &
 daemon=$!
