@@ -4,14 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v babeltrace2 >/dev/null || ! command -v lttng-relayd >/dev/null; then
+# babeltrace (1) too: tests/e2e_daemon.rs checks that it reads our traces.
+if ! command -v babeltrace2 >/dev/null || ! command -v babeltrace >/dev/null \
+  || ! command -v lttng-relayd >/dev/null; then
   if [ "$(id -u)" -ne 0 ]; then
-    echo "babeltrace2 or lttng-relayd is missing: install them (apt-get install babeltrace2 lttng-tools) or run as root" >&2
+    echo "babeltrace2, babeltrace or lttng-relayd is missing: install them (apt-get install babeltrace2 babeltrace lttng-tools) or run as root" >&2
     exit 1
   fi
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq babeltrace2 lttng-tools >/dev/null
+  apt-get install -y -qq babeltrace2 babeltrace lttng-tools >/dev/null
 fi
 
 # tests/c_api.rs builds C and C++ programs through pkg-config.

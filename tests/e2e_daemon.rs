@@ -458,3 +458,34 @@ fn a_restarted_session_keeps_recording_and_a_destroyed_name_can_be_reused() {
     // The first session's trace is untouched.
     assert_eq!(demo_events(&first), 2 * (5 + 7));
 }
+
+/// babeltrace 1 (the reader that older tools embed) reads what babeltrace2 reads,
+/// per-UID and per-PID. It sizes a table by a stream's largest event id, so the
+/// lost-event classes every stream declares must have small ids (u32::MAX made it
+/// crash).
+#[test]
+fn babeltrace_1_reads_every_event_babeltrace2_reads() {
+    let daemon = Daemon::start();
+    let output = daemon.session(
+        "s",
+        &[("u", Buffering::PerUid), ("p", Buffering::PerPid)],
+        true,
+    );
+    daemon.run_app(&["--events", "50"]);
+    daemon.stop("s");
+    let count = |lines: &[String]| lines.iter().filter(|l| l.contains("demo:ev")).count();
+    let bt2 = count(&babeltrace2(&output));
+    let out = std::process::Command::new("babeltrace")
+        .arg(&output)
+        .output()
+        .expect("babeltrace (1) installed (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "babeltrace failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let bt1 = count(&text.lines().map(str::to_string).collect::<Vec<_>>());
+    assert_eq!((bt1, bt2), (100, 100));
+}

@@ -307,12 +307,9 @@ fn parse_ids(packet: &[u8]) -> Vec<u32> {
     while at < end {
         let event = ustrace::ctf::packet::read_event_header(&packet[at..end], 0).expect("event");
         ids.push(event.id);
-        at += EVENT_HEADER_SIZE + 8;
+        at += event.len + 8;
     }
-    assert_eq!(
-        at, end,
-        "every event 21 bytes (too short for a compact header)"
-    );
+    assert_eq!(at, end, "every event a header and 8 bytes");
     ids
 }
 
@@ -372,19 +369,21 @@ fn encoders_panicking_in_a_channel_with_contexts_leave_lost_events_with_zeroed_c
             lost,
             "only a lost event's contexts are zero (event {id} at {at})"
         );
-        read.push((id, EVENT_HEADER_SIZE + ctx + payload));
+        read.push((id, header + ctx + payload));
         at = fields_at + payload;
     }
     assert_eq!(at, end, "the events end exactly at the packet's content");
-    let full = EVENT_HEADER_SIZE + ctx;
+    // The ring's first event is extended; the others, the dropped reservations'
+    // lost events among them (too short for an extended one), compact.
+    let (extended, compact) = (EVENT_HEADER_SIZE + ctx, COMPACT_HEADER_SIZE + ctx);
     assert_eq!(
         read,
         vec![
-            (1, full + 8),
-            (LOST_EVENT_ID, full),
-            (LOST_EVENT_PADDED_ID, full + 8),
-            (2, full),
-            (1, full + 8),
+            (1, extended + 8),
+            (LOST_EVENT_ID, compact),
+            (LOST_EVENT_PADDED_ID, compact + 8),
+            (2, compact),
+            (1, compact + 8),
         ]
     );
 }

@@ -36,10 +36,7 @@
 pub const CTF_MAGIC: u32 = 0xC1FC_1FC1;
 /// Bytes at the start of every packet for the packet header and context.
 pub const PACKET_HEADER_SIZE: usize = 76;
-/// Bytes of the extended event header: 31, event id (u32) and timestamp (u64). Every
-/// event reservation is at least this long plus its stream's event context (a compact
-/// event shorter than that is written extended), so that any reservation left
-/// uncommitted can be filled with a lost event.
+/// Bytes of the extended event header: 31, event id (u32) and timestamp (u64).
 pub const EVENT_HEADER_SIZE: usize = 13;
 /// Bytes of the compact event header: id and the timestamp's low bits in one u32.
 pub const COMPACT_HEADER_SIZE: usize = 4;
@@ -257,29 +254,62 @@ pub struct EventHeader {
 /// Event id of a lost event exactly as long as its header and its stream's event
 /// context (zeroed): the filler of a reservation nobody will commit (dropped by a
 /// panicking encoder, or left by a producer that died), so that the packet stays
-/// parseable and keeps every other event. Declared in every stream.
-pub const LOST_EVENT_ID: u32 = u32::MAX;
+/// parseable and keeps every other event. Declared in every stream. Below
+/// [`COMPACT_ID_LIMIT`], so that a lost event fits any compact reservation, and small:
+/// babeltrace 1 sizes a table by the largest id (u32::MAX made it crash).
+pub const LOST_EVENT_ID: u32 = 29;
 /// Event id of a lost event longer than its header and event context: a string field
 /// of filler bytes covers the rest of the reservation. Declared in every stream.
-pub const LOST_EVENT_PADDED_ID: u32 = u32::MAX - 1;
+pub const LOST_EVENT_PADDED_ID: u32 = 30;
+
+/// The id of a trace's `index`-th registered event: the ids in order, without the two
+/// lost-event ones. `None` past the id space.
+pub fn event_id(index: u32) -> Option<u32> {
+    if index < LOST_EVENT_ID {
+        Some(index)
+    } else {
+        index.checked_add(2)
+    }
+}
+
+/// Which registered event `id` is (the inverse of [`event_id`]); `None` for the
+/// lost-event ids.
+pub fn event_index(id: u32) -> Option<u32> {
+    match id {
+        LOST_EVENT_ID | LOST_EVENT_PADDED_ID => None,
+        id if id < LOST_EVENT_ID => Some(id),
+        id => Some(id - 2),
+    }
+}
 /// Event name of both lost-event classes in the metadata.
 pub const LOST_EVENT_NAME: &str = "ustrace:lost_event";
 
-/// Fills `buf` (a whole uncommitted reservation, at least [`EVENT_HEADER_SIZE`] +
+/// Fills `buf` (a whole uncommitted reservation, at least [`COMPACT_HEADER_SIZE`] +
 /// `context_len` bytes) with one lost event at `timestamp` of a stream whose events
 /// carry `context_len` bytes of event context: its header, the context zeroed (a reader
 /// decodes the context of every event of the stream, this one included) and, if
 /// longer, a string of `-` ending in NUL, so that a reader steps over exactly
-/// `buf.len()` bytes.
+/// `buf.len()` bytes. The header is extended when it fits, else compact: a
+/// reservation shorter than an extended header and the context was a compact event's,
+/// whose timestamp a compact header may carry.
 pub fn write_lost_event(buf: &mut [u8], context_len: usize, timestamp: u64) {
-    let fields_at = EVENT_HEADER_SIZE + context_len;
+    let header = if buf.len() >= EVENT_HEADER_SIZE + context_len {
+        EVENT_HEADER_SIZE
+    } else {
+        COMPACT_HEADER_SIZE
+    };
+    let fields_at = header + context_len;
     let id = if buf.len() == fields_at {
         LOST_EVENT_ID
     } else {
         LOST_EVENT_PADDED_ID
     };
-    write_event_header(buf, id, timestamp);
-    buf[EVENT_HEADER_SIZE..fields_at].fill(0);
+    if header == EVENT_HEADER_SIZE {
+        write_event_header(buf, id, timestamp);
+    } else {
+        write_compact_header(buf, id, timestamp);
+    }
+    buf[header..fields_at].fill(0);
     if let Some((last, filler)) = buf[fields_at..].split_last_mut() {
         filler.fill(b'-');
         *last = 0;

@@ -22,7 +22,7 @@ use std::time::Instant;
 use super::hooks::{self, Point};
 use super::layout::{RECORD_AT, RECORD_LEN, RECORD_OWNER, RECORD_TIMESTAMP, RECORDS};
 use super::{Mode, Ring, RingCorruption, RingCounters};
-use crate::ctf::packet::{self, EVENT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
+use crate::ctf::packet::{self, COMPACT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
 
 /// Largest position a stream plausibly reaches: 2^60 bytes (an exbibyte, 30 years at
 /// 1 GB/s). Positions stay far from overflowing `u64` arithmetic.
@@ -641,7 +641,7 @@ impl Consumer {
         let g = self.ring.geometry();
         let off = hold.at & (g.subbuf_size - 1);
         let plain = off >= PACKET_HEADER_SIZE as u64
-            && hold.len >= EVENT_HEADER_SIZE as u64
+            && hold.len >= COMPACT_HEADER_SIZE as u64
             && hold.len <= g.max_event_len()
             && off + hold.len < g.subbuf_size;
         plain.then_some(hold.at - off)
@@ -761,7 +761,7 @@ impl Consumer {
             })
             .collect();
         let closed_end = write & !(sb - 1);
-        let most_events = (sb - PACKET_HEADER_SIZE as u64) / EVENT_HEADER_SIZE as u64;
+        let most_events = (sb - PACKET_HEADER_SIZE as u64) / COMPACT_HEADER_SIZE as u64;
         let mut probes = Vec::new();
         let mut lost = 0;
         let mut p = first;

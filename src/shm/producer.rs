@@ -152,14 +152,11 @@ impl Ring {
     /// `encode` leaves a lost event in its place (see [`Reservation`]).
     ///
     /// The header is compact (4 bytes instead of 13, see [`crate::ctf::packet`]) when
-    /// the id allows it, the event is at least as long as a lost event (so that an
-    /// uncommitted reservation can still be filled with one), and the timestamp is
-    /// less than 2^27 ns after `compact_since`, a lower bound of the previous event's.
+    /// the id allows it and the timestamp is less than 2^27 ns after `compact_since`,
+    /// a lower bound of the previous event's.
     #[inline]
     pub fn write_event(&self, id: u32, payload_len: usize, encode: impl FnOnce(&mut [u8])) -> bool {
-        let compact = (id < COMPACT_ID_LIMIT
-            && COMPACT_HEADER_SIZE + payload_len >= EVENT_HEADER_SIZE + self.context_len)
-            .then_some(COMPACT_HEADER_SIZE + payload_len);
+        let compact = (id < COMPACT_ID_LIMIT).then_some(COMPACT_HEADER_SIZE + payload_len);
         let Some(mut r) = self.reserve_with(EVENT_HEADER_SIZE + payload_len, compact) else {
             return false;
         };

@@ -15,7 +15,7 @@ use super::layout::*;
 use super::producer::{IDENTITY, ONE_EVENT, Reservation};
 use super::ring::Ring;
 use crate::ctf::packet::{
-    CLOSE_RANGES, EVENT_HEADER_SIZE, OPEN_RANGES, PACKET_HEADER_SIZE, PacketClose, PacketOpen,
+    CLOSE_RANGES, COMPACT_HEADER_SIZE, OPEN_RANGES, PACKET_HEADER_SIZE, PacketClose, PacketOpen,
 };
 
 thread_local! {
@@ -237,7 +237,7 @@ impl Ring {
         // SAFETY: by the caller's contract nobody else writes these bytes, and the
         // consumer reads them only after the commit below completes the packet.
         let event = unsafe { self.map.slice_mut(self.data_index(pos), len as usize) };
-        if event.len() >= EVENT_HEADER_SIZE + self.context_len {
+        if event.len() >= COMPACT_HEADER_SIZE + self.context_len {
             crate::ctf::packet::write_lost_event(event, self.context_len, timestamp);
         } else {
             // Shorter than any event of this stream (only a raw `reserve` makes one):

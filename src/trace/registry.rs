@@ -382,8 +382,9 @@ impl EventRegistry {
         let stream_id = self.channels.len() as u32;
         self.channels.push(name.to_string());
         metadata::stream_class(&mut self.tsdl, stream_id, name, contexts);
-        for (id, event) in self.events.iter().enumerate() {
-            metadata::event_class(&mut self.tsdl, id as u32, stream_id, event);
+        for (index, event) in (0..).zip(&self.events) {
+            let id = crate::ctf::packet::event_id(index).expect("registered under this id");
+            metadata::event_class(&mut self.tsdl, id, stream_id, event);
         }
         stream_id
     }
@@ -404,7 +405,12 @@ impl EventRegistry {
                 max: self.limits.max_events_per_trace,
             });
         }
-        let id = self.events.len() as u32;
+        let too_many = || RegistryError::TooManyEventsInTrace {
+            event: desc.full_name(),
+            max: self.limits.max_events_per_trace,
+        };
+        let index = u32::try_from(self.events.len()).map_err(|_| too_many())?;
+        let id = crate::ctf::packet::event_id(index).ok_or_else(too_many)?;
         let mut declarations = String::new();
         for stream_id in 0..self.channels.len() as u32 {
             metadata::event_class(&mut declarations, id, stream_id, desc);
@@ -425,10 +431,11 @@ impl EventRegistry {
 
     /// The description registered under `id`.
     pub fn event(&self, id: u32) -> Option<&EventDesc> {
-        self.events.get(id as usize)
+        self.events
+            .get(crate::ctf::packet::event_index(id)? as usize)
     }
 
-    /// Every registered description, in id order.
+    /// Every registered description, in id order (see [`crate::ctf::packet::event_id`]).
     pub fn events(&self) -> &[EventDesc] {
         &self.events
     }

@@ -107,11 +107,11 @@ pub fn parse(packet: &[u8]) -> (PacketHeader, Vec<TestEvent>) {
         let p = at + event.len;
         if id == LOST_EVENT_ID || id == LOST_EVENT_PADDED_ID {
             let len = match id {
-                LOST_EVENT_ID => EVENT_HEADER_SIZE,
+                LOST_EVENT_ID => event.len,
                 _ => {
                     let nul = packet[p..end].iter().position(|&b| b == 0).expect("NUL");
                     assert!(packet[p..p + nul].iter().all(|&b| b == b'-'), "filler");
-                    EVENT_HEADER_SIZE + nul + 1
+                    event.len + nul + 1
                 }
             };
             events.push(TestEvent {

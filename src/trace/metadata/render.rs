@@ -180,7 +180,15 @@ pub fn stream_class(out: &mut String, stream_id: u32, channel: &str, contexts: &
     let _ = writeln!(
         out,
         "/* channel {} */\nstream {{\n\tid = {stream_id};\n\
-         \tevent.header := struct {{\n         \t\tenum : integer {{ size = 5; align = 1; signed = false; byte_order = le; }} {{ compact = 0 ... 30, extended = 31 }} id;\n         \t\tvariant <id> {{\n         \t\t\tstruct {{\n         \t\t\t\tinteger {{ size = 27; align = 1; signed = false; byte_order = le; map = clock.monotonic.value; }} timestamp;\n         \t\t\t}} compact;\n         \t\t\tstruct {{\n\t\t\t\tuint32_t id;\n\t\t\t\tuint64_clock_monotonic_t timestamp;\n\t\t\t}} extended;\n         \t\t}} v;\n         \t}} align(8);\n\
+         \tevent.header := struct {{\n\
+         \t\tenum : integer {{ size = 5; align = 1; signed = false; byte_order = le; }} {{ compact = 0 ... 30, extended = 31 }} id;\n\
+         \t\tvariant <id> {{\n\
+         \t\t\tstruct {{\n\
+         \t\t\t\tinteger {{ size = 27; align = 1; signed = false; byte_order = le; map = clock.monotonic.value; }} timestamp;\n\
+         \t\t\t}} compact;\n\
+         \t\t\tstruct {{\n\t\t\t\tuint32_t id;\n\t\t\t\tuint64_clock_monotonic_t timestamp;\n\t\t\t}} extended;\n\
+         \t\t}} v;\n\
+         \t}} align(8);\n\
          {context}\tpacket.context := struct {{\n\t\tuint64_clock_monotonic_t timestamp_begin;\n\
          \t\tuint64_clock_monotonic_t timestamp_end;\n\t\tuint64_t content_size;\n\
          \t\tuint64_t packet_size;\n\t\tuint64_t packet_seq_num;\n\
