@@ -172,3 +172,34 @@ fn recovery_puts_an_index_back_in_step_and_view_refuses_one_that_lies() {
         "{stderr}"
     );
 }
+
+/// What a reader of a live trace meets while the writer is at work: an index file
+/// just created (its header not written yet) and one ending in part of an entry
+/// (being appended). `view` reads such a trace whole, as `view --follow` must; an
+/// index whose header is not CTF index 1.1 is still refused.
+#[test]
+fn an_index_being_written_does_not_stop_view() {
+    let daemon = Daemon::start();
+    let output = small_trace(&daemon, 4000);
+    let whole = daemon.cli(&["view", output.to_str().unwrap()]);
+    assert!(whole.status.success(), "{whole:?}");
+    let streams = streams(&output);
+    let ((_, fresh), (_, appending)) = (&streams[0], &streams[1]);
+    let header = fs::read(fresh).unwrap()[..INDEX_HEADER_LEN].to_vec();
+    fs::write(fresh, &header[..7]).unwrap();
+    OpenOptions::new()
+        .append(true)
+        .open(appending)
+        .unwrap()
+        .write_all(&[0; INDEX_ENTRY_LEN / 2])
+        .unwrap();
+    let during = daemon.cli(&["view", output.to_str().unwrap()]);
+    assert!(during.status.success(), "{during:?}");
+    assert_eq!(during.stdout, whole.stdout);
+
+    fs::write(fresh, [0u8; INDEX_HEADER_LEN]).unwrap();
+    let refused = daemon.cli(&["view", output.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("not a CTF index 1.1"), "{stderr}");
+}

@@ -174,7 +174,12 @@ impl Ring {
     }
 
     /// Reserves `len` bytes for one event, switching packets when needed; `None` when
-    /// the event is dropped (counted as too big or discarded).
+    /// the event is dropped (counted as too big or discarded). For a caller that
+    /// writes the event's (extended) header itself: it should reserve at least
+    /// [`EVENT_HEADER_SIZE`] and the stream's event context, as every event of
+    /// [`Ring::write_event`] does. A shorter reservation left uncommitted is filled
+    /// with a compact lost event, whose timestamp is right only if it comes less than
+    /// 2^27 ns after the previous event's.
     #[inline]
     pub fn reserve(&self, len: usize) -> Option<Reservation<'_>> {
         self.reserve_with(len, None)

@@ -135,12 +135,11 @@ pub enum IndexError {
     /// Shorter than its header, or a header that is not CTF index 1.1.
     #[error("not a CTF index 1.1 file: {0}")]
     BadHeader(String),
-    /// Bytes after the header that are no whole number of entries.
-    #[error("{0} bytes after the last whole entry")]
-    TornEntry(usize),
 }
 
-/// The entries of an index file's bytes.
+/// The entries of an index file's bytes. Bytes after the last whole entry are left
+/// out: the writer appends each entry after its packet, so a live trace's index may
+/// end in part of one.
 pub fn parse(bytes: &[u8]) -> Result<Vec<IndexEntry>, IndexError> {
     if bytes.len() < INDEX_HEADER_LEN {
         return Err(IndexError::BadHeader(format!(
@@ -154,12 +153,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<IndexEntry>, IndexError> {
             &bytes[..INDEX_HEADER_LEN]
         )));
     }
-    let entries = &bytes[INDEX_HEADER_LEN..];
-    let torn = entries.len() % INDEX_ENTRY_LEN;
-    if torn != 0 {
-        return Err(IndexError::TornEntry(torn));
-    }
-    Ok(entries
+    Ok(bytes[INDEX_HEADER_LEN..]
         .chunks_exact(INDEX_ENTRY_LEN)
         .map(IndexEntry::decode)
         .collect())

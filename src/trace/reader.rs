@@ -159,7 +159,8 @@ fn load_trace(dir: &Path) -> Result<SubTrace, ReadError> {
 /// Checks the index file of `stream`, if there is one (`index/<stream>.idx`): it
 /// must be CTF index 1.1 and its entries those of the stream's packets, in order.
 /// It may lack the last ones (a live trace: the writer appends the entry after its
-/// packet), never hold one the stream does not.
+/// packet, and creates the file before writing its header, so a file shorter than
+/// its header holds none yet), never hold one the stream does not.
 fn check_index(dir: &Path, stream: &Path) -> Result<(), ReadError> {
     let Some(name) = stream.file_name() else {
         return Ok(());
@@ -172,6 +173,9 @@ fn check_index(dir: &Path, stream: &Path) -> Result<(), ReadError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_error(&path)(e)),
     };
+    if bytes.len() < index::INDEX_HEADER_LEN {
+        return Ok(());
+    }
     let fail = |offset: usize, message: String| ReadError::Stream {
         path: path.clone(),
         offset: offset as u64,

@@ -139,8 +139,9 @@ impl CtfFileWriter {
     /// Stores the metadata if its directory lacks it, then opens the stream file
     /// on first use (again after a removal). The directory is made, or made anew
     /// if it was removed, before the metadata is looked at, so that a recreated
-    /// trace gets its metadata whichever writer (restarted or not) recreates it;
-    /// one removed again meanwhile is made once more.
+    /// trace gets its metadata whichever writer (restarted or not) recreates it.
+    /// One removed again before the stream file is opened is made once more by
+    /// the open, which forgets its metadata again: it is stored after the open too.
     fn ensure_open(&mut self, metadata: &Metadata) -> io::Result<()> {
         if self.file.is_none() {
             self.stream.trace_dir.ensure()?;
@@ -152,10 +153,11 @@ impl CtfFileWriter {
         match self.open() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.store_metadata(metadata)?;
-                self.open()
+                self.open()?;
             }
-            other => other,
+            other => other?,
         }
+        self.store_metadata(metadata)
     }
 
     /// Drops the stream file if it was removed (with its trace, by `rm -rf` of the

@@ -108,6 +108,24 @@ mod tests {
     }
 
     #[test]
+    fn a_trace_of_the_layout_before_compact_headers_is_refused_not_misread() {
+        let r = registry();
+        let text = r.metadata();
+        let start = text
+            .find("event.header := ")
+            .expect("a stream's event header");
+        let end = start + text[start..].find("align(8);").unwrap() + "align(8);".len();
+        let old = format!(
+            "{}event.header := struct {{ uint32_t id; uint64_clock_monotonic_t timestamp; }} align(8);{}",
+            &text[..start],
+            &text[end..]
+        );
+        let error = parse(&old).expect_err("the old header layout");
+        assert!(error.message.contains("compact/extended"), "{error:?}");
+        assert_eq!(error.offset, start + "event.header := ".len());
+    }
+
+    #[test]
     fn parse_reads_back_what_render_writes() {
         let r = registry();
         let text = r.metadata();

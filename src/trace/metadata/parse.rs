@@ -383,9 +383,7 @@ impl Parser {
                         match key {
                             "id" => id = Some(p.u32()?),
                             "event.context" => contexts = p.context_struct()?,
-                            // The compact/extended header variant: its layout is
-                            // fixed (`ctf::packet`), only its bracketing is checked.
-                            "event.header" => p.skip_balanced()?,
+                            "event.header" => p.event_header()?,
                             _ => p.skip_value()?,
                         }
                         Ok(())
@@ -584,6 +582,27 @@ impl Parser {
             }
             _ => self.type_decl().map(drop),
         }
+    }
+
+    /// Steps over a stream's `event.header`, whose layout is fixed (`ctf::packet`): it
+    /// must be the compact/extended variant, so that a trace of the older layout (a
+    /// plain struct of u32 id and u64 timestamp) is refused instead of misread.
+    fn event_header(&mut self) -> PResult<()> {
+        let (start, offset) = (self.pos, self.offset());
+        self.skip_balanced()?;
+        let variant = Tok::Ident("variant".into());
+        if self.tokens[start..self.pos]
+            .iter()
+            .any(|(_, t)| *t == variant)
+        {
+            return Ok(());
+        }
+        Err(MetadataError {
+            offset,
+            message: "event.header is not the compact/extended variant this reader decodes \
+                      (a trace from a ustrace before compact event headers?)"
+                .into(),
+        })
     }
 
     /// Steps over a declaration up to the `;` that ends it (not taken), checking only
