@@ -472,16 +472,14 @@ impl Writer {
                 let synced = sink.map_or(Ok(()), |sink| {
                     flatten(catch_unwind(AssertUnwindSafe(|| sink.sync())))
                 });
-                match (self.inherited.take(), synced) {
-                    (Some(fault), synced) => {
-                        // One error per answer: the removal is what `stop` reports.
-                        if let Err(also) = synced {
-                            log::warn!("writer {stream}: sync: {also}");
-                        }
-                        Err(SyncError::Sync { stream, fault })
-                    }
-                    (None, synced) => synced.map_err(|fault| SyncError::Sync { stream, fault }),
+                let Some(fault) = self.inherited.take() else {
+                    return synced.map_err(|fault| SyncError::Sync { stream, fault });
+                };
+                // One error per answer: the removal is what `stop` reports.
+                if let Err(also) = synced {
+                    log::warn!("writer {stream}: sync: {also}");
                 }
+                Err(SyncError::Sync { stream, fault })
             }
         }
     }

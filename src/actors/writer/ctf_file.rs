@@ -151,10 +151,8 @@ impl CtfFileWriter {
             return Ok(());
         }
         match self.open() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.store_metadata(metadata)?;
-                self.open()?;
-            }
+            // Removed between the two: the open makes it once more.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => self.open()?,
             other => other?,
         }
         self.store_metadata(metadata)
