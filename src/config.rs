@@ -78,6 +78,9 @@ pub struct DaemonConfig {
     /// Dead apps whose per-PID rings a snapshot session keeps for its next
     /// `snapshot record` (the oldest dropped past it); 0 keeps none.
     pub snapshot_kept_dead_apps: u32,
+    /// Whether the `ctf` writer stores complete packets with `O_DIRECT` (no copy
+    /// into the page cache) where the file system takes it.
+    pub direct_io: bool,
 }
 
 impl Default for DaemonConfig {
@@ -90,6 +93,7 @@ impl Default for DaemonConfig {
             flush_interval_ms: 200,
             warm_pid_buffer_sets: 8,
             snapshot_kept_dead_apps: 16,
+            direct_io: true,
         }
     }
 }

@@ -115,8 +115,8 @@ impl Daemon {
     /// A daemon for `config` with the built-in writers.
     pub fn new(config: Config) -> Daemon {
         Daemon {
+            writers: WriterCatalog::builtin(config.daemon.direct_io),
             config,
-            writers: WriterCatalog::default(),
             access: ControlAccess::default(),
             source: None,
         }

@@ -864,6 +864,19 @@ fn the_dead_apps_a_snapshot_session_keeps_are_bounded() {
 }
 
 #[test]
+fn direct_io_is_on_by_default_and_takes_only_a_boolean() {
+    assert!(parse("").unwrap().daemon.direct_io);
+    assert!(
+        !parse("[daemon]\ndirect_io = false\n")
+            .unwrap()
+            .daemon
+            .direct_io
+    );
+    let (_, message) = invalid("[daemon]\ndirect_io = \"yes\"\n", "daemon.direct_io");
+    assert!(message.contains("boolean"), "{message}");
+}
+
+#[test]
 fn rotation_times_take_lttng_units_and_print_back_in_the_largest_exact_one() {
     use ustrace::config::TimeSpan;
     for (text, us, shown) in [

@@ -4,10 +4,10 @@
 
 mod common;
 
-use common::{Daemon, sub_traces};
+use common::{Daemon, streams};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use ustrace::protocol::messages::{Buffering, ChannelRequest};
 use ustrace::trace::index::{self, INDEX_ENTRY_LEN, INDEX_HEADER_LEN};
 use ustrace::trace::recover::recover;
@@ -34,23 +34,6 @@ fn small_trace(daemon: &Daemon, events: u32) -> PathBuf {
     daemon.run_app(&["--events", &events.to_string(), "--threads", "2"]);
     daemon.stop("idx");
     output
-}
-
-/// Every (stream file, its index file) of the trace.
-fn streams(output: &Path) -> Vec<(PathBuf, PathBuf)> {
-    let mut found = Vec::new();
-    for trace in sub_traces(output) {
-        let dir = output.join(trace);
-        for entry in fs::read_dir(&dir).unwrap().flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if entry.file_type().unwrap().is_file() && name != "metadata" {
-                let idx = dir.join("index").join(format!("{name}.idx"));
-                found.push((entry.path(), idx));
-            }
-        }
-    }
-    found.sort();
-    found
 }
 
 fn be64(b: &[u8], at: usize) -> u64 {

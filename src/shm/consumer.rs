@@ -20,9 +20,14 @@ use std::sync::atomic::Ordering::*;
 use std::time::Instant;
 
 use super::hooks::{self, Point};
-use super::layout::{RECORD_AT, RECORD_LEN, RECORD_OWNER, RECORD_TIMESTAMP, RECORDS};
+use super::layout::{Part, RECORD_AT, RECORD_LEN, RECORD_OWNER, RECORD_TIMESTAMP, RECORDS};
 use super::{Mode, Ring, RingCorruption, RingCounters};
 use crate::ctf::packet::{self, COMPACT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
+
+/// Alignment of file offsets, lengths and memory for `O_DIRECT` writes of leased
+/// packets: the page, a multiple of every block size a Linux file system asks for
+/// (the sub-buffer, at least 4 KiB and a power of two, is a multiple of it).
+pub const DIRECT_ALIGN: usize = 4096;
 
 /// Largest position a stream plausibly reaches: 2^60 bytes (an exbibyte, 30 years at
 /// 1 GB/s). Positions stay far from overflowing `u64` arithmetic.
@@ -147,9 +152,66 @@ impl LeasedPacket {
     /// straight from the ring's mapping (`writev`, no copy).
     pub fn write_to(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         let head = self.header.len();
-        self.ring
-            .map
-            .write_out(fd, &self.header, self.at + head, self.len - head)
+        self.ring.map.write_out(
+            fd,
+            &[
+                Part::Own(&self.header),
+                Part::Mapped {
+                    at: self.at + head,
+                    len: self.len - head,
+                },
+            ],
+        )
+    }
+
+    /// Bytes of the packet as [`LeasedPacket::write_padded_to`] stores it: its content
+    /// rounded up to [`DIRECT_ALIGN`], never past its sub-buffer (a multiple of it).
+    pub fn padded_len(&self) -> usize {
+        self.len.next_multiple_of(DIRECT_ALIGN)
+    }
+
+    /// The header as [`LeasedPacket::write_padded_to`] stores it: `packet_size` set
+    /// to [`LeasedPacket::padded_len`], `content_size` unchanged.
+    pub fn padded_header(&self) -> Vec<u8> {
+        let mut header = self.header.clone();
+        packet::set_packet_size(&mut header, self.padded_len() as u64);
+        header
+    }
+
+    /// Writes the packet padded with zeros to [`LeasedPacket::padded_len`], every
+    /// piece aligned for `O_DIRECT` (on a file whose length is a multiple of
+    /// [`DIRECT_ALIGN`]): its first and last blocks are copied into `bounce`
+    /// (`2 * DIRECT_ALIGN` bytes at an aligned address), the header of the first
+    /// replaced by [`LeasedPacket::padded_header`]; the blocks between go straight
+    /// from the mapping (the sub-buffer is page aligned). The zeros keep whatever the
+    /// slot held past the content out of the trace.
+    pub fn write_padded_to(&self, fd: BorrowedFd<'_>, bounce: &mut [u8]) -> io::Result<()> {
+        assert_eq!(
+            bounce.len(),
+            2 * DIRECT_ALIGN,
+            "bounce buffer of two blocks"
+        );
+        let padded = self.padded_len();
+        let last = padded - DIRECT_ALIGN;
+        let (first_block, last_block) = bounce.split_at_mut(DIRECT_ALIGN);
+        // SAFETY: both blocks lie inside the leased sub-buffer (`padded` <= its size),
+        // which no honest producer writes while leased; a hostile one only tears its
+        // own bytes, and the header part of the copy is replaced by the checked one.
+        unsafe { self.ring.map.copy_racy_into(self.at, first_block) };
+        first_block[..self.header.len()].copy_from_slice(&self.padded_header());
+        if last == 0 {
+            first_block[self.len..].fill(0);
+            return self.ring.map.write_out(fd, &[Part::Own(first_block)]);
+        }
+        // SAFETY: as above.
+        unsafe { self.ring.map.copy_racy_into(self.at + last, last_block) };
+        last_block[self.len - last..].fill(0);
+        let middle = Part::Mapped {
+            at: self.at + DIRECT_ALIGN,
+            len: last - DIRECT_ALIGN,
+        };
+        let parts = [Part::Own(first_block), middle, Part::Own(last_block)];
+        self.ring.map.write_out(fd, &parts)
     }
 
     /// A copy of the packet in the daemon's heap, for writers that want bytes.

@@ -201,6 +201,21 @@ pub(crate) struct Mapping {
     map: MmapRaw,
 }
 
+/// One piece of a [`Mapping::write_out`]: bytes of the writer's own, or a range of
+/// the mapping the kernel reads in place.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Part<'a> {
+    /// A local buffer.
+    Own(&'a [u8]),
+    /// The mapping's bytes `at..at + len`.
+    Mapped {
+        /// Offset in the mapping.
+        at: usize,
+        /// Bytes.
+        len: usize,
+    },
+}
+
 impl Mapping {
     /// Maps `len` bytes of `fd` shared and read-write.
     pub(crate) fn new(fd: &impl std::os::fd::AsRawFd, len: u64) -> Result<Mapping, ShmError> {
@@ -272,48 +287,49 @@ impl Mapping {
         unsafe { std::slice::from_raw_parts_mut(self.map.as_mut_ptr().add(at), len) }
     }
 
-    /// Writes `prefix` (a local buffer) and then the mapping's bytes `at..at + len`
-    /// to `fd` with `writev(2)`, retrying short writes and `EINTR`, so that the
-    /// kernel reads the ring's bytes straight from the shared mapping: no copy into
-    /// the daemon's heap. Producers may write the range meanwhile (only a hostile
-    /// app does, in discard mode: it spoils its own packet); the kernel then stores
-    /// whatever bytes it read, and nothing outside `at..at + len` is ever read.
+    /// Writes `parts` in order to `fd` with `writev(2)`, retrying short writes and
+    /// `EINTR`, so that the kernel reads a [`Part::Mapped`] range straight from the
+    /// shared mapping: no copy into the daemon's heap. Producers may write such a
+    /// range meanwhile (only a hostile app does, in discard mode: it spoils its own
+    /// packet); the kernel then stores whatever bytes it read, and nothing outside
+    /// the ranges named is ever read.
     pub(crate) fn write_out(
         &self,
         fd: std::os::fd::BorrowedFd<'_>,
-        prefix: &[u8],
-        at: usize,
-        len: usize,
+        parts: &[Part<'_>],
     ) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
-        assert!(
-            at.checked_add(len).is_some_and(|end| end <= self.map.len()),
-            "write out of the ring"
-        );
-        let total = prefix.len() + len;
-        let mut done = 0;
-        while done < total {
-            let (head, body) = if done < prefix.len() {
-                (&prefix[done..], (at, len))
-            } else {
-                (&prefix[..0], (at + done - prefix.len(), total - done))
-            };
-            let iov = [
-                libc::iovec {
-                    iov_base: head.as_ptr().cast_mut().cast(),
-                    iov_len: head.len(),
+        let iov: Vec<libc::iovec> = parts
+            .iter()
+            .map(|part| match *part {
+                Part::Own(bytes) => libc::iovec {
+                    iov_base: bytes.as_ptr().cast_mut().cast(),
+                    iov_len: bytes.len(),
                 },
-                libc::iovec {
-                    iov_base: self.map.as_ptr().wrapping_add(body.0).cast_mut().cast(),
-                    iov_len: body.1,
-                },
-            ];
-            // SAFETY: both iovecs name live memory: `head` borrows `prefix`, and the
-            // second range lies inside the mapping (the assert above: `body` only
-            // shrinks towards its end), which `&self` keeps mapped during the call.
-            // The kernel only reads them; no Rust reference to the racing ring
-            // bytes is formed.
-            let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), 2) };
+                Part::Mapped { at, len } => {
+                    assert!(
+                        at.checked_add(len).is_some_and(|end| end <= self.map.len()),
+                        "write out of the ring"
+                    );
+                    libc::iovec {
+                        iov_base: self.map.as_ptr().wrapping_add(at).cast_mut().cast(),
+                        iov_len: len,
+                    }
+                }
+            })
+            .collect();
+        let mut first = 0;
+        let mut skip = 0;
+        while first < iov.len() {
+            let mut rest = iov[first..].to_vec();
+            rest[0].iov_base = rest[0].iov_base.wrapping_add(skip);
+            rest[0].iov_len -= skip;
+            // SAFETY: every iovec names live memory the kernel only reads: an `Own`
+            // part borrows the caller's buffer, a `Mapped` one lies inside the mapping
+            // (the assert above; advancing past written bytes only shrinks it towards
+            // its end), which `&self` keeps mapped during the call. No Rust reference
+            // to the racing ring bytes is formed.
+            let n = unsafe { libc::writev(fd.as_raw_fd(), rest.as_ptr(), rest.len() as i32) };
             if n < 0 {
                 let e = std::io::Error::last_os_error();
                 if e.kind() == std::io::ErrorKind::Interrupted {
@@ -321,12 +337,39 @@ impl Mapping {
                 }
                 return Err(e);
             }
-            if n == 0 {
+            if n == 0 && rest.iter().any(|v| v.iov_len > 0) {
                 return Err(std::io::ErrorKind::WriteZero.into());
             }
-            done += n as usize;
+            let mut n = n as usize;
+            while first < iov.len() && n >= iov[first].iov_len - skip {
+                n -= iov[first].iov_len - skip;
+                first += 1;
+                skip = 0;
+            }
+            skip += n;
         }
         Ok(())
+    }
+
+    /// Fills `out` with a copy of `at..at + out.len()`, as [`Mapping::copy_racy`].
+    ///
+    /// # Safety
+    /// As [`Mapping::copy_racy`].
+    pub(crate) unsafe fn copy_racy_into(&self, at: usize, out: &mut [u8]) {
+        assert!(
+            at.is_multiple_of(8) && out.len().is_multiple_of(8) && at + out.len() <= self.map.len(),
+            "copy out of the ring"
+        );
+        let src = self.map.as_ptr().wrapping_add(at).cast::<u64>();
+        for (i, chunk) in out.chunks_exact_mut(8).enumerate() {
+            // SAFETY: in bounds and 8-byte aligned (page-aligned mapping, `at % 8 == 0`)
+            // by the assert. Volatile loads of a plain integer form no reference to the
+            // racing bytes and every bit pattern is a valid u64, so a load that races a
+            // producer's store yields some bytes (a torn copy the caller discards), and
+            // the compiler cannot assume the memory stable or elide the loads.
+            let word = unsafe { std::ptr::read_volatile(src.add(i)) };
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
     }
 
     /// Appends to `out` a copy of `at..at + len`, read word by word with volatile
@@ -338,21 +381,9 @@ impl Mapping {
     /// proves afterwards (its `consumed` CAS) that no producer wrote the range during
     /// the copy before using it.
     pub(crate) unsafe fn copy_racy(&self, at: usize, len: usize, out: &mut Vec<u8>) {
-        assert!(
-            at.is_multiple_of(8) && len.is_multiple_of(8) && at + len <= self.map.len(),
-            "copy out of the ring"
-        );
         let start = out.len();
         out.resize(start + len, 0);
-        let src = self.map.as_ptr().wrapping_add(at).cast::<u64>();
-        for (i, chunk) in out[start..].chunks_exact_mut(8).enumerate() {
-            // SAFETY: in bounds and 8-byte aligned (page-aligned mapping, `at % 8 == 0`)
-            // by the assert. Volatile loads of a plain integer form no reference to the
-            // racing bytes and every bit pattern is a valid u64, so a load that races a
-            // producer's store yields some bytes (a torn copy the caller discards), and
-            // the compiler cannot assume the memory stable or elide the loads.
-            let word = unsafe { std::ptr::read_volatile(src.add(i)) };
-            chunk.copy_from_slice(&word.to_ne_bytes());
-        }
+        // SAFETY: forwarded contract.
+        unsafe { self.copy_racy_into(at, &mut out[start..]) }
     }
 }

@@ -59,7 +59,7 @@ pub use channel::{BlankSet, ChannelBuffers, Wakeup, cpu_count};
 pub use clock::{
     ClockError, CpuSource, TraceClock, current_cpu, current_cpu_from, host_clock, now_ns,
 };
-pub use consumer::{Consumer, Corruption, DeadHolders, LeasedPacket, PacketInfo};
+pub use consumer::{Consumer, Corruption, DIRECT_ALIGN, DeadHolders, LeasedPacket, PacketInfo};
 pub use error::{RingCorruption, ShmError};
 pub use layout::{
     DEFAULT_GEOMETRY, Geometry, Mode, RingConfig, check_num_subbuf, check_subbuf_size,

@@ -402,6 +402,23 @@ pub fn sub_traces(dir: &Path) -> Vec<String> {
     found
 }
 
+/// Every (stream file, its index file) of the trace.
+pub fn streams(output: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let mut found = Vec::new();
+    for trace in sub_traces(output) {
+        let dir = output.join(trace);
+        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if entry.file_type().unwrap().is_file() && name != "metadata" {
+                let idx = dir.join("index").join(format!("{name}.idx"));
+                found.push((entry.path(), idx));
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
 impl Daemon {
     /// Creates session `name` writing to `<scratch>/<output>`, with full channel
     /// requests (geometry, mode) each enabling `demo:*`, and starts it unless told not

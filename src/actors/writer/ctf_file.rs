@@ -12,18 +12,28 @@
 
 use super::{LeasedPacket, Metadata, StreamInfo, StreamWriter, WriterFactory};
 use crate::ctf::packet::PacketHeader;
+use crate::shm::DIRECT_ALIGN;
 use crate::trace::index::{self, IndexEntry};
+use nix::errno::Errno;
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 /// Makes [`CtfFileWriter`]s.
-pub(super) struct CtfFileWriterFactory;
+pub(super) struct CtfFileWriterFactory {
+    /// Whether its writers store leased packets with `O_DIRECT` (`daemon.direct_io`).
+    pub(super) direct_io: bool,
+}
 
 impl WriterFactory for CtfFileWriterFactory {
     fn create(&self, stream: &StreamInfo) -> io::Result<Box<dyn StreamWriter>> {
-        Ok(Box::new(CtfFileWriter::new(stream.clone())))
+        let mut writer = CtfFileWriter::new(stream.clone());
+        if !self.direct_io {
+            writer.direct = Direct::Off;
+        }
+        Ok(Box::new(writer))
     }
 }
 
@@ -43,6 +53,28 @@ pub struct CtfFileWriter {
     removed: Option<StreamRemoved>,
     /// Number of the stream file written now (see the module doc).
     k: u64,
+    /// How leased packets are stored.
+    direct: Direct,
+}
+
+/// Whether leased packets go to the stream file with `O_DIRECT`: the kernel reads
+/// them from the ring's pages into the device, with no copy into the page cache
+/// (about a third of the CPU a buffered write of the same bytes costs here, see
+/// docs/performance.md "Drain"), padded to [`DIRECT_ALIGN`] as LTTng pads every
+/// packet to a page. A copied packet (a dead app's last ones, overwrite mode, a
+/// custom writer's) and a file whose length is not aligned go through the page
+/// cache, trimmed, as do all packets where the file system refuses `O_DIRECT`.
+enum Direct {
+    /// Off: `daemon.direct_io = false`, or the file system refused it.
+    Off,
+    /// On, with the flag set on the open stream file's fd or not, and the writer's
+    /// aligned bounce buffer once it has needed one.
+    On {
+        /// `O_DIRECT` is set on the open stream file's fd.
+        set: bool,
+        /// Two aligned blocks for a packet's first and last ones.
+        bounce: Option<memmap2::MmapMut>,
+    },
 }
 
 /// The stream file of a [`CtfFileWriter`] was removed (`rm -rf` of the output)
@@ -76,6 +108,10 @@ impl CtfFileWriter {
             index: None,
             removed: None,
             k: 0,
+            direct: Direct::On {
+                set: false,
+                bounce: None,
+            },
         }
     }
 
@@ -126,6 +162,9 @@ impl CtfFileWriter {
         let file = self.stream.trace_dir.open_stream(&self.file_name())?;
         self.good_len = file.metadata()?.len();
         self.file = Some(file);
+        if let Direct::On { set, .. } = &mut self.direct {
+            *set = false;
+        }
         let mut index = self.stream.trace_dir.open_index(&self.file_name())?;
         let mut index_len = index.metadata()?.len();
         if index_len == 0 {
@@ -183,21 +222,25 @@ impl CtfFileWriter {
 }
 
 impl CtfFileWriter {
+    /// Makes the stream file ready for a packet of `len` bytes: recreated if it was
+    /// removed, the next one if the current one is full, opened.
+    fn prepare(&mut self, metadata: &Metadata, len: u64) -> io::Result<()> {
+        self.forget_removed_file()?;
+        self.next_file_if_full(len)?;
+        self.ensure_open(metadata)
+    }
+
     /// Appends one packet of `len` bytes whose header is at the start of `header`,
-    /// written to the stream file by `write`, and its index entry; a failure cuts
-    /// both files back to their last whole packet.
+    /// written to the prepared stream file by `write`, and its index entry; a failure
+    /// cuts both files back to their last whole packet.
     fn append(
         &mut self,
-        metadata: &Metadata,
         header: &[u8],
         len: u64,
         write: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> io::Result<()> {
-        self.forget_removed_file()?;
-        self.next_file_if_full(len)?;
-        self.ensure_open(metadata)?;
         let good_len = self.good_len;
-        let file = self.file.as_mut().expect("opened above");
+        let file = self.file.as_mut().expect("prepared");
         let (index, index_len) = self.index.as_mut().expect("opened with the file");
         let entry = PacketHeader::read(header)
             .map(|header| IndexEntry::of(good_len, &header).encode())
@@ -214,19 +257,91 @@ impl CtfFileWriter {
         self.stream.trace_dir.count_written(len);
         Ok(())
     }
+
+    /// Sets or clears `O_DIRECT` on the open stream file's fd, if it is not so
+    /// already. The file system refusing it turns direct writes off for good.
+    fn set_direct(&mut self, on: bool) -> io::Result<()> {
+        let Direct::On { set, .. } = &mut self.direct else {
+            return Ok(());
+        };
+        if *set == on {
+            return Ok(());
+        }
+        let fd = self.file.as_ref().expect("prepared").as_fd();
+        let mut flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+        flags.set(OFlag::O_DIRECT, on);
+        match fcntl(fd, FcntlArg::F_SETFL(flags)) {
+            Ok(_) => *set = on,
+            Err(Errno::EINVAL) if on => self.refuse_direct("setting O_DIRECT"),
+            Err(e) => return Err(e.into()),
+        }
+        Ok(())
+    }
+
+    /// Stores all later packets through the page cache: the file system refused
+    /// `O_DIRECT` (`EINVAL` from `what`), once per writer.
+    fn refuse_direct(&mut self, what: &str) {
+        log::info!(
+            "{}: {what} was refused (EINVAL): storing through the page cache",
+            self.stream
+                .trace_dir
+                .path()
+                .join(self.file_name())
+                .display()
+        );
+        self.direct = Direct::Off;
+    }
+
+    /// Stores `packet` padded with `O_DIRECT`; `Ok(false)` if it is not to be (off, or
+    /// the file's length not aligned), and after the file system refused it.
+    fn append_direct(&mut self, packet: &LeasedPacket) -> io::Result<bool> {
+        if !matches!(self.direct, Direct::On { .. })
+            || !self.good_len.is_multiple_of(DIRECT_ALIGN as u64)
+        {
+            return Ok(false);
+        }
+        self.set_direct(true)?;
+        let Direct::On { set: true, bounce } = &mut self.direct else {
+            return Ok(false);
+        };
+        let mut bounce = bounce
+            .take()
+            .map_or_else(|| memmap2::MmapMut::map_anon(2 * DIRECT_ALIGN), Ok)?;
+        let result = self.append(
+            &packet.padded_header(),
+            packet.padded_len() as u64,
+            |file| packet.write_padded_to(file.as_fd(), &mut bounce),
+        );
+        if let Direct::On { bounce: kept, .. } = &mut self.direct {
+            *kept = Some(bounce);
+        }
+        match result {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.refuse_direct("an O_DIRECT write");
+                Ok(false)
+            }
+            other => other.map(|()| true),
+        }
+    }
 }
 
 impl StreamWriter for CtfFileWriter {
     fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
-        self.append(metadata, packet, packet.len() as u64, |file| {
-            file.write_all(packet)
-        })
+        self.prepare(metadata, packet.len() as u64)?;
+        self.set_direct(false)?;
+        self.append(packet, packet.len() as u64, |file| file.write_all(packet))
     }
 
-    /// Straight from the ring's mapping: the checked header, then the content, in
-    /// one `writev` (no copy into the daemon's heap).
+    /// Straight from the ring's mapping: with `O_DIRECT` where it can (see
+    /// [`Direct`]), else the checked header, then the content, in one `writev` (no
+    /// copy into the daemon's heap either way).
     fn write_leased(&mut self, metadata: &Metadata, packet: &LeasedPacket) -> io::Result<()> {
-        self.append(metadata, packet.header(), packet.len() as u64, |file| {
+        self.prepare(metadata, packet.padded_len() as u64)?;
+        if self.append_direct(packet)? {
+            return Ok(());
+        }
+        self.set_direct(false)?;
+        self.append(packet.header(), packet.len() as u64, |file| {
             packet.write_to(file.as_fd())
         })
     }

@@ -165,12 +165,9 @@ pub struct WriterCatalog {
 }
 
 impl Default for WriterCatalog {
+    /// The built-in writers as `daemon.direct_io`'s default (on) has them.
     fn default() -> Self {
-        let mut registry = WriterCatalog {
-            factories: HashMap::new(),
-        };
-        registry.register(CTF_WRITER, Arc::new(CtfFileWriterFactory));
-        registry
+        WriterCatalog::builtin(true)
     }
 }
 
@@ -178,6 +175,16 @@ impl Default for WriterCatalog {
 pub const CTF_WRITER: &str = "ctf";
 
 impl WriterCatalog {
+    /// The built-in writers, the `ctf` one storing leased packets with `O_DIRECT`
+    /// where the file system takes it if `direct_io` (`daemon.direct_io`).
+    pub fn builtin(direct_io: bool) -> WriterCatalog {
+        let mut registry = WriterCatalog {
+            factories: HashMap::new(),
+        };
+        registry.register(CTF_WRITER, Arc::new(CtfFileWriterFactory { direct_io }));
+        registry
+    }
+
     /// Adds (or replaces) the factory called `name`.
     pub fn register(&mut self, name: &str, factory: Arc<dyn WriterFactory>) {
         self.factories.insert(name.to_string(), factory);
