@@ -4,7 +4,9 @@
 //! session) or a pid (per-PID: lives as long as the app). The actor drains complete
 //! sub-buffers when a producer signals the wake-up eventfd (once per sub-buffer) and on
 //! a timer, which first closes partly filled sub-buffers (LTTng's switch timer) so that
-//! live apps' events reach the disk while the session runs, and hands each packet, padding trimmed, to the stream's Writer. In discard mode a
+//! live apps' events reach the disk while the session runs, and hands each packet to the stream's Writer. On a wake-up a lone complete packet
+//! waits for the next one (`waits_for_the_next`), so that the writer stores two or
+//! more in one write; the timer's drain takes it whatever. In discard mode a
 //! packet is leased, not copied: the writer stores it straight from the shared
 //! mapping and the sub-buffer goes back to producers once it is stored (the
 //! writer's drop of the lease sends [`BacklogRoom`]); a slow disk then makes the
@@ -253,16 +255,16 @@ impl BufferSet {
     }
 
     /// Hands complete packets of every ring to its writer (see [`take`]; copied
-    /// when `free_rings`, so that a teardown frees its rings at once): while the
-    /// writer's backlog is under its limit when `bounded` (the drains while
-    /// tracing), every one otherwise (flush and teardown, which must leave the
-    /// rings empty, and add at most one ring's worth to the backlog). Either way at
-    /// most a ring's worth of sub-buffers from each ring per call (all a ring holds
-    /// at once), so that producers refilling a ring as fast as it drains (or an app
-    /// forging complete packets) never keep this actor's thread. Returns whether a
-    /// ring still had packets at that bound: a caller that drains while tracing
-    /// drains again after the other actors of its thread had their turn.
-    fn drain(&mut self, bounded: bool, free_rings: bool) -> bool {
+    /// when the pass frees the rings, so that a teardown frees its rings at once):
+    /// while the writer's backlog is under its limit in a pass while tracing, every
+    /// one otherwise (flush and teardown, which must leave the rings empty, and add
+    /// at most one ring's worth to the backlog). Either way at most a ring's worth of
+    /// sub-buffers from each ring per call (all a ring holds at once), so that
+    /// producers refilling a ring as fast as it drains (or an app forging complete
+    /// packets) never keep this actor's thread. Returns whether a ring still had
+    /// packets at that bound: a caller that drains while tracing drains again after
+    /// the other actors of its thread had their turn.
+    fn drain(&mut self, pass: Pass) -> bool {
         if self.snapshot {
             self.count();
             return false;
@@ -271,10 +273,17 @@ impl BufferSet {
             Ok(m) => m.clone(),
             Err(_) => return false,
         };
+        let (bounded, free_rings) = match pass {
+            Pass::WakeUp | Pass::Tick => (true, false),
+            Pass::Flush { free_rings } => (false, free_rings),
+        };
         let mut more = false;
         for (index, consumer) in self.consumers.iter_mut().enumerate() {
             // Stored leases go back even when the writer takes nothing more.
             consumer.release_stored();
+            if pass == Pass::WakeUp && waits_for_the_next(consumer) {
+                continue;
+            }
             let budget = consumer.ring().geometry().num_subbuf;
             let mut taken = 0;
             while taken < budget && (!bounded || self.writers.accepts(index)) {
@@ -290,9 +299,10 @@ impl BufferSet {
         more
     }
 
-    /// Drains, and goes on in a later message while packets remain.
-    fn drain_on(&mut self, ctx: &mut Context<Self>) {
-        if self.drain(true, false) {
+    /// Drains (`pass`: a wake-up or a tick), and goes on in a later message while
+    /// packets remain.
+    fn drain_on(&mut self, pass: Pass, ctx: &mut Context<Self>) {
+        if self.drain(pass) {
             ctx.notify(Drain);
         }
     }
@@ -393,10 +403,41 @@ impl BufferSet {
         for consumer in &mut self.consumers {
             consumer.flush();
         }
-        self.drain(false, free_rings);
-        let syncs: Vec<_> = self.writers.started().map(|w| w.send(SyncWriter)).collect();
-        all_ok(syncs)
+        self.drain(Pass::Flush { free_rings });
+        sync_writers(self.writers.started().cloned().collect())
     }
+}
+
+/// What a drain is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// A producer completed a packet, or the writer made room: bounded by the
+    /// writer's backlog, and a lone complete packet may wait for the next one
+    /// ([`waits_for_the_next`]).
+    WakeUp,
+    /// The switch timer, the stuck-packet timer or a producer's death: bounded,
+    /// every complete packet (the timer's drain bounds how late a packet waits).
+    Tick,
+    /// A flush, a rotation's chunk or a teardown: every packet, copied when
+    /// `free_rings` (see [`take`]).
+    Flush {
+        /// The rings are freed once drained.
+        free_rings: bool,
+    },
+}
+
+/// Whether a wake-up drain leaves the ring's one complete packet for the next one
+/// to join it, so that the writer stores both in one write (one request to the
+/// device per two sub-buffers: the daemon's CPU per MB stored falls by about a
+/// third, docs/performance.md "Drain"). Only in discard mode, with at least four
+/// sub-buffers and none leased: producers still have two free ones and the one
+/// they fill, and the next completion (its wake-up) or the switch timer's drain,
+/// within `flush_interval_ms`, takes it.
+fn waits_for_the_next(consumer: &Consumer) -> bool {
+    consumer.ring().mode() == Mode::Discard
+        && consumer.ring().geometry().num_subbuf >= 4
+        && consumer.leases_out() == 0
+        && consumer.complete_waiting(2) == 1
 }
 
 /// The oldest complete packet of `consumer`'s ring for its writer: leased in place
@@ -445,7 +486,7 @@ impl BufferSet {
     /// Drains; says whether every packet before `boundaries` (one per ring, from
     /// [`Consumer::close_chunk`]) left the rings.
     fn chunk_taken(&mut self, boundaries: &[Option<u64>]) -> bool {
-        self.drain(false, false);
+        self.drain(Pass::Flush { free_rings: false });
         self.consumers
             .iter_mut()
             .zip(boundaries)
@@ -454,13 +495,9 @@ impl BufferSet {
 
     /// Moves the streams to `next` and syncs the writers of the chunk that ends.
     fn switch_chunk(&mut self, next: &TraceDir) -> ResponseActFuture<Self, Result<(), FlushError>> {
-        let syncs: Vec<_> = self
-            .writers
-            .next_chunk(next)
-            .iter()
-            .map(|w| w.send(SyncWriter))
-            .collect();
-        Box::pin(fut::wrap_future(all_ok(syncs)))
+        Box::pin(fut::wrap_future(sync_writers(
+            self.writers.next_chunk(next),
+        )))
     }
 
     /// Polls until the chunk's packets are all taken (or [`CHUNK_WAIT`] passed),
@@ -524,6 +561,17 @@ impl Handler<EmptyRings> for BufferSet {
     }
 }
 
+/// Syncs `writers`, holding their addresses until every one answered: actix stops
+/// an actor whose mailbox has no sender left once it is idle, and one idle between
+/// two of its own notifications may then stop with the sync still queued (a chunk's
+/// writers are let go as they are synced, a torn-down set's with the set).
+async fn sync_writers(writers: Vec<Addr<Writer>>) -> Result<(), FlushError> {
+    let syncs: Vec<_> = writers.iter().map(|w| w.send(SyncWriter)).collect();
+    let result = all_ok(syncs).await;
+    drop(writers);
+    result
+}
+
 /// Waits for every request (a flush, a writer sync) and keeps the first error.
 pub async fn all_ok<F, E>(requests: Vec<F>) -> Result<(), FlushError>
 where
@@ -582,13 +630,13 @@ impl Actor for BufferSet {
                 act.release_dead_holders();
             }
             act.switch_partial();
-            act.drain_on(ctx);
+            act.drain_on(Pass::Tick, ctx);
         });
         ctx.run_interval(STUCK_AFTER, |act, ctx| {
             if act.producer_died {
                 act.release_dead_holders();
                 act.give_up_stuck();
-                act.drain_on(ctx);
+                act.drain_on(Pass::Tick, ctx);
             }
         });
     }
@@ -604,7 +652,7 @@ impl Handler<Drain> for BufferSet {
     type Result = ();
 
     fn handle(&mut self, _: Drain, ctx: &mut Context<Self>) {
-        self.drain_on(ctx);
+        self.drain_on(Pass::WakeUp, ctx);
     }
 }
 
@@ -612,7 +660,7 @@ impl Handler<BacklogRoom> for BufferSet {
     type Result = ();
 
     fn handle(&mut self, _: BacklogRoom, ctx: &mut Context<Self>) {
-        self.drain_on(ctx);
+        self.drain_on(Pass::WakeUp, ctx);
     }
 }
 
@@ -683,7 +731,7 @@ impl Handler<ProducerDied> for BufferSet {
         // At once: the dead app's reservations complete their packets now, so the
         // live apps sharing the rings lose nothing.
         self.release_dead_holders();
-        self.drain(true, false);
+        self.drain(Pass::Tick);
     }
 }
 

@@ -164,13 +164,13 @@ impl LeasedPacket {
         )
     }
 
-    /// Bytes of the packet as [`LeasedPacket::write_padded_to`] stores it: its content
+    /// Bytes of the packet as [`LeasedPacket::write_padded`] stores it: its content
     /// rounded up to [`DIRECT_ALIGN`], never past its sub-buffer (a multiple of it).
     pub fn padded_len(&self) -> usize {
         self.len.next_multiple_of(DIRECT_ALIGN)
     }
 
-    /// The header as [`LeasedPacket::write_padded_to`] stores it: `packet_size` set
+    /// The header as [`LeasedPacket::write_padded`] stores it: `packet_size` set
     /// to [`LeasedPacket::padded_len`], `content_size` unchanged.
     pub fn padded_header(&self) -> Vec<u8> {
         let mut header = self.header.clone();
@@ -178,40 +178,58 @@ impl LeasedPacket {
         header
     }
 
-    /// Writes the packet padded with zeros to [`LeasedPacket::padded_len`], every
-    /// piece aligned for `O_DIRECT` (on a file whose length is a multiple of
-    /// [`DIRECT_ALIGN`]): its first and last blocks are copied into `bounce`
-    /// (`2 * DIRECT_ALIGN` bytes at an aligned address), the header of the first
-    /// replaced by [`LeasedPacket::padded_header`]; the blocks between go straight
-    /// from the mapping (the sub-buffer is page aligned). The zeros keep whatever the
-    /// slot held past the content out of the trace.
-    pub fn write_padded_to(&self, fd: BorrowedFd<'_>, bounce: &mut [u8]) -> io::Result<()> {
-        assert_eq!(
-            bounce.len(),
-            2 * DIRECT_ALIGN,
-            "bounce buffer of two blocks"
-        );
-        let padded = self.padded_len();
-        let last = padded - DIRECT_ALIGN;
-        let (first_block, last_block) = bounce.split_at_mut(DIRECT_ALIGN);
-        // SAFETY: both blocks lie inside the leased sub-buffer (`padded` <= its size),
-        // which no honest producer writes while leased; a hostile one only tears its
-        // own bytes, and the header part of the copy is replaced by the checked one.
-        unsafe { self.ring.map.copy_racy_into(self.at, first_block) };
-        first_block[..self.header.len()].copy_from_slice(&self.padded_header());
-        if last == 0 {
-            first_block[self.len..].fill(0);
-            return self.ring.map.write_out(fd, &[Part::Own(first_block)]);
-        }
-        // SAFETY: as above.
-        unsafe { self.ring.map.copy_racy_into(self.at + last, last_block) };
-        last_block[self.len - last..].fill(0);
-        let middle = Part::Mapped {
-            at: self.at + DIRECT_ALIGN,
-            len: last - DIRECT_ALIGN,
+    /// Writes the packets of `run` (consecutive packets of one ring, in order) in one
+    /// `writev`, each padded with zeros to [`LeasedPacket::padded_len`], every piece
+    /// aligned for `O_DIRECT` (on a file whose length is a multiple of
+    /// [`DIRECT_ALIGN`]): each packet's first and last blocks are copied into its two
+    /// blocks of `bounce` (`2 * DIRECT_ALIGN` bytes per packet at an aligned address),
+    /// the header of the first replaced by [`LeasedPacket::padded_header`]; the
+    /// blocks between go straight from the mapping (the sub-buffer is page aligned).
+    /// The zeros keep whatever the slot held past the content out of the trace. One
+    /// write of several packets costs the kernel one request to the device instead of
+    /// one per packet.
+    pub fn write_padded(
+        fd: BorrowedFd<'_>,
+        run: &[&LeasedPacket],
+        bounce: &mut [u8],
+    ) -> io::Result<()> {
+        let Some(ring) = run.first().map(|p| &p.ring) else {
+            return Ok(());
         };
-        let parts = [Part::Own(first_block), middle, Part::Own(last_block)];
-        self.ring.map.write_out(fd, &parts)
+        assert!(
+            run.iter().all(|p| Arc::ptr_eq(&p.ring, ring)),
+            "a run is packets of one ring"
+        );
+        assert!(
+            bounce.len() >= 2 * DIRECT_ALIGN * run.len(),
+            "bounce buffer of two blocks per packet"
+        );
+        let mut parts = Vec::with_capacity(3 * run.len());
+        for (packet, blocks) in run.iter().zip(bounce.chunks_exact_mut(2 * DIRECT_ALIGN)) {
+            let (first, last_block) = blocks.split_at_mut(DIRECT_ALIGN);
+            let last = packet.padded_len() - DIRECT_ALIGN;
+            // SAFETY: both blocks lie inside the leased sub-buffer (`padded_len` <= its
+            // size), which no honest producer writes while leased; a hostile one only
+            // tears its own bytes, and the header part of the copy is replaced by the
+            // checked one.
+            unsafe { ring.map.copy_racy_into(packet.at, first) };
+            first[..packet.header.len()].copy_from_slice(&packet.padded_header());
+            if last == 0 {
+                first[packet.len..].fill(0);
+                parts.push(Part::Own(first));
+                continue;
+            }
+            // SAFETY: as above.
+            unsafe { ring.map.copy_racy_into(packet.at + last, last_block) };
+            last_block[packet.len - last..].fill(0);
+            parts.push(Part::Own(first));
+            parts.push(Part::Mapped {
+                at: packet.at + DIRECT_ALIGN,
+                len: last - DIRECT_ALIGN,
+            });
+            parts.push(Part::Own(last_block));
+        }
+        ring.map.write_out(fd, &parts)
     }
 
     /// A copy of the packet in the daemon's heap, for writers that want bytes.
@@ -584,6 +602,22 @@ impl Consumer {
             }
         }
         released
+    }
+
+    /// Complete packets after the leased ones, counted up to `most`: what the next
+    /// [`Consumer::lease_packet`] calls would find, as far as the commit words say
+    /// (app-writable: a drain may use it only to decide when to lease, never what).
+    pub fn complete_waiting(&self, most: u64) -> u64 {
+        let g = self.ring.geometry();
+        let first = self.consumed + self.leases.len() as u64 * g.subbuf_size;
+        let unleased = g.num_subbuf - self.leases.len() as u64;
+        (0..most.min(unleased))
+            .map(|i| first + i * g.subbuf_size)
+            .take_while(|&pos| {
+                // Acquire as in `lease_packet`; only the count is used.
+                self.ring.commit_word(pos).load(Acquire) as u32 == self.ring.complete_bytes(pos)
+            })
+            .count() as u64
     }
 
     /// Packets leased and not given back yet.

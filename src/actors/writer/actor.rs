@@ -2,7 +2,7 @@
 //! [`StreamWriters`], the writers of one BufferSet's streams with their bounded
 //! backlogs (see the parent module's doc for the restart and failure rules).
 
-use super::{DrainedPacket, Metadata, StreamInfo, StreamWriter, WriterFactory};
+use super::{DrainedPacket, LeasedPacket, Metadata, StreamInfo, StreamWriter, WriterFactory};
 use crate::actors::stats::Stats;
 use crate::actors::supervision::{RestartBudget, RestartPolicy, Verdict};
 use crate::protocol::messages::WriterFailure;
@@ -350,7 +350,7 @@ impl Writer {
             );
             self.failed = None;
         }
-        while let Some(packet) = self.pending.front() {
+        while let Some(first) = self.pending.front() {
             let result = catch_unwind(AssertUnwindSafe(|| {
                 if self.sink.is_none() {
                     if self.factory.uses_trace_dir() {
@@ -359,14 +359,22 @@ impl Writer {
                     self.sink = Some(self.factory.create(&self.stream)?);
                 }
                 let sink = self.sink.as_mut().expect("created above");
-                match &packet.bytes {
-                    DrainedPacket::Copied(bytes) => sink.write_packet(&packet.metadata, bytes),
-                    DrainedPacket::Leased(lease) => sink.write_leased(&packet.metadata, lease),
+                match &first.bytes {
+                    DrainedPacket::Copied(bytes) => {
+                        sink.write_packet(&first.metadata, bytes).map(|()| 1)
+                    }
+                    DrainedPacket::Leased(_) => {
+                        let run = leased_run(&self.pending);
+                        sink.write_leased_run(&first.metadata, &run)
+                    }
                 }
             }));
             match flatten(result) {
-                Ok(()) => {
-                    self.pending.pop_front();
+                Ok(stored) => {
+                    // At least the first, at most what was offered (a custom writer
+                    // may answer anything).
+                    let stored = stored.clamp(1, self.pending.len());
+                    self.pending.drain(..stored);
                     self.unlist();
                 }
                 Err(fault) => {
@@ -485,8 +493,28 @@ impl Writer {
     }
 }
 
+/// Most packets one [`StreamWriter::write_leased_run`] is offered: 8 sub-buffers
+/// (4 MiB of 512 KiB ones) per write amortize its cost, and the writer's bounce
+/// buffer stays small (two pages per packet).
+const MOST_PER_RUN: usize = 8;
+
+/// The leased packets at the front of `pending` that one write may store together:
+/// consecutive, described by the same metadata, at most [`MOST_PER_RUN`].
+fn leased_run(pending: &VecDeque<WritePacket>) -> Vec<&LeasedPacket> {
+    let version = pending.front().map(|p| p.metadata.version);
+    pending
+        .iter()
+        .take(MOST_PER_RUN)
+        .take_while(|p| Some(p.metadata.version) == version)
+        .map_while(|p| match &p.bytes {
+            DrainedPacket::Leased(lease) => Some(lease),
+            DrainedPacket::Copied(_) => None,
+        })
+        .collect()
+}
+
 /// Turns what a writer call returned, or its panic, into a [`WriterFault`].
-fn flatten(result: std::thread::Result<io::Result<()>>) -> Result<(), WriterFault> {
+fn flatten<T>(result: std::thread::Result<io::Result<T>>) -> Result<T, WriterFault> {
     match result {
         Ok(result) => Ok(result?),
         Err(panic) => Err(match panic.downcast_ref::<&str>() {
@@ -548,8 +576,25 @@ impl Supervised for Writer {
 impl Handler<WritePacket> for Writer {
     type Result = ();
 
+    /// Queued, and stored once the mailbox is empty: packets that arrived together
+    /// (a drain that found several complete) go out in one write.
     fn handle(&mut self, packet: WritePacket, ctx: &mut Context<Self>) {
         self.pending.push_back(packet);
+        ctx.notify(StorePending);
+    }
+}
+
+/// Stores what is pending: sent by a writer to itself after each packet, handled
+/// once every message already in its mailbox was (actix runs notifications after
+/// the mailbox), so that the packets queued meanwhile form one run.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct StorePending;
+
+impl Handler<StorePending> for Writer {
+    type Result = ();
+
+    fn handle(&mut self, _: StorePending, ctx: &mut Context<Self>) {
         self.store_pending(ctx);
     }
 }

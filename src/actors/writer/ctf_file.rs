@@ -230,22 +230,26 @@ impl CtfFileWriter {
         self.ensure_open(metadata)
     }
 
-    /// Appends one packet of `len` bytes whose header is at the start of `header`,
-    /// written to the prepared stream file by `write`, and its index entry; a failure
-    /// cuts both files back to their last whole packet.
+    /// Appends packets, each given by its header (`PacketHeader::read` of its first
+    /// bytes) and its length, written to the prepared stream file by `write` in one
+    /// go, and their index entries; a failure cuts both files back to their last
+    /// whole packet before them.
     fn append(
         &mut self,
-        header: &[u8],
-        len: u64,
+        packets: &[(&[u8], u64)],
         write: impl FnOnce(&mut File) -> io::Result<()>,
     ) -> io::Result<()> {
         let good_len = self.good_len;
         let file = self.file.as_mut().expect("prepared");
         let (index, index_len) = self.index.as_mut().expect("opened with the file");
-        let entry = PacketHeader::read(header)
-            .map(|header| IndexEntry::of(good_len, &header).encode())
-            .map_err(io::Error::other)?;
-        if let Err(e) = write(file).and_then(|()| index.write_all(&entry)) {
+        let mut entries = Vec::with_capacity(packets.len() * index::INDEX_ENTRY_LEN);
+        let mut len = 0;
+        for (header, packet_len) in packets {
+            let header = PacketHeader::read(header).map_err(io::Error::other)?;
+            entries.extend(IndexEntry::of(good_len + len, &header).encode());
+            len += packet_len;
+        }
+        if let Err(e) = write(file).and_then(|()| index.write_all(&entries)) {
             // A torn packet would make the whole stream unreadable, an entry without
             // its packet would mislead a reader: cut both back.
             let _ = file.set_len(good_len);
@@ -253,7 +257,7 @@ impl CtfFileWriter {
             return Err(e);
         }
         self.good_len += len;
-        *index_len += entry.len() as u64;
+        *index_len += entries.len() as u64;
         self.stream.trace_dir.count_written(len);
         Ok(())
     }
@@ -292,9 +296,10 @@ impl CtfFileWriter {
         self.direct = Direct::Off;
     }
 
-    /// Stores `packet` padded with `O_DIRECT`; `Ok(false)` if it is not to be (off, or
-    /// the file's length not aligned), and after the file system refused it.
-    fn append_direct(&mut self, packet: &LeasedPacket) -> io::Result<bool> {
+    /// Stores `run` padded with `O_DIRECT` in one write; `Ok(false)` if it is not to
+    /// be (off, or the file's length not aligned), and after the file system refused
+    /// it.
+    fn append_direct(&mut self, run: &[&LeasedPacket]) -> io::Result<bool> {
         if !matches!(self.direct, Direct::On { .. })
             || !self.good_len.is_multiple_of(DIRECT_ALIGN as u64)
         {
@@ -304,14 +309,20 @@ impl CtfFileWriter {
         let Direct::On { set: true, bounce } = &mut self.direct else {
             return Ok(false);
         };
-        let mut bounce = bounce
-            .take()
-            .map_or_else(|| memmap2::MmapMut::map_anon(2 * DIRECT_ALIGN), Ok)?;
-        let result = self.append(
-            &packet.padded_header(),
-            packet.padded_len() as u64,
-            |file| packet.write_padded_to(file.as_fd(), &mut bounce),
-        );
+        let needed = 2 * DIRECT_ALIGN * run.len();
+        let mut bounce = match bounce.take() {
+            Some(kept) if kept.len() >= needed => kept,
+            _ => memmap2::MmapMut::map_anon(needed)?,
+        };
+        let headers: Vec<Vec<u8>> = run.iter().map(|p| p.padded_header()).collect();
+        let packets: Vec<(&[u8], u64)> = headers
+            .iter()
+            .zip(run)
+            .map(|(header, p)| (&header[..], p.padded_len() as u64))
+            .collect();
+        let result = self.append(&packets, |file| {
+            LeasedPacket::write_padded(file.as_fd(), run, &mut bounce)
+        });
         if let Direct::On { bounce: kept, .. } = &mut self.direct {
             *kept = Some(bounce);
         }
@@ -329,21 +340,41 @@ impl StreamWriter for CtfFileWriter {
     fn write_packet(&mut self, metadata: &Metadata, packet: &[u8]) -> io::Result<()> {
         self.prepare(metadata, packet.len() as u64)?;
         self.set_direct(false)?;
-        self.append(packet, packet.len() as u64, |file| file.write_all(packet))
+        let len = packet.len() as u64;
+        self.append(&[(packet, len)], |file| file.write_all(packet))
     }
 
-    /// Straight from the ring's mapping: with `O_DIRECT` where it can (see
-    /// [`Direct`]), else the checked header, then the content, in one `writev` (no
-    /// copy into the daemon's heap either way).
     fn write_leased(&mut self, metadata: &Metadata, packet: &LeasedPacket) -> io::Result<()> {
-        self.prepare(metadata, packet.padded_len() as u64)?;
-        if self.append_direct(packet)? {
-            return Ok(());
+        self.write_leased_run(metadata, &[packet]).map(|_| ())
+    }
+
+    /// Straight from the ring's mapping: the whole run in one write with `O_DIRECT`
+    /// where it can (see [`Direct`]), else its first packet through the page cache,
+    /// its checked header then its content in one `writev` (no copy into the
+    /// daemon's heap either way). With a tracefile size, one packet at a time, so
+    /// that each file ends on the packet that fills it.
+    fn write_leased_run(
+        &mut self,
+        metadata: &Metadata,
+        run: &[&LeasedPacket],
+    ) -> io::Result<usize> {
+        let run = if self.stream.tracefile.size > 0 {
+            &run[..1]
+        } else {
+            run
+        };
+        let padded = run.iter().map(|p| p.padded_len() as u64).sum();
+        self.prepare(metadata, padded)?;
+        if self.append_direct(run)? {
+            return Ok(run.len());
         }
+        let packet = run[0];
         self.set_direct(false)?;
-        self.append(packet.header(), packet.len() as u64, |file| {
+        let len = packet.len() as u64;
+        self.append(&[(packet.header(), len)], |file| {
             packet.write_to(file.as_fd())
-        })
+        })?;
+        Ok(1)
     }
 
     /// Every packet went out with an unbuffered `write`, so every reader sees it

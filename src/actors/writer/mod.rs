@@ -132,6 +132,18 @@ pub trait StreamWriter: Send {
     fn write_leased(&mut self, metadata: &Metadata, packet: &LeasedPacket) -> io::Result<()> {
         self.write_packet(metadata, &packet.to_vec())
     }
+    /// Stores the first packets of `run`, consecutive packets of the stream's ring
+    /// in order, all described by `metadata`: at least the first one, all of them if
+    /// it can (the built-in writer puts them in one write: one request to the device
+    /// instead of one per packet); returns how many. An error means none was stored.
+    /// By default the first one goes to [`StreamWriter::write_leased`].
+    fn write_leased_run(
+        &mut self,
+        metadata: &Metadata,
+        run: &[&LeasedPacket],
+    ) -> io::Result<usize> {
+        self.write_leased(metadata, run[0]).map(|()| 1)
+    }
     /// Makes everything written so far visible at its destination: `stop` answers the
     /// user once every writer of the session synced.
     fn sync(&mut self) -> io::Result<()>;
