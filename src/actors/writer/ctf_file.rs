@@ -98,6 +98,14 @@ fn is_removed(file: &File) -> io::Result<bool> {
     Ok(file.metadata()?.nlink() == 0)
 }
 
+/// Sets or clears `O_DIRECT` on `file`'s open file description.
+fn set_o_direct(file: &File, on: bool) -> nix::Result<()> {
+    let fd = file.as_fd();
+    let mut flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
+    flags.set(OFlag::O_DIRECT, on);
+    fcntl(fd, FcntlArg::F_SETFL(flags)).map(drop)
+}
+
 impl CtfFileWriter {
     /// A writer that creates nothing until its first packet.
     pub fn new(stream: StreamInfo) -> CtfFileWriter {
@@ -271,11 +279,8 @@ impl CtfFileWriter {
         if *set == on {
             return Ok(());
         }
-        let fd = self.file.as_ref().expect("prepared").as_fd();
-        let mut flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
-        flags.set(OFlag::O_DIRECT, on);
-        match fcntl(fd, FcntlArg::F_SETFL(flags)) {
-            Ok(_) => *set = on,
+        match set_o_direct(self.file.as_ref().expect("prepared"), on) {
+            Ok(()) => *set = on,
             Err(Errno::EINVAL) if on => self.refuse_direct("setting O_DIRECT"),
             Err(e) => return Err(e.into()),
         }
@@ -283,8 +288,15 @@ impl CtfFileWriter {
     }
 
     /// Stores all later packets through the page cache: the file system refused
-    /// `O_DIRECT` (`EINVAL` from `what`), once per writer.
+    /// `O_DIRECT` (`EINVAL` from `what`), once per writer. The flag goes off the fd
+    /// if it was set (a refused write), so that the retry through the page cache
+    /// is not refused too.
     fn refuse_direct(&mut self, what: &str) {
+        if let (Direct::On { set: true, .. }, Some(file)) = (&self.direct, &self.file)
+            && let Err(e) = set_o_direct(file, false)
+        {
+            log::warn!("clearing O_DIRECT: {e}");
+        }
         log::info!(
             "{}: {what} was refused (EINVAL): storing through the page cache",
             self.stream

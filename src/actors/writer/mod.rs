@@ -136,6 +136,7 @@ pub trait StreamWriter: Send {
     /// in order, all described by `metadata`: at least the first one, all of them if
     /// it can (the built-in writer puts them in one write: one request to the device
     /// instead of one per packet); returns how many. An error means none was stored.
+    /// `run` is never empty.
     /// By default the first one goes to [`StreamWriter::write_leased`].
     fn write_leased_run(
         &mut self,
