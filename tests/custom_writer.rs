@@ -10,7 +10,7 @@ use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use ustrace::actors::writer::{Metadata, StreamInfo, StreamWriter, WriterFactory};
+use ustrace::actors::writer::{LeasedPacket, Metadata, StreamInfo, StreamWriter, WriterFactory};
 use ustrace::config::Config;
 use ustrace::control;
 use ustrace::ctf::packet::PacketHeader;
@@ -25,12 +25,15 @@ struct Collect {
     packets: Collected,
     made: AtomicU32,
     panic_first: bool,
+    overclaims: bool,
 }
 
 struct CollectWriter {
     stream: String,
     packets: Collected,
     panics: bool,
+    /// Stores whole runs and answers with more than it was offered.
+    overclaims: bool,
 }
 
 impl StreamWriter for CollectWriter {
@@ -47,6 +50,23 @@ impl StreamWriter for CollectWriter {
         Ok(())
     }
 
+    /// Stores the first packet only, and says so, or (`overclaims`) stores the
+    /// whole run and claims five more: the daemon must take it for the run, not
+    /// for packets queued after it.
+    fn write_leased_run(
+        &mut self,
+        metadata: &Metadata,
+        run: &[&LeasedPacket],
+    ) -> io::Result<usize> {
+        if !self.overclaims {
+            return self.write_leased(metadata, run[0]).map(|()| 1);
+        }
+        for packet in run {
+            self.write_leased(metadata, packet)?;
+        }
+        Ok(run.len() + 5)
+    }
+
     fn sync(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -59,6 +79,7 @@ impl WriterFactory for Collect {
             stream: format!("{}/{}", stream.session, stream.file_name()),
             packets: self.packets.clone(),
             panics: self.panic_first && first,
+            overclaims: self.overclaims,
         }))
     }
 }
@@ -129,6 +150,21 @@ fn ask(rundir: &std::path::Path, request: ControlRequest) {
 }
 
 fn trace_with_collect(rundir: &std::path::Path, output: Option<String>, events: u32) {
+    let channel = ChannelRequest {
+        buffers: Some(Buffering::PerPid),
+        ..ChannelRequest::default()
+    };
+    trace_into(rundir, output, channel, events);
+}
+
+/// Traces one app emitting `events` into `channel` (named `c` here, picking the
+/// `collect` writer) of a new session `s`, then stops it.
+fn trace_into(
+    rundir: &std::path::Path,
+    output: Option<String>,
+    channel: ChannelRequest,
+    events: u32,
+) {
     ask(
         rundir,
         ControlRequest::Create {
@@ -144,9 +180,8 @@ fn trace_with_collect(rundir: &std::path::Path, output: Option<String>, events: 
             session: None,
             channel: ChannelRequest {
                 name: "c".into(),
-                buffers: Some(Buffering::PerPid),
                 writer: Some("collect".into()),
-                ..ChannelRequest::default()
+                ..channel
             },
         },
     );
@@ -205,6 +240,7 @@ fn collect_one_app(tag: &str, panic_first: bool, events: u32) -> (Collected, Sta
             packets: packets.clone(),
             made: AtomicU32::new(0),
             panic_first,
+            overclaims: false,
         },
     );
     trace_with_collect(&rundir, None, events);
@@ -219,6 +255,35 @@ fn a_channel_picks_a_custom_writer_by_name_and_it_gets_every_packet() {
     assert_eq!(events_in(&packets), 40);
     let streams: Vec<String> = packets.lock().unwrap().keys().cloned().collect();
     assert!(streams.iter().all(|k| k.starts_with("s/c_")), "{streams:?}");
+}
+
+/// Runs of leased packets (a per-UID channel of small packets, filled faster than
+/// they are stored) offered to a writer that stores one of each and claims more:
+/// every packet still reaches it, once.
+#[test]
+fn a_writer_claiming_more_of_a_run_than_it_was_offered_loses_nothing() {
+    let scratch = Scratch::new("overclaim");
+    let packets = Collected::default();
+    let (rundir, stop) = daemon(
+        &scratch,
+        Collect {
+            packets: packets.clone(),
+            made: AtomicU32::new(0),
+            panic_first: false,
+            overclaims: true,
+        },
+    );
+    let channel = ChannelRequest {
+        buffers: Some(Buffering::PerUid),
+        subbuf_size: Some(4096),
+        num_subbuf: Some(64),
+        // None, as the per-PID channels `events_in` counts in.
+        contexts: Some(Vec::new()),
+        ..ChannelRequest::default()
+    };
+    trace_into(&rundir, None, channel, 5000);
+    let _ = stop.send(());
+    assert_eq!(events_in(&packets), 5000);
 }
 
 #[test]

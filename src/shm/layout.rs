@@ -354,7 +354,11 @@ impl Mapping {
     /// Fills `out` with a copy of `at..at + out.len()`, as [`Mapping::copy_racy`].
     ///
     /// # Safety
-    /// As [`Mapping::copy_racy`].
+    /// Writers of the range may run concurrently only as the ring protocol allows:
+    /// overwrite mode reusing a slot (the caller then discards the copy unless it
+    /// proves that no producer wrote it meanwhile, as [`Mapping::copy_racy`]), or a
+    /// hostile app rewriting a leased slot of its own (the copy then holds some of
+    /// its bytes, which only it reads in its trace).
     pub(crate) unsafe fn copy_racy_into(&self, at: usize, out: &mut [u8]) {
         assert!(
             at.is_multiple_of(8) && out.len().is_multiple_of(8) && at + out.len() <= self.map.len(),

@@ -361,19 +361,20 @@ impl Writer {
                 let sink = self.sink.as_mut().expect("created above");
                 match &first.bytes {
                     DrainedPacket::Copied(bytes) => {
-                        sink.write_packet(&first.metadata, bytes).map(|()| 1)
+                        sink.write_packet(&first.metadata, bytes).map(|()| (1, 1))
                     }
                     DrainedPacket::Leased(_) => {
                         let run = leased_run(&self.pending);
-                        sink.write_leased_run(&first.metadata, &run)
+                        let stored = sink.write_leased_run(&first.metadata, &run)?;
+                        Ok((stored, run.len()))
                     }
                 }
             }));
             match flatten(result) {
-                Ok(stored) => {
+                Ok((stored, offered)) => {
                     // At least the first, at most what was offered (a custom writer
                     // may answer anything).
-                    let stored = stored.clamp(1, self.pending.len());
+                    let stored = stored.clamp(1, offered);
                     self.pending.drain(..stored);
                     self.unlist();
                 }

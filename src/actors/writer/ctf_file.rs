@@ -375,8 +375,12 @@ impl StreamWriter for CtfFileWriter {
         } else {
             run
         };
-        let padded = run.iter().map(|p| p.padded_len() as u64).sum();
-        self.prepare(metadata, padded)?;
+        // The length a tracefile size is checked against: padded if it may go direct.
+        let len = match self.direct {
+            Direct::On { .. } => run.iter().map(|p| p.padded_len() as u64).sum(),
+            Direct::Off => run[0].len() as u64,
+        };
+        self.prepare(metadata, len)?;
         if self.append_direct(run)? {
             return Ok(run.len());
         }
