@@ -150,11 +150,15 @@ fn ask(rundir: &std::path::Path, request: ControlRequest) {
 }
 
 fn trace_with_collect(rundir: &std::path::Path, output: Option<String>, events: u32) {
-    let channel = ChannelRequest {
+    trace_into(rundir, output, per_pid(), events);
+}
+
+/// A per-PID channel of the default geometry.
+fn per_pid() -> ChannelRequest {
+    ChannelRequest {
         buffers: Some(Buffering::PerPid),
         ..ChannelRequest::default()
-    };
-    trace_into(rundir, output, channel, events);
+    }
 }
 
 /// Traces one app emitting `events` into `channel` (named `c` here, picking the
@@ -229,9 +233,20 @@ fn status(rundir: &std::path::Path) -> StatusReport {
 }
 
 /// Runs a daemon whose `collect` writer keeps packets in memory, traces one app
-/// emitting `events` into a channel that picks it, and returns the packets and the
-/// daemon's counters after `stop`.
+/// emitting `events` into a per-PID channel that picks it, and returns the packets
+/// and the daemon's counters after `stop`.
 fn collect_one_app(tag: &str, panic_first: bool, events: u32) -> (Collected, StatusReport) {
+    collect_in(tag, (panic_first, false), per_pid(), events)
+}
+
+/// [`collect_one_app`] into `channel`, the writer panicking on its first packet
+/// and claiming more of a run than offered as `(panic_first, overclaims)` say.
+fn collect_in(
+    tag: &str,
+    (panic_first, overclaims): (bool, bool),
+    channel: ChannelRequest,
+    events: u32,
+) -> (Collected, StatusReport) {
     let scratch = Scratch::new(tag);
     let packets = Collected::default();
     let (rundir, stop) = daemon(
@@ -240,10 +255,10 @@ fn collect_one_app(tag: &str, panic_first: bool, events: u32) -> (Collected, Sta
             packets: packets.clone(),
             made: AtomicU32::new(0),
             panic_first,
-            overclaims: false,
+            overclaims,
         },
     );
-    trace_with_collect(&rundir, None, events);
+    trace_into(&rundir, None, channel, events);
     let status = status(&rundir);
     let _ = stop.send(());
     (packets, status)
@@ -258,21 +273,10 @@ fn a_channel_picks_a_custom_writer_by_name_and_it_gets_every_packet() {
 }
 
 /// Runs of leased packets (a per-UID channel of small packets, filled faster than
-/// they are stored) offered to a writer that stores one of each and claims more:
+/// they are stored) offered to a writer that stores each and claims more:
 /// every packet still reaches it, once.
 #[test]
 fn a_writer_claiming_more_of_a_run_than_it_was_offered_loses_nothing() {
-    let scratch = Scratch::new("overclaim");
-    let packets = Collected::default();
-    let (rundir, stop) = daemon(
-        &scratch,
-        Collect {
-            packets: packets.clone(),
-            made: AtomicU32::new(0),
-            panic_first: false,
-            overclaims: true,
-        },
-    );
     let channel = ChannelRequest {
         buffers: Some(Buffering::PerUid),
         subbuf_size: Some(4096),
@@ -281,8 +285,7 @@ fn a_writer_claiming_more_of_a_run_than_it_was_offered_loses_nothing() {
         contexts: Some(Vec::new()),
         ..ChannelRequest::default()
     };
-    trace_into(&rundir, None, channel, 5000);
-    let _ = stop.send(());
+    let (packets, _) = collect_in("overclaim", (false, true), channel, 5000);
     assert_eq!(events_in(&packets), 5000);
 }
 
