@@ -9,7 +9,7 @@ mod common;
 
 use common::{Running, Scratch};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 use ustrace::actors::writer::{Metadata, StreamInfo, StreamWriter, WriterFactory};
@@ -195,23 +195,22 @@ fn a_slow_writer_under_a_flood_makes_rings_discard_and_memory_stays_bounded() {
 
     let before = rss("VmRSS:");
     let before_heap = rss("RssAnon:");
-    // The heap's peak is sampled every 10 ms while the flood runs: a measurement,
-    // not a synchronisation (the test waits for the apps to exit, then stops the
-    // sampler). The kernel keeps no high-water mark of anonymous memory alone
-    // (VmHWM counts the mapped rings too); a growth shorter than a period may go
-    // unseen, which weakens the bound but cannot fail it spuriously.
-    let sampling = Arc::new(AtomicBool::new(true));
-    let sampler = {
-        let sampling = sampling.clone();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while sampling.load(Ordering::Relaxed) {
-                peak = peak.max(rss("RssAnon:"));
-                std::thread::sleep(Duration::from_millis(10));
+    // The heap's peak is sampled every 10 ms while the flood runs, until the test
+    // (once the apps exited) says stop: the wait for that word is the period. The
+    // kernel keeps no high-water mark of anonymous memory alone (VmHWM counts the
+    // mapped rings too); a growth shorter than a period may go unseen, which
+    // weakens the bound but cannot fail it spuriously.
+    let (stop_sampling, stopped) = std::sync::mpsc::channel::<()>();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        loop {
+            peak = peak.max(rss("RssAnon:"));
+            match stopped.recv_timeout(Duration::from_millis(10)) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                _ => return peak,
             }
-            peak
-        })
-    };
+        }
+    });
     let apps: Vec<Running> = (0..APPS)
         .map(|_| {
             Running(
@@ -226,7 +225,7 @@ fn a_slow_writer_under_a_flood_makes_rings_discard_and_memory_stays_bounded() {
     for mut app in apps {
         assert!(app.0.wait().unwrap().success());
     }
-    sampling.store(false, Ordering::Relaxed);
+    let _ = stop_sampling.send(());
     let peak_heap = sampler.join().unwrap();
     writers.open();
     ask(&rundir, ControlRequest::Stop { session: None });
