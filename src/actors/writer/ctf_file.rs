@@ -55,6 +55,9 @@ pub struct CtfFileWriter {
     k: u64,
     /// How leased packets are stored.
     direct: Direct,
+    /// Page-aligned blocks for the first and last page of each packet of an
+    /// `O_DIRECT` run (two per packet), made at the first one and grown as needed.
+    bounce: Option<memmap2::MmapMut>,
 }
 
 /// Whether leased packets go to the stream file with `O_DIRECT`: the kernel reads
@@ -67,13 +70,10 @@ pub struct CtfFileWriter {
 enum Direct {
     /// Off: `daemon.direct_io = false`, or the file system refused it.
     Off,
-    /// On, with the flag set on the open stream file's fd or not, and the writer's
-    /// aligned bounce buffer once it has needed one.
+    /// On, with the flag set on the open stream file's fd or not.
     On {
         /// `O_DIRECT` is set on the open stream file's fd.
         set: bool,
-        /// Two aligned blocks for a packet's first and last ones.
-        bounce: Option<memmap2::MmapMut>,
     },
 }
 
@@ -116,10 +116,8 @@ impl CtfFileWriter {
             index: None,
             removed: None,
             k: 0,
-            direct: Direct::On {
-                set: false,
-                bounce: None,
-            },
+            direct: Direct::On { set: false },
+            bounce: None,
         }
     }
 
@@ -318,11 +316,11 @@ impl CtfFileWriter {
             return Ok(false);
         }
         self.set_direct(true)?;
-        let Direct::On { set: true, bounce } = &mut self.direct else {
+        if !matches!(self.direct, Direct::On { set: true }) {
             return Ok(false);
-        };
+        }
         let needed = 2 * DIRECT_ALIGN * run.len();
-        let mut bounce = match bounce.take() {
+        let mut bounce = match self.bounce.take() {
             Some(kept) if kept.len() >= needed => kept,
             _ => memmap2::MmapMut::map_anon(needed)?,
         };
@@ -335,9 +333,7 @@ impl CtfFileWriter {
         let result = self.append(&packets, |file| {
             LeasedPacket::write_padded(file.as_fd(), run, &mut bounce)
         });
-        if let Direct::On { bounce: kept, .. } = &mut self.direct {
-            *kept = Some(bounce);
-        }
+        self.bounce = Some(bounce);
         match result {
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 self.refuse_direct("an O_DIRECT write");
