@@ -321,7 +321,12 @@ pub fn open_below(
     let mut path = levels
         .iter()
         .fold(output.path().to_path_buf(), |p, c| p.join(c));
-    open_levels(parent.as_fd(), &mut path, std::slice::from_ref(leaf), fresh_leaf)
+    open_levels(
+        parent.as_fd(),
+        &mut path,
+        std::slice::from_ref(leaf),
+        fresh_leaf,
+    )
 }
 
 /// Walks `names` down from `top` (at `path`, which each name extends), making
@@ -1051,6 +1056,51 @@ mod tests {
         let moved = root.path().join("moved/ust/pid");
         assert_eq!(
             names(&moved),
+            ["a-1-20261127-104600", "b-2-20261127-104600"]
+        );
+    }
+
+    #[test]
+    fn a_level_removed_after_its_first_use_is_made_again() {
+        let root = tempfile::tempdir().unwrap();
+        let output = out(root.path());
+        let first = TraceDir::new(&output, below("ust/pid/a-1-20261127-104600")).unwrap();
+        first.store_metadata("t", "a").unwrap();
+        fs::remove_dir_all(root.path().join("ust")).unwrap();
+        let second = TraceDir::new(&output, below("ust/pid/b-2-20261127-104600")).unwrap();
+        second.store_metadata("t", "b").unwrap();
+        assert_eq!(
+            fs::read_to_string(second.path().join(METADATA_FILE)).unwrap(),
+            "b"
+        );
+        assert_eq!(names(&root.path().join("ust/pid")), ["b-2-20261127-104600"]);
+    }
+
+    #[test]
+    fn a_level_swapped_for_a_link_after_its_first_use_redirects_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let path = root.path().join("out");
+        let output = out(&path);
+        TraceDir::new(&output, below("ust/pid/a-1-20261127-104600"))
+            .unwrap()
+            .store_metadata("t", "a")
+            .unwrap();
+        fs::rename(path.join("ust"), path.join("ust.old")).unwrap();
+        let elsewhere = root.path().join("elsewhere");
+        fs::create_dir_all(elsewhere.join("pid")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, path.join("ust")).unwrap();
+        TraceDir::new(&output, below("ust/pid/b-2-20261127-104600"))
+            .unwrap()
+            .store_metadata("t", "b")
+            .unwrap();
+        assert!(
+            fs::read_dir(elsewhere.join("pid"))
+                .unwrap()
+                .next()
+                .is_none()
+        );
+        assert_eq!(
+            names(&path.join("ust.old/pid")),
             ["a-1-20261127-104600", "b-2-20261127-104600"]
         );
     }
