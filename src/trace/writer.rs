@@ -115,10 +115,6 @@ impl From<TraceDirError> for io::Error {
     }
 }
 
-/// Most shared levels an [`OutputDir`] keeps open (one per per-UID owner, one
-/// for `ust/pid`): past it the kept ones are let go and walked to again.
-const MOST_LEVELS_KEPT: usize = 64;
-
 /// The daemon's effective uid, which owns everything it makes: read once, it
 /// never changes in the daemon's process.
 fn euid() -> u32 {
@@ -211,8 +207,8 @@ fn open_output(dir: &Path) -> Result<OwnedFd, TraceDirError> {
 /// A session's output directory, opened (and created if missing) once, at its
 /// first use: every trace of the session is then made below that same directory,
 /// whatever later happens to its path (a user who owns it and swaps it for a link
-/// to `/etc` redirects nothing). The shared levels below it that hold trace
-/// directories (`ust/pid`, `ust/uid/<uid>`) stay open once checked, so that each
+/// to `/etc` redirects nothing). The level holding per-PID trace directories
+/// (`ust/pid`) stays open too from the session's start, so that each
 /// short-lived per-PID app's trace costs one `mkdirat` and one `openat` there
 /// instead of a walk from the output (ten system calls fewer per app). Clones
 /// share it all.
@@ -228,8 +224,8 @@ struct OutputShared {
     path: PathBuf,
     /// The directory, once opened; a failure is not kept, the next use tries again.
     fd: Mutex<Option<Arc<OwnedFd>>>,
-    /// Levels below it, by their components, opened and checked by
-    /// [`open_levels`]; one removed since is walked to again.
+    /// Levels below it kept open ([`OutputDir::keep_level`]), by their
+    /// components; one removed since is walked to again.
     levels: Mutex<HashMap<Vec<String>, Arc<OwnedFd>>>,
 }
 
@@ -262,21 +258,35 @@ impl OutputDir {
         Ok(opened)
     }
 
-    /// The shared level `output/levels...` (made as [`open_levels`] makes it), kept
-    /// open from its first use while it is not removed.
-    fn level(&self, levels: &[String]) -> Result<Arc<OwnedFd>, TraceDirError> {
+    /// Opens the shared level `output/levels...` (made and checked as
+    /// [`open_below`] does) and keeps it open for the session: trace directories
+    /// below it are then made relative to it. The session keeps `ust/pid` so
+    /// from its `start` (one fd, counted before any app), where a per-PID app's
+    /// trace is made per app.
+    pub fn keep_level(&self, levels: &[String]) -> Result<Arc<OwnedFd>, TraceDirError> {
         let mut kept = self.shared.levels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(fd) = kept.get(levels).filter(|fd| !is_removed(fd)) {
-            return Ok(fd.clone());
-        }
         let output = self.fd()?;
         let mut path = self.path().to_path_buf();
         let opened = Arc::new(open_levels(output.as_fd(), &mut path, levels, &mut false)?);
-        if kept.len() >= MOST_LEVELS_KEPT {
-            kept.clear();
-        }
         kept.insert(levels.to_vec(), opened.clone());
         Ok(opened)
+    }
+
+    /// The kept level `levels`, if it is one ([`OutputDir::keep_level`]): opened
+    /// again if it was removed since.
+    fn kept_level(&self, levels: &[String]) -> Result<Option<Arc<OwnedFd>>, TraceDirError> {
+        let kept = self
+            .shared
+            .levels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(levels)
+            .cloned();
+        match kept {
+            None => Ok(None),
+            Some(fd) if !is_removed(&fd) => Ok(Some(fd)),
+            Some(_) => self.keep_level(levels).map(Some),
+        }
     }
 }
 
@@ -299,8 +309,8 @@ impl Eq for OutputDir {}
 /// if it passes [`open_own_dir`], and the last one only if `fresh_leaf` is false:
 /// a trace directory must be made for its trace. Once it is made, `fresh_leaf`
 /// becomes false, so that a try that failed after that point (its checks, or out
-/// of fds) leaves a directory the next try may open. The levels above the last
-/// are the output's kept ones ([`OutputDir::level`]).
+/// of fds) leaves a directory the next try may open. Below a kept level
+/// ([`OutputDir::keep_level`]) only the last directory is made and opened.
 pub fn open_below(
     output: &OutputDir,
     below: &[String],
@@ -313,10 +323,9 @@ pub fn open_below(
             source,
         });
     };
-    let parent = if levels.is_empty() {
-        output.fd()?
-    } else {
-        output.level(levels)?
+    let Some(parent) = output.kept_level(levels)? else {
+        let mut path = output.path().to_path_buf();
+        return open_levels(output.fd()?.as_fd(), &mut path, below, fresh_leaf);
     };
     let mut path = levels
         .iter()
@@ -904,6 +913,12 @@ mod tests {
         path.split('/').map(str::to_string).collect()
     }
 
+    /// Stores metadata `tsdl` in a new trace at `path` below `output`.
+    fn store(output: &OutputDir, path: &str, tsdl: &str) {
+        let trace = TraceDir::new(output, below(path)).unwrap();
+        trace.store_metadata("t", tsdl).unwrap();
+    }
+
     #[test]
     fn the_first_metadata_is_created_in_place_and_later_ones_replace_it() {
         let root = tempfile::tempdir().unwrap();
@@ -1040,18 +1055,12 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("out");
         let output = out(&path);
-        TraceDir::new(&output, below("ust/pid/a-1-20261127-104600"))
-            .unwrap()
-            .store_metadata("t", "a")
-            .unwrap();
+        store(&output, "ust/pid/a-1-20261127-104600", "a");
         fs::rename(&path, root.path().join("moved")).unwrap();
         let elsewhere = root.path().join("elsewhere");
         fs::create_dir(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
-        TraceDir::new(&output, below("ust/pid/b-2-20261127-104600"))
-            .unwrap()
-            .store_metadata("t", "b")
-            .unwrap();
+        store(&output, "ust/pid/b-2-20261127-104600", "b");
         assert!(fs::read_dir(&elsewhere).unwrap().next().is_none());
         let moved = root.path().join("moved/ust/pid");
         assert_eq!(
@@ -1064,6 +1073,7 @@ mod tests {
     fn a_level_removed_after_its_first_use_is_made_again() {
         let root = tempfile::tempdir().unwrap();
         let output = out(root.path());
+        output.keep_level(&below("ust/pid")).unwrap();
         let first = TraceDir::new(&output, below("ust/pid/a-1-20261127-104600")).unwrap();
         first.store_metadata("t", "a").unwrap();
         fs::remove_dir_all(root.path().join("ust")).unwrap();
@@ -1081,18 +1091,13 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("out");
         let output = out(&path);
-        TraceDir::new(&output, below("ust/pid/a-1-20261127-104600"))
-            .unwrap()
-            .store_metadata("t", "a")
-            .unwrap();
+        output.keep_level(&below("ust/pid")).unwrap();
+        store(&output, "ust/pid/a-1-20261127-104600", "a");
         fs::rename(path.join("ust"), path.join("ust.old")).unwrap();
         let elsewhere = root.path().join("elsewhere");
         fs::create_dir_all(elsewhere.join("pid")).unwrap();
         std::os::unix::fs::symlink(&elsewhere, path.join("ust")).unwrap();
-        TraceDir::new(&output, below("ust/pid/b-2-20261127-104600"))
-            .unwrap()
-            .store_metadata("t", "b")
-            .unwrap();
+        store(&output, "ust/pid/b-2-20261127-104600", "b");
         assert!(
             fs::read_dir(elsewhere.join("pid"))
                 .unwrap()
