@@ -16,7 +16,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 use crate::trace::layout::pid_traces_below;
-use crate::trace::writer::OutputDir;
+use crate::trace::writer::{OutputDir, open_below};
 
 /// `FS_TOPDIR_FL` from `<linux/fs.h>`.
 const FS_TOPDIR_FL: libc::c_int = 0x0002_0000;
@@ -37,13 +37,12 @@ nix::ioctl_write_ptr_bad!(
     libc::c_int
 );
 
-/// Creates `<output>/ust/pid` (as [`open_below`](crate::trace::writer::open_below) does: never through a link, never
-/// in a tree the daemon did not make), keeps it open for the session's per-PID
-/// traces ([`OutputDir::keep_level`]) and asks the file system to spread its
+/// Creates `<output>/ust/pid` (as [`open_below`] does: never through a link, never
+/// in a tree the daemon did not make) and asks the file system to spread its
 /// subdirectories; `Ok(false)` when it does not take the hint, an error only when
 /// the directory cannot be made or opened.
 pub fn create_spread_dir(output: &OutputDir) -> io::Result<bool> {
-    let dir = output.keep_level(&pid_traces_below())?;
+    let dir = open_below(output, &pid_traces_below(), &mut false)?;
     let fd = dir.as_raw_fd();
     let mut flags: libc::c_int = 0;
     // SAFETY: `fd` is the open directory `dir`, alive for both calls; the two

@@ -16,14 +16,14 @@
 //! [`write_metadata`] and [`append_packet`] write a trace by path into a directory
 //! the caller owns (tests and tools); they share the file handling.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{DirBuilder, File};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::fcntl::{AT_FDCWD, AtFlags, OFlag, openat, renameat};
@@ -115,13 +115,6 @@ impl From<TraceDirError> for io::Error {
     }
 }
 
-/// The daemon's effective uid, which owns everything it makes: read once, it
-/// never changes in the daemon's process.
-fn euid() -> u32 {
-    static EUID: OnceLock<u32> = OnceLock::new();
-    *EUID.get_or_init(|| geteuid().as_raw())
-}
-
 /// Turns an errno from a call on `path` into a [`TraceDirError`].
 fn failed(path: &Path, errno: Errno) -> TraceDirError {
     match errno {
@@ -169,7 +162,7 @@ fn open_dir(parent: BorrowedFd, name: &Path, path: &Path) -> Result<OwnedFd, Tra
 fn open_own_dir(parent: BorrowedFd, name: &str, path: &Path) -> Result<OwnedFd, TraceDirError> {
     let fd = open_dir(parent, Path::new(name), path)?;
     let stat = fstat(&fd).map_err(|e| failed(path, e))?;
-    let euid = euid();
+    let euid = geteuid().as_raw();
     if stat.st_uid != euid {
         return Err(TraceDirError::Owner {
             path: path.into(),
@@ -207,11 +200,7 @@ fn open_output(dir: &Path) -> Result<OwnedFd, TraceDirError> {
 /// A session's output directory, opened (and created if missing) once, at its
 /// first use: every trace of the session is then made below that same directory,
 /// whatever later happens to its path (a user who owns it and swaps it for a link
-/// to `/etc` redirects nothing). The level holding per-PID trace directories
-/// (`ust/pid`) stays open too from the session's start, so that each
-/// short-lived per-PID app's trace costs one `mkdirat` and one `openat` there
-/// instead of a walk from the output (ten system calls fewer per app). Clones
-/// share it all.
+/// to `/etc` redirects nothing). Clones share it.
 #[derive(Clone)]
 pub struct OutputDir {
     /// What all clones share.
@@ -224,9 +213,6 @@ struct OutputShared {
     path: PathBuf,
     /// The directory, once opened; a failure is not kept, the next use tries again.
     fd: Mutex<Option<Arc<OwnedFd>>>,
-    /// Levels below it kept open ([`OutputDir::keep_level`]), by their
-    /// components; one removed since is walked to again.
-    levels: Mutex<HashMap<Vec<String>, Arc<OwnedFd>>>,
 }
 
 impl OutputDir {
@@ -236,7 +222,6 @@ impl OutputDir {
             shared: Arc::new(OutputShared {
                 path,
                 fd: Mutex::new(None),
-                levels: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -256,37 +241,6 @@ impl OutputDir {
         let opened = Arc::new(open_output(self.path())?);
         *fd = Some(opened.clone());
         Ok(opened)
-    }
-
-    /// Opens the shared level `output/levels...` (made and checked as
-    /// [`open_below`] does) and keeps it open for the session: trace directories
-    /// below it are then made relative to it. The session keeps `ust/pid` so
-    /// from its `start` (one fd, counted before any app), where a per-PID app's
-    /// trace is made per app.
-    pub fn keep_level(&self, levels: &[String]) -> Result<Arc<OwnedFd>, TraceDirError> {
-        let mut kept = self.shared.levels.lock().unwrap_or_else(|e| e.into_inner());
-        let output = self.fd()?;
-        let mut path = self.path().to_path_buf();
-        let opened = Arc::new(open_levels(output.as_fd(), &mut path, levels, &mut false)?);
-        kept.insert(levels.to_vec(), opened.clone());
-        Ok(opened)
-    }
-
-    /// The kept level `levels`, if it is one ([`OutputDir::keep_level`]): opened
-    /// again if it was removed since.
-    fn kept_level(&self, levels: &[String]) -> Result<Option<Arc<OwnedFd>>, TraceDirError> {
-        let kept = self
-            .shared
-            .levels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(levels)
-            .cloned();
-        match kept {
-            None => Ok(None),
-            Some(fd) if !is_removed(&fd) => Ok(Some(fd)),
-            Some(_) => self.keep_level(levels).map(Some),
-        }
     }
 }
 
@@ -309,65 +263,39 @@ impl Eq for OutputDir {}
 /// if it passes [`open_own_dir`], and the last one only if `fresh_leaf` is false:
 /// a trace directory must be made for its trace. Once it is made, `fresh_leaf`
 /// becomes false, so that a try that failed after that point (its checks, or out
-/// of fds) leaves a directory the next try may open. Below a kept level
-/// ([`OutputDir::keep_level`]) only the last directory is made and opened.
+/// of fds) leaves a directory the next try may open.
 pub fn open_below(
     output: &OutputDir,
     below: &[String],
     fresh_leaf: &mut bool,
 ) -> Result<OwnedFd, TraceDirError> {
-    let Some((leaf, levels)) = below.split_last() else {
-        let output_fd = output.fd()?;
-        return output_fd.try_clone().map_err(|source| TraceDirError::Io {
-            path: output.path().into(),
-            source,
-        });
-    };
-    let Some(parent) = output.kept_level(levels)? else {
-        let mut path = output.path().to_path_buf();
-        return open_levels(output.fd()?.as_fd(), &mut path, below, fresh_leaf);
-    };
-    let mut path = levels
-        .iter()
-        .fold(output.path().to_path_buf(), |p, c| p.join(c));
-    open_levels(
-        parent.as_fd(),
-        &mut path,
-        std::slice::from_ref(leaf),
-        fresh_leaf,
-    )
-}
-
-/// Walks `names` down from `top` (at `path`, which each name extends), making
-/// each missing directory and checking each as [`open_below`] says; `fresh_leaf`
-/// applies to the last name. `names` is not empty.
-fn open_levels(
-    top: BorrowedFd,
-    path: &mut PathBuf,
-    names: &[String],
-    fresh_leaf: &mut bool,
-) -> Result<OwnedFd, TraceDirError> {
+    let output_fd = output.fd()?;
     let mut dir: Option<OwnedFd> = None;
-    for (i, name) in names.iter().enumerate() {
+    let mut path = output.path().to_path_buf();
+    for (i, name) in below.iter().enumerate() {
         names::check_component(name)?;
         path.push(name);
-        let parent = dir.as_ref().map_or(top, |d| d.as_fd());
-        let last = i + 1 == names.len();
+        let parent = dir.as_ref().map_or(output_fd.as_fd(), |d| d.as_fd());
         match mkdirat(
             parent,
             name.as_str(),
             Mode::from_bits_truncate(TRACE_DIR_MODE),
         ) {
-            Ok(()) if last => *fresh_leaf = false,
+            Ok(()) if i + 1 == below.len() => *fresh_leaf = false,
             Ok(()) => {}
-            Err(Errno::EEXIST) if !(*fresh_leaf && last) => {}
-            Err(e) => return Err(failed(path, e)),
+            Err(Errno::EEXIST) if !(*fresh_leaf && i + 1 == below.len()) => {}
+            Err(e) => return Err(failed(&path, e)),
         }
         // Checked even when just made: someone able to write the parent could
         // have replaced it in between.
-        dir = Some(open_own_dir(parent, name, path)?);
+        dir = Some(open_own_dir(parent, name, &path)?);
     }
-    Ok(dir.expect("names is not empty"))
+    match dir {
+        Some(dir) => Ok(dir),
+        None => output_fd
+            .try_clone()
+            .map_err(|source| TraceDirError::Io { path, source }),
+    }
 }
 
 /// Opens stream file `name` in `dir` for appending: created with `O_EXCL`, or
@@ -567,7 +495,7 @@ impl TraceDir {
         below: Vec<String>,
         uid: u32,
     ) -> Result<TraceDir, TraceDirError> {
-        let reader = (uid != euid()).then_some(uid);
+        let reader = (uid != geteuid().as_raw()).then_some(uid);
         TraceDir::make(output, below, reader)
     }
 
@@ -913,12 +841,6 @@ mod tests {
         path.split('/').map(str::to_string).collect()
     }
 
-    /// Stores metadata `tsdl` in a new trace at `path` below `output`.
-    fn store(output: &OutputDir, path: &str, tsdl: &str) {
-        let trace = TraceDir::new(output, below(path)).unwrap();
-        trace.store_metadata("t", tsdl).unwrap();
-    }
-
     #[test]
     fn the_first_metadata_is_created_in_place_and_later_ones_replace_it() {
         let root = tempfile::tempdir().unwrap();
@@ -1055,57 +977,22 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let path = root.path().join("out");
         let output = out(&path);
-        store(&output, "ust/pid/a-1-20261127-104600", "a");
+        TraceDir::new(&output, below("ust/pid/a-1-20261127-104600"))
+            .unwrap()
+            .store_metadata("t", "a")
+            .unwrap();
         fs::rename(&path, root.path().join("moved")).unwrap();
         let elsewhere = root.path().join("elsewhere");
         fs::create_dir(&elsewhere).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
-        store(&output, "ust/pid/b-2-20261127-104600", "b");
+        TraceDir::new(&output, below("ust/pid/b-2-20261127-104600"))
+            .unwrap()
+            .store_metadata("t", "b")
+            .unwrap();
         assert!(fs::read_dir(&elsewhere).unwrap().next().is_none());
         let moved = root.path().join("moved/ust/pid");
         assert_eq!(
             names(&moved),
-            ["a-1-20261127-104600", "b-2-20261127-104600"]
-        );
-    }
-
-    #[test]
-    fn a_level_removed_after_its_first_use_is_made_again() {
-        let root = tempfile::tempdir().unwrap();
-        let output = out(root.path());
-        output.keep_level(&below("ust/pid")).unwrap();
-        let first = TraceDir::new(&output, below("ust/pid/a-1-20261127-104600")).unwrap();
-        first.store_metadata("t", "a").unwrap();
-        fs::remove_dir_all(root.path().join("ust")).unwrap();
-        let second = TraceDir::new(&output, below("ust/pid/b-2-20261127-104600")).unwrap();
-        second.store_metadata("t", "b").unwrap();
-        assert_eq!(
-            fs::read_to_string(second.path().join(METADATA_FILE)).unwrap(),
-            "b"
-        );
-        assert_eq!(names(&root.path().join("ust/pid")), ["b-2-20261127-104600"]);
-    }
-
-    #[test]
-    fn a_level_swapped_for_a_link_after_its_first_use_redirects_nothing() {
-        let root = tempfile::tempdir().unwrap();
-        let path = root.path().join("out");
-        let output = out(&path);
-        output.keep_level(&below("ust/pid")).unwrap();
-        store(&output, "ust/pid/a-1-20261127-104600", "a");
-        fs::rename(path.join("ust"), path.join("ust.old")).unwrap();
-        let elsewhere = root.path().join("elsewhere");
-        fs::create_dir_all(elsewhere.join("pid")).unwrap();
-        std::os::unix::fs::symlink(&elsewhere, path.join("ust")).unwrap();
-        store(&output, "ust/pid/b-2-20261127-104600", "b");
-        assert!(
-            fs::read_dir(elsewhere.join("pid"))
-                .unwrap()
-                .next()
-                .is_none()
-        );
-        assert_eq!(
-            names(&path.join("ust.old/pid")),
             ["a-1-20261127-104600", "b-2-20261127-104600"]
         );
     }
