@@ -24,6 +24,10 @@ fn free_ports() -> [u16; 3] {
 /// connection took one in between) before giving up.
 const PORT_TRIES: usize = 5;
 
+/// What lttng-relayd logs when a port it was given is in use: it may then keep
+/// running with its other ports bound.
+const PORT_TAKEN: &str = "Failed to bind socket: Address already in use";
+
 /// An `lttng-relayd` on 127.0.0.1 with its own output directory and ports, killed
 /// (by pid) on drop.
 struct Relayd {
@@ -43,7 +47,7 @@ impl Relayd {
             let [control, data, live] = free_ports();
             match Relayd::try_start_on(scratch, control, data, live, "relayd-out") {
                 Ok(relayd) => return relayd,
-                Err(e) if e.contains("Address already in use") => log = e,
+                Err(e) if e.contains(PORT_TAKEN) => log = e,
                 Err(e) => panic!("lttng-relayd does not listen: {e}"),
             }
         }
@@ -92,8 +96,7 @@ impl Relayd {
             ended || TcpStream::connect(("127.0.0.1", relayd.live)).is_ok()
         });
         let log = std::fs::read_to_string(scratch.path("relayd.log")).unwrap_or_default();
-        // Its live port may be up while a thread of its own failed to bind another.
-        if listening && !ended && !log.contains("Failed to bind") {
+        if listening && !ended && !log.contains(PORT_TAKEN) {
             return Ok(relayd);
         }
         Err(log)
