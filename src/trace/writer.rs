@@ -298,6 +298,17 @@ pub fn open_below(
     }
 }
 
+/// A stream or index file opened for appending, with its length then: a writer
+/// goes on after its last byte. A file just created is known empty, so opening
+/// one of a new trace costs no `fstat`.
+#[derive(Debug)]
+pub struct Appending {
+    /// The file, `O_APPEND`.
+    pub file: File,
+    /// Its length when opened.
+    pub len: u64,
+}
+
 /// Opens stream file `name` in `dir` for appending: created with `O_EXCL`, or
 /// reopened (never through a link) if `ours` says this trace made it.
 fn open_stream_in(
@@ -305,7 +316,7 @@ fn open_stream_in(
     path: &Path,
     name: &str,
     ours: bool,
-) -> Result<File, TraceDirError> {
+) -> Result<Appending, TraceDirError> {
     let path = path.join(name);
     let mode = Mode::from_bits_truncate(TRACE_FILE_MODE);
     let append = OFlag::O_WRONLY | OFlag::O_APPEND;
@@ -315,10 +326,18 @@ fn open_stream_in(
         flags(append | OFlag::O_CREAT | OFlag::O_EXCL),
         mode,
     ) {
-        Ok(fd) => Ok(fd.into()),
-        Err(Errno::EEXIST) if ours => openat(dir, name, flags(append), mode)
-            .map(File::from)
-            .map_err(|e| failed(&path, e)),
+        Ok(fd) => Ok(Appending {
+            file: fd.into(),
+            len: 0,
+        }),
+        Err(Errno::EEXIST) if ours => {
+            let fd = openat(dir, name, flags(append), mode).map_err(|e| failed(&path, e))?;
+            let len = fstat(&fd).map_err(|e| failed(&path, e))?.st_size as u64;
+            Ok(Appending {
+                file: fd.into(),
+                len,
+            })
+        }
         Err(e) => Err(failed(&path, e)),
     }
 }
@@ -705,7 +724,7 @@ impl TraceDir {
     /// Opens the index file of stream `stream` (`index/<stream>.idx`, see
     /// [`crate::trace::index`]) for appending, like [`TraceDir::open_stream`], making
     /// the `index` directory (never through a link) if needed.
-    pub fn open_index(&self, stream: &str) -> io::Result<File> {
+    pub fn open_index(&self, stream: &str) -> io::Result<Appending> {
         let name = index::index_file_name(stream);
         // Its entry in the list of files this trace made: no stream file name ends
         // in `.idx` (they end in `_<cpu>`).
@@ -757,7 +776,7 @@ impl TraceDir {
 
     /// Opens the stream file `name` for appending: made now, or reopened if this
     /// trace made it (a writer restarted).
-    pub fn open_stream(&self, name: &str) -> io::Result<File> {
+    pub fn open_stream(&self, name: &str) -> io::Result<Appending> {
         self.open_in(name, |dir, ours| {
             open_stream_in(dir, self.path(), name, *ours)
         })
@@ -814,7 +833,9 @@ pub fn write_metadata(dir: &Path, registry: &EventRegistry) -> io::Result<()> {
 /// both if needed: like [`write_metadata`], for a directory of the caller's own.
 pub fn append_packet(dir: &Path, channel: &str, cpu: u32, packet: &[u8]) -> io::Result<()> {
     let fd = open_output(dir)?;
-    open_stream_in(fd.as_fd(), dir, &stream_file_name(channel, cpu), true)?.write_all(packet)
+    open_stream_in(fd.as_fd(), dir, &stream_file_name(channel, cpu), true)?
+        .file
+        .write_all(packet)
 }
 
 #[cfg(test)]
@@ -880,18 +901,13 @@ mod tests {
     fn a_stream_file_is_made_once_and_reopened_only_by_its_trace() {
         let root = tempfile::tempdir().unwrap();
         let trace = TraceDir::new(&out(root.path()), below("ust/uid/0/64-bit")).unwrap();
-        trace
-            .open_stream("chan_0")
-            .unwrap()
-            .write_all(b"ab")
-            .unwrap();
+        let mut made = trace.open_stream("chan_0").unwrap();
+        assert_eq!(made.len, 0);
+        made.file.write_all(b"ab").unwrap();
         // A restarted writer of the same trace (a clone) reopens and appends.
-        trace
-            .clone()
-            .open_stream("chan_0")
-            .unwrap()
-            .write_all(b"cd")
-            .unwrap();
+        let mut reopened = trace.clone().open_stream("chan_0").unwrap();
+        assert_eq!(reopened.len, 2, "a reopened file's length is its own");
+        reopened.file.write_all(b"cd").unwrap();
         assert_eq!(fs::read(trace.path().join("chan_0")).unwrap(), b"abcd");
         // Another trace for the same directory finds it made already.
         let other = TraceDir::new(&out(root.path()), below("ust/uid/0/64-bit")).unwrap();
@@ -964,7 +980,12 @@ mod tests {
         trace.open_stream("c_0").unwrap();
         fs::remove_dir_all(&path).unwrap();
         trace.store_metadata("c_0", "v2").unwrap();
-        trace.open_stream("c_0").unwrap().write_all(b"p").unwrap();
+        trace
+            .open_stream("c_0")
+            .unwrap()
+            .file
+            .write_all(b"p")
+            .unwrap();
         assert_eq!(
             fs::read_to_string(trace.path().join(METADATA_FILE)).unwrap(),
             "v2"

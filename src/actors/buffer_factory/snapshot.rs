@@ -325,7 +325,7 @@ fn write_snapshot(
                     continue;
                 }
                 let name = stream_file_name(&part.channel, cpu as u32);
-                let mut file = trace.open_stream(&name).map_err(failed(&name))?;
+                let mut file = trace.open_stream(&name).map_err(failed(&name))?.file;
                 for packet in packets {
                     file.write_all(packet).map_err(failed(&name))?;
                     written.packets += 1;

@@ -14,6 +14,7 @@ use super::{LeasedPacket, Metadata, StreamInfo, StreamWriter, WriterFactory};
 use crate::ctf::packet::PacketHeader;
 use crate::shm::DIRECT_ALIGN;
 use crate::trace::index::{self, IndexEntry};
+use crate::trace::writer::Appending;
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use std::fs::File;
@@ -165,14 +166,16 @@ impl CtfFileWriter {
     /// Opens the stream file for appending and notes the length of the whole
     /// packets in it.
     fn open(&mut self) -> io::Result<()> {
-        let file = self.stream.trace_dir.open_stream(&self.file_name())?;
-        self.good_len = file.metadata()?.len();
-        self.file = Some(file);
+        let stream = self.stream.trace_dir.open_stream(&self.file_name())?;
+        self.good_len = stream.len;
+        self.file = Some(stream.file);
         if let Direct::On { set, .. } = &mut self.direct {
             *set = false;
         }
-        let mut index = self.stream.trace_dir.open_index(&self.file_name())?;
-        let mut index_len = index.metadata()?.len();
+        let Appending {
+            file: mut index,
+            len: mut index_len,
+        } = self.stream.trace_dir.open_index(&self.file_name())?;
         if index_len == 0 {
             index.write_all(&index::header())?;
             index_len = index::INDEX_HEADER_LEN as u64;
