@@ -166,9 +166,9 @@ impl CtfFileWriter {
     /// Opens the stream file for appending and notes the length of the whole
     /// packets in it.
     fn open(&mut self) -> io::Result<()> {
-        let stream = self.stream.trace_dir.open_stream(&self.file_name())?;
-        self.good_len = stream.len;
-        self.file = Some(stream.file);
+        let Appending { file, len } = self.stream.trace_dir.open_stream(&self.file_name())?;
+        self.good_len = len;
+        self.file = Some(file);
         if let Direct::On { set, .. } = &mut self.direct {
             *set = false;
         }
