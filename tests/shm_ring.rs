@@ -556,6 +556,36 @@ fn timestamps_never_go_backwards_within_a_stream_under_contention() {
     assert_eq!(read.len() as u64 + c.discarded_full, 80_000);
 }
 
+/// The ring's `time` word set ahead of every clock (an app can set it: its own ring's
+/// timestamps only): the packet, its events and the flush close are dated at it,
+/// never earlier, and the events take compact headers (0 ns after the previous one).
+#[test]
+fn a_time_word_ahead_of_the_clock_dates_the_next_events_and_the_flush_at_it() {
+    let ring = ring(4096, 4, Mode::Discard);
+    let mut consumer = Consumer::new(ring.clone());
+    let scribbler = Scribbler::new(ring.as_fd(), ring.geometry());
+    let ahead = ring.clock().now() + 3_600_000_000_000;
+    scribbler.set(at::TIME, ahead);
+    for seq in 0..3 {
+        assert!(write(&ring, 1, 0, seq, 8));
+    }
+    let compact = ustrace::ctf::packet::COMPACT_HEADER_SIZE;
+    assert_eq!(
+        scribbler.get(at::WRITE),
+        (PACKET_HEADER_SIZE + 3 * (compact + payload_len(8))) as u64,
+    );
+    assert_eq!(scribbler.get(at::TIME), ahead);
+    assert!(consumer.flush());
+    let mut packet = Vec::new();
+    consumer.take_packet(&mut packet).expect("flushed packet");
+    let (header, events) = parse(&packet);
+    assert_eq!(header.open.timestamp_begin, ahead);
+    let times: Vec<u64> = events.iter().map(|e| e.ts).collect();
+    assert_eq!(times, [ahead; 3]);
+    assert!(header.close.timestamp_end >= ahead);
+    assert!(scribbler.get(at::TIME) >= ahead);
+}
+
 #[test]
 fn completing_a_sub_buffer_signals_the_eventfd_once() {
     let wakeup = Arc::new(Wakeup::new().expect("eventfd"));
@@ -630,7 +660,7 @@ fn wrong_version_is_refused() {
             e,
             ShmError::BadVersion {
                 found: 99,
-                expected: 4
+                expected: 5
             }
         ),
         "{e}"

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use super::hooks::{self, Point};
 use super::layout::{Part, RECORD_AT, RECORD_LEN, RECORD_OWNER, RECORD_TIMESTAMP, RECORDS};
+use super::producer::{pack, unpack};
 use super::{Mode, Ring, RingCorruption, RingCounters};
 use crate::ctf::packet::{self, COMPACT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
 
@@ -1183,8 +1184,8 @@ impl Ring {
     /// close their packets themselves.
     fn flush_ring(&self, first: u64, limit: u64) -> Result<bool, FlushBounds> {
         let sb = self.geometry.subbuf_size;
-        let write = self.write_word();
-        let mut old = write.load(Acquire);
+        let pair = self.write_pair();
+        let (mut old, mut last) = self.write_and_time();
         let mut was = first;
         for _ in 0..FLUSH_ATTEMPTS {
             if old < was || old > limit {
@@ -1194,8 +1195,16 @@ impl Ring {
             if off == 0 {
                 return Ok(false);
             }
-            let timestamp = self.clock.now();
-            match write.compare_exchange_weak(old, old - off + sb, AcqRel, Acquire) {
+            // Not before the packet's last event, as producers do (see
+            // `Ring::reserve`); a `time` an app set far ahead dates only its own
+            // ring's packet end, and `max` cannot overflow.
+            let timestamp = self.clock.now().max(last);
+            match pair.compare_exchange(
+                pack(old, last),
+                pack(old - off + sb, timestamp),
+                AcqRel,
+                Acquire,
+            ) {
                 Ok(_) => {
                     // LP: the flush CAS closed the packet; the close commit follows.
                     self.close_packet(old, timestamp);
@@ -1203,7 +1212,7 @@ impl Ring {
                 }
                 Err(current) => {
                     was = old;
-                    old = current;
+                    (old, last) = unpack(current);
                 }
             }
         }

@@ -5,6 +5,8 @@
 //! 24   cpu_id u32 | stream_id u32 | uuid [16]                  (written once, then read-only)
 //! 48   clock_mult u64 | clock_offset i64   the ring's trace clock (`TraceClock`, read-only)
 //! 64   write     AtomicU64   free-running byte position          (own cache line)
+//! 72   time      AtomicU64   timestamp of the reservation or flush that last moved
+//!                            `write`; the two are one 16-byte pair, changed by one CAS
 //! 128  consumed  AtomicU64   free-running, multiple of subbuf_size
 //! 192  discarded_full, too_big, overwritten_packets, lost_dead_producer   AtomicU64 each
 //! 224  unrecorded  AtomicU64  reservations made without a holder record (table full)
@@ -21,6 +23,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64};
 
 use memmap2::MmapRaw;
+use portable_atomic::AtomicU128;
 
 use super::ShmError;
 use crate::ctf::packet::PACKET_HEADER_SIZE;
@@ -31,7 +34,8 @@ pub(crate) const MAGIC: u64 = u64::from_le_bytes(*b"USTRING1");
 /// READING bit (the consumer copies packets out optimistically). 3: holder records
 /// (who is inside a reservation) after the commit words, and the `unrecorded` counter.
 /// 4: the trace clock's two words (TSC multiplier and offset, or zero: CLOCK_MONOTONIC).
-pub(crate) const VERSION: u32 = 4;
+/// 5: `time` beside `write`, moved with it by a 16-byte CAS.
+pub(crate) const VERSION: u32 = 5;
 
 // Byte offsets of the header fields, as in the table above.
 pub(crate) const MAGIC_AT: usize = 0;
@@ -45,6 +49,7 @@ pub(crate) const UUID_AT: usize = 32;
 pub(crate) const CLOCK_MULT_AT: usize = 48;
 pub(crate) const CLOCK_OFFSET_AT: usize = 56;
 pub(crate) const WRITE_AT: usize = 64;
+pub(crate) const TIME_AT: usize = 72;
 pub(crate) const CONSUMED_AT: usize = 128;
 pub(crate) const DISCARDED_FULL_AT: usize = 192;
 pub(crate) const TOO_BIG_AT: usize = 200;
@@ -241,6 +246,31 @@ impl Mapping {
         // sound to share between threads and processes; every access to shared words
         // goes through such atomic views, never through plain references.
         unsafe { &*self.map.as_mut_ptr().add(at).cast::<AtomicU64>() }
+    }
+
+    /// The 16 bytes at `at` as one atomic pair of words (low word first): what a
+    /// 16-byte CAS changes at once. Only for [`Mapping::pair_is_lock_free`] hosts.
+    #[inline]
+    pub(crate) fn pair_at(&self, at: usize) -> &AtomicU128 {
+        assert!(
+            at.is_multiple_of(16) && at + 16 <= self.map.len(),
+            "pair view out of the ring"
+        );
+        // SAFETY: as in `u64_at`, with 16-byte alignment (page-aligned mapping, `at %
+        // 16 == 0`) and AtomicU128, which has the layout of u128. Its two halves are
+        // also read as the AtomicU64s of `u64_at`: mixed-size accesses, which x86-64
+        // and AArch64 make single-copy atomic per aligned access (a 64-bit load sees
+        // one half as some CAS left it), and every use of such loads is validated by
+        // the pair CAS that follows them. Lock-free is checked before any ring is
+        // used (`pair_is_lock_free`): a lock-based fallback would not be shared with
+        // other processes.
+        unsafe { &*self.map.as_mut_ptr().add(at).cast::<AtomicU128>() }
+    }
+
+    /// Whether this CPU changes 16 bytes at once without a lock (`cmpxchg16b` on
+    /// x86-64): a ring's `write` and `time` need it, in every process that maps it.
+    pub(crate) fn pair_is_lock_free() -> bool {
+        AtomicU128::is_lock_free()
     }
 
     /// The 4-byte word at `at` as an atomic.

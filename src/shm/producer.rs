@@ -38,15 +38,9 @@ use crate::ctf::packet::{
 /// One added to the high half of a commit word: one more event committed.
 pub(super) const ONE_EVENT: u64 = 1 << 32;
 
-/// How long after [`Ring::compact_since`] an event may still have a compact header:
-/// what its 27 timestamp bits span.
+/// How long after the previous event an event may still have a compact header: what
+/// its 27 timestamp bits span.
 const COMPACT_SPAN: u64 = 1 << COMPACT_TIMESTAMP_BITS;
-
-/// How far behind an event's timestamp `compact_since` may fall before that event
-/// moves it up: half the span, so the store happens about once per 67 ms of events
-/// (a write to a shared line per event would cost the threads of a ring more than
-/// the 9 bytes it saves).
-const COMPACT_REFRESH: u64 = COMPACT_SPAN / 2;
 
 thread_local! {
     /// This thread's owner word in holder records, `pid << 32 | tid`; 0 until the
@@ -73,6 +67,19 @@ fn identity() -> u64 {
 /// One thread-local store, so it is safe in a `pthread_atfork` child handler.
 pub(crate) fn forget_thread_identity() {
     IDENTITY.with(|c| c.set(0));
+}
+
+/// The `write_pair` value of position `write` and time `time` (`write` in the low
+/// half: the word at the lower address).
+#[inline]
+pub(super) fn pack(write: u64, time: u64) -> u128 {
+    u128::from(write) | u128::from(time) << 64
+}
+
+/// The (position, time) of a `write_pair` value.
+#[inline]
+pub(super) fn unpack(pair: u128) -> (u64, u64) {
+    (pair as u64, (pair >> 64) as u64)
 }
 
 /// Space reserved for one event; [`Reservation::commit`] publishes it.
@@ -152,8 +159,8 @@ impl Ring {
     /// `encode` leaves a lost event in its place (see [`Reservation`]).
     ///
     /// The header is compact (4 bytes instead of 13, see [`crate::ctf::packet`]) when
-    /// the id allows it and the timestamp is less than 2^27 ns after `compact_since`,
-    /// a lower bound of the previous event's.
+    /// the id allows it and the timestamp is less than 2^27 ns after the previous
+    /// event's (the ring's `time` word).
     #[inline]
     pub fn write_event(&self, id: u32, payload_len: usize, encode: impl FnOnce(&mut [u8])) -> bool {
         let compact = (id < COMPACT_ID_LIMIT).then_some(COMPACT_HEADER_SIZE + payload_len);
@@ -186,14 +193,14 @@ impl Ring {
     }
 
     /// [`Ring::reserve`] of `len` bytes, or of `compact` bytes when the clock read
-    /// inside the loop is close enough to `compact_since` for a compact header. The
-    /// bound is checked on `len`, the longer.
+    /// inside the loop is close enough to the previous event's for a compact header.
+    /// The bound is checked on `len`, the longer.
     ///
-    /// `compact_since` is a lower bound of the previous event's timestamp: it only
-    /// holds timestamps of reservations this process made at earlier positions (the
-    /// Acquire load below sees a store made after its reservation's CAS, so this
-    /// CAS comes later), and timestamps never go down along positions. So the time
-    /// since the previous event is at most the time since `compact_since`.
+    /// Time order is position order by construction: the CAS moves `write` and sets
+    /// `time` together (a 16-byte pair), and the timestamp it sets is the clock read
+    /// or the pair's `time`, whichever is later. So a clock read early (`rdtsc` may
+    /// run before the load of `write` completes) or on a CPU whose TSC lags by a few
+    /// ns costs order nothing, and the time since the previous event is exact.
     #[inline]
     fn reserve_with(&self, len: usize, compact: Option<usize>) -> Option<Reservation<'_>> {
         let full = len as u64;
@@ -203,16 +210,12 @@ impl Ring {
         }
         let sb = self.geometry.subbuf_size;
         let record = self.record();
-        let write = self.write_word();
-        // Acquire pairs with the Release half of other producers' CAS: their clock
-        // reads happen before ours (`TraceClock::now` reads the TSC only after this
-        // load has completed), so a later position never has an earlier time.
-        let mut old = write.load(Acquire);
+        let pair = self.write_pair();
+        let (mut old, mut last) = self.write_and_time();
         loop {
-            let since = self.compact_since.load(Acquire);
-            let timestamp = self.clock.now();
+            let timestamp = self.clock.now().max(last);
             let len = match compact {
-                Some(c) if timestamp.wrapping_sub(since) < COMPACT_SPAN => c as u64,
+                Some(c) if timestamp - last < COMPACT_SPAN => c as u64,
                 _ => full,
             };
             let off = old & (sb - 1);
@@ -231,7 +234,7 @@ impl Ring {
                 match self.make_room(p) {
                     Ok(()) => {}
                     Err(NoRoom::Retry) => {
-                        old = write.load(Acquire);
+                        (old, last) = self.write_and_time();
                         continue;
                     }
                     Err(NoRoom::Full) => {
@@ -250,13 +253,16 @@ impl Ring {
             }
             // LP: the reservation CAS. From here `pos..pos + len` is this producer's
             // alone, and the packet it is in cannot complete without its commit.
-            match write.compare_exchange_weak(old, pos + len, AcqRel, Acquire) {
+            // AcqRel: the Acquire half orders our writes to the reservation after the
+            // previous holder's CAS; Release publishes the record stores above.
+            match pair.compare_exchange(
+                pack(old, last),
+                pack(pos + len, timestamp),
+                AcqRel,
+                Acquire,
+            ) {
                 Ok(_) => {
                     hooks::reached(Point::AfterCas);
-                    if timestamp.wrapping_sub(since) >= COMPACT_REFRESH {
-                        // Release: pairs with the Acquire load above (see the doc).
-                        self.compact_since.store(timestamp, Release);
-                    }
                     if !matches!(switch, Switch::None) {
                         self.switch_packets(switch, timestamp, pos, record);
                     }
@@ -268,7 +274,7 @@ impl Ring {
                         record,
                     });
                 }
-                Err(current) => old = current,
+                Err(current) => (old, last) = unpack(current),
             }
         }
     }

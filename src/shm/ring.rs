@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::*};
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+use portable_atomic::AtomicU128;
 use nix::sys::memfd::{MFdFlags, memfd_create};
 
 use super::ShmError;
@@ -48,12 +49,6 @@ pub struct Ring {
     /// The clock every writer of this ring reads, as the header gave it at map time
     /// (the daemon's copy is its own, never re-read from shared memory).
     pub(super) clock: TraceClock,
-    /// A timestamp no later than that of the ring's latest event: one of this
-    /// process's reservations. Events less than 2^27 ns after it get a compact
-    /// header (see `super::producer`). In this process only, not in shared memory:
-    /// other processes' events lie between, which keeps it a lower bound, and a
-    /// peer cannot make it lie.
-    pub(super) compact_since: AtomicU64,
 }
 
 /// The loss counters of a ring, as read at one moment.
@@ -192,6 +187,9 @@ impl Ring {
         wakeup: Arc<Wakeup>,
         context_len: usize,
     ) -> Result<Ring, ShmError> {
+        if !Mapping::pair_is_lock_free() {
+            return Err(ShmError::NoPairCas);
+        }
         let magic = map.u64_at(MAGIC_AT).load(Relaxed);
         if magic != MAGIC {
             return Err(ShmError::BadMagic {
@@ -226,7 +224,6 @@ impl Ring {
         )?;
         Ok(Ring {
             clock,
-            compact_since: AtomicU64::new(0),
             cpu_id: map.u32_at(CPU_ID_AT).load(Relaxed),
             stream_id: map.u32_at(STREAM_ID_AT).load(Relaxed),
             map,
@@ -322,9 +319,25 @@ impl Ring {
         self.map.u64_at(COMMIT_AT + 8 * slot as usize)
     }
 
-    /// The free-running write position.
+    /// The free-running write position (the low half of [`Ring::write_pair`]).
     pub(crate) fn write_word(&self) -> &AtomicU64 {
         self.map.u64_at(WRITE_AT)
+    }
+
+    /// `write` and `time` as one atomic: a reservation or a flush moves the position
+    /// and sets the time it happened at in one CAS, so that timestamps never go back
+    /// along positions whatever order the writers' clocks were read in.
+    #[inline]
+    pub(crate) fn write_pair(&self) -> &AtomicU128 {
+        self.map.pair_at(WRITE_AT)
+    }
+
+    /// `write` (Acquire) and `time`, as two loads: a guess for the pair CAS, which
+    /// fails and returns the pair as it is if the two were torn apart.
+    #[inline]
+    pub(crate) fn write_and_time(&self) -> (u64, u64) {
+        let write = self.write_word().load(Acquire);
+        (write, self.map.u64_at(TIME_AT).load(Relaxed))
     }
 
     /// The free-running consumed position.

@@ -248,6 +248,8 @@ pub fn inherited_buffers() -> ChannelBuffers {
 pub mod at {
     /// Free-running write position.
     pub const WRITE: usize = 64;
+    /// Time of the reservation or flush that last moved `write` (the pair's high half).
+    pub const TIME: usize = 72;
     /// Free-running consumed position.
     pub const CONSUMED: usize = 128;
     /// The four loss counters: discarded_full, too_big, overwritten_packets,
