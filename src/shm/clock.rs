@@ -112,7 +112,9 @@ impl TraceClock {
     /// has no TSC to read (another architecture than the daemon's checked).
     pub(crate) fn from_words(mult: u64, offset: u64) -> Result<TraceClock, ClockError> {
         if mult != 0 && !HAS_TSC {
-            return Err(ClockError::TscUnusable("this architecture has no TSC".into()));
+            return Err(ClockError::TscUnusable(
+                "this architecture has no TSC".into(),
+            ));
         }
         Ok(TraceClock {
             tsc_mult: mult,

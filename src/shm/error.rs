@@ -39,7 +39,9 @@ pub enum ShmError {
     },
     /// This CPU has no lock-free 16-byte compare-and-swap, which every writer of a
     /// ring needs for its position and time (a lock would not be shared with peers).
-    #[error("this CPU has no lock-free 16-byte compare-and-swap (cmpxchg16b), which ring writers need")]
+    #[error(
+        "this CPU has no lock-free 16-byte compare-and-swap (cmpxchg16b), which ring writers need"
+    )]
     NoPairCas,
     /// The mode word is neither discard nor overwrite.
     #[error("bad ring mode {0}, expected 0 (discard) or 1 (overwrite)")]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::*};
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
-use portable_atomic::AtomicU128;
 use nix::sys::memfd::{MFdFlags, memfd_create};
+use portable_atomic::AtomicU128;
 
 use super::ShmError;
 use super::channel::Wakeup;
