@@ -178,6 +178,7 @@ impl Geometry {
 
     /// Largest event (header and payload) a sub-buffer takes: after the packet header
     /// and never ending exactly on the sub-buffer's end (that position means "closed").
+    #[inline]
     pub fn max_event_len(&self) -> u64 {
         self.subbuf_size - PACKET_HEADER_SIZE as u64 - 1
     }

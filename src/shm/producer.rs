@@ -106,6 +106,7 @@ pub struct Reservation<'a> {
 
 impl Reservation<'_> {
     /// The timestamp to record: taken with the reservation so that it orders with it.
+    #[inline]
     pub fn timestamp(&self) -> u64 {
         self.timestamp
     }
@@ -116,6 +117,7 @@ impl Reservation<'_> {
     }
 
     /// The reserved bytes.
+    #[inline]
     pub fn buf(&mut self) -> &mut [u8] {
         let at = self.ring.data_index(self.pos);
         // SAFETY: the successful CAS in `reserve` gave this reservation `pos..pos+len`

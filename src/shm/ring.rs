@@ -261,6 +261,7 @@ impl Ring {
     }
 
     /// CPU this ring belongs to.
+    #[inline]
     pub fn cpu_id(&self) -> u32 {
         self.cpu_id
     }
@@ -309,17 +310,20 @@ impl Ring {
     }
 
     /// Low half of the commit word when the packet holding `pos` is complete.
+    #[inline]
     pub(crate) fn complete_bytes(&self, pos: u64) -> u32 {
         (((pos >> self.ring_shift) + 1) * self.geometry.subbuf_size) as u32
     }
 
     /// The commit word of the slot holding position `pos`.
+    #[inline]
     pub(crate) fn commit_word(&self, pos: u64) -> &AtomicU64 {
         let slot = (pos >> self.subbuf_shift) & (self.geometry.num_subbuf - 1);
         self.map.u64_at(COMMIT_AT + 8 * slot as usize)
     }
 
     /// The free-running write position (the low half of [`Ring::write_pair`]).
+    #[inline]
     pub(crate) fn write_word(&self) -> &AtomicU64 {
         self.map.u64_at(WRITE_AT)
     }
