@@ -12,7 +12,7 @@
 //!
 //! Linearization points (marked `LP` below and in `super::slow_path`; the sub-buffer
 //! states they move between are in the `shm` module doc):
-//! - the reservation CAS on `write` (a reservation exists, its bytes are its own);
+//! - the reservation CAS on `(write, time)` (a reservation exists, its bytes are its own);
 //! - the packet-open commit (the header's open half is published);
 //! - each event commit (the event is published);
 //! - the close commit (the packet's padding and close half are published);
