@@ -92,21 +92,24 @@ fn the_daemon_config_reaches_the_benchmarks_daemon() {
     assert_eq!(events(&out), (10, 10), "{out}");
 
     // A config the daemon refuses, and one that would move its sockets, are
-    // reported before any app runs.
-    for (text, expected) in [
-        (
-            "[daemon]\nwarm_pid_buffer_sets = 1000\n",
-            "daemon.warm_pid_buffer_sets",
-        ),
-        (
-            "[daemon]\nruntime_dir = \"/tmp/elsewhere\"\n",
-            "runtime_dir must be empty",
-        ),
-    ] {
+    // reported before any app runs, by `churn` and `drain` alike.
+    for (bench, (text, expected)) in ["churn", "drain"].into_iter().flat_map(|bench| {
+        [
+            (
+                "[daemon]\nwarm_pid_buffer_sets = 1000\n",
+                "daemon.warm_pid_buffer_sets",
+            ),
+            (
+                "[daemon]\nruntime_dir = \"/tmp/elsewhere\"\n",
+                "runtime_dir must be empty",
+            ),
+        ]
+        .map(|case| (bench, case))
+    }) {
         let path = dir.path().join("bad.toml");
         std::fs::write(&path, text).unwrap();
         let out = Command::new(env!("CARGO_BIN_EXE_ustrace"))
-            .args(["bench", "churn", "--apps", "1", "--daemon-config"])
+            .args(["bench", bench, "--daemon-config"])
             .arg(&path)
             .output()
             .unwrap();

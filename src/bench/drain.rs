@@ -52,6 +52,10 @@ pub(super) struct DrainArgs {
     /// Run ours only.
     #[arg(long)]
     no_lttng: bool,
+    /// Config file for our ustraced (e.g. `direct_io = false` to compare the page
+    /// cache); its `runtime_dir` must be empty. Default: built-in defaults.
+    #[arg(long)]
+    pub(super) daemon_config: Option<PathBuf>,
 }
 
 /// What one step of one tracer measured.
@@ -369,7 +373,7 @@ fn run_ours(args: &DrainArgs, dir: &Path, app: &Path, rate: u64) -> Result<Step,
     let rundir = dir.join("run");
     let output = dir.join("trace");
     std::fs::create_dir_all(&rundir).map_err(|e| format!("{}: {e}", rundir.display()))?;
-    let daemon = start_daemon(&rundir, None)?;
+    let daemon = start_daemon(&rundir, args.daemon_config.as_deref())?;
     let session = Some("drain".to_string());
     ask(
         &rundir,

@@ -26,7 +26,7 @@ use crate::config::Config;
 use clap::{Args, Subcommand, ValueEnum};
 use lttng::{anchor_dir, compare_lttng, lttng_missing};
 use ours::{OursRun, check, print_ours, run_ours};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use sweep::sweep;
 
@@ -159,14 +159,18 @@ struct ChurnArgs {
 /// Runs `ustrace bench`.
 pub fn run(args: &BenchArgs) -> ExitCode {
     let outcome = match &args.command {
-        BenchCommand::Churn(churn) => check_daemon_config(churn).and_then(|()| {
-            if churn.sweep {
-                sweep(churn)
-            } else {
-                single(churn)
-            }
-        }),
-        BenchCommand::Drain(args) => drain::drain(args),
+        BenchCommand::Churn(churn) => {
+            check_daemon_config(churn.daemon_config.as_deref()).and_then(|()| {
+                if churn.sweep {
+                    sweep(churn)
+                } else {
+                    single(churn)
+                }
+            })
+        }
+        BenchCommand::Drain(args) => {
+            check_daemon_config(args.daemon_config.as_deref()).and_then(|()| drain::drain(args))
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -179,8 +183,8 @@ pub fn run(args: &BenchArgs) -> ExitCode {
 
 /// Refuses a `--daemon-config` that does not load, or that would move the
 /// daemon's sockets away from the private runtime directory the benchmark uses.
-fn check_daemon_config(args: &ChurnArgs) -> Result<(), String> {
-    let Some(path) = &args.daemon_config else {
+fn check_daemon_config(path: Option<&Path>) -> Result<(), String> {
+    let Some(path) = path else {
         return Ok(());
     };
     let config = Config::load(path).map_err(|e| format!("--daemon-config: {e}"))?;
