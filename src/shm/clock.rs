@@ -2,8 +2,9 @@
 //!
 //! **Time.** Every event and packet timestamp of a ring comes from its [`TraceClock`],
 //! which the daemon writes into the ring's header and every writer (each app, and the
-//! daemon when it flushes) reads from there: all writers of a ring share one mapping,
-//! so a per-UID ring filled by many apps stays monotonic per stream. Timestamps are
+//! daemon when it flushes) reads from there, so every writer of a per-UID ring maps
+//! ticks the same way; the ring's pair CAS keeps each stream monotonic whatever order
+//! the reads ran in (`Ring::reserve`). Timestamps are
 //! nanoseconds on CLOCK_MONOTONIC's scale either way (the metadata's clock keeps
 //! `freq = 1000000000` and its measured offset, so readers print the same dates):
 //! - `tsc`: the invariant TSC (plain `rdtsc`, ~12 ns in this VM against ~30 ns for
@@ -168,9 +169,11 @@ fn paired_sample() -> (u64, u64) {
 }
 
 /// The TSC, read with plain `rdtsc`: unordered, so it may run before an earlier load
-/// completes, which costs nothing here: a ring's time order comes from its pair CAS
-/// (`Ring::reserve`), not from when the clock was read. `rdtscp` or `lfence; rdtsc`
-/// cost 15 ns more per event in this VM (a C loop of the reserve path: 28 vs 13 ns).
+/// completes. A ring's time order does not depend on it (its pair CAS, see
+/// `Ring::reserve`); across rings an event may be dated up to that load's latency
+/// early (docs/shm.md "Trace clock"; `monotonic` has no such window). `rdtscp` or
+/// `lfence; rdtsc` cost ~15 ns more per event in this VM (scripts/reserve-loop.c:
+/// 27-32 ns against 14-17 with the 16-byte CAS).
 #[cfg(target_arch = "x86_64")]
 #[inline]
 fn tsc() -> u64 {

@@ -258,13 +258,18 @@ impl Mapping {
             "pair view out of the ring"
         );
         // SAFETY: as in `u64_at`, with 16-byte alignment (page-aligned mapping, `at %
-        // 16 == 0`) and AtomicU128, which has the layout of u128. Its two halves are
-        // also read as the AtomicU64s of `u64_at`: mixed-size accesses, which x86-64
-        // and AArch64 make single-copy atomic per aligned access (a 64-bit load sees
-        // one half as some CAS left it), and every use of such loads is validated by
-        // the pair CAS that follows them. Lock-free is checked before any ring is
-        // used (`pair_is_lock_free`): a lock-based fallback would not be shared with
-        // other processes.
+        // 16 == 0`) and AtomicU128, which has the layout of u128; lock-free is checked
+        // before any ring is built (`pair_is_lock_free`), since a lock-based fallback
+        // would not be shared with other processes. The pair's halves are also read
+        // with the 8-byte loads of `u64_at` (the consumer's bounds, the producers'
+        // guess before their CAS): accesses of mixed sizes, which Rust's model does
+        // not define between threads, but which never reach the compiler as a race it
+        // could exploit (the 16-byte CAS is portable_atomic's inline assembly, and
+        // other processes are outside any compiler's view). The hardware makes each
+        // aligned 8-byte load single-copy atomic, reading a half as some CAS left it
+        // (AArch64 guarantees it; on x86-64 it is common practice, though the SDM
+        // recommends same-size accesses); a producer's guess is then checked by its
+        // CAS, and the consumer bounds every value it reads.
         unsafe { &*self.map.as_mut_ptr().add(at).cast::<AtomicU128>() }
     }
 

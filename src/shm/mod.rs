@@ -35,8 +35,8 @@
 //!
 //! | transition | made by | operation |
 //! |---|---|---|
-//! | Free -> Open | the producer whose reservation CAS on `write` moves it into the packet (`Ring::reserve`, after `make_room` saw it Free); its open commit follows | CAS `write` |
-//! | Open -> Closed | the producer whose event does not fit (CAS `write` to the next packet), or the consumer's flush (CAS `write` to the boundary); the close commit of the padding follows | CAS `write` |
+//! | Free -> Open | the producer whose reservation CAS on `(write, time)` moves `write` into the packet (`Ring::reserve`, after `make_room` saw it Free); its open commit follows | CAS `(write, time)` |
+//! | Open -> Closed | the producer whose event does not fit (CAS `write` to the next packet), or the consumer's flush (CAS `write` to the boundary), each moving `time` with it; the close commit of the padding follows | CAS `(write, time)` |
 //! | Closed -> Complete | whichever commit brings the word to its end: a producer's event, open or close commit, the daemon's lost-event fill of a dead holder's reservation (`Consumer::release_dead_holders`), a live producer's fill of a dropped reservation (`Reservation`'s drop), or the daemon's give-up of a stuck packet (`Consumer::give_up_stuck`, counted lost) | `fetch_add` (give-up: CAS) on the commit word |
 //! | Complete -> Taken -> Free | the consumer (`Consumer::take_packet`): copy, then CAS `consumed` past it; a given-up packet is skipped the same way, without a copy. Discard mode: leased (`Consumer::lease_packet`, header copied and checked), stored from the mapping, then `Consumer::release_stored` CASes `consumed` past it | CAS `consumed` |
 //! | Complete -> Free | an overwrite-mode producer that needs the slot (`make_room`): pushes `consumed` past it, counted in `overwritten_packets`; a consumer copying it fails its CAS | CAS `consumed` |
