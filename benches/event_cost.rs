@@ -4,7 +4,10 @@
 //! event and with one that rejects every event, one and two threads again with the
 //! contexts vpid, vtid and procname, and a paced 1M events/s run for discards.
 //!
-//! `cargo bench --bench event_cost` (add `-- N` to change the event count).
+//! `cargo bench --bench event_cost` (add `-- N` to change the event count, and
+//! `-- --lttng-geometry` for rings of 1 MiB x 8, the geometry of LTTng's
+//! `event_cost.sh`, instead of our default 128 KiB x 4, whose drainer falls behind
+//! the unpaced rounds).
 
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
@@ -15,7 +18,7 @@ use std::time::{Duration, Instant};
 use nix::poll::{PollFd, PollFlags, poll};
 use ustrace::ctf::context::{ContextSet, ContextType};
 use ustrace::filter::Filter;
-use ustrace::shm::{ChannelBuffers, DEFAULT_GEOMETRY, Mode, RingConfig, cpu_count};
+use ustrace::shm::{ChannelBuffers, DEFAULT_GEOMETRY, Geometry, Mode, RingConfig, cpu_count};
 use ustrace::ust::channel;
 
 #[path = "../tests/shm_support/mod.rs"]
@@ -35,8 +38,21 @@ fn main() {
         child(events);
         return;
     }
+    let geometry = if std::env::args().any(|a| a == "--lttng-geometry") {
+        Geometry {
+            subbuf_size: 1 << 20,
+            num_subbuf: 8,
+        }
+    } else {
+        DEFAULT_GEOMETRY
+    };
+    println!(
+        "rings of {} KiB x {} per CPU",
+        geometry.subbuf_size / 1024,
+        geometry.num_subbuf
+    );
     let config = RingConfig {
-        geometry: DEFAULT_GEOMETRY,
+        geometry,
         mode: Mode::Discard,
         stream_id: 0,
         uuid: [0; 16],
@@ -156,11 +172,11 @@ fn main() {
         BENCH_EV.emit(i, "hello");
     }
     println!(
-        "paced 1M events/s for {:.2?}: {} discarded (default geometry {} KiB x {})",
+        "paced 1M events/s for {:.2?}: {} discarded ({} KiB x {})",
         start.elapsed(),
         discarded(&buffers) - before,
-        DEFAULT_GEOMETRY.subbuf_size / 1024,
-        DEFAULT_GEOMETRY.num_subbuf
+        geometry.subbuf_size / 1024,
+        geometry.num_subbuf
     );
     drainer.stop();
     // How far the calibrated TSC has walked from CLOCK_MONOTONIC since the
