@@ -21,7 +21,6 @@ use std::time::Instant;
 
 use super::hooks::{self, Point};
 use super::layout::{Part, RECORD_AT, RECORD_LEN, RECORD_OWNER, RECORD_TIMESTAMP, RECORDS};
-use super::producer::{pack, unpack};
 use super::{Mode, Ring, RingCorruption, RingCounters};
 use crate::ctf::packet::{self, COMPACT_HEADER_SIZE, PACKET_HEADER_SIZE, PacketHeader};
 
@@ -1184,7 +1183,6 @@ impl Ring {
     /// close their packets themselves.
     fn flush_ring(&self, first: u64, limit: u64) -> Result<bool, FlushBounds> {
         let sb = self.geometry.subbuf_size;
-        let pair = self.write_pair();
         let (mut old, mut last) = self.write_and_time();
         let mut was = first;
         for _ in 0..FLUSH_ATTEMPTS {
@@ -1199,12 +1197,7 @@ impl Ring {
             // `Ring::reserve`); a `time` an app set far ahead dates only its own
             // ring's packet end, and `max` cannot overflow.
             let timestamp = self.clock.now().max(last);
-            match pair.compare_exchange(
-                pack(old, last),
-                pack(old - off + sb, timestamp),
-                AcqRel,
-                Acquire,
-            ) {
+            match self.cas_write_time((old, last), (old - off + sb, timestamp)) {
                 Ok(_) => {
                     // LP: the flush CAS closed the packet; the close commit follows.
                     self.close_packet(old, timestamp);
@@ -1212,7 +1205,7 @@ impl Ring {
                 }
                 Err(current) => {
                     was = old;
-                    (old, last) = unpack(current);
+                    (old, last) = current;
                 }
             }
         }

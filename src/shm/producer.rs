@@ -69,19 +69,6 @@ pub(crate) fn forget_thread_identity() {
     IDENTITY.with(|c| c.set(0));
 }
 
-/// The `write_pair` value of position `write` and time `time` (`write` in the low
-/// half: the word at the lower address).
-#[inline]
-pub(super) fn pack(write: u64, time: u64) -> u128 {
-    u128::from(write) | u128::from(time) << 64
-}
-
-/// The (position, time) of a `write_pair` value.
-#[inline]
-pub(super) fn unpack(pair: u128) -> (u64, u64) {
-    (pair as u64, (pair >> 64) as u64)
-}
-
 /// Space reserved for one event; [`Reservation::commit`] publishes it.
 ///
 /// Dropped without a commit (a panic inside a field encoder), it fills its bytes
@@ -212,7 +199,6 @@ impl Ring {
         }
         let sb = self.geometry.subbuf_size;
         let record = self.record();
-        let pair = self.write_pair();
         let (mut old, mut last) = self.write_and_time();
         loop {
             let timestamp = self.clock.now().max(last);
@@ -255,14 +241,7 @@ impl Ring {
             }
             // LP: the reservation CAS. From here `pos..pos + len` is this producer's
             // alone, and the packet it is in cannot complete without its commit.
-            // AcqRel: the Acquire half orders our writes to the reservation after the
-            // previous holder's CAS; Release publishes the record stores above.
-            match pair.compare_exchange(
-                pack(old, last),
-                pack(pos + len, timestamp),
-                AcqRel,
-                Acquire,
-            ) {
+            match self.cas_write_time((old, last), (pos + len, timestamp)) {
                 Ok(_) => {
                     hooks::reached(Point::AfterCas);
                     if !matches!(switch, Switch::None) {
@@ -276,7 +255,7 @@ impl Ring {
                         record,
                     });
                 }
-                Err(current) => (old, last) = unpack(current),
+                Err(current) => (old, last) = current,
             }
         }
     }

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU64, Ordering::*};
 
 use nix::fcntl::{FcntlArg, SealFlag, fcntl};
 use nix::sys::memfd::{MFdFlags, memfd_create};
-use portable_atomic::AtomicU128;
 
 use super::ShmError;
 use super::channel::Wakeup;
@@ -322,18 +321,31 @@ impl Ring {
         self.map.u64_at(COMMIT_AT + 8 * slot as usize)
     }
 
-    /// The free-running write position (the low half of [`Ring::write_pair`]).
+    /// The free-running write position (the low half of the pair
+    /// [`Ring::cas_write_time`] moves).
     #[inline]
     pub(crate) fn write_word(&self) -> &AtomicU64 {
         self.map.u64_at(WRITE_AT)
     }
 
-    /// `write` and `time` as one atomic: a reservation or a flush moves the position
-    /// and sets the time it happened at in one CAS, so that timestamps never go back
-    /// along positions whatever order the writers' clocks were read in.
+    /// Moves `(write, time)` from `old` to `new` in one 16-byte CAS, or gives the pair
+    /// as it is: a reservation or a flush moves the position and sets the time it
+    /// happened at together, so that timestamps never go back along positions
+    /// whatever order the writers' clocks were read in. AcqRel: the Release half
+    /// publishes the caller's holder-record stores with the position they name, the
+    /// Acquire half orders its writes into the reservation after the CAS it follows.
     #[inline]
-    pub(crate) fn write_pair(&self) -> &AtomicU128 {
-        self.map.pair_at(WRITE_AT)
+    pub(crate) fn cas_write_time(
+        &self,
+        old: (u64, u64),
+        new: (u64, u64),
+    ) -> Result<(), (u64, u64)> {
+        let pack = |(write, time): (u64, u64)| u128::from(write) | u128::from(time) << 64;
+        self.map
+            .pair_at(WRITE_AT)
+            .compare_exchange(pack(old), pack(new), AcqRel, Acquire)
+            .map(drop)
+            .map_err(|pair| (pair as u64, (pair >> 64) as u64))
     }
 
     /// `write` (Acquire) and `time`, as two loads: a guess for the pair CAS, which
