@@ -93,29 +93,29 @@ fn the_daemon_config_reaches_the_benchmarks_daemon() {
 
     // A config the daemon refuses, and one that would move its sockets, are
     // reported before any app runs, by `churn` and `drain` alike.
-    for (bench, (text, expected)) in ["churn", "drain"].into_iter().flat_map(|bench| {
-        [
-            (
-                "[daemon]\nwarm_pid_buffer_sets = 1000\n",
-                "daemon.warm_pid_buffer_sets",
-            ),
-            (
-                "[daemon]\nruntime_dir = \"/tmp/elsewhere\"\n",
-                "runtime_dir must be empty",
-            ),
-        ]
-        .map(|case| (bench, case))
-    }) {
-        let path = dir.path().join("bad.toml");
-        std::fs::write(&path, text).unwrap();
-        let out = Command::new(env!("CARGO_BIN_EXE_ustrace"))
-            .args(["bench", bench, "--daemon-config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(!out.status.success());
-        assert!(stderr.contains(expected), "{stderr}");
+    let refused = [
+        (
+            "[daemon]\nwarm_pid_buffer_sets = 1000\n",
+            "daemon.warm_pid_buffer_sets",
+        ),
+        (
+            "[daemon]\nruntime_dir = \"/tmp/elsewhere\"\n",
+            "runtime_dir must be empty",
+        ),
+    ];
+    for bench in ["churn", "drain"] {
+        for (text, expected) in refused {
+            let path = dir.path().join("bad.toml");
+            std::fs::write(&path, text).unwrap();
+            let out = Command::new(env!("CARGO_BIN_EXE_ustrace"))
+                .args(["bench", bench, "--daemon-config"])
+                .arg(&path)
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success());
+            assert!(stderr.contains(expected), "{stderr}");
+        }
     }
 }
 
