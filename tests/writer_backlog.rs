@@ -1,6 +1,7 @@
 //! The path from rings to writers is bounded: under a flood of apps a stalled
 //! writer makes the ring discard (counted), the daemon's heap stays bounded, its
-//! memory returns after `stop`, and written = recorded + discarded.
+//! memory returns after `stop`, and written = recorded + discarded; a stalled
+//! stream holds none of the other streams of its set.
 //!
 //! The daemon runs in this process (a custom writer needs it), so its resident size
 //! is this process's; the apps are other processes.
@@ -23,21 +24,31 @@ use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlOk, ControlR
 const APPS: u64 = 8;
 const EVENTS: u64 = 2_000_000;
 
-/// Stores nothing, and not before the test opens its gate: a disk that stalls for
-/// the whole flood.
+/// Stores nothing, and (if `gated`) not before the test opens its gate: a disk
+/// that stalls for the whole flood.
 struct Stalled {
+    /// Whether its writes wait for the gate.
+    gated: bool,
     /// Open once the flood is over.
     gate: Arc<(Mutex<bool>, Condvar)>,
+    /// Times a write found the gate closed.
+    held: Arc<AtomicU64>,
     /// Events in the packets it was given.
     recorded: Arc<AtomicU64>,
 }
 
 impl StreamWriter for Stalled {
     fn write_packet(&mut self, _: &Metadata, packet: &[u8]) -> io::Result<()> {
-        let (open, opened) = &*self.gate;
-        let _open = opened
-            .wait_while(open.lock().unwrap(), |open| !*open)
-            .unwrap();
+        if self.gated {
+            let (open, opened) = &*self.gate;
+            let closed = opened.wait_while(open.lock().unwrap(), |open| {
+                if !*open {
+                    self.held.fetch_add(1, Ordering::Relaxed);
+                }
+                !*open
+            });
+            drop(closed.unwrap());
+        }
         PacketHeader::read(packet).map_err(io::Error::other)?;
         let events = common::demo_events_in(packet);
         self.recorded.fetch_add(events, Ordering::Relaxed);
@@ -49,10 +60,13 @@ impl StreamWriter for Stalled {
     }
 }
 
-/// Makes [`Stalled`] writers that share one gate and one counter.
+/// Makes [`Stalled`] writers that share one gate and one counter: gated for every
+/// stream, or only for the stream of CPU `only_cpu`.
 #[derive(Clone, Default)]
 struct StalledFactory {
+    only_cpu: Option<u32>,
     gate: Arc<(Mutex<bool>, Condvar)>,
+    held: Arc<AtomicU64>,
     recorded: Arc<AtomicU64>,
 }
 
@@ -64,9 +78,11 @@ impl StalledFactory {
 }
 
 impl WriterFactory for StalledFactory {
-    fn create(&self, _: &StreamInfo) -> io::Result<Box<dyn StreamWriter>> {
+    fn create(&self, stream: &StreamInfo) -> io::Result<Box<dyn StreamWriter>> {
         Ok(Box::new(Stalled {
+            gated: self.only_cpu.is_none_or(|cpu| cpu == stream.cpu),
             gate: self.gate.clone(),
+            held: self.held.clone(),
             recorded: self.recorded.clone(),
         }))
     }
@@ -101,10 +117,19 @@ struct InProcess {
 }
 
 impl InProcess {
-    fn start(scratch: &Scratch, mut config: Config, channel: ChannelRequest) -> InProcess {
+    fn start(scratch: &Scratch, config: Config, channel: ChannelRequest) -> InProcess {
+        InProcess::start_with(scratch, config, channel, StalledFactory::default())
+    }
+
+    /// [`InProcess::start`] with the writers of `writers`.
+    fn start_with(
+        scratch: &Scratch,
+        mut config: Config,
+        channel: ChannelRequest,
+        writers: StalledFactory,
+    ) -> InProcess {
         let rundir = scratch.path("run");
         config.daemon.runtime_dir = Some(rundir.clone());
-        let writers = StalledFactory::default();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let factory = Arc::new(writers.clone());
         let thread = std::thread::spawn(move || {
@@ -328,4 +353,64 @@ fn a_writer_that_catches_up_gets_the_packets_left_in_its_ring_at_once() {
     );
     common::poke(&mut app.0);
     daemon.shut_down();
+}
+
+#[test]
+fn a_stream_whose_writer_stalls_does_not_hold_the_other_streams_of_its_set() {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    if ustrace::shm::cpu_count() < 2 {
+        eprintln!("one CPU: one ring per set, nothing to hold");
+        return;
+    }
+    let scratch = Scratch::new("backlog-streams");
+    let writers = StalledFactory {
+        only_cpu: Some(0),
+        ..StalledFactory::default()
+    };
+    let daemon = InProcess::start_with(
+        &scratch,
+        Config::default(),
+        ChannelRequest {
+            subbuf_size: Some(4096),
+            num_subbuf: Some(16),
+            // No contexts: `common::demo_events_in` walks the packets.
+            contexts: Some(vec![]),
+            ..ChannelRequest::default()
+        },
+        writers.clone(),
+    );
+    // CPU 0's stream: its writer's first write waits at the gate, as one waiting
+    // for a stalled disk does.
+    let run_on = |cpu: &str, events: u64| {
+        let out = std::process::Command::new("taskset")
+            .args(["-c", cpu])
+            .arg(env!("CARGO_BIN_EXE_ustrace-demo"))
+            .args(["--events", &events.to_string()])
+            .env("USTRACE_RUNDIR", &daemon.rundir)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    run_on("0", 10_000);
+    common::wait_for(
+        "CPU 0's writer at the gate",
+        Duration::from_secs(20),
+        || writers.held.load(Ordering::Relaxed) > 0,
+    );
+    // CPU 1's stream of the same set is stored meanwhile.
+    run_on("1", 1_000);
+    common::wait_for(
+        "CPU 1's packets stored while CPU 0's writer waits",
+        Duration::from_secs(20),
+        || writers.recorded.load(Ordering::Relaxed) == 1_000,
+    );
+    writers.open();
+    ask(&daemon.rundir, ControlRequest::Stop { session: None });
+    let status = daemon.status();
+    daemon.shut_down();
+    assert_eq!(
+        writers.recorded.load(Ordering::Relaxed) + status.events_discarded,
+        11_000,
+        "written = recorded + discarded: {status:?}"
+    );
 }

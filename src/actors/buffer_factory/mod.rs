@@ -187,8 +187,9 @@ pub struct BufferFactory {
     /// Writer factories by name.
     writers: WriterCatalog,
     /// The threads that run writers, so that disk I/O never delays registration;
-    /// each set's writers go to the next one in turn, so one slow file creation
-    /// does not queue every other app's trace behind it.
+    /// each set's first stream goes to the next one in turn (its other streams to
+    /// the ones after it), so one slow file creation or write does not queue every
+    /// other stream behind it.
     io: Vec<ArbiterHandle>,
     /// Sets created so far: picks the I/O thread of the next one.
     sets_created: usize,
@@ -543,7 +544,10 @@ impl BufferFactory {
             Owner::Uid(_) => BlankSet::create(&format!("ustrace {label}"), config.geometry, cpus),
         };
         let buffers = Arc::new(blank.and_then(|b| b.init(&config))?);
-        let io = self.io[self.sets_created % self.io.len()].clone();
+        // Each set's first stream on the next I/O thread, its others after it.
+        let mut io = self.io.clone();
+        let first = self.sets_created % io.len();
+        io.rotate_left(first);
         self.sets_created += 1;
         let streams = (0..cpus as u32)
             .map(|cpu| StreamInfo {

@@ -187,10 +187,13 @@ pub struct Writer {
 
 /// The writers of one BufferSet's streams, each started at its stream's first
 /// packet: registration never waits for an actor to start, and a stream that
-/// records nothing (a short-lived app touches one or two CPUs) costs none.
+/// records nothing (a short-lived app touches one or two CPUs) costs none. Stream
+/// `i` runs on the `i`-th I/O thread in turn, so that one stream's write waiting
+/// for the disk (an `O_DIRECT` write returns when the device has the data) does
+/// not hold the set's other streams, whose rings keep filling meanwhile.
 pub struct StreamWriters {
-    /// The I/O thread they run on.
-    arbiter: ArbiterHandle,
+    /// The I/O threads they run on, stream `i` on `arbiters[i % len]`.
+    arbiters: Vec<ArbiterHandle>,
     /// The stream of each ring, in ring order.
     streams: Vec<StreamInfo>,
     /// Makes their writers.
@@ -207,10 +210,11 @@ pub struct StreamWriters {
 }
 
 impl StreamWriters {
-    /// Writers for `streams` (in ring order), to run on `arbiter`; none started yet.
-    /// Each may hold up to about `backlog_limit` bytes of packets not stored yet.
+    /// Writers for `streams` (in ring order), to run on `arbiters` in turn (at least
+    /// one); none started yet. Each may hold up to about `backlog_limit` bytes of
+    /// packets not stored yet.
     pub fn new(
-        arbiter: ArbiterHandle,
+        arbiters: Vec<ArbiterHandle>,
         streams: Vec<StreamInfo>,
         factory: Arc<dyn WriterFactory>,
         policy: RestartPolicy,
@@ -228,8 +232,9 @@ impl StreamWriters {
                 })
             })
             .collect();
+        assert!(!arbiters.is_empty(), "stream writers need an I/O thread");
         StreamWriters {
-            arbiter,
+            arbiters,
             streams,
             factory,
             policy,
@@ -260,9 +265,10 @@ impl StreamWriters {
     pub fn send(&mut self, index: usize, metadata: Metadata, bytes: DrainedPacket) {
         let backlog = self.backlogs[index].clone();
         backlog.add(bytes.len() as u64);
+        let arbiter = &self.arbiters[index % self.arbiters.len()];
         let writer = self.started[index].get_or_insert_with(|| {
             Writer::start(
-                &self.arbiter,
+                arbiter,
                 self.streams[index].clone(),
                 self.factory.clone(),
                 self.policy,
