@@ -5,9 +5,10 @@
 //! built against libustrace and against liblttng-ust (LTTng's anchor `tp.h`/`tp.c`);
 //! N copies run at once, each at a fixed rate for a few seconds, into one per-UID
 //! channel at each tracer's default geometry (or the one given). Each rate step runs
-//! ours, then LTTng, in the same sitting, each with a fresh session. Per step and
-//! system it prints the rate the producers reached, the events the tracer counted
-//! discarded, the bytes stored, and the daemon's CPU time (utime + stime from
+//! ours, then LTTng, in the same sitting, each with a fresh session and once the
+//! previous step's data is written back (`syncfs`). Per step and system it prints
+//! the rate the producers reached, the events the tracer counted discarded, the
+//! bytes stored, and the daemon's CPU time (utime + stime from
 //! /proc/PID/stat, from before the producers start to `stop` returning; LTTng:
 //! lttng-sessiond plus every lttng-consumerd) per MB stored; then, for each, the
 //! highest reached rate with nothing discarded, and the ratios.
@@ -124,11 +125,13 @@ pub(super) fn drain(args: &DrainArgs) -> Result<(), String> {
     );
     let mut results = Vec::new();
     for (i, &rate) in args.rates.iter().enumerate() {
+        settle(&scratch.0)?;
         let ours = run_ours(args, &scratch.0.join(format!("ours-{i}")), &ours_app, rate)?;
         print_step("ours ", rate, &ours);
         check_stored("ours", &ours)?;
         let theirs = match &lttng {
             Some(lttng) => {
+                settle(&scratch.0)?;
                 let step = lttng.run(args, &scratch.0.join(format!("lttng-{i}")), rate)?;
                 print_step("lttng", rate, &step);
                 check_stored("lttng", &step)?;
@@ -140,6 +143,16 @@ pub(super) fn drain(args: &DrainArgs) -> Result<(), String> {
     }
     summarize(&results);
     Ok(())
+}
+
+/// Writes back what the previous step left dirty on the scratch directory's file
+/// system, so that no step drains while the last one's page cache is still going to
+/// the disk: LTTng's consumer writes through the page cache, our daemon mostly with
+/// `O_DIRECT`, so without this our steps would share the disk with LTTng's
+/// writeback and LTTng's never with ours.
+fn settle(scratch: &Path) -> Result<(), String> {
+    let dir = std::fs::File::open(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    nix::unistd::syncfs(&dir).map_err(|e| format!("syncfs {}: {e}", scratch.display()))
 }
 
 /// Prints one step.
