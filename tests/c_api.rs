@@ -562,3 +562,59 @@ fn the_threads_example_records_every_event_of_every_thread() {
     assert_eq!(seen.len(), 1000, "values seen: {}", seen.len());
     assert!(seen.values().all(|&n| n == 4), "{seen:?}");
 }
+
+#[test]
+fn bench_drain_records_the_contexts_asked_for_both_tracers() {
+    // Ours only (LTTng's headers are not installed here): the same paced C program
+    // with each tracer's default contexts (ours: vpid and vtid in a per-UID
+    // channel), with none, and with vpid and vtid named; every event stored.
+    let per_event = |contexts: Option<&str>| -> f64 {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ustrace"));
+        command
+            .args(["bench", "drain", "--no-lttng", "--ustrace-prefix"])
+            .arg(prefix())
+            .args(["--producers", "2", "--rates", "20000", "--seconds", "0.5"]);
+        if let Some(contexts) = contexts {
+            command.args(["--contexts", contexts]);
+        }
+        let out = command.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let step = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with("ours "))
+            .unwrap_or_else(|| panic!("no step line in {stdout}"));
+        assert!(
+            step.contains("emitted     20000, discarded        0,"),
+            "{stdout}"
+        );
+        let bytes = step
+            .split(" B/event)")
+            .next()
+            .and_then(|s| s.rsplit('(').next())
+            .unwrap_or_else(|| panic!("no B/event in {step}"));
+        bytes.parse().unwrap_or_else(|e| panic!("{bytes}: {e}"))
+    };
+    let default = per_event(None);
+    let none = per_event(Some("none"));
+    let named = per_event(Some("vpid,vtid"));
+    // vpid and vtid are 4 bytes each; packet headers and metadata are spread over
+    // 20,000 events.
+    assert!((named - default).abs() < 0.5, "{default} {named}");
+    assert!((7.5..8.5).contains(&(named - none)), "{none} {named}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_ustrace"))
+        .args(["bench", "drain", "--contexts", "vpid,bogus"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("unknown context type \"bogus\""),
+        "{stderr}"
+    );
+}

@@ -16,10 +16,12 @@
 use super::footprint::process_cpu_ms;
 use super::ours::status;
 use crate::cli::demo::{Spawned, ask, start_daemon};
+use crate::ctf::context::ContextType;
 use crate::protocol::messages::{Buffering, ChannelRequest, ControlRequest};
 use clap::Args;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// `ustrace bench drain` options.
 #[derive(Args, Debug)]
@@ -50,6 +52,11 @@ pub(super) struct DrainArgs {
     /// Sub-buffers per ring for both tracers (default: each its own default).
     #[arg(long)]
     num_subbuf: Option<u32>,
+    /// Contexts both tracers' channels record, comma separated (`vpid,vtid`), or
+    /// `none`, so that both store the same information per event (default: each
+    /// its own: ours records vpid and vtid in a per-UID channel, LTTng nothing).
+    #[arg(long, value_parser = parse_contexts)]
+    contexts: Option<BothContexts>,
     /// Run ours only.
     #[arg(long)]
     no_lttng: bool,
@@ -57,6 +64,21 @@ pub(super) struct DrainArgs {
     /// cache); its `runtime_dir` must be empty. Default: built-in defaults.
     #[arg(long)]
     pub(super) daemon_config: Option<PathBuf>,
+}
+
+/// `--contexts`: the contexts of both tracers' channels, in the order given.
+#[derive(Clone, Debug)]
+pub(super) struct BothContexts(Vec<ContextType>);
+
+/// Parses `--contexts`: `none`, or context names separated by commas.
+fn parse_contexts(text: &str) -> Result<BothContexts, String> {
+    if text == "none" {
+        return Ok(BothContexts(Vec::new()));
+    }
+    text.split(',')
+        .map(|name| ContextType::from_name(name).map_err(|e| e.to_string()))
+        .collect::<Result<_, _>>()
+        .map(BothContexts)
 }
 
 /// What one step of one tracer measured.
@@ -76,6 +98,11 @@ struct Step {
 }
 
 impl Step {
+    /// Bytes stored per event emitted (files, metadata and packet headers included).
+    fn bytes_per_event(&self) -> f64 {
+        self.stored as f64 / self.emitted.max(1) as f64
+    }
+
     /// Daemon CPU ms per MB (10^6 bytes) stored.
     fn ms_per_mb(&self) -> f64 {
         self.cpu_ms as f64 / (self.stored.max(1) as f64 / 1e6)
@@ -116,11 +143,19 @@ pub(super) fn drain(args: &DrainArgs) -> Result<(), String> {
         Some(Lttng::up(build_lttng(&scratch.0, &anchor)?)?)
     };
     let geometry = match (args.subbuf_size, args.num_subbuf) {
-        (None, None) => "each tracer's default".to_string(),
+        (None, None) => "each tracer's default geometry".to_string(),
         (s, n) => format!("sub-buffers {s:?} x {n:?} for both"),
     };
+    let contexts = match &args.contexts {
+        None => "each tracer's default contexts".to_string(),
+        Some(BothContexts(c)) if c.is_empty() => "no contexts for both".to_string(),
+        Some(BothContexts(c)) => {
+            let names: Vec<&str> = c.iter().map(|c| c.name()).collect();
+            format!("contexts {} for both", names.join(","))
+        }
+    };
     println!(
-        "{} producers, {} s per step, one per-UID channel, {geometry}",
+        "{} producers, {} s per step, one per-UID channel, {geometry}, {contexts}",
         args.producers, args.seconds
     );
     let mut results = Vec::new();
@@ -158,11 +193,12 @@ fn settle(scratch: &Path) -> Result<(), String> {
 /// Prints one step.
 fn print_step(who: &str, rate: u64, step: &Step) {
     println!(
-        "  {who} {rate:>8}/s each: reached {:>9.0} ev/s, emitted {:>9}, discarded {:>8}, stored {:>7.1} MB, daemon CPU {:>5} ms ({:.2} ms/MB, {:.1} ms/M events)",
+        "  {who} {rate:>8}/s each: reached {:>9.0} ev/s, emitted {:>9}, discarded {:>8}, stored {:>7.1} MB ({:.1} B/event), daemon CPU {:>5} ms ({:.2} ms/MB, {:.1} ms/M events)",
         step.reached,
         step.emitted,
         step.discarded,
         step.stored as f64 / 1e6,
+        step.bytes_per_event(),
         step.cpu_ms,
         step.ms_per_mb(),
         step.ms_per_mevent()
@@ -406,6 +442,7 @@ fn run_ours(args: &DrainArgs, dir: &Path, app: &Path, rate: u64) -> Result<Step,
                 buffers: Some(Buffering::PerUid),
                 subbuf_size: args.subbuf_size,
                 num_subbuf: args.num_subbuf,
+                contexts: args.contexts.as_ref().map(|c| c.0.clone()),
                 ..ChannelRequest::default()
             },
         },
@@ -498,6 +535,15 @@ impl Lttng {
         }
         let channel: Vec<&str> = channel.iter().map(String::as_str).collect();
         lttng(&channel)?;
+        if let Some(BothContexts(contexts)) = &args.contexts
+            && !contexts.is_empty()
+        {
+            let mut add = vec!["add-context", "-u", "-s", &name, "-c", "ch"];
+            for c in contexts {
+                add.extend(["-t", c.name()]);
+            }
+            lttng(&add)?;
+        }
         lttng(&["enable-event", "-u", "-c", "ch", "bench:*"])?;
         lttng(&["start", &name])?;
         // The consumerd starts with the first session's channel.
@@ -528,9 +574,18 @@ impl Lttng {
 }
 
 impl Drop for Lttng {
+    /// Stops the sessiond this benchmark started and waits (10 s at most) until it
+    /// is gone, so that a run right after this one finds none and starts its own,
+    /// rather than finding this one dying and `lttng create` then spawning one that
+    /// nobody stops.
     fn drop(&mut self) {
         if let Some(pid) = self.started {
             let _ = Command::new("kill").arg(pid.to_string()).status();
+            let proc = PathBuf::from(format!("/proc/{pid}"));
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while proc.exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 }
