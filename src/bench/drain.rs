@@ -4,7 +4,9 @@
 //! The same C program (examples/c/paced.c, one event `bench:ev(int, string)`) is
 //! built against libustrace and against liblttng-ust (LTTng's anchor `tp.h`/`tp.c`);
 //! N copies run at once, each at a fixed rate for a few seconds, into one per-UID
-//! channel at each tracer's default geometry (or the one given). Each rate step runs
+//! channel at each tracer's default geometry (or the one given) and with its default
+//! contexts (ours vpid and vtid, LTTng's none), or with `--contexts` the same ones
+//! for both, so that both store the same information per event. Each rate step runs
 //! ours, then LTTng, in the same sitting, each with a fresh session and once the
 //! previous step's data is written back (`syncfs`). Per step and system it prints
 //! the rate the producers reached, the events the tracer counted discarded, the
