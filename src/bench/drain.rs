@@ -100,9 +100,15 @@ struct Step {
 }
 
 impl Step {
-    /// Bytes stored per event emitted (files, metadata and packet headers included).
-    fn bytes_per_event(&self) -> f64 {
-        self.stored as f64 / self.emitted.max(1) as f64
+    /// Bytes stored per event stored, i.e. emitted and not discarded (files,
+    /// metadata and packet headers included), as text; `?` when the discarded
+    /// count is more than was emitted (LTTng's `lttng list` prints 2^63 + N now
+    /// and then), so that no figure is made up.
+    fn bytes_per_event(&self) -> String {
+        match self.emitted.checked_sub(self.discarded) {
+            Some(kept) if kept > 0 => format!("{:.1}", self.stored as f64 / kept as f64),
+            _ => "?".to_string(),
+        }
     }
 
     /// Daemon CPU ms per MB (10^6 bytes) stored.
@@ -195,7 +201,7 @@ fn settle(scratch: &Path) -> Result<(), String> {
 /// Prints one step.
 fn print_step(who: &str, rate: u64, step: &Step) {
     println!(
-        "  {who} {rate:>8}/s each: reached {:>9.0} ev/s, emitted {:>9}, discarded {:>8}, stored {:>7.1} MB ({:.1} B/event), daemon CPU {:>5} ms ({:.2} ms/MB, {:.1} ms/M events)",
+        "  {who} {rate:>8}/s each: reached {:>9.0} ev/s, emitted {:>9}, discarded {:>8}, stored {:>7.1} MB ({} B/event), daemon CPU {:>5} ms ({:.2} ms/MB, {:.1} ms/M events)",
         step.reached,
         step.emitted,
         step.discarded,
@@ -604,4 +610,24 @@ fn pids_of(name: &str) -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Step;
+
+    #[test]
+    fn bytes_per_event_counts_the_events_stored_not_those_discarded() {
+        let step = |emitted, discarded, stored| Step {
+            emitted,
+            discarded,
+            stored,
+            ..Step::default()
+        };
+        assert_eq!(step(1000, 0, 22_000).bytes_per_event(), "22.0");
+        assert_eq!(step(1000, 500, 11_000).bytes_per_event(), "22.0");
+        // LTTng's 2^63 + N, and everything discarded: no figure.
+        assert_eq!(step(1000, (1 << 63) + 7, 9_000).bytes_per_event(), "?");
+        assert_eq!(step(1000, 1000, 4_096).bytes_per_event(), "?");
+    }
 }
