@@ -345,7 +345,13 @@ fn build_lttng(dir: &Path, anchor: &Path) -> Result<PathBuf, String> {
             "-llttng-ust",
             "-ldl",
         ],
-    )?;
+    )
+    .map_err(|e| {
+        format!(
+            "{e}(liblttng-ust-dev has LTTng's headers: run {}/setup.sh, or pass --no-lttng)",
+            anchor.display()
+        )
+    })?;
     Ok(dir.join("paced-lttng"))
 }
 
