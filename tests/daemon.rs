@@ -493,7 +493,8 @@ fn sigterm_stops_the_daemon_with_every_started_session_on_disk() {
 
 #[test]
 fn a_connection_that_never_registers_is_closed_after_the_registration_timeout() {
-    let daemon = Daemon::with_config("[daemon]\nregistration_timeout_ms = 300\n");
+    // 1 s: the test must see the silent peer counted before it is closed.
+    let daemon = Daemon::with_config("[daemon]\nregistration_timeout_ms = 1000\n");
     let output = daemon.session("s", &[("p", Buffering::PerPid)], true);
     let mut silent = UnixStream::connect(daemon.rundir.join("apps.sock")).unwrap();
     wait_for("the silent peer to be counted", WAIT, || {
