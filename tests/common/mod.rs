@@ -76,6 +76,11 @@ pub fn wait_for(what: &str, timeout: Duration, cond: impl FnMut() -> bool) {
     assert!(poll_until(timeout, cond), "timed out waiting for {what}");
 }
 
+/// How long the apps of [`Daemon::app`] wait for their registration (the default
+/// is 3 s): on a loaded machine a slow registration makes a test slower, not an app
+/// run untraced and its events missing. Tests of the timeout set their own.
+const APP_REGISTER_TIMEOUT_MS: &str = "30000";
+
 /// A running `ustraced`, killed on drop.
 pub struct Daemon {
     pub scratch: Scratch,
@@ -186,14 +191,22 @@ impl Daemon {
         });
     }
 
-    /// An app command with this daemon's runtime dir.
+    /// An app command with this daemon's runtime dir, waiting up to
+    /// [`APP_REGISTER_TIMEOUT_MS`] for its registration.
     pub fn app(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin(
             "ustrace-demo",
             option_env!("CARGO_BIN_EXE_ustrace-demo"),
         ));
-        cmd.args(args).env("USTRACE_RUNDIR", &self.rundir);
+        cmd.args(args);
+        self.app_env(&mut cmd);
         cmd
+    }
+
+    /// Points an app at this daemon and gives it [`APP_REGISTER_TIMEOUT_MS`].
+    fn app_env(&self, cmd: &mut Command) {
+        cmd.env("USTRACE_RUNDIR", &self.rundir)
+            .env("USTRACE_REGISTER_TIMEOUT_MS", APP_REGISTER_TIMEOUT_MS);
     }
 
     /// An app that emitted `events` events and now waits for a line on stdin
@@ -248,8 +261,8 @@ impl Daemon {
                 "ustrace-demo",
                 option_env!("CARGO_BIN_EXE_ustrace-demo"),
             ))
-            .args(["--events", &events.to_string()])
-            .env("USTRACE_RUNDIR", &self.rundir);
+            .args(["--events", &events.to_string()]);
+        self.app_env(&mut cmd);
         cmd
     }
 
