@@ -584,6 +584,15 @@ fn bench_drain_records_the_contexts_asked_for_both_tracers() {
             "{stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The device's O_DIRECT figures, or why there are none, before the steps.
+        let device = stdout
+            .lines()
+            .find(|l| l.starts_with("device under "))
+            .unwrap_or_else(|| panic!("no device line in {stdout}"));
+        assert!(
+            device.contains(" MB/s, slowest ") || device.contains("refuses O_DIRECT"),
+            "{device}"
+        );
         let step = stdout
             .lines()
             .find(|l| l.trim_start().starts_with("ours "))

@@ -8,9 +8,11 @@
 //! contexts (ours vpid and vtid, LTTng's none), or with `--contexts` the same ones
 //! for both, so that both store the same information per event. Each rate step runs
 //! ours, then LTTng, in the same sitting, each with a fresh session and once the
-//! previous step's data is written back (`syncfs`). Per step and system it prints
-//! the rate the producers reached, the events the tracer counted discarded, the
-//! bytes stored, and the daemon's CPU time (utime + stime from
+//! previous step's data is written back (`syncfs`). It first prints what the
+//! scratch directory's device does with `O_DIRECT` writes (throughput, slowest
+//! write), which bounds our drain and moves between sittings. Per step and system
+//! it prints the rate the producers reached, the events the tracer counted
+//! discarded, the bytes stored, and the daemon's CPU time (utime + stime from
 //! /proc/PID/stat, from before the producers start to `stop` returning; LTTng:
 //! lttng-sessiond plus every lttng-consumerd) per MB stored; then, for each, the
 //! highest reached rate with nothing discarded, and the ratios.
@@ -166,6 +168,7 @@ pub(super) fn drain(args: &DrainArgs) -> Result<(), String> {
         "{} producers, {} s per step, one per-UID channel, {geometry}, {contexts}",
         args.producers, args.seconds
     );
+    println!("{}", probe_device(&scratch.0));
     let mut results = Vec::new();
     for (i, &rate) in args.rates.iter().enumerate() {
         settle(&scratch.0)?;
@@ -196,6 +199,55 @@ pub(super) fn drain(args: &DrainArgs) -> Result<(), String> {
 fn settle(scratch: &Path) -> Result<(), String> {
     let dir = std::fs::File::open(scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     nix::unistd::syncfs(&dir).map_err(|e| format!("syncfs {}: {e}", scratch.display()))
+}
+
+/// Writes of the device probe, and their size: LTTng's default sub-buffer, what
+/// our daemon's `O_DIRECT` writer stores at least per write at that geometry.
+const PROBE_WRITES: u32 = 256;
+const PROBE_BLOCK: usize = 512 << 10;
+
+/// What the device under `dir` does with `O_DIRECT` writes, as a line: its
+/// throughput and its slowest single write. The `O_DIRECT` drain's 0-discard rate
+/// is bounded by that slowest write (the ring must hold the events meanwhile), and
+/// the device differs from one sitting to the next, so the figures are printed
+/// beside the steps they explain.
+fn probe_device(dir: &Path) -> String {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("device-probe");
+    let probe = || -> std::io::Result<(f64, Duration)> {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)?;
+        // Page-aligned, as O_DIRECT wants it.
+        let block = memmap2::MmapMut::map_anon(PROBE_BLOCK)?;
+        let start = Instant::now();
+        let mut slowest = Duration::ZERO;
+        for _ in 0..PROBE_WRITES {
+            let write = Instant::now();
+            file.write_all(&block)?;
+            slowest = slowest.max(write.elapsed());
+        }
+        let bytes = f64::from(PROBE_WRITES) * PROBE_BLOCK as f64;
+        Ok((bytes / start.elapsed().as_secs_f64() / 1e6, slowest))
+    };
+    let measured = probe();
+    let _ = std::fs::remove_file(&path);
+    match measured {
+        Ok((mb_per_s, slowest)) => format!(
+            "device under {}: O_DIRECT writes of {} KiB: {mb_per_s:.0} MB/s, slowest {:.1} ms of {PROBE_WRITES}",
+            dir.display(),
+            PROBE_BLOCK >> 10,
+            slowest.as_secs_f64() * 1e3
+        ),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => format!(
+            "device under {}: the file system refuses O_DIRECT (our daemon writes through the page cache there)",
+            dir.display()
+        ),
+        Err(e) => format!("device under {}: no O_DIRECT probe: {e}", dir.display()),
+    }
 }
 
 /// Prints one step.
