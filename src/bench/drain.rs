@@ -201,9 +201,10 @@ fn settle(scratch: &Path) -> Result<(), String> {
     nix::unistd::syncfs(&dir).map_err(|e| format!("syncfs {}: {e}", scratch.display()))
 }
 
-/// Writes of the device probe, and their size: LTTng's default sub-buffer, what
-/// our daemon's `O_DIRECT` writer stores at least per write at that geometry.
+/// Writes of the device probe: 128 MiB in all, a fraction of a second.
 const PROBE_WRITES: u32 = 256;
+/// Size of each: LTTng's default sub-buffer, the least our daemon's `O_DIRECT`
+/// writer stores per write at that geometry.
 const PROBE_BLOCK: usize = 512 << 10;
 
 /// What the device under `dir` does with `O_DIRECT` writes, as a line: its
