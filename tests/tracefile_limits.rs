@@ -7,7 +7,7 @@ mod common;
 
 use common::{Daemon, Running, babeltrace2, sub_traces, wait_for};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 use ustrace::protocol::messages::{Buffering, ChannelRequest, ControlRequest, TracefileLimits};
 use ustrace::shm::Mode;
@@ -54,11 +54,8 @@ fn each_stream_keeps_at_most_count_files_of_at_most_size_during_a_flood() {
     // than the ring holds, and then no file is ever rotated. The app goes on until
     // the stream has been rotated through its file count twice.
     let app = Running(
-        Command::new("taskset")
-            .args(["-c", "0"])
-            .arg(env!("CARGO_BIN_EXE_ustrace-demo"))
-            .args(["--paced-us", "20"])
-            .env("USTRACE_RUNDIR", &daemon.rundir)
+        daemon
+            .pinned_app(0, &["--paced-us", "20"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

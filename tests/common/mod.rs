@@ -255,13 +255,18 @@ impl Daemon {
 
     /// The command of a `ustrace-demo` pinned to `cpu` (taskset), emitting `events`.
     pub fn app_on_cpu(&self, cpu: usize, events: u32) -> Command {
+        self.pinned_app(cpu, &["--events", &events.to_string()])
+    }
+
+    /// The command of a `ustrace-demo` with `args`, pinned to `cpu` (taskset).
+    pub fn pinned_app(&self, cpu: usize, args: &[&str]) -> Command {
         let mut cmd = Command::new("taskset");
         cmd.args(["-c", &cpu.to_string()])
             .arg(bin(
                 "ustrace-demo",
                 option_env!("CARGO_BIN_EXE_ustrace-demo"),
             ))
-            .args(["--events", &events.to_string()]);
+            .args(args);
         self.app_env(&mut cmd);
         cmd
     }
